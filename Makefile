@@ -1,0 +1,41 @@
+# replicache-sidecar — every target works on a fresh Debian machine with Go,
+# Node and the Postgres server packages installed. Nothing needs to be running:
+# targets that need a database start a throwaway one (cmd/devpg) unless
+# DATABASE_URL or SIDECAR_DATABASE_URL is set.
+
+GO      ?= go
+BIN     := bin
+GOFILES := $(shell git ls-files '*.go' 2>/dev/null)
+
+.PHONY: all build test test-go check fmt vet demo clean bench
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+$(BIN)/devpg: $(GOFILES) go.mod
+	$(GO) build -o $(BIN)/devpg ./cmd/devpg
+
+## test: everything CI runs (the README's test command).
+test: test-go
+
+## test-go: Go unit and integration tests, with the race detector, against a real Postgres.
+test-go: $(BIN)/devpg
+	$(BIN)/devpg -- $(GO) test -race -count=1 ./...
+
+## check: formatting, vet, and the tests.
+check: fmt vet test
+
+fmt:
+	@out=$$(gofmt -l $(GOFILES)); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+## bench: benchmarks (sidecar vs direct upstream), printed as a table.
+bench: $(BIN)/devpg
+	$(BIN)/devpg -- $(GO) test -run '^$$' -bench . -benchmem ./...
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,402 @@
+package clientview
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+)
+
+// FetcherOptions configures a Fetcher.
+type FetcherOptions struct {
+	// Base is the upstream's base URL; source paths are appended to it.
+	Base *url.URL
+	// HTTPClient sends the requests. Its redirect policy is replaced:
+	// redirects are never followed (a view must come from the upstream).
+	HTTPClient *http.Client
+	// Timeout bounds each page request.
+	Timeout time.Duration
+	// MaxBodyBytes bounds each page's body; a larger page fails the pull.
+	MaxBodyBytes int64
+}
+
+// Fetcher fetches client views. It is safe for concurrent use.
+type Fetcher struct {
+	base    *url.URL
+	prefix  string
+	hc      *http.Client
+	timeout time.Duration
+	maxBody int64
+}
+
+// NewFetcher returns a Fetcher for o.
+func NewFetcher(o FetcherOptions) *Fetcher {
+	hc := *o.HTTPClient
+	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &Fetcher{
+		base:    o.Base,
+		prefix:  strings.TrimSuffix(o.Base.String(), "/"),
+		hc:      &hc,
+		timeout: o.Timeout,
+		maxBody: o.MaxBodyBytes,
+	}
+}
+
+// Request carries what every upstream GET of one pull needs.
+type Request struct {
+	UserID    string
+	Header    http.Header // forwarded headers (e.g. Authorization)
+	RequestID string
+}
+
+// Fetch fetches every source of v concurrently and returns their entries in
+// source order, then item order. Any failure, or a key produced twice, fails
+// the whole fetch with a *SourceError (or ctx's error). The returned slice is
+// owned by the caller.
+func (f *Fetcher) Fetch(parent context.Context, v *View, r Request) ([]Entry, error) {
+	ctx, cancel := context.WithCancel(parent)
+	defer cancel()
+	results := make([][]Entry, len(v.sources))
+	errs := make([]error, len(v.sources))
+	var wg sync.WaitGroup
+	for i, s := range v.sources {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i], errs[i] = f.fetchSource(ctx, s, r)
+			if errs[i] != nil {
+				cancel() // no point finishing the others
+			}
+		}()
+	}
+	wg.Wait()
+	if err := parent.Err(); err != nil {
+		return nil, err
+	}
+	// Report a source that failed for its own reason, not one that was
+	// cancelled because another failed.
+	var firstErr error
+	for _, err := range errs {
+		var se *SourceError
+		if errors.As(err, &se) {
+			return nil, err
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	n := 0
+	for _, es := range results {
+		n += len(es)
+	}
+	out := make([]Entry, 0, n)
+	seen := make(map[string]string, n)
+	for i, es := range results {
+		for _, e := range es {
+			if prev, dup := seen[e.Key]; dup {
+				return nil, &SourceError{Source: v.sources[i].path, Reason: fmt.Sprintf("duplicate key %q (also produced by %s)", e.Key, prev)}
+			}
+			seen[e.Key] = v.sources[i].path
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+func (f *Fetcher) fetchSource(ctx context.Context, s *source, r Request) ([]Entry, error) {
+	fail := func(reason string, err error) ([]Entry, error) {
+		return nil, &SourceError{Source: s.path, Reason: reason, Err: err}
+	}
+	first, err := f.sourceURL(s, r.UserID)
+	if err != nil {
+		return fail(err.Error(), err)
+	}
+	var entries []Entry
+	seenURLs := map[string]bool{}
+	next := first
+	for page := 1; next != nil; page++ {
+		if s.paged && page > s.page.MaxPages {
+			return fail(fmt.Sprintf("more than %d pages (pagination maxPages)", s.page.MaxPages), nil)
+		}
+		if seenURLs[next.String()] {
+			return fail(fmt.Sprintf("pagination loop: page %s was already fetched", next.RequestURI()), nil)
+		}
+		seenURLs[next.String()] = true
+		body, hdr, err := f.get(ctx, next, r)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, err
+			}
+			return fail(err.Error(), err)
+		}
+		if !json.Valid(body) {
+			return fail("response is not JSON", nil)
+		}
+		got, err := s.entries(body)
+		if err != nil {
+			return fail(err.Error(), err)
+		}
+		entries = append(entries, got...)
+		if !s.paged {
+			break
+		}
+		if next, err = f.nextPage(s, next, first, body, hdr); err != nil {
+			return fail(err.Error(), err)
+		}
+	}
+	return entries, nil
+}
+
+// sourceURL renders the source's path for userID, escaping the value as one
+// path segment or one query value.
+func (f *Fetcher) sourceURL(s *source, userID string) (*url.URL, error) {
+	p, q, hasQ := strings.Cut(s.pathTmpl, "?")
+	p = strings.ReplaceAll(p, "{userID}", url.PathEscape(userID))
+	pq := p
+	if hasQ {
+		pq += "?" + strings.ReplaceAll(q, "{userID}", url.QueryEscape(userID))
+	}
+	u, err := url.Parse(f.prefix + pq)
+	if err != nil || u.Host != f.base.Host {
+		return nil, fmt.Errorf("invalid URL for user %q", userID)
+	}
+	return u, nil
+}
+
+func (f *Fetcher) get(ctx context.Context, u *url.URL, r Request) ([]byte, http.Header, error) {
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	for k, vs := range r.Header {
+		req.Header[k] = vs
+	}
+	req.Header.Set("Accept", "application/json")
+	if r.RequestID != "" {
+		req.Header.Set("X-Request-ID", r.RequestID)
+	}
+	resp, err := f.hc.Do(req)
+	if err != nil {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, nil, fmt.Errorf("upstream did not answer within %s", f.timeout)
+		}
+		return nil, nil, fmt.Errorf("calling upstream: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		return nil, nil, &StatusError{Status: resp.StatusCode}
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, f.maxBody+1))
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading upstream response: %w", err)
+	}
+	if int64(len(body)) > f.maxBody {
+		return nil, nil, fmt.Errorf("response is larger than %d bytes", f.maxBody)
+	}
+	return body, resp.Header, nil
+}
+
+// StatusError is a non-2xx answer to a view request.
+type StatusError struct{ Status int }
+
+func (e *StatusError) Error() string { return fmt.Sprintf("upstream answered %d", e.Status) }
+
+// nextPage returns the next page's URL, or nil when this was the last page.
+func (f *Fetcher) nextPage(s *source, cur, first *url.URL, body []byte, hdr http.Header) (*url.URL, error) {
+	switch s.page.Type {
+	case "link":
+		target := nextLink(hdr.Values("Link"))
+		if target == "" {
+			return nil, nil
+		}
+		u, err := cur.Parse(target)
+		if err != nil {
+			return nil, fmt.Errorf("invalid next link %q", target)
+		}
+		if u.Scheme != f.base.Scheme || u.Host != f.base.Host {
+			return nil, fmt.Errorf("next link %q points to another host", target)
+		}
+		return u, nil
+	default: // cursor
+		raw, err := selectPath(body, strings.Split(s.page.Next, "."))
+		if err != nil || raw == nil {
+			return nil, nil // absent: last page
+		}
+		cursor, ok := scalar(raw)
+		if !ok {
+			return nil, fmt.Errorf("cursor field %q is not a string or number", s.page.Next)
+		}
+		if cursor == "" {
+			return nil, nil
+		}
+		u := *first
+		q := u.Query()
+		q.Set(s.page.Param, cursor)
+		u.RawQuery = q.Encode()
+		return &u, nil
+	}
+}
+
+// nextLink finds the target of rel="next" in Link header values (RFC 8288).
+func nextLink(values []string) string {
+	for _, v := range values {
+		for v != "" {
+			v = strings.TrimLeft(v, " \t,")
+			if !strings.HasPrefix(v, "<") {
+				return ""
+			}
+			end := strings.IndexByte(v, '>')
+			if end < 0 {
+				return ""
+			}
+			target := v[1:end]
+			v = v[end+1:]
+			// Parameters run to the next comma that is outside quotes.
+			params, rest := splitLinkParams(v)
+			v = rest
+			for _, p := range strings.Split(params, ";") {
+				k, val, _ := strings.Cut(strings.TrimSpace(p), "=")
+				if !strings.EqualFold(strings.TrimSpace(k), "rel") {
+					continue
+				}
+				for _, rel := range strings.Fields(strings.Trim(strings.TrimSpace(val), `"`)) {
+					if strings.EqualFold(rel, "next") {
+						return target
+					}
+				}
+			}
+		}
+	}
+	return ""
+}
+
+func splitLinkParams(v string) (params, rest string) {
+	inQuote := false
+	for i := 0; i < len(v); i++ {
+		switch v[i] {
+		case '"':
+			inQuote = !inQuote
+		case ',':
+			if !inQuote {
+				return v[:i], v[i+1:]
+			}
+		}
+	}
+	return v, ""
+}
+
+// entries turns one page's body into entries.
+func (s *source) entries(body []byte) ([]Entry, error) {
+	selected := json.RawMessage(body)
+	if s.items != nil {
+		var err error
+		if selected, err = selectPath(body, s.items); err != nil {
+			return nil, err
+		}
+		if selected == nil {
+			return nil, fmt.Errorf("items path %q not found in the response", strings.Join(s.items, "."))
+		}
+	}
+	if !s.keyed {
+		return []Entry{{Key: s.key[0].literal, Value: compact(selected)}}, nil
+	}
+	var items []json.RawMessage
+	if err := json.Unmarshal(selected, &items); err != nil {
+		return nil, errors.New("selected value is not an array")
+	}
+	out := make([]Entry, 0, len(items))
+	for i, item := range items {
+		key, err := s.keyOf(item)
+		if err != nil {
+			return nil, fmt.Errorf("item %d: %w", i, err)
+		}
+		out = append(out, Entry{Key: key, Value: compact(item)})
+	}
+	return out, nil
+}
+
+func (s *source) keyOf(item json.RawMessage) (string, error) {
+	var b strings.Builder
+	for _, p := range s.key {
+		if p.field == nil {
+			b.WriteString(p.literal)
+			continue
+		}
+		raw, err := selectPath(item, p.field)
+		if err != nil {
+			return "", err
+		}
+		v, ok := scalar(raw)
+		if raw == nil || !ok || v == "" {
+			return "", fmt.Errorf("missing key field %q", strings.Join(p.field, "."))
+		}
+		b.WriteString(v)
+	}
+	return b.String(), nil
+}
+
+// selectPath walks a dotted path through JSON objects. It returns nil, nil
+// when a step is absent or null, and an error when a step is not an object.
+func selectPath(raw []byte, path []string) (json.RawMessage, error) {
+	cur := json.RawMessage(raw)
+	for i, seg := range path {
+		var obj map[string]json.RawMessage
+		if err := json.Unmarshal(cur, &obj); err != nil {
+			return nil, fmt.Errorf("%q is not an object", strings.Join(path[:i], "."))
+		}
+		next, ok := obj[seg]
+		if !ok || isNull(next) {
+			return nil, nil
+		}
+		cur = next
+	}
+	return cur, nil
+}
+
+func isNull(raw json.RawMessage) bool { return bytes.Equal(bytes.TrimSpace(raw), []byte("null")) }
+
+// scalar renders a JSON string, number or bool as key text.
+func scalar(raw json.RawMessage) (string, bool) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 {
+		return "", false
+	}
+	switch raw[0] {
+	case '"':
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return "", false
+		}
+		return s, true
+	case '{', '[', 'n':
+		return "", false
+	default: // number, true, false
+		return string(raw), true
+	}
+}
+
+// compact removes insignificant whitespace so values are stored and sent in
+// their smallest form. raw must be valid JSON.
+func compact(raw json.RawMessage) json.RawMessage {
+	if !bytes.ContainsAny(raw, " \t\r\n") {
+		return raw
+	}
+	var b bytes.Buffer
+	if err := json.Compact(&b, raw); err != nil {
+		return raw
+	}
+	return b.Bytes()
+}

@@ -1,0 +1,175 @@
+// Package clientview builds a Replicache client view from a legacy API's own
+// GET endpoints, following the "clientView" section of a mapping file.
+//
+// A View is compiled once and is immutable; a Fetcher is safe for concurrent
+// use. Fetch returns either every entry of every source or an error: never a
+// partial view.
+package clientview
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"regexp"
+	"strings"
+)
+
+// Source is one client view source as written in the mapping file.
+type Source struct {
+	// Path is fetched with GET; {userID} may appear in it.
+	Path string `json:"path"`
+	// Items is a dotted path to the array of entities in the response; empty
+	// means the response itself.
+	Items string `json:"items,omitempty"`
+	// Key is a template over each item's fields, e.g. "todo/{id}". A key
+	// without placeholders makes the whole selected value one entry.
+	Key string `json:"key"`
+	// Pagination, when set, fetches further pages.
+	Pagination *Pagination `json:"pagination,omitempty"`
+}
+
+// Pagination describes how a source's further pages are found.
+type Pagination struct {
+	// Type is "link" (RFC 8288 Link header, rel="next") or "cursor".
+	Type string `json:"type"`
+	// Param is the query parameter that carries the cursor (cursor type;
+	// default "cursor").
+	Param string `json:"param,omitempty"`
+	// Next is the dotted path of the next cursor in the response (cursor
+	// type; default "next"). Absent, null or "" ends the pagination.
+	Next string `json:"next,omitempty"`
+	// MaxPages guards against pagination loops; more pages fail the pull.
+	// Default DefaultMaxPages.
+	MaxPages int `json:"maxPages,omitempty"`
+}
+
+// DefaultMaxPages is the page limit of a paginated source that sets none.
+const DefaultMaxPages = 1000
+
+// View is a compiled list of sources.
+type View struct {
+	sources []*source
+}
+
+type source struct {
+	path     string // as written, for error messages
+	pathTmpl string // with {userID} still in it
+	items    []string
+	key      []keyPart
+	keyed    bool // key has at least one placeholder
+	page     Pagination
+	paged    bool
+}
+
+type keyPart struct {
+	literal string
+	field   []string // nil for literal text
+}
+
+var fieldRE = regexp.MustCompile(`\{([A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*)\}`)
+
+// Compile checks every source and returns the compiled view, or one error
+// joining every problem found.
+func Compile(srcs []Source) (*View, error) {
+	v := &View{}
+	var errs []error
+	for i, s := range srcs {
+		cs, problems := compileSource(s)
+		for _, p := range problems {
+			errs = append(errs, fmt.Errorf("clientView[%d] (%s): %w", i, s.Path, p))
+		}
+		if len(problems) == 0 {
+			v.sources = append(v.sources, cs)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return v, nil
+}
+
+func compileSource(s Source) (*source, []error) {
+	var errs []error
+	cs := &source{path: s.Path, pathTmpl: s.Path}
+	switch {
+	case s.Path == "":
+		errs = append(errs, errors.New("path is required"))
+	case !strings.HasPrefix(s.Path, "/") || strings.HasPrefix(s.Path, "//"):
+		errs = append(errs, errors.New("path must start with a single /"))
+	default:
+		rest := strings.ReplaceAll(s.Path, "{userID}", "x")
+		if strings.ContainsAny(rest, "{}") {
+			errs = append(errs, errors.New("path: only the {userID} placeholder is allowed"))
+		} else if u, err := url.Parse(rest); err != nil || u.Fragment != "" || strings.ContainsAny(rest, " \r\n\t") {
+			errs = append(errs, errors.New("path is not a valid URL path"))
+		}
+	}
+	if s.Items != "" {
+		cs.items = strings.Split(s.Items, ".")
+	}
+	if s.Key == "" {
+		errs = append(errs, errors.New("key is required"))
+	}
+	last := 0
+	for _, m := range fieldRE.FindAllStringSubmatchIndex(s.Key, -1) {
+		if m[0] > last {
+			cs.key = append(cs.key, keyPart{literal: s.Key[last:m[0]]})
+		}
+		cs.key = append(cs.key, keyPart{field: strings.Split(s.Key[m[2]:m[3]], ".")})
+		cs.keyed = true
+		last = m[1]
+	}
+	if last < len(s.Key) {
+		cs.key = append(cs.key, keyPart{literal: s.Key[last:]})
+	}
+	if p := s.Pagination; p != nil {
+		cs.paged, cs.page = true, *p
+		switch p.Type {
+		case "link":
+		case "cursor":
+			if cs.page.Param == "" {
+				cs.page.Param = "cursor"
+			}
+			if cs.page.Next == "" {
+				cs.page.Next = "next"
+			}
+		default:
+			errs = append(errs, fmt.Errorf("pagination type %q is not \"link\" or \"cursor\"", p.Type))
+		}
+		if p.MaxPages < 0 {
+			errs = append(errs, errors.New("pagination maxPages must be positive"))
+		}
+		if cs.page.MaxPages == 0 {
+			cs.page.MaxPages = DefaultMaxPages
+		}
+		if !cs.keyed {
+			errs = append(errs, errors.New("a paginated source needs a key with a placeholder"))
+		}
+	}
+	return cs, errs
+}
+
+// Len returns the number of sources.
+func (v *View) Len() int { return len(v.sources) }
+
+// Entry is one key/value of the client view. Value is the item's JSON exactly
+// as the upstream sent it.
+type Entry struct {
+	Key   string
+	Value json.RawMessage
+}
+
+// SourceError is a source that could not be turned into entries: the pull
+// must fail rather than present a partial view.
+type SourceError struct {
+	Source string // the source's path as written in the mapping
+	Reason string
+	Err    error // underlying cause, if any
+}
+
+func (e *SourceError) Error() string {
+	return fmt.Sprintf("client view source %s: %s", e.Source, e.Reason)
+}
+
+func (e *SourceError) Unwrap() error { return e.Err }

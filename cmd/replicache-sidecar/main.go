@@ -1,0 +1,156 @@
+// Command replicache-sidecar lets Replicache clients sync with an unmodified
+// REST service. Configuration comes from SIDECAR_* environment variables;
+// see config.example.env.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, environ(), os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "replicache-sidecar:", err)
+		os.Exit(1)
+	}
+}
+
+func environ() map[string]string {
+	m := map[string]string{}
+	for _, kv := range os.Environ() {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+// run starts the sidecar and serves until ctx is cancelled, then drains and
+// shuts down within SIDECAR_SHUTDOWN_TIMEOUT.
+func run(ctx context.Context, env map[string]string, logOut io.Writer) error {
+	cfg, err := proxy.LoadConfig(env)
+	if err != nil {
+		return err
+	}
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+	log := slog.New(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: level}))
+
+	poolCfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		return errors.New("SIDECAR_DATABASE_URL: not a valid Postgres connection string")
+	}
+	// Request contexts must not derive from ctx: a signal would cancel
+	// in-flight work instead of letting it drain.
+	pool, err := pgxpool.NewWithConfig(context.WithoutCancel(ctx), poolCfg)
+	if err != nil {
+		return fmt.Errorf("creating database pool: %w", err)
+	}
+	defer pool.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	sc := proxy.New(proxy.Options{Config: cfg, Pool: pool, Logger: log, Registerer: reg})
+
+	// Push and pull set their own write deadlines; pass-through traffic may
+	// stream for as long as the legacy service does.
+	public := newServer(cfg.ListenAddr, sc.Handler(), 0)
+	admin := newServer(cfg.AdminAddr, sc.AdminHandler(reg), 30*time.Second)
+	publicLn, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("listening on SIDECAR_LISTEN_ADDR: %w", err)
+	}
+	adminLn, err := net.Listen("tcp", cfg.AdminAddr)
+	if err != nil {
+		publicLn.Close()
+		return fmt.Errorf("listening on SIDECAR_ADMIN_ADDR: %w", err)
+	}
+	log.Info("listening", "public", publicLn.Addr().String(), "admin", adminLn.Addr().String(),
+		"upstream", cfg.Upstream.Redacted(), "push_path", cfg.PushPath, "pull_path", cfg.PullPath,
+		"mutators", len(cfg.Mapping.Mutators.Names()), "view_sources", cfg.Mapping.View.Len(), "mapping_sha256", cfg.Mapping.Hash)
+
+	serveErr := make(chan error, 2)
+	go func() { serveErr <- public.Serve(publicLn) }()
+	go func() { serveErr <- admin.Serve(adminLn) }()
+	go migrate(ctx, sc, log)
+
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "timeout", cfg.ShutdownTimeout)
+	case err := <-serveErr:
+		log.Error("server failed", "error", err)
+	}
+	sc.Drain()
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+	defer cancel()
+	// Shutdown waits for in-flight requests (and so in-flight mutations,
+	// which are never abandoned between the upstream's answer and the
+	// commit) until the deadline.
+	errPublic := public.Shutdown(sctx)
+	errAdmin := admin.Shutdown(sctx)
+	if err := errors.Join(errPublic, errAdmin); err != nil {
+		return fmt.Errorf("shutting down: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// migrate applies the schema migrations, retrying while the database is
+// unreachable so the sidecar can start before its database does. Until it
+// succeeds, readiness fails and pushes and pulls answer 503.
+func migrate(ctx context.Context, sc *proxy.Sidecar, log *slog.Logger) {
+	backoff := 500 * time.Millisecond
+	for {
+		mctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := sc.Migrate(mctx)
+		cancel()
+		if err == nil {
+			log.Info("database schema ready", "version", proxy.SchemaVersion())
+			return
+		}
+		log.Error("migrating database schema failed; retrying", "error", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 10*time.Second)
+	}
+}
+
+// newServer returns an http.Server with every timeout set.
+func newServer(addr string, h http.Handler, writeTimeout time.Duration) *http.Server {
+	return &http.Server{
+		Addr:    addr,
+		Handler: h,
+		// A client gets 10s to send its headers: enough on any network,
+		// short enough that idle half-open connections don't pile up.
+		ReadHeaderTimeout: 10 * time.Second,
+		// Push bodies can be large (all pending mutations at once) but are
+		// sent in one go; a minute covers slow mobile links.
+		ReadTimeout:  60 * time.Second,
+		WriteTimeout: writeTimeout,
+		// Keep-alive connections from the Replicache client are reused
+		// every pull interval (60s by default).
+		IdleTimeout:    120 * time.Second,
+		MaxHeaderBytes: 64 << 10,
+	}
+}

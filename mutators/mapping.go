@@ -1,0 +1,450 @@
+// Package mutators turns Replicache mutations into calls of a legacy HTTP API,
+// following the "mutators" section of a mapping file, and classifies the
+// answers as applied, rejected (a business error) or transient.
+//
+// A Mapping is compiled once and is immutable: it is safe for concurrent use
+// and can be swapped atomically by its owner when the mapping file changes.
+package mutators
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"sort"
+	"strings"
+)
+
+// Spec is one mutator as written in the mapping file.
+type Spec struct {
+	Method  string            `json:"method"`
+	Path    string            `json:"path"`
+	Body    json.RawMessage   `json:"body,omitempty"`
+	Headers map[string]string `json:"headers,omitempty"`
+}
+
+// Mutation is one Replicache mutation plus the context placeholders may use.
+type Mutation struct {
+	ClientGroupID string
+	ClientID      string
+	ID            int64
+	Name          string
+	Args          json.RawMessage // raw JSON; may be nil or "null"
+	UserID        string
+}
+
+// IdempotencyKey is the key that identifies this mutation on every attempt:
+// "<clientID>:<mutationID>". Mutation ids are unique per client, so the key is
+// unique across the whole system and stable across retries and restarts.
+func (m Mutation) IdempotencyKey() string { return fmt.Sprintf("%s:%d", m.ClientID, m.ID) }
+
+// Request is a rendered upstream call, ready to be sent by a Client.
+type Request struct {
+	Mutator string
+	Method  string
+	// PathQuery is the escaped path, with its query string if any, relative
+	// to the upstream base URL. Every substituted value is escaped.
+	PathQuery      string
+	Body           []byte // nil: no body
+	Header         http.Header
+	IdempotencyKey string
+}
+
+// RenderError is a mutation that cannot be turned into an upstream call: an
+// unmapped mutator, a missing argument, or an argument that cannot stand where
+// the template puts it. It is a business error: retrying cannot fix it.
+type RenderError struct {
+	Mutator string
+	Reason  string
+}
+
+func (e *RenderError) Error() string {
+	return fmt.Sprintf("mutator %q: %s", e.Mutator, e.Reason)
+}
+
+// Mapping is a compiled set of mutators. It is immutable after Compile.
+type Mapping struct {
+	byName map[string]*mutator
+}
+
+type mutator struct {
+	name    string
+	method  string
+	segs    [][]part // path segments after the leading "/"
+	query   []queryParam
+	hasBody bool
+	body    any // template tree: map[string]any, []any, []part (string), json.Number, bool, nil
+	header  http.Header
+}
+
+type queryParam struct {
+	key, value []part
+	hasValue   bool
+}
+
+var allowedMethods = map[string]bool{
+	http.MethodPost:   true,
+	http.MethodPut:    true,
+	http.MethodPatch:  true,
+	http.MethodDelete: true,
+}
+
+// reservedHeaders are set by the sidecar or by net/http and cannot be
+// overridden by a mapping.
+var reservedHeaders = map[string]bool{
+	"Host": true, "Content-Length": true, "Transfer-Encoding": true,
+	"Connection": true, "Content-Type": true, "X-Request-Id": true,
+}
+
+// Compile checks every mutator and returns the compiled mapping, or one error
+// joining every problem found (each prefixed with the mutator's name).
+func Compile(specs map[string]Spec) (*Mapping, error) {
+	m := &Mapping{byName: make(map[string]*mutator, len(specs))}
+	names := make([]string, 0, len(specs))
+	for name := range specs {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	var errs []error
+	for _, name := range names {
+		mu, problems := compileMutator(name, specs[name])
+		for _, p := range problems {
+			errs = append(errs, fmt.Errorf("mutator %q: %w", name, p))
+		}
+		if len(problems) == 0 {
+			m.byName[name] = mu
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return m, nil
+}
+
+func compileMutator(name string, s Spec) (*mutator, []error) {
+	var errs []error
+	mu := &mutator{name: name, method: strings.ToUpper(s.Method), header: http.Header{}}
+	if name == "" {
+		errs = append(errs, errors.New("empty mutator name"))
+	}
+	switch {
+	case s.Method == "":
+		errs = append(errs, errors.New("method is required"))
+	case !allowedMethods[mu.method]:
+		errs = append(errs, fmt.Errorf("method %q is not one of POST, PUT, PATCH, DELETE", s.Method))
+	}
+	if err := mu.compilePath(s.Path); err != nil {
+		errs = append(errs, err)
+	}
+	if len(s.Body) > 0 && !bytes.Equal(bytes.TrimSpace(s.Body), []byte("null")) {
+		tree, err := compileBody(s.Body)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("body: %w", err))
+		}
+		mu.hasBody, mu.body = true, tree
+	}
+	for k, v := range s.Headers {
+		ck := http.CanonicalHeaderKey(k)
+		switch {
+		case !validHeaderName(k):
+			errs = append(errs, fmt.Errorf("header %q: invalid name", k))
+		case reservedHeaders[ck]:
+			errs = append(errs, fmt.Errorf("header %q is set by the sidecar and cannot be mapped", k))
+		case strings.ContainsAny(v, "\r\n\x00"):
+			errs = append(errs, fmt.Errorf("header %q: value contains a control character", k))
+		default:
+			mu.header.Set(ck, v)
+		}
+	}
+	return mu, errs
+}
+
+func validHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, c := range s {
+		if c > 127 || !(c == '-' || c == '_' || c == '.' || c == '!' || c == '#' || c == '$' ||
+			c == '%' || c == '&' || c == '\'' || c == '*' || c == '+' || c == '^' || c == '`' ||
+			c == '|' || c == '~' || c >= '0' && c <= '9' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z') {
+			return false
+		}
+	}
+	return true
+}
+
+func (mu *mutator) compilePath(p string) error {
+	switch {
+	case p == "":
+		return errors.New("path is required")
+	case !strings.HasPrefix(p, "/") || strings.HasPrefix(p, "//"):
+		return fmt.Errorf("path %q must start with a single /", p)
+	case strings.ContainsAny(p, "#\r\n\t "):
+		return fmt.Errorf("path %q contains a fragment, space or control character", p)
+	}
+	pathPart, queryPart, hasQuery := strings.Cut(p, "?")
+	var errs []string
+	for _, seg := range strings.Split(pathPart[1:], "/") {
+		ps, err := compileString(seg)
+		if err != nil {
+			errs = append(errs, err.Error())
+		}
+		for _, x := range ps {
+			if x.ref == nil && !validEscaped(x.literal) {
+				errs = append(errs, fmt.Sprintf("path literal %q is not valid URL path text", x.literal))
+			}
+		}
+		mu.segs = append(mu.segs, ps)
+	}
+	if hasQuery && queryPart != "" {
+		for _, kv := range strings.Split(queryPart, "&") {
+			k, v, hasV := strings.Cut(kv, "=")
+			kp, err1 := compileString(k)
+			vp, err2 := compileString(v)
+			for _, err := range []error{err1, err2} {
+				if err != nil {
+					errs = append(errs, err.Error())
+				}
+			}
+			mu.query = append(mu.query, queryParam{key: kp, value: vp, hasValue: hasV})
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("path: %s", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// validEscaped reports whether s is already valid escaped path text (so a
+// mapping may write %20 literally).
+func validEscaped(s string) bool {
+	u, err := url.Parse("/" + s)
+	return err == nil && u.RawQuery == "" && u.Fragment == ""
+}
+
+func compileBody(raw json.RawMessage) (any, error) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var tree any
+	if err := dec.Decode(&tree); err != nil {
+		return nil, fmt.Errorf("not valid JSON: %w", err)
+	}
+	var errs []string
+	var walk func(any) any
+	walk = func(n any) any {
+		switch x := n.(type) {
+		case map[string]any:
+			for k, v := range x {
+				x[k] = walk(v)
+			}
+			return x
+		case []any:
+			for i, v := range x {
+				x[i] = walk(v)
+			}
+			return x
+		case string:
+			ps, err := compileString(x)
+			if err != nil {
+				errs = append(errs, err.Error())
+			}
+			return ps
+		default:
+			return x
+		}
+	}
+	tree = walk(tree)
+	if len(errs) > 0 {
+		return nil, errors.New(strings.Join(errs, "; "))
+	}
+	return tree, nil
+}
+
+// Names returns the mapped mutator names in sorted order.
+func (m *Mapping) Names() []string {
+	names := make([]string, 0, len(m.byName))
+	for n := range m.byName {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Has reports whether name is a mapped mutator.
+func (m *Mapping) Has(name string) bool { _, ok := m.byName[name]; return ok }
+
+// Render builds the upstream request for mu. A *RenderError means the mutation
+// can never be applied (a business error); no other error is returned.
+// The returned Request is owned by the caller.
+func (m *Mapping) Render(mu Mutation) (*Request, error) {
+	spec, ok := m.byName[mu.Name]
+	if !ok {
+		return nil, &RenderError{Mutator: mu.Name, Reason: "no mapping for this mutator"}
+	}
+	v := &values{m: mu}
+	if len(mu.Args) > 0 {
+		dec := json.NewDecoder(bytes.NewReader(mu.Args))
+		dec.UseNumber()
+		if err := dec.Decode(&v.args); err != nil {
+			return nil, &RenderError{Mutator: mu.Name, Reason: "args are not valid JSON"}
+		}
+	}
+	fail := func(err error) (*Request, error) {
+		return nil, &RenderError{Mutator: mu.Name, Reason: err.Error()}
+	}
+	pq, err := spec.renderPathQuery(v)
+	if err != nil {
+		return fail(err)
+	}
+	req := &Request{
+		Mutator:        mu.Name,
+		Method:         spec.method,
+		PathQuery:      pq,
+		Header:         spec.header.Clone(),
+		IdempotencyKey: mu.IdempotencyKey(),
+	}
+	switch {
+	case spec.hasBody:
+		out, _, err := renderValue(spec.body, v)
+		if err != nil {
+			return fail(err)
+		}
+		if req.Body, err = json.Marshal(out); err != nil {
+			return fail(fmt.Errorf("encoding body: %w", err))
+		}
+	case spec.method != http.MethodDelete:
+		req.Body = []byte(mu.Args)
+		if len(req.Body) == 0 {
+			req.Body = []byte("null")
+		}
+	}
+	return req, nil
+}
+
+func (mu *mutator) renderPathQuery(v *values) (string, error) {
+	var b strings.Builder
+	for _, seg := range mu.segs {
+		b.WriteByte('/')
+		s, err := renderURLPart(seg, v, url.PathEscape)
+		if err != nil {
+			return "", err
+		}
+		// A substituted value may not make its segment empty or a dot
+		// segment: either would address a different resource upstream.
+		if hasPlaceholder(seg) && (s == "" || s == "." || s == "..") {
+			return "", fmt.Errorf("path segment would be %q, which is not allowed", s)
+		}
+		b.WriteString(s)
+	}
+	for i, q := range mu.query {
+		if i == 0 {
+			b.WriteByte('?')
+		} else {
+			b.WriteByte('&')
+		}
+		k, err := renderURLPart(q.key, v, url.QueryEscape)
+		if err != nil {
+			return "", err
+		}
+		b.WriteString(k)
+		if q.hasValue {
+			val, err := renderURLPart(q.value, v, url.QueryEscape)
+			if err != nil {
+				return "", err
+			}
+			b.WriteByte('=')
+			b.WriteString(val)
+		}
+	}
+	return b.String(), nil
+}
+
+func renderURLPart(ps []part, v *values, escape func(string) string) (string, error) {
+	var b strings.Builder
+	for _, p := range ps {
+		if p.ref == nil {
+			b.WriteString(p.literal)
+			continue
+		}
+		val, ok := v.lookup(p.ref)
+		if !ok {
+			if p.optional {
+				continue
+			}
+			return "", errMissing{p.raw}
+		}
+		s, err := scalarText(p, val)
+		if err != nil {
+			return "", err
+		}
+		b.WriteString(escape(s))
+	}
+	return b.String(), nil
+}
+
+// renderValue renders a body template node. keep is false when the node is a
+// lone optional placeholder whose value is absent: its object key is dropped.
+func renderValue(n any, v *values) (out any, keep bool, err error) {
+	switch x := n.(type) {
+	case map[string]any:
+		o := make(map[string]any, len(x))
+		for k, child := range x {
+			r, keep, err := renderValue(child, v)
+			if err != nil {
+				return nil, false, err
+			}
+			if keep {
+				o[k] = r
+			}
+		}
+		return o, true, nil
+	case []any:
+		a := make([]any, 0, len(x))
+		for _, child := range x {
+			r, keep, err := renderValue(child, v)
+			if err != nil {
+				return nil, false, err
+			}
+			if keep {
+				a = append(a, r)
+			}
+		}
+		return a, true, nil
+	case []part:
+		// A string that is exactly one placeholder takes the value's JSON type.
+		if len(x) == 1 && x[0].ref != nil {
+			val, ok := v.lookup(x[0].ref)
+			if !ok {
+				if x[0].optional {
+					return nil, false, nil
+				}
+				return nil, false, errMissing{x[0].raw}
+			}
+			return val, true, nil
+		}
+		var b strings.Builder
+		for _, p := range x {
+			if p.ref == nil {
+				b.WriteString(p.literal)
+				continue
+			}
+			val, ok := v.lookup(p.ref)
+			if !ok {
+				if p.optional {
+					continue
+				}
+				return nil, false, errMissing{p.raw}
+			}
+			s, err := text(val)
+			if err != nil {
+				return nil, false, err
+			}
+			b.WriteString(s)
+		}
+		return b.String(), true, nil
+	default:
+		return x, true, nil
+	}
+}

@@ -1,0 +1,117 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// authenticator learns who sent a push or pull. With neither a trusted
+// header nor an auth path configured the sidecar is single-tenant and every
+// request belongs to the anonymous user "".
+type authenticator struct {
+	header  string   // trusted header set by a gateway; "" if unused
+	path    string   // upstream path answering the caller's identity; "" if unused
+	field   []string // dotted path of the user id in path's JSON answer
+	base    string
+	hc      *http.Client
+	timeout time.Duration
+}
+
+// identify returns the caller's user id or an *httpError: 401 when the caller
+// is not authenticated, 502/503 when the auth endpoint misbehaves.
+//
+// The trusted header wins when present; when it is absent and an auth path
+// is configured, the upstream decides.
+func (a *authenticator) identify(ctx context.Context, r *http.Request, fwd http.Header, requestID string) (string, *httpError) {
+	if a.header != "" {
+		if v := strings.TrimSpace(r.Header.Get(a.header)); v != "" {
+			return v, nil
+		}
+		if a.path == "" {
+			return "", errorf(http.StatusUnauthorized, "Unauthorized", "missing %s header", a.header)
+		}
+	}
+	if a.path == "" {
+		return "", nil
+	}
+	return a.ask(ctx, fwd, requestID)
+}
+
+func (a *authenticator) ask(ctx context.Context, fwd http.Header, requestID string) (string, *httpError) {
+	ctx, cancel := context.WithTimeout(ctx, a.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.base+a.path, nil)
+	if err != nil {
+		return "", errorf(http.StatusInternalServerError, "Internal", "building auth request: %v", err)
+	}
+	for k, vs := range fwd {
+		req.Header[k] = vs
+	}
+	req.Header.Set("Accept", "application/json")
+	if requestID != "" {
+		req.Header.Set("X-Request-ID", requestID)
+	}
+	resp, err := a.hc.Do(req)
+	if err != nil {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return "", &httpError{Status: http.StatusServiceUnavailable, Code: "UpstreamUnavailable",
+				Message: fmt.Sprintf("auth endpoint %s did not answer within %s", a.path, a.timeout), RetryAfter: 1}
+		}
+		return "", &httpError{Status: http.StatusServiceUnavailable, Code: "UpstreamUnavailable",
+			Message: fmt.Sprintf("calling auth endpoint %s failed", a.path), RetryAfter: 1}
+	}
+	defer resp.Body.Close()
+	switch {
+	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		return "", errorf(http.StatusUnauthorized, "Unauthorized", "the upstream did not accept the credentials (%s answered %d)", a.path, resp.StatusCode)
+	case resp.StatusCode < 200 || resp.StatusCode > 299:
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		return "", errorf(http.StatusBadGateway, "BadGateway", "auth endpoint %s answered %d", a.path, resp.StatusCode)
+	}
+	var doc any
+	dec := json.NewDecoder(io.LimitReader(resp.Body, 1<<20))
+	dec.UseNumber()
+	if err := dec.Decode(&doc); err != nil {
+		return "", errorf(http.StatusBadGateway, "BadGateway", "auth endpoint %s did not answer JSON", a.path)
+	}
+	for _, seg := range a.field {
+		obj, ok := doc.(map[string]any)
+		if !ok {
+			doc = nil
+			break
+		}
+		doc = obj[seg]
+	}
+	var id string
+	switch v := doc.(type) {
+	case string:
+		id = v
+	case json.Number:
+		id = v.String()
+	}
+	if id == "" {
+		return "", errorf(http.StatusBadGateway, "BadGateway", "auth endpoint %s answered without a string or number field %q", a.path, strings.Join(a.field, "."))
+	}
+	return id, nil
+}
+
+// forwardHeaders copies the configured headers of r, skipping empty values
+// (the Replicache client sends an empty Authorization when it has none).
+func forwardHeaders(r *http.Request, names []string) http.Header {
+	h := make(http.Header, len(names))
+	for _, n := range names {
+		for _, v := range r.Header.Values(n) {
+			if v != "" {
+				h.Add(n, v)
+			}
+		}
+	}
+	return h
+}

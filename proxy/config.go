@@ -1,0 +1,181 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Config is every setting of the sidecar, read from SIDECAR_* environment
+// variables. config.example.env documents each one; keep them in step.
+type Config struct {
+	UpstreamURL string `env:"UPSTREAM_URL,required"`
+	DatabaseURL string `env:"DATABASE_URL,required"`
+	MappingFile string `env:"MAPPING_FILE,required"`
+
+	ListenAddr string `env:"LISTEN_ADDR" envDefault:":8080"`
+	AdminAddr  string `env:"ADMIN_ADDR" envDefault:":9090"`
+	PushPath   string `env:"PUSH_PATH" envDefault:"/replicache/push"`
+	PullPath   string `env:"PULL_PATH" envDefault:"/replicache/pull"`
+	DBSchema   string `env:"DB_SCHEMA" envDefault:"replicache"`
+
+	ForwardHeaders    []string `env:"FORWARD_HEADERS" envDefault:"Authorization" envSeparator:","`
+	UserIDHeader      string   `env:"USER_ID_HEADER"`
+	AuthPath          string   `env:"AUTH_PATH"`
+	AuthUserField     string   `env:"AUTH_USER_FIELD" envDefault:"id"`
+	IdempotencyHeader string   `env:"IDEMPOTENCY_HEADER" envDefault:"Idempotency-Key"`
+
+	UpstreamTimeout      time.Duration `env:"UPSTREAM_TIMEOUT" envDefault:"10s"`
+	MaxBodyBytes         int64         `env:"MAX_BODY_BYTES" envDefault:"33554432"`
+	MaxUpstreamBodyBytes int64         `env:"MAX_UPSTREAM_BODY_BYTES" envDefault:"67108864"`
+	PushTimeBudget       time.Duration `env:"PUSH_TIME_BUDGET" envDefault:"20s"`
+	ShutdownTimeout      time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"25s"`
+	LogLevel             string        `env:"LOG_LEVEL" envDefault:"info"`
+
+	// Parsed forms, filled by LoadConfig.
+	Upstream *url.URL `env:"-"`
+	Mapping  *Mapping `env:"-"`
+}
+
+var schemaRE = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
+
+// LoadConfig reads the configuration from environ (variable name → value),
+// loads the mapping file, and checks everything. The error, if any, lists
+// every problem found, one per line, so a bad deployment is fixed in one go.
+func LoadConfig(environ map[string]string) (Config, error) {
+	var cfg Config
+	var errs []error
+	if err := env.ParseWithOptions(&cfg, env.Options{Environment: environ, Prefix: "SIDECAR_"}); err != nil {
+		var agg env.AggregateError
+		if errors.As(err, &agg) {
+			errs = append(errs, agg.Errors...)
+		} else {
+			errs = append(errs, err)
+		}
+	}
+	if cfg.UpstreamURL != "" {
+		u, err := url.Parse(cfg.UpstreamURL)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("SIDECAR_UPSTREAM_URL: %w", err))
+		case u.Scheme != "http" && u.Scheme != "https", u.Host == "":
+			errs = append(errs, fmt.Errorf("SIDECAR_UPSTREAM_URL %q: want http(s)://host[:port][/prefix]", cfg.UpstreamURL))
+		case u.RawQuery != "" || u.Fragment != "" || u.User != nil:
+			errs = append(errs, fmt.Errorf("SIDECAR_UPSTREAM_URL %q: must not carry a query, fragment or credentials", cfg.UpstreamURL))
+		default:
+			cfg.Upstream = u
+		}
+	}
+	if cfg.DatabaseURL != "" {
+		if _, err := pgxpool.ParseConfig(cfg.DatabaseURL); err != nil {
+			// pgx's message can echo the URL; keep credentials out of logs.
+			errs = append(errs, errors.New("SIDECAR_DATABASE_URL: not a valid Postgres connection string"))
+		}
+	}
+	if cfg.MappingFile != "" {
+		m, err := LoadMapping(cfg.MappingFile)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("SIDECAR_MAPPING_FILE: %w", err))
+		}
+		cfg.Mapping = m
+	}
+	if !schemaRE.MatchString(cfg.DBSchema) {
+		errs = append(errs, fmt.Errorf("SIDECAR_DB_SCHEMA %q: want a lower-case SQL identifier ([a-z_][a-z0-9_]*)", cfg.DBSchema))
+	}
+	for name, p := range map[string]string{"SIDECAR_PUSH_PATH": cfg.PushPath, "SIDECAR_PULL_PATH": cfg.PullPath} {
+		if !strings.HasPrefix(p, "/") || strings.ContainsAny(p, "?# ") {
+			errs = append(errs, fmt.Errorf("%s %q: want an absolute path without query", name, p))
+		}
+	}
+	if cfg.PushPath == cfg.PullPath {
+		errs = append(errs, errors.New("SIDECAR_PUSH_PATH and SIDECAR_PULL_PATH must differ"))
+	}
+	var fwd []string
+	for _, h := range cfg.ForwardHeaders {
+		h = strings.TrimSpace(h)
+		if h == "" {
+			continue
+		}
+		if !validToken(h) {
+			errs = append(errs, fmt.Errorf("SIDECAR_FORWARD_HEADERS: %q is not a header name", h))
+		}
+		fwd = append(fwd, http.CanonicalHeaderKey(h))
+	}
+	cfg.ForwardHeaders = fwd
+	for name, h := range map[string]string{"SIDECAR_USER_ID_HEADER": cfg.UserIDHeader, "SIDECAR_IDEMPOTENCY_HEADER": cfg.IdempotencyHeader} {
+		if h != "" && !validToken(h) {
+			errs = append(errs, fmt.Errorf("%s: %q is not a header name", name, h))
+		}
+	}
+	if cfg.IdempotencyHeader == "" {
+		errs = append(errs, errors.New("SIDECAR_IDEMPOTENCY_HEADER must not be empty"))
+	}
+	if cfg.AuthPath != "" && !strings.HasPrefix(cfg.AuthPath, "/") {
+		errs = append(errs, fmt.Errorf("SIDECAR_AUTH_PATH %q: want a path starting with /", cfg.AuthPath))
+	}
+	if cfg.AuthUserField == "" {
+		errs = append(errs, errors.New("SIDECAR_AUTH_USER_FIELD must not be empty"))
+	}
+	for name, d := range map[string]time.Duration{
+		"SIDECAR_UPSTREAM_TIMEOUT": cfg.UpstreamTimeout, "SIDECAR_PUSH_TIME_BUDGET": cfg.PushTimeBudget,
+		"SIDECAR_SHUTDOWN_TIMEOUT": cfg.ShutdownTimeout,
+	} {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive", name))
+		}
+	}
+	for name, n := range map[string]int64{"SIDECAR_MAX_BODY_BYTES": cfg.MaxBodyBytes, "SIDECAR_MAX_UPSTREAM_BODY_BYTES": cfg.MaxUpstreamBodyBytes} {
+		if n <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive", name))
+		}
+	}
+	switch strings.ToLower(cfg.LogLevel) {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("SIDECAR_LOG_LEVEL %q: want debug, info, warn or error", cfg.LogLevel))
+	}
+	if len(errs) > 0 {
+		return Config{}, fmt.Errorf("invalid configuration:\n  %w", joinLines(errs))
+	}
+	return cfg, nil
+}
+
+// joinLines joins errors one per line, indented, flattening nested joins so
+// every problem stands on its own line.
+func joinLines(errs []error) error {
+	var lines []string
+	var flatten func(error)
+	flatten = func(err error) {
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			for _, e := range j.Unwrap() {
+				flatten(e)
+			}
+			return
+		}
+		lines = append(lines, err.Error())
+	}
+	for _, err := range errs {
+		flatten(err)
+	}
+	return errors.New(strings.Join(lines, "\n  "))
+}
+
+func validToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
+			return false
+		}
+	}
+	return true
+}

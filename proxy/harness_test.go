@@ -1,0 +1,271 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// testMapping maps the legacy test API. updateTodo uses optional
+// placeholders so partial updates work.
+const testMapping = `{
+  "mutators": {
+    "createTodo": {"method": "POST", "path": "/api/todos"},
+    "updateTodo": {"method": "PATCH", "path": "/api/todos/{args.id}",
+                   "body": {"title": "{args.title?}", "done": "{args.done?}"}},
+    "deleteTodo": {"method": "DELETE", "path": "/api/todos/{args.id}"}
+  },
+  "clientView": [
+    {"path": "/api/todos", "items": "todos", "key": "todo/{id}", "pagination": {"type": "link"}},
+    {"path": "/api/me", "key": "me"}
+  ]
+}`
+
+// testDatabaseURL is the Postgres the tests use. `make test` starts a
+// throwaway one; running `go test` alone needs DATABASE_URL.
+func testDatabaseURL(t testing.TB) string {
+	t.Helper()
+	for _, k := range []string{"SIDECAR_DATABASE_URL", "DATABASE_URL"} {
+		if u := os.Getenv(k); u != "" {
+			return u
+		}
+	}
+	t.Fatal("no database: set DATABASE_URL, or run `make test`, which starts a throwaway Postgres")
+	return ""
+}
+
+// newSchema returns a fresh schema name, dropped when the test ends, so
+// tests share one database without seeing each other.
+func newSchema(t testing.TB) string {
+	t.Helper()
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	schema := "t_" + hex.EncodeToString(b)
+	url := testDatabaseURL(t)
+	t.Cleanup(func() {
+		ctx := context.Background()
+		conn, err := pgx.Connect(ctx, url)
+		if err != nil {
+			t.Errorf("dropping test schema: %v", err)
+			return
+		}
+		defer conn.Close(ctx)
+		_, _ = conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE")
+	})
+	return schema
+}
+
+func newPool(t testing.TB) *pgxpool.Pool {
+	t.Helper()
+	pool, err := pgxpool.New(context.Background(), testDatabaseURL(t))
+	if err != nil {
+		t.Fatalf("connecting: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// instance is one running sidecar.
+type instance struct {
+	sc      *Sidecar
+	srv     *httptest.Server // public listener
+	reg     *prometheus.Registry
+	pool    *pgxpool.Pool
+	mapping string
+}
+
+// harness is a legacy upstream plus sidecars sharing one schema.
+type harness struct {
+	t      testing.TB
+	up     *legacy
+	schema string
+	env    map[string]string
+}
+
+// newHarness starts the legacy API and returns a harness; env overrides the
+// sidecar's settings (SIDECAR_* names).
+func newHarness(t testing.TB, env map[string]string) *harness {
+	t.Helper()
+	h := &harness{t: t, up: newLegacy(t), schema: newSchema(t)}
+	mappingFile := filepath.Join(t.TempDir(), "mapping.json")
+	if err := os.WriteFile(mappingFile, []byte(testMapping), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h.env = map[string]string{
+		"SIDECAR_UPSTREAM_URL": h.up.srv.URL,
+		"SIDECAR_DATABASE_URL": testDatabaseURL(t),
+		"SIDECAR_MAPPING_FILE": mappingFile,
+		"SIDECAR_DB_SCHEMA":    h.schema,
+		"SIDECAR_AUTH_PATH":    "/api/me",
+	}
+	for k, v := range env {
+		h.env[k] = v
+	}
+	return h
+}
+
+// start starts a sidecar on the harness's schema, migrated and serving.
+func (h *harness) start() *instance {
+	h.t.Helper()
+	inst := h.startUnmigrated()
+	if err := inst.sc.Migrate(context.Background()); err != nil {
+		h.t.Fatalf("migrating: %v", err)
+	}
+	return inst
+}
+
+func (h *harness) startUnmigrated() *instance {
+	h.t.Helper()
+	cfg, err := LoadConfig(h.env)
+	if err != nil {
+		h.t.Fatalf("LoadConfig: %v", err)
+	}
+	reg := prometheus.NewRegistry()
+	pool := newPool(h.t)
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if os.Getenv("TEST_LOG") != "" {
+		logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	sc := New(Options{Config: cfg, Pool: pool, Logger: logger, Registerer: reg})
+	srv := httptest.NewServer(sc.Handler())
+	h.t.Cleanup(srv.Close)
+	return &instance{sc: sc, srv: srv, reg: reg, pool: pool}
+}
+
+// response is a decoded answer.
+type response struct {
+	status int
+	header http.Header
+	raw    []byte
+	json   map[string]any
+}
+
+func (r response) str(key string) string { s, _ := r.json[key].(string); return s }
+
+// post sends body (a []byte, string, or value to encode) to path.
+func (inst *instance) post(t testing.TB, path, auth string, body any) response {
+	t.Helper()
+	var b []byte
+	switch x := body.(type) {
+	case []byte:
+		b = x
+	case string:
+		b = []byte(x)
+	default:
+		var err error
+		if b, err = json.Marshal(x); err != nil {
+			t.Fatal(err)
+		}
+	}
+	req, _ := http.NewRequest(http.MethodPost, inst.srv.URL+path, bytes.NewReader(b))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", auth)
+	req.Header.Set("X-Replicache-RequestID", "test-req")
+	return do(t, req)
+}
+
+func do(t testing.TB, req *http.Request) response {
+	t.Helper()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	r := response{status: resp.StatusCode, header: resp.Header, raw: raw}
+	_ = json.Unmarshal(raw, &r.json)
+	return r
+}
+
+type mut struct {
+	client string
+	id     int64
+	name   string
+	args   any
+}
+
+func pushBody(group string, muts ...mut) map[string]any {
+	ms := make([]map[string]any, 0, len(muts))
+	for _, m := range muts {
+		ms = append(ms, map[string]any{"id": m.id, "clientID": m.client, "name": m.name, "args": m.args, "timestamp": 12.5})
+	}
+	return map[string]any{"pushVersion": 1, "profileID": "p1", "clientGroupID": group, "schemaVersion": "", "mutations": ms}
+}
+
+func pullBody(group string, cookie any) map[string]any {
+	return map[string]any{"pullVersion": 1, "profileID": "p1", "clientGroupID": group, "cookie": cookie, "schemaVersion": ""}
+}
+
+func create(client string, id int64, todoID string) mut {
+	return mut{client, id, "createTodo", map[string]any{"id": todoID, "title": "t " + todoID}}
+}
+
+func (inst *instance) push(t testing.TB, user, group string, muts ...mut) response {
+	t.Helper()
+	return inst.post(t, "/replicache/push", "Bearer "+user, pushBody(group, muts...))
+}
+
+// pullResult is a decoded PullResponse.
+type pullResult struct {
+	Cookie struct {
+		Order int64 `json:"order"`
+	} `json:"cookie"`
+	LastMutationIDChanges map[string]int64 `json:"lastMutationIDChanges"`
+	Patch                 []struct {
+		Op    string          `json:"op"`
+		Key   string          `json:"key"`
+		Value json.RawMessage `json:"value"`
+	} `json:"patch"`
+}
+
+func (inst *instance) pull(t testing.TB, user, group string, cookie any) (response, pullResult) {
+	t.Helper()
+	r := inst.post(t, "/replicache/pull", "Bearer "+user, pullBody(group, cookie))
+	var pr pullResult
+	if r.status == http.StatusOK {
+		if err := json.Unmarshal(r.raw, &pr); err != nil {
+			t.Fatalf("pull answered 200 with a body that is not a PullResponse: %v\n%s", err, r.raw)
+		}
+	}
+	return r, pr
+}
+
+// keys returns the put keys of a patch, checking it starts with clear.
+func (p pullResult) keys(t testing.TB) []string {
+	t.Helper()
+	if len(p.Patch) == 0 || p.Patch[0].Op != "clear" {
+		t.Fatalf("patch does not start with clear: %+v", p.Patch)
+	}
+	var ks []string
+	for _, op := range p.Patch[1:] {
+		if op.Op != "put" {
+			t.Fatalf("reset patch has op %q", op.Op)
+		}
+		ks = append(ks, op.Key)
+	}
+	return ks
+}
+
+// lmid reads a client's last mutation id straight from the database.
+func (h *harness) lmid(t testing.TB, pool *pgxpool.Pool, client string) int64 {
+	t.Helper()
+	var v int64
+	err := pool.QueryRow(context.Background(), "SELECT last_mutation_id FROM "+pgx.Identifier{h.schema}.Sanitize()+".clients WHERE id = $1", client).Scan(&v)
+	if err != nil && err != pgx.ErrNoRows {
+		t.Fatal(err)
+	}
+	return v
+}

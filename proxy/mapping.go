@@ -1,0 +1,72 @@
+package proxy
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/replicache-sidecar/replicache-sidecar/clientview"
+	"github.com/replicache-sidecar/replicache-sidecar/mutators"
+)
+
+// mappingFile is the mapping file's format. Unknown fields are refused so a
+// typo fails at start instead of silently mapping nothing.
+type mappingFile struct {
+	Mutators   map[string]mutators.Spec `json:"mutators"`
+	ClientView []clientview.Source      `json:"clientView"`
+}
+
+// Mapping is a loaded, compiled mapping file. It is immutable.
+type Mapping struct {
+	Mutators *mutators.Mapping
+	View     *clientview.View
+	// Hash is the SHA-256 of the file's bytes, to tell versions apart.
+	Hash string
+}
+
+// maxMappingBytes bounds the mapping file; real ones are a few kilobytes.
+const maxMappingBytes = 4 << 20
+
+// LoadMapping reads and compiles the mapping file at path. The error lists
+// every problem found.
+func LoadMapping(path string) (*Mapping, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading mapping: %w", err)
+	}
+	return ParseMapping(raw)
+}
+
+// ParseMapping compiles a mapping file's bytes.
+func ParseMapping(raw []byte) (*Mapping, error) {
+	if len(raw) > maxMappingBytes {
+		return nil, fmt.Errorf("mapping is larger than %d bytes", maxMappingBytes)
+	}
+	var f mappingFile
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("mapping is not valid: %w", err)
+	}
+	var errs []error
+	if len(f.Mutators) == 0 && len(f.ClientView) == 0 {
+		errs = append(errs, errors.New("mapping has neither mutators nor clientView"))
+	}
+	muts, err := mutators.Compile(f.Mutators)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	view, err := clientview.Compile(f.ClientView)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	sum := sha256.Sum256(raw)
+	return &Mapping{Mutators: muts, View: view, Hash: hex.EncodeToString(sum[:])}, nil
+}

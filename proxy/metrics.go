@@ -1,0 +1,86 @@
+package proxy
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+const namespace = "replicache_sidecar"
+
+// metrics are the sidecar's own series. Label values come from small fixed
+// sets: endpoints, outcomes, status codes and mapped mutator names (any other
+// name counts as "unmapped"), never ids or raw paths.
+type metrics struct {
+	requests        *prometheus.CounterVec
+	requestDuration *prometheus.HistogramVec
+	mutations       *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer, mutatorNames []string) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "requests_total",
+			Help: "Requests answered, by endpoint (push, pull, proxy) and HTTP status code.",
+		}, []string{"endpoint", "code"}),
+		requestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "request_duration_seconds",
+			Help:    "Time to answer a request, by endpoint.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"endpoint"}),
+		mutations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "mutations_total",
+			Help: "Pushed mutations by mutator and outcome (applied, duplicate, rejected, transient).",
+		}, []string{"mutator", "outcome"}),
+	}
+	reg.MustRegister(m.requests, m.requestDuration, m.mutations)
+	for _, e := range []string{"push", "pull", "proxy"} {
+		m.requestDuration.WithLabelValues(e)
+	}
+	for _, name := range append(mutatorNames, "unmapped") {
+		for _, o := range []string{"applied", "duplicate", "rejected", "transient"} {
+			m.mutations.WithLabelValues(name, o)
+		}
+	}
+	return m
+}
+
+// instrument counts and times every request h answers as endpoint.
+func (m *metrics) instrument(endpoint string, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		h.ServeHTTP(sw, r)
+		code := sw.status
+		if code == 0 {
+			code = http.StatusOK
+		}
+		m.requests.WithLabelValues(endpoint, strconv.Itoa(code)).Inc()
+		m.requestDuration.WithLabelValues(endpoint).Observe(time.Since(start).Seconds())
+	})
+}
+
+// statusWriter remembers the status code written through it.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach Flush and deadlines.
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }

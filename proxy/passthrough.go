@@ -1,0 +1,32 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+)
+
+// newPassthrough returns the handler for every request that is not a push or
+// pull: it goes to the upstream unchanged (method, path, query, headers,
+// body) with X-Forwarded-For/Proto/Host added, and the answer streams back.
+func newPassthrough(upstream *url.URL, transport http.RoundTripper, log *slog.Logger) http.Handler {
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(upstream)
+			pr.SetXForwarded()
+		},
+		Transport: transport,
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+				// The client went away: not an upstream failure.
+				w.WriteHeader(499)
+				return
+			}
+			log.Warn("pass-through failed", "method", r.Method, "path", r.URL.Path, "error", err)
+			writeError(w, errorf(http.StatusBadGateway, "BadGateway", "the upstream service could not be reached"))
+		},
+	}
+}

@@ -1,0 +1,310 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/replicache-sidecar/replicache-sidecar/mutators"
+)
+
+// pushRequest is a Replicache PushRequest (v1). Version 0 bodies decode into
+// it too, so their version can be refused with the protocol's own error.
+type pushRequest struct {
+	PushVersion   *int           `json:"pushVersion"`
+	ProfileID     string         `json:"profileID"`
+	ClientGroupID string         `json:"clientGroupID"`
+	SchemaVersion string         `json:"schemaVersion"`
+	Mutations     []pushMutation `json:"mutations"`
+}
+
+type pushMutation struct {
+	ID        int64           `json:"id"`
+	ClientID  string          `json:"clientID"`
+	Name      string          `json:"name"`
+	Args      json.RawMessage `json:"args"`
+	Timestamp float64         `json:"timestamp"` // performance.now() on the client: not a clock
+}
+
+// maxIDLen bounds client, client group and mutator names: real ones are
+// short, and they end up in the database and in logs.
+const maxIDLen = 512
+
+func (p *pushRequest) validate() *httpError {
+	if err := validID("clientGroupID", p.ClientGroupID); err != nil {
+		return err
+	}
+	for i, m := range p.Mutations {
+		if m.ID < 1 {
+			return errorf(http.StatusBadRequest, "BadRequest", "mutations[%d].id: %d is not a positive integer", i, m.ID)
+		}
+		if err := validID(fmt.Sprintf("mutations[%d].clientID", i), m.ClientID); err != nil {
+			return err
+		}
+		if err := validID(fmt.Sprintf("mutations[%d].name", i), m.Name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func validID(field, v string) *httpError {
+	switch {
+	case v == "":
+		return errorf(http.StatusBadRequest, "BadRequest", "%s is required", field)
+	case len(v) > maxIDLen:
+		return errorf(http.StatusBadRequest, "BadRequest", "%s is longer than %d bytes", field, maxIDLen)
+	}
+	return nil
+}
+
+// mutationSender sends one rendered mutation upstream.
+type mutationSender interface {
+	Do(ctx context.Context, r *mutators.Request, fwd http.Header, requestID string) mutators.Result
+}
+
+// pushStats summarizes what one push did; it is the 200 answer's body.
+type pushStats struct {
+	Applied   int  `json:"applied"`
+	Rejected  int  `json:"rejected"`
+	Duplicate int  `json:"duplicate"`
+	Pending   int  `json:"pending"` // left for the client's next push (time budget)
+	EarlyExit bool `json:"earlyExit,omitempty"`
+}
+
+// gapError: a mutation arrived before the one the client owes us next.
+type gapError struct {
+	clientID           string
+	expected, received int64
+}
+
+func (e *gapError) Error() string {
+	return fmt.Sprintf("client %s: expected mutation %d, received %d", e.clientID, e.expected, e.received)
+}
+
+// transientError: the upstream may not have applied the mutation; it stays
+// pending and the client retries it with the same idempotency key.
+type transientError struct {
+	mutator string
+	id      int64
+	client  string
+	result  mutators.Result
+}
+
+func (e *transientError) Error() string {
+	return fmt.Sprintf("mutation %d of client %s (%s) not applied: %s", e.id, e.client, e.mutator, e.result.Cause())
+}
+
+func (s *Sidecar) handlePush(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	ctx := r.Context()
+	requestID := replicacheRequestID(r)
+	log := s.log.With("endpoint", "push", "request_id", requestID)
+
+	var req pushRequest
+	if herr := decodeBody(w, r, s.cfg.MaxBodyBytes, &req); herr != nil {
+		s.fail(w, log, herr)
+		return
+	}
+	if req.PushVersion == nil {
+		s.fail(w, log, errorf(http.StatusBadRequest, "BadRequest", "pushVersion is required"))
+		return
+	}
+	if *req.PushVersion != 1 {
+		writeVersionNotSupported(w, "push")
+		return
+	}
+	if herr := req.validate(); herr != nil {
+		s.fail(w, log, herr)
+		return
+	}
+	log = log.With("client_group", req.ClientGroupID)
+	if herr := s.checkServing(ctx); herr != nil {
+		s.fail(w, log, herr)
+		return
+	}
+	fwd := forwardHeaders(r, s.cfg.ForwardHeaders)
+	userID, herr := s.auth.identify(ctx, r, fwd, requestID)
+	if herr != nil {
+		s.fail(w, log, herr)
+		return
+	}
+
+	// Check ownership of the group and of every client before applying
+	// anything, and learn the last mutation ids so retried mutations are
+	// skipped without a transaction each.
+	clientIDs := make([]string, 0, 1)
+	seen := map[string]bool{}
+	for _, m := range req.Mutations {
+		if !seen[m.ClientID] {
+			seen[m.ClientID] = true
+			clientIDs = append(clientIDs, m.ClientID)
+		}
+	}
+	var known map[string]int64
+	err := s.store.Locked(ctx, req.ClientGroupID, userID, func(g *GroupTx) error {
+		var err error
+		known, err = g.EnsureClients(ctx, clientIDs)
+		return err
+	})
+	if err != nil {
+		s.failStore(w, log, err, req.ClientGroupID)
+		return
+	}
+
+	mapping := s.mapping()
+	var stats pushStats
+	for i, m := range req.Mutations {
+		if m.ID <= known[m.ClientID] {
+			stats.Duplicate++
+			s.countMutation(mapping, m.Name, "duplicate")
+			continue
+		}
+		if time.Since(start) >= s.cfg.PushTimeBudget {
+			// Early exit: what is committed stays committed; the client
+			// pushes the rest next time.
+			stats.EarlyExit, stats.Pending = true, len(req.Mutations)-i
+			break
+		}
+		if ctx.Err() != nil {
+			log.Info("client went away mid-push", "applied", stats.Applied, "rejected", stats.Rejected)
+			return
+		}
+		mu := mutators.Mutation{
+			ClientGroupID: req.ClientGroupID, ClientID: m.ClientID, ID: m.ID,
+			Name: m.Name, Args: m.Args, UserID: userID,
+		}
+		outcome, lmid, err := s.applyMutation(ctx, mapping, mu, fwd, requestID)
+		if err != nil {
+			var gap *gapError
+			var tr *transientError
+			switch {
+			case errors.As(err, &gap):
+				s.fail(w, log, &httpError{Status: http.StatusBadRequest, Code: "MutationIDGap", Message: gap.Error(),
+					Detail: map[string]any{"clientID": gap.clientID, "expected": gap.expected, "received": gap.received}})
+			case errors.As(err, &tr):
+				s.countMutation(mapping, m.Name, "transient")
+				s.fail(w, log, &httpError{Status: http.StatusServiceUnavailable, Code: "UpstreamUnavailable",
+					Message: tr.Error() + "; retry later", RetryAfter: 1,
+					Detail: map[string]any{"mutator": tr.mutator, "cause": tr.result.Cause(), "clientID": tr.client, "mutationID": tr.id, "upstreamStatus": tr.result.Status}})
+			default:
+				s.failStore(w, log, err, req.ClientGroupID)
+			}
+			return
+		}
+		known[m.ClientID] = lmid
+		s.countMutation(mapping, m.Name, outcome)
+		switch outcome {
+		case "applied":
+			stats.Applied++
+		case "rejected":
+			stats.Rejected++
+		case "duplicate":
+			stats.Duplicate++
+		}
+	}
+	log.Info("push", "mutations", len(req.Mutations), "applied", stats.Applied, "rejected", stats.Rejected,
+		"duplicate", stats.Duplicate, "pending", stats.Pending, "duration", time.Since(start))
+	writeJSON(w, http.StatusOK, stats)
+}
+
+// applyMutation processes one mutation in its own transaction holding the
+// group's lock: skip it if already processed, refuse it if it comes early,
+// otherwise call the upstream and record the outcome. It returns the outcome
+// label and the client's last mutation id afterwards.
+//
+// The upstream call happens inside the transaction and has effects outside
+// it: if the commit is lost the call is repeated on the client's retry with
+// the same idempotency key, so the upstream sees it at least once and, when
+// it honours the key, applies it exactly once. From the upstream call on, the
+// work is detached from the client's cancellation so an answered call is
+// always recorded.
+func (s *Sidecar) applyMutation(ctx context.Context, mapping *Mapping, mu mutators.Mutation, fwd http.Header, requestID string) (string, int64, error) {
+	var outcome string
+	var lmid int64
+	err := s.store.Locked(ctx, mu.ClientGroupID, mu.UserID, func(g *GroupTx) error {
+		cur, err := g.LastMutationID(ctx, mu.ClientID)
+		if err != nil {
+			return err
+		}
+		switch {
+		case mu.ID <= cur:
+			outcome, lmid = "duplicate", cur
+			return nil
+		case mu.ID > cur+1:
+			return &gapError{clientID: mu.ClientID, expected: cur + 1, received: mu.ID}
+		}
+		dctx := context.WithoutCancel(ctx)
+		var res mutators.Result
+		req, rerr := mapping.Mutators.Render(mu)
+		if rerr != nil {
+			res = mutators.Result{Outcome: mutators.Rejected, Err: rerr}
+		} else {
+			res = s.sender.Do(dctx, req, fwd, requestID)
+		}
+		if res.Outcome == mutators.Transient {
+			return &transientError{mutator: mu.Name, id: mu.ID, client: mu.ClientID, result: res}
+		}
+		if err := g.SetLastMutationID(dctx, mu.ClientID, mu.ID); err != nil {
+			return err
+		}
+		outcome, lmid = "applied", mu.ID
+		if res.Outcome == mutators.Rejected {
+			outcome = "rejected"
+			s.log.Info("mutation rejected", "request_id", requestID, "client_group", mu.ClientGroupID,
+				"mutator", mu.Name, "mutation_id", mu.ID, "status", res.Status, "cause", res.Cause())
+			return g.RecordRejection(dctx, Rejection{ClientID: mu.ClientID, MutationID: mu.ID, Mutator: mu.Name,
+				Status: res.Status, Reason: res.Cause(), Body: res.Body})
+		}
+		return nil
+	})
+	return outcome, lmid, err
+}
+
+func (s *Sidecar) countMutation(mapping *Mapping, name, outcome string) {
+	if !mapping.Mutators.Has(name) {
+		name = "unmapped"
+	}
+	s.metrics.mutations.WithLabelValues(name, outcome).Inc()
+}
+
+// failStore answers a push or pull whose bookkeeping step failed.
+func (s *Sidecar) failStore(w http.ResponseWriter, log *slog.Logger, err error, groupID string) {
+	switch {
+	case errors.Is(err, ErrGroupDeleted):
+		writeClientStateNotFound(w)
+	case errors.Is(err, ErrGroupForbidden):
+		s.fail(w, log, errorf(http.StatusForbidden, "Forbidden", "client group %s belongs to another user", groupID))
+	case errors.Is(err, ErrClientForbidden):
+		s.fail(w, log, errorf(http.StatusForbidden, "Forbidden", "a client of this request belongs to another client group"))
+	case errors.Is(err, context.Canceled):
+		log.Info("client went away", "error", err)
+	default:
+		log.Error("bookkeeping database error", "error", err)
+		s.fail(w, log, &httpError{Status: http.StatusServiceUnavailable, Code: "DatabaseUnavailable",
+			Message: "the sidecar's database is unavailable; retry later", RetryAfter: 1})
+	}
+}
+
+func (s *Sidecar) fail(w http.ResponseWriter, log *slog.Logger, e *httpError) {
+	level := slog.LevelInfo
+	if e.Status >= 500 {
+		level = slog.LevelWarn
+	}
+	log.Log(context.Background(), level, "request failed", "status", e.Status, "error", e.Code, "message", e.Message)
+	writeError(w, e)
+}
+
+// replicacheRequestID returns the client's request id, used to correlate
+// logs and upstream calls (it is not unique: see the protocol notes).
+func replicacheRequestID(r *http.Request) string {
+	id := r.Header.Get("X-Replicache-RequestID")
+	if len(id) > maxIDLen {
+		id = id[:maxIDLen]
+	}
+	return id
+}

@@ -1,0 +1,392 @@
+package proxy
+
+import (
+	"context"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+func TestPushAppliesInOrderAndSkipsProcessed(t *testing.T) {
+	h := newHarness(t, nil)
+	sc := h.start()
+	r := sc.push(t, "alice", "g1", create("c1", 1, "a"), create("c1", 2, "b"), create("c2", 1, "c"),
+		mut{"c1", 3, "updateTodo", map[string]any{"id": "a", "done": true}})
+	if r.status != http.StatusOK || r.json["applied"] != 4.0 {
+		t.Fatalf("push = %d %s, want 200 with 4 applied", r.status, r.raw)
+	}
+	if got := h.up.todoIDs("alice"); !slices.Equal(got, []string{"a", "b", "c"}) {
+		t.Fatalf("upstream todos = %v, want [a b c] in order", got)
+	}
+	calls := h.up.mutationCalls()
+	// The client retries the same batch (its answer got lost): nothing is
+	// sent upstream again.
+	r = sc.push(t, "alice", "g1", create("c1", 1, "a"), create("c1", 2, "b"), create("c2", 1, "c"))
+	if r.status != http.StatusOK || r.json["duplicate"] != 3.0 {
+		t.Fatalf("repeat push = %d %s, want 200 with 3 duplicates", r.status, r.raw)
+	}
+	if n := h.up.mutationCalls(); n != calls {
+		t.Errorf("repeat push made %d upstream calls, want 0", n-calls)
+	}
+	if l1, l2 := h.lmid(t, sc.pool, "c1"), h.lmid(t, sc.pool, "c2"); l1 != 3 || l2 != 1 {
+		t.Errorf("lastMutationIDs = c1:%d c2:%d, want 3 and 1", l1, l2)
+	}
+}
+
+func TestPushUpstreamCallCarriesKeyAndHeaders(t *testing.T) {
+	h := newHarness(t, map[string]string{"SIDECAR_IDEMPOTENCY_HEADER": "X-Idem", "SIDECAR_FORWARD_HEADERS": "Authorization, X-Tenant"})
+	var got http.Header
+	h.up.setFault(func(r *http.Request) int {
+		if r.Method == http.MethodPost {
+			got = r.Header.Clone()
+		}
+		return 0
+	})
+	sc := h.start()
+	req, _ := http.NewRequest(http.MethodPost, sc.srv.URL+"/replicache/push",
+		strings.NewReader(`{"pushVersion":1,"clientGroupID":"g","mutations":[{"id":1,"clientID":"c9","name":"createTodo","args":{"id":"x","title":"y"},"timestamp":1.5}]}`))
+	req.Header.Set("Authorization", "Bearer alice")
+	req.Header.Set("X-Tenant", "acme")
+	req.Header.Set("Cookie", "session=secret")
+	req.Header.Set("X-Replicache-RequestID", "c9-s1-0")
+	if r := do(t, req); r.status != http.StatusOK {
+		t.Fatalf("push = %d %s", r.status, r.raw)
+	}
+	for k, want := range map[string]string{
+		"X-Idem": "c9:1", "Authorization": "Bearer alice", "X-Tenant": "acme",
+		"X-Request-Id": "c9-s1-0", "Content-Type": "application/json", "Cookie": "",
+	} {
+		if v := got.Get(k); v != want {
+			t.Errorf("upstream header %s = %q, want %q", k, v, want)
+		}
+	}
+}
+
+func TestPushBadInput(t *testing.T) {
+	h := newHarness(t, map[string]string{"SIDECAR_MAX_BODY_BYTES": "2048"})
+	sc := h.start()
+	tests := []struct {
+		name   string
+		body   string
+		status int
+		code   string // the JSON "error" field
+		msg    string // part of the JSON "message"
+	}{
+		{"malformed JSON", `{"pushVersion":1,`, 400, "BadRequest", "truncated"},
+		{"not JSON at all", `hello`, 400, "BadRequest", "malformed JSON"},
+		{"empty body", ``, 400, "BadRequest", "empty"},
+		{"trailing garbage", `{"pushVersion":1,"clientGroupID":"g","mutations":[]} {}`, 400, "BadRequest", "after the JSON value"},
+		{"wrong type", `{"pushVersion":"1","clientGroupID":"g"}`, 400, "BadRequest", `"pushVersion"`},
+		{"fractional id", `{"pushVersion":1,"clientGroupID":"g","mutations":[{"id":1.5,"clientID":"c","name":"createTodo"}]}`, 400, "BadRequest", "mutations.id"},
+		{"overflowing id", `{"pushVersion":1,"clientGroupID":"g","mutations":[{"id":99999999999999999999,"clientID":"c","name":"createTodo"}]}`, 400, "BadRequest", "mutations.id"},
+		{"negative id", `{"pushVersion":1,"clientGroupID":"g","mutations":[{"id":-1,"clientID":"c","name":"createTodo"}]}`, 400, "BadRequest", "not a positive integer"},
+		{"missing version", `{"clientGroupID":"g","mutations":[]}`, 400, "BadRequest", "pushVersion is required"},
+		{"missing client group", `{"pushVersion":1,"mutations":[]}`, 400, "BadRequest", "clientGroupID is required"},
+		{"missing client id", `{"pushVersion":1,"clientGroupID":"g","mutations":[{"id":1,"name":"createTodo"}]}`, 400, "BadRequest", "mutations[0].clientID is required"},
+		{"missing mutator name", `{"pushVersion":1,"clientGroupID":"g","mutations":[{"id":1,"clientID":"c"}]}`, 400, "BadRequest", "mutations[0].name is required"},
+		{"oversize body", `{"pushVersion":1,"clientGroupID":"g","mutations":[],"x":"` + strings.Repeat("a", 3000) + `"}`, 413, "PayloadTooLarge", "larger than 2048"},
+		// Protocol errors go out with 200: the client ignores them otherwise.
+		{"version 0", `{"pushVersion":0,"clientID":"c","mutations":[]}`, 200, "VersionNotSupported", ""},
+		{"version 2", `{"pushVersion":2,"clientGroupID":"g","mutations":[]}`, 200, "VersionNotSupported", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := sc.post(t, "/replicache/push", "Bearer alice", tc.body)
+			if r.status != tc.status || r.str("error") != tc.code || !strings.Contains(r.str("message"), tc.msg) {
+				t.Fatalf("got %d %s; want %d error=%s message~%q", r.status, r.raw, tc.status, tc.code, tc.msg)
+			}
+			if tc.code == "VersionNotSupported" && r.str("versionType") != "push" {
+				t.Errorf("versionType = %q, want push", r.str("versionType"))
+			}
+		})
+	}
+	if n := h.up.mutationCalls(); n != 0 {
+		t.Errorf("bad input caused %d upstream calls", n)
+	}
+	r := do(t, mustRequest(t, http.MethodGet, sc.srv.URL+"/replicache/push"))
+	if r.status != http.StatusMethodNotAllowed || r.header.Get("Allow") != "POST" {
+		t.Errorf("GET push = %d (Allow %q), want 405 with Allow: POST", r.status, r.header.Get("Allow"))
+	}
+}
+
+func mustRequest(t testing.TB, method, url string) *http.Request {
+	t.Helper()
+	req, err := http.NewRequest(method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return req
+}
+
+func TestPushMutationIDGap(t *testing.T) {
+	h := newHarness(t, nil)
+	sc := h.start()
+	// 1 is applied, then 3 arrives where 2 is due: stop, keep 1, apply
+	// nothing out of order.
+	r := sc.push(t, "alice", "g", create("c1", 1, "a"), create("c1", 3, "c"), create("c1", 4, "d"))
+	if r.status != http.StatusBadRequest || r.str("error") != "MutationIDGap" || r.json["expected"] != 2.0 || r.json["received"] != 3.0 ||
+		!strings.Contains(r.str("message"), "expected mutation 2, received 3") {
+		t.Fatalf("gap push = %d %s; want 400 MutationIDGap expected 2 received 3", r.status, r.raw)
+	}
+	if got := h.up.todoIDs("alice"); !slices.Equal(got, []string{"a"}) {
+		t.Errorf("upstream todos = %v, want [a]", got)
+	}
+	if l := h.lmid(t, sc.pool, "c1"); l != 1 {
+		t.Errorf("lastMutationID = %d, want 1", l)
+	}
+}
+
+func TestPushBusinessErrorsAdvance(t *testing.T) {
+	h := newHarness(t, nil)
+	sc := h.start()
+	r := sc.push(t, "alice", "g",
+		create("c1", 1, "a"),
+		mut{"c1", 2, "createTodo", map[string]any{"id": "b"}}, // 422 from the upstream: no title
+		create("c1", 3, "a"), // 409: already exists
+		mut{"c1", 4, "renameEverything", map[string]any{"id": "a"}},         // unmapped
+		mut{"c1", 5, "updateTodo", map[string]any{"title": "no id"}},        // missing placeholder
+		mut{"c1", 6, "deleteTodo", map[string]any{"id": "../../admin"}},     // hostile id: escaped, upstream 404s
+		mut{"c1", 7, "updateTodo", map[string]any{"id": "a", "done": true}}, // still syncs afterwards
+	)
+	if r.status != http.StatusOK || r.json["applied"] != 2.0 || r.json["rejected"] != 5.0 {
+		t.Fatalf("push = %d %s; want 200 with 2 applied, 5 rejected", r.status, r.raw)
+	}
+	if l := h.lmid(t, sc.pool, "c1"); l != 7 {
+		t.Errorf("lastMutationID = %d, want 7 (rejections advance it)", l)
+	}
+	rows, err := sc.pool.Query(context.Background(), "SELECT mutation_id, mutator, coalesce(status, 0), reason, body FROM "+
+		pgx.Identifier{h.schema}.Sanitize()+".mutation_rejections WHERE client_id = 'c1' ORDER BY mutation_id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type rej struct {
+		id           int64
+		mutator      string
+		status       int
+		reason, body string
+	}
+	got, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (rej, error) {
+		var x rej
+		err := row.Scan(&x.id, &x.mutator, &x.status, &x.reason, &x.body)
+		return x, err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []struct {
+		id      int64
+		status  int
+		reason  string
+		mutator string
+	}{
+		{2, 422, "upstream answered 422", "createTodo"},
+		{3, 409, "upstream answered 409", "createTodo"},
+		{4, 0, "no mapping for this mutator", "renameEverything"},
+		{5, 0, "{args.id}: no such value", "updateTodo"},
+		{6, 404, "upstream answered 404", "deleteTodo"},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("rejections = %+v, want %d rows", got, len(want))
+	}
+	for i, w := range want {
+		g := got[i]
+		if g.id != w.id || g.status != w.status || !strings.Contains(g.reason, w.reason) || g.mutator != w.mutator {
+			t.Errorf("rejection %d = %+v, want %+v", i, g, w)
+		}
+	}
+	// The hostile id stayed inside its path segment.
+	if !slices.Contains(h.up.log, "DELETE /api/todos/..%2F..%2Fadmin") {
+		t.Errorf("upstream calls %v lack the escaped DELETE", h.up.log)
+	}
+}
+
+func TestPushTransientStopsAndRetrySucceeds(t *testing.T) {
+	h := newHarness(t, map[string]string{"SIDECAR_UPSTREAM_TIMEOUT": "300ms"})
+	sc := h.start()
+	tests := []struct {
+		name   string
+		status int           // injected status for the second mutation
+		delay  time.Duration // or: the second mutation's call outlives the timeout
+		cause  string
+	}{
+		{"503", 503, 0, "upstream answered 503"},
+		{"429", 429, 0, "upstream answered 429"},
+		{"408", 408, 0, "upstream answered 408"},
+		// The slow call is applied upstream after the sidecar gave up: the
+		// retry carries the same key and the upstream replays its answer.
+		{"timeout", 0, time.Second, "did not answer within 300ms"},
+	}
+	next := int64(1)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			good, bad := next, next+1
+			next += 2
+			badKey := "c1:" + itoa(bad)
+			h.up.setFault(func(r *http.Request) int {
+				if r.Header.Get("Idempotency-Key") != badKey {
+					return 0
+				}
+				time.Sleep(tc.delay)
+				return tc.status
+			})
+			batch := []mut{create("c1", good, tc.name+"-1"), create("c1", bad, tc.name+"-2")}
+			r := sc.push(t, "alice", "g", batch...)
+			if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" || r.str("mutator") != "createTodo" ||
+				!strings.Contains(r.str("cause"), tc.cause) {
+				t.Fatalf("push = %d %s (Retry-After %q); want 503 naming createTodo and %q", r.status, r.raw, r.header.Get("Retry-After"), tc.cause)
+			}
+			if l := h.lmid(t, sc.pool, "c1"); l != good {
+				t.Fatalf("lastMutationID = %d, want %d (the failed one is not consumed)", l, good)
+			}
+			h.up.setFault(nil)
+			time.Sleep(tc.delay) // let a late upstream effect land first
+			r = sc.push(t, "alice", "g", batch...)
+			if r.status != http.StatusOK || r.json["applied"] != 1.0 || r.json["duplicate"] != 1.0 {
+				t.Fatalf("retry = %d %s; want 200 with 1 applied, 1 duplicate", r.status, r.raw)
+			}
+			if l := h.lmid(t, sc.pool, "c1"); l != bad {
+				t.Errorf("lastMutationID = %d, want %d", l, bad)
+			}
+			// Injected statuses answer before the API sees the call; the
+			// slow call reaches it twice, with one key.
+			wantCalls := 1
+			if tc.delay > 0 {
+				wantCalls = 2
+			}
+			if n := h.up.callsFor(badKey); n != wantCalls {
+				t.Errorf("key %s reached the API %d times, want %d", badKey, n, wantCalls)
+			}
+		})
+	}
+	if dup := h.up.multiplyApplied(); len(dup) > 0 {
+		t.Errorf("applied more than once upstream: %v", dup)
+	}
+	ids := h.up.todoIDs("alice")
+	if len(ids) != 2*len(tests) {
+		t.Errorf("upstream todos = %v, want %d", ids, 2*len(tests))
+	}
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+func TestPushUpstreamDown(t *testing.T) {
+	h := newHarness(t, map[string]string{"SIDECAR_USER_ID_HEADER": "X-User", "SIDECAR_AUTH_PATH": ""})
+	sc := h.start()
+	h.up.srv.Close()
+	r := sc.post(t, "/replicache/push", "", pushBody("g", create("c1", 1, "a")))
+	if r.status != http.StatusUnauthorized {
+		t.Fatalf("push without X-User = %d %s, want 401", r.status, r.raw)
+	}
+	body := `{"pushVersion":1,"clientGroupID":"g","mutations":[{"id":1,"clientID":"c1","name":"createTodo","args":{"id":"a","title":"x"}}]}`
+	req, _ := http.NewRequest(http.MethodPost, sc.srv.URL+"/replicache/push", strings.NewReader(body))
+	req.Header.Set("X-User", "alice")
+	r = do(t, req)
+	if r.status != http.StatusServiceUnavailable || !strings.Contains(r.str("cause"), "calling upstream") {
+		t.Fatalf("push with the upstream down = %d %s, want 503 naming the connection error", r.status, r.raw)
+	}
+	if l := h.lmid(t, sc.pool, "c1"); l != 0 {
+		t.Errorf("lastMutationID = %d, want 0", l)
+	}
+}
+
+func TestPushOwnership(t *testing.T) {
+	h := newHarness(t, nil)
+	sc := h.start()
+	if r := sc.push(t, "alice", "ga", create("ca", 1, "a")); r.status != 200 {
+		t.Fatalf("alice's push = %d %s", r.status, r.raw)
+	}
+	if r := sc.push(t, "alice", "gb", create("cb", 1, "b")); r.status != 200 {
+		t.Fatalf("alice's second group = %d %s", r.status, r.raw)
+	}
+	tests := []struct {
+		name        string
+		user, group string
+		muts        []mut
+		msg         string
+	}{
+		{"another user's group", "bob", "ga", []mut{create("cx", 1, "x")}, "belongs to another user"},
+		{"a client of another group", "alice", "gb", []mut{create("cb", 2, "b2"), create("ca", 2, "a2")}, "another client group"},
+		{"empty push to another user's group", "bob", "ga", nil, "belongs to another user"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			calls := h.up.mutationCalls()
+			r := sc.push(t, tc.user, tc.group, tc.muts...)
+			if r.status != http.StatusForbidden || r.str("error") != "Forbidden" || !strings.Contains(r.str("message"), tc.msg) {
+				t.Fatalf("push = %d %s; want 403 %q", r.status, r.raw, tc.msg)
+			}
+			if n := h.up.mutationCalls() - calls; n != 0 {
+				t.Errorf("a refused push made %d upstream calls", n)
+			}
+		})
+	}
+	r, _ := sc.pull(t, "bob", "ga", nil)
+	if r.status != http.StatusForbidden {
+		t.Errorf("bob pulling alice's group = %d %s, want 403", r.status, r.raw)
+	}
+}
+
+func TestPushTimeBudgetExitsEarly(t *testing.T) {
+	h := newHarness(t, map[string]string{"SIDECAR_PUSH_TIME_BUDGET": "250ms"})
+	h.up.setDelay(60 * time.Millisecond)
+	sc := h.start()
+	var muts []mut
+	for i := int64(1); i <= 20; i++ {
+		muts = append(muts, create("c1", i, "t"+itoa(i)))
+	}
+	r := sc.push(t, "alice", "g", muts...)
+	applied := int64(r.json["applied"].(float64))
+	if r.status != http.StatusOK || r.json["earlyExit"] != true || applied == 0 || applied >= 20 {
+		t.Fatalf("push = %d %s; want 200 with an early exit after some mutations", r.status, r.raw)
+	}
+	if l := h.lmid(t, sc.pool, "c1"); l != applied {
+		t.Errorf("lastMutationID = %d, want %d (what was applied)", l, applied)
+	}
+	h.up.setDelay(0)
+	r = sc.push(t, "alice", "g", muts...)
+	if r.status != http.StatusOK || int64(r.json["applied"].(float64)) != 20-applied {
+		t.Fatalf("second push = %d %s; want the remaining %d applied", r.status, r.raw, 20-applied)
+	}
+	if n := len(h.up.todoIDs("alice")); n != 20 {
+		t.Errorf("upstream has %d todos, want 20", n)
+	}
+}
+
+func TestPushClientLeavingDoesNotAbandonMutation(t *testing.T) {
+	h := newHarness(t, nil)
+	sc := h.start()
+	started := make(chan struct{}, 1)
+	h.up.setFault(func(r *http.Request) int {
+		if r.Method == http.MethodPost {
+			started <- struct{}{}
+			time.Sleep(300 * time.Millisecond) // the client gives up meanwhile
+		}
+		return 0
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, sc.srv.URL+"/replicache/push",
+		strings.NewReader(`{"pushVersion":1,"clientGroupID":"g","mutations":[{"id":1,"clientID":"c1","name":"createTodo","args":{"id":"a","title":"x"}},{"id":2,"clientID":"c1","name":"createTodo","args":{"id":"b","title":"x"}}]}`))
+	req.Header.Set("Authorization", "Bearer alice")
+	go func() { <-started; cancel() }()
+	if _, err := http.DefaultClient.Do(req); err == nil {
+		t.Fatal("the request was not cancelled")
+	}
+	// The upstream answered after the client left; the mutation it applied
+	// must still be recorded, and the next one not started.
+	deadline := time.Now().Add(5 * time.Second)
+	for h.lmid(t, sc.pool, "c1") != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("lastMutationID = %d after the client left, want 1", h.lmid(t, sc.pool, "c1"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(400 * time.Millisecond)
+	if got := h.up.todoIDs("alice"); !slices.Equal(got, []string{"a"}) {
+		t.Errorf("upstream todos = %v, want [a]: no new mutation after the client left", got)
+	}
+}

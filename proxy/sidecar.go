@@ -1,0 +1,202 @@
+// Package proxy is the sidecar's HTTP surface: the Replicache push and pull
+// endpoints, the bookkeeping store they share, the pass-through to the legacy
+// service, and the admin endpoints (health, readiness, metrics).
+package proxy
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/replicache-sidecar/replicache-sidecar/clientview"
+	"github.com/replicache-sidecar/replicache-sidecar/mutators"
+)
+
+// Options are a Sidecar's dependencies.
+type Options struct {
+	Config     Config // from LoadConfig
+	Pool       *pgxpool.Pool
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+}
+
+// Sidecar serves Replicache push and pull for one legacy upstream and passes
+// every other request through to it. It is safe for concurrent use.
+type Sidecar struct {
+	cfg         Config
+	log         *slog.Logger
+	store       *Store
+	sender      mutationSender
+	fetcher     viewFetcher
+	auth        *authenticator
+	metrics     *metrics
+	passthrough http.Handler
+
+	current  atomic.Pointer[Mapping]
+	migrated atomic.Bool
+	draining atomic.Bool
+}
+
+// New builds a Sidecar. Call Migrate (or wait for it) before serving pushes
+// and pulls: until then they answer 503.
+func New(o Options) *Sidecar {
+	cfg := o.Config
+	upstreamClient := &http.Client{Transport: newUpstreamTransport(cfg.UpstreamTimeout)}
+	s := &Sidecar{
+		cfg:   cfg,
+		log:   o.Logger,
+		store: NewStore(o.Pool, cfg.DBSchema),
+		sender: mutators.NewClient(mutators.ClientOptions{
+			Base: cfg.Upstream, HTTPClient: upstreamClient,
+			IdempotencyHeader: cfg.IdempotencyHeader, Timeout: cfg.UpstreamTimeout,
+		}),
+		fetcher: clientview.NewFetcher(clientview.FetcherOptions{
+			Base: cfg.Upstream, HTTPClient: upstreamClient,
+			Timeout: cfg.UpstreamTimeout, MaxBodyBytes: cfg.MaxUpstreamBodyBytes,
+		}),
+		auth: &authenticator{
+			header: cfg.UserIDHeader, path: cfg.AuthPath, field: strings.Split(cfg.AuthUserField, "."),
+			base: strings.TrimSuffix(cfg.Upstream.String(), "/"), hc: noRedirects(upstreamClient), timeout: cfg.UpstreamTimeout,
+		},
+		metrics: newMetrics(o.Registerer, cfg.Mapping.Mutators.Names()),
+	}
+	s.passthrough = newPassthrough(cfg.Upstream, newPassthroughTransport(), o.Logger)
+	s.current.Store(cfg.Mapping)
+	return s
+}
+
+func noRedirects(c *http.Client) *http.Client {
+	cc := *c
+	cc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &cc
+}
+
+// newUpstreamTransport is the transport of the sidecar's own upstream calls
+// (mutations, views, auth).
+func newUpstreamTransport(timeout time.Duration) *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.Proxy = nil // the upstream is a neighbour; never route it through an HTTP proxy
+	// Dialing a neighbour is fast; a slow dial means it is down.
+	t.DialContext = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	// Every call is bounded by timeout in total; this also frees a
+	// connection whose upstream never starts answering.
+	t.ResponseHeaderTimeout = timeout
+	// Pushes of many groups run at once; keep enough warm connections.
+	t.MaxIdleConns = 256
+	t.MaxIdleConnsPerHost = 256
+	t.IdleConnTimeout = 90 * time.Second
+	return t
+}
+
+// newPassthroughTransport serves pass-through traffic. It sets no response
+// timeout: the legacy service's own pages may legitimately be slow or
+// streamed, and the client's cancellation ends the call.
+func newPassthroughTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.Proxy = nil
+	t.DialContext = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	t.MaxIdleConnsPerHost = 256
+	return t
+}
+
+func (s *Sidecar) mapping() *Mapping { return s.current.Load() }
+
+// Store returns the sidecar's bookkeeping store.
+func (s *Sidecar) Store() *Store { return s.store }
+
+// Migrate applies the schema migrations; pushes and pulls are served from
+// then on.
+func (s *Sidecar) Migrate(ctx context.Context) error {
+	if err := s.store.Migrate(ctx); err != nil {
+		return err
+	}
+	s.migrated.Store(true)
+	return nil
+}
+
+// Drain makes readiness fail and new pushes and pulls answer 503, so the
+// load balancer stops sending traffic before the listeners close.
+func (s *Sidecar) Drain() { s.draining.Store(true) }
+
+func (s *Sidecar) checkServing(context.Context) *httpError {
+	switch {
+	case s.draining.Load():
+		return &httpError{Status: http.StatusServiceUnavailable, Code: "ShuttingDown", Message: "the sidecar is shutting down; retry", RetryAfter: 1}
+	case !s.migrated.Load():
+		return &httpError{Status: http.StatusServiceUnavailable, Code: "Starting", Message: "the sidecar's database schema is not ready yet; retry", RetryAfter: 1}
+	}
+	return nil
+}
+
+// Handler returns the public handler: push, pull, and pass-through.
+func (s *Sidecar) Handler() http.Handler {
+	push := s.metrics.instrument("push", postOnly(http.HandlerFunc(s.handlePush)))
+	pull := s.metrics.instrument("pull", postOnly(http.HandlerFunc(s.handlePull)))
+	pass := s.metrics.instrument("proxy", s.passthrough)
+	// A push may run for its time budget plus one upstream call, a pull for
+	// a few upstream calls; the answer must still get out after that.
+	writeWindow := s.cfg.PushTimeBudget + 2*s.cfg.UpstreamTimeout + 10*time.Second
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case s.cfg.PushPath:
+			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeWindow))
+			push.ServeHTTP(w, r)
+		case s.cfg.PullPath:
+			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeWindow))
+			pull.ServeHTTP(w, r)
+		default:
+			pass.ServeHTTP(w, r)
+		}
+	})
+}
+
+func postOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			w.Header().Set("Allow", http.MethodPost)
+			writeError(w, errorf(http.StatusMethodNotAllowed, "MethodNotAllowed", "%s %s: only POST is allowed", r.Method, r.URL.Path))
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// AdminHandler returns the admin handler: /healthz (the process is alive),
+// /readyz (database reachable, migrations applied, not draining) and
+// /metrics (everything g gathers).
+func (s *Sidecar) AdminHandler(g prometheus.Gatherer) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		notReady := func(reason string) {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": reason})
+		}
+		switch {
+		case s.draining.Load():
+			notReady("shutting down")
+			return
+		case !s.migrated.Load():
+			notReady("database schema not migrated yet")
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := s.store.Ready(ctx); err != nil {
+			notReady("database: " + err.Error())
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	return mux
+}

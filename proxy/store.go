@@ -1,0 +1,309 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Store keeps the Replicache bookkeeping (client groups, clients, last
+// mutation ids, cookies, rejected mutations) in its own Postgres schema.
+// It is safe for concurrent use, also by several sidecar processes sharing
+// one database: all coordination happens in Postgres.
+type Store struct {
+	pool   *pgxpool.Pool
+	schema string // quoted identifier
+}
+
+// NewStore returns a Store for the tables in schema (a validated,
+// unquoted identifier). Call Migrate before anything else.
+func NewStore(pool *pgxpool.Pool, schema string) *Store {
+	return &Store{pool: pool, schema: pgx.Identifier{schema}.Sanitize()}
+}
+
+// migrations are applied in order, forward only; each entry's index+1 is its
+// version. Never edit or remove an entry that has shipped: add a new one.
+// Never drop data. {schema} is replaced by the quoted schema name.
+var migrations = []string{
+	// 1: the bookkeeping of the Reset Strategy.
+	`CREATE TABLE {schema}.client_groups (
+		id           text PRIMARY KEY,
+		user_id      text NOT NULL,
+		-- the order of the last cookie issued to this group; pulls answer
+		-- max(request order, cookie_order) + 1 so cookies only grow.
+		cookie_order bigint NOT NULL DEFAULT 0,
+		created_at   timestamptz NOT NULL DEFAULT now(),
+		-- set when the group's server state is deleted: its clients then get
+		-- ClientStateNotFound instead of a fresh, empty state.
+		deleted_at   timestamptz
+	);
+	CREATE TABLE {schema}.clients (
+		id               text PRIMARY KEY,
+		client_group_id  text NOT NULL REFERENCES {schema}.client_groups (id),
+		last_mutation_id bigint NOT NULL DEFAULT 0 CHECK (last_mutation_id >= 0),
+		created_at       timestamptz NOT NULL DEFAULT now(),
+		updated_at       timestamptz NOT NULL DEFAULT now()
+	);
+	CREATE INDEX clients_client_group_id_idx ON {schema}.clients (client_group_id);
+	-- mutations consumed without effect (business errors), for operators.
+	CREATE TABLE {schema}.mutation_rejections (
+		client_id       text NOT NULL,
+		mutation_id     bigint NOT NULL,
+		client_group_id text NOT NULL,
+		mutator         text NOT NULL,
+		status          int,          -- upstream status; NULL when the mapping refused it
+		reason          text NOT NULL,
+		body            text NOT NULL DEFAULT '',
+		created_at      timestamptz NOT NULL DEFAULT now(),
+		PRIMARY KEY (client_id, mutation_id)
+	);`,
+}
+
+// SchemaVersion is the migration version this binary needs.
+func SchemaVersion() int { return len(migrations) }
+
+func (s *Store) sql(q string) string { return strings.ReplaceAll(q, "{schema}", s.schema) }
+
+// Migrate creates the schema and applies every pending migration in one
+// transaction, under an advisory lock so replicas starting together take
+// turns. A database migrated further than this binary knows is accepted
+// (migrations are additive), which keeps rolling deploys safe.
+func (s *Store) Migrate(ctx context.Context) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('replicache-sidecar migrate ' || $1))`, s.schema); err != nil {
+			return fmt.Errorf("taking migration lock: %w", err)
+		}
+		if _, err := tx.Exec(ctx, s.sql(`CREATE SCHEMA IF NOT EXISTS {schema};
+			CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
+				version    int PRIMARY KEY,
+				applied_at timestamptz NOT NULL DEFAULT now())`)); err != nil {
+			return fmt.Errorf("creating schema: %w", err)
+		}
+		var current int
+		if err := tx.QueryRow(ctx, s.sql(`SELECT coalesce(max(version), 0) FROM {schema}.schema_migrations`)).Scan(&current); err != nil {
+			return fmt.Errorf("reading schema version: %w", err)
+		}
+		for v := current + 1; v <= len(migrations); v++ {
+			if _, err := tx.Exec(ctx, s.sql(migrations[v-1])); err != nil {
+				return fmt.Errorf("applying migration %d: %w", v, err)
+			}
+			if _, err := tx.Exec(ctx, s.sql(`INSERT INTO {schema}.schema_migrations (version) VALUES ($1)`), v); err != nil {
+				return fmt.Errorf("recording migration %d: %w", v, err)
+			}
+		}
+		return nil
+	})
+}
+
+// Ready checks that the database answers and holds every migration this
+// binary needs.
+func (s *Store) Ready(ctx context.Context) error {
+	var v int
+	err := s.pool.QueryRow(ctx, s.sql(`SELECT coalesce(max(version), 0) FROM {schema}.schema_migrations`)).Scan(&v)
+	if err != nil {
+		return fmt.Errorf("reading schema version: %w", err)
+	}
+	if v < len(migrations) {
+		return fmt.Errorf("schema at version %d, need %d", v, len(migrations))
+	}
+	return nil
+}
+
+// Ownership errors. A group belongs to the user who first used it; a client
+// belongs to the group it first appeared in.
+var (
+	ErrGroupForbidden  = errors.New("client group belongs to another user")
+	ErrClientForbidden = errors.New("client belongs to another client group")
+	ErrGroupDeleted    = errors.New("client group state was deleted")
+)
+
+// commitTimeout bounds a commit that runs after the caller has gone: the
+// work it records has already happened upstream and must not be abandoned.
+const commitTimeout = 10 * time.Second
+
+// Locked runs fn in a transaction that holds the client group's row lock,
+// creating the group (bound to userID) if it is new. Every push step and
+// every pull of one group is serialized by this lock, across processes.
+//
+// ctx bounds the wait for the lock; fn may use a context detached from ctx
+// for work that must finish once started. If fn returns nil the transaction
+// commits, with a context that ignores ctx's cancellation; otherwise it rolls
+// back and Locked returns fn's error.
+func (s *Store) Locked(ctx context.Context, groupID, userID string, fn func(g *GroupTx) error) error {
+	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+	if err != nil {
+		return fmt.Errorf("beginning transaction: %w", err)
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
+		defer cancel()
+		_ = tx.Rollback(rctx) // no-op after a commit
+	}()
+	g := &GroupTx{tx: tx, s: s, GroupID: groupID}
+	if err := g.lock(ctx, userID); err != nil {
+		return err
+	}
+	if err := fn(g); err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
+	defer cancel()
+	if err := tx.Commit(cctx); err != nil {
+		return fmt.Errorf("committing: %w", err)
+	}
+	return nil
+}
+
+// GroupTx is one transaction holding a client group's lock. It is not safe
+// for concurrent use and is valid only inside the Locked callback.
+type GroupTx struct {
+	tx          pgx.Tx
+	s           *Store
+	GroupID     string
+	cookieOrder int64
+}
+
+func (g *GroupTx) lock(ctx context.Context, userID string) error {
+	const q = `SELECT user_id, cookie_order, deleted_at IS NOT NULL FROM {schema}.client_groups WHERE id = $1 FOR UPDATE`
+	var owner string
+	var deleted bool
+	err := g.tx.QueryRow(ctx, g.s.sql(q), g.GroupID).Scan(&owner, &g.cookieOrder, &deleted)
+	if errors.Is(err, pgx.ErrNoRows) {
+		// New group: create it, then lock it. A concurrent creator may win
+		// the insert; the SELECT then sees its row and its owner.
+		if _, err := g.tx.Exec(ctx, g.s.sql(`INSERT INTO {schema}.client_groups (id, user_id) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING`), g.GroupID, userID); err != nil {
+			return fmt.Errorf("creating client group: %w", err)
+		}
+		err = g.tx.QueryRow(ctx, g.s.sql(q), g.GroupID).Scan(&owner, &g.cookieOrder, &deleted)
+	}
+	switch {
+	case err != nil:
+		return fmt.Errorf("locking client group: %w", err)
+	case owner != userID:
+		return ErrGroupForbidden
+	case deleted:
+		return ErrGroupDeleted
+	}
+	return nil
+}
+
+// EnsureClients registers every client in ids with this group (new clients
+// start at last mutation id 0) and returns their last mutation ids. If any
+// client belongs to another group it returns ErrClientForbidden and the
+// caller must roll back.
+func (g *GroupTx) EnsureClients(ctx context.Context, ids []string) (map[string]int64, error) {
+	if _, err := g.tx.Exec(ctx, g.s.sql(`INSERT INTO {schema}.clients (id, client_group_id)
+		SELECT unnest($1::text[]), $2 ON CONFLICT (id) DO NOTHING`), ids, g.GroupID); err != nil {
+		return nil, fmt.Errorf("registering clients: %w", err)
+	}
+	rows, err := g.tx.Query(ctx, g.s.sql(`SELECT id, client_group_id, last_mutation_id FROM {schema}.clients WHERE id = ANY($1)`), ids)
+	if err != nil {
+		return nil, fmt.Errorf("reading clients: %w", err)
+	}
+	lmids := make(map[string]int64, len(ids))
+	var id, group string
+	var lmid int64
+	_, err = pgx.ForEachRow(rows, []any{&id, &group, &lmid}, func() error {
+		if group != g.GroupID {
+			return ErrClientForbidden
+		}
+		lmids[id] = lmid
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return lmids, nil
+}
+
+// LastMutationID returns the client's last processed mutation id, 0 for a
+// client the group does not know yet (it is created on the next
+// SetLastMutationID), or ErrClientForbidden.
+func (g *GroupTx) LastMutationID(ctx context.Context, clientID string) (int64, error) {
+	var group string
+	var lmid int64
+	err := g.tx.QueryRow(ctx, g.s.sql(`SELECT client_group_id, last_mutation_id FROM {schema}.clients WHERE id = $1`), clientID).Scan(&group, &lmid)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return 0, nil
+	case err != nil:
+		return 0, fmt.Errorf("reading client: %w", err)
+	case group != g.GroupID:
+		return 0, ErrClientForbidden
+	}
+	return lmid, nil
+}
+
+// SetLastMutationID records that the client's mutations up to id are
+// processed.
+func (g *GroupTx) SetLastMutationID(ctx context.Context, clientID string, id int64) error {
+	tag, err := g.tx.Exec(ctx, g.s.sql(`INSERT INTO {schema}.clients (id, client_group_id, last_mutation_id) VALUES ($1, $2, $3)
+		ON CONFLICT (id) DO UPDATE SET last_mutation_id = excluded.last_mutation_id, updated_at = now()
+		WHERE {schema}.clients.client_group_id = excluded.client_group_id`), clientID, g.GroupID, id)
+	if err != nil {
+		return fmt.Errorf("advancing last mutation id: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		// Another group registered this client since it was read.
+		return ErrClientForbidden
+	}
+	return nil
+}
+
+// Rejection is a mutation consumed without effect.
+type Rejection struct {
+	ClientID   string
+	MutationID int64
+	Mutator    string
+	Status     int // 0: refused by the mapping, not the upstream
+	Reason     string
+	Body       string
+}
+
+// RecordRejection stores a rejected mutation for operators.
+func (g *GroupTx) RecordRejection(ctx context.Context, r Rejection) error {
+	var status *int
+	if r.Status != 0 {
+		status = &r.Status
+	}
+	_, err := g.tx.Exec(ctx, g.s.sql(`INSERT INTO {schema}.mutation_rejections
+		(client_id, mutation_id, client_group_id, mutator, status, reason, body) VALUES ($1, $2, $3, $4, $5, $6, $7)
+		ON CONFLICT (client_id, mutation_id) DO NOTHING`),
+		r.ClientID, r.MutationID, g.GroupID, r.Mutator, status, r.Reason, r.Body)
+	if err != nil {
+		return fmt.Errorf("recording rejected mutation: %w", err)
+	}
+	return nil
+}
+
+// LastMutationIDs returns the last mutation id of every client of the group.
+func (g *GroupTx) LastMutationIDs(ctx context.Context) (map[string]int64, error) {
+	rows, err := g.tx.Query(ctx, g.s.sql(`SELECT id, last_mutation_id FROM {schema}.clients WHERE client_group_id = $1`), g.GroupID)
+	if err != nil {
+		return nil, fmt.Errorf("reading clients: %w", err)
+	}
+	out := map[string]int64{}
+	var id string
+	var lmid int64
+	_, err = pgx.ForEachRow(rows, []any{&id, &lmid}, func() error { out[id] = lmid; return nil })
+	if err != nil {
+		return nil, fmt.Errorf("reading clients: %w", err)
+	}
+	return out, nil
+}
+
+// NextCookie issues the group's next cookie order: strictly greater than
+// both the request's and every order issued to the group before.
+func (g *GroupTx) NextCookie(ctx context.Context, requestOrder int64) (int64, error) {
+	next := max(requestOrder, g.cookieOrder) + 1
+	if _, err := g.tx.Exec(ctx, g.s.sql(`UPDATE {schema}.client_groups SET cookie_order = $2 WHERE id = $1`), g.GroupID, next); err != nil {
+		return 0, fmt.Errorf("issuing cookie: %w", err)
+	}
+	g.cookieOrder = next
+	return next, nil
+}
