@@ -1,0 +1,188 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestRunRefusesBadConfigWithEveryProblem(t *testing.T) {
+	err := run(context.Background(), map[string]string{"SIDECAR_UPSTREAM_TIMEOUT": "x"}, io.Discard)
+	if err == nil {
+		t.Fatal("run started without configuration")
+	}
+	for _, want := range []string{"SIDECAR_UPSTREAM_URL", "SIDECAR_DATABASE_URL", "SIDECAR_MAPPING_FILE", "SIDECAR_UPSTREAM_TIMEOUT"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %s:\n%v", want, err)
+		}
+	}
+}
+
+// logSink collects the JSON log lines run writes.
+type logSink struct {
+	mu    sync.Mutex
+	lines []map[string]any
+	buf   []byte
+}
+
+func (s *logSink) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.buf = append(s.buf, p...)
+	for {
+		i := strings.IndexByte(string(s.buf), '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		var m map[string]any
+		_ = json.Unmarshal(s.buf[:i], &m)
+		s.lines = append(s.lines, m)
+		s.buf = s.buf[i+1:]
+	}
+}
+
+func (s *logSink) find(msg string) map[string]any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range s.lines {
+		if l["msg"] == msg {
+			return l
+		}
+	}
+	return nil
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestRunServesAndDrains starts the whole binary's run loop, syncs through
+// it, and shuts it down while a slow push is in flight: the push finishes
+// and is recorded before run returns.
+func TestRunServesAndDrains(t *testing.T) {
+	dbURL := os.Getenv("SIDECAR_DATABASE_URL")
+	if dbURL == "" {
+		dbURL = os.Getenv("DATABASE_URL")
+	}
+	if dbURL == "" {
+		t.Fatal("no database: set DATABASE_URL, or run `make test`")
+	}
+	var slowSeen sync.WaitGroup
+	slowSeen.Add(1)
+	var applied sync.Map
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			if strings.HasSuffix(r.Header.Get("Idempotency-Key"), ":2") {
+				slowSeen.Done()
+				time.Sleep(500 * time.Millisecond)
+			}
+			applied.Store(r.Header.Get("Idempotency-Key"), true)
+			w.WriteHeader(http.StatusCreated)
+			return
+		}
+		_, _ = io.WriteString(w, `[]`)
+	}))
+	defer up.Close()
+	mapping := filepath.Join(t.TempDir(), "m.json")
+	_ = os.WriteFile(mapping, []byte(`{"mutators":{"m":{"method":"POST","path":"/m"}},"clientView":[{"path":"/items","key":"i/{id}"}]}`), 0o600)
+	schema := "run_test_" + strings.ReplaceAll(time.Now().Format("150405.000000"), ".", "")
+	env := map[string]string{
+		"SIDECAR_UPSTREAM_URL": up.URL, "SIDECAR_DATABASE_URL": dbURL, "SIDECAR_MAPPING_FILE": mapping,
+		"SIDECAR_LISTEN_ADDR": "127.0.0.1:0", "SIDECAR_ADMIN_ADDR": "127.0.0.1:0", "SIDECAR_DB_SCHEMA": schema,
+		"SIDECAR_SHUTDOWN_TIMEOUT": "5s",
+	}
+	logs := &logSink{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, env, logs) }()
+
+	var public, admin string
+	waitFor(t, "the listening log line", func() bool {
+		l := logs.find("listening")
+		if l == nil {
+			return false
+		}
+		public, admin = "http://"+l["public"].(string), "http://"+l["admin"].(string)
+		return true
+	})
+	waitFor(t, "readiness", func() bool {
+		resp, err := http.Get(admin + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	t.Cleanup(func() { dropSchema(t, dbURL, schema) })
+
+	push := func(ids ...int) (*http.Response, error) {
+		var ms []string
+		for _, id := range ids {
+			ms = append(ms, `{"id":`+itoa(id)+`,"clientID":"c","name":"m","args":{}}`)
+		}
+		return http.Post(public+"/replicache/push", "application/json",
+			strings.NewReader(`{"pushVersion":1,"clientGroupID":"g","mutations":[`+strings.Join(ms, ",")+`]}`))
+	}
+	resp, err := push(1)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("push: %v %v", err, resp)
+	}
+	resp.Body.Close()
+
+	// A slow push is in flight when the signal arrives.
+	inflight := make(chan int, 1)
+	go func() {
+		resp, err := push(2)
+		if err != nil {
+			inflight <- -1
+			return
+		}
+		resp.Body.Close()
+		inflight <- resp.StatusCode
+	}()
+	slowSeen.Wait()
+	cancel()
+	waitFor(t, "readiness to turn false", func() bool {
+		resp, err := http.Get(admin + "/readyz")
+		if err != nil {
+			return true // already closed
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 503
+	})
+	if code := <-inflight; code != 200 {
+		t.Errorf("in-flight push answered %d during shutdown, want 200", code)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run returned %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("run did not return after shutdown")
+	}
+	if _, ok := applied.Load("c:2"); !ok {
+		t.Error("the in-flight mutation never reached the upstream")
+	}
+	if logs.find("stopped") == nil {
+		t.Error("no 'stopped' log line")
+	}
+}
+
+func itoa(n int) string { b, _ := json.Marshal(n); return string(b) }

@@ -1,0 +1,114 @@
+package proxy
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeFile(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "mapping.json")
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoadConfigDefaults(t *testing.T) {
+	cfg, err := LoadConfig(map[string]string{
+		"SIDECAR_UPSTREAM_URL": "http://127.0.0.1:3000/v1",
+		"SIDECAR_DATABASE_URL": "postgres://u@localhost/db",
+		"SIDECAR_MAPPING_FILE": writeFile(t, testMapping),
+	})
+	if err != nil {
+		t.Fatalf("LoadConfig: %v", err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"listen", cfg.ListenAddr, ":8080"},
+		{"admin", cfg.AdminAddr, ":9090"},
+		{"push path", cfg.PushPath, "/replicache/push"},
+		{"pull path", cfg.PullPath, "/replicache/pull"},
+		{"schema", cfg.DBSchema, "replicache"},
+		{"forward", strings.Join(cfg.ForwardHeaders, ","), "Authorization"},
+		{"user header", cfg.UserIDHeader, ""},
+		{"auth path", cfg.AuthPath, ""},
+		{"auth field", cfg.AuthUserField, "id"},
+		{"timeout", cfg.UpstreamTimeout, 10 * time.Second},
+		{"max body", cfg.MaxBodyBytes, int64(33554432)},
+		{"budget", cfg.PushTimeBudget, 20 * time.Second},
+		{"idempotency header", cfg.IdempotencyHeader, "Idempotency-Key"},
+		{"upstream host", cfg.Upstream.Host, "127.0.0.1:3000"},
+		{"mutators", strings.Join(cfg.Mapping.Mutators.Names(), ","), "createTodo,deleteTodo,updateTodo"},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
+		}
+	}
+}
+
+func TestLoadConfigListsEveryProblem(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+		want []string
+	}{
+		{"nothing set", map[string]string{}, []string{
+			`"SIDECAR_UPSTREAM_URL" is not set`, `"SIDECAR_DATABASE_URL" is not set`, `"SIDECAR_MAPPING_FILE" is not set`,
+		}},
+		{"many bad values", map[string]string{
+			"SIDECAR_UPSTREAM_URL":     "ftp://x",
+			"SIDECAR_DATABASE_URL":     "postgres://u@localhost/db",
+			"SIDECAR_MAPPING_FILE":     "/nonexistent/mapping.json",
+			"SIDECAR_DB_SCHEMA":        "Robert'); DROP TABLE",
+			"SIDECAR_UPSTREAM_TIMEOUT": "soon",
+			"SIDECAR_MAX_BODY_BYTES":   "-1",
+			"SIDECAR_PUSH_PATH":        "/same",
+			"SIDECAR_PULL_PATH":        "/same",
+			"SIDECAR_FORWARD_HEADERS":  "Authorization,Bad Header",
+			"SIDECAR_LOG_LEVEL":        "loud",
+		}, []string{
+			"SIDECAR_UPSTREAM_URL", "reading mapping", "SIDECAR_DB_SCHEMA", "UPSTREAM_TIMEOUT", "SIDECAR_MAX_BODY_BYTES must be positive",
+			"must differ", `"Bad Header" is not a header name`, "SIDECAR_LOG_LEVEL",
+		}},
+		{"invalid mapping", map[string]string{
+			"SIDECAR_UPSTREAM_URL": "http://x",
+			"SIDECAR_DATABASE_URL": "postgres://u@localhost/db",
+			"SIDECAR_MAPPING_FILE": writeFile(t, `{"mutators":{"a":{"method":"FETCH","path":"/x/{args.id}/{who}"}},
+				"clientView":[{"path":"/v","key":"v/{id}","pagination":{"type":"pages"}}]}`),
+		}, []string{`mutator "a": method "FETCH"`, `unknown placeholder {who}`, `pagination type "pages"`},
+		},
+		{"typo in mapping", map[string]string{
+			"SIDECAR_UPSTREAM_URL": "http://x",
+			"SIDECAR_DATABASE_URL": "postgres://u@localhost/db",
+			"SIDECAR_MAPPING_FILE": writeFile(t, `{"mutator":{}}`),
+		}, []string{`unknown field "mutator"`}},
+		{"secret stays out of the message", map[string]string{
+			"SIDECAR_UPSTREAM_URL": "http://x",
+			"SIDECAR_DATABASE_URL": "postgres://u:hunter2@localhost:notaport/db",
+			"SIDECAR_MAPPING_FILE": writeFile(t, testMapping),
+		}, []string{"SIDECAR_DATABASE_URL: not a valid"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := LoadConfig(tc.env)
+			if err == nil {
+				t.Fatal("LoadConfig accepted it")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error lacks %q:\n%v", w, err)
+				}
+			}
+			if strings.Contains(err.Error(), "hunter2") {
+				t.Errorf("error leaks the database password: %v", err)
+			}
+		})
+	}
+}

@@ -1,0 +1,237 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/replicache-sidecar/replicache-sidecar/clientview"
+)
+
+func TestPullResetStrategy(t *testing.T) {
+	h := newHarness(t, nil)
+	sc := h.start()
+	var muts []mut
+	for i, id := range []string{"a", "b", "c", "d", "e"} { // two pages of the legacy API
+		muts = append(muts, create("c1", int64(i+1), id))
+	}
+	muts = append(muts, create("c2", 1, "f"), mut{"c2", 2, "deleteTodo", map[string]any{"id": "b"}})
+	if r := sc.push(t, "alice", "g", muts...); r.status != 200 {
+		t.Fatalf("push = %d %s", r.status, r.raw)
+	}
+	r, p := sc.pull(t, "alice", "g", nil)
+	if r.status != http.StatusOK || r.header.Get("Content-Type") != "application/json" {
+		t.Fatalf("pull = %d %s", r.status, r.raw)
+	}
+	if got, want := p.keys(t), []string{"todo/a", "todo/c", "todo/d", "todo/e", "todo/f", "me"}; !slices.Equal(got, want) {
+		t.Errorf("patch keys = %v, want %v", got, want)
+	}
+	if p.Patch[1].Key == "todo/a" && string(p.Patch[1].Value) != `{"id":"a","title":"t a"}` {
+		t.Errorf("todo/a value = %s", p.Patch[1].Value)
+	}
+	if want := map[string]int64{"c1": 5, "c2": 2}; !mapsEqual(p.LastMutationIDChanges, want) {
+		t.Errorf("lastMutationIDChanges = %v, want %v", p.LastMutationIDChanges, want)
+	}
+	if p.Cookie.Order != 1 {
+		t.Errorf("first cookie order = %d, want 1", p.Cookie.Order)
+	}
+	// The cookie field must always be present, as an object with an order.
+	var raw map[string]json.RawMessage
+	_ = json.Unmarshal(r.raw, &raw)
+	if string(raw["cookie"]) != `{"order":1}` {
+		t.Errorf("cookie = %s, want {\"order\":1}", raw["cookie"])
+	}
+}
+
+func mapsEqual(a, b map[string]int64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+func TestPullCookieIsMonotonic(t *testing.T) {
+	h := newHarness(t, nil)
+	sc := h.start()
+	steps := []struct {
+		name   string
+		cookie any
+		want   int64
+	}{
+		{"first pull", nil, 1},
+		{"next pull", map[string]any{"order": 1}, 2},
+		// A group forked from an older one carries its parent's cookie on
+		// its first pull; the answer must be greater, not 1.
+		{"request ahead of the group", map[string]any{"order": 41}, 42},
+		{"stale request cookie", map[string]any{"order": 3}, 43},
+		{"number cookie", 7, 44},
+		{"string order", map[string]any{"order": "100"}, 101},
+		{"string cookie", "5", 102},
+	}
+	for _, st := range steps {
+		r, p := sc.pull(t, "alice", "g", st.cookie)
+		if r.status != http.StatusOK || p.Cookie.Order != st.want {
+			t.Fatalf("%s: pull = %d, order %d; want %d (%s)", st.name, r.status, p.Cookie.Order, st.want, r.raw)
+		}
+	}
+	// A new group whose first pull carries a cookie is answered normally.
+	r, p := sc.pull(t, "alice", "forked", map[string]any{"order": 500})
+	if r.status != http.StatusOK || p.Cookie.Order != 501 || p.keys(t) == nil {
+		t.Fatalf("forked group's first pull = %d %s; want 200 with order 501", r.status, r.raw)
+	}
+	// Across instances (and restarts) the order keeps growing: it lives in
+	// the database.
+	other := h.start()
+	if _, p := other.pull(t, "alice", "g", nil); p.Cookie.Order != 103 {
+		t.Errorf("pull through another instance: order %d, want 103", p.Cookie.Order)
+	}
+}
+
+func TestPullBadInput(t *testing.T) {
+	h := newHarness(t, map[string]string{"SIDECAR_MAX_BODY_BYTES": "1024"})
+	sc := h.start()
+	tests := []struct {
+		name   string
+		body   string
+		status int
+		code   string
+		msg    string
+	}{
+		{"malformed", `{"pullVersion":1,"clientGroupID":`, 400, "BadRequest", "truncated"},
+		{"missing version", `{"clientGroupID":"g"}`, 400, "BadRequest", "pullVersion is required"},
+		{"missing group", `{"pullVersion":1,"cookie":null}`, 400, "BadRequest", "clientGroupID is required"},
+		{"unorderable cookie", `{"pullVersion":1,"clientGroupID":"g","cookie":{"order":"abc"}}`, 400, "BadRequest", `"abc" is not a number`},
+		{"cookie object without order", `{"pullVersion":1,"clientGroupID":"g","cookie":{"x":1}}`, 400, "BadRequest", "order"},
+		{"negative cookie", `{"pullVersion":1,"clientGroupID":"g","cookie":-4}`, 400, "BadRequest", "out of range"},
+		{"huge cookie", `{"pullVersion":1,"clientGroupID":"g","cookie":1e300}`, 400, "BadRequest", "out of range"},
+		{"array cookie", `{"pullVersion":1,"clientGroupID":"g","cookie":[1]}`, 400, "BadRequest", "cookie must be"},
+		{"oversize", `{"pullVersion":1,"clientGroupID":"` + strings.Repeat("g", 2000) + `"}`, 413, "PayloadTooLarge", "1024"},
+		{"version 0", `{"pullVersion":0,"clientID":"c","cookie":null}`, 200, "VersionNotSupported", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := sc.post(t, "/replicache/pull", "Bearer alice", tc.body)
+			if r.status != tc.status || r.str("error") != tc.code || !strings.Contains(r.str("message"), tc.msg) {
+				t.Fatalf("got %d %s; want %d %s %q", r.status, r.raw, tc.status, tc.code, tc.msg)
+			}
+			if tc.code == "VersionNotSupported" && r.str("versionType") != "pull" {
+				t.Errorf("versionType = %q, want pull", r.str("versionType"))
+			}
+		})
+	}
+}
+
+func TestPullSourceFailureIsNeverPartial(t *testing.T) {
+	h := newHarness(t, nil)
+	sc := h.start()
+	sc.push(t, "alice", "g", create("c1", 1, "a"))
+	cases := []struct {
+		name   string
+		fault  func(r *http.Request) int
+		reason string
+	}{
+		{"todos source fails", func(r *http.Request) int {
+			if r.URL.Path == "/api/todos" {
+				return 500
+			}
+			return 0
+		}, "upstream answered 500"},
+		{"second page fails", func(r *http.Request) int {
+			if r.URL.Query().Get("page") == "2" {
+				return 503
+			}
+			return 0
+		}, "upstream answered 503"},
+	}
+	for i := 2; i <= 4; i++ { // a second page exists
+		sc.push(t, "alice", "g", create("c1", int64(i), "x"+itoa(int64(i))))
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h.up.setFault(tc.fault)
+			defer h.up.setFault(nil)
+			r, _ := sc.pull(t, "alice", "g", nil)
+			if r.status != http.StatusBadGateway || r.str("source") != "/api/todos" || !strings.Contains(r.str("message"), tc.reason) {
+				t.Fatalf("pull = %d %s; want 502 naming /api/todos and %q", r.status, r.raw, tc.reason)
+			}
+		})
+	}
+	// Failed pulls issued no cookie.
+	if _, p := sc.pull(t, "alice", "g", nil); p.Cookie.Order != 1 || len(p.keys(t)) != 5 {
+		t.Errorf("pull after recovery: order %d, %d keys; want order 1 and 5 keys", p.Cookie.Order, len(p.keys(t)))
+	}
+}
+
+func TestUsersSeeOnlyTheirOwnData(t *testing.T) {
+	h := newHarness(t, nil)
+	sc := h.start()
+	sc.push(t, "alice", "ga", create("ca", 1, "alice-todo"))
+	sc.push(t, "bob", "gb", create("cb", 1, "bob-todo"))
+	_, pa := sc.pull(t, "alice", "ga", nil)
+	_, pb := sc.pull(t, "bob", "gb", nil)
+	if got := pa.keys(t); !slices.Equal(got, []string{"todo/alice-todo", "me"}) {
+		t.Errorf("alice sees %v", got)
+	}
+	if got := pb.keys(t); !slices.Equal(got, []string{"todo/bob-todo", "me"}) {
+		t.Errorf("bob sees %v", got)
+	}
+	if r, _ := sc.pull(t, "", "ga", nil); r.status != http.StatusUnauthorized {
+		t.Errorf("pull without credentials = %d %s, want 401", r.status, r.raw)
+	}
+}
+
+func TestDeletedGroupGetsClientStateNotFound(t *testing.T) {
+	h := newHarness(t, nil)
+	sc := h.start()
+	sc.push(t, "alice", "g", create("c1", 1, "a"))
+	if _, err := sc.pool.Exec(context.Background(), "UPDATE "+pgx.Identifier{h.schema}.Sanitize()+".client_groups SET deleted_at = now() WHERE id = 'g'"); err != nil {
+		t.Fatal(err)
+	}
+	// Both answers must be HTTP 200: the client ignores them otherwise.
+	r, _ := sc.pull(t, "alice", "g", map[string]any{"order": 1})
+	if r.status != http.StatusOK || string(r.raw) != `{"error":"ClientStateNotFound"}` {
+		t.Errorf("pull = %d %s, want 200 ClientStateNotFound", r.status, r.raw)
+	}
+	r = sc.push(t, "alice", "g", create("c1", 2, "b"))
+	if r.status != http.StatusOK || string(r.raw) != `{"error":"ClientStateNotFound"}` {
+		t.Errorf("push = %d %s, want 200 ClientStateNotFound", r.status, r.raw)
+	}
+	if got := h.up.todoIDs("alice"); !slices.Equal(got, []string{"a"}) {
+		t.Errorf("upstream todos = %v, want [a]", got)
+	}
+}
+
+func TestCookieOrder(t *testing.T) {
+	for in, want := range map[string]int64{`null`: 0, ``: 0, `3`: 3, `3.9`: 3, `"12"`: 12, `{"order":5}`: 5, `{"order":"6"}`: 6} {
+		got, err := cookieOrder(json.RawMessage(in))
+		if err != nil || got != want {
+			t.Errorf("cookieOrder(%s) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{`true`, `[1]`, `{"order":{}}`, `"x"`, `-1`, `1e20`, `{"order":null}`} {
+		if _, err := cookieOrder(json.RawMessage(in)); err == nil {
+			t.Errorf("cookieOrder(%s) accepted", in)
+		}
+	}
+}
+
+func TestEncodePullResponse(t *testing.T) {
+	body := encodePullResponse(9, map[string]int64{"b": 2, "a\"x": 1}, []clientview.Entry{{Key: "k\n1", Value: json.RawMessage(`{"v":[1,2]}`)}})
+	want := `{"cookie":{"order":9},"lastMutationIDChanges":{"a\"x":1,"b":2},"patch":[{"op":"clear"},{"op":"put","key":"k\n1","value":{"v":[1,2]}}]}`
+	if string(body) != want {
+		t.Errorf("got  %s\nwant %s", body, want)
+	}
+	if !json.Valid(body) {
+		t.Error("not valid JSON")
+	}
+}
