@@ -7,7 +7,7 @@ GO      ?= go
 BIN     := bin
 GOFILES := $(shell git ls-files '*.go' 2>/dev/null)
 
-.PHONY: all build test test-go check fmt vet demo clean bench
+.PHONY: all build test test-go test-e2e check fmt vet demo web clean bench
 
 all: build
 
@@ -16,6 +16,18 @@ build:
 
 $(BIN)/devpg: $(GOFILES) go.mod
 	$(GO) build -o $(BIN)/devpg ./cmd/devpg
+
+## demo: the product end to end: todo-api + the sidecar + a throwaway Postgres. Ctrl-C stops it all.
+demo: build web $(BIN)/devpg
+	$(BIN)/devpg -- $(BIN)/demo
+
+## web: install the pinned Node packages and bundle the demo web app.
+web: web/node_modules/.installed
+	cd web && npm run --silent build
+
+web/node_modules/.installed: web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+	touch $@
 
 ## test: everything CI runs (the README's test command).
 test: test-go

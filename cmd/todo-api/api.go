@@ -1,0 +1,298 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"unicode/utf8"
+)
+
+type todo struct {
+	ID     string `json:"id"`
+	ListID string `json:"listID,omitempty"`
+	Title  string `json:"title"`
+	Done   bool   `json:"done"`
+}
+
+type list struct {
+	ID   string `json:"id"`
+	Name string `json:"name"`
+}
+
+type userData struct {
+	todos     map[string]*todo
+	todoOrder []string
+	lists     map[string]*list
+	listOrder []string
+}
+
+// answer is a stored response, replayed for a repeated Idempotency-Key.
+type answer struct {
+	status int
+	body   []byte
+}
+
+// api is the in-memory service. One mutex: it is a demo, and it makes every
+// request atomic, including the idempotency check and the effect.
+type api struct {
+	mu       sync.Mutex
+	users    map[string]*userData
+	answers  map[string]answer // user + "\x00" + key
+	pageSize int
+}
+
+func newAPI(pageSize int) *api {
+	return &api{users: map[string]*userData{}, answers: map[string]answer{}, pageSize: max(pageSize, 1)}
+}
+
+func (a *api) routes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
+	mux.HandleFunc("GET /api/me", a.authed(a.me))
+	mux.HandleFunc("GET /api/todos", a.authed(a.listTodos))
+	mux.HandleFunc("GET /api/todos/{id}", a.authed(a.getTodo))
+	mux.HandleFunc("POST /api/todos", a.authed(a.idempotent(a.createTodo)))
+	mux.HandleFunc("PATCH /api/todos/{id}", a.authed(a.idempotent(a.updateTodo)))
+	mux.HandleFunc("DELETE /api/todos/{id}", a.authed(a.idempotent(a.deleteTodo)))
+	mux.HandleFunc("GET /api/lists", a.authed(a.listLists))
+	mux.HandleFunc("POST /api/lists", a.authed(a.idempotent(a.createList)))
+	mux.HandleFunc("DELETE /api/lists/{id}", a.authed(a.idempotent(a.deleteList)))
+}
+
+type handler func(user string, r *http.Request, body []byte) (int, any)
+
+// authed checks the bearer token, reads the body (up to 1 MiB) and runs h
+// under the lock.
+func (a *api) authed(h handler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		user, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || user == "" || len(user) > 64 {
+			writeJSON(w, http.StatusUnauthorized, errBody("missing or invalid bearer token"))
+			return
+		}
+		var buf bytes.Buffer
+		if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, 1<<20)); err != nil {
+			writeJSON(w, http.StatusRequestEntityTooLarge, errBody("body too large"))
+			return
+		}
+		a.mu.Lock()
+		status, v := h(user, r, buf.Bytes())
+		a.mu.Unlock()
+		if status == http.StatusNoContent {
+			w.WriteHeader(status)
+			return
+		}
+		writeJSON(w, status, v)
+	}
+}
+
+// idempotent replays the first answer to a repeated Idempotency-Key of the
+// same user instead of running h again. a.mu is held.
+func (a *api) idempotent(h handler) handler {
+	return func(user string, r *http.Request, body []byte) (int, any) {
+		key := r.Header.Get("Idempotency-Key")
+		if key == "" {
+			return h(user, r, body)
+		}
+		k := user + "\x00" + key
+		if prev, ok := a.answers[k]; ok {
+			return prev.status, json.RawMessage(prev.body)
+		}
+		status, v := h(user, r, body)
+		b, _ := json.Marshal(v)
+		a.answers[k] = answer{status: status, body: b}
+		return status, v
+	}
+}
+
+func (a *api) data(user string) *userData {
+	d := a.users[user]
+	if d == nil {
+		d = &userData{todos: map[string]*todo{}, lists: map[string]*list{}}
+		a.users[user] = d
+	}
+	return d
+}
+
+func errBody(msg string) map[string]string { return map[string]string{"error": msg} }
+
+func (a *api) me(user string, _ *http.Request, _ []byte) (int, any) {
+	return http.StatusOK, map[string]string{"id": user, "name": user}
+}
+
+// page returns the page'th slice of ids and whether there is a next page.
+func (a *api) page(r *http.Request, ids []string) ([]string, int, bool) {
+	p, err := strconv.Atoi(r.URL.Query().Get("page"))
+	if err != nil || p < 1 {
+		p = 1
+	}
+	lo := min((p-1)*a.pageSize, len(ids))
+	hi := min(lo+a.pageSize, len(ids))
+	return ids[lo:hi], p, hi < len(ids)
+}
+
+func (a *api) listTodos(user string, r *http.Request, _ []byte) (int, any) {
+	d := a.data(user)
+	ids, p, more := a.page(r, d.todoOrder)
+	out := make([]todo, 0, len(ids))
+	for _, id := range ids {
+		out = append(out, *d.todos[id])
+	}
+	return http.StatusOK, paged{"todos", out, p, len(d.todoOrder), more, r.URL.Path}
+}
+
+func (a *api) listLists(user string, r *http.Request, _ []byte) (int, any) {
+	d := a.data(user)
+	ids, p, more := a.page(r, d.listOrder)
+	out := make([]list, 0, len(ids))
+	for _, id := range ids {
+		out = append(out, *d.lists[id])
+	}
+	return http.StatusOK, paged{"lists", out, p, len(d.listOrder), more, r.URL.Path}
+}
+
+// paged is a page of a list; writeJSON adds its Link header.
+type paged struct {
+	field string
+	items any
+	page  int
+	total int
+	more  bool
+	path  string
+}
+
+func (p paged) MarshalJSON() ([]byte, error) {
+	return json.Marshal(map[string]any{p.field: p.items, "page": p.page, "total": p.total})
+}
+
+func (a *api) getTodo(user string, r *http.Request, _ []byte) (int, any) {
+	t, ok := a.data(user).todos[r.PathValue("id")]
+	if !ok {
+		return http.StatusNotFound, errBody("no such todo")
+	}
+	return http.StatusOK, t
+}
+
+type todoInput struct {
+	ID     *string `json:"id"`
+	ListID *string `json:"listID"`
+	Title  *string `json:"title"`
+	Done   *bool   `json:"done"`
+}
+
+func validText(s *string, maxLen int) bool {
+	return s != nil && *s != "" && utf8.RuneCountInString(*s) <= maxLen && utf8.ValidString(*s)
+}
+
+func (a *api) createTodo(user string, _ *http.Request, body []byte) (int, any) {
+	var in todoInput
+	if err := json.Unmarshal(body, &in); err != nil {
+		return http.StatusUnprocessableEntity, errBody("body must be a JSON object: " + err.Error())
+	}
+	if !validText(in.ID, 128) {
+		return http.StatusUnprocessableEntity, errBody("id is required (1-128 characters)")
+	}
+	if !validText(in.Title, 500) {
+		return http.StatusUnprocessableEntity, errBody("title is required (1-500 characters)")
+	}
+	d := a.data(user)
+	if _, exists := d.todos[*in.ID]; exists {
+		return http.StatusConflict, errBody(fmt.Sprintf("todo %q already exists", *in.ID))
+	}
+	t := &todo{ID: *in.ID, Title: *in.Title}
+	if in.Done != nil {
+		t.Done = *in.Done
+	}
+	if in.ListID != nil {
+		t.ListID = *in.ListID
+	}
+	d.todos[t.ID] = t
+	d.todoOrder = append(d.todoOrder, t.ID)
+	return http.StatusCreated, t
+}
+
+func (a *api) updateTodo(user string, r *http.Request, body []byte) (int, any) {
+	t, ok := a.data(user).todos[r.PathValue("id")]
+	if !ok {
+		return http.StatusNotFound, errBody("no such todo")
+	}
+	var in todoInput
+	if err := json.Unmarshal(body, &in); err != nil {
+		return http.StatusUnprocessableEntity, errBody("body must be a JSON object: " + err.Error())
+	}
+	if in.Title != nil && !validText(in.Title, 500) {
+		return http.StatusUnprocessableEntity, errBody("title must be 1-500 characters")
+	}
+	if in.Title != nil {
+		t.Title = *in.Title
+	}
+	if in.Done != nil {
+		t.Done = *in.Done
+	}
+	if in.ListID != nil {
+		t.ListID = *in.ListID
+	}
+	return http.StatusOK, t
+}
+
+func (a *api) deleteTodo(user string, r *http.Request, _ []byte) (int, any) {
+	d := a.data(user)
+	id := r.PathValue("id")
+	if _, ok := d.todos[id]; !ok {
+		return http.StatusNotFound, errBody("no such todo")
+	}
+	delete(d.todos, id)
+	d.todoOrder = without(d.todoOrder, id)
+	return http.StatusNoContent, nil
+}
+
+func (a *api) createList(user string, _ *http.Request, body []byte) (int, any) {
+	var in struct {
+		ID   *string `json:"id"`
+		Name *string `json:"name"`
+	}
+	if err := json.Unmarshal(body, &in); err != nil || !validText(in.ID, 128) || !validText(in.Name, 200) {
+		return http.StatusUnprocessableEntity, errBody("id and name are required")
+	}
+	d := a.data(user)
+	if _, exists := d.lists[*in.ID]; exists {
+		return http.StatusConflict, errBody(fmt.Sprintf("list %q already exists", *in.ID))
+	}
+	l := &list{ID: *in.ID, Name: *in.Name}
+	d.lists[l.ID] = l
+	d.listOrder = append(d.listOrder, l.ID)
+	return http.StatusCreated, l
+}
+
+func (a *api) deleteList(user string, r *http.Request, _ []byte) (int, any) {
+	d := a.data(user)
+	id := r.PathValue("id")
+	if _, ok := d.lists[id]; !ok {
+		return http.StatusNotFound, errBody("no such list")
+	}
+	delete(d.lists, id)
+	d.listOrder = without(d.listOrder, id)
+	return http.StatusNoContent, nil
+}
+
+func without(ids []string, id string) []string {
+	out := ids[:0]
+	for _, x := range ids {
+		if x != id {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	if p, ok := v.(paged); ok && p.more {
+		w.Header().Set("Link", fmt.Sprintf(`<%s?page=%d>; rel="next"`, p.path, p.page+1))
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}

@@ -1,0 +1,80 @@
+package main
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+func TestTodoAPI(t *testing.T) {
+	mux := http.NewServeMux()
+	newAPI(2).routes(mux)
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	call := func(method, path, user, key, body string) (int, string, http.Header) {
+		t.Helper()
+		req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+		if user != "" {
+			req.Header.Set("Authorization", "Bearer "+user)
+		}
+		if key != "" {
+			req.Header.Set("Idempotency-Key", key)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, strings.TrimSpace(string(b)), resp.Header
+	}
+	steps := []struct {
+		method, path, user, key, body string
+		status                        int
+		contains                      string
+	}{
+		{"GET", "/api/me", "", "", "", 401, "bearer"},
+		{"GET", "/api/me", "alice", "", "", 200, `"id":"alice"`},
+		{"POST", "/api/todos", "alice", "k1", `{"id":"a","title":"milk"}`, 201, `"title":"milk"`},
+		// The same key again: replayed, not a 409.
+		{"POST", "/api/todos", "alice", "k1", `{"id":"a","title":"milk"}`, 201, `"title":"milk"`},
+		{"POST", "/api/todos", "alice", "k2", `{"id":"a","title":"milk"}`, 409, "already exists"},
+		{"POST", "/api/todos", "alice", "", `{"id":"b"}`, 422, "title is required"},
+		{"POST", "/api/todos", "alice", "", `[]`, 422, "JSON object"},
+		{"POST", "/api/todos", "alice", "", `{"id":"b","title":"bread"}`, 201, ""},
+		{"POST", "/api/todos", "alice", "", `{"id":"c","title":"eggs"}`, 201, ""},
+		{"PATCH", "/api/todos/a", "alice", "k3", `{"done":true}`, 200, `"done":true`},
+		{"PATCH", "/api/todos/zz", "alice", "", `{"done":true}`, 404, ""},
+		{"PATCH", "/api/todos/a", "alice", "", `{"title":""}`, 422, ""},
+		{"GET", "/api/todos/a", "bob", "", "", 404, ""}, // bob can't see alice's todo
+		{"DELETE", "/api/todos/b", "alice", "k4", "", 204, ""},
+		{"DELETE", "/api/todos/b", "alice", "k4", "", 204, ""}, // replay
+		{"DELETE", "/api/todos/b", "alice", "k5", "", 404, ""},
+		{"POST", "/api/lists", "alice", "", `{"id":"l1","name":"groceries"}`, 201, ""},
+		{"GET", "/api/lists", "alice", "", "", 200, `"lists":[{"id":"l1","name":"groceries"}]`},
+	}
+	for i, s := range steps {
+		status, body, _ := call(s.method, s.path, s.user, s.key, s.body)
+		if status != s.status || !strings.Contains(body, s.contains) {
+			t.Fatalf("step %d %s %s: %d %s; want %d containing %q", i, s.method, s.path, status, body, s.status, s.contains)
+		}
+	}
+	// Pagination: 2 per page, Link to the next.
+	call("POST", "/api/todos", "alice", "", `{"id":"d","title":"x"}`)
+	status, body, hdr := call("GET", "/api/todos", "alice", "", "")
+	var page struct {
+		Todos []todo `json:"todos"`
+		Total int    `json:"total"`
+	}
+	_ = json.Unmarshal([]byte(body), &page)
+	if status != 200 || len(page.Todos) != 2 || page.Total != 3 || hdr.Get("Link") != `</api/todos?page=2>; rel="next"` {
+		t.Fatalf("page 1 = %d %s (Link %q)", status, body, hdr.Get("Link"))
+	}
+	_, body, hdr = call("GET", "/api/todos?page=2", "alice", "", "")
+	if !strings.Contains(body, `"id":"d"`) || hdr.Get("Link") != "" {
+		t.Fatalf("page 2 = %s (Link %q)", body, hdr.Get("Link"))
+	}
+}

@@ -1,0 +1,99 @@
+// Command todo-api is a small, ordinary REST service that knows nothing
+// about Replicache: the kind of legacy service replicache-sidecar is
+// deployed in front of. It keeps per-user todos and lists in memory.
+//
+// Auth is "Authorization: Bearer <user>" (the token is the user name: it is
+// a demo). List endpoints paginate with a Link header. Mutating requests
+// honour Idempotency-Key: a repeated key replays the first answer without a
+// second effect. It also serves a static web app from -static.
+//
+//	GET    /api/me
+//	GET    /api/todos?page=N      POST /api/todos
+//	GET    /api/todos/{id}        PATCH /api/todos/{id}    DELETE /api/todos/{id}
+//	GET    /api/lists?page=N      POST /api/lists          DELETE /api/lists/{id}
+//	GET    /healthz
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "todo-api:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("todo-api", flag.ContinueOnError)
+	addr := fs.String("addr", "127.0.0.1:3000", "listen address")
+	static := fs.String("static", "", "directory of the web app to serve at / (optional)")
+	pageSize := fs.Int("page-size", 20, "items per page of list endpoints")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	api := newAPI(*pageSize)
+	mux := http.NewServeMux()
+	api.routes(mux)
+	if *static != "" {
+		mux.Handle("GET /", http.FileServer(http.Dir(*static)))
+	}
+	srv := &http.Server{
+		Handler:           logRequests(log, mux),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+	}
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return err
+	}
+	log.Info("todo-api listening", "addr", ln.Addr().String())
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		return err
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+func logRequests(log *slog.Logger, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w, status: 200}
+		h.ServeHTTP(sw, r)
+		if r.URL.Path != "/healthz" {
+			log.Info("request", "method", r.Method, "path", r.URL.Path, "status", sw.status,
+				"idempotency_key", r.Header.Get("Idempotency-Key"), "duration", time.Since(start))
+		}
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusWriter) WriteHeader(code int) { s.status = code; s.ResponseWriter.WriteHeader(code) }
