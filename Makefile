@@ -34,7 +34,8 @@ test: test-go
 
 ## test-go: Go unit and integration tests, with the race detector, against a real Postgres.
 test-go: $(BIN)/devpg
-	$(BIN)/devpg -- $(GO) test -race -count=1 ./...
+	$(BIN)/devpg -- sh -c '$(GO) test -race -count=1 ./... && $(GO) test -run "^$$" -bench . -benchtime 3x ./proxy'
+
 
 ## check: formatting, vet, and the tests.
 check: fmt vet test
