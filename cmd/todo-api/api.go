@@ -32,9 +32,12 @@ type userData struct {
 
 // answer is a stored response, replayed for a repeated Idempotency-Key.
 type answer struct {
-	status int
-	body   []byte
+	Status int             `json:"status"`
+	Body   json.RawMessage `json:"body"`
 }
+
+// replayed is the body of an answer given before for the same key.
+type replayed json.RawMessage
 
 // api is the in-memory service. One mutex: it is a demo, and it makes every
 // request atomic, including the idempotency check and the effect.
@@ -43,6 +46,7 @@ type api struct {
 	users    map[string]*userData
 	answers  map[string]answer // user + "\x00" + key
 	pageSize int
+	state    string // file the state is saved to after each change; "" keeps it in memory only
 }
 
 func newAPI(pageSize int) *api {
@@ -80,7 +84,20 @@ func (a *api) authed(h handler) http.HandlerFunc {
 		}
 		a.mu.Lock()
 		status, v := h(user, r, buf.Bytes())
+		var saveErr error
+		if r.Method != http.MethodGet && status < 300 {
+			saveErr = a.save()
+		}
 		a.mu.Unlock()
+		if saveErr != nil {
+			writeJSON(w, http.StatusInternalServerError, errBody("saving state: "+saveErr.Error()))
+			return
+		}
+		if rp, ok := v.(replayed); ok {
+			// As Stripe does: tell the caller this is a replayed answer.
+			w.Header().Set("Idempotent-Replayed", "true")
+			v = json.RawMessage(rp)
+		}
 		if status == http.StatusNoContent {
 			w.WriteHeader(status)
 			return
@@ -99,11 +116,11 @@ func (a *api) idempotent(h handler) handler {
 		}
 		k := user + "\x00" + key
 		if prev, ok := a.answers[k]; ok {
-			return prev.status, json.RawMessage(prev.body)
+			return prev.Status, replayed(prev.Body)
 		}
 		status, v := h(user, r, body)
 		b, _ := json.Marshal(v)
-		a.answers[k] = answer{status: status, body: b}
+		a.answers[k] = answer{Status: status, Body: b}
 		return status, v
 	}
 }

@@ -78,3 +78,44 @@ func TestTodoAPI(t *testing.T) {
 		t.Fatalf("page 2 = %s (Link %q)", body, hdr.Get("Link"))
 	}
 }
+
+func TestTodoAPIStateSurvivesRestart(t *testing.T) {
+	path := t.TempDir() + "/state.json"
+	serve := func() *httptest.Server {
+		a := newAPI(10)
+		if err := a.load(path); err != nil {
+			t.Fatal(err)
+		}
+		mux := http.NewServeMux()
+		a.routes(mux)
+		return httptest.NewServer(mux)
+	}
+	post := func(srv *httptest.Server) (int, string) {
+		req, _ := http.NewRequest("POST", srv.URL+"/api/todos", strings.NewReader(`{"id":"a","title":"milk"}`))
+		req.Header.Set("Authorization", "Bearer alice")
+		req.Header.Set("Idempotency-Key", "c:1")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode, resp.Header.Get("Idempotent-Replayed")
+	}
+	first := serve()
+	if code, replay := post(first); code != 201 || replay != "" {
+		t.Fatalf("first create = %d (replayed %q)", code, replay)
+	}
+	first.Close()
+	second := serve() // a restart
+	defer second.Close()
+	if code, replay := post(second); code != 201 || replay != "true" {
+		t.Fatalf("create after restart = %d (replayed %q), want the replayed 201", code, replay)
+	}
+	req, _ := http.NewRequest("GET", second.URL+"/api/todos/a", nil)
+	req.Header.Set("Authorization", "Bearer alice")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("todo lost across restart: %v %v", err, resp)
+	}
+	resp.Body.Close()
+}

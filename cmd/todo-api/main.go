@@ -5,7 +5,8 @@
 // Auth is "Authorization: Bearer <user>" (the token is the user name: it is
 // a demo). List endpoints paginate with a Link header. Mutating requests
 // honour Idempotency-Key: a repeated key replays the first answer without a
-// second effect. It also serves a static web app from -static.
+// second effect (the answer carries Idempotent-Replayed: true). With -state
+// the data survives restarts. It also serves a static web app from -static.
 //
 //	GET    /api/me
 //	GET    /api/todos?page=N      POST /api/todos
@@ -42,11 +43,17 @@ func run(ctx context.Context, args []string) error {
 	addr := fs.String("addr", "127.0.0.1:3000", "listen address")
 	static := fs.String("static", "", "directory of the web app to serve at / (optional)")
 	pageSize := fs.Int("page-size", 20, "items per page of list endpoints")
+	state := fs.String("state", "", "file to keep the data in across restarts (default: memory only)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	api := newAPI(*pageSize)
+	if *state != "" {
+		if err := api.load(*state); err != nil {
+			return err
+		}
+	}
 	mux := http.NewServeMux()
 	api.routes(mux)
 	if *static != "" {
@@ -86,7 +93,8 @@ func logRequests(log *slog.Logger, h http.Handler) http.Handler {
 		h.ServeHTTP(sw, r)
 		if r.URL.Path != "/healthz" {
 			log.Info("request", "method", r.Method, "path", r.URL.Path, "status", sw.status,
-				"idempotency_key", r.Header.Get("Idempotency-Key"), "duration", time.Since(start))
+				"idempotency_key", r.Header.Get("Idempotency-Key"), "replayed", w.Header().Get("Idempotent-Replayed") == "true",
+				"duration", time.Since(start))
 		}
 	})
 }
