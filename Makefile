@@ -30,12 +30,17 @@ web/node_modules/.installed: web/package.json web/package-lock.json
 	touch $@
 
 ## test: everything CI runs (the README's test command).
-test: test-go
+test: test-go test-e2e
 
 ## test-go: Go unit and integration tests, with the race detector, against a real Postgres.
 test-go: $(BIN)/devpg
 	$(BIN)/devpg -- sh -c '$(GO) test -race -count=1 ./... && $(GO) test -run "^$$" -bench . -benchtime 3x ./proxy'
 
+
+## test-e2e: the real Replicache client (headless, and in Chromium) syncing through the
+## sidecar binary with todo-api behind it. Installs Debian's chromium when missing (as root).
+test-e2e: build web $(BIN)/devpg
+	$(BIN)/devpg -- sh -c 'cd web && npm test'
 
 ## check: formatting, vet, and the tests.
 check: fmt vet test

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 	"unicode/utf8"
 )
 
@@ -47,6 +48,7 @@ type api struct {
 	answers  map[string]answer // user + "\x00" + key
 	pageSize int
 	state    string // file the state is saved to after each change; "" keeps it in memory only
+	delay    time.Duration
 }
 
 func newAPI(pageSize int) *api {
@@ -81,6 +83,9 @@ func (a *api) authed(h handler) http.HandlerFunc {
 		if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, 1<<20)); err != nil {
 			writeJSON(w, http.StatusRequestEntityTooLarge, errBody("body too large"))
 			return
+		}
+		if r.Method != http.MethodGet && a.delay > 0 {
+			time.Sleep(a.delay)
 		}
 		a.mu.Lock()
 		status, v := h(user, r, buf.Bytes())

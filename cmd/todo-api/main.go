@@ -44,11 +44,13 @@ func run(ctx context.Context, args []string) error {
 	static := fs.String("static", "", "directory of the web app to serve at / (optional)")
 	pageSize := fs.Int("page-size", 20, "items per page of list endpoints")
 	state := fs.String("state", "", "file to keep the data in across restarts (default: memory only)")
+	delay := fs.Duration("delay", 0, "added to every mutating request, to play a slow legacy service")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	api := newAPI(*pageSize)
+	api.delay = *delay
 	if *state != "" {
 		if err := api.load(*state); err != nil {
 			return err

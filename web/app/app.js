@@ -23,10 +23,11 @@ $('user').textContent = user;
 let todos = [];
 let pendingIDs = new Set();
 
-rep.onOnlineChange = (online) => {
+function showOnline(online) {
   $('online').textContent = online ? 'online' : 'offline';
   $('online').className = online ? 'online' : 'offline';
-};
+}
+rep.onOnlineChange = showOnline;
 
 rep.subscribe((tx) => tx.scan({prefix: 'todo/'}).values().toArray(), {
   onData(list) {
@@ -38,6 +39,7 @@ rep.subscribe((tx) => tx.scan({prefix: 'todo/'}).values().toArray(), {
 // Pending = mutated locally, not yet confirmed by a pull.
 async function refreshPending() {
   const pending = await rep.experimentalPendingMutations();
+  showOnline(rep.online);
   pendingIDs = new Set(pending.map((m) => m.args?.id));
   $('pending').textContent = `${pending.length} pending`;
   render();
@@ -68,12 +70,22 @@ function render() {
   $('count').textContent = `${left} item${left === 1 ? '' : 's'} left`;
 }
 
+// Ids sort by creation time (keys are scanned in order, and the REST API
+// keeps no other order we could use), then a random part for uniqueness.
+let lastID = '';
+function newID() {
+  let id = Date.now().toString(36).padStart(9, '0') + '-' + crypto.randomUUID().slice(0, 8);
+  if (id <= lastID) id = lastID + '0'; // two in the same millisecond
+  lastID = id;
+  return id;
+}
+
 $('new').onsubmit = async (e) => {
   e.preventDefault();
   const title = $('title').value.trim();
   if (!title) return;
   $('title').value = '';
-  await rep.mutate.createTodo({id: crypto.randomUUID(), title});
+  await rep.mutate.createTodo({id: newID(), title});
 };
 $('sync').onclick = () => { rep.push({now: true}); rep.pull({now: true}); };
 $('clear-done').onclick = async () => {

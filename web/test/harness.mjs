@@ -1,0 +1,222 @@
+// Test harness for the end-to-end tests: real processes (bin/todo-api,
+// bin/replicache-sidecar), a real Postgres (DATABASE_URL; `make test` starts
+// a throwaway one), and the real Replicache client running headless.
+import {spawn, execFileSync} from 'node:child_process';
+import {randomBytes} from 'node:crypto';
+import {mkdtempSync, rmSync} from 'node:fs';
+import net from 'node:net';
+import {tmpdir} from 'node:os';
+import {join} from 'node:path';
+import {setTimeout as sleep} from 'node:timers/promises';
+import {Replicache} from 'replicache';
+import {mutators} from '../app/mutators.js';
+
+export {sleep};
+export const root = new URL('../../', import.meta.url).pathname;
+const bin = join(root, 'bin');
+export const mapping = join(root, 'deploy/examples/todo/mapping.json');
+
+export function databaseURL() {
+  const url = process.env.SIDECAR_DATABASE_URL || process.env.DATABASE_URL;
+  if (!url) throw new Error('no database: set DATABASE_URL, or run `make test`, which starts a throwaway Postgres');
+  return url;
+}
+
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const {port} = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export async function waitFor(what, cond, {timeout = 15000, interval = 25} = {}) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    try {
+      if (await cond()) return;
+    } catch {
+      // not yet
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
+    await sleep(interval);
+  }
+}
+
+async function httpOK(url) {
+  const r = await fetch(url);
+  await r.arrayBuffer();
+  return r.ok;
+}
+
+// A child process whose JSON log lines are collected.
+class Process {
+  constructor(name, path, args, env) {
+    Object.assign(this, {name, path, args, env, logs: [], proc: null});
+  }
+
+  start() {
+    const proc = spawn(this.path, this.args, {env: {...process.env, ...this.env}, stdio: ['ignore', 'ignore', 'pipe']});
+    this.proc = proc;
+    this.exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({code, signal})));
+    let buf = '';
+    proc.stderr.on('data', (chunk) => {
+      buf += chunk;
+      let i;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        try {
+          this.logs.push(JSON.parse(line));
+        } catch {
+          this.logs.push({msg: line});
+        }
+        if (process.env.E2E_VERBOSE) console.error(`[${this.name}] ${line}`);
+      }
+    });
+  }
+
+  async stop(signal = 'SIGTERM') {
+    if (!this.proc || this.proc.exitCode !== null || this.proc.signalCode !== null) return;
+    this.proc.kill(signal);
+    await this.exited;
+  }
+}
+
+// The demo legacy service, with its data in a file so it survives restarts.
+export class TodoAPI extends Process {
+  constructor(dir, port, args = []) {
+    super('todo-api', join(bin, 'todo-api'), ['-addr', `127.0.0.1:${port}`, '-state', join(dir, 'state.json'),
+      '-static', join(root, 'web/dist'), '-page-size', '50', ...args], {});
+    this.url = `http://127.0.0.1:${port}`;
+  }
+
+  async start() {
+    super.start();
+    await waitFor('todo-api health', () => httpOK(this.url + '/healthz'));
+  }
+
+  // Mutating calls that changed state (not replays), in arrival order.
+  effects() {
+    return this.logs.filter((l) => l.msg === 'request' && l.method !== 'GET' && l.status < 300 && !l.replayed);
+  }
+
+  // Mutating calls answered from the idempotency store (repeats).
+  replays() {
+    return this.logs.filter((l) => l.msg === 'request' && l.replayed);
+  }
+}
+
+export class Sidecar extends Process {
+  constructor({upstream, schema, port, adminPort, env = {}}) {
+    super('sidecar', join(bin, 'replicache-sidecar'), [], {
+      SIDECAR_UPSTREAM_URL: upstream,
+      SIDECAR_DATABASE_URL: databaseURL(),
+      SIDECAR_MAPPING_FILE: mapping,
+      SIDECAR_DB_SCHEMA: schema,
+      SIDECAR_LISTEN_ADDR: `127.0.0.1:${port}`,
+      SIDECAR_ADMIN_ADDR: `127.0.0.1:${adminPort}`,
+      SIDECAR_AUTH_PATH: '/api/me',
+      SIDECAR_SHUTDOWN_TIMEOUT: '5s',
+      SIDECAR_UPSTREAM_TIMEOUT: '3s',
+      ...env,
+    });
+    this.url = `http://127.0.0.1:${port}`;
+    this.admin = `http://127.0.0.1:${adminPort}`;
+  }
+
+  async start() {
+    super.start();
+    await waitFor('sidecar readiness', () => httpOK(this.admin + '/readyz'));
+  }
+}
+
+// A whole stack: todo-api + sidecar on a fresh schema. Call close() at the end.
+export async function startStack({sidecarEnv, apiArgs} = {}) {
+  const dir = mkdtempSync(join(tmpdir(), 'e2e-'));
+  const schema = 'e2e_' + randomBytes(5).toString('hex');
+  const api = new TodoAPI(dir, await freePort(), apiArgs);
+  await api.start();
+  const sidecar = new Sidecar({upstream: api.url, schema, port: await freePort(), adminPort: await freePort(), env: sidecarEnv});
+  await sidecar.start();
+  const reps = [];
+  return {
+    api, sidecar, schema, reps,
+    // newRep makes a Replicache client of user; the same name means the
+    // same client group (like two tabs of one browser profile).
+    newRep(user, {name = `${user}-${randomBytes(4).toString('hex')}`, ...opts} = {}) {
+      const rep = makeRep(sidecar.url, user, name, opts);
+      reps.push(rep);
+      return rep;
+    },
+    async close() {
+      for (const rep of reps) {
+        if (!rep.closed) {
+          await rep.query(() => null).catch(() => {});
+          await rep.close();
+        }
+      }
+      await sidecar.stop();
+      await api.stop();
+      psql(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
+      rmSync(dir, {recursive: true, force: true});
+    },
+  };
+}
+
+export function makeRep(base, user, name, opts = {}) {
+  const errors = [];
+  const rep = new Replicache({
+    name,
+    kvStore: 'mem',
+    pushURL: base + '/replicache/push',
+    pullURL: base + '/replicache/pull',
+    auth: `Bearer ${user}`,
+    pullInterval: null, // tests pull explicitly
+    mutators,
+    logLevel: 'error',
+    logSinks: [{log: (level, ctx, ...args) => errors.push(args.map(String).join(' '))}],
+    ...opts,
+  });
+  rep.logged = errors;
+  return rep;
+}
+
+// sync pushes and pulls until the client has no pending mutations.
+export async function sync(rep, {timeout = 20000} = {}) {
+  await waitFor('pending mutations to drain', async () => {
+    await rep.push({now: true});
+    await rep.pull({now: true});
+    return (await rep.experimentalPendingMutations()).length === 0;
+  }, {timeout, interval: 50});
+}
+
+// todos returns the client's todos as {id: {title, done}}.
+export async function todos(rep) {
+  const list = await rep.query((tx) => tx.scan({prefix: 'todo/'}).values().toArray());
+  return Object.fromEntries(list.map((t) => [t.id, {title: t.title, done: t.done}]));
+}
+
+// serverTodos reads the user's todos straight from the API.
+export async function serverTodos(api, user) {
+  const out = {};
+  for (let url = api.url + '/api/todos'; url;) {
+    const r = await fetch(url, {headers: {Authorization: `Bearer ${user}`}});
+    const body = await r.json();
+    for (const t of body.todos) out[t.id] = {title: t.title, done: t.done};
+    const next = /<([^>]+)>;\s*rel="next"/.exec(r.headers.get('link') || '');
+    url = next ? api.url + next[1] : null;
+  }
+  return out;
+}
+
+export function psql(sql) {
+  return execFileSync('psql', [databaseURL(), '-v', 'ON_ERROR_STOP=1', '-qAtc', sql], {
+    encoding: 'utf8',
+    env: {...process.env, PGOPTIONS: '-c client_min_messages=warning'},
+  }).trim();
+}
