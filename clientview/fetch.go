@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -189,7 +190,8 @@ func (f *Fetcher) get(ctx context.Context, u *url.URL, r Request) ([]byte, http.
 	}
 	resp, err := f.hc.Do(req)
 	if err != nil {
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		var netErr net.Error
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout()) {
 			return nil, nil, fmt.Errorf("upstream did not answer within %s", f.timeout)
 		}
 		return nil, nil, fmt.Errorf("calling upstream: %w", err)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -165,7 +166,8 @@ func (c *Client) Do(ctx context.Context, r *Request, fwd http.Header, requestID 
 }
 
 func describeCallError(ctx context.Context, err error, timeout time.Duration) error {
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+	var netErr net.Error
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout()) {
 		return fmt.Errorf("upstream did not answer within %s", timeout)
 	}
 	if errors.Is(ctx.Err(), context.Canceled) {
