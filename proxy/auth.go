@@ -40,7 +40,7 @@ func (a *authenticator) identify(ctx context.Context, r *http.Request, fwd http.
 	if a.path == "" {
 		return "", nil
 	}
-	return a.ask(ctx, fwd, requestID)
+	return a.ask(withKind(ctx, kindAuth), fwd, requestID)
 }
 
 func (a *authenticator) ask(ctx context.Context, fwd http.Header, requestID string) (string, *httpError) {

@@ -37,7 +37,17 @@ type Config struct {
 	MaxUpstreamBodyBytes int64         `env:"MAX_UPSTREAM_BODY_BYTES" envDefault:"67108864"`
 	PushTimeBudget       time.Duration `env:"PUSH_TIME_BUDGET" envDefault:"20s"`
 	ShutdownTimeout      time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"25s"`
+	HTTPReadTimeout      time.Duration `env:"HTTP_READ_TIMEOUT" envDefault:"60s"`
 	LogLevel             string        `env:"LOG_LEVEL" envDefault:"info"`
+
+	DBStatementTimeout time.Duration `env:"DB_STATEMENT_TIMEOUT" envDefault:"10s"`
+	DBLockTimeout      time.Duration `env:"DB_LOCK_TIMEOUT" envDefault:"15s"`
+
+	BreakerFailures         uint32        `env:"BREAKER_FAILURES" envDefault:"5"`
+	BreakerOpenTimeout      time.Duration `env:"BREAKER_OPEN_TIMEOUT" envDefault:"10s"`
+	BreakerHalfOpenRequests uint32        `env:"BREAKER_HALF_OPEN_REQUESTS" envDefault:"1"`
+
+	CORSOrigins []string `env:"CORS_ORIGINS" envSeparator:","`
 
 	// Parsed forms, filled by LoadConfig.
 	Upstream *url.URL `env:"-"`
@@ -125,7 +135,9 @@ func LoadConfig(environ map[string]string) (Config, error) {
 	}
 	for name, d := range map[string]time.Duration{
 		"SIDECAR_UPSTREAM_TIMEOUT": cfg.UpstreamTimeout, "SIDECAR_PUSH_TIME_BUDGET": cfg.PushTimeBudget,
-		"SIDECAR_SHUTDOWN_TIMEOUT": cfg.ShutdownTimeout,
+		"SIDECAR_SHUTDOWN_TIMEOUT": cfg.ShutdownTimeout, "SIDECAR_HTTP_READ_TIMEOUT": cfg.HTTPReadTimeout,
+		"SIDECAR_DB_STATEMENT_TIMEOUT": cfg.DBStatementTimeout, "SIDECAR_DB_LOCK_TIMEOUT": cfg.DBLockTimeout,
+		"SIDECAR_BREAKER_OPEN_TIMEOUT": cfg.BreakerOpenTimeout,
 	} {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive", name))
@@ -136,6 +148,19 @@ func LoadConfig(environ map[string]string) (Config, error) {
 			errs = append(errs, fmt.Errorf("%s must be positive", name))
 		}
 	}
+	var origins []string
+	for _, o := range cfg.CORSOrigins {
+		o = strings.TrimSpace(o)
+		if o == "" {
+			continue
+		}
+		if u, err := url.Parse(o); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || o == "*" {
+			errs = append(errs, fmt.Errorf("SIDECAR_CORS_ORIGINS: %q is not an exact origin like https://app.example.com", o))
+			continue
+		}
+		origins = append(origins, strings.TrimSuffix(o, "/"))
+	}
+	cfg.CORSOrigins = origins
 	switch strings.ToLower(cfg.LogLevel) {
 	case "debug", "info", "warn", "error":
 	default:

@@ -134,7 +134,11 @@ func (h *harness) startUnmigrated() *instance {
 		h.t.Fatalf("LoadConfig: %v", err)
 	}
 	reg := prometheus.NewRegistry()
-	pool := newPool(h.t)
+	pool, err := NewPool(context.Background(), cfg)
+	if err != nil {
+		h.t.Fatalf("NewPool: %v", err)
+	}
+	h.t.Cleanup(pool.Close)
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if os.Getenv("TEST_LOG") != "" {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, nil))

@@ -12,7 +12,7 @@ import (
 // newPassthrough returns the handler for every request that is not a push or
 // pull: it goes to the upstream unchanged (method, path, query, headers,
 // body) with X-Forwarded-For/Proto/Host added, and the answer streams back.
-func newPassthrough(upstream *url.URL, transport http.RoundTripper, log *slog.Logger) http.Handler {
+func newPassthrough(upstream *url.URL, transport http.RoundTripper, log *slog.Logger, retryAfter int) http.Handler {
 	return &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(upstream)
@@ -23,6 +23,11 @@ func newPassthrough(upstream *url.URL, transport http.RoundTripper, log *slog.Lo
 			if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 				// The client went away: not an upstream failure.
 				w.WriteHeader(499)
+				return
+			}
+			if errors.Is(err, errCircuitOpen) {
+				writeError(w, &httpError{Status: http.StatusServiceUnavailable, Code: "UpstreamUnavailable",
+					Message: "the upstream service is failing; calls are suspended for a moment", RetryAfter: retryAfter})
 				return
 			}
 			log.Warn("pass-through failed", "method", r.Method, "path", r.URL.Path, "error", err)

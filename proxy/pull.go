@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"net/url"
 	"sort"
 	"strconv"
 	"time"
@@ -127,7 +128,7 @@ func (s *Sidecar) handlePull(w http.ResponseWriter, r *http.Request) {
 		if lmids, err = g.LastMutationIDs(ctx); err != nil {
 			return err
 		}
-		entries, err = s.fetcher.Fetch(ctx, mapping.View, clientview.Request{UserID: userID, Header: fwd, RequestID: requestID})
+		entries, err = s.fetcher.Fetch(withKind(ctx, kindView), mapping.View, clientview.Request{UserID: userID, Header: fwd, RequestID: requestID})
 		if err != nil {
 			return err
 		}
@@ -136,7 +137,17 @@ func (s *Sidecar) handlePull(w http.ResponseWriter, r *http.Request) {
 	})
 	if err != nil {
 		var se *clientview.SourceError
+		if errors.Is(err, errCircuitOpen) {
+			s.fail(w, log, &httpError{Status: http.StatusServiceUnavailable, Code: "UpstreamUnavailable",
+				Message: "the upstream service is failing; calls are suspended for a moment", RetryAfter: s.retryAfterSeconds()})
+			return
+		}
 		if errors.As(err, &se) {
+			var status *clientview.StatusError
+			var urlErr *url.Error
+			if !errors.As(err, &status) && !errors.As(err, &urlErr) {
+				s.metrics.upstreamErrors.WithLabelValues(kindView, "bad_response").Inc()
+			}
 			s.fail(w, log, &httpError{Status: http.StatusBadGateway, Code: "BadGateway", Message: se.Error(),
 				Detail: map[string]any{"source": se.Source, "reason": se.Reason}})
 			return
@@ -150,6 +161,8 @@ func (s *Sidecar) handlePull(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(body)
+	s.metrics.pullEntries.Observe(float64(len(entries)))
+	s.metrics.pullBytes.Observe(float64(len(body)))
 	log.Info("pull", "entries", len(entries), "clients", len(lmids), "bytes", len(body), "cookie", order, "duration", time.Since(start))
 }
 

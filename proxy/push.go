@@ -164,9 +164,9 @@ func (s *Sidecar) handlePush(w http.ResponseWriter, r *http.Request) {
 			s.countMutation(mapping, m.Name, "duplicate")
 			continue
 		}
-		if time.Since(start) >= s.cfg.PushTimeBudget {
-			// Early exit: what is committed stays committed; the client
-			// pushes the rest next time.
+		if time.Since(start) >= s.cfg.PushTimeBudget || s.draining.Load() {
+			// Early exit (time budget, or shutting down): what is committed
+			// stays committed; the client pushes the rest next time.
 			stats.EarlyExit, stats.Pending = true, len(req.Mutations)-i
 			break
 		}
@@ -188,8 +188,13 @@ func (s *Sidecar) handlePush(w http.ResponseWriter, r *http.Request) {
 					Detail: map[string]any{"clientID": gap.clientID, "expected": gap.expected, "received": gap.received}})
 			case errors.As(err, &tr):
 				s.countMutation(mapping, m.Name, "transient")
+				retryAfter := 1
+				if errors.Is(tr.result.Err, errCircuitOpen) {
+					retryAfter = s.retryAfterSeconds()
+				}
+				log.Warn("mutation not applied; push stopped", "mutator", tr.mutator, "mutation_id", tr.id, "outcome", "transient", "cause", tr.result.Cause())
 				s.fail(w, log, &httpError{Status: http.StatusServiceUnavailable, Code: "UpstreamUnavailable",
-					Message: tr.Error() + "; retry later", RetryAfter: 1,
+					Message: tr.Error() + "; retry later", RetryAfter: retryAfter,
 					Detail: map[string]any{"mutator": tr.mutator, "cause": tr.result.Cause(), "clientID": tr.client, "mutationID": tr.id, "upstreamStatus": tr.result.Status}})
 			default:
 				s.failStore(w, log, err, req.ClientGroupID)
@@ -244,7 +249,7 @@ func (s *Sidecar) applyMutation(ctx context.Context, mapping *Mapping, mu mutato
 		if rerr != nil {
 			res = mutators.Result{Outcome: mutators.Rejected, Err: rerr}
 		} else {
-			res = s.sender.Do(dctx, req, fwd, requestID)
+			res = s.sender.Do(withKind(dctx, kindMutation), req, fwd, requestID)
 		}
 		if res.Outcome == mutators.Transient {
 			return &transientError{mutator: mu.Name, id: mu.ID, client: mu.ClientID, result: res}
@@ -253,10 +258,14 @@ func (s *Sidecar) applyMutation(ctx context.Context, mapping *Mapping, mu mutato
 			return err
 		}
 		outcome, lmid = "applied", mu.ID
+		if res.Outcome == mutators.Applied {
+			s.log.Debug("mutation applied", "request_id", requestID, "client_group", mu.ClientGroupID,
+				"mutator", mu.Name, "mutation_id", mu.ID, "outcome", "applied", "status", res.Status)
+		}
 		if res.Outcome == mutators.Rejected {
 			outcome = "rejected"
 			s.log.Info("mutation rejected", "request_id", requestID, "client_group", mu.ClientGroupID,
-				"mutator", mu.Name, "mutation_id", mu.ID, "status", res.Status, "cause", res.Cause())
+				"mutator", mu.Name, "mutation_id", mu.ID, "outcome", "rejected", "status", res.Status, "cause", res.Cause())
 			return g.RecordRejection(dctx, Rejection{ClientID: mu.ClientID, MutationID: mu.ID, Mutator: mu.Name,
 				Status: res.Status, Reason: res.Cause(), Body: res.Body})
 		}
@@ -283,6 +292,9 @@ func (s *Sidecar) failStore(w http.ResponseWriter, log *slog.Logger, err error, 
 		s.fail(w, log, errorf(http.StatusForbidden, "Forbidden", "a client of this request belongs to another client group"))
 	case errors.Is(err, context.Canceled):
 		log.Info("client went away", "error", err)
+	case isLockTimeout(err):
+		s.fail(w, log, &httpError{Status: http.StatusServiceUnavailable, Code: "GroupBusy",
+			Message: fmt.Sprintf("client group %s is busy with another push or pull; retry", groupID), RetryAfter: 1})
 	default:
 		log.Error("bookkeeping database error", "error", err)
 		s.fail(w, log, &httpError{Status: http.StatusServiceUnavailable, Code: "DatabaseUnavailable",

@@ -49,7 +49,14 @@ type Sidecar struct {
 // and pulls: until then they answer 503.
 func New(o Options) *Sidecar {
 	cfg := o.Config
-	upstreamClient := &http.Client{Transport: newUpstreamTransport(cfg.UpstreamTimeout)}
+	m := newMetrics(o.Registerer, cfg.Mapping.Mutators.Names())
+	// One breaker for the one upstream, shared by every kind of call: when
+	// the legacy service is down, mutations, views, auth and pass-through
+	// all fail fast.
+	cb := newBreaker(BreakerSettings{
+		Failures: cfg.BreakerFailures, OpenTimeout: cfg.BreakerOpenTimeout, HalfOpenRequests: cfg.BreakerHalfOpenRequests,
+	}, m)
+	upstreamClient := &http.Client{Transport: &upstreamTransport{next: newCallTransport(cfg.UpstreamTimeout), cb: cb, metrics: m}}
 	s := &Sidecar{
 		cfg:   cfg,
 		log:   o.Logger,
@@ -66,9 +73,10 @@ func New(o Options) *Sidecar {
 			header: cfg.UserIDHeader, path: cfg.AuthPath, field: strings.Split(cfg.AuthUserField, "."),
 			base: strings.TrimSuffix(cfg.Upstream.String(), "/"), hc: noRedirects(upstreamClient), timeout: cfg.UpstreamTimeout,
 		},
-		metrics: newMetrics(o.Registerer, cfg.Mapping.Mutators.Names()),
+		metrics: m,
 	}
-	s.passthrough = newPassthrough(cfg.Upstream, newPassthroughTransport(), o.Logger)
+	s.passthrough = newPassthrough(cfg.Upstream, &upstreamTransport{next: newPassthroughTransport(), cb: cb, metrics: m}, o.Logger, s.retryAfterSeconds())
+	s.store.waitTimeout = cfg.DBLockTimeout + 5*time.Second
 	s.current.Store(cfg.Mapping)
 	return s
 }
@@ -79,9 +87,9 @@ func noRedirects(c *http.Client) *http.Client {
 	return &cc
 }
 
-// newUpstreamTransport is the transport of the sidecar's own upstream calls
+// newCallTransport is the transport of the sidecar's own upstream calls
 // (mutations, views, auth).
-func newUpstreamTransport(timeout time.Duration) *http.Transport {
+func newCallTransport(timeout time.Duration) *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.Proxy = nil // the upstream is a neighbour; never route it through an HTTP proxy
 	// Dialing a neighbour is fast; a slow dial means it is down.
@@ -199,4 +207,26 @@ func (s *Sidecar) AdminHandler(g prometheus.Gatherer) http.Handler {
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
 	return mux
+}
+
+// NewHTTPServer returns an http.Server for h with every timeout set.
+// writeTimeout 0 leaves writes unbounded (the public listener: push and pull
+// set their own deadlines, pass-through may stream).
+func NewHTTPServer(h http.Handler, readTimeout, writeTimeout time.Duration) *http.Server {
+	return &http.Server{
+		Handler: h,
+		// A client gets 10s to send its headers: enough on any network,
+		// short enough that idle half-open connections don't pile up.
+		ReadHeaderTimeout: 10 * time.Second,
+		// The whole request, body included. Push bodies can be large (all
+		// pending mutations at once) but are sent in one go; a slow-drip
+		// body is cut off here. Bodies are read completely before any lock
+		// is taken, so a slow client never holds a client group's lock.
+		ReadTimeout:  readTimeout,
+		WriteTimeout: writeTimeout,
+		// Keep-alive connections from the Replicache client are reused
+		// every pull interval (60s by default).
+		IdleTimeout:    120 * time.Second,
+		MaxHeaderBytes: 64 << 10,
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -18,12 +19,15 @@ import (
 type Store struct {
 	pool   *pgxpool.Pool
 	schema string // quoted identifier
+	// waitTimeout bounds the wait for a pooled connection and the group's
+	// lock when the caller's context has no deadline.
+	waitTimeout time.Duration
 }
 
 // NewStore returns a Store for the tables in schema (a validated,
 // unquoted identifier). Call Migrate before anything else.
 func NewStore(pool *pgxpool.Pool, schema string) *Store {
-	return &Store{pool: pool, schema: pgx.Identifier{schema}.Sanitize()}
+	return &Store{pool: pool, schema: pgx.Identifier{schema}.Sanitize(), waitTimeout: 30 * time.Second}
 }
 
 // migrations are applied in order, forward only; each entry's index+1 is its
@@ -122,6 +126,13 @@ var (
 	ErrGroupDeleted    = errors.New("client group state was deleted")
 )
 
+// isLockTimeout reports whether err is Postgres giving up waiting for a
+// lock (lock_timeout, SIDECAR_DB_LOCK_TIMEOUT).
+func isLockTimeout(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "55P03"
+}
+
 // commitTimeout bounds a commit that runs after the caller has gone: the
 // work it records has already happened upstream and must not be abandoned.
 const commitTimeout = 10 * time.Second
@@ -135,7 +146,9 @@ const commitTimeout = 10 * time.Second
 // commits, with a context that ignores ctx's cancellation; otherwise it rolls
 // back and Locked returns fn's error.
 func (s *Store) Locked(ctx context.Context, groupID, userID string, fn func(g *GroupTx) error) error {
-	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+	wctx, cancel := context.WithTimeout(ctx, s.waitTimeout)
+	defer cancel()
+	tx, err := s.pool.BeginTx(wctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
 	if err != nil {
 		return fmt.Errorf("beginning transaction: %w", err)
 	}
@@ -145,7 +158,7 @@ func (s *Store) Locked(ctx context.Context, groupID, userID string, fn func(g *G
 		_ = tx.Rollback(rctx) // no-op after a commit
 	}()
 	g := &GroupTx{tx: tx, s: s, GroupID: groupID}
-	if err := g.lock(ctx, userID); err != nil {
+	if err := g.lock(wctx, userID); err != nil {
 		return err
 	}
 	if err := fn(g); err != nil {

@@ -10,14 +10,12 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -54,26 +52,23 @@ func run(ctx context.Context, env map[string]string, logOut io.Writer) error {
 	_ = level.UnmarshalText([]byte(cfg.LogLevel))
 	log := slog.New(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: level}))
 
-	poolCfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
-	if err != nil {
-		return errors.New("SIDECAR_DATABASE_URL: not a valid Postgres connection string")
-	}
 	// Request contexts must not derive from ctx: a signal would cancel
 	// in-flight work instead of letting it drain.
-	pool, err := pgxpool.NewWithConfig(context.WithoutCancel(ctx), poolCfg)
+	pool, err := proxy.NewPool(context.WithoutCancel(ctx), cfg)
 	if err != nil {
 		return fmt.Errorf("creating database pool: %w", err)
 	}
 	defer pool.Close()
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		proxy.NewPoolCollector(pool))
 	sc := proxy.New(proxy.Options{Config: cfg, Pool: pool, Logger: log, Registerer: reg})
 
 	// Push and pull set their own write deadlines; pass-through traffic may
 	// stream for as long as the legacy service does.
-	public := newServer(cfg.ListenAddr, sc.Handler(), 0)
-	admin := newServer(cfg.AdminAddr, sc.AdminHandler(reg), 30*time.Second)
+	public := proxy.NewHTTPServer(sc.Handler(), cfg.HTTPReadTimeout, 0)
+	admin := proxy.NewHTTPServer(sc.AdminHandler(reg), 30*time.Second, 30*time.Second)
 	publicLn, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
 		return fmt.Errorf("listening on SIDECAR_LISTEN_ADDR: %w", err)
@@ -133,24 +128,5 @@ func migrate(ctx context.Context, sc *proxy.Sidecar, log *slog.Logger) {
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, 10*time.Second)
-	}
-}
-
-// newServer returns an http.Server with every timeout set.
-func newServer(addr string, h http.Handler, writeTimeout time.Duration) *http.Server {
-	return &http.Server{
-		Addr:    addr,
-		Handler: h,
-		// A client gets 10s to send its headers: enough on any network,
-		// short enough that idle half-open connections don't pile up.
-		ReadHeaderTimeout: 10 * time.Second,
-		// Push bodies can be large (all pending mutations at once) but are
-		// sent in one go; a minute covers slow mobile links.
-		ReadTimeout:  60 * time.Second,
-		WriteTimeout: writeTimeout,
-		// Keep-alive connections from the Replicache client are reused
-		// every pull interval (60s by default).
-		IdleTimeout:    120 * time.Second,
-		MaxHeaderBytes: 64 << 10,
 	}
 }
