@@ -1,0 +1,108 @@
+package main
+
+import (
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/replicache-sidecar/replicache-sidecar/cmd/internal/pgcluster"
+)
+
+// TestPostgresOutage stops the sidecar's Postgres in the middle of a load
+// and starts it again: meanwhile pushes answer 503 and readiness fails, the
+// process stays up, and afterwards everything syncs with nothing lost or
+// applied twice.
+func TestPostgresOutage(t *testing.T) {
+	pg, err := pgcluster.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pg.Close)
+	api := newIdempotentAPI(t)
+	mapping := filepath.Join(t.TempDir(), "m.json")
+	_ = os.WriteFile(mapping, []byte(`{"mutators":{"m":{"method":"POST","path":"/m"}},"clientView":[{"path":"/items","key":"i/{id}"}]}`), 0o600)
+	sc := startSidecar(t, map[string]string{
+		"SIDECAR_UPSTREAM_URL": api.srv.URL, "SIDECAR_DATABASE_URL": pg.URL(), "SIDECAR_MAPPING_FILE": mapping,
+		"SIDECAR_LOG_LEVEL": "warn",
+	})
+	const total = 60
+	acked := 0
+	push := func() int {
+		status := pushOnce(sc.public, "g", "c", acked+1, min(acked+10, total))
+		if lmids, s := lastMutationIDs(sc.public, "g"); s == 200 {
+			acked = lmids["c"]
+		}
+		return status
+	}
+	for acked < 20 {
+		if s := push(); s != 200 {
+			t.Fatalf("push before the outage = %d", s)
+		}
+	}
+
+	pg.Stop()
+	var outage []int
+	for i := 0; i < 5; i++ {
+		outage = append(outage, push())
+	}
+	for _, s := range outage {
+		if s != http.StatusServiceUnavailable {
+			t.Errorf("push during the outage = %d, want 503", s)
+		}
+	}
+	body := pushBody(t, sc.public)
+	if !strings.Contains(body, `"error":"DatabaseUnavailable"`) {
+		t.Errorf("push body during the outage = %s, want DatabaseUnavailable", body)
+	}
+	if code := get(t, sc.admin+"/readyz"); code != 503 {
+		t.Errorf("/readyz during the outage = %d, want 503", code)
+	}
+	if code := get(t, sc.admin+"/healthz"); code != 200 || !sc.alive() {
+		t.Fatalf("the process did not stay up (healthz %d)", code)
+	}
+
+	if err := pg.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for acked < total && time.Now().Before(deadline) {
+		if push() != 200 {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	if acked != total {
+		t.Fatalf("after recovery, lastMutationID = %d, want %d", acked, total)
+	}
+	if code := get(t, sc.admin+"/readyz"); code != 200 {
+		t.Errorf("/readyz after recovery = %d", code)
+	}
+	repeats, lost := api.check(t, []string{"c"}, total)
+	t.Logf("postgres outage: %d pushes answered 503 meanwhile; after restart all %d mutations applied, %d lost, %d repeated calls", len(outage), total, lost, repeats)
+}
+
+func get(t *testing.T, url string) int {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func pushBody(t *testing.T, base string) string {
+	t.Helper()
+	resp, err := http.Post(base+"/replicache/push", "application/json",
+		strings.NewReader(`{"pushVersion":1,"clientGroupID":"g","mutations":[{"id":21,"clientID":"c","name":"m","args":{}}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}

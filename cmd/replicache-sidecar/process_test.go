@@ -1,0 +1,269 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// sidecarBin is the binary built once for the tests that run real
+// processes (and SIGKILL them).
+var sidecarBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "sidecar-bin-")
+	if err != nil {
+		panic(err)
+	}
+	sidecarBin = filepath.Join(dir, "replicache-sidecar")
+	if out, err := exec.Command("go", "build", "-race", "-o", sidecarBin, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building the sidecar: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// sidecarProc is one sidecar process that can be killed and restarted on
+// the same addresses.
+type sidecarProc struct {
+	t       *testing.T
+	env     []string
+	public  string // http://host:port
+	admin   string
+	cmd     *exec.Cmd
+	done    chan struct{}
+	stderr  *lockedBuffer
+	restart int
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func startSidecar(t *testing.T, env map[string]string) *sidecarProc {
+	t.Helper()
+	pub, adm := freeAddr(t), freeAddr(t)
+	p := &sidecarProc{t: t, public: "http://" + pub, admin: "http://" + adm, stderr: &lockedBuffer{}}
+	full := map[string]string{"SIDECAR_LISTEN_ADDR": pub, "SIDECAR_ADMIN_ADDR": adm, "SIDECAR_SHUTDOWN_TIMEOUT": "5s"}
+	for k, v := range env {
+		full[k] = v
+	}
+	for k, v := range full {
+		p.env = append(p.env, k+"="+v)
+	}
+	sort.Strings(p.env)
+	p.start()
+	t.Cleanup(func() {
+		p.signal(syscall.SIGTERM)
+		if t.Failed() {
+			t.Logf("sidecar log (tail):\n%s", tail(p.stderr.String(), 3000))
+		}
+	})
+	return p
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+func (p *sidecarProc) start() {
+	p.t.Helper()
+	cmd := exec.Command(sidecarBin)
+	cmd.Env = append(os.Environ(), p.env...)
+	cmd.Stderr = p.stderr
+	if err := cmd.Start(); err != nil {
+		p.t.Fatal(err)
+	}
+	p.cmd, p.done = cmd, make(chan struct{})
+	go func() { _ = cmd.Wait(); close(p.done) }()
+	p.waitReady()
+}
+
+func (p *sidecarProc) waitReady() {
+	p.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get(p.admin + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("sidecar not ready after 20s: %v\n%s", err, tail(p.stderr.String(), 2000))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// signal sends sig and waits for the process to exit.
+func (p *sidecarProc) signal(sig syscall.Signal) {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(sig)
+	select {
+	case <-p.done:
+	case <-time.After(15 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+func (p *sidecarProc) alive() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// idempotentAPI is a legacy API that honours Idempotency-Key: a repeated
+// key gets the first answer again and has no second effect. It records
+// every call, so a test can count repeats and check order.
+type idempotentAPI struct {
+	srv     *httptest.Server
+	mu      sync.Mutex
+	seen    map[string]bool
+	calls   map[string]int
+	effects []string // keys in the order their effect happened
+}
+
+func newIdempotentAPI(t *testing.T) *idempotentAPI {
+	a := &idempotentAPI{seen: map[string]bool{}, calls: map[string]int{}}
+	a.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		if r.Method == http.MethodGet {
+			_, _ = io.WriteString(w, `[]`)
+			return
+		}
+		key := r.Header.Get("Idempotency-Key")
+		a.mu.Lock()
+		a.calls[key]++
+		if !a.seen[key] {
+			a.seen[key] = true
+			a.effects = append(a.effects, key)
+		}
+		a.mu.Unlock()
+		w.WriteHeader(http.StatusCreated)
+	}))
+	t.Cleanup(a.srv.Close)
+	return a
+}
+
+// check verifies every key of clients×n took effect, each client's in
+// order, and returns how many calls were repeats (answered from the
+// idempotency record) and how many mutations never took effect.
+func (a *idempotentAPI) check(t *testing.T, clients []string, n int) (repeats, lost int) {
+	t.Helper()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	next := map[string]int{}
+	for _, key := range a.effects {
+		client, id, _ := strings.Cut(key, ":")
+		var k int
+		fmt.Sscan(id, &k)
+		if k != next[client]+1 {
+			t.Errorf("client %s: mutation %d took effect after %d (out of order or lost)", client, k, next[client])
+		}
+		next[client] = k
+	}
+	for _, c := range clients {
+		if next[c] != n {
+			t.Errorf("client %s: last effect %d, want %d", c, next[c], n)
+		}
+	}
+	lost = len(clients)*n - len(a.effects)
+	for key, c := range a.calls {
+		repeats += c - 1
+		if !a.seen[key] {
+			t.Errorf("key %s called but never applied", key)
+		}
+	}
+	return repeats, lost
+}
+
+// pushOnce sends mutations from..to of client in group to base and returns
+// the status (0 when there was no answer).
+func pushOnce(base, group, client string, from, to int) int {
+	var b strings.Builder
+	fmt.Fprintf(&b, `{"pushVersion":1,"clientGroupID":%q,"mutations":[`, group)
+	for id := from; id <= to; id++ {
+		if id > from {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `{"id":%d,"clientID":%q,"name":"m","args":{"n":%d}}`, id, client, id)
+	}
+	b.WriteString("]}")
+	c := &http.Client{Timeout: 30 * time.Second}
+	resp, err := c.Post(base+"/replicache/push", "application/json", strings.NewReader(b.String()))
+	if err != nil {
+		return 0
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// lastMutationIDs pulls group through base.
+func lastMutationIDs(base, group string) (map[string]int, int) {
+	c := &http.Client{Timeout: 30 * time.Second}
+	resp, err := c.Post(base+"/replicache/pull", "application/json",
+		strings.NewReader(fmt.Sprintf(`{"pullVersion":1,"clientGroupID":%q,"cookie":null}`, group)))
+	if err != nil {
+		return nil, 0
+	}
+	defer resp.Body.Close()
+	var pr struct {
+		LastMutationIDChanges map[string]int `json:"lastMutationIDChanges"`
+	}
+	if resp.StatusCode != 200 || json.NewDecoder(resp.Body).Decode(&pr) != nil {
+		return nil, resp.StatusCode
+	}
+	return pr.LastMutationIDChanges, 200
+}
