@@ -44,7 +44,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		{"budget", cfg.PushTimeBudget, 20 * time.Second},
 		{"idempotency header", cfg.IdempotencyHeader, "Idempotency-Key"},
 		{"upstream host", cfg.Upstream.Host, "127.0.0.1:3000"},
-		{"mutators", strings.Join(cfg.Mapping.Mutators.Names(), ","), "createTodo,deleteTodo,updateTodo"},
+		{"mutators", strings.Join(cfg.Mapping.Mutators.Names(), ","), "createTodo,deleteTodo,tagTodo,updateTodo"},
 	}
 	for _, c := range checks {
 		if c.got != c.want {

@@ -26,7 +26,8 @@ const testMapping = `{
     "createTodo": {"method": "POST", "path": "/api/todos"},
     "updateTodo": {"method": "PATCH", "path": "/api/todos/{args.id}",
                    "body": {"title": "{args.title?}", "done": "{args.done?}"}},
-    "deleteTodo": {"method": "DELETE", "path": "/api/todos/{args.id}"}
+    "deleteTodo": {"method": "DELETE", "path": "/api/todos/{args.id}"},
+    "tagTodo": {"method": "POST", "path": "/api/todos/{args.id}/tags?tag={args.tag}"}
   },
   "clientView": [
     {"path": "/api/todos", "items": "todos", "key": "todo/{id}", "pagination": {"type": "link"}},
@@ -144,7 +145,11 @@ func (h *harness) startUnmigrated() *instance {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 	sc := New(Options{Config: cfg, Pool: pool, Logger: logger, Registerer: reg})
-	srv := httptest.NewServer(sc.Handler())
+	// The production server settings (timeouts), and a guard that fails the
+	// test on any handler panic: net/http would otherwise swallow it.
+	srv := httptest.NewUnstartedServer(nil)
+	srv.Config = NewHTTPServer(panicGuard(h.t, sc.Handler()), cfg.HTTPReadTimeout, 0)
+	srv.Start()
 	h.t.Cleanup(srv.Close)
 	return &instance{sc: sc, srv: srv, reg: reg, pool: pool}
 }
@@ -272,4 +277,19 @@ func (h *harness) lmid(t testing.TB, pool *pgxpool.Pool, client string) int64 {
 		t.Fatal(err)
 	}
 	return v
+}
+
+func panicGuard(t testing.TB, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if p := recover(); p != nil {
+				if p == http.ErrAbortHandler {
+					panic(p)
+				}
+				t.Errorf("handler panicked on %s %s: %v", r.Method, r.URL.Path, p)
+				panic(p)
+			}
+		}()
+		h.ServeHTTP(w, r)
+	})
 }

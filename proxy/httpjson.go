@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 )
@@ -79,9 +80,12 @@ func decodeBody(w http.ResponseWriter, r *http.Request, limit int64, dst any) *h
 			return errorf(http.StatusBadRequest, "BadRequest", "unexpected data after the JSON value")
 		}
 	}
+	var netErr net.Error
 	var syntax *json.SyntaxError
 	var typeErr *json.UnmarshalTypeError
 	switch {
+	case errors.As(err, &netErr) && netErr.Timeout():
+		return errorf(http.StatusRequestTimeout, "RequestTimeout", "the request body did not arrive in time (SIDECAR_HTTP_READ_TIMEOUT)")
 	case errors.As(err, &tooBig):
 		return errorf(http.StatusRequestEntityTooLarge, "PayloadTooLarge", "request body is larger than %d bytes (SIDECAR_MAX_BODY_BYTES)", limit)
 	case errors.As(err, &syntax):

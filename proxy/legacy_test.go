@@ -31,7 +31,7 @@ type legacy struct {
 	log     []string                              // "METHOD path" of every mutation call
 
 	delay atomic.Int64 // nanoseconds added to every answer
-	fault atomic.Pointer[func(r *http.Request) int]
+	hook  atomic.Pointer[func(w http.ResponseWriter, r *http.Request) bool]
 }
 
 const legacyPageSize = 3
@@ -51,10 +51,27 @@ func newLegacy(t testing.TB) *legacy {
 // every request where f returns non-zero. nil clears it.
 func (l *legacy) setFault(f func(r *http.Request) int) {
 	if f == nil {
-		l.fault.Store(nil)
+		l.setHook(nil)
 		return
 	}
-	l.fault.Store(&f)
+	l.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		code := f(r)
+		if code == 0 {
+			return false
+		}
+		w.WriteHeader(code)
+		_, _ = io.WriteString(w, `{"error":"injected fault"}`)
+		return true
+	})
+}
+
+// setHook lets h answer any request it wants to (returning true); nil clears it.
+func (l *legacy) setHook(h func(w http.ResponseWriter, r *http.Request) bool) {
+	if h == nil {
+		l.hook.Store(nil)
+		return
+	}
+	l.hook.Store(&h)
 }
 
 func (l *legacy) setDelay(d time.Duration) { l.delay.Store(int64(d)) }
@@ -68,12 +85,8 @@ func (l *legacy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if f := l.fault.Load(); f != nil {
-		if code := (*f)(r); code != 0 {
-			w.WriteHeader(code)
-			_, _ = io.WriteString(w, `{"error":"injected fault"}`)
-			return
-		}
+	if h := l.hook.Load(); h != nil && (*h)(w, r) {
+		return
 	}
 	if r.URL.Path == "/legacy/echo" {
 		l.echo(w, r, body)
@@ -92,7 +105,11 @@ func (l *legacy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.calls[key]++
-	l.log = append(l.log, r.Method+" "+r.URL.EscapedPath())
+	call := r.Method + " " + r.URL.EscapedPath()
+	if r.URL.RawQuery != "" {
+		call += "?" + r.URL.RawQuery
+	}
+	l.log = append(l.log, call)
 	if status, seen := l.idem[user+"\x00"+key]; seen && key != "" {
 		w.WriteHeader(status) // replay: no second effect
 		return
