@@ -184,7 +184,7 @@ func (mu *mutator) compilePath(p string) error {
 	case strings.ContainsAny(p, "#\r\n\t "):
 		return fmt.Errorf("path %q contains a fragment, space or control character", p)
 	}
-	pathPart, queryPart, hasQuery := strings.Cut(p, "?")
+	pathPart, queryPart, hasQuery := cutQuery(p)
 	var errs []string
 	for _, seg := range strings.Split(pathPart[1:], "/") {
 		ps, err := compileString(seg)
@@ -215,6 +215,25 @@ func (mu *mutator) compilePath(p string) error {
 		return fmt.Errorf("path: %s", strings.Join(errs, "; "))
 	}
 	return nil
+}
+
+// cutQuery splits a path template at the first "?" outside a placeholder
+// (an optional placeholder such as {args.x?} has one inside).
+func cutQuery(p string) (path, query string, found bool) {
+	depth := 0
+	for i := 0; i < len(p); i++ {
+		switch p[i] {
+		case '{':
+			depth++
+		case '}':
+			depth = max(depth-1, 0)
+		case '?':
+			if depth == 0 {
+				return p[:i], p[i+1:], true
+			}
+		}
+	}
+	return p, "", false
 }
 
 // validEscaped reports whether s is already valid escaped path text (so a

@@ -63,6 +63,7 @@ func TestRenderPath(t *testing.T) {
 		"query":  {Method: "POST", Path: "/api/search?q={args.q}&by={userID}&flag"},
 		"scalar": {Method: "POST", Path: "/g/{clientGroupID}/c/{clientID}/m/{mutationID}/{name}"},
 		"nested": {Method: "POST", Path: "/lists/{args.list.id}/items/{args.ids.1}"},
+		"opt":    {Method: "POST", Path: "/o/{args.a}{args.b?}?x={args.x?}&y=1"},
 	})
 	tests := []struct {
 		name    string
@@ -87,6 +88,9 @@ func TestRenderPath(t *testing.T) {
 		{"null args", "one", `null`, "", "{args.id}: no such value"},
 		{"query values escaped", "query", `{"q":"a&b=c d"}`, "/api/search?q=a%26b%3Dc+d&by=u%2F1&flag", ""},
 		{"context placeholders", "scalar", `{}`, "/g/g%201/c/c1/m/7/scalar", ""},
+		// The "?" of an optional placeholder is not the query separator.
+		{"optional placeholders in path and query", "opt", `{"a":"A"}`, "/o/A?x=&y=1", ""},
+		{"optional placeholders present", "opt", `{"a":"A","b":"B","x":"X"}`, "/o/AB?x=X&y=1", ""},
 		{"nested and array args", "nested", `{"list":{"id":"L"},"ids":["x","y"]}`, "/lists/L/items/y", ""},
 	}
 	for _, tc := range tests {
