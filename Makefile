@@ -7,7 +7,7 @@ GO      ?= go
 BIN     := bin
 GOFILES := $(shell git ls-files '*.go' 2>/dev/null)
 
-.PHONY: all build test test-go test-e2e check fmt vet demo web clean bench
+.PHONY: all build test test-go test-e2e check fmt vet demo web clean bench promtool fuzz
 
 all: build
 
@@ -32,9 +32,26 @@ web/node_modules/.installed: web/package.json web/package-lock.json
 ## test: everything CI runs (the README's test command).
 test: test-go test-e2e
 
-## test-go: Go unit and integration tests, with the race detector, against a real Postgres.
-test-go: $(BIN)/devpg
-	$(BIN)/devpg -- sh -c '$(GO) test -race -count=1 ./... && $(GO) test -run "^$$" -bench . -benchtime 3x ./proxy'
+## test-go: Go unit, integration and fault tests (crash, Postgres outage, breaker, bad
+## input, fuzz seeds, promtool), with the race detector, against a real Postgres.
+test-go: $(BIN)/devpg promtool
+	$(BIN)/devpg -- sh -c 'REQUIRE_PROMTOOL=1 $(GO) test -race -count=1 ./... && $(GO) test -run "^$$" -bench . -benchtime 3x ./proxy'
+
+## promtool: Debian's prometheus package provides promtool (installed when missing, as root).
+promtool:
+	@command -v promtool >/dev/null || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "promtool is missing: apt-get install prometheus" >&2; exit 1; fi; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 || \
+	  { apt-get update >/dev/null && apt-get install -y --no-install-recommends prometheus >/dev/null; }; }
+
+## fuzz: run each fuzz target for FUZZTIME (default 30s).
+FUZZTIME ?= 30s
+fuzz: $(BIN)/devpg
+	$(GO) test -run '^$$' -fuzz FuzzRender -fuzztime $(FUZZTIME) ./mutators
+	$(GO) test -run '^$$' -fuzz FuzzEntries -fuzztime $(FUZZTIME) ./clientview
+	$(BIN)/devpg -- $(GO) test -run '^$$' -fuzz FuzzDecodePush -fuzztime $(FUZZTIME) ./proxy
+	$(BIN)/devpg -- $(GO) test -run '^$$' -fuzz FuzzPullCookie -fuzztime $(FUZZTIME) ./proxy
 
 
 ## test-e2e: the real Replicache client (headless, and in Chromium) syncing through the

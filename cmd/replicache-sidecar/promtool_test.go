@@ -1,0 +1,70 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestPromtoolCheckMetrics runs `promtool check metrics` on the real
+// binary's exposition after some traffic. `make test` installs promtool
+// (Debian's prometheus package) and sets REQUIRE_PROMTOOL=1, so CI never
+// skips this; a bare `go test` without promtool skips it and says why.
+func TestPromtoolCheckMetrics(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		if os.Getenv("REQUIRE_PROMTOOL") != "" {
+			t.Fatal("promtool is not installed (apt-get install prometheus)")
+		}
+		t.Skip("promtool is not installed; `make test` installs it")
+	}
+	api := newIdempotentAPI(t)
+	mapping := filepath.Join(t.TempDir(), "m.json")
+	_ = os.WriteFile(mapping, []byte(`{"mutators":{"m":{"method":"POST","path":"/m"}},"clientView":[{"path":"/items","key":"i/{id}"}]}`), 0o600)
+	dbURL := testDB(t)
+	schema := fmt.Sprintf("promtool_%d", time.Now().UnixNano())
+	t.Cleanup(func() { dropSchema(t, dbURL, schema) })
+	sc := startSidecar(t, map[string]string{
+		"SIDECAR_UPSTREAM_URL": api.srv.URL, "SIDECAR_DATABASE_URL": dbURL, "SIDECAR_MAPPING_FILE": mapping, "SIDECAR_DB_SCHEMA": schema,
+	})
+	if s := pushOnce(sc.public, "g", "c", 1, 3); s != 200 {
+		t.Fatalf("push = %d", s)
+	}
+	pushOnce(sc.public, "g", "c", 9, 9) // a gap: a 400 in the request counters
+	lastMutationIDs(sc.public, "g")
+	resp, err := http.Get(sc.public + "/anything")
+	if err == nil {
+		resp.Body.Close()
+	}
+	resp, err = http.Get(sc.admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exposition, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`replicache_sidecar_mutations_total{mutator="m",outcome="applied"} 3`,
+		`replicache_sidecar_requests_total{code="400",endpoint="push"} 1`,
+		`replicache_sidecar_upstream_request_duration_seconds_count{code="201",kind="mutation"} 3`,
+		`replicache_sidecar_circuit_breaker_open 0`,
+		`replicache_sidecar_db_pool_max_connections`,
+		`go_goroutines`, `process_resident_memory_bytes`,
+	} {
+		if !bytes.Contains(exposition, []byte(want)) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = bytes.NewReader(exposition)
+	out, err := cmd.CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "" {
+		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
+}
