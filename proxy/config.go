@@ -37,6 +37,7 @@ type Config struct {
 	MaxUpstreamBodyBytes int64         `env:"MAX_UPSTREAM_BODY_BYTES" envDefault:"67108864"`
 	PushTimeBudget       time.Duration `env:"PUSH_TIME_BUDGET" envDefault:"20s"`
 	ShutdownTimeout      time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"25s"`
+	DrainDelay           time.Duration `env:"DRAIN_DELAY" envDefault:"2s"`
 	HTTPReadTimeout      time.Duration `env:"HTTP_READ_TIMEOUT" envDefault:"60s"`
 	LogLevel             string        `env:"LOG_LEVEL" envDefault:"info"`
 
@@ -142,6 +143,9 @@ func LoadConfig(environ map[string]string) (Config, error) {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive", name))
 		}
+	}
+	if cfg.DrainDelay < 0 || cfg.DrainDelay >= cfg.ShutdownTimeout {
+		errs = append(errs, errors.New("SIDECAR_DRAIN_DELAY must be at least 0 and below SIDECAR_SHUTDOWN_TIMEOUT"))
 	}
 	for name, n := range map[string]int64{"SIDECAR_MAX_BODY_BYTES": cfg.MaxBodyBytes, "SIDECAR_MAX_UPSTREAM_BODY_BYTES": cfg.MaxUpstreamBodyBytes} {
 		if n <= 0 {

@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -94,13 +95,31 @@ type harness struct {
 	up     *legacy
 	schema string
 	env    map[string]string
+	logs   *syncBuffer // every instance's JSON logs, at debug level
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // newHarness starts the legacy API and returns a harness; env overrides the
 // sidecar's settings (SIDECAR_* names).
 func newHarness(t testing.TB, env map[string]string) *harness {
 	t.Helper()
-	h := &harness{t: t, up: newLegacy(t), schema: newSchema(t)}
+	h := &harness{t: t, up: newLegacy(t), schema: newSchema(t), logs: &syncBuffer{}}
 	mappingFile := filepath.Join(t.TempDir(), "mapping.json")
 	if err := os.WriteFile(mappingFile, []byte(testMapping), 0o600); err != nil {
 		t.Fatal(err)
@@ -140,10 +159,11 @@ func (h *harness) startUnmigrated() *instance {
 		h.t.Fatalf("NewPool: %v", err)
 	}
 	h.t.Cleanup(pool.Close)
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var out io.Writer = h.logs
 	if os.Getenv("TEST_LOG") != "" {
-		logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+		out = io.MultiWriter(h.logs, os.Stderr)
 	}
+	logger := slog.New(slog.NewJSONHandler(out, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	sc := New(Options{Config: cfg, Pool: pool, Logger: logger, Registerer: reg})
 	// The production server settings (timeouts), and a guard that fails the
 	// test on any handler panic: net/http would otherwise swallow it.

@@ -228,3 +228,35 @@ func TestIdentity(t *testing.T) {
 		}
 	})
 }
+
+// TestLogsCarryContextNotCredentials: logs name the request, client group,
+// mutator and outcome, and never contain credentials, even at debug level.
+func TestLogsCarryContextNotCredentials(t *testing.T) {
+	const token, cookie = "Bearer alice-SECRET-token", "session=COOKIE-SECRET"
+	h := newHarness(t, map[string]string{"SIDECAR_AUTH_PATH": "", "SIDECAR_FORWARD_HEADERS": "Authorization,Cookie"})
+	h.up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		r.Header.Set("Authorization", "Bearer alice") // the legacy API knows alice by her real token
+		return false
+	})
+	sc := h.start()
+	send := func(path, body string) {
+		req := withHeaders(t, http.MethodPost, sc.srv.URL+path, body, "Authorization", token, "Cookie", cookie, "X-Replicache-RequestID", "req-42")
+		do(t, req)
+	}
+	send("/replicache/push", `{"pushVersion":1,"clientGroupID":"g-log","mutations":[{"id":1,"clientID":"c","name":"createTodo","args":{"id":"a","title":"x"}},{"id":2,"clientID":"c","name":"createTodo","args":{"id":"b"}}]}`)
+	send("/replicache/pull", `{"pullVersion":1,"clientGroupID":"g-log","cookie":null}`)
+	send("/replicache/push", `{"pushVersion":1,"clientGroupID":"g-log","mutations":[{"id":9,"clientID":"c","name":"createTodo","args":{}}]}`)
+	h.up.srv.Close()
+	do(t, withHeaders(t, http.MethodGet, sc.srv.URL+"/page", "", "Authorization", token, "Cookie", cookie))
+	logs := h.logs.String()
+	for _, secret := range []string{"SECRET"} {
+		if strings.Contains(logs, secret) {
+			t.Errorf("logs contain a credential:\n%s", logs)
+		}
+	}
+	for _, want := range []string{`"request_id":"req-42"`, `"client_group":"g-log"`, `"mutator":"createTodo"`, `"outcome":"rejected"`, `"outcome":"applied"`} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("logs lack %s:\n%s", want, logs)
+		}
+	}
+}

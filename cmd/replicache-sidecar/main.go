@@ -93,9 +93,17 @@ func run(ctx context.Context, env map[string]string, logOut io.Writer) error {
 	case err := <-serveErr:
 		log.Error("server failed", "error", err)
 	}
+	// Draining: readiness fails at once and new pushes and pulls answer 503,
+	// while the load balancer notices (SIDECAR_DRAIN_DELAY); pass-through
+	// keeps working meanwhile. Then the listeners close and in-flight
+	// requests finish, all within SIDECAR_SHUTDOWN_TIMEOUT.
 	sc.Drain()
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
 	defer cancel()
+	select {
+	case <-time.After(cfg.DrainDelay):
+	case <-sctx.Done():
+	}
 	// Shutdown waits for in-flight requests (and so in-flight mutations,
 	// which are never abandoned between the upstream's answer and the
 	// commit) until the deadline.

@@ -104,7 +104,7 @@ func TestRunServesAndDrains(t *testing.T) {
 	env := map[string]string{
 		"SIDECAR_UPSTREAM_URL": up.URL, "SIDECAR_DATABASE_URL": dbURL, "SIDECAR_MAPPING_FILE": mapping,
 		"SIDECAR_LISTEN_ADDR": "127.0.0.1:0", "SIDECAR_ADMIN_ADDR": "127.0.0.1:0", "SIDECAR_DB_SCHEMA": schema,
-		"SIDECAR_SHUTDOWN_TIMEOUT": "5s",
+		"SIDECAR_SHUTDOWN_TIMEOUT": "5s", "SIDECAR_DRAIN_DELAY": "300ms",
 	}
 	logs := &logSink{}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -166,6 +166,14 @@ func TestRunServesAndDrains(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode == 503
 	})
+	// While draining, new pushes are refused with 503 (the client retries
+	// elsewhere) until the listener closes.
+	if resp, err := push(3); err == nil {
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			t.Errorf("a new push while draining = %d, want 503", resp.StatusCode)
+		}
+		resp.Body.Close()
+	}
 	if code := <-inflight; code != 200 {
 		t.Errorf("in-flight push answered %d during shutdown, want 200", code)
 	}
