@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/sony/gobreaker/v2"
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
 	"github.com/replicache-sidecar/replicache-sidecar/mutators"
@@ -40,6 +41,7 @@ type Sidecar struct {
 	metrics     *metrics
 	passthrough http.Handler
 
+	breaker  *gobreaker.CircuitBreaker[*http.Response] // nil: disabled
 	current  atomic.Pointer[Mapping]
 	migrated atomic.Bool
 	draining atomic.Bool
@@ -76,6 +78,7 @@ func New(o Options) *Sidecar {
 		metrics: m,
 	}
 	s.passthrough = newPassthrough(cfg.Upstream, &upstreamTransport{next: newPassthroughTransport(), cb: cb, metrics: m}, o.Logger, s.retryAfterSeconds())
+	s.breaker = cb
 	s.store.waitTimeout = cfg.DBLockTimeout + 5*time.Second
 	s.current.Store(cfg.Mapping)
 	return s
@@ -136,6 +139,11 @@ func (s *Sidecar) Drain() { s.draining.Store(true) }
 
 func (s *Sidecar) checkServing(context.Context) *httpError {
 	switch {
+	case s.breaker != nil && s.breaker.State() == gobreaker.StateOpen:
+		// Fail fast, before touching the database: nothing could be applied.
+		return &httpError{Status: http.StatusServiceUnavailable, Code: "UpstreamUnavailable",
+			Message: "the upstream service is failing; calls are suspended for a moment", RetryAfter: s.retryAfterSeconds(),
+			Detail: map[string]any{"cause": errCircuitOpen.Error()}}
 	case s.draining.Load():
 		return &httpError{Status: http.StatusServiceUnavailable, Code: "ShuttingDown", Message: "the sidecar is shutting down; retry", RetryAfter: 1}
 	case !s.migrated.Load():
