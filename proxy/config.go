@@ -20,6 +20,8 @@ type Config struct {
 	DatabaseURL string `env:"DATABASE_URL,required"`
 	MappingFile string `env:"MAPPING_FILE,required"`
 
+	MappingReloadInterval time.Duration `env:"MAPPING_RELOAD_INTERVAL" envDefault:"5s"`
+
 	ListenAddr string `env:"LISTEN_ADDR" envDefault:":8080"`
 	AdminAddr  string `env:"ADMIN_ADDR" envDefault:":9090"`
 	PushPath   string `env:"PUSH_PATH" envDefault:"/replicache/push"`
@@ -143,6 +145,9 @@ func LoadConfig(environ map[string]string) (Config, error) {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive", name))
 		}
+	}
+	if cfg.MappingReloadInterval < 0 {
+		errs = append(errs, errors.New("SIDECAR_MAPPING_RELOAD_INTERVAL must not be negative (0 disables reloading)"))
 	}
 	if cfg.DrainDelay < 0 || cfg.DrainDelay >= cfg.ShutdownTimeout {
 		errs = append(errs, errors.New("SIDECAR_DRAIN_DELAY must be at least 0 and below SIDECAR_SHUTDOWN_TIMEOUT"))

@@ -22,9 +22,13 @@ type metrics struct {
 	breakerOpen      prometheus.Gauge
 	pullEntries      prometheus.Histogram
 	pullBytes        prometheus.Histogram
+
+	mappingReloadErrors prometheus.Counter
+	mappingInfo         *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer, mutatorNames []string) *metrics {
+	mutatorNames = append([]string(nil), mutatorNames...)
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "requests_total",
@@ -63,8 +67,16 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string) *metrics {
 		Help:    "Size of each pull response body in bytes.",
 		Buckets: prometheus.ExponentialBuckets(256, 4, 10), // 256 B … 64 MiB
 	})
+	m.mappingReloadErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "mapping_reload_errors_total",
+		Help: "Changed mapping files that could not be loaded (the previous mapping stays in use).",
+	})
+	m.mappingInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "mapping_info",
+		Help: "The mapping in use: 1, labelled with the SHA-256 of its file.",
+	}, []string{"sha256"})
 	reg.MustRegister(m.requests, m.requestDuration, m.mutations, m.upstreamDuration, m.upstreamErrors,
-		m.breakerOpen, m.pullEntries, m.pullBytes)
+		m.breakerOpen, m.pullEntries, m.pullBytes, m.mappingReloadErrors, m.mappingInfo)
 	for _, kind := range []string{kindMutation, kindView, kindAuth, kindProxy} {
 		for _, reason := range []string{"timeout", "connection", "circuit_open", "server_error"} {
 			m.upstreamErrors.WithLabelValues(kind, reason)
@@ -74,12 +86,18 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string) *metrics {
 	for _, e := range []string{"push", "pull", "proxy"} {
 		m.requestDuration.WithLabelValues(e)
 	}
-	for _, name := range append(mutatorNames, "unmapped") {
+	m.precreateMutators(append(mutatorNames, "unmapped"))
+	return m
+}
+
+// precreateMutators makes every outcome series of names read 0 rather than
+// be missing.
+func (m *metrics) precreateMutators(names []string) {
+	for _, name := range names {
 		for _, o := range []string{"applied", "duplicate", "rejected", "transient"} {
 			m.mutations.WithLabelValues(name, o)
 		}
 	}
-	return m
 }
 
 // instrument counts and times every request h answers as endpoint.

@@ -80,7 +80,7 @@ func New(o Options) *Sidecar {
 	s.passthrough = newPassthrough(cfg.Upstream, &upstreamTransport{next: newPassthroughTransport(), cb: cb, metrics: m}, o.Logger, s.retryAfterSeconds())
 	s.breaker = cb
 	s.store.waitTimeout = cfg.DBLockTimeout + 5*time.Second
-	s.current.Store(cfg.Mapping)
+	s.useMapping(cfg.Mapping)
 	return s
 }
 

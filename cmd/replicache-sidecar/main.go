@@ -86,6 +86,7 @@ func run(ctx context.Context, env map[string]string, logOut io.Writer) error {
 	go func() { serveErr <- public.Serve(publicLn) }()
 	go func() { serveErr <- admin.Serve(adminLn) }()
 	go migrate(ctx, sc, log)
+	go sc.WatchMapping(ctx, cfg.MappingReloadInterval)
 
 	select {
 	case <-ctx.Done():
