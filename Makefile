@@ -7,7 +7,7 @@ GO      ?= go
 BIN     := bin
 GOFILES := $(shell git ls-files '*.go' 2>/dev/null)
 
-.PHONY: all build test test-go test-e2e check fmt vet demo web clean bench promtool fuzz
+.PHONY: all build test test-go test-e2e check fmt vet demo web clean bench promtool fuzz tools image
 
 all: build
 
@@ -34,8 +34,24 @@ test: test-go test-e2e
 
 ## test-go: Go unit, integration and fault tests (crash, Postgres outage, breaker, bad
 ## input, fuzz seeds, promtool), with the race detector, against a real Postgres.
-test-go: $(BIN)/devpg promtool
-	$(BIN)/devpg -- sh -c 'REQUIRE_PROMTOOL=1 $(GO) test -race -count=1 ./... && $(GO) test -run "^$$" -bench . -benchtime 3x ./proxy'
+test-go: $(BIN)/devpg promtool tools
+	$(BIN)/devpg -- sh -c 'REQUIRE_PROMTOOL=1 REQUIRE_DEPLOY_TOOLS=1 $(GO) test -race -count=1 ./... && $(GO) test -run "^$$" -bench . -benchtime 3x ./proxy'
+
+## tools: kustomize and kubeconform (pinned) for the deploy/ checks, into bin/tools.
+KUSTOMIZE_VERSION   := v5.8.2
+KUBECONFORM_VERSION := v0.8.0
+tools: $(BIN)/tools/kustomize $(BIN)/tools/kubeconform
+
+$(BIN)/tools/kustomize:
+	GOBIN=$(CURDIR)/$(BIN)/tools $(GO) install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+
+$(BIN)/tools/kubeconform:
+	GOBIN=$(CURDIR)/$(BIN)/tools $(GO) install github.com/yannh/kubeconform/cmd/kubeconform@$(KUBECONFORM_VERSION)
+
+## image: the sidecar's container image (needs a container engine; CI has none).
+IMAGE ?= replicache-sidecar:dev
+image:
+	docker build -f deploy/Dockerfile --target sidecar -t $(IMAGE) .
 
 ## promtool: Debian's prometheus package provides promtool (installed when missing, as root).
 promtool:
