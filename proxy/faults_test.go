@@ -32,6 +32,9 @@ func pushAs(t testing.TB, inst *instance, group string, muts ...mut) response {
 
 func TestCircuitBreaker(t *testing.T) {
 	h, sc := breakerHarness(t)
+	if r := pushAs(t, sc, "g2", create("c2", 1, "done")); r.status != 200 {
+		t.Fatalf("push = %d %s", r.status, r.raw)
+	}
 	h.up.setFault(func(r *http.Request) int { return http.StatusBadGateway })
 
 	// Three failing calls open the breaker.
@@ -55,6 +58,13 @@ func TestCircuitBreaker(t *testing.T) {
 	}
 	if l := h.lmid(t, sc.pool, "c"); l != 0 {
 		t.Errorf("lastMutationID = %d while the breaker is open; nothing may advance", l)
+	}
+	if v := testutil.ToFloat64(sc.sc.metrics.mutations.WithLabelValues("createTodo", "transient")); v != 4 {
+		t.Errorf("transient createTodo outcomes = %v, want 4 (3 failures and 1 refused by the breaker)", v)
+	}
+	// A client re-sending what was already applied is still acknowledged.
+	if r := pushAs(t, sc, "g2", create("c2", 1, "done")); r.status != 200 || r.json["duplicate"] != 1.0 {
+		t.Errorf("re-push of an applied mutation with the breaker open = %d %s, want 200", r.status, r.raw)
 	}
 	pull := do(t, withHeaders(t, http.MethodPost, sc.srv.URL+"/replicache/pull", `{"pullVersion":1,"clientGroupID":"g","cookie":null}`, "X-User", "alice"))
 	if pull.status != 503 || pull.header.Get("Retry-After") == "" {

@@ -107,6 +107,10 @@ func (s *Sidecar) handlePull(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, log, herr)
 		return
 	}
+	if herr := s.breakerOpen(); herr != nil {
+		s.fail(w, log, herr)
+		return
+	}
 	fwd := forwardHeaders(r, s.cfg.ForwardHeaders)
 	userID, herr := s.auth.identify(ctx, r, fwd, requestID)
 	if herr != nil {

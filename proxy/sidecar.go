@@ -137,13 +137,22 @@ func (s *Sidecar) Migrate(ctx context.Context) error {
 // load balancer stops sending traffic before the listeners close.
 func (s *Sidecar) Drain() { s.draining.Store(true) }
 
+// breakerOpen answers a request that needs the upstream while the breaker
+// is open, before it touches the database. Pushes don't use it: while the
+// upstream is down they still acknowledge already-processed mutations and
+// consume unmapped ones, and stop (503, in about a millisecond) at the
+// first mutation that needs the upstream.
+func (s *Sidecar) breakerOpen() *httpError {
+	if s.breaker == nil || s.breaker.State() != gobreaker.StateOpen {
+		return nil
+	}
+	return &httpError{Status: http.StatusServiceUnavailable, Code: "UpstreamUnavailable",
+		Message: "the upstream service is failing; calls are suspended for a moment", RetryAfter: s.retryAfterSeconds(),
+		Detail: map[string]any{"cause": errCircuitOpen.Error()}}
+}
+
 func (s *Sidecar) checkServing(context.Context) *httpError {
 	switch {
-	case s.breaker != nil && s.breaker.State() == gobreaker.StateOpen:
-		// Fail fast, before touching the database: nothing could be applied.
-		return &httpError{Status: http.StatusServiceUnavailable, Code: "UpstreamUnavailable",
-			Message: "the upstream service is failing; calls are suspended for a moment", RetryAfter: s.retryAfterSeconds(),
-			Detail: map[string]any{"cause": errCircuitOpen.Error()}}
 	case s.draining.Load():
 		return &httpError{Status: http.StatusServiceUnavailable, Code: "ShuttingDown", Message: "the sidecar is shutting down; retry", RetryAfter: 1}
 	case !s.migrated.Load():
