@@ -2,15 +2,12 @@ package main
 
 import (
 	"bytes"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 )
 
 // TestPromtoolCheckMetrics runs `promtool check metrics` on the real
@@ -25,18 +22,7 @@ func TestPromtoolCheckMetrics(t *testing.T) {
 		}
 		t.Skip("promtool is not installed; `make test` installs it")
 	}
-	api := newIdempotentAPI(t)
-	mapping := filepath.Join(t.TempDir(), "m.json")
-	_ = os.WriteFile(mapping, []byte(`{"mutators":{"m":{"method":"POST","path":"/m"}},"clientView":[{"path":"/items","key":"i/{id}"}]}`), 0o600)
-	dbURL := testDB(t)
-	schema := fmt.Sprintf("promtool_%d", time.Now().UnixNano())
-	t.Cleanup(func() { dropSchema(t, dbURL, schema) })
-	sc := startSidecar(t, map[string]string{
-		"SIDECAR_UPSTREAM_URL": api.srv.URL, "SIDECAR_DATABASE_URL": dbURL, "SIDECAR_MAPPING_FILE": mapping, "SIDECAR_DB_SCHEMA": schema,
-	})
-	if s := pushOnce(sc.public, "g", "c", 1, 3); s != 200 {
-		t.Fatalf("push = %d", s)
-	}
+	sc := runningSidecar(t)             // 5 mutations applied
 	pushOnce(sc.public, "g", "c", 9, 9) // a gap: a 400 in the request counters
 	lastMutationIDs(sc.public, "g")
 	resp, err := http.Get(sc.public + "/anything")
@@ -50,9 +36,9 @@ func TestPromtoolCheckMetrics(t *testing.T) {
 	exposition, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	for _, want := range []string{
-		`replicache_sidecar_mutations_total{mutator="m",outcome="applied"} 3`,
+		`replicache_sidecar_mutations_total{mutator="m",outcome="applied"} 5`,
 		`replicache_sidecar_requests_total{code="400",endpoint="push"} 1`,
-		`replicache_sidecar_upstream_request_duration_seconds_count{code="201",kind="mutation"} 3`,
+		`replicache_sidecar_upstream_request_duration_seconds_count{code="201",kind="mutation"} 5`,
 		`replicache_sidecar_circuit_breaker_open 0`,
 		`replicache_sidecar_db_pool_max_connections`,
 		`go_goroutines`, `process_resident_memory_bytes`,

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -262,13 +263,7 @@ func (a *api) updateTodo(user string, r *http.Request, body []byte) (int, any) {
 
 func (a *api) deleteTodo(user string, r *http.Request, _ []byte) (int, any) {
 	d := a.data(user)
-	id := r.PathValue("id")
-	if _, ok := d.todos[id]; !ok {
-		return http.StatusNotFound, errBody("no such todo")
-	}
-	delete(d.todos, id)
-	d.todoOrder = without(d.todoOrder, id)
-	return http.StatusNoContent, nil
+	return remove(d.todos, &d.todoOrder, r.PathValue("id"), "todo")
 }
 
 func (a *api) createList(user string, _ *http.Request, body []byte) (int, any) {
@@ -291,23 +286,17 @@ func (a *api) createList(user string, _ *http.Request, body []byte) (int, any) {
 
 func (a *api) deleteList(user string, r *http.Request, _ []byte) (int, any) {
 	d := a.data(user)
-	id := r.PathValue("id")
-	if _, ok := d.lists[id]; !ok {
-		return http.StatusNotFound, errBody("no such list")
-	}
-	delete(d.lists, id)
-	d.listOrder = without(d.listOrder, id)
-	return http.StatusNoContent, nil
+	return remove(d.lists, &d.listOrder, r.PathValue("id"), "list")
 }
 
-func without(ids []string, id string) []string {
-	out := ids[:0]
-	for _, x := range ids {
-		if x != id {
-			out = append(out, x)
-		}
+// remove deletes id from items and its order: 204, or 404 naming what.
+func remove[T any](items map[string]T, order *[]string, id, what string) (int, any) {
+	if _, ok := items[id]; !ok {
+		return http.StatusNotFound, errBody("no such " + what)
 	}
-	return out
+	delete(items, id)
+	*order = slices.DeleteFunc(*order, func(x string) bool { return x == id })
+	return http.StatusNoContent, nil
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
