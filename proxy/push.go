@@ -231,7 +231,7 @@ func (s *Sidecar) handlePush(w http.ResponseWriter, r *http.Request) {
 func (s *Sidecar) applyMutation(ctx context.Context, mapping *Mapping, mu mutators.Mutation, fwd http.Header, requestID string) (string, int64, error) {
 	var outcome string
 	var lmid int64
-	err := s.store.Locked(ctx, mu.ClientGroupID, mu.UserID, func(g *GroupTx) error {
+	err := s.store.LockedClient(ctx, mu.ClientGroupID, mu.UserID, mu.ClientID, func(g *GroupTx) error {
 		cur, err := g.LastMutationID(ctx, mu.ClientID)
 		if err != nil {
 			return err

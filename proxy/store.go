@@ -146,6 +146,16 @@ const commitTimeout = 10 * time.Second
 // commits, with a context that ignores ctx's cancellation; otherwise it rolls
 // back and Locked returns fn's error.
 func (s *Store) Locked(ctx context.Context, groupID, userID string, fn func(g *GroupTx) error) error {
+	return s.locked(ctx, groupID, userID, "", fn)
+}
+
+// LockedClient is Locked for work on one client: the client's row is read
+// together with the lock, saving a round trip for the push of each mutation.
+func (s *Store) LockedClient(ctx context.Context, groupID, userID, clientID string, fn func(g *GroupTx) error) error {
+	return s.locked(ctx, groupID, userID, clientID, fn)
+}
+
+func (s *Store) locked(ctx context.Context, groupID, userID, clientID string, fn func(g *GroupTx) error) error {
 	wctx, cancel := context.WithTimeout(ctx, s.waitTimeout)
 	defer cancel()
 	tx, err := s.pool.BeginTx(wctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
@@ -157,7 +167,7 @@ func (s *Store) Locked(ctx context.Context, groupID, userID string, fn func(g *G
 		defer cancel()
 		_ = tx.Rollback(rctx) // no-op after a commit
 	}()
-	g := &GroupTx{tx: tx, s: s, GroupID: groupID}
+	g := &GroupTx{tx: tx, s: s, GroupID: groupID, prefetched: clientID}
 	if err := g.lock(wctx, userID); err != nil {
 		return err
 	}
@@ -179,20 +189,34 @@ type GroupTx struct {
 	s           *Store
 	GroupID     string
 	cookieOrder int64
+
+	// The client read with the lock (LockedClient): its group ("" when the
+	// client is new) and last mutation id.
+	prefetched               string
+	prefetchedGroup          string
+	prefetchedLastMutationID int64
 }
 
 func (g *GroupTx) lock(ctx context.Context, userID string) error {
-	const q = `SELECT user_id, cookie_order, deleted_at IS NOT NULL FROM {schema}.client_groups WHERE id = $1 FOR UPDATE`
+	// The group row is locked (FOR UPDATE OF g); the client row, if asked
+	// for, is only read: it cannot change without this group's lock.
+	const q = `SELECT g.user_id, g.cookie_order, g.deleted_at IS NOT NULL, coalesce(c.client_group_id, ''), coalesce(c.last_mutation_id, 0)
+		FROM {schema}.client_groups g LEFT JOIN {schema}.clients c ON c.id = $2
+		WHERE g.id = $1 FOR UPDATE OF g`
 	var owner string
 	var deleted bool
-	err := g.tx.QueryRow(ctx, g.s.sql(q), g.GroupID).Scan(&owner, &g.cookieOrder, &deleted)
+	scan := func() error {
+		return g.tx.QueryRow(ctx, g.s.sql(q), g.GroupID, g.prefetched).Scan(&owner, &g.cookieOrder, &deleted,
+			&g.prefetchedGroup, &g.prefetchedLastMutationID)
+	}
+	err := scan()
 	if errors.Is(err, pgx.ErrNoRows) {
 		// New group: create it, then lock it. A concurrent creator may win
 		// the insert; the SELECT then sees its row and its owner.
 		if _, err := g.tx.Exec(ctx, g.s.sql(`INSERT INTO {schema}.client_groups (id, user_id) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING`), g.GroupID, userID); err != nil {
 			return fmt.Errorf("creating client group: %w", err)
 		}
-		err = g.tx.QueryRow(ctx, g.s.sql(q), g.GroupID).Scan(&owner, &g.cookieOrder, &deleted)
+		err = scan()
 	}
 	switch {
 	case err != nil:
@@ -238,6 +262,16 @@ func (g *GroupTx) EnsureClients(ctx context.Context, ids []string) (map[string]i
 // client the group does not know yet (it is created on the next
 // SetLastMutationID), or ErrClientForbidden.
 func (g *GroupTx) LastMutationID(ctx context.Context, clientID string) (int64, error) {
+	if clientID != "" && clientID == g.prefetched {
+		switch g.prefetchedGroup {
+		case "":
+			return 0, nil
+		case g.GroupID:
+			return g.prefetchedLastMutationID, nil
+		default:
+			return 0, ErrClientForbidden
+		}
+	}
 	var group string
 	var lmid int64
 	err := g.tx.QueryRow(ctx, g.s.sql(`SELECT client_group_id, last_mutation_id FROM {schema}.clients WHERE id = $1`), clientID).Scan(&group, &lmid)
