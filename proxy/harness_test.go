@@ -82,11 +82,10 @@ func newPool(t testing.TB) *pgxpool.Pool {
 
 // instance is one running sidecar.
 type instance struct {
-	sc      *Sidecar
-	srv     *httptest.Server // public listener
-	reg     *prometheus.Registry
-	pool    *pgxpool.Pool
-	mapping string
+	sc   *Sidecar
+	srv  *httptest.Server // public listener
+	reg  *prometheus.Registry
+	pool *pgxpool.Pool
 }
 
 // harness is a legacy upstream plus sidecars sharing one schema.

@@ -51,14 +51,13 @@ func freeAddr(t *testing.T) string {
 // sidecarProc is one sidecar process that can be killed and restarted on
 // the same addresses.
 type sidecarProc struct {
-	t       *testing.T
-	env     []string
-	public  string // http://host:port
-	admin   string
-	cmd     *exec.Cmd
-	done    chan struct{}
-	stderr  *lockedBuffer
-	restart int
+	t      *testing.T
+	env    []string
+	public string // http://host:port
+	admin  string
+	cmd    *exec.Cmd
+	done   chan struct{}
+	stderr *lockedBuffer
 }
 
 type lockedBuffer struct {
