@@ -7,7 +7,7 @@ GO      ?= go
 BIN     := bin
 GOFILES := $(shell git ls-files '*.go' 2>/dev/null)
 
-.PHONY: all build test test-go test-e2e check fmt vet demo web clean bench promtool fuzz tools image
+.PHONY: all build test test-go test-e2e check fmt vet demo web clean bench promtool fuzz tools image lint
 
 all: build
 
@@ -75,8 +75,15 @@ fuzz: $(BIN)/devpg
 test-e2e: build web $(BIN)/devpg
 	$(BIN)/devpg -- sh -c 'cd web && npm test'
 
-## check: formatting, vet, and the tests.
-check: fmt vet test
+## check: formatting, vet, staticcheck, and the tests.
+check: fmt vet lint test
+
+STATICCHECK_VERSION := 2026.2.2
+lint: $(BIN)/tools/staticcheck
+	$(BIN)/tools/staticcheck ./...
+
+$(BIN)/tools/staticcheck:
+	GOBIN=$(CURDIR)/$(BIN)/tools $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
 fmt:
 	@out=$$(gofmt -l $(GOFILES)); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
