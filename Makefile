@@ -78,7 +78,7 @@ test-e2e: build web $(BIN)/devpg
 ## check: formatting, vet, staticcheck, and the tests.
 check: fmt vet lint test
 
-STATICCHECK_VERSION := 2026.2.2
+STATICCHECK_VERSION := v0.8.2
 lint: $(BIN)/tools/staticcheck
 	$(BIN)/tools/staticcheck ./...
 
