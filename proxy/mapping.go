@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"os"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
 	"github.com/replicache-sidecar/replicache-sidecar/mutators"
 )
@@ -41,13 +43,21 @@ func LoadMapping(path string) (*Mapping, error) {
 	return ParseMapping(raw)
 }
 
-// ParseMapping compiles a mapping file's bytes.
+// ParseMapping compiles a mapping file's bytes: JSON, or YAML when the
+// content does not start with "{".
 func ParseMapping(raw []byte) (*Mapping, error) {
 	if len(raw) > maxMappingBytes {
 		return nil, fmt.Errorf("mapping is larger than %d bytes", maxMappingBytes)
 	}
+	doc := raw
+	if trimmed := bytes.TrimSpace(raw); len(trimmed) > 0 && trimmed[0] != '{' {
+		var err error
+		if doc, err = yamlToJSON(raw); err != nil {
+			return nil, fmt.Errorf("mapping is not valid YAML: %w", err)
+		}
+	}
 	var f mappingFile
-	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec := json.NewDecoder(bytes.NewReader(doc))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&f); err != nil {
 		return nil, fmt.Errorf("mapping is not valid: %w", err)
@@ -69,4 +79,14 @@ func ParseMapping(raw []byte) (*Mapping, error) {
 	}
 	sum := sha256.Sum256(raw)
 	return &Mapping{Mutators: muts, View: view, Hash: hex.EncodeToString(sum[:])}, nil
+}
+
+// yamlToJSON re-encodes a YAML document as JSON, so one strict decoder
+// checks both formats.
+func yamlToJSON(raw []byte) ([]byte, error) {
+	var v any
+	if err := yaml.Unmarshal(raw, &v); err != nil {
+		return nil, err
+	}
+	return json.Marshal(v)
 }
