@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -24,7 +25,9 @@ type FetcherOptions struct {
 	HTTPClient *http.Client
 	// Timeout bounds each page request.
 	Timeout time.Duration
-	// MaxBodyBytes bounds each page's body; a larger page fails the pull.
+	// MaxBodyBytes bounds the bytes read for one Fetch: every page of every
+	// source together. A larger view fails the fetch instead of exhausting
+	// memory.
 	MaxBodyBytes int64
 }
 
@@ -55,6 +58,8 @@ type Request struct {
 	UserID    string
 	Header    http.Header // forwarded headers (e.g. Authorization)
 	RequestID string
+
+	budget *atomic.Int64 // bytes the fetch may still read
 }
 
 // Fetch fetches every source of v concurrently and returns their entries in
@@ -64,6 +69,9 @@ type Request struct {
 func (f *Fetcher) Fetch(parent context.Context, v *View, r Request) ([]Entry, error) {
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
+	budget := &atomic.Int64{}
+	budget.Store(f.maxBody)
+	r.budget = budget
 	results := make([][]Entry, len(v.sources))
 	errs := make([]error, len(v.sources))
 	var wg sync.WaitGroup
@@ -201,12 +209,13 @@ func (f *Fetcher) get(ctx context.Context, u *url.URL, r Request) ([]byte, http.
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		return nil, nil, &StatusError{Status: resp.StatusCode}
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, f.maxBody+1))
+	left := r.budget.Load()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, max(left, 0)+1))
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading upstream response: %w", err)
 	}
-	if int64(len(body)) > f.maxBody {
-		return nil, nil, fmt.Errorf("response is larger than %d bytes", f.maxBody)
+	if r.budget.Add(-int64(len(body))) < 0 {
+		return nil, nil, fmt.Errorf("the client view is larger than %d bytes (all pages of all sources)", f.maxBody)
 	}
 	return body, resp.Header, nil
 }

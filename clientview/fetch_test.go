@@ -236,3 +236,19 @@ func TestCompileErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestFetchBoundsTheWholeView: every page is small, but together they pass
+// the limit: the fetch fails rather than piling up memory.
+func TestFetchBoundsTheWholeView(t *testing.T) {
+	srv := upstream(t, map[string]string{})
+	src := Source{Path: "/todos", Items: "todos", Key: "todo/{id}", Pagination: &Pagination{Type: "link"}}
+	if _, err := fetch(t, srv, 1000, src); err != nil {
+		t.Fatalf("the whole view fits in 1000 bytes: %v", err)
+	}
+	// Pages are about 80 bytes each; five todos come in three pages.
+	_, err := fetch(t, srv, 150, src)
+	var se *SourceError
+	if !errors.As(err, &se) || !strings.Contains(se.Reason, "larger than 150 bytes (all pages") {
+		t.Fatalf("want a SourceError about the view's size, got %v", err)
+	}
+}
