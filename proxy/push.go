@@ -136,7 +136,9 @@ func (s *Sidecar) handlePush(w http.ResponseWriter, r *http.Request) {
 
 	// Check ownership of the group and of every client before applying
 	// anything, and learn the last mutation ids so retried mutations are
-	// skipped without a transaction each.
+	// skipped without a transaction each. A push of one client (the common
+	// case) needs no separate step: its first mutation's transaction checks
+	// the same before calling the upstream.
 	clientIDs := make([]string, 0, 1)
 	seen := map[string]bool{}
 	for _, m := range req.Mutations {
@@ -145,15 +147,17 @@ func (s *Sidecar) handlePush(w http.ResponseWriter, r *http.Request) {
 			clientIDs = append(clientIDs, m.ClientID)
 		}
 	}
-	var known map[string]int64
-	err := s.store.Locked(ctx, req.ClientGroupID, userID, func(g *GroupTx) error {
-		var err error
-		known, err = g.EnsureClients(ctx, clientIDs)
-		return err
-	})
-	if err != nil {
-		s.failStore(w, log, err, req.ClientGroupID)
-		return
+	known := map[string]int64{}
+	if len(clientIDs) != 1 {
+		err := s.store.Locked(ctx, req.ClientGroupID, userID, func(g *GroupTx) error {
+			var err error
+			known, err = g.EnsureClients(ctx, clientIDs)
+			return err
+		})
+		if err != nil {
+			s.failStore(w, log, err, req.ClientGroupID)
+			return
+		}
 	}
 
 	mapping := s.mapping()
