@@ -160,7 +160,23 @@ func (s *Sidecar) handlePush(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	mapping := s.mapping()
+	stats, err := s.applyAll(ctx, log, start, req, userID, known, fwd, requestID)
+	if err != nil {
+		s.failPush(w, log, err, req.ClientGroupID)
+		return
+	}
+	log.Info("push", "mutations", len(req.Mutations), "applied", stats.Applied, "rejected", stats.Rejected,
+		"duplicate", stats.Duplicate, "pending", stats.Pending, "duration", time.Since(start))
+	writeJSON(w, http.StatusOK, stats)
+}
+
+// applyAll processes the push's mutations in order until one cannot be
+// applied now (gap, transient failure, database error: returned), the time
+// budget runs out or the sidecar drains (early exit), or all are done.
+// known holds the last mutation ids learnt so far, by client.
+func (s *Sidecar) applyAll(ctx context.Context, log *slog.Logger, start time.Time, req pushRequest, userID string,
+	known map[string]int64, fwd http.Header, requestID string) (pushStats, error) {
+	mapping := s.mapping() // one mapping for the whole push, even across a reload
 	var stats pushStats
 	for i, m := range req.Mutations {
 		if m.ID <= known[m.ClientID] {
@@ -172,11 +188,10 @@ func (s *Sidecar) handlePush(w http.ResponseWriter, r *http.Request) {
 			// Early exit (time budget, or shutting down): what is committed
 			// stays committed; the client pushes the rest next time.
 			stats.EarlyExit, stats.Pending = true, len(req.Mutations)-i
-			break
+			return stats, nil
 		}
-		if ctx.Err() != nil {
-			log.Info("client went away mid-push", "applied", stats.Applied, "rejected", stats.Rejected)
-			return
+		if err := ctx.Err(); err != nil {
+			return stats, err // the client went away: start nothing new
 		}
 		mu := mutators.Mutation{
 			ClientGroupID: req.ClientGroupID, ClientID: m.ClientID, ID: m.ID,
@@ -184,26 +199,13 @@ func (s *Sidecar) handlePush(w http.ResponseWriter, r *http.Request) {
 		}
 		outcome, lmid, err := s.applyMutation(ctx, mapping, mu, fwd, requestID)
 		if err != nil {
-			var gap *gapError
 			var tr *transientError
-			switch {
-			case errors.As(err, &gap):
-				s.fail(w, log, &httpError{Status: http.StatusBadRequest, Code: "MutationIDGap", Message: gap.Error(),
-					Detail: map[string]any{"clientID": gap.clientID, "expected": gap.expected, "received": gap.received}})
-			case errors.As(err, &tr):
+			if errors.As(err, &tr) {
 				s.countMutation(mapping, m.Name, "transient")
-				retryAfter := 1
-				if errors.Is(tr.result.Err, errCircuitOpen) {
-					retryAfter = s.retryAfterSeconds()
-				}
-				log.Warn("mutation not applied; push stopped", "mutator", tr.mutator, "mutation_id", tr.id, "outcome", "transient", "cause", tr.result.Cause())
-				s.fail(w, log, &httpError{Status: http.StatusServiceUnavailable, Code: "UpstreamUnavailable",
-					Message: tr.Error() + "; retry later", RetryAfter: retryAfter,
-					Detail: map[string]any{"mutator": tr.mutator, "cause": tr.result.Cause(), "clientID": tr.client, "mutationID": tr.id, "upstreamStatus": tr.result.Status}})
-			default:
-				s.failStore(w, log, err, req.ClientGroupID)
+				log.Warn("mutation not applied; push stopped", "mutator", tr.mutator, "mutation_id", tr.id,
+					"outcome", "transient", "cause", tr.result.Cause())
 			}
-			return
+			return stats, err
 		}
 		known[m.ClientID] = lmid
 		s.countMutation(mapping, m.Name, outcome)
@@ -216,9 +218,29 @@ func (s *Sidecar) handlePush(w http.ResponseWriter, r *http.Request) {
 			stats.Duplicate++
 		}
 	}
-	log.Info("push", "mutations", len(req.Mutations), "applied", stats.Applied, "rejected", stats.Rejected,
-		"duplicate", stats.Duplicate, "pending", stats.Pending, "duration", time.Since(start))
-	writeJSON(w, http.StatusOK, stats)
+	return stats, nil
+}
+
+// failPush answers a push that stopped at a mutation it could not apply now.
+func (s *Sidecar) failPush(w http.ResponseWriter, log *slog.Logger, err error, groupID string) {
+	var gap *gapError
+	var tr *transientError
+	switch {
+	case errors.As(err, &gap):
+		s.fail(w, log, &httpError{Status: http.StatusBadRequest, Code: "MutationIDGap", Message: gap.Error(),
+			Detail: map[string]any{"clientID": gap.clientID, "expected": gap.expected, "received": gap.received}})
+	case errors.As(err, &tr):
+		retryAfter := 1
+		if errors.Is(tr.result.Err, errCircuitOpen) {
+			retryAfter = s.retryAfterSeconds()
+		}
+		s.fail(w, log, &httpError{Status: http.StatusServiceUnavailable, Code: "UpstreamUnavailable",
+			Message: tr.Error() + "; retry later", RetryAfter: retryAfter,
+			Detail: map[string]any{"mutator": tr.mutator, "cause": tr.result.Cause(), "clientID": tr.client,
+				"mutationID": tr.id, "upstreamStatus": tr.result.Status}})
+	default:
+		s.failStore(w, log, err, groupID)
+	}
 }
 
 // applyMutation processes one mutation in its own transaction holding the
