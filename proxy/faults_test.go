@@ -118,22 +118,28 @@ func TestClientCancellationsDoNotTripTheBreaker(t *testing.T) {
 	}
 }
 
-// BenchmarkBreakerOpenPush measures how fast a push is refused while the
-// breaker is open, next to a push that the upstream accepts.
+// BenchmarkBreakerOpenPush measures how fast a push and a pull are refused
+// while the breaker is open, next to a push that the upstream accepts.
 func BenchmarkBreakerOpenPush(b *testing.B) {
 	h, sc := breakerHarness(b)
 	h.up.setFault(func(r *http.Request) int { return http.StatusBadGateway })
 	for i := 0; i < 3; i++ {
 		pushAs(b, sc, "open", create("c1", 1, "a"))
 	}
-	var open, closed time.Duration
+	var open, openPull, closed time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		t0 := time.Now()
 		if r := pushAs(b, sc, "open", create("c1", 1, "a")); r.status != 503 {
 			b.Fatalf("open breaker push = %d", r.status)
 		}
-		open += time.Since(t0)
+		t1 := time.Now()
+		pull := withHeaders(b, http.MethodPost, sc.srv.URL+"/replicache/pull", `{"pullVersion":1,"clientGroupID":"open","cookie":null}`, "X-User", "alice")
+		if r := do(b, pull); r.status != 503 {
+			b.Fatalf("open breaker pull = %d", r.status)
+		}
+		open += t1.Sub(t0)
+		openPull += time.Since(t1)
 	}
 	b.StopTimer()
 	h.up.setFault(nil)
@@ -146,6 +152,7 @@ func BenchmarkBreakerOpenPush(b *testing.B) {
 		closed += time.Since(t0)
 	}
 	b.ReportMetric(float64(open.Nanoseconds())/float64(b.N), "open-ns/op")
+	b.ReportMetric(float64(openPull.Nanoseconds())/float64(b.N), "open-pull-ns/op")
 	b.ReportMetric(float64(closed.Nanoseconds())/float64(b.N), "applied-ns/op")
 }
 
