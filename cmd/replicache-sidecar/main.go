@@ -136,6 +136,6 @@ func migrate(ctx context.Context, sc *proxy.Sidecar, log *slog.Logger) {
 			return
 		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, 10*time.Second)
+		backoff = min(backoff*2, 5*time.Second)
 	}
 }

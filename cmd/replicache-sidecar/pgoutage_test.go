@@ -106,3 +106,42 @@ func pushBody(t *testing.T, base string) string {
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
 }
+
+// TestStartsBeforeItsDatabase: a sidecar whose Postgres is not up yet stays
+// alive (healthz 200) but not ready, answers pushes with 503, and becomes
+// ready by itself once the database appears.
+func TestStartsBeforeItsDatabase(t *testing.T) {
+	pg, err := pgcluster.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pg.Close)
+	pg.Stop()
+	api := newIdempotentAPI(t)
+	mapping := filepath.Join(t.TempDir(), "m.json")
+	_ = os.WriteFile(mapping, []byte(`{"mutators":{"m":{"method":"POST","path":"/m"}},"clientView":[{"path":"/items","key":"i/{id}"}]}`), 0o600)
+	p := spawnSidecar(t, map[string]string{
+		"SIDECAR_UPSTREAM_URL": api.srv.URL, "SIDECAR_DATABASE_URL": pg.URL(), "SIDECAR_MAPPING_FILE": mapping,
+	})
+
+	deadline := time.Now().Add(10 * time.Second)
+	for get(t, p.admin+"/healthz") != 200 {
+		if time.Now().After(deadline) || !p.alive() {
+			t.Fatalf("the sidecar did not come up without its database:\n%s", tail(p.stderr.String(), 2000))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code := get(t, p.admin+"/readyz"); code != 503 {
+		t.Errorf("/readyz without a database = %d, want 503", code)
+	}
+	if s := pushOnce(p.public, "g", "c", 1, 1); s != 503 {
+		t.Errorf("push without a database = %d, want 503", s)
+	}
+	if err := pg.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p.waitReady()
+	if s := pushOnce(p.public, "g", "c", 1, 1); s != 200 {
+		t.Errorf("push once the database is up = %d, want 200", s)
+	}
+}

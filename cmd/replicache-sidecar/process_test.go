@@ -79,6 +79,14 @@ func (l *lockedBuffer) String() string {
 
 func startSidecar(t *testing.T, env map[string]string) *sidecarProc {
 	t.Helper()
+	p := spawnSidecar(t, env)
+	p.waitReady()
+	return p
+}
+
+// spawnSidecar starts the process without waiting for it to be ready.
+func spawnSidecar(t *testing.T, env map[string]string) *sidecarProc {
+	t.Helper()
 	pub, adm := freeAddr(t), freeAddr(t)
 	p := &sidecarProc{t: t, public: "http://" + pub, admin: "http://" + adm, stderr: &lockedBuffer{}}
 	full := map[string]string{"SIDECAR_LISTEN_ADDR": pub, "SIDECAR_ADMIN_ADDR": adm, "SIDECAR_SHUTDOWN_TIMEOUT": "5s"}
@@ -89,7 +97,7 @@ func startSidecar(t *testing.T, env map[string]string) *sidecarProc {
 		p.env = append(p.env, k+"="+v)
 	}
 	sort.Strings(p.env)
-	p.start()
+	p.spawn()
 	t.Cleanup(func() {
 		p.signal(syscall.SIGTERM)
 		if t.Failed() {
@@ -106,7 +114,14 @@ func tail(s string, n int) string {
 	return s
 }
 
+// start (re)starts the process and waits until it is ready.
 func (p *sidecarProc) start() {
+	p.t.Helper()
+	p.spawn()
+	p.waitReady()
+}
+
+func (p *sidecarProc) spawn() {
 	p.t.Helper()
 	cmd := exec.Command(sidecarBin)
 	cmd.Env = append(os.Environ(), p.env...)
@@ -116,7 +131,6 @@ func (p *sidecarProc) start() {
 	}
 	p.cmd, p.done = cmd, make(chan struct{})
 	go func() { _ = cmd.Wait(); close(p.done) }()
-	p.waitReady()
 }
 
 func (p *sidecarProc) waitReady() {
