@@ -147,34 +147,30 @@ func (a *api) me(user string, _ *http.Request, _ []byte) (int, any) {
 }
 
 // page returns the page'th slice of ids and whether there is a next page.
-func (a *api) page(r *http.Request, ids []string) ([]string, int, bool) {
-	p, err := strconv.Atoi(r.URL.Query().Get("page"))
-	if err != nil || p < 1 {
-		p = 1
-	}
-	lo := min((p-1)*a.pageSize, len(ids))
-	hi := min(lo+a.pageSize, len(ids))
-	return ids[lo:hi], p, hi < len(ids)
-}
-
 func (a *api) listTodos(user string, r *http.Request, _ []byte) (int, any) {
 	d := a.data(user)
-	ids, p, more := a.page(r, d.todoOrder)
-	out := make([]todo, 0, len(ids))
-	for _, id := range ids {
-		out = append(out, *d.todos[id])
-	}
-	return http.StatusOK, paged{"todos", out, p, len(d.todoOrder), more, r.URL.Path}
+	return http.StatusOK, pageOf(r, "todos", d.todos, d.todoOrder, a.pageSize)
 }
 
 func (a *api) listLists(user string, r *http.Request, _ []byte) (int, any) {
 	d := a.data(user)
-	ids, p, more := a.page(r, d.listOrder)
-	out := make([]list, 0, len(ids))
-	for _, id := range ids {
-		out = append(out, *d.lists[id])
+	return http.StatusOK, pageOf(r, "lists", d.lists, d.listOrder, a.pageSize)
+}
+
+// pageOf returns the page the request asks for (?page=N, from 1) of the
+// items in order.
+func pageOf[T any](r *http.Request, field string, items map[string]*T, order []string, size int) paged {
+	p, err := strconv.Atoi(r.URL.Query().Get("page"))
+	if err != nil || p < 1 {
+		p = 1
 	}
-	return http.StatusOK, paged{"lists", out, p, len(d.listOrder), more, r.URL.Path}
+	lo := min((p-1)*size, len(order))
+	hi := min(lo+size, len(order))
+	out := make([]T, 0, hi-lo)
+	for _, id := range order[lo:hi] {
+		out = append(out, *items[id])
+	}
+	return paged{field, out, p, len(order), hi < len(order), r.URL.Path}
 }
 
 // paged is a page of a list; writeJSON adds its Link header.
