@@ -120,9 +120,6 @@ func newPassthroughTransport() *http.Transport {
 
 func (s *Sidecar) mapping() *Mapping { return s.current.Load() }
 
-// Store returns the sidecar's bookkeeping store.
-func (s *Sidecar) Store() *Store { return s.store }
-
 // Migrate applies the schema migrations; pushes and pulls are served from
 // then on.
 func (s *Sidecar) Migrate(ctx context.Context) error {
