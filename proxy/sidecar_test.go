@@ -211,6 +211,32 @@ func TestIdentity(t *testing.T) {
 			t.Errorf("u2 on u1's group = %d %s, want 403", r.status, r.raw)
 		}
 	})
+	t.Run("auth field: a dotted path to a number", func(t *testing.T) {
+		h := newHarness(t, map[string]string{"SIDECAR_AUTH_PATH": "/whoami", "SIDECAR_AUTH_USER_FIELD": "user.id"})
+		h.up.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+			if r.URL.Path != "/whoami" {
+				return false
+			}
+			if r.Header.Get("Authorization") == "Bearer alice" {
+				_, _ = io.WriteString(w, `{"user":{"id":42}}`)
+			} else {
+				_, _ = io.WriteString(w, `{"user":{"id":7}}`)
+			}
+			return true
+		})
+		sc := h.start()
+		if r := sc.push(t, "alice", "g", create("c", 1, "a")); r.status != 200 {
+			t.Fatalf("push = %d %s", r.status, r.raw)
+		}
+		var owner string
+		_ = sc.pool.QueryRow(context.Background(), "SELECT user_id FROM "+pgx.Identifier{h.schema}.Sanitize()+".client_groups WHERE id = 'g'").Scan(&owner)
+		if owner != "42" {
+			t.Errorf("group owner = %q, want 42 (user.id of the auth answer)", owner)
+		}
+		if r, _ := sc.pull(t, "bob", "g", nil); r.status != 403 {
+			t.Errorf("another user (7) pulling 42's group = %d, want 403", r.status)
+		}
+	})
 	t.Run("auth path", func(t *testing.T) {
 		h := newHarness(t, nil)
 		sc := h.start()
