@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -42,7 +43,16 @@ func NewPool(ctx context.Context, cfg Config) (*pgxpool.Pool, error) {
 	if pc.ConnConfig.ConnectTimeout == 0 {
 		pc.ConnConfig.ConnectTimeout = 5 * time.Second
 	}
+	// pgx's default pool (4 connections, or one per CPU) is too small here:
+	// every in-flight push step and pull holds a connection, mostly idle,
+	// while it waits for the upstream.
+	if !strings.Contains(cfg.DatabaseURL, "pool_max_conns") {
+		pc.MaxConns = defaultPoolSize
+	}
 	return pgxpool.NewWithConfig(ctx, pc)
 }
+
+// defaultPoolSize is the pool size when the connection string sets none.
+const defaultPoolSize = 20
 
 func millis(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) }
