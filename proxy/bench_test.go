@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 )
@@ -133,4 +134,43 @@ func report(b *testing.B, direct, sidecar time.Duration, ops int) {
 	b.ReportMetric(float64(direct.Nanoseconds())/float64(ops), "direct-ns/op")
 	b.ReportMetric(float64(sidecar.Nanoseconds())/float64(ops), "sidecar-ns/op")
 	b.ReportMetric(float64(sidecar)/float64(direct), "sidecar/direct")
+}
+
+// BenchmarkPushParallel: many client groups pushing at once (16 in
+// flight), through the sidecar and directly, one after the other in the
+// same benchmark. Reported as mutations per second.
+func BenchmarkPushParallel(b *testing.B) {
+	const workers = 16
+	h := newHarness(b, nil)
+	sc := h.start()
+	run := func(send func(worker, i int)) time.Duration {
+		start := time.Now()
+		var wg sync.WaitGroup
+		per := max(b.N/workers, 1)
+		for w := 0; w < workers; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 1; i <= per; i++ {
+					send(w, i)
+				}
+			}()
+		}
+		wg.Wait()
+		return time.Since(start)
+	}
+	b.ResetTimer()
+	direct := run(func(w, i int) {
+		body := fmt.Appendf(nil, `{"id":"d%d-%d","title":"x"}`, w, i)
+		postJSON(b, h.up.srv.URL+"/api/todos", "Bearer bench", body, map[string]string{"Idempotency-Key": fmt.Sprint(w, ":", i)})
+	})
+	sidecar := run(func(w, i int) {
+		push := fmt.Appendf(nil, `{"pushVersion":1,"clientGroupID":"g%d","mutations":[{"id":%d,"clientID":"c%d","name":"createTodo","args":{"id":"s%d-%d","title":"x"}}]}`, w, i, w, w, i)
+		if code := postJSON(b, sc.srv.URL+"/replicache/push", "Bearer bench", push, nil); code != 200 {
+			b.Errorf("push: %d", code)
+		}
+	})
+	n := float64(max(b.N/workers, 1) * workers)
+	b.ReportMetric(n/direct.Seconds(), "direct-mutations/s")
+	b.ReportMetric(n/sidecar.Seconds(), "sidecar-mutations/s")
 }
