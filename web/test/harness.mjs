@@ -3,7 +3,7 @@
 // a throwaway one), and the real Replicache client running headless.
 import {spawn, execFileSync} from 'node:child_process';
 import {randomBytes} from 'node:crypto';
-import {mkdtempSync, rmSync} from 'node:fs';
+import {existsSync, mkdtempSync, readdirSync, rmSync} from 'node:fs';
 import net from 'node:net';
 import {tmpdir} from 'node:os';
 import {join} from 'node:path';
@@ -214,8 +214,21 @@ export async function serverTodos(api, user) {
   return out;
 }
 
+// psqlPath finds psql: on PATH, else beside the Postgres server binaries.
+function psqlPath() {
+  for (const dir of (process.env.PATH || '').split(':')) {
+    if (dir && existsSync(join(dir, 'psql'))) return join(dir, 'psql');
+  }
+  const versions = existsSync('/usr/lib/postgresql') ? readdirSync('/usr/lib/postgresql').sort((a, b) => b - a) : [];
+  for (const v of versions) {
+    const p = `/usr/lib/postgresql/${v}/bin/psql`;
+    if (existsSync(p)) return p;
+  }
+  throw new Error('psql not found: install postgresql-client');
+}
+
 export function psql(sql) {
-  return execFileSync('psql', [databaseURL(), '-v', 'ON_ERROR_STOP=1', '-qAtc', sql], {
+  return execFileSync(psqlPath(), [databaseURL(), '-v', 'ON_ERROR_STOP=1', '-qAtc', sql], {
     encoding: 'utf8',
     env: {...process.env, PGOPTIONS: '-c client_min_messages=warning'},
   }).trim();
