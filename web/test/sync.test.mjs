@@ -97,8 +97,8 @@ test('API down while the client mutates offline: every queued mutation arrives o
 });
 
 test('sidecar restarted mid-session (SIGKILL mid-push): nothing lost, nothing applied twice', async (t) => {
-  // A slow API (20 ms a call) makes every kill land in the middle of a push.
-  const s = await startStack({apiArgs: ['-delay', '20ms']});
+  // A slow API (40 ms a call) makes every kill land in the middle of a push.
+  const s = await startStack({apiArgs: ['-delay', '40ms']});
   t.after(() => s.close());
   const rep = s.newRep('alice');
   const lmid = () => Number(psql(`SELECT coalesce(max(last_mutation_id), 0) FROM ${s.schema}.clients WHERE id = '${rep.clientID}'`));
