@@ -60,13 +60,7 @@ var metricNameRE = regexp.MustCompile(`\b(replicache_sidecar_[a-z_]+|go_[a-z_]+|
 // and every metric the rules and the Grafana dashboard use is one the
 // sidecar exports.
 func TestMonitoringReferencesExportedMetrics(t *testing.T) {
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		if os.Getenv("REQUIRE_PROMTOOL") != "" {
-			t.Fatal("promtool is not installed (apt-get install prometheus)")
-		}
-		t.Skip("promtool is not installed; `make test` installs it")
-	}
+	promtool := prometheusTool(t, "promtool")
 	rules := filepath.Join("..", "..", "deploy", "monitoring", "alerts.yaml")
 	if out, err := exec.Command(promtool, "check", "rules", rules).CombinedOutput(); err != nil {
 		t.Fatalf("promtool check rules: %v\n%s", err, out)
@@ -122,13 +116,7 @@ func TestMonitoringReferencesExportedMetrics(t *testing.T) {
 // loopback, scraping a running sidecar every second, and waits until the
 // pushed mutations show in its query API.
 func TestPrometheusScrape(t *testing.T) {
-	prom, err := exec.LookPath("prometheus")
-	if err != nil {
-		if os.Getenv("REQUIRE_PROMTOOL") != "" {
-			t.Fatal("prometheus is not installed (apt-get install prometheus)")
-		}
-		t.Skip("prometheus is not installed; `make test` installs it")
-	}
+	prom := prometheusTool(t, "prometheus")
 	sc := runningSidecar(t)
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "prometheus.yml")
@@ -185,4 +173,19 @@ func mustAbs(t *testing.T, p string) string {
 		t.Fatal(err)
 	}
 	return a
+}
+
+// prometheusTool finds a binary of Debian's prometheus package. `make test`
+// installs it and sets REQUIRE_PROMTOOL, so CI never skips; a bare `go test`
+// without it skips and says why.
+func prometheusTool(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("REQUIRE_PROMTOOL") != "" {
+			t.Fatalf("%s is not installed (apt-get install prometheus)", name)
+		}
+		t.Skipf("%s is not installed; `make test` installs it", name)
+	}
+	return p
 }

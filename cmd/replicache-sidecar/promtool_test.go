@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"io"
 	"net/http"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -15,13 +14,7 @@ import (
 // (Debian's prometheus package) and sets REQUIRE_PROMTOOL=1, so CI never
 // skips this; a bare `go test` without promtool skips it and says why.
 func TestPromtoolCheckMetrics(t *testing.T) {
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		if os.Getenv("REQUIRE_PROMTOOL") != "" {
-			t.Fatal("promtool is not installed (apt-get install prometheus)")
-		}
-		t.Skip("promtool is not installed; `make test` installs it")
-	}
+	promtool := prometheusTool(t, "promtool")
 	sc := runningSidecar(t)             // 5 mutations applied
 	pushOnce(sc.public, "g", "c", 9, 9) // a gap: a 400 in the request counters
 	lastMutationIDs(sc.public, "g")
