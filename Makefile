@@ -67,7 +67,7 @@ fuzz: $(BIN)/devpg
 	$(GO) test -run '^$$' -fuzz FuzzRender -fuzztime $(FUZZTIME) ./mutators
 	$(GO) test -run '^$$' -fuzz FuzzEntries -fuzztime $(FUZZTIME) ./clientview
 	$(BIN)/devpg -- $(GO) test -run '^$$' -fuzz FuzzDecodePush -fuzztime $(FUZZTIME) ./proxy
-	$(BIN)/devpg -- $(GO) test -run '^$$' -fuzz FuzzPullCookie -fuzztime $(FUZZTIME) ./proxy
+	$(GO) test -run '^$$' -fuzz FuzzPullCookie -fuzztime $(FUZZTIME) ./proxy/store
 
 
 ## test-e2e: the real Replicache client (headless, and in Chromium) syncing through the

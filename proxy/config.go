@@ -11,6 +11,8 @@ import (
 
 	"github.com/caarlos0/env/v11"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 )
 
 // Config is every setting of the sidecar, read from SIDECAR_* environment
@@ -55,6 +57,16 @@ type Config struct {
 	// Parsed forms, filled by LoadConfig.
 	Upstream *url.URL `env:"-"`
 	Mapping  *Mapping `env:"-"`
+}
+
+// PoolOptions are the database pool's settings.
+func (c Config) PoolOptions() store.PoolOptions {
+	return store.PoolOptions{
+		URL: c.DatabaseURL, StatementTimeout: c.DBStatementTimeout, LockTimeout: c.DBLockTimeout,
+		// A transaction is idle while the upstream answers: at most one
+		// push's budget plus a call, with room to spare.
+		IdleInTransactionTimeout: 4 * (c.UpstreamTimeout + c.PushTimeBudget),
+	}
 }
 
 var schemaRE = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -138,39 +137,5 @@ clientView:
 	}
 	if _, err := ParseMapping([]byte("mutators: [unclosed\n")); err == nil || !strings.Contains(err.Error(), "not valid YAML") {
 		t.Errorf("broken YAML: %v", err)
-	}
-}
-
-func TestNewPoolSettings(t *testing.T) {
-	for _, tc := range []struct {
-		query    string
-		maxConns int32
-	}{
-		{"", defaultPoolSize},
-		{"pool_max_conns=3", 3},
-	} {
-		url := testDatabaseURL(t)
-		if tc.query != "" {
-			sep := "?"
-			if strings.Contains(url, "?") {
-				sep = "&"
-			}
-			url += sep + tc.query
-		}
-		cfg := Config{DatabaseURL: url, DBStatementTimeout: 7 * time.Second, DBLockTimeout: 3 * time.Second,
-			UpstreamTimeout: time.Second, PushTimeBudget: time.Second}
-		pool, err := NewPool(context.Background(), cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := pool.Config().MaxConns; got != tc.maxConns {
-			t.Errorf("%q: MaxConns = %d, want %d", tc.query, got, tc.maxConns)
-		}
-		var stmt, lock string
-		err = pool.QueryRow(context.Background(), "SELECT current_setting('statement_timeout'), current_setting('lock_timeout')").Scan(&stmt, &lock)
-		if err != nil || stmt != "7s" || lock != "3s" {
-			t.Errorf("session timeouts = %q, %q (%v), want 7s and 3s", stmt, lock, err)
-		}
-		pool.Close()
 	}
 }

@@ -218,7 +218,6 @@ func TestMetricsExposition(t *testing.T) {
 	sc.push(t, "alice", "g", create("c", 1, "a"), mut{"c", 2, "nope", nil})
 	sc.pull(t, "alice", "g", nil)
 	do(t, mustRequest(t, http.MethodGet, sc.srv.URL+"/legacy/echo"))
-	sc.reg.MustRegister(NewPoolCollector(sc.pool))
 	problems, err := promlint.NewWithMetricFamilies(mustGather(t, sc)).Lint()
 	if err != nil {
 		t.Fatal(err)

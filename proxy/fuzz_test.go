@@ -48,24 +48,3 @@ func FuzzDecodePush(f *testing.F) {
 		}
 	})
 }
-
-// FuzzPullCookie: any cookie is either refused or ordered, and the next
-// cookie is strictly greater than it.
-func FuzzPullCookie(f *testing.F) {
-	for _, s := range []string{`null`, `7`, `"12"`, `{"order":5}`, `{"order":"x"}`, `-1`, `1e300`, `{"order":{"order":1}}`, `[]`} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, cookie string) {
-		order, err := cookieOrder(json.RawMessage(cookie))
-		if err != nil {
-			return
-		}
-		if order < 0 || order > maxCookieOrder {
-			t.Fatalf("cookie %q ordered as %d, out of range", cookie, order)
-		}
-		next := max(order, 0) + 1
-		if next <= order {
-			t.Fatalf("next cookie %d not above %d", next, order)
-		}
-	})
-}

@@ -3,8 +3,6 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -18,6 +16,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/proxytest"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 )
 
 // testMapping maps the legacy test API. updateTodo uses optional
@@ -35,50 +36,6 @@ const testMapping = `{
     {"path": "/api/me", "key": "me"}
   ]
 }`
-
-// testDatabaseURL is the Postgres the tests use. `make test` starts a
-// throwaway one; running `go test` alone needs DATABASE_URL.
-func testDatabaseURL(t testing.TB) string {
-	t.Helper()
-	for _, k := range []string{"SIDECAR_DATABASE_URL", "DATABASE_URL"} {
-		if u := os.Getenv(k); u != "" {
-			return u
-		}
-	}
-	t.Fatal("no database: set DATABASE_URL, or run `make test`, which starts a throwaway Postgres")
-	return ""
-}
-
-// newSchema returns a fresh schema name, dropped when the test ends, so
-// tests share one database without seeing each other.
-func newSchema(t testing.TB) string {
-	t.Helper()
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	schema := "t_" + hex.EncodeToString(b)
-	url := testDatabaseURL(t)
-	t.Cleanup(func() {
-		ctx := context.Background()
-		conn, err := pgx.Connect(ctx, url)
-		if err != nil {
-			t.Errorf("dropping test schema: %v", err)
-			return
-		}
-		defer conn.Close(ctx)
-		_, _ = conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE")
-	})
-	return schema
-}
-
-func newPool(t testing.TB) *pgxpool.Pool {
-	t.Helper()
-	pool, err := pgxpool.New(context.Background(), testDatabaseURL(t))
-	if err != nil {
-		t.Fatalf("connecting: %v", err)
-	}
-	t.Cleanup(pool.Close)
-	return pool
-}
 
 // instance is one running sidecar.
 type instance struct {
@@ -118,14 +75,14 @@ func (s *syncBuffer) String() string {
 // sidecar's settings (SIDECAR_* names).
 func newHarness(t testing.TB, env map[string]string) *harness {
 	t.Helper()
-	h := &harness{t: t, up: newLegacy(t), schema: newSchema(t), logs: &syncBuffer{}}
+	h := &harness{t: t, up: newLegacy(t), schema: proxytest.NewSchema(t), logs: &syncBuffer{}}
 	mappingFile := filepath.Join(t.TempDir(), "mapping.json")
 	if err := os.WriteFile(mappingFile, []byte(testMapping), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	h.env = map[string]string{
 		"SIDECAR_UPSTREAM_URL": h.up.srv.URL,
-		"SIDECAR_DATABASE_URL": testDatabaseURL(t),
+		"SIDECAR_DATABASE_URL": proxytest.DatabaseURL(t),
 		"SIDECAR_MAPPING_FILE": mappingFile,
 		"SIDECAR_DB_SCHEMA":    h.schema,
 		"SIDECAR_AUTH_PATH":    "/api/me",
@@ -153,7 +110,7 @@ func (h *harness) startUnmigrated() *instance {
 		h.t.Fatalf("LoadConfig: %v", err)
 	}
 	reg := prometheus.NewRegistry()
-	pool, err := NewPool(context.Background(), cfg)
+	pool, err := store.NewPool(context.Background(), cfg.PoolOptions())
 	if err != nil {
 		h.t.Fatalf("NewPool: %v", err)
 	}

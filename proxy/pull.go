@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"math"
 	"net/http"
 	"net/url"
 	"sort"
@@ -14,6 +12,7 @@ import (
 	"time"
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 )
 
 // pullRequest is a Replicache PullRequest (v1).
@@ -28,50 +27,6 @@ type pullRequest struct {
 // viewFetcher fetches the client view from the upstream.
 type viewFetcher interface {
 	Fetch(ctx context.Context, v *clientview.View, r clientview.Request) ([]clientview.Entry, error)
-}
-
-// maxCookieOrder keeps cookie orders exact in JavaScript numbers.
-const maxCookieOrder = 1<<53 - 2
-
-// cookieOrder reads the order of a request cookie. Replicache cookies may be
-// null, a number, a string, or an object with an "order" that is a number or
-// string; ours are {"order": n}. A string must hold a number: a cookie we
-// cannot order against would let us issue one the client refuses forever.
-func cookieOrder(raw json.RawMessage) (int64, error) {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
-		return 0, nil
-	}
-	if raw[0] == '{' {
-		var obj struct {
-			Order json.RawMessage `json:"order"`
-		}
-		if err := json.Unmarshal(raw, &obj); err != nil || len(obj.Order) == 0 || obj.Order[0] == '{' {
-			return 0, errors.New(`cookie object needs an "order" that is a number or string`)
-		}
-		raw = obj.Order
-	}
-	var v any
-	if err := json.Unmarshal(raw, &v); err != nil {
-		return 0, errors.New("cookie is not a JSON value")
-	}
-	var f float64
-	switch x := v.(type) {
-	case float64:
-		f = x
-	case string:
-		p, err := strconv.ParseFloat(x, 64)
-		if err != nil {
-			return 0, fmt.Errorf("cookie order %q is not a number", x)
-		}
-		f = p
-	default:
-		return 0, errors.New("cookie must be null, a number, a string or {\"order\": …}")
-	}
-	if math.IsNaN(f) || f < 0 || f > maxCookieOrder {
-		return 0, fmt.Errorf("cookie order %v is out of range", f)
-	}
-	return int64(math.Floor(f)), nil
 }
 
 func (s *Sidecar) handlePull(w http.ResponseWriter, r *http.Request) {
@@ -97,7 +52,7 @@ func (s *Sidecar) handlePull(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, log, herr)
 		return
 	}
-	reqOrder, err := cookieOrder(req.Cookie)
+	reqOrder, err := store.ParseCookieOrder(req.Cookie)
 	if err != nil {
 		s.fail(w, log, errorf(http.StatusBadRequest, "BadRequest", "%v", err))
 		return
@@ -127,7 +82,7 @@ func (s *Sidecar) handlePull(w http.ResponseWriter, r *http.Request) {
 	// The view is fetched while holding the group's lock, so no push of this
 	// group commits in between: the patch holds the effects of exactly the
 	// mutations that lmids reports.
-	err = s.store.Locked(ctx, req.ClientGroupID, userID, func(g *GroupTx) error {
+	err = s.store.Locked(ctx, req.ClientGroupID, userID, func(g *store.GroupTx) error {
 		var err error
 		if lmids, err = g.LastMutationIDs(ctx); err != nil {
 			return err
@@ -136,7 +91,7 @@ func (s *Sidecar) handlePull(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return err
 		}
-		order, err = g.NextCookie(ctx, reqOrder)
+		order, err = g.NextCookieOrder(ctx, reqOrder)
 		return err
 	})
 	if err != nil {

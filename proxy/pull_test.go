@@ -211,20 +211,6 @@ func TestDeletedGroupGetsClientStateNotFound(t *testing.T) {
 	}
 }
 
-func TestCookieOrder(t *testing.T) {
-	for in, want := range map[string]int64{`null`: 0, ``: 0, `3`: 3, `3.9`: 3, `"12"`: 12, `{"order":5}`: 5, `{"order":"6"}`: 6} {
-		got, err := cookieOrder(json.RawMessage(in))
-		if err != nil || got != want {
-			t.Errorf("cookieOrder(%s) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, in := range []string{`true`, `[1]`, `{"order":{}}`, `"x"`, `-1`, `1e20`, `{"order":null}`} {
-		if _, err := cookieOrder(json.RawMessage(in)); err == nil {
-			t.Errorf("cookieOrder(%s) accepted", in)
-		}
-	}
-}
-
 func TestEncodePullResponse(t *testing.T) {
 	body := encodePullResponse(9, map[string]int64{"b": 2, "a\"x": 1}, []clientview.Entry{{Key: "k\n1", Value: json.RawMessage(`{"v":[1,2]}`)}})
 	want := `{"cookie":{"order":9},"lastMutationIDChanges":{"a\"x":1,"b":2},"patch":[{"op":"clear"},{"op":"put","key":"k\n1","value":{"v":[1,2]}}]}`

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/replicache-sidecar/replicache-sidecar/mutators"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 )
 
 // pushRequest is a Replicache PushRequest (v1). Version 0 bodies decode into
@@ -149,7 +150,7 @@ func (s *Sidecar) handlePush(w http.ResponseWriter, r *http.Request) {
 	}
 	known := map[string]int64{}
 	if len(clientIDs) != 1 {
-		err := s.store.Locked(ctx, req.ClientGroupID, userID, func(g *GroupTx) error {
+		err := s.store.Locked(ctx, req.ClientGroupID, userID, func(g *store.GroupTx) error {
 			var err error
 			known, err = g.EnsureClients(ctx, clientIDs)
 			return err
@@ -257,7 +258,7 @@ func (s *Sidecar) failPush(w http.ResponseWriter, log *slog.Logger, err error, g
 func (s *Sidecar) applyMutation(ctx context.Context, mapping *Mapping, mu mutators.Mutation, fwd http.Header, requestID string) (string, int64, error) {
 	var outcome string
 	var lmid int64
-	err := s.store.LockedClient(ctx, mu.ClientGroupID, mu.UserID, mu.ClientID, func(g *GroupTx) error {
+	err := s.store.LockedClient(ctx, mu.ClientGroupID, mu.UserID, mu.ClientID, func(g *store.GroupTx) error {
 		cur, err := g.LastMutationID(ctx, mu.ClientID)
 		if err != nil {
 			return err
@@ -292,7 +293,7 @@ func (s *Sidecar) applyMutation(ctx context.Context, mapping *Mapping, mu mutato
 			outcome = "rejected"
 			s.log.Info("mutation rejected", "request_id", requestID, "client_group", mu.ClientGroupID,
 				"mutator", mu.Name, "mutation_id", mu.ID, "outcome", "rejected", "status", res.Status, "cause", res.Cause())
-			return g.RecordRejection(dctx, Rejection{ClientID: mu.ClientID, MutationID: mu.ID, Mutator: mu.Name,
+			return g.RecordRejection(dctx, store.Rejection{ClientID: mu.ClientID, MutationID: mu.ID, Mutator: mu.Name,
 				Status: res.Status, Reason: res.Cause(), Body: res.Body})
 		}
 		return nil
@@ -310,15 +311,15 @@ func (s *Sidecar) countMutation(mapping *Mapping, name, outcome string) {
 // failStore answers a push or pull whose bookkeeping step failed.
 func (s *Sidecar) failStore(w http.ResponseWriter, log *slog.Logger, err error, groupID string) {
 	switch {
-	case errors.Is(err, ErrGroupDeleted):
+	case errors.Is(err, store.ErrGroupDeleted):
 		writeClientStateNotFound(w)
-	case errors.Is(err, ErrGroupForbidden):
+	case errors.Is(err, store.ErrGroupForbidden):
 		s.fail(w, log, errorf(http.StatusForbidden, "Forbidden", "client group %s belongs to another user", groupID))
-	case errors.Is(err, ErrClientForbidden):
+	case errors.Is(err, store.ErrClientForbidden):
 		s.fail(w, log, errorf(http.StatusForbidden, "Forbidden", "a client of this request belongs to another client group"))
 	case errors.Is(err, context.Canceled):
 		log.Info("client went away", "error", err)
-	case isLockTimeout(err):
+	case store.IsLockTimeout(err):
 		s.fail(w, log, &httpError{Status: http.StatusServiceUnavailable, Code: "GroupBusy",
 			Message: fmt.Sprintf("client group %s is busy with another push or pull; retry", groupID), RetryAfter: 1})
 	default:

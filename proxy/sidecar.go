@@ -19,6 +19,7 @@ import (
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
 	"github.com/replicache-sidecar/replicache-sidecar/mutators"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 )
 
 // Options are a Sidecar's dependencies.
@@ -34,7 +35,7 @@ type Options struct {
 type Sidecar struct {
 	cfg         Config
 	log         *slog.Logger
-	store       *Store
+	store       *store.Store
 	sender      mutationSender
 	fetcher     viewFetcher
 	auth        *authenticator
@@ -52,6 +53,7 @@ type Sidecar struct {
 func New(o Options) *Sidecar {
 	cfg := o.Config
 	m := newMetrics(o.Registerer, cfg.Mapping.Mutators.Names())
+	o.Registerer.MustRegister(store.NewPoolCollector(o.Pool, namespace))
 	// One breaker for the one upstream, shared by every kind of call: when
 	// the legacy service is down, mutations, views, auth and pass-through
 	// all fail fast.
@@ -62,7 +64,7 @@ func New(o Options) *Sidecar {
 	s := &Sidecar{
 		cfg:   cfg,
 		log:   o.Logger,
-		store: NewStore(o.Pool, cfg.DBSchema),
+		store: store.New(o.Pool, store.Options{Schema: cfg.DBSchema, WaitTimeout: cfg.DBLockTimeout + 5*time.Second}),
 		sender: mutators.NewClient(mutators.ClientOptions{
 			Base: cfg.Upstream, HTTPClient: upstreamClient,
 			IdempotencyHeader: cfg.IdempotencyHeader, Timeout: cfg.UpstreamTimeout,
@@ -79,7 +81,6 @@ func New(o Options) *Sidecar {
 	}
 	s.passthrough = newPassthrough(cfg.Upstream, &upstreamTransport{next: newPassthroughTransport(), cb: cb, metrics: m}, o.Logger, s.retryAfterSeconds())
 	s.breaker = cb
-	s.store.waitTimeout = cfg.DBLockTimeout + 5*time.Second
 	s.useMapping(cfg.Mapping)
 	return s
 }

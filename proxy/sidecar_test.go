@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -61,50 +60,6 @@ func TestAdminEndpoints(t *testing.T) {
 	}
 	if r := inst.push(t, "alice", "g", create("c", 3, "b")); r.status != 503 || r.str("error") != "ShuttingDown" {
 		t.Errorf("push while draining = %d %s", r.status, r.raw)
-	}
-}
-
-func TestMigrations(t *testing.T) {
-	pool := newPool(t)
-	schema := newSchema(t)
-	// Replicas starting together take turns; both end up ready.
-	var wg sync.WaitGroup
-	errs := make([]error, 4)
-	for i := range errs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = NewStore(pool, schema).Migrate(context.Background())
-		}()
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			t.Fatalf("concurrent Migrate: %v", err)
-		}
-	}
-	s := NewStore(pool, schema)
-	if err := s.Migrate(context.Background()); err != nil {
-		t.Fatalf("second Migrate: %v", err)
-	}
-	if err := s.Ready(context.Background()); err != nil {
-		t.Fatalf("Ready: %v", err)
-	}
-	var versions []int
-	rows, _ := pool.Query(context.Background(), "SELECT version FROM "+pgx.Identifier{schema}.Sanitize()+".schema_migrations ORDER BY version")
-	versions, err := pgx.CollectRows(rows, pgx.RowTo[int])
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(versions) != SchemaVersion() || versions[len(versions)-1] != SchemaVersion() {
-		t.Errorf("recorded versions %v, want 1..%d once each", versions, SchemaVersion())
-	}
-	// A database migrated by a newer binary is still accepted.
-	if _, err := pool.Exec(context.Background(), "INSERT INTO "+pgx.Identifier{schema}.Sanitize()+".schema_migrations (version) VALUES (999)"); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Migrate(context.Background()); err != nil {
-		t.Errorf("Migrate on a newer schema: %v", err)
 	}
 }
 

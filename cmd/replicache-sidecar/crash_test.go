@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/proxytest"
 )
 
 // TestCrashRecovery pushes 1,000 mutations of several client groups through
@@ -25,12 +27,12 @@ func TestCrashRecovery(t *testing.T) {
 		perClient = 125
 		batch     = 25
 	)
-	dbURL := testDB(t)
+	dbURL := proxytest.DatabaseURL(t)
 	api := newIdempotentAPI(t)
 	mapping := filepath.Join(t.TempDir(), "m.json")
 	_ = os.WriteFile(mapping, []byte(`{"mutators":{"m":{"method":"POST","path":"/m"}},"clientView":[{"path":"/items","key":"i/{id}"}]}`), 0o600)
 	schema := fmt.Sprintf("crash_%d", time.Now().UnixNano())
-	t.Cleanup(func() { dropSchema(t, dbURL, schema) })
+	t.Cleanup(func() { proxytest.DropSchema(t, dbURL, schema) })
 	env := map[string]string{
 		"SIDECAR_UPSTREAM_URL": api.srv.URL, "SIDECAR_DATABASE_URL": dbURL, "SIDECAR_MAPPING_FILE": mapping,
 		"SIDECAR_DB_SCHEMA": schema, "SIDECAR_LOG_LEVEL": "warn",
@@ -115,15 +117,4 @@ func TestCrashRecovery(t *testing.T) {
 	// repeats count the at-least-once calls that needed it.
 	t.Logf("crash test: %d mutations, %d SIGKILLs, %d pushes (%d failed or cut off), %d upstream calls repeated with their key, %d lost",
 		groups*perGroup*perClient, kills.Load(), pushes.Load(), failedPushes.Load(), repeats, lost)
-}
-
-func testDB(t *testing.T) string {
-	t.Helper()
-	for _, k := range []string{"SIDECAR_DATABASE_URL", "DATABASE_URL"} {
-		if u := os.Getenv(k); u != "" {
-			return u
-		}
-	}
-	t.Fatal("no database: set DATABASE_URL, or run `make test`")
-	return ""
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/replicache-sidecar/replicache-sidecar/proxy"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 )
 
 func main() {
@@ -54,15 +55,14 @@ func run(ctx context.Context, env map[string]string, logOut io.Writer) error {
 
 	// Request contexts must not derive from ctx: a signal would cancel
 	// in-flight work instead of letting it drain.
-	pool, err := proxy.NewPool(context.WithoutCancel(ctx), cfg)
+	pool, err := store.NewPool(context.WithoutCancel(ctx), cfg.PoolOptions())
 	if err != nil {
 		return fmt.Errorf("creating database pool: %w", err)
 	}
 	defer pool.Close()
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		proxy.NewPoolCollector(pool))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	sc := proxy.New(proxy.Options{Config: cfg, Pool: pool, Logger: log, Registerer: reg})
 
 	// Push and pull set their own write deadlines; pass-through traffic may
@@ -127,7 +127,7 @@ func migrate(ctx context.Context, sc *proxy.Sidecar, log *slog.Logger) {
 		err := sc.Migrate(mctx)
 		cancel()
 		if err == nil {
-			log.Info("database schema ready", "version", proxy.SchemaVersion())
+			log.Info("database schema ready", "version", store.SchemaVersion())
 			return
 		}
 		log.Error("migrating database schema failed; retrying", "error", err, "retry_in", backoff)

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/proxytest"
 )
 
 func TestRunRefusesBadConfigWithEveryProblem(t *testing.T) {
@@ -60,28 +62,11 @@ func (s *logSink) find(msg string) map[string]any {
 	return nil
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestRunServesAndDrains starts the whole binary's run loop, syncs through
 // it, and shuts it down while a slow push is in flight: the push finishes
 // and is recorded before run returns.
 func TestRunServesAndDrains(t *testing.T) {
-	dbURL := os.Getenv("SIDECAR_DATABASE_URL")
-	if dbURL == "" {
-		dbURL = os.Getenv("DATABASE_URL")
-	}
-	if dbURL == "" {
-		t.Fatal("no database: set DATABASE_URL, or run `make test`")
-	}
+	dbURL := proxytest.DatabaseURL(t)
 	var slowSeen sync.WaitGroup
 	slowSeen.Add(1)
 	var applied sync.Map
@@ -113,7 +98,7 @@ func TestRunServesAndDrains(t *testing.T) {
 	go func() { done <- run(ctx, env, logs) }()
 
 	var public, admin string
-	waitFor(t, "the listening log line", func() bool {
+	proxytest.WaitFor(t, "the listening log line", func() bool {
 		l := logs.find("listening")
 		if l == nil {
 			return false
@@ -121,7 +106,7 @@ func TestRunServesAndDrains(t *testing.T) {
 		public, admin = "http://"+l["public"].(string), "http://"+l["admin"].(string)
 		return true
 	})
-	waitFor(t, "readiness", func() bool {
+	proxytest.WaitFor(t, "readiness", func() bool {
 		resp, err := http.Get(admin + "/readyz")
 		if err != nil {
 			return false
@@ -129,7 +114,7 @@ func TestRunServesAndDrains(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode == 200
 	})
-	t.Cleanup(func() { dropSchema(t, dbURL, schema) })
+	t.Cleanup(func() { proxytest.DropSchema(t, dbURL, schema) })
 
 	push := func(ids ...int) (*http.Response, error) {
 		var ms []string
@@ -158,7 +143,7 @@ func TestRunServesAndDrains(t *testing.T) {
 	}()
 	slowSeen.Wait()
 	cancel()
-	waitFor(t, "readiness to turn false", func() bool {
+	proxytest.WaitFor(t, "readiness to turn false", func() bool {
 		resp, err := http.Get(admin + "/readyz")
 		if err != nil {
 			return true // already closed

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/proxytest"
 )
 
 // runningSidecar starts the binary against a test upstream and pushes a few
@@ -22,9 +24,9 @@ func runningSidecar(t *testing.T) *sidecarProc {
 	api := newIdempotentAPI(t)
 	mapping := filepath.Join(t.TempDir(), "m.json")
 	_ = os.WriteFile(mapping, []byte(`{"mutators":{"m":{"method":"POST","path":"/m"}},"clientView":[{"path":"/items","key":"i/{id}"}]}`), 0o600)
-	dbURL := testDB(t)
+	dbURL := proxytest.DatabaseURL(t)
 	schema := fmt.Sprintf("mon_%d", time.Now().UnixNano())
-	t.Cleanup(func() { dropSchema(t, dbURL, schema) })
+	t.Cleanup(func() { proxytest.DropSchema(t, dbURL, schema) })
 	sc := startSidecar(t, map[string]string{
 		"SIDECAR_UPSTREAM_URL": api.srv.URL, "SIDECAR_DATABASE_URL": dbURL, "SIDECAR_MAPPING_FILE": mapping, "SIDECAR_DB_SCHEMA": schema,
 	})

@@ -1,4 +1,4 @@
-package proxy
+package store
 
 import (
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -12,9 +12,9 @@ type poolCollector struct {
 	acquires, emptyAcquires, canceled, acquireDur *prometheus.Desc
 }
 
-// NewPoolCollector returns a collector of pool's statistics, named
-// replicache_sidecar_db_pool_*.
-func NewPoolCollector(pool *pgxpool.Pool) prometheus.Collector {
+// NewPoolCollector returns a collector of pool's statistics, read at scrape
+// time and named <namespace>_db_pool_*.
+func NewPoolCollector(pool *pgxpool.Pool, namespace string) prometheus.Collector {
 	d := func(name, help string) *prometheus.Desc {
 		return prometheus.NewDesc(prometheus.BuildFQName(namespace, "db_pool", name), help, nil, nil)
 	}

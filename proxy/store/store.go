@@ -1,4 +1,4 @@
-package proxy
+package store
 
 import (
 	"context"
@@ -20,14 +20,28 @@ type Store struct {
 	pool   *pgxpool.Pool
 	schema string // quoted identifier
 	// waitTimeout bounds the wait for a pooled connection and the group's
-	// lock when the caller's context has no deadline.
+	// lock, whatever the caller's context allows.
 	waitTimeout time.Duration
 }
 
-// NewStore returns a Store for the tables in schema (a validated,
-// unquoted identifier). Call Migrate before anything else.
-func NewStore(pool *pgxpool.Pool, schema string) *Store {
-	return &Store{pool: pool, schema: pgx.Identifier{schema}.Sanitize(), waitTimeout: 30 * time.Second}
+// Options configure a Store.
+type Options struct {
+	// Schema holds the sidecar's tables: a lower-case SQL identifier,
+	// validated by the caller. It is created by Migrate.
+	Schema string
+	// WaitTimeout bounds how long Locked waits for a pooled connection and
+	// the group's row lock (Postgres' lock_timeout bounds the latter too).
+	// Default 30s.
+	WaitTimeout time.Duration
+}
+
+// New returns a Store on pool for o. Call Migrate before anything else.
+func New(pool *pgxpool.Pool, o Options) *Store {
+	wait := o.WaitTimeout
+	if wait <= 0 {
+		wait = 30 * time.Second
+	}
+	return &Store{pool: pool, schema: pgx.Identifier{o.Schema}.Sanitize(), waitTimeout: wait}
 }
 
 // migrations are applied in order, forward only; each entry's index+1 is its
@@ -126,9 +140,10 @@ var (
 	ErrGroupDeleted    = errors.New("client group state was deleted")
 )
 
-// isLockTimeout reports whether err is Postgres giving up waiting for a
-// lock (lock_timeout, SIDECAR_DB_LOCK_TIMEOUT).
-func isLockTimeout(err error) bool {
+// IsLockTimeout reports whether err is Postgres giving up waiting for a
+// lock (lock_timeout, SIDECAR_DB_LOCK_TIMEOUT): the group is busy with
+// another push or pull, and the caller may retry.
+func IsLockTimeout(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == "55P03"
 }
@@ -344,9 +359,10 @@ func (g *GroupTx) LastMutationIDs(ctx context.Context) (map[string]int64, error)
 	return out, nil
 }
 
-// NextCookie issues the group's next cookie order: strictly greater than
-// both the request's and every order issued to the group before.
-func (g *GroupTx) NextCookie(ctx context.Context, requestOrder int64) (int64, error) {
+// NextCookieOrder issues the group's next cookie order: strictly greater
+// than both the request's and every order issued to the group before (the
+// request's may come from a forked group, so it can exceed the group's).
+func (g *GroupTx) NextCookieOrder(ctx context.Context, requestOrder int64) (int64, error) {
 	next := max(requestOrder, g.cookieOrder) + 1
 	if _, err := g.tx.Exec(ctx, g.s.sql(`UPDATE {schema}.client_groups SET cookie_order = $2 WHERE id = $1`), g.GroupID, next); err != nil {
 		return 0, fmt.Errorf("issuing cookie: %w", err)

@@ -1,0 +1,51 @@
+// Package store keeps the sidecar's Replicache bookkeeping in its own
+// Postgres schema: client groups (owner, last cookie order, deletion),
+// clients (group, last mutation id) and rejected mutations. It imports pgx
+// and nothing of the sidecar's; the handlers in package proxy are its only
+// users.
+//
+// # Contract
+//
+//   - New and NewPool only build; nothing touches the database until a call.
+//     Migrate creates the schema and applies every pending migration in one
+//     transaction under an advisory lock, so replicas starting together take
+//     turns. Migrations are additive: a database migrated further than this
+//     binary knows is accepted (rolling deploys). Ready reports whether the
+//     database answers and holds every migration this binary needs.
+//   - Locked and LockedClient run a callback in a READ COMMITTED transaction
+//     holding the client group's row lock (SELECT … FOR UPDATE), creating the
+//     group for its user if it is new. Every push step and every pull of one
+//     group is serialized by that lock, across processes: it is the only
+//     coordination between replicas, so everything here is safe for any
+//     number of them sharing one database.
+//   - Lock order: one group per transaction, its row first; client rows and
+//     rejections are only touched under their group's lock. No transaction
+//     ever holds two groups' locks, so groups cannot deadlock each other.
+//   - Contexts: the caller's ctx bounds the wait for a pooled connection and
+//     for the lock (and Options.WaitTimeout bounds both whatever ctx says;
+//     the pool's lock_timeout ends a lock wait with an error IsLockTimeout
+//     recognises). The callback's work may use a context detached from ctx:
+//     a push step has called the upstream and must record the outcome even
+//     if the client went away. If the callback returns nil the transaction
+//     commits with a context that ignores ctx's cancellation (bounded by its
+//     own timeout); otherwise it rolls back and Locked returns the
+//     callback's error unchanged, so errors.Is/As work on it.
+//   - Ownership: a group belongs to the user who first locked it
+//     (ErrGroupForbidden), a client to the group it first appeared in
+//     (ErrClientForbidden), and a deleted group stays deleted
+//     (ErrGroupDeleted). These are checked under the lock and roll back.
+//   - Cookies: NextCookieOrder issues an order strictly greater than the
+//     request's and every order the group was issued before; a rolled-back
+//     pull issues nothing.
+//   - A GroupTx is valid only inside its callback and not safe for
+//     concurrent use.
+//
+// # Queries and groups
+//
+// Every query on the push and pull path is keyed by the client group: look
+// it up, lock it, read or write its clients and rejections. None joins or
+// aggregates across groups, so the tables could later be distributed by
+// client_group_id. The only cross-group statements are the migrations, Ready
+// (reads schema_migrations) and the pool statistics, which read no table;
+// none of them runs per request.
+package store

@@ -1,0 +1,316 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/proxytest"
+)
+
+// newStore returns a migrated Store on a fresh schema, with a pool whose
+// lock_timeout is lockTimeout.
+func newStore(t *testing.T, lockTimeout time.Duration) *Store {
+	t.Helper()
+	pool, err := NewPool(context.Background(), PoolOptions{URL: proxytest.DatabaseURL(t),
+		StatementTimeout: 5 * time.Second, LockTimeout: lockTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	s := New(pool, Options{Schema: proxytest.NewSchema(t), WaitTimeout: 10 * time.Second})
+	if err := s.Migrate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestMigrations(t *testing.T) {
+	pool := proxytest.NewPool(t)
+	schema := proxytest.NewSchema(t)
+	// Replicas starting together take turns; both end up ready.
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = New(pool, Options{Schema: schema}).Migrate(context.Background())
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatalf("concurrent Migrate: %v", err)
+		}
+	}
+	s := New(pool, Options{Schema: schema})
+	if err := s.Migrate(context.Background()); err != nil {
+		t.Fatalf("second Migrate: %v", err)
+	}
+	if err := s.Ready(context.Background()); err != nil {
+		t.Fatalf("Ready: %v", err)
+	}
+	rows, _ := pool.Query(context.Background(), "SELECT version FROM "+pgx.Identifier{schema}.Sanitize()+".schema_migrations ORDER BY version")
+	versions, err := pgx.CollectRows(rows, pgx.RowTo[int])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(versions) != SchemaVersion() || versions[len(versions)-1] != SchemaVersion() {
+		t.Errorf("recorded versions %v, want 1..%d once each", versions, SchemaVersion())
+	}
+	// A database migrated by a newer binary is still accepted.
+	if _, err := pool.Exec(context.Background(), "INSERT INTO "+pgx.Identifier{schema}.Sanitize()+".schema_migrations (version) VALUES (999)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Migrate(context.Background()); err != nil {
+		t.Errorf("Migrate on a newer schema: %v", err)
+	}
+}
+
+func TestReadyNeedsMigrations(t *testing.T) {
+	s := New(proxytest.NewPool(t), Options{Schema: proxytest.NewSchema(t)})
+	if err := s.Ready(context.Background()); err == nil {
+		t.Fatal("Ready before Migrate succeeded")
+	}
+}
+
+func TestNewPoolSettings(t *testing.T) {
+	for _, tc := range []struct {
+		query    string
+		maxConns int32
+	}{
+		{"", DefaultPoolSize},
+		{"pool_max_conns=3", 3},
+	} {
+		url := proxytest.DatabaseURL(t)
+		if tc.query != "" {
+			sep := "?"
+			if strings.Contains(url, "?") {
+				sep = "&"
+			}
+			url += sep + tc.query
+		}
+		pool, err := NewPool(context.Background(), PoolOptions{URL: url, StatementTimeout: 7 * time.Second, LockTimeout: 3 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := pool.Config().MaxConns; got != tc.maxConns {
+			t.Errorf("%q: MaxConns = %d, want %d", tc.query, got, tc.maxConns)
+		}
+		var stmt, lock, idle string
+		err = pool.QueryRow(context.Background(), "SELECT current_setting('statement_timeout'), current_setting('lock_timeout'), current_setting('idle_in_transaction_session_timeout')").Scan(&stmt, &lock, &idle)
+		if err != nil || stmt != "7s" || lock != "3s" || idle != "5min" {
+			t.Errorf("session timeouts = %q, %q, %q (%v), want 7s, 3s and the 5min floor", stmt, lock, idle, err)
+		}
+		pool.Close()
+	}
+	if _, err := NewPool(context.Background(), PoolOptions{URL: "postgres://u:secret@h:notaport/db"}); err == nil || strings.Contains(err.Error(), "secret") {
+		t.Errorf("bad URL: err = %v, want an error that does not echo the URL", err)
+	}
+}
+
+// TestGroupOwnership: a group belongs to the user who first used it, a
+// client to the group it first appeared in, and a deleted group says so.
+func TestGroupOwnership(t *testing.T) {
+	s := newStore(t, 5*time.Second)
+	ctx := context.Background()
+	noop := func(*GroupTx) error { return nil }
+	if err := s.Locked(ctx, "g1", "alice", func(g *GroupTx) error {
+		_, err := g.EnsureClients(ctx, []string{"c1", "c2"})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Locked(ctx, "g1", "bob", noop); !errors.Is(err, ErrGroupForbidden) {
+		t.Errorf("bob locking alice's group: %v, want ErrGroupForbidden", err)
+	}
+	err := s.Locked(ctx, "g2", "alice", func(g *GroupTx) error {
+		_, err := g.EnsureClients(ctx, []string{"c3", "c1"})
+		return err
+	})
+	if !errors.Is(err, ErrClientForbidden) {
+		t.Errorf("claiming g1's client for g2: %v, want ErrClientForbidden", err)
+	}
+	// The failed transaction rolled back: c3 was not registered with g2.
+	err = s.Locked(ctx, "g3", "alice", func(g *GroupTx) error { return g.SetLastMutationID(ctx, "c3", 1) })
+	if err != nil {
+		t.Errorf("c3 should be free after the rollback: %v", err)
+	}
+	err = s.LockedClient(ctx, "g2", "alice", "c1", func(g *GroupTx) error {
+		_, err := g.LastMutationID(ctx, "c1")
+		return err
+	})
+	if !errors.Is(err, ErrClientForbidden) {
+		t.Errorf("LastMutationID of g1's client in g2: %v, want ErrClientForbidden", err)
+	}
+	if _, err := s.pool.Exec(ctx, s.sql(`UPDATE {schema}.client_groups SET deleted_at = now() WHERE id = 'g1'`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Locked(ctx, "g1", "alice", noop); !errors.Is(err, ErrGroupDeleted) {
+		t.Errorf("locking a deleted group: %v, want ErrGroupDeleted", err)
+	}
+}
+
+// TestMutationBookkeeping: last mutation ids and rejections are recorded
+// only when the callback succeeds, and read back per group.
+func TestMutationBookkeeping(t *testing.T) {
+	s := newStore(t, 5*time.Second)
+	ctx := context.Background()
+	boom := errors.New("boom")
+	err := s.LockedClient(ctx, "g", "u", "c1", func(g *GroupTx) error {
+		if lmid, err := g.LastMutationID(ctx, "c1"); err != nil || lmid != 0 {
+			t.Errorf("new client: lmid %d, %v", lmid, err)
+		}
+		if err := g.SetLastMutationID(ctx, "c1", 1); err != nil {
+			return err
+		}
+		return boom
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("Locked returned %v, want the callback's error", err)
+	}
+	err = s.LockedClient(ctx, "g", "u", "c1", func(g *GroupTx) error {
+		if lmid, err := g.LastMutationID(ctx, "c1"); err != nil || lmid != 0 {
+			t.Errorf("after a rolled-back step: lmid %d, %v; want 0", lmid, err)
+		}
+		if err := g.SetLastMutationID(ctx, "c1", 2); err != nil {
+			return err
+		}
+		return g.RecordRejection(ctx, Rejection{ClientID: "c1", MutationID: 2, Mutator: "m", Status: 422, Reason: "no", Body: "{}"})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A retried rejection is recorded once.
+	err = s.Locked(ctx, "g", "u", func(g *GroupTx) error {
+		return g.RecordRejection(ctx, Rejection{ClientID: "c1", MutationID: 2, Mutator: "m", Reason: "again"})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	var reason string
+	if err := s.pool.QueryRow(ctx, s.sql(`SELECT count(*), min(reason) FROM {schema}.mutation_rejections`)).Scan(&n, &reason); err != nil || n != 1 || reason != "no" {
+		t.Errorf("rejections: %d (%q), %v; want the first one only", n, reason, err)
+	}
+	err = s.Locked(ctx, "g", "u", func(g *GroupTx) error {
+		if err := g.SetLastMutationID(ctx, "c2", 5); err != nil {
+			return err
+		}
+		lmids, err := g.LastMutationIDs(ctx)
+		if err != nil {
+			return err
+		}
+		if len(lmids) != 2 || lmids["c1"] != 2 || lmids["c2"] != 5 {
+			t.Errorf("LastMutationIDs = %v", lmids)
+		}
+		known, err := g.EnsureClients(ctx, []string{"c1", "c3"})
+		if err != nil {
+			return err
+		}
+		if len(known) != 2 || known["c1"] != 2 || known["c3"] != 0 {
+			t.Errorf("EnsureClients = %v", known)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCookieOrdersOnlyGrow: every order issued to a group exceeds both the
+// request's and every earlier one, also when the request comes from a fork
+// with a larger order, and a rolled-back pull issues nothing.
+func TestCookieOrdersOnlyGrow(t *testing.T) {
+	s := newStore(t, 5*time.Second)
+	ctx := context.Background()
+	next := func(req int64, fail bool) int64 {
+		t.Helper()
+		var got int64
+		err := s.Locked(ctx, "g", "u", func(g *GroupTx) error {
+			var err error
+			if got, err = g.NextCookieOrder(ctx, req); err != nil {
+				return err
+			}
+			if fail {
+				return errors.New("rolled back")
+			}
+			return nil
+		})
+		if err != nil && !fail {
+			t.Fatal(err)
+		}
+		return got
+	}
+	for _, step := range []struct {
+		req  int64
+		fail bool
+		want int64
+	}{
+		{0, false, 1},
+		{0, false, 2},   // a stale request cookie still gets a fresh order
+		{10, false, 11}, // a forked client's larger order is exceeded
+		{3, true, 12},   // issued, then rolled back…
+		{3, false, 12},  // …so the next pull gets the same order again
+	} {
+		if got := next(step.req, step.fail); got != step.want {
+			t.Errorf("request order %d: got %d, want %d", step.req, got, step.want)
+		}
+	}
+}
+
+// TestGroupLockSerializes: a second transaction on the same group waits for
+// the first (and gives up with IsLockTimeout past lock_timeout), while
+// another group is not held up at all.
+func TestGroupLockSerializes(t *testing.T) {
+	s := newStore(t, 300*time.Millisecond)
+	ctx := context.Background()
+	held, release := make(chan struct{}), make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- s.Locked(ctx, "busy", "u", func(*GroupTx) error {
+			close(held)
+			<-release
+			return nil
+		})
+	}()
+	<-held
+	err := s.Locked(ctx, "busy", "u", func(*GroupTx) error { return nil })
+	if !IsLockTimeout(err) {
+		t.Errorf("second lock of a held group: %v, want a lock timeout", err)
+	}
+	// While "busy" is still held: a wait here would end in a lock timeout.
+	if err := s.Locked(ctx, "other", "u", func(*GroupTx) error { return nil }); err != nil {
+		t.Errorf("another group: %v", err)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCommitSurvivesCancellation: once the callback has run, its work is
+// committed even if the caller's context ended meanwhile (the upstream
+// call inside it cannot be taken back).
+func TestCommitSurvivesCancellation(t *testing.T) {
+	s := newStore(t, 5*time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	err := s.LockedClient(ctx, "g", "u", "c", func(g *GroupTx) error {
+		dctx := context.WithoutCancel(ctx)
+		cancel() // the client goes away mid-step
+		return g.SetLastMutationID(dctx, "c", 1)
+	})
+	if err != nil {
+		t.Fatalf("Locked: %v", err)
+	}
+	var lmid int64
+	if err := s.pool.QueryRow(context.Background(), s.sql(`SELECT last_mutation_id FROM {schema}.clients WHERE id = 'c'`)).Scan(&lmid); err != nil || lmid != 1 {
+		t.Errorf("last mutation id = %d, %v; want 1 committed", lmid, err)
+	}
+}
