@@ -7,24 +7,28 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 )
+
+// Doer sends one HTTP request to the upstream and returns its answer. In
+// the sidecar it is proxy/upstream's view client, which bounds each call by
+// its timeout, never follows redirects (a view must come from the upstream
+// itself) and describes a failure to get an answer in its error. The caller
+// closes the answer's body.
+type Doer interface {
+	Do(req *http.Request) (*http.Response, error)
+}
 
 // FetcherOptions configures a Fetcher.
 type FetcherOptions struct {
 	// Base is the upstream's base URL; source paths are appended to it.
 	Base *url.URL
-	// HTTPClient sends the requests. Its redirect policy is replaced:
-	// redirects are never followed (a view must come from the upstream).
-	HTTPClient *http.Client
-	// Timeout bounds each page request.
-	Timeout time.Duration
+	// Upstream sends the requests, one per page.
+	Upstream Doer
 	// MaxBodyBytes bounds the bytes read for one Fetch: every page of every
 	// source together. A larger view fails the fetch instead of exhausting
 	// memory.
@@ -33,31 +37,28 @@ type FetcherOptions struct {
 
 // Fetcher fetches client views. It is safe for concurrent use.
 type Fetcher struct {
-	base    *url.URL
-	prefix  string
-	hc      *http.Client
-	timeout time.Duration
-	maxBody int64
+	base     *url.URL
+	prefix   string
+	upstream Doer
+	maxBody  int64
 }
 
 // NewFetcher returns a Fetcher for o.
 func NewFetcher(o FetcherOptions) *Fetcher {
-	hc := *o.HTTPClient
-	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	return &Fetcher{
-		base:    o.Base,
-		prefix:  strings.TrimSuffix(o.Base.String(), "/"),
-		hc:      &hc,
-		timeout: o.Timeout,
-		maxBody: o.MaxBodyBytes,
+		base:     o.Base,
+		prefix:   strings.TrimSuffix(o.Base.String(), "/"),
+		upstream: o.Upstream,
+		maxBody:  o.MaxBodyBytes,
 	}
 }
 
 // Request carries what every upstream GET of one pull needs.
 type Request struct {
-	UserID    string
-	Header    http.Header // forwarded headers (e.g. Authorization)
-	RequestID string
+	UserID string
+	// Header is sent with every GET: the headers forwarded from the
+	// client's request (e.g. Authorization) and its request id.
+	Header http.Header
 
 	budget *atomic.Int64 // bytes the fetch may still read
 }
@@ -183,8 +184,6 @@ func (f *Fetcher) sourceURL(s *source, userID string) (*url.URL, error) {
 }
 
 func (f *Fetcher) get(ctx context.Context, u *url.URL, r Request) ([]byte, http.Header, error) {
-	ctx, cancel := context.WithTimeout(ctx, f.timeout)
-	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return nil, nil, err
@@ -193,20 +192,12 @@ func (f *Fetcher) get(ctx context.Context, u *url.URL, r Request) ([]byte, http.
 		req.Header[k] = vs
 	}
 	req.Header.Set("Accept", "application/json")
-	if r.RequestID != "" {
-		req.Header.Set("X-Request-ID", r.RequestID)
-	}
-	resp, err := f.hc.Do(req)
+	resp, err := f.upstream.Do(req)
 	if err != nil {
-		var netErr net.Error
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout()) {
-			return nil, nil, fmt.Errorf("upstream did not answer within %s", f.timeout)
-		}
-		return nil, nil, fmt.Errorf("calling upstream: %w", err)
+		return nil, nil, err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		return nil, nil, &StatusError{Status: resp.StatusCode}
 	}
 	left := r.budget.Load()

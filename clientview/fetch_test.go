@@ -12,12 +12,16 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
 )
 
-// upstream is a small legacy API: /todos paginates by Link header two items
+// fakeAPI is a small legacy API: /todos paginates by Link header two items
 // a page, /cursor paginates by a cursor field, everything else is a table of
 // canned answers.
-func upstream(t *testing.T, canned map[string]string) *httptest.Server {
+func fakeAPI(t *testing.T, canned map[string]string) *httptest.Server {
 	t.Helper()
 	todos := []string{`{"id":"a","title":"A"}`, `{"id":"b","title":"B"}`, `{"id":"c","title":"C"}`, `{"id":5,"title":"five"}`, `{"id":"e","title":"E"}`}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -71,7 +75,8 @@ func fetch(t *testing.T, srv *httptest.Server, maxBody int64, srcs ...Source) ([
 		t.Fatalf("Compile: %v", err)
 	}
 	u, _ := url.Parse(srv.URL)
-	f := NewFetcher(FetcherOptions{Base: u, HTTPClient: srv.Client(), Timeout: 500 * time.Millisecond, MaxBodyBytes: maxBody})
+	up := upstream.New(upstream.Options{Base: u, Timeout: 500 * time.Millisecond, Registerer: prometheus.NewRegistry(), Namespace: "test"})
+	f := NewFetcher(FetcherOptions{Base: u, Upstream: up.View, MaxBodyBytes: maxBody})
 	return f.Fetch(context.Background(), v, Request{UserID: "alice/x", Header: http.Header{"Authorization": {"Bearer alice"}}})
 }
 
@@ -84,7 +89,7 @@ func keys(es []Entry) string {
 }
 
 func TestFetch(t *testing.T) {
-	srv := upstream(t, map[string]string{
+	srv := fakeAPI(t, map[string]string{
 		"/me":                    `{"id": "alice", "name": "Alice"}`,
 		"/users/alice%2Fx/lists": `[{"id":1,"name":"L1"},{"id":2,"name":"L2"}]`,
 		"/nested":                `{"a":{"b":[{"k":{"id":"x"}}]}}`,
@@ -124,7 +129,7 @@ func TestFetch(t *testing.T) {
 }
 
 func TestFetchFailsWhole(t *testing.T) {
-	srv := upstream(t, map[string]string{
+	srv := fakeAPI(t, map[string]string{
 		"/broken":    `500 {"error":"db down"}`,
 		"/html":      `<html>oops</html>`,
 		"/nokey":     `[{"id":"a"},{"title":"no id"}]`,
@@ -240,7 +245,7 @@ func TestCompileErrors(t *testing.T) {
 // TestFetchBoundsTheWholeView: every page is small, but together they pass
 // the limit: the fetch fails rather than piling up memory.
 func TestFetchBoundsTheWholeView(t *testing.T) {
-	srv := upstream(t, map[string]string{})
+	srv := fakeAPI(t, map[string]string{})
 	src := Source{Path: "/todos", Items: "todos", Key: "todo/{id}", Pagination: &Pagination{Type: "link"}}
 	if _, err := fetch(t, srv, 1000, src); err != nil {
 		t.Fatalf("the whole view fits in 1000 bytes: %v", err)

@@ -3,14 +3,11 @@ package mutators
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
-	"time"
 	"unicode/utf8"
 )
 
@@ -75,17 +72,22 @@ func (r Result) Cause() string {
 	return r.Outcome.String()
 }
 
+// Doer sends one HTTP request to the upstream and returns its answer. In
+// the sidecar it is proxy/upstream's mutation client, which bounds the call
+// by its timeout, never follows redirects and describes a failure to get an
+// answer in its error. The caller closes the answer's body.
+type Doer interface {
+	Do(req *http.Request) (*http.Response, error)
+}
+
 // ClientOptions configures a Client.
 type ClientOptions struct {
 	// Base is the upstream's base URL; request paths are appended to it.
 	Base *url.URL
-	// HTTPClient sends the requests. Its redirect policy is replaced: a
-	// mutation is never re-sent to another location.
-	HTTPClient *http.Client
+	// Upstream sends the requests.
+	Upstream Doer
 	// IdempotencyHeader names the header carrying Request.IdempotencyKey.
 	IdempotencyHeader string
-	// Timeout bounds each call, from dialing to the last byte read.
-	Timeout time.Duration
 }
 
 // Client sends rendered mutations to the upstream. It is safe for concurrent
@@ -93,9 +95,8 @@ type ClientOptions struct {
 type Client struct {
 	base       string
 	host       string
-	hc         *http.Client
+	upstream   Doer
 	idemHeader string
-	timeout    time.Duration
 }
 
 // Error bodies are read up to errorBodyRead bytes so the connection can be
@@ -107,26 +108,22 @@ const (
 
 // NewClient returns a Client for o.
 func NewClient(o ClientOptions) *Client {
-	hc := *o.HTTPClient
-	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	return &Client{
 		base:       strings.TrimSuffix(o.Base.String(), "/"),
 		host:       o.Base.Host,
-		hc:         &hc,
+		upstream:   o.Upstream,
 		idemHeader: o.IdempotencyHeader,
-		timeout:    o.Timeout,
 	}
 }
 
-// Do sends r with the forwarded headers fwd and requestID, and classifies the
-// answer. It never returns Applied unless the upstream answered 2xx. The call
-// is bounded by the client's timeout and by ctx.
+// Do sends r with the headers fwd (those forwarded from the client's
+// request, and its request id), and classifies the answer. It never returns
+// Applied unless the upstream answered 2xx. The call is bounded by ctx and
+// by the upstream's timeout.
 //
 // Do has effects outside any transaction: callers that retry it must reuse
 // r.IdempotencyKey, which Do always sends.
-func (c *Client) Do(ctx context.Context, r *Request, fwd http.Header, requestID string) Result {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
+func (c *Client) Do(ctx context.Context, r *Request, fwd http.Header) Result {
 	var body io.Reader
 	if r.Body != nil {
 		body = bytes.NewReader(r.Body)
@@ -146,34 +143,17 @@ func (c *Client) Do(ctx context.Context, r *Request, fwd http.Header, requestID 
 		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set(c.idemHeader, r.IdempotencyKey)
-	if requestID != "" {
-		req.Header.Set("X-Request-ID", requestID)
-	}
-	resp, err := c.hc.Do(req)
+	resp, err := c.upstream.Do(req)
 	if err != nil {
-		return Result{Outcome: Transient, Err: describeCallError(ctx, err, c.timeout)}
+		return Result{Outcome: Transient, Err: err}
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	res := Result{Outcome: Classify(resp.StatusCode), Status: resp.StatusCode}
-	if res.Outcome == Applied {
-		// Drain a little so the connection is reused; the answer is not needed.
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, errorBodyRead))
-		return res
+	if res.Outcome != Applied {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, errorBodyRead))
+		res.Body = shorten(b, errorBodyKeep)
 	}
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, errorBodyRead))
-	res.Body = shorten(b, errorBodyKeep)
 	return res
-}
-
-func describeCallError(ctx context.Context, err error, timeout time.Duration) error {
-	var netErr net.Error
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout()) {
-		return fmt.Errorf("upstream did not answer within %s", timeout)
-	}
-	if errors.Is(ctx.Err(), context.Canceled) {
-		return fmt.Errorf("calling upstream: %w", context.Canceled)
-	}
-	return fmt.Errorf("calling upstream: %w", err)
 }
 
 // shorten returns at most n bytes of b as valid UTF-8 text.

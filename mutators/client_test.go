@@ -13,6 +13,10 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
 )
 
 func newTestClient(t *testing.T, base string, timeout time.Duration) *Client {
@@ -21,7 +25,8 @@ func newTestClient(t *testing.T, base string, timeout time.Duration) *Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return NewClient(ClientOptions{Base: u, HTTPClient: &http.Client{}, IdempotencyHeader: "Idempotency-Key", Timeout: timeout})
+	up := upstream.New(upstream.Options{Base: u, Timeout: timeout, Registerer: prometheus.NewRegistry(), Namespace: "test"})
+	return NewClient(ClientOptions{Base: u, Upstream: up.Mutation, IdempotencyHeader: "Idempotency-Key"})
 }
 
 func TestClientSendsHeadersAndBody(t *testing.T) {
@@ -43,7 +48,7 @@ func TestClientSendsHeadersAndBody(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res := c.Do(context.Background(), req, http.Header{"Authorization": {"Bearer alice"}}, "req-1")
+	res := c.Do(context.Background(), req, http.Header{"Authorization": {"Bearer alice"}, "X-Request-Id": {"req-1"}})
 	if res.Outcome != Applied || res.Status != 201 {
 		t.Fatalf("result = %+v, want applied 201", res)
 	}
@@ -117,7 +122,7 @@ func TestClientOutcomes(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newTestClient(t, tc.base, 200*time.Millisecond)
-			res := c.Do(context.Background(), &Request{Method: "POST", PathQuery: tc.path, Body: []byte("{}"), IdempotencyKey: "c:1"}, nil, "")
+			res := c.Do(context.Background(), &Request{Method: "POST", PathQuery: tc.path, Body: []byte("{}"), IdempotencyKey: "c:1"}, nil)
 			if res.Outcome != tc.want {
 				t.Fatalf("outcome = %v (%+v), want %v", res.Outcome, res, tc.want)
 			}
@@ -136,7 +141,7 @@ func TestClientOutcomes(t *testing.T) {
 	t.Run("cancelled context is transient, not applied", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
-		res := newTestClient(t, srv.URL, time.Second).Do(ctx, &Request{Method: "POST", PathQuery: "/status/200", IdempotencyKey: "c:1"}, nil, "")
+		res := newTestClient(t, srv.URL, time.Second).Do(ctx, &Request{Method: "POST", PathQuery: "/status/200", IdempotencyKey: "c:1"}, nil)
 		if res.Outcome != Transient || !errors.Is(res.Err, context.Canceled) {
 			t.Fatalf("result = %+v, want transient/canceled", res)
 		}

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
 )
 
 // authenticator learns who sent a push or pull. With neither a trusted
@@ -19,16 +21,17 @@ type authenticator struct {
 	path    string   // upstream path answering the caller's identity; "" if unused
 	field   []string // dotted path of the user id in path's JSON answer
 	base    string
-	hc      *http.Client
+	client  *upstream.Client
 	timeout time.Duration
 }
 
 // identify returns the caller's user id or an *httpError: 401 when the caller
-// is not authenticated, 502/503 when the auth endpoint misbehaves.
+// is not authenticated, 502/503 when the auth endpoint misbehaves. fwd are
+// the headers forwarded to the upstream (forwardHeaders).
 //
 // The trusted header wins when present; when it is absent and an auth path
 // is configured, the upstream decides.
-func (a *authenticator) identify(ctx context.Context, r *http.Request, fwd http.Header, requestID string) (string, *httpError) {
+func (a *authenticator) identify(ctx context.Context, r *http.Request, fwd http.Header) (string, *httpError) {
 	if a.header != "" {
 		if v := strings.TrimSpace(r.Header.Get(a.header)); v != "" {
 			return v, nil
@@ -40,12 +43,10 @@ func (a *authenticator) identify(ctx context.Context, r *http.Request, fwd http.
 	if a.path == "" {
 		return "", nil
 	}
-	return a.ask(withKind(ctx, kindAuth), fwd, requestID)
+	return a.ask(ctx, fwd)
 }
 
-func (a *authenticator) ask(ctx context.Context, fwd http.Header, requestID string) (string, *httpError) {
-	ctx, cancel := context.WithTimeout(ctx, a.timeout)
-	defer cancel()
+func (a *authenticator) ask(ctx context.Context, fwd http.Header) (string, *httpError) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.base+a.path, nil)
 	if err != nil {
 		return "", errorf(http.StatusInternalServerError, "Internal", "building auth request: %v", err)
@@ -54,25 +55,21 @@ func (a *authenticator) ask(ctx context.Context, fwd http.Header, requestID stri
 		req.Header[k] = vs
 	}
 	req.Header.Set("Accept", "application/json")
-	if requestID != "" {
-		req.Header.Set("X-Request-ID", requestID)
-	}
-	resp, err := a.hc.Do(req)
+	resp, err := a.client.Do(req)
 	if err != nil {
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		var ce *upstream.CallError
+		if errors.As(err, &ce) && ce.Timeout {
 			return "", &httpError{Status: http.StatusServiceUnavailable, Code: "UpstreamUnavailable",
 				Message: fmt.Sprintf("auth endpoint %s did not answer within %s", a.path, a.timeout), RetryAfter: 1}
 		}
 		return "", &httpError{Status: http.StatusServiceUnavailable, Code: "UpstreamUnavailable",
 			Message: fmt.Sprintf("calling auth endpoint %s failed", a.path), RetryAfter: 1}
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	switch {
 	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		return "", errorf(http.StatusUnauthorized, "Unauthorized", "the upstream did not accept the credentials (%s answered %d)", a.path, resp.StatusCode)
 	case resp.StatusCode < 200 || resp.StatusCode > 299:
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		return "", errorf(http.StatusBadGateway, "BadGateway", "auth endpoint %s answered %d", a.path, resp.StatusCode)
 	}
 	var doc any
@@ -102,16 +99,21 @@ func (a *authenticator) ask(ctx context.Context, fwd http.Header, requestID stri
 	return id, nil
 }
 
-// forwardHeaders copies the configured headers of r, skipping empty values
-// (the Replicache client sends an empty Authorization when it has none).
-func forwardHeaders(r *http.Request, names []string) http.Header {
-	h := make(http.Header, len(names))
+// forwardHeaders returns what every upstream call a push or pull causes
+// carries from r: the configured headers, skipping empty values (the
+// Replicache client sends an empty Authorization when it has none), and
+// the request id as X-Request-ID for correlation.
+func forwardHeaders(r *http.Request, names []string, requestID string) http.Header {
+	h := make(http.Header, len(names)+1)
 	for _, n := range names {
 		for _, v := range r.Header.Values(n) {
 			if v != "" {
 				h.Add(n, v)
 			}
 		}
+	}
+	if requestID != "" {
+		h.Set("X-Request-ID", requestID)
 	}
 	return h
 }

@@ -43,7 +43,7 @@ func TestCircuitBreaker(t *testing.T) {
 			t.Fatalf("push %d = %d %s", i, r.status, r.raw)
 		}
 	}
-	if v := testutil.ToFloat64(sc.sc.metrics.breakerOpen); v != 1 {
+	if v := gaugeValue(t, sc, "replicache_sidecar_circuit_breaker_open"); v != 1 {
 		t.Fatalf("circuit_breaker_open = %v, want 1", v)
 	}
 	calls := h.up.mutationCalls()
@@ -89,7 +89,7 @@ func TestCircuitBreaker(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if v := testutil.ToFloat64(sc.sc.metrics.breakerOpen); v != 0 {
+	if v := gaugeValue(t, sc, "replicache_sidecar_circuit_breaker_open"); v != 0 {
 		t.Errorf("circuit_breaker_open = %v after recovery, want 0", v)
 	}
 	if l := h.lmid(t, sc.pool, "c"); l != 1 {
@@ -109,7 +109,7 @@ func TestClientCancellationsDoNotTripTheBreaker(t *testing.T) {
 		cancel()
 	}
 	time.Sleep(400 * time.Millisecond) // let the cancelled fetches finish
-	if v := testutil.ToFloat64(sc.sc.metrics.breakerOpen); v != 0 {
+	if v := gaugeValue(t, sc, "replicache_sidecar_circuit_breaker_open"); v != 0 {
 		t.Fatalf("5 client cancellations opened the breaker")
 	}
 	h.up.setDelay(0)
@@ -240,7 +240,7 @@ func TestMetricsExposition(t *testing.T) {
 			t.Errorf("missing series %s", want)
 		}
 	}
-	if n := testutil.CollectAndCount(sc.sc.metrics.upstreamDuration); n < 4 {
+	if n := seriesCount(t, sc, "replicache_sidecar_upstream_request_duration_seconds"); n < 4 {
 		t.Errorf("upstream_request_duration_seconds has %d series; want mutation, view, auth and proxy calls", n)
 	}
 }
@@ -252,6 +252,28 @@ func mustGather(t testing.TB, inst *instance) []*dto.MetricFamily {
 		t.Fatal(err)
 	}
 	return mfs
+}
+
+// gaugeValue reads an unlabelled gauge from the instance's registry.
+func gaugeValue(t testing.TB, inst *instance, name string) float64 {
+	t.Helper()
+	for _, mf := range mustGather(t, inst) {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no gauge %s", name)
+	return 0
+}
+
+// seriesCount counts the series of one metric in the instance's registry.
+func seriesCount(t testing.TB, inst *instance, name string) int {
+	t.Helper()
+	n, err := testutil.GatherAndCount(inst.reg, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 func mustJSON(t testing.TB, v any) string {

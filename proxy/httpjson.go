@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
 )
 
 // httpError is an answer to a request that cannot be served. Every error the
@@ -39,6 +41,14 @@ func writeError(w http.ResponseWriter, e *httpError) {
 		w.Header().Set("Retry-After", strconv.Itoa(e.RetryAfter))
 	}
 	writeJSON(w, e.Status, body)
+}
+
+// upstreamSuspended answers a request that needs the upstream while the
+// circuit breaker is open: retry when the next probe may go through.
+func upstreamSuspended(retryAfter int) *httpError {
+	return &httpError{Status: http.StatusServiceUnavailable, Code: "UpstreamUnavailable",
+		Message: "the upstream service is failing; calls are suspended for a moment", RetryAfter: retryAfter,
+		Detail: map[string]any{"cause": upstream.ErrCircuitOpen.Error()}}
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

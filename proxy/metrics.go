@@ -14,14 +14,11 @@ const namespace = "replicache_sidecar"
 // sets: endpoints, outcomes, status codes and mapped mutator names (any other
 // name counts as "unmapped"), never ids or raw paths.
 type metrics struct {
-	requests         *prometheus.CounterVec
-	requestDuration  *prometheus.HistogramVec
-	mutations        *prometheus.CounterVec
-	upstreamDuration *prometheus.HistogramVec
-	upstreamErrors   *prometheus.CounterVec
-	breakerOpen      prometheus.Gauge
-	pullEntries      prometheus.Histogram
-	pullBytes        prometheus.Histogram
+	requests        *prometheus.CounterVec
+	requestDuration *prometheus.HistogramVec
+	mutations       *prometheus.CounterVec
+	pullEntries     prometheus.Histogram
+	pullBytes       prometheus.Histogram
 
 	mappingReloadErrors prometheus.Counter
 	mappingInfo         *prometheus.GaugeVec
@@ -44,19 +41,6 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string) *metrics {
 			Help: "Pushed mutations by mutator and outcome (applied, duplicate, rejected, transient).",
 		}, []string{"mutator", "outcome"}),
 	}
-	m.upstreamDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Namespace: namespace, Name: "upstream_request_duration_seconds",
-		Help:    "Time until the upstream's answer headers, by kind (mutation, view, auth, proxy) and status code (\"error\" when there was no answer).",
-		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
-	}, []string{"kind", "code"})
-	m.upstreamErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: namespace, Name: "upstream_errors_total",
-		Help: "Failed upstream calls by kind and reason (timeout, connection, circuit_open, server_error, bad_response).",
-	}, []string{"kind", "reason"})
-	m.breakerOpen = prometheus.NewGauge(prometheus.GaugeOpts{
-		Namespace: namespace, Name: "circuit_breaker_open",
-		Help: "1 while the upstream circuit breaker is open (calls fail fast), else 0.",
-	})
 	m.pullEntries = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Namespace: namespace, Name: "pull_patch_entries",
 		Help:    "Entries (put operations) in each pull response.",
@@ -75,14 +59,7 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string) *metrics {
 		Namespace: namespace, Name: "mapping_info",
 		Help: "The mapping in use: 1, labelled with the SHA-256 of its file.",
 	}, []string{"sha256"})
-	reg.MustRegister(m.requests, m.requestDuration, m.mutations, m.upstreamDuration, m.upstreamErrors,
-		m.breakerOpen, m.pullEntries, m.pullBytes, m.mappingReloadErrors, m.mappingInfo)
-	for _, kind := range []string{kindMutation, kindView, kindAuth, kindProxy} {
-		for _, reason := range []string{"timeout", "connection", "circuit_open", "server_error"} {
-			m.upstreamErrors.WithLabelValues(kind, reason)
-		}
-	}
-	m.upstreamErrors.WithLabelValues(kindView, "bad_response")
+	reg.MustRegister(m.requests, m.requestDuration, m.mutations, m.pullEntries, m.pullBytes, m.mappingReloadErrors, m.mappingInfo)
 	for _, e := range []string{"push", "pull", "proxy"} {
 		m.requestDuration.WithLabelValues(e)
 	}

@@ -7,15 +7,17 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
 )
 
 // newPassthrough returns the handler for every request that is not a push or
 // pull: it goes to the upstream unchanged (method, path, query, headers,
 // body) with X-Forwarded-For/Proto/Host added, and the answer streams back.
-func newPassthrough(upstream *url.URL, transport http.RoundTripper, log *slog.Logger, retryAfter int) http.Handler {
+func newPassthrough(base *url.URL, transport http.RoundTripper, log *slog.Logger, retryAfter int) http.Handler {
 	return &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(upstream)
+			pr.SetURL(base)
 			pr.SetXForwarded()
 		},
 		Transport: transport,
@@ -25,9 +27,8 @@ func newPassthrough(upstream *url.URL, transport http.RoundTripper, log *slog.Lo
 				w.WriteHeader(499)
 				return
 			}
-			if errors.Is(err, errCircuitOpen) {
-				writeError(w, &httpError{Status: http.StatusServiceUnavailable, Code: "UpstreamUnavailable",
-					Message: "the upstream service is failing; calls are suspended for a moment", RetryAfter: retryAfter})
+			if errors.Is(err, upstream.ErrCircuitOpen) {
+				writeError(w, upstreamSuspended(retryAfter))
 				return
 			}
 			log.Warn("pass-through failed", "method", r.Method, "path", r.URL.Path, "error", err)

@@ -5,14 +5,15 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/http"
-	"net/url"
 	"sort"
 	"strconv"
 	"time"
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
 )
 
 // pullRequest is a Replicache PullRequest (v1).
@@ -22,6 +23,23 @@ type pullRequest struct {
 	ClientGroupID string          `json:"clientGroupID"`
 	Cookie        json.RawMessage `json:"cookie"`
 	SchemaVersion string          `json:"schemaVersion"`
+
+	cookieOrder int64 // parsed from Cookie by validate
+}
+
+func (p *pullRequest) version() *int         { return p.PullVersion }
+func (p *pullRequest) clientGroupID() string { return p.ClientGroupID }
+
+func (p *pullRequest) validate() *httpError {
+	if herr := validID("clientGroupID", p.ClientGroupID); herr != nil {
+		return herr
+	}
+	order, err := store.ParseCookieOrder(p.Cookie)
+	if err != nil {
+		return errorf(http.StatusBadRequest, "BadRequest", "%v", err)
+	}
+	p.cookieOrder = order
+	return nil
 }
 
 // viewFetcher fetches the client view from the upstream.
@@ -29,100 +47,80 @@ type viewFetcher interface {
 	Fetch(ctx context.Context, v *clientview.View, r clientview.Request) ([]clientview.Entry, error)
 }
 
+// pullAnswer is what a pull answers under the Reset Strategy.
+type pullAnswer struct {
+	order   int64            // the new cookie's order
+	lmids   map[string]int64 // every client of the group
+	entries []clientview.Entry
+}
+
 func (s *Sidecar) handlePull(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
-	ctx := r.Context()
-	requestID := replicacheRequestID(r)
-	log := s.log.With("endpoint", "pull", "request_id", requestID)
-
 	var req pullRequest
-	if herr := decodeBody(w, r, s.cfg.MaxBodyBytes, &req); herr != nil {
-		s.fail(w, log, herr)
+	c, ok := s.begin(w, r, "pull", &req, true)
+	if !ok {
 		return
 	}
-	if req.PullVersion == nil {
-		s.fail(w, log, errorf(http.StatusBadRequest, "BadRequest", "pullVersion is required"))
-		return
-	}
-	if *req.PullVersion != 1 {
-		writeVersionNotSupported(w, "pull")
-		return
-	}
-	if herr := validID("clientGroupID", req.ClientGroupID); herr != nil {
-		s.fail(w, log, herr)
-		return
-	}
-	reqOrder, err := store.ParseCookieOrder(req.Cookie)
+	ans, err := s.pullLocked(r.Context(), c, &req)
 	if err != nil {
-		s.fail(w, log, errorf(http.StatusBadRequest, "BadRequest", "%v", err))
+		s.failPull(w, c.log, err, req.ClientGroupID)
 		return
 	}
-	log = log.With("client_group", req.ClientGroupID)
-	if herr := s.checkServing(ctx); herr != nil {
-		s.fail(w, log, herr)
-		return
-	}
-	if herr := s.breakerOpen(); herr != nil {
-		s.fail(w, log, herr)
-		return
-	}
-	fwd := forwardHeaders(r, s.cfg.ForwardHeaders)
-	userID, herr := s.auth.identify(ctx, r, fwd, requestID)
-	if herr != nil {
-		s.fail(w, log, herr)
-		return
-	}
+	s.writePull(w, c, ans)
+}
 
+// pullLocked builds the answer while holding the group's lock: the view is
+// fetched with the lock held, so no push of this group commits in between
+// and the patch holds the effects of exactly the mutations lmids reports.
+func (s *Sidecar) pullLocked(ctx context.Context, c *call, req *pullRequest) (pullAnswer, error) {
 	mapping := s.mapping()
-	var (
-		lmids   map[string]int64
-		entries []clientview.Entry
-		order   int64
-	)
-	// The view is fetched while holding the group's lock, so no push of this
-	// group commits in between: the patch holds the effects of exactly the
-	// mutations that lmids reports.
-	err = s.store.Locked(ctx, req.ClientGroupID, userID, func(g *store.GroupTx) error {
+	var ans pullAnswer
+	err := s.store.Locked(ctx, req.ClientGroupID, c.userID, func(g *store.GroupTx) error {
 		var err error
-		if lmids, err = g.LastMutationIDs(ctx); err != nil {
+		if ans.lmids, err = g.LastMutationIDs(ctx); err != nil {
 			return err
 		}
-		entries, err = s.fetcher.Fetch(withKind(ctx, kindView), mapping.View, clientview.Request{UserID: userID, Header: fwd, RequestID: requestID})
-		if err != nil {
+		if ans.entries, err = s.fetcher.Fetch(ctx, mapping.View, clientview.Request{UserID: c.userID, Header: c.fwd}); err != nil {
 			return err
 		}
-		order, err = g.NextCookieOrder(ctx, reqOrder)
+		ans.order, err = g.NextCookieOrder(ctx, req.cookieOrder)
 		return err
 	})
-	if err != nil {
-		var se *clientview.SourceError
-		if errors.Is(err, errCircuitOpen) {
-			s.fail(w, log, &httpError{Status: http.StatusServiceUnavailable, Code: "UpstreamUnavailable",
-				Message: "the upstream service is failing; calls are suspended for a moment", RetryAfter: s.retryAfterSeconds()})
-			return
+	return ans, err
+}
+
+// failPull answers a pull that could not be built: the upstream was
+// suspended or could not give the view (502 naming the source), or the
+// bookkeeping failed.
+func (s *Sidecar) failPull(w http.ResponseWriter, log *slog.Logger, err error, groupID string) {
+	var se *clientview.SourceError
+	switch {
+	case errors.Is(err, upstream.ErrCircuitOpen):
+		s.fail(w, log, upstreamSuspended(s.upstream.RetryAfter()))
+	case errors.As(err, &se):
+		var status *clientview.StatusError
+		var callErr *upstream.CallError
+		if !errors.As(err, &status) && !errors.As(err, &callErr) {
+			s.upstream.View.BadResponse()
 		}
-		if errors.As(err, &se) {
-			var status *clientview.StatusError
-			var urlErr *url.Error
-			if !errors.As(err, &status) && !errors.As(err, &urlErr) {
-				s.metrics.upstreamErrors.WithLabelValues(kindView, "bad_response").Inc()
-			}
-			s.fail(w, log, &httpError{Status: http.StatusBadGateway, Code: "BadGateway", Message: se.Error(),
-				Detail: map[string]any{"source": se.Source, "reason": se.Reason}})
-			return
-		}
-		s.failStore(w, log, err, req.ClientGroupID)
-		return
+		s.fail(w, log, &httpError{Status: http.StatusBadGateway, Code: "BadGateway", Message: se.Error(),
+			Detail: map[string]any{"source": se.Source, "reason": se.Reason}})
+	default:
+		s.failStore(w, log, err, groupID)
 	}
-	body := encodePullResponse(order, lmids, entries)
+}
+
+// writePull sends the answer and accounts for it.
+func (s *Sidecar) writePull(w http.ResponseWriter, c *call, ans pullAnswer) {
+	body := encodePullResponse(ans.order, ans.lmids, ans.entries)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(body)
-	s.metrics.pullEntries.Observe(float64(len(entries)))
+	s.metrics.pullEntries.Observe(float64(len(ans.entries)))
 	s.metrics.pullBytes.Observe(float64(len(body)))
-	log.Info("pull", "entries", len(entries), "clients", len(lmids), "bytes", len(body), "cookie", order, "duration", time.Since(start))
+	c.log.Info("pull", "entries", len(ans.entries), "clients", len(ans.lmids), "bytes", len(body), "cookie", ans.order,
+		"duration", time.Since(c.start))
 }
 
 // encodePullResponse writes the reset-strategy PullResponse by hand: entry

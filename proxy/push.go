@@ -11,6 +11,7 @@ import (
 
 	"github.com/replicache-sidecar/replicache-sidecar/mutators"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
 )
 
 // pushRequest is a Replicache PushRequest (v1). Version 0 bodies decode into
@@ -34,6 +35,9 @@ type pushMutation struct {
 // maxIDLen bounds client, client group and mutator names: real ones are
 // short, and they end up in the database and in logs.
 const maxIDLen = 512
+
+func (p *pushRequest) version() *int         { return p.PushVersion }
+func (p *pushRequest) clientGroupID() string { return p.ClientGroupID }
 
 func (p *pushRequest) validate() *httpError {
 	if err := validID("clientGroupID", p.ClientGroupID); err != nil {
@@ -65,7 +69,7 @@ func validID(field, v string) *httpError {
 
 // mutationSender sends one rendered mutation upstream.
 type mutationSender interface {
-	Do(ctx context.Context, r *mutators.Request, fwd http.Header, requestID string) mutators.Result
+	Do(ctx context.Context, r *mutators.Request, fwd http.Header) mutators.Result
 }
 
 // pushStats summarizes what one push did; it is the 200 answer's body.
@@ -101,40 +105,12 @@ func (e *transientError) Error() string {
 }
 
 func (s *Sidecar) handlePush(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
-	ctx := r.Context()
-	requestID := replicacheRequestID(r)
-	log := s.log.With("endpoint", "push", "request_id", requestID)
-
 	var req pushRequest
-	if herr := decodeBody(w, r, s.cfg.MaxBodyBytes, &req); herr != nil {
-		s.fail(w, log, herr)
+	c, ok := s.begin(w, r, "push", &req, false)
+	if !ok {
 		return
 	}
-	if req.PushVersion == nil {
-		s.fail(w, log, errorf(http.StatusBadRequest, "BadRequest", "pushVersion is required"))
-		return
-	}
-	if *req.PushVersion != 1 {
-		writeVersionNotSupported(w, "push")
-		return
-	}
-	if herr := req.validate(); herr != nil {
-		s.fail(w, log, herr)
-		return
-	}
-	log = log.With("client_group", req.ClientGroupID)
-	if herr := s.checkServing(ctx); herr != nil {
-		s.fail(w, log, herr)
-		return
-	}
-	fwd := forwardHeaders(r, s.cfg.ForwardHeaders)
-	userID, herr := s.auth.identify(ctx, r, fwd, requestID)
-	if herr != nil {
-		s.fail(w, log, herr)
-		return
-	}
-
+	ctx := r.Context()
 	// Check ownership of the group and of every client before applying
 	// anything, and learn the last mutation ids so retried mutations are
 	// skipped without a transaction each. A push of one client (the common
@@ -150,24 +126,24 @@ func (s *Sidecar) handlePush(w http.ResponseWriter, r *http.Request) {
 	}
 	known := map[string]int64{}
 	if len(clientIDs) != 1 {
-		err := s.store.Locked(ctx, req.ClientGroupID, userID, func(g *store.GroupTx) error {
+		err := s.store.Locked(ctx, req.ClientGroupID, c.userID, func(g *store.GroupTx) error {
 			var err error
 			known, err = g.EnsureClients(ctx, clientIDs)
 			return err
 		})
 		if err != nil {
-			s.failStore(w, log, err, req.ClientGroupID)
+			s.failStore(w, c.log, err, req.ClientGroupID)
 			return
 		}
 	}
 
-	stats, err := s.applyAll(ctx, log, start, req, userID, known, fwd, requestID)
+	stats, err := s.applyAll(ctx, c, req, known)
 	if err != nil {
-		s.failPush(w, log, err, req.ClientGroupID)
+		s.failPush(w, c.log, err, req.ClientGroupID)
 		return
 	}
-	log.Info("push", "mutations", len(req.Mutations), "applied", stats.Applied, "rejected", stats.Rejected,
-		"duplicate", stats.Duplicate, "pending", stats.Pending, "duration", time.Since(start))
+	c.log.Info("push", "mutations", len(req.Mutations), "applied", stats.Applied, "rejected", stats.Rejected,
+		"duplicate", stats.Duplicate, "pending", stats.Pending, "duration", time.Since(c.start))
 	writeJSON(w, http.StatusOK, stats)
 }
 
@@ -175,8 +151,7 @@ func (s *Sidecar) handlePush(w http.ResponseWriter, r *http.Request) {
 // applied now (gap, transient failure, database error: returned), the time
 // budget runs out or the sidecar drains (early exit), or all are done.
 // known holds the last mutation ids learnt so far, by client.
-func (s *Sidecar) applyAll(ctx context.Context, log *slog.Logger, start time.Time, req pushRequest, userID string,
-	known map[string]int64, fwd http.Header, requestID string) (pushStats, error) {
+func (s *Sidecar) applyAll(ctx context.Context, c *call, req pushRequest, known map[string]int64) (pushStats, error) {
 	mapping := s.mapping() // one mapping for the whole push, even across a reload
 	var stats pushStats
 	for i, m := range req.Mutations {
@@ -185,7 +160,7 @@ func (s *Sidecar) applyAll(ctx context.Context, log *slog.Logger, start time.Tim
 			s.countMutation(mapping, m.Name, "duplicate")
 			continue
 		}
-		if time.Since(start) >= s.cfg.PushTimeBudget || s.draining.Load() {
+		if time.Since(c.start) >= s.cfg.PushTimeBudget || s.draining.Load() {
 			// Early exit (time budget, or shutting down): what is committed
 			// stays committed; the client pushes the rest next time.
 			stats.EarlyExit, stats.Pending = true, len(req.Mutations)-i
@@ -196,14 +171,14 @@ func (s *Sidecar) applyAll(ctx context.Context, log *slog.Logger, start time.Tim
 		}
 		mu := mutators.Mutation{
 			ClientGroupID: req.ClientGroupID, ClientID: m.ClientID, ID: m.ID,
-			Name: m.Name, Args: m.Args, UserID: userID,
+			Name: m.Name, Args: m.Args, UserID: c.userID,
 		}
-		outcome, lmid, err := s.applyMutation(ctx, mapping, mu, fwd, requestID)
+		outcome, lmid, err := s.applyMutation(ctx, c, mapping, mu)
 		if err != nil {
 			var tr *transientError
 			if errors.As(err, &tr) {
 				s.countMutation(mapping, m.Name, "transient")
-				log.Warn("mutation not applied; push stopped", "mutator", tr.mutator, "mutation_id", tr.id,
+				c.log.Warn("mutation not applied; push stopped", "mutator", tr.mutator, "mutation_id", tr.id,
 					"outcome", "transient", "cause", tr.result.Cause())
 			}
 			return stats, err
@@ -232,8 +207,8 @@ func (s *Sidecar) failPush(w http.ResponseWriter, log *slog.Logger, err error, g
 			Detail: map[string]any{"clientID": gap.clientID, "expected": gap.expected, "received": gap.received}})
 	case errors.As(err, &tr):
 		retryAfter := 1
-		if errors.Is(tr.result.Err, errCircuitOpen) {
-			retryAfter = s.retryAfterSeconds()
+		if errors.Is(tr.result.Err, upstream.ErrCircuitOpen) {
+			retryAfter = s.upstream.RetryAfter()
 		}
 		s.fail(w, log, &httpError{Status: http.StatusServiceUnavailable, Code: "UpstreamUnavailable",
 			Message: tr.Error() + "; retry later", RetryAfter: retryAfter,
@@ -255,7 +230,7 @@ func (s *Sidecar) failPush(w http.ResponseWriter, log *slog.Logger, err error, g
 // it honours the key, applies it exactly once. From the upstream call on, the
 // work is detached from the client's cancellation so an answered call is
 // always recorded.
-func (s *Sidecar) applyMutation(ctx context.Context, mapping *Mapping, mu mutators.Mutation, fwd http.Header, requestID string) (string, int64, error) {
+func (s *Sidecar) applyMutation(ctx context.Context, c *call, mapping *Mapping, mu mutators.Mutation) (string, int64, error) {
 	var outcome string
 	var lmid int64
 	err := s.store.LockedClient(ctx, mu.ClientGroupID, mu.UserID, mu.ClientID, func(g *store.GroupTx) error {
@@ -276,7 +251,7 @@ func (s *Sidecar) applyMutation(ctx context.Context, mapping *Mapping, mu mutato
 		if rerr != nil {
 			res = mutators.Result{Outcome: mutators.Rejected, Err: rerr}
 		} else {
-			res = s.sender.Do(withKind(dctx, kindMutation), req, fwd, requestID)
+			res = s.sender.Do(dctx, req, c.fwd)
 		}
 		if res.Outcome == mutators.Transient {
 			return &transientError{mutator: mu.Name, id: mu.ID, client: mu.ClientID, result: res}
@@ -286,13 +261,11 @@ func (s *Sidecar) applyMutation(ctx context.Context, mapping *Mapping, mu mutato
 		}
 		outcome, lmid = "applied", mu.ID
 		if res.Outcome == mutators.Applied {
-			s.log.Debug("mutation applied", "request_id", requestID, "client_group", mu.ClientGroupID,
-				"mutator", mu.Name, "mutation_id", mu.ID, "outcome", "applied", "status", res.Status)
+			c.log.Debug("mutation applied", "mutator", mu.Name, "mutation_id", mu.ID, "outcome", "applied", "status", res.Status)
 		}
 		if res.Outcome == mutators.Rejected {
 			outcome = "rejected"
-			s.log.Info("mutation rejected", "request_id", requestID, "client_group", mu.ClientGroupID,
-				"mutator", mu.Name, "mutation_id", mu.ID, "outcome", "rejected", "status", res.Status, "cause", res.Cause())
+			c.log.Info("mutation rejected", "mutator", mu.Name, "mutation_id", mu.ID, "outcome", "rejected", "status", res.Status, "cause", res.Cause())
 			return g.RecordRejection(dctx, store.Rejection{ClientID: mu.ClientID, MutationID: mu.ID, Mutator: mu.Name,
 				Status: res.Status, Reason: res.Cause(), Body: res.Body})
 		}
@@ -306,44 +279,4 @@ func (s *Sidecar) countMutation(mapping *Mapping, name, outcome string) {
 		name = "unmapped"
 	}
 	s.metrics.mutations.WithLabelValues(name, outcome).Inc()
-}
-
-// failStore answers a push or pull whose bookkeeping step failed.
-func (s *Sidecar) failStore(w http.ResponseWriter, log *slog.Logger, err error, groupID string) {
-	switch {
-	case errors.Is(err, store.ErrGroupDeleted):
-		writeClientStateNotFound(w)
-	case errors.Is(err, store.ErrGroupForbidden):
-		s.fail(w, log, errorf(http.StatusForbidden, "Forbidden", "client group %s belongs to another user", groupID))
-	case errors.Is(err, store.ErrClientForbidden):
-		s.fail(w, log, errorf(http.StatusForbidden, "Forbidden", "a client of this request belongs to another client group"))
-	case errors.Is(err, context.Canceled):
-		log.Info("client went away", "error", err)
-	case store.IsLockTimeout(err):
-		s.fail(w, log, &httpError{Status: http.StatusServiceUnavailable, Code: "GroupBusy",
-			Message: fmt.Sprintf("client group %s is busy with another push or pull; retry", groupID), RetryAfter: 1})
-	default:
-		log.Error("bookkeeping database error", "error", err)
-		s.fail(w, log, &httpError{Status: http.StatusServiceUnavailable, Code: "DatabaseUnavailable",
-			Message: "the sidecar's database is unavailable; retry later", RetryAfter: 1})
-	}
-}
-
-func (s *Sidecar) fail(w http.ResponseWriter, log *slog.Logger, e *httpError) {
-	level := slog.LevelInfo
-	if e.Status >= 500 {
-		level = slog.LevelWarn
-	}
-	log.Log(context.Background(), level, "request failed", "status", e.Status, "error", e.Code, "message", e.Message)
-	writeError(w, e)
-}
-
-// replicacheRequestID returns the client's request id, used to correlate
-// logs and upstream calls (it is not unique: see the protocol notes).
-func replicacheRequestID(r *http.Request) string {
-	id := r.Header.Get("X-Replicache-RequestID")
-	if len(id) > maxIDLen {
-		id = id[:maxIDLen]
-	}
-	return id
 }

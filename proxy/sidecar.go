@@ -6,7 +6,6 @@ package proxy
 import (
 	"context"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -15,11 +14,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/sony/gobreaker/v2"
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
 	"github.com/replicache-sidecar/replicache-sidecar/mutators"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
 )
 
 // Options are a Sidecar's dependencies.
@@ -36,13 +35,13 @@ type Sidecar struct {
 	cfg         Config
 	log         *slog.Logger
 	store       *store.Store
+	upstream    *upstream.Upstream
 	sender      mutationSender
 	fetcher     viewFetcher
 	auth        *authenticator
 	metrics     *metrics
 	passthrough http.Handler
 
-	breaker  *gobreaker.CircuitBreaker[*http.Response] // nil: disabled
 	current  atomic.Pointer[Mapping]
 	migrated atomic.Bool
 	draining atomic.Bool
@@ -57,66 +56,33 @@ func New(o Options) *Sidecar {
 	// One breaker for the one upstream, shared by every kind of call: when
 	// the legacy service is down, mutations, views, auth and pass-through
 	// all fail fast.
-	cb := newBreaker(BreakerSettings{
-		Failures: cfg.BreakerFailures, OpenTimeout: cfg.BreakerOpenTimeout, HalfOpenRequests: cfg.BreakerHalfOpenRequests,
-	}, m)
-	upstreamClient := &http.Client{Transport: &upstreamTransport{next: newCallTransport(cfg.UpstreamTimeout), cb: cb, metrics: m}}
+	up := upstream.New(upstream.Options{
+		Base: cfg.Upstream, Timeout: cfg.UpstreamTimeout,
+		Breaker: upstream.BreakerSettings{
+			Failures: cfg.BreakerFailures, OpenTimeout: cfg.BreakerOpenTimeout, HalfOpenRequests: cfg.BreakerHalfOpenRequests,
+		},
+		Registerer: o.Registerer, Namespace: namespace,
+	})
 	s := &Sidecar{
-		cfg:   cfg,
-		log:   o.Logger,
-		store: store.New(o.Pool, store.Options{Schema: cfg.DBSchema, WaitTimeout: cfg.DBLockTimeout + 5*time.Second}),
+		cfg:      cfg,
+		log:      o.Logger,
+		store:    store.New(o.Pool, store.Options{Schema: cfg.DBSchema, WaitTimeout: cfg.DBLockTimeout + 5*time.Second}),
+		upstream: up,
 		sender: mutators.NewClient(mutators.ClientOptions{
-			Base: cfg.Upstream, HTTPClient: upstreamClient,
-			IdempotencyHeader: cfg.IdempotencyHeader, Timeout: cfg.UpstreamTimeout,
+			Base: cfg.Upstream, Upstream: up.Mutation, IdempotencyHeader: cfg.IdempotencyHeader,
 		}),
 		fetcher: clientview.NewFetcher(clientview.FetcherOptions{
-			Base: cfg.Upstream, HTTPClient: upstreamClient,
-			Timeout: cfg.UpstreamTimeout, MaxBodyBytes: cfg.MaxUpstreamBodyBytes,
+			Base: cfg.Upstream, Upstream: up.View, MaxBodyBytes: cfg.MaxUpstreamBodyBytes,
 		}),
 		auth: &authenticator{
 			header: cfg.UserIDHeader, path: cfg.AuthPath, field: strings.Split(cfg.AuthUserField, "."),
-			base: strings.TrimSuffix(cfg.Upstream.String(), "/"), hc: noRedirects(upstreamClient), timeout: cfg.UpstreamTimeout,
+			base: strings.TrimSuffix(cfg.Upstream.String(), "/"), client: up.Auth, timeout: cfg.UpstreamTimeout,
 		},
 		metrics: m,
 	}
-	s.passthrough = newPassthrough(cfg.Upstream, &upstreamTransport{next: newPassthroughTransport(), cb: cb, metrics: m}, o.Logger, s.retryAfterSeconds())
-	s.breaker = cb
+	s.passthrough = newPassthrough(cfg.Upstream, up.Passthrough, o.Logger, up.RetryAfter())
 	s.useMapping(cfg.Mapping)
 	return s
-}
-
-func noRedirects(c *http.Client) *http.Client {
-	cc := *c
-	cc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	return &cc
-}
-
-// newCallTransport is the transport of the sidecar's own upstream calls
-// (mutations, views, auth).
-func newCallTransport(timeout time.Duration) *http.Transport {
-	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.Proxy = nil // the upstream is a neighbour; never route it through an HTTP proxy
-	// Dialing a neighbour is fast; a slow dial means it is down.
-	t.DialContext = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
-	// Every call is bounded by timeout in total; this also frees a
-	// connection whose upstream never starts answering.
-	t.ResponseHeaderTimeout = timeout
-	// Pushes of many groups run at once; keep enough warm connections.
-	t.MaxIdleConns = 256
-	t.MaxIdleConnsPerHost = 256
-	t.IdleConnTimeout = 90 * time.Second
-	return t
-}
-
-// newPassthroughTransport serves pass-through traffic. It sets no response
-// timeout: the legacy service's own pages may legitimately be slow or
-// streamed, and the client's cancellation ends the call.
-func newPassthroughTransport() *http.Transport {
-	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.Proxy = nil
-	t.DialContext = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
-	t.MaxIdleConnsPerHost = 256
-	return t
 }
 
 func (s *Sidecar) mapping() *Mapping { return s.current.Load() }
@@ -141,15 +107,13 @@ func (s *Sidecar) Drain() { s.draining.Store(true) }
 // consume unmapped ones, and stop (503, in about a millisecond) at the
 // first mutation that needs the upstream.
 func (s *Sidecar) breakerOpen() *httpError {
-	if s.breaker == nil || s.breaker.State() != gobreaker.StateOpen {
+	if !s.upstream.Suspended() {
 		return nil
 	}
-	return &httpError{Status: http.StatusServiceUnavailable, Code: "UpstreamUnavailable",
-		Message: "the upstream service is failing; calls are suspended for a moment", RetryAfter: s.retryAfterSeconds(),
-		Detail: map[string]any{"cause": errCircuitOpen.Error()}}
+	return upstreamSuspended(s.upstream.RetryAfter())
 }
 
-func (s *Sidecar) checkServing(context.Context) *httpError {
+func (s *Sidecar) checkServing() *httpError {
 	switch {
 	case s.draining.Load():
 		return &httpError{Status: http.StatusServiceUnavailable, Code: "ShuttingDown", Message: "the sidecar is shutting down; retry", RetryAfter: 1}

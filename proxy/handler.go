@@ -1,0 +1,118 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
+)
+
+// call is a push or pull that passed the shared preamble (begin): its body
+// is read and valid, the sidecar serves, and the caller is known.
+type call struct {
+	start     time.Time
+	log       *slog.Logger // carries endpoint, request id and client group
+	requestID string
+	userID    string
+	fwd       http.Header // sent with every upstream call it causes
+}
+
+// protocolRequest is a push or pull body.
+type protocolRequest interface {
+	// version is the request's pushVersion or pullVersion (nil: absent).
+	version() *int
+	// validate checks the fields (and keeps what it parses).
+	validate() *httpError
+	clientGroupID() string
+}
+
+// begin runs what every push and pull goes through before its own work,
+// as separate steps in this order: read the body (bounded), check its
+// version and fields, check that the sidecar serves (and, with
+// needsUpstream, that the upstream is not suspended), identify the caller.
+// When a step refuses the request, begin answers it and returns false.
+func (s *Sidecar) begin(w http.ResponseWriter, r *http.Request, endpoint string, req protocolRequest, needsUpstream bool) (*call, bool) {
+	c := &call{start: time.Now(), requestID: replicacheRequestID(r)}
+	c.log = s.log.With("endpoint", endpoint, "request_id", c.requestID)
+	if herr := decodeBody(w, r, s.cfg.MaxBodyBytes, req); herr != nil {
+		s.fail(w, c.log, herr)
+		return nil, false
+	}
+	switch v := req.version(); {
+	case v == nil:
+		s.fail(w, c.log, errorf(http.StatusBadRequest, "BadRequest", "%sVersion is required", endpoint))
+		return nil, false
+	case *v != 1:
+		writeVersionNotSupported(w, endpoint)
+		return nil, false
+	}
+	if herr := req.validate(); herr != nil {
+		s.fail(w, c.log, herr)
+		return nil, false
+	}
+	c.log = c.log.With("client_group", req.clientGroupID())
+	if herr := s.checkServing(); herr != nil {
+		s.fail(w, c.log, herr)
+		return nil, false
+	}
+	if needsUpstream {
+		if herr := s.breakerOpen(); herr != nil {
+			s.fail(w, c.log, herr)
+			return nil, false
+		}
+	}
+	c.fwd = forwardHeaders(r, s.cfg.ForwardHeaders, c.requestID)
+	userID, herr := s.auth.identify(r.Context(), r, c.fwd)
+	if herr != nil {
+		s.fail(w, c.log, herr)
+		return nil, false
+	}
+	c.userID = userID
+	return c, true
+}
+
+// failStore answers a push or pull whose bookkeeping step failed.
+func (s *Sidecar) failStore(w http.ResponseWriter, log *slog.Logger, err error, groupID string) {
+	switch {
+	case errors.Is(err, store.ErrGroupDeleted):
+		writeClientStateNotFound(w)
+	case errors.Is(err, store.ErrGroupForbidden):
+		s.fail(w, log, errorf(http.StatusForbidden, "Forbidden", "client group %s belongs to another user", groupID))
+	case errors.Is(err, store.ErrClientForbidden):
+		s.fail(w, log, errorf(http.StatusForbidden, "Forbidden", "a client of this request belongs to another client group"))
+	case errors.Is(err, context.Canceled):
+		log.Info("client went away", "error", err)
+	case store.IsLockTimeout(err):
+		s.fail(w, log, &httpError{Status: http.StatusServiceUnavailable, Code: "GroupBusy",
+			Message: fmt.Sprintf("client group %s is busy with another push or pull; retry", groupID), RetryAfter: 1})
+	default:
+		log.Error("bookkeeping database error", "error", err)
+		s.fail(w, log, &httpError{Status: http.StatusServiceUnavailable, Code: "DatabaseUnavailable",
+			Message: "the sidecar's database is unavailable; retry later", RetryAfter: 1})
+	}
+}
+
+// fail logs and writes e: refusals at info level, the sidecar's or the
+// upstream's failures (5xx) at warn.
+func (s *Sidecar) fail(w http.ResponseWriter, log *slog.Logger, e *httpError) {
+	level := slog.LevelInfo
+	if e.Status >= 500 {
+		level = slog.LevelWarn
+	}
+	log.Log(context.Background(), level, "request failed", "status", e.Status, "error", e.Code, "message", e.Message)
+	writeError(w, e)
+}
+
+// replicacheRequestID returns the client's request id, used to correlate
+// logs and upstream calls (it is not unique: see the protocol notes).
+func replicacheRequestID(r *http.Request) string {
+	id := r.Header.Get("X-Replicache-RequestID")
+	if len(id) > maxIDLen {
+		id = id[:maxIDLen]
+	}
+	return id
+}

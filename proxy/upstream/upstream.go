@@ -1,0 +1,345 @@
+// Package upstream is the sidecar's side of the legacy service: one HTTP
+// client per kind of call (mutation, view, auth, pass-through), built once,
+// sharing one circuit breaker and one set of metrics. Callers build their
+// requests; a Client bounds, sends and accounts for them.
+package upstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sony/gobreaker/v2"
+)
+
+// Kind is a kind of upstream call; its value is the metrics' kind label.
+type Kind string
+
+// The kinds of upstream call.
+const (
+	Mutation    Kind = "mutation"
+	View        Kind = "view"
+	Auth        Kind = "auth"
+	Passthrough Kind = "proxy" // the label predates the name
+)
+
+// ErrCircuitOpen is returned (wrapped) by every call made while the circuit
+// breaker is open: the call was not attempted.
+var ErrCircuitOpen = errors.New("circuit breaker open: the upstream is failing, calls are suspended")
+
+// BreakerSettings configure the circuit breaker around upstream calls.
+type BreakerSettings struct {
+	// Failures is how many consecutive failures (connection errors,
+	// timeouts, 5xx answers) open the breaker; 0 disables it.
+	Failures uint32
+	// OpenTimeout is how long the breaker stays open before letting a
+	// probe through (half-open).
+	OpenTimeout time.Duration
+	// HalfOpenRequests is how many probes may run at once when half-open;
+	// that many successes in a row close the breaker.
+	HalfOpenRequests uint32
+}
+
+// Options configure an Upstream.
+type Options struct {
+	// Base is the upstream's base URL. Clients call nothing else: a request
+	// for another scheme or host is refused before it is sent.
+	Base *url.URL
+	// Timeout bounds each mutation, view and auth call, from dialing to the
+	// last byte of the answer read. Pass-through calls have no timeout of
+	// ours: the legacy service's own pages may be slow or streamed.
+	Timeout time.Duration
+	Breaker BreakerSettings
+	// Registerer receives the upstream metrics, named <Namespace>_upstream_*
+	// and <Namespace>_circuit_breaker_open.
+	Registerer prometheus.Registerer
+	Namespace  string
+}
+
+// Upstream is the legacy service as the sidecar calls it. It is safe for
+// concurrent use.
+type Upstream struct {
+	Mutation, View, Auth *Client
+	// Passthrough carries every request that is not a push or pull.
+	Passthrough http.RoundTripper
+
+	breaker     *gobreaker.CircuitBreaker[*http.Response] // nil: disabled
+	openTimeout time.Duration
+}
+
+// New builds the clients of o.Base and registers their metrics.
+func New(o Options) *Upstream {
+	m := newMetrics(o.Registerer, o.Namespace)
+	cb := newBreaker(o.Breaker, m)
+	calls := newCallTransport(o.Timeout)
+	client := func(k Kind) *Client {
+		return &Client{
+			kind: k, base: o.Base, timeout: o.Timeout, metrics: m,
+			hc: &http.Client{
+				Transport: &transport{kind: k, next: calls, cb: cb, metrics: m},
+				// A mutation is never re-sent elsewhere, a view and an
+				// identity come from the upstream itself: the caller sees
+				// a redirect as the answer it is.
+				CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+			},
+		}
+	}
+	return &Upstream{
+		Mutation:    client(Mutation),
+		View:        client(View),
+		Auth:        client(Auth),
+		Passthrough: &transport{kind: Passthrough, next: newPassthroughTransport(), cb: cb, metrics: m},
+		breaker:     cb,
+		openTimeout: o.Breaker.OpenTimeout,
+	}
+}
+
+// Suspended reports whether the breaker is open: calls fail at once with
+// ErrCircuitOpen.
+func (u *Upstream) Suspended() bool {
+	return u.breaker != nil && u.breaker.State() == gobreaker.StateOpen
+}
+
+// RetryAfter is what a client refused because of the open breaker is told
+// to wait, in whole seconds: when the next probe may go through.
+func (u *Upstream) RetryAfter() int {
+	return max(1, int((u.openTimeout+time.Second-1)/time.Second))
+}
+
+// Client makes one kind of upstream call. It is safe for concurrent use.
+type Client struct {
+	kind    Kind
+	base    *url.URL
+	hc      *http.Client
+	timeout time.Duration
+	metrics *metrics
+}
+
+// maxDrain is how much of an unread answer Close reads so the connection
+// can be reused; a longer rest closes the connection instead.
+const maxDrain = 64 << 10
+
+// Do sends req, which must address the upstream (its base URL's scheme and
+// host), bounded by the client's timeout and req's context, without
+// following redirects. Headers are sent as the caller set them.
+//
+// The caller must close the answer's body. Closing it reads at most 64 KiB
+// of what is left, so the connection is reused, and releases the timeout.
+// A failure to get an answer is a *CallError.
+func (c *Client) Do(req *http.Request) (*http.Response, error) {
+	if req.URL.Scheme != c.base.Scheme || req.URL.Host != c.base.Host {
+		return nil, &CallError{Kind: c.kind, Err: fmt.Errorf("refusing to call %s://%s: not the upstream", req.URL.Scheme, req.URL.Host)}
+	}
+	ctx, cancel := context.WithTimeout(req.Context(), c.timeout)
+	resp, err := c.hc.Do(req.WithContext(ctx))
+	if err != nil {
+		cancel()
+		var netErr net.Error
+		timedOut := errors.Is(ctx.Err(), context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout())
+		if errors.Is(err, ErrCircuitOpen) {
+			err = ErrCircuitOpen
+		} else if errors.Is(err, context.Canceled) {
+			err = context.Canceled
+		}
+		return nil, &CallError{Kind: c.kind, Timeout: timedOut, After: c.timeout, Err: err}
+	}
+	resp.Body = &drainingBody{ReadCloser: resp.Body, cancel: cancel}
+	return resp, nil
+}
+
+// BadResponse counts an answer the caller could not use (not JSON, not the
+// expected shape) as an upstream error of this kind.
+func (c *Client) BadResponse() {
+	c.metrics.errors.WithLabelValues(string(c.kind), "bad_response").Inc()
+}
+
+// CallError is an upstream call that got no answer: it timed out, could not
+// connect, was refused by the open breaker, or was cancelled by the caller.
+type CallError struct {
+	Kind    Kind
+	Timeout bool          // no answer within After
+	After   time.Duration // the client's timeout
+	Err     error
+}
+
+func (e *CallError) Error() string {
+	if e.Timeout {
+		return fmt.Sprintf("upstream did not answer within %s", e.After)
+	}
+	return "calling upstream: " + e.Err.Error()
+}
+
+func (e *CallError) Unwrap() error { return e.Err }
+
+// drainingBody reads a bounded rest of the answer before closing it, and
+// then releases the call's timeout.
+type drainingBody struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (b *drainingBody) Close() error {
+	_, _ = io.Copy(io.Discard, io.LimitReader(b.ReadCloser, maxDrain))
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
+}
+
+// newCallTransport is the transport of the sidecar's own upstream calls
+// (mutations, views, auth).
+func newCallTransport(timeout time.Duration) *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.Proxy = nil // the upstream is a neighbour; never route it through an HTTP proxy
+	// Dialing a neighbour is fast; a slow dial means it is down.
+	t.DialContext = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	// Every call is bounded by timeout in total; this also frees a
+	// connection whose upstream never starts answering.
+	t.ResponseHeaderTimeout = timeout
+	// Pushes of many groups run at once; keep enough warm connections.
+	t.MaxIdleConns = 256
+	t.MaxIdleConnsPerHost = 256
+	t.IdleConnTimeout = 90 * time.Second
+	return t
+}
+
+// newPassthroughTransport serves pass-through traffic. It sets no response
+// timeout: the legacy service's own pages may legitimately be slow or
+// streamed, and the client's cancellation ends the call.
+func newPassthroughTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.Proxy = nil
+	t.DialContext = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	t.MaxIdleConnsPerHost = 256
+	return t
+}
+
+// transport is the round tripper of one kind of call: the circuit breaker
+// and the metrics around the shared connection pool.
+type transport struct {
+	kind    Kind
+	next    http.RoundTripper
+	cb      *gobreaker.CircuitBreaker[*http.Response] // nil: no breaker
+	metrics *metrics
+}
+
+// serverFailure marks a 5xx answer as a failure for the breaker while the
+// answer itself still goes to the caller.
+type serverFailure struct{ status int }
+
+func (e *serverFailure) Error() string { return "upstream answered " + strconv.Itoa(e.status) }
+
+// newBreaker returns the upstream's circuit breaker, or nil when disabled.
+func newBreaker(bs BreakerSettings, m *metrics) *gobreaker.CircuitBreaker[*http.Response] {
+	m.breakerOpen.Set(0)
+	if bs.Failures == 0 {
+		return nil
+	}
+	return gobreaker.NewCircuitBreaker[*http.Response](gobreaker.Settings{
+		Name:        "upstream",
+		MaxRequests: max(bs.HalfOpenRequests, 1),
+		Timeout:     bs.OpenTimeout,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= bs.Failures },
+		// A caller that gave up (client gone, or a sibling view source
+		// failed) says nothing about the upstream's health.
+		IsExcluded: func(err error) bool { return errors.Is(err, context.Canceled) },
+		OnStateChange: func(_ string, _, to gobreaker.State) {
+			if to == gobreaker.StateOpen {
+				m.breakerOpen.Set(1)
+			} else {
+				m.breakerOpen.Set(0)
+			}
+		},
+	})
+}
+
+func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	kind := string(t.kind)
+	start := time.Now()
+	call := func() (*http.Response, error) {
+		resp, err := t.next.RoundTrip(req)
+		if err == nil && resp.StatusCode >= 500 {
+			return resp, &serverFailure{resp.StatusCode}
+		}
+		return resp, err
+	}
+	var resp *http.Response
+	var err error
+	if t.cb != nil {
+		resp, err = t.cb.Execute(call)
+	} else {
+		resp, err = call()
+	}
+	var sf *serverFailure
+	if errors.As(err, &sf) {
+		err = nil // the caller gets the 5xx answer itself
+		t.metrics.errors.WithLabelValues(kind, "server_error").Inc()
+	}
+	if err != nil {
+		reason := errorReason(req.Context(), err)
+		if reason != "canceled" {
+			t.metrics.errors.WithLabelValues(kind, reason).Inc()
+		}
+		if reason == "circuit_open" {
+			return nil, ErrCircuitOpen
+		}
+		t.metrics.duration.WithLabelValues(kind, "error").Observe(time.Since(start).Seconds())
+		return nil, err
+	}
+	t.metrics.duration.WithLabelValues(kind, strconv.Itoa(resp.StatusCode)).Observe(time.Since(start).Seconds())
+	return resp, nil
+}
+
+// errorReason names why a call failed, from a small fixed set.
+func errorReason(ctx context.Context, err error) string {
+	var netErr net.Error
+	switch {
+	case errors.Is(err, gobreaker.ErrOpenState), errors.Is(err, gobreaker.ErrTooManyRequests):
+		return "circuit_open"
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():
+		return "timeout"
+	case errors.Is(err, context.Canceled) || ctx.Err() != nil:
+		return "canceled"
+	default:
+		return "connection"
+	}
+}
+
+// metrics are the upstream series. Label values come from small fixed sets.
+type metrics struct {
+	duration    *prometheus.HistogramVec
+	errors      *prometheus.CounterVec
+	breakerOpen prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer, namespace string) *metrics {
+	m := &metrics{
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "upstream_request_duration_seconds",
+			Help:    "Time until the upstream's answer headers, by kind (mutation, view, auth, proxy) and status code (\"error\" when there was no answer).",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"kind", "code"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "upstream_errors_total",
+			Help: "Failed upstream calls by kind and reason (timeout, connection, circuit_open, server_error, bad_response).",
+		}, []string{"kind", "reason"}),
+		breakerOpen: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "circuit_breaker_open",
+			Help: "1 while the upstream circuit breaker is open (calls fail fast), else 0.",
+		}),
+	}
+	reg.MustRegister(m.duration, m.errors, m.breakerOpen)
+	for _, kind := range []Kind{Mutation, View, Auth, Passthrough} {
+		for _, reason := range []string{"timeout", "connection", "circuit_open", "server_error"} {
+			m.errors.WithLabelValues(string(kind), reason)
+		}
+	}
+	m.errors.WithLabelValues(string(View), "bad_response")
+	return m
+}
