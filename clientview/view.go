@@ -40,12 +40,12 @@ type Pagination struct {
 	// type; default "next"). Absent, null or "" ends the pagination.
 	Next string `json:"next,omitempty"`
 	// MaxPages guards against pagination loops; more pages fail the pull.
-	// Default DefaultMaxPages.
+	// Default defaultMaxPages.
 	MaxPages int `json:"maxPages,omitempty"`
 }
 
-// DefaultMaxPages is the page limit of a paginated source that sets none.
-const DefaultMaxPages = 1000
+// defaultMaxPages is the page limit of a paginated source that sets none.
+const defaultMaxPages = 1000
 
 // View is a compiled list of sources.
 type View struct {
@@ -141,7 +141,7 @@ func compileSource(s Source) (*source, []error) {
 			errs = append(errs, errors.New("pagination maxPages must be positive"))
 		}
 		if cs.page.MaxPages == 0 {
-			cs.page.MaxPages = DefaultMaxPages
+			cs.page.MaxPages = defaultMaxPages
 		}
 		if !cs.keyed {
 			errs = append(errs, errors.New("a paginated source needs a key with a placeholder"))

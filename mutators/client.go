@@ -37,10 +37,10 @@ func (o Outcome) String() string {
 	return "unknown"
 }
 
-// Classify maps an upstream status code to an Outcome: 2xx applied; 4xx other
+// classify maps an upstream status code to an Outcome: 2xx applied; 4xx other
 // than 408 (timeout), 425 (too early) and 429 (rate limited) rejected;
 // anything else, including 3xx (redirects are never followed), transient.
-func Classify(status int) Outcome {
+func classify(status int) Outcome {
 	switch {
 	case status >= 200 && status < 300:
 		return Applied
@@ -148,7 +148,7 @@ func (c *Client) Do(ctx context.Context, r *Request, fwd http.Header) Result {
 		return Result{Outcome: Transient, Err: err}
 	}
 	defer func() { _ = resp.Body.Close() }()
-	res := Result{Outcome: Classify(resp.StatusCode), Status: resp.StatusCode}
+	res := Result{Outcome: classify(resp.StatusCode), Status: resp.StatusCode}
 	if res.Outcome != Applied {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, errorBodyRead))
 		res.Body = shorten(b, errorBodyKeep)

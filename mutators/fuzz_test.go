@@ -33,7 +33,7 @@ func FuzzRender(f *testing.F) {
 		}
 		req, err := m.Render(Mutation{ClientID: "c", ID: 1, Name: name, Args: json.RawMessage(args), UserID: "u"})
 		if err != nil {
-			if _, ok := err.(*RenderError); !ok {
+			if _, ok := err.(*renderError); !ok {
 				t.Fatalf("non-business error %T: %v", err, err)
 			}
 			return

@@ -85,45 +85,84 @@ func LoadConfig(environ map[string]string) (Config, error) {
 			errs = append(errs, err)
 		}
 	}
-	if cfg.UpstreamURL != "" {
-		u, err := url.Parse(cfg.UpstreamURL)
-		switch {
-		case err != nil:
-			errs = append(errs, fmt.Errorf("SIDECAR_UPSTREAM_URL: %w", err))
-		case u.Scheme != "http" && u.Scheme != "https", u.Host == "":
-			errs = append(errs, fmt.Errorf("SIDECAR_UPSTREAM_URL %q: want http(s)://host[:port][/prefix]", cfg.UpstreamURL))
-		case u.RawQuery != "" || u.Fragment != "" || u.User != nil:
-			errs = append(errs, fmt.Errorf("SIDECAR_UPSTREAM_URL %q: must not carry a query, fragment or credentials", cfg.UpstreamURL))
-		default:
-			cfg.Upstream = u
-		}
+	for _, check := range []func() []error{
+		cfg.parseUpstream, cfg.checkDatabase, cfg.loadMapping, cfg.checkPaths, cfg.checkHeaders,
+		cfg.checkLimits, cfg.parseCORSOrigins, cfg.checkLogLevel,
+	} {
+		errs = append(errs, check()...)
 	}
-	if cfg.DatabaseURL != "" {
-		if _, err := pgxpool.ParseConfig(cfg.DatabaseURL); err != nil {
+	if len(errs) > 0 {
+		return Config{}, fmt.Errorf("invalid configuration:\n  %w", joinLines(errs))
+	}
+	return cfg, nil
+}
+
+// parseUpstream fills Upstream from UpstreamURL.
+func (c *Config) parseUpstream() []error {
+	if c.UpstreamURL == "" {
+		return nil // required: reported by the env parser
+	}
+	u, err := url.Parse(c.UpstreamURL)
+	switch {
+	case err != nil:
+		return []error{fmt.Errorf("SIDECAR_UPSTREAM_URL: %w", err)}
+	case u.Scheme != "http" && u.Scheme != "https", u.Host == "":
+		return []error{fmt.Errorf("SIDECAR_UPSTREAM_URL %q: want http(s)://host[:port][/prefix]", c.UpstreamURL)}
+	case u.RawQuery != "" || u.Fragment != "" || u.User != nil:
+		return []error{fmt.Errorf("SIDECAR_UPSTREAM_URL %q: must not carry a query, fragment or credentials", c.UpstreamURL)}
+	}
+	c.Upstream = u
+	return nil
+}
+
+func (c *Config) checkDatabase() []error {
+	var errs []error
+	if c.DatabaseURL != "" {
+		if _, err := pgxpool.ParseConfig(c.DatabaseURL); err != nil {
 			// pgx's message can echo the URL; keep credentials out of logs.
 			errs = append(errs, errors.New("SIDECAR_DATABASE_URL: not a valid Postgres connection string"))
 		}
 	}
-	if cfg.MappingFile != "" {
-		m, err := LoadMapping(cfg.MappingFile)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("SIDECAR_MAPPING_FILE: %w", err))
-		}
-		cfg.Mapping = m
+	if !schemaRE.MatchString(c.DBSchema) {
+		errs = append(errs, fmt.Errorf("SIDECAR_DB_SCHEMA %q: want a lower-case SQL identifier ([a-z_][a-z0-9_]*)", c.DBSchema))
 	}
-	if !schemaRE.MatchString(cfg.DBSchema) {
-		errs = append(errs, fmt.Errorf("SIDECAR_DB_SCHEMA %q: want a lower-case SQL identifier ([a-z_][a-z0-9_]*)", cfg.DBSchema))
+	return errs
+}
+
+// loadMapping fills Mapping from MappingFile.
+func (c *Config) loadMapping() []error {
+	if c.MappingFile == "" {
+		return nil // required: reported by the env parser
 	}
-	for name, p := range map[string]string{"SIDECAR_PUSH_PATH": cfg.PushPath, "SIDECAR_PULL_PATH": cfg.PullPath} {
+	m, err := loadMapping(c.MappingFile)
+	if err != nil {
+		return []error{fmt.Errorf("SIDECAR_MAPPING_FILE: %w", err)}
+	}
+	c.Mapping = m
+	return nil
+}
+
+func (c *Config) checkPaths() []error {
+	var errs []error
+	for name, p := range map[string]string{"SIDECAR_PUSH_PATH": c.PushPath, "SIDECAR_PULL_PATH": c.PullPath} {
 		if !strings.HasPrefix(p, "/") || strings.ContainsAny(p, "?# ") {
 			errs = append(errs, fmt.Errorf("%s %q: want an absolute path without query", name, p))
 		}
 	}
-	if cfg.PushPath == cfg.PullPath {
+	if c.PushPath == c.PullPath {
 		errs = append(errs, errors.New("SIDECAR_PUSH_PATH and SIDECAR_PULL_PATH must differ"))
 	}
+	if c.AuthPath != "" && !strings.HasPrefix(c.AuthPath, "/") {
+		errs = append(errs, fmt.Errorf("SIDECAR_AUTH_PATH %q: want a path starting with /", c.AuthPath))
+	}
+	return errs
+}
+
+// checkHeaders checks every header name and canonicalizes ForwardHeaders.
+func (c *Config) checkHeaders() []error {
+	var errs []error
 	var fwd []string
-	for _, h := range cfg.ForwardHeaders {
+	for _, h := range c.ForwardHeaders {
 		h = strings.TrimSpace(h)
 		if h == "" {
 			continue
@@ -133,44 +172,53 @@ func LoadConfig(environ map[string]string) (Config, error) {
 		}
 		fwd = append(fwd, http.CanonicalHeaderKey(h))
 	}
-	cfg.ForwardHeaders = fwd
-	for name, h := range map[string]string{"SIDECAR_USER_ID_HEADER": cfg.UserIDHeader, "SIDECAR_IDEMPOTENCY_HEADER": cfg.IdempotencyHeader} {
+	c.ForwardHeaders = fwd
+	for name, h := range map[string]string{"SIDECAR_USER_ID_HEADER": c.UserIDHeader, "SIDECAR_IDEMPOTENCY_HEADER": c.IdempotencyHeader} {
 		if h != "" && !validToken(h) {
 			errs = append(errs, fmt.Errorf("%s: %q is not a header name", name, h))
 		}
 	}
-	if cfg.IdempotencyHeader == "" {
+	if c.IdempotencyHeader == "" {
 		errs = append(errs, errors.New("SIDECAR_IDEMPOTENCY_HEADER must not be empty"))
 	}
-	if cfg.AuthPath != "" && !strings.HasPrefix(cfg.AuthPath, "/") {
-		errs = append(errs, fmt.Errorf("SIDECAR_AUTH_PATH %q: want a path starting with /", cfg.AuthPath))
-	}
-	if cfg.AuthUserField == "" {
+	if c.AuthUserField == "" {
 		errs = append(errs, errors.New("SIDECAR_AUTH_USER_FIELD must not be empty"))
 	}
+	return errs
+}
+
+// checkLimits checks timeouts, intervals and sizes.
+func (c *Config) checkLimits() []error {
+	var errs []error
 	for name, d := range map[string]time.Duration{
-		"SIDECAR_UPSTREAM_TIMEOUT": cfg.UpstreamTimeout, "SIDECAR_PUSH_TIME_BUDGET": cfg.PushTimeBudget,
-		"SIDECAR_SHUTDOWN_TIMEOUT": cfg.ShutdownTimeout, "SIDECAR_HTTP_READ_TIMEOUT": cfg.HTTPReadTimeout,
-		"SIDECAR_DB_STATEMENT_TIMEOUT": cfg.DBStatementTimeout, "SIDECAR_DB_LOCK_TIMEOUT": cfg.DBLockTimeout,
-		"SIDECAR_BREAKER_OPEN_TIMEOUT": cfg.BreakerOpenTimeout,
+		"SIDECAR_UPSTREAM_TIMEOUT": c.UpstreamTimeout, "SIDECAR_PUSH_TIME_BUDGET": c.PushTimeBudget,
+		"SIDECAR_SHUTDOWN_TIMEOUT": c.ShutdownTimeout, "SIDECAR_HTTP_READ_TIMEOUT": c.HTTPReadTimeout,
+		"SIDECAR_DB_STATEMENT_TIMEOUT": c.DBStatementTimeout, "SIDECAR_DB_LOCK_TIMEOUT": c.DBLockTimeout,
+		"SIDECAR_BREAKER_OPEN_TIMEOUT": c.BreakerOpenTimeout,
 	} {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive", name))
 		}
 	}
-	if cfg.MappingReloadInterval < 0 {
+	if c.MappingReloadInterval < 0 {
 		errs = append(errs, errors.New("SIDECAR_MAPPING_RELOAD_INTERVAL must not be negative (0 disables reloading)"))
 	}
-	if cfg.DrainDelay < 0 || cfg.DrainDelay >= cfg.ShutdownTimeout {
+	if c.DrainDelay < 0 || c.DrainDelay >= c.ShutdownTimeout {
 		errs = append(errs, errors.New("SIDECAR_DRAIN_DELAY must be at least 0 and below SIDECAR_SHUTDOWN_TIMEOUT"))
 	}
-	for name, n := range map[string]int64{"SIDECAR_MAX_BODY_BYTES": cfg.MaxBodyBytes, "SIDECAR_MAX_UPSTREAM_BODY_BYTES": cfg.MaxUpstreamBodyBytes} {
+	for name, n := range map[string]int64{"SIDECAR_MAX_BODY_BYTES": c.MaxBodyBytes, "SIDECAR_MAX_UPSTREAM_BODY_BYTES": c.MaxUpstreamBodyBytes} {
 		if n <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive", name))
 		}
 	}
+	return errs
+}
+
+// parseCORSOrigins keeps exact origins only, without a trailing slash.
+func (c *Config) parseCORSOrigins() []error {
+	var errs []error
 	var origins []string
-	for _, o := range cfg.CORSOrigins {
+	for _, o := range c.CORSOrigins {
 		o = strings.TrimSpace(o)
 		if o == "" {
 			continue
@@ -181,16 +229,16 @@ func LoadConfig(environ map[string]string) (Config, error) {
 		}
 		origins = append(origins, strings.TrimSuffix(o, "/"))
 	}
-	cfg.CORSOrigins = origins
-	switch strings.ToLower(cfg.LogLevel) {
+	c.CORSOrigins = origins
+	return errs
+}
+
+func (c *Config) checkLogLevel() []error {
+	switch strings.ToLower(c.LogLevel) {
 	case "debug", "info", "warn", "error":
-	default:
-		errs = append(errs, fmt.Errorf("SIDECAR_LOG_LEVEL %q: want debug, info, warn or error", cfg.LogLevel))
+		return nil
 	}
-	if len(errs) > 0 {
-		return Config{}, fmt.Errorf("invalid configuration:\n  %w", joinLines(errs))
-	}
-	return cfg, nil
+	return []error{fmt.Errorf("SIDECAR_LOG_LEVEL %q: want debug, info, warn or error", c.LogLevel)}
 }
 
 // joinLines joins errors one per line, indented, flattening nested joins so

@@ -114,7 +114,7 @@ func TestLoadConfigListsEveryProblem(t *testing.T) {
 }
 
 func TestYAMLMapping(t *testing.T) {
-	m, err := ParseMapping([]byte(`
+	m, err := parseMapping([]byte(`
 # YAML works too; quote strings that start with "{".
 mutators:
   createTodo: {method: POST, path: /api/todos}
@@ -126,16 +126,16 @@ clientView:
   - {path: /api/todos, items: todos, key: "todo/{id}", pagination: {type: link}}
 `))
 	if err != nil {
-		t.Fatalf("ParseMapping: %v", err)
+		t.Fatalf("parseMapping: %v", err)
 	}
 	if got := strings.Join(m.Mutators.Names(), ","); got != "createTodo,updateTodo" {
 		t.Errorf("mutators = %s", got)
 	}
-	_, err = ParseMapping([]byte("mutators:\n  x: {method: GET, path: nope}\n"))
+	_, err = parseMapping([]byte("mutators:\n  x: {method: GET, path: nope}\n"))
 	if err == nil || !strings.Contains(err.Error(), `method "GET"`) {
 		t.Errorf("invalid YAML mapping: %v", err)
 	}
-	if _, err := ParseMapping([]byte("mutators: [unclosed\n")); err == nil || !strings.Contains(err.Error(), "not valid YAML") {
+	if _, err := parseMapping([]byte("mutators: [unclosed\n")); err == nil || !strings.Contains(err.Error(), "not valid YAML") {
 		t.Errorf("broken YAML: %v", err)
 	}
 }

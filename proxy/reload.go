@@ -45,7 +45,7 @@ func (s *Sidecar) WatchMapping(ctx context.Context, interval time.Duration) {
 		if hash == s.mapping().Hash || hash == lastBad {
 			continue
 		}
-		m, err := ParseMapping(raw)
+		m, err := parseMapping(raw)
 		if err != nil {
 			lastBad = hash
 			s.metrics.mappingReloadErrors.Inc()

@@ -9,8 +9,8 @@ import (
 	"strconv"
 )
 
-// MaxCookieOrder keeps cookie orders exact in JavaScript numbers.
-const MaxCookieOrder = 1<<53 - 2
+// maxCookieOrder keeps cookie orders exact in JavaScript numbers.
+const maxCookieOrder = 1<<53 - 2
 
 // ParseCookieOrder reads the order of a pull request's cookie, the value
 // NextCookieOrder must exceed. Replicache cookies may be null, a number, a
@@ -48,7 +48,7 @@ func ParseCookieOrder(raw json.RawMessage) (int64, error) {
 	default:
 		return 0, errors.New("cookie must be null, a number, a string or {\"order\": …}")
 	}
-	if math.IsNaN(f) || f < 0 || f > MaxCookieOrder {
+	if math.IsNaN(f) || f < 0 || f > maxCookieOrder {
 		return 0, fmt.Errorf("cookie order %v is out of range", f)
 	}
 	return int64(math.Floor(f)), nil

@@ -30,7 +30,7 @@ func FuzzPullCookie(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if order < 0 || order > MaxCookieOrder {
+		if order < 0 || order > maxCookieOrder {
 			t.Fatalf("cookie %q ordered as %d, out of range", cookie, order)
 		}
 		next := max(order, 0) + 1

@@ -57,12 +57,12 @@ func NewPool(ctx context.Context, o PoolOptions) (*pgxpool.Pool, error) {
 	// every in-flight push step and pull holds a connection, mostly idle,
 	// while it waits for the upstream.
 	if !strings.Contains(o.URL, "pool_max_conns") {
-		pc.MaxConns = DefaultPoolSize
+		pc.MaxConns = defaultPoolSize
 	}
 	return pgxpool.NewWithConfig(ctx, pc)
 }
 
-// DefaultPoolSize is the pool size when the connection string sets none.
-const DefaultPoolSize = 20
+// defaultPoolSize is the pool size when the connection string sets none.
+const defaultPoolSize = 20
 
 func millis(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) }

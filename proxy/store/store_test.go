@@ -85,7 +85,7 @@ func TestNewPoolSettings(t *testing.T) {
 		query    string
 		maxConns int32
 	}{
-		{"", DefaultPoolSize},
+		{"", defaultPoolSize},
 		{"pool_max_conns=3", 3},
 	} {
 		url := proxytest.DatabaseURL(t)

@@ -19,15 +19,15 @@ import (
 	"github.com/sony/gobreaker/v2"
 )
 
-// Kind is a kind of upstream call; its value is the metrics' kind label.
-type Kind string
+// kind is a kind of upstream call; its value is the metrics' kind label.
+type kind string
 
 // The kinds of upstream call.
 const (
-	Mutation    Kind = "mutation"
-	View        Kind = "view"
-	Auth        Kind = "auth"
-	Passthrough Kind = "proxy" // the label predates the name
+	kindMutation    kind = "mutation"
+	kindView        kind = "view"
+	kindAuth        kind = "auth"
+	kindPassthrough kind = "proxy" // the label predates the name
 )
 
 // ErrCircuitOpen is returned (wrapped) by every call made while the circuit
@@ -79,7 +79,7 @@ func New(o Options) *Upstream {
 	m := newMetrics(o.Registerer, o.Namespace)
 	cb := newBreaker(o.Breaker, m)
 	calls := newCallTransport(o.Timeout)
-	client := func(k Kind) *Client {
+	client := func(k kind) *Client {
 		return &Client{
 			kind: k, base: o.Base, timeout: o.Timeout, metrics: m,
 			hc: &http.Client{
@@ -92,10 +92,10 @@ func New(o Options) *Upstream {
 		}
 	}
 	return &Upstream{
-		Mutation:    client(Mutation),
-		View:        client(View),
-		Auth:        client(Auth),
-		Passthrough: &transport{kind: Passthrough, next: newPassthroughTransport(), cb: cb, metrics: m},
+		Mutation:    client(kindMutation),
+		View:        client(kindView),
+		Auth:        client(kindAuth),
+		Passthrough: &transport{kind: kindPassthrough, next: newPassthroughTransport(), cb: cb, metrics: m},
 		breaker:     cb,
 		openTimeout: o.Breaker.OpenTimeout,
 	}
@@ -115,7 +115,7 @@ func (u *Upstream) RetryAfter() int {
 
 // Client makes one kind of upstream call. It is safe for concurrent use.
 type Client struct {
-	kind    Kind
+	kind    kind
 	base    *url.URL
 	hc      *http.Client
 	timeout time.Duration
@@ -135,7 +135,7 @@ const maxDrain = 64 << 10
 // A failure to get an answer is a *CallError.
 func (c *Client) Do(req *http.Request) (*http.Response, error) {
 	if req.URL.Scheme != c.base.Scheme || req.URL.Host != c.base.Host {
-		return nil, &CallError{Kind: c.kind, Err: fmt.Errorf("refusing to call %s://%s: not the upstream", req.URL.Scheme, req.URL.Host)}
+		return nil, &CallError{Err: fmt.Errorf("refusing to call %s://%s: not the upstream", req.URL.Scheme, req.URL.Host)}
 	}
 	ctx, cancel := context.WithTimeout(req.Context(), c.timeout)
 	resp, err := c.hc.Do(req.WithContext(ctx))
@@ -148,7 +148,7 @@ func (c *Client) Do(req *http.Request) (*http.Response, error) {
 		} else if errors.Is(err, context.Canceled) {
 			err = context.Canceled
 		}
-		return nil, &CallError{Kind: c.kind, Timeout: timedOut, After: c.timeout, Err: err}
+		return nil, &CallError{Timeout: timedOut, After: c.timeout, Err: err}
 	}
 	resp.Body = &drainingBody{ReadCloser: resp.Body, cancel: cancel}
 	return resp, nil
@@ -163,7 +163,6 @@ func (c *Client) BadResponse() {
 // CallError is an upstream call that got no answer: it timed out, could not
 // connect, was refused by the open breaker, or was cancelled by the caller.
 type CallError struct {
-	Kind    Kind
 	Timeout bool          // no answer within After
 	After   time.Duration // the client's timeout
 	Err     error
@@ -223,7 +222,7 @@ func newPassthroughTransport() *http.Transport {
 // transport is the round tripper of one kind of call: the circuit breaker
 // and the metrics around the shared connection pool.
 type transport struct {
-	kind    Kind
+	kind    kind
 	next    http.RoundTripper
 	cb      *gobreaker.CircuitBreaker[*http.Response] // nil: no breaker
 	metrics *metrics
@@ -260,7 +259,7 @@ func newBreaker(bs BreakerSettings, m *metrics) *gobreaker.CircuitBreaker[*http.
 }
 
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	kind := string(t.kind)
+	k := string(t.kind)
 	start := time.Now()
 	call := func() (*http.Response, error) {
 		resp, err := t.next.RoundTrip(req)
@@ -279,20 +278,20 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	var sf *serverFailure
 	if errors.As(err, &sf) {
 		err = nil // the caller gets the 5xx answer itself
-		t.metrics.errors.WithLabelValues(kind, "server_error").Inc()
+		t.metrics.errors.WithLabelValues(k, "server_error").Inc()
 	}
 	if err != nil {
 		reason := errorReason(req.Context(), err)
 		if reason != "canceled" {
-			t.metrics.errors.WithLabelValues(kind, reason).Inc()
+			t.metrics.errors.WithLabelValues(k, reason).Inc()
 		}
 		if reason == "circuit_open" {
 			return nil, ErrCircuitOpen
 		}
-		t.metrics.duration.WithLabelValues(kind, "error").Observe(time.Since(start).Seconds())
+		t.metrics.duration.WithLabelValues(k, "error").Observe(time.Since(start).Seconds())
 		return nil, err
 	}
-	t.metrics.duration.WithLabelValues(kind, strconv.Itoa(resp.StatusCode)).Observe(time.Since(start).Seconds())
+	t.metrics.duration.WithLabelValues(k, strconv.Itoa(resp.StatusCode)).Observe(time.Since(start).Seconds())
 	return resp, nil
 }
 
@@ -335,11 +334,11 @@ func newMetrics(reg prometheus.Registerer, namespace string) *metrics {
 		}),
 	}
 	reg.MustRegister(m.duration, m.errors, m.breakerOpen)
-	for _, kind := range []Kind{Mutation, View, Auth, Passthrough} {
+	for _, k := range []kind{kindMutation, kindView, kindAuth, kindPassthrough} {
 		for _, reason := range []string{"timeout", "connection", "circuit_open", "server_error"} {
-			m.errors.WithLabelValues(string(kind), reason)
+			m.errors.WithLabelValues(string(k), reason)
 		}
 	}
-	m.errors.WithLabelValues(string(View), "bad_response")
+	m.errors.WithLabelValues(string(kindView), "bad_response")
 	return m
 }

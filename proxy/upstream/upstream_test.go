@@ -55,7 +55,7 @@ func TestEachClientCountsAsItsKind(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = resp.Body.Close()
-	for kind, want := range map[Kind]int{Mutation: 1, View: 2, Auth: 1, Passthrough: 1} {
+	for k, want := range map[kind]int{kindMutation: 1, kindView: 2, kindAuth: 1, kindPassthrough: 1} {
 		n, err := testutil.GatherAndCount(reg, "ns_upstream_request_duration_seconds")
 		if err != nil || n != 4 {
 			t.Fatalf("series: %d, %v; want 4", n, err)
@@ -64,13 +64,13 @@ func TestEachClientCountsAsItsKind(t *testing.T) {
 		var got uint64
 		for _, mf := range mfs {
 			for _, m := range mf.GetMetric() {
-				if mf.GetName() == "ns_upstream_request_duration_seconds" && m.GetLabel()[0].GetValue() == "418" && m.GetLabel()[1].GetValue() == string(kind) {
+				if mf.GetName() == "ns_upstream_request_duration_seconds" && m.GetLabel()[0].GetValue() == "418" && m.GetLabel()[1].GetValue() == string(k) {
 					got = m.GetHistogram().GetSampleCount()
 				}
 			}
 		}
 		if got != uint64(want) {
-			t.Errorf("kind %s: %d calls counted, want %d", kind, got, want)
+			t.Errorf("kind %s: %d calls counted, want %d", k, got, want)
 		}
 	}
 }

@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-func mustCompile(t *testing.T, specs map[string]Spec) *Mapping {
+func mustCompile(t *testing.T, specs map[string]Spec) *Set {
 	t.Helper()
 	m, err := Compile(specs)
 	if err != nil {
@@ -69,7 +69,7 @@ func TestRenderPath(t *testing.T) {
 		name    string
 		mutator string
 		args    string
-		want    string // "" means a RenderError is expected
+		want    string // "" means a renderError is expected
 		errPart string
 	}{
 		{"plain value", "one", `{"id":"t1"}`, "/api/todos/t1", ""},
@@ -97,9 +97,9 @@ func TestRenderPath(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			req, err := m.Render(Mutation{ClientGroupID: "g 1", ClientID: "c1", ID: 7, Name: tc.mutator, Args: json.RawMessage(tc.args), UserID: "u/1"})
 			if tc.want == "" {
-				var re *RenderError
+				var re *renderError
 				if !errors.As(err, &re) || !strings.Contains(err.Error(), tc.errPart) {
-					t.Fatalf("want RenderError containing %q, got %v (req %+v)", tc.errPart, err, req)
+					t.Fatalf("want renderError containing %q, got %v (req %+v)", tc.errPart, err, req)
 				}
 				return
 			}
@@ -124,7 +124,7 @@ func TestRenderBody(t *testing.T) {
 	})
 	tests := []struct {
 		name, mutator, args string
-		want                string // expected JSON body; "-" means no body; "" means RenderError
+		want                string // expected JSON body; "-" means no body; "" means renderError
 	}{
 		{"no body template sends args as is", "create", `{"id":"t1","title":"milk","n":1.50}`, `{"id":"t1","title":"milk","n":1.50}`},
 		{"null args without template", "create", `null`, `null`},
@@ -144,9 +144,9 @@ func TestRenderBody(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			req, err := m.Render(Mutation{ClientGroupID: "g", ClientID: "c", ID: 7, Name: tc.mutator, Args: json.RawMessage(tc.args), UserID: "u1"})
 			if tc.want == "" {
-				var re *RenderError
+				var re *renderError
 				if !errors.As(err, &re) {
-					t.Fatalf("want RenderError, got %v", err)
+					t.Fatalf("want renderError, got %v", err)
 				}
 				return
 			}
@@ -177,8 +177,8 @@ func TestClassify(t *testing.T) {
 		408: Transient, 425: Transient, 429: Transient,
 		500: Transient, 502: Transient, 503: Transient, 504: Transient,
 	} {
-		if got := Classify(status); got != want {
-			t.Errorf("Classify(%d) = %v, want %v", status, got, want)
+		if got := classify(status); got != want {
+			t.Errorf("classify(%d) = %v, want %v", status, got, want)
 		}
 	}
 }

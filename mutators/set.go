@@ -2,7 +2,7 @@
 // following the "mutators" section of a mapping file, and classifies the
 // answers as applied, rejected (a business error) or transient.
 //
-// A Mapping is compiled once and is immutable: it is safe for concurrent use
+// A Set is compiled once and is immutable: it is safe for concurrent use
 // and can be swapped atomically by its owner when the mapping file changes.
 package mutators
 
@@ -35,10 +35,10 @@ type Mutation struct {
 	UserID        string
 }
 
-// IdempotencyKey is the key that identifies this mutation on every attempt:
+// idempotencyKey is the key that identifies this mutation on every attempt:
 // "<clientID>:<mutationID>". Mutation ids are unique per client, so the key is
 // unique across the whole system and stable across retries and restarts.
-func (m Mutation) IdempotencyKey() string { return fmt.Sprintf("%s:%d", m.ClientID, m.ID) }
+func (m Mutation) idempotencyKey() string { return fmt.Sprintf("%s:%d", m.ClientID, m.ID) }
 
 // Request is a rendered upstream call, ready to be sent by a Client.
 type Request struct {
@@ -52,20 +52,21 @@ type Request struct {
 	IdempotencyKey string
 }
 
-// RenderError is a mutation that cannot be turned into an upstream call: an
+// renderError is a mutation that cannot be turned into an upstream call: an
 // unmapped mutator, a missing argument, or an argument that cannot stand where
 // the template puts it. It is a business error: retrying cannot fix it.
-type RenderError struct {
+type renderError struct {
 	Mutator string
 	Reason  string
 }
 
-func (e *RenderError) Error() string {
+func (e *renderError) Error() string {
 	return fmt.Sprintf("mutator %q: %s", e.Mutator, e.Reason)
 }
 
-// Mapping is a compiled set of mutators. It is immutable after Compile.
-type Mapping struct {
+// Set is a compiled set of mutators, the "mutators" section of a mapping
+// file. It is immutable after Compile.
+type Set struct {
 	byName map[string]*mutator
 }
 
@@ -100,8 +101,8 @@ var reservedHeaders = map[string]bool{
 
 // Compile checks every mutator and returns the compiled mapping, or one error
 // joining every problem found (each prefixed with the mutator's name).
-func Compile(specs map[string]Spec) (*Mapping, error) {
-	m := &Mapping{byName: make(map[string]*mutator, len(specs))}
+func Compile(specs map[string]Spec) (*Set, error) {
+	m := &Set{byName: make(map[string]*mutator, len(specs))}
 	names := make([]string, 0, len(specs))
 	for name := range specs {
 		names = append(names, name)
@@ -282,7 +283,7 @@ func compileBody(raw json.RawMessage) (any, error) {
 }
 
 // Names returns the mapped mutator names in sorted order.
-func (m *Mapping) Names() []string {
+func (m *Set) Names() []string {
 	names := make([]string, 0, len(m.byName))
 	for n := range m.byName {
 		names = append(names, n)
@@ -292,26 +293,26 @@ func (m *Mapping) Names() []string {
 }
 
 // Has reports whether name is a mapped mutator.
-func (m *Mapping) Has(name string) bool { _, ok := m.byName[name]; return ok }
+func (m *Set) Has(name string) bool { _, ok := m.byName[name]; return ok }
 
-// Render builds the upstream request for mu. A *RenderError means the mutation
+// Render builds the upstream request for mu. A *renderError means the mutation
 // can never be applied (a business error); no other error is returned.
 // The returned Request is owned by the caller.
-func (m *Mapping) Render(mu Mutation) (*Request, error) {
+func (m *Set) Render(mu Mutation) (*Request, error) {
 	spec, ok := m.byName[mu.Name]
 	if !ok {
-		return nil, &RenderError{Mutator: mu.Name, Reason: "no mapping for this mutator"}
+		return nil, &renderError{Mutator: mu.Name, Reason: "no mapping for this mutator"}
 	}
 	v := &values{m: mu}
 	if len(mu.Args) > 0 {
 		dec := json.NewDecoder(bytes.NewReader(mu.Args))
 		dec.UseNumber()
 		if err := dec.Decode(&v.args); err != nil {
-			return nil, &RenderError{Mutator: mu.Name, Reason: "args are not valid JSON"}
+			return nil, &renderError{Mutator: mu.Name, Reason: "args are not valid JSON"}
 		}
 	}
 	fail := func(err error) (*Request, error) {
-		return nil, &RenderError{Mutator: mu.Name, Reason: err.Error()}
+		return nil, &renderError{Mutator: mu.Name, Reason: err.Error()}
 	}
 	pq, err := spec.renderPathQuery(v)
 	if err != nil {
@@ -322,7 +323,7 @@ func (m *Mapping) Render(mu Mutation) (*Request, error) {
 		Method:         spec.method,
 		PathQuery:      pq,
 		Header:         spec.header.Clone(),
-		IdempotencyKey: mu.IdempotencyKey(),
+		IdempotencyKey: mu.idempotencyKey(),
 	}
 	switch {
 	case spec.hasBody:
@@ -381,6 +382,16 @@ func (mu *mutator) renderPathQuery(v *values) (string, error) {
 }
 
 func renderURLPart(ps []part, v *values, escape func(string) string) (string, error) {
+	return interpolate(ps, v, func(p part, val any) (string, error) {
+		s, err := scalarText(p, val)
+		return escape(s), err
+	})
+}
+
+// interpolate renders a template string: literal text as it is, each
+// placeholder through render. An absent optional placeholder renders as
+// nothing; an absent required one is errMissing.
+func interpolate(ps []part, v *values, render func(part, any) (string, error)) (string, error) {
 	var b strings.Builder
 	for _, p := range ps {
 		if p.ref == nil {
@@ -394,11 +405,11 @@ func renderURLPart(ps []part, v *values, escape func(string) string) (string, er
 			}
 			return "", errMissing{p.raw}
 		}
-		s, err := scalarText(p, val)
+		s, err := render(p, val)
 		if err != nil {
 			return "", err
 		}
-		b.WriteString(escape(s))
+		b.WriteString(s)
 	}
 	return b.String(), nil
 }
@@ -443,26 +454,11 @@ func renderValue(n any, v *values) (out any, keep bool, err error) {
 			}
 			return val, true, nil
 		}
-		var b strings.Builder
-		for _, p := range x {
-			if p.ref == nil {
-				b.WriteString(p.literal)
-				continue
-			}
-			val, ok := v.lookup(p.ref)
-			if !ok {
-				if p.optional {
-					continue
-				}
-				return nil, false, errMissing{p.raw}
-			}
-			s, err := text(val)
-			if err != nil {
-				return nil, false, err
-			}
-			b.WriteString(s)
+		s, err := interpolate(x, v, func(_ part, val any) (string, error) { return text(val) })
+		if err != nil {
+			return nil, false, err
 		}
-		return b.String(), true, nil
+		return s, true, nil
 	default:
 		return x, true, nil
 	}

@@ -15,16 +15,16 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/mutators"
 )
 
-// mappingFile is the mapping file's format. Unknown fields are refused so a
+// fileFormat is the mapping file's format. Unknown fields are refused so a
 // typo fails at start instead of silently mapping nothing.
-type mappingFile struct {
+type fileFormat struct {
 	Mutators   map[string]mutators.Spec `json:"mutators"`
 	ClientView []clientview.Source      `json:"clientView"`
 }
 
 // Mapping is a loaded, compiled mapping file. It is immutable.
 type Mapping struct {
-	Mutators *mutators.Mapping
+	Mutators *mutators.Set
 	View     *clientview.View
 	// Hash is the SHA-256 of the file's bytes, to tell versions apart.
 	Hash string
@@ -33,19 +33,19 @@ type Mapping struct {
 // maxMappingBytes bounds the mapping file; real ones are a few kilobytes.
 const maxMappingBytes = 4 << 20
 
-// LoadMapping reads and compiles the mapping file at path. The error lists
+// loadMapping reads and compiles the mapping file at path. The error lists
 // every problem found.
-func LoadMapping(path string) (*Mapping, error) {
+func loadMapping(path string) (*Mapping, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("reading mapping: %w", err)
 	}
-	return ParseMapping(raw)
+	return parseMapping(raw)
 }
 
-// ParseMapping compiles a mapping file's bytes: JSON, or YAML when the
+// parseMapping compiles a mapping file's bytes: JSON, or YAML when the
 // content does not start with "{".
-func ParseMapping(raw []byte) (*Mapping, error) {
+func parseMapping(raw []byte) (*Mapping, error) {
 	if len(raw) > maxMappingBytes {
 		return nil, fmt.Errorf("mapping is larger than %d bytes", maxMappingBytes)
 	}
@@ -56,7 +56,7 @@ func ParseMapping(raw []byte) (*Mapping, error) {
 			return nil, fmt.Errorf("mapping is not valid YAML: %w", err)
 		}
 	}
-	var f mappingFile
+	var f fileFormat
 	dec := json.NewDecoder(bytes.NewReader(doc))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&f); err != nil {
