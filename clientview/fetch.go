@@ -2,11 +2,13 @@ package clientview
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
@@ -33,6 +35,9 @@ type FetcherOptions struct {
 	// source together. A larger view fails the fetch instead of exhausting
 	// memory.
 	MaxBodyBytes int64
+	// Logger receives warnings about the mapping seen while fetching (e.g.
+	// a cursor field absent from a first page). Nil: discarded.
+	Logger *slog.Logger
 }
 
 // Fetcher fetches client views. It is safe for concurrent use.
@@ -41,6 +46,7 @@ type Fetcher struct {
 	prefix   string
 	upstream Doer
 	maxBody  int64
+	log      *slog.Logger
 }
 
 // NewFetcher returns a Fetcher for o.
@@ -50,6 +56,7 @@ func NewFetcher(o FetcherOptions) *Fetcher {
 		prefix:   strings.TrimSuffix(o.Base.String(), "/"),
 		upstream: o.Upstream,
 		maxBody:  o.MaxBodyBytes,
+		log:      cmp.Or(o.Logger, slog.New(slog.DiscardHandler)),
 	}
 }
 
@@ -160,7 +167,7 @@ func (f *Fetcher) fetchSource(ctx context.Context, s *source, r Request) ([]Entr
 		if !s.paged {
 			break
 		}
-		if next, err = f.nextPage(s, next, first, body, hdr); err != nil {
+		if next, err = f.nextPage(s, page, next, first, body, hdr); err != nil {
 			return fail(err.Error(), err)
 		}
 	}
@@ -217,7 +224,10 @@ type StatusError struct{ Status int }
 func (e *StatusError) Error() string { return fmt.Sprintf("upstream answered %d", e.Status) }
 
 // nextPage returns the next page's URL, or nil when this was the last page.
-func (f *Fetcher) nextPage(s *source, cur, first *url.URL, body []byte, hdr http.Header) (*url.URL, error) {
+// A next-page reference that cannot be followed is an error, never the last
+// page: under the Reset Strategy a truncated view deletes on the client
+// every entity it lacks.
+func (f *Fetcher) nextPage(s *source, page int, cur, first *url.URL, body []byte, hdr http.Header) (*url.URL, error) {
 	switch s.page.Type {
 	case "link":
 		target := nextLink(hdr.Values("Link"))
@@ -233,9 +243,21 @@ func (f *Fetcher) nextPage(s *source, cur, first *url.URL, body []byte, hdr http
 		}
 		return u, nil
 	default: // cursor
-		raw, err := selectPath(body, strings.Split(s.page.Next, "."))
-		if err != nil || raw == nil {
-			return nil, nil // absent: last page
+		raw, present, err := lookupPath(body, s.nextPath)
+		if err != nil {
+			return nil, fmt.Errorf("cursor field %q cannot be followed: %w", s.page.Next, err)
+		}
+		if !present {
+			// The last page, or a typo in the mapping that shows only page
+			// one forever: say so once per mapping load.
+			if page == 1 && s.warnedAbsent.CompareAndSwap(false, true) {
+				f.log.Warn("cursor field absent from the first page; is the mapping's pagination.next right?",
+					"source", s.path, "field", s.page.Next)
+			}
+			return nil, nil
+		}
+		if isNull(raw) {
+			return nil, nil
 		}
 		cursor, ok := scalar(raw)
 		if !ok {
@@ -348,6 +370,32 @@ func (s *source) keyOf(item json.RawMessage) (string, error) {
 		b.WriteString(v)
 	}
 	return b.String(), nil
+}
+
+// lookupPath walks a dotted path through JSON objects. present is false
+// when a step is absent (a null step ends the walk: present, value null);
+// a step that is neither an object nor null is an error naming it.
+func lookupPath(raw []byte, path []string) (value json.RawMessage, present bool, err error) {
+	cur := json.RawMessage(raw)
+	for i, seg := range path {
+		if isNull(cur) {
+			return cur, true, nil
+		}
+		var obj map[string]json.RawMessage
+		if err := json.Unmarshal(cur, &obj); err != nil {
+			where := strings.Join(path[:i], ".")
+			if where == "" {
+				where = "the response"
+			}
+			return nil, false, fmt.Errorf("%s is not an object", where)
+		}
+		next, ok := obj[seg]
+		if !ok {
+			return nil, false, nil
+		}
+		cur = next
+	}
+	return cur, true, nil
 }
 
 // selectPath walks a dotted path through JSON objects. It returns nil, nil

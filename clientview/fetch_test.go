@@ -1,14 +1,17 @@
 package clientview
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -142,6 +145,8 @@ func TestFetchFailsWhole(t *testing.T) {
 		"/redirect":  `302 []`,
 		"/noitems":   `{"other":[]}`,
 		"/badcursor": `{"items":[{"id":"q"}],"next":{"x":1}}`,
+		"/metastr":   `{"items":[{"id":"q"}],"meta":"end"}`,
+		"/metaarr":   `{"items":[{"id":"q"}],"meta":[{"next":"2"}]}`,
 	})
 	tests := []struct {
 		name   string
@@ -160,6 +165,12 @@ func TestFetchFailsWhole(t *testing.T) {
 		{"oversize response", []Source{{Path: "/big", Key: "x/{id}"}}, "larger than 1000 bytes"},
 		{"redirect not followed", []Source{{Path: "/redirect", Key: "x/{id}"}}, "upstream answered 302"},
 		{"bad cursor", []Source{{Path: "/badcursor", Items: "items", Key: "x/{id}", Pagination: &Pagination{Type: "cursor"}}}, "not a string or number"},
+		// A cursor path that meets a non-object must not end the view
+		// early: a truncated reset view deletes entities on the client.
+		{"cursor path through a string", []Source{{Path: "/metastr", Items: "items", Key: "x/{id}", Pagination: &Pagination{Type: "cursor", Next: "meta.next"}}},
+			`cursor field "meta.next" cannot be followed: meta is not an object`},
+		{"cursor path through an array", []Source{{Path: "/metaarr", Items: "items", Key: "x/{id}", Pagination: &Pagination{Type: "cursor", Next: "meta.next"}}},
+			`cursor field "meta.next" cannot be followed: meta is not an object`},
 		{"page limit", []Source{{Path: "/todos", Items: "todos", Key: "todo/{id}", Pagination: &Pagination{Type: "link", MaxPages: 2}}}, "more than 2 pages"},
 	}
 	for _, tc := range tests {
@@ -256,4 +267,67 @@ func TestFetchBoundsTheWholeView(t *testing.T) {
 	if !errors.As(err, &se) || !strings.Contains(se.Reason, "larger than 150 bytes (all pages") {
 		t.Fatalf("want a SourceError about the view's size, got %v", err)
 	}
+}
+
+// TestAbsentCursorFieldWarnsOncePerLoad: a cursor field missing from a
+// source's first page (likely a typo in the mapping) is the last page, and
+// is logged at warn level, naming the field, once per compiled mapping.
+// An explicit null is an ordinary last page and says nothing.
+func TestAbsentCursorFieldWarnsOncePerLoad(t *testing.T) {
+	srv := fakeAPI(t, map[string]string{
+		"/typo": `{"items":[{"id":"q"}],"nextCursor":"abc"}`,
+		"/null": `{"items":[{"id":"r"}],"next":null}`,
+	})
+	base, _ := url.Parse(srv.URL)
+	var logs syncBuffer
+	f := NewFetcher(FetcherOptions{
+		Base: base, MaxBodyBytes: 1 << 20,
+		Upstream: upstream.New(upstream.Options{Base: base, Timeout: time.Second, Registerer: prometheus.NewRegistry(), Namespace: "test"}).View,
+		Logger:   slog.New(slog.NewJSONHandler(&logs, nil)),
+	})
+	compile := func() *View {
+		v, err := Compile([]Source{
+			{Path: "/typo", Items: "items", Key: "x/{id}", Pagination: &Pagination{Type: "cursor"}},
+			{Path: "/null", Items: "items", Key: "y/{id}", Pagination: &Pagination{Type: "cursor"}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	req := Request{UserID: "alice", Header: http.Header{"Authorization": {"Bearer alice"}}}
+	warnings := func() int { return strings.Count(logs.String(), `"level":"WARN"`) }
+	v := compile()
+	for i := range 3 {
+		es, err := f.Fetch(context.Background(), v, req)
+		if err != nil || keys(es) != `x/q={"id":"q"} y/r={"id":"r"}` {
+			t.Fatalf("fetch %d: %s, %v", i, keys(es), err)
+		}
+	}
+	if n := warnings(); n != 1 || !strings.Contains(logs.String(), `"field":"next"`) || !strings.Contains(logs.String(), `"source":"/typo"`) {
+		t.Fatalf("after 3 fetches of one load: %d warnings, want 1 naming the field and source:\n%s", n, logs.String())
+	}
+	if _, err := f.Fetch(context.Background(), compile(), req); err != nil {
+		t.Fatal(err)
+	}
+	if n := warnings(); n != 2 {
+		t.Errorf("a reloaded mapping warned %d times in all, want 2 (once per load)", n)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

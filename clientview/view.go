@@ -1,8 +1,8 @@
 // Package clientview builds a Replicache client view from a legacy API's own
 // GET endpoints, following the "clientView" section of a mapping file.
 //
-// A View is compiled once and is immutable; a Fetcher is safe for concurrent
-// use. Fetch returns either every entry of every source or an error: never a
+// A View is compiled once and is immutable but for the note of which
+// warnings it has logged; a View and a Fetcher are safe for concurrent use. Fetch returns either every entry of every source or an error: never a
 // partial view.
 package clientview
 
@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"sync/atomic"
 )
 
 // Source is one client view source as written in the mapping file.
@@ -60,6 +61,12 @@ type source struct {
 	keyed    bool // key has at least one placeholder
 	page     Pagination
 	paged    bool
+	nextPath []string // page.Next split at dots (cursor type)
+
+	// warnedAbsent is set once the absence of the cursor field on a first
+	// page has been logged: once per compiled view, so once per mapping
+	// load. The only mutable part of a View.
+	warnedAbsent atomic.Bool
 }
 
 type keyPart struct {
@@ -134,6 +141,7 @@ func compileSource(s Source) (*source, []error) {
 			if cs.page.Next == "" {
 				cs.page.Next = "next"
 			}
+			cs.nextPath = strings.Split(cs.page.Next, ".")
 		default:
 			errs = append(errs, fmt.Errorf("pagination type %q is not \"link\" or \"cursor\"", p.Type))
 		}

@@ -3,7 +3,11 @@ package proxy
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -169,6 +173,28 @@ func TestPullSourceFailureIsNeverPartial(t *testing.T) {
 	// Failed pulls issued no cookie.
 	if _, p := sc.pull(t, "alice", "g", nil); p.Cookie.Order != 1 || len(p.keys(t)) != 5 {
 		t.Errorf("pull after recovery: order %d, %d keys; want order 1 and 5 keys", p.Cookie.Order, len(p.keys(t)))
+	}
+}
+
+// TestPullCursorThatCannotBeFollowed: an API whose cursor path meets a
+// string (here "meta" is a string, not an object) fails the pull with 502
+// naming the source, instead of answering page one as the whole view, which
+// would make the client delete every entity of the later pages.
+func TestPullCursorThatCannotBeFollowed(t *testing.T) {
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, `{"items":[{"id":"a"},{"id":"b"}],"meta":"more pages follow"}`)
+	}))
+	t.Cleanup(api.Close)
+	mapping := filepath.Join(t.TempDir(), "cursor.json")
+	err := os.WriteFile(mapping, []byte(`{"clientView":[{"path":"/items","items":"items","key":"item/{id}",
+		"pagination":{"type":"cursor","param":"after","next":"meta.next"}}]}`), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, map[string]string{"SIDECAR_UPSTREAM_URL": api.URL, "SIDECAR_MAPPING_FILE": mapping, "SIDECAR_AUTH_PATH": ""})
+	r, _ := h.start().pull(t, "alice", "g", nil)
+	if r.status != http.StatusBadGateway || r.str("source") != "/items" || !strings.Contains(r.str("reason"), `cursor field "meta.next" cannot be followed`) {
+		t.Fatalf("pull = %d %s; want 502 naming /items and the cursor field", r.status, r.raw)
 	}
 }
 

@@ -72,7 +72,7 @@ func New(o Options) *Sidecar {
 			Base: cfg.Upstream, Upstream: up.Mutation, IdempotencyHeader: cfg.IdempotencyHeader,
 		}),
 		fetcher: clientview.NewFetcher(clientview.FetcherOptions{
-			Base: cfg.Upstream, Upstream: up.View, MaxBodyBytes: cfg.MaxUpstreamBodyBytes,
+			Base: cfg.Upstream, Upstream: up.View, MaxBodyBytes: cfg.MaxUpstreamBodyBytes, Logger: o.Logger,
 		}),
 		auth: &authenticator{
 			header: cfg.UserIDHeader, path: cfg.AuthPath, field: strings.Split(cfg.AuthUserField, "."),
