@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -26,7 +27,7 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, environ(), os.Stderr); err != nil {
+	if err := run(ctx, environ(), os.Stderr, net.Listen); err != nil {
 		fmt.Fprintln(os.Stderr, "replicache-sidecar:", err)
 		os.Exit(1)
 	}
@@ -42,9 +43,14 @@ func environ() map[string]string {
 	return m
 }
 
-// run starts the sidecar and serves until ctx is cancelled, then drains and
-// shuts down within SIDECAR_SHUTDOWN_TIMEOUT.
-func run(ctx context.Context, env map[string]string, logOut io.Writer) error {
+// listenFunc opens a listener (net.Listen, or a test's).
+type listenFunc func(network, address string) (net.Listener, error)
+
+// run starts the sidecar and serves until ctx is cancelled or a server
+// fails, then drains and shuts down within SIDECAR_SHUTDOWN_TIMEOUT. It
+// returns only once both servers have stopped, and returns an error when
+// either failed: an orchestrator must see a server that died.
+func run(ctx context.Context, env map[string]string, logOut io.Writer, listen listenFunc) error {
 	cfg, err := proxy.LoadConfig(env)
 	if err != nil {
 		return err
@@ -69,11 +75,11 @@ func run(ctx context.Context, env map[string]string, logOut io.Writer) error {
 	// stream for as long as the legacy service does.
 	public := proxy.NewHTTPServer(sc.Handler(), cfg.HTTPReadTimeout, 0)
 	admin := proxy.NewHTTPServer(sc.AdminHandler(reg), 30*time.Second, 30*time.Second)
-	publicLn, err := net.Listen("tcp", cfg.ListenAddr)
+	publicLn, err := listen("tcp", cfg.ListenAddr)
 	if err != nil {
 		return fmt.Errorf("listening on SIDECAR_LISTEN_ADDR: %w", err)
 	}
-	adminLn, err := net.Listen("tcp", cfg.AdminAddr)
+	adminLn, err := listen("tcp", cfg.AdminAddr)
 	if err != nil {
 		publicLn.Close()
 		return fmt.Errorf("listening on SIDECAR_ADMIN_ADDR: %w", err)
@@ -82,17 +88,25 @@ func run(ctx context.Context, env map[string]string, logOut io.Writer) error {
 		"upstream", cfg.Upstream.Redacted(), "push_path", cfg.PushPath, "pull_path", cfg.PullPath,
 		"mutators", len(cfg.Mapping.Mutators.Names()), "view_sources", cfg.Mapping.View.Len(), "mapping_sha256", cfg.Mapping.Hash)
 
-	serveErr := make(chan error, 2)
-	go func() { serveErr <- public.Serve(publicLn) }()
-	go func() { serveErr <- admin.Serve(adminLn) }()
+	type stopped struct {
+		server string
+		err    error
+	}
+	serveErr := make(chan stopped, 2)
+	go func() { serveErr <- stopped{"public", public.Serve(publicLn)} }()
+	go func() { serveErr <- stopped{"admin", admin.Serve(adminLn)} }()
 	go migrate(ctx, sc, log)
 	go sc.WatchMapping(ctx, cfg.MappingReloadInterval)
 
+	var failure error
+	running := 2
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down", "timeout", cfg.ShutdownTimeout)
-	case err := <-serveErr:
-		log.Error("server failed", "error", err)
+	case st := <-serveErr:
+		running--
+		failure = fmt.Errorf("%s server stopped: %w", st.server, st.err)
+		log.Error("server failed; shutting down", "server", st.server, "error", st.err)
 	}
 	// Draining: readiness fails at once and new pushes and pulls answer 503,
 	// while the load balancer notices (SIDECAR_DRAIN_DELAY); pass-through
@@ -107,10 +121,18 @@ func run(ctx context.Context, env map[string]string, logOut io.Writer) error {
 	}
 	// Shutdown waits for in-flight requests (and so in-flight mutations,
 	// which are never abandoned between the upstream's answer and the
-	// commit) until the deadline.
+	// commit) until the deadline. Shutting down a server that already
+	// stopped is harmless.
 	errPublic := public.Shutdown(sctx)
 	errAdmin := admin.Shutdown(sctx)
-	if err := errors.Join(errPublic, errAdmin); err != nil {
+	// Join the server goroutines: Serve returns ErrServerClosed once its
+	// server shuts down; anything else is a failure of its own.
+	for ; running > 0; running-- {
+		if st := <-serveErr; !errors.Is(st.err, http.ErrServerClosed) && failure == nil {
+			failure = fmt.Errorf("%s server stopped: %w", st.server, st.err)
+		}
+	}
+	if err := errors.Join(failure, errPublic, errAdmin); err != nil {
 		return fmt.Errorf("shutting down: %w", err)
 	}
 	log.Info("stopped")

@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -17,7 +19,7 @@ import (
 )
 
 func TestRunRefusesBadConfigWithEveryProblem(t *testing.T) {
-	err := run(context.Background(), map[string]string{"SIDECAR_UPSTREAM_TIMEOUT": "x"}, io.Discard)
+	err := run(context.Background(), map[string]string{"SIDECAR_UPSTREAM_TIMEOUT": "x"}, io.Discard, net.Listen)
 	if err == nil {
 		t.Fatal("run started without configuration")
 	}
@@ -95,7 +97,7 @@ func TestRunServesAndDrains(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, env, logs) }()
+	go func() { done <- run(ctx, env, logs, net.Listen) }()
 
 	var public, admin string
 	proxytest.WaitFor(t, "the listening log line", func() bool {
@@ -179,3 +181,65 @@ func TestRunServesAndDrains(t *testing.T) {
 }
 
 func itoa(n int) string { b, _ := json.Marshal(n); return string(b) }
+
+// failingListener accepts connections until failed is closed, then fails
+// Accept the way a broken socket does (not a temporary error).
+type failingListener struct {
+	net.Listener
+	failed chan struct{}
+}
+
+func (l *failingListener) Accept() (net.Conn, error) {
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		c, err := l.Listener.Accept()
+		got <- result{c, err}
+	}()
+	select {
+	case r := <-got:
+		return r.c, r.err
+	case <-l.failed:
+		return nil, errors.New("accept: socket is broken")
+	}
+}
+
+// TestRunFailsWhenAServerStops: a server whose Serve returns while the
+// process is running makes run drain, join both servers and return an
+// error naming it, so the process exits non-zero; before, it exited 0.
+func TestRunFailsWhenAServerStops(t *testing.T) {
+	mapping := filepath.Join(t.TempDir(), "m.json")
+	if err := os.WriteFile(mapping, []byte(`{"mutators":{"m":{"method":"POST","path":"/m"}}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{
+		"SIDECAR_UPSTREAM_URL": "http://127.0.0.1:9", "SIDECAR_MAPPING_FILE": mapping,
+		// Never reached: the database is not needed to serve or to fail.
+		"SIDECAR_DATABASE_URL": "postgres://sidecar@127.0.0.1:9/none?connect_timeout=1",
+		"SIDECAR_LISTEN_ADDR":  "127.0.0.1:0", "SIDECAR_ADMIN_ADDR": "localhost:0", "SIDECAR_DRAIN_DELAY": "0s",
+	}
+	broken := make(chan struct{})
+	listen := func(network, addr string) (net.Listener, error) {
+		ln, err := net.Listen(network, addr)
+		if err != nil || addr != env["SIDECAR_ADMIN_ADDR"] {
+			return ln, err
+		}
+		return &failingListener{Listener: ln, failed: broken}, nil
+	}
+	logs := &logSink{}
+	done := make(chan error, 1)
+	go func() { done <- run(context.Background(), env, logs, listen) }()
+	proxytest.WaitFor(t, "the listening log line", func() bool { return logs.find("listening") != nil })
+	close(broken)
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "admin server stopped") || !strings.Contains(err.Error(), "socket is broken") {
+			t.Fatalf("run = %v; want an error naming the admin server and its cause", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("run kept going after its admin server stopped")
+	}
+}
