@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/proxytest"
 )
 
 // The benchmarks measure the sidecar against calling the legacy API
@@ -40,7 +42,7 @@ func BenchmarkPushOneMutation(b *testing.B) {
 		id := int64(i + 1)
 		body := fmt.Appendf(nil, `{"id":"d%d","title":"x"}`, id)
 		t0 := time.Now()
-		if code := postJSON(b, h.up.srv.URL+"/api/todos", "Bearer bench", body, map[string]string{"Idempotency-Key": fmt.Sprint("d:", id)}); code != 201 {
+		if code := postJSON(b, h.up.Server.URL+"/api/todos", "Bearer bench", body, map[string]string{"Idempotency-Key": fmt.Sprint("d:", id)}); code != 201 {
 			b.Fatalf("direct: %d", code)
 		}
 		t1 := time.Now()
@@ -66,7 +68,7 @@ func BenchmarkPushBatch(b *testing.B) {
 		t0 := time.Now()
 		for j := 0; j < n; j++ {
 			body := fmt.Appendf(nil, `{"id":"d%d-%d","title":"x"}`, i, j)
-			postJSON(b, h.up.srv.URL+"/api/todos", "Bearer bench", body, map[string]string{"Idempotency-Key": fmt.Sprint(i, ":", j)})
+			postJSON(b, h.up.Server.URL+"/api/todos", "Bearer bench", body, map[string]string{"Idempotency-Key": fmt.Sprint(i, ":", j)})
 		}
 		t1 := time.Now()
 		var buf bytes.Buffer
@@ -104,8 +106,8 @@ func BenchmarkPull(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		t0 := time.Now()
-		for page := 1; page <= 300/legacyPageSize; page++ {
-			req, _ := http.NewRequest(http.MethodGet, fmt.Sprint(h.up.srv.URL, "/api/todos?page=", page), nil)
+		for page := 1; page <= 300/proxytest.LegacyPageSize; page++ {
+			req, _ := http.NewRequest(http.MethodGet, fmt.Sprint(h.up.Server.URL, "/api/todos?page=", page), nil)
 			req.Header.Set("Authorization", "Bearer bench")
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
@@ -162,7 +164,7 @@ func BenchmarkPushParallel(b *testing.B) {
 	b.ResetTimer()
 	direct := run(func(w, i int) {
 		body := fmt.Appendf(nil, `{"id":"d%d-%d","title":"x"}`, w, i)
-		postJSON(b, h.up.srv.URL+"/api/todos", "Bearer bench", body, map[string]string{"Idempotency-Key": fmt.Sprint(w, ":", i)})
+		postJSON(b, h.up.Server.URL+"/api/todos", "Bearer bench", body, map[string]string{"Idempotency-Key": fmt.Sprint(w, ":", i)})
 	})
 	sidecar := run(func(w, i int) {
 		push := fmt.Appendf(nil, `{"pushVersion":1,"clientGroupID":"g%d","mutations":[{"id":%d,"clientID":"c%d","name":"createTodo","args":{"id":"s%d-%d","title":"x"}}]}`, w, i, w, w, i)

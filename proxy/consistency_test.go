@@ -17,7 +17,7 @@ import (
 // lastMutationIDChanges reports — no more, no fewer.
 func TestConcurrentPushesAndPullsAcrossInstances(t *testing.T) {
 	h := newHarness(t, nil)
-	h.up.setDelay(3 * time.Millisecond) // widens every window a race could use
+	h.up.SetDelay(3 * time.Millisecond) // widens every window a race could use
 	a, b := h.start(), h.start()
 	instances := []*instance{a, b}
 
@@ -107,10 +107,10 @@ func TestConcurrentPushesAndPullsAcrossInstances(t *testing.T) {
 			t.Errorf("c%d lastMutationID = %d, want %d", c, got, perClient)
 		}
 	}
-	if dup := h.up.multiplyApplied(); len(dup) > 0 {
+	if dup := h.up.MultiplyApplied(); len(dup) > 0 {
 		t.Errorf("applied more than once: %v", dup)
 	}
-	ids := h.up.todoIDs("alice")
+	ids := h.up.TodoIDs("alice")
 	if len(ids) != clients*perClient {
 		t.Errorf("upstream has %d todos, want %d", len(ids), clients*perClient)
 	}

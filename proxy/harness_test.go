@@ -48,7 +48,7 @@ type instance struct {
 // harness is a legacy upstream plus sidecars sharing one schema.
 type harness struct {
 	t      testing.TB
-	up     *legacy
+	up     *proxytest.LegacyAPI
 	schema string
 	env    map[string]string
 	logs   *syncBuffer // every instance's JSON logs, at debug level
@@ -75,13 +75,13 @@ func (s *syncBuffer) String() string {
 // sidecar's settings (SIDECAR_* names).
 func newHarness(t testing.TB, env map[string]string) *harness {
 	t.Helper()
-	h := &harness{t: t, up: newLegacy(t), schema: proxytest.NewSchema(t), logs: &syncBuffer{}}
+	h := &harness{t: t, up: proxytest.NewLegacyAPI(t), schema: proxytest.NewSchema(t), logs: &syncBuffer{}}
 	mappingFile := filepath.Join(t.TempDir(), "mapping.json")
 	if err := os.WriteFile(mappingFile, []byte(testMapping), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	h.env = map[string]string{
-		"SIDECAR_UPSTREAM_URL": h.up.srv.URL,
+		"SIDECAR_UPSTREAM_URL": h.up.Server.URL,
 		"SIDECAR_DATABASE_URL": proxytest.DatabaseURL(t),
 		"SIDECAR_MAPPING_FILE": mappingFile,
 		"SIDECAR_DB_SCHEMA":    h.schema,
@@ -268,4 +268,13 @@ func panicGuard(t testing.TB, h http.Handler) http.Handler {
 		}()
 		h.ServeHTTP(w, r)
 	})
+}
+
+func mustJSON(t testing.TB, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

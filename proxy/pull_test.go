@@ -162,8 +162,8 @@ func TestPullSourceFailureIsNeverPartial(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			h.up.setFault(tc.fault)
-			defer h.up.setFault(nil)
+			h.up.SetFault(tc.fault)
+			defer h.up.SetFault(nil)
 			r, _ := sc.pull(t, "alice", "g", nil)
 			if r.status != http.StatusBadGateway || r.str("source") != "/api/todos" || !strings.Contains(r.str("message"), tc.reason) {
 				t.Fatalf("pull = %d %s; want 502 naming /api/todos and %q", r.status, r.raw, tc.reason)
@@ -232,7 +232,7 @@ func TestDeletedGroupGetsClientStateNotFound(t *testing.T) {
 	if r.status != http.StatusOK || string(r.raw) != `{"error":"ClientStateNotFound"}` {
 		t.Errorf("push = %d %s, want 200 ClientStateNotFound", r.status, r.raw)
 	}
-	if got := h.up.todoIDs("alice"); !slices.Equal(got, []string{"a"}) {
+	if got := h.up.TodoIDs("alice"); !slices.Equal(got, []string{"a"}) {
 		t.Errorf("upstream todos = %v, want [a]", got)
 	}
 }

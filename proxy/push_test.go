@@ -20,17 +20,17 @@ func TestPushAppliesInOrderAndSkipsProcessed(t *testing.T) {
 	if r.status != http.StatusOK || r.json["applied"] != 4.0 {
 		t.Fatalf("push = %d %s, want 200 with 4 applied", r.status, r.raw)
 	}
-	if got := h.up.todoIDs("alice"); !slices.Equal(got, []string{"a", "b", "c"}) {
+	if got := h.up.TodoIDs("alice"); !slices.Equal(got, []string{"a", "b", "c"}) {
 		t.Fatalf("upstream todos = %v, want [a b c] in order", got)
 	}
-	calls := h.up.mutationCalls()
+	calls := h.up.MutationCalls()
 	// The client retries the same batch (its answer got lost): nothing is
 	// sent upstream again.
 	r = sc.push(t, "alice", "g1", create("c1", 1, "a"), create("c1", 2, "b"), create("c2", 1, "c"))
 	if r.status != http.StatusOK || r.json["duplicate"] != 3.0 {
 		t.Fatalf("repeat push = %d %s, want 200 with 3 duplicates", r.status, r.raw)
 	}
-	if n := h.up.mutationCalls(); n != calls {
+	if n := h.up.MutationCalls(); n != calls {
 		t.Errorf("repeat push made %d upstream calls, want 0", n-calls)
 	}
 	if l1, l2 := h.lmid(t, sc.pool, "c1"), h.lmid(t, sc.pool, "c2"); l1 != 3 || l2 != 1 {
@@ -41,7 +41,7 @@ func TestPushAppliesInOrderAndSkipsProcessed(t *testing.T) {
 func TestPushUpstreamCallCarriesKeyAndHeaders(t *testing.T) {
 	h := newHarness(t, map[string]string{"SIDECAR_IDEMPOTENCY_HEADER": "X-Idem", "SIDECAR_FORWARD_HEADERS": "Authorization, X-Tenant"})
 	var got http.Header
-	h.up.setFault(func(r *http.Request) int {
+	h.up.SetFault(func(r *http.Request) int {
 		if r.Method == http.MethodPost {
 			got = r.Header.Clone()
 		}
@@ -105,7 +105,7 @@ func TestPushBadInput(t *testing.T) {
 			}
 		})
 	}
-	if n := h.up.mutationCalls(); n != 0 {
+	if n := h.up.MutationCalls(); n != 0 {
 		t.Errorf("bad input caused %d upstream calls", n)
 	}
 	r := do(t, mustRequest(t, http.MethodGet, sc.srv.URL+"/replicache/push"))
@@ -133,7 +133,7 @@ func TestPushMutationIDGap(t *testing.T) {
 		!strings.Contains(r.str("message"), "expected mutation 2, received 3") {
 		t.Fatalf("gap push = %d %s; want 400 MutationIDGap expected 2 received 3", r.status, r.raw)
 	}
-	if got := h.up.todoIDs("alice"); !slices.Equal(got, []string{"a"}) {
+	if got := h.up.TodoIDs("alice"); !slices.Equal(got, []string{"a"}) {
 		t.Errorf("upstream todos = %v, want [a]", got)
 	}
 	if l := h.lmid(t, sc.pool, "c1"); l != 1 {
@@ -200,8 +200,8 @@ func TestPushBusinessErrorsAdvance(t *testing.T) {
 		}
 	}
 	// The hostile id stayed inside its path segment.
-	if !slices.Contains(h.up.log, "DELETE /api/todos/..%2F..%2Fadmin") {
-		t.Errorf("upstream calls %v lack the escaped DELETE", h.up.log)
+	if calls := h.up.Calls(); !slices.Contains(calls, "DELETE /api/todos/..%2F..%2Fadmin") {
+		t.Errorf("upstream calls %v lack the escaped DELETE", calls)
 	}
 }
 
@@ -227,7 +227,7 @@ func TestPushTransientStopsAndRetrySucceeds(t *testing.T) {
 			good, bad := next, next+1
 			next += 2
 			badKey := "c1:" + itoa(bad)
-			h.up.setFault(func(r *http.Request) int {
+			h.up.SetFault(func(r *http.Request) int {
 				if r.Header.Get("Idempotency-Key") != badKey {
 					return 0
 				}
@@ -243,7 +243,7 @@ func TestPushTransientStopsAndRetrySucceeds(t *testing.T) {
 			if l := h.lmid(t, sc.pool, "c1"); l != good {
 				t.Fatalf("lastMutationID = %d, want %d (the failed one is not consumed)", l, good)
 			}
-			h.up.setFault(nil)
+			h.up.SetFault(nil)
 			time.Sleep(tc.delay) // let a late upstream effect land first
 			r = sc.push(t, "alice", "g", batch...)
 			if r.status != http.StatusOK || r.json["applied"] != 1.0 || r.json["duplicate"] != 1.0 {
@@ -258,15 +258,15 @@ func TestPushTransientStopsAndRetrySucceeds(t *testing.T) {
 			if tc.delay > 0 {
 				wantCalls = 2
 			}
-			if n := h.up.callsFor(badKey); n != wantCalls {
+			if n := h.up.CallsFor(badKey); n != wantCalls {
 				t.Errorf("key %s reached the API %d times, want %d", badKey, n, wantCalls)
 			}
 		})
 	}
-	if dup := h.up.multiplyApplied(); len(dup) > 0 {
+	if dup := h.up.MultiplyApplied(); len(dup) > 0 {
 		t.Errorf("applied more than once upstream: %v", dup)
 	}
-	ids := h.up.todoIDs("alice")
+	ids := h.up.TodoIDs("alice")
 	if len(ids) != 2*len(tests) {
 		t.Errorf("upstream todos = %v, want %d", ids, 2*len(tests))
 	}
@@ -277,7 +277,7 @@ func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 func TestPushUpstreamDown(t *testing.T) {
 	h := newHarness(t, map[string]string{"SIDECAR_USER_ID_HEADER": "X-User", "SIDECAR_AUTH_PATH": ""})
 	sc := h.start()
-	h.up.srv.Close()
+	h.up.Server.Close()
 	r := sc.post(t, "/replicache/push", "", pushBody("g", create("c1", 1, "a")))
 	if r.status != http.StatusUnauthorized {
 		t.Fatalf("push without X-User = %d %s, want 401", r.status, r.raw)
@@ -315,12 +315,12 @@ func TestPushOwnership(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			calls := h.up.mutationCalls()
+			calls := h.up.MutationCalls()
 			r := sc.push(t, tc.user, tc.group, tc.muts...)
 			if r.status != http.StatusForbidden || r.str("error") != "Forbidden" || !strings.Contains(r.str("message"), tc.msg) {
 				t.Fatalf("push = %d %s; want 403 %q", r.status, r.raw, tc.msg)
 			}
-			if n := h.up.mutationCalls() - calls; n != 0 {
+			if n := h.up.MutationCalls() - calls; n != 0 {
 				t.Errorf("a refused push made %d upstream calls", n)
 			}
 		})
@@ -333,7 +333,7 @@ func TestPushOwnership(t *testing.T) {
 
 func TestPushTimeBudgetExitsEarly(t *testing.T) {
 	h := newHarness(t, map[string]string{"SIDECAR_PUSH_TIME_BUDGET": "250ms"})
-	h.up.setDelay(60 * time.Millisecond)
+	h.up.SetDelay(60 * time.Millisecond)
 	sc := h.start()
 	var muts []mut
 	for i := int64(1); i <= 20; i++ {
@@ -347,12 +347,12 @@ func TestPushTimeBudgetExitsEarly(t *testing.T) {
 	if l := h.lmid(t, sc.pool, "c1"); l != applied {
 		t.Errorf("lastMutationID = %d, want %d (what was applied)", l, applied)
 	}
-	h.up.setDelay(0)
+	h.up.SetDelay(0)
 	r = sc.push(t, "alice", "g", muts...)
 	if r.status != http.StatusOK || int64(r.json["applied"].(float64)) != 20-applied {
 		t.Fatalf("second push = %d %s; want the remaining %d applied", r.status, r.raw, 20-applied)
 	}
-	if n := len(h.up.todoIDs("alice")); n != 20 {
+	if n := len(h.up.TodoIDs("alice")); n != 20 {
 		t.Errorf("upstream has %d todos, want 20", n)
 	}
 }
@@ -361,7 +361,7 @@ func TestPushClientLeavingDoesNotAbandonMutation(t *testing.T) {
 	h := newHarness(t, nil)
 	sc := h.start()
 	started := make(chan struct{}, 1)
-	h.up.setFault(func(r *http.Request) int {
+	h.up.SetFault(func(r *http.Request) int {
 		if r.Method == http.MethodPost {
 			started <- struct{}{}
 			time.Sleep(300 * time.Millisecond) // the client gives up meanwhile
@@ -386,7 +386,7 @@ func TestPushClientLeavingDoesNotAbandonMutation(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	time.Sleep(400 * time.Millisecond)
-	if got := h.up.todoIDs("alice"); !slices.Equal(got, []string{"a"}) {
+	if got := h.up.TodoIDs("alice"); !slices.Equal(got, []string{"a"}) {
 		t.Errorf("upstream todos = %v, want [a]: no new mutation after the client left", got)
 	}
 }

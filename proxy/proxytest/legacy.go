@@ -1,4 +1,4 @@
-package proxy
+package proxytest
 
 import (
 	"encoding/json"
@@ -15,12 +15,14 @@ import (
 	"time"
 )
 
-// legacy is a real HTTP service standing in for the unmodified REST API the
-// sidecar fronts: per-user todos behind "Authorization: Bearer <user>", list
-// pagination by Link header, the usual 201/200/204/404/409/422 answers, and
-// Idempotency-Key replay. Tests can slow it down or make it fail.
-type legacy struct {
-	srv *httptest.Server
+// LegacyAPI is a real HTTP service standing in for the unmodified REST API
+// the sidecar fronts: per-user todos behind "Authorization: Bearer <user>",
+// list pagination by Link header (LegacyPageSize a page), /api/me, the
+// usual 201/200/204/404/409/422 answers, Idempotency-Key replay, and
+// /legacy/echo, which answers 418 with what it received. Tests can slow it
+// down or make it fail. It is safe for concurrent use.
+type LegacyAPI struct {
+	Server *httptest.Server
 
 	mu      sync.Mutex
 	todos   map[string]map[string]json.RawMessage // user → id → todo
@@ -34,27 +36,29 @@ type legacy struct {
 	hook  atomic.Pointer[func(w http.ResponseWriter, r *http.Request) bool]
 }
 
-const legacyPageSize = 3
+// LegacyPageSize is how many todos one page of /api/todos holds.
+const LegacyPageSize = 3
 
-func newLegacy(t testing.TB) *legacy {
+// NewLegacyAPI starts a LegacyAPI, stopped when the test ends.
+func NewLegacyAPI(t testing.TB) *LegacyAPI {
 	t.Helper()
-	l := &legacy{
+	l := &LegacyAPI{
 		todos: map[string]map[string]json.RawMessage{}, order: map[string][]string{},
 		idem: map[string]int{}, calls: map[string]int{}, effects: map[string]int{},
 	}
-	l.srv = httptest.NewServer(l)
-	t.Cleanup(l.srv.Close)
+	l.Server = httptest.NewServer(l)
+	t.Cleanup(l.Server.Close)
 	return l
 }
 
-// setFault makes the upstream answer f's status instead of serving, for
+// SetFault makes the upstream answer f's status instead of serving, for
 // every request where f returns non-zero. nil clears it.
-func (l *legacy) setFault(f func(r *http.Request) int) {
+func (l *LegacyAPI) SetFault(f func(r *http.Request) int) {
 	if f == nil {
-		l.setHook(nil)
+		l.SetHook(nil)
 		return
 	}
-	l.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+	l.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
 		code := f(r)
 		if code == 0 {
 			return false
@@ -65,8 +69,8 @@ func (l *legacy) setFault(f func(r *http.Request) int) {
 	})
 }
 
-// setHook lets h answer any request it wants to (returning true); nil clears it.
-func (l *legacy) setHook(h func(w http.ResponseWriter, r *http.Request) bool) {
+// SetHook lets h answer any request it wants to (returning true); nil clears it.
+func (l *LegacyAPI) SetHook(h func(w http.ResponseWriter, r *http.Request) bool) {
 	if h == nil {
 		l.hook.Store(nil)
 		return
@@ -74,9 +78,17 @@ func (l *legacy) setHook(h func(w http.ResponseWriter, r *http.Request) bool) {
 	l.hook.Store(&h)
 }
 
-func (l *legacy) setDelay(d time.Duration) { l.delay.Store(int64(d)) }
+// SetDelay makes every answer wait d (0: no delay).
+func (l *LegacyAPI) SetDelay(d time.Duration) { l.delay.Store(int64(d)) }
 
-func (l *legacy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+// Calls returns "METHOD escaped-path[?query]" of every mutation call so far.
+func (l *LegacyAPI) Calls() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.log...)
+}
+
+func (l *LegacyAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
 	if d := time.Duration(l.delay.Load()); d > 0 {
 		select {
@@ -125,7 +137,7 @@ func (l *legacy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // mutate applies one call; l.mu is held.
-func (l *legacy) mutate(r *http.Request, user string, body []byte) int {
+func (l *LegacyAPI) mutate(r *http.Request, user string, body []byte) int {
 	todos := l.todos[user]
 	if todos == nil {
 		todos = map[string]json.RawMessage{}
@@ -179,7 +191,7 @@ func (l *legacy) mutate(r *http.Request, user string, body []byte) int {
 	return http.StatusNotFound
 }
 
-func (l *legacy) get(w http.ResponseWriter, r *http.Request, user string) {
+func (l *LegacyAPI) get(w http.ResponseWriter, r *http.Request, user string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch r.URL.Path {
@@ -189,7 +201,7 @@ func (l *legacy) get(w http.ResponseWriter, r *http.Request, user string) {
 		page, _ := strconv.Atoi(r.URL.Query().Get("page"))
 		page = max(page, 1)
 		ids := l.order[user]
-		lo, hi := min((page-1)*legacyPageSize, len(ids)), min(page*legacyPageSize, len(ids))
+		lo, hi := min((page-1)*LegacyPageSize, len(ids)), min(page*LegacyPageSize, len(ids))
 		if hi < len(ids) {
 			w.Header().Set("Link", fmt.Sprintf(`</api/todos?page=%d>; rel="next"`, page+1))
 		}
@@ -203,7 +215,13 @@ func (l *legacy) get(w http.ResponseWriter, r *http.Request, user string) {
 	}
 }
 
-func (l *legacy) echo(w http.ResponseWriter, r *http.Request, body []byte) {
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func (l *LegacyAPI) echo(w http.ResponseWriter, r *http.Request, body []byte) {
 	h := map[string]string{}
 	for k := range r.Header {
 		h[k] = r.Header.Get(k)
@@ -213,29 +231,29 @@ func (l *legacy) echo(w http.ResponseWriter, r *http.Request, body []byte) {
 	})
 }
 
-// todoIDs returns the user's todo ids in creation order.
-func (l *legacy) todoIDs(user string) []string {
+// TodoIDs returns the user's todo ids in creation order.
+func (l *LegacyAPI) TodoIDs(user string) []string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return append([]string(nil), l.order[user]...)
 }
 
-// callsFor returns how many calls carried the idempotency key.
-func (l *legacy) callsFor(key string) int {
+// CallsFor returns how many calls carried the idempotency key.
+func (l *LegacyAPI) CallsFor(key string) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.calls[key]
 }
 
-// mutationCalls returns how many mutation calls arrived in total.
-func (l *legacy) mutationCalls() int {
+// MutationCalls returns how many mutation calls arrived in total.
+func (l *LegacyAPI) MutationCalls() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return len(l.log)
 }
 
-// multiplyApplied lists idempotency keys whose effect happened more than once.
-func (l *legacy) multiplyApplied() []string {
+// MultiplyApplied lists idempotency keys whose effect happened more than once.
+func (l *LegacyAPI) MultiplyApplied() []string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var out []string

@@ -2,15 +2,12 @@ package proxy
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
-	dto "github.com/prometheus/client_model/go"
 )
 
 func breakerHarness(t testing.TB) (*harness, *instance) {
@@ -35,7 +32,7 @@ func TestCircuitBreaker(t *testing.T) {
 	if r := pushAs(t, sc, "g2", create("c2", 1, "done")); r.status != 200 {
 		t.Fatalf("push = %d %s", r.status, r.raw)
 	}
-	h.up.setFault(func(r *http.Request) int { return http.StatusBadGateway })
+	h.up.SetFault(func(r *http.Request) int { return http.StatusBadGateway })
 
 	// Three failing calls open the breaker.
 	for i := 0; i < 3; i++ {
@@ -46,14 +43,14 @@ func TestCircuitBreaker(t *testing.T) {
 	if v := gaugeValue(t, sc, "replicache_sidecar_circuit_breaker_open"); v != 1 {
 		t.Fatalf("circuit_breaker_open = %v, want 1", v)
 	}
-	calls := h.up.mutationCalls()
+	calls := h.up.MutationCalls()
 	start := time.Now()
 	r := pushAs(t, sc, "g", create("c", 1, "a"))
 	failFast := time.Since(start)
 	if r.status != 503 || r.header.Get("Retry-After") != "1" || !strings.Contains(r.str("cause"), "circuit breaker open") {
 		t.Fatalf("push with the breaker open = %d %s (Retry-After %q)", r.status, r.raw, r.header.Get("Retry-After"))
 	}
-	if n := h.up.mutationCalls() - calls; n != 0 {
+	if n := h.up.MutationCalls() - calls; n != 0 {
 		t.Errorf("the open breaker let %d calls through", n)
 	}
 	if l := h.lmid(t, sc.pool, "c"); l != 0 {
@@ -77,7 +74,7 @@ func TestCircuitBreaker(t *testing.T) {
 	t.Logf("fail-fast answer with the breaker open: %v", failFast)
 
 	// The upstream recovers; after the open timeout a probe closes it.
-	h.up.setFault(nil)
+	h.up.SetFault(nil)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		r := pushAs(t, sc, "g", create("c", 1, "a"))
@@ -99,7 +96,7 @@ func TestCircuitBreaker(t *testing.T) {
 
 func TestClientCancellationsDoNotTripTheBreaker(t *testing.T) {
 	h, sc := breakerHarness(t)
-	h.up.setDelay(300 * time.Millisecond) // every view fetch is slow
+	h.up.SetDelay(300 * time.Millisecond) // every view fetch is slow
 	for i := 0; i < 5; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 		req := withHeaders(t, http.MethodPost, sc.srv.URL+"/replicache/pull", `{"pullVersion":1,"clientGroupID":"g","cookie":null}`, "X-User", "alice")
@@ -112,7 +109,7 @@ func TestClientCancellationsDoNotTripTheBreaker(t *testing.T) {
 	if v := gaugeValue(t, sc, "replicache_sidecar_circuit_breaker_open"); v != 0 {
 		t.Fatalf("5 client cancellations opened the breaker")
 	}
-	h.up.setDelay(0)
+	h.up.SetDelay(0)
 	if r := pushAs(t, sc, "g", create("c", 1, "a")); r.status != 200 {
 		t.Errorf("push after cancellations = %d %s", r.status, r.raw)
 	}
@@ -122,7 +119,7 @@ func TestClientCancellationsDoNotTripTheBreaker(t *testing.T) {
 // while the breaker is open, next to a push that the upstream accepts.
 func BenchmarkBreakerOpenPush(b *testing.B) {
 	h, sc := breakerHarness(b)
-	h.up.setFault(func(r *http.Request) int { return http.StatusBadGateway })
+	h.up.SetFault(func(r *http.Request) int { return http.StatusBadGateway })
 	for i := 0; i < 3; i++ {
 		pushAs(b, sc, "open", create("c1", 1, "a"))
 	}
@@ -142,7 +139,7 @@ func BenchmarkBreakerOpenPush(b *testing.B) {
 		openPull += time.Since(t1)
 	}
 	b.StopTimer()
-	h.up.setFault(nil)
+	h.up.SetFault(nil)
 	time.Sleep(500 * time.Millisecond)
 	for i := 0; i < b.N; i++ {
 		t0 := time.Now()
@@ -154,133 +151,4 @@ func BenchmarkBreakerOpenPush(b *testing.B) {
 	b.ReportMetric(float64(open.Nanoseconds())/float64(b.N), "open-ns/op")
 	b.ReportMetric(float64(openPull.Nanoseconds())/float64(b.N), "open-pull-ns/op")
 	b.ReportMetric(float64(closed.Nanoseconds())/float64(b.N), "applied-ns/op")
-}
-
-func withHeaders(t testing.TB, method, url, body string, kv ...string) *http.Request {
-	req, err := http.NewRequest(method, url, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i+1 < len(kv); i += 2 {
-		req.Header.Set(kv[i], kv[i+1])
-	}
-	return req
-}
-
-func TestCORS(t *testing.T) {
-	preflight := func(sc *instance, origin string) response {
-		return do(t, withHeaders(t, http.MethodOptions, sc.srv.URL+"/replicache/push", "",
-			"Origin", origin, "Access-Control-Request-Method", "POST", "Access-Control-Request-Headers", "content-type, authorization, x-replicache-requestid"))
-	}
-	t.Run("configured origins", func(t *testing.T) {
-		h := newHarness(t, map[string]string{"SIDECAR_CORS_ORIGINS": "https://app.example.com, http://localhost:5173"})
-		sc := h.start()
-		r := preflight(sc, "https://app.example.com")
-		if r.status != 204 || r.header.Get("Access-Control-Allow-Origin") != "https://app.example.com" ||
-			r.header.Get("Access-Control-Allow-Credentials") != "true" || !strings.Contains(r.header.Get("Access-Control-Allow-Methods"), "POST") ||
-			!strings.Contains(r.header.Get("Access-Control-Allow-Headers"), "authorization") {
-			t.Errorf("allowed preflight = %d %v", r.status, r.header)
-		}
-		r = preflight(sc, "https://evil.example.com")
-		if r.status != 403 || r.header.Get("Access-Control-Allow-Origin") != "" {
-			t.Errorf("foreign preflight = %d, ACAO %q", r.status, r.header.Get("Access-Control-Allow-Origin"))
-		}
-		req := withHeaders(t, http.MethodPost, sc.srv.URL+"/replicache/pull", `{"pullVersion":1,"clientGroupID":"g","cookie":null}`,
-			"Origin", "http://localhost:5173", "Authorization", "Bearer alice")
-		if r := do(t, req); r.status != 200 || r.header.Get("Access-Control-Allow-Origin") != "http://localhost:5173" || r.header.Get("Access-Control-Allow-Credentials") != "true" {
-			t.Errorf("pull from an allowed origin = %d %v", r.status, r.header)
-		}
-		req = withHeaders(t, http.MethodPost, sc.srv.URL+"/replicache/pull", `{"pullVersion":1,"clientGroupID":"g","cookie":null}`,
-			"Origin", "https://evil.example.com", "Authorization", "Bearer alice")
-		if r := do(t, req); r.header.Get("Access-Control-Allow-Origin") != "" {
-			t.Errorf("pull from a foreign origin carries ACAO %q", r.header.Get("Access-Control-Allow-Origin"))
-		}
-	})
-	t.Run("unset: no CORS at all", func(t *testing.T) {
-		sc := newHarness(t, nil).start()
-		r := preflight(sc, "https://app.example.com")
-		if r.status != http.StatusMethodNotAllowed {
-			t.Errorf("preflight without CORS configured = %d", r.status)
-		}
-		for k := range r.header {
-			if strings.HasPrefix(k, "Access-Control-") {
-				t.Errorf("CORS header %s sent without SIDECAR_CORS_ORIGINS", k)
-			}
-		}
-	})
-}
-
-// TestMetricsExposition checks the series the operations docs promise and
-// lints the exposition the way `promtool check metrics` does.
-func TestMetricsExposition(t *testing.T) {
-	h := newHarness(t, nil)
-	sc := h.start()
-	sc.push(t, "alice", "g", create("c", 1, "a"), mut{"c", 2, "nope", nil})
-	sc.pull(t, "alice", "g", nil)
-	do(t, mustRequest(t, http.MethodGet, sc.srv.URL+"/legacy/echo"))
-	problems, err := promlint.NewWithMetricFamilies(mustGather(t, sc)).Lint()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range problems {
-		t.Errorf("lint: %s: %s", p.Metric, p.Text)
-	}
-	names := map[string]bool{}
-	for _, mf := range mustGather(t, sc) {
-		names[mf.GetName()] = true
-	}
-	for _, want := range []string{
-		"replicache_sidecar_requests_total", "replicache_sidecar_request_duration_seconds",
-		"replicache_sidecar_mutations_total", "replicache_sidecar_upstream_request_duration_seconds",
-		"replicache_sidecar_upstream_errors_total", "replicache_sidecar_circuit_breaker_open",
-		"replicache_sidecar_pull_patch_entries", "replicache_sidecar_pull_patch_bytes",
-		"replicache_sidecar_db_pool_acquired_connections",
-	} {
-		if !names[want] {
-			t.Errorf("missing series %s", want)
-		}
-	}
-	if n := seriesCount(t, sc, "replicache_sidecar_upstream_request_duration_seconds"); n < 4 {
-		t.Errorf("upstream_request_duration_seconds has %d series; want mutation, view, auth and proxy calls", n)
-	}
-}
-
-func mustGather(t testing.TB, inst *instance) []*dto.MetricFamily {
-	t.Helper()
-	mfs, err := inst.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return mfs
-}
-
-// gaugeValue reads an unlabelled gauge from the instance's registry.
-func gaugeValue(t testing.TB, inst *instance, name string) float64 {
-	t.Helper()
-	for _, mf := range mustGather(t, inst) {
-		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
-			return mf.GetMetric()[0].GetGauge().GetValue()
-		}
-	}
-	t.Fatalf("no gauge %s", name)
-	return 0
-}
-
-// seriesCount counts the series of one metric in the instance's registry.
-func seriesCount(t testing.TB, inst *instance, name string) int {
-	t.Helper()
-	n, err := testutil.GatherAndCount(inst.reg, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
-func mustJSON(t testing.TB, v any) string {
-	t.Helper()
-	b, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
 }
