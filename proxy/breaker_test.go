@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/proxytest"
 )
 
 func breakerHarness(t testing.TB) (*harness, *instance) {
@@ -105,7 +107,7 @@ func TestClientCancellationsDoNotTripTheBreaker(t *testing.T) {
 		}
 		cancel()
 	}
-	time.Sleep(400 * time.Millisecond) // let the cancelled fetches finish
+	proxytest.WaitFor(t, "the cancelled pulls to finish", func() bool { return requestsAnswered(t, sc, "pull") == 5 })
 	if v := gaugeValue(t, sc, "replicache_sidecar_circuit_breaker_open"); v != 0 {
 		t.Fatalf("5 client cancellations opened the breaker")
 	}
@@ -140,7 +142,7 @@ func BenchmarkBreakerOpenPush(b *testing.B) {
 	}
 	b.StopTimer()
 	h.up.SetFault(nil)
-	time.Sleep(500 * time.Millisecond)
+	proxytest.WaitFor(b, "the breaker's open timeout", func() bool { return !sc.sc.upstream.Suspended() })
 	for i := 0; i < b.N; i++ {
 		t0 := time.Now()
 		if r := pushAs(b, sc, "ok", create("c2", int64(i+1), "x"+itoa(int64(i)))); r.status != 200 {

@@ -74,3 +74,23 @@ func seriesCount(t testing.TB, inst *instance, name string) int {
 	}
 	return n
 }
+
+// requestsAnswered sums replicache_sidecar_requests_total of one endpoint:
+// how many of its handlers have returned.
+func requestsAnswered(t testing.TB, inst *instance, endpoint string) float64 {
+	t.Helper()
+	var n float64
+	for _, mf := range mustGather(t, inst) {
+		if mf.GetName() != "replicache_sidecar_requests_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "endpoint" && l.GetValue() == endpoint {
+					n += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return n
+}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/proxytest"
 )
 
 func TestPushAppliesInOrderAndSkipsProcessed(t *testing.T) {
@@ -244,7 +246,9 @@ func TestPushTransientStopsAndRetrySucceeds(t *testing.T) {
 				t.Fatalf("lastMutationID = %d, want %d (the failed one is not consumed)", l, good)
 			}
 			h.up.SetFault(nil)
-			time.Sleep(tc.delay) // let a late upstream effect land first
+			if tc.delay > 0 { // let the late upstream effect land first
+				proxytest.WaitFor(t, "the slow call to land", func() bool { return h.up.CallsFor(badKey) == 1 })
+			}
 			r = sc.push(t, "alice", "g", batch...)
 			if r.status != http.StatusOK || r.json["applied"] != 1.0 || r.json["duplicate"] != 1.0 {
 				t.Fatalf("retry = %d %s; want 200 with 1 applied, 1 duplicate", r.status, r.raw)
@@ -378,14 +382,8 @@ func TestPushClientLeavingDoesNotAbandonMutation(t *testing.T) {
 	}
 	// The upstream answered after the client left; the mutation it applied
 	// must still be recorded, and the next one not started.
-	deadline := time.Now().Add(5 * time.Second)
-	for h.lmid(t, sc.pool, "c1") != 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("lastMutationID = %d after the client left, want 1", h.lmid(t, sc.pool, "c1"))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	time.Sleep(400 * time.Millisecond)
+	proxytest.WaitFor(t, "the applied mutation to be recorded", func() bool { return h.lmid(t, sc.pool, "c1") == 1 })
+	proxytest.WaitFor(t, "the push handler to return", func() bool { return requestsAnswered(t, sc, "push") == 1 })
 	if got := h.up.TodoIDs("alice"); !slices.Equal(got, []string{"a"}) {
 		t.Errorf("upstream todos = %v, want [a]: no new mutation after the client left", got)
 	}

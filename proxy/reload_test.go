@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/proxytest"
 )
 
 // TestMappingReload rewrites the mapping file under a running sidecar, the
@@ -34,16 +36,6 @@ func TestMappingReload(t *testing.T) {
 		sum := sha256.Sum256([]byte(content))
 		return hex.EncodeToString(sum[:])
 	}
-	waitUntil := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s", what)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
 	rename := mut{"c", 2, "renameTodo", map[string]any{"id": "a", "title": "renamed"}}
 	if r := sc.push(t, "alice", "g", create("c", 1, "a")); r.status != 200 || r.json["applied"] != 1.0 {
 		t.Fatalf("push = %d %s", r.status, r.raw)
@@ -51,7 +43,7 @@ func TestMappingReload(t *testing.T) {
 
 	// A broken file: counted, logged, and the old mapping stays.
 	replace(`{"mutators":{"createTodo":{"method":"FETCH","path":"/api/todos"}}}`)
-	waitUntil("the reload error to be counted", func() bool { return testutil.ToFloat64(sc.sc.metrics.mappingReloadErrors) == 1 })
+	proxytest.WaitFor(t, "the reload error to be counted", func() bool { return testutil.ToFloat64(sc.sc.metrics.mappingReloadErrors) == 1 })
 	if r := sc.push(t, "alice", "g", create("c", 2, "b")); r.status != 200 || r.json["applied"] != 1.0 {
 		t.Fatalf("push with the old mapping after a bad reload = %d %s", r.status, r.raw)
 	}
@@ -63,7 +55,7 @@ func TestMappingReload(t *testing.T) {
 	newMapping := strings.Replace(testMapping, `"mutators": {`, `"mutators": {
     "renameTodo": {"method": "PATCH", "path": "/api/todos/{args.id}", "body": {"title": "{args.title}"}},`, 1)
 	hash := replace(newMapping)
-	waitUntil("the new mapping", func() bool { return sc.sc.mapping().Hash == hash })
+	proxytest.WaitFor(t, "the new mapping", func() bool { return sc.sc.mapping().Hash == hash })
 	rename.id = 3
 	if r := sc.push(t, "alice", "g", rename); r.status != 200 || r.json["applied"] != 1.0 {
 		t.Fatalf("push of the new mutator = %d %s", r.status, r.raw)
