@@ -3,6 +3,7 @@ package proxy
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -137,5 +138,46 @@ clientView:
 	}
 	if _, err := parseMapping([]byte("mutators: [unclosed\n")); err == nil || !strings.Contains(err.Error(), "not valid YAML") {
 		t.Errorf("broken YAML: %v", err)
+	}
+}
+
+// TestConfigExampleListsEverySetting keeps config.example.env in step with
+// Config: every setting appears there (set, or commented out), nothing
+// else does, and a setting given a value there shows its real default.
+func TestConfigExampleListsEverySetting(t *testing.T) {
+	raw, err := os.ReadFile("../config.example.env")
+	if err != nil {
+		t.Fatal(err)
+	}
+	example := map[string]string{}
+	for _, line := range strings.Split(string(raw), "\n") {
+		line = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), "#"))
+		name, value, ok := strings.Cut(line, "=")
+		if ok && strings.HasPrefix(name, "SIDECAR_") && !strings.ContainsAny(name, " \t") {
+			example[name] = value
+		}
+	}
+	settings := map[string]bool{}
+	ct := reflect.TypeFor[Config]()
+	for i := range ct.NumField() {
+		f := ct.Field(i)
+		tag, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+		if tag == "" || tag == "-" {
+			continue
+		}
+		name := "SIDECAR_" + tag
+		settings[name] = true
+		v, ok := example[name]
+		switch {
+		case !ok:
+			t.Errorf("%s (Config.%s) is missing from config.example.env", name, f.Name)
+		case v != "" && v != f.Tag.Get("envDefault"):
+			t.Errorf("config.example.env shows %s=%s, but its default is %q", name, v, f.Tag.Get("envDefault"))
+		}
+	}
+	for name := range example {
+		if !settings[name] {
+			t.Errorf("config.example.env documents %s, which is no setting", name)
+		}
 	}
 }

@@ -1,6 +1,3 @@
-// Package proxy is the sidecar's HTTP surface: the Replicache push and pull
-// endpoints, the bookkeeping store they share, the pass-through to the legacy
-// service, and the admin endpoints (health, readiness, metrics).
 package proxy
 
 import (
