@@ -78,9 +78,19 @@ test-e2e: build web $(BIN)/devpg
 ## check: formatting, vet, staticcheck, and the tests.
 check: fmt vet lint test
 
-STATICCHECK_VERSION := v0.8.2
-lint: $(BIN)/tools/staticcheck
+## lint: staticcheck and golangci-lint (errcheck, bodyclose, errorlint, sloglint,
+## promlinter, govet, ineffassign: see .golangci.yml), both pinned, and a check
+## that go.mod and go.sum are tidy.
+STATICCHECK_VERSION   := v0.8.2
+GOLANGCI_LINT_VERSION := v2.15.0
+lint: $(BIN)/tools/staticcheck $(BIN)/tools/golangci-lint-$(GOLANGCI_LINT_VERSION)
 	$(BIN)/tools/staticcheck ./...
+	$(BIN)/tools/golangci-lint-$(GOLANGCI_LINT_VERSION) run ./...
+	$(GO) mod tidy -diff
+
+$(BIN)/tools/golangci-lint-$(GOLANGCI_LINT_VERSION):
+	GOBIN=$(CURDIR)/$(BIN)/tools $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+	mv $(BIN)/tools/golangci-lint $@
 
 $(BIN)/tools/staticcheck:
 	GOBIN=$(CURDIR)/$(BIN)/tools $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)

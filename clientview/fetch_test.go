@@ -43,14 +43,14 @@ func fakeAPI(t *testing.T, canned map[string]string) *httptest.Server {
 				// A relative link, as many APIs send.
 				w.Header().Add("Link", fmt.Sprintf(`</todos?page=%d>; rel="next", </todos?page=1>; rel="first"`, page+1))
 			}
-			fmt.Fprintf(w, `{"todos": [%s], "total": %d}`, strings.Join(todos[lo:hi], ","), len(todos))
+			_, _ = fmt.Fprintf(w, `{"todos": [%s], "total": %d}`, strings.Join(todos[lo:hi], ","), len(todos))
 		case "/cursor":
 			cur, _ := strconv.Atoi(r.URL.Query().Get("after"))
 			next := "null"
 			if cur+2 < len(todos) {
 				next = strconv.Itoa(cur + 2)
 			}
-			fmt.Fprintf(w, `{"data":{"items":[%s]},"meta":{"next":%s}}`, strings.Join(todos[cur:min(cur+2, len(todos))], ","), next)
+			_, _ = fmt.Fprintf(w, `{"data":{"items":[%s]},"meta":{"next":%s}}`, strings.Join(todos[cur:min(cur+2, len(todos))], ","), next)
 		default:
 			body, ok := canned[r.URL.RequestURI()]
 			if !ok {

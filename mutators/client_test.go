@@ -100,7 +100,7 @@ func TestClientOutcomes(t *testing.T) {
 	defer srv.Close()
 	closedLn, _ := net.Listen("tcp", "127.0.0.1:0")
 	closedURL := "http://" + closedLn.Addr().String()
-	closedLn.Close()
+	_ = closedLn.Close()
 
 	tests := []struct {
 		name      string

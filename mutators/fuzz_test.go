@@ -2,6 +2,7 @@ package mutators
 
 import (
 	"encoding/json"
+	"errors"
 	"net/url"
 	"strings"
 	"testing"
@@ -33,7 +34,7 @@ func FuzzRender(f *testing.F) {
 		}
 		req, err := m.Render(Mutation{ClientID: "c", ID: 1, Name: name, Args: json.RawMessage(args), UserID: "u"})
 		if err != nil {
-			if _, ok := err.(*renderError); !ok {
+			if re := (*renderError)(nil); !errors.As(err, &re) {
 				t.Fatalf("non-business error %T: %v", err, err)
 			}
 			return

@@ -55,7 +55,7 @@ func TestBadInput(t *testing.T) {
 		if i > 2 {
 			huge.WriteByte(',')
 		}
-		fmt.Fprintf(&huge, `{"id":%d,"clientID":"c-huge","name":"unmapped","args":null}`, i-1)
+		_, _ = fmt.Fprintf(&huge, `{"id":%d,"clientID":"c-huge","name":"unmapped","args":null}`, i-1)
 	}
 	type tc struct {
 		name   string
@@ -224,8 +224,8 @@ func TestBadInput(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer conn.Close()
-		fmt.Fprintf(conn, "POST /replicache/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer alice\r\nContent-Length: 500\r\n\r\n{\"pushVersion\":1,")
+		defer func() { _ = conn.Close() }()
+		_, _ = fmt.Fprintf(conn, "POST /replicache/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer alice\r\nContent-Length: 500\r\n\r\n{\"pushVersion\":1,")
 		start := time.Now()
 		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
 		buf := make([]byte, 4096)

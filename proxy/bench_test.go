@@ -129,7 +129,7 @@ func BenchmarkPull(b *testing.B) {
 // client's would be.
 func drain(resp *http.Response) {
 	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
+	_ = resp.Body.Close()
 }
 
 func report(b *testing.B, direct, sidecar time.Duration, ops int) {

@@ -103,6 +103,7 @@ func TestClientCancellationsDoNotTripTheBreaker(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 		req := withHeaders(t, http.MethodPost, sc.srv.URL+"/replicache/pull", `{"pullVersion":1,"clientGroupID":"g","cookie":null}`, "X-User", "alice")
 		if resp, err := http.DefaultClient.Do(req.WithContext(ctx)); err == nil {
+			_ = resp.Body.Close()
 			t.Fatalf("pull %d answered %d before the client gave up (breaker tripped by cancellations?)", i, resp.StatusCode)
 		}
 		cancel()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -168,7 +169,7 @@ func do(t testing.TB, req *http.Request) response {
 	if err != nil {
 		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	raw, _ := io.ReadAll(resp.Body)
 	r := response{status: resp.StatusCode, header: resp.Header, raw: raw}
 	_ = json.Unmarshal(raw, &r.json)
@@ -249,7 +250,7 @@ func (h *harness) lmid(t testing.TB, pool *pgxpool.Pool, client string) int64 {
 	t.Helper()
 	var v int64
 	err := pool.QueryRow(context.Background(), "SELECT last_mutation_id FROM "+pgx.Identifier{h.schema}.Sanitize()+".clients WHERE id = $1", client).Scan(&v)
-	if err != nil && err != pgx.ErrNoRows {
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		t.Fatal(err)
 	}
 	return v
@@ -259,7 +260,7 @@ func panicGuard(t testing.TB, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		defer func() {
 			if p := recover(); p != nil {
-				if p == http.ErrAbortHandler {
+				if err, ok := p.(error); ok && errors.Is(err, http.ErrAbortHandler) {
 					panic(p)
 				}
 				t.Errorf("handler panicked on %s %s: %v", r.Method, r.URL.Path, p)

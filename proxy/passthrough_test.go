@@ -45,10 +45,10 @@ func TestPassThroughStreamsAndFailsCleanly(t *testing.T) {
 	release := make(chan struct{})
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/event-stream")
-		fmt.Fprint(w, "data: first\n\n")
+		_, _ = fmt.Fprint(w, "data: first\n\n")
 		w.(http.Flusher).Flush()
 		<-release
-		fmt.Fprint(w, "data: second\n\n")
+		_, _ = fmt.Fprint(w, "data: second\n\n")
 	}))
 	defer up.Close()
 	h := newHarness(t, map[string]string{"SIDECAR_UPSTREAM_URL": up.URL})
@@ -57,7 +57,7 @@ func TestPassThroughStreamsAndFailsCleanly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	got := make(chan string, 1)
 	go func() {
 		line, _ := bufio.NewReader(resp.Body).ReadString('\n')

@@ -377,7 +377,8 @@ func TestPushClientLeavingDoesNotAbandonMutation(t *testing.T) {
 		strings.NewReader(`{"pushVersion":1,"clientGroupID":"g","mutations":[{"id":1,"clientID":"c1","name":"createTodo","args":{"id":"a","title":"x"}},{"id":2,"clientID":"c1","name":"createTodo","args":{"id":"b","title":"x"}}]}`))
 	req.Header.Set("Authorization", "Bearer alice")
 	go func() { <-started; cancel() }()
-	if _, err := http.DefaultClient.Do(req); err == nil {
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		_ = resp.Body.Close()
 		t.Fatal("the request was not cancelled")
 	}
 	// The upstream answered after the client left; the mutation it applied

@@ -40,7 +40,7 @@ func run() error {
 		return errors.New("SIDECAR_DATABASE_URL is not set (`make demo` starts a throwaway Postgres)")
 	}
 	if _, err := os.Stat(filepath.Join(*static, "index.html")); err != nil {
-		return fmt.Errorf("the web app is not built (%v): run `make demo`", err)
+		return fmt.Errorf("the web app is not built (%w): run `make demo`", err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -91,7 +91,7 @@ Ctrl-C stops everything and removes the throwaway database.
 		fmt.Println("\nstopping…")
 		return nil
 	case err := <-exited:
-		return fmt.Errorf("a demo process exited: %v", err)
+		return fmt.Errorf("a demo process exited: %w", err)
 	}
 }
 
@@ -119,7 +119,7 @@ func start(c *exec.Cmd, exited chan<- error) (*proc, error) {
 	go func() {
 		err := c.Wait()
 		close(p.done)
-		exited <- fmt.Errorf("%s: %v", filepath.Base(c.Path), err)
+		exited <- fmt.Errorf("%s: %w", filepath.Base(c.Path), err)
 	}()
 	return p, nil
 }
@@ -140,13 +140,14 @@ func waitHealthy(ctx context.Context, url string) error {
 	for {
 		resp, err := http.Get(url)
 		if err == nil {
-			resp.Body.Close()
+			_ = resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				return nil
 			}
+			err = fmt.Errorf("answered %d", resp.StatusCode)
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not healthy after 30s (last error: %v)", url, err)
+			return fmt.Errorf("%s not healthy after 30s (last error: %w)", url, err)
 		}
 		select {
 		case <-ctx.Done():

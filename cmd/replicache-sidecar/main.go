@@ -81,8 +81,7 @@ func run(ctx context.Context, env map[string]string, logOut io.Writer, listen li
 	}
 	adminLn, err := listen("tcp", cfg.AdminAddr)
 	if err != nil {
-		publicLn.Close()
-		return fmt.Errorf("listening on SIDECAR_ADMIN_ADDR: %w", err)
+		return errors.Join(fmt.Errorf("listening on SIDECAR_ADMIN_ADDR: %w", err), publicLn.Close())
 	}
 	log.Info("listening", "public", publicLn.Addr().String(), "admin", adminLn.Addr().String(),
 		"upstream", cfg.Upstream.Redacted(), "push_path", cfg.PushPath, "pull_path", cfg.PullPath,

@@ -113,7 +113,7 @@ func TestRunServesAndDrains(t *testing.T) {
 		if err != nil {
 			return false
 		}
-		resp.Body.Close()
+		_ = resp.Body.Close()
 		return resp.StatusCode == 200
 	})
 	t.Cleanup(func() { proxytest.DropSchema(t, dbURL, schema) })
@@ -130,7 +130,7 @@ func TestRunServesAndDrains(t *testing.T) {
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("push: %v %v", err, resp)
 	}
-	resp.Body.Close()
+	_ = resp.Body.Close()
 
 	// A slow push is in flight when the signal arrives.
 	inflight := make(chan int, 1)
@@ -140,7 +140,7 @@ func TestRunServesAndDrains(t *testing.T) {
 			inflight <- -1
 			return
 		}
-		resp.Body.Close()
+		_ = resp.Body.Close()
 		inflight <- resp.StatusCode
 	}()
 	slowSeen.Wait()
@@ -150,7 +150,7 @@ func TestRunServesAndDrains(t *testing.T) {
 		if err != nil {
 			return true // already closed
 		}
-		resp.Body.Close()
+		_ = resp.Body.Close()
 		return resp.StatusCode == 503
 	})
 	// While draining, new pushes are refused with 503 (the client retries
@@ -159,7 +159,7 @@ func TestRunServesAndDrains(t *testing.T) {
 		if resp.StatusCode != http.StatusServiceUnavailable {
 			t.Errorf("a new push while draining = %d, want 503", resp.StatusCode)
 		}
-		resp.Body.Close()
+		_ = resp.Body.Close()
 	}
 	if code := <-inflight; code != 200 {
 		t.Errorf("in-flight push answered %d during shutdown, want 200", code)

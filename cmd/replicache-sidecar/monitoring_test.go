@@ -45,7 +45,7 @@ func exportedMetrics(t *testing.T, sc *sidecarProc) map[string]string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	body, _ := io.ReadAll(resp.Body)
 	types := map[string]string{}
 	for _, line := range strings.Split(string(body), "\n") {
@@ -148,7 +148,7 @@ scrape_configs:
 	for {
 		if resp, err := http.Get(query); err == nil {
 			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
+			_ = resp.Body.Close()
 			last = string(b)
 			var r struct {
 				Data struct {

@@ -34,7 +34,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
-	os.RemoveAll(dir)
+	_ = os.RemoveAll(dir) // the built binary; a leftover is only litter
 	os.Exit(code)
 }
 
@@ -44,7 +44,7 @@ func freeAddr(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	return l.Addr().String()
 }
 
@@ -139,7 +139,7 @@ func (p *sidecarProc) waitReady() {
 	for {
 		resp, err := http.Get(p.admin + "/readyz")
 		if err == nil {
-			resp.Body.Close()
+			_ = resp.Body.Close()
 			if resp.StatusCode == 200 {
 				return
 			}
@@ -220,7 +220,9 @@ func (a *idempotentAPI) check(t *testing.T, clients []string, n int) (repeats, l
 	for _, key := range a.effects {
 		client, id, _ := strings.Cut(key, ":")
 		var k int
-		fmt.Sscan(id, &k)
+		if _, err := fmt.Sscan(id, &k); err != nil {
+			t.Errorf("effect key %q has no mutation id", key)
+		}
 		if k != next[client]+1 {
 			t.Errorf("client %s: mutation %d took effect after %d (out of order or lost)", client, k, next[client])
 		}
@@ -259,7 +261,7 @@ func pushOnce(base, group, client string, from, to int) int {
 		return 0
 	}
 	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
+	_ = resp.Body.Close()
 	return resp.StatusCode
 }
 
@@ -271,7 +273,7 @@ func lastMutationIDs(base, group string) (map[string]int, int) {
 	if err != nil {
 		return nil, 0
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	var pr struct {
 		LastMutationIDChanges map[string]int `json:"lastMutationIDChanges"`
 	}

@@ -20,14 +20,14 @@ func TestPromtoolCheckMetrics(t *testing.T) {
 	lastMutationIDs(sc.public, "g")
 	resp, err := http.Get(sc.public + "/anything")
 	if err == nil {
-		resp.Body.Close()
+		_ = resp.Body.Close()
 	}
 	resp, err = http.Get(sc.admin + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
 	exposition, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	_ = resp.Body.Close()
 	for _, want := range []string{
 		`replicache_sidecar_mutations_total{mutator="m",outcome="applied"} 5`,
 		`replicache_sidecar_requests_total{code="400",endpoint="push"} 1`,

@@ -27,7 +27,7 @@ func TestTodoAPI(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer resp.Body.Close()
+		defer func() { _ = resp.Body.Close() }()
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, strings.TrimSpace(string(b)), resp.Header
 	}
@@ -98,7 +98,7 @@ func TestTodoAPIStateSurvivesRestart(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		resp.Body.Close()
+		_ = resp.Body.Close()
 		return resp.StatusCode, resp.Header.Get("Idempotent-Replayed")
 	}
 	first := serve()
@@ -117,5 +117,5 @@ func TestTodoAPIStateSurvivesRestart(t *testing.T) {
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("todo lost across restart: %v %v", err, resp)
 	}
-	resp.Body.Close()
+	_ = resp.Body.Close()
 }

@@ -39,9 +39,14 @@ func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	s := c.pool.Stat()
-	gauge := func(d *prometheus.Desc, v float64) { ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v) }
+	// promlinter cannot follow a Desc held in a variable; the names are
+	// built with BuildFQName in NewPoolCollector and linted at run time by
+	// the metrics exposition test.
+	gauge := func(d *prometheus.Desc, v float64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v) //nolint:promlinter // see above
+	}
 	counter := func(d *prometheus.Desc, v float64) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v)
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v) //nolint:promlinter // see above
 	}
 	gauge(c.acquired, float64(s.AcquiredConns()))
 	gauge(c.idle, float64(s.IdleConns()))

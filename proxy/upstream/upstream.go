@@ -77,7 +77,7 @@ type Upstream struct {
 // New builds the clients of o.Base and registers their metrics.
 func New(o Options) *Upstream {
 	m := newMetrics(o.Registerer, o.Namespace)
-	cb := newBreaker(o.Breaker, m)
+	cb := newBreaker(o.Breaker, m) //nolint:bodyclose // it passes answers through to callers, who close them
 	calls := newCallTransport(o.Timeout)
 	client := func(k kind) *Client {
 		return &Client{
@@ -240,7 +240,8 @@ func newBreaker(bs BreakerSettings, m *metrics) *gobreaker.CircuitBreaker[*http.
 	if bs.Failures == 0 {
 		return nil
 	}
-	return gobreaker.NewCircuitBreaker[*http.Response](gobreaker.Settings{
+	// The breaker passes answers through to callers, who close them.
+	return gobreaker.NewCircuitBreaker[*http.Response](gobreaker.Settings{ //nolint:bodyclose // see above
 		Name:        "upstream",
 		MaxRequests: max(bs.HalfOpenRequests, 1),
 		Timeout:     bs.OpenTimeout,

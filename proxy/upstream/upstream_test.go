@@ -35,6 +35,15 @@ func get(t *testing.T, c *Client, u string) (*http.Response, error) {
 	return c.Do(req)
 }
 
+// failed returns the error of a call expected to fail, closing the body of
+// an answer that came anyway.
+func failed(resp *http.Response, err error) error {
+	if resp != nil {
+		_ = resp.Body.Close()
+	}
+	return err
+}
+
 // TestEachClientCountsAsItsKind: the kind comes from the client a call is
 // made with; nothing the caller forgets can make a mutation count as
 // pass-through.
@@ -96,7 +105,7 @@ func TestDo(t *testing.T) {
 	}), BreakerSettings{})
 
 	t.Run("a timeout says how long it waited", func(t *testing.T) {
-		_, err := get(t, up.View, srv.URL+"/slow")
+		err := failed(get(t, up.View, srv.URL+"/slow"))
 		var ce *CallError
 		if !errors.As(err, &ce) || !ce.Timeout || err.Error() != "upstream did not answer within 200ms" {
 			t.Fatalf("err = %v, want a timeout CallError", err)
@@ -114,7 +123,7 @@ func TestDo(t *testing.T) {
 			t.Error("another host was called")
 		}))
 		defer other.Close()
-		if _, err := get(t, up.View, other.URL+"/x"); err == nil || !strings.Contains(err.Error(), "not the upstream") {
+		if err := failed(get(t, up.View, other.URL+"/x")); err == nil || !strings.Contains(err.Error(), "not the upstream") {
 			t.Fatalf("err = %v, want a refusal", err)
 		}
 	})
@@ -136,7 +145,7 @@ func TestDo(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/x", nil)
-		_, err := up.Auth.Do(req)
+		err := failed(up.Auth.Do(req))
 		var ce *CallError
 		if !errors.As(err, &ce) || ce.Timeout || !errors.Is(err, context.Canceled) {
 			t.Fatalf("err = %v, want a cancelled CallError", err)
@@ -157,7 +166,7 @@ func TestBreaker(t *testing.T) {
 	cancel()
 	for range 3 {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/x", nil)
-		if _, err := up.View.Do(req); err == nil {
+		if err := failed(up.View.Do(req)); err == nil {
 			t.Fatal("a cancelled call succeeded")
 		}
 	}
@@ -175,11 +184,11 @@ func TestBreaker(t *testing.T) {
 		t.Fatalf("Suspended = %v, RetryAfter = %d; want open for an hour", up.Suspended(), up.RetryAfter())
 	}
 	before := calls.Load()
-	if _, err := get(t, up.Auth, srv.URL+"/x"); !errors.Is(err, ErrCircuitOpen) {
+	if err := failed(get(t, up.Auth, srv.URL+"/x")); !errors.Is(err, ErrCircuitOpen) {
 		t.Errorf("auth call with the breaker open: %v, want ErrCircuitOpen", err)
 	}
 	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/y", nil)
-	if _, err := up.Passthrough.RoundTrip(req); !errors.Is(err, ErrCircuitOpen) {
+	if err := failed(up.Passthrough.RoundTrip(req)); !errors.Is(err, ErrCircuitOpen) {
 		t.Errorf("pass-through with the breaker open: %v, want ErrCircuitOpen", err)
 	}
 	if n := calls.Load() - before; n != 0 {

@@ -30,7 +30,8 @@ type Cluster struct {
 	port    int
 	cred    *syscall.Credential
 	proc    *exec.Cmd
-	stopped chan error
+	stopped chan struct{} // closed when the server process has exited
+	exitErr error         // why it exited; read after stopped is closed
 	logFile *os.File
 }
 
@@ -46,7 +47,7 @@ func New() (*Cluster, error) {
 	}
 	c := &Cluster{dir: dir, bin: bin}
 	if err := c.init(); err != nil {
-		os.RemoveAll(dir)
+		_ = os.RemoveAll(dir) // best effort, as in Close
 		return nil, err
 	}
 	if err := c.Start(); err != nil {
@@ -72,7 +73,7 @@ func (c *Cluster) init() error {
 	initdb := exec.Command(filepath.Join(c.bin, "initdb"), "-D", c.dataDir(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "--no-instructions")
 	initdb.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred}
 	if out, err := initdb.CombinedOutput(); err != nil {
-		return fmt.Errorf("initdb: %v\n%s", err, out)
+		return fmt.Errorf("initdb: %w\n%s", err, out)
 	}
 	port, err := freePort()
 	if err != nil {
@@ -106,8 +107,12 @@ func (c *Cluster) Start() error {
 	if err := pg.Start(); err != nil {
 		return fmt.Errorf("starting postgres: %w", err)
 	}
-	c.proc, c.stopped = pg, make(chan error, 1)
-	go func() { c.stopped <- pg.Wait() }()
+	stopped := make(chan struct{})
+	c.proc, c.stopped = pg, stopped
+	go func() {
+		c.exitErr = pg.Wait()
+		close(stopped)
+	}()
 	if err := c.waitReady(30 * time.Second); err != nil {
 		log, _ := os.ReadFile(filepath.Join(c.dir, "postgres.log"))
 		c.Stop()
@@ -124,7 +129,7 @@ func (c *Cluster) Stop() {
 	}
 	_ = c.proc.Process.Signal(syscall.SIGINT)
 	select {
-	case <-c.stopped:
+	case <-c.stopped: // after SIGINT the exit status says nothing
 	case <-time.After(15 * time.Second):
 		_ = c.proc.Process.Kill()
 		<-c.stopped
@@ -136,9 +141,9 @@ func (c *Cluster) Stop() {
 func (c *Cluster) Close() {
 	c.Stop()
 	if c.logFile != nil {
-		c.logFile.Close()
+		_ = c.logFile.Close() // a log of a throwaway cluster
 	}
-	os.RemoveAll(c.dir)
+	_ = os.RemoveAll(c.dir) // best effort: a leftover temp dir harms nothing
 }
 
 func (c *Cluster) waitReady(timeout time.Duration) error {
@@ -146,9 +151,8 @@ func (c *Cluster) waitReady(timeout time.Duration) error {
 	defer cancel()
 	for {
 		select {
-		case err := <-c.stopped:
-			c.stopped <- err
-			return fmt.Errorf("postgres exited during start: %v", err)
+		case <-c.stopped:
+			return fmt.Errorf("postgres exited during start: %w", c.exitErr)
 		case <-ctx.Done():
 			return errors.New("postgres did not start in time")
 		case <-time.After(50 * time.Millisecond):
@@ -166,7 +170,7 @@ func ping(ctx context.Context, url string) bool {
 	if err != nil {
 		return false
 	}
-	defer conn.Close(ctx)
+	defer func() { _ = conn.Close(ctx) }()
 	return conn.Ping(ctx) == nil
 }
 
@@ -195,6 +199,6 @@ func freePort() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }() // the port is free again for Postgres
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
