@@ -1,7 +1,6 @@
 package clientview
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,13 +10,13 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/proxytest"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
 )
 
@@ -279,7 +278,7 @@ func TestAbsentCursorFieldWarnsOncePerLoad(t *testing.T) {
 		"/null": `{"items":[{"id":"r"}],"next":null}`,
 	})
 	base, _ := url.Parse(srv.URL)
-	var logs syncBuffer
+	var logs proxytest.Buffer
 	f := NewFetcher(FetcherOptions{
 		Base: base, MaxBodyBytes: 1 << 20,
 		Upstream: upstream.New(upstream.Options{Base: base, Timeout: time.Second, Registerer: prometheus.NewRegistry(), Namespace: "test"}).View,
@@ -313,21 +312,4 @@ func TestAbsentCursorFieldWarnsOncePerLoad(t *testing.T) {
 	if n := warnings(); n != 2 {
 		t.Errorf("a reloaded mapping warned %d times in all, want 2 (once per load)", n)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -11,7 +11,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -52,31 +51,14 @@ type harness struct {
 	up     *proxytest.LegacyAPI
 	schema string
 	env    map[string]string
-	logs   *syncBuffer // every instance's JSON logs, at debug level
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	logs   *proxytest.Buffer // every instance's JSON logs, at debug level
 }
 
 // newHarness starts the legacy API and returns a harness; env overrides the
 // sidecar's settings (SIDECAR_* names).
 func newHarness(t testing.TB, env map[string]string) *harness {
 	t.Helper()
-	h := &harness{t: t, up: proxytest.NewLegacyAPI(t), schema: proxytest.NewSchema(t), logs: &syncBuffer{}}
+	h := &harness{t: t, up: proxytest.NewLegacyAPI(t), schema: proxytest.NewSchema(t), logs: &proxytest.Buffer{}}
 	mappingFile := filepath.Join(t.TempDir(), "mapping.json")
 	if err := os.WriteFile(mappingFile, []byte(testMapping), 0o600); err != nil {
 		t.Fatal(err)

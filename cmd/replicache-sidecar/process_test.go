@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -17,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/proxytest"
 )
 
 // sidecarBin is the binary built once for the tests that run real
@@ -57,24 +58,7 @@ type sidecarProc struct {
 	admin  string
 	cmd    *exec.Cmd
 	done   chan struct{}
-	stderr *lockedBuffer
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	stderr *proxytest.Buffer
 }
 
 func startSidecar(t *testing.T, env map[string]string) *sidecarProc {
@@ -88,7 +72,7 @@ func startSidecar(t *testing.T, env map[string]string) *sidecarProc {
 func spawnSidecar(t *testing.T, env map[string]string) *sidecarProc {
 	t.Helper()
 	pub, adm := freeAddr(t), freeAddr(t)
-	p := &sidecarProc{t: t, public: "http://" + pub, admin: "http://" + adm, stderr: &lockedBuffer{}}
+	p := &sidecarProc{t: t, public: "http://" + pub, admin: "http://" + adm, stderr: &proxytest.Buffer{}}
 	full := map[string]string{"SIDECAR_LISTEN_ADDR": pub, "SIDECAR_ADMIN_ADDR": adm, "SIDECAR_SHUTDOWN_TIMEOUT": "5s"}
 	for k, v := range env {
 		full[k] = v
