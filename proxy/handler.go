@@ -75,6 +75,20 @@ func (s *Sidecar) begin(w http.ResponseWriter, r *http.Request, endpoint string,
 	return c, true
 }
 
+// maxIDLen bounds client, client group and mutator names: real ones are
+// short, and they end up in the database and in logs.
+const maxIDLen = 512
+
+func validID(field, v string) *httpError {
+	switch {
+	case v == "":
+		return errorf(http.StatusBadRequest, "BadRequest", "%s is required", field)
+	case len(v) > maxIDLen:
+		return errorf(http.StatusBadRequest, "BadRequest", "%s is longer than %d bytes", field, maxIDLen)
+	}
+	return nil
+}
+
 // failStore answers a push or pull whose bookkeeping step failed.
 func (s *Sidecar) failStore(w http.ResponseWriter, log *slog.Logger, err error, groupID string) {
 	switch {

@@ -42,11 +42,6 @@ func (p *pullRequest) validate() *httpError {
 	return nil
 }
 
-// viewFetcher fetches the client view from the upstream.
-type viewFetcher interface {
-	Fetch(ctx context.Context, v *clientview.View, r clientview.Request) ([]clientview.Entry, error)
-}
-
 // pullAnswer is what a pull answers under the Reset Strategy.
 type pullAnswer struct {
 	order   int64            // the new cookie's order

@@ -32,10 +32,6 @@ type pushMutation struct {
 	Timestamp float64         `json:"timestamp"` // performance.now() on the client: not a clock
 }
 
-// maxIDLen bounds client, client group and mutator names: real ones are
-// short, and they end up in the database and in logs.
-const maxIDLen = 512
-
 func (p *pushRequest) version() *int         { return p.PushVersion }
 func (p *pushRequest) clientGroupID() string { return p.ClientGroupID }
 
@@ -55,21 +51,6 @@ func (p *pushRequest) validate() *httpError {
 		}
 	}
 	return nil
-}
-
-func validID(field, v string) *httpError {
-	switch {
-	case v == "":
-		return errorf(http.StatusBadRequest, "BadRequest", "%s is required", field)
-	case len(v) > maxIDLen:
-		return errorf(http.StatusBadRequest, "BadRequest", "%s is longer than %d bytes", field, maxIDLen)
-	}
-	return nil
-}
-
-// mutationSender sends one rendered mutation upstream.
-type mutationSender interface {
-	Do(ctx context.Context, r *mutators.Request, fwd http.Header) mutators.Result
 }
 
 // pushStats summarizes what one push did; it is the 200 answer's body.

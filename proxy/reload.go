@@ -59,12 +59,3 @@ func (s *Sidecar) WatchMapping(ctx context.Context, interval time.Duration) {
 			"mutators", len(m.Mutators.Names()), "view_sources", m.View.Len())
 	}
 }
-
-// useMapping makes m the mapping of new requests.
-func (s *Sidecar) useMapping(m *Mapping) {
-	if old := s.current.Swap(m); old != nil {
-		s.metrics.mappingInfo.DeleteLabelValues(old.Hash)
-	}
-	s.metrics.mappingInfo.WithLabelValues(m.Hash).Set(1)
-	s.metrics.precreateMutators(m.Mutators.Names())
-}

@@ -10,7 +10,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
 	"github.com/replicache-sidecar/replicache-sidecar/mutators"
@@ -42,6 +41,16 @@ type Sidecar struct {
 	current  atomic.Pointer[Mapping]
 	migrated atomic.Bool
 	draining atomic.Bool
+}
+
+// mutationSender sends one rendered mutation upstream.
+type mutationSender interface {
+	Do(ctx context.Context, r *mutators.Request, fwd http.Header) mutators.Result
+}
+
+// viewFetcher fetches the client view from the upstream.
+type viewFetcher interface {
+	Fetch(ctx context.Context, v *clientview.View, r clientview.Request) ([]clientview.Entry, error)
 }
 
 // New builds a Sidecar. Call Migrate (or wait for it) before serving pushes
@@ -82,7 +91,18 @@ func New(o Options) *Sidecar {
 	return s
 }
 
+// mapping is the mapping of new requests; a request keeps the one it
+// started with.
 func (s *Sidecar) mapping() *Mapping { return s.current.Load() }
+
+// useMapping makes m the mapping of new requests.
+func (s *Sidecar) useMapping(m *Mapping) {
+	if old := s.current.Swap(m); old != nil {
+		s.metrics.mappingInfo.DeleteLabelValues(old.Hash)
+	}
+	s.metrics.mappingInfo.WithLabelValues(m.Hash).Set(1)
+	s.metrics.precreateMutators(m.Mutators.Names())
+}
 
 // Migrate applies the schema migrations; pushes and pulls are served from
 // then on.
@@ -118,71 +138,6 @@ func (s *Sidecar) checkServing() *httpError {
 		return &httpError{Status: http.StatusServiceUnavailable, Code: "Starting", Message: "the sidecar's database schema is not ready yet; retry", RetryAfter: 1}
 	}
 	return nil
-}
-
-// Handler returns the public handler: push, pull, and pass-through.
-func (s *Sidecar) Handler() http.Handler {
-	push := s.metrics.instrument("push", cors(s.cfg.CORSOrigins, postOnly(http.HandlerFunc(s.handlePush))))
-	pull := s.metrics.instrument("pull", cors(s.cfg.CORSOrigins, postOnly(http.HandlerFunc(s.handlePull))))
-	pass := s.metrics.instrument("proxy", s.passthrough)
-	// A push may run for its time budget plus one upstream call, a pull for
-	// a few upstream calls; the answer must still get out after that.
-	writeWindow := s.cfg.PushTimeBudget + 2*s.cfg.UpstreamTimeout + 10*time.Second
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case s.cfg.PushPath:
-			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeWindow))
-			push.ServeHTTP(w, r)
-		case s.cfg.PullPath:
-			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeWindow))
-			pull.ServeHTTP(w, r)
-		default:
-			pass.ServeHTTP(w, r)
-		}
-	})
-}
-
-func postOnly(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodPost {
-			w.Header().Set("Allow", http.MethodPost)
-			writeError(w, errorf(http.StatusMethodNotAllowed, "MethodNotAllowed", "%s %s: only POST is allowed", r.Method, r.URL.Path))
-			return
-		}
-		h.ServeHTTP(w, r)
-	})
-}
-
-// AdminHandler returns the admin handler: /healthz (the process is alive),
-// /readyz (database reachable, migrations applied, not draining) and
-// /metrics (everything g gathers).
-func (s *Sidecar) AdminHandler(g prometheus.Gatherer) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		notReady := func(reason string) {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": reason})
-		}
-		switch {
-		case s.draining.Load():
-			notReady("shutting down")
-			return
-		case !s.migrated.Load():
-			notReady("database schema not migrated yet")
-			return
-		}
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if err := s.store.Ready(ctx); err != nil {
-			notReady("database: " + err.Error())
-			return
-		}
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
-	return mux
 }
 
 // NewHTTPServer returns an http.Server for h with every timeout set.

@@ -1,0 +1,75 @@
+package proxy
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Handler returns the public handler: push, pull, and pass-through.
+func (s *Sidecar) Handler() http.Handler {
+	push := s.metrics.instrument("push", cors(s.cfg.CORSOrigins, postOnly(http.HandlerFunc(s.handlePush))))
+	pull := s.metrics.instrument("pull", cors(s.cfg.CORSOrigins, postOnly(http.HandlerFunc(s.handlePull))))
+	pass := s.metrics.instrument("proxy", s.passthrough)
+	// A push may run for its time budget plus one upstream call, a pull for
+	// a few upstream calls; the answer must still get out after that.
+	writeWindow := s.cfg.PushTimeBudget + 2*s.cfg.UpstreamTimeout + 10*time.Second
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case s.cfg.PushPath:
+			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeWindow))
+			push.ServeHTTP(w, r)
+		case s.cfg.PullPath:
+			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeWindow))
+			pull.ServeHTTP(w, r)
+		default:
+			pass.ServeHTTP(w, r)
+		}
+	})
+}
+
+func postOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			w.Header().Set("Allow", http.MethodPost)
+			writeError(w, errorf(http.StatusMethodNotAllowed, "MethodNotAllowed", "%s %s: only POST is allowed", r.Method, r.URL.Path))
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// AdminHandler returns the admin handler: /healthz (the process is alive),
+// /readyz (database reachable, migrations applied, not draining) and
+// /metrics (everything g gathers).
+func (s *Sidecar) AdminHandler(g prometheus.Gatherer) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		notReady := func(reason string) {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": reason})
+		}
+		switch {
+		case s.draining.Load():
+			notReady("shutting down")
+			return
+		case !s.migrated.Load():
+			notReady("database schema not migrated yet")
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := s.store.Ready(ctx); err != nil {
+			notReady("database: " + err.Error())
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	return mux
+}
