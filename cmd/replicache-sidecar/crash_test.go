@@ -28,13 +28,13 @@ func TestCrashRecovery(t *testing.T) {
 		batch     = 25
 	)
 	dbURL := proxytest.DatabaseURL(t)
-	api := newIdempotentAPI(t)
+	api := proxytest.NewIdempotentAPI(t)
 	mapping := filepath.Join(t.TempDir(), "m.json")
 	_ = os.WriteFile(mapping, []byte(`{"mutators":{"m":{"method":"POST","path":"/m"}},"clientView":[{"path":"/items","key":"i/{id}"}]}`), 0o600)
 	schema := fmt.Sprintf("crash_%d", time.Now().UnixNano())
 	t.Cleanup(func() { proxytest.DropSchema(t, dbURL, schema) })
 	env := map[string]string{
-		"SIDECAR_UPSTREAM_URL": api.srv.URL, "SIDECAR_DATABASE_URL": dbURL, "SIDECAR_MAPPING_FILE": mapping,
+		"SIDECAR_UPSTREAM_URL": api.Server.URL, "SIDECAR_DATABASE_URL": dbURL, "SIDECAR_MAPPING_FILE": mapping,
 		"SIDECAR_DB_SCHEMA": schema, "SIDECAR_LOG_LEVEL": "warn",
 	}
 	replicas := []*sidecarProc{startSidecar(t, env), startSidecar(t, env)}
@@ -100,7 +100,7 @@ func TestCrashRecovery(t *testing.T) {
 	close(stopKiller)
 	<-killerDone
 
-	repeats, lost := api.check(t, clients, perClient)
+	repeats, lost := api.Check(t, clients, perClient)
 	for g := 0; g < groups; g++ {
 		lmids, status := lastMutationIDs(replicas[0].public, fmt.Sprintf("g%d", g))
 		for c := 0; c < perGroup; c++ {

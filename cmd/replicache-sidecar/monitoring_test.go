@@ -21,14 +21,14 @@ import (
 // mutations, so every series has samples.
 func runningSidecar(t *testing.T) *sidecarProc {
 	t.Helper()
-	api := newIdempotentAPI(t)
+	api := proxytest.NewIdempotentAPI(t)
 	mapping := filepath.Join(t.TempDir(), "m.json")
 	_ = os.WriteFile(mapping, []byte(`{"mutators":{"m":{"method":"POST","path":"/m"}},"clientView":[{"path":"/items","key":"i/{id}"}]}`), 0o600)
 	dbURL := proxytest.DatabaseURL(t)
 	schema := fmt.Sprintf("mon_%d", time.Now().UnixNano())
 	t.Cleanup(func() { proxytest.DropSchema(t, dbURL, schema) })
 	sc := startSidecar(t, map[string]string{
-		"SIDECAR_UPSTREAM_URL": api.srv.URL, "SIDECAR_DATABASE_URL": dbURL, "SIDECAR_MAPPING_FILE": mapping, "SIDECAR_DB_SCHEMA": schema,
+		"SIDECAR_UPSTREAM_URL": api.Server.URL, "SIDECAR_DATABASE_URL": dbURL, "SIDECAR_MAPPING_FILE": mapping, "SIDECAR_DB_SCHEMA": schema,
 	})
 	if s := pushOnce(sc.public, "g", "c", 1, 5); s != 200 {
 		t.Fatalf("push = %d", s)

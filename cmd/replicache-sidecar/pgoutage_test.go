@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/replicache-sidecar/replicache-sidecar/cmd/internal/pgcluster"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/proxytest"
 )
 
 // TestPostgresOutage stops the sidecar's Postgres in the middle of a load
@@ -22,11 +23,11 @@ func TestPostgresOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pg.Close)
-	api := newIdempotentAPI(t)
+	api := proxytest.NewIdempotentAPI(t)
 	mapping := filepath.Join(t.TempDir(), "m.json")
 	_ = os.WriteFile(mapping, []byte(`{"mutators":{"m":{"method":"POST","path":"/m"}},"clientView":[{"path":"/items","key":"i/{id}"}]}`), 0o600)
 	sc := startSidecar(t, map[string]string{
-		"SIDECAR_UPSTREAM_URL": api.srv.URL, "SIDECAR_DATABASE_URL": pg.URL(), "SIDECAR_MAPPING_FILE": mapping,
+		"SIDECAR_UPSTREAM_URL": api.Server.URL, "SIDECAR_DATABASE_URL": pg.URL(), "SIDECAR_MAPPING_FILE": mapping,
 		"SIDECAR_LOG_LEVEL": "warn",
 	})
 	const total = 60
@@ -80,7 +81,7 @@ func TestPostgresOutage(t *testing.T) {
 	if code := get(t, sc.admin+"/readyz"); code != 200 {
 		t.Errorf("/readyz after recovery = %d", code)
 	}
-	repeats, lost := api.check(t, []string{"c"}, total)
+	repeats, lost := api.Check(t, []string{"c"}, total)
 	t.Logf("postgres outage: %d pushes answered 503 meanwhile; after restart all %d mutations applied, %d lost, %d repeated calls", len(outage), total, lost, repeats)
 }
 
@@ -117,11 +118,11 @@ func TestStartsBeforeItsDatabase(t *testing.T) {
 	}
 	t.Cleanup(pg.Close)
 	pg.Stop()
-	api := newIdempotentAPI(t)
+	api := proxytest.NewIdempotentAPI(t)
 	mapping := filepath.Join(t.TempDir(), "m.json")
 	_ = os.WriteFile(mapping, []byte(`{"mutators":{"m":{"method":"POST","path":"/m"}},"clientView":[{"path":"/items","key":"i/{id}"}]}`), 0o600)
 	p := spawnSidecar(t, map[string]string{
-		"SIDECAR_UPSTREAM_URL": api.srv.URL, "SIDECAR_DATABASE_URL": pg.URL(), "SIDECAR_MAPPING_FILE": mapping,
+		"SIDECAR_UPSTREAM_URL": api.Server.URL, "SIDECAR_DATABASE_URL": pg.URL(), "SIDECAR_MAPPING_FILE": mapping,
 	})
 
 	deadline := time.Now().Add(10 * time.Second)

@@ -6,13 +6,11 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -158,73 +156,6 @@ func (p *sidecarProc) alive() bool {
 	default:
 		return true
 	}
-}
-
-// idempotentAPI is a legacy API that honours Idempotency-Key: a repeated
-// key gets the first answer again and has no second effect. It records
-// every call, so a test can count repeats and check order.
-type idempotentAPI struct {
-	srv     *httptest.Server
-	mu      sync.Mutex
-	seen    map[string]bool
-	calls   map[string]int
-	effects []string // keys in the order their effect happened
-}
-
-func newIdempotentAPI(t *testing.T) *idempotentAPI {
-	a := &idempotentAPI{seen: map[string]bool{}, calls: map[string]int{}}
-	a.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.Copy(io.Discard, r.Body)
-		if r.Method == http.MethodGet {
-			_, _ = io.WriteString(w, `[]`)
-			return
-		}
-		key := r.Header.Get("Idempotency-Key")
-		a.mu.Lock()
-		a.calls[key]++
-		if !a.seen[key] {
-			a.seen[key] = true
-			a.effects = append(a.effects, key)
-		}
-		a.mu.Unlock()
-		w.WriteHeader(http.StatusCreated)
-	}))
-	t.Cleanup(a.srv.Close)
-	return a
-}
-
-// check verifies every key of clients×n took effect, each client's in
-// order, and returns how many calls were repeats (answered from the
-// idempotency record) and how many mutations never took effect.
-func (a *idempotentAPI) check(t *testing.T, clients []string, n int) (repeats, lost int) {
-	t.Helper()
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	next := map[string]int{}
-	for _, key := range a.effects {
-		client, id, _ := strings.Cut(key, ":")
-		var k int
-		if _, err := fmt.Sscan(id, &k); err != nil {
-			t.Errorf("effect key %q has no mutation id", key)
-		}
-		if k != next[client]+1 {
-			t.Errorf("client %s: mutation %d took effect after %d (out of order or lost)", client, k, next[client])
-		}
-		next[client] = k
-	}
-	for _, c := range clients {
-		if next[c] != n {
-			t.Errorf("client %s: last effect %d, want %d", c, next[c], n)
-		}
-	}
-	lost = len(clients)*n - len(a.effects)
-	for key, c := range a.calls {
-		repeats += c - 1
-		if !a.seen[key] {
-			t.Errorf("key %s called but never applied", key)
-		}
-	}
-	return repeats, lost
 }
 
 // pushOnce sends mutations from..to of client in group to base and returns
