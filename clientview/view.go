@@ -142,6 +142,11 @@ func compileSource(s Source) (*source, []error) {
 				cs.page.Next = "next"
 			}
 			cs.nextPath = strings.Split(cs.page.Next, ".")
+			if s.Items == "" {
+				// The answer must be an object holding both the items and
+				// the cursor; an array answer could only ever show page one.
+				errs = append(errs, errors.New("cursor pagination needs items (the answer holds the items and the next cursor)"))
+			}
 		default:
 			errs = append(errs, fmt.Errorf("pagination type %q is not \"link\" or \"cursor\"", p.Type))
 		}

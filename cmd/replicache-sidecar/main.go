@@ -94,8 +94,12 @@ func run(ctx context.Context, env map[string]string, logOut io.Writer, listen li
 	serveErr := make(chan stopped, 2)
 	go func() { serveErr <- stopped{"public", public.Serve(publicLn)} }()
 	go func() { serveErr <- stopped{"admin", admin.Serve(adminLn)} }()
-	go migrate(ctx, sc, log)
-	go sc.WatchMapping(ctx, cfg.MappingReloadInterval)
+	// Background work ends with run, also when a server failure (not a
+	// signal) ends it.
+	bg, stopBackground := context.WithCancel(ctx)
+	defer stopBackground()
+	go migrate(bg, sc, log)
+	go sc.WatchMapping(bg, cfg.MappingReloadInterval)
 
 	var failure error
 	running := 2

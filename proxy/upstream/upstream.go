@@ -143,10 +143,8 @@ func (c *Client) Do(req *http.Request) (*http.Response, error) {
 		cancel()
 		var netErr net.Error
 		timedOut := errors.Is(ctx.Err(), context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout())
-		if errors.Is(err, ErrCircuitOpen) {
-			err = ErrCircuitOpen
-		} else if errors.Is(err, context.Canceled) {
-			err = context.Canceled
+		if errors.Is(err, context.Canceled) {
+			err = context.Canceled // the caller left: the URL adds nothing
 		}
 		return nil, &CallError{Timeout: timedOut, After: c.timeout, Err: err}
 	}
