@@ -3,7 +3,9 @@ package proxy
 import (
 	"context"
 	"net/http"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,16 +36,22 @@ func TestCircuitBreaker(t *testing.T) {
 	if r := pushAs(t, sc, "g2", create("c2", 1, "done")); r.status != 200 {
 		t.Fatalf("push = %d %s", r.status, r.raw)
 	}
-	h.up.SetFault(func(r *http.Request) int { return http.StatusBadGateway })
+	// The write path fails; reads keep working.
+	h.up.SetFault(func(r *http.Request) int {
+		if r.Method == http.MethodPost {
+			return http.StatusBadGateway
+		}
+		return 0
+	})
 
-	// Three failing calls open the breaker.
+	// Three failing calls open the mutation breaker.
 	for i := 0; i < 3; i++ {
 		if r := pushAs(t, sc, "g", create("c", 1, "a")); r.status != 503 {
 			t.Fatalf("push %d = %d %s", i, r.status, r.raw)
 		}
 	}
-	if v := gaugeValue(t, sc, "replicache_sidecar_circuit_breaker_open"); v != 1 {
-		t.Fatalf("circuit_breaker_open = %v, want 1", v)
+	if v := breakerOpen(t, sc, "mutation"); v != 1 {
+		t.Fatalf("circuit_breaker_open{kind=mutation} = %v, want 1", v)
 	}
 	calls := h.up.MutationCalls()
 	start := time.Now()
@@ -65,13 +73,15 @@ func TestCircuitBreaker(t *testing.T) {
 	if r := pushAs(t, sc, "g2", create("c2", 1, "done")); r.status != 200 || r.json["duplicate"] != 1.0 {
 		t.Errorf("re-push of an applied mutation with the breaker open = %d %s, want 200", r.status, r.raw)
 	}
-	pull := do(t, withHeaders(t, http.MethodPost, sc.srv.URL+"/replicache/pull", `{"pullVersion":1,"clientGroupID":"g","cookie":null}`, "X-User", "alice"))
-	if pull.status != 503 || pull.header.Get("Retry-After") == "" {
-		t.Errorf("pull with the breaker open = %d %s", pull.status, pull.raw)
+	// Pulls and pass-through pages make calls of their own kinds, which
+	// succeed: the mutation breaker does not stop them.
+	pull := do(t, withHeaders(t, http.MethodPost, sc.srv.URL+"/replicache/pull", `{"pullVersion":1,"clientGroupID":"g","cookie":null}`, "X-User", "alice", "Authorization", "Bearer alice"))
+	if pull.status != 200 {
+		t.Errorf("pull with only the mutation breaker open = %d %s", pull.status, pull.raw)
 	}
 	pass := do(t, mustRequest(t, http.MethodGet, sc.srv.URL+"/legacy/echo"))
-	if pass.status != 503 || pass.str("error") != "UpstreamUnavailable" {
-		t.Errorf("pass-through with the breaker open = %d %s", pass.status, pass.raw)
+	if pass.status != http.StatusTeapot {
+		t.Errorf("pass-through with only the mutation breaker open = %d %s", pass.status, pass.raw)
 	}
 	t.Logf("fail-fast answer with the breaker open: %v", failFast)
 
@@ -88,8 +98,8 @@ func TestCircuitBreaker(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if v := gaugeValue(t, sc, "replicache_sidecar_circuit_breaker_open"); v != 0 {
-		t.Errorf("circuit_breaker_open = %v after recovery, want 0", v)
+	if v := breakerOpen(t, sc, "mutation"); v != 0 {
+		t.Errorf("circuit_breaker_open{kind=mutation} = %v after recovery, want 0", v)
 	}
 	if l := h.lmid(t, sc.pool, "c"); l != 1 {
 		t.Errorf("lastMutationID = %d after recovery, want 1", l)
@@ -109,8 +119,8 @@ func TestClientCancellationsDoNotTripTheBreaker(t *testing.T) {
 		cancel()
 	}
 	proxytest.WaitFor(t, "the cancelled pulls to finish", func() bool { return requestsAnswered(t, sc, "pull") == 5 })
-	if v := gaugeValue(t, sc, "replicache_sidecar_circuit_breaker_open"); v != 0 {
-		t.Fatalf("5 client cancellations opened the breaker")
+	if v := breakerOpen(t, sc, "view"); v != 0 {
+		t.Fatalf("5 client cancellations opened the view breaker")
 	}
 	h.up.SetDelay(0)
 	if r := pushAs(t, sc, "g", create("c", 1, "a")); r.status != 200 {
@@ -123,8 +133,10 @@ func TestClientCancellationsDoNotTripTheBreaker(t *testing.T) {
 func BenchmarkBreakerOpenPush(b *testing.B) {
 	h, sc := breakerHarness(b)
 	h.up.SetFault(func(r *http.Request) int { return http.StatusBadGateway })
+	// Open the mutation and the view breakers (3 failures each).
 	for i := 0; i < 3; i++ {
 		pushAs(b, sc, "open", create("c1", 1, "a"))
+		do(b, withHeaders(b, http.MethodPost, sc.srv.URL+"/replicache/pull", `{"pullVersion":1,"clientGroupID":"open","cookie":null}`, "X-User", "alice"))
 	}
 	var open, openPull, closed time.Duration
 	b.ResetTimer()
@@ -143,7 +155,9 @@ func BenchmarkBreakerOpenPush(b *testing.B) {
 	}
 	b.StopTimer()
 	h.up.SetFault(nil)
-	proxytest.WaitFor(b, "the breaker's open timeout", func() bool { return !sc.sc.upstream.Suspended() })
+	proxytest.WaitFor(b, "the breakers' open timeout", func() bool {
+		return !sc.sc.upstream.Mutation.Suspended() && !sc.sc.upstream.View.Suspended()
+	})
 	for i := 0; i < b.N; i++ {
 		t0 := time.Now()
 		if r := pushAs(b, sc, "ok", create("c2", int64(i+1), "x"+itoa(int64(i)))); r.status != 200 {
@@ -154,4 +168,87 @@ func BenchmarkBreakerOpenPush(b *testing.B) {
 	b.ReportMetric(float64(open.Nanoseconds())/float64(b.N), "open-ns/op")
 	b.ReportMetric(float64(openPull.Nanoseconds())/float64(b.N), "open-pull-ns/op")
 	b.ReportMetric(float64(closed.Nanoseconds())/float64(b.N), "applied-ns/op")
+}
+
+// breakerOpen reads replicache_sidecar_circuit_breaker_open{kind}.
+func breakerOpen(t testing.TB, inst *instance, kind string) float64 {
+	t.Helper()
+	for _, mf := range mustGather(t, inst) {
+		if mf.GetName() != "replicache_sidecar_circuit_breaker_open" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if m.GetLabel()[0].GetValue() == kind {
+				return m.GetGauge().GetValue()
+			}
+		}
+	}
+	t.Fatalf("no circuit_breaker_open series for kind %q", kind)
+	return 0
+}
+
+// TestWritePathDownFailsFastReadsKeepWorking is the case a single breaker
+// got wrong: the API's write endpoints answer 503 after half a second while
+// its /api/me (the auth call of every push) answers at once. Each push's
+// successful auth call used to reset the failure count, so the breaker never
+// opened and every push waited the full half second. With a breaker per
+// kind, pushes fail fast once the mutation breaker opens, while pulls and
+// pass-through pages, whose own calls succeed, keep working.
+func TestWritePathDownFailsFastReadsKeepWorking(t *testing.T) {
+	h := newHarness(t, nil) // default breaker settings; identity from /api/me
+	sc := h.start()
+	if r := sc.push(t, "alice", "g", create("c", 1, "a")); r.status != 200 {
+		t.Fatalf("push = %d %s", r.status, r.raw)
+	}
+	var writes atomic.Int64
+	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodGet {
+			return false
+		}
+		writes.Add(1)
+		time.Sleep(500 * time.Millisecond)
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return true
+	})
+	failures, _ := strconv.Atoi(h.env["SIDECAR_BREAKER_FAILURES"])
+	if failures == 0 {
+		failures = 5 // the default
+	}
+	for i := range failures {
+		if r := sc.push(t, "alice", "g", create("c", 2, "b")); r.status != 503 {
+			t.Fatalf("push %d while the write path is down = %d %s", i, r.status, r.raw)
+		}
+	}
+	if v := breakerOpen(t, sc, "mutation"); v != 1 {
+		t.Fatalf("circuit_breaker_open{kind=mutation} = %v after %d failed pushes, want 1", v, failures)
+	}
+	var slowest time.Duration
+	before := writes.Load()
+	for range 5 {
+		start := time.Now()
+		r := sc.push(t, "alice", "g", create("c", 2, "b"))
+		slowest = max(slowest, time.Since(start))
+		if r.status != 503 || r.header.Get("Retry-After") == "" || !strings.Contains(r.str("cause"), "circuit breaker open") {
+			t.Fatalf("push with the mutation breaker open = %d %s", r.status, r.raw)
+		}
+	}
+	// Failing fast means not waiting for the half-second write at all.
+	if n := writes.Load() - before; n != 0 {
+		t.Errorf("%d pushes reached the failing write path through the open breaker", n)
+	}
+	t.Logf("slowest fail-fast push with only the write path down: %s", slowest)
+	for _, kind := range []string{"view", "auth", "proxy"} {
+		if v := breakerOpen(t, sc, kind); v != 0 {
+			t.Errorf("circuit_breaker_open{kind=%s} = %v, want 0: its calls succeed", kind, v)
+		}
+	}
+	if r, p := sc.pull(t, "alice", "g", nil); r.status != 200 || len(p.keys(t)) != 2 {
+		t.Errorf("pull while only the write path is down = %d %s", r.status, r.raw)
+	}
+	if r := do(t, mustRequest(t, http.MethodGet, sc.srv.URL+"/legacy/echo")); r.status != http.StatusTeapot {
+		t.Errorf("pass-through page while only the write path is down = %d %s", r.status, r.raw)
+	}
+	if l := h.lmid(t, sc.pool, "c"); l != 1 {
+		t.Errorf("lastMutationID = %d, want 1: nothing consumed while the write path is down", l)
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
 )
 
 // call is a push or pull that passed the shared preamble (begin): its body
@@ -32,10 +33,11 @@ type protocolRequest interface {
 
 // begin runs what every push and pull goes through before its own work,
 // as separate steps in this order: read the body (bounded), check its
-// version and fields, check that the sidecar serves (and, with
-// needsUpstream, that the upstream is not suspended), identify the caller.
+// version and fields, check that the sidecar serves (and, when needs is not
+// nil, that the breaker of that kind of upstream call is not open), identify
+// the caller.
 // When a step refuses the request, begin answers it and returns false.
-func (s *Sidecar) begin(w http.ResponseWriter, r *http.Request, endpoint string, req protocolRequest, needsUpstream bool) (*call, bool) {
+func (s *Sidecar) begin(w http.ResponseWriter, r *http.Request, endpoint string, req protocolRequest, needs *upstream.Client) (*call, bool) {
 	c := &call{start: time.Now(), requestID: replicacheRequestID(r)}
 	c.log = s.log.With("endpoint", endpoint, "request_id", c.requestID)
 	if herr := decodeBody(w, r, s.cfg.MaxBodyBytes, req); herr != nil {
@@ -59,11 +61,9 @@ func (s *Sidecar) begin(w http.ResponseWriter, r *http.Request, endpoint string,
 		s.fail(w, c.log, herr)
 		return nil, false
 	}
-	if needsUpstream {
-		if herr := s.breakerOpen(); herr != nil {
-			s.fail(w, c.log, herr)
-			return nil, false
-		}
+	if herr := s.suspended(needs); herr != nil {
+		s.fail(w, c.log, herr)
+		return nil, false
 	}
 	c.fwd = forwardHeaders(r, s.cfg.ForwardHeaders, c.requestID)
 	userID, herr := s.auth.identify(r.Context(), r, c.fwd)

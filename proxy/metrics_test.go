@@ -53,18 +53,6 @@ func mustGather(t testing.TB, inst *instance) []*dto.MetricFamily {
 	return mfs
 }
 
-// gaugeValue reads an unlabelled gauge from the instance's registry.
-func gaugeValue(t testing.TB, inst *instance, name string) float64 {
-	t.Helper()
-	for _, mf := range mustGather(t, inst) {
-		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
-			return mf.GetMetric()[0].GetGauge().GetValue()
-		}
-	}
-	t.Fatalf("no gauge %s", name)
-	return 0
-}
-
 // seriesCount counts the series of one metric in the instance's registry.
 func seriesCount(t testing.TB, inst *instance, name string) int {
 	t.Helper()

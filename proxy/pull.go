@@ -51,7 +51,7 @@ type pullAnswer struct {
 
 func (s *Sidecar) handlePull(w http.ResponseWriter, r *http.Request) {
 	var req pullRequest
-	c, ok := s.begin(w, r, "pull", &req, true)
+	c, ok := s.begin(w, r, "pull", &req, s.upstream.View)
 	if !ok {
 		return
 	}

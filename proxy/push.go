@@ -87,7 +87,7 @@ func (e *transientError) Error() string {
 
 func (s *Sidecar) handlePush(w http.ResponseWriter, r *http.Request) {
 	var req pushRequest
-	c, ok := s.begin(w, r, "push", &req, false)
+	c, ok := s.begin(w, r, "push", &req, nil)
 	if !ok {
 		return
 	}

@@ -118,13 +118,13 @@ func (s *Sidecar) Migrate(ctx context.Context) error {
 // load balancer stops sending traffic before the listeners close.
 func (s *Sidecar) Drain() { s.draining.Store(true) }
 
-// breakerOpen answers a request that needs the upstream while the breaker
-// is open, before it touches the database. Pushes don't use it: while the
-// upstream is down they still acknowledge already-processed mutations and
-// consume unmapped ones, and stop (503, in about a millisecond) at the
-// first mutation that needs the upstream.
-func (s *Sidecar) breakerOpen() *httpError {
-	if !s.upstream.Suspended() {
+// suspended answers a request that needs c's kind of upstream call while
+// its breaker is open, before it touches the database. Pushes don't use it:
+// while the write path is down they still acknowledge already-processed
+// mutations and consume unmapped ones, and stop (503, in about a
+// millisecond) at the first mutation that needs the upstream.
+func (s *Sidecar) suspended(c *upstream.Client) *httpError {
+	if c == nil || !c.Suspended() {
 		return nil
 	}
 	return upstreamSuspended(s.upstream.RetryAfter())

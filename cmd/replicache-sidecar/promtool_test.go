@@ -32,7 +32,7 @@ func TestPromtoolCheckMetrics(t *testing.T) {
 		`replicache_sidecar_mutations_total{mutator="m",outcome="applied"} 5`,
 		`replicache_sidecar_requests_total{code="400",endpoint="push"} 1`,
 		`replicache_sidecar_upstream_request_duration_seconds_count{code="201",kind="mutation"} 5`,
-		`replicache_sidecar_circuit_breaker_open 0`,
+		`replicache_sidecar_circuit_breaker_open{kind="mutation"} 0`,
 		`replicache_sidecar_db_pool_max_connections`,
 		`go_goroutines`, `process_resident_memory_bytes`,
 	} {

@@ -1,6 +1,7 @@
 // Package upstream is the sidecar's side of the legacy service: one HTTP
 // client per kind of call (mutation, view, auth, pass-through), built once,
-// sharing one circuit breaker and one set of metrics. Callers build their
+// each with its own circuit breaker, sharing one connection pool and one
+// set of metrics. Callers build their
 // requests; a Client bounds, sends and accounts for them.
 package upstream
 
@@ -58,7 +59,7 @@ type Options struct {
 	Timeout time.Duration
 	Breaker BreakerSettings
 	// Registerer receives the upstream metrics, named <Namespace>_upstream_*
-	// and <Namespace>_circuit_breaker_open.
+	// and <Namespace>_circuit_breaker_open{kind}.
 	Registerer prometheus.Registerer
 	Namespace  string
 }
@@ -70,18 +71,20 @@ type Upstream struct {
 	// Passthrough carries every request that is not a push or pull.
 	Passthrough http.RoundTripper
 
-	breaker     *gobreaker.CircuitBreaker[*http.Response] // nil: disabled
 	openTimeout time.Duration
 }
 
 // New builds the clients of o.Base and registers their metrics.
 func New(o Options) *Upstream {
 	m := newMetrics(o.Registerer, o.Namespace)
-	cb := newBreaker(o.Breaker, m) //nolint:bodyclose // it passes answers through to callers, who close them
 	calls := newCallTransport(o.Timeout)
+	// One breaker per kind: the write path failing must not stop pulls and
+	// pages whose own calls succeed, and a healthy auth endpoint must not
+	// keep resetting the count of failing mutation calls.
 	client := func(k kind) *Client {
+		cb := newBreaker(k, o.Breaker, m) //nolint:bodyclose // it passes answers through to callers, who close them
 		return &Client{
-			kind: k, base: o.Base, timeout: o.Timeout, metrics: m,
+			kind: k, base: o.Base, timeout: o.Timeout, metrics: m, cb: cb,
 			hc: &http.Client{
 				Transport: &transport{kind: k, next: calls, cb: cb, metrics: m},
 				// A mutation is never re-sent elsewhere, a view and an
@@ -92,19 +95,19 @@ func New(o Options) *Upstream {
 		}
 	}
 	return &Upstream{
-		Mutation:    client(kindMutation),
-		View:        client(kindView),
-		Auth:        client(kindAuth),
-		Passthrough: &transport{kind: kindPassthrough, next: newPassthroughTransport(), cb: cb, metrics: m},
-		breaker:     cb,
+		Mutation: client(kindMutation),
+		View:     client(kindView),
+		Auth:     client(kindAuth),
+		Passthrough: &transport{kind: kindPassthrough, next: newPassthroughTransport(),
+			cb: newBreaker(kindPassthrough, o.Breaker, m), metrics: m}, //nolint:bodyclose // as above
 		openTimeout: o.Breaker.OpenTimeout,
 	}
 }
 
-// Suspended reports whether the breaker is open: calls fail at once with
-// ErrCircuitOpen.
-func (u *Upstream) Suspended() bool {
-	return u.breaker != nil && u.breaker.State() == gobreaker.StateOpen
+// Suspended reports whether this kind's breaker is open: its calls fail at
+// once with ErrCircuitOpen.
+func (c *Client) Suspended() bool {
+	return c.cb != nil && c.cb.State() == gobreaker.StateOpen
 }
 
 // RetryAfter is what a client refused because of the open breaker is told
@@ -120,6 +123,7 @@ type Client struct {
 	hc      *http.Client
 	timeout time.Duration
 	metrics *metrics
+	cb      *gobreaker.CircuitBreaker[*http.Response] // nil: disabled
 }
 
 // maxDrain is how much of an unread answer Close reads so the connection
@@ -232,15 +236,17 @@ type serverFailure struct{ status int }
 
 func (e *serverFailure) Error() string { return "upstream answered " + strconv.Itoa(e.status) }
 
-// newBreaker returns the upstream's circuit breaker, or nil when disabled.
-func newBreaker(bs BreakerSettings, m *metrics) *gobreaker.CircuitBreaker[*http.Response] {
-	m.breakerOpen.Set(0)
+// newBreaker returns the circuit breaker of one kind of call, or nil when
+// disabled.
+func newBreaker(k kind, bs BreakerSettings, m *metrics) *gobreaker.CircuitBreaker[*http.Response] {
+	open := m.breakerOpen.WithLabelValues(string(k))
+	open.Set(0)
 	if bs.Failures == 0 {
 		return nil
 	}
 	// The breaker passes answers through to callers, who close them.
 	return gobreaker.NewCircuitBreaker[*http.Response](gobreaker.Settings{ //nolint:bodyclose // see above
-		Name:        "upstream",
+		Name:        string(k),
 		MaxRequests: max(bs.HalfOpenRequests, 1),
 		Timeout:     bs.OpenTimeout,
 		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= bs.Failures },
@@ -249,9 +255,9 @@ func newBreaker(bs BreakerSettings, m *metrics) *gobreaker.CircuitBreaker[*http.
 		IsExcluded: func(err error) bool { return errors.Is(err, context.Canceled) },
 		OnStateChange: func(_ string, _, to gobreaker.State) {
 			if to == gobreaker.StateOpen {
-				m.breakerOpen.Set(1)
+				open.Set(1)
 			} else {
-				m.breakerOpen.Set(0)
+				open.Set(0)
 			}
 		},
 	})
@@ -313,7 +319,7 @@ func errorReason(ctx context.Context, err error) string {
 type metrics struct {
 	duration    *prometheus.HistogramVec
 	errors      *prometheus.CounterVec
-	breakerOpen prometheus.Gauge
+	breakerOpen *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer, namespace string) *metrics {
@@ -327,10 +333,10 @@ func newMetrics(reg prometheus.Registerer, namespace string) *metrics {
 			Namespace: namespace, Name: "upstream_errors_total",
 			Help: "Failed upstream calls by kind and reason (timeout, connection, circuit_open, server_error, bad_response).",
 		}, []string{"kind", "reason"}),
-		breakerOpen: prometheus.NewGauge(prometheus.GaugeOpts{
+		breakerOpen: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "circuit_breaker_open",
-			Help: "1 while the upstream circuit breaker is open (calls fail fast), else 0.",
-		}),
+			Help: "1 while the circuit breaker of a kind of upstream call (mutation, view, auth, proxy) is open (its calls fail fast), else 0.",
+		}, []string{"kind"}),
 	}
 	reg.MustRegister(m.duration, m.errors, m.breakerOpen)
 	for _, k := range []kind{kindMutation, kindView, kindAuth, kindPassthrough} {

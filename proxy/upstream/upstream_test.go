@@ -153,9 +153,10 @@ func TestDo(t *testing.T) {
 	})
 }
 
-// TestBreaker: 5xx answers open the breaker for every kind; while it is
-// open calls fail with ErrCircuitOpen without reaching the upstream, and a
-// cancelled caller never counts.
+// TestBreaker: each kind of call has its own breaker. 5xx answers to
+// mutation calls open the mutation breaker only: while it is open mutation
+// calls fail with ErrCircuitOpen without reaching the upstream, and the
+// other kinds still call it. A cancelled caller never counts.
 func TestBreaker(t *testing.T) {
 	var calls atomic.Int64
 	up, reg, srv := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -166,11 +167,11 @@ func TestBreaker(t *testing.T) {
 	cancel()
 	for range 3 {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/x", nil)
-		if err := failed(up.View.Do(req)); err == nil {
+		if err := failed(up.Mutation.Do(req)); err == nil {
 			t.Fatal("a cancelled call succeeded")
 		}
 	}
-	if up.Suspended() {
+	if up.Mutation.Suspended() {
 		t.Fatal("cancelled calls opened the breaker")
 	}
 	for range 2 {
@@ -180,24 +181,42 @@ func TestBreaker(t *testing.T) {
 		}
 		_ = resp.Body.Close()
 	}
-	if !up.Suspended() || up.RetryAfter() != 3600 {
-		t.Fatalf("Suspended = %v, RetryAfter = %d; want open for an hour", up.Suspended(), up.RetryAfter())
+	if !up.Mutation.Suspended() || up.RetryAfter() != 3600 {
+		t.Fatalf("Suspended = %v, RetryAfter = %d; want open for an hour", up.Mutation.Suspended(), up.RetryAfter())
 	}
 	before := calls.Load()
-	if err := failed(get(t, up.Auth, srv.URL+"/x")); !errors.Is(err, ErrCircuitOpen) {
-		t.Errorf("auth call with the breaker open: %v, want ErrCircuitOpen", err)
-	}
-	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/y", nil)
-	if err := failed(up.Passthrough.RoundTrip(req)); !errors.Is(err, ErrCircuitOpen) {
-		t.Errorf("pass-through with the breaker open: %v, want ErrCircuitOpen", err)
+	if err := failed(get(t, up.Mutation, srv.URL+"/x")); !errors.Is(err, ErrCircuitOpen) {
+		t.Errorf("mutation call with its breaker open: %v, want ErrCircuitOpen", err)
 	}
 	if n := calls.Load() - before; n != 0 {
 		t.Errorf("%d calls reached the upstream through an open breaker", n)
 	}
-	if v := testutil.ToFloat64(up.View.metrics.breakerOpen); v != 1 {
-		t.Errorf("circuit_breaker_open = %v, want 1", v)
+	for _, c := range []*Client{up.View, up.Auth} {
+		if c.Suspended() {
+			t.Errorf("the %s breaker opened on mutation failures", c.kind)
+		}
+		if resp, err := get(t, c, srv.URL+"/x"); err != nil {
+			t.Errorf("%s call while only the mutation breaker is open: %v", c.kind, err)
+		} else {
+			_ = resp.Body.Close()
+		}
 	}
-	if n, _ := testutil.GatherAndCount(reg, "ns_circuit_breaker_open"); n != 1 {
-		t.Errorf("ns_circuit_breaker_open series = %d, want 1", n)
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/y", nil)
+	if resp, err := up.Passthrough.RoundTrip(req); err != nil {
+		t.Errorf("pass-through while only the mutation breaker is open: %v", err)
+	} else {
+		_ = resp.Body.Close()
+	}
+	if n := calls.Load() - before; n != 3 {
+		t.Errorf("%d calls of the other kinds reached the upstream, want 3", n)
+	}
+	want := map[string]float64{"mutation": 1, "view": 0, "auth": 0, "proxy": 0}
+	for k, v := range want {
+		if got := testutil.ToFloat64(up.View.metrics.breakerOpen.WithLabelValues(k)); got != v {
+			t.Errorf("circuit_breaker_open{kind=%q} = %v, want %v", k, got, v)
+		}
+	}
+	if n, _ := testutil.GatherAndCount(reg, "ns_circuit_breaker_open"); n != 4 {
+		t.Errorf("ns_circuit_breaker_open series = %d, want one per kind", n)
 	}
 }
