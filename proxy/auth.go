@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -17,9 +18,10 @@ import (
 // header nor an auth path configured the sidecar is single-tenant and every
 // request belongs to the anonymous user "".
 type authenticator struct {
-	header  string   // trusted header set by a gateway; "" if unused
-	path    string   // upstream path answering the caller's identity; "" if unused
-	field   []string // dotted path of the user id in path's JSON answer
+	header  string       // trusted header set by a gateway; "" if unused
+	peers   trustedPeers // who may set header
+	path    string       // upstream path answering the caller's identity; "" if unused
+	field   []string     // dotted path of the user id in path's JSON answer
 	base    string
 	client  *upstream.Client
 	timeout time.Duration
@@ -29,10 +31,16 @@ type authenticator struct {
 // is not authenticated, 502/503 when the auth endpoint misbehaves. fwd are
 // the headers forwarded to the upstream (forwardHeaders).
 //
-// The trusted header wins when present; when it is absent and an auth path
-// is configured, the upstream decides.
+// The trusted header wins when present on a connection from a trusted
+// proxy; when it is absent and an auth path is configured, the upstream
+// decides. The header from anyone else is refused (401), never ignored: a
+// client claiming an identity must not silently become someone else.
 func (a *authenticator) identify(ctx context.Context, r *http.Request, fwd http.Header) (string, *httpError) {
 	if a.header != "" {
+		if _, sent := r.Header[http.CanonicalHeaderKey(a.header)]; sent && !a.peers.contains(r.RemoteAddr) {
+			return "", errorf(http.StatusUnauthorized, "Unauthorized",
+				"the %s header is accepted only from a trusted proxy (SIDECAR_TRUSTED_PROXIES)", a.header)
+		}
 		if v := strings.TrimSpace(r.Header.Get(a.header)); v != "" {
 			return v, nil
 		}
@@ -116,4 +124,24 @@ func forwardHeaders(r *http.Request, names []string, requestID string) http.Head
 		h.Set("X-Request-ID", requestID)
 	}
 	return h
+}
+
+// trustedPeers are the networks whose connections may claim an identity
+// (SIDECAR_TRUSTED_PROXIES): the gateway in front of the sidecar.
+type trustedPeers []netip.Prefix
+
+// contains reports whether remoteAddr (host:port, as in
+// http.Request.RemoteAddr) is in one of the networks.
+func (t trustedPeers) contains(remoteAddr string) bool {
+	ap, err := netip.ParseAddrPort(remoteAddr)
+	if err != nil {
+		return false
+	}
+	addr := ap.Addr().Unmap()
+	for _, n := range t {
+		if n.Contains(addr) {
+			return true
+		}
+	}
+	return false
 }

@@ -2,10 +2,14 @@ package proxy
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -83,6 +87,98 @@ func TestIdentity(t *testing.T) {
 		})
 		if r, _ := sc.pull(t, "alice", "g", nil); r.status != 502 || !strings.Contains(r.str("message"), "/api/me answered 500") {
 			t.Errorf("broken auth endpoint = %d %s, want 502", r.status, r.raw)
+		}
+	})
+}
+
+// TestTrustedProxies: the identity header is believed only on connections
+// from SIDECAR_TRUSTED_PROXIES. From another address (127.0.0.2, made
+// untrusted by the setting) a push or pull carrying it gets 401 naming the
+// header, even though the auth path could identify the caller, and
+// pass-through removes it before the legacy API sees it. IPv4 and IPv6
+// loopback are trusted by default.
+func TestTrustedProxies(t *testing.T) {
+	h := newHarness(t, map[string]string{"SIDECAR_USER_ID_HEADER": "X-User-Id"}) // and SIDECAR_AUTH_PATH=/api/me
+	sc := h.start()
+	v6, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Fatalf("IPv6 loopback: %v", err)
+	}
+	v6srv := &http.Server{Handler: sc.sc.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = v6srv.Serve(v6) }()
+	t.Cleanup(func() { _ = v6srv.Close() })
+
+	from := func(local string) *http.Client {
+		d := &net.Dialer{Timeout: 5 * time.Second}
+		if local != "" {
+			d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(local)}
+		}
+		return &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
+	}
+	send := func(c *http.Client, base, path, user, body string) response {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, base+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer alice")
+		if user != "" {
+			req.Header.Set("X-User-Id", user)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("POST %s: %v", path, err)
+		}
+		defer func() { _ = resp.Body.Close() }()
+		raw, _ := io.ReadAll(resp.Body)
+		r := response{status: resp.StatusCode, header: resp.Header, raw: raw}
+		_ = json.Unmarshal(raw, &r.json)
+		return r
+	}
+	pull := `{"pullVersion":1,"clientGroupID":"g-%s","cookie":null}`
+	v6base := "http://" + v6.Addr().String()
+	for _, tc := range []struct {
+		name, local, base string
+	}{
+		{"IPv4 loopback", "127.0.0.1", sc.srv.URL},
+		{"IPv6 loopback", "", v6base},
+	} {
+		t.Run("trusted "+tc.name, func(t *testing.T) {
+			c := from(tc.local)
+			if r := send(c, tc.base, "/replicache/pull", "gateway-user", fmt.Sprintf(pull, tc.name)); r.status != 200 {
+				t.Errorf("pull with the header from %s = %d %s", tc.name, r.status, r.raw)
+			}
+			if r := send(c, tc.base, "/legacy/echo", "gateway-user", ""); r.json["headers"].(map[string]any)["X-User-Id"] != "gateway-user" {
+				t.Errorf("pass-through from a trusted proxy lost the header: %s", r.raw)
+			}
+		})
+	}
+	t.Run("untrusted address", func(t *testing.T) {
+		c := from("127.0.0.2")
+		for _, path := range []string{"/replicache/pull", "/replicache/push"} {
+			body := fmt.Sprintf(pull, "x")
+			if path == "/replicache/push" {
+				body = `{"pushVersion":1,"clientGroupID":"g-x","mutations":[{"id":1,"clientID":"c-x","name":"createTodo","args":{"id":"x","title":"x"}}]}`
+			}
+			r := send(c, sc.srv.URL, path, "mallory-as-bob", body)
+			if r.status != 401 || !strings.Contains(r.str("message"), "X-User-Id") || !strings.Contains(r.str("message"), "SIDECAR_TRUSTED_PROXIES") {
+				t.Errorf("%s with the header from 127.0.0.2 = %d %s; want 401 naming the header", path, r.status, r.raw)
+			}
+			// Without the header the same caller is identified by the API.
+			if r := send(c, sc.srv.URL, path, "", body); r.status != 200 {
+				t.Errorf("%s without the header from 127.0.0.2 = %d %s", path, r.status, r.raw)
+			}
+		}
+		r := send(c, sc.srv.URL, "/legacy/echo", "mallory-as-bob", "")
+		if r.status != http.StatusTeapot {
+			t.Fatalf("pass-through = %d %s", r.status, r.raw)
+		}
+		if v, ok := r.json["headers"].(map[string]any)["X-User-Id"]; ok {
+			t.Errorf("pass-through from an untrusted address forwarded X-User-Id=%v", v)
+		}
+	})
+	t.Run("narrowed list", func(t *testing.T) {
+		h2 := newHarness(t, map[string]string{"SIDECAR_USER_ID_HEADER": "X-User-Id", "SIDECAR_TRUSTED_PROXIES": "10.0.0.0/8"})
+		sc2 := h2.start()
+		if r := send(from("127.0.0.1"), sc2.srv.URL, "/replicache/pull", "u", fmt.Sprintf(pull, "n")); r.status != 401 {
+			t.Errorf("loopback outside SIDECAR_TRUSTED_PROXIES = %d %s, want 401", r.status, r.raw)
 		}
 	})
 }

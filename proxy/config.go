@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"strings"
@@ -32,6 +33,7 @@ type Config struct {
 
 	ForwardHeaders    []string `env:"FORWARD_HEADERS" envDefault:"Authorization" envSeparator:","`
 	UserIDHeader      string   `env:"USER_ID_HEADER"`
+	TrustedProxies    []string `env:"TRUSTED_PROXIES" envDefault:"127.0.0.1/32,::1/128" envSeparator:","`
 	AuthPath          string   `env:"AUTH_PATH"`
 	AuthUserField     string   `env:"AUTH_USER_FIELD" envDefault:"id"`
 	IdempotencyHeader string   `env:"IDEMPOTENCY_HEADER" envDefault:"Idempotency-Key"`
@@ -55,8 +57,10 @@ type Config struct {
 	CORSOrigins []string `env:"CORS_ORIGINS" envSeparator:","`
 
 	// Parsed forms, filled by LoadConfig.
-	Upstream *url.URL `env:"-"`
-	Mapping  *Mapping `env:"-"`
+	Upstream    *url.URL       `env:"-"`
+	Mapping     *Mapping       `env:"-"`
+	TrustedNets []netip.Prefix `env:"-"` // from TrustedProxies
+
 }
 
 // PoolOptions are the database pool's settings.
@@ -87,7 +91,7 @@ func LoadConfig(environ map[string]string) (Config, error) {
 	}
 	for _, check := range []func() []error{
 		cfg.parseUpstream, cfg.checkDatabase, cfg.loadMapping, cfg.checkPaths, cfg.checkHeaders,
-		cfg.checkLimits, cfg.parseCORSOrigins, cfg.checkLogLevel,
+		cfg.checkLimits, cfg.parseCORSOrigins, cfg.parseTrustedProxies, cfg.checkLogLevel,
 	} {
 		errs = append(errs, check()...)
 	}
@@ -230,6 +234,31 @@ func (c *Config) parseCORSOrigins() []error {
 		origins = append(origins, strings.TrimSuffix(o, "/"))
 	}
 	c.CORSOrigins = origins
+	return errs
+}
+
+// parseTrustedProxies fills TrustedNets: CIDRs, or single addresses.
+func (c *Config) parseTrustedProxies() []error {
+	var errs []error
+	c.TrustedNets = nil
+	for _, p := range c.TrustedProxies {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		if !strings.Contains(p, "/") {
+			if a, err := netip.ParseAddr(p); err == nil {
+				c.TrustedNets = append(c.TrustedNets, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+				continue
+			}
+		}
+		n, err := netip.ParsePrefix(p)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("SIDECAR_TRUSTED_PROXIES: %q is not a CIDR such as 10.0.0.0/8 or an address", p))
+			continue
+		}
+		c.TrustedNets = append(c.TrustedNets, n.Masked())
+	}
 	return errs
 }
 

@@ -74,9 +74,10 @@ func TestLoadConfigListsEveryProblem(t *testing.T) {
 			"SIDECAR_PULL_PATH":        "/same",
 			"SIDECAR_FORWARD_HEADERS":  "Authorization,Bad Header",
 			"SIDECAR_LOG_LEVEL":        "loud",
+			"SIDECAR_TRUSTED_PROXIES":  "10.0.0.0/8,gateway",
 		}, []string{
 			"SIDECAR_UPSTREAM_URL", "reading mapping", "SIDECAR_DB_SCHEMA", "UPSTREAM_TIMEOUT", "SIDECAR_MAX_BODY_BYTES must be positive",
-			"must differ", `"Bad Header" is not a header name`, "SIDECAR_LOG_LEVEL",
+			"must differ", `"Bad Header" is not a header name`, "SIDECAR_LOG_LEVEL", `SIDECAR_TRUSTED_PROXIES: "gateway"`,
 		}},
 		{"invalid mapping", map[string]string{
 			"SIDECAR_UPSTREAM_URL": "http://x",

@@ -81,12 +81,12 @@ func New(o Options) *Sidecar {
 			Base: cfg.Upstream, Upstream: up.View, MaxBodyBytes: cfg.MaxUpstreamBodyBytes, Logger: o.Logger,
 		}),
 		auth: &authenticator{
-			header: cfg.UserIDHeader, path: cfg.AuthPath, field: strings.Split(cfg.AuthUserField, "."),
+			header: cfg.UserIDHeader, peers: cfg.TrustedNets, path: cfg.AuthPath, field: strings.Split(cfg.AuthUserField, "."),
 			base: strings.TrimSuffix(cfg.Upstream.String(), "/"), client: up.Auth, timeout: cfg.UpstreamTimeout,
 		},
 		metrics: m,
 	}
-	s.passthrough = newPassthrough(cfg.Upstream, up.Passthrough, o.Logger, up.RetryAfter())
+	s.passthrough = newPassthrough(cfg.Upstream, up.Passthrough, o.Logger, up.RetryAfter(), cfg.UserIDHeader, cfg.TrustedNets)
 	s.useMapping(cfg.Mapping)
 	return s
 }
