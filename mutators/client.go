@@ -37,22 +37,6 @@ func (o Outcome) String() string {
 	return "unknown"
 }
 
-// classify maps an upstream status code to an Outcome: 2xx applied; 4xx other
-// than 408 (timeout), 425 (too early) and 429 (rate limited) rejected;
-// anything else, including 3xx (redirects are never followed), transient.
-func classify(status int) Outcome {
-	switch {
-	case status >= 200 && status < 300:
-		return Applied
-	case status == http.StatusRequestTimeout, status == http.StatusTooEarly, status == http.StatusTooManyRequests:
-		return Transient
-	case status >= 400 && status < 500:
-		return Rejected
-	default:
-		return Transient
-	}
-}
-
 // Result is the outcome of one upstream call.
 type Result struct {
 	Outcome Outcome
@@ -148,7 +132,7 @@ func (c *Client) Do(ctx context.Context, r *Request, fwd http.Header) Result {
 		return Result{Outcome: Transient, Err: err}
 	}
 	defer func() { _ = resp.Body.Close() }()
-	res := Result{Outcome: classify(resp.StatusCode), Status: resp.StatusCode}
+	res := Result{Outcome: r.outcomes.classify(resp.StatusCode), Status: resp.StatusCode}
 	if res.Outcome != Applied {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, errorBodyRead))
 		res.Body = shorten(b, errorBodyKeep)

@@ -23,6 +23,11 @@ type Spec struct {
 	Path    string            `json:"path"`
 	Body    json.RawMessage   `json:"body,omitempty"`
 	Headers map[string]string `json:"headers,omitempty"`
+	// Outcomes overrides what upstream statuses mean for this mutator:
+	// keys are statuses ("404") or classes ("5xx"), values "applied",
+	// "rejected" or "retry". Exact statuses win over classes, classes over
+	// the defaults.
+	Outcomes map[string]string `json:"outcomes,omitempty"`
 }
 
 // Mutation is one Replicache mutation plus the context placeholders may use.
@@ -50,6 +55,8 @@ type Request struct {
 	Body           []byte // nil: no body
 	Header         http.Header
 	IdempotencyKey string
+
+	outcomes outcomeRules // the mutator's; the defaults when unset
 }
 
 // renderError is a mutation that cannot be turned into an upstream call: an
@@ -78,6 +85,7 @@ type mutator struct {
 	hasBody bool
 	body    any // template tree: map[string]any, []any, []part (string), json.Number, bool, nil
 	header  http.Header
+	outcome outcomeRules
 }
 
 type queryParam struct {
@@ -146,6 +154,9 @@ func compileMutator(name string, s Spec) (*mutator, []error) {
 		}
 		mu.hasBody, mu.body = true, tree
 	}
+	var oerrs []error
+	mu.outcome, oerrs = compileOutcomes(s.Outcomes)
+	errs = append(errs, oerrs...)
 	for k, v := range s.Headers {
 		ck := http.CanonicalHeaderKey(k)
 		switch {
@@ -324,6 +335,7 @@ func (m *Set) Render(mu Mutation) (*Request, error) {
 		PathQuery:      pq,
 		Header:         spec.header.Clone(),
 		IdempotencyKey: mu.idempotencyKey(),
+		outcomes:       spec.outcome,
 	}
 	switch {
 	case spec.hasBody:

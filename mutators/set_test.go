@@ -28,7 +28,8 @@ func TestCompileReportsEveryProblem(t *testing.T) {
 		"reserved":   {Method: "POST", Path: "/a", Headers: map[string]string{"Host": "evil"}},
 		"crlfHeader": {Method: "POST", Path: "/a", Headers: map[string]string{"X-A": "a\r\nX-B: b"}},
 		"fragment":   {Method: "POST", Path: "/a#frag"},
-		"ok":         {Method: "post", Path: "/a/{args.id}"},
+		"outcomes":   {Method: "POST", Path: "/a", Outcomes: map[string]string{"404": "ignored", "4xx": "retry", "6xx": "applied", "99": "applied", "abc": "rejected"}},
+		"ok":         {Method: "post", Path: "/a/{args.id}", Outcomes: map[string]string{"404": "applied", "5xx": "rejected"}},
 	})
 	if err == nil {
 		t.Fatal("Compile accepted a broken mapping")
@@ -46,6 +47,10 @@ func TestCompileReportsEveryProblem(t *testing.T) {
 		`"reserved": header "Host"`,
 		`"crlfHeader": header "X-A": value contains a control character`,
 		`"fragment": path "/a#frag" contains a fragment`,
+		`"outcomes": outcomes["404"]: "ignored" is not applied, rejected or retry`,
+		`"outcomes": outcomes: "6xx" is not a status`,
+		`"outcomes": outcomes: "99" is not a status`,
+		`"outcomes": outcomes: "abc" is not a status`,
 	} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error lacks %q; got:\n%s", want, msg)
@@ -180,5 +185,31 @@ func TestClassify(t *testing.T) {
 		if got := classify(status); got != want {
 			t.Errorf("classify(%d) = %v, want %v", status, got, want)
 		}
+	}
+}
+
+// TestOutcomeRules: a mutator's outcomes override the defaults, exact
+// statuses before classes, and leave every other status to the defaults.
+func TestOutcomeRules(t *testing.T) {
+	rules, errs := compileOutcomes(map[string]string{"404": "applied", "409": "retry", "5xx": "rejected", "503": "retry", "2xx": "applied"})
+	if len(errs) != 0 {
+		t.Fatal(errs)
+	}
+	for status, want := range map[int]Outcome{
+		404: Applied,   // exact: a DELETE of something already gone
+		409: Transient, // exact: a conflict worth retrying
+		500: Rejected,  // class: an API answering 500 for a duplicate
+		503: Transient, // exact beats class
+		422: Rejected,  // default
+		429: Transient, // default
+		201: Applied,
+		302: Transient, // default: redirects are never followed
+	} {
+		if got := rules.classify(status); got != want {
+			t.Errorf("classify(%d) = %v, want %v", status, got, want)
+		}
+	}
+	if got := (outcomeRules{}).classify(404); got != Rejected {
+		t.Errorf("no rules: classify(404) = %v, want the default rejected", got)
 	}
 }

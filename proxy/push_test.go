@@ -2,7 +2,10 @@ package proxy
 
 import (
 	"context"
+	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -10,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/proxytest"
 )
@@ -387,5 +391,69 @@ func TestPushClientLeavingDoesNotAbandonMutation(t *testing.T) {
 	proxytest.WaitFor(t, "the push handler to return", func() bool { return requestsAnswered(t, sc, "push") == 1 })
 	if got := h.up.TodoIDs("alice"); !slices.Equal(got, []string{"a"}) {
 		t.Errorf("upstream todos = %v, want [a]: no new mutation after the client left", got)
+	}
+}
+
+// TestPerMutatorOutcomes: a mutator's "outcomes" decide what a status
+// means for it. A DELETE of a todo already gone (404) is applied, not a
+// rejection; a create answered 409 is retried, not consumed; an API that
+// answers 500 for a duplicate id has that mutation rejected (recorded with
+// the status) instead of retried for ever. Metrics count the final outcome.
+func TestPerMutatorOutcomes(t *testing.T) {
+	mapping := filepath.Join(t.TempDir(), "outcomes.json")
+	err := os.WriteFile(mapping, []byte(`{"mutators": {
+		"createTodo": {"method": "POST", "path": "/api/todos", "outcomes": {"409": "retry"}},
+		"deleteTodo": {"method": "DELETE", "path": "/api/todos/{args.id}", "outcomes": {"404": "applied"}},
+		"importTodo": {"method": "POST", "path": "/api/import", "outcomes": {"5xx": "rejected", "503": "retry"}}
+	}, "clientView": [{"path": "/api/todos", "items": "todos", "key": "todo/{id}", "pagination": {"type": "link"}}]}`), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, map[string]string{"SIDECAR_MAPPING_FILE": mapping, "SIDECAR_BREAKER_FAILURES": "0"})
+	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path != "/api/import" {
+			return false
+		}
+		w.WriteHeader(http.StatusInternalServerError)
+		_, _ = io.WriteString(w, `{"message":"duplicate id"}`)
+		return true
+	})
+	sc := h.start()
+	if r := sc.push(t, "alice", "g", create("c", 1, "a")); r.status != 200 || r.json["applied"] != 1.0 {
+		t.Fatalf("create = %d %s", r.status, r.raw)
+	}
+	// 404 to a DELETE of something gone: applied, no rejection.
+	r := sc.push(t, "alice", "g", mut{"c", 2, "deleteTodo", map[string]any{"id": "never-existed"}})
+	if r.status != 200 || r.json["applied"] != 1.0 || r.json["rejected"] != 0.0 {
+		t.Errorf("delete of a missing todo = %d %s; want applied", r.status, r.raw)
+	}
+	// 409 to a create: retried, not consumed.
+	r = sc.push(t, "alice", "g", create("c", 3, "a"))
+	if r.status != http.StatusServiceUnavailable || r.str("cause") != "upstream answered 409" {
+		t.Errorf("duplicate create = %d %s; want 503 and the mutation kept", r.status, r.raw)
+	}
+	if l := h.lmid(t, sc.pool, "c"); l != 2 {
+		t.Errorf("lastMutationID = %d after a 409 marked retry, want 2", l)
+	}
+	// 500 for a duplicate: rejected and recorded with its status.
+	r = sc.push(t, "alice", "g2", mut{"c2", 1, "importTodo", map[string]any{"id": "a"}})
+	if r.status != 200 || r.json["rejected"] != 1.0 {
+		t.Errorf("import answered 500 = %d %s; want rejected", r.status, r.raw)
+	}
+	var status int
+	q := "SELECT status FROM " + pgx.Identifier{h.schema}.Sanitize() + ".mutation_rejections WHERE client_id = 'c2' AND mutation_id = 1"
+	if err := sc.pool.QueryRow(context.Background(), q).Scan(&status); err != nil || status != 500 {
+		t.Errorf("rejection record: status %d, %v; want 500", status, err)
+	}
+	for _, c := range []struct {
+		mutator, outcome string
+		want             float64
+	}{
+		{"deleteTodo", "applied", 1}, {"deleteTodo", "rejected", 0},
+		{"createTodo", "transient", 1}, {"importTodo", "rejected", 1}, {"importTodo", "transient", 0},
+	} {
+		if got := testutil.ToFloat64(sc.sc.metrics.mutations.WithLabelValues(c.mutator, c.outcome)); got != c.want {
+			t.Errorf("mutations_total{%s,%s} = %v, want %v", c.mutator, c.outcome, got, c.want)
+		}
 	}
 }
