@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -138,8 +139,10 @@ func (f *Fetcher) fetchSource(ctx context.Context, s *source, r Request) ([]Entr
 	if err != nil {
 		return fail(err.Error(), err)
 	}
+	first = s.firstPage(first)
 	var entries []Entry
 	seenURLs := map[string]bool{}
+	keys := map[string]bool{}
 	next := first
 	for page := 1; next != nil; page++ {
 		if s.paged && page > s.page.MaxPages {
@@ -163,11 +166,20 @@ func (f *Fetcher) fetchSource(ctx context.Context, s *source, r Request) ([]Entr
 		if err != nil {
 			return fail(err.Error(), err)
 		}
+		// A key seen again means the pages overlap: the collection shifted
+		// between requests, or the API ignores the page parameter. Stop at
+		// once rather than page on to maxPages.
+		for _, e := range got {
+			if keys[e.Key] {
+				return fail(fmt.Sprintf("duplicate key %q (on page %d)", e.Key, page), nil)
+			}
+			keys[e.Key] = true
+		}
 		entries = append(entries, got...)
 		if !s.paged {
 			break
 		}
-		if next, err = f.nextPage(s, page, next, first, body, hdr); err != nil {
+		if next, err = f.nextPage(s, page, len(got), next, first, body, hdr); err != nil {
 			return fail(err.Error(), err)
 		}
 	}
@@ -227,21 +239,40 @@ func (e *StatusError) Error() string { return fmt.Sprintf("upstream answered %d"
 // A next-page reference that cannot be followed is an error, never the last
 // page: under the Reset Strategy a truncated view deletes on the client
 // every entity it lacks.
-func (f *Fetcher) nextPage(s *source, page int, cur, first *url.URL, body []byte, hdr http.Header) (*url.URL, error) {
+func (f *Fetcher) nextPage(s *source, page, items int, cur, first *url.URL, body []byte, hdr http.Header) (*url.URL, error) {
 	switch s.page.Type {
 	case "link":
 		target := nextLink(hdr.Values("Link"))
 		if target == "" {
 			return nil, nil
 		}
-		u, err := cur.Parse(target)
+		return f.follow(cur, target, "next link")
+	case "url":
+		raw, present, err := lookupPath(body, s.nextPath)
 		if err != nil {
-			return nil, fmt.Errorf("invalid next link %q", target)
+			return nil, fmt.Errorf("next URL field %q cannot be followed: %w", s.page.Next, err)
 		}
-		if u.Scheme != f.base.Scheme || u.Host != f.base.Host {
-			return nil, fmt.Errorf("next link %q points to another host", target)
+		if !present || isNull(raw) {
+			return nil, nil
 		}
-		return u, nil
+		var target string
+		if err := json.Unmarshal(raw, &target); err != nil {
+			return nil, fmt.Errorf("next URL field %q is not a string", s.page.Next)
+		}
+		if target == "" {
+			return nil, nil
+		}
+		return f.follow(cur, target, "next URL")
+	case "offset":
+		if items < s.page.Limit {
+			return nil, nil // a short page is the last
+		}
+		return withQuery(cur, s.page.Param, strconv.Itoa(atoi(cur.Query().Get(s.page.Param))+items)), nil
+	case "page":
+		if items == 0 || (s.page.Size > 0 && items < s.page.Size) {
+			return nil, nil // an empty (or short) page is the last
+		}
+		return withQuery(cur, s.page.Param, strconv.Itoa(atoi(cur.Query().Get(s.page.Param))+1)), nil
 	default: // cursor
 		raw, present, err := lookupPath(body, s.nextPath)
 		if err != nil {
@@ -272,6 +303,49 @@ func (f *Fetcher) nextPage(s *source, page int, cur, first *url.URL, body []byte
 		u.RawQuery = q.Encode()
 		return &u, nil
 	}
+}
+
+// follow resolves a next-page reference against the page it came from and
+// refuses one that leaves the upstream: the sidecar fetches nothing else.
+func (f *Fetcher) follow(cur *url.URL, target, what string) (*url.URL, error) {
+	u, err := cur.Parse(target)
+	if err != nil {
+		return nil, fmt.Errorf("invalid %s %q", what, target)
+	}
+	if u.Scheme != f.base.Scheme || u.Host != f.base.Host {
+		return nil, fmt.Errorf("%s %q points to another host", what, target)
+	}
+	return u, nil
+}
+
+// firstPage adds what the first page of an offset or page source asks for.
+func (s *source) firstPage(u *url.URL) *url.URL {
+	switch s.page.Type {
+	case "offset":
+		u = withQuery(u, s.page.LimitParam, strconv.Itoa(s.page.Limit))
+		return withQuery(u, s.page.Param, "0")
+	case "page":
+		if s.page.SizeParam != "" {
+			u = withQuery(u, s.page.SizeParam, strconv.Itoa(s.page.Size))
+		}
+		return withQuery(u, s.page.Param, strconv.Itoa(s.start))
+	}
+	return u
+}
+
+// withQuery returns a copy of u with query parameter k set to v.
+func withQuery(u *url.URL, k, v string) *url.URL {
+	c := *u
+	q := c.Query()
+	q.Set(k, v)
+	c.RawQuery = q.Encode()
+	return &c
+}
+
+// atoi reads a number this package wrote into a query.
+func atoi(s string) int {
+	n, _ := strconv.Atoi(s)
+	return n
 }
 
 // nextLink finds the target of rel="next" in Link header values (RFC 8288).

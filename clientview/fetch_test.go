@@ -240,14 +240,14 @@ func TestCompileErrors(t *testing.T) {
 		{Path: "/a/{user}", Key: "x/{id}"},
 		{Path: "/b"},
 		{Path: "/c", Key: "whole", Pagination: &Pagination{Type: "link"}},
-		{Path: "/d", Key: "d/{id}", Pagination: &Pagination{Type: "offset"}},
+		{Path: "/d", Key: "d/{id}", Pagination: &Pagination{Type: "pages"}},
 		// An array answer has nowhere to hold a cursor: page one forever.
 		{Path: "/e", Key: "e/{id}", Pagination: &Pagination{Type: "cursor"}},
 	})
 	if err == nil {
 		t.Fatal("Compile accepted broken sources")
 	}
-	for _, want := range []string{"path is required", "only the {userID} placeholder", "key is required", "needs a key with a placeholder", `pagination type "offset"`,
+	for _, want := range []string{"path is required", "only the {userID} placeholder", "key is required", "needs a key with a placeholder", `pagination type "pages"`,
 		"cursor pagination needs items"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)

@@ -32,14 +32,36 @@ type Source struct {
 
 // Pagination describes how a source's further pages are found.
 type Pagination struct {
-	// Type is "link" (RFC 8288 Link header, rel="next") or "cursor".
+	// Type is one of:
+	//   - "link": the next page's URL in a Link header (RFC 8288, rel="next");
+	//   - "cursor": a token in the answer (Next) sent back as query
+	//     parameter Param;
+	//   - "url": the next page's URL in the answer (Next), absolute or
+	//     relative: DRF's next, JSON:API's links.next, HAL's _links.next.href;
+	//   - "offset": query parameters Param (the offset) and LimitParam set
+	//     to Limit; the offset advances by the items received until a page
+	//     holds fewer than Limit;
+	//   - "page": query parameter Param counting up from Start (and
+	//     SizeParam=Size when set) until a page holds no items (or fewer
+	//     than Size).
 	Type string `json:"type"`
-	// Param is the query parameter that carries the cursor (cursor type;
-	// default "cursor").
+	// Param is the query parameter of the cursor (default "cursor"), the
+	// offset (default "offset") or the page number (default "page").
 	Param string `json:"param,omitempty"`
-	// Next is the dotted path of the next cursor in the response (cursor
-	// type; default "next"). Absent, null or "" ends the pagination.
+	// Next is the dotted path of the next cursor or URL in the answer
+	// (cursor and url types; default "next"). Absent, null or "" ends the
+	// pagination.
 	Next string `json:"next,omitempty"`
+	// LimitParam and Limit (offset type): the page size asked for (default
+	// "limit" and 100).
+	LimitParam string `json:"limitParam,omitempty"`
+	Limit      int    `json:"limit,omitempty"`
+	// Start is the first page number (page type; default 1).
+	Start *int `json:"start,omitempty"`
+	// SizeParam and Size (page type, optional, together): the page size
+	// asked for; a page holding fewer items is the last.
+	SizeParam string `json:"sizeParam,omitempty"`
+	Size      int    `json:"size,omitempty"`
 	// MaxPages guards against pagination loops; more pages fail the pull.
 	// Default defaultMaxPages.
 	MaxPages int `json:"maxPages,omitempty"`
@@ -61,7 +83,8 @@ type source struct {
 	keyed    bool // key has at least one placeholder
 	page     Pagination
 	paged    bool
-	nextPath []string // page.Next split at dots (cursor type)
+	nextPath []string // page.Next split at dots (cursor and url types)
+	start    int      // first page number (page type)
 
 	// warnedAbsent is set once the absence of the cursor field on a first
 	// page has been logged: once per compiled view, so once per mapping
@@ -132,24 +155,7 @@ func compileSource(s Source) (*source, []error) {
 	}
 	if p := s.Pagination; p != nil {
 		cs.paged, cs.page = true, *p
-		switch p.Type {
-		case "link":
-		case "cursor":
-			if cs.page.Param == "" {
-				cs.page.Param = "cursor"
-			}
-			if cs.page.Next == "" {
-				cs.page.Next = "next"
-			}
-			cs.nextPath = strings.Split(cs.page.Next, ".")
-			if s.Items == "" {
-				// The answer must be an object holding both the items and
-				// the cursor; an array answer could only ever show page one.
-				errs = append(errs, errors.New("cursor pagination needs items (the answer holds the items and the next cursor)"))
-			}
-		default:
-			errs = append(errs, fmt.Errorf("pagination type %q is not \"link\" or \"cursor\"", p.Type))
-		}
+		errs = append(errs, cs.compilePagination(s.Items != "")...)
 		if p.MaxPages < 0 {
 			errs = append(errs, errors.New("pagination maxPages must be positive"))
 		}
@@ -161,6 +167,61 @@ func compileSource(s Source) (*source, []error) {
 		}
 	}
 	return cs, errs
+}
+
+// compilePagination checks cs.page and fills in its defaults.
+func (cs *source) compilePagination(hasItems bool) []error {
+	var errs []error
+	p := &cs.page
+	orDefault := func(v *string, d string) {
+		if *v == "" {
+			*v = d
+		}
+	}
+	switch p.Type {
+	case "link":
+	case "cursor", "url":
+		if p.Type == "cursor" {
+			orDefault(&p.Param, "cursor")
+		}
+		orDefault(&p.Next, "next")
+		cs.nextPath = strings.Split(p.Next, ".")
+		if !hasItems {
+			// The answer must be an object holding both the items and the
+			// next reference; an array answer could only show page one.
+			errs = append(errs, fmt.Errorf("%s pagination needs items (the answer holds the items and the next %s)", p.Type, p.Type))
+		}
+	case "offset":
+		orDefault(&p.Param, "offset")
+		orDefault(&p.LimitParam, "limit")
+		if p.Limit == 0 {
+			p.Limit = 100
+		}
+		if p.Limit < 0 {
+			errs = append(errs, errors.New("pagination limit must be positive"))
+		}
+		if p.Param == p.LimitParam {
+			errs = append(errs, errors.New("pagination param and limitParam must differ"))
+		}
+	case "page":
+		orDefault(&p.Param, "page")
+		cs.start = 1
+		if p.Start != nil {
+			cs.start = *p.Start
+		}
+		if cs.start < 0 {
+			errs = append(errs, errors.New("pagination start must not be negative"))
+		}
+		if (p.SizeParam == "") != (p.Size == 0) || p.Size < 0 {
+			errs = append(errs, errors.New("pagination sizeParam and size go together (size positive)"))
+		}
+		if p.SizeParam != "" && p.SizeParam == p.Param {
+			errs = append(errs, errors.New("pagination param and sizeParam must differ"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("pagination type %q is not link, cursor, url, offset or page", p.Type))
+	}
+	return errs
 }
 
 // Len returns the number of sources.

@@ -1,0 +1,192 @@
+package clientview
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// pagedAPI serves one collection in the pagination style of a real API
+// family, three items a page. Tests change the collection between pages
+// through onPage, which runs after each page is served.
+type pagedAPI struct {
+	srv    *httptest.Server
+	mu     sync.Mutex
+	items  []string // ids, in order
+	onPage func(n int)
+	pages  int
+	// offHost makes the url style's next link point elsewhere.
+	offHost string
+}
+
+const pageSize = 3
+
+func newPagedAPI(t *testing.T, n int) *pagedAPI {
+	t.Helper()
+	a := &pagedAPI{}
+	for i := range n {
+		a.items = append(a.items, fmt.Sprintf("i%02d", i))
+	}
+	a.srv = httptest.NewServer(http.HandlerFunc(a.serve))
+	t.Cleanup(a.srv.Close)
+	return a
+}
+
+func (a *pagedAPI) slice(from, size int) []map[string]string {
+	out := []map[string]string{}
+	for i := from; i < min(from+size, len(a.items)); i++ {
+		out = append(out, map[string]string{"id": a.items[i]})
+	}
+	return out
+}
+
+func (a *pagedAPI) serve(w http.ResponseWriter, r *http.Request) {
+	a.mu.Lock()
+	q := r.URL.Query()
+	var body any
+	switch r.URL.Path {
+	case "/drf/": // Django REST Framework: absolute next URL, results, count
+		page := max(atoi(q.Get("page")), 1)
+		var next any
+		if page*pageSize < len(a.items) {
+			next = fmt.Sprintf("http://%s/drf/?page=%d", r.Host, page+1)
+			if a.offHost != "" {
+				next = fmt.Sprintf("http://%s/drf/?page=%d", a.offHost, page+1)
+			}
+		}
+		body = map[string]any{"count": len(a.items), "next": next, "results": a.slice((page-1)*pageSize, pageSize)}
+	case "/jsonapi": // JSON:API: relative links.next, data
+		page := max(atoi(q.Get("page[number]")), 1)
+		links := map[string]any{"self": r.URL.RequestURI()}
+		if page*pageSize < len(a.items) {
+			links["next"] = fmt.Sprintf("/jsonapi?page[number]=%d", page+1)
+		}
+		body = map[string]any{"data": a.slice((page-1)*pageSize, pageSize), "links": links}
+	case "/offset": // offset and limit, items in the answer's "items"
+		limit := atoi(q.Get("limit"))
+		body = map[string]any{"items": a.slice(atoi(q.Get("offset")), limit)}
+	case "/pages": // page numbers from 1 and per_page, a bare array
+		size := atoi(q.Get("per_page"))
+		body = a.slice((atoi(q.Get("page"))-1)*size, size)
+	case "/pages0": // page numbers from 0, server's own page size, until empty
+		body = a.slice(atoi(q.Get("p"))*pageSize, pageSize)
+	default:
+		a.mu.Unlock()
+		http.NotFound(w, r)
+		return
+	}
+	a.pages++
+	n, hook := a.pages, a.onPage
+	a.mu.Unlock()
+	_ = json.NewEncoder(w).Encode(body)
+	if hook != nil {
+		hook(n)
+	}
+}
+
+func (a *pagedAPI) set(f func()) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	f()
+}
+
+// TestPaginationStyles: each style pages through a collection of 7 (3 a
+// page) and through an empty one; a collection that shifts between pages
+// (an item inserted at the front, so one is served twice) fails the fetch
+// rather than answering a wrong view; a next URL on another host fails it.
+func TestPaginationStyles(t *testing.T) {
+	zero := 0
+	styles := []struct {
+		name string
+		src  Source
+	}{
+		{"url (Django REST Framework)", Source{Path: "/drf/", Items: "results", Key: "x/{id}", Pagination: &Pagination{Type: "url"}}},
+		{"url (JSON:API links.next, relative)", Source{Path: "/jsonapi", Items: "data", Key: "x/{id}", Pagination: &Pagination{Type: "url", Next: "links.next"}}},
+		{"offset", Source{Path: "/offset", Items: "items", Key: "x/{id}", Pagination: &Pagination{Type: "offset", Limit: pageSize}}},
+		{"page with size", Source{Path: "/pages", Key: "x/{id}", Pagination: &Pagination{Type: "page", SizeParam: "per_page", Size: pageSize}}},
+		{"page from 0 until empty", Source{Path: "/pages0", Key: "x/{id}", Pagination: &Pagination{Type: "page", Param: "p", Start: &zero}}},
+	}
+	for _, st := range styles {
+		t.Run(st.name, func(t *testing.T) {
+			t.Run("whole collection", func(t *testing.T) {
+				api := newPagedAPI(t, 7)
+				es, err := fetch(t, api.srv, 1<<20, st.src)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var ids []string
+				for _, e := range es {
+					ids = append(ids, strings.TrimPrefix(e.Key, "x/"))
+				}
+				if got := strings.Join(ids, " "); got != "i00 i01 i02 i03 i04 i05 i06" {
+					t.Errorf("keys %s, want all 7 in order", got)
+				}
+			})
+			t.Run("empty collection", func(t *testing.T) {
+				api := newPagedAPI(t, 0)
+				es, err := fetch(t, api.srv, 1<<20, st.src)
+				if err != nil || len(es) != 0 {
+					t.Errorf("empty collection: %d entries, %v", len(es), err)
+				}
+			})
+			t.Run("collection shifting between pages", func(t *testing.T) {
+				api := newPagedAPI(t, 7)
+				api.onPage = func(n int) {
+					if n == 1 {
+						api.set(func() { api.items = append([]string{"new"}, api.items...) })
+					}
+				}
+				es, err := fetch(t, api.srv, 1<<20, st.src)
+				var se *SourceError
+				if !errors.As(err, &se) || !strings.Contains(se.Reason, "duplicate key") {
+					t.Errorf("shifted collection: %d entries, err %v; want the fetch to fail", len(es), err)
+				}
+			})
+		})
+	}
+	t.Run("next URL on another host", func(t *testing.T) {
+		api := newPagedAPI(t, 7)
+		api.offHost = "127.0.0.1:1"
+		_, err := fetch(t, api.srv, 1<<20, styles[0].src)
+		var se *SourceError
+		if !errors.As(err, &se) || se.Source != "/drf/" || !strings.Contains(se.Reason, "points to another host") {
+			t.Errorf("err = %v; want a SourceError naming /drf/ and the other host", err)
+		}
+	})
+	t.Run("a page-number API that ignores the page", func(t *testing.T) {
+		// Every page is the first: the keys repeat, and the fetch fails
+		// instead of looping to maxPages or answering page one.
+		api := newPagedAPI(t, 7)
+		src := Source{Path: "/drf/", Items: "results", Key: "x/{id}", Pagination: &Pagination{Type: "page", Param: "ignored"}}
+		if _, err := fetch(t, api.srv, 1<<20, src); err == nil || !strings.Contains(err.Error(), "duplicate key") {
+			t.Errorf("err = %v, want duplicate key", err)
+		}
+	})
+}
+
+func TestPaginationCompileErrors(t *testing.T) {
+	neg := -1
+	_, err := Compile([]Source{
+		{Path: "/a", Key: "a/{id}", Pagination: &Pagination{Type: "url"}},
+		{Path: "/b", Key: "b/{id}", Pagination: &Pagination{Type: "offset", Limit: -5}},
+		{Path: "/c", Key: "c/{id}", Pagination: &Pagination{Type: "page", SizeParam: "size"}},
+		{Path: "/d", Key: "d/{id}", Pagination: &Pagination{Type: "page", Start: &neg}},
+		{Path: "/e", Key: "e/{id}", Pagination: &Pagination{Type: "offset", Param: "x", LimitParam: "x"}},
+	})
+	if err == nil {
+		t.Fatal("Compile accepted broken pagination")
+	}
+	for _, want := range []string{
+		"url pagination needs items", "limit must be positive", "sizeParam and size go together",
+		"start must not be negative", "param and limitParam must differ",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+}
