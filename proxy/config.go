@@ -50,6 +50,9 @@ type Config struct {
 	DBStatementTimeout time.Duration `env:"DB_STATEMENT_TIMEOUT" envDefault:"10s"`
 	DBLockTimeout      time.Duration `env:"DB_LOCK_TIMEOUT" envDefault:"15s"`
 
+	GiveUpAttempts int           `env:"GIVE_UP_ATTEMPTS" envDefault:"20"`
+	GiveUpAfter    time.Duration `env:"GIVE_UP_AFTER" envDefault:"10m"`
+
 	BreakerFailures         uint32        `env:"BREAKER_FAILURES" envDefault:"5"`
 	BreakerOpenTimeout      time.Duration `env:"BREAKER_OPEN_TIMEOUT" envDefault:"10s"`
 	BreakerHalfOpenRequests uint32        `env:"BREAKER_HALF_OPEN_REQUESTS" envDefault:"1"`
@@ -203,6 +206,12 @@ func (c *Config) checkLimits() []error {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive", name))
 		}
+	}
+	if c.GiveUpAttempts < 0 {
+		errs = append(errs, errors.New("SIDECAR_GIVE_UP_ATTEMPTS must not be negative (0 never gives up)"))
+	}
+	if c.GiveUpAfter < 0 {
+		errs = append(errs, errors.New("SIDECAR_GIVE_UP_AFTER must not be negative"))
 	}
 	if c.MappingReloadInterval < 0 {
 		errs = append(errs, errors.New("SIDECAR_MAPPING_RELOAD_INTERVAL must not be negative (0 disables reloading)"))

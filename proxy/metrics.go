@@ -38,7 +38,7 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string) *metrics {
 		}, []string{"endpoint"}),
 		mutations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "mutations_total",
-			Help: "Pushed mutations by mutator and outcome (applied, duplicate, rejected, transient).",
+			Help: "Pushed mutations by mutator and outcome (applied, duplicate, rejected, transient, abandoned: given up on after repeated retryable answers).",
 		}, []string{"mutator", "outcome"}),
 	}
 	m.pullEntries = prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -71,7 +71,7 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string) *metrics {
 // be missing.
 func (m *metrics) precreateMutators(names []string) {
 	for _, name := range names {
-		for _, o := range []string{"applied", "duplicate", "rejected", "transient"} {
+		for _, o := range []string{"applied", "duplicate", "rejected", "transient", "abandoned"} {
 			m.mutations.WithLabelValues(name, o)
 		}
 	}

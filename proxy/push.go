@@ -169,7 +169,7 @@ func (s *Sidecar) applyAll(ctx context.Context, c *call, req pushRequest, known 
 		switch outcome {
 		case "applied":
 			stats.Applied++
-		case "rejected":
+		case "rejected", "abandoned": // given up on: consumed as rejected
 			stats.Rejected++
 		case "duplicate":
 			stats.Duplicate++
@@ -214,6 +214,7 @@ func (s *Sidecar) failPush(w http.ResponseWriter, log *slog.Logger, err error, g
 func (s *Sidecar) applyMutation(ctx context.Context, c *call, mapping *Mapping, mu mutators.Mutation) (string, int64, error) {
 	var outcome string
 	var lmid int64
+	var pending *transientError // not applied; its attempt is committed
 	err := s.store.LockedClient(ctx, mu.ClientGroupID, mu.UserID, mu.ClientID, func(g *store.GroupTx) error {
 		cur, err := g.LastMutationID(ctx, mu.ClientID)
 		if err != nil {
@@ -234,8 +235,24 @@ func (s *Sidecar) applyMutation(ctx context.Context, c *call, mapping *Mapping, 
 		} else {
 			res = s.sender.Do(dctx, req, c.fwd)
 		}
+		abandoned := false
 		if res.Outcome == mutators.Transient {
-			return &transientError{mutator: mu.Name, id: mu.ID, client: mu.ClientID, result: res}
+			tr := &transientError{mutator: mu.Name, id: mu.ID, client: mu.ClientID, result: res}
+			attempts, giveUp, err := s.countAttempt(dctx, g, mu, res)
+			switch {
+			case err != nil:
+				return err
+			case attempts.Count == 0:
+				return tr // nothing recorded: roll back
+			case !giveUp:
+				pending = tr // commit the attempt's count, then report it
+				return nil
+			}
+			abandoned = true
+			c.log.Warn("mutation abandoned", "client", mu.ClientID, "mutation_id", mu.ID, "mutator", mu.Name,
+				"outcome", "abandoned", "status", res.Status, "attempts", attempts.Count, "over", attempts.Span)
+			res = mutators.Result{Outcome: mutators.Rejected, Status: res.Status, Body: res.Body,
+				Err: fmt.Errorf("gave up after %d attempts over %s", attempts.Count, roundSpan(attempts.Span))}
 		}
 		if err := g.SetLastMutationID(dctx, mu.ClientID, mu.ID); err != nil {
 			return err
@@ -246,13 +263,45 @@ func (s *Sidecar) applyMutation(ctx context.Context, c *call, mapping *Mapping, 
 		}
 		if res.Outcome == mutators.Rejected {
 			outcome = "rejected"
-			c.log.Info("mutation rejected", "mutator", mu.Name, "mutation_id", mu.ID, "outcome", "rejected", "status", res.Status, "cause", res.Cause())
+			if abandoned {
+				outcome = "abandoned"
+			} else {
+				c.log.Info("mutation rejected", "mutator", mu.Name, "mutation_id", mu.ID, "outcome", "rejected", "status", res.Status, "cause", res.Cause())
+			}
 			return g.RecordRejection(dctx, store.Rejection{ClientID: mu.ClientID, MutationID: mu.ID, Mutator: mu.Name,
 				Status: res.Status, Reason: res.Cause(), Body: res.Body})
 		}
 		return nil
 	})
+	if err == nil && pending != nil {
+		return "", 0, pending
+	}
 	return outcome, lmid, err
+}
+
+// countAttempt records an answered, retryable attempt of mu and says
+// whether to give up on it: after SIDECAR_GIVE_UP_ATTEMPTS such answers
+// spanning at least SIDECAR_GIVE_UP_AFTER. A call that got no answer
+// (connection error, timeout, open breaker: no status) is never counted,
+// so an outage never makes the sidecar give up, however long it lasts.
+// Attempts.Count is 0 when nothing was recorded.
+func (s *Sidecar) countAttempt(ctx context.Context, g *store.GroupTx, mu mutators.Mutation, res mutators.Result) (store.Attempts, bool, error) {
+	if res.Status == 0 || s.cfg.GiveUpAttempts <= 0 {
+		return store.Attempts{}, false, nil
+	}
+	a, err := g.RecordAttempt(ctx, mu.ClientID, mu.ID, res.Status)
+	if err != nil {
+		return store.Attempts{}, false, err
+	}
+	return a, a.Count >= s.cfg.GiveUpAttempts && a.Span >= s.cfg.GiveUpAfter, nil
+}
+
+// roundSpan shortens a duration for a rejection's reason.
+func roundSpan(d time.Duration) time.Duration {
+	if d >= time.Second {
+		return d.Round(time.Second)
+	}
+	return d.Round(time.Millisecond)
 }
 
 func (s *Sidecar) countMutation(mapping *Mapping, name, outcome string) {

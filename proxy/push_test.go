@@ -457,3 +457,100 @@ func TestPerMutatorOutcomes(t *testing.T) {
 		}
 	}
 }
+
+// TestGiveUpValve: a mutation the API answers 500 every time is given up
+// once it has been answered SIDECAR_GIVE_UP_ATTEMPTS times over at least
+// SIDECAR_GIVE_UP_AFTER, counted across two replicas; it is then consumed
+// as rejected with the reason, counted as abandoned, and the client's later
+// mutations apply. Calls that got no answer never count.
+func TestGiveUpValve(t *testing.T) {
+	h := newHarness(t, map[string]string{
+		"SIDECAR_GIVE_UP_ATTEMPTS": "3", "SIDECAR_GIVE_UP_AFTER": "300ms",
+		"SIDECAR_BREAKER_FAILURES": "0", "SIDECAR_UPSTREAM_TIMEOUT": "200ms",
+	})
+	poison := func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodPost || !strings.Contains(r.Header.Get("Idempotency-Key"), ":2") {
+			return false
+		}
+		w.WriteHeader(http.StatusInternalServerError)
+		_, _ = io.WriteString(w, `{"error":"duplicate id"}`)
+		return true
+	}
+	h.up.SetHook(poison)
+	a, b := h.start(), h.start() // two replicas share the count
+	batch := []mut{create("c", 1, "one"), create("c", 2, "poison"), create("c", 3, "three")}
+	attempts := func() int {
+		var n int
+		q := "SELECT coalesce(sum(attempts), 0) FROM " + pgx.Identifier{h.schema}.Sanitize() + ".mutation_attempts"
+		if err := a.pool.QueryRow(context.Background(), q).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	start := time.Now()
+	for i, inst := range []*instance{a, b, a} {
+		r := inst.push(t, "alice", "g", batch...)
+		if r.status != http.StatusServiceUnavailable || r.json["upstreamStatus"] != 500.0 {
+			t.Fatalf("push %d = %d %s; want 503 while the valve holds", i, r.status, r.raw)
+		}
+	}
+	if n := attempts(); n != 3 {
+		t.Fatalf("%d attempts recorded, want 3", n)
+	}
+	// Three answers, but not yet over 300ms: still pending.
+	if time.Since(start) < 300*time.Millisecond {
+		if r := b.push(t, "alice", "g", batch...); r.status != http.StatusServiceUnavailable {
+			t.Fatalf("push before SIDECAR_GIVE_UP_AFTER = %d %s; want 503", r.status, r.raw)
+		}
+	}
+	proxytest.WaitFor(t, "SIDECAR_GIVE_UP_AFTER to pass", func() bool { return time.Since(start) > 350*time.Millisecond })
+	r := b.push(t, "alice", "g", batch...)
+	if r.status != 200 || r.json["rejected"] != 1.0 || r.json["applied"] != 1.0 {
+		t.Fatalf("push after the valve's limits = %d %s; want the poison rejected and mutation 3 applied", r.status, r.raw)
+	}
+	if got := h.up.TodoIDs("alice"); !slices.Equal(got, []string{"one", "three"}) {
+		t.Errorf("upstream todos = %v, want [one three]", got)
+	}
+	var reason string
+	var status int
+	q := "SELECT reason, status FROM " + pgx.Identifier{h.schema}.Sanitize() + ".mutation_rejections WHERE client_id = 'c' AND mutation_id = 2"
+	if err := a.pool.QueryRow(context.Background(), q).Scan(&reason, &status); err != nil || !strings.HasPrefix(reason, "gave up after ") || status != 500 {
+		t.Errorf("rejection = %q %d (%v); want \"gave up after N attempts over D\" and 500", reason, status, err)
+	}
+	if n := attempts(); n != 0 {
+		t.Errorf("%d attempts left after the mutation was consumed, want 0", n)
+	}
+	abandoned := testutil.ToFloat64(a.sc.metrics.mutations.WithLabelValues("createTodo", "abandoned")) +
+		testutil.ToFloat64(b.sc.metrics.mutations.WithLabelValues("createTodo", "abandoned"))
+	if abandoned != 1 {
+		t.Errorf("mutations_total{outcome=abandoned} = %v across replicas, want 1", abandoned)
+	}
+	if !strings.Contains(h.logs.String(), `"msg":"mutation abandoned"`) {
+		t.Error("no warn line for the abandoned mutation")
+	}
+
+	t.Run("no answer never counts", func(t *testing.T) {
+		// The API never answers mutation 1 of c2 (every call times out):
+		// however long that lasts, nothing is recorded or given up.
+		h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+			if r.Method != http.MethodPost {
+				return false
+			}
+			<-r.Context().Done()
+			return true
+		})
+		defer h.up.SetHook(nil)
+		begin := time.Now()
+		for time.Since(begin) < 500*time.Millisecond {
+			if r := a.push(t, "alice", "g", create("c2", 1, "never")); r.status != http.StatusServiceUnavailable {
+				t.Fatalf("push during the outage = %d %s", r.status, r.raw)
+			}
+		}
+		if n := attempts(); n != 0 {
+			t.Errorf("%d attempts recorded for calls that got no answer, want 0", n)
+		}
+		if l := h.lmid(t, a.pool, "c2"); l != 0 {
+			t.Errorf("lastMutationID = %d after an outage, want 0: nothing given up", l)
+		}
+	})
+}

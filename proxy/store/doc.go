@@ -1,6 +1,7 @@
 // Package store keeps the sidecar's Replicache bookkeeping in its own
 // Postgres schema: client groups (owner, last cookie order, deletion),
-// clients (group, last mutation id) and rejected mutations. It imports pgx
+// clients (group, last mutation id), rejected mutations, and the answered
+// retryable attempts of pending mutations (for the give-up valve). It imports pgx
 // and nothing of the sidecar's; the handlers in package proxy are its only
 // users.
 //
@@ -34,6 +35,10 @@
 //     (ErrGroupForbidden), a client to the group it first appeared in
 //     (ErrClientForbidden), and a deleted group stays deleted
 //     (ErrGroupDeleted). These are checked under the lock and roll back.
+//   - Attempts: RecordAttempt counts an answered, retryable attempt of a
+//     pending mutation; the count survives restarts and is shared by
+//     replicas once its transaction commits, and SetLastMutationID forgets
+//     the attempts of the mutations it consumes, in the same statement.
 //   - Cookies: NextCookieOrder issues an order strictly greater than the
 //     request's and every order the group was issued before; a rolled-back
 //     pull issues nothing.

@@ -80,6 +80,17 @@ var migrations = []string{
 		created_at      timestamptz NOT NULL DEFAULT now(),
 		PRIMARY KEY (client_id, mutation_id)
 	);`,
+	// 2: answered retryable attempts of pending mutations, for the give-up
+	// valve. A row lives while its mutation is pending.
+	`CREATE TABLE {schema}.mutation_attempts (
+		client_id       text NOT NULL,
+		mutation_id     bigint NOT NULL,
+		client_group_id text NOT NULL,
+		attempts        int NOT NULL,
+		first_at        timestamptz NOT NULL DEFAULT now(),
+		last_status     int NOT NULL,
+		PRIMARY KEY (client_id, mutation_id)
+	);`,
 }
 
 // SchemaVersion is the migration version this binary needs.
@@ -303,8 +314,13 @@ func (g *GroupTx) LastMutationID(ctx context.Context, clientID string) (int64, e
 
 // SetLastMutationID records that the client's mutations up to id are
 // processed.
+//
+// The attempts recorded for those mutations are forgotten in the same
+// statement (one round trip).
 func (g *GroupTx) SetLastMutationID(ctx context.Context, clientID string, id int64) error {
-	tag, err := g.tx.Exec(ctx, g.s.sql(`INSERT INTO {schema}.clients (id, client_group_id, last_mutation_id) VALUES ($1, $2, $3)
+	tag, err := g.tx.Exec(ctx, g.s.sql(`WITH forget AS (
+			DELETE FROM {schema}.mutation_attempts WHERE client_id = $1 AND mutation_id <= $3)
+		INSERT INTO {schema}.clients (id, client_group_id, last_mutation_id) VALUES ($1, $2, $3)
 		ON CONFLICT (id) DO UPDATE SET last_mutation_id = excluded.last_mutation_id, updated_at = now()
 		WHERE {schema}.clients.client_group_id = excluded.client_group_id`), clientID, g.GroupID, id)
 	if err != nil {
@@ -315,6 +331,31 @@ func (g *GroupTx) SetLastMutationID(ctx context.Context, clientID string, id int
 		return ErrClientForbidden
 	}
 	return nil
+}
+
+// Attempts is what RecordAttempt knows of a pending mutation's answered,
+// retryable attempts.
+type Attempts struct {
+	Count int           // answered retryable attempts so far, this one included
+	Span  time.Duration // since the first of them, by the database's clock
+}
+
+// RecordAttempt counts one answered, retryable attempt (status: the
+// upstream's answer) of the client's pending mutation and returns the count
+// so far. It is durable once the transaction commits, and shared by every
+// replica; the row goes when the mutation is consumed (SetLastMutationID).
+func (g *GroupTx) RecordAttempt(ctx context.Context, clientID string, mutationID int64, status int) (Attempts, error) {
+	var a Attempts
+	var seconds float64
+	err := g.tx.QueryRow(ctx, g.s.sql(`INSERT INTO {schema}.mutation_attempts AS a
+			(client_id, mutation_id, client_group_id, attempts, last_status) VALUES ($1, $2, $3, 1, $4)
+		ON CONFLICT (client_id, mutation_id) DO UPDATE SET attempts = a.attempts + 1, last_status = excluded.last_status
+		RETURNING attempts, extract(epoch FROM now() - first_at)::float8`), clientID, mutationID, g.GroupID, status).Scan(&a.Count, &seconds)
+	if err != nil {
+		return Attempts{}, fmt.Errorf("recording attempt: %w", err)
+	}
+	a.Span = time.Duration(seconds * float64(time.Second))
+	return a, nil
 }
 
 // Rejection is a mutation consumed without effect.
