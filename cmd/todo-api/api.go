@@ -50,10 +50,12 @@ type api struct {
 	pageSize int
 	state    string // file the state is saved to after each change; "" keeps it in memory only
 	delay    time.Duration
+	// duplicateStatus answers a create whose id exists (409 unless set).
+	duplicateStatus int
 }
 
 func newAPI(pageSize int) *api {
-	return &api{users: map[string]*userData{}, answers: map[string]answer{}, pageSize: max(pageSize, 1)}
+	return &api{users: map[string]*userData{}, answers: map[string]answer{}, pageSize: max(pageSize, 1), duplicateStatus: http.StatusConflict}
 }
 
 func (a *api) routes(mux *http.ServeMux) {
@@ -219,7 +221,7 @@ func (a *api) createTodo(user string, _ *http.Request, body []byte) (int, any) {
 	}
 	d := a.data(user)
 	if _, exists := d.todos[*in.ID]; exists {
-		return http.StatusConflict, errBody(fmt.Sprintf("todo %q already exists", *in.ID))
+		return a.duplicateStatus, errBody(fmt.Sprintf("todo %q already exists", *in.ID))
 	}
 	t := &todo{ID: *in.ID, Title: *in.Title}
 	if in.Done != nil {

@@ -45,12 +45,15 @@ func run(ctx context.Context, args []string) error {
 	pageSize := fs.Int("page-size", 20, "items per page of list endpoints")
 	state := fs.String("state", "", "file to keep the data in across restarts (default: memory only)")
 	delay := fs.Duration("delay", 0, "added to every mutating request, to play a slow legacy service")
+	dupStatus := fs.Int("duplicate-status", http.StatusConflict,
+		"status answered to a create whose id exists (500 plays prototyping servers that answer a duplicate with a server error)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	api := newAPI(*pageSize)
 	api.delay = *delay
+	api.duplicateStatus = *dupStatus
 	if *state != "" {
 		if err := api.load(*state); err != nil {
 			return err

@@ -71,6 +71,32 @@ test('a mutation the API rejects (422) is dropped; the client converges and keep
   assert.equal(rejected, 'createTodo:422');
 });
 
+test('a poison mutation (the API answers 500 every time) is given up; the client goes on', async (t) => {
+  // The API answers a create with an existing id with 500, as prototyping
+  // servers do: retrying can never help. The valve gives up after 3 answers
+  // over at least 1 s. The breaker is off here: whether one client's 500s
+  // may open it for everyone is another matter.
+  const s = await startStack({
+    apiArgs: ['-duplicate-status', '500'],
+    sidecarEnv: {SIDECAR_GIVE_UP_ATTEMPTS: '3', SIDECAR_GIVE_UP_AFTER: '1s', SIDECAR_BREAKER_FAILURES: '0'},
+  });
+  t.after(() => s.close());
+  const rep = s.newRep('alice');
+  await rep.mutate.createTodo({id: 'a', title: 'first'});
+  await sync(rep);
+  await rep.mutate.createTodo({id: 'a', title: 'again'}); // the poison: 500 every time
+  await rep.mutate.createTodo({id: 'b', title: 'after'});
+  await rep.mutate.updateTodo({id: 'a', done: true});
+  await sync(rep, {timeout: 30000}); // pending until the valve gives up, then drains
+  const want = {a: {title: 'first', done: true}, b: {title: 'after', done: false}};
+  assert.deepEqual(await serverTodos(s.api, 'alice'), want, 'the later mutations reached the API');
+  assert.deepEqual(await todos(rep), want, 'the client converged');
+  const rejected = psql(`SELECT mutator || ':' || status || ':' || (reason ~ '^gave up after [0-9]+ attempts over [0-9.a-z]+$') FROM ${s.schema}.mutation_rejections`);
+  assert.equal(rejected, 'createTodo:500:true');
+  const poisonCalls = s.api.logs.filter((l) => l.msg === 'request' && l.method === 'POST' && l.status === 500).length;
+  assert.ok(poisonCalls >= 3, `the API answered the poison ${poisonCalls} times, at least 3`);
+});
+
 test('API down while the client mutates offline: every queued mutation arrives once, in order', async (t) => {
   const s = await startStack();
   t.after(() => s.close());
