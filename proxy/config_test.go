@@ -182,3 +182,30 @@ func TestConfigExampleListsEverySetting(t *testing.T) {
 		}
 	}
 }
+
+// TestFittingYourAPIExamplesCompile keeps the README's worked mappings
+// valid: each JSON block of "Fitting your API" is a client view source that
+// the mapping loader accepts.
+func TestFittingYourAPIExamplesCompile(t *testing.T) {
+	raw, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(raw)
+	start := strings.Index(text, "## Fitting your API")
+	if start < 0 {
+		t.Fatal("README has no \"Fitting your API\" section")
+	}
+	section := text[start+3:]
+	section = section[:strings.Index(section, "\n## ")]
+	blocks := strings.Split(section, "```json\n")[1:]
+	if len(blocks) < 6 {
+		t.Fatalf("found %d JSON examples, want one per API family (6)", len(blocks))
+	}
+	for _, b := range blocks {
+		src := b[:strings.Index(b, "```")]
+		if _, err := parseMapping([]byte(`{"clientView": [` + src + `]}`)); err != nil {
+			t.Errorf("README example does not load: %v\n%s", err, src)
+		}
+	}
+}
