@@ -3,12 +3,14 @@ package proxy
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -245,5 +247,56 @@ func TestEncodePullResponse(t *testing.T) {
 	}
 	if !json.Valid(body) {
 		t.Error("not valid JSON")
+	}
+}
+
+// TestPullThroughBodyPagination: a pull through the sidecar pages a Django
+// REST Framework-style collection (next page's URL in the body) and an
+// offset/limit one, and answers every item.
+func TestPullThroughBodyPagination(t *testing.T) {
+	const n = 25
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		item := func(prefix string, i int) string { return fmt.Sprintf(`{"id":"%s%d"}`, prefix, i) }
+		switch r.URL.Path {
+		case "/drf/todos/":
+			page, _ := strconv.Atoi(q.Get("page"))
+			page = max(page, 1)
+			var items []string
+			for i := (page - 1) * 10; i < min(page*10, n); i++ {
+				items = append(items, item("t", i))
+			}
+			next := "null"
+			if page*10 < n {
+				next = fmt.Sprintf(`"http://%s/drf/todos/?page=%d"`, r.Host, page+1)
+			}
+			_, _ = fmt.Fprintf(w, `{"count":%d,"next":%s,"results":[%s]}`, n, next, strings.Join(items, ","))
+		case "/lists":
+			off, _ := strconv.Atoi(q.Get("offset"))
+			limit, _ := strconv.Atoi(q.Get("limit"))
+			var items []string
+			for i := off; i < min(off+limit, n); i++ {
+				items = append(items, item("l", i))
+			}
+			_, _ = fmt.Fprintf(w, `{"items":[%s]}`, strings.Join(items, ","))
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(api.Close)
+	mapping := filepath.Join(t.TempDir(), "paged.json")
+	err := os.WriteFile(mapping, []byte(`{"clientView":[
+		{"path":"/drf/todos/","items":"results","key":"todo/{id}","pagination":{"type":"url"}},
+		{"path":"/lists","items":"items","key":"list/{id}","pagination":{"type":"offset","limit":7}}]}`), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, map[string]string{"SIDECAR_UPSTREAM_URL": api.URL, "SIDECAR_MAPPING_FILE": mapping, "SIDECAR_AUTH_PATH": ""})
+	r, p := h.start().pull(t, "alice", "g", nil)
+	if r.status != 200 {
+		t.Fatalf("pull = %d %s", r.status, r.raw)
+	}
+	if keys := p.keys(t); len(keys) != 2*n {
+		t.Errorf("pull answered %d entries, want %d (every page of both sources)", len(keys), 2*n)
 	}
 }
