@@ -333,12 +333,20 @@ func (s *source) firstPage(u *url.URL) *url.URL {
 	return u
 }
 
-// withQuery returns a copy of u with query parameter k set to v.
+// withQuery returns a copy of u with query parameter k set to v. The rest
+// of the query stays byte for byte as the mapping wrote it: some APIs are
+// strict about their filters' spelling.
 func withQuery(u *url.URL, k, v string) *url.URL {
 	c := *u
-	q := c.Query()
-	q.Set(k, v)
-	c.RawQuery = q.Encode()
+	var kept []string
+	for _, kv := range strings.Split(c.RawQuery, "&") {
+		name, _, _ := strings.Cut(kv, "=")
+		if un, err := url.QueryUnescape(name); kv == "" || (err == nil && un == k) {
+			continue
+		}
+		kept = append(kept, kv)
+	}
+	c.RawQuery = strings.Join(append(kept, url.QueryEscape(k)+"="+url.QueryEscape(v)), "&")
 	return &c
 }
 

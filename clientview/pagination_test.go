@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -188,5 +189,15 @@ func TestPaginationCompileErrors(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)
 		}
+	}
+}
+
+// TestWithQueryKeepsTheMappingsQuery: paging sets its own parameter and
+// leaves the rest of the query as written.
+func TestWithQueryKeepsTheMappingsQuery(t *testing.T) {
+	u, _ := url.Parse("http://api/items?filter[status]=open&sort=-id,name&page=1")
+	got := withQuery(u, "page", "2").RawQuery
+	if want := "filter[status]=open&sort=-id,name&page=2"; got != want {
+		t.Errorf("query = %q, want %q", got, want)
 	}
 }

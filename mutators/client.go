@@ -59,9 +59,10 @@ func (r Result) Cause() string {
 // Doer sends one HTTP request to the upstream and returns its answer. In
 // the sidecar it is proxy/upstream's mutation client, which bounds the call
 // by its timeout, never follows redirects and describes a failure to get an
-// answer in its error. The caller closes the answer's body.
+// answer in its error. failure tells it which answers are evidence of a
+// sick upstream (for its circuit breaker). The caller closes the body.
 type Doer interface {
-	Do(req *http.Request) (*http.Response, error)
+	Call(req *http.Request, failure func(status int) bool) (*http.Response, error)
 }
 
 // ClientOptions configures a Client.
@@ -127,7 +128,11 @@ func (c *Client) Do(ctx context.Context, r *Request, fwd http.Header) Result {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set(c.idemHeader, r.IdempotencyKey)
-	resp, err := c.upstream.Do(req)
+	// Only a 5xx that this mutator retries is evidence against the
+	// upstream; one its outcomes call applied or rejected is an answer.
+	resp, err := c.upstream.Call(req, func(status int) bool {
+		return status >= 500 && r.outcomes.classify(status) == Transient
+	})
 	if err != nil {
 		return Result{Outcome: Transient, Err: err}
 	}

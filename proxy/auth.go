@@ -137,7 +137,7 @@ func (t trustedPeers) contains(remoteAddr string) bool {
 	if err != nil {
 		return false
 	}
-	addr := ap.Addr().Unmap()
+	addr := ap.Addr().Unmap().WithZone("") // a link-local peer carries its interface
 	for _, n := range t {
 		if n.Contains(addr) {
 			return true

@@ -182,3 +182,27 @@ func TestTrustedProxies(t *testing.T) {
 		}
 	})
 }
+
+// TestTrustedPeersContains: addresses are compared unmapped and without
+// their zone, whichever way the list or the peer spells them.
+func TestTrustedPeersContains(t *testing.T) {
+	cfg := Config{TrustedProxies: []string{"fe80::/10", "::ffff:10.0.0.0/104", "192.0.2.7"}}
+	if errs := cfg.parseTrustedProxies(); len(errs) != 0 {
+		t.Fatal(errs)
+	}
+	peers := trustedPeers(cfg.TrustedNets)
+	for addr, want := range map[string]bool{
+		"[fe80::1%eth0]:1234": true,  // link-local with its zone
+		"10.1.2.3:5":          true,  // IPv4 in a range written IPv4-mapped
+		"[::ffff:10.1.2.3]:5": true,  // IPv4-mapped peer
+		"192.0.2.7:80":        true,  // a single address
+		"192.0.2.8:80":        false, // its neighbour
+		"[2001:db8::1]:443":   false,
+		"11.0.0.1:5":          false,
+		"not an address":      false,
+	} {
+		if got := peers.contains(addr); got != want {
+			t.Errorf("contains(%q) = %v, want %v", addr, got, want)
+		}
+	}
+}

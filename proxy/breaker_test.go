@@ -252,3 +252,41 @@ func TestWritePathDownFailsFastReadsKeepWorking(t *testing.T) {
 		t.Errorf("lastMutationID = %d, want 1: nothing consumed while the write path is down", l)
 	}
 }
+
+// BenchmarkWritePathDownPush: a push refused by the open mutation breaker
+// while the API's write path is down (its writes take 0.5 s) and /api/me
+// answers at once, next to a pull that still works.
+func BenchmarkWritePathDownPush(b *testing.B) {
+	h := newHarness(b, nil)
+	sc := h.start()
+	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodGet {
+			return false
+		}
+		time.Sleep(500 * time.Millisecond)
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return true
+	})
+	for range 5 {
+		sc.push(b, "alice", "g", create("c", 1, "a"))
+	}
+	if !sc.sc.upstream.Mutation.Suspended() {
+		b.Fatal("the mutation breaker did not open")
+	}
+	var push, pull time.Duration
+	b.ResetTimer()
+	for range b.N {
+		t0 := time.Now()
+		if r := sc.push(b, "alice", "g", create("c", 1, "a")); r.status != 503 {
+			b.Fatalf("push = %d %s", r.status, r.raw)
+		}
+		t1 := time.Now()
+		if r, _ := sc.pull(b, "alice", "g", nil); r.status != 200 {
+			b.Fatalf("pull = %d %s", r.status, r.raw)
+		}
+		push += t1.Sub(t0)
+		pull += time.Since(t1)
+	}
+	b.ReportMetric(float64(push.Nanoseconds())/float64(b.N), "refused-push-ns/op")
+	b.ReportMetric(float64(pull.Nanoseconds())/float64(b.N), "pull-ns/op")
+}

@@ -266,6 +266,10 @@ func (c *Config) parseTrustedProxies() []error {
 			errs = append(errs, fmt.Errorf("SIDECAR_TRUSTED_PROXIES: %q is not a CIDR such as 10.0.0.0/8 or an address", p))
 			continue
 		}
+		if a := n.Addr(); a.Is4In6() && n.Bits() >= 96 {
+			// Peers are compared unmapped: ::ffff:10.0.0.0/104 is 10.0.0.0/8.
+			n = netip.PrefixFrom(a.Unmap(), n.Bits()-96)
+		}
 		c.TrustedNets = append(c.TrustedNets, n.Masked())
 	}
 	return errs

@@ -409,7 +409,7 @@ func TestPerMutatorOutcomes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := newHarness(t, map[string]string{"SIDECAR_MAPPING_FILE": mapping, "SIDECAR_BREAKER_FAILURES": "0"})
+	h := newHarness(t, map[string]string{"SIDECAR_MAPPING_FILE": mapping}) // default breaker: 5 failures open it
 	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
 		if r.URL.Path != "/api/import" {
 			return false
@@ -440,6 +440,19 @@ func TestPerMutatorOutcomes(t *testing.T) {
 	if r.status != 200 || r.json["rejected"] != 1.0 {
 		t.Errorf("import answered 500 = %d %s; want rejected", r.status, r.raw)
 	}
+	// More 500s that the mapping calls rejections than the breaker's
+	// threshold: answers, not evidence of a sick upstream.
+	for id := int64(2); id <= 7; id++ {
+		if r := sc.push(t, "alice", "g2", mut{"c2", id, "importTodo", map[string]any{"id": "a"}}); r.status != 200 {
+			t.Fatalf("import %d = %d %s", id, r.status, r.raw)
+		}
+	}
+	if v := breakerOpen(t, sc, "mutation"); v != 0 {
+		t.Errorf("circuit_breaker_open{kind=mutation} = %v after 500s the mapping rejects, want 0", v)
+	}
+	if r := sc.push(t, "bob", "g3", create("c3", 1, "bobs")); r.status != 200 || r.json["applied"] != 1.0 {
+		t.Errorf("another user's push = %d %s", r.status, r.raw)
+	}
 	var status int
 	q := "SELECT status FROM " + pgx.Identifier{h.schema}.Sanitize() + ".mutation_rejections WHERE client_id = 'c2' AND mutation_id = 1"
 	if err := sc.pool.QueryRow(context.Background(), q).Scan(&status); err != nil || status != 500 {
@@ -450,7 +463,7 @@ func TestPerMutatorOutcomes(t *testing.T) {
 		want             float64
 	}{
 		{"deleteTodo", "applied", 1}, {"deleteTodo", "rejected", 0},
-		{"createTodo", "transient", 1}, {"importTodo", "rejected", 1}, {"importTodo", "transient", 0},
+		{"createTodo", "transient", 1}, {"importTodo", "rejected", 7}, {"importTodo", "transient", 0},
 	} {
 		if got := testutil.ToFloat64(sc.sc.metrics.mutations.WithLabelValues(c.mutator, c.outcome)); got != c.want {
 			t.Errorf("mutations_total{%s,%s} = %v, want %v", c.mutator, c.outcome, got, c.want)

@@ -138,6 +138,17 @@ const maxDrain = 64 << 10
 // of what is left, so the connection is reused, and releases the timeout.
 // A failure to get an answer is a *CallError.
 func (c *Client) Do(req *http.Request) (*http.Response, error) {
+	return c.Call(req, nil)
+}
+
+// Call is Do with the caller's judgement of which answers are evidence of a
+// sick upstream for the breaker: failure(status) true. nil means every 5xx.
+// A mutator whose mapping calls a 500 a business rejection (a duplicate id)
+// says so here, and its answers then never open the breaker for everyone.
+func (c *Client) Call(req *http.Request, failure func(status int) bool) (*http.Response, error) {
+	if failure != nil {
+		req = req.WithContext(context.WithValue(req.Context(), failureKey{}, failure))
+	}
 	if req.URL.Scheme != c.base.Scheme || req.URL.Host != c.base.Host {
 		return nil, &CallError{Err: fmt.Errorf("refusing to call %s://%s: not the upstream", req.URL.Scheme, req.URL.Host)}
 	}
@@ -263,12 +274,23 @@ func newBreaker(k kind, bs BreakerSettings, m *metrics) *gobreaker.CircuitBreake
 	})
 }
 
+// failureKey carries a Call's judgement of failures from Client.Call to
+// its own transport: a value private to this package, for one request.
+type failureKey struct{}
+
+// serverError is the default judgement: every 5xx is a failure.
+func serverError(status int) bool { return status >= 500 }
+
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	k := string(t.kind)
 	start := time.Now()
+	failure := serverError
+	if f, ok := req.Context().Value(failureKey{}).(func(int) bool); ok {
+		failure = f
+	}
 	call := func() (*http.Response, error) {
 		resp, err := t.next.RoundTrip(req)
-		if err == nil && resp.StatusCode >= 500 {
+		if err == nil && failure(resp.StatusCode) {
 			return resp, &serverFailure{resp.StatusCode}
 		}
 		return resp, err
