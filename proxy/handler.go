@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
@@ -85,6 +88,12 @@ func validID(field, v string) *httpError {
 		return errorf(http.StatusBadRequest, "BadRequest", "%s is required", field)
 	case len(v) > maxIDLen:
 		return errorf(http.StatusBadRequest, "BadRequest", "%s is longer than %d bytes", field, maxIDLen)
+	case !utf8.ValidString(v):
+		return errorf(http.StatusBadRequest, "BadRequest", "%s is not valid UTF-8", field)
+	case strings.ContainsFunc(v, unicode.IsControl):
+		// Ids reach the database, logs and header values (the idempotency
+		// key): a NUL or a line break breaks each of them.
+		return errorf(http.StatusBadRequest, "BadRequest", "%s contains a control character", field)
 	}
 	return nil
 }

@@ -567,3 +567,50 @@ func TestGiveUpValve(t *testing.T) {
 		}
 	})
 }
+
+// TestBadBytesNeverWedge: an API error body with a NUL byte and invalid
+// UTF-8 is stored (made safe) as the rejection, instead of failing the
+// transaction with 503 on every retry; ids and mutator names with control
+// characters answer 400 naming the field before any call or write.
+func TestBadBytesNeverWedge(t *testing.T) {
+	h := newHarness(t, nil)
+	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodPost {
+			return false
+		}
+		w.WriteHeader(http.StatusUnprocessableEntity)
+		_, _ = w.Write([]byte("bad\x00byte \xff\xfe here"))
+		return true
+	})
+	sc := h.start()
+	r := sc.push(t, "alice", "g", create("c", 1, "a"))
+	if r.status != 200 || r.json["rejected"] != 1.0 {
+		t.Fatalf("push answered by a body with NUL = %d %s; want the mutation rejected", r.status, r.raw)
+	}
+	var body string
+	q := "SELECT body FROM " + pgx.Identifier{h.schema}.Sanitize() + ".mutation_rejections WHERE client_id = 'c'"
+	if err := sc.pool.QueryRow(context.Background(), q).Scan(&body); err != nil || body != "bad\uFFFDbyte \uFFFD here" {
+		t.Errorf("stored body %q (%v)", body, err)
+	}
+	calls := h.up.MutationCalls()
+	for _, tc := range []struct{ body, field string }{
+		{`{"pushVersion":1,"clientGroupID":"g\u0000x","mutations":[{"id":1,"clientID":"c2","name":"createTodo","args":{}}]}`, "clientGroupID"},
+		{`{"pushVersion":1,"clientGroupID":"g2","mutations":[{"id":1,"clientID":"c\n2","name":"createTodo","args":{}}]}`, "mutations[0].clientID"},
+		{`{"pushVersion":1,"clientGroupID":"g2","mutations":[{"id":1,"clientID":"c2","name":"create\u0001Todo","args":{}}]}`, "mutations[0].name"},
+	} {
+		r := sc.post(t, "/replicache/push", "Bearer alice", tc.body)
+		if r.status != 400 || !strings.Contains(r.str("message"), tc.field) || !strings.Contains(r.str("message"), "control character") {
+			t.Errorf("push %s = %d %s; want 400 naming %s", tc.body, r.status, r.raw, tc.field)
+		}
+	}
+	if r := sc.post(t, "/replicache/pull", "Bearer alice", `{"pullVersion":1,"clientGroupID":"g\u0000","cookie":null}`); r.status != 400 {
+		t.Errorf("pull with a NUL in the group = %d %s", r.status, r.raw)
+	}
+	if n := h.up.MutationCalls() - calls; n != 0 {
+		t.Errorf("%d upstream calls for refused pushes", n)
+	}
+	var groups int
+	if err := sc.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+pgx.Identifier{h.schema}.Sanitize()+".client_groups").Scan(&groups); err != nil || groups != 1 {
+		t.Errorf("%d client groups (%v), want only g: refused requests write nothing", groups, err)
+	}
+}

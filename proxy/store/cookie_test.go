@@ -39,3 +39,21 @@ func FuzzPullCookie(f *testing.F) {
 		}
 	})
 }
+
+func TestSafeText(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain":         "plain",
+		"nul\x00inside": "nul\uFFFDinside",
+		"bad \xff utf8": "bad \uFFFD utf8",
+		"éééé":          "éé", // cut to 5 bytes on a rune boundary: 4
+		"":              "",
+	} {
+		max := 64
+		if in == "éééé" {
+			max = 5
+		}
+		if got := safeText(in, max); got != want {
+			t.Errorf("safeText(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

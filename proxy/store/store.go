@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -377,11 +378,27 @@ func (g *GroupTx) RecordRejection(ctx context.Context, r Rejection) error {
 	_, err := g.tx.Exec(ctx, g.s.sql(`INSERT INTO {schema}.mutation_rejections
 		(client_id, mutation_id, client_group_id, mutator, status, reason, body) VALUES ($1, $2, $3, $4, $5, $6, $7)
 		ON CONFLICT (client_id, mutation_id) DO NOTHING`),
-		r.ClientID, r.MutationID, g.GroupID, r.Mutator, status, r.Reason, r.Body)
+		r.ClientID, r.MutationID, g.GroupID, safeText(r.Mutator, 512), status, safeText(r.Reason, 1024), safeText(r.Body, 4096))
 	if err != nil {
 		return fmt.Errorf("recording rejected mutation: %w", err)
 	}
 	return nil
+}
+
+// safeText makes text from outside (an upstream's answer) storable in a
+// Postgres text column: invalid UTF-8 and NUL (which text cannot hold)
+// become U+FFFD, and it is cut to at most max bytes on a rune boundary.
+// Otherwise one odd answer would fail the transaction on every retry.
+func safeText(s string, max int) string {
+	s = strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
+	if len(s) <= max {
+		return s
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut]
 }
 
 // LastMutationIDs returns the last mutation id of every client of the group.
