@@ -25,6 +25,7 @@ type pullRequest struct {
 	SchemaVersion string          `json:"schemaVersion"`
 
 	cookieOrder int64 // parsed from Cookie by validate
+	exhausted   bool  // the cookie's order cannot be exceeded (validate)
 }
 
 func (p *pullRequest) version() *int         { return p.PullVersion }
@@ -35,6 +36,10 @@ func (p *pullRequest) validate() *httpError {
 		return herr
 	}
 	order, err := store.ParseCookieOrder(p.Cookie)
+	if errors.Is(err, store.ErrCookieExhausted) {
+		p.exhausted = true // answered once the caller is known
+		return nil
+	}
 	if err != nil {
 		return errorf(http.StatusBadRequest, "BadRequest", "%v", err)
 	}
@@ -53,6 +58,11 @@ func (s *Sidecar) handlePull(w http.ResponseWriter, r *http.Request) {
 	var req pullRequest
 	c, ok := s.begin(w, r, "pull", &req, s.upstream.View)
 	if !ok {
+		return
+	}
+	if req.exhausted {
+		c.log.Warn("pull with a cookie that cannot grow any further; the client starts over")
+		writeClientStateNotFound(w)
 		return
 	}
 	ans, err := s.pullLocked(r.Context(), c, &req)
@@ -89,6 +99,9 @@ func (s *Sidecar) pullLocked(ctx context.Context, c *call, req *pullRequest) (pu
 func (s *Sidecar) failPull(w http.ResponseWriter, log *slog.Logger, err error, groupID string) {
 	var se *clientview.SourceError
 	switch {
+	case errors.Is(err, store.ErrCookieExhausted):
+		log.Warn("the group's cookie cannot grow any further; the client starts over")
+		writeClientStateNotFound(w)
 	case errors.Is(err, upstream.ErrCircuitOpen):
 		s.fail(w, log, upstreamSuspended(s.upstream.RetryAfter()))
 	case errors.As(err, &se):

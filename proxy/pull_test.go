@@ -119,7 +119,9 @@ func TestPullBadInput(t *testing.T) {
 		{"unorderable cookie", `{"pullVersion":1,"clientGroupID":"g","cookie":{"order":"abc"}}`, 400, "BadRequest", `"abc" is not a number`},
 		{"cookie object without order", `{"pullVersion":1,"clientGroupID":"g","cookie":{"x":1}}`, 400, "BadRequest", "order"},
 		{"negative cookie", `{"pullVersion":1,"clientGroupID":"g","cookie":-4}`, 400, "BadRequest", "out of range"},
-		{"huge cookie", `{"pullVersion":1,"clientGroupID":"g","cookie":1e300}`, 400, "BadRequest", "out of range"},
+		// An order that can never be exceeded: the client must start over, not
+		// be refused for ever (issue 16 §5; this case answered 400 before).
+		{"huge cookie", `{"pullVersion":1,"clientGroupID":"g","cookie":1e300}`, 200, "ClientStateNotFound", ""},
 		{"array cookie", `{"pullVersion":1,"clientGroupID":"g","cookie":[1]}`, 400, "BadRequest", "cookie must be"},
 		{"oversize", `{"pullVersion":1,"clientGroupID":"` + strings.Repeat("g", 2000) + `"}`, 413, "PayloadTooLarge", "1024"},
 		{"version 0", `{"pullVersion":0,"clientID":"c","cookie":null}`, 200, "VersionNotSupported", ""},
@@ -298,5 +300,24 @@ func TestPullThroughBodyPagination(t *testing.T) {
 	}
 	if keys := p.keys(t); len(keys) != 2*n {
 		t.Errorf("pull answered %d entries, want %d (every page of both sources)", len(keys), 2*n)
+	}
+}
+
+// TestPullCookieNearTheLimit: the sidecar never issues a cookie it would
+// refuse. The largest safe order is issued once; a pull carrying it (or of
+// a group that reached it) answers ClientStateNotFound with HTTP 200, so
+// the client starts over instead of being refused for ever.
+func TestPullCookieNearTheLimit(t *testing.T) {
+	h := newHarness(t, nil)
+	sc := h.start()
+	r, p := sc.pull(t, "alice", "g", map[string]any{"order": 9007199254740990})
+	if r.status != 200 || p.Cookie.Order != 9007199254740991 {
+		t.Fatalf("pull at max-1 = %d %s; want order 2^53-1", r.status, r.raw)
+	}
+	for _, cookie := range []any{map[string]any{"order": 9007199254740991}, nil, 1e20} {
+		r, _ := sc.pull(t, "alice", "g", cookie)
+		if r.status != 200 || string(r.raw) != `{"error":"ClientStateNotFound"}` {
+			t.Errorf("pull with cookie %v = %d %s; want 200 ClientStateNotFound", cookie, r.status, r.raw)
+		}
 	}
 }

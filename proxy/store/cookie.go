@@ -9,11 +9,20 @@ import (
 	"strconv"
 )
 
-// maxCookieOrder keeps cookie orders exact in JavaScript numbers.
-const maxCookieOrder = 1<<53 - 2
+// maxCookieOrder is the largest order a cookie may carry: JSON's (and
+// JavaScript's) largest safe integer. The sidecar never issues more, and a
+// cookie at it can no longer be exceeded.
+const maxCookieOrder = 1<<53 - 1
+
+// ErrCookieExhausted: a cookie's order (the request's, or the group's
+// last) cannot be exceeded within JSON's safe integers. The client must
+// start over (ClientStateNotFound); a larger order would be refused at the
+// next pull and wedge the group for good.
+var ErrCookieExhausted = errors.New("cookie order cannot grow any further")
 
 // ParseCookieOrder reads the order of a pull request's cookie, the value
-// NextCookieOrder must exceed. Replicache cookies may be null, a number, a
+// NextCookieOrder must exceed. An order that cannot be exceeded within
+// JSON's safe integers is ErrCookieExhausted, not a malformed cookie. Replicache cookies may be null, a number, a
 // string, or an object with an "order" that is a number or string; ours are
 // {"order": n}. A string must hold a number: a cookie we cannot order
 // against would let us issue one the client refuses forever.
@@ -48,8 +57,11 @@ func ParseCookieOrder(raw json.RawMessage) (int64, error) {
 	default:
 		return 0, errors.New("cookie must be null, a number, a string or {\"order\": …}")
 	}
-	if math.IsNaN(f) || f < 0 || f > maxCookieOrder {
+	switch {
+	case math.IsNaN(f) || f < 0:
 		return 0, fmt.Errorf("cookie order %v is out of range", f)
+	case f >= maxCookieOrder:
+		return 0, ErrCookieExhausted
 	}
 	return int64(math.Floor(f)), nil
 }

@@ -420,7 +420,13 @@ func (g *GroupTx) LastMutationIDs(ctx context.Context) (map[string]int64, error)
 // NextCookieOrder issues the group's next cookie order: strictly greater
 // than both the request's and every order issued to the group before (the
 // request's may come from a forked group, so it can exceed the group's).
+//
+// When that would pass JSON's largest safe integer it returns
+// ErrCookieExhausted and issues nothing.
 func (g *GroupTx) NextCookieOrder(ctx context.Context, requestOrder int64) (int64, error) {
+	if max(requestOrder, g.cookieOrder) >= maxCookieOrder {
+		return 0, ErrCookieExhausted
+	}
 	next := max(requestOrder, g.cookieOrder) + 1
 	if _, err := g.tx.Exec(ctx, g.s.sql(`UPDATE {schema}.client_groups SET cookie_order = $2 WHERE id = $1`), g.GroupID, next); err != nil {
 		return 0, fmt.Errorf("issuing cookie: %w", err)

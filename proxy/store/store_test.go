@@ -263,6 +263,20 @@ func TestCookieOrdersOnlyGrow(t *testing.T) {
 			t.Errorf("request order %d: got %d, want %d", step.req, got, step.want)
 		}
 	}
+	// Near JSON's largest safe integer: the last order is issued, and then
+	// nothing more, whatever the request carries.
+	if got := next(maxCookieOrder-1, false); got != maxCookieOrder {
+		t.Fatalf("request order max-1: got %d, want %d", got, int64(maxCookieOrder))
+	}
+	for _, req := range []int64{0, maxCookieOrder} {
+		err := s.Locked(ctx, "g", "u", func(g *GroupTx) error {
+			_, err := g.NextCookieOrder(ctx, req)
+			return err
+		})
+		if !errors.Is(err, ErrCookieExhausted) {
+			t.Errorf("request order %d on an exhausted group: %v, want ErrCookieExhausted", req, err)
+		}
+	}
 }
 
 // TestGroupLockSerializes: a second transaction on the same group waits for

@@ -194,6 +194,28 @@ test('deleted server state: the client gets ClientStateNotFound and recovers', a
   assert.deepEqual(await todos(fresh), {kept: {title: 'on the server', done: false}});
 });
 
+test('a cookie that cannot grow any further: the client starts over instead of being refused for ever', async (t) => {
+  const s = await startStack();
+  t.after(() => s.close());
+  let notFound = 0;
+  const rep = s.newRep('alice', {name: 'cookie-limit'});
+  rep.onClientStateNotFound = () => { notFound++; };
+  await rep.mutate.createTodo({id: 'kept', title: 'on the server'});
+  await sync(rep);
+  const group = await rep.clientGroupID;
+  // The group has issued orders up to just below JSON's largest safe integer.
+  psql(`UPDATE ${s.schema}.client_groups SET cookie_order = 9007199254740990 WHERE id = '${group}'`);
+  await rep.pull({now: true}); // issued 2^53-1, the last one there is
+  await rep.pull({now: true}); // cannot be exceeded: ClientStateNotFound
+  await waitFor('onClientStateNotFound', () => notFound > 0);
+  const refused = s.sidecar.logs.filter((l) => l.msg === 'request failed' && l.status === 400);
+  assert.equal(refused.length, 0, 'no pull was refused with 400');
+  await rep.close();
+  const fresh = s.newRep('alice', {name: 'cookie-limit-after-reload'});
+  await sync(fresh);
+  assert.deepEqual(await todos(fresh), {kept: {title: 'on the server', done: false}});
+});
+
 test('pass-through: the demo page and a plain API call work through the sidecar', async (t) => {
   const s = await startStack();
   t.after(() => s.close());
