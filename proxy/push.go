@@ -227,6 +227,10 @@ func (s *Sidecar) applyMutation(ctx context.Context, c *call, mapping *Mapping, 
 		case mu.ID > cur+1:
 			return &gapError{clientID: mu.ClientID, expected: cur + 1, received: mu.ID}
 		}
+		// The client is this group's before its mutation goes anywhere.
+		if err := g.ClaimClient(ctx, mu.ClientID); err != nil {
+			return err
+		}
 		dctx := context.WithoutCancel(ctx)
 		var res mutators.Result
 		req, rerr := mapping.Mutators.Render(mu)

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -612,5 +614,52 @@ func TestBadBytesNeverWedge(t *testing.T) {
 	var groups int
 	if err := sc.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+pgx.Identifier{h.schema}.Sanitize()+".client_groups").Scan(&groups); err != nil || groups != 1 {
 		t.Errorf("%d client groups (%v), want only g: refused requests write nothing", groups, err)
+	}
+}
+
+// TestTwoGroupsRaceForOneNewClient: two users' pushes from two groups name
+// the same new client at the same moment, on two replicas. The client is
+// claimed before any upstream call, so exactly one push reaches the API
+// and is applied; the other gets 403 with nothing applied. Before, both
+// called the API and the loser was refused after its call had been applied.
+func TestTwoGroupsRaceForOneNewClient(t *testing.T) {
+	h := newHarness(t, nil)
+	h.up.SetDelay(200 * time.Millisecond) // both pushes are in flight together
+	a, b := h.start(), h.start()
+	for round := range 5 {
+		client := fmt.Sprintf("shared-%d", round)
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		results := make([]response, 2)
+		for i, p := range []struct {
+			inst        *instance
+			user, group string
+		}{{a, "alice", fmt.Sprintf("ga-%d", round)}, {b, "bob", fmt.Sprintf("gb-%d", round)}} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				results[i] = p.inst.push(t, p.user, p.group, create(client, 1, client+"-"+p.user))
+			}()
+		}
+		close(start)
+		wg.Wait()
+		var ok, forbidden int
+		for _, r := range results {
+			switch {
+			case r.status == 200 && r.json["applied"] == 1.0:
+				ok++
+			case r.status == 403:
+				forbidden++
+			default:
+				t.Errorf("round %d: push = %d %s", round, r.status, r.raw)
+			}
+		}
+		if ok != 1 || forbidden != 1 {
+			t.Errorf("round %d: %d applied and %d refused, want exactly one of each", round, ok, forbidden)
+		}
+		if n := h.up.CallsFor(client + ":1"); n != 1 {
+			t.Errorf("round %d: the API got %d calls for %s:1, want exactly 1", round, n, client)
+		}
 	}
 }

@@ -313,6 +313,38 @@ func (g *GroupTx) LastMutationID(ctx context.Context, clientID string) (int64, e
 	return lmid, nil
 }
 
+// ClaimClient binds clientID to this group before anything is done in its
+// name, so that of two groups racing for one new client exactly one calls
+// the upstream: the other waits on the claim (the clients row is unique)
+// and, once the claim commits, gets ErrClientForbidden having done nothing.
+// The claim lasts as long as the transaction: a rolled-back step leaves the
+// client free. A client already known to belong here costs nothing.
+func (g *GroupTx) ClaimClient(ctx context.Context, clientID string) error {
+	if clientID == g.prefetched && g.prefetchedGroup == g.GroupID {
+		return nil
+	}
+	// A concurrent claim of the same new id makes the INSERT wait for that
+	// transaction; the owner is then read by a new statement, which sees it.
+	tag, err := g.tx.Exec(ctx, g.s.sql(`INSERT INTO {schema}.clients (id, client_group_id) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING`),
+		clientID, g.GroupID)
+	if err != nil {
+		return fmt.Errorf("claiming client: %w", err)
+	}
+	owner := g.GroupID
+	if tag.RowsAffected() == 0 {
+		if err := g.tx.QueryRow(ctx, g.s.sql(`SELECT client_group_id FROM {schema}.clients WHERE id = $1`), clientID).Scan(&owner); err != nil {
+			return fmt.Errorf("reading client: %w", err)
+		}
+	}
+	if owner != g.GroupID {
+		return ErrClientForbidden
+	}
+	if clientID == g.prefetched {
+		g.prefetchedGroup = g.GroupID
+	}
+	return nil
+}
+
 // SetLastMutationID records that the client's mutations up to id are
 // processed.
 //
