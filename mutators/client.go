@@ -23,6 +23,10 @@ const (
 	// Transient: the mutation may or may not have been applied and must be
 	// retried later with the same idempotency key.
 	Transient
+	// Unauthorized: the upstream did not accept the caller's credentials
+	// (401). The mutation was not applied and must not be consumed: the
+	// client gets a fresh token and pushes it again.
+	Unauthorized
 )
 
 func (o Outcome) String() string {
@@ -33,6 +37,8 @@ func (o Outcome) String() string {
 		return "rejected"
 	case Transient:
 		return "transient"
+	case Unauthorized:
+		return "unauthorized"
 	}
 	return "unknown"
 }

@@ -65,13 +65,17 @@ func (r outcomeRules) classify(status int) Outcome {
 	return classify(status)
 }
 
-// classify is the default rule: 2xx applied; 4xx other than 408 (timeout),
-// 425 (too early) and 429 (rate limited) rejected; anything else, including
-// 3xx (redirects are never followed), transient.
+// classify is the default rule: 2xx applied; 401 unauthorized (expired
+// credentials are no business error: the mutation waits for a fresh token);
+// 4xx other than 408 (timeout), 425 (too early) and 429 (rate limited)
+// rejected; anything else, including 3xx (redirects are never followed),
+// transient.
 func classify(status int) Outcome {
 	switch {
 	case status >= 200 && status < 300:
 		return Applied
+	case status == http.StatusUnauthorized:
+		return Unauthorized
 	case status == http.StatusRequestTimeout, status == http.StatusTooEarly, status == http.StatusTooManyRequests:
 		return Transient
 	case status >= 400 && status < 500:

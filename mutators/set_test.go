@@ -179,6 +179,7 @@ func TestClassify(t *testing.T) {
 		200: Applied, 201: Applied, 204: Applied,
 		301: Transient, 304: Transient,
 		400: Rejected, 403: Rejected, 404: Rejected, 409: Rejected, 422: Rejected,
+		401: Unauthorized, // expired credentials: never consumed
 		408: Transient, 425: Transient, 429: Transient,
 		500: Transient, 502: Transient, 503: Transient, 504: Transient,
 	} {

@@ -35,23 +35,26 @@ type authenticator struct {
 // proxy; when it is absent and an auth path is configured, the upstream
 // decides. The header from anyone else is refused (401), never ignored: a
 // client claiming an identity must not silently become someone else.
-func (a *authenticator) identify(ctx context.Context, r *http.Request, fwd http.Header) (string, *httpError) {
+//
+// viaHeader reports that the trusted header named the user.
+func (a *authenticator) identify(ctx context.Context, r *http.Request, fwd http.Header) (user string, viaHeader bool, herr *httpError) {
 	if a.header != "" {
 		if _, sent := r.Header[http.CanonicalHeaderKey(a.header)]; sent && !a.peers.contains(r.RemoteAddr) {
-			return "", errorf(http.StatusUnauthorized, "Unauthorized",
+			return "", false, errorf(http.StatusUnauthorized, "Unauthorized",
 				"the %s header is accepted only from a trusted proxy (SIDECAR_TRUSTED_PROXIES)", a.header)
 		}
 		if v := strings.TrimSpace(r.Header.Get(a.header)); v != "" {
-			return v, nil
+			return v, true, nil
 		}
 		if a.path == "" {
-			return "", errorf(http.StatusUnauthorized, "Unauthorized", "missing %s header", a.header)
+			return "", false, errorf(http.StatusUnauthorized, "Unauthorized", "missing %s header", a.header)
 		}
 	}
 	if a.path == "" {
-		return "", nil
+		return "", false, nil
 	}
-	return a.ask(ctx, fwd)
+	user, herr = a.ask(ctx, fwd)
+	return user, false, herr
 }
 
 func (a *authenticator) ask(ctx context.Context, fwd http.Header) (string, *httpError) {

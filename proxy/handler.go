@@ -22,7 +22,12 @@ type call struct {
 	log       *slog.Logger // carries endpoint, request id and client group
 	requestID string
 	userID    string
+	viaHeader bool        // identified by the trusted header, not the auth path
 	fwd       http.Header // sent with every upstream call it causes
+
+	// credentialsRechecked: the auth endpoint was asked again during this
+	// push (at most once, before consuming a rejection).
+	credentialsRechecked bool
 }
 
 // protocolRequest is a push or pull body.
@@ -69,12 +74,12 @@ func (s *Sidecar) begin(w http.ResponseWriter, r *http.Request, endpoint string,
 		return nil, false
 	}
 	c.fwd = forwardHeaders(r, s.cfg.ForwardHeaders, c.requestID)
-	userID, herr := s.auth.identify(r.Context(), r, c.fwd)
+	userID, viaHeader, herr := s.auth.identify(r.Context(), r, c.fwd)
 	if herr != nil {
 		s.fail(w, c.log, herr)
 		return nil, false
 	}
-	c.userID = userID
+	c.userID, c.viaHeader = userID, viaHeader
 	return c, true
 }
 

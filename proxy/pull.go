@@ -104,6 +104,11 @@ func (s *Sidecar) failPull(w http.ResponseWriter, log *slog.Logger, err error, g
 		writeClientStateNotFound(w)
 	case errors.Is(err, upstream.ErrCircuitOpen):
 		s.fail(w, log, upstreamSuspended(s.upstream.RetryAfter()))
+	case errors.As(err, &se) && isStatus(err, http.StatusUnauthorized):
+		// Expired credentials: 401 makes the Replicache client call getAuth
+		// and retry with a fresh token (a 502 would keep the dead one).
+		s.fail(w, log, errorf(http.StatusUnauthorized, "Unauthorized",
+			"the upstream did not accept the credentials (view source %s answered 401)", se.Source))
 	case errors.As(err, &se):
 		var status *clientview.StatusError
 		var callErr *upstream.CallError
@@ -115,6 +120,12 @@ func (s *Sidecar) failPull(w http.ResponseWriter, log *slog.Logger, err error, g
 	default:
 		s.failStore(w, log, err, groupID)
 	}
+}
+
+// isStatus reports whether err holds an upstream answer with status.
+func isStatus(err error, status int) bool {
+	var se *clientview.StatusError
+	return errors.As(err, &se) && se.Status == status
 }
 
 // writePull sends the answer and accounts for it.

@@ -72,6 +72,26 @@ func (e *gapError) Error() string {
 	return fmt.Sprintf("client %s: expected mutation %d, received %d", e.clientID, e.expected, e.received)
 }
 
+// unauthorizedError: the upstream no longer accepts the caller's
+// credentials. The mutation is not consumed; the push answers 401 so the
+// client refreshes its token and pushes it again.
+type unauthorizedError struct {
+	mutator string
+	id      int64
+	client  string
+	status  int  // the mutation call's answer (401); 0 for a re-check
+	recheck bool // the auth endpoint, asked again before a rejection, refused
+}
+
+func (e *unauthorizedError) Error() string {
+	if e.recheck {
+		return fmt.Sprintf("mutation %d of client %s (%s) was refused and the credentials are no longer accepted; it is kept until they are renewed",
+			e.id, e.client, e.mutator)
+	}
+	return fmt.Sprintf("mutation %d of client %s (%s): the upstream did not accept the credentials (%d); it is kept until they are renewed",
+		e.id, e.client, e.mutator, e.status)
+}
+
 // transientError: the upstream may not have applied the mutation; it stays
 // pending and the client retries it with the same idempotency key.
 type transientError struct {
@@ -157,10 +177,16 @@ func (s *Sidecar) applyAll(ctx context.Context, c *call, req pushRequest, known 
 		outcome, lmid, err := s.applyMutation(ctx, c, mapping, mu)
 		if err != nil {
 			var tr *transientError
-			if errors.As(err, &tr) {
+			var unauth *unauthorizedError
+			switch {
+			case errors.As(err, &tr):
 				s.countMutation(mapping, m.Name, "transient")
 				c.log.Warn("mutation not applied; push stopped", "mutator", tr.mutator, "mutation_id", tr.id,
 					"outcome", "transient", "cause", tr.result.Cause())
+			case errors.As(err, &unauth):
+				s.countMutation(mapping, m.Name, "transient") // kept for the renewed credentials
+				c.log.Info("credentials no longer accepted; push stopped", "mutator", unauth.mutator, "mutation_id", unauth.id,
+					"outcome", "transient", "recheck", unauth.recheck)
 			}
 			return stats, err
 		}
@@ -182,7 +208,14 @@ func (s *Sidecar) applyAll(ctx context.Context, c *call, req pushRequest, known 
 func (s *Sidecar) failPush(w http.ResponseWriter, log *slog.Logger, err error, groupID string) {
 	var gap *gapError
 	var tr *transientError
+	var unauth *unauthorizedError
+	var herr *httpError
 	switch {
+	case errors.As(err, &unauth):
+		s.fail(w, log, &httpError{Status: http.StatusUnauthorized, Code: "Unauthorized", Message: unauth.Error(),
+			Detail: map[string]any{"mutator": unauth.mutator, "clientID": unauth.client, "mutationID": unauth.id}})
+	case errors.As(err, &herr):
+		s.fail(w, log, herr)
 	case errors.As(err, &gap):
 		s.fail(w, log, &httpError{Status: http.StatusBadRequest, Code: "MutationIDGap", Message: gap.Error(),
 			Detail: map[string]any{"clientID": gap.clientID, "expected": gap.expected, "received": gap.received}})
@@ -239,6 +272,19 @@ func (s *Sidecar) applyMutation(ctx context.Context, c *call, mapping *Mapping, 
 		} else {
 			res = s.sender.Do(dctx, req, c.fwd)
 		}
+		if res.Outcome == mutators.Unauthorized {
+			// Expired or revoked credentials: the mutation waits, untouched,
+			// for the client's fresh token (a 401 makes it call getAuth).
+			return &unauthorizedError{mutator: mu.Name, id: mu.ID, client: mu.ClientID, status: res.Status}
+		}
+		if res.Outcome == mutators.Rejected && res.Status != 0 {
+			// Some APIs answer an expired token with a business error (a
+			// guest may not create: 400). Before consuming a rejection, make
+			// sure the credentials still stand.
+			if err := s.recheckCredentials(dctx, c, mu); err != nil {
+				return err
+			}
+		}
 		abandoned := false
 		if res.Outcome == mutators.Transient {
 			tr := &transientError{mutator: mu.Name, id: mu.ID, client: mu.ClientID, result: res}
@@ -281,6 +327,28 @@ func (s *Sidecar) applyMutation(ctx context.Context, c *call, mapping *Mapping, 
 		return "", 0, pending
 	}
 	return outcome, lmid, err
+}
+
+// recheckCredentials asks the auth endpoint again, at most once per push,
+// whether the caller's credentials still stand. It returns an
+// *unauthorizedError when they no longer do (or now name someone else), the
+// auth endpoint's own failure when it cannot tell, and nil when they stand
+// or when identity does not come from the auth endpoint.
+func (s *Sidecar) recheckCredentials(ctx context.Context, c *call, mu mutators.Mutation) error {
+	if s.cfg.AuthPath == "" || c.viaHeader || c.credentialsRechecked {
+		return nil
+	}
+	c.credentialsRechecked = true
+	user, herr := s.auth.ask(ctx, c.fwd)
+	switch {
+	case herr != nil && herr.Status == http.StatusUnauthorized:
+		return &unauthorizedError{mutator: mu.Name, id: mu.ID, client: mu.ClientID, recheck: true}
+	case herr != nil:
+		return herr
+	case user != c.userID:
+		return &unauthorizedError{mutator: mu.Name, id: mu.ID, client: mu.ClientID, recheck: true}
+	}
+	return nil
 }
 
 // countAttempt records an answered, retryable attempt of mu and says

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -661,5 +662,134 @@ func TestTwoGroupsRaceForOneNewClient(t *testing.T) {
 		if n := h.up.CallsFor(client + ":1"); n != 1 {
 			t.Errorf("round %d: the API got %d calls for %s:1, want exactly 1", round, n, client)
 		}
+	}
+}
+
+// TestExpiredCredentialsKeepEdits: an upstream 401 to a mutation stops the
+// push there with HTTP 401 (so the Replicache client calls getAuth); that
+// mutation and the later ones are not consumed, the earlier ones stay
+// applied, and they all apply once the credentials are renewed. An API
+// that answers an expired token with a business error (a guest may not
+// create: 400) is caught by asking the auth endpoint again, once per push,
+// before the rejection is consumed. A view answering 401 makes the pull
+// answer 401.
+func TestExpiredCredentialsKeepEdits(t *testing.T) {
+	h := newHarness(t, nil) // identity from /api/me
+	sc := h.start()
+	muts := func(client string, from, to int64) []mut {
+		var ms []mut
+		for i := from; i <= to; i++ {
+			ms = append(ms, create(client, i, fmt.Sprint(client, "-", i)))
+		}
+		return ms
+	}
+
+	t.Run("401 to a mutation", func(t *testing.T) {
+		var writes atomic.Int64 // the token expires after the second write
+		h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+			if r.Method == http.MethodPost && writes.Add(1) > 2 {
+				w.WriteHeader(http.StatusUnauthorized)
+				return true
+			}
+			return false
+		})
+		r := sc.push(t, "alice", "g", muts("c", 1, 5)...)
+		if r.status != http.StatusUnauthorized || r.str("error") != "Unauthorized" || r.json["mutationID"] != 3.0 {
+			t.Fatalf("push with the token expiring = %d %s; want 401 at mutation 3", r.status, r.raw)
+		}
+		if l := h.lmid(t, sc.pool, "c"); l != 2 {
+			t.Errorf("lastMutationID = %d, want 2: mutations 3-5 must not be consumed", l)
+		}
+		h.up.SetHook(nil) // a fresh token
+		if r := sc.push(t, "alice", "g", muts("c", 1, 5)...); r.status != 200 || r.json["applied"] != 3.0 || r.json["duplicate"] != 2.0 {
+			t.Fatalf("push with a fresh token = %d %s; want 3 applied", r.status, r.raw)
+		}
+	})
+
+	t.Run("expired token answered as a guest's business error", func(t *testing.T) {
+		var expired atomic.Bool
+		h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+			switch {
+			case r.URL.Path == "/api/me" && expired.Load():
+				w.WriteHeader(http.StatusUnauthorized)
+				return true
+			case r.Method == http.MethodPost && strings.HasSuffix(r.Header.Get("Idempotency-Key"), ":2"):
+				expired.Store(true) // the token runs out just now
+				w.WriteHeader(http.StatusBadRequest)
+				return true
+			}
+			return false
+		})
+		r := sc.push(t, "alice", "g2", muts("c2", 1, 3)...)
+		if r.status != http.StatusUnauthorized || r.json["mutationID"] != 2.0 {
+			t.Fatalf("push = %d %s; want 401 at mutation 2, not a consumed rejection", r.status, r.raw)
+		}
+		if l := h.lmid(t, sc.pool, "c2"); l != 1 {
+			t.Errorf("lastMutationID = %d, want 1", l)
+		}
+		h.up.SetHook(nil)
+		if r := sc.push(t, "alice", "g2", muts("c2", 1, 3)...); r.status != 200 || r.json["applied"] != 2.0 {
+			t.Errorf("push with a fresh token = %d %s; want 2 applied", r.status, r.raw)
+		}
+	})
+
+	t.Run("a real business error is consumed, with one re-check per push", func(t *testing.T) {
+		var me atomic.Int64
+		h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+			if r.URL.Path == "/api/me" {
+				me.Add(1)
+				return false
+			}
+			if r.Method == http.MethodPost {
+				w.WriteHeader(http.StatusUnprocessableEntity)
+				return true
+			}
+			return false
+		})
+		defer h.up.SetHook(nil)
+		r := sc.push(t, "alice", "g3", muts("c3", 1, 3)...)
+		if r.status != 200 || r.json["rejected"] != 3.0 {
+			t.Fatalf("push = %d %s; want 3 rejected", r.status, r.raw)
+		}
+		if n := me.Load(); n != 2 {
+			t.Errorf("/api/me called %d times, want 2 (identification and one re-check)", n)
+		}
+	})
+
+	t.Run("a view answering 401", func(t *testing.T) {
+		h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+			if r.URL.Path == "/api/todos" {
+				w.WriteHeader(http.StatusUnauthorized)
+				return true
+			}
+			return false
+		})
+		defer h.up.SetHook(nil)
+		if r, _ := sc.pull(t, "alice", "g", nil); r.status != http.StatusUnauthorized || r.str("error") != "Unauthorized" {
+			t.Errorf("pull = %d %s; want 401", r.status, r.raw)
+		}
+	})
+}
+
+// TestExpiredCredentialsWithTheIdentityHeader: with the trusted header and
+// no auth call, a 401 to a mutation still stops the push with 401 and
+// consumes nothing.
+func TestExpiredCredentialsWithTheIdentityHeader(t *testing.T) {
+	h := newHarness(t, map[string]string{"SIDECAR_USER_ID_HEADER": "X-User", "SIDECAR_AUTH_PATH": ""})
+	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodPost {
+			w.WriteHeader(http.StatusUnauthorized)
+			return true
+		}
+		return false
+	})
+	sc := h.start()
+	r := do(t, withHeaders(t, http.MethodPost, sc.srv.URL+"/replicache/push", mustJSON(t, pushBody("g", create("c", 1, "a"))),
+		"X-User", "alice", "Authorization", "Bearer expired"))
+	if r.status != http.StatusUnauthorized {
+		t.Fatalf("push = %d %s; want 401", r.status, r.raw)
+	}
+	if l := h.lmid(t, sc.pool, "c"); l != 0 {
+		t.Errorf("lastMutationID = %d, want 0", l)
 	}
 }

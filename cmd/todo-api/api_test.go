@@ -2,11 +2,13 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestTodoAPI(t *testing.T) {
@@ -118,4 +120,41 @@ func TestTodoAPIStateSurvivesRestart(t *testing.T) {
 		t.Fatalf("todo lost across restart: %v %v", err, resp)
 	}
 	_ = resp.Body.Close()
+}
+
+// TestExpiringTokens: "<user>~<unix ms>" is that user until then, and 401
+// afterwards; a create of an existing id answers -duplicate-status.
+func TestExpiringTokens(t *testing.T) {
+	a := newAPI(10)
+	a.duplicateStatus = http.StatusInternalServerError
+	mux := http.NewServeMux()
+	a.routes(mux)
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	call := func(method, path, token, body string) int {
+		req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		return resp.StatusCode
+	}
+	live := fmt.Sprintf("alice~%d", time.Now().Add(time.Hour).UnixMilli())
+	dead := fmt.Sprintf("alice~%d", time.Now().Add(-time.Second).UnixMilli())
+	for _, c := range []struct {
+		method, path, token, body string
+		want                      int
+	}{
+		{"POST", "/api/todos", live, `{"id":"a","title":"x"}`, 201},
+		{"GET", "/api/todos/a", "alice", "", 200}, // the same user
+		{"GET", "/api/me", dead, "", 401},
+		{"GET", "/api/me", "alice~soon", "", 401},
+		{"POST", "/api/todos", live, `{"id":"a","title":"again"}`, 500},
+	} {
+		if got := call(c.method, c.path, c.token, c.body); got != c.want {
+			t.Errorf("%s %s with %q = %d, want %d", c.method, c.path, c.token, got, c.want)
+		}
+	}
 }

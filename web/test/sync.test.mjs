@@ -97,6 +97,29 @@ test('a poison mutation (the API answers 500 every time) is given up; the client
   assert.ok(poisonCalls >= 3, `the API answered the poison ${poisonCalls} times, at least 3`);
 });
 
+test('a token that expires in the middle of a queue: getAuth is called, and all 10 edits apply exactly once', async (t) => {
+  // Every write takes 60 ms, and the first token runs out 300 ms after it
+  // is issued: a push of 10 mutations meets the expiry half way.
+  const s = await startStack({apiArgs: ['-delay', '60ms']});
+  t.after(() => s.close());
+  let getAuthCalls = 0;
+  const rep = s.newRep('alice', {auth: `Bearer alice~${Date.now() + 300}`});
+  rep.getAuth = () => {
+    getAuthCalls++;
+    return `Bearer alice~${Date.now() + 60000}`;
+  };
+  for (let i = 0; i < 10; i++) await rep.mutate.createTodo({id: `q${i}`, title: `queued ${i}`});
+  await sync(rep, {timeout: 30000});
+  assert.ok(getAuthCalls >= 1, 'getAuth was called');
+  const want = Object.fromEntries(Array.from({length: 10}, (_, i) => [`q${i}`, {title: `queued ${i}`, done: false}]));
+  assert.deepEqual(await serverTodos(s.api, 'alice'), want, 'all 10 edits reached the API');
+  const creates = s.api.effects().filter((l) => l.method === 'POST');
+  assert.equal(creates.length, 10, 'each edit took effect exactly once');
+  const expiredCalls = s.api.logs.filter((l) => l.msg === 'request' && l.status === 401).length;
+  assert.ok(expiredCalls >= 1, 'the token did expire during the queue');
+  assert.equal(psql(`SELECT count(*) FROM ${s.schema}.mutation_rejections`), '0', 'nothing was consumed as a rejection');
+});
+
 test('API down while the client mutates offline: every queued mutation arrives once, in order', async (t) => {
   const s = await startStack();
   t.after(() => s.close());
