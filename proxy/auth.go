@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -21,6 +22,7 @@ type authenticator struct {
 	header  string       // trusted header set by a gateway; "" if unused
 	peers   trustedPeers // who may set header
 	path    string       // upstream path answering the caller's identity; "" if unused
+	method  string       // GET, or POST with an empty JSON object
 	field   []string     // dotted path of the user id in path's JSON answer
 	base    string
 	client  *upstream.Client
@@ -58,7 +60,11 @@ func (a *authenticator) identify(ctx context.Context, r *http.Request, fwd http.
 }
 
 func (a *authenticator) ask(ctx context.Context, fwd http.Header) (string, *httpError) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.base+a.path, nil)
+	var body io.Reader
+	if a.method == http.MethodPost {
+		body = strings.NewReader("{}")
+	}
+	req, err := http.NewRequestWithContext(ctx, a.method, a.base+a.path, body)
 	if err != nil {
 		return "", errorf(http.StatusInternalServerError, "Internal", "building auth request: %v", err)
 	}
@@ -66,6 +72,10 @@ func (a *authenticator) ask(ctx context.Context, fwd http.Header) (string, *http
 		req.Header[k] = vs
 	}
 	req.Header.Set("Accept", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	endpoint := a.method + " " + a.path
 	resp, err := a.client.Do(req)
 	if err != nil {
 		var ce *upstream.CallError
@@ -77,11 +87,20 @@ func (a *authenticator) ask(ctx context.Context, fwd http.Header) (string, *http
 			Message: fmt.Sprintf("calling auth endpoint %s failed", a.path), RetryAfter: 1}
 	}
 	defer func() { _ = resp.Body.Close() }()
-	switch {
-	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
-		return "", errorf(http.StatusUnauthorized, "Unauthorized", "the upstream did not accept the credentials (%s answered %d)", a.path, resp.StatusCode)
-	case resp.StatusCode < 200 || resp.StatusCode > 299:
-		return "", errorf(http.StatusBadGateway, "BadGateway", "auth endpoint %s answered %d", a.path, resp.StatusCode)
+	switch code := resp.StatusCode; {
+	case code == http.StatusUnauthorized || code == http.StatusForbidden:
+		return "", errorf(http.StatusUnauthorized, "Unauthorized", "the upstream did not accept the credentials (%s answered %d)", a.path, code)
+	case code >= 500:
+		// An outage of the auth endpoint is an outage: retry later.
+		return "", &httpError{Status: http.StatusServiceUnavailable, Code: "UpstreamUnavailable",
+			Message: fmt.Sprintf("auth endpoint %s answered %d", endpoint, code), RetryAfter: 1}
+	case code >= 300 && code < 400:
+		return "", configError("auth endpoint %s answered %d (Location: %q): redirects are never followed; set SIDECAR_AUTH_PATH to the canonical path",
+			endpoint, code, resp.Header.Get("Location"))
+	case code == http.StatusNotFound || code == http.StatusMethodNotAllowed:
+		return "", configError("auth endpoint %s answered %d: check SIDECAR_AUTH_PATH and SIDECAR_AUTH_METHOD", endpoint, code)
+	case code < 200 || code > 299:
+		return "", errorf(http.StatusBadGateway, "BadGateway", "auth endpoint %s answered %d", a.path, code)
 	}
 	var doc any
 	dec := json.NewDecoder(io.LimitReader(resp.Body, 1<<20))
@@ -89,16 +108,8 @@ func (a *authenticator) ask(ctx context.Context, fwd http.Header) (string, *http
 	if err := dec.Decode(&doc); err != nil {
 		return "", errorf(http.StatusBadGateway, "BadGateway", "auth endpoint %s did not answer JSON", a.path)
 	}
-	for _, seg := range a.field {
-		obj, ok := doc.(map[string]any)
-		if !ok {
-			doc = nil
-			break
-		}
-		doc = obj[seg]
-	}
 	var id string
-	switch v := doc.(type) {
+	switch v := walkJSON(doc, a.field).(type) {
 	case string:
 		id = v
 	case json.Number:
@@ -108,6 +119,32 @@ func (a *authenticator) ask(ctx context.Context, fwd http.Header) (string, *http
 		return "", errorf(http.StatusBadGateway, "BadGateway", "auth endpoint %s answered without a string or number field %q", a.path, strings.Join(a.field, "."))
 	}
 	return id, nil
+}
+
+// walkJSON follows a dotted path through decoded JSON: object fields by
+// name, array elements by index ("items.0.id"). nil when a step is absent.
+func walkJSON(doc any, path []string) any {
+	for _, seg := range path {
+		switch node := doc.(type) {
+		case map[string]any:
+			doc = node[seg]
+		case []any:
+			i, err := strconv.Atoi(seg)
+			if err != nil || i < 0 || i >= len(node) {
+				return nil
+			}
+			doc = node[i]
+		default:
+			return nil
+		}
+	}
+	return doc
+}
+
+// configError is an answer that shows the configuration or mapping does
+// not fit the API (a redirect, a missing route): the operator must act.
+func configError(format string, args ...any) *httpError {
+	return errorf(http.StatusBadGateway, "ConfigurationError", format, args...)
 }
 
 // forwardHeaders returns what every upstream call a push or pull causes

@@ -85,8 +85,10 @@ func TestIdentity(t *testing.T) {
 			}
 			return 0
 		})
-		if r, _ := sc.pull(t, "alice", "g", nil); r.status != 502 || !strings.Contains(r.str("message"), "/api/me answered 500") {
-			t.Errorf("broken auth endpoint = %d %s, want 502", r.status, r.raw)
+		// An auth endpoint answering 5xx is an outage, to retry (issue 16
+		// §8; this answered 502 before).
+		if r, _ := sc.pull(t, "alice", "g", nil); r.status != 503 || r.header.Get("Retry-After") == "" || !strings.Contains(r.str("message"), "/api/me answered 500") {
+			t.Errorf("broken auth endpoint = %d %s, want 503 with Retry-After", r.status, r.raw)
 		}
 	})
 }
@@ -204,5 +206,76 @@ func TestTrustedPeersContains(t *testing.T) {
 		if got := peers.contains(addr); got != want {
 			t.Errorf("contains(%q) = %v, want %v", addr, got, want)
 		}
+	}
+}
+
+// TestAuthEndpointAnswers: an auth endpoint that is down is an outage (503
+// with Retry-After), one that does not fit (404, 405, a redirect) is a
+// configuration error naming method and path; POST-only endpoints and user
+// ids inside arrays fit with SIDECAR_AUTH_METHOD and an indexed field.
+func TestAuthEndpointAnswers(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		env    map[string]string
+		answer func(w http.ResponseWriter, r *http.Request)
+		status int
+		code   string
+		msg    string
+	}{
+		{"5xx is an outage", nil, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(503) },
+			503, "UpstreamUnavailable", "answered 503"},
+		{"404 is a configuration error", nil, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(404) },
+			502, "ConfigurationError", "GET /whoami answered 404"},
+		{"405 too", map[string]string{"SIDECAR_AUTH_METHOD": "post"}, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(405) },
+			502, "ConfigurationError", "POST /whoami answered 405"},
+		{"a redirect names its target", nil, func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, "/whoami/", http.StatusMovedPermanently)
+		},
+			502, "ConfigurationError", `Location: "/whoami/"`},
+		{"POST-only endpoint, id inside an array", map[string]string{"SIDECAR_AUTH_METHOD": "POST", "SIDECAR_AUTH_USER_FIELD": "items.0.id"},
+			func(w http.ResponseWriter, r *http.Request) {
+				// (the fake API has read the body already; its length tells)
+				if r.Method != http.MethodPost || r.ContentLength != 2 || r.Header.Get("Content-Type") != "application/json" {
+					w.WriteHeader(http.StatusMethodNotAllowed)
+					return
+				}
+				_, _ = io.WriteString(w, `{"items":[{"id":"u7"}]}`)
+			}, 200, "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := map[string]string{"SIDECAR_AUTH_PATH": "/whoami"}
+			for k, v := range tc.env {
+				env[k] = v
+			}
+			h := newHarness(t, env)
+			h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+				if r.URL.Path != "/whoami" {
+					return false
+				}
+				tc.answer(w, r)
+				return true
+			})
+			sc := h.start()
+			for _, path := range []string{"/replicache/push", "/replicache/pull"} {
+				body := mustJSON(t, pullBody("g", nil))
+				if path == "/replicache/push" {
+					body = mustJSON(t, pushBody("g", create("c", 1, "a")))
+				}
+				r := sc.post(t, path, "Bearer alice", body)
+				if r.status != tc.status || (tc.code != "" && r.str("error") != tc.code) || !strings.Contains(r.str("message"), tc.msg) {
+					t.Errorf("%s = %d %s; want %d %s naming %q", path, r.status, r.raw, tc.status, tc.code, tc.msg)
+				}
+				if tc.status == 503 && r.header.Get("Retry-After") == "" {
+					t.Errorf("%s: 503 without Retry-After", path)
+				}
+			}
+			if tc.status == 200 {
+				var owner string
+				q := "SELECT user_id FROM " + pgx.Identifier{h.schema}.Sanitize() + ".client_groups WHERE id = 'g'"
+				if err := sc.pool.QueryRow(context.Background(), q).Scan(&owner); err != nil || owner != "u7" {
+					t.Errorf("group owner = %q (%v), want u7", owner, err)
+				}
+			}
+		})
 	}
 }

@@ -36,6 +36,7 @@ type Config struct {
 	TrustedProxies    []string `env:"TRUSTED_PROXIES" envDefault:"127.0.0.1/32,::1/128" envSeparator:","`
 	AuthPath          string   `env:"AUTH_PATH"`
 	AuthUserField     string   `env:"AUTH_USER_FIELD" envDefault:"id"`
+	AuthMethod        string   `env:"AUTH_METHOD" envDefault:"GET"`
 	IdempotencyHeader string   `env:"IDEMPOTENCY_HEADER" envDefault:"Idempotency-Key"`
 
 	UpstreamTimeout      time.Duration `env:"UPSTREAM_TIMEOUT" envDefault:"10s"`
@@ -187,6 +188,10 @@ func (c *Config) checkHeaders() []error {
 	}
 	if c.IdempotencyHeader == "" {
 		errs = append(errs, errors.New("SIDECAR_IDEMPOTENCY_HEADER must not be empty"))
+	}
+	c.AuthMethod = strings.ToUpper(c.AuthMethod)
+	if c.AuthMethod != http.MethodGet && c.AuthMethod != http.MethodPost {
+		errs = append(errs, fmt.Errorf("SIDECAR_AUTH_METHOD %q: want GET or POST", c.AuthMethod))
 	}
 	if c.AuthUserField == "" {
 		errs = append(errs, errors.New("SIDECAR_AUTH_USER_FIELD must not be empty"))

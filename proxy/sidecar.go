@@ -81,7 +81,7 @@ func New(o Options) *Sidecar {
 			Base: cfg.Upstream, Upstream: up.View, MaxBodyBytes: cfg.MaxUpstreamBodyBytes, Logger: o.Logger,
 		}),
 		auth: &authenticator{
-			header: cfg.UserIDHeader, peers: cfg.TrustedNets, path: cfg.AuthPath, field: strings.Split(cfg.AuthUserField, "."),
+			header: cfg.UserIDHeader, peers: cfg.TrustedNets, path: cfg.AuthPath, method: cfg.AuthMethod, field: strings.Split(cfg.AuthUserField, "."),
 			base: strings.TrimSuffix(cfg.Upstream.String(), "/"), client: up.Auth, timeout: cfg.UpstreamTimeout,
 		},
 		metrics: m,
