@@ -217,7 +217,7 @@ func (f *Fetcher) get(ctx context.Context, u *url.URL, r Request) ([]byte, http.
 	}
 	defer func() { _ = resp.Body.Close() }()
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return nil, nil, &StatusError{Status: resp.StatusCode}
+		return nil, nil, &StatusError{Status: resp.StatusCode, Path: u.RequestURI(), Location: resp.Header.Get("Location")}
 	}
 	left := r.budget.Load()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, max(left, 0)+1))
@@ -231,7 +231,11 @@ func (f *Fetcher) get(ctx context.Context, u *url.URL, r Request) ([]byte, http.
 }
 
 // StatusError is a non-2xx answer to a view request.
-type StatusError struct{ Status int }
+type StatusError struct {
+	Status   int
+	Path     string // the page asked for (path and query)
+	Location string // a redirect's target
+}
 
 func (e *StatusError) Error() string { return fmt.Sprintf("upstream answered %d", e.Status) }
 

@@ -49,6 +49,10 @@ type Result struct {
 	Status  int    // the upstream's status; 0 when there was no HTTP answer
 	Body    string // the start of a non-2xx answer, for the record and logs
 	Err     error  // why, for Rejected without a status and for Transient
+	// Method and Path are the call as sent (Path relative to the base, with
+	// its query); Location is a redirect's target. For reports of mapping
+	// errors.
+	Method, Path, Location string
 }
 
 // Cause is a short human-readable reason for a non-applied result.
@@ -143,7 +147,8 @@ func (c *Client) Do(ctx context.Context, r *Request, fwd http.Header) Result {
 		return Result{Outcome: Transient, Err: err}
 	}
 	defer func() { _ = resp.Body.Close() }()
-	res := Result{Outcome: r.outcomes.classify(resp.StatusCode), Status: resp.StatusCode}
+	res := Result{Outcome: r.outcomes.classify(resp.StatusCode), Status: resp.StatusCode,
+		Method: r.Method, Path: r.PathQuery, Location: resp.Header.Get("Location")}
 	if res.Outcome != Applied {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, errorBodyRead))
 		res.Body = shorten(b, errorBodyKeep)

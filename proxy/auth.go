@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/netip"
 	"strconv"
@@ -27,6 +28,7 @@ type authenticator struct {
 	base    string
 	client  *upstream.Client
 	timeout time.Duration
+	mapErrs *mappingErrors
 }
 
 // identify returns the caller's user id or an *httpError: 401 when the caller
@@ -95,9 +97,11 @@ func (a *authenticator) ask(ctx context.Context, fwd http.Header) (string, *http
 		return "", &httpError{Status: http.StatusServiceUnavailable, Code: "UpstreamUnavailable",
 			Message: fmt.Sprintf("auth endpoint %s answered %d", endpoint, code), RetryAfter: 1}
 	case code >= 300 && code < 400:
+		a.mapErrs.report(slog.LevelError, "", "auth", a.path, a.method, a.path, code, resp.Header.Get("Location"))
 		return "", configError("auth endpoint %s answered %d (Location: %q): redirects are never followed; set SIDECAR_AUTH_PATH to the canonical path",
 			endpoint, code, resp.Header.Get("Location"))
 	case code == http.StatusNotFound || code == http.StatusMethodNotAllowed:
+		a.mapErrs.report(slog.LevelError, "", "auth", a.path, a.method, a.path, code, "")
 		return "", configError("auth endpoint %s answered %d: check SIDECAR_AUTH_PATH and SIDECAR_AUTH_METHOD", endpoint, code)
 	case code < 200 || code > 299:
 		return "", errorf(http.StatusBadGateway, "BadGateway", "auth endpoint %s answered %d", a.path, code)

@@ -138,7 +138,7 @@ func TestBadInput(t *testing.T) {
 					return true
 				})
 			}},
-		{name: "view redirected to another host", path: "/replicache/pull", body: `{"pullVersion":1,"clientGroupID":"g-alice","cookie":null}`, status: 502, code: "BadGateway", msg: "302",
+		{name: "view redirected to another host", path: "/replicache/pull", body: `{"pullVersion":1,"clientGroupID":"g-alice","cookie":null}`, status: 502, code: "MappingError", msg: "302",
 			setup: func() {
 				h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
 					if r.URL.Path != "/api/todos" {
@@ -148,7 +148,7 @@ func TestBadInput(t *testing.T) {
 					return true
 				})
 			}},
-		{name: "mutation redirected to another host is not followed", body: pushJSON(m("c-redirect", 1, "createTodo", `{"id":"redir","title":"x"}`)), status: 503, code: "UpstreamUnavailable", msg: "307",
+		{name: "mutation redirected to another host is not followed", body: pushJSON(m("c-redirect", 1, "createTodo", `{"id":"redir","title":"x"}`)), status: 503, code: "MappingError", msg: "307",
 			client: "c-redirect", lmid: 0,
 			setup: func() {
 				h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {

@@ -22,6 +22,7 @@ type metrics struct {
 
 	mappingReloadErrors prometheus.Counter
 	mappingInfo         *prometheus.GaugeVec
+	mappingErrors       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, mutatorNames []string) *metrics {
@@ -59,7 +60,15 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string) *metrics {
 		Namespace: namespace, Name: "mapping_info",
 		Help: "The mapping in use: 1, labelled with the SHA-256 of its file.",
 	}, []string{"sha256"})
-	reg.MustRegister(m.requests, m.requestDuration, m.mutations, m.pullEntries, m.pullBytes, m.mappingReloadErrors, m.mappingInfo)
+	m.mappingErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "mapping_errors_total",
+		Help: "Upstream answers that show the mapping does not fit the API, by kind of call (mutation, view, auth): redirects, and 404/405/415 to mutations.",
+	}, []string{"kind"})
+	for _, k := range []string{"mutation", "view", "auth"} {
+		m.mappingErrors.WithLabelValues(k)
+	}
+	reg.MustRegister(m.requests, m.requestDuration, m.mutations, m.pullEntries, m.pullBytes, m.mappingReloadErrors, m.mappingInfo,
+		m.mappingErrors)
 	for _, e := range []string{"push", "pull", "proxy"} {
 		m.requestDuration.WithLabelValues(e)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"sort"
@@ -109,6 +110,13 @@ func (s *Sidecar) failPull(w http.ResponseWriter, log *slog.Logger, err error, g
 		// and retry with a fresh token (a 502 would keep the dead one).
 		s.fail(w, log, errorf(http.StatusUnauthorized, "Unauthorized",
 			"the upstream did not accept the credentials (view source %s answered 401)", se.Source))
+	case errors.As(err, &se) && redirected(err) != nil:
+		st := redirected(err)
+		s.mapErrs.report(slog.LevelError, s.mapping().Hash, "view", se.Source, http.MethodGet, st.Path, st.Status, st.Location)
+		s.fail(w, log, &httpError{Status: http.StatusBadGateway, Code: "MappingError",
+			Message: fmt.Sprintf("mapping error: GET %s answered %d (Location: %q); redirects are never followed: write the canonical path in the mapping",
+				st.Path, st.Status, st.Location),
+			Detail: map[string]any{"source": se.Source, "reason": se.Reason}})
 	case errors.As(err, &se):
 		var status *clientview.StatusError
 		var callErr *upstream.CallError
@@ -120,6 +128,15 @@ func (s *Sidecar) failPull(w http.ResponseWriter, log *slog.Logger, err error, g
 	default:
 		s.failStore(w, log, err, groupID)
 	}
+}
+
+// redirected returns the redirect err holds, if any.
+func redirected(err error) *clientview.StatusError {
+	var se *clientview.StatusError
+	if errors.As(err, &se) && se.Status >= 300 && se.Status < 400 {
+		return se
+	}
+	return nil
 }
 
 // isStatus reports whether err holds an upstream answer with status.

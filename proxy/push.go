@@ -72,6 +72,23 @@ func (e *gapError) Error() string {
 	return fmt.Sprintf("client %s: expected mutation %d, received %d", e.clientID, e.expected, e.received)
 }
 
+// mappingError: the upstream answered a mutation with a redirect, which
+// means the mapping's path is not the API's (a trailing slash, an old
+// route). The mutation is kept for the fixed mapping.
+type mappingError struct {
+	mutator      string
+	id           int64
+	client       string
+	method, path string
+	status       int
+	location     string
+}
+
+func (e *mappingError) Error() string {
+	return fmt.Sprintf("mapping error: %s %s answered %d (Location: %q) for mutation %d of client %s (%s); redirects are never followed: fix the mutator's path",
+		e.method, e.path, e.status, e.location, e.id, e.client, e.mutator)
+}
+
 // unauthorizedError: the upstream no longer accepts the caller's
 // credentials. The mutation is not consumed; the push answers 401 so the
 // client refreshes its token and pushes it again.
@@ -187,6 +204,8 @@ func (s *Sidecar) applyAll(ctx context.Context, c *call, req pushRequest, known 
 				s.countMutation(mapping, m.Name, "transient") // kept for the renewed credentials
 				c.log.Info("credentials no longer accepted; push stopped", "mutator", unauth.mutator, "mutation_id", unauth.id,
 					"outcome", "transient", "recheck", unauth.recheck)
+			case errors.As(err, new(*mappingError)):
+				s.countMutation(mapping, m.Name, "transient") // kept for the fixed mapping
 			}
 			return stats, err
 		}
@@ -210,7 +229,11 @@ func (s *Sidecar) failPush(w http.ResponseWriter, log *slog.Logger, err error, g
 	var tr *transientError
 	var unauth *unauthorizedError
 	var herr *httpError
+	var me *mappingError
 	switch {
+	case errors.As(err, &me):
+		s.fail(w, log, &httpError{Status: http.StatusServiceUnavailable, Code: "MappingError", Message: me.Error(), RetryAfter: 30,
+			Detail: map[string]any{"mutator": me.mutator, "clientID": me.client, "mutationID": me.id, "upstreamStatus": me.status}})
 	case errors.As(err, &unauth):
 		s.fail(w, log, &httpError{Status: http.StatusUnauthorized, Code: "Unauthorized", Message: unauth.Error(),
 			Detail: map[string]any{"mutator": unauth.mutator, "clientID": unauth.client, "mutationID": unauth.id}})
@@ -271,6 +294,18 @@ func (s *Sidecar) applyMutation(ctx context.Context, c *call, mapping *Mapping, 
 			res = mutators.Result{Outcome: mutators.Rejected, Err: rerr}
 		} else {
 			res = s.sender.Do(dctx, req, c.fwd)
+		}
+		if res.Status >= 300 && res.Status < 400 && res.Outcome == mutators.Transient {
+			// A redirect: the mapping's path is not the API's. The mutation
+			// waits, untouched and not counted toward giving up, for the
+			// mapping to be fixed.
+			s.mapErrs.report(slog.LevelError, mapping.Hash, "mutation", mu.Name, res.Method, res.Path, res.Status, res.Location)
+			return &mappingError{mutator: mu.Name, id: mu.ID, client: mu.ClientID, method: res.Method, path: res.Path,
+				status: res.Status, location: res.Location}
+		}
+		switch res.Status {
+		case http.StatusNotFound, http.StatusMethodNotAllowed, http.StatusUnsupportedMediaType:
+			s.mapErrs.report(slog.LevelWarn, mapping.Hash, "mutation", mu.Name, res.Method, res.Path, res.Status, "")
 		}
 		if res.Outcome == mutators.Unauthorized {
 			// Expired or revoked credentials: the mutation waits, untouched,
@@ -358,8 +393,8 @@ func (s *Sidecar) recheckCredentials(ctx context.Context, c *call, mu mutators.M
 // so an outage never makes the sidecar give up, however long it lasts.
 // Attempts.Count is 0 when nothing was recorded.
 func (s *Sidecar) countAttempt(ctx context.Context, g *store.GroupTx, mu mutators.Mutation, res mutators.Result) (store.Attempts, bool, error) {
-	if res.Status == 0 || s.cfg.GiveUpAttempts <= 0 {
-		return store.Attempts{}, false, nil
+	if res.Status < 400 || s.cfg.GiveUpAttempts <= 0 {
+		return store.Attempts{}, false, nil // no answer, or a redirect (a mapping error)
 	}
 	a, err := g.RecordAttempt(ctx, mu.ClientID, mu.ID, res.Status)
 	if err != nil {

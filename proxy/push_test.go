@@ -793,3 +793,64 @@ func TestExpiredCredentialsWithTheIdentityHeader(t *testing.T) {
 		t.Errorf("lastMutationID = %d, want 0", l)
 	}
 }
+
+// TestRedirectsAndTyposAreLoud: a redirect to a mutation (a trailing-slash
+// 301, as Django answers) is a mapping error: the push's 503 says so and
+// names method, path and Location, the mutation is kept and never counted
+// toward giving up, the metric counts each, and the error is logged once
+// a minute, not once a push. A 404 to a mutation stays a rejection by
+// default, logged at warn as a likely mapping error. A redirected view
+// fails the pull with 502 naming the source and the Location.
+func TestRedirectsAndTyposAreLoud(t *testing.T) {
+	h := newHarness(t, map[string]string{"SIDECAR_GIVE_UP_ATTEMPTS": "1", "SIDECAR_GIVE_UP_AFTER": "0s"})
+	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		switch {
+		case r.Method == http.MethodPost:
+			http.Redirect(w, r, r.URL.Path+"/", http.StatusMovedPermanently)
+		case r.Method == http.MethodDelete:
+			http.NotFound(w, r)
+		default:
+			return false
+		}
+		return true
+	})
+	sc := h.start()
+	for range 3 {
+		r := sc.push(t, "alice", "g", create("c", 1, "a"))
+		if r.status != http.StatusServiceUnavailable || r.str("error") != "MappingError" ||
+			!strings.Contains(r.str("message"), `mapping error: POST /api/todos answered 301 (Location: "/api/todos/")`) {
+			t.Fatalf("push answered a redirect = %d %s", r.status, r.raw)
+		}
+	}
+	if l := h.lmid(t, sc.pool, "c"); l != 0 {
+		t.Errorf("lastMutationID = %d, want 0: a redirected mutation is kept (even with the valve at 1 attempt)", l)
+	}
+	r := sc.push(t, "alice", "g2", mut{"c2", 1, "deleteTodo", map[string]any{"id": "x"}})
+	if r.status != 200 || r.json["rejected"] != 1.0 {
+		t.Errorf("delete answered 404 = %d %s; want the default rejection", r.status, r.raw)
+	}
+	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path == "/api/todos" {
+			http.Redirect(w, r, "/v2/todos", http.StatusFound)
+			return true
+		}
+		return false
+	})
+	pr, _ := sc.pull(t, "alice", "g", nil)
+	if pr.status != http.StatusBadGateway || pr.str("error") != "MappingError" || pr.str("source") != "/api/todos" ||
+		!strings.Contains(pr.str("message"), `Location: "/v2/todos"`) {
+		t.Errorf("pull of a redirected view = %d %s", pr.status, pr.raw)
+	}
+	for kind, want := range map[string]float64{"mutation": 4, "view": 1, "auth": 0} {
+		if got := testutil.ToFloat64(sc.sc.metrics.mappingErrors.WithLabelValues(kind)); got != want {
+			t.Errorf("mapping_errors_total{kind=%s} = %v, want %v", kind, got, want)
+		}
+	}
+	logs := h.logs.String()
+	if n := strings.Count(logs, `"msg":"mapping error: redirects are never followed","kind":"mutation"`); n != 1 {
+		t.Errorf("%d error lines for 3 redirected pushes, want 1 (once a minute)", n)
+	}
+	if !strings.Contains(logs, `"level":"WARN","msg":"likely mapping error","kind":"mutation","mapped":"deleteTodo","method":"DELETE"`) {
+		t.Errorf("no warn line for the 404:\n%s", logs)
+	}
+}

@@ -36,6 +36,7 @@ type Sidecar struct {
 	fetcher     viewFetcher
 	auth        *authenticator
 	metrics     *metrics
+	mapErrs     *mappingErrors
 	passthrough http.Handler
 
 	current  atomic.Pointer[Mapping]
@@ -85,7 +86,9 @@ func New(o Options) *Sidecar {
 			base: strings.TrimSuffix(cfg.Upstream.String(), "/"), client: up.Auth, timeout: cfg.UpstreamTimeout,
 		},
 		metrics: m,
+		mapErrs: newMappingErrors(m.mappingErrors, o.Logger),
 	}
+	s.auth.mapErrs = s.mapErrs
 	s.passthrough = newPassthrough(cfg.Upstream, up.Passthrough, o.Logger, up.RetryAfter(), cfg.UserIDHeader, cfg.TrustedNets)
 	s.useMapping(cfg.Mapping)
 	return s
