@@ -52,10 +52,10 @@ func (m *mappingErrors) report(level slog.Level, mappingHash, kind, what, method
 		}
 	}
 	m.mu.Unlock()
-	msg := "likely mapping error"
+	args := []any{"kind", kind, "mapped", what, "method", method, "path", path, "status", status, "location", location}
 	if status >= 300 && status < 400 {
-		msg = "mapping error: redirects are never followed"
+		m.log.Log(context.Background(), level, "mapping error: redirects are never followed", args...)
+		return
 	}
-	m.log.Log(context.Background(), level, msg, "kind", kind, "mapped", what, "method", method, "path", path,
-		"status", status, "location", location)
+	m.log.Log(context.Background(), level, "likely mapping error", args...)
 }
