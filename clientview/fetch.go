@@ -131,7 +131,31 @@ func (f *Fetcher) Fetch(parent context.Context, v *View, r Request) ([]Entry, er
 	return out, nil
 }
 
+// fetchSource fetches one source. A source whose pages shifted while they
+// were read (another writer moved items between two pages) is fetched once
+// more; if it shifts again the fetch fails with a *SourceError marked
+// Shifted, which is worth retrying, unlike a mapping that does not fit.
 func (f *Fetcher) fetchSource(ctx context.Context, s *source, r Request) ([]Entry, error) {
+	es, err := f.fetchPages(ctx, s, r)
+	var sh *shiftedError
+	if !errors.As(err, &sh) {
+		return es, err
+	}
+	f.log.Info("client view source shifted while it was read; fetching it again", "source", s.path, "reason", sh.reason)
+	es, err = f.fetchPages(ctx, s, r)
+	if errors.As(err, &sh) {
+		return nil, &SourceError{Source: s.path, Reason: sh.reason + ", twice in a row", Shifted: true}
+	}
+	return es, err
+}
+
+// shiftedError: the pages of one fetch of a source do not fit together.
+type shiftedError struct{ reason string }
+
+func (e *shiftedError) Error() string { return e.reason }
+
+// fetchPages fetches every page of a source once.
+func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry, error) {
 	fail := func(reason string, err error) ([]Entry, error) {
 		return nil, &SourceError{Source: s.path, Reason: reason, Err: err}
 	}
@@ -142,7 +166,10 @@ func (f *Fetcher) fetchSource(ctx context.Context, s *source, r Request) ([]Entr
 	first = s.firstPage(first)
 	var entries []Entry
 	seenURLs := map[string]bool{}
-	keys := map[string]bool{}
+	keys := map[string]int{} // key → page it came on
+	firstTotal := -1
+	var lastBody []byte
+	var lastHdr http.Header
 	next := first
 	for page := 1; next != nil; page++ {
 		if s.paged && page > s.page.MaxPages {
@@ -166,16 +193,22 @@ func (f *Fetcher) fetchSource(ctx context.Context, s *source, r Request) ([]Entr
 		if err != nil {
 			return fail(err.Error(), err)
 		}
-		// A key seen again means the pages overlap: the collection shifted
-		// between requests, or the API ignores the page parameter. Stop at
-		// once rather than page on to maxPages.
 		for _, e := range got {
-			if keys[e.Key] {
-				return fail(fmt.Sprintf("duplicate key %q (on page %d)", e.Key, page), nil)
+			switch p, seen := keys[e.Key]; {
+			case seen && p == page:
+				return fail(fmt.Sprintf("duplicate key %q (twice on page %d)", e.Key, page), nil)
+			case seen:
+				// The pages overlap: the collection shifted between two
+				// requests (or the API ignores the page parameter).
+				return nil, &shiftedError{fmt.Sprintf("key %q came on page %d and again on page %d", e.Key, p, page)}
 			}
-			keys[e.Key] = true
+			keys[e.Key] = page
+		}
+		if page == 1 {
+			firstTotal = s.total(body, hdr)
 		}
 		entries = append(entries, got...)
+		lastBody, lastHdr = body, hdr
 		if !s.paged {
 			break
 		}
@@ -183,7 +216,90 @@ func (f *Fetcher) fetchSource(ctx context.Context, s *source, r Request) ([]Entr
 			return fail(err.Error(), err)
 		}
 	}
+	if reason, shifted := s.moreThanReceived(lastBody, lastHdr, firstTotal, len(entries)); shifted {
+		return nil, &shiftedError{reason}
+	} else if reason != "" {
+		return fail(reason+`; map its pagination (or say "pagination": {"type": "none"} if this is all)`, nil)
+	}
 	return entries, nil
+}
+
+// total returns the count of all items an answer reports (X-Total-Count,
+// the source's Total path, or a top-level count, total, totalCount,
+// total_count or totalItems beside the items), or -1.
+func (s *source) total(body []byte, hdr http.Header) int {
+	if !s.keyed {
+		return -1 // one whole value: no items to count
+	}
+	if v := hdr.Get("X-Total-Count"); v != "" {
+		if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && n >= 0 {
+			return n
+		}
+	}
+	paths := [][]string{s.totalPath}
+	if s.totalPath == nil {
+		if s.items == nil {
+			return -1 // a bare array has nothing beside it
+		}
+		paths = [][]string{{"count"}, {"total"}, {"totalCount"}, {"total_count"}, {"totalItems"}}
+	}
+	for _, p := range paths {
+		raw, present, err := lookupPath(body, p)
+		if err != nil || !present {
+			continue
+		}
+		var n int
+		if json.Unmarshal(raw, &n) == nil && n >= 0 {
+			return n
+		}
+	}
+	return -1
+}
+
+// moreThanReceived says why the last page shows that the source holds more
+// than was received, or "". A Link rel="next" that link pagination did not
+// follow, a next field that cursor or url pagination did not follow, or a
+// total other than the items received (or one that changed since the first
+// page) all mean the view would be cut short, and under the Reset Strategy
+// the client would delete what is missing. shifted: a paged source's total
+// disagrees, which another writer explains (the others are mapping errors).
+func (s *source) moreThanReceived(body []byte, hdr http.Header, firstTotal, received int) (reason string, shifted bool) {
+	if s.page.Type == "none" || !s.keyed {
+		return "", false
+	}
+	if s.page.Type != "link" {
+		if target := nextLink(hdr.Values("Link")); target != "" {
+			return fmt.Sprintf("the answer has a Link header with rel=\"next\" (%s), but the source's pagination does not follow it", target), false
+		}
+	}
+	if s.page.Type != "cursor" && s.page.Type != "url" {
+		for _, p := range [][]string{{"next"}, {"links", "next"}, {"_links", "next"}} {
+			if raw, present, err := lookupPath(body, p); err == nil && present && !emptyJSON(raw) {
+				return fmt.Sprintf("the answer has a non-empty %q field, but the source's pagination does not follow it", strings.Join(p, ".")), false
+			}
+		}
+	}
+	total := s.total(body, hdr)
+	switch {
+	case total < 0:
+		return "", false
+	case s.paged && firstTotal >= 0 && total != firstTotal:
+		return fmt.Sprintf("the reported total changed from %d to %d while the pages were read", firstTotal, total), true
+	case s.paged && total != received:
+		return fmt.Sprintf("the answer reports %d items in all, but %d were received", total, received), true
+	case !s.paged && total > received:
+		return fmt.Sprintf("the answer reports %d items in all, but %d were received", total, received), false
+	}
+	return "", false
+}
+
+// emptyJSON: null, "", false, {} or [].
+func emptyJSON(raw json.RawMessage) bool {
+	switch string(bytes.TrimSpace(raw)) {
+	case "null", `""`, "false", "{}", "[]":
+		return true
+	}
+	return false
 }
 
 // sourceURL renders the source's path for userID, escaping the value as one

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -136,6 +137,9 @@ func TestPaginationStyles(t *testing.T) {
 				}
 			})
 			t.Run("collection shifting between pages", func(t *testing.T) {
+				// An item inserted at the front after the first page: one
+				// item comes twice. The source is fetched again, and the
+				// second fetch, undisturbed, is whole.
 				api := newPagedAPI(t, 7)
 				api.onPage = func(n int) {
 					if n == 1 {
@@ -143,9 +147,21 @@ func TestPaginationStyles(t *testing.T) {
 					}
 				}
 				es, err := fetch(t, api.srv, 1<<20, st.src)
+				if err != nil || len(es) != 8 || es[0].Key != "x/new" {
+					t.Errorf("shifted once: %d entries (%v), err %v; want the refetched 8", len(es), keys(es), err)
+				}
+			})
+			t.Run("collection that keeps shifting", func(t *testing.T) {
+				api := newPagedAPI(t, 7)
+				api.onPage = func(n int) {
+					if n%2 == 1 { // after every first page
+						api.set(func() { api.items = append([]string{fmt.Sprint("new", n)}, api.items...) })
+					}
+				}
+				_, err := fetch(t, api.srv, 1<<20, st.src)
 				var se *SourceError
-				if !errors.As(err, &se) || !strings.Contains(se.Reason, "duplicate key") {
-					t.Errorf("shifted collection: %d entries, err %v; want the fetch to fail", len(es), err)
+				if !errors.As(err, &se) || !se.Shifted || !strings.Contains(se.Reason, "twice in a row") {
+					t.Errorf("err = %v; want a Shifted SourceError", err)
 				}
 			})
 		})
@@ -164,8 +180,10 @@ func TestPaginationStyles(t *testing.T) {
 		// instead of looping to maxPages or answering page one.
 		api := newPagedAPI(t, 7)
 		src := Source{Path: "/drf/", Items: "results", Key: "x/{id}", Pagination: &Pagination{Type: "page", Param: "ignored"}}
-		if _, err := fetch(t, api.srv, 1<<20, src); err == nil || !strings.Contains(err.Error(), "duplicate key") {
-			t.Errorf("err = %v, want duplicate key", err)
+		_, err := fetch(t, api.srv, 1<<20, src)
+		var se *SourceError
+		if !errors.As(err, &se) || !strings.Contains(se.Reason, "came on page 1 and again on page 2") {
+			t.Errorf("err = %v, want the overlap named", err)
 		}
 	})
 }
@@ -199,5 +217,65 @@ func TestWithQueryKeepsTheMappingsQuery(t *testing.T) {
 	got := withQuery(u, "page", "2").RawQuery
 	if want := "filter[status]=open&sort=-id,name&page=2"; got != want {
 		t.Errorf("query = %q, want %q", got, want)
+	}
+}
+
+// TestSignsOfMorePages: a source whose answer shows there is more than it
+// received (a Link rel="next", a next field, a total above the items) fails
+// instead of answering a cut view, unless the mapping says "none".
+func TestSignsOfMorePages(t *testing.T) {
+	items := func(n int) string {
+		var b []string
+		for i := range n {
+			b = append(b, fmt.Sprintf(`{"id":%d}`, i))
+		}
+		return "[" + strings.Join(b, ",") + "]"
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/drf":
+			_, _ = fmt.Fprintf(w, `{"count":120,"next":"http://%s/drf?page=2","results":%s}`, r.Host, items(25))
+		case "/linked":
+			w.Header().Set("Link", `</linked?page=2>; rel="next"`)
+			_, _ = io.WriteString(w, items(3))
+		case "/counted":
+			w.Header().Set("X-Total-Count", "40")
+			_, _ = io.WriteString(w, items(30))
+		case "/pocketbase":
+			_, _ = fmt.Fprintf(w, `{"page":1,"perPage":1000,"totalItems":1500,"items":%s}`, items(10))
+		case "/custom":
+			_, _ = fmt.Fprintf(w, `{"meta":{"total_count":50},"data":%s}`, items(10))
+		case "/exact":
+			_, _ = fmt.Fprintf(w, `{"count":5,"next":null,"results":%s}`, items(5))
+		case "/bodypaged": // next page in the body, but mapped as link pagination
+			_, _ = fmt.Fprintf(w, `{"next":"/bodypaged?page=2","results":%s}`, items(5))
+		}
+	}))
+	t.Cleanup(srv.Close)
+	none := &Pagination{Type: "none"}
+	for _, tc := range []struct {
+		name   string
+		src    Source
+		reason string // "" when the fetch must succeed
+	}{
+		{"DRF without pagination", Source{Path: "/drf", Items: "results", Key: "x/{id}"}, `non-empty "next" field`},
+		{"DRF said to be one page", Source{Path: "/drf", Items: "results", Key: "x/{id}", Pagination: none}, ""},
+		{"Link header without pagination", Source{Path: "/linked", Key: "x/{id}"}, `rel="next"`},
+		{"X-Total-Count above the items", Source{Path: "/counted", Key: "x/{id}"}, "reports 40 items in all, but 30"},
+		{"PocketBase capping perPage", Source{Path: "/pocketbase", Items: "items", Key: "x/{id}"}, "reports 1500 items"},
+		{"a total where the mapping says", Source{Path: "/custom", Items: "data", Key: "x/{id}", Total: "meta.total_count"}, "reports 50 items"},
+		{"everything received", Source{Path: "/exact", Items: "results", Key: "x/{id}"}, ""},
+		{"body pagination mapped as link", Source{Path: "/bodypaged", Items: "results", Key: "x/{id}", Pagination: &Pagination{Type: "link"}}, `non-empty "next" field`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := fetch(t, srv, 1<<20, tc.src)
+			var se *SourceError
+			switch {
+			case tc.reason == "" && err != nil:
+				t.Errorf("err = %v, want success", err)
+			case tc.reason != "" && (!errors.As(err, &se) || !strings.Contains(se.Reason, tc.reason) || se.Shifted):
+				t.Errorf("err = %v, want a SourceError naming %q", err, tc.reason)
+			}
+		})
 	}
 }

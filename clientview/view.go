@@ -28,6 +28,10 @@ type Source struct {
 	Key string `json:"key"`
 	// Pagination, when set, fetches further pages.
 	Pagination *Pagination `json:"pagination,omitempty"`
+	// Total is the dotted path of the answer's count of all items, when the
+	// API reports one elsewhere than X-Total-Count or a top-level count,
+	// total, totalCount, total_count or totalItems.
+	Total string `json:"total,omitempty"`
 }
 
 // Pagination describes how a source's further pages are found.
@@ -43,7 +47,10 @@ type Pagination struct {
 	//     holds fewer than Limit;
 	//   - "page": query parameter Param counting up from Start (and
 	//     SizeParam=Size when set) until a page holds no items (or fewer
-	//     than Size).
+	//     than Size);
+	//   - "none": one page, said explicitly: an answer that shows signs of
+	//     more pages (a Link rel="next", a next field, a total above the
+	//     items) is then not an error.
 	Type string `json:"type"`
 	// Param is the query parameter of the cursor (default "cursor"), the
 	// offset (default "offset") or the page number (default "page").
@@ -76,15 +83,16 @@ type View struct {
 }
 
 type source struct {
-	path     string // as written, for error messages
-	pathTmpl string // with {userID} still in it
-	items    []string
-	key      []keyPart
-	keyed    bool // key has at least one placeholder
-	page     Pagination
-	paged    bool
-	nextPath []string // page.Next split at dots (cursor and url types)
-	start    int      // first page number (page type)
+	path      string // as written, for error messages
+	pathTmpl  string // with {userID} still in it
+	items     []string
+	key       []keyPart
+	keyed     bool // key has at least one placeholder
+	page      Pagination
+	paged     bool
+	nextPath  []string // page.Next split at dots (cursor and url types)
+	totalPath []string // Total split at dots
+	start     int      // first page number (page type)
 
 	// warnedAbsent is set once the absence of the cursor field on a first
 	// page has been logged: once per compiled view, so once per mapping
@@ -153,7 +161,13 @@ func compileSource(s Source) (*source, []error) {
 	if last < len(s.Key) {
 		cs.key = append(cs.key, keyPart{literal: s.Key[last:]})
 	}
-	if p := s.Pagination; p != nil {
+	if s.Total != "" {
+		cs.totalPath = strings.Split(s.Total, ".")
+	}
+	if p := s.Pagination; p != nil && p.Type == "none" {
+		// Explicitly one page: the answer's signs of more are not checked.
+		cs.page.Type = "none"
+	} else if p != nil {
 		cs.paged, cs.page = true, *p
 		errs = append(errs, cs.compilePagination(s.Items != "")...)
 		if p.MaxPages < 0 {
@@ -240,6 +254,9 @@ type SourceError struct {
 	Source string // the source's path as written in the mapping
 	Reason string
 	Err    error // underlying cause, if any
+	// Shifted: the source's pages kept shifting under the fetch (another
+	// writer). Retrying later may succeed; it is no mapping error.
+	Shifted bool
 }
 
 func (e *SourceError) Error() string {

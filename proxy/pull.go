@@ -110,6 +110,12 @@ func (s *Sidecar) failPull(w http.ResponseWriter, log *slog.Logger, err error, g
 		// and retry with a fresh token (a 502 would keep the dead one).
 		s.fail(w, log, errorf(http.StatusUnauthorized, "Unauthorized",
 			"the upstream did not accept the credentials (view source %s answered 401)", se.Source))
+	case errors.As(err, &se) && se.Shifted:
+		// Another writer kept moving items between the pages: no mapping
+		// error, and the next pull will likely succeed.
+		s.fail(w, log, &httpError{Status: http.StatusServiceUnavailable, Code: "ViewShifted", RetryAfter: 1,
+			Message: fmt.Sprintf("client view source %s changed while it was read (%s); retry", se.Source, se.Reason),
+			Detail:  map[string]any{"source": se.Source, "reason": se.Reason}})
 	case errors.As(err, &se) && redirected(err) != nil:
 		st := redirected(err)
 		s.mapErrs.report(slog.LevelError, s.mapping().Hash, "view", se.Source, http.MethodGet, st.Path, st.Status, st.Location)

@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -319,5 +321,71 @@ func TestPullCookieNearTheLimit(t *testing.T) {
 		if r.status != 200 || string(r.raw) != `{"error":"ClientStateNotFound"}` {
 			t.Errorf("pull with cookie %v = %d %s; want 200 ClientStateNotFound", cookie, r.status, r.raw)
 		}
+	}
+}
+
+// TestPullNeverAnswersAPartialView: a source mapped without pagination at
+// an API that paginates in the body fails with 502 naming the source and
+// what was seen; a paged collection that another writer shrinks between
+// two pages (the reported total changes) is fetched again, and one that
+// keeps changing answers 503 with Retry-After instead of a view missing an
+// item that existed throughout.
+func TestPullNeverAnswersAPartialView(t *testing.T) {
+	var mu sync.Mutex
+	items := []string{}
+	for i := range 12 {
+		items = append(items, fmt.Sprint("t", i))
+	}
+	var shrinkEvery atomic.Int64 // after every Nth page served, delete the last item (0: never)
+	var served atomic.Int64
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		page, _ := strconv.Atoi(r.URL.Query().Get("page"))
+		page = max(page, 1)
+		mu.Lock()
+		var out []string
+		for i := (page - 1) * 5; i < min(page*5, len(items)); i++ {
+			out = append(out, fmt.Sprintf(`{"id":%q}`, items[i]))
+		}
+		next := "null"
+		if page*5 < len(items) {
+			next = fmt.Sprintf(`"/drf/?page=%d"`, page+1)
+		}
+		_, _ = fmt.Fprintf(w, `{"count":%d,"next":%s,"results":[%s]}`, len(items), next, strings.Join(out, ","))
+		if n := shrinkEvery.Load(); n > 0 && served.Add(1)%n == 0 && len(items) > 0 {
+			items = items[:len(items)-1] // another device deletes one
+		}
+		mu.Unlock()
+	}))
+	t.Cleanup(api.Close)
+	write := func(mapping string) string {
+		f := filepath.Join(t.TempDir(), "m.json")
+		if err := os.WriteFile(f, []byte(mapping), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	env := func(mapping string) map[string]string {
+		return map[string]string{"SIDECAR_UPSTREAM_URL": api.URL, "SIDECAR_MAPPING_FILE": write(mapping), "SIDECAR_AUTH_PATH": ""}
+	}
+
+	unpaged := newHarness(t, env(`{"clientView":[{"path":"/drf/","items":"results","key":"todo/{id}"}]}`)).start()
+	if r, _ := unpaged.pull(t, "alice", "g", nil); r.status != http.StatusBadGateway || r.str("source") != "/drf/" ||
+		!strings.Contains(r.str("reason"), `non-empty "next" field`) {
+		t.Errorf("unpaginated source at a paginating API = %d %s; want 502 naming the source and the next field", r.status, r.raw)
+	}
+
+	paged := newHarness(t, env(`{"clientView":[{"path":"/drf/","items":"results","key":"todo/{id}","pagination":{"type":"url"}}]}`)).start()
+	// Exactly the next page served (the first fetch's first page) is
+	// followed by a delete: the count changes between pages once.
+	shrinkEvery.Store(100)
+	served.Store(99)
+	r, p := paged.pull(t, "alice", "g", nil)
+	if r.status != 200 || len(p.keys(t)) != 11 {
+		t.Errorf("pull with one shrink = %d, %d keys; want the refetched 11", r.status, len(p.Patch)-1)
+	}
+	shrinkEvery.Store(1) // every page served: it keeps shifting
+	r, _ = paged.pull(t, "alice", "g", nil)
+	if r.status != http.StatusServiceUnavailable || r.str("error") != "ViewShifted" || r.header.Get("Retry-After") == "" {
+		t.Errorf("pull of a collection that keeps shifting = %d %s; want 503 ViewShifted with Retry-After", r.status, r.raw)
 	}
 }
