@@ -51,6 +51,11 @@ type Config struct {
 	DBStatementTimeout time.Duration `env:"DB_STATEMENT_TIMEOUT" envDefault:"10s"`
 	DBLockTimeout      time.Duration `env:"DB_LOCK_TIMEOUT" envDefault:"15s"`
 
+	MaxClientsPerPush     int           `env:"MAX_CLIENTS_PER_PUSH" envDefault:"16"`
+	MaxClientsPerGroup    int           `env:"MAX_CLIENTS_PER_GROUP" envDefault:"1000"`
+	MaxRejectionsPerGroup int           `env:"MAX_REJECTIONS_PER_GROUP" envDefault:"10000"`
+	RejectionTTL          time.Duration `env:"REJECTION_TTL" envDefault:"24h"`
+
 	GiveUpAttempts int           `env:"GIVE_UP_ATTEMPTS" envDefault:"20"`
 	GiveUpAfter    time.Duration `env:"GIVE_UP_AFTER" envDefault:"10m"`
 
@@ -211,6 +216,15 @@ func (c *Config) checkLimits() []error {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive", name))
 		}
+	}
+	for name, n := range map[string]int{"SIDECAR_MAX_CLIENTS_PER_PUSH": c.MaxClientsPerPush,
+		"SIDECAR_MAX_CLIENTS_PER_GROUP": c.MaxClientsPerGroup, "SIDECAR_MAX_REJECTIONS_PER_GROUP": c.MaxRejectionsPerGroup} {
+		if n < 1 {
+			errs = append(errs, fmt.Errorf("%s must be at least 1", name))
+		}
+	}
+	if c.RejectionTTL < 0 {
+		errs = append(errs, errors.New("SIDECAR_REJECTION_TTL must not be negative (0 keeps them until the count cap)"))
 	}
 	if c.GiveUpAttempts < 0 {
 		errs = append(errs, errors.New("SIDECAR_GIVE_UP_ATTEMPTS must not be negative (0 never gives up)"))

@@ -112,6 +112,9 @@ func (s *Sidecar) failStore(w http.ResponseWriter, log *slog.Logger, err error, 
 		s.fail(w, log, errorf(http.StatusForbidden, "Forbidden", "client group %s belongs to another user", groupID))
 	case errors.Is(err, store.ErrClientForbidden):
 		s.fail(w, log, errorf(http.StatusForbidden, "Forbidden", "a client of this request belongs to another client group"))
+	case errors.As(err, new(*store.TooManyClientsError)):
+		s.fail(w, log, errorf(http.StatusBadRequest, "TooManyClients",
+			"%v; the limit is SIDECAR_MAX_CLIENTS_PER_GROUP (idle clients are pruned after a day)", err))
 	case errors.Is(err, context.Canceled):
 		log.Info("client went away", "error", err)
 	case store.IsLockTimeout(err):

@@ -23,6 +23,7 @@ type metrics struct {
 	mappingReloadErrors prometheus.Counter
 	mappingInfo         *prometheus.GaugeVec
 	mappingErrors       *prometheus.CounterVec
+	pruned              *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, mutatorNames []string) *metrics {
@@ -67,8 +68,14 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string) *metrics {
 	for _, k := range []string{"mutation", "view", "auth"} {
 		m.mappingErrors.WithLabelValues(k)
 	}
+	m.pruned = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "bookkeeping_pruned_total",
+		Help: "Bookkeeping rows deleted to stay within their caps: clients (idle ones, SIDECAR_MAX_CLIENTS_PER_GROUP) and rejections (SIDECAR_MAX_REJECTIONS_PER_GROUP, SIDECAR_REJECTION_TTL).",
+	}, []string{"what"})
+	m.pruned.WithLabelValues("clients")
+	m.pruned.WithLabelValues("rejections")
 	reg.MustRegister(m.requests, m.requestDuration, m.mutations, m.pullEntries, m.pullBytes, m.mappingReloadErrors, m.mappingInfo,
-		m.mappingErrors)
+		m.mappingErrors, m.pruned)
 	for _, e := range []string{"push", "pull", "proxy"} {
 		m.requestDuration.WithLabelValues(e)
 	}

@@ -142,11 +142,18 @@ func (s *Sidecar) handlePush(w http.ResponseWriter, r *http.Request) {
 			clientIDs = append(clientIDs, m.ClientID)
 		}
 	}
+	if len(clientIDs) > s.cfg.MaxClientsPerPush {
+		s.fail(w, c.log, errorf(http.StatusBadRequest, "TooManyClients",
+			"a push may carry the mutations of at most %d clients (SIDECAR_MAX_CLIENTS_PER_PUSH); this one has %d",
+			s.cfg.MaxClientsPerPush, len(clientIDs)))
+		return
+	}
 	known := map[string]int64{}
 	if len(clientIDs) != 1 {
 		err := s.store.Locked(ctx, req.ClientGroupID, c.userID, func(g *store.GroupTx) error {
 			var err error
-			known, err = g.EnsureClients(ctx, clientIDs)
+			known, err = g.CheckClients(ctx, clientIDs, s.cfg.MaxClientsPerGroup)
+			s.countPruned(c, g)
 			return err
 		})
 		if err != nil {
@@ -156,6 +163,9 @@ func (s *Sidecar) handlePush(w http.ResponseWriter, r *http.Request) {
 	}
 
 	stats, err := s.applyAll(ctx, c, req, known)
+	if stats.Rejected > 0 {
+		s.trimRejections(ctx, c, req.ClientGroupID)
+	}
 	if err != nil {
 		s.failPush(w, c.log, err, req.ClientGroupID)
 		return
@@ -284,7 +294,9 @@ func (s *Sidecar) applyMutation(ctx context.Context, c *call, mapping *Mapping, 
 			return &gapError{clientID: mu.ClientID, expected: cur + 1, received: mu.ID}
 		}
 		// The client is this group's before its mutation goes anywhere.
-		if err := g.ClaimClient(ctx, mu.ClientID); err != nil {
+		err = g.ClaimClient(ctx, mu.ClientID, s.cfg.MaxClientsPerGroup)
+		s.countPruned(c, g)
+		if err != nil {
 			return err
 		}
 		dctx := context.WithoutCancel(ctx)
@@ -384,6 +396,36 @@ func (s *Sidecar) recheckCredentials(ctx context.Context, c *call, mu mutators.M
 		return &unauthorizedError{mutator: mu.Name, id: mu.ID, client: mu.ClientID, recheck: true}
 	}
 	return nil
+}
+
+// countPruned reports the idle clients a transaction pruned to make room
+// under SIDECAR_MAX_CLIENTS_PER_GROUP.
+func (s *Sidecar) countPruned(c *call, g *store.GroupTx) {
+	if g.PrunedClients > 0 {
+		s.metrics.pruned.WithLabelValues("clients").Add(float64(g.PrunedClients))
+		c.log.Info("pruned idle clients to stay under SIDECAR_MAX_CLIENTS_PER_GROUP", "pruned", g.PrunedClients)
+		g.PrunedClients = 0
+	}
+}
+
+// trimRejections keeps the group's rejection records within
+// SIDECAR_MAX_REJECTIONS_PER_GROUP and SIDECAR_REJECTION_TTL once a push
+// that recorded some ends. A failure is logged, never the push's answer.
+func (s *Sidecar) trimRejections(ctx context.Context, c *call, groupID string) {
+	var deleted int64
+	dctx := context.WithoutCancel(ctx)
+	err := s.store.Locked(dctx, groupID, c.userID, func(g *store.GroupTx) error {
+		var err error
+		deleted, err = g.TrimRejections(dctx, s.cfg.MaxRejectionsPerGroup, s.cfg.RejectionTTL)
+		return err
+	})
+	switch {
+	case err != nil:
+		c.log.Warn("trimming rejection records failed", "error", err)
+	case deleted > 0:
+		s.metrics.pruned.WithLabelValues("rejections").Add(float64(deleted))
+		c.log.Info("trimmed rejection records to SIDECAR_MAX_REJECTIONS_PER_GROUP and SIDECAR_REJECTION_TTL", "deleted", deleted)
+	}
 }
 
 // countAttempt records an answered, retryable attempt of mu and says

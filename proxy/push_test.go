@@ -854,3 +854,80 @@ func TestRedirectsAndTyposAreLoud(t *testing.T) {
 		t.Errorf("no warn line for the 404:\n%s", logs)
 	}
 }
+
+// TestBookkeepingCaps: one user cannot blow up the sidecar's tables. A
+// refused push (a gap) creates no client rows; a push of more distinct
+// clients than SIDECAR_MAX_CLIENTS_PER_PUSH is refused before anything;
+// a group at SIDECAR_MAX_CLIENTS_PER_GROUP makes room by pruning a client
+// idle for over a day, and refuses a new client only when all are active;
+// rejections stay within SIDECAR_MAX_REJECTIONS_PER_GROUP when a push ends.
+func TestBookkeepingCaps(t *testing.T) {
+	h := newHarness(t, map[string]string{
+		"SIDECAR_MAX_CLIENTS_PER_PUSH": "4", "SIDECAR_MAX_CLIENTS_PER_GROUP": "3", "SIDECAR_MAX_REJECTIONS_PER_GROUP": "5",
+	})
+	sc := h.start()
+	count := func(table, where string) int {
+		var n int
+		q := "SELECT count(*) FROM " + pgx.Identifier{h.schema}.Sanitize() + "." + table + " WHERE " + where
+		if err := sc.pool.QueryRow(context.Background(), q).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	// A gap from several new clients: 400, and nothing registered.
+	r := sc.push(t, "alice", "g", create("n1", 5, "x"), create("n2", 1, "y"))
+	if r.status != 400 || r.str("error") != "MutationIDGap" {
+		t.Fatalf("gap push = %d %s", r.status, r.raw)
+	}
+	if n := count("clients", "true"); n != 0 {
+		t.Errorf("%d client rows after a refused push, want 0", n)
+	}
+	var five []mut
+	for i := range 5 {
+		five = append(five, create(fmt.Sprint("p", i), 1, fmt.Sprint("p", i)))
+	}
+	if r := sc.push(t, "alice", "g", five...); r.status != 400 || r.str("error") != "TooManyClients" ||
+		!strings.Contains(r.str("message"), "SIDECAR_MAX_CLIENTS_PER_PUSH") {
+		t.Errorf("push of 5 clients = %d %s; want 400 naming SIDECAR_MAX_CLIENTS_PER_PUSH", r.status, r.raw)
+	}
+	for _, c := range []string{"a", "b", "c"} {
+		if r := sc.push(t, "alice", "g", create(c, 1, c)); r.status != 200 {
+			t.Fatalf("push of client %s = %d %s", c, r.status, r.raw)
+		}
+	}
+	calls := h.up.MutationCalls()
+	r = sc.push(t, "alice", "g", create("d", 1, "d"))
+	if r.status != 400 || r.str("error") != "TooManyClients" || !strings.Contains(r.str("message"), "SIDECAR_MAX_CLIENTS_PER_GROUP") {
+		t.Errorf("a fourth active client = %d %s; want 400 naming SIDECAR_MAX_CLIENTS_PER_GROUP", r.status, r.raw)
+	}
+	if n := h.up.MutationCalls() - calls; n != 0 {
+		t.Errorf("%d upstream calls for a refused client", n)
+	}
+	if _, err := sc.pool.Exec(context.Background(), "UPDATE "+pgx.Identifier{h.schema}.Sanitize()+".clients SET updated_at = now() - interval '2 days' WHERE id = 'b'"); err != nil {
+		t.Fatal(err)
+	}
+	if r := sc.push(t, "alice", "g", create("d", 1, "d")); r.status != 200 {
+		t.Errorf("a fourth client with an idle one to prune = %d %s", r.status, r.raw)
+	}
+	if n := count("clients", "id = 'b'"); n != 0 {
+		t.Error("the idle client b was not pruned")
+	}
+	var unmapped []mut
+	for i := int64(1); i <= 8; i++ {
+		unmapped = append(unmapped, mut{"a", i + 1, "noSuchMutator", nil})
+	}
+	if r := sc.push(t, "alice", "g", unmapped...); r.status != 200 || r.json["rejected"] != 8.0 {
+		t.Fatalf("push of 8 unmapped = %d %s", r.status, r.raw)
+	}
+	if n := count("mutation_rejections", "true"); n != 5 {
+		t.Errorf("%d rejection rows, want the newest 5", n)
+	}
+	if n := count("mutation_rejections", "mutation_id >= 5"); n != 5 {
+		t.Errorf("the kept rejections are not the newest")
+	}
+	for what, want := range map[string]float64{"clients": 1, "rejections": 3} {
+		if got := testutil.ToFloat64(sc.sc.metrics.pruned.WithLabelValues(what)); got != want {
+			t.Errorf("bookkeeping_pruned_total{what=%s} = %v, want %v", what, got, want)
+		}
+	}
+}

@@ -35,6 +35,11 @@
 //     (ErrGroupForbidden), a client to the group it first appeared in
 //     (ErrClientForbidden), and a deleted group stays deleted
 //     (ErrGroupDeleted). These are checked under the lock and roll back.
+//   - Clients: a client's row is created when one of its mutations is
+//     processed (ClaimClient, before the upstream call), never by a refused
+//     push. CheckClients and ClaimClient keep a group within its client cap
+//     by pruning clients idle for over a day. TrimRejections keeps a
+//     group's rejection records within a count and an age.
 //   - Attempts: RecordAttempt counts an answered, retryable attempt of a
 //     pending mutation; the count survives restarts and is shared by
 //     replicas once its transaction commits, and SetLastMutationID forgets

@@ -92,6 +92,8 @@ var migrations = []string{
 		last_status     int NOT NULL,
 		PRIMARY KEY (client_id, mutation_id)
 	);`,
+	// 3: rejections are kept per group within limits (count, age).
+	`CREATE INDEX mutation_rejections_group_idx ON {schema}.mutation_rejections (client_group_id, created_at);`,
 }
 
 // SchemaVersion is the migration version this binary needs.
@@ -217,6 +219,10 @@ type GroupTx struct {
 	GroupID     string
 	cookieOrder int64
 
+	// PrunedClients counts the idle clients this transaction pruned to make
+	// room for new ones.
+	PrunedClients int
+
 	// The client read with the lock (LockedClient): its group ("" when the
 	// client is new) and last mutation id.
 	prefetched               string
@@ -256,15 +262,14 @@ func (g *GroupTx) lock(ctx context.Context, userID string) error {
 	return nil
 }
 
-// EnsureClients registers every client in ids with this group (new clients
-// start at last mutation id 0) and returns their last mutation ids. If any
-// client belongs to another group it returns ErrClientForbidden and the
-// caller must roll back.
-func (g *GroupTx) EnsureClients(ctx context.Context, ids []string) (map[string]int64, error) {
-	if _, err := g.tx.Exec(ctx, g.s.sql(`INSERT INTO {schema}.clients (id, client_group_id)
-		SELECT unnest($1::text[]), $2 ON CONFLICT (id) DO NOTHING`), ids, g.GroupID); err != nil {
-		return nil, fmt.Errorf("registering clients: %w", err)
-	}
+// CheckClients checks, before a push of several clients applies anything,
+// that none of ids belongs to another group (ErrClientForbidden) and that
+// the new ones fit under maxPerGroup clients (0: no limit), pruning the
+// group's least recently active clients idle for over a day to make room
+// (a *TooManyClientsError when that is not enough). It creates nothing:
+// a client's row appears when one of its mutations is processed
+// (ClaimClient). It returns the last mutation ids of the known clients.
+func (g *GroupTx) CheckClients(ctx context.Context, ids []string, maxPerGroup int) (map[string]int64, error) {
 	rows, err := g.tx.Query(ctx, g.s.sql(`SELECT id, client_group_id, last_mutation_id FROM {schema}.clients WHERE id = ANY($1)`), ids)
 	if err != nil {
 		return nil, fmt.Errorf("reading clients: %w", err)
@@ -282,7 +287,53 @@ func (g *GroupTx) EnsureClients(ctx context.Context, ids []string) (map[string]i
 	if err != nil {
 		return nil, err
 	}
+	if fresh := len(ids) - len(lmids); fresh > 0 {
+		if err := g.makeRoom(ctx, fresh, maxPerGroup, ""); err != nil {
+			return nil, err
+		}
+	}
 	return lmids, nil
+}
+
+// TooManyClientsError: a new client would take the group past its limit,
+// and none of its clients has been idle long enough to be pruned.
+type TooManyClientsError struct{ Limit int }
+
+func (e *TooManyClientsError) Error() string {
+	return fmt.Sprintf("the client group already has %d clients, all active within a day", e.Limit)
+}
+
+// idleClientAge is how long a client must have been idle before it may be
+// pruned to make room: the Replicache client forgets a client after a day.
+const idleClientAge = "1 day"
+
+// makeRoom makes room for fresh new clients under maxPerGroup (0: no
+// limit), pruning the least recently active clients idle for over a day
+// (never except), counted in PrunedClients.
+func (g *GroupTx) makeRoom(ctx context.Context, fresh, maxPerGroup int, except string) error {
+	if maxPerGroup <= 0 {
+		return nil
+	}
+	var count int
+	if err := g.tx.QueryRow(ctx, g.s.sql(`SELECT count(*) FROM {schema}.clients WHERE client_group_id = $1 AND id <> $2`),
+		g.GroupID, except).Scan(&count); err != nil {
+		return fmt.Errorf("counting clients: %w", err)
+	}
+	over := count + fresh - maxPerGroup
+	if over <= 0 {
+		return nil
+	}
+	tag, err := g.tx.Exec(ctx, g.s.sql(`DELETE FROM {schema}.clients WHERE id IN (
+		SELECT id FROM {schema}.clients WHERE client_group_id = $1 AND id <> $2 AND updated_at < now() - interval '`+idleClientAge+`'
+		ORDER BY updated_at LIMIT $3)`), g.GroupID, except, over)
+	if err != nil {
+		return fmt.Errorf("pruning idle clients: %w", err)
+	}
+	g.PrunedClients += int(tag.RowsAffected())
+	if int(tag.RowsAffected()) < over {
+		return &TooManyClientsError{Limit: maxPerGroup}
+	}
+	return nil
 }
 
 // LastMutationID returns the client's last processed mutation id, 0 for a
@@ -319,7 +370,10 @@ func (g *GroupTx) LastMutationID(ctx context.Context, clientID string) (int64, e
 // and, once the claim commits, gets ErrClientForbidden having done nothing.
 // The claim lasts as long as the transaction: a rolled-back step leaves the
 // client free. A client already known to belong here costs nothing.
-func (g *GroupTx) ClaimClient(ctx context.Context, clientID string) error {
+//
+// A new client must fit under maxPerGroup clients (0: no limit): room is
+// made as in CheckClients, or the claim fails with *TooManyClientsError.
+func (g *GroupTx) ClaimClient(ctx context.Context, clientID string, maxPerGroup int) error {
 	if clientID == g.prefetched && g.prefetchedGroup == g.GroupID {
 		return nil
 	}
@@ -331,6 +385,11 @@ func (g *GroupTx) ClaimClient(ctx context.Context, clientID string) error {
 		return fmt.Errorf("claiming client: %w", err)
 	}
 	owner := g.GroupID
+	if tag.RowsAffected() == 1 {
+		if err := g.makeRoom(ctx, 1, maxPerGroup, clientID); err != nil {
+			return err
+		}
+	}
 	if tag.RowsAffected() == 0 {
 		if err := g.tx.QueryRow(ctx, g.s.sql(`SELECT client_group_id FROM {schema}.clients WHERE id = $1`), clientID).Scan(&owner); err != nil {
 			return fmt.Errorf("reading client: %w", err)
@@ -431,6 +490,31 @@ func safeText(s string, max int) string {
 		cut--
 	}
 	return s[:cut]
+}
+
+// TrimRejections keeps the group's rejection records within limits: none
+// older than ttl (0: no age limit) and at most max (0: no limit), the
+// newest kept. It returns how many it deleted.
+func (g *GroupTx) TrimRejections(ctx context.Context, max int, ttl time.Duration) (int64, error) {
+	var deleted int64
+	if ttl > 0 {
+		tag, err := g.tx.Exec(ctx, g.s.sql(`DELETE FROM {schema}.mutation_rejections
+			WHERE client_group_id = $1 AND created_at < now() - $2::interval`), g.GroupID, ttl)
+		if err != nil {
+			return 0, fmt.Errorf("expiring rejections: %w", err)
+		}
+		deleted += tag.RowsAffected()
+	}
+	if max > 0 {
+		tag, err := g.tx.Exec(ctx, g.s.sql(`DELETE FROM {schema}.mutation_rejections WHERE (client_id, mutation_id) IN (
+			SELECT client_id, mutation_id FROM {schema}.mutation_rejections WHERE client_group_id = $1
+			ORDER BY created_at DESC, mutation_id DESC OFFSET $2)`), g.GroupID, max)
+		if err != nil {
+			return 0, fmt.Errorf("capping rejections: %w", err)
+		}
+		deleted += tag.RowsAffected()
+	}
+	return deleted, nil
 }
 
 // LastMutationIDs returns the last mutation id of every client of the group.

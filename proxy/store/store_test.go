@@ -122,8 +122,7 @@ func TestGroupOwnership(t *testing.T) {
 	ctx := context.Background()
 	noop := func(*GroupTx) error { return nil }
 	if err := s.Locked(ctx, "g1", "alice", func(g *GroupTx) error {
-		_, err := g.EnsureClients(ctx, []string{"c1", "c2"})
-		return err
+		return errors.Join(g.ClaimClient(ctx, "c1", 0), g.ClaimClient(ctx, "c2", 0))
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +130,7 @@ func TestGroupOwnership(t *testing.T) {
 		t.Errorf("bob locking alice's group: %v, want ErrGroupForbidden", err)
 	}
 	err := s.Locked(ctx, "g2", "alice", func(g *GroupTx) error {
-		_, err := g.EnsureClients(ctx, []string{"c3", "c1"})
+		_, err := g.CheckClients(ctx, []string{"c3", "c1"}, 0)
 		return err
 	})
 	if !errors.Is(err, ErrClientForbidden) {
@@ -210,12 +209,12 @@ func TestMutationBookkeeping(t *testing.T) {
 		if len(lmids) != 2 || lmids["c1"] != 2 || lmids["c2"] != 5 {
 			t.Errorf("LastMutationIDs = %v", lmids)
 		}
-		known, err := g.EnsureClients(ctx, []string{"c1", "c3"})
+		known, err := g.CheckClients(ctx, []string{"c1", "c3"}, 0)
 		if err != nil {
 			return err
 		}
-		if len(known) != 2 || known["c1"] != 2 || known["c3"] != 0 {
-			t.Errorf("EnsureClients = %v", known)
+		if len(known) != 1 || known["c1"] != 2 {
+			t.Errorf("CheckClients = %v, want only the known c1 (it creates nothing)", known)
 		}
 		return nil
 	})
@@ -371,5 +370,77 @@ func TestAttempts(t *testing.T) {
 	left, err := pgx.CollectRows(rows, pgx.RowTo[int64])
 	if err != nil || len(left) != 1 || left[0] != 2 {
 		t.Errorf("attempts left after consuming mutation 1: %v (%v), want [2]", left, err)
+	}
+}
+
+// TestClientCaps: a new client fits under the group's limit by pruning the
+// least recently active client idle for over a day; when every client was
+// active within a day, the claim fails and creates nothing.
+func TestClientCaps(t *testing.T) {
+	s := newStore(t, 5*time.Second)
+	ctx := context.Background()
+	claim := func(id string) error {
+		return s.Locked(ctx, "g", "u", func(g *GroupTx) error { return g.ClaimClient(ctx, id, 3) })
+	}
+	for _, id := range []string{"a", "b", "c"} {
+		if err := claim(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var tooMany *TooManyClientsError
+	if err := claim("d"); !errors.As(err, &tooMany) || tooMany.Limit != 3 {
+		t.Fatalf("a fourth active client: %v, want TooManyClientsError", err)
+	}
+	err := s.Locked(ctx, "g", "u", func(g *GroupTx) error {
+		_, err := g.CheckClients(ctx, []string{"a", "d"}, 3)
+		return err
+	})
+	if !errors.As(err, &tooMany) {
+		t.Errorf("CheckClients with a new client over the limit: %v", err)
+	}
+	if _, err := s.pool.Exec(ctx, s.sql(`UPDATE {schema}.clients SET updated_at = now() - interval '2 days' WHERE id IN ('b', 'c')`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.pool.Exec(ctx, s.sql(`UPDATE {schema}.clients SET updated_at = now() - interval '3 days' WHERE id = 'c'`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := claim("d"); err != nil {
+		t.Fatalf("a fourth client with idle ones to prune: %v", err)
+	}
+	rows, _ := s.pool.Query(ctx, s.sql(`SELECT id FROM {schema}.clients ORDER BY id`))
+	ids, _ := pgx.CollectRows(rows, pgx.RowTo[string])
+	if strings.Join(ids, ",") != "a,b,d" {
+		t.Errorf("clients = %v, want c (the least recently active) pruned", ids)
+	}
+}
+
+// TestTrimRejections keeps the newest within the cap and none past the TTL.
+func TestTrimRejections(t *testing.T) {
+	s := newStore(t, 5*time.Second)
+	ctx := context.Background()
+	err := s.Locked(ctx, "g", "u", func(g *GroupTx) error {
+		for i := int64(1); i <= 6; i++ {
+			if err := g.RecordRejection(ctx, Rejection{ClientID: "c", MutationID: i, Mutator: "m", Reason: "no"}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.pool.Exec(ctx, s.sql(`UPDATE {schema}.mutation_rejections SET created_at = now() - interval '2 days' WHERE mutation_id = 1`)); err != nil {
+		t.Fatal(err)
+	}
+	var deleted int64
+	err = s.Locked(ctx, "g", "u", func(g *GroupTx) error {
+		var err error
+		deleted, err = g.TrimRejections(ctx, 3, 24*time.Hour)
+		return err
+	})
+	rows, _ := s.pool.Query(ctx, s.sql(`SELECT mutation_id FROM {schema}.mutation_rejections ORDER BY 1`))
+	left, _ := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil || deleted != 3 || len(left) != 3 || left[0] != 4 {
+		t.Errorf("after trimming: %v left, %d deleted (%v); want the newest 3 (4, 5, 6)", left, deleted, err)
 	}
 }
