@@ -150,12 +150,16 @@ func (s *Sidecar) handlePush(w http.ResponseWriter, r *http.Request) {
 	}
 	known := map[string]int64{}
 	if len(clientIDs) != 1 {
+		pruned := 0
 		err := s.store.Locked(ctx, req.ClientGroupID, c.userID, func(g *store.GroupTx) error {
 			var err error
 			known, err = g.CheckClients(ctx, clientIDs, s.cfg.MaxClientsPerGroup)
-			s.countPruned(c, g)
+			pruned = g.PrunedClients
 			return err
 		})
+		if err == nil {
+			s.countPruned(c, pruned)
+		}
 		if err != nil {
 			s.failStore(w, c.log, err, req.ClientGroupID)
 			return
@@ -280,7 +284,12 @@ func (s *Sidecar) failPush(w http.ResponseWriter, log *slog.Logger, err error, g
 func (s *Sidecar) applyMutation(ctx context.Context, c *call, mapping *Mapping, mu mutators.Mutation) (string, int64, error) {
 	var outcome string
 	var lmid int64
-	var pending *transientError // not applied; its attempt is committed
+	// pending: the mutation is kept (not applied, not consumed), but the
+	// transaction commits what it did for it: the client's claim, which
+	// must outlive a timeout whose call the API may still apply, and an
+	// attempt's count.
+	var pending error
+	pruned := 0
 	err := s.store.LockedClient(ctx, mu.ClientGroupID, mu.UserID, mu.ClientID, func(g *store.GroupTx) error {
 		cur, err := g.LastMutationID(ctx, mu.ClientID)
 		if err != nil {
@@ -294,11 +303,11 @@ func (s *Sidecar) applyMutation(ctx context.Context, c *call, mapping *Mapping, 
 			return &gapError{clientID: mu.ClientID, expected: cur + 1, received: mu.ID}
 		}
 		// The client is this group's before its mutation goes anywhere.
-		err = g.ClaimClient(ctx, mu.ClientID, s.cfg.MaxClientsPerGroup)
-		s.countPruned(c, g)
-		if err != nil {
+		if err := g.ClaimClient(ctx, mu.ClientID, s.cfg.MaxClientsPerGroup); err != nil {
 			return err
 		}
+		pruned = g.PrunedClients
+		keep := func(err error) error { pending = err; return nil }
 		dctx := context.WithoutCancel(ctx)
 		var res mutators.Result
 		req, rerr := mapping.Mutators.Render(mu)
@@ -312,8 +321,8 @@ func (s *Sidecar) applyMutation(ctx context.Context, c *call, mapping *Mapping, 
 			// waits, untouched and not counted toward giving up, for the
 			// mapping to be fixed.
 			s.mapErrs.report(slog.LevelError, mapping.Hash, "mutation", mu.Name, res.Method, res.Path, res.Status, res.Location)
-			return &mappingError{mutator: mu.Name, id: mu.ID, client: mu.ClientID, method: res.Method, path: res.Path,
-				status: res.Status, location: res.Location}
+			return keep(&mappingError{mutator: mu.Name, id: mu.ID, client: mu.ClientID, method: res.Method, path: res.Path,
+				status: res.Status, location: res.Location})
 		}
 		switch res.Status {
 		case http.StatusNotFound, http.StatusMethodNotAllowed, http.StatusUnsupportedMediaType:
@@ -322,14 +331,14 @@ func (s *Sidecar) applyMutation(ctx context.Context, c *call, mapping *Mapping, 
 		if res.Outcome == mutators.Unauthorized {
 			// Expired or revoked credentials: the mutation waits, untouched,
 			// for the client's fresh token (a 401 makes it call getAuth).
-			return &unauthorizedError{mutator: mu.Name, id: mu.ID, client: mu.ClientID, status: res.Status}
+			return keep(&unauthorizedError{mutator: mu.Name, id: mu.ID, client: mu.ClientID, status: res.Status})
 		}
 		if res.Outcome == mutators.Rejected && res.Status != 0 {
 			// Some APIs answer an expired token with a business error (a
 			// guest may not create: 400). Before consuming a rejection, make
 			// sure the credentials still stand.
 			if err := s.recheckCredentials(dctx, c, mu); err != nil {
-				return err
+				return keep(err)
 			}
 		}
 		abandoned := false
@@ -339,11 +348,8 @@ func (s *Sidecar) applyMutation(ctx context.Context, c *call, mapping *Mapping, 
 			switch {
 			case err != nil:
 				return err
-			case attempts.Count == 0:
-				return tr // nothing recorded: roll back
 			case !giveUp:
-				pending = tr // commit the attempt's count, then report it
-				return nil
+				return keep(tr)
 			}
 			abandoned = true
 			c.log.Warn("mutation abandoned", "client", mu.ClientID, "mutation_id", mu.ID, "mutator", mu.Name,
@@ -370,6 +376,9 @@ func (s *Sidecar) applyMutation(ctx context.Context, c *call, mapping *Mapping, 
 		}
 		return nil
 	})
+	if err == nil {
+		s.countPruned(c, pruned) // committed
+	}
 	if err == nil && pending != nil {
 		return "", 0, pending
 	}
@@ -400,11 +409,10 @@ func (s *Sidecar) recheckCredentials(ctx context.Context, c *call, mu mutators.M
 
 // countPruned reports the idle clients a transaction pruned to make room
 // under SIDECAR_MAX_CLIENTS_PER_GROUP.
-func (s *Sidecar) countPruned(c *call, g *store.GroupTx) {
-	if g.PrunedClients > 0 {
-		s.metrics.pruned.WithLabelValues("clients").Add(float64(g.PrunedClients))
-		c.log.Info("pruned idle clients to stay under SIDECAR_MAX_CLIENTS_PER_GROUP", "pruned", g.PrunedClients)
-		g.PrunedClients = 0
+func (s *Sidecar) countPruned(c *call, pruned int) {
+	if pruned > 0 {
+		s.metrics.pruned.WithLabelValues("clients").Add(float64(pruned))
+		c.log.Info("pruned idle clients to stay under SIDECAR_MAX_CLIENTS_PER_GROUP", "pruned", pruned)
 	}
 }
 

@@ -931,3 +931,32 @@ func TestBookkeepingCaps(t *testing.T) {
 		}
 	}
 }
+
+// TestClaimOutlivesATimeout: a client's claim commits even when its first
+// mutation's call times out (the API may apply it later), so another group
+// cannot take the client over meanwhile and call the API with the same key.
+func TestClaimOutlivesATimeout(t *testing.T) {
+	h := newHarness(t, map[string]string{"SIDECAR_UPSTREAM_TIMEOUT": "200ms", "SIDECAR_BREAKER_FAILURES": "0"})
+	slow := make(chan struct{})
+	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodPost && r.Header.Get("Authorization") == "Bearer alice" {
+			<-slow // longer than the sidecar waits
+		}
+		return false
+	})
+	sc := h.start()
+	if r := sc.push(t, "alice", "ga", create("shared", 1, "a")); r.status != http.StatusServiceUnavailable {
+		t.Fatalf("alice's push = %d %s; want 503 (timeout)", r.status, r.raw)
+	}
+	close(slow) // the API applies alice's call late
+	proxytest.WaitFor(t, "alice's late call to land", func() bool { return h.up.CallsFor("shared:1") == 1 })
+	if r := sc.push(t, "bob", "gb", create("shared", 1, "b")); r.status != http.StatusForbidden {
+		t.Errorf("bob's push of alice's client = %d %s; want 403", r.status, r.raw)
+	}
+	if n := h.up.CallsFor("shared:1"); n != 1 {
+		t.Errorf("the API got %d calls for shared:1, want 1", n)
+	}
+	if r := sc.push(t, "alice", "ga", create("shared", 1, "a")); r.status != 200 {
+		t.Errorf("alice's retry = %d %s; want 200", r.status, r.raw)
+	}
+}
