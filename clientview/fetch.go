@@ -69,6 +69,7 @@ type Request struct {
 	Header http.Header
 
 	budget *atomic.Int64 // bytes the fetch may still read
+	spent  *atomic.Int64 // bytes this attempt at a source has read
 }
 
 // Fetch fetches every source of v concurrently and returns their entries in
@@ -136,17 +137,27 @@ func (f *Fetcher) Fetch(parent context.Context, v *View, r Request) ([]Entry, er
 // more; if it shifts again the fetch fails with a *SourceError marked
 // Shifted, which is worth retrying, unlike a mapping that does not fit.
 func (f *Fetcher) fetchSource(ctx context.Context, s *source, r Request) ([]Entry, error) {
+	r.spent = &atomic.Int64{}
 	es, err := f.fetchPages(ctx, s, r)
-	var sh *shiftedError
-	if !errors.As(err, &sh) {
+	var first *shiftedError
+	if !errors.As(err, &first) {
 		return es, err
 	}
-	f.log.Info("client view source shifted while it was read; fetching it again", "source", s.path, "reason", sh.reason)
+	// The discarded attempt's bytes are no longer held: give them back.
+	r.budget.Add(r.spent.Swap(0))
+	f.log.Info("client view source shifted while it was read; fetching it again", "source", s.path, "reason", first.reason)
 	es, err = f.fetchPages(ctx, s, r)
-	if errors.As(err, &sh) {
-		return nil, &SourceError{Source: s.path, Reason: sh.reason + ", twice in a row", Shifted: true}
+	var again *shiftedError
+	switch {
+	case !errors.As(err, &again):
+		return es, err
+	case again.reason == first.reason:
+		// The very same disagreement twice is no writer moving items: the
+		// API does it every time (a capped page size, an ignored page
+		// parameter). That is for the mapping to fix, not for a retry.
+		return nil, &SourceError{Source: s.path, Reason: again.reason + ", the same on a second fetch"}
 	}
-	return es, err
+	return nil, &SourceError{Source: s.path, Reason: again.reason + ", twice in a row", Shifted: true}
 }
 
 // shiftedError: the pages of one fetch of a source do not fit together.
@@ -339,6 +350,9 @@ func (f *Fetcher) get(ctx context.Context, u *url.URL, r Request) ([]byte, http.
 	body, err := io.ReadAll(io.LimitReader(resp.Body, max(left, 0)+1))
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading upstream response: %w", err)
+	}
+	if r.spent != nil {
+		r.spent.Add(int64(len(body)))
 	}
 	if r.budget.Add(-int64(len(body))) < 0 {
 		return nil, nil, fmt.Errorf("the client view is larger than %d bytes (all pages of all sources)", f.maxBody)

@@ -21,7 +21,8 @@ type pagedAPI struct {
 	mu     sync.Mutex
 	items  []string // ids, in order
 	onPage func(n int)
-	pages  int
+	pages   int
+	written int // bytes of every answer so far
 	// offHost makes the url style's next link point elsewhere.
 	offHost string
 }
@@ -83,9 +84,11 @@ func (a *pagedAPI) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.pages++
+	b, _ := json.Marshal(body)
+	a.written += len(b)
 	n, hook := a.pages, a.onPage
 	a.mu.Unlock()
-	_ = json.NewEncoder(w).Encode(body)
+	_, _ = w.Write(b)
 	if hook != nil {
 		hook(n)
 	}
@@ -277,5 +280,27 @@ func TestSignsOfMorePages(t *testing.T) {
 				t.Errorf("err = %v, want a SourceError naming %q", err, tc.reason)
 			}
 		})
+	}
+}
+
+// TestRefetchGivesBackItsBudget: the bytes of an attempt discarded because
+// its source shifted do not count against the view's size bound: a view of
+// well over half the bound survives one shift.
+func TestRefetchGivesBackItsBudget(t *testing.T) {
+	src := Source{Path: "/offset", Items: "items", Key: "x/{id}", Pagination: &Pagination{Type: "offset", Limit: pageSize}}
+	calm := newPagedAPI(t, 8)
+	if _, err := fetch(t, calm.srv, 1<<20, src); err != nil {
+		t.Fatal(err)
+	}
+	size := calm.written // one whole fetch
+	api := newPagedAPI(t, 7)
+	api.onPage = func(n int) {
+		if n == 1 {
+			api.set(func() { api.items = append([]string{"new"}, api.items...) })
+		}
+	}
+	es, err := fetch(t, api.srv, int64(size+size/2), src)
+	if err != nil || len(es) != 8 {
+		t.Errorf("a view of %d bytes within a %d-byte bound, shifted once: %d entries, %v", size, size+size/2, len(es), err)
 	}
 }

@@ -228,10 +228,9 @@ func TestAuthEndpointAnswers(t *testing.T) {
 			502, "ConfigurationError", "GET /whoami answered 404"},
 		{"405 too", map[string]string{"SIDECAR_AUTH_METHOD": "post"}, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(405) },
 			502, "ConfigurationError", "POST /whoami answered 405"},
-		{"a redirect names its target", nil, func(w http.ResponseWriter, r *http.Request) {
+		{"a redirect is a mapping error naming its target", nil, func(w http.ResponseWriter, r *http.Request) {
 			http.Redirect(w, r, "/whoami/", http.StatusMovedPermanently)
-		},
-			502, "ConfigurationError", `Location: "/whoami/"`},
+		}, 503, "MappingError", `mapping error: auth endpoint GET /whoami answered 301 (Location: "/whoami/")`},
 		{"POST-only endpoint, id inside an array", map[string]string{"SIDECAR_AUTH_METHOD": "POST", "SIDECAR_AUTH_USER_FIELD": "items.0.id"},
 			func(w http.ResponseWriter, r *http.Request) {
 				// (the fake API has read the body already; its length tells)
