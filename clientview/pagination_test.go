@@ -17,10 +17,10 @@ import (
 // family, three items a page. Tests change the collection between pages
 // through onPage, which runs after each page is served.
 type pagedAPI struct {
-	srv    *httptest.Server
-	mu     sync.Mutex
-	items  []string // ids, in order
-	onPage func(n int)
+	srv     *httptest.Server
+	mu      sync.Mutex
+	items   []string // ids, in order
+	onPage  func(n int)
 	pages   int
 	written int // bytes of every answer so far
 	// offHost makes the url style's next link point elsewhere.
