@@ -108,6 +108,9 @@ func (s *Sidecar) failStore(w http.ResponseWriter, log *slog.Logger, err error, 
 	switch {
 	case errors.Is(err, store.ErrGroupDeleted):
 		writeClientStateNotFound(w)
+	case errors.Is(err, store.ErrClientPruned):
+		log.Info("a client pruned as idle came back; it starts over")
+		writeClientStateNotFound(w)
 	case errors.Is(err, store.ErrGroupForbidden):
 		s.fail(w, log, errorf(http.StatusForbidden, "Forbidden", "client group %s belongs to another user", groupID))
 	case errors.Is(err, store.ErrClientForbidden):

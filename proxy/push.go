@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -300,6 +301,13 @@ func (s *Sidecar) applyMutation(ctx context.Context, c *call, mapping *Mapping, 
 			outcome, lmid = "duplicate", cur
 			return nil
 		case mu.ID > cur+1:
+			if cur == 0 {
+				// Unknown, yet past its first mutation: a client this group
+				// pruned as idle has come back. It must start over.
+				if pruned, err := g.WasPruned(ctx, mu.ClientID); err != nil || pruned {
+					return cmp.Or(err, store.ErrClientPruned)
+				}
+			}
 			return &gapError{clientID: mu.ClientID, expected: cur + 1, received: mu.ID}
 		}
 		// The client is this group's before its mutation goes anywhere.

@@ -912,6 +912,11 @@ func TestBookkeepingCaps(t *testing.T) {
 	if n := count("clients", "id = 'b'"); n != 0 {
 		t.Error("the idle client b was not pruned")
 	}
+	// b comes back (an old tab): it is told to start over, not wedged by a
+	// mutation id gap for ever.
+	if r := sc.push(t, "alice", "g", create("b", 2, "b2")); r.status != 200 || string(r.raw) != `{"error":"ClientStateNotFound"}` {
+		t.Errorf("the pruned client's next push = %d %s; want 200 ClientStateNotFound", r.status, r.raw)
+	}
 	var unmapped []mut
 	for i := int64(1); i <= 8; i++ {
 		unmapped = append(unmapped, mut{"a", i + 1, "noSuchMutator", nil})

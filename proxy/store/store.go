@@ -94,6 +94,9 @@ var migrations = []string{
 	);`,
 	// 3: rejections are kept per group within limits (count, age).
 	`CREATE INDEX mutation_rejections_group_idx ON {schema}.mutation_rejections (client_group_id, created_at);`,
+	// 4: when the group last pruned idle clients: one of them coming back
+	// is told to start over instead of meeting a mutation id gap for ever.
+	`ALTER TABLE {schema}.client_groups ADD COLUMN clients_pruned_at timestamptz;`,
 }
 
 // SchemaVersion is the migration version this binary needs.
@@ -222,6 +225,7 @@ type GroupTx struct {
 	// PrunedClients counts the idle clients this transaction pruned to make
 	// room for new ones.
 	PrunedClients int
+	clientsPruned bool // the group has pruned clients before
 
 	// The client read with the lock (LockedClient): its group ("" when the
 	// client is new) and last mutation id.
@@ -233,13 +237,14 @@ type GroupTx struct {
 func (g *GroupTx) lock(ctx context.Context, userID string) error {
 	// The group row is locked (FOR UPDATE OF g); the client row, if asked
 	// for, is only read: it cannot change without this group's lock.
-	const q = `SELECT g.user_id, g.cookie_order, g.deleted_at IS NOT NULL, coalesce(c.client_group_id, ''), coalesce(c.last_mutation_id, 0)
+	const q = `SELECT g.user_id, g.cookie_order, g.deleted_at IS NOT NULL, g.clients_pruned_at IS NOT NULL,
+			coalesce(c.client_group_id, ''), coalesce(c.last_mutation_id, 0)
 		FROM {schema}.client_groups g LEFT JOIN {schema}.clients c ON c.id = $2
 		WHERE g.id = $1 FOR UPDATE OF g`
 	var owner string
 	var deleted bool
 	scan := func() error {
-		return g.tx.QueryRow(ctx, g.s.sql(q), g.GroupID, g.prefetched).Scan(&owner, &g.cookieOrder, &deleted,
+		return g.tx.QueryRow(ctx, g.s.sql(q), g.GroupID, g.prefetched).Scan(&owner, &g.cookieOrder, &deleted, &g.clientsPruned,
 			&g.prefetchedGroup, &g.prefetchedLastMutationID)
 	}
 	err := scan()
@@ -330,6 +335,11 @@ func (g *GroupTx) makeRoom(ctx context.Context, fresh, maxPerGroup int, except s
 		return fmt.Errorf("pruning idle clients: %w", err)
 	}
 	g.PrunedClients += int(tag.RowsAffected())
+	if tag.RowsAffected() > 0 {
+		if _, err := g.tx.Exec(ctx, g.s.sql(`UPDATE {schema}.client_groups SET clients_pruned_at = now() WHERE id = $1`), g.GroupID); err != nil {
+			return fmt.Errorf("noting pruned clients: %w", err)
+		}
+	}
 	if int(tag.RowsAffected()) < over {
 		return &TooManyClientsError{Limit: maxPerGroup}
 	}
@@ -364,12 +374,34 @@ func (g *GroupTx) LastMutationID(ctx context.Context, clientID string) (int64, e
 	return lmid, nil
 }
 
+// ErrClientPruned: a client the group pruned (idle for over a day, to stay
+// under its client cap) came back. It must start over: its state is gone.
+var ErrClientPruned = errors.New("client was pruned from its group")
+
+// WasPruned reports whether clientID, unknown to the group, may be one it
+// pruned: the group has pruned clients and has no row for this one. Only
+// for a client whose mutation ids do not start at 1.
+func (g *GroupTx) WasPruned(ctx context.Context, clientID string) (bool, error) {
+	if !g.clientsPruned {
+		return false, nil
+	}
+	if clientID == g.prefetched {
+		return g.prefetchedGroup == "", nil
+	}
+	var exists bool
+	if err := g.tx.QueryRow(ctx, g.s.sql(`SELECT EXISTS (SELECT 1 FROM {schema}.clients WHERE id = $1)`), clientID).Scan(&exists); err != nil {
+		return false, fmt.Errorf("reading client: %w", err)
+	}
+	return !exists, nil
+}
+
 // ClaimClient binds clientID to this group before anything is done in its
 // name, so that of two groups racing for one new client exactly one calls
 // the upstream: the other waits on the claim (the clients row is unique)
 // and, once the claim commits, gets ErrClientForbidden having done nothing.
-// The claim lasts as long as the transaction: a rolled-back step leaves the
-// client free. A client already known to belong here costs nothing.
+// The claim lasts as long as the transaction, so a caller that has called
+// the upstream commits it even when the mutation stays pending. A client
+// already known to belong here costs nothing.
 //
 // A new client must fit under maxPerGroup clients (0: no limit): room is
 // made as in CheckClients, or the claim fails with *TooManyClientsError.
