@@ -55,6 +55,7 @@ type Config struct {
 	MaxClientsPerGroup    int           `env:"MAX_CLIENTS_PER_GROUP" envDefault:"1000"`
 	MaxRejectionsPerGroup int           `env:"MAX_REJECTIONS_PER_GROUP" envDefault:"10000"`
 	RejectionTTL          time.Duration `env:"REJECTION_TTL" envDefault:"24h"`
+	GCInterval            time.Duration `env:"GC_INTERVAL" envDefault:"1h"`
 
 	GiveUpAttempts int           `env:"GIVE_UP_ATTEMPTS" envDefault:"20"`
 	GiveUpAfter    time.Duration `env:"GIVE_UP_AFTER" envDefault:"10m"`
@@ -222,6 +223,9 @@ func (c *Config) checkLimits() []error {
 		if n < 1 {
 			errs = append(errs, fmt.Errorf("%s must be at least 1", name))
 		}
+	}
+	if c.GCInterval < 0 {
+		errs = append(errs, errors.New("SIDECAR_GC_INTERVAL must not be negative (0 disables the sweep)"))
 	}
 	if c.RejectionTTL < 0 {
 		errs = append(errs, errors.New("SIDECAR_REJECTION_TTL must not be negative (0 keeps them until the count cap)"))

@@ -56,6 +56,7 @@
 // it up, lock it, read or write its clients and rejections. None joins or
 // aggregates across groups, so the tables could later be distributed by
 // client_group_id. The only cross-group statements are the migrations, Ready
-// (reads schema_migrations) and the pool statistics, which read no table;
-// none of them runs per request.
+// (reads schema_migrations), the pool statistics, which read no table, and
+// SweepRejections (expired records of idle groups, in bounded batches, one
+// replica at a time); none of them runs per request.
 package store

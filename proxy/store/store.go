@@ -549,6 +549,43 @@ func (g *GroupTx) TrimRejections(ctx context.Context, max int, ttl time.Duration
 	return deleted, nil
 }
 
+// SweepRejections deletes rejection records older than ttl across all
+// groups, for groups that record no new ones (pushes trim their own group
+// as they end). It is the one cross-group statement besides migrations: it
+// runs off the request path, in batches of batch rows so it never holds
+// locks for long, and in one replica at a time (a session advisory lock;
+// the others skip). It returns how many it deleted.
+func (s *Store) SweepRejections(ctx context.Context, ttl time.Duration, batch int) (int64, error) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("sweeping rejections: %w", err)
+	}
+	defer conn.Release()
+	var locked bool
+	key := "replicache-sidecar sweep " + s.schema
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtext($1))`, key).Scan(&locked); err != nil {
+		return 0, fmt.Errorf("sweeping rejections: %w", err)
+	}
+	if !locked {
+		return 0, nil // another replica is sweeping
+	}
+	defer func() {
+		_, _ = conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtext($1))`, key)
+	}()
+	var total int64
+	for {
+		tag, err := conn.Exec(ctx, s.sql(`DELETE FROM {schema}.mutation_rejections WHERE (client_id, mutation_id) IN (
+			SELECT client_id, mutation_id FROM {schema}.mutation_rejections WHERE created_at < now() - $1::interval LIMIT $2)`), ttl, batch)
+		if err != nil {
+			return total, fmt.Errorf("sweeping rejections: %w", err)
+		}
+		total += tag.RowsAffected()
+		if tag.RowsAffected() < int64(batch) || ctx.Err() != nil {
+			return total, nil
+		}
+	}
+}
+
 // LastMutationIDs returns the last mutation id of every client of the group.
 func (g *GroupTx) LastMutationIDs(ctx context.Context) (map[string]int64, error) {
 	rows, err := g.tx.Query(ctx, g.s.sql(`SELECT id, last_mutation_id FROM {schema}.clients WHERE client_group_id = $1`), g.GroupID)
