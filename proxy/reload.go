@@ -23,14 +23,7 @@ func (s *Sidecar) WatchMapping(ctx context.Context, interval time.Duration) {
 		return
 	}
 	lastBad := ""
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, interval, func() {
 		raw, err := os.ReadFile(s.cfg.MappingFile)
 		if err != nil {
 			if lastBad != "unreadable" {
@@ -38,12 +31,12 @@ func (s *Sidecar) WatchMapping(ctx context.Context, interval time.Duration) {
 				s.metrics.mappingReloadErrors.Inc()
 				s.log.Error("mapping file unreadable; keeping the loaded mapping", "file", s.cfg.MappingFile, "error", err)
 			}
-			continue
+			return
 		}
 		sum := sha256.Sum256(raw)
 		hash := hex.EncodeToString(sum[:])
 		if hash == s.mapping().Hash || hash == lastBad {
-			continue
+			return
 		}
 		m, err := parseMapping(raw)
 		if err != nil {
@@ -51,11 +44,11 @@ func (s *Sidecar) WatchMapping(ctx context.Context, interval time.Duration) {
 			s.metrics.mappingReloadErrors.Inc()
 			s.log.Error("new mapping is invalid; keeping the loaded mapping", "file", s.cfg.MappingFile,
 				"sha256", hash, "loaded_sha256", s.mapping().Hash, "error", err)
-			continue
+			return
 		}
 		lastBad = ""
 		s.useMapping(m)
 		s.log.Info("mapping reloaded", "file", s.cfg.MappingFile, "sha256", m.Hash,
 			"mutators", len(m.Mutators.Names()), "view_sources", m.View.Len())
-	}
+	})
 }

@@ -12,16 +12,9 @@ func (s *Sidecar) SweepRejections(ctx context.Context, interval time.Duration) {
 	if interval <= 0 || s.cfg.RejectionTTL <= 0 {
 		return
 	}
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, interval, func() {
 		if !s.migrated.Load() {
-			continue
+			return
 		}
 		n, err := s.store.SweepRejections(ctx, s.cfg.RejectionTTL, 1000)
 		switch {
@@ -31,5 +24,19 @@ func (s *Sidecar) SweepRejections(ctx context.Context, interval time.Duration) {
 			s.metrics.pruned.WithLabelValues("rejections").Add(float64(n))
 			s.log.Info("swept expired rejection records", "deleted", n)
 		}
+	})
+}
+
+// every runs fn every interval until ctx ends.
+func every(ctx context.Context, interval time.Duration, fn func()) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		fn()
 	}
 }
