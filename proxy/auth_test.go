@@ -31,6 +31,7 @@ func TestIdentity(t *testing.T) {
 		sc := h.start()
 		send := func(user string) response {
 			req, _ := http.NewRequest(http.MethodPost, sc.srv.URL+"/replicache/pull", strings.NewReader(`{"pullVersion":1,"clientGroupID":"g","cookie":null}`))
+			req.Header.Set("Content-Type", "application/json")
 			req.Header.Set("Authorization", "Bearer alice")
 			if user != "" {
 				req.Header.Set("X-User-Id", user)
@@ -120,6 +121,7 @@ func TestTrustedProxies(t *testing.T) {
 	send := func(c *http.Client, base, path, user, body string) response {
 		t.Helper()
 		req, _ := http.NewRequest(http.MethodPost, base+path, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("Authorization", "Bearer alice")
 		if user != "" {
 			req.Header.Set("X-User-Id", user)

@@ -26,6 +26,7 @@ func breakerHarness(t testing.TB) (*harness, *instance) {
 
 func pushAs(t testing.TB, inst *instance, group string, muts ...mut) response {
 	req, _ := http.NewRequest(http.MethodPost, inst.srv.URL+"/replicache/push", strings.NewReader(mustJSON(t, pushBody(group, muts...))))
+	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("X-User", "alice")
 	req.Header.Set("Authorization", "Bearer alice")
 	return do(t, req)

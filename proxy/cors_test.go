@@ -11,6 +11,9 @@ func withHeaders(t testing.TB, method, url, body string, kv ...string) *http.Req
 	if err != nil {
 		t.Fatal(err)
 	}
+	if method == http.MethodPost {
+		req.Header.Set("Content-Type", "application/json") // as the Replicache client sends
+	}
 	for i := 0; i+1 < len(kv); i += 2 {
 		req.Header.Set(kv[i], kv[i+1])
 	}
@@ -58,4 +61,48 @@ func TestCORS(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestCrossSiteWritesRefused: a push sent cross-site as text/plain or as a
+// form (no preflight needed, the victim's cookie attached) is refused with
+// 415 before any upstream call; with SIDECAR_CORS_ORIGINS set, a push or
+// pull from an origin not listed, or marked cross-site by the browser, is
+// refused with 403. The listed origin, and requests with no Origin (the
+// Replicache client in Node, server-to-server), still work.
+func TestCrossSiteWritesRefused(t *testing.T) {
+	h := newHarness(t, map[string]string{"SIDECAR_FORWARD_HEADERS": "Authorization,Cookie", "SIDECAR_CORS_ORIGINS": "https://app.example.com"})
+	sc := h.start()
+	body := mustJSON(t, pushBody("g", create("c", 1, "a")))
+	calls := h.up.MutationCalls()
+	for _, tc := range []struct {
+		name   string
+		kv     []string
+		status int
+	}{
+		{"text/plain, the classic CSRF form", []string{"Content-Type", "text/plain"}, 415},
+		{"form-encoded", []string{"Content-Type", "application/x-www-form-urlencoded"}, 415},
+		{"no content type", []string{"Content-Type", ""}, 415},
+		{"an origin not listed", []string{"Origin", "https://evil.example"}, 403},
+		{"marked cross-site by the browser", []string{"Sec-Fetch-Site", "cross-site"}, 403},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			kv := append([]string{"Authorization", "Bearer alice", "Cookie", "session=victim"}, tc.kv...)
+			r := do(t, withHeaders(t, http.MethodPost, sc.srv.URL+"/replicache/push", body, kv...))
+			if r.status != tc.status || r.json["error"] == nil {
+				t.Errorf("push = %d %s; want %d with a JSON error", r.status, r.raw, tc.status)
+			}
+		})
+	}
+	if n := h.up.MutationCalls() - calls; n != 0 {
+		t.Errorf("%d upstream calls for refused cross-site pushes", n)
+	}
+	for _, kv := range [][]string{
+		{"Origin", "https://app.example.com", "Sec-Fetch-Site", "same-site"},
+		{}, // no Origin at all
+	} {
+		kv = append([]string{"Authorization", "Bearer alice"}, kv...)
+		if r := do(t, withHeaders(t, http.MethodPost, sc.srv.URL+"/replicache/pull", mustJSON(t, pullBody("g", nil)), kv...)); r.status != 200 {
+			t.Errorf("pull with %v = %d %s", kv, r.status, r.raw)
+		}
+	}
 }

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"mime"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -48,6 +50,10 @@ type protocolRequest interface {
 func (s *Sidecar) begin(w http.ResponseWriter, r *http.Request, endpoint string, req protocolRequest, needs *upstream.Client) (*call, bool) {
 	c := &call{start: time.Now(), requestID: replicacheRequestID(r)}
 	c.log = s.log.With("endpoint", endpoint, "request_id", c.requestID)
+	if herr := s.sameSiteJSON(r); herr != nil {
+		s.fail(w, c.log, herr)
+		return nil, false
+	}
 	if herr := decodeBody(w, r, s.cfg.MaxBodyBytes, req); herr != nil {
 		s.fail(w, c.log, herr)
 		return nil, false
@@ -99,6 +105,30 @@ func validID(field, v string) *httpError {
 		// Ids reach the database, logs and header values (the idempotency
 		// key): a NUL or a line break breaks each of them.
 		return errorf(http.StatusBadRequest, "BadRequest", "%s contains a control character", field)
+	}
+	return nil
+}
+
+// sameSiteJSON refuses what a cross-site form could send with the user's
+// cookies. Push and pull take only Content-Type: application/json (the
+// Replicache client always sends it), which a cross-site page cannot send
+// without a CORS preflight; and with SIDECAR_CORS_ORIGINS set, a request
+// whose Origin is not listed, or that the browser marks cross-site
+// (Sec-Fetch-Site), is refused before anything reaches the upstream.
+func (s *Sidecar) sameSiteJSON(r *http.Request) *httpError {
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || mt != "application/json" {
+		return errorf(http.StatusUnsupportedMediaType, "UnsupportedMediaType",
+			"push and pull take Content-Type: application/json, not %q", r.Header.Get("Content-Type"))
+	}
+	if len(s.cfg.CORSOrigins) == 0 {
+		return nil
+	}
+	if origin := r.Header.Get("Origin"); origin != "" && !slices.Contains(s.cfg.CORSOrigins, origin) {
+		return errorf(http.StatusForbidden, "Forbidden", "origin %q is not allowed (SIDECAR_CORS_ORIGINS)", origin)
+	}
+	if r.Header.Get("Sec-Fetch-Site") == "cross-site" {
+		return errorf(http.StatusForbidden, "Forbidden", "cross-site requests are refused (Sec-Fetch-Site: cross-site)")
 	}
 	return nil
 }

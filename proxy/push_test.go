@@ -59,6 +59,7 @@ func TestPushUpstreamCallCarriesKeyAndHeaders(t *testing.T) {
 	sc := h.start()
 	req, _ := http.NewRequest(http.MethodPost, sc.srv.URL+"/replicache/push",
 		strings.NewReader(`{"pushVersion":1,"clientGroupID":"g","mutations":[{"id":1,"clientID":"c9","name":"createTodo","args":{"id":"x","title":"y"},"timestamp":1.5}]}`))
+	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer alice")
 	req.Header.Set("X-Tenant", "acme")
 	req.Header.Set("Cookie", "session=secret")
@@ -295,6 +296,7 @@ func TestPushUpstreamDown(t *testing.T) {
 	}
 	body := `{"pushVersion":1,"clientGroupID":"g","mutations":[{"id":1,"clientID":"c1","name":"createTodo","args":{"id":"a","title":"x"}}]}`
 	req, _ := http.NewRequest(http.MethodPost, sc.srv.URL+"/replicache/push", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("X-User", "alice")
 	r = do(t, req)
 	if r.status != http.StatusServiceUnavailable || !strings.Contains(r.str("cause"), "calling upstream") {
@@ -382,6 +384,7 @@ func TestPushClientLeavingDoesNotAbandonMutation(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, sc.srv.URL+"/replicache/push",
 		strings.NewReader(`{"pushVersion":1,"clientGroupID":"g","mutations":[{"id":1,"clientID":"c1","name":"createTodo","args":{"id":"a","title":"x"}},{"id":2,"clientID":"c1","name":"createTodo","args":{"id":"b","title":"x"}}]}`))
+	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer alice")
 	go func() { <-started; cancel() }()
 	if resp, err := http.DefaultClient.Do(req); err == nil {
