@@ -57,6 +57,7 @@ type Request struct {
 	IdempotencyKey string
 
 	outcomes outcomeRules // the mutator's; the defaults when unset
+	group    string       // the client group it is for
 }
 
 // renderError is a mutation that cannot be turned into an upstream call: an
@@ -336,6 +337,7 @@ func (m *Set) Render(mu Mutation) (*Request, error) {
 		Header:         spec.header.Clone(),
 		IdempotencyKey: mu.idempotencyKey(),
 		outcomes:       spec.outcome,
+		group:          mu.ClientGroupID,
 	}
 	switch {
 	case spec.hasBody:

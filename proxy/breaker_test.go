@@ -2,9 +2,13 @@ package proxy
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -290,4 +294,141 @@ func BenchmarkWritePathDownPush(b *testing.B) {
 	}
 	b.ReportMetric(float64(push.Nanoseconds())/float64(b.N), "refused-push-ns/op")
 	b.ReportMetric(float64(pull.Nanoseconds())/float64(b.N), "pull-ns/op")
+}
+
+// TestOnlyUpstreamHealthOpensABreaker: anonymous requests with a broken
+// chunked body, and pass-through routes the legacy API answers with 5xx,
+// open no breaker: a victim's pulls and pages keep working.
+func TestOnlyUpstreamHealthOpensABreaker(t *testing.T) {
+	h := newHarness(t, map[string]string{"SIDECAR_BREAKER_FAILURES": "3"})
+	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path == "/legacy/fail" {
+			w.WriteHeader(http.StatusInternalServerError)
+			return true
+		}
+		return false
+	})
+	sc := h.start()
+	addr := strings.TrimPrefix(sc.srv.URL, "http://")
+	for range 6 {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.WriteString(conn, "POST /nonexistent HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nnot a chunk\r\n")
+		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, _ = io.ReadAll(conn)
+		_ = conn.Close()
+	}
+	for range 6 {
+		if r := do(t, mustRequest(t, http.MethodGet, sc.srv.URL+"/legacy/fail")); r.status != 500 {
+			t.Fatalf("pass-through of a 500 = %d, want the API's 500 unchanged", r.status)
+		}
+	}
+	for _, kind := range []string{"proxy", "mutation", "view", "auth"} {
+		if v := breakerOpen(t, sc, kind); v != 0 {
+			t.Errorf("circuit_breaker_open{kind=%s} = %v after client-side garbage and API 5xx pages", kind, v)
+		}
+	}
+	if r := do(t, mustRequest(t, http.MethodGet, sc.srv.URL+"/legacy/echo")); r.status != http.StatusTeapot {
+		t.Errorf("a victim's page = %d %s", r.status, r.raw)
+	}
+	if r, _ := sc.pull(t, "alice", "g", nil); r.status != 200 {
+		t.Errorf("a victim's pull = %d %s", r.status, r.raw)
+	}
+}
+
+// TestPoisonClientCannotOpenTheBreaker: with default settings, one client
+// whose mutation the API answers 500 every time, re-pushed back to back (10
+// times, then 8 at once), does not stop another user's pushes; a real
+// outage (503 to every user's calls) still opens the breaker, after which
+// pushes fail without calling the API.
+func TestPoisonClientCannotOpenTheBreaker(t *testing.T) {
+	h := newHarness(t, nil)
+	var outage atomic.Bool
+	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		switch {
+		case r.Method == http.MethodPost && outage.Load():
+			w.WriteHeader(http.StatusServiceUnavailable)
+		case r.Method == http.MethodPost && r.Header.Get("Authorization") == "Bearer mallory":
+			w.WriteHeader(http.StatusInternalServerError)
+		default:
+			return false
+		}
+		return true
+	})
+	sc := h.start()
+	poison := create("m", 1, "poison")
+	for range 10 {
+		sc.push(t, "mallory", "gm", poison)
+	}
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() { defer wg.Done(); sc.push(t, "mallory", "gm", poison) }()
+	}
+	wg.Wait()
+	if r := sc.push(t, "alice", "ga", create("a", 1, "a")); r.status != 200 || r.json["applied"] != 1.0 {
+		t.Fatalf("another user's push after the poison client's = %d %s", r.status, r.raw)
+	}
+	// A real outage: every user's writes answer 503.
+	outage.Store(true)
+	for i := range 5 {
+		sc.push(t, fmt.Sprint("user", i), fmt.Sprint("g", i), create(fmt.Sprint("c", i), 1, "x"))
+	}
+	if v := breakerOpen(t, sc, "mutation"); v != 1 {
+		t.Fatalf("circuit_breaker_open{kind=mutation} = %v after an outage of 5 users' calls, want 1", v)
+	}
+	calls := h.up.MutationCalls()
+	if r := sc.push(t, "alice", "ga", create("a", 2, "b")); r.status != 503 || !strings.Contains(r.str("cause"), "circuit breaker open") {
+		t.Errorf("push during the outage = %d %s; want 503 from the open breaker", r.status, r.raw)
+	}
+	if n := h.up.MutationCalls() - calls; n != 0 {
+		t.Errorf("%d calls reached the API through the open breaker", n)
+	}
+}
+
+// TestBreakerRecoversQuickly: during an outage of the write path the API
+// sees few trial calls (the open period doubles from 250 ms up to
+// SIDECAR_BREAKER_OPEN_TIMEOUT, 1 s by default), and once it answers
+// normally pushes apply again within about one open period.
+func TestBreakerRecoversQuickly(t *testing.T) {
+	h := newHarness(t, nil)
+	var outage atomic.Bool
+	var trials atomic.Int64
+	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodPost && outage.Load() {
+			trials.Add(1)
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return true
+		}
+		return false
+	})
+	sc := h.start()
+	outage.Store(true)
+	for i := range 5 {
+		sc.push(t, "alice", fmt.Sprint("g", i), create(fmt.Sprint("c", i), 1, "x"))
+	}
+	if !sc.sc.upstream.Mutation.Suspended() {
+		t.Fatal("the outage did not open the mutation breaker")
+	}
+	trials.Store(0)
+	begin := time.Now()
+	for time.Since(begin) < 2*time.Second { // clients keep pushing back to back
+		sc.push(t, "alice", "g0", create("c0", 1, "x"))
+	}
+	if n := trials.Load(); n > 6 {
+		t.Errorf("%d trial calls reached the API in 2 s of outage; want a few a second at most", n)
+	}
+	outage.Store(false)
+	back := time.Now()
+	proxytest.WaitFor(t, "a push to apply after the outage", func() bool {
+		r := sc.push(t, "alice", "g0", create("c0", 1, "x"))
+		return r.status == 200
+	})
+	took := time.Since(back)
+	t.Logf("%d trial calls in 2 s of outage; pushes applied again %s after the API recovered", trials.Load(), took)
+	if took > 2*time.Second {
+		t.Errorf("pushes applied again only %s after the API recovered; want about one open period (1 s)", took)
+	}
 }

@@ -61,7 +61,7 @@ type Config struct {
 	GiveUpAfter    time.Duration `env:"GIVE_UP_AFTER" envDefault:"10m"`
 
 	BreakerFailures         uint32        `env:"BREAKER_FAILURES" envDefault:"5"`
-	BreakerOpenTimeout      time.Duration `env:"BREAKER_OPEN_TIMEOUT" envDefault:"10s"`
+	BreakerOpenTimeout      time.Duration `env:"BREAKER_OPEN_TIMEOUT" envDefault:"1s"`
 	BreakerHalfOpenRequests uint32        `env:"BREAKER_HALF_OPEN_REQUESTS" envDefault:"1"`
 
 	CORSOrigins []string `env:"CORS_ORIGINS" envSeparator:","`

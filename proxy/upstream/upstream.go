@@ -106,12 +106,11 @@ func New(o Options) *Upstream {
 
 // Suspended reports whether this kind's breaker is open: its calls fail at
 // once with ErrCircuitOpen.
-func (c *Client) Suspended() bool {
-	return c.cb != nil && c.cb.State() == gobreaker.StateOpen
-}
+func (c *Client) Suspended() bool { return c.cb.suspended() }
 
-// RetryAfter is what a client refused because of the open breaker is told
-// to wait, in whole seconds: when the next probe may go through.
+// RetryAfter is what a client refused because of an open breaker is told
+// to wait, in whole seconds: at most the longest open period, after which
+// a trial call goes through.
 func (u *Upstream) RetryAfter() int {
 	return max(1, int((u.openTimeout+time.Second-1)/time.Second))
 }
@@ -123,7 +122,7 @@ type Client struct {
 	hc      *http.Client
 	timeout time.Duration
 	metrics *metrics
-	cb      *gobreaker.CircuitBreaker[*http.Response] // nil: disabled
+	cb      *breaker // nil: disabled
 }
 
 // maxDrain is how much of an unread answer Close reads so the connection
@@ -138,16 +137,19 @@ const maxDrain = 64 << 10
 // of what is left, so the connection is reused, and releases the timeout.
 // A failure to get an answer is a *CallError.
 func (c *Client) Do(req *http.Request) (*http.Response, error) {
-	return c.Call(req, nil)
+	return c.Call(req, "", nil)
 }
 
 // Call is Do with the caller's judgement of which answers are evidence of a
 // sick upstream for the breaker: failure(status) true. nil means every 5xx.
 // A mutator whose mapping calls a 500 a business rejection (a duplicate id)
 // says so here, and its answers then never open the breaker for everyone.
-func (c *Client) Call(req *http.Request, failure func(status int) bool) (*http.Response, error) {
-	if failure != nil {
-		req = req.WithContext(context.WithValue(req.Context(), failureKey{}, failure))
+// source names who the call is for (the client group): failing answers
+// from one source in a row count once, so one client re-pushing a poison
+// mutation cannot open the breaker for everyone.
+func (c *Client) Call(req *http.Request, source string, failure func(status int) bool) (*http.Response, error) {
+	if failure != nil || source != "" {
+		req = req.WithContext(context.WithValue(req.Context(), judgementKey{}, judgement{failure, source}))
 	}
 	if req.URL.Scheme != c.base.Scheme || req.URL.Host != c.base.Host {
 		return nil, &CallError{Err: fmt.Errorf("refusing to call %s://%s: not the upstream", req.URL.Scheme, req.URL.Host)}
@@ -237,75 +239,75 @@ func newPassthroughTransport() *http.Transport {
 type transport struct {
 	kind    kind
 	next    http.RoundTripper
-	cb      *gobreaker.CircuitBreaker[*http.Response] // nil: no breaker
+	cb      *breaker // nil: no breaker
 	metrics *metrics
 }
 
-// serverFailure marks a 5xx answer as a failure for the breaker while the
-// answer itself still goes to the caller.
-type serverFailure struct{ status int }
+// judgementKey carries a Call's judgement of its answers from Client.Call
+// to its own transport: a value private to this package, for one request.
+type judgementKey struct{}
 
-func (e *serverFailure) Error() string { return "upstream answered " + strconv.Itoa(e.status) }
-
-// newBreaker returns the circuit breaker of one kind of call, or nil when
-// disabled.
-func newBreaker(k kind, bs BreakerSettings, m *metrics) *gobreaker.CircuitBreaker[*http.Response] {
-	open := m.breakerOpen.WithLabelValues(string(k))
-	open.Set(0)
-	if bs.Failures == 0 {
-		return nil
-	}
-	// The breaker passes answers through to callers, who close them.
-	return gobreaker.NewCircuitBreaker[*http.Response](gobreaker.Settings{ //nolint:bodyclose // see above
-		Name:        string(k),
-		MaxRequests: max(bs.HalfOpenRequests, 1),
-		Timeout:     bs.OpenTimeout,
-		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= bs.Failures },
-		// A caller that gave up (client gone, or a sibling view source
-		// failed) says nothing about the upstream's health.
-		IsExcluded: func(err error) bool { return errors.Is(err, context.Canceled) },
-		OnStateChange: func(_ string, _, to gobreaker.State) {
-			if to == gobreaker.StateOpen {
-				open.Set(1)
-			} else {
-				open.Set(0)
-			}
-		},
-	})
+type judgement struct {
+	failure func(status int) bool // nil: every 5xx
+	source  string
 }
-
-// failureKey carries a Call's judgement of failures from Client.Call to
-// its own transport: a value private to this package, for one request.
-type failureKey struct{}
-
-// serverError is the default judgement: every 5xx is a failure.
-func serverError(status int) bool { return status >= 500 }
 
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	k := string(t.kind)
 	start := time.Now()
-	failure := serverError
-	if f, ok := req.Context().Value(failureKey{}).(func(int) bool); ok {
-		failure = f
+	j, _ := req.Context().Value(judgementKey{}).(judgement)
+	failure := j.failure
+	switch {
+	case t.kind == kindPassthrough:
+		// The legacy API's own answers pass through to the client as they
+		// are; only failing to reach it is evidence against it.
+		failure = func(int) bool { return false }
+	case failure == nil:
+		failure = func(status int) bool { return status >= 500 }
+	}
+	if err := sendable(req); err != nil {
+		// The sidecar could not even build this request: nothing was
+		// asked of the upstream, so nothing is learnt about it.
+		return nil, err
+	}
+	// An error reading the client's own body (a malformed chunked upload,
+	// a client slower than the read timeout) is no evidence either.
+	body := &watchedBody{ReadCloser: req.Body}
+	if req.Body != nil && req.Body != http.NoBody {
+		r2 := *req
+		r2.Body = body
+		req = &r2
 	}
 	call := func() (*http.Response, error) {
 		resp, err := t.next.RoundTrip(req)
-		if err == nil && failure(resp.StatusCode) {
-			return resp, &serverFailure{resp.StatusCode}
+		switch {
+		case err != nil && body.failed():
+			return nil, &notEvidence{err: err}
+		case err == nil && failure(resp.StatusCode):
+			if t.cb.admits(j.source, resp.StatusCode) {
+				return resp, &serverFailure{resp.StatusCode}
+			}
+			return resp, &notEvidence{status: resp.StatusCode}
 		}
 		return resp, err
 	}
 	var resp *http.Response
 	var err error
 	if t.cb != nil {
-		resp, err = t.cb.Execute(call)
+		resp, err = t.cb.execute(call)
 	} else {
 		resp, err = call()
 	}
 	var sf *serverFailure
-	if errors.As(err, &sf) {
+	var ne *notEvidence
+	switch {
+	case errors.As(err, &sf):
 		err = nil // the caller gets the 5xx answer itself
 		t.metrics.errors.WithLabelValues(k, "server_error").Inc()
+	case errors.As(err, &ne) && ne.err == nil:
+		err = nil // an answer, counted for neither side
+	case errors.As(err, &ne):
+		err = ne.err
 	}
 	if err != nil {
 		reason := errorReason(req.Context(), err)
