@@ -447,10 +447,21 @@ func (f *Fetcher) follow(cur *url.URL, target, what string) (*url.URL, error) {
 		return nil, fmt.Errorf("invalid %s %q", what, target)
 	}
 	if u.Scheme != f.base.Scheme || u.Host != f.base.Host {
-		return nil, fmt.Errorf("%s %q points to another host", what, target)
+		return nil, fmt.Errorf("%s %q points to another host", what, redacted(u))
+	}
+	if u.User != nil {
+		// Userinfo would make the sidecar send credentials of the API's
+		// choosing (Authorization: Basic).
+		return nil, fmt.Errorf("%s %q carries credentials", what, redacted(u))
+	}
+	if prefix := strings.TrimSuffix(f.base.Path, "/"); prefix != "" && u.Path != prefix && !strings.HasPrefix(u.Path, prefix+"/") {
+		return nil, fmt.Errorf("%s %q leaves the upstream's path prefix %s", what, redacted(u), prefix)
 	}
 	return u, nil
 }
+
+// redacted prints a URL without a password.
+func redacted(u *url.URL) string { return u.Redacted() }
 
 // firstPage adds what the first page of an offset or page source asks for.
 func (s *source) firstPage(u *url.URL) *url.URL {

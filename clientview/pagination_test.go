@@ -1,6 +1,7 @@
 package clientview
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
 )
 
 // pagedAPI serves one collection in the pagination style of a real API
@@ -302,5 +307,33 @@ func TestRefetchGivesBackItsBudget(t *testing.T) {
 	es, err := fetch(t, api.srv, int64(size+size/2), src)
 	if err != nil || len(es) != 8 {
 		t.Errorf("a view of %d bytes within a %d-byte bound, shifted once: %d entries, %v", size, size+size/2, len(es), err)
+	}
+}
+
+// TestNextPagesStayOnTheUpstream: a next link carrying credentials, or one
+// that leaves the upstream URL's path prefix, fails the pull.
+func TestNextPagesStayOnTheUpstream(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/v1/userinfo":
+			w.Header().Set("Link", fmt.Sprintf(`<http://u:p@%s/v1/userinfo?page=2>; rel="next"`, r.Host))
+		case "/v1/escape":
+			w.Header().Set("Link", `</admin/secrets>; rel="next"`)
+		}
+		_, _ = io.WriteString(w, `[{"id":"p`+r.URL.RawQuery+`"}]`)
+	}))
+	t.Cleanup(srv.Close)
+	base, _ := url.Parse(srv.URL + "/v1")
+	f := NewFetcher(FetcherOptions{Base: base, MaxBodyBytes: 1 << 20,
+		Upstream: upstream.New(upstream.Options{Base: base, Timeout: time.Second, Registerer: prometheus.NewRegistry(), Namespace: "t"}).View})
+	for path, reason := range map[string]string{"/userinfo": "carries credentials", "/escape": "leaves the upstream's path prefix /v1"} {
+		v, err := Compile([]Source{{Path: path, Key: "x/{id}", Pagination: &Pagination{Type: "link"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = f.Fetch(context.Background(), v, Request{})
+		if err == nil || !strings.Contains(err.Error(), reason) || strings.Contains(err.Error(), ":p@") {
+			t.Errorf("%s: err = %v; want it to say it %s, without the password", path, err, reason)
+		}
 	}
 }

@@ -119,11 +119,12 @@ func (c *Config) parseUpstream() []error {
 	u, err := url.Parse(c.UpstreamURL)
 	switch {
 	case err != nil:
-		return []error{fmt.Errorf("SIDECAR_UPSTREAM_URL: %w", err)}
+		// url's message echoes the URL, which may hold a password.
+		return []error{errors.New("SIDECAR_UPSTREAM_URL: not a valid URL")}
 	case u.Scheme != "http" && u.Scheme != "https", u.Host == "":
-		return []error{fmt.Errorf("SIDECAR_UPSTREAM_URL %q: want http(s)://host[:port][/prefix]", c.UpstreamURL)}
+		return []error{fmt.Errorf("SIDECAR_UPSTREAM_URL %q: want http(s)://host[:port][/prefix]", u.Redacted())}
 	case u.RawQuery != "" || u.Fragment != "" || u.User != nil:
-		return []error{fmt.Errorf("SIDECAR_UPSTREAM_URL %q: must not carry a query, fragment or credentials", c.UpstreamURL)}
+		return []error{fmt.Errorf("SIDECAR_UPSTREAM_URL %q: must not carry a query, fragment or credentials", u.Redacted())}
 	}
 	c.Upstream = u
 	return nil

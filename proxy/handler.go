@@ -50,6 +50,9 @@ type protocolRequest interface {
 func (s *Sidecar) begin(w http.ResponseWriter, r *http.Request, endpoint string, req protocolRequest, needs *upstream.Client) (*call, bool) {
 	c := &call{start: time.Now(), requestID: replicacheRequestID(r)}
 	c.log = s.log.With("endpoint", endpoint, "request_id", c.requestID)
+	if c.requestID != "" {
+		w.Header().Set("X-Request-ID", c.requestID) // and in every error body
+	}
 	if herr := s.sameSiteJSON(r); herr != nil {
 		s.fail(w, c.log, herr)
 		return nil, false
@@ -141,10 +144,11 @@ func (s *Sidecar) failStore(w http.ResponseWriter, log *slog.Logger, err error, 
 	case errors.Is(err, store.ErrClientPruned):
 		log.Info("a client pruned as idle came back; it starts over")
 		writeClientStateNotFound(w)
-	case errors.Is(err, store.ErrGroupForbidden):
-		s.fail(w, log, errorf(http.StatusForbidden, "Forbidden", "client group %s belongs to another user", groupID))
-	case errors.Is(err, store.ErrClientForbidden):
-		s.fail(w, log, errorf(http.StatusForbidden, "Forbidden", "a client of this request belongs to another client group"))
+	case errors.Is(err, store.ErrGroupForbidden), errors.Is(err, store.ErrClientForbidden):
+		// One answer for both: which one it is would tell a stranger
+		// whose ids exist.
+		log.Info("refused: not the caller's", "error", err)
+		s.fail(w, log, errorf(http.StatusForbidden, "Forbidden", "the client group or a client of this request belongs to someone else"))
 	case errors.As(err, new(*store.TooManyClientsError)):
 		s.fail(w, log, errorf(http.StatusBadRequest, "TooManyClients",
 			"%v; the limit is SIDECAR_MAX_CLIENTS_PER_GROUP (idle clients are pruned after a day)", err))

@@ -13,8 +13,9 @@ import (
 )
 
 // httpError is an answer to a request that cannot be served. Every error the
-// sidecar itself produces goes out as JSON: {"error": Code, "message": ...}
-// plus optional detail fields.
+// sidecar itself produces goes out as JSON: {"error": Code, "message": ...,
+// "requestID": ...} plus optional detail fields. Codes are stable; messages
+// are short and never carry internal URLs or Go error text (logs do).
 type httpError struct {
 	Status  int
 	Code    string
@@ -37,6 +38,9 @@ func writeError(w http.ResponseWriter, e *httpError) {
 	}
 	body["error"] = e.Code
 	body["message"] = e.Message
+	if id := w.Header().Get("X-Request-ID"); id != "" {
+		body["requestID"] = id
+	}
 	if e.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(e.RetryAfter))
 	}

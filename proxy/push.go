@@ -214,7 +214,7 @@ func (s *Sidecar) applyAll(ctx context.Context, c *call, req pushRequest, known 
 			case errors.As(err, &tr):
 				s.countMutation(mapping, m.Name, "transient")
 				c.log.Warn("mutation not applied; push stopped", "mutator", tr.mutator, "mutation_id", tr.id,
-					"outcome", "transient", "cause", tr.result.Cause())
+					"outcome", "transient", "cause", tr.result.Cause(), "detail", errDetail(tr.result.Err))
 			case errors.As(err, &unauth):
 				s.countMutation(mapping, m.Name, "transient") // kept for the renewed credentials
 				c.log.Info("credentials no longer accepted; push stopped", "mutator", unauth.mutator, "mutation_id", unauth.id,
@@ -413,6 +413,19 @@ func (s *Sidecar) recheckCredentials(ctx context.Context, c *call, mu mutators.M
 		return &unauthorizedError{mutator: mu.Name, id: mu.ID, client: mu.ClientID, recheck: true}
 	}
 	return nil
+}
+
+// errDetail is an error's whole story for the log: an upstream call's
+// Detail (which may name the upstream), or the error itself.
+func errDetail(err error) string {
+	var ce *upstream.CallError
+	switch {
+	case errors.As(err, &ce):
+		return ce.Detail()
+	case err != nil:
+		return err.Error()
+	}
+	return ""
 }
 
 // countPruned reports the idle clients a transaction pruned to make room

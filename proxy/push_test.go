@@ -322,9 +322,9 @@ func TestPushOwnership(t *testing.T) {
 		muts        []mut
 		msg         string
 	}{
-		{"another user's group", "bob", "ga", []mut{create("cx", 1, "x")}, "belongs to another user"},
-		{"a client of another group", "alice", "gb", []mut{create("cb", 2, "b2"), create("ca", 2, "a2")}, "another client group"},
-		{"empty push to another user's group", "bob", "ga", nil, "belongs to another user"},
+		{"another user's group", "bob", "ga", []mut{create("cx", 1, "x")}, "belongs to someone else"},
+		{"a client of another group", "alice", "gb", []mut{create("cb", 2, "b2"), create("ca", 2, "a2")}, "belongs to someone else"},
+		{"empty push to another user's group", "bob", "ga", nil, "belongs to someone else"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -88,3 +88,35 @@ func TestLogsCarryContextNotCredentials(t *testing.T) {
 		}
 	}
 }
+
+// TestErrorBodiesTellNothingInternal: what a (possibly anonymous) client
+// reads names the problem, a stable code and its request id, never the
+// upstream's address or Go's error text; a bad upstream URL's password is
+// never echoed.
+func TestErrorBodiesTellNothingInternal(t *testing.T) {
+	h := newHarness(t, map[string]string{"SIDECAR_AUTH_PATH": "", "SIDECAR_BREAKER_FAILURES": "0"})
+	sc := h.start()
+	h.up.Server.Close() // the upstream is gone: connection refused
+	host := strings.TrimPrefix(h.up.Server.URL, "http://")
+	for _, r := range []response{
+		sc.push(t, "alice", "g", create("c", 1, "a")),
+		sc.post(t, "/replicache/pull", "Bearer alice", pullBody("g", nil)),
+	} {
+		if r.status < 500 || r.str("error") == "" || r.str("requestID") != "test-req" {
+			t.Errorf("answer = %d %s; want a 5xx with a code and the request id", r.status, r.raw)
+		}
+		for _, leak := range []string{host, "127.0.0.1", "dial tcp", "http://", "connect:"} {
+			if strings.Contains(string(r.raw), leak) {
+				t.Errorf("the answer leaks %q: %s", leak, r.raw)
+			}
+		}
+	}
+	if !strings.Contains(h.logs.String(), "connect") {
+		t.Error("the log lost the details the client no longer sees")
+	}
+	_, err := LoadConfig(map[string]string{"SIDECAR_UPSTREAM_URL": "ftp://admin:hunter2@api.internal/v1",
+		"SIDECAR_DATABASE_URL": "postgres://x/y", "SIDECAR_MAPPING_FILE": writeFile(t, testMapping)})
+	if err == nil || strings.Contains(err.Error(), "hunter2") || !strings.Contains(err.Error(), "SIDECAR_UPSTREAM_URL") {
+		t.Errorf("bad upstream URL: %v; want it named without the password", err)
+	}
+}

@@ -31,6 +31,9 @@ const (
 	kindPassthrough kind = "proxy" // the label predates the name
 )
 
+// errNotUpstream: a request for another scheme or host than the upstream's.
+var errNotUpstream = errors.New("not the upstream")
+
 // ErrCircuitOpen is returned (wrapped) by every call made while the circuit
 // breaker is open: the call was not attempted.
 var ErrCircuitOpen = errors.New("circuit breaker open: the upstream is failing, calls are suspended")
@@ -152,7 +155,7 @@ func (c *Client) Call(req *http.Request, source string, failure func(status int)
 		req = req.WithContext(context.WithValue(req.Context(), judgementKey{}, judgement{failure, source}))
 	}
 	if req.URL.Scheme != c.base.Scheme || req.URL.Host != c.base.Host {
-		return nil, &CallError{Err: fmt.Errorf("refusing to call %s://%s: not the upstream", req.URL.Scheme, req.URL.Host)}
+		return nil, &CallError{Err: fmt.Errorf("%w: refusing to call %s://%s", errNotUpstream, req.URL.Scheme, req.URL.Host)}
 	}
 	ctx, cancel := context.WithTimeout(req.Context(), c.timeout)
 	resp, err := c.hc.Do(req.WithContext(ctx))
@@ -183,12 +186,29 @@ type CallError struct {
 	Err     error
 }
 
+// Error is safe to show a client: it names what happened, never the
+// upstream's address or Go's error text (Detail has those, for logs).
 func (e *CallError) Error() string {
-	if e.Timeout {
+	switch {
+	case e.Timeout:
 		return fmt.Sprintf("upstream did not answer within %s", e.After)
+	case errors.Is(e.Err, ErrCircuitOpen):
+		return "calling upstream: " + ErrCircuitOpen.Error()
+	case errors.Is(e.Err, context.Canceled):
+		return "calling upstream: " + context.Canceled.Error()
+	case errors.Is(e.Err, errNotUpstream):
+		return "calling upstream: " + errNotUpstream.Error()
 	}
-	return "calling upstream: " + e.Err.Error()
+	var ne *notEvidence
+	if errors.As(e.Err, &ne) {
+		return "calling upstream: the request could not be sent"
+	}
+	return "calling upstream: the connection failed"
 }
+
+// Detail is the whole story, for logs only: it may name the upstream's
+// address.
+func (e *CallError) Detail() string { return e.Err.Error() }
 
 func (e *CallError) Unwrap() error { return e.Err }
 
