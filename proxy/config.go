@@ -66,6 +66,9 @@ type Config struct {
 
 	CORSOrigins []string `env:"CORS_ORIGINS" envSeparator:","`
 
+	PassthroughHost string   `env:"PASSTHROUGH_HOST" envDefault:"incoming"`
+	PassthroughDeny []string `env:"PASSTHROUGH_DENY" envSeparator:","`
+
 	// Parsed forms, filled by LoadConfig.
 	Upstream    *url.URL       `env:"-"`
 	Mapping     *Mapping       `env:"-"`
@@ -101,7 +104,7 @@ func LoadConfig(environ map[string]string) (Config, error) {
 	}
 	for _, check := range []func() []error{
 		cfg.parseUpstream, cfg.checkDatabase, cfg.loadMapping, cfg.checkPaths, cfg.checkHeaders,
-		cfg.checkLimits, cfg.parseCORSOrigins, cfg.parseTrustedProxies, cfg.checkLogLevel,
+		cfg.checkLimits, cfg.parseCORSOrigins, cfg.parseTrustedProxies, cfg.checkPassthrough, cfg.checkLogLevel,
 	} {
 		errs = append(errs, check()...)
 	}
@@ -296,6 +299,29 @@ func (c *Config) parseTrustedProxies() []error {
 		}
 		c.TrustedNets = append(c.TrustedNets, n.Masked())
 	}
+	return errs
+}
+
+// checkPassthrough checks the pass-through settings and cleans the deny list.
+func (c *Config) checkPassthrough() []error {
+	var errs []error
+	if c.PassthroughHost != "incoming" && c.PassthroughHost != "upstream" {
+		errs = append(errs, fmt.Errorf("SIDECAR_PASSTHROUGH_HOST %q: want incoming or upstream", c.PassthroughHost))
+	}
+	var deny []string
+	for _, p := range c.PassthroughDeny {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		clean, ok := cleanPath(p)
+		if !strings.HasPrefix(p, "/") || !ok {
+			errs = append(errs, fmt.Errorf("SIDECAR_PASSTHROUGH_DENY: %q is not an absolute path prefix", p))
+			continue
+		}
+		deny = append(deny, strings.TrimSuffix(clean, "/"))
+	}
+	c.PassthroughDeny = deny
 	return errs
 }
 

@@ -4,30 +4,54 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"strings"
 
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
 )
 
+// passthroughOptions configure the pass-through.
+type passthroughOptions struct {
+	base       *url.URL
+	transport  http.RoundTripper
+	log        *slog.Logger
+	retryAfter int
+	// identityHeader (when set) is removed from requests that do not come
+	// from a trusted proxy, so nobody can claim an identity to the legacy
+	// service through the sidecar.
+	identityHeader string
+	trusted        trustedPeers
+	// keepHost sends the incoming Host on (SIDECAR_PASSTHROUGH_HOST=incoming).
+	keepHost bool
+	// deny are path prefixes answered 404 without an upstream call.
+	deny []string
+}
+
 // newPassthrough returns the handler for every request that is not a push or
-// pull: it goes to the upstream unchanged (method, path, query, headers,
-// body) with X-Forwarded-For/Proto/Host added, and the answer streams back.
-// The identity header (identityHeader, when set) is removed from requests
-// that do not come from a trusted proxy, so nobody can claim an identity to
-// the legacy service through the sidecar.
-func newPassthrough(base *url.URL, transport http.RoundTripper, log *slog.Logger, retryAfter int,
-	identityHeader string, trusted trustedPeers) http.Handler {
-	return &httputil.ReverseProxy{
+// pull: it goes to the upstream (method, cleaned path, query, headers, body)
+// and the answer streams back. What the legacy service learns of the
+// client is decided by the peer: from a trusted proxy the forwarding
+// headers it set are kept and the peer is appended to X-Forwarded-For; from
+// anyone else they are replaced by what the connection says.
+func newPassthrough(o passthroughOptions) http.Handler {
+	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(base)
-			pr.SetXForwarded()
-			if identityHeader != "" && !trusted.contains(pr.In.RemoteAddr) {
-				pr.Out.Header.Del(identityHeader)
+			in, out := pr.In, pr.Out
+			out.URL.Path, out.URL.RawPath = in.URL.Path, in.URL.RawPath // cleaned by the handler below
+			pr.SetURL(o.base)
+			trusted := o.trusted.contains(in.RemoteAddr)
+			forwarded(in, out, trusted)
+			if o.identityHeader != "" && !trusted {
+				out.Header.Del(o.identityHeader)
+			}
+			if o.keepHost {
+				out.Host = in.Host
 			}
 		},
-		Transport: transport,
+		Transport: o.transport,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 				// The client went away: not an upstream failure.
@@ -35,11 +59,104 @@ func newPassthrough(base *url.URL, transport http.RoundTripper, log *slog.Logger
 				return
 			}
 			if errors.Is(err, upstream.ErrCircuitOpen) {
-				writeError(w, upstreamSuspended(retryAfter))
+				writeError(w, upstreamSuspended(o.retryAfter))
 				return
 			}
-			log.Warn("pass-through failed", "method", r.Method, "path", r.URL.Path, "error", err)
+			o.log.Warn("pass-through failed", "method", r.Method, "path", r.URL.Path, "error", err)
 			writeError(w, errorf(http.StatusBadGateway, "BadGateway", "the upstream service could not be reached"))
 		},
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		clean, ok := cleanPath(r.URL.EscapedPath())
+		if !ok {
+			writeError(w, errorf(http.StatusBadRequest, "BadRequest", "the path leaves the service's root"))
+			return
+		}
+		for _, p := range o.deny {
+			if clean == p || strings.HasPrefix(clean, p+"/") {
+				writeError(w, errorf(http.StatusNotFound, "NotFound", "no such route"))
+				return
+			}
+		}
+		if clean != r.URL.EscapedPath() {
+			r2 := r.Clone(r.Context())
+			r2.URL.RawPath = clean
+			r2.URL.Path, _ = url.PathUnescape(clean)
+			r = r2
+		}
+		rp.ServeHTTP(w, r)
+	})
+}
+
+// cleanPath resolves "." and ".." segments and repeated slashes of an
+// escaped path, their percent-encoded spellings (%2e, %2f) included, so the
+// path the upstream sees is the one the deny list judged and it cannot climb
+// out of the upstream URL's prefix. ok is false when it would climb above
+// the root. A path with nothing to resolve comes back unchanged.
+func cleanPath(escaped string) (string, bool) {
+	lower := strings.ToLower(escaped)
+	if !strings.Contains(lower, "/.") && !strings.Contains(lower, "//") && !strings.Contains(lower, "%2e") && !strings.Contains(lower, "%2f") {
+		return escaped, true
+	}
+	decoded := strings.NewReplacer("%2e", ".", "%2E", ".", "%2f", "/", "%2F", "/").Replace(escaped)
+	var stack []string
+	for _, seg := range strings.Split(decoded, "/") {
+		switch seg {
+		case "", ".":
+		case "..":
+			if len(stack) == 0 {
+				return "", false
+			}
+			stack = stack[:len(stack)-1]
+		default:
+			stack = append(stack, seg)
+		}
+	}
+	clean := "/" + strings.Join(stack, "/")
+	if strings.HasSuffix(decoded, "/") && len(stack) > 0 {
+		clean += "/"
+	}
+	return clean, true
+}
+
+// forwarded sets what the legacy service learns of the client. From a
+// trusted proxy: X-Forwarded-For gains the peer, and the proxy's
+// X-Forwarded-Proto, X-Forwarded-Host and Forwarded are kept. From anyone
+// else, whatever it claimed is replaced by what the connection says, and
+// X-Real-IP is dropped.
+func forwarded(in, out *http.Request, trusted bool) {
+	peer, _, err := net.SplitHostPort(in.RemoteAddr)
+	if err != nil {
+		peer = in.RemoteAddr
+	}
+	proto := "http"
+	if in.TLS != nil {
+		proto = "https"
+	}
+	if !trusted {
+		out.Header.Del("Forwarded")
+		out.Header.Del("X-Real-Ip")
+		out.Header.Set("X-Forwarded-For", peer)
+		out.Header.Set("X-Forwarded-Proto", proto)
+		out.Header.Set("X-Forwarded-Host", in.Host)
+		return
+	}
+	// Rewrite has removed Forwarded and the X-Forwarded-* headers from out:
+	// restore the trusted proxy's.
+	xff := strings.Join(in.Header.Values("X-Forwarded-For"), ", ")
+	if xff != "" {
+		xff += ", "
+	}
+	out.Header.Set("X-Forwarded-For", xff+peer)
+	for _, h := range []string{"X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded"} {
+		if v := in.Header.Get(h); v != "" {
+			out.Header.Set(h, v)
+		}
+	}
+	if out.Header.Get("X-Forwarded-Proto") == "" {
+		out.Header.Set("X-Forwarded-Proto", proto)
+	}
+	if out.Header.Get("X-Forwarded-Host") == "" {
+		out.Header.Set("X-Forwarded-Host", in.Host)
 	}
 }

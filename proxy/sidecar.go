@@ -89,7 +89,11 @@ func New(o Options) *Sidecar {
 		mapErrs: newMappingErrors(m.mappingErrors, o.Logger),
 	}
 	s.auth.mapErrs = s.mapErrs
-	s.passthrough = newPassthrough(cfg.Upstream, up.Passthrough, o.Logger, up.RetryAfter(), cfg.UserIDHeader, cfg.TrustedNets)
+	s.passthrough = newPassthrough(passthroughOptions{
+		base: cfg.Upstream, transport: up.Passthrough, log: o.Logger, retryAfter: up.RetryAfter(),
+		identityHeader: cfg.UserIDHeader, trusted: cfg.TrustedNets,
+		keepHost: cfg.PassthroughHost == "incoming", deny: cfg.PassthroughDeny,
+	})
 	s.useMapping(cfg.Mapping)
 	return s
 }
