@@ -38,12 +38,20 @@ type Mutation struct {
 	Name          string
 	Args          json.RawMessage // raw JSON; may be nil or "null"
 	UserID        string
+	// IdempotencyKey identifies this mutation on every attempt; empty means
+	// "<clientID>:<mutationID>". The sidecar sets one nobody else can forge.
+	IdempotencyKey string
 }
 
 // idempotencyKey is the key that identifies this mutation on every attempt:
 // "<clientID>:<mutationID>". Mutation ids are unique per client, so the key is
 // unique across the whole system and stable across retries and restarts.
-func (m Mutation) idempotencyKey() string { return fmt.Sprintf("%s:%d", m.ClientID, m.ID) }
+func (m Mutation) idempotencyKey() string {
+	if m.IdempotencyKey != "" {
+		return m.IdempotencyKey
+	}
+	return fmt.Sprintf("%s:%d", m.ClientID, m.ID)
+}
 
 // Request is a rendered upstream call, ready to be sent by a Client.
 type Request struct {

@@ -38,6 +38,7 @@ type Config struct {
 	AuthUserField     string   `env:"AUTH_USER_FIELD" envDefault:"id"`
 	AuthMethod        string   `env:"AUTH_METHOD" envDefault:"GET"`
 	IdempotencyHeader string   `env:"IDEMPOTENCY_HEADER" envDefault:"Idempotency-Key"`
+	IdempotencySecret string   `env:"IDEMPOTENCY_SECRET"`
 
 	UpstreamTimeout      time.Duration `env:"UPSTREAM_TIMEOUT" envDefault:"10s"`
 	MaxBodyBytes         int64         `env:"MAX_BODY_BYTES" envDefault:"33554432"`
@@ -195,6 +196,9 @@ func (c *Config) checkHeaders() []error {
 		if h != "" && !validToken(h) {
 			errs = append(errs, fmt.Errorf("%s: %q is not a header name", name, h))
 		}
+	}
+	if c.IdempotencySecret != "" && len(c.IdempotencySecret) < 32 {
+		errs = append(errs, errors.New("SIDECAR_IDEMPOTENCY_SECRET must be at least 32 bytes (e.g. 64 hex characters)"))
 	}
 	if c.IdempotencyHeader == "" {
 		errs = append(errs, errors.New("SIDECAR_IDEMPOTENCY_HEADER must not be empty"))

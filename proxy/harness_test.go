@@ -3,6 +3,9 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
@@ -11,6 +14,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -69,6 +73,9 @@ func newHarness(t testing.TB, env map[string]string) *harness {
 		"SIDECAR_MAPPING_FILE": mappingFile,
 		"SIDECAR_DB_SCHEMA":    h.schema,
 		"SIDECAR_AUTH_PATH":    "/api/me",
+		// A known secret, so tests can tell which mutation a call is for
+		// (keyOf); TestIdempotencyKeys covers the generated one.
+		"SIDECAR_IDEMPOTENCY_SECRET": testSecret,
 	}
 	for k, v := range env {
 		h.env[k] = v
@@ -260,4 +267,14 @@ func mustJSON(t testing.TB, v any) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+const testSecret = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+// keyOf is the idempotency key of mutation id of client in group, sent by
+// user, under testSecret: computed here on its own, as a check.
+func keyOf(user, group, client string, id int64) string {
+	mac := hmac.New(sha256.New, []byte(testSecret))
+	mac.Write([]byte(user + "\x00" + group + "\x00" + client + "\x00" + strconv.FormatInt(id, 10) + "\x00"))
+	return hex.EncodeToString(mac.Sum(nil))
 }

@@ -3,11 +3,15 @@ package proxy
 import (
 	"cmp"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/replicache-sidecar/replicache-sidecar/mutators"
@@ -316,6 +320,13 @@ func (s *Sidecar) applyMutation(ctx context.Context, c *call, mapping *Mapping, 
 		}
 		pruned = g.PrunedClients
 		keep := func(err error) error { pending = err; return nil }
+		legacyThrough, err := g.LegacyKeysThrough(ctx, mu.ClientID)
+		if err != nil {
+			return err
+		}
+		if mu.ID > legacyThrough {
+			mu.IdempotencyKey = s.idempotencyKey(mu)
+		} // else: it may have been sent before the upgrade, with the old key
 		dctx := context.WithoutCancel(ctx)
 		var res mutators.Result
 		req, rerr := mapping.Mutators.Render(mu)
@@ -413,6 +424,20 @@ func (s *Sidecar) recheckCredentials(ctx context.Context, c *call, mu mutators.M
 		return &unauthorizedError{mutator: mu.Name, id: mu.ID, client: mu.ClientID, recheck: true}
 	}
 	return nil
+}
+
+// idempotencyKey is a mutation's key: an HMAC-SHA256 of who sent it (the
+// verified user, the client group, the client) and its id, under the
+// sidecar's secret. Stable across retries, replicas and restarts, and
+// nobody can send another user's key to the API first: client ids travel
+// in the clear, the secret does not.
+func (s *Sidecar) idempotencyKey(mu mutators.Mutation) string {
+	mac := hmac.New(sha256.New, *s.secret.Load())
+	for _, part := range []string{mu.UserID, mu.ClientGroupID, mu.ClientID, strconv.FormatInt(mu.ID, 10)} {
+		mac.Write([]byte(part))
+		mac.Write([]byte{0})
+	}
+	return hex.EncodeToString(mac.Sum(nil))
 }
 
 // errDetail is an error's whole story for the log: an upstream call's

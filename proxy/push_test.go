@@ -68,7 +68,7 @@ func TestPushUpstreamCallCarriesKeyAndHeaders(t *testing.T) {
 		t.Fatalf("push = %d %s", r.status, r.raw)
 	}
 	for k, want := range map[string]string{
-		"X-Idem": "c9:1", "Authorization": "Bearer alice", "X-Tenant": "acme",
+		"X-Idem": keyOf("alice", "g", "c9", 1), "Authorization": "Bearer alice", "X-Tenant": "acme",
 		"X-Request-Id": "c9-s1-0", "Content-Type": "application/json", "Cookie": "",
 	} {
 		if v := got.Get(k); v != want {
@@ -236,7 +236,7 @@ func TestPushTransientStopsAndRetrySucceeds(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			good, bad := next, next+1
 			next += 2
-			badKey := "c1:" + itoa(bad)
+			badKey := keyOf("alice", "g", "c1", bad)
 			h.up.SetFault(func(r *http.Request) int {
 				if r.Header.Get("Idempotency-Key") != badKey {
 					return 0
@@ -488,7 +488,7 @@ func TestGiveUpValve(t *testing.T) {
 		"SIDECAR_BREAKER_FAILURES": "0", "SIDECAR_UPSTREAM_TIMEOUT": "200ms",
 	})
 	poison := func(w http.ResponseWriter, r *http.Request) bool {
-		if r.Method != http.MethodPost || !strings.Contains(r.Header.Get("Idempotency-Key"), ":2") {
+		if r.Method != http.MethodPost || r.Header.Get("Idempotency-Key") != keyOf("alice", "g", "c", 2) {
 			return false
 		}
 		w.WriteHeader(http.StatusInternalServerError)
@@ -662,7 +662,9 @@ func TestTwoGroupsRaceForOneNewClient(t *testing.T) {
 		if ok != 1 || forbidden != 1 {
 			t.Errorf("round %d: %d applied and %d refused, want exactly one of each", round, ok, forbidden)
 		}
-		if n := h.up.CallsFor(client + ":1"); n != 1 {
+		calls := h.up.CallsFor(keyOf("alice", fmt.Sprintf("ga-%d", round), client, 1)) +
+			h.up.CallsFor(keyOf("bob", fmt.Sprintf("gb-%d", round), client, 1))
+		if n := calls; n != 1 {
 			t.Errorf("round %d: the API got %d calls for %s:1, want exactly 1", round, n, client)
 		}
 	}
@@ -716,7 +718,7 @@ func TestExpiredCredentialsKeepEdits(t *testing.T) {
 			case r.URL.Path == "/api/me" && expired.Load():
 				w.WriteHeader(http.StatusUnauthorized)
 				return true
-			case r.Method == http.MethodPost && strings.HasSuffix(r.Header.Get("Idempotency-Key"), ":2"):
+			case r.Method == http.MethodPost && r.Header.Get("Idempotency-Key") == keyOf("alice", "g2", "c2", 2):
 				expired.Store(true) // the token runs out just now
 				w.WriteHeader(http.StatusBadRequest)
 				return true
@@ -957,14 +959,80 @@ func TestClaimOutlivesATimeout(t *testing.T) {
 		t.Fatalf("alice's push = %d %s; want 503 (timeout)", r.status, r.raw)
 	}
 	close(slow) // the API applies alice's call late
-	proxytest.WaitFor(t, "alice's late call to land", func() bool { return h.up.CallsFor("shared:1") == 1 })
+	aliceKey, bobKey := keyOf("alice", "ga", "shared", 1), keyOf("bob", "gb", "shared", 1)
+	proxytest.WaitFor(t, "alice's late call to land", func() bool { return h.up.CallsFor(aliceKey) == 1 })
 	if r := sc.push(t, "bob", "gb", create("shared", 1, "b")); r.status != http.StatusForbidden {
 		t.Errorf("bob's push of alice's client = %d %s; want 403", r.status, r.raw)
 	}
-	if n := h.up.CallsFor("shared:1"); n != 1 {
+	if n := h.up.CallsFor(aliceKey) + h.up.CallsFor(bobKey); n != 1 {
 		t.Errorf("the API got %d calls for shared:1, want 1", n)
 	}
 	if r := sc.push(t, "alice", "ga", create("shared", 1, "a")); r.status != 200 {
 		t.Errorf("alice's retry = %d %s; want 200", r.status, r.raw)
+	}
+}
+
+// TestIdempotencyKeys: a mutation's key is an HMAC under the sidecar's own
+// secret (generated at the first migration, shared by replicas): stable
+// across retries and replicas, different for another user, group or
+// client, and not guessable, so another user sending the victim's old-style
+// key through pass-through first changes nothing. A mutation a client may
+// have sent before the upgrade keeps its old key.
+func TestIdempotencyKeys(t *testing.T) {
+	h := newHarness(t, map[string]string{"SIDECAR_IDEMPOTENCY_SECRET": ""}) // the generated secret
+	var mu sync.Mutex
+	var keys []string
+	var fail atomic.Bool
+	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodPost || r.URL.Path != "/api/todos" || r.Header.Get("Authorization") != "Bearer alice" {
+			return false
+		}
+		mu.Lock()
+		keys = append(keys, r.Header.Get("Idempotency-Key"))
+		mu.Unlock()
+		if fail.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return true
+		}
+		return false
+	})
+	a, b := h.start(), h.start()
+	// Mallory sends the victim's old-style key first, through pass-through.
+	forged := withHeaders(t, http.MethodPost, a.srv.URL+"/api/todos", `{"id":"forged","title":"x"}`,
+		"Authorization", "Bearer mallory", "Idempotency-Key", "cv:1")
+	if r := do(t, forged); r.status != 201 {
+		t.Fatalf("mallory's call = %d", r.status)
+	}
+	fail.Store(true)
+	if r := a.push(t, "alice", "g", create("cv", 1, "mine")); r.status != 503 {
+		t.Fatalf("push = %d %s", r.status, r.raw)
+	}
+	fail.Store(false)
+	if r := b.push(t, "alice", "g", create("cv", 1, "mine")); r.status != 200 || r.json["applied"] != 1.0 {
+		t.Fatalf("retry on the other replica = %d %s", r.status, r.raw)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(keys) != 2 || keys[0] != keys[1] {
+		t.Fatalf("keys %v: want the same key on the attempt and its retry, across replicas", keys)
+	}
+	if k := keys[0]; len(k) != 64 || strings.Contains(k, "cv") || k == keyOf("alice", "g", "cv", 1) {
+		t.Errorf("key %q: want 64 hex characters under the generated secret, naming nobody", k)
+	}
+	if got := h.up.TodoIDs("alice"); !slices.Equal(got, []string{"mine"}) {
+		t.Errorf("alice's todos = %v, want [mine]: the forged key must not shadow her mutation", got)
+	}
+	// A client known before the upgrade, whose next mutation may have gone
+	// out with the old key, keeps it for that one.
+	if _, err := a.pool.Exec(context.Background(), "INSERT INTO "+pgx.Identifier{h.schema}.Sanitize()+
+		".clients (id, client_group_id, last_mutation_id, legacy_keys_through) VALUES ('pre', 'g', 4, 5)"); err != nil {
+		t.Fatal(err)
+	}
+	keys = keys[:0]
+	mu.Unlock()
+	a.push(t, "alice", "g", create("pre", 5, "p5"), create("pre", 6, "p6"))
+	mu.Lock()
+	if len(keys) != 2 || keys[0] != "pre:5" || keys[1] == "pre:6" || len(keys[1]) != 64 {
+		t.Errorf("keys after the upgrade = %v; want pre:5, then an HMAC", keys)
 	}
 }

@@ -40,6 +40,7 @@ type Sidecar struct {
 	passthrough http.Handler
 
 	current  atomic.Pointer[Mapping]
+	secret   atomic.Pointer[[]byte] // the idempotency keys' HMAC secret, once migrated
 	migrated atomic.Bool
 	draining atomic.Bool
 }
@@ -117,6 +118,14 @@ func (s *Sidecar) Migrate(ctx context.Context) error {
 	if err := s.store.Migrate(ctx); err != nil {
 		return err
 	}
+	secret := []byte(s.cfg.IdempotencySecret)
+	if len(secret) == 0 {
+		var err error
+		if secret, err = s.store.IdempotencySecret(ctx); err != nil {
+			return err
+		}
+	}
+	s.secret.Store(&secret)
 	s.migrated.Store(true)
 	return nil
 }

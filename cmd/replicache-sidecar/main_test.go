@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -74,11 +75,13 @@ func TestRunServesAndDrains(t *testing.T) {
 	var applied sync.Map
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodPost {
-			if strings.HasSuffix(r.Header.Get("Idempotency-Key"), ":2") {
+			var args struct{ N int } // which mutation: keys are opaque
+			_ = json.NewDecoder(r.Body).Decode(&args)
+			if args.N == 2 {
 				slowSeen.Done()
 				time.Sleep(500 * time.Millisecond)
 			}
-			applied.Store(r.Header.Get("Idempotency-Key"), true)
+			applied.Store(fmt.Sprint("c:", args.N), true)
 			w.WriteHeader(http.StatusCreated)
 			return
 		}
@@ -121,7 +124,7 @@ func TestRunServesAndDrains(t *testing.T) {
 	push := func(ids ...int) (*http.Response, error) {
 		var ms []string
 		for _, id := range ids {
-			ms = append(ms, `{"id":`+itoa(id)+`,"clientID":"c","name":"m","args":{}}`)
+			ms = append(ms, `{"id":`+itoa(id)+`,"clientID":"c","name":"m","args":{"n":`+itoa(id)+`}}`)
 		}
 		return http.Post(public+"/replicache/push", "application/json",
 			strings.NewReader(`{"pushVersion":1,"clientGroupID":"g","mutations":[`+strings.Join(ms, ",")+`]}`))

@@ -167,7 +167,7 @@ func pushOnce(base, group, client string, from, to int) int {
 		if id > from {
 			b.WriteByte(',')
 		}
-		fmt.Fprintf(&b, `{"id":%d,"clientID":%q,"name":"m","args":{"n":%d}}`, id, client, id)
+		fmt.Fprintf(&b, `{"id":%d,"clientID":%q,"name":"m","args":{"c":%q,"n":%d}}`, id, client, client, id)
 	}
 	b.WriteString("]}")
 	c := &http.Client{Timeout: 30 * time.Second}

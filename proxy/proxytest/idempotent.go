@@ -1,6 +1,7 @@
 package proxytest
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -18,7 +19,7 @@ type IdempotentAPI struct {
 	mu      sync.Mutex
 	seen    map[string]bool
 	calls   map[string]int
-	effects []string // keys in the order their effect happened
+	effects []string // "<client>:<id>" of each effect, in the order they happened
 }
 
 // NewIdempotentAPI starts an IdempotentAPI, stopped when the test ends. Its
@@ -27,17 +28,30 @@ func NewIdempotentAPI(t testing.TB) *IdempotentAPI {
 	t.Helper()
 	a := &IdempotentAPI{seen: map[string]bool{}, calls: map[string]int{}}
 	a.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.Copy(io.Discard, r.Body)
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			return // the request was cut off (a SIGKILL mid-call): no effect, as a real API
+		}
 		if r.Method == http.MethodGet {
 			_, _ = io.WriteString(w, `[]`)
 			return
 		}
 		key := r.Header.Get("Idempotency-Key")
+		// Which mutation this is: {"c": client, "n": id} in the body when
+		// the test sends it (keys are opaque HMACs), else the key.
+		var m struct {
+			C string `json:"c"`
+			N int    `json:"n"`
+		}
+		identity := key
+		if json.Unmarshal(body, &m) == nil && m.C != "" {
+			identity = fmt.Sprintf("%s:%d", m.C, m.N)
+		}
 		a.mu.Lock()
 		a.calls[key]++
 		if !a.seen[key] {
 			a.seen[key] = true
-			a.effects = append(a.effects, key)
+			a.effects = append(a.effects, identity)
 		}
 		a.mu.Unlock()
 		w.WriteHeader(http.StatusCreated)

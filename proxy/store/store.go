@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"strings"
@@ -97,6 +98,18 @@ var migrations = []string{
 	// 4: when the group last pruned idle clients: one of them coming back
 	// is told to start over instead of meeting a mutation id gap for ever.
 	`ALTER TABLE {schema}.client_groups ADD COLUMN clients_pruned_at timestamptz;`,
+	// 5: idempotency keys become an HMAC under a secret of the sidecar's
+	// (settings). A client known before this migration may have sent its
+	// next mutation (and only that one: a push stops at the first mutation
+	// not applied) with the old key "<clientID>:<mutationID>"; it keeps the
+	// old key up to there, so an upgrade never turns a repeat into a
+	// second write.
+	`CREATE TABLE {schema}.settings (
+		name  text PRIMARY KEY,
+		value bytea NOT NULL
+	);
+	ALTER TABLE {schema}.clients ADD COLUMN legacy_keys_through bigint;
+	UPDATE {schema}.clients SET legacy_keys_through = last_mutation_id + 1;`,
 }
 
 // SchemaVersion is the migration version this binary needs.
@@ -109,6 +122,13 @@ func (s *Store) sql(q string) string { return strings.ReplaceAll(q, "{schema}", 
 // turns. A database migrated further than this binary knows is accepted
 // (migrations are additive), which keeps rolling deploys safe.
 func (s *Store) Migrate(ctx context.Context) error {
+	return s.migrateTo(ctx, len(migrations))
+}
+
+// migrateTo applies the migrations up to version target (tests stop early
+// to play an older database), then makes sure the idempotency secret
+// exists once its table does.
+func (s *Store) migrateTo(ctx context.Context, target int) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('replicache-sidecar migrate ' || $1))`, s.schema); err != nil {
 			return fmt.Errorf("taking migration lock: %w", err)
@@ -123,7 +143,7 @@ func (s *Store) Migrate(ctx context.Context) error {
 		if err := tx.QueryRow(ctx, s.sql(`SELECT coalesce(max(version), 0) FROM {schema}.schema_migrations`)).Scan(&current); err != nil {
 			return fmt.Errorf("reading schema version: %w", err)
 		}
-		for v := current + 1; v <= len(migrations); v++ {
+		for v := current + 1; v <= target; v++ {
 			if _, err := tx.Exec(ctx, s.sql(migrations[v-1])); err != nil {
 				return fmt.Errorf("applying migration %d: %w", v, err)
 			}
@@ -131,8 +151,32 @@ func (s *Store) Migrate(ctx context.Context) error {
 				return fmt.Errorf("recording migration %d: %w", v, err)
 			}
 		}
+		if max(current, target) < secretMigration {
+			return nil
+		}
+		secret := make([]byte, 32)
+		if _, err := rand.Read(secret); err != nil {
+			return fmt.Errorf("generating the idempotency secret: %w", err)
+		}
+		if _, err := tx.Exec(ctx, s.sql(`INSERT INTO {schema}.settings (name, value) VALUES ('idempotency_secret', $1)
+			ON CONFLICT (name) DO NOTHING`), secret); err != nil {
+			return fmt.Errorf("storing the idempotency secret: %w", err)
+		}
 		return nil
 	})
+}
+
+// secretMigration is the version that creates the settings table.
+const secretMigration = 5
+
+// IdempotencySecret returns the secret the sidecar generated at its first
+// migration and keeps in its schema, shared by every replica.
+func (s *Store) IdempotencySecret(ctx context.Context) ([]byte, error) {
+	var secret []byte
+	if err := s.pool.QueryRow(ctx, s.sql(`SELECT value FROM {schema}.settings WHERE name = 'idempotency_secret'`)).Scan(&secret); err != nil {
+		return nil, fmt.Errorf("reading the idempotency secret: %w", err)
+	}
+	return secret, nil
 }
 
 // Ready checks that the database answers and holds every migration this
@@ -232,20 +276,21 @@ type GroupTx struct {
 	prefetched               string
 	prefetchedGroup          string
 	prefetchedLastMutationID int64
+	prefetchedLegacyKeys     int64
 }
 
 func (g *GroupTx) lock(ctx context.Context, userID string) error {
 	// The group row is locked (FOR UPDATE OF g); the client row, if asked
 	// for, is only read: it cannot change without this group's lock.
 	const q = `SELECT g.user_id, g.cookie_order, g.deleted_at IS NOT NULL, g.clients_pruned_at IS NOT NULL,
-			coalesce(c.client_group_id, ''), coalesce(c.last_mutation_id, 0)
+			coalesce(c.client_group_id, ''), coalesce(c.last_mutation_id, 0), coalesce(c.legacy_keys_through, 0)
 		FROM {schema}.client_groups g LEFT JOIN {schema}.clients c ON c.id = $2
 		WHERE g.id = $1 FOR UPDATE OF g`
 	var owner string
 	var deleted bool
 	scan := func() error {
 		return g.tx.QueryRow(ctx, g.s.sql(q), g.GroupID, g.prefetched).Scan(&owner, &g.cookieOrder, &deleted, &g.clientsPruned,
-			&g.prefetchedGroup, &g.prefetchedLastMutationID)
+			&g.prefetchedGroup, &g.prefetchedLastMutationID, &g.prefetchedLegacyKeys)
 	}
 	err := scan()
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -372,6 +417,24 @@ func (g *GroupTx) LastMutationID(ctx context.Context, clientID string) (int64, e
 		return 0, ErrClientForbidden
 	}
 	return lmid, nil
+}
+
+// LegacyKeysThrough returns the last mutation id of clientID that uses the
+// old idempotency key "<clientID>:<mutationID>" (0: none). Only clients
+// known before the HMAC keys have any.
+func (g *GroupTx) LegacyKeysThrough(ctx context.Context, clientID string) (int64, error) {
+	if clientID == g.prefetched {
+		return g.prefetchedLegacyKeys, nil
+	}
+	var through int64
+	err := g.tx.QueryRow(ctx, g.s.sql(`SELECT coalesce(legacy_keys_through, 0) FROM {schema}.clients WHERE id = $1`), clientID).Scan(&through)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("reading client: %w", err)
+	}
+	return through, nil
 }
 
 // ErrClientPruned: a client the group pruned (idle for over a day, to stay

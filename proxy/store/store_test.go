@@ -473,3 +473,49 @@ func TestSweepRejections(t *testing.T) {
 		t.Errorf("swept %d (%v), %d left; want 8 swept in batches of 3 and the 2 recent ones left", n, err, left)
 	}
 }
+
+// TestUpgradeKeepsOldKeys: clients known before the HMAC keys keep the old
+// key for the one mutation they may have sent already; the secret is made
+// once and kept.
+func TestUpgradeKeepsOldKeys(t *testing.T) {
+	pool := proxytest.NewPool(t)
+	s := New(pool, Options{Schema: proxytest.NewSchema(t)})
+	ctx := context.Background()
+	if err := s.migrateTo(ctx, secretMigration-1); err != nil {
+		t.Fatal(err)
+	}
+	// What the previous binary left: a client 7 mutations in.
+	if _, err := pool.Exec(ctx, s.sql(`INSERT INTO {schema}.client_groups (id, user_id) VALUES ('g', 'u');
+		INSERT INTO {schema}.clients (id, client_group_id, last_mutation_id) VALUES ('old', 'g', 7)`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	secret, err := s.IdempotencySecret(ctx)
+	if err != nil || len(secret) != 32 {
+		t.Fatalf("secret: %d bytes, %v", len(secret), err)
+	}
+	if err := s.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := s.IdempotencySecret(ctx); string(again) != string(secret) {
+		t.Error("a second Migrate changed the secret")
+	}
+	err = s.LockedClient(ctx, "g", "u", "old", func(g *GroupTx) error {
+		through, err := g.LegacyKeysThrough(ctx, "old")
+		if through != 8 {
+			t.Errorf("old client: legacy keys through %d, want 8 (its next mutation)", through)
+		}
+		if err := g.ClaimClient(ctx, "new", 0); err != nil {
+			return err
+		}
+		if through, _ := g.LegacyKeysThrough(ctx, "new"); through != 0 {
+			t.Errorf("new client: legacy keys through %d, want 0", through)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
