@@ -42,6 +42,7 @@ type Config struct {
 
 	UpstreamTimeout      time.Duration `env:"UPSTREAM_TIMEOUT" envDefault:"10s"`
 	MaxBodyBytes         int64         `env:"MAX_BODY_BYTES" envDefault:"33554432"`
+	MaxArgsBytes         int64         `env:"MAX_ARGS_BYTES" envDefault:"1048576"`
 	MaxUpstreamBodyBytes int64         `env:"MAX_UPSTREAM_BODY_BYTES" envDefault:"67108864"`
 	PushTimeBudget       time.Duration `env:"PUSH_TIME_BUDGET" envDefault:"20s"`
 	ShutdownTimeout      time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"25s"`
@@ -250,7 +251,8 @@ func (c *Config) checkLimits() []error {
 	if c.DrainDelay < 0 || c.DrainDelay >= c.ShutdownTimeout {
 		errs = append(errs, errors.New("SIDECAR_DRAIN_DELAY must be at least 0 and below SIDECAR_SHUTDOWN_TIMEOUT"))
 	}
-	for name, n := range map[string]int64{"SIDECAR_MAX_BODY_BYTES": c.MaxBodyBytes, "SIDECAR_MAX_UPSTREAM_BODY_BYTES": c.MaxUpstreamBodyBytes} {
+	for name, n := range map[string]int64{"SIDECAR_MAX_BODY_BYTES": c.MaxBodyBytes, "SIDECAR_MAX_UPSTREAM_BODY_BYTES": c.MaxUpstreamBodyBytes,
+		"SIDECAR_MAX_ARGS_BYTES": c.MaxArgsBytes} {
 		if n <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive", name))
 		}

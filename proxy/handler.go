@@ -42,10 +42,11 @@ type protocolRequest interface {
 }
 
 // begin runs what every push and pull goes through before its own work,
-// as separate steps in this order: read the body (bounded), check its
-// version and fields, check that the sidecar serves (and, when needs is not
-// nil, that the breaker of that kind of upstream call is not open), identify
-// the caller.
+// as separate steps in this order: refuse what a cross-site page could
+// send, check that the sidecar serves (and, when needs is not nil, that the
+// breaker of that kind of upstream call is not open), identify the caller
+// from the headers alone, and only then read the body (bounded) and check
+// its version and fields.
 // When a step refuses the request, begin answers it and returns false.
 func (s *Sidecar) begin(w http.ResponseWriter, r *http.Request, endpoint string, req protocolRequest, needs *upstream.Client) (*call, bool) {
 	c := &call{start: time.Now(), requestID: replicacheRequestID(r)}
@@ -54,6 +55,22 @@ func (s *Sidecar) begin(w http.ResponseWriter, r *http.Request, endpoint string,
 		w.Header().Set("X-Request-ID", c.requestID) // and in every error body
 	}
 	if herr := s.sameSiteJSON(r); herr != nil {
+		s.fail(w, c.log, herr)
+		return nil, false
+	}
+	if herr := s.checkServing(); herr != nil {
+		s.fail(w, c.log, herr)
+		return nil, false
+	}
+	if herr := s.suspended(needs); herr != nil {
+		s.fail(w, c.log, herr)
+		return nil, false
+	}
+	// Who is calling is decided from the headers alone, before the body is
+	// read: an anonymous request costs a few KiB, whatever its body.
+	c.fwd = forwardHeaders(r, s.cfg.ForwardHeaders, c.requestID)
+	userID, viaHeader, herr := s.auth.identify(r.Context(), r, c.fwd)
+	if herr != nil {
 		s.fail(w, c.log, herr)
 		return nil, false
 	}
@@ -74,20 +91,6 @@ func (s *Sidecar) begin(w http.ResponseWriter, r *http.Request, endpoint string,
 		return nil, false
 	}
 	c.log = c.log.With("client_group", req.clientGroupID())
-	if herr := s.checkServing(); herr != nil {
-		s.fail(w, c.log, herr)
-		return nil, false
-	}
-	if herr := s.suspended(needs); herr != nil {
-		s.fail(w, c.log, herr)
-		return nil, false
-	}
-	c.fwd = forwardHeaders(r, s.cfg.ForwardHeaders, c.requestID)
-	userID, viaHeader, herr := s.auth.identify(r.Context(), r, c.fwd)
-	if herr != nil {
-		s.fail(w, c.log, herr)
-		return nil, false
-	}
 	c.userID, c.viaHeader = userID, viaHeader
 	return c, true
 }

@@ -329,7 +329,14 @@ func (s *Sidecar) applyMutation(ctx context.Context, c *call, mapping *Mapping, 
 		} // else: it may have been sent before the upgrade, with the old key
 		dctx := context.WithoutCancel(ctx)
 		var res mutators.Result
-		req, rerr := mapping.Mutators.Render(mu)
+		var req *mutators.Request
+		var rerr error
+		if int64(len(mu.Args)) > s.cfg.MaxArgsBytes {
+			// Rendering decodes the args: bound what one mutation may cost.
+			rerr = fmt.Errorf("args are %d bytes, more than %d (SIDECAR_MAX_ARGS_BYTES)", len(mu.Args), s.cfg.MaxArgsBytes)
+		} else {
+			req, rerr = mapping.Mutators.Render(mu)
+		}
 		if rerr != nil {
 			res = mutators.Result{Outcome: mutators.Rejected, Err: rerr}
 		} else {

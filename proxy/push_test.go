@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -1034,5 +1036,37 @@ func TestIdempotencyKeys(t *testing.T) {
 	mu.Lock()
 	if len(keys) != 2 || keys[0] != "pre:5" || keys[1] == "pre:6" || len(keys[1]) != 64 {
 		t.Errorf("keys after the upgrade = %v; want pre:5, then an HMAC", keys)
+	}
+}
+
+// TestNothingLargeReadBeforeTheCallerIsKnown: an anonymous push with a
+// huge body is refused (401) having read no more than its start: the
+// answer arrives while the client has sent 1 KiB of a 32 MiB body. And
+// one mutation's args beyond SIDECAR_MAX_ARGS_BYTES are rejected like a
+// business error, never sent.
+func TestNothingLargeReadBeforeTheCallerIsKnown(t *testing.T) {
+	h := newHarness(t, map[string]string{"SIDECAR_MAX_ARGS_BYTES": "1024"})
+	sc := h.start()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(sc.srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = conn.Close() }()
+	_, _ = fmt.Fprintf(conn, "POST /replicache/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", 32<<20)
+	_, _ = conn.Write([]byte(`{"pushVersion":1,"clientGroupID":"g","mutations":[` + strings.Repeat(" ", 1000)))
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil || !strings.Contains(line, "401") {
+		t.Errorf("anonymous push with 1 KiB of a 32 MiB body sent: %q, %v; want 401 at once", line, err)
+	}
+
+	calls := h.up.MutationCalls()
+	big := map[string]any{"id": "big", "title": strings.Repeat("x", 2000)}
+	r := sc.push(t, "alice", "g", mut{"c", 1, "createTodo", big})
+	if r.status != 200 || r.json["rejected"] != 1.0 {
+		t.Errorf("push with 2 KiB args over a 1 KiB limit = %d %s; want the mutation rejected", r.status, r.raw)
+	}
+	if n := h.up.MutationCalls() - calls; n != 0 {
+		t.Errorf("%d calls for args over the limit", n)
 	}
 }
