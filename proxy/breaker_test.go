@@ -432,3 +432,53 @@ func TestBreakerRecoversQuickly(t *testing.T) {
 		t.Errorf("pushes applied again only %s after the API recovered; want about one open period (1 s)", took)
 	}
 }
+
+// TestVictimPullsWhileAnAttackerSendsGarbage: an anonymous client sends
+// malformed chunked requests at 10 a second while a victim pulls; every
+// victim pull succeeds (before: 50 of 50 failed once the breaker opened).
+func TestVictimPullsWhileAnAttackerSendsGarbage(t *testing.T) {
+	h := newHarness(t, nil) // default breaker settings
+	sc := h.start()
+	addr := strings.TrimPrefix(sc.srv.URL, "http://")
+	stop := make(chan struct{})
+	var sent atomic.Int64
+	go func() {
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			conn, err := net.Dial("tcp", addr)
+			if err != nil {
+				continue
+			}
+			_, _ = io.WriteString(conn, "POST /nonexistent HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nnot a chunk\r\n")
+			_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+			_, _ = io.ReadAll(conn)
+			_ = conn.Close()
+			sent.Add(1)
+		}
+	}()
+	var ok, total int
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		r, _ := sc.pull(t, "alice", "g", nil)
+		total++
+		if r.status == 200 {
+			ok++
+		}
+		if p := do(t, mustRequest(t, http.MethodGet, sc.srv.URL+"/legacy/echo")); p.status == http.StatusTeapot {
+			ok++
+		}
+		total++
+		time.Sleep(50 * time.Millisecond)
+	}
+	close(stop)
+	t.Logf("victim: %d of %d pulls and pages succeeded while %d malformed requests were sent", ok, total, sent.Load())
+	if ok != total || sent.Load() < 10 {
+		t.Errorf("victim: %d of %d succeeded (%d garbage requests sent); want all", ok, total, sent.Load())
+	}
+}
