@@ -179,8 +179,10 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry
 	seenURLs := map[string]bool{}
 	keys := map[string]int{} // key → page it came on
 	firstTotal := -1
+	var firstAnswer *answer // page 1's top-level fields, parsed once
 	var lastBody []byte
 	var lastHdr http.Header
+	pages := 0
 	next := first
 	for page := 1; next != nil; page++ {
 		if s.paged && page > s.page.MaxPages {
@@ -215,11 +217,13 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry
 			}
 			keys[e.Key] = page
 		}
-		if page == 1 {
-			firstTotal = s.total(body, hdr)
+		if page == 1 && s.checksMore() {
+			first := newAnswer(body, hdr)
+			firstTotal = s.total(first)
+			firstAnswer = &first
 		}
 		entries = append(entries, got...)
-		lastBody, lastHdr = body, hdr
+		lastBody, lastHdr, pages = body, hdr, page
 		if !s.paged {
 			break
 		}
@@ -227,7 +231,15 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry
 			return fail(err.Error(), err)
 		}
 	}
-	if reason, shifted := s.moreThanReceived(lastBody, lastHdr, firstTotal, len(entries)); shifted {
+	if !s.checksMore() {
+		return entries, nil
+	}
+	last := firstAnswer
+	if pages > 1 {
+		a := newAnswer(lastBody, lastHdr)
+		last = &a
+	}
+	if reason, shifted := s.moreThanReceived(*last, firstTotal, len(entries)); shifted {
 		return nil, &shiftedError{reason}
 	} else if reason != "" {
 		return fail(reason+`; map its pagination (or say "pagination": {"type": "none"} if this is all)`, nil)
@@ -235,14 +247,41 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry
 	return entries, nil
 }
 
+// checksMore: the source's answers are checked for signs of more items
+// than received (not for one whole value, nor for "pagination": "none").
+func (s *source) checksMore() bool { return s.keyed && s.page.Type != "none" }
+
+// answer is a page's headers and top-level fields, parsed once for the
+// checks of a source's first and last pages.
+type answer struct {
+	hdr http.Header
+	top map[string]json.RawMessage // nil unless the body is an object
+}
+
+func newAnswer(body []byte, hdr http.Header) answer {
+	a := answer{hdr: hdr}
+	if b := bytes.TrimSpace(body); len(b) > 0 && b[0] == '{' {
+		_ = json.Unmarshal(b, &a.top)
+	}
+	return a
+}
+
+// field follows a dotted path from the top level; false when a step is
+// absent or not an object.
+func (a answer) field(path []string) (json.RawMessage, bool) {
+	v, ok := a.top[path[0]]
+	if !ok || len(path) == 1 {
+		return v, ok
+	}
+	raw, present, err := lookupPath(v, path[1:])
+	return raw, err == nil && present
+}
+
 // total returns the count of all items an answer reports (X-Total-Count,
 // the source's Total path, or a top-level count, total, totalCount,
 // total_count or totalItems beside the items), or -1.
-func (s *source) total(body []byte, hdr http.Header) int {
-	if !s.keyed {
-		return -1 // one whole value: no items to count
-	}
-	if v := hdr.Get("X-Total-Count"); v != "" {
+func (s *source) total(a answer) int {
+	if v := a.hdr.Get("X-Total-Count"); v != "" {
 		if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && n >= 0 {
 			return n
 		}
@@ -255,8 +294,8 @@ func (s *source) total(body []byte, hdr http.Header) int {
 		paths = [][]string{{"count"}, {"total"}, {"totalCount"}, {"total_count"}, {"totalItems"}}
 	}
 	for _, p := range paths {
-		raw, present, err := lookupPath(body, p)
-		if err != nil || !present {
+		raw, present := a.field(p)
+		if !present {
 			continue
 		}
 		var n int
@@ -274,23 +313,20 @@ func (s *source) total(body []byte, hdr http.Header) int {
 // page) all mean the view would be cut short, and under the Reset Strategy
 // the client would delete what is missing. shifted: a paged source's total
 // disagrees, which another writer explains (the others are mapping errors).
-func (s *source) moreThanReceived(body []byte, hdr http.Header, firstTotal, received int) (reason string, shifted bool) {
-	if s.page.Type == "none" || !s.keyed {
-		return "", false
-	}
+func (s *source) moreThanReceived(a answer, firstTotal, received int) (reason string, shifted bool) {
 	if s.page.Type != "link" {
-		if target := nextLink(hdr.Values("Link")); target != "" {
+		if target := nextLink(a.hdr.Values("Link")); target != "" {
 			return fmt.Sprintf("the answer has a Link header with rel=\"next\" (%s), but the source's pagination does not follow it", target), false
 		}
 	}
 	if s.page.Type != "cursor" && s.page.Type != "url" {
 		for _, p := range [][]string{{"next"}, {"links", "next"}, {"_links", "next"}} {
-			if raw, present, err := lookupPath(body, p); err == nil && present && !emptyJSON(raw) {
+			if raw, present := a.field(p); present && !emptyJSON(raw) {
 				return fmt.Sprintf("the answer has a non-empty %q field, but the source's pagination does not follow it", strings.Join(p, ".")), false
 			}
 		}
 	}
-	total := s.total(body, hdr)
+	total := s.total(a)
 	switch {
 	case total < 0:
 		return "", false
@@ -447,21 +483,18 @@ func (f *Fetcher) follow(cur *url.URL, target, what string) (*url.URL, error) {
 		return nil, fmt.Errorf("invalid %s %q", what, target)
 	}
 	if u.Scheme != f.base.Scheme || u.Host != f.base.Host {
-		return nil, fmt.Errorf("%s %q points to another host", what, redacted(u))
+		return nil, fmt.Errorf("%s %q points to another host", what, u.Redacted())
 	}
 	if u.User != nil {
 		// Userinfo would make the sidecar send credentials of the API's
 		// choosing (Authorization: Basic).
-		return nil, fmt.Errorf("%s %q carries credentials", what, redacted(u))
+		return nil, fmt.Errorf("%s %q carries credentials", what, u.Redacted())
 	}
 	if prefix := strings.TrimSuffix(f.base.Path, "/"); prefix != "" && u.Path != prefix && !strings.HasPrefix(u.Path, prefix+"/") {
-		return nil, fmt.Errorf("%s %q leaves the upstream's path prefix %s", what, redacted(u), prefix)
+		return nil, fmt.Errorf("%s %q leaves the upstream's path prefix %s", what, u.Redacted(), prefix)
 	}
 	return u, nil
 }
-
-// redacted prints a URL without a password.
-func redacted(u *url.URL) string { return u.Redacted() }
 
 // firstPage adds what the first page of an offset or page source asks for.
 func (s *source) firstPage(u *url.URL) *url.URL {
