@@ -99,56 +99,41 @@ func (s *Sidecar) pullLocked(ctx context.Context, c *call, req *pullRequest) (pu
 // bookkeeping failed.
 func (s *Sidecar) failPull(w http.ResponseWriter, log *slog.Logger, err error, groupID string) {
 	var se *clientview.SourceError
+	var st *clientview.StatusError // the upstream's answer to a page, if that is what failed
+	errors.As(err, &st)
 	switch {
 	case errors.Is(err, store.ErrCookieExhausted):
 		log.Warn("the group's cookie cannot grow any further; the client starts over")
 		writeClientStateNotFound(w)
 	case errors.Is(err, upstream.ErrCircuitOpen):
 		s.fail(w, log, upstreamSuspended(s.upstream.RetryAfter()))
-	case errors.As(err, &se) && isStatus(err, http.StatusUnauthorized):
+	case !errors.As(err, &se):
+		s.failStore(w, log, err, groupID)
+	case st != nil && st.Status == http.StatusUnauthorized:
 		// Expired credentials: 401 makes the Replicache client call getAuth
 		// and retry with a fresh token (a 502 would keep the dead one).
 		s.fail(w, log, errorf(http.StatusUnauthorized, "Unauthorized",
 			"the upstream did not accept the credentials (view source %s answered 401)", se.Source))
-	case errors.As(err, &se) && se.Shifted:
+	case se.Shifted:
 		// Another writer kept moving items between the pages: no mapping
 		// error, and the next pull will likely succeed.
 		s.fail(w, log, &httpError{Status: http.StatusServiceUnavailable, Code: "ViewShifted", RetryAfter: 1,
 			Message: fmt.Sprintf("client view source %s changed while it was read (%s); retry", se.Source, se.Reason),
 			Detail:  map[string]any{"source": se.Source, "reason": se.Reason}})
-	case errors.As(err, &se) && redirected(err) != nil:
-		st := redirected(err)
+	case st != nil && st.Status >= 300 && st.Status < 400:
 		s.mapErrs.report(slog.LevelError, s.mapping().Hash, "view", se.Source, http.MethodGet, st.Path, st.Status, st.Location)
 		s.fail(w, log, &httpError{Status: http.StatusBadGateway, Code: "MappingError",
 			Message: fmt.Sprintf("mapping error: GET %s answered %d (Location: %q); redirects are never followed: write the canonical path in the mapping",
 				st.Path, st.Status, st.Location),
 			Detail: map[string]any{"source": se.Source, "reason": se.Reason}})
-	case errors.As(err, &se):
-		var status *clientview.StatusError
+	default:
 		var callErr *upstream.CallError
-		if !errors.As(err, &status) && !errors.As(err, &callErr) {
+		if st == nil && !errors.As(err, &callErr) {
 			s.upstream.View.BadResponse()
 		}
 		s.fail(w, log, &httpError{Status: http.StatusBadGateway, Code: "BadGateway", Message: se.Error(),
 			Detail: map[string]any{"source": se.Source, "reason": se.Reason}})
-	default:
-		s.failStore(w, log, err, groupID)
 	}
-}
-
-// redirected returns the redirect err holds, if any.
-func redirected(err error) *clientview.StatusError {
-	var se *clientview.StatusError
-	if errors.As(err, &se) && se.Status >= 300 && se.Status < 400 {
-		return se
-	}
-	return nil
-}
-
-// isStatus reports whether err holds an upstream answer with status.
-func isStatus(err error, status int) bool {
-	var se *clientview.StatusError
-	return errors.As(err, &se) && se.Status == status
 }
 
 // writePull sends the answer and accounts for it.

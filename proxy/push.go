@@ -162,13 +162,11 @@ func (s *Sidecar) handlePush(w http.ResponseWriter, r *http.Request) {
 			pruned = g.PrunedClients
 			return err
 		})
-		if err == nil {
-			s.countPruned(c, pruned)
-		}
 		if err != nil {
 			s.failStore(w, c.log, err, req.ClientGroupID)
 			return
 		}
+		s.countPruned(c, pruned) // committed
 	}
 
 	stats, err := s.applyAll(ctx, c, req, known)

@@ -93,19 +93,10 @@ func (b *breaker) execute(call func() (*http.Response, error)) (*http.Response, 
 	return b.cb.Execute(call)
 }
 
-// suspended reports whether calls fail at once.
+// suspended reports whether calls fail at once: the open period, which
+// every opening sets, is not over (after it the next call is a trial).
 func (b *breaker) suspended() bool {
-	if b == nil {
-		return false
-	}
-	return b.holding() || b.cb.State() == gobreaker.StateOpen && !b.trialDue()
-}
-
-// trialDue: the open period is over; the next call is a trial.
-func (b *breaker) trialDue() bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return !time.Now().Before(b.until)
+	return b != nil && b.holding()
 }
 
 // admits says whether a failing answer (status) for source counts against
