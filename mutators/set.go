@@ -323,14 +323,10 @@ func (m *Set) Render(mu Mutation) (*Request, error) {
 	if !ok {
 		return nil, &renderError{Mutator: mu.Name, Reason: "no mapping for this mutator"}
 	}
-	v := &values{m: mu}
-	if len(mu.Args) > 0 {
-		dec := json.NewDecoder(bytes.NewReader(mu.Args))
-		dec.UseNumber()
-		if err := dec.Decode(&v.args); err != nil {
-			return nil, &renderError{Mutator: mu.Name, Reason: "args are not valid JSON"}
-		}
+	if len(mu.Args) > 0 && !json.Valid(mu.Args) {
+		return nil, &renderError{Mutator: mu.Name, Reason: "args are not valid JSON"}
 	}
+	v := &values{m: mu}
 	fail := func(err error) (*Request, error) {
 		return nil, &renderError{Mutator: mu.Name, Reason: err.Error()}
 	}

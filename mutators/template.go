@@ -1,6 +1,7 @@
 package mutators
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"regexp"
@@ -81,13 +82,12 @@ func (e errMissing) Error() string {
 
 // values is what placeholders resolve against for one mutation.
 type values struct {
-	m    Mutation
-	args any // decoded args (json.Number for numbers); nil when args is null
+	m Mutation // m.Args is valid JSON or empty
 }
 
 // lookup resolves a placeholder to a JSON-typed Go value (string,
-// json.Number, bool, nil, map[string]any or []any). ok is false when the value
-// is absent (as opposed to present and null).
+// json.Number, bool or nil; objects and arrays as their json.RawMessage).
+// ok is false when the value is absent (as opposed to present and null).
 func (v *values) lookup(ref []string) (any, bool) {
 	switch ref[0] {
 	case "clientID":
@@ -101,26 +101,10 @@ func (v *values) lookup(ref []string) (any, bool) {
 	case "userID":
 		return v.m.UserID, true
 	}
-	cur := v.args
-	for _, seg := range ref[1:] {
-		switch node := cur.(type) {
-		case map[string]any:
-			next, ok := node[seg]
-			if !ok {
-				return nil, false
-			}
-			cur = next
-		case []any:
-			i, err := strconv.Atoi(seg)
-			if err != nil || i < 0 || i >= len(node) {
-				return nil, false
-			}
-			cur = node[i]
-		default:
-			return nil, false
-		}
+	if len(v.m.Args) == 0 {
+		return nil, len(ref) == 1 // absent args read as null
 	}
-	return cur, true
+	return argValue(v.m.Args, ref[1:])
 }
 
 // text renders a value for interpolation into a longer string: strings as
@@ -135,20 +119,21 @@ func text(val any) (string, error) {
 		return strconv.FormatBool(x), nil
 	case nil:
 		return "null", nil
-	default:
-		b, err := json.Marshal(x)
-		if err != nil {
+	case json.RawMessage:
+		var b bytes.Buffer
+		if err := json.Compact(&b, x); err != nil {
 			return "", err
 		}
-		return string(b), nil
+		return b.String(), nil
+	default:
+		return "", fmt.Errorf("unexpected value %T", val)
 	}
 }
 
 // scalarText renders a value that must stand in a URL: objects and arrays are
 // refused because their text form is ambiguous there.
 func scalarText(p part, val any) (string, error) {
-	switch val.(type) {
-	case map[string]any, []any:
+	if _, ok := val.(json.RawMessage); ok {
 		return "", fmt.Errorf("%s: an object or array cannot be used in a URL", p.raw)
 	}
 	return text(val)
