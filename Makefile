@@ -103,7 +103,8 @@ vet:
 
 ## bench: benchmarks (sidecar vs direct upstream), printed as a table.
 bench: $(BIN)/devpg
-	$(BIN)/devpg -- $(GO) test -run '^$$' -bench . -benchmem ./...
+	$(BIN)/devpg -- sh -c '$(GO) test -run "^$$" -bench . -benchmem ./... && \
+	  MEMORY_TEST=full $(GO) test -count=1 -v -run "^TestMemoryUnderHostileLoad$$" ./cmd/replicache-sidecar | grep -E "peak RSS|^(ok|FAIL|---)"'
 
 clean:
 	rm -rf $(BIN)

@@ -67,9 +67,18 @@ type Request struct {
 	// Header is sent with every GET: the headers forwarded from the
 	// client's request (e.g. Authorization) and its request id.
 	Header http.Header
+	// Memory, when set, is charged for every byte read from the upstream
+	// (the process-wide in-flight budget); its error fails the fetch, and
+	// the caller finds it with errors.Is / errors.As.
+	Memory Memory
 
 	budget *atomic.Int64 // bytes the fetch may still read
 	spent  *atomic.Int64 // bytes this attempt at a source has read
+}
+
+// Memory is charged for the bytes a fetch reads.
+type Memory interface {
+	Reader(ctx context.Context, r io.Reader) io.Reader
 }
 
 // Fetch fetches every source of v concurrently and returns their entries in
@@ -383,7 +392,11 @@ func (f *Fetcher) get(ctx context.Context, u *url.URL, r Request) ([]byte, http.
 		return nil, nil, &StatusError{Status: resp.StatusCode, Path: u.RequestURI(), Location: resp.Header.Get("Location")}
 	}
 	left := r.budget.Load()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, max(left, 0)+1))
+	var src io.Reader = io.LimitReader(resp.Body, max(left, 0)+1)
+	if r.Memory != nil {
+		src = r.Memory.Reader(ctx, src)
+	}
+	body, err := io.ReadAll(src)
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading upstream response: %w", err)
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
 )
 

@@ -3,10 +3,12 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"net/netip"
 	"net/url"
 	"regexp"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -44,11 +46,14 @@ type Config struct {
 	MaxBodyBytes         int64         `env:"MAX_BODY_BYTES" envDefault:"33554432"`
 	MaxArgsBytes         int64         `env:"MAX_ARGS_BYTES" envDefault:"1048576"`
 	MaxUpstreamBodyBytes int64         `env:"MAX_UPSTREAM_BODY_BYTES" envDefault:"67108864"`
-	PushTimeBudget       time.Duration `env:"PUSH_TIME_BUDGET" envDefault:"20s"`
-	ShutdownTimeout      time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"25s"`
-	DrainDelay           time.Duration `env:"DRAIN_DELAY" envDefault:"2s"`
-	HTTPReadTimeout      time.Duration `env:"HTTP_READ_TIMEOUT" envDefault:"60s"`
-	LogLevel             string        `env:"LOG_LEVEL" envDefault:"info"`
+	// MaxInflightBytes bounds the request and view bytes held by all pushes
+	// and pulls at once; 0 derives it from GOMEMLIMIT (see inflightDefault).
+	MaxInflightBytes int64         `env:"MAX_INFLIGHT_VIEW_BYTES" envDefault:"0"`
+	PushTimeBudget   time.Duration `env:"PUSH_TIME_BUDGET" envDefault:"20s"`
+	ShutdownTimeout  time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"25s"`
+	DrainDelay       time.Duration `env:"DRAIN_DELAY" envDefault:"2s"`
+	HTTPReadTimeout  time.Duration `env:"HTTP_READ_TIMEOUT" envDefault:"60s"`
+	LogLevel         string        `env:"LOG_LEVEL" envDefault:"info"`
 
 	DBStatementTimeout time.Duration `env:"DB_STATEMENT_TIMEOUT" envDefault:"10s"`
 	DBLockTimeout      time.Duration `env:"DB_LOCK_TIMEOUT" envDefault:"15s"`
@@ -257,7 +262,25 @@ func (c *Config) checkLimits() []error {
 			errs = append(errs, fmt.Errorf("%s must be positive", name))
 		}
 	}
+	switch {
+	case c.MaxInflightBytes < 0:
+		errs = append(errs, errors.New("SIDECAR_MAX_INFLIGHT_VIEW_BYTES must not be negative (0 derives it from GOMEMLIMIT)"))
+	case c.MaxInflightBytes == 0:
+		c.MaxInflightBytes = inflightDefault(debug.SetMemoryLimit(-1))
+	}
 	return errs
+}
+
+// inflightDefault sizes the in-flight budget from the Go memory limit: a
+// byte held by a push or pull costs about three in the heap at its peak (the
+// bytes, what is built from them, the answer), and the rest is the runtime's
+// and every other request's. Without GOMEMLIMIT it assumes 512 MiB.
+func inflightDefault(memLimit int64) int64 {
+	const unset = math.MaxInt64
+	if memLimit <= 0 || memLimit == unset {
+		memLimit = 512 << 20
+	}
+	return max(memLimit/4, 1<<20)
 }
 
 // parseCORSOrigins keeps exact origins only, without a trailing slash.

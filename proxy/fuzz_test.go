@@ -23,7 +23,7 @@ func FuzzDecodePush(f *testing.F) {
 		w := httptest.NewRecorder()
 		r := httptest.NewRequest(http.MethodPost, "/replicache/push", strings.NewReader(body))
 		var req pushRequest
-		herr := decodeBody(w, r, 1<<16, &req)
+		herr := decodeBody(w, r, 1<<16, nil, &req)
 		if herr == nil && req.PushVersion != nil && *req.PushVersion == 1 {
 			herr = req.validate()
 			if herr == nil {

@@ -13,6 +13,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
 )
@@ -26,6 +27,9 @@ type call struct {
 	userID    string
 	viaHeader bool        // identified by the trusted header, not the auth path
 	fwd       http.Header // sent with every upstream call it causes
+	// mem holds the request's bytes in the process-wide budget (its body,
+	// then the view it fetches); the handler releases it when done.
+	mem *budget.Lease
 
 	// credentialsRechecked: the auth endpoint was asked again during this
 	// push (at most once, before consuming a rejection).
@@ -74,21 +78,28 @@ func (s *Sidecar) begin(w http.ResponseWriter, r *http.Request, endpoint string,
 		s.fail(w, c.log, herr)
 		return nil, false
 	}
-	if herr := decodeBody(w, r, s.cfg.MaxBodyBytes, req); herr != nil {
+	c.mem = s.budget.Lease()
+	refuse := func(herr *httpError) (*call, bool) {
+		c.mem.Release()
+		if herr.Code == "MemoryBudgetExhausted" {
+			s.metrics.budgetRefusals.WithLabelValues(endpoint).Inc()
+		}
 		s.fail(w, c.log, herr)
 		return nil, false
 	}
+	if herr := decodeBody(w, r, s.cfg.MaxBodyBytes, c.mem, req); herr != nil {
+		return refuse(herr)
+	}
 	switch v := req.version(); {
 	case v == nil:
-		s.fail(w, c.log, errorf(http.StatusBadRequest, "BadRequest", "%sVersion is required", endpoint))
-		return nil, false
+		return refuse(errorf(http.StatusBadRequest, "BadRequest", "%sVersion is required", endpoint))
 	case *v != 1:
+		c.mem.Release()
 		writeVersionNotSupported(w, endpoint)
 		return nil, false
 	}
 	if herr := req.validate(); herr != nil {
-		s.fail(w, c.log, herr)
-		return nil, false
+		return refuse(herr)
 	}
 	c.log = c.log.With("client_group", req.clientGroupID())
 	c.userID, c.viaHeader = userID, viaHeader

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
 )
 
 const namespace = "replicache_sidecar"
@@ -24,9 +26,10 @@ type metrics struct {
 	mappingInfo         *prometheus.GaugeVec
 	mappingErrors       *prometheus.CounterVec
 	pruned              *prometheus.CounterVec
+	budgetRefusals      *prometheus.CounterVec
 }
 
-func newMetrics(reg prometheus.Registerer, mutatorNames []string) *metrics {
+func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Budget) *metrics {
 	mutatorNames = append([]string(nil), mutatorNames...)
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -74,6 +77,21 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string) *metrics {
 	}, []string{"what"})
 	m.pruned.WithLabelValues("clients")
 	m.pruned.WithLabelValues("rejections")
+	m.budgetRefusals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "inflight_refusals_total",
+		Help: "Pushes and pulls answered 503 because the in-flight byte budget (SIDECAR_MAX_INFLIGHT_VIEW_BYTES) stayed spent, by endpoint.",
+	}, []string{"endpoint"})
+	m.budgetRefusals.WithLabelValues("push")
+	m.budgetRefusals.WithLabelValues("pull")
+	reg.MustRegister(m.budgetRefusals,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "inflight_bytes",
+			Help: "Request and view bytes held by pushes and pulls now: one budget for both (SIDECAR_MAX_INFLIGHT_VIEW_BYTES).",
+		}, func() float64 { return float64(mem.InUse()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "inflight_limit_bytes",
+			Help: "The in-flight byte budget's size (SIDECAR_MAX_INFLIGHT_VIEW_BYTES, or derived from GOMEMLIMIT).",
+		}, func() float64 { return float64(mem.Limit()) }))
 	reg.MustRegister(m.requests, m.requestDuration, m.mutations, m.pullEntries, m.pullBytes, m.mappingReloadErrors, m.mappingInfo,
 		m.mappingErrors, m.pruned)
 	for _, e := range []string{"push", "pull", "proxy"} {

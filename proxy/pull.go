@@ -1,11 +1,12 @@
 package proxy
 
 import (
-	"bytes"
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"sort"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
 )
@@ -61,6 +63,7 @@ func (s *Sidecar) handlePull(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	defer c.mem.Release()
 	if req.exhausted {
 		c.log.Warn("pull with a cookie that cannot grow any further; the client starts over")
 		writeClientStateNotFound(w)
@@ -85,7 +88,7 @@ func (s *Sidecar) pullLocked(ctx context.Context, c *call, req *pullRequest) (pu
 		if ans.lmids, err = g.LastMutationIDs(ctx); err != nil {
 			return err
 		}
-		if ans.entries, err = s.fetcher.Fetch(ctx, mapping.View, clientview.Request{UserID: c.userID, Header: c.fwd}); err != nil {
+		if ans.entries, err = s.fetcher.Fetch(ctx, mapping.View, clientview.Request{UserID: c.userID, Header: c.fwd, Memory: c.mem}); err != nil {
 			return err
 		}
 		ans.order, err = g.NextCookieOrder(ctx, req.cookieOrder)
@@ -107,6 +110,14 @@ func (s *Sidecar) failPull(w http.ResponseWriter, log *slog.Logger, err error, g
 		writeClientStateNotFound(w)
 	case errors.Is(err, upstream.ErrCircuitOpen):
 		s.fail(w, log, upstreamSuspended(s.upstream.RetryAfter()))
+	case errors.Is(err, budget.ErrBusy):
+		s.metrics.budgetRefusals.WithLabelValues("pull").Inc()
+		s.fail(w, log, budgetError(err, "client view"))
+	case errors.As(err, new(*budget.TooLargeError)):
+		// Not the upstream's fault: no breaker evidence.
+		herr := budgetError(err, "client view")
+		herr.Status, herr.Code = http.StatusBadGateway, "ViewTooLarge"
+		s.fail(w, log, herr)
 	case !errors.As(err, &se):
 		s.failStore(w, log, err, groupID)
 	case st != nil && st.Status == http.StatusUnauthorized:
@@ -136,28 +147,30 @@ func (s *Sidecar) failPull(w http.ResponseWriter, log *slog.Logger, err error, g
 	}
 }
 
-// writePull sends the answer and accounts for it.
+// writePull sends the answer and accounts for it. The body is written as it
+// is encoded: a view is never held twice, once as entries and once as the
+// answer's bytes.
 func (s *Sidecar) writePull(w http.ResponseWriter, c *call, ans pullAnswer) {
-	body := encodePullResponse(ans.order, ans.lmids, ans.entries)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(body)
+	n, err := encodePullResponse(w, ans.order, ans.lmids, ans.entries)
+	if err != nil {
+		c.log.Info("client went away while the pull was written", "error", err, "bytes", n)
+		return
+	}
 	s.metrics.pullEntries.Observe(float64(len(ans.entries)))
-	s.metrics.pullBytes.Observe(float64(len(body)))
-	c.log.Info("pull", "entries", len(ans.entries), "clients", len(ans.lmids), "bytes", len(body), "cookie", ans.order,
+	s.metrics.pullBytes.Observe(float64(n))
+	c.log.Info("pull", "entries", len(ans.entries), "clients", len(ans.lmids), "bytes", n, "cookie", ans.order,
 		"duration", time.Since(c.start))
 }
 
 // encodePullResponse writes the reset-strategy PullResponse by hand: entry
-// values are already compact JSON and are copied, not re-encoded.
-func encodePullResponse(order int64, lmids map[string]int64, entries []clientview.Entry) []byte {
-	size := 96 + 48*len(lmids)
-	for _, e := range entries {
-		size += len(e.Key) + len(e.Value) + 32
-	}
-	b := bytes.NewBuffer(make([]byte, 0, size))
+// values are already compact JSON and are copied, not re-encoded. It
+// returns the bytes written.
+func encodePullResponse(dst io.Writer, order int64, lmids map[string]int64, entries []clientview.Entry) (int64, error) {
+	cw := &countingWriter{w: dst}
+	b := bufio.NewWriterSize(cw, 32<<10)
 	b.WriteString(`{"cookie":{"order":`)
 	b.WriteString(strconv.FormatInt(order, 10))
 	b.WriteString(`},"lastMutationIDChanges":{`)
@@ -183,10 +196,36 @@ func encodePullResponse(order int64, lmids map[string]int64, entries []clientvie
 		b.WriteByte('}')
 	}
 	b.WriteString("]}")
-	return b.Bytes()
+	err := b.Flush() // the first write error sticks and shows here
+	return cw.n, err
 }
 
-func writeJSONString(b *bytes.Buffer, s string) {
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// writeJSONString writes s as a JSON string. Keys and ids are nearly always
+// plain ASCII, written as they are; anything else goes through
+// encoding/json's escaping.
+func writeJSONString(b *bufio.Writer, s string) {
+	plain := true
+	for i := 0; i < len(s) && plain; i++ {
+		c := s[i]
+		plain = c >= 0x20 && c < 0x7f && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
+	}
+	if plain {
+		b.WriteByte('"')
+		b.WriteString(s)
+		b.WriteByte('"')
+		return
+	}
 	q, _ := json.Marshal(s) // a string always encodes
 	b.Write(q)
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -244,8 +245,13 @@ func TestDeletedGroupGetsClientStateNotFound(t *testing.T) {
 }
 
 func TestEncodePullResponse(t *testing.T) {
-	body := encodePullResponse(9, map[string]int64{"b": 2, "a\"x": 1}, []clientview.Entry{{Key: "k\n1", Value: json.RawMessage(`{"v":[1,2]}`)}})
-	want := `{"cookie":{"order":9},"lastMutationIDChanges":{"a\"x":1,"b":2},"patch":[{"op":"clear"},{"op":"put","key":"k\n1","value":{"v":[1,2]}}]}`
+	var buf bytes.Buffer
+	n, err := encodePullResponse(&buf, 9, map[string]int64{"b": 2, "a\"x": 1}, []clientview.Entry{{Key: "k\n1", Value: json.RawMessage(`{"v":[1,2]}`)}, {Key: "plain-key", Value: json.RawMessage(`1`)}})
+	body := buf.Bytes()
+	if err != nil || n != int64(len(body)) {
+		t.Fatalf("wrote %d bytes (%v), the buffer has %d", n, err, len(body))
+	}
+	want := `{"cookie":{"order":9},"lastMutationIDChanges":{"a\"x":1,"b":2},"patch":[{"op":"clear"},{"op":"put","key":"k\n1","value":{"v":[1,2]}},{"op":"put","key":"plain-key","value":1}]}`
 	if string(body) != want {
 		t.Errorf("got  %s\nwant %s", body, want)
 	}

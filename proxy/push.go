@@ -133,6 +133,7 @@ func (s *Sidecar) handlePush(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	defer c.mem.Release()
 	ctx := r.Context()
 	// Check ownership of the group and of every client before applying
 	// anything, and learn the last mutation ids so retried mutations are

@@ -13,6 +13,7 @@ import (
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
 	"github.com/replicache-sidecar/replicache-sidecar/mutators"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
 )
@@ -38,6 +39,7 @@ type Sidecar struct {
 	metrics     *metrics
 	mapErrs     *mappingErrors
 	passthrough http.Handler
+	budget      *budget.Budget // request and view bytes in flight
 
 	current  atomic.Pointer[Mapping]
 	secret   atomic.Pointer[[]byte] // the idempotency keys' HMAC secret, once migrated
@@ -59,7 +61,8 @@ type viewFetcher interface {
 // and pulls: until then they answer 503.
 func New(o Options) *Sidecar {
 	cfg := o.Config
-	m := newMetrics(o.Registerer, cfg.Mapping.Mutators.Names())
+	mem := budget.New(cfg.MaxInflightBytes, budgetWait)
+	m := newMetrics(o.Registerer, cfg.Mapping.Mutators.Names(), mem)
 	o.Registerer.MustRegister(store.NewPoolCollector(o.Pool, namespace))
 	// One breaker for the one upstream, shared by every kind of call: when
 	// the legacy service is down, mutations, views, auth and pass-through
@@ -87,6 +90,7 @@ func New(o Options) *Sidecar {
 			base: strings.TrimSuffix(cfg.Upstream.String(), "/"), client: up.Auth, timeout: cfg.UpstreamTimeout,
 		},
 		metrics: m,
+		budget:  mem,
 		mapErrs: newMappingErrors(m.mappingErrors, o.Logger),
 	}
 	s.auth.mapErrs = s.mapErrs
@@ -98,6 +102,11 @@ func New(o Options) *Sidecar {
 	s.useMapping(cfg.Mapping)
 	return s
 }
+
+// budgetWait is how long a push or pull waits for room in the in-flight
+// budget before it answers 503: long enough to ride out a burst of large
+// pulls, short enough that the client's retry is the better wait.
+const budgetWait = time.Second
 
 // mapping is the mapping of new requests; a request keeps the one it
 // started with.

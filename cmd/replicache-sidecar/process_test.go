@@ -51,6 +51,7 @@ func freeAddr(t *testing.T) string {
 // the same addresses.
 type sidecarProc struct {
 	t      *testing.T
+	bin    string
 	env    []string
 	public string // http://host:port
 	admin  string
@@ -69,8 +70,14 @@ func startSidecar(t *testing.T, env map[string]string) *sidecarProc {
 // spawnSidecar starts the process without waiting for it to be ready.
 func spawnSidecar(t *testing.T, env map[string]string) *sidecarProc {
 	t.Helper()
+	return spawnBinary(t, sidecarBin, env)
+}
+
+// spawnBinary is spawnSidecar with another build of the sidecar.
+func spawnBinary(t *testing.T, bin string, env map[string]string) *sidecarProc {
+	t.Helper()
 	pub, adm := freeAddr(t), freeAddr(t)
-	p := &sidecarProc{t: t, public: "http://" + pub, admin: "http://" + adm, stderr: &proxytest.Buffer{}}
+	p := &sidecarProc{t: t, bin: bin, public: "http://" + pub, admin: "http://" + adm, stderr: &proxytest.Buffer{}}
 	full := map[string]string{"SIDECAR_LISTEN_ADDR": pub, "SIDECAR_ADMIN_ADDR": adm, "SIDECAR_SHUTDOWN_TIMEOUT": "5s"}
 	for k, v := range env {
 		full[k] = v
@@ -105,7 +112,7 @@ func (p *sidecarProc) start() {
 
 func (p *sidecarProc) spawn() {
 	p.t.Helper()
-	cmd := exec.Command(sidecarBin)
+	cmd := exec.Command(p.bin)
 	cmd.Env = append(os.Environ(), p.env...)
 	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
