@@ -263,8 +263,8 @@ func (c *Config) checkLimits() []error {
 		}
 	}
 	switch {
-	case c.MaxInflightBytes < 0:
-		errs = append(errs, errors.New("SIDECAR_MAX_INFLIGHT_VIEW_BYTES must not be negative (0 derives it from GOMEMLIMIT)"))
+	case c.MaxInflightBytes < 0 || (c.MaxInflightBytes > 0 && c.MaxInflightBytes < 1<<20):
+		errs = append(errs, errors.New("SIDECAR_MAX_INFLIGHT_VIEW_BYTES must be at least 1048576 (1 MiB), or 0 to derive it from GOMEMLIMIT"))
 	case c.MaxInflightBytes == 0:
 		c.MaxInflightBytes = inflightDefault(debug.SetMemoryLimit(-1))
 	}

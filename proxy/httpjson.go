@@ -93,13 +93,16 @@ func decodeBody(w http.ResponseWriter, r *http.Request, limit int64, mem *budget
 		return tooLarge
 	}
 	var body io.Reader = http.MaxBytesReader(w, r.Body, limit)
+	if mem != nil {
+		if !mem.Fits(r.ContentLength) {
+			return budgetError(&budget.TooLargeError{Limit: mem.Limit()}, "request body")
+		}
+		// Charged as the bytes arrive, not as declared: a slow client
+		// holds no more of the budget than it has sent.
+		body = mem.Reader(r.Context(), body)
+	}
 	var buf []byte
 	if r.ContentLength > 0 {
-		if mem != nil {
-			if err := mem.Grow(r.Context(), r.ContentLength); err != nil {
-				return budgetError(err, "request body")
-			}
-		}
 		buf = make([]byte, r.ContentLength)
 		if n, err := io.ReadFull(body, buf); err != nil {
 			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
@@ -108,9 +111,6 @@ func decodeBody(w http.ResponseWriter, r *http.Request, limit int64, mem *budget
 			return readError(err, tooLarge)
 		}
 	} else {
-		if mem != nil {
-			body = mem.Reader(r.Context(), body)
-		}
 		var err error
 		if buf, err = io.ReadAll(body); err != nil {
 			return readError(err, tooLarge)

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -113,5 +114,28 @@ func TestInflightBudget(t *testing.T) {
 	}
 	if n := seriesCount(t, sc, "replicache_sidecar_inflight_bytes"); n != 1 {
 		t.Errorf("replicache_sidecar_inflight_bytes has %d series, want 1", n)
+	}
+}
+
+// A body is charged as it arrives, not as declared: a client that declares
+// most of the budget and sends slowly holds only what it has sent.
+func TestSlowBodyHoldsOnlyWhatItSent(t *testing.T) {
+	h := newHarness(t, map[string]string{"SIDECAR_MAX_INFLIGHT_VIEW_BYTES": "1048576"})
+	sc := h.start()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(sc.srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = conn.Close() }()
+	_, _ = fmt.Fprintf(conn, "POST /replicache/push HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer alice\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", 900<<10)
+	_, _ = conn.Write([]byte(`{"pushVersion":1,"clientGroupID":"g","mutations":[` + strings.Repeat(" ", 10<<10)))
+	proxytest.WaitFor(t, "the push to start reading its body", func() bool { return sc.sc.budget.InUse() > 0 })
+	if n := sc.sc.budget.InUse(); n > 128<<10 {
+		t.Errorf("a body that sent 10 KiB of a declared 900 KiB holds %d bytes of the budget", n)
+	}
+	// Meanwhile, another push of 500 KiB fits.
+	r := sc.push(t, "bob", "g-bob", mut{"c-bob", 1, "createTodo", map[string]any{"id": "b1", "title": strings.Repeat("y", 500<<10)}})
+	if r.status != http.StatusOK {
+		t.Errorf("push beside the slow one = %d %s", r.status, r.raw)
 	}
 }

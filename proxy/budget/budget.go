@@ -130,8 +130,31 @@ func (l *Lease) Release() {
 	b.freed = make(chan struct{})
 }
 
+// Limit is the size of the budget the lease draws from.
+func (l *Lease) Limit() int64 { return l.b.limit }
+
+// Fits reports whether n bytes could ever be held by one lease.
+func (l *Lease) Fits(n int64) bool { return n <= l.b.limit }
+
+// shrink gives n of the lease's bytes back.
+func (l *Lease) shrink(n int64) {
+	b := l.b
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n = min(n, l.held)
+	if n <= 0 {
+		return
+	}
+	b.used -= n
+	l.held -= n
+	close(b.freed)
+	b.freed = make(chan struct{})
+}
+
 // Reader returns r, charging l for every byte read from it. A Read whose
-// bytes find no room returns Grow's error.
+// bytes find no room returns Grow's error. Bytes are taken a step ahead of
+// the reads; what was taken but not read is given back when r ends (EOF or
+// an error), so many small reads cost what they read.
 func (l *Lease) Reader(ctx context.Context, r io.Reader) io.Reader {
 	return &chargedReader{ctx: ctx, r: r, l: l}
 }
@@ -159,5 +182,9 @@ func (c *chargedReader) Read(p []byte) (int, error) {
 	}
 	n, err := c.r.Read(p)
 	c.prepaid -= int64(n)
+	if err != nil && c.prepaid > 0 {
+		c.l.shrink(c.prepaid)
+		c.prepaid = 0
+	}
 	return n, err
 }

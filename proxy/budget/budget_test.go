@@ -151,3 +151,18 @@ func TestConcurrentLeasesStayWithinTheLimit(t *testing.T) {
 		t.Errorf("in use %d after every release", b.InUse())
 	}
 }
+
+// Reading many small bodies costs what they hold, not a step each: the
+// bytes taken ahead and not read come back when each body ends.
+func TestSmallReadsCostWhatTheyRead(t *testing.T) {
+	b := New(1<<20, time.Millisecond)
+	l := b.Lease()
+	for range 100 { // 100 steps ahead would be 6.4 MiB
+		if _, err := io.ReadAll(l.Reader(context.Background(), bytes.NewReader([]byte("0123456789")))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if held := l.Held(); held != 1000 {
+		t.Errorf("lease holds %d after reading 100 × 10 bytes, want 1000", held)
+	}
+}
