@@ -58,6 +58,9 @@ type Config struct {
 	DBStatementTimeout time.Duration `env:"DB_STATEMENT_TIMEOUT" envDefault:"10s"`
 	DBLockTimeout      time.Duration `env:"DB_LOCK_TIMEOUT" envDefault:"15s"`
 
+	MaxWaitingPerGroup int `env:"MAX_WAITING_PER_GROUP" envDefault:"32"`
+	MaxConnsPerGroup   int `env:"MAX_CONNS_PER_GROUP" envDefault:"2"`
+
 	MaxClientsPerPush     int           `env:"MAX_CLIENTS_PER_PUSH" envDefault:"16"`
 	MaxClientsPerGroup    int           `env:"MAX_CLIENTS_PER_GROUP" envDefault:"1000"`
 	MaxRejectionsPerGroup int           `env:"MAX_REJECTIONS_PER_GROUP" envDefault:"10000"`
@@ -261,6 +264,12 @@ func (c *Config) checkLimits() []error {
 		if n <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive", name))
 		}
+	}
+	if c.MaxWaitingPerGroup < 0 {
+		errs = append(errs, errors.New("SIDECAR_MAX_WAITING_PER_GROUP must not be negative"))
+	}
+	if c.MaxConnsPerGroup < 1 {
+		errs = append(errs, errors.New("SIDECAR_MAX_CONNS_PER_GROUP must be at least 1"))
 	}
 	switch {
 	case c.MaxInflightBytes < 0 || (c.MaxInflightBytes > 0 && c.MaxInflightBytes < 1<<20):

@@ -14,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/gate"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
 )
@@ -168,7 +169,8 @@ func (s *Sidecar) failStore(w http.ResponseWriter, log *slog.Logger, err error, 
 			"%v; the limit is SIDECAR_MAX_CLIENTS_PER_GROUP (idle clients are pruned after a day)", err))
 	case errors.Is(err, context.Canceled):
 		log.Info("client went away", "error", err)
-	case store.IsLockTimeout(err):
+	case store.IsLockTimeout(err), errors.Is(err, gate.ErrBusy):
+		s.metrics.groupBusy.Inc()
 		s.fail(w, log, &httpError{Status: http.StatusServiceUnavailable, Code: "GroupBusy",
 			Message: fmt.Sprintf("client group %s is busy with another push or pull; retry", groupID), RetryAfter: 1})
 	default:

@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/gate"
 )
 
 const namespace = "replicache_sidecar"
@@ -27,9 +28,11 @@ type metrics struct {
 	mappingErrors       *prometheus.CounterVec
 	pruned              *prometheus.CounterVec
 	budgetRefusals      *prometheus.CounterVec
+	groupBusy           prometheus.Counter
+	pullsMerged         prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Budget) *metrics {
+func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Budget, turns *gate.Gate) *metrics {
 	mutatorNames = append([]string(nil), mutatorNames...)
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -83,6 +86,18 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Bu
 	}, []string{"endpoint"})
 	m.budgetRefusals.WithLabelValues("push")
 	m.budgetRefusals.WithLabelValues("pull")
+	m.groupBusy = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "group_busy_total",
+		Help: "Pushes and pulls answered 503 GroupBusy: too many waiting for their client group (SIDECAR_MAX_WAITING_PER_GROUP), or no turn within SIDECAR_DB_LOCK_TIMEOUT.",
+	})
+	m.pullsMerged = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "pulls_merged_total",
+		Help: "Pulls answered from another pull's view fetch (same client group, user and credentials).",
+	})
+	reg.MustRegister(m.groupBusy, m.pullsMerged, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "group_waiting",
+		Help: "Pushes and pulls waiting for their client group's turn in this process (holding no connection).",
+	}, func() float64 { return float64(turns.Waiting()) }))
 	reg.MustRegister(m.budgetRefusals,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "inflight_bytes",

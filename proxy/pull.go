@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
@@ -69,7 +70,7 @@ func (s *Sidecar) handlePull(w http.ResponseWriter, r *http.Request) {
 		writeClientStateNotFound(w)
 		return
 	}
-	ans, err := s.pullLocked(r.Context(), c, &req)
+	ans, err := s.pull(r.Context(), c, &req)
 	if err != nil {
 		s.failPull(w, c.log, err, req.ClientGroupID)
 		return
@@ -77,13 +78,106 @@ func (s *Sidecar) handlePull(w http.ResponseWriter, r *http.Request) {
 	s.writePull(w, c, ans)
 }
 
+// pullFlight is one pull's view fetch that other pulls of the same client
+// group, user and credentials may join until it is sealed: right after the
+// fetch, before the cookies are issued. A pull that joins arrived before
+// the flight's transaction ended, and that transaction held the group's
+// lock from before it read the last mutation ids until after the view was
+// fetched; so every push that had completed when the joiner arrived is in
+// both, and the joiner's answer is exactly as correct as its own fetch
+// would have been. Each pull still gets its own cookie, issued in the same
+// transaction, strictly increasing for the group.
+type pullFlight struct {
+	done   chan struct{}
+	sealed bool         // guarded by Sidecar.flightsMu
+	riders []*pullRider // guarded by Sidecar.flightsMu until sealed
+	ans    pullAnswer   // the leader's; set before done closes
+	err    error
+}
+
+type pullRider struct {
+	base  int64 // the rider's cookie order
+	order int64 // issued to it; 0: its cookie cannot grow
+}
+
+// pull answers req from its own fetch, or from a running one it may join.
+func (s *Sidecar) pull(ctx context.Context, c *call, req *pullRequest) (pullAnswer, error) {
+	key := s.flightKey(req.ClientGroupID, c)
+	s.flightsMu.Lock()
+	if f := s.flights[key]; f != nil && !f.sealed {
+		done, err := s.turns.Ride(req.ClientGroupID)
+		if err != nil {
+			s.flightsMu.Unlock()
+			return pullAnswer{}, err
+		}
+		defer done()
+		rider := &pullRider{base: req.cookieOrder}
+		f.riders = append(f.riders, rider)
+		s.flightsMu.Unlock()
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return pullAnswer{}, ctx.Err()
+		}
+		if f.err != nil {
+			return pullAnswer{}, f.err
+		}
+		if rider.order == 0 {
+			return pullAnswer{}, store.ErrCookieExhausted
+		}
+		s.metrics.pullsMerged.Inc()
+		return pullAnswer{order: rider.order, lmids: f.ans.lmids, entries: f.ans.entries}, nil
+	}
+	f := &pullFlight{done: make(chan struct{})}
+	s.flights[key] = f
+	s.flightsMu.Unlock()
+	// The work goes on if this pull's own client leaves: others may wait
+	// for it. The turn, the lock and every upstream call are bounded.
+	f.ans, f.err = s.pullLocked(context.WithoutCancel(ctx), c, req, func() []*pullRider { return s.seal(key, f) })
+	s.seal(key, f) // when it failed before sealing
+	close(f.done)
+	if f.err == nil && f.ans.order == 0 {
+		return pullAnswer{}, store.ErrCookieExhausted
+	}
+	return f.ans, f.err
+}
+
+// seal closes f to new riders and returns those it has.
+func (s *Sidecar) seal(key string, f *pullFlight) []*pullRider {
+	s.flightsMu.Lock()
+	defer s.flightsMu.Unlock()
+	f.sealed = true
+	if s.flights[key] == f {
+		delete(s.flights, key)
+	}
+	return f.riders
+}
+
+// flightKey: pulls may share a fetch only with the same client group, user
+// and forwarded credentials (a token's scope may narrow what the API shows).
+func (s *Sidecar) flightKey(groupID string, c *call) string {
+	var b strings.Builder
+	b.WriteString(groupID)
+	b.WriteByte(0)
+	b.WriteString(c.userID)
+	for _, name := range s.cfg.ForwardHeaders {
+		for _, v := range c.fwd.Values(name) {
+			b.WriteByte(0)
+			b.WriteString(v)
+		}
+	}
+	return b.String()
+}
+
 // pullLocked builds the answer while holding the group's lock: the view is
-// fetched with the lock held, so no push of this group commits in between
-// and the patch holds the effects of exactly the mutations lmids reports.
-func (s *Sidecar) pullLocked(ctx context.Context, c *call, req *pullRequest) (pullAnswer, error) {
+// fetched between reading the last mutation ids and issuing the cookie, so
+// no push of the group can slip in between. seal, called once the view is
+// fetched, returns the pulls that joined; each gets its cookie here too.
+// The answer's order is 0 when this pull's cookie cannot grow.
+func (s *Sidecar) pullLocked(ctx context.Context, c *call, req *pullRequest, seal func() []*pullRider) (pullAnswer, error) {
 	mapping := s.mapping()
 	var ans pullAnswer
-	err := s.store.Locked(ctx, req.ClientGroupID, c.userID, func(g *store.GroupTx) error {
+	err := s.locked(ctx, req.ClientGroupID, c.userID, "", func(g *store.GroupTx) error {
 		var err error
 		if ans.lmids, err = g.LastMutationIDs(ctx); err != nil {
 			return err
@@ -91,8 +185,23 @@ func (s *Sidecar) pullLocked(ctx context.Context, c *call, req *pullRequest) (pu
 		if ans.entries, err = s.fetcher.Fetch(ctx, mapping.View, clientview.Request{UserID: c.userID, Header: c.fwd, Memory: c.mem}); err != nil {
 			return err
 		}
-		ans.order, err = g.NextCookieOrder(ctx, req.cookieOrder)
-		return err
+		riders := seal()
+		bases := make([]int64, 1+len(riders))
+		bases[0] = req.cookieOrder
+		for i, r := range riders {
+			bases[i+1] = r.base
+		}
+		orders, err := g.NextCookieOrders(ctx, bases)
+		if err != nil {
+			return err
+		}
+		for i, r := range riders {
+			r.order = orders[i+1]
+		}
+		// 0 when this pull's own cookie cannot grow: the transaction still
+		// commits, for the riders' cookies.
+		ans.order = orders[0]
+		return nil
 	})
 	return ans, err
 }

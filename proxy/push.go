@@ -157,7 +157,7 @@ func (s *Sidecar) handlePush(w http.ResponseWriter, r *http.Request) {
 	known := map[string]int64{}
 	if len(clientIDs) != 1 {
 		pruned := 0
-		err := s.store.Locked(ctx, req.ClientGroupID, c.userID, func(g *store.GroupTx) error {
+		err := s.locked(ctx, req.ClientGroupID, c.userID, "", func(g *store.GroupTx) error {
 			var err error
 			known, err = g.CheckClients(ctx, clientIDs, s.cfg.MaxClientsPerGroup)
 			pruned = g.PrunedClients
@@ -294,7 +294,7 @@ func (s *Sidecar) applyMutation(ctx context.Context, c *call, mapping *Mapping, 
 	// attempt's count.
 	var pending error
 	pruned := 0
-	err := s.store.LockedClient(ctx, mu.ClientGroupID, mu.UserID, mu.ClientID, func(g *store.GroupTx) error {
+	err := s.locked(ctx, mu.ClientGroupID, mu.UserID, mu.ClientID, func(g *store.GroupTx) error {
 		cur, err := g.LastMutationID(ctx, mu.ClientID)
 		if err != nil {
 			return err
@@ -474,7 +474,7 @@ func (s *Sidecar) countPruned(c *call, pruned int) {
 func (s *Sidecar) trimRejections(ctx context.Context, c *call, groupID string) {
 	var deleted int64
 	dctx := context.WithoutCancel(ctx)
-	err := s.store.Locked(dctx, groupID, c.userID, func(g *store.GroupTx) error {
+	err := s.locked(dctx, groupID, c.userID, "", func(g *store.GroupTx) error {
 		var err error
 		deleted, err = g.TrimRejections(dctx, s.cfg.MaxRejectionsPerGroup, s.cfg.RejectionTTL)
 		return err

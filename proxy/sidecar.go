@@ -2,9 +2,11 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
 	"github.com/replicache-sidecar/replicache-sidecar/mutators"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/gate"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
 )
@@ -40,6 +43,10 @@ type Sidecar struct {
 	mapErrs     *mappingErrors
 	passthrough http.Handler
 	budget      *budget.Budget // request and view bytes in flight
+	turns       *gate.Gate     // client groups' turns, before a connection
+
+	flightsMu sync.Mutex
+	flights   map[string]*pullFlight // running pulls others may join
 
 	current  atomic.Pointer[Mapping]
 	secret   atomic.Pointer[[]byte] // the idempotency keys' HMAC secret, once migrated
@@ -62,7 +69,8 @@ type viewFetcher interface {
 func New(o Options) *Sidecar {
 	cfg := o.Config
 	mem := budget.New(cfg.MaxInflightBytes, budgetWait)
-	m := newMetrics(o.Registerer, cfg.Mapping.Mutators.Names(), mem)
+	turns := gate.New(cfg.MaxConnsPerGroup, cfg.MaxWaitingPerGroup)
+	m := newMetrics(o.Registerer, cfg.Mapping.Mutators.Names(), mem, turns)
 	o.Registerer.MustRegister(store.NewPoolCollector(o.Pool, namespace))
 	// One breaker for the one upstream, shared by every kind of call: when
 	// the legacy service is down, mutations, views, auth and pass-through
@@ -91,6 +99,8 @@ func New(o Options) *Sidecar {
 		},
 		metrics: m,
 		budget:  mem,
+		turns:   turns,
+		flights: map[string]*pullFlight{},
 		mapErrs: newMappingErrors(m.mappingErrors, o.Logger),
 	}
 	s.auth.mapErrs = s.mapErrs
@@ -119,6 +129,28 @@ func (s *Sidecar) useMapping(m *Mapping) {
 	}
 	s.metrics.mappingInfo.WithLabelValues(m.Hash).Set(1)
 	s.metrics.precreateMutators(m.Mutators.Names())
+}
+
+// locked runs fn holding the client group's lock (store.Locked, or
+// LockedClient when clientID is set), after waiting for the group's turn in
+// this process without a connection. A full queue answers gate.ErrBusy at
+// once; a turn that does not come within SIDECAR_DB_LOCK_TIMEOUT ends the
+// same way.
+func (s *Sidecar) locked(ctx context.Context, groupID, userID, clientID string, fn func(g *store.GroupTx) error) error {
+	wctx, cancel := context.WithTimeout(ctx, s.cfg.DBLockTimeout)
+	release, err := s.turns.Enter(wctx, groupID)
+	cancel()
+	if err != nil {
+		if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			return gate.ErrBusy
+		}
+		return err
+	}
+	defer release()
+	if clientID != "" {
+		return s.store.LockedClient(ctx, groupID, userID, clientID, fn)
+	}
+	return s.store.Locked(ctx, groupID, userID, fn)
 }
 
 // Migrate applies the schema migrations; pushes and pulls are served from

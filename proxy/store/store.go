@@ -665,6 +665,30 @@ func (g *GroupTx) LastMutationIDs(ctx context.Context) (map[string]int64, error)
 	return out, nil
 }
 
+// NextCookieOrders issues one cookie order per request order, in the given
+// sequence, each as NextCookieOrder would, with one statement: for several
+// pulls answered from one fetch. An order of 0 marks a request whose cookie
+// cannot grow (ErrCookieExhausted for it alone); nothing is issued for it.
+func (g *GroupTx) NextCookieOrders(ctx context.Context, requestOrders []int64) ([]int64, error) {
+	out := make([]int64, len(requestOrders))
+	cur := g.cookieOrder
+	for i, r := range requestOrders {
+		if max(r, cur) >= maxCookieOrder {
+			continue
+		}
+		cur = max(r, cur) + 1
+		out[i] = cur
+	}
+	if cur == g.cookieOrder {
+		return out, nil
+	}
+	if _, err := g.tx.Exec(ctx, g.s.sql(`UPDATE {schema}.client_groups SET cookie_order = $2 WHERE id = $1`), g.GroupID, cur); err != nil {
+		return nil, fmt.Errorf("issuing cookies: %w", err)
+	}
+	g.cookieOrder = cur
+	return out, nil
+}
+
 // NextCookieOrder issues the group's next cookie order: strictly greater
 // than both the request's and every order issued to the group before (the
 // request's may come from a forked group, so it can exceed the group's).

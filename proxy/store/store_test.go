@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -275,6 +276,35 @@ func TestCookieOrdersOnlyGrow(t *testing.T) {
 		if !errors.Is(err, ErrCookieExhausted) {
 			t.Errorf("request order %d on an exhausted group: %v, want ErrCookieExhausted", req, err)
 		}
+	}
+}
+
+// TestCookieOrdersForSeveralPulls: one statement issues each pull its own
+// order, strictly increasing and above each request's; the next
+// transaction continues above them; an exhausted request gets 0 alone.
+func TestCookieOrdersForSeveralPulls(t *testing.T) {
+	s := newStore(t, 5*time.Second)
+	ctx := context.Background()
+	orders := func(reqs ...int64) []int64 {
+		t.Helper()
+		var got []int64
+		if err := s.Locked(ctx, "g", "u", func(g *GroupTx) error {
+			var err error
+			got, err = g.NextCookieOrders(ctx, reqs)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if got := orders(0, 5, 0); !slices.Equal(got, []int64{1, 6, 7}) {
+		t.Errorf("orders for requests 0, 5, 0 = %v, want [1 6 7]", got)
+	}
+	if got := orders(2); !slices.Equal(got, []int64{8}) {
+		t.Errorf("next order = %v, want [8]", got)
+	}
+	if got := orders(maxCookieOrder, 0); !slices.Equal(got, []int64{0, 9}) {
+		t.Errorf("orders for an exhausted request and a fresh one = %v, want [0 9]", got)
 	}
 }
 
