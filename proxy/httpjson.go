@@ -94,7 +94,7 @@ func decodeBody(w http.ResponseWriter, r *http.Request, limit int64, mem *budget
 	}
 	var body io.Reader = http.MaxBytesReader(w, r.Body, limit)
 	if mem != nil {
-		if !mem.Fits(r.ContentLength) {
+		if r.ContentLength > mem.Limit() {
 			return budgetError(&budget.TooLargeError{Limit: mem.Limit()}, "request body")
 		}
 		// Charged as the bytes arrive, not as declared: a slow client

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"fmt"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -18,14 +17,7 @@ import (
 func BenchmarkPullBurstIsolation(b *testing.B) {
 	h := newHarness(b, nil)
 	sc := h.start()
-	var fetches atomic.Int64
-	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
-		if r.Method == http.MethodGet && r.URL.Path == "/api/todos" && r.Header.Get("Authorization") == "Bearer alice" {
-			fetches.Add(1)
-			time.Sleep(500 * time.Millisecond)
-		}
-		return false
-	})
+	fetches := slowView(h, "alice", 500*time.Millisecond)
 	var pushTime time.Duration
 	var failed atomic.Int64
 	id := int64(0)

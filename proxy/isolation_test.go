@@ -21,6 +21,20 @@ func timedPush(t *testing.T, sc *instance, user, group string, m mut) (response,
 	return r, time.Since(start)
 }
 
+// slowView makes the legacy API take d for each of user's todo views, and
+// counts those fetches.
+func slowView(h *harness, user string, d time.Duration) *atomic.Int64 {
+	var fetches atomic.Int64
+	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodGet && r.URL.Path == "/api/todos" && r.Header.Get("Authorization") == "Bearer "+user {
+			fetches.Add(1)
+			time.Sleep(d)
+		}
+		return false
+	})
+	return &fetches
+}
+
 // TestPullBurstOfOneGroup: 30 pulls of one client group at once, with a view
 // that takes 0.5 s, neither starve another user's push (it waits for no
 // connection) nor cost one fetch each (they share one); every answer is
@@ -34,14 +48,7 @@ func TestPullBurstOfOneGroup(t *testing.T) {
 			t.Fatalf("setup push = %d %s", r.status, r.raw)
 		}
 	}
-	var fetches atomic.Int32
-	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
-		if r.Method == http.MethodGet && r.URL.Path == "/api/todos" && r.Header.Get("Authorization") == "Bearer alice" {
-			fetches.Add(1)
-			time.Sleep(500 * time.Millisecond)
-		}
-		return false
-	})
+	fetches := slowView(h, "alice", 500*time.Millisecond)
 
 	var unloaded []time.Duration
 	for i := int64(1); i <= 3; i++ {

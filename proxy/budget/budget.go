@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"sync"
 	"time"
 )
@@ -117,26 +118,14 @@ func (l *Lease) Held() int64 {
 }
 
 // Release gives the lease's bytes back. The lease may grow again after it.
-func (l *Lease) Release() {
-	b := l.b
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if l.held == 0 {
-		return
-	}
-	b.used -= l.held
-	l.held = 0
-	close(b.freed)
-	b.freed = make(chan struct{})
-}
+func (l *Lease) Release() { l.shrink(math.MaxInt64) }
 
-// Limit is the size of the budget the lease draws from.
+// Limit is the size of the budget the lease draws from: no lease can hold
+// more.
 func (l *Lease) Limit() int64 { return l.b.limit }
 
-// Fits reports whether n bytes could ever be held by one lease.
-func (l *Lease) Fits(n int64) bool { return n <= l.b.limit }
-
-// shrink gives n of the lease's bytes back.
+// shrink gives n of the lease's bytes back (all of them at most) and wakes
+// the waiting Grow calls.
 func (l *Lease) shrink(n int64) {
 	b := l.b
 	b.mu.Lock()
