@@ -608,7 +608,8 @@ func (s *source) entries(body []byte) ([]Entry, error) {
 		}
 	}
 	if !s.keyed {
-		return []Entry{{Key: s.key[0].literal, Value: compact(selected)}}, nil
+		v := compact(selected)
+		return []Entry{{Key: s.key[0].literal, Value: v, Hash: Hash(v)}}, nil
 	}
 	var items []json.RawMessage
 	if err := json.Unmarshal(selected, &items); err != nil {
@@ -620,7 +621,8 @@ func (s *source) entries(body []byte) ([]Entry, error) {
 		if err != nil {
 			return nil, fmt.Errorf("item %d: %w", i, err)
 		}
-		out = append(out, Entry{Key: key, Value: compact(item)})
+		v := compact(item)
+		out = append(out, Entry{Key: key, Value: v, Hash: Hash(v)})
 	}
 	return out, nil
 }

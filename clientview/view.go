@@ -14,6 +14,8 @@ import (
 	"regexp"
 	"strings"
 	"sync/atomic"
+
+	"github.com/cespare/xxhash/v2"
 )
 
 // Source is one client view source as written in the mapping file.
@@ -149,6 +151,9 @@ func compileSource(s Source) (*source, []error) {
 	if s.Key == "" {
 		errs = append(errs, errors.New("key is required"))
 	}
+	if strings.HasPrefix(s.Key, ReservedPrefix) {
+		errs = append(errs, fmt.Errorf("key %q: the prefix %s is reserved for the sidecar's own entries", s.Key, ReservedPrefix))
+	}
 	last := 0
 	for _, m := range fieldRE.FindAllStringSubmatchIndex(s.Key, -1) {
 		if m[0] > last {
@@ -238,6 +243,10 @@ func (cs *source) compilePagination(hasItems bool) []error {
 	return errs
 }
 
+// ReservedPrefix starts the keys of entries the sidecar adds to the client
+// view itself (rejected mutations); no source may produce one.
+const ReservedPrefix = "_sidecar/"
+
 // Len returns the number of sources.
 func (v *View) Len() int { return len(v.sources) }
 
@@ -246,7 +255,14 @@ func (v *View) Len() int { return len(v.sources) }
 type Entry struct {
 	Key   string
 	Value json.RawMessage
+	Hash  uint64 // Hash(Value), computed as the entry is read
 }
+
+// Hash is the 64-bit hash of a value's bytes that view records store
+// (xxHash64: stable across processes and versions, several GB/s). Values
+// are compacted before they are hashed, so whitespace alone never makes a
+// value look changed.
+func Hash(value []byte) uint64 { return xxhash.Sum64(value) }
 
 // SourceError is a source that could not be turned into entries: the pull
 // must fail rather than present a partial view.

@@ -65,7 +65,14 @@ type Config struct {
 	MaxClientsPerGroup    int           `env:"MAX_CLIENTS_PER_GROUP" envDefault:"1000"`
 	MaxRejectionsPerGroup int           `env:"MAX_REJECTIONS_PER_GROUP" envDefault:"10000"`
 	RejectionTTL          time.Duration `env:"REJECTION_TTL" envDefault:"24h"`
-	GCInterval            time.Duration `env:"GC_INTERVAL" envDefault:"1h"`
+	ExposeRejections      bool          `env:"EXPOSE_REJECTIONS" envDefault:"false"`
+	// PatchMode: diff (answer what changed since the client's cookie, from
+	// the group's view record) or reset (clear + every entry, every pull).
+	PatchMode string `env:"PATCH_MODE" envDefault:"diff"`
+	// ViewRecordVersions: how many record versions a client may fall
+	// behind and still get a diff (removed keys are kept that long).
+	ViewRecordVersions int           `env:"VIEW_RECORD_VERSIONS" envDefault:"64"`
+	GCInterval         time.Duration `env:"GC_INTERVAL" envDefault:"1h"`
 
 	GiveUpAttempts int           `env:"GIVE_UP_ATTEMPTS" envDefault:"20"`
 	GiveUpAfter    time.Duration `env:"GIVE_UP_AFTER" envDefault:"10m"`
@@ -343,6 +350,12 @@ func (c *Config) parseTrustedProxies() []error {
 // checkPassthrough checks the pass-through settings and cleans the deny list.
 func (c *Config) checkPassthrough() []error {
 	var errs []error
+	if c.ViewRecordVersions < 1 {
+		errs = append(errs, fmt.Errorf("SIDECAR_VIEW_RECORD_VERSIONS %d: want at least 1", c.ViewRecordVersions))
+	}
+	if c.PatchMode != "diff" && c.PatchMode != "reset" {
+		errs = append(errs, fmt.Errorf("SIDECAR_PATCH_MODE %q: want diff or reset", c.PatchMode))
+	}
 	if c.PassthroughHost != "incoming" && c.PassthroughHost != "upstream" {
 		errs = append(errs, fmt.Errorf("SIDECAR_PASSTHROUGH_HOST %q: want incoming or upstream", c.PassthroughHost))
 	}

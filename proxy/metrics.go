@@ -30,6 +30,8 @@ type metrics struct {
 	budgetRefusals      *prometheus.CounterVec
 	groupBusy           prometheus.Counter
 	pullsMerged         prometheus.Counter
+	patchOps            *prometheus.HistogramVec
+	recordBytes         prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Budget, turns *gate.Gate) *metrics {
@@ -94,6 +96,20 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Bu
 		Namespace: namespace, Name: "pulls_merged_total",
 		Help: "Pulls answered from another pull's view fetch (same client group, user and credentials).",
 	})
+	m.patchOps = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: namespace, Name: "pull_patch_ops",
+		Help:    "Patch operations per pull answer, by op: clear (1 for a reset, 0 for a diff), put and del. An unchanged diff answers none.",
+		Buckets: []float64{0, 1, 10, 100, 1000, 10000, 100000},
+	}, []string{"op"})
+	for _, op := range []string{"clear", "put", "del"} {
+		m.patchOps.WithLabelValues(op)
+	}
+	m.recordBytes = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: namespace, Name: "view_record_bytes",
+		Help:    "Logical size of a client group's view record after a pull in diff mode (keys, hashes and versions of its entries and remembered removals).",
+		Buckets: prometheus.ExponentialBuckets(256, 4, 10), // 256 B … 64 MiB
+	})
+	reg.MustRegister(m.patchOps, m.recordBytes)
 	reg.MustRegister(m.groupBusy, m.pullsMerged, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "group_waiting",
 		Help: "Pushes and pulls waiting for their client group's turn in this process (holding no connection).",

@@ -28,8 +28,8 @@ type pullRequest struct {
 	Cookie        json.RawMessage `json:"cookie"`
 	SchemaVersion string          `json:"schemaVersion"`
 
-	cookieOrder int64 // parsed from Cookie by validate
-	exhausted   bool  // the cookie's order cannot be exceeded (validate)
+	cookie    store.Cookie // parsed from Cookie by validate
+	exhausted bool         // the cookie's order cannot be exceeded (validate)
 }
 
 func (p *pullRequest) version() *int         { return p.PullVersion }
@@ -39,7 +39,7 @@ func (p *pullRequest) validate() *httpError {
 	if herr := validID("clientGroupID", p.ClientGroupID); herr != nil {
 		return herr
 	}
-	order, err := store.ParseCookieOrder(p.Cookie)
+	cookie, err := store.ParseCookie(p.Cookie)
 	if errors.Is(err, store.ErrCookieExhausted) {
 		p.exhausted = true // answered once the caller is known
 		return nil
@@ -47,15 +47,30 @@ func (p *pullRequest) validate() *httpError {
 	if err != nil {
 		return errorf(http.StatusBadRequest, "BadRequest", "%v", err)
 	}
-	p.cookieOrder = order
+	p.cookie = cookie
 	return nil
 }
 
-// pullAnswer is what a pull answers under the Reset Strategy.
-type pullAnswer struct {
-	order   int64            // the new cookie's order
+// pullView is what the pulls answered from one fetch share.
+type pullView struct {
 	lmids   map[string]int64 // every client of the group
 	entries []clientview.Entry
+	// change is the view compared with the group's record (diff mode);
+	// nil in reset mode.
+	change *store.ViewChange
+}
+
+// pullAnswer is one pull's answer: the shared view, as a reset or as a
+// diff from the version the pull's cookie names.
+type pullAnswer struct {
+	*pullView
+	order int64 // the new cookie's order; 0: the pull's cookie cannot grow
+	diff  bool  // answer the entries changed since version since, not a reset
+	since int64
+	// lost: the cookie names a version of the group's record, or an order,
+	// this database never reached: it went back in time (restored from a
+	// backup). The client must start over.
+	lost bool
 }
 
 func (s *Sidecar) handlePull(w http.ResponseWriter, r *http.Request) {
@@ -70,9 +85,21 @@ func (s *Sidecar) handlePull(w http.ResponseWriter, r *http.Request) {
 		writeClientStateNotFound(w)
 		return
 	}
+	if e := req.cookie.Epoch; e != "" && e != *s.epoch.Load() {
+		c.log.Warn("pull with a cookie from another database (it was recreated or restored); the client starts over",
+			"cookie_db", e, "db", *s.epoch.Load())
+		writeClientStateNotFound(w)
+		return
+	}
 	ans, err := s.pull(r.Context(), c, &req)
 	if err != nil {
 		s.failPull(w, c.log, err, req.ClientGroupID)
+		return
+	}
+	if ans.lost {
+		c.log.Warn("pull with a cookie from the future of its group's view record: the database went back in time (restored from a backup?); the client starts over",
+			"cookie_order", req.cookie.Order, "cookie_version", req.cookie.Version)
+		writeClientStateNotFound(w)
 		return
 	}
 	s.writePull(w, c, ans)
@@ -86,7 +113,8 @@ func (s *Sidecar) handlePull(w http.ResponseWriter, r *http.Request) {
 // fetched; so every push that had completed when the joiner arrived is in
 // both, and the joiner's answer is exactly as correct as its own fetch
 // would have been. Each pull still gets its own cookie, issued in the same
-// transaction, strictly increasing for the group.
+// transaction, strictly increasing for the group, and its own patch: a
+// diff from its own cookie's version of the group's record, or a reset.
 type pullFlight struct {
 	done   chan struct{}
 	sealed bool         // guarded by Sidecar.flightsMu
@@ -96,8 +124,8 @@ type pullFlight struct {
 }
 
 type pullRider struct {
-	base  int64 // the rider's cookie order
-	order int64 // issued to it; 0: its cookie cannot grow
+	cookie store.Cookie // the rider's
+	ans    pullAnswer   // set before the flight's done closes
 }
 
 // pull answers req from its own fetch, or from a running one it may join.
@@ -111,7 +139,7 @@ func (s *Sidecar) pull(ctx context.Context, c *call, req *pullRequest) (pullAnsw
 			return pullAnswer{}, err
 		}
 		defer done()
-		rider := &pullRider{base: req.cookieOrder}
+		rider := &pullRider{cookie: req.cookie}
 		f.riders = append(f.riders, rider)
 		s.flightsMu.Unlock()
 		select {
@@ -122,11 +150,11 @@ func (s *Sidecar) pull(ctx context.Context, c *call, req *pullRequest) (pullAnsw
 		if f.err != nil {
 			return pullAnswer{}, f.err
 		}
-		if rider.order == 0 {
+		if rider.ans.order == 0 && !rider.ans.lost {
 			return pullAnswer{}, store.ErrCookieExhausted
 		}
 		s.metrics.pullsMerged.Inc()
-		return pullAnswer{order: rider.order, lmids: f.ans.lmids, entries: f.ans.entries}, nil
+		return rider.ans, nil
 	}
 	f := &pullFlight{done: make(chan struct{})}
 	s.flights[key] = f
@@ -136,7 +164,7 @@ func (s *Sidecar) pull(ctx context.Context, c *call, req *pullRequest) (pullAnsw
 	f.ans, f.err = s.pullLocked(context.WithoutCancel(ctx), c, req, func() []*pullRider { return s.seal(key, f) })
 	s.seal(key, f) // when it failed before sealing
 	close(f.done)
-	if f.err == nil && f.ans.order == 0 {
+	if f.err == nil && f.ans.order == 0 && !f.ans.lost {
 		return pullAnswer{}, store.ErrCookieExhausted
 	}
 	return f.ans, f.err
@@ -172,38 +200,100 @@ func (s *Sidecar) flightKey(groupID string, c *call) string {
 // pullLocked builds the answer while holding the group's lock: the view is
 // fetched between reading the last mutation ids and issuing the cookie, so
 // no push of the group can slip in between. seal, called once the view is
-// fetched, returns the pulls that joined; each gets its cookie here too.
-// The answer's order is 0 when this pull's cookie cannot grow.
+// fetched, returns the pulls that joined; each gets its cookie and its
+// patch here too. In diff mode the view is compared with the group's
+// record, and the record's change is written with the cookies.
 func (s *Sidecar) pullLocked(ctx context.Context, c *call, req *pullRequest, seal func() []*pullRider) (pullAnswer, error) {
 	mapping := s.mapping()
+	view := &pullView{}
 	var ans pullAnswer
 	err := s.locked(ctx, req.ClientGroupID, c.userID, "", func(g *store.GroupTx) error {
 		var err error
-		if ans.lmids, err = g.LastMutationIDs(ctx); err != nil {
+		if view.lmids, err = g.LastMutationIDs(ctx); err != nil {
 			return err
 		}
-		if ans.entries, err = s.fetcher.Fetch(ctx, mapping.View, clientview.Request{UserID: c.userID, Header: c.fwd, Memory: c.mem}); err != nil {
+		if view.entries, err = s.fetcher.Fetch(ctx, mapping.View, clientview.Request{UserID: c.userID, Header: c.fwd, Memory: c.mem}); err != nil {
 			return err
 		}
 		riders := seal()
-		bases := make([]int64, 1+len(riders))
-		bases[0] = req.cookieOrder
-		for i, r := range riders {
-			bases[i+1] = r.base
+		if s.cfg.ExposeRejections {
+			if view.entries, err = s.addRejections(ctx, g, view.entries); err != nil {
+				return err
+			}
 		}
-		orders, err := g.NextCookieOrders(ctx, bases)
+		before, beforeOrder := g.Record(), g.CookieOrder()
+		if s.cfg.PatchMode == "diff" {
+			es := view.entries
+			view.change, err = g.CompareView(ctx, len(es), func(i int) (string, uint64) { return es[i].Key, es[i].Hash },
+				func(n int64) error { return c.mem.Grow(ctx, n) })
+			if err != nil {
+				return err
+			}
+		}
+		cookies := make([]store.Cookie, 1+len(riders))
+		cookies[0] = req.cookie
+		for i, r := range riders {
+			cookies[i+1] = r.cookie
+		}
+		bases := make([]int64, len(cookies))
+		for i, ck := range cookies {
+			bases[i] = ck.Order
+		}
+		orders, err := g.IssueCookies(ctx, bases, view.change)
 		if err != nil {
 			return err
 		}
-		for i, r := range riders {
-			r.order = orders[i+1]
+		for i, ck := range cookies {
+			a := pullAnswer{pullView: view, order: orders[i]}
+			switch {
+			case view.change == nil:
+			case ck.Record != 0 && ck.Record == before.ID && (ck.Version > before.Version || ck.Order > beforeOrder):
+				a.lost = true
+			case view.change.Record.Covers(ck.Record, ck.Version):
+				a.diff, a.since = true, ck.Version
+			}
+			if i == 0 {
+				ans = a
+			} else {
+				riders[i-1].ans = a
+			}
 		}
-		// 0 when this pull's own cookie cannot grow: the transaction still
-		// commits, for the riders' cookies.
-		ans.order = orders[0]
+		// The transaction still commits when this pull's own cookie cannot
+		// grow (order 0), for the riders' cookies.
 		return nil
 	})
+	if err == nil && view.change != nil {
+		s.metrics.recordBytes.Observe(float64(view.change.Bytes))
+	}
 	return ans, err
+}
+
+// addRejections appends an entry per recent rejection of the group's
+// clients, under the reserved prefix, so the app can say why a change was
+// dropped (SIDECAR_EXPOSE_REJECTIONS).
+func (s *Sidecar) addRejections(ctx context.Context, g *store.GroupTx, entries []clientview.Entry) ([]clientview.Entry, error) {
+	rs, err := g.RecentRejections(ctx, s.cfg.RejectionTTL)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range rs {
+		var status any
+		if r.Status != 0 {
+			status = r.Status
+		}
+		v, err := json.Marshal(map[string]any{
+			"clientID": r.ClientID, "mutationID": r.MutationID, "mutator": r.Mutator,
+			"status": status, "reason": r.Reason, "time": r.At.UTC().Format(time.RFC3339Nano),
+		})
+		if err != nil {
+			return nil, err
+		}
+		entries = append(entries, clientview.Entry{
+			Key:   clientview.ReservedPrefix + "rejection/" + r.ClientID + "/" + strconv.FormatInt(r.MutationID, 10),
+			Value: v, Hash: clientview.Hash(v),
+		})
+	}
+	return entries, nil
 }
 
 // failPull answers a pull that could not be built: the upstream was
@@ -263,28 +353,47 @@ func (s *Sidecar) writePull(w http.ResponseWriter, c *call, ans pullAnswer) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
-	n, err := encodePullResponse(w, ans.order, ans.lmids, ans.entries)
+	n, ops, err := encodePullResponse(w, *s.epoch.Load(), ans)
 	if err != nil {
 		c.log.Info("client went away while the pull was written", "error", err, "bytes", n)
 		return
 	}
 	s.metrics.pullEntries.Observe(float64(len(ans.entries)))
 	s.metrics.pullBytes.Observe(float64(n))
-	c.log.Info("pull", "entries", len(ans.entries), "clients", len(ans.lmids), "bytes", n, "cookie", ans.order,
-		"duration", time.Since(c.start))
+	patch, clears := "diff", 0.0
+	if !ans.diff {
+		patch, clears = "reset", 1
+	}
+	s.metrics.patchOps.WithLabelValues("clear").Observe(clears)
+	s.metrics.patchOps.WithLabelValues("put").Observe(float64(ops.put))
+	s.metrics.patchOps.WithLabelValues("del").Observe(float64(ops.del))
+	c.log.Info("pull", "entries", len(ans.entries), "patch", patch, "puts", ops.put, "dels", ops.del,
+		"clients", len(ans.lmids), "bytes", n, "cookie", ans.order, "duration", time.Since(c.start))
 }
 
-// encodePullResponse writes the reset-strategy PullResponse by hand: entry
-// values are already compact JSON and are copied, not re-encoded. It
-// returns the bytes written.
-func encodePullResponse(dst io.Writer, order int64, lmids map[string]int64, entries []clientview.Entry) (int64, error) {
+type patchCounts struct{ put, del int }
+
+// encodePullResponse writes the PullResponse by hand: entry values are
+// already compact JSON and are copied, not re-encoded. The cookie names
+// the database (epoch) and, in diff mode, the record version the client
+// will hold. It returns the bytes written and the patch's operations.
+func encodePullResponse(dst io.Writer, epoch string, ans pullAnswer) (int64, patchCounts, error) {
+	var ops patchCounts
 	cw := &countingWriter{w: dst}
 	b := bufio.NewWriterSize(cw, 32<<10)
 	b.WriteString(`{"cookie":{"order":`)
-	b.WriteString(strconv.FormatInt(order, 10))
+	b.WriteString(strconv.FormatInt(ans.order, 10))
+	b.WriteString(`,"db":`)
+	writeJSONString(b, epoch)
+	if ans.change != nil {
+		b.WriteString(`,"rec":"`)
+		b.WriteString(store.FormatRecordID(ans.change.Record.ID))
+		b.WriteString(`","v":`)
+		b.WriteString(strconv.FormatInt(ans.change.Record.Version, 10))
+	}
 	b.WriteString(`},"lastMutationIDChanges":{`)
-	ids := make([]string, 0, len(lmids))
-	for id := range lmids {
+	ids := make([]string, 0, len(ans.lmids))
+	for id := range ans.lmids {
 		ids = append(ids, id)
 	}
 	sort.Strings(ids)
@@ -294,19 +403,46 @@ func encodePullResponse(dst io.Writer, order int64, lmids map[string]int64, entr
 		}
 		writeJSONString(b, id)
 		b.WriteByte(':')
-		b.WriteString(strconv.FormatInt(lmids[id], 10))
+		b.WriteString(strconv.FormatInt(ans.lmids[id], 10))
 	}
-	b.WriteString(`},"patch":[{"op":"clear"}`)
-	for _, e := range entries {
-		b.WriteString(`,{"op":"put","key":`)
+	b.WriteString(`},"patch":[`)
+	sep := false
+	if !ans.diff {
+		b.WriteString(`{"op":"clear"}`)
+		sep = true
+	} else {
+		for _, t := range ans.change.Tombstones {
+			if t.Version <= ans.since {
+				continue
+			}
+			if sep {
+				b.WriteByte(',')
+			}
+			sep = true
+			b.WriteString(`{"op":"del","key":`)
+			writeJSONString(b, t.Key)
+			b.WriteByte('}')
+			ops.del++
+		}
+	}
+	for i, e := range ans.entries {
+		if ans.diff && ans.change.Versions[i] <= ans.since {
+			continue
+		}
+		if sep {
+			b.WriteByte(',')
+		}
+		sep = true
+		b.WriteString(`{"op":"put","key":`)
 		writeJSONString(b, e.Key)
 		b.WriteString(`,"value":`)
 		b.Write(e.Value)
 		b.WriteByte('}')
+		ops.put++
 	}
 	b.WriteString("]}")
 	err := b.Flush() // the first write error sticks and shows here
-	return cw.n, err
+	return cw.n, ops, err
 }
 
 type countingWriter struct {

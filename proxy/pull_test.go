@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,10 +21,11 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 )
 
 func TestPullResetStrategy(t *testing.T) {
-	h := newHarness(t, nil)
+	h := newHarness(t, map[string]string{"SIDECAR_PATCH_MODE": "reset"})
 	sc := h.start()
 	var muts []mut
 	for i, id := range []string{"a", "b", "c", "d", "e"} { // two pages of the legacy API
@@ -49,11 +51,12 @@ func TestPullResetStrategy(t *testing.T) {
 	if p.Cookie.Order != 1 {
 		t.Errorf("first cookie order = %d, want 1", p.Cookie.Order)
 	}
-	// The cookie field must always be present, as an object with an order.
+	// The cookie field must always be present, as an object with an order
+	// and the database's epoch; in reset mode it names no view record.
 	var raw map[string]json.RawMessage
 	_ = json.Unmarshal(r.raw, &raw)
-	if string(raw["cookie"]) != `{"order":1}` {
-		t.Errorf("cookie = %s, want {\"order\":1}", raw["cookie"])
+	if !regexp.MustCompile(`^\{"order":1,"db":"[0-9a-f]{16}"\}$`).Match(raw["cookie"]) {
+		t.Errorf("cookie = %s, want {\"order\":1,\"db\":<epoch>}", raw["cookie"])
 	}
 }
 
@@ -245,18 +248,37 @@ func TestDeletedGroupGetsClientStateNotFound(t *testing.T) {
 }
 
 func TestEncodePullResponse(t *testing.T) {
-	var buf bytes.Buffer
-	n, err := encodePullResponse(&buf, 9, map[string]int64{"b": 2, "a\"x": 1}, []clientview.Entry{{Key: "k\n1", Value: json.RawMessage(`{"v":[1,2]}`)}, {Key: "plain-key", Value: json.RawMessage(`1`)}})
-	body := buf.Bytes()
-	if err != nil || n != int64(len(body)) {
-		t.Fatalf("wrote %d bytes (%v), the buffer has %d", n, err, len(body))
-	}
-	want := `{"cookie":{"order":9},"lastMutationIDChanges":{"a\"x":1,"b":2},"patch":[{"op":"clear"},{"op":"put","key":"k\n1","value":{"v":[1,2]}},{"op":"put","key":"plain-key","value":1}]}`
-	if string(body) != want {
-		t.Errorf("got  %s\nwant %s", body, want)
-	}
-	if !json.Valid(body) {
-		t.Error("not valid JSON")
+	entries := []clientview.Entry{{Key: "k\n1", Value: json.RawMessage(`{"v":[1,2]}`)}, {Key: "plain-key", Value: json.RawMessage(`1`)}}
+	lmids := map[string]int64{"b": 2, "a\"x": 1}
+	change := &store.ViewChange{Record: store.ViewRecord{ID: 0xabc, Version: 7, MinVersion: 2},
+		Versions: []int64{7, 3}, Tombstones: []store.Tombstone{{Key: "gone", Version: 5}, {Key: "old", Version: 3}}}
+	for _, tc := range []struct {
+		name string
+		ans  pullAnswer
+		ops  patchCounts
+		want string
+	}{
+		{"reset mode", pullAnswer{pullView: &pullView{lmids: lmids, entries: entries}, order: 9}, patchCounts{put: 2},
+			`{"cookie":{"order":9,"db":"e1"},"lastMutationIDChanges":{"a\"x":1,"b":2},"patch":[{"op":"clear"},{"op":"put","key":"k\n1","value":{"v":[1,2]}},{"op":"put","key":"plain-key","value":1}]}`},
+		{"reset in diff mode", pullAnswer{pullView: &pullView{lmids: lmids, entries: entries, change: change}, order: 9}, patchCounts{put: 2},
+			`{"cookie":{"order":9,"db":"e1","rec":"0000000000000abc","v":7},"lastMutationIDChanges":{"a\"x":1,"b":2},"patch":[{"op":"clear"},{"op":"put","key":"k\n1","value":{"v":[1,2]}},{"op":"put","key":"plain-key","value":1}]}`},
+		{"diff since 3", pullAnswer{pullView: &pullView{lmids: lmids, entries: entries, change: change}, order: 9, diff: true, since: 3}, patchCounts{put: 1, del: 1},
+			`{"cookie":{"order":9,"db":"e1","rec":"0000000000000abc","v":7},"lastMutationIDChanges":{"a\"x":1,"b":2},"patch":[{"op":"del","key":"gone"},{"op":"put","key":"k\n1","value":{"v":[1,2]}}]}`},
+		{"unchanged", pullAnswer{pullView: &pullView{lmids: map[string]int64{}, entries: entries, change: change}, order: 10, diff: true, since: 7}, patchCounts{},
+			`{"cookie":{"order":10,"db":"e1","rec":"0000000000000abc","v":7},"lastMutationIDChanges":{},"patch":[]}`},
+	} {
+		var buf bytes.Buffer
+		n, ops, err := encodePullResponse(&buf, "e1", tc.ans)
+		body := buf.Bytes()
+		if err != nil || n != int64(len(body)) {
+			t.Fatalf("%s: wrote %d bytes (%v), the buffer has %d", tc.name, n, err, len(body))
+		}
+		if string(body) != tc.want || ops != tc.ops {
+			t.Errorf("%s: got  %s %+v\nwant %s %+v", tc.name, body, ops, tc.want, tc.ops)
+		}
+		if !json.Valid(body) {
+			t.Errorf("%s: not valid JSON", tc.name)
+		}
 	}
 }
 

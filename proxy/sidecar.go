@@ -50,6 +50,7 @@ type Sidecar struct {
 
 	current  atomic.Pointer[Mapping]
 	secret   atomic.Pointer[[]byte] // the idempotency keys' HMAC secret, once migrated
+	epoch    atomic.Pointer[string] // the database's, once migrated
 	migrated atomic.Bool
 	draining atomic.Bool
 }
@@ -85,7 +86,7 @@ func New(o Options) *Sidecar {
 	s := &Sidecar{
 		cfg:      cfg,
 		log:      o.Logger,
-		store:    store.New(o.Pool, store.Options{Schema: cfg.DBSchema, WaitTimeout: cfg.DBLockTimeout + 5*time.Second}),
+		store:    store.New(o.Pool, store.Options{Schema: cfg.DBSchema, WaitTimeout: cfg.DBLockTimeout + 5*time.Second, RecordVersions: cfg.ViewRecordVersions}),
 		upstream: up,
 		sender: mutators.NewClient(mutators.ClientOptions{
 			Base: cfg.Upstream, Upstream: up.Mutation, IdempotencyHeader: cfg.IdempotencyHeader,
@@ -166,7 +167,12 @@ func (s *Sidecar) Migrate(ctx context.Context) error {
 			return err
 		}
 	}
+	epoch, err := s.store.Epoch(ctx)
+	if err != nil {
+		return err
+	}
 	s.secret.Store(&secret)
+	s.epoch.Store(&epoch)
 	s.migrated.Store(true)
 	return nil
 }

@@ -9,6 +9,61 @@ import (
 	"strconv"
 )
 
+// Cookie is what a pull's cookie says. Ours are
+//
+//	{"order": 12, "db": "<epoch>", "rec": "<record id>", "v": 7}
+//
+// order orders it (the protocol's part); db names the database that issued
+// it (Epoch); rec and v name the client group's view record and the version
+// of it the client holds, from which a pull may answer a diff. Cookies
+// without rec and v (reset mode, older sidecars, other servers) are answered
+// with a reset.
+type Cookie struct {
+	Order   int64
+	Epoch   string // "" when the cookie names none
+	Record  uint64 // 0 when the cookie names no record (or an unreadable one)
+	Version int64
+}
+
+// FormatRecordID writes a record id as the cookie carries it: 16 hex
+// digits (JavaScript numbers cannot hold 64 bits).
+func FormatRecordID(id uint64) string { return fmt.Sprintf("%016x", id) }
+
+// ParseCookie reads a pull request's cookie. Only its order can make it an
+// error (ParseCookieOrder): an epoch, record or version that cannot be read
+// is treated as absent, so the pull answers a reset rather than a diff.
+func ParseCookie(raw json.RawMessage) (Cookie, error) {
+	order, err := ParseCookieOrder(raw)
+	if err != nil {
+		return Cookie{}, err
+	}
+	c := Cookie{Order: order}
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || raw[0] != '{' {
+		return c, nil
+	}
+	var obj struct {
+		DB  json.RawMessage `json:"db"`
+		Rec json.RawMessage `json:"rec"`
+		V   json.RawMessage `json:"v"`
+	}
+	if json.Unmarshal(raw, &obj) != nil {
+		return c, nil
+	}
+	var db string
+	if json.Unmarshal(obj.DB, &db) == nil {
+		c.Epoch = db
+	}
+	var rec string
+	var v int64
+	if json.Unmarshal(obj.Rec, &rec) == nil && len(rec) == 16 && json.Unmarshal(obj.V, &v) == nil && v > 0 {
+		if id, err := strconv.ParseUint(rec, 16, 64); err == nil && id != 0 {
+			c.Record, c.Version = id, v
+		}
+	}
+	return c, nil
+}
+
 // maxCookieOrder is the largest order a cookie may carry: JSON's (and
 // JavaScript's) largest safe integer. The sidecar never issues more, and a
 // cookie at it can no longer be exceeded.

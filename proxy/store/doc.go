@@ -46,14 +46,24 @@
 //     the attempts of the mutations it consumes, in the same statement.
 //   - Cookies: NextCookieOrder issues an order strictly greater than the
 //     request's and every order the group was issued before; a rolled-back
-//     pull issues nothing.
+//     pull issues nothing. Epoch names the database (made at its first
+//     migration); cookies carry it.
+//   - View records: CompareView reads the group's record (key → value hash
+//     and the version it last changed at; removed keys as tombstones) and
+//     compares a fetched view with it, writing nothing; IssueCookies writes
+//     the change (only the keys that changed, a new version) with the
+//     cookies, in one round trip. An unchanged view writes nothing to the
+//     record. A record Covers a version from which a diff is complete:
+//     removals are kept for Options.RecordVersions versions and at most
+//     max(1024, live keys) of them, and forgetting one raises MinVersion.
 //   - A GroupTx is valid only inside its callback and not safe for
 //     concurrent use.
 //
 // # Queries and groups
 //
 // Every query on the push and pull path is keyed by the client group: look
-// it up, lock it, read or write its clients and rejections. None joins or
+// it up, lock it, read or write its clients, rejections and view record
+// (view_entries' primary key starts with client_group_id). None joins or
 // aggregates across groups, so the tables could later be distributed by
 // client_group_id. The only cross-group statements are the migrations, Ready
 // (reads schema_migrations), the pool statistics, which read no table, and

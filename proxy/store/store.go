@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -23,7 +24,8 @@ type Store struct {
 	schema string // quoted identifier
 	// waitTimeout bounds the wait for a pooled connection and the group's
 	// lock, whatever the caller's context allows.
-	waitTimeout time.Duration
+	waitTimeout    time.Duration
+	recordVersions int64
 }
 
 // Options configure a Store.
@@ -35,6 +37,10 @@ type Options struct {
 	// the group's row lock (Postgres' lock_timeout bounds the latter too).
 	// Default 30s.
 	WaitTimeout time.Duration
+	// RecordVersions is how many versions a client may fall behind its
+	// group's view record and still be answered a diff: removed keys are
+	// remembered that long. Default 64.
+	RecordVersions int
 }
 
 // New returns a Store on pool for o. Call Migrate before anything else.
@@ -43,7 +49,11 @@ func New(pool *pgxpool.Pool, o Options) *Store {
 	if wait <= 0 {
 		wait = 30 * time.Second
 	}
-	return &Store{pool: pool, schema: pgx.Identifier{o.Schema}.Sanitize(), waitTimeout: wait}
+	versions := int64(o.RecordVersions)
+	if versions <= 0 {
+		versions = 64
+	}
+	return &Store{pool: pool, schema: pgx.Identifier{o.Schema}.Sanitize(), waitTimeout: wait, recordVersions: versions}
 }
 
 // migrations are applied in order, forward only; each entry's index+1 is its
@@ -110,6 +120,21 @@ var migrations = []string{
 	);
 	ALTER TABLE {schema}.clients ADD COLUMN legacy_keys_through bigint;
 	UPDATE {schema}.clients SET legacy_keys_through = last_mutation_id + 1;`,
+	// 6: the client view record of each group (what its clients were last
+	// served, key by key: a hash of the value and the record version it last
+	// changed at; a NULL hash is a removed key), from which pulls answer
+	// diffs. A row changes only when its key's value does.
+	`ALTER TABLE {schema}.client_groups
+		ADD COLUMN view_record_id bigint,
+		ADD COLUMN view_version bigint NOT NULL DEFAULT 0,
+		ADD COLUMN view_min_version bigint NOT NULL DEFAULT 0;
+	CREATE TABLE {schema}.view_entries (
+		client_group_id text NOT NULL,
+		key             text NOT NULL,
+		hash            bigint,
+		version         bigint NOT NULL,
+		PRIMARY KEY (client_group_id, key)
+	);`,
 }
 
 // SchemaVersion is the migration version this binary needs.
@@ -162,6 +187,14 @@ func (s *Store) migrateTo(ctx context.Context, target int) error {
 			ON CONFLICT (name) DO NOTHING`), secret); err != nil {
 			return fmt.Errorf("storing the idempotency secret: %w", err)
 		}
+		epoch := make([]byte, 8)
+		if _, err := rand.Read(epoch); err != nil {
+			return fmt.Errorf("generating the database epoch: %w", err)
+		}
+		if _, err := tx.Exec(ctx, s.sql(`INSERT INTO {schema}.settings (name, value) VALUES ('epoch', $1)
+			ON CONFLICT (name) DO NOTHING`), epoch); err != nil {
+			return fmt.Errorf("storing the database epoch: %w", err)
+		}
 		return nil
 	})
 }
@@ -177,6 +210,17 @@ func (s *Store) IdempotencySecret(ctx context.Context) ([]byte, error) {
 		return nil, fmt.Errorf("reading the idempotency secret: %w", err)
 	}
 	return secret, nil
+}
+
+// Epoch returns the identifier of this database, generated at its first
+// migration and kept in the schema: every cookie carries it, so a cookie
+// from a database that was recreated is recognised as such.
+func (s *Store) Epoch(ctx context.Context) (string, error) {
+	var epoch []byte
+	if err := s.pool.QueryRow(ctx, s.sql(`SELECT value FROM {schema}.settings WHERE name = 'epoch'`)).Scan(&epoch); err != nil {
+		return "", fmt.Errorf("reading the database epoch: %w", err)
+	}
+	return hex.EncodeToString(epoch), nil
 }
 
 // Ready checks that the database answers and holds every migration this
@@ -265,6 +309,7 @@ type GroupTx struct {
 	s           *Store
 	GroupID     string
 	cookieOrder int64
+	record      ViewRecord // as locked; IssueCookies updates it
 
 	// PrunedClients counts the idle clients this transaction pruned to make
 	// room for new ones.
@@ -283,14 +328,19 @@ func (g *GroupTx) lock(ctx context.Context, userID string) error {
 	// The group row is locked (FOR UPDATE OF g); the client row, if asked
 	// for, is only read: it cannot change without this group's lock.
 	const q = `SELECT g.user_id, g.cookie_order, g.deleted_at IS NOT NULL, g.clients_pruned_at IS NOT NULL,
+			coalesce(g.view_record_id, 0), g.view_version, g.view_min_version,
 			coalesce(c.client_group_id, ''), coalesce(c.last_mutation_id, 0), coalesce(c.legacy_keys_through, 0)
 		FROM {schema}.client_groups g LEFT JOIN {schema}.clients c ON c.id = $2
 		WHERE g.id = $1 FOR UPDATE OF g`
 	var owner string
 	var deleted bool
 	scan := func() error {
-		return g.tx.QueryRow(ctx, g.s.sql(q), g.GroupID, g.prefetched).Scan(&owner, &g.cookieOrder, &deleted, &g.clientsPruned,
+		var recordID int64
+		err := g.tx.QueryRow(ctx, g.s.sql(q), g.GroupID, g.prefetched).Scan(&owner, &g.cookieOrder, &deleted, &g.clientsPruned,
+			&recordID, &g.record.Version, &g.record.MinVersion,
 			&g.prefetchedGroup, &g.prefetchedLastMutationID, &g.prefetchedLegacyKeys)
+		g.record.ID = uint64(recordID)
+		return err
 	}
 	err := scan()
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -553,6 +603,31 @@ type Rejection struct {
 	Status     int // 0: refused by the mapping, not the upstream
 	Reason     string
 	Body       string
+	At         time.Time // when it was recorded (read only)
+}
+
+// RecentRejections returns the group's rejection records younger than ttl
+// (0: all), oldest first, for the clients to see.
+func (g *GroupTx) RecentRejections(ctx context.Context, ttl time.Duration) ([]Rejection, error) {
+	if ttl <= 0 {
+		ttl = 100 * 365 * 24 * time.Hour
+	}
+	rows, err := g.tx.Query(ctx, g.s.sql(`SELECT client_id, mutation_id, mutator, coalesce(status, 0), reason, created_at
+		FROM {schema}.mutation_rejections WHERE client_group_id = $1 AND created_at >= now() - $2::interval
+		ORDER BY created_at, client_id, mutation_id`), g.GroupID, ttl)
+	if err != nil {
+		return nil, fmt.Errorf("reading rejections: %w", err)
+	}
+	var out []Rejection
+	var r Rejection
+	_, err = pgx.ForEachRow(rows, []any{&r.ClientID, &r.MutationID, &r.Mutator, &r.Status, &r.Reason, &r.At}, func() error {
+		out = append(out, r)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading rejections: %w", err)
+	}
+	return out, nil
 }
 
 // RecordRejection stores a rejected mutation for operators.
@@ -670,6 +745,16 @@ func (g *GroupTx) LastMutationIDs(ctx context.Context) (map[string]int64, error)
 // pulls answered from one fetch. An order of 0 marks a request whose cookie
 // cannot grow (ErrCookieExhausted for it alone); nothing is issued for it.
 func (g *GroupTx) NextCookieOrders(ctx context.Context, requestOrders []int64) ([]int64, error) {
+	return g.IssueCookies(ctx, requestOrders, nil)
+}
+
+// CookieOrder returns the order of the last cookie issued to the group
+// (by this transaction too, once it has issued one).
+func (g *GroupTx) CookieOrder() int64 { return g.cookieOrder }
+
+// IssueCookies is NextCookieOrders that also writes change (nil: none), the
+// group's view record after a pull, in the same round trip.
+func (g *GroupTx) IssueCookies(ctx context.Context, requestOrders []int64, change *ViewChange) ([]int64, error) {
 	out := make([]int64, len(requestOrders))
 	cur := g.cookieOrder
 	for i, r := range requestOrders {
@@ -679,13 +764,23 @@ func (g *GroupTx) NextCookieOrders(ctx context.Context, requestOrders []int64) (
 		cur = max(r, cur) + 1
 		out[i] = cur
 	}
-	if cur == g.cookieOrder {
+	changed := change != nil && change.Changed()
+	if cur == g.cookieOrder && !changed {
 		return out, nil
 	}
-	if _, err := g.tx.Exec(ctx, g.s.sql(`UPDATE {schema}.client_groups SET cookie_order = $2 WHERE id = $1`), g.GroupID, cur); err != nil {
+	b := &pgx.Batch{}
+	rec := g.record
+	if changed {
+		g.queueChange(b, change)
+		rec = change.Record
+	}
+	b.Queue(g.s.sql(`UPDATE {schema}.client_groups SET cookie_order = $2, view_record_id = nullif($3::bigint, 0), view_version = $4, view_min_version = $5
+		WHERE id = $1`), g.GroupID, cur, int64(rec.ID), rec.Version, rec.MinVersion)
+	if err := g.tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("issuing cookies: %w", err)
 	}
 	g.cookieOrder = cur
+	g.record = rec
 	return out, nil
 }
 

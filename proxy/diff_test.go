@@ -1,0 +1,432 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// replica is what a Replicache client holds: its cookie and its view.
+type replica struct {
+	cookie json.RawMessage
+	state  map[string]string // key → compact value
+}
+
+func newReplica() *replica {
+	return &replica{cookie: json.RawMessage("null"), state: map[string]string{}}
+}
+
+func (c *replica) clone() *replica {
+	return &replica{cookie: slices.Clone(c.cookie), state: maps.Clone(c.state)}
+}
+
+// patchAnswer is a PullResponse with its cookie kept raw, as a client
+// keeps it.
+type patchAnswer struct {
+	Cookie                json.RawMessage  `json:"cookie"`
+	LastMutationIDChanges map[string]int64 `json:"lastMutationIDChanges"`
+	Patch                 []struct {
+		Op    string          `json:"op"`
+		Key   string          `json:"key"`
+		Value json.RawMessage `json:"value"`
+	} `json:"patch"`
+	Error string `json:"error"`
+}
+
+// reset reports whether the patch starts with clear.
+func (a patchAnswer) reset() bool { return len(a.Patch) > 0 && a.Patch[0].Op == "clear" }
+
+// pullInto pulls as the client c and applies the answer as the Replicache
+// client does, checking the patch's form: clear only first, ops known.
+func (inst *instance) pullInto(t testing.TB, user, group string, c *replica) patchAnswer {
+	t.Helper()
+	r := inst.post(t, "/replicache/pull", "Bearer "+user, pullBody(group, c.cookie))
+	var a patchAnswer
+	if r.status != http.StatusOK || json.Unmarshal(r.raw, &a) != nil {
+		t.Fatalf("pull = %d %s", r.status, r.raw)
+	}
+	if a.Error != "" {
+		return a
+	}
+	for i, op := range a.Patch {
+		switch op.Op {
+		case "clear":
+			if i != 0 {
+				t.Fatalf("clear at position %d of the patch", i)
+			}
+			clear(c.state)
+		case "put":
+			c.state[op.Key] = string(op.Value)
+		case "del":
+			// A key added and removed since the client's cookie is deleted
+			// although the client never held it: a no-op, as for the client.
+			delete(c.state, op.Key)
+		default:
+			t.Fatalf("unknown op %q", op.Op)
+		}
+	}
+	c.cookie = a.Cookie
+	return a
+}
+
+// changingAPI is an upstream whose collection changes between pulls: items
+// are added, updated, deleted and reordered, so they move between pages.
+// It paginates in the body (next URL and count, as Django REST Framework
+// does), 7 items a page, and has one singleton source.
+type changingAPI struct {
+	mu    sync.Mutex
+	order []string          // item ids in the order the API lists them
+	items map[string]string // id → JSON
+	meta  string
+	next  int
+	gets  int // pages and singletons served
+}
+
+func newChangingAPI(t testing.TB) (*changingAPI, *httptest.Server) {
+	a := &changingAPI{items: map[string]string{}, meta: `{"version":0}`}
+	srv := httptest.NewServer(a)
+	t.Cleanup(srv.Close)
+	return a, srv
+}
+
+func (a *changingAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.gets++
+	w.Header().Set("Content-Type", "application/json")
+	if r.URL.Path == "/meta" {
+		_, _ = fmt.Fprint(w, a.meta)
+		return
+	}
+	const size = 7
+	page, _ := strconv.Atoi(r.URL.Query().Get("page"))
+	page = max(page, 1)
+	var out []string
+	for i := (page - 1) * size; i < min(page*size, len(a.order)); i++ {
+		out = append(out, a.items[a.order[i]])
+	}
+	next := "null"
+	if page*size < len(a.order) {
+		next = fmt.Sprintf(`"/items?page=%d"`, page+1)
+	}
+	_, _ = fmt.Fprintf(w, `{"count":%d,"next":%s,"results":[%s]}`, len(a.order), next, strings.Join(out, ","))
+}
+
+// change makes n random changes.
+func (a *changingAPI) change(rng *rand.Rand, n int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for range n {
+		switch k := rng.IntN(10); {
+		case k < 3 || len(a.order) < 3: // add, anywhere in the order
+			a.next++
+			id := fmt.Sprintf("i%d", a.next)
+			a.items[id] = fmt.Sprintf(`{"id":%q,"title":"new %d","n":0}`, id, a.next)
+			at := rng.IntN(len(a.order) + 1)
+			a.order = slices.Insert(a.order, at, id)
+		case k < 6: // update
+			id := a.order[rng.IntN(len(a.order))]
+			a.items[id] = fmt.Sprintf(`{"id":%q,"title":"changed %d","n":%d}`, id, rng.IntN(1000), rng.IntN(3))
+		case k < 8: // delete
+			at := rng.IntN(len(a.order))
+			delete(a.items, a.order[at])
+			a.order = slices.Delete(a.order, at, at+1)
+		case k < 9: // reorder: items move between pages
+			rng.Shuffle(len(a.order), func(i, j int) { a.order[i], a.order[j] = a.order[j], a.order[i] })
+		default:
+			a.meta = fmt.Sprintf(`{"version":%d}`, rng.IntN(5))
+		}
+	}
+}
+
+// view is what a correct client holds now.
+func (a *changingAPI) view() map[string]string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := map[string]string{"meta": a.meta}
+	for id, v := range a.items {
+		out["item/"+id] = v
+	}
+	return out
+}
+
+const changingMapping = `{"clientView":[
+	{"path":"/items","items":"results","key":"item/{id}","pagination":{"type":"url"}},
+	{"path":"/meta","key":"meta"}]}`
+
+func changingEnv(t testing.TB, url string, extra map[string]string) map[string]string {
+	f := filepath.Join(t.TempDir(), "m.json")
+	if err := os.WriteFile(f, []byte(changingMapping), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"SIDECAR_UPSTREAM_URL": url, "SIDECAR_MAPPING_FILE": f, "SIDECAR_AUTH_PATH": ""}
+	maps.Copy(env, extra)
+	return env
+}
+
+// TestDiffPatchesMatchReset is the diff mode's property: for random
+// sequences of upstream changes, a client that applies successive diff
+// patches always holds exactly what the API shows (what a fresh reset
+// gives). Clients pull through two replicas sharing one database, at
+// different paces (one falls behind by more than the record remembers),
+// and sometimes with a cookie whose answer they lost.
+func TestDiffPatchesMatchReset(t *testing.T) {
+	api, srv := newChangingAPI(t)
+	h := newHarness(t, changingEnv(t, srv.URL, map[string]string{"SIDECAR_VIEW_RECORD_VERSIONS": "8"}))
+	replicas := []*instance{h.start(), h.start()}
+	for seed := range uint64(3) {
+		rng := rand.New(rand.NewPCG(seed, 42))
+		group := fmt.Sprint("g", seed)
+		clients := []*replica{newReplica(), newReplica(), newReplica()}
+		var diffs, resets, empty, lagReset int
+		api.change(rng, 20)
+		const steps = 60
+		for step := range steps {
+			if step > 0 && rng.IntN(4) > 0 { // now and then, nothing changes
+				api.change(rng, 1+rng.IntN(4))
+			}
+			for i, c := range clients {
+				// Client 2 pulls once every 20 steps; the group meanwhile
+				// moves on by more versions than the record keeps removals for.
+				if i == 2 && step%20 != 19 {
+					continue
+				}
+				if i == 1 && step%2 == 1 {
+					continue
+				}
+				before := c.clone()
+				a := replicas[rng.IntN(2)].pullInto(t, "alice", group, c)
+				if a.Error != "" {
+					t.Fatalf("seed %d step %d: pull answered %s", seed, step, a.Error)
+				}
+				switch {
+				case a.reset():
+					resets++
+					if i == 2 && step > 20 {
+						lagReset++
+					}
+				case len(a.Patch) == 0:
+					empty++
+					diffs++
+				default:
+					diffs++
+				}
+				if want := api.view(); !maps.Equal(c.state, want) {
+					t.Fatalf("seed %d step %d client %d: after the patch the client holds %d keys, the API shows %d (reset=%v)\nclient: %v\napi:    %v",
+						seed, step, i, len(c.state), len(want), a.reset(), c.state, want)
+				}
+				// Now and then the answer is lost on its way: the client pulls
+				// again with its previous cookie.
+				if rng.IntN(5) == 0 {
+					clients[i] = before
+				}
+			}
+		}
+		t.Logf("seed %d: %d diff answers (%d empty), %d resets", seed, diffs, empty, resets)
+		if diffs < steps || empty == 0 || resets < 3 {
+			t.Errorf("seed %d: %d diffs (%d empty), %d resets: the sequence did not exercise diff mode", seed, diffs, empty, resets)
+		}
+		if lagReset == 0 {
+			t.Errorf("seed %d: the client that fell behind the record was never reset", seed)
+		}
+	}
+}
+
+// diffSetup is a harness on the legacy API with two sidecars and a group
+// that has pulled once.
+func TestDiffPulls(t *testing.T) {
+	h := newHarness(t, nil)
+	a, b := h.start(), h.start()
+	if r := a.push(t, "alice", "g", create("c1", 1, "x"), create("c1", 2, "y")); r.status != 200 {
+		t.Fatalf("push = %d %s", r.status, r.raw)
+	}
+	c := newReplica()
+	first := a.pullInto(t, "alice", "g", c)
+	if !first.reset() || len(first.Patch) != 4 { // clear, x, y, me
+		t.Fatalf("first pull = %+v; want a reset of 3 entries", first.Patch)
+	}
+	var ck struct {
+		Order int64  `json:"order"`
+		DB    string `json:"db"`
+		Rec   string `json:"rec"`
+		V     int64  `json:"v"`
+	}
+	if err := json.Unmarshal(first.Cookie, &ck); err != nil || ck.Order != 1 || len(ck.DB) != 16 || len(ck.Rec) != 16 || ck.V != 1 {
+		t.Fatalf("cookie = %s; want order 1, db, rec and v 1", first.Cookie)
+	}
+
+	t.Run("unchanged view answers an empty patch through either replica", func(t *testing.T) {
+		for i, inst := range []*instance{b, a} {
+			ans := inst.pullInto(t, "alice", "g", c)
+			if len(ans.Patch) != 0 || ans.LastMutationIDChanges["c1"] != 2 {
+				t.Fatalf("unchanged pull %d = %+v %v; want an empty patch and every client's id", i, ans.Patch, ans.LastMutationIDChanges)
+			}
+			var next struct {
+				Order int64 `json:"order"`
+				V     int64 `json:"v"`
+			}
+			_ = json.Unmarshal(ans.Cookie, &next)
+			if next.Order != int64(2+i) || next.V != 1 {
+				t.Errorf("cookie after an unchanged pull = %s; want the order to advance and the version to stay", ans.Cookie)
+			}
+		}
+	})
+
+	t.Run("a change answers only what changed", func(t *testing.T) {
+		if r := b.push(t, "alice", "g", create("c1", 3, "z"), mut{"c1", 4, "deleteTodo", map[string]any{"id": "x"}},
+			mut{"c1", 5, "updateTodo", map[string]any{"id": "y", "done": true}}); r.status != 200 {
+			t.Fatalf("push = %d %s", r.status, r.raw)
+		}
+		ans := a.pullInto(t, "alice", "g", c)
+		var ops []string
+		for _, op := range ans.Patch {
+			ops = append(ops, op.Op+" "+op.Key)
+		}
+		slices.Sort(ops)
+		if want := []string{"del todo/x", "put todo/y", "put todo/z"}; !slices.Equal(ops, want) || ans.LastMutationIDChanges["c1"] != 5 {
+			t.Errorf("patch = %v, ids %v; want %v and c1 at 5", ops, ans.LastMutationIDChanges, want)
+		}
+		if c.state["todo/y"] != `{"done":true,"id":"y","title":"t y"}` {
+			t.Errorf("todo/y = %s", c.state["todo/y"])
+		}
+	})
+
+	resets := func(t *testing.T, name, group string, cookie any) {
+		t.Helper()
+		r, p := a.pull(t, "alice", group, cookie)
+		if r.status != 200 || len(p.Patch) == 0 || p.Patch[0].Op != "clear" {
+			t.Errorf("%s: pull = %d %s; want a reset", name, r.status, r.raw)
+		}
+	}
+	t.Run("cookies that name no record this group holds get a reset", func(t *testing.T) {
+		var cur map[string]any
+		_ = json.Unmarshal(c.cookie, &cur)
+		resets(t, "a forked group with its parent's cookie", "forked", cur)
+		for name, edit := range map[string]func(m map[string]any){
+			"unreadable record":      func(m map[string]any) { m["rec"] = "not hex" },
+			"unknown record":         func(m map[string]any) { m["rec"] = "0000000000000001" },
+			"version not a number":   func(m map[string]any) { m["v"] = "3" },
+			"no record":              func(m map[string]any) { delete(m, "rec"); delete(m, "v") },
+			"no epoch (old sidecar)": func(m map[string]any) { delete(m, "db"); delete(m, "rec"); delete(m, "v") },
+		} {
+			m := maps.Clone(cur)
+			edit(m)
+			resets(t, name, "g", m)
+		}
+		resets(t, "an order-only cookie far ahead", "g", map[string]any{"order": 100000})
+	})
+
+	csnf := func(t *testing.T, name string, cookie any) {
+		t.Helper()
+		r, _ := a.pull(t, "alice", "g", cookie)
+		if r.status != 200 || string(r.raw) != `{"error":"ClientStateNotFound"}` {
+			t.Errorf("%s: pull = %d %s; want 200 ClientStateNotFound", name, r.status, r.raw)
+		}
+	}
+	t.Run("cookies from another database or from the future get ClientStateNotFound", func(t *testing.T) {
+		var cur map[string]any
+		_ = json.Unmarshal(c.cookie, &cur)
+		m := maps.Clone(cur)
+		m["db"] = "0123456789abcdef"
+		csnf(t, "another epoch", m)
+		m = maps.Clone(cur)
+		m["v"] = cur["v"].(float64) + 3
+		csnf(t, "a version the record never reached", m)
+		m = maps.Clone(cur)
+		m["order"] = 10000000.0
+		csnf(t, "an order the group never issued, with its record", m)
+	})
+
+	t.Run("reset mode answers resets, and its cookies name no record", func(t *testing.T) {
+		hr := *h
+		hr.env = maps.Clone(h.env)
+		hr.env["SIDECAR_PATCH_MODE"] = "reset"
+		reset := hr.start()
+		ans := reset.pullInto(t, "alice", "g", c)
+		if !ans.reset() || strings.Contains(string(ans.Cookie), "rec") {
+			t.Fatalf("reset-mode pull = %s %+v; want a reset and a cookie without a record", ans.Cookie, ans.Patch)
+		}
+		if ans := a.pullInto(t, "alice", "g", c); !ans.reset() {
+			t.Errorf("diff-mode pull with a reset-mode cookie = %+v; want a reset", ans.Patch)
+		}
+		if ans := a.pullInto(t, "alice", "g", c); len(ans.Patch) != 0 {
+			t.Errorf("next pull = %+v; want an empty diff", ans.Patch)
+		}
+	})
+	if want := map[string]string{"todo/y": `{"done":true,"id":"y","title":"t y"}`, "todo/z": `{"id":"z","title":"t z"}`, "me": `{"id":"alice","name":"ALICE"}`}; !maps.Equal(c.state, want) {
+		t.Errorf("client state = %v, want %v", c.state, want)
+	}
+}
+
+// TestEpoch: a cookie issued before the sidecar's schema was recreated
+// gets ClientStateNotFound, not a silent trip back in time.
+func TestEpoch(t *testing.T) {
+	h := newHarness(t, nil)
+	a := h.start()
+	c := newReplica()
+	a.pullInto(t, "alice", "g", c)
+	if _, err := a.pool.Exec(context.Background(), "DROP SCHEMA "+pgx.Identifier{h.schema}.Sanitize()+" CASCADE"); err != nil {
+		t.Fatal(err)
+	}
+	b := h.start() // migrates a new schema: a new epoch
+	r := b.post(t, "/replicache/pull", "Bearer alice", pullBody("g", c.cookie))
+	if r.status != 200 || string(r.raw) != `{"error":"ClientStateNotFound"}` {
+		t.Errorf("pull with a cookie of the old database = %d %s; want ClientStateNotFound", r.status, r.raw)
+	}
+	if _, p := b.pull(t, "alice", "g2", map[string]any{"order": 100000}); p.Cookie.Order != 100001 {
+		t.Errorf("pull with an order-only cookie = order %d; want 100001", p.Cookie.Order)
+	}
+}
+
+// TestExposeRejections: with SIDECAR_EXPOSE_REJECTIONS a rejected mutation
+// shows in the client view under the reserved prefix, and is diffed like
+// any entry.
+func TestExposeRejections(t *testing.T) {
+	h := newHarness(t, map[string]string{"SIDECAR_EXPOSE_REJECTIONS": "true"})
+	a := h.start()
+	c := newReplica()
+	a.pullInto(t, "alice", "g", c)
+	bad := mut{"c1", 1, "createTodo", map[string]any{"id": "t1", "title": ""}} // the API answers 422
+	if r := a.push(t, "alice", "g", bad); r.status != 200 {
+		t.Fatalf("push = %d %s", r.status, r.raw)
+	}
+	ans := a.pullInto(t, "alice", "g", c)
+	if len(ans.Patch) != 1 || ans.Patch[0].Op != "put" || ans.Patch[0].Key != "_sidecar/rejection/c1/1" {
+		t.Fatalf("patch = %+v; want one put of _sidecar/rejection/c1/1", ans.Patch)
+	}
+	var v struct {
+		ClientID   string `json:"clientID"`
+		MutationID int64  `json:"mutationID"`
+		Mutator    string `json:"mutator"`
+		Status     int    `json:"status"`
+		Reason     string `json:"reason"`
+		Time       string `json:"time"`
+	}
+	if err := json.Unmarshal(ans.Patch[0].Value, &v); err != nil || v.Mutator != "createTodo" || v.Status != 422 || v.Reason == "" || v.Time == "" || v.MutationID != 1 {
+		t.Errorf("rejection entry = %s (%v)", ans.Patch[0].Value, err)
+	}
+	if ans := a.pullInto(t, "alice", "g", c); len(ans.Patch) != 0 {
+		t.Errorf("next pull = %+v; want an empty diff", ans.Patch)
+	}
+	// Without the setting, none.
+	h.env["SIDECAR_EXPOSE_REJECTIONS"] = "false"
+	_, p := h.start().pull(t, "alice", "g", nil)
+	for _, op := range p.Patch {
+		if strings.HasPrefix(op.Key, "_sidecar/") {
+			t.Errorf("entry %s without SIDECAR_EXPOSE_REJECTIONS", op.Key)
+		}
+	}
+}

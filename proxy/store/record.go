@@ -1,0 +1,217 @@
+package store
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"slices"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// ViewRecord identifies a client group's view record: what the group's
+// clients were last served, key by key, as a hash of each value and the
+// record version at which it last changed. A pull whose cookie names the
+// record and a version V it still covers answers only the keys changed
+// after V; any other pull answers a reset. Either way the client then holds
+// the record's current version.
+type ViewRecord struct {
+	ID         uint64 // random, fixed for the group; 0 while it has none
+	Version    int64  // bumped by each pull whose view differs from the record
+	MinVersion int64  // the oldest version a diff may start from
+}
+
+// Covers reports whether a client that holds version v of record id can be
+// answered with a diff: the record is the same, and every key removed after
+// v is still remembered.
+func (r ViewRecord) Covers(id uint64, v int64) bool {
+	return r.ID != 0 && id == r.ID && v >= r.MinVersion && v <= r.Version
+}
+
+// Record returns the group's view record as it stands in this transaction.
+func (g *GroupTx) Record() ViewRecord { return g.record }
+
+// Record bounds. Removed keys are remembered (as tombstones, so a diff can
+// name them in a del) for the last Options.RecordVersions versions, and at
+// most max(minTombstones, live keys) of them: so a group's record holds at
+// most about twice its view's keys. Forgetting a tombstone raises the
+// record's MinVersion: clients behind it get a reset.
+const minTombstones = 1024
+
+// Tombstone is a key the view no longer has, and the version that removed
+// it.
+type Tombstone struct {
+	Key     string
+	Version int64
+}
+
+// ViewChange is a fetched view compared with the group's record: the
+// record after the pull, and what to write to get there (IssueCookies
+// writes it).
+type ViewChange struct {
+	Record ViewRecord // after the change
+	// Versions holds, per view entry in the order given, the version at
+	// which its value last changed: a client at version v lacks exactly
+	// the entries whose version is above v.
+	Versions []int64
+	// Tombstones are the removed keys still remembered: a client at v must
+	// delete those whose version is above v.
+	Tombstones []Tombstone
+	// Bytes is the record's logical size after the change: keys, hashes
+	// and versions of live entries and tombstones.
+	Bytes int64
+
+	created bool    // the record is new
+	changed []int   // entries new or changed
+	hashes  []int64 // per changed entry
+	keys    []string
+	removed []string // keys removed by this change
+	pruned  []string // tombstones forgotten
+}
+
+// Changed reports whether the change writes anything.
+func (c *ViewChange) Changed() bool {
+	return c.created || len(c.changed) > 0 || len(c.removed) > 0 || len(c.pruned) > 0
+}
+
+// Counts reports how many entries the change put (new or changed values)
+// and removed.
+func (c *ViewChange) Counts() (put, removed int) { return len(c.changed), len(c.removed) }
+
+// recordRow is one key of a stored record.
+type recordRow struct {
+	hash    uint64
+	version int64
+	removed bool
+}
+
+// CompareView compares a fetched view of n entries (entry(i) gives the
+// i-th key and the hash of its value; keys are unique) with the group's
+// record, which it reads. It writes nothing: IssueCookies writes the
+// change together with the cookies, in one round trip. charge is called
+// with the bytes the record takes in memory as it is read (nil: not
+// counted); its error ends the read.
+func (g *GroupTx) CompareView(ctx context.Context, n int, entry func(i int) (string, uint64), charge func(int64) error) (*ViewChange, error) {
+	old := map[string]recordRow{}
+	if g.record.ID != 0 {
+		rows, err := g.tx.Query(ctx, g.s.sql(`SELECT key, coalesce(hash, 0), version, hash IS NULL FROM {schema}.view_entries WHERE client_group_id = $1`), g.GroupID)
+		if err != nil {
+			return nil, fmt.Errorf("reading view record: %w", err)
+		}
+		var key string
+		var hash, version int64
+		var removed bool
+		var pending int64
+		_, err = pgx.ForEachRow(rows, []any{&key, &hash, &version, &removed}, func() error {
+			old[key] = recordRow{hash: uint64(hash), version: version, removed: removed}
+			if pending += int64(len(key)) + recordRowMemory; pending >= 64<<10 && charge != nil {
+				err := charge(pending)
+				pending = 0
+				return err
+			}
+			return nil
+		})
+		if err == nil && charge != nil {
+			err = charge(pending)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading view record: %w", err)
+		}
+	}
+	rec := g.record
+	if rec.ID == 0 {
+		var b [8]byte
+		for rec.ID == 0 {
+			if _, err := rand.Read(b[:]); err != nil {
+				return nil, fmt.Errorf("creating view record: %w", err)
+			}
+			rec.ID = binary.BigEndian.Uint64(b[:]) >> 1 // a positive bigint
+		}
+	}
+	return planChange(old, rec, n, entry, g.s.recordVersions), nil
+}
+
+// recordRowMemory approximates what one key of a record takes in memory
+// besides the key's bytes (map slot, string header, row).
+const recordRowMemory = 64
+
+// recordRowBytes is what one key of a record is counted as in Bytes
+// besides the key's bytes: its hash and version.
+const recordRowBytes = 16
+
+// planChange compares the view with the record old, whose header is rec
+// (rec.Version 0 for a new record), keeping removals for keep versions. It
+// consumes old.
+func planChange(old map[string]recordRow, rec ViewRecord, n int, entry func(i int) (string, uint64), keep int64) *ViewChange {
+	c := &ViewChange{Record: rec, Versions: make([]int64, n), created: rec.Version == 0}
+	next := rec.Version + 1
+	for i := range n {
+		key, hash := entry(i)
+		c.Bytes += int64(len(key)) + recordRowBytes
+		r, ok := old[key]
+		if ok {
+			delete(old, key)
+		}
+		if ok && !r.removed && r.hash == hash {
+			c.Versions[i] = r.version
+			continue
+		}
+		c.Versions[i] = next
+		c.changed = append(c.changed, i)
+		c.keys = append(c.keys, key)
+		c.hashes = append(c.hashes, int64(hash))
+	}
+	// What is left of old: keys the view lost now, and earlier tombstones.
+	for key, r := range old {
+		if r.removed {
+			c.Tombstones = append(c.Tombstones, Tombstone{Key: key, Version: r.version})
+		} else {
+			c.removed = append(c.removed, key)
+			c.Tombstones = append(c.Tombstones, Tombstone{Key: key, Version: next})
+		}
+	}
+	if !c.created && len(c.changed) == 0 && len(c.removed) == 0 {
+		for _, t := range c.Tombstones {
+			c.Bytes += int64(len(t.Key)) + recordRowBytes
+		}
+		return c // unchanged: the record stays as it is
+	}
+	c.Record.Version = next
+	if c.created {
+		c.Record.MinVersion = next
+	}
+	// Forget the tombstones too old to matter, and the oldest beyond the
+	// bound, raising MinVersion past them.
+	slices.SortFunc(c.Tombstones, func(a, b Tombstone) int { return cmp.Compare(a.Version, b.Version) })
+	limit := max(minTombstones, n)
+	cut := 0
+	for cut < len(c.Tombstones) && (c.Tombstones[cut].Version <= next-keep || len(c.Tombstones)-cut > limit) {
+		c.Record.MinVersion = max(c.Record.MinVersion, c.Tombstones[cut].Version)
+		c.pruned = append(c.pruned, c.Tombstones[cut].Key)
+		cut++
+	}
+	c.Tombstones = c.Tombstones[cut:]
+	for _, t := range c.Tombstones {
+		c.Bytes += int64(len(t.Key)) + recordRowBytes
+	}
+	return c
+}
+
+// queueChange queues the statements that write c.
+func (g *GroupTx) queueChange(b *pgx.Batch, c *ViewChange) {
+	if len(c.changed) > 0 {
+		b.Queue(g.s.sql(`INSERT INTO {schema}.view_entries (client_group_id, key, hash, version)
+			SELECT $1, k, h, $4 FROM unnest($2::text[], $3::bigint[]) AS u(k, h)
+			ON CONFLICT (client_group_id, key) DO UPDATE SET hash = excluded.hash, version = excluded.version`),
+			g.GroupID, c.keys, c.hashes, c.Record.Version)
+	}
+	if len(c.removed) > 0 {
+		b.Queue(g.s.sql(`UPDATE {schema}.view_entries SET hash = NULL, version = $3 WHERE client_group_id = $1 AND key = ANY($2)`),
+			g.GroupID, c.removed, c.Record.Version)
+	}
+	if len(c.pruned) > 0 {
+		b.Queue(g.s.sql(`DELETE FROM {schema}.view_entries WHERE client_group_id = $1 AND key = ANY($2)`), g.GroupID, c.pruned)
+	}
+}

@@ -1,0 +1,60 @@
+package store
+
+import (
+	"fmt"
+	"testing"
+)
+
+// TestRecordBounds: a record remembers removed keys for the configured
+// versions and at most max(minTombstones, live keys) of them; forgetting
+// any raises MinVersion past them, so no diff can miss a del.
+func TestRecordBounds(t *testing.T) {
+	keys := func(n int) func(i int) (string, uint64) {
+		return func(i int) (string, uint64) { return fmt.Sprint("k", i), 1 }
+	}
+	rows := func(c *ViewChange, n int, old map[string]recordRow) map[string]recordRow {
+		out := map[string]recordRow{}
+		for k, r := range old {
+			out[k] = r
+		}
+		for i, v := range c.Versions[:n] {
+			k, h := keys(n)(i)
+			out[k] = recordRow{hash: h, version: v}
+		}
+		for _, k := range c.pruned {
+			delete(out, k)
+		}
+		for _, ts := range c.Tombstones {
+			out[ts.Key] = recordRow{version: ts.Version, removed: true}
+		}
+		return out
+	}
+	// A record of 3000 keys, then a view of 10: 2990 removals, more than
+	// the bound, so the oldest are forgotten at once.
+	c := planChange(map[string]recordRow{}, ViewRecord{ID: 1}, 3000, keys(3000), 64)
+	if c.Record.Version != 1 || c.Record.MinVersion != 1 || len(c.changed) != 3000 {
+		t.Fatalf("new record = %+v, %d changed", c.Record, len(c.changed))
+	}
+	old := rows(c, 3000, nil)
+	c = planChange(old, c.Record, 10, keys(10), 64)
+	if len(c.removed) != 2990 || len(c.Tombstones) != minTombstones || c.Record.Version != 2 || c.Record.MinVersion != 2 {
+		t.Errorf("after 2990 removals: %d removed, %d remembered, record %+v; want %d remembered and MinVersion 2",
+			len(c.removed), len(c.Tombstones), c.Record, minTombstones)
+	}
+	if c.Record.Covers(1, 1) || !c.Record.Covers(1, 2) {
+		t.Errorf("record %+v covers version 1 (it forgot removals made after it) or not version 2", c.Record)
+	}
+	// Unchanged: nothing to write, the version stays.
+	old = rows(c, 10, old)
+	c = planChange(old, c.Record, 10, keys(10), 64)
+	if c.Changed() || c.Record.Version != 2 {
+		t.Errorf("unchanged view: changed %v, record %+v", c.Changed(), c.Record)
+	}
+	// Removals older than the kept versions are forgotten at the next change.
+	rec := ViewRecord{ID: 1, Version: 100, MinVersion: 1}
+	old = map[string]recordRow{"gone-long-ago": {version: 10, removed: true}, "gone-lately": {version: 90, removed: true}, "k0": {hash: 1, version: 5}}
+	c = planChange(old, rec, 0, keys(0), 64)
+	if c.Record.Version != 101 || c.Record.MinVersion != 10 || len(c.pruned) != 1 || c.pruned[0] != "gone-long-ago" {
+		t.Errorf("record %+v, pruned %v; want version 101, MinVersion 10, gone-long-ago pruned", c.Record, c.pruned)
+	}
+}

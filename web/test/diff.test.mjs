@@ -1,0 +1,84 @@
+// Diff mode with the real Replicache client: two sidecar replicas share one
+// database; clients pulling through either get put/del patches from their
+// group's view record, and end up holding exactly what a fresh client gets.
+import {test} from 'node:test';
+import assert from 'node:assert/strict';
+import {Sidecar, freePort, makeRep, psql, serverTodos, startStack, sync, todos, waitFor} from './harness.mjs';
+
+async function secondReplica(s, env = {}) {
+  const b = new Sidecar({upstream: s.api.url, schema: s.schema, port: await freePort(), adminPort: await freePort(), env});
+  await b.start();
+  return b;
+}
+
+const sorted = (o) => JSON.stringify(Object.fromEntries(Object.entries(o).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))));
+const pulls = (sidecar) => sidecar.logs.filter((l) => l.msg === 'pull');
+
+test('diff mode: put and del patches through two replicas converge to what a reset gives', async (t) => {
+  const s = await startStack();
+  const b = await secondReplica(s);
+  t.after(async () => { await b.stop(); await s.close(); });
+  const writer = s.newRep('alice');
+  const reader = makeRep(b.url, 'alice', 'reader-' + Date.now());
+  s.reps.push(reader);
+
+  for (let i = 0; i < 30; i++) await writer.mutate.createTodo({id: `t${i}`, title: `todo ${i}`});
+  await sync(writer);
+  await reader.pull({now: true});
+  await waitFor('the reader to see 30 todos', async () => Object.keys(await todos(reader)).length === 30);
+
+  // A few changes: one update, two deletes, one create, through replica A.
+  await writer.mutate.updateTodo({id: 't3', done: true});
+  await writer.mutate.deleteTodo({id: 't7'});
+  await writer.mutate.deleteTodo({id: 't8'});
+  await writer.mutate.createTodo({id: 'new', title: 'added later'});
+  await sync(writer);
+  const before = pulls(b).length;
+  await reader.pull({now: true});
+  const want = await serverTodos(s.api, 'alice');
+  await waitFor('the reader to converge', async () => sorted(await todos(reader)) === sorted(want));
+
+  // The reader's pull through replica B was a diff of exactly the changes.
+  const diff = pulls(b).slice(before).find((l) => l.patch === 'diff' && l.puts + l.dels > 0);
+  assert.ok(diff, 'the reader got a diff: ' + JSON.stringify(pulls(b).slice(before)));
+  assert.equal(diff.puts, 2, 'one update and one create');
+  assert.equal(diff.dels, 2, 'two deletes');
+
+  // Nothing changed: the next pull is an empty diff, and the client is fine.
+  const n = pulls(b).length;
+  await reader.pull({now: true});
+  await waitFor('another pull', () => pulls(b).length > n);
+  const empty = pulls(b).slice(n)[0];
+  assert.equal(empty.patch, 'diff');
+  assert.equal(empty.puts + empty.dels, 0);
+
+  // A fresh client (a reset) holds exactly what the diffed one holds.
+  const fresh = makeRep(b.url, 'alice', 'fresh-' + Date.now());
+  s.reps.push(fresh);
+  await fresh.pull({now: true});
+  await waitFor('the fresh client', async () => Object.keys(await todos(fresh)).length === Object.keys(want).length);
+  assert.deepEqual(await todos(fresh), await todos(reader));
+  assert.deepEqual(await todos(reader), want);
+  assert.deepEqual(reader.logged, [], 'the client logged no errors');
+});
+
+test('database recreated: a cookie of the old one gets ClientStateNotFound and the client recovers', async (t) => {
+  const s = await startStack();
+  t.after(() => s.close());
+  let notFound = 0;
+  const rep = s.newRep('alice', {name: 'epoch'});
+  rep.onClientStateNotFound = () => { notFound++; };
+  await rep.mutate.createTodo({id: 'kept', title: 'on the server'});
+  await sync(rep);
+  // The sidecar's schema is lost and recreated (a new database, or one
+  // restored from elsewhere): a new epoch.
+  await s.sidecar.stop();
+  psql(`DROP SCHEMA ${s.schema} CASCADE`);
+  await s.sidecar.start();
+  await rep.pull({now: true});
+  await waitFor('onClientStateNotFound', () => notFound > 0);
+  await rep.close();
+  const fresh = s.newRep('alice', {name: 'epoch-after-reload'});
+  await sync(fresh);
+  assert.deepEqual(await todos(fresh), {kept: {title: 'on the server', done: false}});
+});
