@@ -11,8 +11,8 @@ import (
 
 // Handler returns the public handler: push, pull, and pass-through.
 func (s *Sidecar) Handler() http.Handler {
-	push := s.metrics.instrument("push", cors(s.cfg.CORSOrigins, postOnly(http.HandlerFunc(s.handlePush))))
-	pull := s.metrics.instrument("pull", cors(s.cfg.CORSOrigins, postOnly(http.HandlerFunc(s.handlePull))))
+	push := s.metrics.instrument("push", cors(s.cfg.CORSOrigins, postOnly(s.compressed(http.HandlerFunc(s.handlePush)))))
+	pull := s.metrics.instrument("pull", cors(s.cfg.CORSOrigins, postOnly(s.compressed(http.HandlerFunc(s.handlePull)))))
 	pass := s.metrics.instrument("proxy", s.passthrough)
 	// A push may run for its time budget plus one upstream call, a pull for
 	// a few upstream calls; the answer must still get out after that.

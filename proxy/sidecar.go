@@ -45,6 +45,8 @@ type Sidecar struct {
 	budget      *budget.Budget // request and view bytes in flight
 	turns       *gate.Gate     // client groups' turns, before a connection
 
+	gzip gzipWriters // for compressed answers
+
 	flightsMu sync.Mutex
 	flights   map[string]*pullFlight // running pulls others may join
 
