@@ -71,6 +71,11 @@ type Request struct {
 	// (the process-wide in-flight budget); its error fails the fetch, and
 	// the caller finds it with errors.Is / errors.As.
 	Memory Memory
+	// Memos, when set, are the pages remembered from earlier fetches: a
+	// page whose URL matches its memo is asked for conditionally, and a 304
+	// answer stands for the memo's entries (without values). Nil: every
+	// page is fetched in full.
+	Memos map[PageKey]*PageMemo
 
 	budget *atomic.Int64 // bytes the fetch may still read
 	spent  *atomic.Int64 // bytes this attempt at a source has read
@@ -86,19 +91,27 @@ type Memory interface {
 // the whole fetch with a *SourceError (or ctx's error). The returned slice is
 // owned by the caller.
 func (f *Fetcher) Fetch(parent context.Context, v *View, r Request) ([]Entry, error) {
+	res, err := f.FetchResult(parent, v, r)
+	return res.Entries, err
+}
+
+// FetchResult is Fetch that also reports, per page fetched, what it
+// answered (for conditional requests next time).
+func (f *Fetcher) FetchResult(parent context.Context, v *View, r Request) (Result, error) {
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
 	budget := &atomic.Int64{}
 	budget.Store(f.maxBody)
 	r.budget = budget
 	results := make([][]Entry, len(v.sources))
+	pages := make([][]PageResult, len(v.sources))
 	errs := make([]error, len(v.sources))
 	var wg sync.WaitGroup
 	for i, s := range v.sources {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			results[i], errs[i] = f.fetchSource(ctx, s, r)
+			results[i], pages[i], errs[i] = f.fetchSource(ctx, s, r)
 			if errs[i] != nil {
 				cancel() // no point finishing the others
 			}
@@ -106,7 +119,7 @@ func (f *Fetcher) Fetch(parent context.Context, v *View, r Request) ([]Entry, er
 	}
 	wg.Wait()
 	if err := parent.Err(); err != nil {
-		return nil, err
+		return Result{}, err
 	}
 	// Report a source that failed for its own reason, not one that was
 	// cancelled because another failed.
@@ -114,29 +127,30 @@ func (f *Fetcher) Fetch(parent context.Context, v *View, r Request) ([]Entry, er
 	for _, err := range errs {
 		var se *SourceError
 		if errors.As(err, &se) {
-			return nil, err
+			return Result{}, err
 		}
 		if firstErr == nil {
 			firstErr = err
 		}
 	}
 	if firstErr != nil {
-		return nil, firstErr
+		return Result{}, firstErr
 	}
 	n := 0
 	for _, es := range results {
 		n += len(es)
 	}
-	out := make([]Entry, 0, n)
+	out := Result{Entries: make([]Entry, 0, n)}
 	seen := make(map[string]string, n)
 	for i, es := range results {
 		for _, e := range es {
 			if prev, dup := seen[e.Key]; dup {
-				return nil, &SourceError{Source: v.sources[i].path, Reason: fmt.Sprintf("duplicate key %q (also produced by %s)", e.Key, prev)}
+				return Result{}, &SourceError{Source: v.sources[i].path, Reason: fmt.Sprintf("duplicate key %q (also produced by %s)", e.Key, prev)}
 			}
 			seen[e.Key] = v.sources[i].path
-			out = append(out, e)
+			out.Entries = append(out.Entries, e)
 		}
+		out.Pages = append(out.Pages, pages[i]...)
 	}
 	return out, nil
 }
@@ -145,28 +159,29 @@ func (f *Fetcher) Fetch(parent context.Context, v *View, r Request) ([]Entry, er
 // were read (another writer moved items between two pages) is fetched once
 // more; if it shifts again the fetch fails with a *SourceError marked
 // Shifted, which is worth retrying, unlike a mapping that does not fit.
-func (f *Fetcher) fetchSource(ctx context.Context, s *source, r Request) ([]Entry, error) {
+func (f *Fetcher) fetchSource(ctx context.Context, s *source, r Request) ([]Entry, []PageResult, error) {
 	r.spent = &atomic.Int64{}
-	es, err := f.fetchPages(ctx, s, r)
+	es, pages, err := f.fetchPages(ctx, s, r)
 	var first *shiftedError
 	if !errors.As(err, &first) {
-		return es, err
+		return es, pages, err
 	}
 	// The discarded attempt's bytes are no longer held: give them back.
 	r.budget.Add(r.spent.Swap(0))
 	f.log.Info("client view source shifted while it was read; fetching it again", "source", s.path, "reason", first.reason)
-	es, err = f.fetchPages(ctx, s, r)
+	r.Memos = nil // in full: a memo may be what does not fit
+	es, pages, err = f.fetchPages(ctx, s, r)
 	var again *shiftedError
 	switch {
 	case !errors.As(err, &again):
-		return es, err
+		return es, pages, err
 	case again.reason == first.reason:
 		// The very same disagreement twice is no writer moving items: the
 		// API does it every time (a capped page size, an ignored page
 		// parameter). That is for the mapping to fix, not for a retry.
-		return nil, &SourceError{Source: s.path, Reason: again.reason + ", the same on a second fetch"}
+		return nil, nil, &SourceError{Source: s.path, Reason: again.reason + ", the same on a second fetch"}
 	}
-	return nil, &SourceError{Source: s.path, Reason: again.reason + ", twice in a row", Shifted: true}
+	return nil, nil, &SourceError{Source: s.path, Reason: again.reason + ", twice in a row", Shifted: true}
 }
 
 // shiftedError: the pages of one fetch of a source do not fit together.
@@ -175,9 +190,9 @@ type shiftedError struct{ reason string }
 func (e *shiftedError) Error() string { return e.reason }
 
 // fetchPages fetches every page of a source once.
-func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry, error) {
-	fail := func(reason string, err error) ([]Entry, error) {
-		return nil, &SourceError{Source: s.path, Reason: reason, Err: err}
+func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry, []PageResult, error) {
+	fail := func(reason string, err error) ([]Entry, []PageResult, error) {
+		return nil, nil, &SourceError{Source: s.path, Reason: reason, Err: err}
 	}
 	first, err := f.sourceURL(s, r.UserID)
 	if err != nil {
@@ -185,12 +200,13 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry
 	}
 	first = s.firstPage(first)
 	var entries []Entry
+	var results []PageResult
 	seenURLs := map[string]bool{}
 	keys := map[string]int{} // key → page it came on
 	firstTotal := -1
-	var firstAnswer *answer // page 1's top-level fields, parsed once
-	var lastBody []byte
-	var lastHdr http.Header
+	var firstAnswer *answer // page 1's top-level fields, parsed once (nil: not modified)
+	var last *answer        // the last page's, when fetched in full
+	lastTotal := -1         // the last page's total, when not modified
 	pages := 0
 	next := first
 	for page := 1; next != nil; page++ {
@@ -201,19 +217,37 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry
 			return fail(fmt.Sprintf("pagination loop: page %s was already fetched", next.RequestURI()), nil)
 		}
 		seenURLs[next.String()] = true
-		body, hdr, err := f.get(ctx, next, r)
+		memo := r.Memos[PageKey{s.id, page}]
+		// The last page of a paged source is always fetched in full: more
+		// pages can appear behind it without its body changing (a next link
+		// in a header, a full last page), and only a fresh answer tells.
+		if memo != nil && (memo.URL != next.String() || !memo.Conditional() || (s.paged && memo.Next == "")) {
+			memo = nil
+		}
+		body, hdr, notModified, err := f.get(ctx, next, r, memo)
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			return fail(err.Error(), err)
 		}
-		if !json.Valid(body) {
-			return fail("response is not JSON", nil)
-		}
-		got, err := s.entries(body)
-		if err != nil {
-			return fail(err.Error(), err)
+		res := PageResult{PageMemo: PageMemo{Source: s.id, Page: page, URL: next.String(), Total: -1}, NotModified: notModified, Conditional: memo != nil}
+		var got []Entry
+		if notModified {
+			res.PageMemo = *memo
+			res.Source, res.Page = s.id, page
+			got = make([]Entry, len(memo.Keys))
+			for i, k := range memo.Keys {
+				got[i] = Entry{Key: k, Hash: memo.Hashes[i]}
+			}
+		} else {
+			if !json.Valid(body) {
+				return fail("response is not JSON", nil)
+			}
+			if got, err = s.entries(body); err != nil {
+				return fail(err.Error(), err)
+			}
+			res.ETag, res.LastModified = hdr.Get("ETag"), hdr.Get("Last-Modified")
 		}
 		for _, e := range got {
 			switch p, seen := keys[e.Key]; {
@@ -222,57 +256,91 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry
 			case seen:
 				// The pages overlap: the collection shifted between two
 				// requests (or the API ignores the page parameter).
-				return nil, &shiftedError{fmt.Sprintf("key %q came on page %d and again on page %d", e.Key, p, page)}
+				return nil, nil, &shiftedError{fmt.Sprintf("key %q came on page %d and again on page %d", e.Key, p, page)}
 			}
 			keys[e.Key] = page
 		}
+		var a *answer
+		if !notModified && s.checksMore() {
+			a = &answer{hdr: hdr, body: body}
+		}
 		if page == 1 && s.checksMore() {
-			first := newAnswer(body, hdr)
-			firstTotal = s.total(first)
-			firstAnswer = &first
+			firstAnswer = a
+			firstTotal = res.Total
+			if a != nil {
+				firstTotal = s.total(a.parse())
+				res.Total = firstTotal
+			}
 		}
 		entries = append(entries, got...)
-		lastBody, lastHdr, pages = body, hdr, page
-		if !s.paged {
-			break
+		last, lastTotal, pages = a, res.Total, page
+		cur := next
+		next = nil
+		switch {
+		case notModified:
+			if res.Next != "" {
+				if next, err = url.Parse(res.Next); err != nil {
+					return fail("remembered next page URL: "+err.Error(), err)
+				}
+			}
+		case s.paged:
+			if next, err = f.nextPage(s, page, len(got), cur, first, body, hdr); err != nil {
+				return fail(err.Error(), err)
+			}
 		}
-		if next, err = f.nextPage(s, page, len(got), next, first, body, hdr); err != nil {
-			return fail(err.Error(), err)
+		if !notModified {
+			if next != nil {
+				res.Next = next.String()
+			}
+			res.Keys = make([]string, len(got))
+			res.Hashes = make([]uint64, len(got))
+			for i, e := range got {
+				res.Keys[i], res.Hashes[i] = e.Key, e.Hash
+			}
 		}
+		results = append(results, res)
 	}
 	if !s.checksMore() {
-		return entries, nil
+		return entries, results, nil
 	}
-	last := firstAnswer
-	if pages > 1 {
-		a := newAnswer(lastBody, lastHdr)
-		last = &a
+	if pages == 1 {
+		last = firstAnswer
 	}
-	if reason, shifted := s.moreThanReceived(*last, firstTotal, len(entries)); shifted {
-		return nil, &shiftedError{reason}
+	if last != nil {
+		a := last.parse()
+		lastTotal = s.total(a)
+		// Remembered for when this page, the last, answers 304 next time.
+		results[len(results)-1].Total = lastTotal
+		if reason := s.unfollowed(a); reason != "" {
+			return fail(reason+`; map its pagination (or say "pagination": {"type": "none"} if this is all)`, nil)
+		}
+	}
+	if reason, shifted := s.moreThanReceived(lastTotal, firstTotal, len(entries)); shifted {
+		return nil, nil, &shiftedError{reason}
 	} else if reason != "" {
 		return fail(reason+`; map its pagination (or say "pagination": {"type": "none"} if this is all)`, nil)
 	}
-	return entries, nil
+	return entries, results, nil
 }
 
 // checksMore: the source's answers are checked for signs of more items
 // than received (not for one whole value, nor for "pagination": "none").
 func (s *source) checksMore() bool { return s.keyed && s.page.Type != "none" }
 
-// answer is a page's headers and top-level fields, parsed once for the
-// checks of a source's first and last pages.
+// answer is a page's headers and body, kept for the checks of a source's
+// first and last pages; parse reads its top-level fields.
 type answer struct {
-	hdr http.Header
-	top map[string]json.RawMessage // nil unless the body is an object
+	hdr  http.Header
+	body []byte
+	top  map[string]json.RawMessage // nil unless the body is an object
 }
 
-func newAnswer(body []byte, hdr http.Header) answer {
-	a := answer{hdr: hdr}
-	if b := bytes.TrimSpace(body); len(b) > 0 && b[0] == '{' {
-		_ = json.Unmarshal(b, &a.top)
+func (a *answer) parse() answer {
+	out := answer{hdr: a.hdr}
+	if b := bytes.TrimSpace(a.body); len(b) > 0 && b[0] == '{' {
+		_ = json.Unmarshal(b, &out.top)
 	}
-	return a
+	return out
 }
 
 // field follows a dotted path from the top level; false when a step is
@@ -315,27 +383,33 @@ func (s *source) total(a answer) int {
 	return -1
 }
 
-// moreThanReceived says why the last page shows that the source holds more
-// than was received, or "". A Link rel="next" that link pagination did not
-// follow, a next field that cursor or url pagination did not follow, or a
-// total other than the items received (or one that changed since the first
-// page) all mean the view would be cut short, and under the Reset Strategy
-// the client would delete what is missing. shifted: a paged source's total
-// disagrees, which another writer explains (the others are mapping errors).
-func (s *source) moreThanReceived(a answer, firstTotal, received int) (reason string, shifted bool) {
+// unfollowed says why the last page shows that the source has more pages
+// than its pagination follows, or "": a Link rel="next" that link
+// pagination did not follow, or a next field that cursor or url pagination
+// did not follow. Under the Reset Strategy the client would delete what is
+// missing.
+func (s *source) unfollowed(a answer) string {
 	if s.page.Type != "link" {
 		if target := nextLink(a.hdr.Values("Link")); target != "" {
-			return fmt.Sprintf("the answer has a Link header with rel=\"next\" (%s), but the source's pagination does not follow it", target), false
+			return fmt.Sprintf("the answer has a Link header with rel=\"next\" (%s), but the source's pagination does not follow it", target)
 		}
 	}
 	if s.page.Type != "cursor" && s.page.Type != "url" {
 		for _, p := range [][]string{{"next"}, {"links", "next"}, {"_links", "next"}} {
 			if raw, present := a.field(p); present && !emptyJSON(raw) {
-				return fmt.Sprintf("the answer has a non-empty %q field, but the source's pagination does not follow it", strings.Join(p, ".")), false
+				return fmt.Sprintf("the answer has a non-empty %q field, but the source's pagination does not follow it", strings.Join(p, "."))
 			}
 		}
 	}
-	total := s.total(a)
+	return ""
+}
+
+// moreThanReceived says why the total the last page reports (-1: none)
+// shows that the source holds more than was received, or "": a total other
+// than the items received, or one that changed since the first page.
+// shifted: a paged source's total disagrees, which another writer explains
+// (the rest are mapping errors).
+func (s *source) moreThanReceived(total, firstTotal, received int) (reason string, shifted bool) {
 	switch {
 	case total < 0:
 		return "", false
@@ -374,39 +448,46 @@ func (f *Fetcher) sourceURL(s *source, userID string) (*url.URL, error) {
 	return u, nil
 }
 
-func (f *Fetcher) get(ctx context.Context, u *url.URL, r Request) ([]byte, http.Header, error) {
+// get fetches u. With memo, it asks conditionally, and notModified reports
+// a 304 (no body).
+func (f *Fetcher) get(ctx context.Context, u *url.URL, r Request, memo *PageMemo) (body []byte, hdr http.Header, notModified bool, err error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
 	for k, vs := range r.Header {
 		req.Header[k] = vs
 	}
 	req.Header.Set("Accept", "application/json")
+	if memo != nil {
+		validators(req.Header, memo)
+	}
 	resp, err := f.upstream.Do(req)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
 	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode == http.StatusNotModified && memo != nil {
+		return nil, resp.Header, true, nil
+	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return nil, nil, &StatusError{Status: resp.StatusCode, Path: u.RequestURI(), Location: resp.Header.Get("Location")}
+		return nil, nil, false, &StatusError{Status: resp.StatusCode, Path: u.RequestURI(), Location: resp.Header.Get("Location")}
 	}
 	left := r.budget.Load()
 	var src io.Reader = io.LimitReader(resp.Body, max(left, 0)+1)
 	if r.Memory != nil {
 		src = r.Memory.Reader(ctx, src)
 	}
-	body, err := io.ReadAll(src)
-	if err != nil {
-		return nil, nil, fmt.Errorf("reading upstream response: %w", err)
+	if body, err = io.ReadAll(src); err != nil {
+		return nil, nil, false, fmt.Errorf("reading upstream response: %w", err)
 	}
 	if r.spent != nil {
 		r.spent.Add(int64(len(body)))
 	}
 	if r.budget.Add(-int64(len(body))) < 0 {
-		return nil, nil, fmt.Errorf("the client view is larger than %d bytes (all pages of all sources)", f.maxBody)
+		return nil, nil, false, fmt.Errorf("the client view is larger than %d bytes (all pages of all sources)", f.maxBody)
 	}
-	return body, resp.Header, nil
+	return body, resp.Header, false, nil
 }
 
 // StatusError is a non-2xx answer to a view request.

@@ -85,6 +85,7 @@ type View struct {
 }
 
 type source struct {
+	id        string // fingerprint of the definition: names the source in page memos
 	path      string // as written, for error messages
 	pathTmpl  string // with {userID} still in it
 	items     []string
@@ -131,7 +132,8 @@ func Compile(srcs []Source) (*View, error) {
 
 func compileSource(s Source) (*source, []error) {
 	var errs []error
-	cs := &source{path: s.Path, pathTmpl: s.Path}
+	def, _ := json.Marshal(s) // a Source always encodes
+	cs := &source{id: fmt.Sprintf("%016x", Hash(def)), path: s.Path, pathTmpl: s.Path}
 	switch {
 	case s.Path == "":
 		errs = append(errs, errors.New("path is required"))

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -29,7 +30,10 @@ type bigAPI struct {
 	mu     sync.RWMutex
 	items  [][]byte // rendered items, in order
 	pages  [][]byte
+	etags  []string
 	served atomic.Int64 // body bytes served
+	// withETags: pages answer an ETag and 304 to a matching If-None-Match.
+	withETags bool
 }
 
 const bigPageSize = 1000
@@ -64,7 +68,7 @@ var benchWords = strings.Fields(`buy milk call mother about the weekend plans fi
 	read chapter seven return library books backup laptop photos cancel gym membership`)
 
 func (a *bigAPI) render() {
-	a.pages = a.pages[:0]
+	a.pages, a.etags = a.pages[:0], a.etags[:0]
 	for start := 0; start < len(a.items) || start == 0; start += bigPageSize {
 		var buf bytes.Buffer
 		end := min(start+bigPageSize, len(a.items))
@@ -81,6 +85,7 @@ func (a *bigAPI) render() {
 		}
 		buf.WriteString("]}")
 		a.pages = append(a.pages, buf.Bytes())
+		a.etags = append(a.etags, fmt.Sprintf(`"%x"`, xxhash.Sum64(buf.Bytes())))
 		if end >= len(a.items) {
 			break
 		}
@@ -106,6 +111,13 @@ func (a *bigAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if page > len(a.pages) {
 		http.NotFound(w, r)
 		return
+	}
+	if a.withETags {
+		w.Header().Set("ETag", a.etags[page-1])
+		if r.Header.Get("If-None-Match") == a.etags[page-1] {
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(a.pages[page-1])))
@@ -149,15 +161,19 @@ func BenchmarkPull10k(b *testing.B) {
 		mode    string
 		changed int  // entities changed before each pull
 		gzip    bool // the client accepts gzip (answer-bytes are then wire bytes)
+		etags   bool // the upstream answers ETags and 304s
 	}{
-		{"reset", "reset", 0, false},
-		{"reset-gzip", "reset", 0, true},
-		{"diff-unchanged", "diff", 0, false},
-		{"diff-1pct", "diff", n / 100, false},
-		{"diff-1pct-gzip", "diff", n / 100, true},
+		{"reset", "reset", 0, false, false},
+		{"reset-gzip", "reset", 0, true, false},
+		{"diff-unchanged", "diff", 0, false, false},
+		{"diff-unchanged-etag", "diff", 0, false, true},
+		{"diff-1pct", "diff", n / 100, false, false},
+		{"diff-1pct-gzip", "diff", n / 100, true, false},
+		{"diff-1pct-etag", "diff", n / 100, false, true},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			api, srv := newBigAPI(b, n)
+			api.withETags = tc.etags
 			f := filepath.Join(b.TempDir(), "m.json")
 			if err := os.WriteFile(f, []byte(`{"clientView":[{"path":"/items","items":"results","key":"item/{id}","pagination":{"type":"url"}}]}`), 0o600); err != nil {
 				b.Fatal(err)
@@ -203,7 +219,7 @@ func BenchmarkPull10k(b *testing.B) {
 			pull() // the first pull is a reset in either mode
 			rng := rand.New(rand.NewPCG(1, 2))
 			var direct, sidecar time.Duration
-			var answered, wal int64
+			var answered, wal, upstream int64
 			lsn := func() (l string) {
 				if err := sc.pool.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&l); err != nil {
 					b.Fatal(err)
@@ -221,9 +237,11 @@ func BenchmarkPull10k(b *testing.B) {
 				api.getAll(b, srv.URL)
 				t1 := time.Now()
 				before := lsn()
+				served := api.served.Load()
 				t2 := time.Now()
 				answered += pull()
 				sidecar += time.Since(t2)
+				upstream += api.served.Load() - served
 				var d int64
 				if err := sc.pool.QueryRow(ctx, `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::bigint`, before).Scan(&d); err != nil {
 					b.Fatal(err)
@@ -235,6 +253,7 @@ func BenchmarkPull10k(b *testing.B) {
 			report(b, direct, sidecar, b.N)
 			b.ReportMetric(float64(answered)/float64(b.N), "wire-bytes/op")
 			b.ReportMetric(float64(wal)/float64(b.N), "wal-bytes/op")
+			b.ReportMetric(float64(upstream)/float64(b.N), "upstream-bytes/op")
 			if tc.mode == "diff" {
 				var size int64
 				if err := sc.pool.QueryRow(ctx, `SELECT pg_total_relation_size($1::regclass)`,

@@ -15,8 +15,12 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/replicache-sidecar/replicache-sidecar/clientview"
 )
 
 // replica is what a Replicache client holds: its cookie and its view.
@@ -93,10 +97,19 @@ type changingAPI struct {
 	meta  string
 	next  int
 	gets  int // pages and singletons served
+
+	// validators: pages answer an ETag (a hash of the body) and the
+	// singleton a Last-Modified (a clock that ticks a second per change),
+	// and conditional requests that match get 304.
+	validators  bool
+	metaChanged time.Time
+	notModified int // 304s answered
+	conditional int // requests that carried a validator
+	bodyBytes   int // bytes of bodies served
 }
 
 func newChangingAPI(t testing.TB) (*changingAPI, *httptest.Server) {
-	a := &changingAPI{items: map[string]string{}, meta: `{"version":0}`}
+	a := &changingAPI{items: map[string]string{}, meta: `{"version":0}`, metaChanged: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	srv := httptest.NewServer(a)
 	t.Cleanup(srv.Close)
 	return a, srv
@@ -107,7 +120,20 @@ func (a *changingAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer a.mu.Unlock()
 	a.gets++
 	w.Header().Set("Content-Type", "application/json")
+	if r.Header.Get("If-None-Match") != "" || r.Header.Get("If-Modified-Since") != "" {
+		a.conditional++
+	}
 	if r.URL.Path == "/meta" {
+		if a.validators {
+			lm := a.metaChanged.UTC().Format(http.TimeFormat)
+			w.Header().Set("Last-Modified", lm)
+			if r.Header.Get("If-Modified-Since") == lm {
+				a.notModified++
+				w.WriteHeader(http.StatusNotModified)
+				return
+			}
+		}
+		a.bodyBytes += len(a.meta)
 		_, _ = fmt.Fprint(w, a.meta)
 		return
 	}
@@ -122,7 +148,18 @@ func (a *changingAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if page*size < len(a.order) {
 		next = fmt.Sprintf(`"/items?page=%d"`, page+1)
 	}
-	_, _ = fmt.Fprintf(w, `{"count":%d,"next":%s,"results":[%s]}`, len(a.order), next, strings.Join(out, ","))
+	body := fmt.Sprintf(`{"count":%d,"next":%s,"results":[%s]}`, len(a.order), next, strings.Join(out, ","))
+	if a.validators {
+		etag := fmt.Sprintf(`"%x"`, clientview.Hash([]byte(body)))
+		w.Header().Set("ETag", etag)
+		if r.Header.Get("If-None-Match") == etag {
+			a.notModified++
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+	}
+	a.bodyBytes += len(body)
+	_, _ = fmt.Fprint(w, body)
 }
 
 // change makes n random changes.
@@ -148,6 +185,7 @@ func (a *changingAPI) change(rng *rand.Rand, n int) {
 			rng.Shuffle(len(a.order), func(i, j int) { a.order[i], a.order[j] = a.order[j], a.order[i] })
 		default:
 			a.meta = fmt.Sprintf(`{"version":%d}`, rng.IntN(5))
+			a.metaChanged = a.metaChanged.Add(time.Second)
 		}
 	}
 }
@@ -184,10 +222,17 @@ func changingEnv(t testing.TB, url string, extra map[string]string) map[string]s
 // different paces (one falls behind by more than the record remembers),
 // and sometimes with a cookie whose answer they lost.
 func TestDiffPatchesMatchReset(t *testing.T) {
+	for _, validators := range []bool{false, true} {
+		t.Run(fmt.Sprint("conditional GETs ", validators), func(t *testing.T) { testDiffPatchesMatchReset(t, validators) })
+	}
+}
+
+func testDiffPatchesMatchReset(t *testing.T, validators bool) {
 	api, srv := newChangingAPI(t)
+	api.validators = validators
 	h := newHarness(t, changingEnv(t, srv.URL, map[string]string{"SIDECAR_VIEW_RECORD_VERSIONS": "8"}))
 	replicas := []*instance{h.start(), h.start()}
-	for seed := range uint64(3) {
+	for seed := range uint64(2) {
 		rng := rand.New(rand.NewPCG(seed, 42))
 		group := fmt.Sprint("g", seed)
 		clients := []*replica{newReplica(), newReplica(), newReplica()}
@@ -242,6 +287,12 @@ func TestDiffPatchesMatchReset(t *testing.T) {
 		if lagReset == 0 {
 			t.Errorf("seed %d: the client that fell behind the record was never reset", seed)
 		}
+	}
+	api.mu.Lock()
+	defer api.mu.Unlock()
+	t.Logf("%d conditional requests, %d answered 304", api.conditional, api.notModified)
+	if validators != (api.notModified > 0) || validators != (api.conditional > 0) {
+		t.Errorf("%d conditional requests, %d answered 304, with validators %v", api.conditional, api.notModified, validators)
 	}
 }
 
@@ -428,5 +479,75 @@ func TestExposeRejections(t *testing.T) {
 		if strings.HasPrefix(op.Key, "_sidecar/") {
 			t.Errorf("entry %s without SIDECAR_EXPOSE_REJECTIONS", op.Key)
 		}
+	}
+}
+
+// TestConditionalGETs: pages that answered with validators are asked for
+// conditionally by a pull at the record's current version; a 304 is not
+// downloaded; the last page of a paged source is always fetched in full;
+// a pull behind the record fetches everything in full.
+func TestConditionalGETs(t *testing.T) {
+	api, srv := newChangingAPI(t)
+	api.validators = true
+	api.mu.Lock()
+	for i := range 30 { // 5 pages of 7, and the singleton
+		id := fmt.Sprint("x", i)
+		api.order = append(api.order, id)
+		api.items[id] = fmt.Sprintf(`{"id":%q,"title":"todo %d","n":0}`, id, i)
+	}
+	api.mu.Unlock()
+	h := newHarness(t, changingEnv(t, srv.URL, nil))
+	a, b := h.start(), h.start()
+	c := newReplica()
+	a.pullInto(t, "alice", "g", c)
+	stale := c.clone()
+	counts := func() (conditional, notModified, bytes int) {
+		api.mu.Lock()
+		defer api.mu.Unlock()
+		conditional, notModified, bytes = api.conditional, api.notModified, api.bodyBytes
+		api.conditional, api.notModified, api.bodyBytes = 0, 0, 0
+		return
+	}
+	counts()
+	api.mu.Lock()
+	pages := (len(api.order) + 6) / 7
+	api.mu.Unlock()
+
+	// Unchanged, through the other replica: every page but the last, and
+	// the singleton, answer 304.
+	if ans := b.pullInto(t, "alice", "g", c); len(ans.Patch) != 0 {
+		t.Fatalf("unchanged pull = %+v", ans.Patch)
+	}
+	cond, hits, bytes := counts()
+	if cond != pages || hits != pages || bytes > 7*200 {
+		t.Errorf("unchanged pull of %d pages + singleton: %d conditional, %d not modified, %d body bytes; want %d, %d and only the last page's body",
+			pages, cond, hits, bytes, pages, pages)
+	}
+	// A change on the first page: it is fetched, the rest still are not.
+	api.mu.Lock()
+	first := api.order[0]
+	api.items[first] = fmt.Sprintf(`{"id":%q,"title":"edited","n":9}`, first)
+	api.mu.Unlock()
+	ans := a.pullInto(t, "alice", "g", c)
+	if len(ans.Patch) != 1 || ans.Patch[0].Key != "item/"+first {
+		t.Errorf("pull after one edit = %+v; want one put of item/%s", ans.Patch, first)
+	}
+	if _, hits, _ = counts(); hits != pages-1 {
+		t.Errorf("%d pages answered 304 after an edit on page 1; want %d", hits, pages-1)
+	}
+	if want := api.view(); !maps.Equal(c.state, want) {
+		t.Errorf("client = %v, want %v", c.state, want)
+	}
+	// A client behind the record: nothing is asked conditionally, and it
+	// gets every change since its cookie.
+	ans = b.pullInto(t, "alice", "g", stale)
+	if cond, _, _ := counts(); cond != 0 {
+		t.Errorf("a pull behind the record sent %d conditional requests; want 0", cond)
+	}
+	if len(ans.Patch) != 1 || !maps.Equal(stale.state, api.view()) {
+		t.Errorf("stale client's pull = %+v", ans.Patch)
+	}
+	if hit := testutil.ToFloat64(b.sc.metrics.conditional.WithLabelValues("hit")); hit != float64(pages) {
+		t.Errorf(`conditional_requests_total{result="hit"} = %v on the replica that had %d hits`, hit, pages)
 	}
 }

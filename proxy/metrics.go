@@ -32,6 +32,7 @@ type metrics struct {
 	pullsMerged         prometheus.Counter
 	patchOps            *prometheus.HistogramVec
 	recordBytes         prometheus.Histogram
+	conditional         *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Budget, turns *gate.Gate) *metrics {
@@ -109,7 +110,13 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Bu
 		Help:    "Logical size of a client group's view record after a pull in diff mode (keys, hashes and versions of its entries and remembered removals).",
 		Buckets: prometheus.ExponentialBuckets(256, 4, 10), // 256 B … 64 MiB
 	})
-	reg.MustRegister(m.patchOps, m.recordBytes)
+	m.conditional = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "conditional_requests_total",
+		Help: "View pages asked for conditionally (If-None-Match / If-Modified-Since), by result: hit (304, not downloaded) or miss.",
+	}, []string{"result"})
+	m.conditional.WithLabelValues("hit")
+	m.conditional.WithLabelValues("miss")
+	reg.MustRegister(m.patchOps, m.recordBytes, m.conditional)
 	reg.MustRegister(m.groupBusy, m.pullsMerged, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "group_waiting",
 		Help: "Pushes and pulls waiting for their client group's turn in this process (holding no connection).",

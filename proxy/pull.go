@@ -116,6 +116,12 @@ func (s *Sidecar) handlePull(w http.ResponseWriter, r *http.Request) {
 // transaction, strictly increasing for the group, and its own patch: a
 // diff from its own cookie's version of the group's record, or a reset.
 type pullFlight struct {
+	// base is the leader's cookie. A fetch may be conditional (pages
+	// answered 304 bring no values) only when the leader's cookie holds the
+	// record's current version, and only pulls with the same cookie may
+	// then join: so pulls whose cookie names a record join only a flight
+	// whose leader's cookie is the same, or names none.
+	base   store.Cookie
 	done   chan struct{}
 	sealed bool         // guarded by Sidecar.flightsMu
 	riders []*pullRider // guarded by Sidecar.flightsMu until sealed
@@ -132,7 +138,7 @@ type pullRider struct {
 func (s *Sidecar) pull(ctx context.Context, c *call, req *pullRequest) (pullAnswer, error) {
 	key := s.flightKey(req.ClientGroupID, c)
 	s.flightsMu.Lock()
-	if f := s.flights[key]; f != nil && !f.sealed {
+	if f := s.flights[key]; f != nil && !f.sealed && (f.base.Record == 0 || f.base.Record == req.cookie.Record && f.base.Version == req.cookie.Version) {
 		done, err := s.turns.Ride(req.ClientGroupID)
 		if err != nil {
 			s.flightsMu.Unlock()
@@ -156,7 +162,7 @@ func (s *Sidecar) pull(ctx context.Context, c *call, req *pullRequest) (pullAnsw
 		s.metrics.pullsMerged.Inc()
 		return rider.ans, nil
 	}
-	f := &pullFlight{done: make(chan struct{})}
+	f := &pullFlight{base: req.cookie, done: make(chan struct{})}
 	s.flights[key] = f
 	s.flightsMu.Unlock()
 	// The work goes on if this pull's own client leaves: others may wait
@@ -212,16 +218,33 @@ func (s *Sidecar) pullLocked(ctx context.Context, c *call, req *pullRequest, sea
 		if view.lmids, err = g.LastMutationIDs(ctx); err != nil {
 			return err
 		}
-		if view.entries, err = s.fetcher.Fetch(ctx, mapping.View, clientview.Request{UserID: c.userID, Header: c.fwd, Memory: c.mem}); err != nil {
+		before, beforeOrder := g.Record(), g.CookieOrder()
+		fr := clientview.Request{UserID: c.userID, Header: c.fwd, Memory: c.mem}
+		var stored []store.ViewPage
+		if s.cfg.PatchMode == "diff" {
+			// Conditional GETs only when this pull (and so every pull that
+			// may join it: same cookie) holds the record's current version:
+			// a page answered 304 brings no values, and none is needed.
+			conditional := before.ID != 0 && req.cookie.Record == before.ID && req.cookie.Version == before.Version
+			if stored, err = g.ViewPages(ctx, conditional); err != nil {
+				return err
+			}
+			if conditional {
+				fr.Memos = pageMemos(stored)
+			}
+		}
+		res, err := s.fetcher.FetchResult(ctx, mapping.View, fr)
+		if err != nil {
 			return err
 		}
+		view.entries = res.Entries
 		riders := seal()
 		if s.cfg.ExposeRejections {
 			if view.entries, err = s.addRejections(ctx, g, view.entries); err != nil {
 				return err
 			}
 		}
-		before, beforeOrder := g.Record(), g.CookieOrder()
+		var pages *store.PageWrites
 		if s.cfg.PatchMode == "diff" {
 			es := view.entries
 			view.change, err = g.CompareView(ctx, len(es), func(i int) (string, uint64) { return es[i].Key, es[i].Hash },
@@ -229,6 +252,7 @@ func (s *Sidecar) pullLocked(ctx context.Context, c *call, req *pullRequest, sea
 			if err != nil {
 				return err
 			}
+			pages = s.pageWrites(stored, res.Pages)
 		}
 		cookies := make([]store.Cookie, 1+len(riders))
 		cookies[0] = req.cookie
@@ -239,7 +263,7 @@ func (s *Sidecar) pullLocked(ctx context.Context, c *call, req *pullRequest, sea
 		for i, ck := range cookies {
 			bases[i] = ck.Order
 		}
-		orders, err := g.IssueCookies(ctx, bases, view.change)
+		orders, err := g.IssueCookies(ctx, bases, view.change, pages)
 		if err != nil {
 			return err
 		}
@@ -251,6 +275,11 @@ func (s *Sidecar) pullLocked(ctx context.Context, c *call, req *pullRequest, sea
 				a.lost = true
 			case view.change.Record.Covers(ck.Record, ck.Version):
 				a.diff, a.since = true, ck.Version
+			}
+			if !a.lost && !view.complete(a) {
+				// Cannot happen: only pulls at the record's current version
+				// share a conditional fetch. Never answer a value we lack.
+				return fmt.Errorf("pull answer would need values of pages the upstream answered 304 (cookie version %d, record %+v)", ck.Version, before)
 			}
 			if i == 0 {
 				ans = a
@@ -294,6 +323,71 @@ func (s *Sidecar) addRejections(ctx context.Context, g *store.GroupTx, entries [
 		})
 	}
 	return entries, nil
+}
+
+// complete reports whether every entry a would put has its value (entries
+// of pages answered 304 have none).
+func (v *pullView) complete(a pullAnswer) bool {
+	for i, e := range v.entries {
+		if e.Value == nil && (!a.diff || v.change.Versions[i] > a.since) {
+			return false
+		}
+	}
+	return true
+}
+
+// pageMemos turns the stored view pages into the fetcher's memos.
+func pageMemos(stored []store.ViewPage) map[clientview.PageKey]*clientview.PageMemo {
+	out := make(map[clientview.PageKey]*clientview.PageMemo, len(stored))
+	for _, p := range stored {
+		out[clientview.PageKey{Source: p.Source, Page: p.Page}] = &clientview.PageMemo{
+			Source: p.Source, Page: p.Page, URL: p.URL, ETag: p.ETag, LastModified: p.LastModified,
+			Next: p.Next, Total: p.Total, Keys: p.Keys, Hashes: p.Hashes,
+		}
+	}
+	return out
+}
+
+// pageWrites says which remembered pages a fetch changes: pages fetched in
+// full with validators whose answer differs from the stored one are
+// written, pages without validators (or no longer fetched) are forgotten,
+// pages answered 304 stay as they are. It counts the conditional requests.
+func (s *Sidecar) pageWrites(stored []store.ViewPage, fetched []clientview.PageResult) *store.PageWrites {
+	old := make(map[store.PageKey]store.ViewPage, len(stored))
+	for _, p := range stored {
+		old[store.PageKey{Source: p.Source, Page: p.Page}] = p
+	}
+	w := &store.PageWrites{}
+	for _, p := range fetched {
+		if p.Conditional {
+			result := "miss"
+			if p.NotModified {
+				result = "hit"
+			}
+			s.metrics.conditional.WithLabelValues(result).Inc()
+		}
+		k := store.PageKey{Source: p.Source, Page: p.Page}
+		prev, had := old[k]
+		delete(old, k)
+		switch {
+		case p.NotModified:
+		case !p.PageMemo.Conditional():
+			if had {
+				w.Drop = append(w.Drop, k)
+			}
+		default:
+			d := p.Digest()
+			if had && prev.URL == p.URL && prev.ETag == p.ETag && prev.LastModified == p.LastModified && prev.Total == p.Total && prev.Digest == d {
+				continue
+			}
+			w.Put = append(w.Put, store.ViewPage{Source: p.Source, Page: p.Page, URL: p.URL, ETag: p.ETag, LastModified: p.LastModified,
+				Next: p.Next, Total: p.Total, Digest: d, Keys: p.Keys, Hashes: p.Hashes})
+		}
+	}
+	for k := range old {
+		w.Drop = append(w.Drop, k)
+	}
+	return w
 }
 
 // failPull answers a pull that could not be built: the upstream was

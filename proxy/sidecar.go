@@ -64,7 +64,7 @@ type mutationSender interface {
 
 // viewFetcher fetches the client view from the upstream.
 type viewFetcher interface {
-	Fetch(ctx context.Context, v *clientview.View, r clientview.Request) ([]clientview.Entry, error)
+	FetchResult(ctx context.Context, v *clientview.View, r clientview.Request) (clientview.Result, error)
 }
 
 // New builds a Sidecar. Call Migrate (or wait for it) before serving pushes

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -120,8 +122,40 @@ func (a *api) authed(h handler) http.HandlerFunc {
 			w.WriteHeader(status)
 			return
 		}
+		if p, ok := v.(paged); ok && status == http.StatusOK {
+			writePage(w, r, p)
+			return
+		}
 		writeJSON(w, status, v)
 	}
+}
+
+// writePage answers a page of a list with a strong ETag over its body and
+// Link header, and 304 Not Modified when the request's If-None-Match names
+// it (as many REST frameworks do for GETs).
+func writePage(w http.ResponseWriter, r *http.Request, p paged) {
+	body, err := json.Marshal(p)
+	if err != nil {
+		writeJSON(w, http.StatusInternalServerError, errBody("encoding page: "+err.Error()))
+		return
+	}
+	link := ""
+	if p.more {
+		link = fmt.Sprintf(`<%s?page=%d>; rel="next"`, p.path, p.page+1)
+		w.Header().Set("Link", link)
+	}
+	sum := sha256.Sum256(append([]byte(link+"\n"), body...))
+	etag := `"` + hex.EncodeToString(sum[:12]) + `"`
+	w.Header().Set("ETag", etag)
+	for _, tag := range strings.Split(r.Header.Get("If-None-Match"), ",") {
+		if t := strings.TrimSpace(tag); t == etag || t == "*" || t == "W/"+etag {
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(append(body, '\n'))
 }
 
 // idempotent replays the first answer to a repeated Idempotency-Key of the

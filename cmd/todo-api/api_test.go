@@ -79,6 +79,27 @@ func TestTodoAPI(t *testing.T) {
 	if !strings.Contains(body, `"id":"d"`) || hdr.Get("Link") != "" {
 		t.Fatalf("page 2 = %s (Link %q)", body, hdr.Get("Link"))
 	}
+	// Conditional GETs: the page's ETag in If-None-Match answers 304 until
+	// the page changes.
+	etag := hdr.Get("ETag")
+	conditional := func() int {
+		req, _ := http.NewRequest("GET", srv.URL+"/api/todos?page=2", nil)
+		req.Header.Set("Authorization", "Bearer alice")
+		req.Header.Set("If-None-Match", etag)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		return resp.StatusCode
+	}
+	if etag == "" || conditional() != http.StatusNotModified {
+		t.Fatalf("page 2 ETag %q; a conditional GET did not answer 304", etag)
+	}
+	call("PATCH", "/api/todos/d", "alice", "", `{"done":true}`)
+	if got := conditional(); got != http.StatusOK {
+		t.Errorf("conditional GET of a changed page = %d, want 200", got)
+	}
 }
 
 func TestTodoAPIStateSurvivesRestart(t *testing.T) {

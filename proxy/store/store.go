@@ -135,6 +135,23 @@ var migrations = []string{
 		version         bigint NOT NULL,
 		PRIMARY KEY (client_group_id, key)
 	);`,
+	// 7: per group, source and page: the validators a view page answered
+	// with (ETag, Last-Modified) and what it produced, for conditional GETs.
+	// Written only when a page's answer changes.
+	`CREATE TABLE {schema}.view_pages (
+		client_group_id text NOT NULL,
+		source          text NOT NULL,
+		page            int NOT NULL,
+		url             text NOT NULL,
+		etag            text NOT NULL,
+		last_modified   text NOT NULL,
+		next            text NOT NULL,
+		total           int NOT NULL,
+		digest          bigint NOT NULL,
+		keys            text[] NOT NULL,
+		hashes          bigint[] NOT NULL,
+		PRIMARY KEY (client_group_id, source, page)
+	);`,
 }
 
 // SchemaVersion is the migration version this binary needs.
@@ -745,7 +762,7 @@ func (g *GroupTx) LastMutationIDs(ctx context.Context) (map[string]int64, error)
 // pulls answered from one fetch. An order of 0 marks a request whose cookie
 // cannot grow (ErrCookieExhausted for it alone); nothing is issued for it.
 func (g *GroupTx) NextCookieOrders(ctx context.Context, requestOrders []int64) ([]int64, error) {
-	return g.IssueCookies(ctx, requestOrders, nil)
+	return g.IssueCookies(ctx, requestOrders, nil, nil)
 }
 
 // CookieOrder returns the order of the last cookie issued to the group
@@ -753,8 +770,9 @@ func (g *GroupTx) NextCookieOrders(ctx context.Context, requestOrders []int64) (
 func (g *GroupTx) CookieOrder() int64 { return g.cookieOrder }
 
 // IssueCookies is NextCookieOrders that also writes change (nil: none), the
-// group's view record after a pull, in the same round trip.
-func (g *GroupTx) IssueCookies(ctx context.Context, requestOrders []int64, change *ViewChange) ([]int64, error) {
+// group's view record after a pull, and pages, its remembered view pages,
+// in the same round trip.
+func (g *GroupTx) IssueCookies(ctx context.Context, requestOrders []int64, change *ViewChange, pages *PageWrites) ([]int64, error) {
 	out := make([]int64, len(requestOrders))
 	cur := g.cookieOrder
 	for i, r := range requestOrders {
@@ -765,10 +783,13 @@ func (g *GroupTx) IssueCookies(ctx context.Context, requestOrders []int64, chang
 		out[i] = cur
 	}
 	changed := change != nil && change.Changed()
-	if cur == g.cookieOrder && !changed {
+	if cur == g.cookieOrder && !changed && pages.empty() {
 		return out, nil
 	}
 	b := &pgx.Batch{}
+	if !pages.empty() {
+		g.queuePages(b, pages)
+	}
 	rec := g.record
 	if changed {
 		g.queueChange(b, change)
