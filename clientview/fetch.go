@@ -699,6 +699,9 @@ func (s *source) entries(body []byte) ([]Entry, error) {
 	out := make([]Entry, 0, len(items))
 	for i, item := range items {
 		key, err := s.keyOf(item)
+		if err == nil {
+			err = checkKey(key)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("item %d: %w", i, err)
 		}
@@ -706,6 +709,22 @@ func (s *source) entries(body []byte) ([]Entry, error) {
 		out = append(out, Entry{Key: key, Value: v, Hash: Hash(v)})
 	}
 	return out, nil
+}
+
+// MaxKeyBytes bounds a client view key: the sidecar's record indexes keys,
+// and nothing the Replicache client needs comes near it.
+const MaxKeyBytes = 1024
+
+// checkKey refuses keys the sidecar cannot keep: too long, or under the
+// prefix reserved for its own entries (an item's field can make one).
+func checkKey(key string) error {
+	switch {
+	case len(key) > MaxKeyBytes:
+		return fmt.Errorf("key %.40q… is longer than %d bytes", key, MaxKeyBytes)
+	case strings.HasPrefix(key, ReservedPrefix):
+		return fmt.Errorf("key %q starts with %s, which is reserved for the sidecar's own entries", key, ReservedPrefix)
+	}
+	return nil
 }
 
 func (s *source) keyOf(item json.RawMessage) (string, error) {

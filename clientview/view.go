@@ -153,6 +153,9 @@ func compileSource(s Source) (*source, []error) {
 	if s.Key == "" {
 		errs = append(errs, errors.New("key is required"))
 	}
+	if len(s.Key) > MaxKeyBytes {
+		errs = append(errs, fmt.Errorf("key is longer than %d bytes", MaxKeyBytes))
+	}
 	if strings.HasPrefix(s.Key, ReservedPrefix) {
 		errs = append(errs, fmt.Errorf("key %q: the prefix %s is reserved for the sidecar's own entries", s.Key, ReservedPrefix))
 	}

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -366,12 +367,22 @@ func TestDiffPulls(t *testing.T) {
 		var cur map[string]any
 		_ = json.Unmarshal(c.cookie, &cur)
 		resets(t, "a forked group with its parent's cookie", "forked", cur)
+		m := maps.Clone(cur)
+		m["db"] = "0123456789abcdef"
+		resets(t, "a forked group with its parent's cookie from another database", "forked-2", m)
 		for name, edit := range map[string]func(m map[string]any){
 			"unreadable record":      func(m map[string]any) { m["rec"] = "not hex" },
-			"unknown record":         func(m map[string]any) { m["rec"] = "0000000000000001" },
+			"unreadable tag":         func(m map[string]any) { m["t"] = 7 },
 			"version not a number":   func(m map[string]any) { m["v"] = "3" },
-			"no record":              func(m map[string]any) { delete(m, "rec"); delete(m, "v") },
-			"no epoch (old sidecar)": func(m map[string]any) { delete(m, "db"); delete(m, "rec"); delete(m, "v") },
+			"no record":              func(m map[string]any) { delete(m, "rec"); delete(m, "v"); delete(m, "t") },
+			"no group (old sidecar)": func(m map[string]any) { delete(m, "g") },
+			"no epoch (old sidecar)": func(m map[string]any) {
+				delete(m, "db")
+				delete(m, "g")
+				delete(m, "rec")
+				delete(m, "v")
+				delete(m, "t")
+			},
 		} {
 			m := maps.Clone(cur)
 			edit(m)
@@ -387,12 +398,18 @@ func TestDiffPulls(t *testing.T) {
 			t.Errorf("%s: pull = %d %s; want 200 ClientStateNotFound", name, r.status, r.raw)
 		}
 	}
-	t.Run("cookies from another database or from the future get ClientStateNotFound", func(t *testing.T) {
+	t.Run("this group's cookies from another database or another history get ClientStateNotFound", func(t *testing.T) {
 		var cur map[string]any
 		_ = json.Unmarshal(c.cookie, &cur)
 		m := maps.Clone(cur)
 		m["db"] = "0123456789abcdef"
 		csnf(t, "another epoch", m)
+		m = maps.Clone(cur)
+		m["rec"] = "0000000000000001"
+		csnf(t, "another record of this group", m)
+		m = maps.Clone(cur)
+		m["t"] = "00000000000000ff"
+		csnf(t, "the current version with another tag (a history lost to a restore)", m)
 		m = maps.Clone(cur)
 		m["v"] = cur["v"].(float64) + 3
 		csnf(t, "a version the record never reached", m)
@@ -549,5 +566,95 @@ func TestConditionalGETs(t *testing.T) {
 	}
 	if hit := testutil.ToFloat64(b.sc.metrics.conditional.WithLabelValues("hit")); hit != float64(pages) {
 		t.Errorf(`conditional_requests_total{result="hit"} = %v on the replica that had %d hits`, hit, pages)
+	}
+}
+
+// TestRestoreFromBackup: the sidecar's database goes back in time (restored
+// from a backup) and then moves on, re-issuing record versions and cookie
+// orders with other content. A client holding a cookie from the lost
+// history gets ClientStateNotFound, never a diff against the new history;
+// a client whose cookie predates the backup gets a correct diff.
+func TestRestoreFromBackup(t *testing.T) {
+	api, srv := newChangingAPI(t)
+	h := newHarness(t, changingEnv(t, srv.URL, nil))
+	a := h.start()
+	rng := rand.New(rand.NewPCG(3, 4))
+	api.change(rng, 20)
+	old, lost, other := newReplica(), newReplica(), newReplica()
+	a.pullInto(t, "alice", "g", old)
+	lost.cookie = slices.Clone(old.cookie)
+	lost.state = maps.Clone(old.state)
+
+	ctx := context.Background()
+	schema := pgx.Identifier{h.schema}.Sanitize()
+	tables := []string{"client_groups", "clients", "view_entries", "view_versions", "view_pages"}
+	for _, tb := range tables {
+		if _, err := a.pool.Exec(ctx, fmt.Sprintf("CREATE TABLE %s.backup_%s AS TABLE %s.%s", schema, tb, schema, tb)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	api.change(rng, 5)
+	a.pullInto(t, "alice", "g", lost) // issued after the backup: lost by the restore
+	for _, tb := range slices.Backward(tables) {
+		if _, err := a.pool.Exec(ctx, fmt.Sprintf("DELETE FROM %s.%s", schema, tb)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tb := range tables {
+		if _, err := a.pool.Exec(ctx, fmt.Sprintf("INSERT INTO %s.%s SELECT * FROM %s.backup_%s", schema, tb, schema, tb)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The restored database moves on: new changes, new versions, and
+	// orders past the lost cookie's.
+	other.cookie = slices.Clone(old.cookie)
+	other.state = maps.Clone(old.state)
+	for range 3 {
+		api.change(rng, 5)
+		a.pullInto(t, "alice", "g", other)
+	}
+	if ans := a.pullInto(t, "alice", "g", lost); ans.Error != "ClientStateNotFound" {
+		t.Errorf("pull with a cookie lost to the restore = %+v; want ClientStateNotFound", ans)
+	}
+	// A cookie from before the backup is part of the restored history.
+	if ans := a.pullInto(t, "alice", "g", old); ans.Error != "" || !maps.Equal(old.state, api.view()) {
+		t.Errorf("pull with a cookie from before the backup = %+v; the client holds %v, want %v", ans, old.state, api.view())
+	}
+}
+
+// TestHostileKeys: keys that Postgres text cannot hold (NUL) work in diff
+// mode; keys the sidecar cannot keep (too long, or under the reserved
+// prefix, made from an item's field) fail the pull naming the source, in
+// both modes, instead of wedging the group.
+func TestHostileKeys(t *testing.T) {
+	var id atomic.Value
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		v, _ := json.Marshal(map[string]any{"items": []map[string]string{{"id": "plain"}, {"id": id.Load().(string)}}})
+		_, _ = w.Write(v)
+	}))
+	t.Cleanup(api.Close)
+	f := filepath.Join(t.TempDir(), "m.json")
+	if err := os.WriteFile(f, []byte(`{"clientView":[{"path":"/items","items":"items","key":"{id}","pagination":{"type":"none"}}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []string{"diff", "reset"} {
+		h := newHarness(t, map[string]string{"SIDECAR_UPSTREAM_URL": api.URL, "SIDECAR_MAPPING_FILE": f, "SIDECAR_AUTH_PATH": "", "SIDECAR_PATCH_MODE": mode})
+		sc := h.start()
+		id.Store("nul\x00inside")
+		c := newReplica()
+		sc.pullInto(t, "alice", "g", c)
+		if c.state["nul\x00inside"] == "" {
+			t.Errorf("%s: the NUL key is missing: %v", mode, c.state)
+		}
+		if ans := sc.pullInto(t, "alice", "g", c); mode == "diff" && len(ans.Patch) != 0 {
+			t.Errorf("%s: unchanged pull = %+v; want an empty diff", mode, ans.Patch)
+		}
+		for _, bad := range []string{strings.Repeat("k", 3000), "_sidecar/rejection/c1/1"} {
+			id.Store(bad)
+			r, _ := sc.pull(t, "alice", "g", nil)
+			if r.status != http.StatusBadGateway || r.str("source") != "/items" {
+				t.Errorf("%s: pull with key %.20q… = %d %s; want 502 naming the source", mode, bad, r.status, r.raw)
+			}
+		}
 	}
 }

@@ -53,6 +53,8 @@ func (p *pullRequest) validate() *httpError {
 
 // pullView is what the pulls answered from one fetch share.
 type pullView struct {
+	epoch   string           // the database's
+	group   string           // the group's tag (store.GroupTag)
 	lmids   map[string]int64 // every client of the group
 	entries []clientview.Entry
 	// change is the view compared with the group's record (diff mode);
@@ -85,20 +87,14 @@ func (s *Sidecar) handlePull(w http.ResponseWriter, r *http.Request) {
 		writeClientStateNotFound(w)
 		return
 	}
-	if e := req.cookie.Epoch; e != "" && e != *s.epoch.Load() {
-		c.log.Warn("pull with a cookie from another database (it was recreated or restored); the client starts over",
-			"cookie_db", e, "db", *s.epoch.Load())
-		writeClientStateNotFound(w)
-		return
-	}
 	ans, err := s.pull(r.Context(), c, &req)
 	if err != nil {
 		s.failPull(w, c.log, err, req.ClientGroupID)
 		return
 	}
 	if ans.lost {
-		c.log.Warn("pull with a cookie from the future of its group's view record: the database went back in time (restored from a backup?); the client starts over",
-			"cookie_order", req.cookie.Order, "cookie_version", req.cookie.Version)
+		c.log.Warn("pull with a cookie this group was issued by another database, or by this one in a history it no longer has (recreated, or restored from a backup); the client starts over",
+			"cookie_db", req.cookie.Epoch, "db", ans.epoch, "cookie_order", req.cookie.Order, "cookie_version", req.cookie.Version)
 		writeClientStateNotFound(w)
 		return
 	}
@@ -219,13 +215,16 @@ func (s *Sidecar) pullLocked(ctx context.Context, c *call, req *pullRequest, sea
 			return err
 		}
 		before, beforeOrder := g.Record(), g.CookieOrder()
+		view.epoch, view.group = g.Epoch(), store.GroupTag(req.ClientGroupID)
 		fr := clientview.Request{UserID: c.userID, Header: c.fwd, Memory: c.mem}
 		var stored []store.ViewPage
 		if s.cfg.PatchMode == "diff" {
 			// Conditional GETs only when this pull (and so every pull that
 			// may join it: same cookie) holds the record's current version:
 			// a page answered 304 brings no values, and none is needed.
-			conditional := before.ID != 0 && req.cookie.Record == before.ID && req.cookie.Version == before.Version
+			ck := req.cookie
+			conditional := before.ID != 0 && ck.Epoch == g.Epoch() && ck.Group == view.group &&
+				ck.Record == before.ID && ck.Version == before.Version
 			if stored, err = g.ViewPages(ctx, conditional); err != nil {
 				return err
 			}
@@ -244,24 +243,25 @@ func (s *Sidecar) pullLocked(ctx context.Context, c *call, req *pullRequest, sea
 				return err
 			}
 		}
-		var pages *store.PageWrites
-		if s.cfg.PatchMode == "diff" {
-			es := view.entries
-			view.change, err = g.CompareView(ctx, len(es), func(i int) (string, uint64) { return es[i].Key, es[i].Hash },
-				func(n int64) error { return c.mem.Grow(ctx, n) })
-			if err != nil {
-				return err
-			}
-			pages = s.pageWrites(stored, res.Pages)
-		}
 		cookies := make([]store.Cookie, 1+len(riders))
 		cookies[0] = req.cookie
 		for i, r := range riders {
 			cookies[i+1] = r.cookie
 		}
 		bases := make([]int64, len(cookies))
+		versions := make([]int64, len(cookies))
 		for i, ck := range cookies {
-			bases[i] = ck.Order
+			bases[i], versions[i] = ck.Order, ck.Version
+		}
+		var pages *store.PageWrites
+		if s.cfg.PatchMode == "diff" {
+			es := view.entries
+			view.change, err = g.CompareView(ctx, len(es), func(i int) (string, uint64) { return es[i].Key, es[i].Hash },
+				versions, func(n int64) error { return c.mem.Grow(ctx, n) })
+			if err != nil {
+				return err
+			}
+			pages = s.pageWrites(stored, res.Pages)
 		}
 		orders, err := g.IssueCookies(ctx, bases, view.change, pages)
 		if err != nil {
@@ -269,12 +269,9 @@ func (s *Sidecar) pullLocked(ctx context.Context, c *call, req *pullRequest, sea
 		}
 		for i, ck := range cookies {
 			a := pullAnswer{pullView: view, order: orders[i]}
-			switch {
-			case view.change == nil:
-			case ck.Record != 0 && ck.Record == before.ID && (ck.Version > before.Version || ck.Order > beforeOrder):
-				a.lost = true
-			case view.change.Record.Covers(ck.Record, ck.Version):
-				a.diff, a.since = true, ck.Version
+			a.lost, a.diff = view.classify(ck, before, beforeOrder)
+			if a.diff {
+				a.since = ck.Version
 			}
 			if !a.lost && !view.complete(a) {
 				// Cannot happen: only pulls at the record's current version
@@ -323,6 +320,31 @@ func (s *Sidecar) addRejections(ctx context.Context, g *store.GroupTx, entries [
 		})
 	}
 	return entries, nil
+}
+
+// classify says how to answer a pull with cookie ck, given the group's
+// record and last cookie order before this pull: a diff from the
+// cookie's version, a reset (neither), or lost: ClientStateNotFound, for a
+// cookie this group was issued by a database that is not this one, or by
+// this one in a history it no longer has (restored from a backup: an order
+// or record version it never reached, or one it reached differently). A
+// cookie issued to another group (a forked group's hand-me-down) is never
+// lost: it gets a reset.
+func (v *pullView) classify(ck store.Cookie, before store.ViewRecord, beforeOrder int64) (lost, diff bool) {
+	ours := ck.Group == v.group
+	switch {
+	case ck.Epoch != "" && ck.Epoch != v.epoch:
+		return ours, false
+	case !ours:
+		return false, false
+	case ck.Order > beforeOrder:
+		return true, false
+	case v.change == nil || ck.Record == 0:
+		return false, false
+	case ck.Record != before.ID, v.change.Foreign(before, ck.Record, ck.Version, ck.Tag):
+		return true, false
+	}
+	return false, v.change.Covers(ck.Record, ck.Version, ck.Tag)
 }
 
 // complete reports whether every entry a would put has its value (entries
@@ -447,12 +469,12 @@ func (s *Sidecar) writePull(w http.ResponseWriter, c *call, ans pullAnswer) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
-	n, ops, err := encodePullResponse(w, *s.epoch.Load(), ans)
+	n, ops, err := encodePullResponse(w, ans)
 	if err != nil {
 		c.log.Info("client went away while the pull was written", "error", err, "bytes", n)
 		return
 	}
-	s.metrics.pullEntries.Observe(float64(len(ans.entries)))
+	s.metrics.pullEntries.Observe(float64(ops.put + ops.del))
 	s.metrics.pullBytes.Observe(float64(n))
 	patch, clears := "diff", 0.0
 	if !ans.diff {
@@ -471,19 +493,24 @@ type patchCounts struct{ put, del int }
 // already compact JSON and are copied, not re-encoded. The cookie names
 // the database (epoch) and, in diff mode, the record version the client
 // will hold. It returns the bytes written and the patch's operations.
-func encodePullResponse(dst io.Writer, epoch string, ans pullAnswer) (int64, patchCounts, error) {
+func encodePullResponse(dst io.Writer, ans pullAnswer) (int64, patchCounts, error) {
 	var ops patchCounts
 	cw := &countingWriter{w: dst}
 	b := bufio.NewWriterSize(cw, 32<<10)
 	b.WriteString(`{"cookie":{"order":`)
 	b.WriteString(strconv.FormatInt(ans.order, 10))
 	b.WriteString(`,"db":`)
-	writeJSONString(b, epoch)
+	writeJSONString(b, ans.epoch)
+	b.WriteString(`,"g":`)
+	writeJSONString(b, ans.group)
 	if ans.change != nil {
 		b.WriteString(`,"rec":"`)
-		b.WriteString(store.FormatRecordID(ans.change.Record.ID))
+		b.WriteString(store.FormatID(ans.change.Record.ID))
 		b.WriteString(`","v":`)
 		b.WriteString(strconv.FormatInt(ans.change.Record.Version, 10))
+		b.WriteString(`,"t":"`)
+		b.WriteString(store.FormatID(ans.change.Record.Tag))
+		b.WriteByte('"')
 	}
 	b.WriteString(`},"lastMutationIDChanges":{`)
 	ids := make([]string, 0, len(ans.lmids))

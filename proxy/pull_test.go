@@ -55,7 +55,7 @@ func TestPullResetStrategy(t *testing.T) {
 	// and the database's epoch; in reset mode it names no view record.
 	var raw map[string]json.RawMessage
 	_ = json.Unmarshal(r.raw, &raw)
-	if !regexp.MustCompile(`^\{"order":1,"db":"[0-9a-f]{16}"\}$`).Match(raw["cookie"]) {
+	if !regexp.MustCompile(`^\{"order":1,"db":"[0-9a-f]{16}","g":"[0-9a-f]{16}"\}$`).Match(raw["cookie"]) {
 		t.Errorf("cookie = %s, want {\"order\":1,\"db\":<epoch>}", raw["cookie"])
 	}
 }
@@ -250,7 +250,7 @@ func TestDeletedGroupGetsClientStateNotFound(t *testing.T) {
 func TestEncodePullResponse(t *testing.T) {
 	entries := []clientview.Entry{{Key: "k\n1", Value: json.RawMessage(`{"v":[1,2]}`)}, {Key: "plain-key", Value: json.RawMessage(`1`)}}
 	lmids := map[string]int64{"b": 2, "a\"x": 1}
-	change := &store.ViewChange{Record: store.ViewRecord{ID: 0xabc, Version: 7, MinVersion: 2},
+	change := &store.ViewChange{Record: store.ViewRecord{ID: 0xabc, Version: 7, MinVersion: 2, Tag: 0xf},
 		Versions: []int64{7, 3}, Tombstones: []store.Tombstone{{Key: "gone", Version: 5}, {Key: "old", Version: 3}}}
 	for _, tc := range []struct {
 		name string
@@ -258,17 +258,17 @@ func TestEncodePullResponse(t *testing.T) {
 		ops  patchCounts
 		want string
 	}{
-		{"reset mode", pullAnswer{pullView: &pullView{lmids: lmids, entries: entries}, order: 9}, patchCounts{put: 2},
-			`{"cookie":{"order":9,"db":"e1"},"lastMutationIDChanges":{"a\"x":1,"b":2},"patch":[{"op":"clear"},{"op":"put","key":"k\n1","value":{"v":[1,2]}},{"op":"put","key":"plain-key","value":1}]}`},
-		{"reset in diff mode", pullAnswer{pullView: &pullView{lmids: lmids, entries: entries, change: change}, order: 9}, patchCounts{put: 2},
-			`{"cookie":{"order":9,"db":"e1","rec":"0000000000000abc","v":7},"lastMutationIDChanges":{"a\"x":1,"b":2},"patch":[{"op":"clear"},{"op":"put","key":"k\n1","value":{"v":[1,2]}},{"op":"put","key":"plain-key","value":1}]}`},
-		{"diff since 3", pullAnswer{pullView: &pullView{lmids: lmids, entries: entries, change: change}, order: 9, diff: true, since: 3}, patchCounts{put: 1, del: 1},
-			`{"cookie":{"order":9,"db":"e1","rec":"0000000000000abc","v":7},"lastMutationIDChanges":{"a\"x":1,"b":2},"patch":[{"op":"del","key":"gone"},{"op":"put","key":"k\n1","value":{"v":[1,2]}}]}`},
-		{"unchanged", pullAnswer{pullView: &pullView{lmids: map[string]int64{}, entries: entries, change: change}, order: 10, diff: true, since: 7}, patchCounts{},
-			`{"cookie":{"order":10,"db":"e1","rec":"0000000000000abc","v":7},"lastMutationIDChanges":{},"patch":[]}`},
+		{"reset mode", pullAnswer{pullView: &pullView{epoch: "e1", group: "g1", lmids: lmids, entries: entries}, order: 9}, patchCounts{put: 2},
+			`{"cookie":{"order":9,"db":"e1","g":"g1"},"lastMutationIDChanges":{"a\"x":1,"b":2},"patch":[{"op":"clear"},{"op":"put","key":"k\n1","value":{"v":[1,2]}},{"op":"put","key":"plain-key","value":1}]}`},
+		{"reset in diff mode", pullAnswer{pullView: &pullView{epoch: "e1", group: "g1", lmids: lmids, entries: entries, change: change}, order: 9}, patchCounts{put: 2},
+			`{"cookie":{"order":9,"db":"e1","g":"g1","rec":"0000000000000abc","v":7,"t":"000000000000000f"},"lastMutationIDChanges":{"a\"x":1,"b":2},"patch":[{"op":"clear"},{"op":"put","key":"k\n1","value":{"v":[1,2]}},{"op":"put","key":"plain-key","value":1}]}`},
+		{"diff since 3", pullAnswer{pullView: &pullView{epoch: "e1", group: "g1", lmids: lmids, entries: entries, change: change}, order: 9, diff: true, since: 3}, patchCounts{put: 1, del: 1},
+			`{"cookie":{"order":9,"db":"e1","g":"g1","rec":"0000000000000abc","v":7,"t":"000000000000000f"},"lastMutationIDChanges":{"a\"x":1,"b":2},"patch":[{"op":"del","key":"gone"},{"op":"put","key":"k\n1","value":{"v":[1,2]}}]}`},
+		{"unchanged", pullAnswer{pullView: &pullView{epoch: "e1", group: "g1", lmids: map[string]int64{}, entries: entries, change: change}, order: 10, diff: true, since: 7}, patchCounts{},
+			`{"cookie":{"order":10,"db":"e1","g":"g1","rec":"0000000000000abc","v":7,"t":"000000000000000f"},"lastMutationIDChanges":{},"patch":[]}`},
 	} {
 		var buf bytes.Buffer
-		n, ops, err := encodePullResponse(&buf, "e1", tc.ans)
+		n, ops, err := encodePullResponse(&buf, tc.ans)
 		body := buf.Bytes()
 		if err != nil || n != int64(len(body)) {
 			t.Fatalf("%s: wrote %d bytes (%v), the buffer has %d", tc.name, n, err, len(body))

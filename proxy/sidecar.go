@@ -52,7 +52,6 @@ type Sidecar struct {
 
 	current  atomic.Pointer[Mapping]
 	secret   atomic.Pointer[[]byte] // the idempotency keys' HMAC secret, once migrated
-	epoch    atomic.Pointer[string] // the database's, once migrated
 	migrated atomic.Bool
 	draining atomic.Bool
 }
@@ -169,12 +168,7 @@ func (s *Sidecar) Migrate(ctx context.Context) error {
 			return err
 		}
 	}
-	epoch, err := s.store.Epoch(ctx)
-	if err != nil {
-		return err
-	}
 	s.secret.Store(&secret)
-	s.epoch.Store(&epoch)
 	s.migrated.Store(true)
 	return nil
 }

@@ -7,31 +7,42 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+
+	"github.com/cespare/xxhash/v2"
 )
 
 // Cookie is what a pull's cookie says. Ours are
 //
-//	{"order": 12, "db": "<epoch>", "rec": "<record id>", "v": 7}
+//	{"order": 12, "db": "<epoch>", "g": "<group>", "rec": "<record>", "v": 7, "t": "<tag>"}
 //
 // order orders it (the protocol's part); db names the database that issued
-// it (Epoch); rec and v name the client group's view record and the version
-// of it the client holds, from which a pull may answer a diff. Cookies
-// without rec and v (reset mode, older sidecars, other servers) are answered
-// with a reset.
+// it (its epoch), g the client group it was issued to (GroupTag); rec, v
+// and t name the group's view record, the version of it the client holds
+// and that version's random tag, from which a pull may answer a diff.
+// Cookies without them (reset mode, older sidecars, other servers) are
+// answered with a reset. Every hex field is 16 digits (JavaScript numbers
+// cannot hold 64 bits).
 type Cookie struct {
 	Order   int64
 	Epoch   string // "" when the cookie names none
+	Group   string // "" when the cookie names none
 	Record  uint64 // 0 when the cookie names no record (or an unreadable one)
 	Version int64
+	Tag     uint64
 }
 
-// FormatRecordID writes a record id as the cookie carries it: 16 hex
-// digits (JavaScript numbers cannot hold 64 bits).
-func FormatRecordID(id uint64) string { return fmt.Sprintf("%016x", id) }
+// FormatID writes a 64-bit id as a cookie carries it: 16 hex digits.
+func FormatID(id uint64) string { return fmt.Sprintf("%016x", id) }
+
+// GroupTag is the g of the cookies issued to a client group: a hash of its
+// id, so a cookie tells whether it was issued to the group that sends it or
+// was handed down to a group forked from that one.
+func GroupTag(groupID string) string { return FormatID(xxhash.Sum64String(groupID)) }
 
 // ParseCookie reads a pull request's cookie. Only its order can make it an
-// error (ParseCookieOrder): an epoch, record or version that cannot be read
-// is treated as absent, so the pull answers a reset rather than a diff.
+// error (ParseCookieOrder): an epoch, group, record, version or tag that
+// cannot be read is treated as absent, so the pull answers a reset rather
+// than a diff.
 func ParseCookie(raw json.RawMessage) (Cookie, error) {
 	order, err := ParseCookieOrder(raw)
 	if err != nil {
@@ -44,24 +55,37 @@ func ParseCookie(raw json.RawMessage) (Cookie, error) {
 	}
 	var obj struct {
 		DB  json.RawMessage `json:"db"`
+		G   json.RawMessage `json:"g"`
 		Rec json.RawMessage `json:"rec"`
 		V   json.RawMessage `json:"v"`
+		T   json.RawMessage `json:"t"`
 	}
 	if json.Unmarshal(raw, &obj) != nil {
 		return c, nil
 	}
-	var db string
-	if json.Unmarshal(obj.DB, &db) == nil {
-		c.Epoch = db
+	if _, ok := hexID(obj.DB); ok {
+		_ = json.Unmarshal(obj.DB, &c.Epoch)
 	}
-	var rec string
+	if _, ok := hexID(obj.G); ok {
+		_ = json.Unmarshal(obj.G, &c.Group)
+	}
 	var v int64
-	if json.Unmarshal(obj.Rec, &rec) == nil && len(rec) == 16 && json.Unmarshal(obj.V, &v) == nil && v > 0 {
-		if id, err := strconv.ParseUint(rec, 16, 64); err == nil && id != 0 {
-			c.Record, c.Version = id, v
-		}
+	rec, okRec := hexID(obj.Rec)
+	tag, okTag := hexID(obj.T)
+	if okRec && okTag && rec != 0 && json.Unmarshal(obj.V, &v) == nil && v > 0 {
+		c.Record, c.Version, c.Tag = rec, v, tag
 	}
 	return c, nil
+}
+
+// hexID reads a JSON string of 16 hex digits.
+func hexID(raw json.RawMessage) (uint64, bool) {
+	var s string
+	if json.Unmarshal(raw, &s) != nil || len(s) != 16 {
+		return 0, false
+	}
+	id, err := strconv.ParseUint(s, 16, 64)
+	return id, err == nil
 }
 
 // maxCookieOrder is the largest order a cookie may carry: JSON's (and

@@ -46,16 +46,21 @@
 //     the attempts of the mutations it consumes, in the same statement.
 //   - Cookies: NextCookieOrder issues an order strictly greater than the
 //     request's and every order the group was issued before; a rolled-back
-//     pull issues nothing. Epoch names the database (made at its first
-//     migration); cookies carry it.
+//     pull issues nothing. GroupTx.Epoch names the database (made at its
+//     first migration, read with the lock); cookies carry it.
 //   - View records: CompareView reads the group's record (key → value hash
 //     and the version it last changed at; removed keys as tombstones) and
 //     compares a fetched view with it, writing nothing; IssueCookies writes
 //     the change (only the keys that changed, a new version) with the
 //     cookies, in one round trip. An unchanged view writes nothing to the
-//     record. A record Covers a version from which a diff is complete:
-//     removals are kept for Options.RecordVersions versions and at most
+//     record. Each version has a random tag (view_versions), kept for
+//     Options.RecordVersions versions. A change Covers a (version, tag)
+//     from which a diff is complete: removals are kept as long and at most
 //     max(1024, live keys) of them, and forgetting one raises MinVersion.
+//     Foreign reports a version of the group's record that this database
+//     issued differently or never (a restore from a backup). ViewPages
+//     remembers, per source page, its validators and what it produced, for
+//     conditional GETs; written only when a page's answer changes.
 //   - A GroupTx is valid only inside its callback and not safe for
 //     concurrent use.
 //

@@ -42,14 +42,18 @@ func (g *GroupTx) ViewPages(ctx context.Context, entries bool) ([]ViewPage, erro
 	var p ViewPage
 	var digest int64
 	var hashes []int64
-	_, err = pgx.ForEachRow(rows, []any{&p.Source, &p.Page, &p.URL, &p.ETag, &p.LastModified, &p.Next, &p.Total, &digest, &p.Keys, &hashes}, func() error {
+	var keys [][]byte
+	_, err = pgx.ForEachRow(rows, []any{&p.Source, &p.Page, &p.URL, &p.ETag, &p.LastModified, &p.Next, &p.Total, &digest, &keys, &hashes}, func() error {
 		p.Digest = uint64(digest)
+		p.Keys = make([]string, len(keys))
+		for i, k := range keys {
+			p.Keys[i] = string(k)
+		}
 		p.Hashes = make([]uint64, len(hashes))
 		for i, h := range hashes {
 			p.Hashes[i] = uint64(h)
 		}
 		out = append(out, p)
-		p.Keys = nil
 		return nil
 	})
 	if err != nil {
@@ -78,7 +82,7 @@ func (g *GroupTx) queuePages(b *pgx.Batch, w *PageWrites) {
 			ON CONFLICT (client_group_id, source, page) DO UPDATE SET url = excluded.url, etag = excluded.etag,
 				last_modified = excluded.last_modified, next = excluded.next, total = excluded.total,
 				digest = excluded.digest, keys = excluded.keys, hashes = excluded.hashes`),
-			g.GroupID, p.Source, p.Page, p.URL, p.ETag, p.LastModified, p.Next, p.Total, int64(p.Digest), p.Keys, hashes)
+			g.GroupID, p.Source, p.Page, p.URL, p.ETag, p.LastModified, p.Next, p.Total, int64(p.Digest), byteKeys(p.Keys), hashes)
 	}
 	for _, k := range w.Drop {
 		b.Queue(g.s.sql(`DELETE FROM {schema}.view_pages WHERE client_group_id = $1 AND source = $2 AND page = $3`), g.GroupID, k.Source, k.Page)

@@ -21,23 +21,18 @@ type ViewRecord struct {
 	ID         uint64 // random, fixed for the group; 0 while it has none
 	Version    int64  // bumped by each pull whose view differs from the record
 	MinVersion int64  // the oldest version a diff may start from
-}
-
-// Covers reports whether a client that holds version v of record id can be
-// answered with a diff: the record is the same, and every key removed after
-// v is still remembered.
-func (r ViewRecord) Covers(id uint64, v int64) bool {
-	return r.ID != 0 && id == r.ID && v >= r.MinVersion && v <= r.Version
+	Tag        uint64 // the current version's random tag (CompareView reads it)
 }
 
 // Record returns the group's view record as it stands in this transaction.
 func (g *GroupTx) Record() ViewRecord { return g.record }
 
-// Record bounds. Removed keys are remembered (as tombstones, so a diff can
-// name them in a del) for the last Options.RecordVersions versions, and at
-// most max(minTombstones, live keys) of them: so a group's record holds at
-// most about twice its view's keys. Forgetting a tombstone raises the
-// record's MinVersion: clients behind it get a reset.
+// Record bounds. A diff can start from the last Options.RecordVersions
+// versions (their tags are kept). Removed keys are remembered (as
+// tombstones, so a diff can name them in a del) that long, and at most
+// max(minTombstones, live keys) of them: so a group's record holds at most
+// about twice its view's keys. Forgetting a tombstone raises the record's
+// MinVersion: clients behind it get a reset.
 const minTombstones = 1024
 
 // Tombstone is a key the view no longer has, and the version that removed
@@ -62,8 +57,12 @@ type ViewChange struct {
 	// Bytes is the record's logical size after the change: keys, hashes
 	// and versions of live entries and tombstones.
 	Bytes int64
+	// tags are the tags of the versions asked for (as they were before the
+	// change), and the new version's.
+	tags map[int64]uint64
 
 	created bool    // the record is new
+	retag   bool    // the current version has no tag (written before tags were): a new version gets one
 	changed []int   // entries new or changed
 	hashes  []int64 // per changed entry
 	keys    []string
@@ -73,7 +72,32 @@ type ViewChange struct {
 
 // Changed reports whether the change writes anything.
 func (c *ViewChange) Changed() bool {
-	return c.created || len(c.changed) > 0 || len(c.removed) > 0 || len(c.pruned) > 0
+	return c.created || c.retag || len(c.changed) > 0 || len(c.removed) > 0 || len(c.pruned) > 0
+}
+
+// Covers reports whether a client that holds version v (tagged tag) of
+// record id can be answered with a diff: the record is the same, the
+// version is one it issued (the tag matches) and every key removed after v
+// is still remembered. Only versions asked for in CompareView are known.
+func (c *ViewChange) Covers(id uint64, v int64, tag uint64) bool {
+	known, ok := c.tags[v]
+	return c.Record.ID != 0 && id == c.Record.ID && v >= c.Record.MinVersion && v <= c.Record.Version && ok && known == tag
+}
+
+// Foreign reports whether version v of the group's record, tagged tag, was
+// issued by a history this database does not have: a version above the
+// record's (before the change), or one whose tag differs. A database
+// restored from a backup re-issues version numbers; a client holding one
+// of the lost ones must start over, not be diffed against another history.
+func (c *ViewChange) Foreign(before ViewRecord, id uint64, v int64, tag uint64) bool {
+	if before.ID == 0 || id != before.ID {
+		return false
+	}
+	if v > before.Version {
+		return true
+	}
+	known, ok := c.tags[v]
+	return ok && known != tag
 }
 
 // Counts reports how many entries the change put (new or changed values)
@@ -89,48 +113,95 @@ type recordRow struct {
 
 // CompareView compares a fetched view of n entries (entry(i) gives the
 // i-th key and the hash of its value; keys are unique) with the group's
-// record, which it reads. It writes nothing: IssueCookies writes the
-// change together with the cookies, in one round trip. charge is called
-// with the bytes the record takes in memory as it is read (nil: not
+// record, which it reads, together with the tags of the given versions
+// (the ones pulls' cookies name). It writes nothing: IssueCookies writes
+// the change together with the cookies, in one round trip. charge is
+// called with the bytes the record takes in memory as it is read (nil: not
 // counted); its error ends the read.
-func (g *GroupTx) CompareView(ctx context.Context, n int, entry func(i int) (string, uint64), charge func(int64) error) (*ViewChange, error) {
+func (g *GroupTx) CompareView(ctx context.Context, n int, entry func(i int) (string, uint64), versions []int64, charge func(int64) error) (*ViewChange, error) {
 	old := map[string]recordRow{}
-	if g.record.ID != 0 {
-		rows, err := g.tx.Query(ctx, g.s.sql(`SELECT key, coalesce(hash, 0), version, hash IS NULL FROM {schema}.view_entries WHERE client_group_id = $1`), g.GroupID)
-		if err != nil {
-			return nil, fmt.Errorf("reading view record: %w", err)
-		}
-		var key string
-		var hash, version int64
-		var removed bool
-		var pending int64
-		_, err = pgx.ForEachRow(rows, []any{&key, &hash, &version, &removed}, func() error {
-			old[key] = recordRow{hash: uint64(hash), version: version, removed: removed}
-			if pending += int64(len(key)) + recordRowMemory; pending >= 64<<10 && charge != nil {
-				err := charge(pending)
-				pending = 0
-				return err
-			}
-			return nil
-		})
-		if err == nil && charge != nil {
-			err = charge(pending)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("reading view record: %w", err)
-		}
-	}
+	tags := map[int64]uint64{}
 	rec := g.record
-	if rec.ID == 0 {
-		var b [8]byte
-		for rec.ID == 0 {
-			if _, err := rand.Read(b[:]); err != nil {
-				return nil, fmt.Errorf("creating view record: %w", err)
-			}
-			rec.ID = binary.BigEndian.Uint64(b[:]) >> 1 // a positive bigint
+	if rec.ID != 0 {
+		b := &pgx.Batch{}
+		b.Queue(g.s.sql(`SELECT key, coalesce(hash, 0), version, hash IS NULL FROM {schema}.view_entries WHERE client_group_id = $1`), g.GroupID)
+		b.Queue(g.s.sql(`SELECT version, tag FROM {schema}.view_versions WHERE client_group_id = $1 AND version = ANY($2)`),
+			g.GroupID, append(slices.Clone(versions), rec.Version))
+		br := g.tx.SendBatch(ctx, b)
+		err := readRecord(br, old, charge)
+		if err == nil {
+			err = readTags(br, tags)
+		}
+		if cerr := br.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading view record: %w", err)
+		}
+		rec.Tag = tags[rec.Version]
+	} else {
+		var err error
+		if rec.ID, err = randomID(); err != nil {
+			return nil, fmt.Errorf("creating view record: %w", err)
 		}
 	}
-	return planChange(old, rec, n, entry, g.s.recordVersions), nil
+	c := planChange(old, rec, n, entry, g.s.recordVersions)
+	for v, t := range tags {
+		if _, ok := c.tags[v]; !ok {
+			c.tags[v] = t
+		}
+	}
+	return c, nil
+}
+
+func readRecord(br pgx.BatchResults, old map[string]recordRow, charge func(int64) error) error {
+	rows, err := br.Query()
+	if err != nil {
+		return err
+	}
+	var key []byte
+	var hash, version int64
+	var removed bool
+	var pending int64
+	_, err = pgx.ForEachRow(rows, []any{&key, &hash, &version, &removed}, func() error {
+		old[string(key)] = recordRow{hash: uint64(hash), version: version, removed: removed}
+		if pending += int64(len(key)) + recordRowMemory; pending >= 64<<10 && charge != nil {
+			err := charge(pending)
+			pending = 0
+			return err
+		}
+		return nil
+	})
+	if err == nil && charge != nil {
+		err = charge(pending)
+	}
+	return err
+}
+
+func readTags(br pgx.BatchResults, tags map[int64]uint64) error {
+	rows, err := br.Query()
+	if err != nil {
+		return err
+	}
+	var version, tag int64
+	_, err = pgx.ForEachRow(rows, []any{&version, &tag}, func() error {
+		tags[version] = uint64(tag)
+		return nil
+	})
+	return err
+}
+
+// randomID returns a random positive 63-bit id (a bigint), never 0.
+func randomID() (uint64, error) {
+	var b [8]byte
+	for {
+		if _, err := rand.Read(b[:]); err != nil {
+			return 0, err
+		}
+		if id := binary.BigEndian.Uint64(b[:]) >> 1; id != 0 {
+			return id, nil
+		}
+	}
 }
 
 // recordRowMemory approximates what one key of a record takes in memory
@@ -145,7 +216,11 @@ const recordRowBytes = 16
 // (rec.Version 0 for a new record), keeping removals for keep versions. It
 // consumes old.
 func planChange(old map[string]recordRow, rec ViewRecord, n int, entry func(i int) (string, uint64), keep int64) *ViewChange {
-	c := &ViewChange{Record: rec, Versions: make([]int64, n), created: rec.Version == 0}
+	c := &ViewChange{Record: rec, Versions: make([]int64, n), created: rec.Version == 0, tags: map[int64]uint64{}}
+	c.retag = !c.created && rec.Tag == 0
+	if !c.created && !c.retag {
+		c.tags[rec.Version] = rec.Tag
+	}
 	next := rec.Version + 1
 	for i := range n {
 		key, hash := entry(i)
@@ -172,13 +247,17 @@ func planChange(old map[string]recordRow, rec ViewRecord, n int, entry func(i in
 			c.Tombstones = append(c.Tombstones, Tombstone{Key: key, Version: next})
 		}
 	}
-	if !c.created && len(c.changed) == 0 && len(c.removed) == 0 {
+	if !c.created && !c.retag && len(c.changed) == 0 && len(c.removed) == 0 {
 		for _, t := range c.Tombstones {
 			c.Bytes += int64(len(t.Key)) + recordRowBytes
 		}
 		return c // unchanged: the record stays as it is
 	}
 	c.Record.Version = next
+	c.Record.Tag = newTag()
+	c.tags[next] = c.Record.Tag
+	// A diff starts at most keep versions back (older tags are dropped).
+	c.Record.MinVersion = max(c.Record.MinVersion, next-keep)
 	if c.created {
 		c.Record.MinVersion = next
 	}
@@ -199,19 +278,42 @@ func planChange(old map[string]recordRow, rec ViewRecord, n int, entry func(i in
 	return c
 }
 
+// newTag returns a random version tag, never 0.
+func newTag() uint64 {
+	id, err := randomID()
+	if err != nil {
+		panic(err) // crypto/rand does not fail on the platforms we build for
+	}
+	return id
+}
+
 // queueChange queues the statements that write c.
 func (g *GroupTx) queueChange(b *pgx.Batch, c *ViewChange) {
 	if len(c.changed) > 0 {
 		b.Queue(g.s.sql(`INSERT INTO {schema}.view_entries (client_group_id, key, hash, version)
-			SELECT $1, k, h, $4 FROM unnest($2::text[], $3::bigint[]) AS u(k, h)
+			SELECT $1, k, h, $4 FROM unnest($2::bytea[], $3::bigint[]) AS u(k, h)
 			ON CONFLICT (client_group_id, key) DO UPDATE SET hash = excluded.hash, version = excluded.version`),
-			g.GroupID, c.keys, c.hashes, c.Record.Version)
+			g.GroupID, byteKeys(c.keys), c.hashes, c.Record.Version)
 	}
 	if len(c.removed) > 0 {
-		b.Queue(g.s.sql(`UPDATE {schema}.view_entries SET hash = NULL, version = $3 WHERE client_group_id = $1 AND key = ANY($2)`),
-			g.GroupID, c.removed, c.Record.Version)
+		b.Queue(g.s.sql(`UPDATE {schema}.view_entries SET hash = NULL, version = $3 WHERE client_group_id = $1 AND key = ANY($2::bytea[])`),
+			g.GroupID, byteKeys(c.removed), c.Record.Version)
 	}
 	if len(c.pruned) > 0 {
-		b.Queue(g.s.sql(`DELETE FROM {schema}.view_entries WHERE client_group_id = $1 AND key = ANY($2)`), g.GroupID, c.pruned)
+		b.Queue(g.s.sql(`DELETE FROM {schema}.view_entries WHERE client_group_id = $1 AND key = ANY($2::bytea[])`), g.GroupID, byteKeys(c.pruned))
 	}
+	if c.Record.Version != g.record.Version || c.retag {
+		b.Queue(g.s.sql(`INSERT INTO {schema}.view_versions (client_group_id, version, tag) VALUES ($1, $2, $3)
+			ON CONFLICT (client_group_id, version) DO UPDATE SET tag = excluded.tag`), g.GroupID, c.Record.Version, int64(c.Record.Tag))
+		b.Queue(g.s.sql(`DELETE FROM {schema}.view_versions WHERE client_group_id = $1 AND version < $2`), g.GroupID, c.Record.MinVersion)
+	}
+}
+
+// byteKeys converts keys for a bytea[] parameter.
+func byteKeys(keys []string) [][]byte {
+	out := make([][]byte, len(keys))
+	for i, k := range keys {
+		out[i] = []byte(k)
+	}
+	return out
 }

@@ -41,8 +41,8 @@ func TestRecordBounds(t *testing.T) {
 		t.Errorf("after 2990 removals: %d removed, %d remembered, record %+v; want %d remembered and MinVersion 2",
 			len(c.removed), len(c.Tombstones), c.Record, minTombstones)
 	}
-	if c.Record.Covers(1, 1) || !c.Record.Covers(1, 2) {
-		t.Errorf("record %+v covers version 1 (it forgot removals made after it) or not version 2", c.Record)
+	if c.Covers(1, 1, c.tags[1]) || !c.Covers(1, 2, c.Record.Tag) || c.Covers(1, 2, c.Record.Tag+1) {
+		t.Errorf("record %+v covers version 1 (it forgot removals made after it), or not version 2 with its tag, or with another tag", c.Record)
 	}
 	// Unchanged: nothing to write, the version stays.
 	old = rows(c, 10, old)
@@ -51,10 +51,16 @@ func TestRecordBounds(t *testing.T) {
 		t.Errorf("unchanged view: changed %v, record %+v", c.Changed(), c.Record)
 	}
 	// Removals older than the kept versions are forgotten at the next change.
-	rec := ViewRecord{ID: 1, Version: 100, MinVersion: 1}
+	rec := ViewRecord{ID: 1, Version: 100, MinVersion: 1, Tag: 5}
 	old = map[string]recordRow{"gone-long-ago": {version: 10, removed: true}, "gone-lately": {version: 90, removed: true}, "k0": {hash: 1, version: 5}}
 	c = planChange(old, rec, 0, keys(0), 64)
-	if c.Record.Version != 101 || c.Record.MinVersion != 10 || len(c.pruned) != 1 || c.pruned[0] != "gone-long-ago" {
-		t.Errorf("record %+v, pruned %v; want version 101, MinVersion 10, gone-long-ago pruned", c.Record, c.pruned)
+	if c.Record.Version != 101 || c.Record.MinVersion != 37 || len(c.pruned) != 1 || c.pruned[0] != "gone-long-ago" {
+		t.Errorf("record %+v, pruned %v; want version 101, MinVersion 37 (64 back), gone-long-ago pruned", c.Record, c.pruned)
+	}
+	// A record without a tag for its version (written before tags) gets a
+	// new version, with one, even when nothing changed.
+	c = planChange(map[string]recordRow{"k0": {hash: 1, version: 5}}, ViewRecord{ID: 1, Version: 5, MinVersion: 1}, 1, keys(1), 64)
+	if !c.Changed() || c.Record.Version != 6 || c.Record.Tag == 0 || c.Versions[0] != 5 {
+		t.Errorf("untagged record: changed %v, record %+v, versions %v; want version 6 with a tag, the entry still at 5", c.Changed(), c.Record, c.Versions)
 	}
 }

@@ -152,6 +152,20 @@ var migrations = []string{
 		hashes          bigint[] NOT NULL,
 		PRIMARY KEY (client_group_id, source, page)
 	);`,
+	// 8: keys as bytes (an upstream id may hold NUL, which text cannot),
+	// and a random tag per record version, kept for the versions a diff may
+	// start from: after a restore from a backup the record re-issues
+	// version numbers, and only the tag tells the new ones from the lost.
+	// Remembered pages are a cache: they are dropped, not converted.
+	`ALTER TABLE {schema}.view_entries ALTER COLUMN key TYPE bytea USING convert_to(key, 'UTF8');
+	TRUNCATE {schema}.view_pages;
+	ALTER TABLE {schema}.view_pages ALTER COLUMN keys TYPE bytea[] USING '{}';
+	CREATE TABLE {schema}.view_versions (
+		client_group_id text NOT NULL,
+		version         bigint NOT NULL,
+		tag             bigint NOT NULL,
+		PRIMARY KEY (client_group_id, version)
+	);`,
 }
 
 // SchemaVersion is the migration version this binary needs.
@@ -229,16 +243,12 @@ func (s *Store) IdempotencySecret(ctx context.Context) ([]byte, error) {
 	return secret, nil
 }
 
-// Epoch returns the identifier of this database, generated at its first
-// migration and kept in the schema: every cookie carries it, so a cookie
-// from a database that was recreated is recognised as such.
-func (s *Store) Epoch(ctx context.Context) (string, error) {
-	var epoch []byte
-	if err := s.pool.QueryRow(ctx, s.sql(`SELECT value FROM {schema}.settings WHERE name = 'epoch'`)).Scan(&epoch); err != nil {
-		return "", fmt.Errorf("reading the database epoch: %w", err)
-	}
-	return hex.EncodeToString(epoch), nil
-}
+// Epoch returns the identifier of the database, generated at its first
+// migration and kept in the schema, as read with the group's lock: every
+// cookie carries it, so a cookie from a database that was recreated is
+// recognised as such (read per transaction, so a replica never holds on
+// to the epoch of a schema dropped under it).
+func (g *GroupTx) Epoch() string { return hex.EncodeToString(g.epoch) }
 
 // Ready checks that the database answers and holds every migration this
 // binary needs.
@@ -327,6 +337,7 @@ type GroupTx struct {
 	GroupID     string
 	cookieOrder int64
 	record      ViewRecord // as locked; IssueCookies updates it
+	epoch       []byte     // the database's, read with the lock
 
 	// PrunedClients counts the idle clients this transaction pruned to make
 	// room for new ones.
@@ -346,6 +357,7 @@ func (g *GroupTx) lock(ctx context.Context, userID string) error {
 	// for, is only read: it cannot change without this group's lock.
 	const q = `SELECT g.user_id, g.cookie_order, g.deleted_at IS NOT NULL, g.clients_pruned_at IS NOT NULL,
 			coalesce(g.view_record_id, 0), g.view_version, g.view_min_version,
+			coalesce((SELECT value FROM {schema}.settings WHERE name = 'epoch'), ''::bytea),
 			coalesce(c.client_group_id, ''), coalesce(c.last_mutation_id, 0), coalesce(c.legacy_keys_through, 0)
 		FROM {schema}.client_groups g LEFT JOIN {schema}.clients c ON c.id = $2
 		WHERE g.id = $1 FOR UPDATE OF g`
@@ -354,7 +366,7 @@ func (g *GroupTx) lock(ctx context.Context, userID string) error {
 	scan := func() error {
 		var recordID int64
 		err := g.tx.QueryRow(ctx, g.s.sql(q), g.GroupID, g.prefetched).Scan(&owner, &g.cookieOrder, &deleted, &g.clientsPruned,
-			&recordID, &g.record.Version, &g.record.MinVersion,
+			&recordID, &g.record.Version, &g.record.MinVersion, &g.epoch,
 			&g.prefetchedGroup, &g.prefetchedLastMutationID, &g.prefetchedLegacyKeys)
 		g.record.ID = uint64(recordID)
 		return err

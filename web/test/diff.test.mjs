@@ -78,7 +78,17 @@ test('database recreated: a cookie of the old one gets ClientStateNotFound and t
   await rep.pull({now: true});
   await waitFor('onClientStateNotFound', () => notFound > 0);
   await rep.close();
-  const fresh = s.newRep('alice', {name: 'epoch-after-reload'});
+  // The page reloads: the same name, so Replicache forks a new client
+  // group from the disabled one's snapshot, old cookie included. The new
+  // group is answered normally (a reset), not disabled again.
+  let again = 0;
+  const fresh = s.newRep('alice', {name: 'epoch'});
+  fresh.onClientStateNotFound = () => { again++; };
   await sync(fresh);
+  assert.notEqual(await fresh.clientGroupID, await rep.clientGroupID);
   assert.deepEqual(await todos(fresh), {kept: {title: 'on the server', done: false}});
+  await fresh.mutate.createTodo({id: 'after', title: 'after the reload'});
+  await sync(fresh);
+  assert.equal(again, 0, 'the reloaded page was not disabled again');
+  assert.equal(Object.keys(await serverTodos(s.api, 'alice')).length, 2);
 });
