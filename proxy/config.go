@@ -73,6 +73,9 @@ type Config struct {
 	// behind and still get a diff (removed keys are kept that long).
 	ViewRecordVersions int           `env:"VIEW_RECORD_VERSIONS" envDefault:"64"`
 	GCInterval         time.Duration `env:"GC_INTERVAL" envDefault:"1h"`
+	// ClientGroupTTL: groups unused this long are deleted by the sweep
+	// (0: never).
+	ClientGroupTTL time.Duration `env:"CLIENT_GROUP_TTL" envDefault:"720h"`
 
 	GiveUpAttempts int           `env:"GIVE_UP_ATTEMPTS" envDefault:"20"`
 	GiveUpAfter    time.Duration `env:"GIVE_UP_AFTER" envDefault:"10m"`
@@ -247,6 +250,9 @@ func (c *Config) checkLimits() []error {
 		if n < 1 {
 			errs = append(errs, fmt.Errorf("%s must be at least 1", name))
 		}
+	}
+	if c.ClientGroupTTL < 0 {
+		errs = append(errs, errors.New("SIDECAR_CLIENT_GROUP_TTL must not be negative (0 keeps client groups for ever)"))
 	}
 	if c.GCInterval < 0 {
 		errs = append(errs, errors.New("SIDECAR_GC_INTERVAL must not be negative (0 disables the sweep)"))

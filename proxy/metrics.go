@@ -33,6 +33,7 @@ type metrics struct {
 	patchOps            *prometheus.HistogramVec
 	recordBytes         prometheus.Histogram
 	conditional         *prometheus.CounterVec
+	groupsDeleted       prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Budget, turns *gate.Gate) *metrics {
@@ -83,6 +84,7 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Bu
 	}, []string{"what"})
 	m.pruned.WithLabelValues("clients")
 	m.pruned.WithLabelValues("rejections")
+	m.pruned.WithLabelValues("tombstones")
 	m.budgetRefusals = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "inflight_refusals_total",
 		Help: "Pushes and pulls answered 503 because the in-flight byte budget (SIDECAR_MAX_INFLIGHT_VIEW_BYTES) stayed spent, by endpoint.",
@@ -116,7 +118,11 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Bu
 	}, []string{"result"})
 	m.conditional.WithLabelValues("hit")
 	m.conditional.WithLabelValues("miss")
-	reg.MustRegister(m.patchOps, m.recordBytes, m.conditional)
+	m.groupsDeleted = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "client_groups_deleted_total",
+		Help: "Client groups deleted by the sweep after SIDECAR_CLIENT_GROUP_TTL unused (their clients then get ClientStateNotFound).",
+	})
+	reg.MustRegister(m.patchOps, m.recordBytes, m.conditional, m.groupsDeleted)
 	reg.MustRegister(m.groupBusy, m.pullsMerged, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "group_waiting",
 		Help: "Pushes and pulls waiting for their client group's turn in this process (holding no connection).",

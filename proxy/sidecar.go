@@ -85,9 +85,12 @@ func New(o Options) *Sidecar {
 		Registerer: o.Registerer, Namespace: namespace,
 	})
 	s := &Sidecar{
-		cfg:      cfg,
-		log:      o.Logger,
-		store:    store.New(o.Pool, store.Options{Schema: cfg.DBSchema, WaitTimeout: cfg.DBLockTimeout + 5*time.Second, RecordVersions: cfg.ViewRecordVersions}),
+		cfg: cfg,
+		log: o.Logger,
+		store: store.New(o.Pool, store.Options{
+			Schema: cfg.DBSchema, WaitTimeout: cfg.DBLockTimeout + 5*time.Second, RecordVersions: cfg.ViewRecordVersions,
+			TouchInterval: touchInterval(cfg.ClientGroupTTL),
+		}),
 		upstream: up,
 		sender: mutators.NewClient(mutators.ClientOptions{
 			Base: cfg.Upstream, Upstream: up.Mutation, IdempotencyHeader: cfg.IdempotencyHeader,
@@ -113,6 +116,15 @@ func New(o Options) *Sidecar {
 	})
 	s.useMapping(cfg.Mapping)
 	return s
+}
+
+// touchInterval is how often a push notes its group's last use: hourly, or
+// more often when idle groups are deleted sooner than in a day.
+func touchInterval(ttl time.Duration) time.Duration {
+	if ttl <= 0 {
+		return time.Hour
+	}
+	return min(time.Hour, ttl/24)
 }
 
 // budgetWait is how long a push or pull waits for room in the in-flight

@@ -100,7 +100,7 @@ func run(ctx context.Context, env map[string]string, logOut io.Writer, listen li
 	defer stopBackground()
 	go migrate(bg, sc, log)
 	go sc.WatchMapping(bg, cfg.MappingReloadInterval)
-	go sc.SweepRejections(bg, cfg.GCInterval)
+	go sc.Sweep(bg, cfg.GCInterval)
 
 	var failure error
 	running := 2

@@ -67,11 +67,14 @@
 // # Queries and groups
 //
 // Every query on the push and pull path is keyed by the client group: look
-// it up, lock it, read or write its clients, rejections and view record
-// (view_entries' primary key starts with client_group_id). None joins or
-// aggregates across groups, so the tables could later be distributed by
-// client_group_id. The only cross-group statements are the migrations, Ready
-// (reads schema_migrations), the pool statistics, which read no table, and
-// SweepRejections (expired records of idle groups, in bounded batches, one
-// replica at a time); none of them runs per request.
+// it up, lock it, read or write its clients, rejections, view record and
+// remembered pages (the primary keys of view_entries, view_versions and
+// view_pages start with client_group_id). None joins or aggregates across
+// groups, so the tables could later be distributed by client_group_id. The
+// only cross-group statements are the migrations, Ready (reads
+// schema_migrations), the pool statistics, which read no table, and the
+// sweeps, one replica at a time and off the request path: SweepRejections
+// (expired records of idle groups, in bounded batches) and SweepGroups
+// (picks idle groups through an index on last_used_at, then deletes each in
+// its own transaction keyed by the group; expires tombstones in batches).
 package store

@@ -26,6 +26,7 @@ type Store struct {
 	// lock, whatever the caller's context allows.
 	waitTimeout    time.Duration
 	recordVersions int64
+	touchInterval  time.Duration
 }
 
 // Options configure a Store.
@@ -41,6 +42,10 @@ type Options struct {
 	// group's view record and still be answered a diff: removed keys are
 	// remembered that long. Default 64.
 	RecordVersions int
+	// TouchInterval: a push notes its group's last use at most this often
+	// (pulls always do, in the row they write anyway). Default 1h; keep it
+	// well under the idle-group TTL.
+	TouchInterval time.Duration
 }
 
 // New returns a Store on pool for o. Call Migrate before anything else.
@@ -53,7 +58,11 @@ func New(pool *pgxpool.Pool, o Options) *Store {
 	if versions <= 0 {
 		versions = 64
 	}
-	return &Store{pool: pool, schema: pgx.Identifier{o.Schema}.Sanitize(), waitTimeout: wait, recordVersions: versions}
+	touch := o.TouchInterval
+	if touch <= 0 {
+		touch = time.Hour
+	}
+	return &Store{pool: pool, schema: pgx.Identifier{o.Schema}.Sanitize(), waitTimeout: wait, recordVersions: versions, touchInterval: touch}
 }
 
 // migrations are applied in order, forward only; each entry's index+1 is its
@@ -166,6 +175,12 @@ var migrations = []string{
 		tag             bigint NOT NULL,
 		PRIMARY KEY (client_group_id, version)
 	);`,
+	// 9: client-group lifecycle: when a group was last used (a pull, or a
+	// push that processed a mutation), for the sweep of idle groups, and the
+	// indexes that sweep and the expiry of tombstones (deleted groups) use.
+	`ALTER TABLE {schema}.client_groups ADD COLUMN last_used_at timestamptz NOT NULL DEFAULT now();
+	CREATE INDEX client_groups_idle_idx ON {schema}.client_groups (last_used_at) WHERE deleted_at IS NULL;
+	CREATE INDEX client_groups_deleted_idx ON {schema}.client_groups (deleted_at) WHERE deleted_at IS NOT NULL;`,
 }
 
 // SchemaVersion is the migration version this binary needs.
@@ -584,11 +599,15 @@ func (g *GroupTx) ClaimClient(ctx context.Context, clientID string, maxPerGroup 
 // The attempts recorded for those mutations are forgotten in the same
 // statement (one round trip).
 func (g *GroupTx) SetLastMutationID(ctx context.Context, clientID string, id int64) error {
+	// The group's last use is noted at most once per touchInterval: a push
+	// of many mutations does not rewrite the group's row for each.
 	tag, err := g.tx.Exec(ctx, g.s.sql(`WITH forget AS (
-			DELETE FROM {schema}.mutation_attempts WHERE client_id = $1 AND mutation_id <= $3)
+			DELETE FROM {schema}.mutation_attempts WHERE client_id = $1 AND mutation_id <= $3),
+		touch AS (
+			UPDATE {schema}.client_groups SET last_used_at = now() WHERE id = $2 AND last_used_at < now() - $4::interval)
 		INSERT INTO {schema}.clients (id, client_group_id, last_mutation_id) VALUES ($1, $2, $3)
 		ON CONFLICT (id) DO UPDATE SET last_mutation_id = excluded.last_mutation_id, updated_at = now()
-		WHERE {schema}.clients.client_group_id = excluded.client_group_id`), clientID, g.GroupID, id)
+		WHERE {schema}.clients.client_group_id = excluded.client_group_id`), clientID, g.GroupID, id, g.s.touchInterval)
 	if err != nil {
 		return fmt.Errorf("advancing last mutation id: %w", err)
 	}
@@ -718,39 +737,151 @@ func (g *GroupTx) TrimRejections(ctx context.Context, max int, ttl time.Duration
 
 // SweepRejections deletes rejection records older than ttl across all
 // groups, for groups that record no new ones (pushes trim their own group
-// as they end). It is the one cross-group statement besides migrations: it
-// runs off the request path, in batches of batch rows so it never holds
-// locks for long, and in one replica at a time (a session advisory lock;
-// the others skip). It returns how many it deleted.
+// as they end). Like SweepGroups it is cross-group: it runs off the request
+// path, in batches of batch rows so it never holds locks for long, and in
+// one replica at a time (a session advisory lock; the others skip). It
+// returns how many it deleted.
 func (s *Store) SweepRejections(ctx context.Context, ttl time.Duration, batch int) (int64, error) {
+	var total int64
+	err := s.sweeping(ctx, "rejections", func(conn *pgxpool.Conn) error {
+		for {
+			tag, err := conn.Exec(ctx, s.sql(`DELETE FROM {schema}.mutation_rejections WHERE (client_id, mutation_id) IN (
+				SELECT client_id, mutation_id FROM {schema}.mutation_rejections WHERE created_at < now() - $1::interval LIMIT $2)`), ttl, batch)
+			if err != nil {
+				return err
+			}
+			total += tag.RowsAffected()
+			if tag.RowsAffected() < int64(batch) || ctx.Err() != nil {
+				return nil
+			}
+		}
+	})
+	if err != nil {
+		return total, fmt.Errorf("sweeping rejections: %w", err)
+	}
+	return total, nil
+}
+
+// sweeping runs fn on a connection holding the session advisory lock of
+// the named sweep, unless another replica holds it (then fn does not run).
+func (s *Store) sweeping(ctx context.Context, name string, fn func(conn *pgxpool.Conn) error) error {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("sweeping rejections: %w", err)
+		return err
 	}
 	defer conn.Release()
 	var locked bool
 	key := "replicache-sidecar sweep " + s.schema
+	if name != "rejections" { // the rejection sweep's key predates the others
+		key += " " + name
+	}
 	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtext($1))`, key).Scan(&locked); err != nil {
-		return 0, fmt.Errorf("sweeping rejections: %w", err)
+		return err
 	}
 	if !locked {
-		return 0, nil // another replica is sweeping
+		return nil // another replica is sweeping
 	}
 	defer func() {
 		_, _ = conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtext($1))`, key)
 	}()
-	var total int64
-	for {
-		tag, err := conn.Exec(ctx, s.sql(`DELETE FROM {schema}.mutation_rejections WHERE (client_id, mutation_id) IN (
-			SELECT client_id, mutation_id FROM {schema}.mutation_rejections WHERE created_at < now() - $1::interval LIMIT $2)`), ttl, batch)
-		if err != nil {
-			return total, fmt.Errorf("sweeping rejections: %w", err)
+	return fn(conn)
+}
+
+// Swept is what one SweepGroups pass did.
+type Swept struct {
+	Groups     int64 // idle groups deleted (now tombstones)
+	Tombstones int64 // expired tombstones removed
+}
+
+// SweepGroups deletes the client groups unused (no pull, no processed
+// mutation) for ttl: their clients, view record and remembered pages,
+// rejections and attempts go, and the group's row stays as a tombstone
+// (deleted_at set: its clients get ClientStateNotFound) until it is older
+// than tombstoneTTL, when it goes too. Each group is deleted in its own
+// short transaction that skips a group busy right now (SKIP LOCKED) or used
+// since it was picked; candidates are picked batch at a time. One replica
+// sweeps at a time.
+func (s *Store) SweepGroups(ctx context.Context, ttl, tombstoneTTL time.Duration, batch int) (Swept, error) {
+	var out Swept
+	err := s.sweeping(ctx, "groups", func(conn *pgxpool.Conn) error {
+		for {
+			rows, err := conn.Query(ctx, s.sql(`SELECT id FROM {schema}.client_groups
+				WHERE deleted_at IS NULL AND last_used_at < now() - $1::interval ORDER BY last_used_at LIMIT $2`), ttl, batch)
+			if err != nil {
+				return err
+			}
+			ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			if err != nil {
+				return err
+			}
+			for _, id := range ids {
+				deleted, err := s.deleteIdleGroup(ctx, conn, id, ttl)
+				if err != nil {
+					return err
+				}
+				if deleted {
+					out.Groups++
+				}
+			}
+			if len(ids) < batch || ctx.Err() != nil {
+				break
+			}
 		}
-		total += tag.RowsAffected()
-		if tag.RowsAffected() < int64(batch) || ctx.Err() != nil {
-			return total, nil
+		for {
+			// A group marked deleted by other means may still have rows:
+			// they go in the same statement (foreign keys are checked at
+			// its end).
+			tag, err := conn.Exec(ctx, s.sql(`WITH doomed AS (
+					SELECT id FROM {schema}.client_groups WHERE deleted_at < now() - $1::interval LIMIT $2),
+				c AS (DELETE FROM {schema}.clients WHERE client_group_id IN (SELECT id FROM doomed)),
+				e AS (DELETE FROM {schema}.view_entries WHERE client_group_id IN (SELECT id FROM doomed)),
+				v AS (DELETE FROM {schema}.view_versions WHERE client_group_id IN (SELECT id FROM doomed)),
+				p AS (DELETE FROM {schema}.view_pages WHERE client_group_id IN (SELECT id FROM doomed)),
+				r AS (DELETE FROM {schema}.mutation_rejections WHERE client_group_id IN (SELECT id FROM doomed)),
+				a AS (DELETE FROM {schema}.mutation_attempts WHERE client_group_id IN (SELECT id FROM doomed))
+				DELETE FROM {schema}.client_groups WHERE id IN (SELECT id FROM doomed)`), tombstoneTTL, batch)
+			if err != nil {
+				return err
+			}
+			out.Tombstones += tag.RowsAffected()
+			if tag.RowsAffected() < int64(batch) || ctx.Err() != nil {
+				return nil
+			}
 		}
+	})
+	if err != nil {
+		return out, fmt.Errorf("sweeping client groups: %w", err)
 	}
+	return out, nil
+}
+
+// deleteIdleGroup deletes one group's state, leaving its tombstone, if it
+// is still idle and not locked by a push or pull right now.
+func (s *Store) deleteIdleGroup(ctx context.Context, conn *pgxpool.Conn, id string, ttl time.Duration) (bool, error) {
+	deleted := false
+	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		var found string
+		err := tx.QueryRow(ctx, s.sql(`SELECT id FROM {schema}.client_groups
+			WHERE id = $1 AND deleted_at IS NULL AND last_used_at < now() - $2::interval FOR UPDATE SKIP LOCKED`), id, ttl).Scan(&found)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil // used since, deleted since, or busy: next time
+		}
+		if err != nil {
+			return err
+		}
+		b := &pgx.Batch{}
+		for _, table := range []string{"clients", "view_entries", "view_versions", "view_pages", "mutation_rejections", "mutation_attempts"} {
+			b.Queue(s.sql(`DELETE FROM {schema}.`+table+` WHERE client_group_id = $1`), id)
+		}
+		b.Queue(s.sql(`UPDATE {schema}.client_groups SET deleted_at = now(), view_record_id = NULL, view_version = 0, view_min_version = 0
+			WHERE id = $1`), id)
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return err
+		}
+		deleted = true
+		return nil
+	})
+	return deleted, err
 }
 
 // LastMutationIDs returns the last mutation id of every client of the group.
@@ -807,7 +938,8 @@ func (g *GroupTx) IssueCookies(ctx context.Context, requestOrders []int64, chang
 		g.queueChange(b, change)
 		rec = change.Record
 	}
-	b.Queue(g.s.sql(`UPDATE {schema}.client_groups SET cookie_order = $2, view_record_id = nullif($3::bigint, 0), view_version = $4, view_min_version = $5
+	b.Queue(g.s.sql(`UPDATE {schema}.client_groups SET cookie_order = $2, view_record_id = nullif($3::bigint, 0), view_version = $4, view_min_version = $5,
+			last_used_at = now()
 		WHERE id = $1`), g.GroupID, cur, int64(rec.ID), rec.Version, rec.MinVersion)
 	if err := g.tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("issuing cookies: %w", err)

@@ -92,3 +92,36 @@ test('database recreated: a cookie of the old one gets ClientStateNotFound and t
   assert.equal(again, 0, 'the reloaded page was not disabled again');
   assert.equal(Object.keys(await serverTodos(s.api, 'alice')).length, 2);
 });
+
+test('client-group lifecycle: an idle group is swept; its client starts over, a busy one is kept (two replicas)', async (t) => {
+  const env = {SIDECAR_CLIENT_GROUP_TTL: '2s', SIDECAR_GC_INTERVAL: '200ms'};
+  const s = await startStack({sidecarEnv: env});
+  const b = await secondReplica(s, env);
+  t.after(async () => { await b.stop(); await s.close(); });
+  let notFound = 0;
+  const idle = s.newRep('alice', {name: 'lifecycle-idle'});
+  idle.onClientStateNotFound = () => { notFound++; };
+  await idle.mutate.createTodo({id: 'kept', title: 'on the server'});
+  await sync(idle);
+  const busy = makeRep(b.url, 'alice', 'lifecycle-busy');
+  s.reps.push(busy);
+  busy.onClientStateNotFound = () => { throw new Error('the busy group was swept'); };
+  // busy keeps pulling through replica B while idle does nothing.
+  const idleGroup = await idle.clientGroupID;
+  const busyGroup = await busy.clientGroupID;
+  await waitFor('the idle group to be swept', async () => {
+    await busy.pull({now: true});
+    return psql(`SELECT count(*) FROM ${s.schema}.client_groups WHERE id = '${idleGroup}' AND deleted_at IS NOT NULL`) === '1';
+  }, {timeout: 15000, interval: 300});
+  assert.equal(psql(`SELECT count(*) FROM ${s.schema}.client_groups WHERE id = '${busyGroup}' AND deleted_at IS NULL`), '1');
+  await idle.pull({now: true});
+  await waitFor('onClientStateNotFound', () => notFound > 0);
+  await idle.close();
+  // The page reloads: a new group forked from the deleted one's state.
+  const again = s.newRep('alice', {name: 'lifecycle-idle'});
+  await sync(again);
+  assert.notEqual(await again.clientGroupID, idleGroup);
+  assert.deepEqual(await todos(again), {kept: {title: 'on the server', done: false}});
+  const swept = s.sidecar.logs.concat(b.logs).filter((l) => l.msg === 'swept idle client groups');
+  assert.ok(swept.length > 0, 'a replica logged the sweep');
+});

@@ -1,0 +1,108 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sync"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// TestClientGroupLifecycle: groups unused for SIDECAR_CLIENT_GROUP_TTL are
+// deleted by the sweep, once, with two replicas sweeping at the same time;
+// their clients then get ClientStateNotFound through either replica, a
+// group forked from one is answered normally, groups in use stay, and
+// tombstones expire.
+func TestClientGroupLifecycle(t *testing.T) {
+	h := newHarness(t, map[string]string{"SIDECAR_CLIENT_GROUP_TTL": "1h", "SIDECAR_EXPOSE_REJECTIONS": "true"})
+	a, b := h.start(), h.start()
+	ctx := context.Background()
+	schema := pgx.Identifier{h.schema}.Sanitize()
+	exec := func(q string, args ...any) {
+		t.Helper()
+		if _, err := a.pool.Exec(ctx, fmt.Sprintf(q, schema), args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	count := func(q string, args ...any) (n int) {
+		t.Helper()
+		if err := a.pool.QueryRow(ctx, fmt.Sprintf(q, schema), args...).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	cookies := map[string]*replica{}
+	for i, g := range []string{"idle1", "idle2", "idle3", "active", "pushing"} {
+		client := fmt.Sprint("c-", g)
+		if r := a.push(t, "alice", g, create(client, 1, fmt.Sprint("t", i)), mut{client, 2, "createTodo", map[string]any{"id": "bad"}}); r.status != 200 {
+			t.Fatalf("push %s = %d %s", g, r.status, r.raw)
+		}
+		cookies[g] = newReplica()
+		a.pullInto(t, "alice", g, cookies[g])
+	}
+	exec(`UPDATE %s.client_groups SET last_used_at = now() - interval '2 hours' WHERE id LIKE 'idle%%' OR id = 'pushing'`)
+	// A push to "pushing" makes it used again (its mutation is processed).
+	if r := b.push(t, "alice", "pushing", create("c-pushing", 3, "p3")); r.status != 200 {
+		t.Fatalf("push = %d %s", r.status, r.raw)
+	}
+
+	var wg sync.WaitGroup
+	for _, inst := range []*instance{a, b} {
+		wg.Add(1)
+		go func() { defer wg.Done(); inst.sc.sweepOnce(ctx) }()
+	}
+	wg.Wait()
+	deleted := testutil.ToFloat64(a.sc.metrics.groupsDeleted) + testutil.ToFloat64(b.sc.metrics.groupsDeleted)
+	if deleted != 3 {
+		t.Errorf("client_groups_deleted_total over both replicas = %v, want 3", deleted)
+	}
+	for _, table := range []string{"clients", "view_entries", "view_versions", "mutation_rejections"} {
+		if n := count(`SELECT count(*) FROM %s.` + table + ` WHERE client_group_id LIKE 'idle%%'`); n != 0 {
+			t.Errorf("%d rows of deleted groups left in %s", n, table)
+		}
+	}
+	if n := count(`SELECT count(*) FROM %s.client_groups WHERE deleted_at IS NOT NULL`); n != 3 {
+		t.Errorf("%d tombstones, want 3", n)
+	}
+
+	for _, inst := range []*instance{a, b} {
+		r := inst.post(t, "/replicache/pull", "Bearer alice", pullBody("idle1", cookies["idle1"].cookie))
+		if r.status != 200 || string(r.raw) != `{"error":"ClientStateNotFound"}` {
+			t.Errorf("pull of a deleted group = %d %s; want ClientStateNotFound", r.status, r.raw)
+		}
+		if r := inst.push(t, "alice", "idle2", create("c-idle2", 3, "late")); r.status != 200 || string(r.raw) != `{"error":"ClientStateNotFound"}` {
+			t.Errorf("push to a deleted group = %d %s; want ClientStateNotFound", r.status, r.raw)
+		}
+	}
+	// A new group forked from a deleted one carries its cookie: answered
+	// normally.
+	fork := cookies["idle1"].clone()
+	if ans := b.pullInto(t, "alice", "forked-from-idle1", fork); ans.Error != "" || !ans.reset() {
+		t.Errorf("pull of a group forked from a deleted one = %+v; want a reset", ans)
+	}
+	// The groups in use stay, and keep diffing.
+	for _, g := range []string{"active", "pushing"} {
+		if ans := b.pullInto(t, "alice", g, cookies[g]); ans.Error != "" || ans.reset() {
+			t.Errorf("pull of %s after the sweep = %+v; want a diff", g, ans)
+		}
+	}
+
+	// Tombstones expire after 4 × the TTL.
+	exec(`UPDATE %s.client_groups SET deleted_at = now() - interval '5 hours' WHERE id = 'idle3'`)
+	a.sc.sweepOnce(ctx)
+	if n := count(`SELECT count(*) FROM %s.client_groups WHERE id = 'idle3'`); n != 0 {
+		t.Errorf("an expired tombstone is still there")
+	}
+	if got := testutil.ToFloat64(a.sc.metrics.pruned.WithLabelValues("tombstones")); got != 1 {
+		t.Errorf(`bookkeeping_pruned_total{what="tombstones"} = %v, want 1`, got)
+	}
+	// Its client, coming back later still, starts over too: its cookie
+	// names an order the recreated group never issued.
+	r := a.post(t, "/replicache/pull", "Bearer alice", pullBody("idle3", cookies["idle3"].cookie))
+	if r.status != http.StatusOK || string(r.raw) != `{"error":"ClientStateNotFound"}` {
+		t.Errorf("pull with the cookie of a group whose tombstone expired = %d %s; want ClientStateNotFound", r.status, r.raw)
+	}
+}
