@@ -247,7 +247,7 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry
 			if got, err = s.entries(body); err != nil {
 				return fail(err.Error(), err)
 			}
-			res.ETag, res.LastModified = hdr.Get("ETag"), hdr.Get("Last-Modified")
+			res.ETag, res.LastModified = validatorsOf(hdr)
 		}
 		for _, e := range got {
 			switch p, seen := keys[e.Key]; {

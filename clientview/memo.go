@@ -3,6 +3,7 @@ package clientview
 import (
 	"net/http"
 	"strings"
+	"time"
 )
 
 // PageMemo is what one page of a source answered when it was last fetched
@@ -66,6 +67,40 @@ type PageResult struct {
 	NotModified bool
 	// Conditional: the request carried validators.
 	Conditional bool
+}
+
+// validatorsOf returns the validators of an answer worth remembering: an
+// ETag, and a Last-Modified only when it is strong in HTTP's sense (at
+// least a second before the answer's Date; a page changed again within the
+// same second would otherwise be answered 304 on the date for good). Each
+// must be printable ASCII of at most 256 bytes: anything else is not
+// remembered, and the page is fetched in full next time.
+func validatorsOf(h http.Header) (etag, lastModified string) {
+	if v := h.Get("ETag"); plainHeader(v) {
+		etag = v
+	}
+	v := h.Get("Last-Modified")
+	if !plainHeader(v) {
+		return etag, ""
+	}
+	lm, err1 := http.ParseTime(v)
+	date, err2 := http.ParseTime(h.Get("Date"))
+	if err1 != nil || err2 != nil || date.Sub(lm) < time.Second {
+		return etag, ""
+	}
+	return etag, v
+}
+
+func plainHeader(v string) bool {
+	if v == "" || len(v) > 256 {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		if v[i] < 0x20 || v[i] > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 // validators sets the conditional request headers for memo m.

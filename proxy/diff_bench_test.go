@@ -170,6 +170,7 @@ func BenchmarkPull10k(b *testing.B) {
 		{"diff-1pct", "diff", n / 100, false, false},
 		{"diff-1pct-gzip", "diff", n / 100, true, false},
 		{"diff-1pct-etag", "diff", n / 100, false, true},
+		{"diff-1change-etag", "diff", 1, false, true},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			api, srv := newBigAPI(b, n)

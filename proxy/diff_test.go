@@ -595,6 +595,12 @@ func TestRestoreFromBackup(t *testing.T) {
 	}
 	api.change(rng, 5)
 	a.pullInto(t, "alice", "g", lost) // issued after the backup: lost by the restore
+	// And one issued after the backup by a pull that changed nothing: its
+	// record version and tag exist in the restored database, only its
+	// order does not.
+	unchanged := old.clone()
+	a.pullInto(t, "alice", "g", unchanged)
+	a.pullInto(t, "alice", "g", unchanged)
 	for _, tb := range slices.Backward(tables) {
 		if _, err := a.pool.Exec(ctx, fmt.Sprintf("DELETE FROM %s.%s", schema, tb)); err != nil {
 			t.Fatal(err)
@@ -603,6 +609,13 @@ func TestRestoreFromBackup(t *testing.T) {
 	for _, tb := range tables {
 		if _, err := a.pool.Exec(ctx, fmt.Sprintf("INSERT INTO %s.%s SELECT * FROM %s.backup_%s", schema, tb, schema, tb)); err != nil {
 			t.Fatal(err)
+		}
+	}
+	// Two tabs holding the same lost cookie: both start over (the first
+	// one's answer must not make the order look issued).
+	for tab := range 2 {
+		if ans := a.pullInto(t, "alice", "g", unchanged.clone()); ans.Error != "ClientStateNotFound" {
+			t.Errorf("tab %d: pull with a cookie of an unchanged pull lost to the restore = %+v; want ClientStateNotFound", tab, ans)
 		}
 	}
 	// The restored database moves on: new changes, new versions, and
@@ -619,6 +632,74 @@ func TestRestoreFromBackup(t *testing.T) {
 	// A cookie from before the backup is part of the restored history.
 	if ans := a.pullInto(t, "alice", "g", old); ans.Error != "" || !maps.Equal(old.state, api.view()) {
 		t.Errorf("pull with a cookie from before the backup = %+v; the client holds %v, want %v", ans, old.state, api.view())
+	}
+}
+
+// TestBulkDeleteWithUnchangedPages: removing more keys at once than the
+// record keeps removals for, while another page answers 304, is answered
+// (a diff for the client that saw the version before), not refused.
+func TestBulkDeleteWithUnchangedPages(t *testing.T) {
+	api, srv := newChangingAPI(t)
+	api.validators = true
+	api.mu.Lock()
+	for i := range 1100 {
+		id := fmt.Sprint("x", i)
+		api.order = append(api.order, id)
+		api.items[id] = fmt.Sprintf(`{"id":%q,"title":"todo %d","n":0}`, id, i)
+	}
+	api.mu.Unlock()
+	a := newHarness(t, changingEnv(t, srv.URL, nil)).start()
+	c := newReplica()
+	a.pullInto(t, "alice", "g", c)
+	api.mu.Lock()
+	api.order = api.order[:0]
+	clear(api.items)
+	api.mu.Unlock()
+	for i := range 2 {
+		ans := a.pullInto(t, "alice", "g", c)
+		if ans.Error != "" || !maps.Equal(c.state, api.view()) || (i == 0 && ans.reset()) {
+			t.Fatalf("pull %d after deleting 1100 items = %d ops (reset %v); the client holds %d keys, want %d", i, len(ans.Patch), ans.reset(), len(c.state), len(api.view()))
+		}
+	}
+}
+
+// TestOddValidators: validators that Postgres text cannot hold, or a
+// Last-Modified within the second of the answer (weak), are not
+// remembered; pulls go on working.
+func TestOddValidators(t *testing.T) {
+	var lastModified atomic.Value
+	lastModified.Store("")
+	body := `{"id":"only"}`
+	var mu sync.Mutex
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		w.Header().Set("ETag", "\"caf\xe9\"")
+		if lm := lastModified.Load().(string); lm != "" {
+			w.Header().Set("Last-Modified", lm)
+			if r.Header.Get("If-Modified-Since") == lm {
+				w.WriteHeader(http.StatusNotModified)
+				return
+			}
+		}
+		_, _ = w.Write([]byte(body))
+	}))
+	t.Cleanup(api.Close)
+	f := filepath.Join(t.TempDir(), "m.json")
+	if err := os.WriteFile(f, []byte(`{"clientView":[{"path":"/one","key":"one"}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a := newHarness(t, map[string]string{"SIDECAR_UPSTREAM_URL": api.URL, "SIDECAR_MAPPING_FILE": f, "SIDECAR_AUTH_PATH": ""}).start()
+	c := newReplica()
+	for i, v := range []string{"v1", "v2", "v3"} {
+		mu.Lock()
+		body = fmt.Sprintf(`{"id":%q}`, v)
+		mu.Unlock()
+		// Changed within the same second as the answer: weak.
+		lastModified.Store(time.Now().UTC().Format(http.TimeFormat))
+		if ans := a.pullInto(t, "alice", "g", c); ans.Error != "" || c.state["one"] != fmt.Sprintf(`{"id":%q}`, v) {
+			t.Fatalf("pull %d = %+v; the client holds %v", i, ans, c.state)
+		}
 	}
 }
 

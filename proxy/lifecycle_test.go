@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -99,10 +100,44 @@ func TestClientGroupLifecycle(t *testing.T) {
 	if got := testutil.ToFloat64(a.sc.metrics.pruned.WithLabelValues("tombstones")); got != 1 {
 		t.Errorf(`bookkeeping_pruned_total{what="tombstones"} = %v, want 1`, got)
 	}
-	// Its client, coming back later still, starts over too: its cookie
-	// names an order the recreated group never issued.
-	r := a.post(t, "/replicache/pull", "Bearer alice", pullBody("idle3", cookies["idle3"].cookie))
-	if r.status != http.StatusOK || string(r.raw) != `{"error":"ClientStateNotFound"}` {
-		t.Errorf("pull with the cookie of a group whose tombstone expired = %d %s; want ClientStateNotFound", r.status, r.raw)
+	// Its clients, coming back later still, start over too: their cookie
+	// names an order the recreated group never issued. Both tabs (they share
+	// the group's cookie): the first one's answer must not make the second
+	// one's cookie look issued.
+	for tab := range 2 {
+		r := a.post(t, "/replicache/pull", "Bearer alice", pullBody("idle3", cookies["idle3"].cookie))
+		if r.status != http.StatusOK || string(r.raw) != `{"error":"ClientStateNotFound"}` {
+			t.Errorf("tab %d: pull with the cookie of a group whose tombstone expired = %d %s; want ClientStateNotFound", tab, r.status, r.raw)
+		}
+	}
+}
+
+// TestSweepSkipsBusyGroups: a group locked by a push or pull right now is
+// skipped, and the sweep goes on to the idle groups behind it, even one
+// batch of one at a time.
+func TestSweepSkipsBusyGroups(t *testing.T) {
+	h := newHarness(t, map[string]string{"SIDECAR_CLIENT_GROUP_TTL": "1h"})
+	a := h.start()
+	ctx := context.Background()
+	schema := pgx.Identifier{h.schema}.Sanitize()
+	for _, g := range []string{"busy", "idle"} {
+		a.pullInto(t, "alice", g, newReplica())
+	}
+	if _, err := a.pool.Exec(ctx, fmt.Sprintf(`UPDATE %s.client_groups SET last_used_at = now() - CASE id WHEN 'busy' THEN interval '3 hours' ELSE interval '2 hours' END`, schema)); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := a.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, fmt.Sprintf(`SELECT 1 FROM %s.client_groups WHERE id = 'busy' FOR UPDATE`, schema)); err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	swept, err := a.sc.store.SweepGroups(sctx, time.Hour, 4*time.Hour, 1)
+	if err != nil || swept.Groups != 1 || sctx.Err() != nil {
+		t.Errorf("sweep with the oldest idle group busy = %+v, %v (deadline passed: %v); want the other one deleted", swept, err, sctx.Err() != nil)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
@@ -216,8 +217,8 @@ func (s *Sidecar) pullLocked(ctx context.Context, c *call, req *pullRequest, sea
 		}
 		before, beforeOrder := g.Record(), g.CookieOrder()
 		view.epoch, view.group = g.Epoch(), store.GroupTag(req.ClientGroupID)
-		fr := clientview.Request{UserID: c.userID, Header: c.fwd, Memory: c.mem}
 		var stored []store.ViewPage
+		var memos map[clientview.PageKey]*clientview.PageMemo
 		if s.cfg.PatchMode == "diff" {
 			// Conditional GETs only when this pull (and so every pull that
 			// may join it: same cookie) holds the record's current version:
@@ -229,59 +230,34 @@ func (s *Sidecar) pullLocked(ctx context.Context, c *call, req *pullRequest, sea
 				return err
 			}
 			if conditional {
-				fr.Memos = pageMemos(stored)
+				memos = pageMemos(stored)
 			}
 		}
-		res, err := s.fetcher.FetchResult(ctx, mapping.View, fr)
-		if err != nil {
-			return err
-		}
-		view.entries = res.Entries
-		riders := seal()
-		if s.cfg.ExposeRejections {
-			if view.entries, err = s.addRejections(ctx, g, view.entries); err != nil {
-				return err
-			}
-		}
-		cookies := make([]store.Cookie, 1+len(riders))
-		cookies[0] = req.cookie
-		for i, r := range riders {
-			cookies[i+1] = r.cookie
-		}
-		bases := make([]int64, len(cookies))
-		versions := make([]int64, len(cookies))
-		for i, ck := range cookies {
-			bases[i], versions[i] = ck.Order, ck.Version
-		}
-		var pages *store.PageWrites
-		if s.cfg.PatchMode == "diff" {
-			es := view.entries
-			view.change, err = g.CompareView(ctx, len(es), func(i int) (string, uint64) { return es[i].Key, es[i].Hash },
-				versions, func(n int64) error { return c.mem.Grow(ctx, n) })
+		b := &pullBuild{s: s, c: c, g: g, req: req, view: view, mapping: mapping, stored: stored, seal: seal,
+			before: before, beforeOrder: beforeOrder}
+		for {
+			retry, err := b.run(ctx, memos)
 			if err != nil {
 				return err
 			}
-			pages = s.pageWrites(stored, res.Pages)
+			if !retry {
+				break
+			}
+			// What the remembered pages stood for was not enough (or did not
+			// fit): fetch everything in full, once.
+			c.log.Info("fetching the client view again without conditional requests", "group", req.ClientGroupID)
+			memos = nil
 		}
-		orders, err := g.IssueCookies(ctx, bases, view.change, pages)
+		orders, err := g.IssueCookies(ctx, b.bases, view.change, b.pages)
 		if err != nil {
 			return err
 		}
-		for i, ck := range cookies {
-			a := pullAnswer{pullView: view, order: orders[i]}
-			a.lost, a.diff = view.classify(ck, before, beforeOrder)
-			if a.diff {
-				a.since = ck.Version
-			}
-			if !a.lost && !view.complete(a) {
-				// Cannot happen: only pulls at the record's current version
-				// share a conditional fetch. Never answer a value we lack.
-				return fmt.Errorf("pull answer would need values of pages the upstream answered 304 (cookie version %d, record %+v)", ck.Version, before)
-			}
+		for i := range b.answers {
+			b.answers[i].order = orders[i]
 			if i == 0 {
-				ans = a
+				ans = b.answers[0]
 			} else {
-				riders[i-1].ans = a
+				b.riders[i-1].ans = b.answers[i]
 			}
 		}
 		// The transaction still commits when this pull's own cookie cannot
@@ -320,6 +296,87 @@ func (s *Sidecar) addRejections(ctx context.Context, g *store.GroupTx, entries [
 		})
 	}
 	return entries, nil
+}
+
+// pullBuild is one pull's view, built under the group's lock: what it
+// needs, and what it works out for every pull answered from it.
+type pullBuild struct {
+	s           *Sidecar
+	c           *call
+	g           *store.GroupTx
+	req         *pullRequest
+	view        *pullView
+	mapping     *Mapping
+	stored      []store.ViewPage
+	seal        func() []*pullRider
+	before      store.ViewRecord
+	beforeOrder int64
+
+	riders  []*pullRider
+	answers []pullAnswer // but their cookie orders
+	bases   []int64      // the orders to issue cookies above, per answer
+	pages   *store.PageWrites
+}
+
+// run fetches the view (conditionally, with memos), lets the riders in,
+// and works out every pull's answer but its cookie order, and what to
+// write. retry: the fetch used memos and either failed at a source or left
+// an answer without a value it must put; the caller fetches again in full.
+func (b *pullBuild) run(ctx context.Context, memos map[clientview.PageKey]*clientview.PageMemo) (retry bool, err error) {
+	s, c, view := b.s, b.c, b.view
+	res, err := s.fetcher.FetchResult(ctx, b.mapping.View, clientview.Request{UserID: c.userID, Header: c.fwd, Memory: c.mem, Memos: memos})
+	if err != nil {
+		var se *clientview.SourceError
+		return memos != nil && ctx.Err() == nil && errors.As(err, &se), err
+	}
+	view.entries = res.Entries
+	b.riders = b.seal()
+	if s.cfg.ExposeRejections {
+		if view.entries, err = s.addRejections(ctx, b.g, view.entries); err != nil {
+			return false, err
+		}
+	}
+	cookies := make([]store.Cookie, 1+len(b.riders))
+	cookies[0] = b.req.cookie
+	for i, r := range b.riders {
+		cookies[i+1] = r.cookie
+	}
+	versions := make([]int64, len(cookies))
+	for i, ck := range cookies {
+		versions[i] = ck.Version
+	}
+	if s.cfg.PatchMode == "diff" {
+		es := view.entries
+		view.change, err = b.g.CompareView(ctx, len(es), func(i int) (string, uint64) { return es[i].Key, es[i].Hash },
+			versions, func(n int64) error { return c.mem.Grow(ctx, n) })
+		if err != nil {
+			return false, err
+		}
+		b.pages = s.pageWrites(b.stored, res.Pages)
+	}
+	b.answers = make([]pullAnswer, len(cookies))
+	b.bases = make([]int64, len(cookies))
+	for i, ck := range cookies {
+		a := pullAnswer{pullView: view}
+		a.lost, a.diff = view.classify(ck, b.before, b.beforeOrder)
+		if a.diff {
+			a.since = ck.Version
+		}
+		if !a.lost && !view.complete(a) {
+			if memos != nil {
+				return true, nil
+			}
+			return false, fmt.Errorf("pull answer would need values the fetch did not bring (cookie version %d, record %+v)", ck.Version, b.before)
+		}
+		// A lost cookie's order is not one this group issued: it must not
+		// raise the group's order, or the next tab holding the same cookie
+		// would no longer be recognised as lost.
+		if !a.lost {
+			b.bases[i] = ck.Order
+		}
+		b.answers[i] = a
+	}
+	return false, nil
 }
 
 // classify says how to answer a pull with cookie ck, given the group's
@@ -393,7 +450,7 @@ func (s *Sidecar) pageWrites(stored []store.ViewPage, fetched []clientview.PageR
 		delete(old, k)
 		switch {
 		case p.NotModified:
-		case !p.PageMemo.Conditional():
+		case !p.PageMemo.Conditional() || !storableURL(p.URL) || !storableURL(p.Next):
 			if had {
 				w.Drop = append(w.Drop, k)
 			}
@@ -410,6 +467,13 @@ func (s *Sidecar) pageWrites(stored []store.ViewPage, fetched []clientview.PageR
 		w.Drop = append(w.Drop, k)
 	}
 	return w
+}
+
+// storableURL: a page URL the remembered pages can keep (a Postgres text:
+// valid UTF-8 without NUL, and not absurdly long). Pages whose URL is not
+// are simply fetched in full.
+func storableURL(u string) bool {
+	return len(u) <= 8192 && utf8.ValidString(u) && !strings.ContainsRune(u, 0)
 }
 
 // failPull answers a pull that could not be built: the upstream was

@@ -266,7 +266,11 @@ func planChange(old map[string]recordRow, rec ViewRecord, n int, entry func(i in
 	slices.SortFunc(c.Tombstones, func(a, b Tombstone) int { return cmp.Compare(a.Version, b.Version) })
 	limit := max(minTombstones, n)
 	cut := 0
-	for cut < len(c.Tombstones) && (c.Tombstones[cut].Version <= next-keep || len(c.Tombstones)-cut > limit) {
+	// Removals of this very change are never forgotten for the count: the
+	// clients at the version before it need them, and forgetting them would
+	// put even the pull that made the change behind MinVersion.
+	for cut < len(c.Tombstones) && (c.Tombstones[cut].Version <= next-keep ||
+		len(c.Tombstones)-cut > limit && c.Tombstones[cut].Version < next) {
 		c.Record.MinVersion = max(c.Record.MinVersion, c.Tombstones[cut].Version)
 		c.pruned = append(c.pruned, c.Tombstones[cut].Key)
 		cut++

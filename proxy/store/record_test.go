@@ -12,13 +12,13 @@ func TestRecordBounds(t *testing.T) {
 	keys := func(n int) func(i int) (string, uint64) {
 		return func(i int) (string, uint64) { return fmt.Sprint("k", i), 1 }
 	}
-	rows := func(c *ViewChange, n int, old map[string]recordRow) map[string]recordRow {
+	rows := func(c *ViewChange, entry func(i int) (string, uint64), old map[string]recordRow) map[string]recordRow {
 		out := map[string]recordRow{}
 		for k, r := range old {
 			out[k] = r
 		}
-		for i, v := range c.Versions[:n] {
-			k, h := keys(n)(i)
+		for i, v := range c.Versions {
+			k, h := entry(i)
 			out[k] = recordRow{hash: h, version: v}
 		}
 		for _, k := range c.pruned {
@@ -30,24 +30,33 @@ func TestRecordBounds(t *testing.T) {
 		return out
 	}
 	// A record of 3000 keys, then a view of 10: 2990 removals, more than
-	// the bound, so the oldest are forgotten at once.
+	// the bound, but all of this change: kept for now, so clients at the
+	// version before it still get a diff.
 	c := planChange(map[string]recordRow{}, ViewRecord{ID: 1}, 3000, keys(3000), 64)
 	if c.Record.Version != 1 || c.Record.MinVersion != 1 || len(c.changed) != 3000 {
 		t.Fatalf("new record = %+v, %d changed", c.Record, len(c.changed))
 	}
-	old := rows(c, 3000, nil)
+	old := rows(c, keys(3000), nil)
 	c = planChange(old, c.Record, 10, keys(10), 64)
-	if len(c.removed) != 2990 || len(c.Tombstones) != minTombstones || c.Record.Version != 2 || c.Record.MinVersion != 2 {
-		t.Errorf("after 2990 removals: %d removed, %d remembered, record %+v; want %d remembered and MinVersion 2",
-			len(c.removed), len(c.Tombstones), c.Record, minTombstones)
+	if len(c.removed) != 2990 || len(c.Tombstones) != 2990 || c.Record.Version != 2 || c.Record.MinVersion != 1 {
+		t.Errorf("after 2990 removals: %d removed, %d remembered, record %+v; want 2990 remembered and MinVersion 1",
+			len(c.removed), len(c.Tombstones), c.Record)
 	}
-	if c.Covers(1, 1, c.tags[1]) || !c.Covers(1, 2, c.Record.Tag) || c.Covers(1, 2, c.Record.Tag+1) {
-		t.Errorf("record %+v covers version 1 (it forgot removals made after it), or not version 2 with its tag, or with another tag", c.Record)
+	if !c.Covers(1, 1, c.tags[1]) || !c.Covers(1, 2, c.Record.Tag) || c.Covers(1, 2, c.Record.Tag+1) {
+		t.Errorf("record %+v does not cover version 1 or version 2 with their tags, or covers another tag", c.Record)
+	}
+	// At the next change they are over the bound: the oldest are forgotten,
+	// and MinVersion rises past them.
+	changed := func(i int) (string, uint64) { return fmt.Sprint("k", i), 2 }
+	old = rows(c, keys(10), old)
+	c = planChange(old, c.Record, 10, changed, 64)
+	if len(c.Tombstones) != minTombstones || c.Record.Version != 3 || c.Record.MinVersion != 2 {
+		t.Errorf("the change after: %d remembered, record %+v; want %d remembered and MinVersion 2", len(c.Tombstones), c.Record, minTombstones)
 	}
 	// Unchanged: nothing to write, the version stays.
-	old = rows(c, 10, old)
-	c = planChange(old, c.Record, 10, keys(10), 64)
-	if c.Changed() || c.Record.Version != 2 {
+	old = rows(c, changed, old)
+	c = planChange(old, c.Record, 10, changed, 64)
+	if c.Changed() || c.Record.Version != 3 {
 		t.Errorf("unchanged view: changed %v, record %+v", c.Changed(), c.Record)
 	}
 	// Removals older than the kept versions are forgotten at the next change.

@@ -804,26 +804,36 @@ type Swept struct {
 func (s *Store) SweepGroups(ctx context.Context, ttl, tombstoneTTL time.Duration, batch int) (Swept, error) {
 	var out Swept
 	err := s.sweeping(ctx, "groups", func(conn *pgxpool.Conn) error {
+		// Keyset paging over (last_used_at, id): a group skipped (busy right
+		// now, or used since it was picked) is not picked again this sweep.
+		var afterAt time.Time
+		afterID := ""
 		for {
-			rows, err := conn.Query(ctx, s.sql(`SELECT id FROM {schema}.client_groups
-				WHERE deleted_at IS NULL AND last_used_at < now() - $1::interval ORDER BY last_used_at LIMIT $2`), ttl, batch)
+			rows, err := conn.Query(ctx, s.sql(`SELECT id, last_used_at FROM {schema}.client_groups
+				WHERE deleted_at IS NULL AND last_used_at < now() - $1::interval AND (last_used_at, id) > ($3, $4)
+				ORDER BY last_used_at, id LIMIT $2`), ttl, batch, afterAt, afterID)
 			if err != nil {
 				return err
 			}
-			ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			type candidate struct {
+				ID string
+				At time.Time
+			}
+			picked, err := pgx.CollectRows(rows, pgx.RowToStructByPos[candidate])
 			if err != nil {
 				return err
 			}
-			for _, id := range ids {
-				deleted, err := s.deleteIdleGroup(ctx, conn, id, ttl)
+			for _, c := range picked {
+				deleted, err := s.deleteIdleGroup(ctx, conn, c.ID, ttl)
 				if err != nil {
 					return err
 				}
 				if deleted {
 					out.Groups++
 				}
+				afterAt, afterID = c.At, c.ID
 			}
-			if len(ids) < batch || ctx.Err() != nil {
+			if len(picked) < batch || ctx.Err() != nil {
 				break
 			}
 		}
