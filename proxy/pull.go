@@ -592,34 +592,33 @@ func encodePullResponse(dst io.Writer, ans pullAnswer) (int64, patchCounts, erro
 	}
 	b.WriteString(`},"patch":[`)
 	sep := false
+	op := func(name, key string) { // starts an operation on key
+		if sep {
+			b.WriteByte(',')
+		}
+		sep = true
+		b.WriteString(`{"op":"`)
+		b.WriteString(name)
+		b.WriteString(`","key":`)
+		writeJSONString(b, key)
+	}
 	if !ans.diff {
 		b.WriteString(`{"op":"clear"}`)
 		sep = true
 	} else {
 		for _, t := range ans.change.Tombstones {
-			if t.Version <= ans.since {
-				continue
+			if t.Version > ans.since {
+				op("del", t.Key)
+				b.WriteByte('}')
+				ops.del++
 			}
-			if sep {
-				b.WriteByte(',')
-			}
-			sep = true
-			b.WriteString(`{"op":"del","key":`)
-			writeJSONString(b, t.Key)
-			b.WriteByte('}')
-			ops.del++
 		}
 	}
 	for i, e := range ans.entries {
 		if ans.diff && ans.change.Versions[i] <= ans.since {
 			continue
 		}
-		if sep {
-			b.WriteByte(',')
-		}
-		sep = true
-		b.WriteString(`{"op":"put","key":`)
-		writeJSONString(b, e.Key)
+		op("put", e.Key)
 		b.WriteString(`,"value":`)
 		b.Write(e.Value)
 		b.WriteByte('}')
