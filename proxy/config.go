@@ -31,7 +31,16 @@ type Config struct {
 	AdminAddr  string `env:"ADMIN_ADDR" envDefault:":9090"`
 	PushPath   string `env:"PUSH_PATH" envDefault:"/replicache/push"`
 	PullPath   string `env:"PULL_PATH" envDefault:"/replicache/pull"`
-	DBSchema   string `env:"DB_SCHEMA" envDefault:"replicache"`
+
+	// Realtime: the poke stream (Server-Sent Events) and the invalidate hook.
+	PokePath           string        `env:"POKE_PATH" envDefault:"/replicache/poke"`
+	PokeHeartbeat      time.Duration `env:"POKE_HEARTBEAT" envDefault:"25s"`
+	PokeMaxSubscribers int           `env:"POKE_MAX_SUBSCRIBERS" envDefault:"10000"`
+	PokeScope          string        `env:"POKE_SCOPE" envDefault:"all"`
+	PokeCoalesce       time.Duration `env:"POKE_COALESCE" envDefault:"50ms"`
+	InvalidatePath     string        `env:"INVALIDATE_PATH" envDefault:"/replicache/invalidate"`
+	InvalidateToken    string        `env:"INVALIDATE_TOKEN"`
+	DBSchema           string        `env:"DB_SCHEMA" envDefault:"replicache"`
 
 	ForwardHeaders    []string `env:"FORWARD_HEADERS" envDefault:"Authorization" envSeparator:","`
 	UserIDHeader      string   `env:"USER_ID_HEADER"`
@@ -182,13 +191,18 @@ func (c *Config) loadMapping() []error {
 
 func (c *Config) checkPaths() []error {
 	var errs []error
-	for name, p := range map[string]string{"SIDECAR_PUSH_PATH": c.PushPath, "SIDECAR_PULL_PATH": c.PullPath} {
+	paths := map[string]string{"SIDECAR_PUSH_PATH": c.PushPath, "SIDECAR_PULL_PATH": c.PullPath,
+		"SIDECAR_POKE_PATH": c.PokePath, "SIDECAR_INVALIDATE_PATH": c.InvalidatePath}
+	seen := map[string]string{}
+	for _, name := range []string{"SIDECAR_PUSH_PATH", "SIDECAR_PULL_PATH", "SIDECAR_POKE_PATH", "SIDECAR_INVALIDATE_PATH"} {
+		p := paths[name]
 		if !strings.HasPrefix(p, "/") || strings.ContainsAny(p, "?# ") {
 			errs = append(errs, fmt.Errorf("%s %q: want an absolute path without query", name, p))
 		}
-	}
-	if c.PushPath == c.PullPath {
-		errs = append(errs, errors.New("SIDECAR_PUSH_PATH and SIDECAR_PULL_PATH must differ"))
+		if other, dup := seen[p]; dup {
+			errs = append(errs, fmt.Errorf("%s and %s must differ", other, name))
+		}
+		seen[p] = name
 	}
 	if c.AuthPath != "" && !strings.HasPrefix(c.AuthPath, "/") {
 		errs = append(errs, fmt.Errorf("SIDECAR_AUTH_PATH %q: want a path starting with /", c.AuthPath))
@@ -358,6 +372,18 @@ func (c *Config) checkPassthrough() []error {
 	var errs []error
 	if c.ViewRecordVersions < 1 {
 		errs = append(errs, fmt.Errorf("SIDECAR_VIEW_RECORD_VERSIONS %d: want at least 1", c.ViewRecordVersions))
+	}
+	if c.PokeScope != "all" && c.PokeScope != "user" {
+		errs = append(errs, fmt.Errorf("SIDECAR_POKE_SCOPE %q: want all or user", c.PokeScope))
+	}
+	if c.PokeHeartbeat <= 0 {
+		errs = append(errs, errors.New("SIDECAR_POKE_HEARTBEAT must be positive"))
+	}
+	if c.PokeMaxSubscribers < 1 {
+		errs = append(errs, errors.New("SIDECAR_POKE_MAX_SUBSCRIBERS must be at least 1"))
+	}
+	if c.PokeCoalesce < 0 {
+		errs = append(errs, errors.New("SIDECAR_POKE_COALESCE must not be negative"))
 	}
 	if c.PatchMode != "diff" && c.PatchMode != "reset" {
 		errs = append(errs, fmt.Errorf("SIDECAR_PATCH_MODE %q: want diff or reset", c.PatchMode))

@@ -34,6 +34,9 @@ type metrics struct {
 	recordBytes         prometheus.Histogram
 	conditional         *prometheus.CounterVec
 	groupsDeleted       prometheus.Counter
+	pokes               prometheus.Counter
+	pokeNotifications   *prometheus.CounterVec
+	reg                 prometheus.Registerer
 }
 
 func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Budget, turns *gate.Gate) *metrics {
@@ -41,7 +44,7 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Bu
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "requests_total",
-			Help: "Requests answered, by endpoint (push, pull, proxy) and HTTP status code.",
+			Help: "Requests answered, by endpoint (push, pull, poke, invalidate, proxy) and HTTP status code.",
 		}, []string{"endpoint", "code"}),
 		requestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "request_duration_seconds",
@@ -122,7 +125,19 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Bu
 		Namespace: namespace, Name: "client_groups_deleted_total",
 		Help: "Client groups deleted by the sweep after SIDECAR_CLIENT_GROUP_TTL unused (their clients then get ClientStateNotFound).",
 	})
-	reg.MustRegister(m.patchOps, m.recordBytes, m.conditional, m.groupsDeleted)
+	m.pokes = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "pokes_total",
+		Help: "Poke events written to poke streams.",
+	})
+	m.pokeNotifications = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "poke_notifications_total",
+		Help: "Writes that poked subscribers, by source: push (applied or rejected mutations), passthrough (a 2xx write through the pass-through), invalidate (the hook).",
+	}, []string{"source"})
+	for _, src := range []string{"push", "passthrough", "invalidate"} {
+		m.pokeNotifications.WithLabelValues(src)
+	}
+	reg.MustRegister(m.patchOps, m.recordBytes, m.conditional, m.groupsDeleted, m.pokes, m.pokeNotifications)
+	m.reg = reg
 	reg.MustRegister(m.groupBusy, m.pullsMerged, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "group_waiting",
 		Help: "Pushes and pulls waiting for their client group's turn in this process (holding no connection).",
@@ -138,7 +153,7 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Bu
 		}, func() float64 { return float64(mem.Limit()) }))
 	reg.MustRegister(m.requests, m.requestDuration, m.mutations, m.pullEntries, m.pullBytes, m.mappingReloadErrors, m.mappingInfo,
 		m.mappingErrors, m.pruned)
-	for _, e := range []string{"push", "pull", "proxy"} {
+	for _, e := range []string{"push", "pull", "poke", "invalidate", "proxy"} {
 		m.requestDuration.WithLabelValues(e)
 	}
 	m.precreateMutators(append(mutatorNames, "unmapped"))
@@ -188,6 +203,14 @@ func (s *statusWriter) Write(b []byte) (int, error) {
 		s.status = http.StatusOK
 	}
 	return s.ResponseWriter.Write(b)
+}
+
+// pokeSubscribers registers the gauge of open poke streams.
+func (m *metrics) pokeSubscribers(count func() int) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "poke_subscribers",
+		Help: "Poke streams open in this process.",
+	}, func() float64 { return float64(count()) }))
 }
 
 // Unwrap lets http.ResponseController reach Flush and deadlines.

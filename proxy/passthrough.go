@@ -28,6 +28,10 @@ type passthroughOptions struct {
 	keepHost bool
 	// deny are path prefixes answered 404 without an upstream call.
 	deny []string
+	// onWrite, when set, is called after a write (POST, PUT, PATCH, DELETE)
+	// the upstream answered 2xx, with the identity header's value when it
+	// came from a trusted proxy ("" otherwise).
+	onWrite func(user string)
 }
 
 // newPassthrough returns the handler for every request that is not a push or
@@ -52,6 +56,21 @@ func newPassthrough(o passthroughOptions) http.Handler {
 			}
 		},
 		Transport: o.transport,
+		ModifyResponse: func(resp *http.Response) error {
+			if o.onWrite == nil || resp.StatusCode < 200 || resp.StatusCode > 299 {
+				return nil
+			}
+			switch resp.Request.Method {
+			case http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
+				user := ""
+				if o.identityHeader != "" {
+					// Rewrite dropped it unless a trusted proxy set it.
+					user = resp.Request.Header.Get(o.identityHeader)
+				}
+				o.onWrite(user)
+			}
+			return nil
+		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 				// The client went away: not an upstream failure.

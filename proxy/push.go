@@ -174,6 +174,11 @@ func (s *Sidecar) handlePush(w http.ResponseWriter, r *http.Request) {
 	if stats.Rejected > 0 {
 		s.trimRejections(ctx, c, req.ClientGroupID)
 	}
+	if stats.Applied+stats.Rejected > 0 {
+		// Effects (or a rejection the clients should see): every client
+		// that may see them pulls now, this one included.
+		s.notify(c.log, "push", s.pokeUsers(c.userID))
+	}
 	if err != nil {
 		s.failPush(w, c.log, err, req.ClientGroupID)
 		return

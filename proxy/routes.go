@@ -14,6 +14,8 @@ func (s *Sidecar) Handler() http.Handler {
 	push := s.metrics.instrument("push", cors(s.cfg.CORSOrigins, postOnly(s.compressed(http.HandlerFunc(s.handlePush)))))
 	pull := s.metrics.instrument("pull", cors(s.cfg.CORSOrigins, postOnly(s.compressed(http.HandlerFunc(s.handlePull)))))
 	pass := s.metrics.instrument("proxy", s.passthrough)
+	pokes := s.metrics.instrument("poke", cors(s.cfg.CORSOrigins, http.HandlerFunc(s.handlePoke)))
+	invalidate := s.metrics.instrument("invalidate", http.HandlerFunc(s.handleInvalidate))
 	// A push may run for its time budget plus one upstream call, a pull for
 	// a few upstream calls; the answer must still get out after that.
 	writeWindow := s.cfg.PushTimeBudget + 2*s.cfg.UpstreamTimeout + 10*time.Second
@@ -25,6 +27,11 @@ func (s *Sidecar) Handler() http.Handler {
 		case s.cfg.PullPath:
 			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeWindow))
 			pull.ServeHTTP(w, r)
+		case s.cfg.PokePath:
+			pokes.ServeHTTP(w, r) // a stream: no write window; each event has its own deadline
+		case s.cfg.InvalidatePath:
+			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeWindow))
+			invalidate.ServeHTTP(w, r)
 		default:
 			pass.ServeHTTP(w, r)
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/mutators"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/gate"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/poke"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
 )
@@ -46,6 +47,8 @@ type Sidecar struct {
 	turns       *gate.Gate     // client groups' turns, before a connection
 
 	gzip gzipWriters // for compressed answers
+	hub  *poke.Hub   // this process's poke streams
+	bus  *poke.Bus   // pokes between replicas
 
 	flightsMu sync.Mutex
 	flights   map[string]*pullFlight // running pulls others may join
@@ -109,10 +112,14 @@ func New(o Options) *Sidecar {
 		mapErrs: newMappingErrors(m.mappingErrors, o.Logger),
 	}
 	s.auth.mapErrs = s.mapErrs
+	s.hub = poke.NewHub(cfg.PokeMaxSubscribers, cfg.PokeCoalesce)
+	s.bus = poke.NewBus(s.hub, o.Pool, cfg.DBSchema, o.Logger)
+	m.pokeSubscribers(s.hub.Count)
 	s.passthrough = newPassthrough(passthroughOptions{
 		base: cfg.Upstream, transport: up.Passthrough, log: o.Logger, retryAfter: up.RetryAfter(),
 		identityHeader: cfg.UserIDHeader, trusted: cfg.TrustedNets,
 		keepHost: cfg.PassthroughHost == "incoming", deny: cfg.PassthroughDeny,
+		onWrite: func(user string) { s.notify(s.log.With("endpoint", "proxy"), "passthrough", s.pokeUsers(user)) },
 	})
 	s.useMapping(cfg.Mapping)
 	return s
@@ -186,8 +193,16 @@ func (s *Sidecar) Migrate(ctx context.Context) error {
 }
 
 // Drain makes readiness fail and new pushes and pulls answer 503, so the
-// load balancer stops sending traffic before the listeners close.
-func (s *Sidecar) Drain() { s.draining.Store(true) }
+// load balancer stops sending traffic before the listeners close; poke
+// streams end, so their clients reconnect to another replica.
+func (s *Sidecar) Drain() {
+	s.draining.Store(true)
+	s.hub.Close()
+}
+
+// RunPokes carries pokes between the replicas (LISTEN/NOTIFY on the
+// sidecar's database) until ctx ends.
+func (s *Sidecar) RunPokes(ctx context.Context) { s.bus.Run(ctx) }
 
 // suspended answers a request that needs c's kind of upstream call while
 // its breaker is open, before it touches the database. Pushes don't use it:

@@ -101,6 +101,7 @@ func run(ctx context.Context, env map[string]string, logOut io.Writer, listen li
 	go migrate(bg, sc, log)
 	go sc.WatchMapping(bg, cfg.MappingReloadInterval)
 	go sc.Sweep(bg, cfg.GCInterval)
+	go sc.RunPokes(bg)
 
 	var failure error
 	running := 2

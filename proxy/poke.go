@@ -1,0 +1,180 @@
+package proxy
+
+import (
+	"bytes"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/poke"
+)
+
+// pokeWriteTimeout bounds each write to a poke stream: a client that does
+// not take a few bytes in that long is gone, and its stream ends.
+const pokeWriteTimeout = 10 * time.Second
+
+// handlePoke serves a poke stream: Server-Sent Events, one "poke" event
+// whenever the client should pull, a comment as heartbeat. The caller is
+// identified as for push and pull.
+func (s *Sidecar) handlePoke(w http.ResponseWriter, r *http.Request) {
+	reqID := replicacheRequestID(r)
+	log := s.log.With("endpoint", "poke", "request_id", reqID)
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", http.MethodGet)
+		s.fail(w, log, errorf(http.StatusMethodNotAllowed, "MethodNotAllowed", "%s %s: only GET is allowed", r.Method, r.URL.Path))
+		return
+	}
+	if herr := s.sameSite(r); herr != nil {
+		s.fail(w, log, herr)
+		return
+	}
+	if herr := s.checkServing(); herr != nil {
+		s.fail(w, log, herr)
+		return
+	}
+	user, _, herr := s.auth.identify(r.Context(), r, forwardHeaders(r, s.cfg.ForwardHeaders, reqID))
+	if herr != nil {
+		s.fail(w, log, herr)
+		return
+	}
+	sub, err := s.hub.Subscribe(user)
+	switch {
+	case errors.Is(err, poke.ErrFull):
+		s.fail(w, log, &httpError{Status: http.StatusServiceUnavailable, Code: "TooManySubscribers", RetryAfter: 5,
+			Message: "this sidecar holds as many poke streams as it may (SIDECAR_POKE_MAX_SUBSCRIBERS); retry"})
+		return
+	case err != nil:
+		s.fail(w, log, &httpError{Status: http.StatusServiceUnavailable, Code: "ShuttingDown", RetryAfter: 1,
+			Message: "the sidecar is shutting down; retry"})
+		return
+	}
+	defer s.hub.Unsubscribe(sub)
+
+	rc := http.NewResponseController(w)
+	// A stream outlives the server's read timeout, which would otherwise
+	// cancel it; each write gets its own deadline instead.
+	_ = rc.SetReadDeadline(time.Time{})
+	hdr := w.Header()
+	hdr.Set("Content-Type", "text/event-stream")
+	hdr.Set("Cache-Control", "no-store")
+	hdr.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
+	w.WriteHeader(http.StatusOK)
+	send := func(text string) bool {
+		_ = rc.SetWriteDeadline(time.Now().Add(pokeWriteTimeout))
+		if _, err := io.WriteString(w, text); err != nil {
+			return false
+		}
+		return rc.Flush() == nil
+	}
+	// retry: how long EventSource waits before it reconnects after the
+	// stream ends (at shutdown, it reaches another replica).
+	if !send(": connected\nretry: 1000\n\n") {
+		return
+	}
+	log.Debug("poke stream open", "user", user)
+	heartbeat := time.NewTicker(s.cfg.PokeHeartbeat)
+	defer heartbeat.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-s.hub.Done():
+			log.Debug("poke stream ended: shutting down")
+			return
+		case <-heartbeat.C:
+			if !send(": ping\n\n") {
+				return
+			}
+		case <-sub.C:
+			if !send("event: poke\ndata: {}\n\n") {
+				return
+			}
+			s.metrics.pokes.Inc()
+		}
+	}
+}
+
+// sameSite refuses, when SIDECAR_CORS_ORIGINS is set, a request whose
+// Origin is not listed or that the browser marks cross-site, as for push
+// and pull.
+func (s *Sidecar) sameSite(r *http.Request) *httpError {
+	if len(s.cfg.CORSOrigins) == 0 {
+		return nil
+	}
+	if origin := r.Header.Get("Origin"); origin != "" && !slices.Contains(s.cfg.CORSOrigins, origin) {
+		return errorf(http.StatusForbidden, "Forbidden", "origin %q is not allowed (SIDECAR_CORS_ORIGINS)", origin)
+	}
+	if r.Header.Get("Sec-Fetch-Site") == "cross-site" {
+		return errorf(http.StatusForbidden, "Forbidden", "cross-site requests are refused (Sec-Fetch-Site: cross-site)")
+	}
+	return nil
+}
+
+// handleInvalidate lets the legacy service (a trigger relay, a cron job)
+// announce writes that did not go through the sidecar: an empty body pokes
+// every subscriber, {"users": [...]} those users'. Only with
+// Authorization: Bearer SIDECAR_INVALIDATE_TOKEN; without a configured
+// token the endpoint does not exist.
+func (s *Sidecar) handleInvalidate(w http.ResponseWriter, r *http.Request) {
+	log := s.log.With("endpoint", "invalidate")
+	if s.cfg.InvalidateToken == "" {
+		writeError(w, errorf(http.StatusNotFound, "NotFound", "no such route"))
+		return
+	}
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		s.fail(w, log, errorf(http.StatusMethodNotAllowed, "MethodNotAllowed", "%s %s: only POST is allowed", r.Method, r.URL.Path))
+		return
+	}
+	want := []byte("Bearer " + s.cfg.InvalidateToken)
+	if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="replicache-sidecar invalidate"`)
+		s.fail(w, log, errorf(http.StatusUnauthorized, "Unauthorized", "the invalidate hook needs Authorization: Bearer <SIDECAR_INVALIDATE_TOKEN>"))
+		return
+	}
+	var body struct {
+		Users []string `json:"users"`
+	}
+	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
+	if err != nil {
+		s.fail(w, log, errorf(http.StatusRequestEntityTooLarge, "PayloadTooLarge", "the body is larger than 1 MiB"))
+		return
+	}
+	if len(bytes.TrimSpace(raw)) > 0 {
+		if err := json.Unmarshal(raw, &body); err != nil {
+			s.fail(w, log, errorf(http.StatusBadRequest, "BadRequest", `the body must be empty or {"users": ["…"]}: %v`, err))
+			return
+		}
+		if body.Users != nil && len(body.Users) == 0 {
+			writeJSON(w, http.StatusAccepted, map[string]any{"poked": []string{}})
+			return
+		}
+	}
+	s.notify(log, "invalidate", body.Users)
+	if body.Users == nil {
+		writeJSON(w, http.StatusAccepted, map[string]any{"poked": "all"})
+		return
+	}
+	writeJSON(w, http.StatusAccepted, map[string]any{"poked": body.Users})
+}
+
+// notify pokes the subscribers of users (none: everyone), in every replica.
+func (s *Sidecar) notify(log *slog.Logger, source string, users []string) {
+	s.metrics.pokeNotifications.WithLabelValues(source).Inc()
+	log.Debug("poke", "source", source, "users", users)
+	s.bus.Publish(users)
+}
+
+// pokeUsers is whom a write by user pokes under SIDECAR_POKE_SCOPE: every
+// subscriber (nil), or the user's own streams.
+func (s *Sidecar) pokeUsers(user string) []string {
+	if s.cfg.PokeScope == "user" && user != "" {
+		return []string{user}
+	}
+	return nil
+}

@@ -1,0 +1,226 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/proxytest"
+)
+
+// seriesValue reads the value of a gauge or counter without labels.
+func seriesValue(t testing.TB, inst *instance, name string) float64 {
+	t.Helper()
+	for _, mf := range mustGather(t, inst) {
+		if mf.GetName() != name {
+			continue
+		}
+		m := mf.GetMetric()[0]
+		if g := m.GetGauge(); g != nil {
+			return g.GetValue()
+		}
+		return m.GetCounter().GetValue()
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}
+
+// runPokes runs the instances' poke buses until the test ends, and waits
+// until they listen.
+func runPokes(t testing.TB, insts ...*instance) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	for _, inst := range insts {
+		wg.Add(1)
+		go func() { defer wg.Done(); inst.sc.RunPokes(ctx) }()
+	}
+	proxytest.WaitFor(t, "the poke listeners", func() bool {
+		for _, inst := range insts {
+			if !inst.sc.bus.Listening() {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// TestPokesFromPushes: a push that applied or rejected mutations pokes
+// every stream (scope all), coalesced: a 100-mutation push is a poke or
+// two per stream, not a hundred; one that changed nothing pokes nobody.
+// Under scope user only the pusher's streams are poked.
+func TestPokesFromPushes(t *testing.T) {
+	for _, scope := range []string{"all", "user"} {
+		t.Run(scope, func(t *testing.T) {
+			h := newHarness(t, map[string]string{"SIDECAR_POKE_SCOPE": scope})
+			a := h.start()
+			runPokes(t, a)
+			alice, bob := openStream(t, a, "Bearer alice", nil), openStream(t, a, "Bearer bob", nil)
+			alice.waitOpen(t)
+			bob.waitOpen(t)
+			var muts []mut
+			for i := int64(1); i <= 100; i++ {
+				muts = append(muts, create("c1", i, fmt.Sprint("t", i)))
+			}
+			if r := a.push(t, "alice", "g", muts...); r.status != 200 {
+				t.Fatalf("push = %d %s", r.status, r.raw)
+			}
+			n := alice.count(500 * time.Millisecond)
+			t.Logf("scope %s: %d pokes for a 100-mutation push", scope, n)
+			if n < 1 || n > 3 {
+				t.Errorf("alice's stream got %d pokes for one 100-mutation push; want 1 to 3", n)
+			}
+			if nb := bob.count(300 * time.Millisecond); (scope == "all") != (nb > 0) {
+				t.Errorf("scope %s: bob's stream got %d pokes for alice's push", scope, nb)
+			}
+			// Nothing new: no poke.
+			if r := a.push(t, "alice", "g", muts[99]); r.status != 200 {
+				t.Fatalf("push = %d %s", r.status, r.raw)
+			}
+			if n := alice.count(300 * time.Millisecond); n != 0 {
+				t.Errorf("a push of an already processed mutation poked %d times", n)
+			}
+			if got := testutil.ToFloat64(a.sc.metrics.pokeNotifications.WithLabelValues("push")); got != 1 {
+				t.Errorf(`poke_notifications_total{source="push"} = %v, want 1`, got)
+			}
+			// A burst of 10 pushes (10 groups at once) is coalesced too.
+			var wg sync.WaitGroup
+			for i := range 10 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					a.push(t, "alice", fmt.Sprint("burst", i), create(fmt.Sprint("b", i), 1, fmt.Sprint("b", i)))
+				}()
+			}
+			wg.Wait()
+			if n := alice.count(500 * time.Millisecond); n < 1 || n > 5 {
+				t.Errorf("a burst of 10 pushes poked %d times; want 1 to 5", n)
+			} else {
+				t.Logf("a burst of 10 pushes: %d pokes", n)
+			}
+		})
+	}
+}
+
+// TestPokesFromPassthroughWrites: a 2xx write through the pass-through
+// pokes; a read, or a write the API refused, does not.
+func TestPokesFromPassthroughWrites(t *testing.T) {
+	h := newHarness(t, nil)
+	a := h.start()
+	runPokes(t, a)
+	s := openStream(t, a, "Bearer alice", nil)
+	s.waitOpen(t)
+	call := func(method, path, body string) int {
+		req, _ := http.NewRequest(method, a.srv.URL+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer alice")
+		req.Header.Set("Content-Type", "application/json")
+		return do(t, req).status
+	}
+	if st := call(http.MethodGet, "/api/todos", ""); st != 200 || s.count(300*time.Millisecond) != 0 {
+		t.Errorf("a GET through the pass-through (%d) poked", st)
+	}
+	if st := call(http.MethodPost, "/api/todos", `{"id":"x"}`); st != 422 || s.count(300*time.Millisecond) != 0 {
+		t.Errorf("a refused write through the pass-through (%d) poked", st)
+	}
+	if st := call(http.MethodPost, "/api/todos", `{"id":"x","title":"legacy client"}`); st != 201 || s.next(2*time.Second) != "poke" {
+		t.Errorf("a 2xx write through the pass-through (%d) did not poke", st)
+	}
+	if got := testutil.ToFloat64(a.sc.metrics.pokeNotifications.WithLabelValues("passthrough")); got != 1 {
+		t.Errorf(`poke_notifications_total{source="passthrough"} = %v, want 1`, got)
+	}
+}
+
+// TestInvalidate: the hook needs its token; it pokes everyone, or the
+// users it names.
+func TestInvalidate(t *testing.T) {
+	post := func(inst *instance, auth, body string) response {
+		req, _ := http.NewRequest(http.MethodPost, inst.srv.URL+"/replicache/invalidate", strings.NewReader(body))
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		return do(t, req)
+	}
+	if r := post(newHarness(t, nil).start(), "Bearer x", ""); r.status != http.StatusNotFound {
+		t.Errorf("invalidate without a configured token = %d, want 404", r.status)
+	}
+	h := newHarness(t, map[string]string{"SIDECAR_INVALIDATE_TOKEN": "s3cret"})
+	a := h.start()
+	runPokes(t, a)
+	alice, bob := openStream(t, a, "Bearer alice", nil), openStream(t, a, "Bearer bob", nil)
+	alice.waitOpen(t)
+	bob.waitOpen(t)
+	for _, auth := range []string{"", "Bearer wrong", "s3cret"} {
+		if r := post(a, auth, ""); r.status != http.StatusUnauthorized {
+			t.Errorf("invalidate with Authorization %q = %d, want 401", auth, r.status)
+		}
+	}
+	if alice.count(200*time.Millisecond)+bob.count(200*time.Millisecond) != 0 {
+		t.Error("a refused invalidate poked")
+	}
+	if r := post(a, "Bearer s3cret", ""); r.status != http.StatusAccepted || alice.next(2*time.Second) != "poke" || bob.next(2*time.Second) != "poke" {
+		t.Errorf("invalidate for everyone = %d %s; both streams should be poked", r.status, r.raw)
+	}
+	if r := post(a, "Bearer s3cret", `{"users":["bob"]}`); r.status != http.StatusAccepted || bob.next(2*time.Second) != "poke" {
+		t.Errorf("invalidate for bob = %d %s; bob's stream should be poked", r.status, r.raw)
+	}
+	if n := alice.count(300 * time.Millisecond); n != 0 {
+		t.Errorf("invalidate for bob poked alice %d times", n)
+	}
+	if r := post(a, "Bearer s3cret", `{"users":`); r.status != http.StatusBadRequest {
+		t.Errorf("invalidate with a broken body = %d, want 400", r.status)
+	}
+}
+
+// TestPokesAcrossReplicas: a push through one replica pokes a stream held
+// by another, through the database; when the listening connection is
+// killed it comes back and pokes its streams once (an announcement may
+// have been missed); streams end when the replica drains.
+func TestPokesAcrossReplicas(t *testing.T) {
+	h := newHarness(t, nil)
+	a, b := h.start(), h.start()
+	runPokes(t, a, b)
+	s := openStream(t, a, "Bearer alice", nil)
+	s.waitOpen(t)
+	start := time.Now()
+	if r := b.push(t, "alice", "g", create("c1", 1, "x")); r.status != 200 {
+		t.Fatalf("push = %d %s", r.status, r.raw)
+	}
+	if e := s.next(5 * time.Second); e != "poke" {
+		t.Fatalf("a stream on replica A after a push through B: %q, want a poke", e)
+	}
+	t.Logf("push through B to poke on A: %v", time.Since(start))
+
+	// Kill both listening connections (A's and B's).
+	var killed int
+	err := a.pool.QueryRow(context.Background(), `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE application_name = 'replicache-sidecar poke listener' AND query LIKE '%' || $1 || '%'`, h.schema).Scan(&killed)
+	if err != nil || killed != 2 {
+		t.Fatalf("terminated %d listeners (%v), want 2", killed, err)
+	}
+	if e := s.next(10 * time.Second); e != "poke" {
+		t.Fatalf("after the listener came back: %q, want a catch-up poke", e)
+	}
+	proxytest.WaitFor(t, "the listeners to be back", func() bool { return a.sc.bus.Listening() && b.sc.bus.Listening() })
+	if r := b.push(t, "alice", "g", create("c1", 2, "y")); r.status != 200 {
+		t.Fatalf("push = %d %s", r.status, r.raw)
+	}
+	if e := s.next(5 * time.Second); e != "poke" {
+		t.Fatalf("a push through B after the reconnect: %q, want a poke", e)
+	}
+
+	// Drain: the stream ends, and new ones are refused.
+	a.sc.Drain()
+	if e := s.next(5 * time.Second); e != "end" {
+		t.Errorf("stream after drain: %q, want its end", e)
+	}
+	if again := openStream(t, a, "Bearer alice", nil); again.status != http.StatusServiceUnavailable {
+		t.Errorf("a new stream on a draining replica = %d, want 503", again.status)
+	}
+}
