@@ -104,7 +104,7 @@ vet:
 ## bench: benchmarks (sidecar vs direct upstream), printed as a table.
 bench: $(BIN)/devpg
 	$(BIN)/devpg -- sh -c '$(GO) test -run "^$$" -bench . -benchmem ./... && \
-	  MEMORY_TEST=full $(GO) test -count=1 -v -run "^TestMemoryUnderHostileLoad$$" ./cmd/replicache-sidecar | grep -E "peak RSS|^(ok|FAIL|---)"'
+	  MEMORY_TEST=full $(GO) test -count=1 -v -run "^(TestMemoryUnderHostileLoad|TestPokeSubscriberMemory)$$" ./cmd/replicache-sidecar | grep -E "peak RSS|poke streams|^(ok|FAIL|---)"'
 
 clean:
 	rm -rf $(BIN)

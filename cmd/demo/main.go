@@ -54,6 +54,8 @@ func run() error {
 		fmt.Sprintf("SIDECAR_LISTEN_ADDR=%s:%d", *host, *port),
 		fmt.Sprintf("SIDECAR_ADMIN_ADDR=%s:%d", *host, *adminPort),
 		"SIDECAR_AUTH_PATH=/api/me",
+		// The page's poke stream (EventSource) carries its token in a cookie.
+		"SIDECAR_FORWARD_HEADERS=Authorization,Cookie",
 		"SIDECAR_SHUTDOWN_TIMEOUT=5s",
 	)
 	var started []*proc

@@ -80,6 +80,11 @@ type handler func(user string, r *http.Request, body []byte) (int, any)
 func (a *api) authed(h handler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		user, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if c, err := r.Cookie("demo_token"); !ok && err == nil {
+			// A browser's EventSource sends cookies, not headers: the demo
+			// page keeps its token in a cookie too.
+			user, ok = c.Value, true
+		}
 		if !ok || user == "" || len(user) > 64 {
 			writeJSON(w, http.StatusUnauthorized, errBody("missing or invalid bearer token"))
 			return

@@ -100,6 +100,19 @@ func TestTodoAPI(t *testing.T) {
 	if got := conditional(); got != http.StatusOK {
 		t.Errorf("conditional GET of a changed page = %d, want 200", got)
 	}
+	// The token may come in a cookie (a browser's EventSource sends no
+	// Authorization header).
+	req, _ := http.NewRequest("GET", srv.URL+"/api/me", nil)
+	req.AddCookie(&http.Cookie{Name: "demo_token", Value: "bob"})
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(b), `"id":"bob"`) {
+		t.Errorf("GET /api/me with the token in a cookie = %d %s", resp.StatusCode, b)
+	}
 }
 
 func TestTodoAPIStateSurvivesRestart(t *testing.T) {

@@ -12,10 +12,24 @@ const rep = new Replicache({
   pushURL: '/replicache/push',
   pullURL: '/replicache/pull',
   auth: `Bearer ${user}`,
-  pullInterval: 5000, // no pokes yet: poll
+  pullInterval: 60000, // a fallback: pokes make it pull at once
   mutators,
 });
 window.rep = rep; // for tests and curious people
+
+// Realtime: the sidecar pokes this page whenever something changed, and it
+// pulls. (EventSource sends cookies, not headers: the demo API takes its
+// token from a cookie too.) A stream the server refused (503 while a
+// replica drains) is not retried by EventSource itself: open a new one.
+document.cookie = `demo_token=${encodeURIComponent(user)}; path=/; SameSite=Strict`;
+function listen() {
+  const pokes = new EventSource('/replicache/poke');
+  pokes.addEventListener('poke', () => rep.pull());
+  pokes.onerror = () => {
+    if (pokes.readyState === EventSource.CLOSED) setTimeout(listen, 2000);
+  };
+}
+listen();
 
 const $ = (id) => document.getElementById(id);
 $('user').textContent = user;

@@ -121,6 +121,7 @@ export class Sidecar extends Process {
       SIDECAR_LISTEN_ADDR: `127.0.0.1:${port}`,
       SIDECAR_ADMIN_ADDR: `127.0.0.1:${adminPort}`,
       SIDECAR_AUTH_PATH: '/api/me',
+      SIDECAR_FORWARD_HEADERS: 'Authorization,Cookie', // the demo page's poke stream sends a cookie
       SIDECAR_SHUTDOWN_TIMEOUT: '5s',
       SIDECAR_UPSTREAM_TIMEOUT: '3s',
       ...env,
