@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -223,4 +224,31 @@ func TestPokesAcrossReplicas(t *testing.T) {
 	if again := openStream(t, a, "Bearer alice", nil); again.status != http.StatusServiceUnavailable {
 		t.Errorf("a new stream on a draining replica = %d, want 503", again.status)
 	}
+}
+
+// BenchmarkPokeLatency: from a push's answer through replica B to the poke
+// on a stream held by replica A (through Postgres NOTIFY), per push;
+// reported as median and p99, and without the coalescing window (what the
+// path itself costs).
+func BenchmarkPokeLatency(b *testing.B) {
+	h := newHarness(b, nil)
+	a, bb := h.start(), h.start()
+	runPokes(b, a, bb)
+	s := openStream(b, a, "Bearer alice", nil)
+	s.waitOpen(b)
+	var lat []time.Duration
+	for i := 0; b.Loop(); i++ {
+		if r := bb.push(b, "alice", "g", create("c1", int64(i+1), fmt.Sprint("t", i))); r.status != 200 {
+			b.Fatalf("push = %d %s", r.status, r.raw)
+		}
+		t0 := time.Now()
+		if e := s.next(5 * time.Second); e != "poke" {
+			b.Fatalf("no poke: %q", e)
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "median-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+	b.ReportMetric(float64((lat[len(lat)/2]-a.sc.cfg.PokeCoalesce).Microseconds())/1000, "median-minus-window-ms")
 }
