@@ -181,7 +181,9 @@ func (m *metrics) instrument(endpoint string, h http.Handler) http.Handler {
 			code = http.StatusOK
 		}
 		m.requests.WithLabelValues(endpoint, strconv.Itoa(code)).Inc()
-		m.requestDuration.WithLabelValues(endpoint).Observe(time.Since(start).Seconds())
+		if endpoint != "poke" || code != http.StatusOK { // a stream's lifetime is no latency
+			m.requestDuration.WithLabelValues(endpoint).Observe(time.Since(start).Seconds())
+		}
 	})
 }
 

@@ -2,20 +2,26 @@ package proxy
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	mathrand "math/rand/v2"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/poke"
 )
 
-// pokeWriteTimeout bounds each write to a poke stream: a client that does
-// not take a few bytes in that long is gone, and its stream ends.
+// pokeWriteTimeout bounds each write to a poke stream. (A client that
+// stops reading is noticed only once its socket buffers are full, and a
+// vanished one when TCP gives up on it: the write deadline bounds a write
+// that blocks, not the stream.)
 const pokeWriteTimeout = 10 * time.Second
 
 // handlePoke serves a poke stream: Server-Sent Events, one "poke" event
@@ -33,10 +39,10 @@ func (s *Sidecar) handlePoke(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, log, herr)
 		return
 	}
-	if herr := s.checkServing(); herr != nil {
-		s.fail(w, log, herr)
-		return
-	}
+	// Streams are accepted while the replica drains (the load balancer may
+	// still send them); they all end when the server shuts down, and
+	// EventSource then reconnects elsewhere by itself. A 503 it would not
+	// retry.
 	user, _, herr := s.auth.identify(r.Context(), r, forwardHeaders(r, s.cfg.ForwardHeaders, reqID))
 	if herr != nil {
 		s.fail(w, log, herr)
@@ -47,6 +53,10 @@ func (s *Sidecar) handlePoke(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, poke.ErrFull):
 		s.fail(w, log, &httpError{Status: http.StatusServiceUnavailable, Code: "TooManySubscribers", RetryAfter: 5,
 			Message: "this sidecar holds as many poke streams as it may (SIDECAR_POKE_MAX_SUBSCRIBERS); retry"})
+		return
+	case errors.Is(err, poke.ErrUserFull):
+		s.fail(w, log, &httpError{Status: http.StatusServiceUnavailable, Code: "TooManySubscribers", RetryAfter: 5,
+			Message: fmt.Sprintf("this user already holds %d poke streams on this sidecar; retry", poke.MaxPerUser)})
 		return
 	case err != nil:
 		s.fail(w, log, &httpError{Status: http.StatusServiceUnavailable, Code: "ShuttingDown", RetryAfter: 1,
@@ -72,9 +82,15 @@ func (s *Sidecar) handlePoke(w http.ResponseWriter, r *http.Request) {
 		return rc.Flush() == nil
 	}
 	// retry: how long EventSource waits before it reconnects after the
-	// stream ends (at shutdown, it reaches another replica).
-	if !send(": connected\nretry: 1000\n\n") {
+	// stream ends (at shutdown, it reaches another replica); spread, so a
+	// replica's streams do not all come back in the same second.
+	if !send(fmt.Sprintf(": connected\nretry: %d\n\n", 1000+mathrand.IntN(4000))) {
 		return
+	}
+	// A reconnection (EventSource sends the last id it saw): pokes may have
+	// been missed while the stream was down, so the client pulls now.
+	if r.Header.Get("Last-Event-ID") != "" {
+		sub.C <- struct{}{}
 	}
 	log.Debug("poke stream open", "user", user)
 	heartbeat := time.NewTicker(s.cfg.PokeHeartbeat)
@@ -91,7 +107,7 @@ func (s *Sidecar) handlePoke(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		case <-sub.C:
-			if !send("event: poke\ndata: {}\n\n") {
+			if !send("event: poke\nid: 1\ndata: {}\n\n") {
 				return
 			}
 			s.metrics.pokes.Inc()
@@ -131,8 +147,11 @@ func (s *Sidecar) handleInvalidate(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, log, errorf(http.StatusMethodNotAllowed, "MethodNotAllowed", "%s %s: only POST is allowed", r.Method, r.URL.Path))
 		return
 	}
-	want := []byte("Bearer " + s.cfg.InvalidateToken)
-	if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+	scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+	// Hashed first, so the comparison takes the same time whatever the
+	// token's length.
+	got, want := sha256.Sum256([]byte(strings.TrimSpace(token))), sha256.Sum256([]byte(s.cfg.InvalidateToken))
+	if !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="replicache-sidecar invalidate"`)
 		s.fail(w, log, errorf(http.StatusUnauthorized, "Unauthorized", "the invalidate hook needs Authorization: Bearer <SIDECAR_INVALIDATE_TOKEN>"))
 		return
@@ -142,11 +161,17 @@ func (s *Sidecar) handleInvalidate(w http.ResponseWriter, r *http.Request) {
 	}
 	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
 	if err != nil {
-		s.fail(w, log, errorf(http.StatusRequestEntityTooLarge, "PayloadTooLarge", "the body is larger than 1 MiB"))
+		if errors.As(err, new(*http.MaxBytesError)) {
+			s.fail(w, log, errorf(http.StatusRequestEntityTooLarge, "PayloadTooLarge", "the body is larger than 1 MiB"))
+		} else {
+			s.fail(w, log, errorf(http.StatusBadRequest, "BadRequest", "reading the body: %v", err))
+		}
 		return
 	}
 	if len(bytes.TrimSpace(raw)) > 0 {
-		if err := json.Unmarshal(raw, &body); err != nil {
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&body); err != nil {
 			s.fail(w, log, errorf(http.StatusBadRequest, "BadRequest", `the body must be empty or {"users": ["…"]}: %v`, err))
 			return
 		}
@@ -171,10 +196,15 @@ func (s *Sidecar) notify(log *slog.Logger, source string, users []string) {
 }
 
 // pokeUsers is whom a write by user pokes under SIDECAR_POKE_SCOPE: every
-// subscriber (nil), or the user's own streams.
-func (s *Sidecar) pokeUsers(user string) []string {
-	if s.cfg.PokeScope == "user" && user != "" {
-		return []string{user}
+// subscriber (nil), or the user's own streams. ok is false when nobody is
+// to be poked: under scope user, a write whose user is unknown (a
+// pass-through write without a trusted identity).
+func (s *Sidecar) pokeUsers(user string) (users []string, ok bool) {
+	if s.cfg.PokeScope != "user" {
+		return nil, true
 	}
-	return nil
+	if user == "" {
+		return nil, false
+	}
+	return []string{user}, true
 }

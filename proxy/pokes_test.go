@@ -43,9 +43,11 @@ func runPokes(t testing.TB, insts ...*instance) {
 		wg.Add(1)
 		go func() { defer wg.Done(); inst.sc.RunPokes(ctx) }()
 	}
+	// Listening, and past the poke every listener sends its local streams
+	// once it listens (none are open yet).
 	proxytest.WaitFor(t, "the poke listeners", func() bool {
 		for _, inst := range insts {
-			if !inst.sc.bus.Listening() {
+			if !inst.sc.bus.Listening() || inst.sc.hub.Generation() == 0 {
 				return false
 			}
 		}
@@ -138,6 +140,39 @@ func TestPokesFromPassthroughWrites(t *testing.T) {
 	}
 }
 
+// TestPassthroughWritesUnderUserScope: under SIDECAR_POKE_SCOPE=user a
+// pass-through write pokes its user's streams when the user comes in the
+// trusted header, and nobody when the writer is unknown (never everyone).
+func TestPassthroughWritesUnderUserScope(t *testing.T) {
+	h := newHarness(t, map[string]string{"SIDECAR_POKE_SCOPE": "user", "SIDECAR_USER_ID_HEADER": "X-User", "SIDECAR_AUTH_PATH": ""})
+	a := h.start()
+	runPokes(t, a)
+	alice := openStream(t, a, "", map[string]string{"X-User": "alice"})
+	bob := openStream(t, a, "", map[string]string{"X-User": "bob"})
+	alice.waitOpen(t)
+	bob.waitOpen(t)
+	n := 0
+	write := func(hdr map[string]string) {
+		n++
+		req, _ := http.NewRequest(http.MethodPost, a.srv.URL+"/api/todos", strings.NewReader(fmt.Sprintf(`{"id":"w%d","title":"x"}`, n)))
+		req.Header.Set("Authorization", "Bearer alice") // the API's own check
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		if r := do(t, req); r.status/100 != 2 {
+			t.Fatalf("pass-through write = %d %s", r.status, r.raw)
+		}
+	}
+	write(map[string]string{"X-User": "alice"}) // from loopback: a trusted proxy
+	if alice.next(2*time.Second) != "poke" || bob.count(300*time.Millisecond) != 0 {
+		t.Error("alice's identified write did not poke alice alone")
+	}
+	write(nil) // the sidecar does not know whose
+	if n := alice.count(300*time.Millisecond) + bob.count(300*time.Millisecond); n != 0 {
+		t.Errorf("an unidentified write poked %d streams under scope user", n)
+	}
+}
+
 // TestInvalidate: the hook needs its token; it pokes everyone, or the
 // users it names.
 func TestInvalidate(t *testing.T) {
@@ -174,8 +209,13 @@ func TestInvalidate(t *testing.T) {
 	if n := alice.count(300 * time.Millisecond); n != 0 {
 		t.Errorf("invalidate for bob poked alice %d times", n)
 	}
-	if r := post(a, "Bearer s3cret", `{"users":`); r.status != http.StatusBadRequest {
-		t.Errorf("invalidate with a broken body = %d, want 400", r.status)
+	for _, body := range []string{`{"users":`, `{"user":["bob"]}`} {
+		if r := post(a, "Bearer s3cret", body); r.status != http.StatusBadRequest {
+			t.Errorf("invalidate with body %s = %d, want 400", body, r.status)
+		}
+	}
+	if r := post(a, "bearer s3cret", `{"users":["alice"]}`); r.status != http.StatusAccepted || alice.next(2*time.Second) != "poke" {
+		t.Errorf("invalidate with a lower-case scheme = %d %s; want 202 and a poke", r.status, r.raw)
 	}
 }
 
@@ -216,13 +256,66 @@ func TestPokesAcrossReplicas(t *testing.T) {
 		t.Fatalf("a push through B after the reconnect: %q, want a poke", e)
 	}
 
-	// Drain: the stream ends, and new ones are refused.
+	// Draining (the load balancer may still send streams): streams go on
+	// and new ones open; at shutdown they end, and new ones are refused.
 	a.sc.Drain()
+	if again := openStream(t, a, "Bearer alice", nil); again.status != http.StatusOK {
+		t.Errorf("a new stream on a draining replica = %d, want 200", again.status)
+	}
+	if e := s.next(200 * time.Millisecond); e != "" {
+		t.Errorf("stream while draining: %q, want it to go on", e)
+	}
+	a.sc.ClosePokes()
 	if e := s.next(5 * time.Second); e != "end" {
-		t.Errorf("stream after drain: %q, want its end", e)
+		t.Errorf("stream at shutdown: %q, want its end", e)
 	}
 	if again := openStream(t, a, "Bearer alice", nil); again.status != http.StatusServiceUnavailable {
-		t.Errorf("a new stream on a draining replica = %d, want 503", again.status)
+		t.Errorf("a new stream on a replica shutting down = %d, want 503", again.status)
+	}
+}
+
+// TestPokeReconnectCatchesUp: a stream reopened by EventSource (it sends
+// the last event id it saw) gets a poke at once: pokes may have been
+// missed while it was down.
+func TestPokeReconnectCatchesUp(t *testing.T) {
+	a := newHarness(t, nil).start()
+	fresh := openStream(t, a, "Bearer alice", nil)
+	fresh.waitOpen(t)
+	if e := fresh.next(300 * time.Millisecond); e != "" {
+		t.Errorf("a new stream got %q before anything changed", e)
+	}
+	again := openStream(t, a, "Bearer alice", map[string]string{"Last-Event-ID": "1"})
+	again.waitOpen(t)
+	if e := again.next(2 * time.Second); e != "poke" {
+		t.Errorf("a reopened stream got %q, want a catch-up poke", e)
+	}
+}
+
+// TestPokedPullDoesNotJoinAnOlderFetch: a pull that comes after a poke does
+// not share a view fetch that began before the poke (the change may have
+// been made after that fetch read its page).
+func TestPokedPullDoesNotJoinAnOlderFetch(t *testing.T) {
+	h := newHarness(t, map[string]string{"SIDECAR_POKE_COALESCE": "0s"})
+	a := h.start()
+	fetches := slowView(h, "alice", 400*time.Millisecond)
+	first := make(chan response, 1)
+	go func() {
+		r, _ := a.pull(t, "alice", "g", nil)
+		first <- r
+	}()
+	proxytest.WaitFor(t, "the first fetch", func() bool { return fetches.Load() == 1 })
+	a.sc.bus.Publish(nil) // a change elsewhere: every client is poked
+	if r, _ := a.pull(t, "alice", "g", nil); r.status != 200 {
+		t.Fatalf("poked pull = %d %s", r.status, r.raw)
+	}
+	if r := <-first; r.status != 200 {
+		t.Fatalf("first pull = %d %s", r.status, r.raw)
+	}
+	if n := fetches.Load(); n != 2 {
+		t.Errorf("%d view fetches; the poked pull should have fetched again", n)
+	}
+	if merged := testutil.ToFloat64(a.sc.metrics.pullsMerged); merged != 0 {
+		t.Errorf("%v pulls merged into a fetch older than a poke", merged)
 	}
 }
 

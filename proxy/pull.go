@@ -118,7 +118,11 @@ type pullFlight struct {
 	// record's current version, and only pulls with the same cookie may
 	// then join: so pulls whose cookie names a record join only a flight
 	// whose leader's cookie is the same, or names none.
-	base   store.Cookie
+	base store.Cookie
+	// gen is the poke hub's generation when the flight began: a pull that
+	// comes after a later poke (of a change made elsewhere, maybe after
+	// this fetch began) does not join it.
+	gen    uint64
 	done   chan struct{}
 	sealed bool         // guarded by Sidecar.flightsMu
 	riders []*pullRider // guarded by Sidecar.flightsMu until sealed
@@ -135,7 +139,9 @@ type pullRider struct {
 func (s *Sidecar) pull(ctx context.Context, c *call, req *pullRequest) (pullAnswer, error) {
 	key := s.flightKey(req.ClientGroupID, c)
 	s.flightsMu.Lock()
-	if f := s.flights[key]; f != nil && !f.sealed && (f.base.Record == 0 || f.base.Record == req.cookie.Record && f.base.Version == req.cookie.Version) {
+	gen := s.hub.Generation()
+	if f := s.flights[key]; f != nil && !f.sealed && f.gen == gen &&
+		(f.base.Record == 0 || f.base.Record == req.cookie.Record && f.base.Version == req.cookie.Version) {
 		done, err := s.turns.Ride(req.ClientGroupID)
 		if err != nil {
 			s.flightsMu.Unlock()
@@ -159,7 +165,7 @@ func (s *Sidecar) pull(ctx context.Context, c *call, req *pullRequest) (pullAnsw
 		s.metrics.pullsMerged.Inc()
 		return rider.ans, nil
 	}
-	f := &pullFlight{base: req.cookie, done: make(chan struct{})}
+	f := &pullFlight{base: req.cookie, gen: gen, done: make(chan struct{})}
 	s.flights[key] = f
 	s.flightsMu.Unlock()
 	// The work goes on if this pull's own client leaves: others may wait

@@ -177,7 +177,9 @@ func (s *Sidecar) handlePush(w http.ResponseWriter, r *http.Request) {
 	if stats.Applied+stats.Rejected > 0 {
 		// Effects (or a rejection the clients should see): every client
 		// that may see them pulls now, this one included.
-		s.notify(c.log, "push", s.pokeUsers(c.userID))
+		if users, ok := s.pokeUsers(c.userID); ok {
+			s.notify(c.log, "push", users)
+		}
 	}
 	if err != nil {
 		s.failPush(w, c.log, err, req.ClientGroupID)

@@ -119,7 +119,11 @@ func New(o Options) *Sidecar {
 		base: cfg.Upstream, transport: up.Passthrough, log: o.Logger, retryAfter: up.RetryAfter(),
 		identityHeader: cfg.UserIDHeader, trusted: cfg.TrustedNets,
 		keepHost: cfg.PassthroughHost == "incoming", deny: cfg.PassthroughDeny,
-		onWrite: func(user string) { s.notify(s.log.With("endpoint", "proxy"), "passthrough", s.pokeUsers(user)) },
+		onWrite: func(user string) {
+			if users, ok := s.pokeUsers(user); ok {
+				s.notify(s.log.With("endpoint", "proxy"), "passthrough", users)
+			}
+		},
 	})
 	s.useMapping(cfg.Mapping)
 	return s
@@ -193,12 +197,14 @@ func (s *Sidecar) Migrate(ctx context.Context) error {
 }
 
 // Drain makes readiness fail and new pushes and pulls answer 503, so the
-// load balancer stops sending traffic before the listeners close; poke
-// streams end, so their clients reconnect to another replica.
-func (s *Sidecar) Drain() {
-	s.draining.Store(true)
-	s.hub.Close()
-}
+// load balancer stops sending traffic before the listeners close. Poke
+// streams go on until ClosePokes.
+func (s *Sidecar) Drain() { s.draining.Store(true) }
+
+// ClosePokes ends every poke stream and refuses new ones, so their clients
+// reconnect to another replica: when the server shuts down
+// (http.Server.RegisterOnShutdown), which does not wait for them.
+func (s *Sidecar) ClosePokes() { s.hub.Close() }
 
 // RunPokes carries pokes between the replicas (LISTEN/NOTIFY on the
 // sidecar's database) until ctx ends.

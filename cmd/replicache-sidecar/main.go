@@ -101,7 +101,15 @@ func run(ctx context.Context, env map[string]string, logOut io.Writer, listen li
 	go migrate(bg, sc, log)
 	go sc.WatchMapping(bg, cfg.MappingReloadInterval)
 	go sc.Sweep(bg, cfg.GCInterval)
-	go sc.RunPokes(bg)
+	// Pokes outlive the signal: pushes that finish while the server shuts
+	// down still announce theirs to the other replicas. Streams end when
+	// the server shuts down (not when it starts draining), so their clients
+	// reconnect elsewhere.
+	pokesCtx, stopPokes := context.WithCancel(context.WithoutCancel(ctx))
+	pokesDone := make(chan struct{})
+	go func() { defer close(pokesDone); sc.RunPokes(pokesCtx) }()
+	defer func() { stopPokes(); <-pokesDone }()
+	public.RegisterOnShutdown(sc.ClosePokes)
 
 	var failure error
 	running := 2

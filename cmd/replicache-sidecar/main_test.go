@@ -13,9 +13,13 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/poke"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/proxytest"
 )
 
@@ -96,6 +100,30 @@ func TestRunServesAndDrains(t *testing.T) {
 		"SIDECAR_LISTEN_ADDR": "127.0.0.1:0", "SIDECAR_ADMIN_ADDR": "127.0.0.1:0", "SIDECAR_DB_SCHEMA": schema,
 		"SIDECAR_SHUTDOWN_TIMEOUT": "5s", "SIDECAR_DRAIN_DELAY": "300ms",
 	}
+	// Another replica, as far as pokes go: a listener on the schema's
+	// channel, counting announcements.
+	lc, err := pgx.Connect(context.Background(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = lc.Close(context.Background()) }()
+	if _, err := lc.Exec(context.Background(), "LISTEN "+pgx.Identifier{poke.Channel(schema)}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	var announced atomic.Int32
+	lctx, stopListening := context.WithCancel(context.Background())
+	listened := make(chan struct{})
+	defer func() { stopListening(); <-listened }()
+	go func() {
+		defer close(listened)
+		for {
+			if _, err := lc.WaitForNotification(lctx); err != nil {
+				return
+			}
+			announced.Add(1)
+		}
+	}()
+
 	logs := &logSink{}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -134,6 +162,7 @@ func TestRunServesAndDrains(t *testing.T) {
 		t.Fatalf("push: %v %v", err, resp)
 	}
 	_ = resp.Body.Close()
+	proxytest.WaitFor(t, "the push's poke announced", func() bool { return announced.Load() == 1 })
 
 	// A slow push is in flight when the signal arrives.
 	inflight := make(chan int, 1)
@@ -178,6 +207,8 @@ func TestRunServesAndDrains(t *testing.T) {
 	if _, ok := applied.Load("c:2"); !ok {
 		t.Error("the in-flight mutation never reached the upstream")
 	}
+	// Its poke still reached the other replicas.
+	proxytest.WaitFor(t, "the in-flight push's poke announced", func() bool { return announced.Load() == 2 })
 	if logs.find("stopped") == nil {
 		t.Error("no 'stopped' log line")
 	}

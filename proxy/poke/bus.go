@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,13 +18,13 @@ import (
 )
 
 // Bus carries pokes between replicas: Publish pokes this process's hub at
-// once and announces the poke on the schema's NOTIFY channel; Listen, on a
-// connection of its own, pokes the hub for every announcement of another
-// replica. Announcements are coalesced too: a burst of pushes is one
-// NOTIFY.
+// once and has the poke announced on the schema's NOTIFY channel; Run
+// sends the announcements (coalesced: a burst of pushes is one NOTIFY) and
+// listens for the other replicas', each on a connection of its own outside
+// the pool, so a busy pool never delays or drops one.
 type Bus struct {
 	hub     *Hub
-	pool    *pgxpool.Pool
+	connCfg *pgx.ConnConfig
 	channel string
 	origin  string // this process, so it skips its own announcements
 	log     *slog.Logger
@@ -41,7 +42,11 @@ type Bus struct {
 func NewBus(hub *Hub, pool *pgxpool.Pool, schema string, log *slog.Logger) *Bus {
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
-	return &Bus{hub: hub, pool: pool, channel: Channel(schema), origin: hex.EncodeToString(b), log: log,
+	cfg := pool.Config().ConnConfig.Copy()
+	// Both connections are idle by design: a server's idle session timeout
+	// must not end them (each end would poke every subscriber).
+	cfg.RuntimeParams["idle_session_timeout"] = "0"
+	return &Bus{hub: hub, connCfg: cfg, channel: Channel(schema), origin: hex.EncodeToString(b), log: log,
 		users: map[string]bool{}, wake: make(chan struct{}, 1)}
 }
 
@@ -59,8 +64,12 @@ func Channel(schema string) string {
 func (b *Bus) Listening() bool { return b.listening.Load() }
 
 // maxPayload keeps a NOTIFY payload far below Postgres' 8000 bytes: a
-// longer list of users becomes "everyone".
+// longer list of users goes in several announcements.
 const maxPayload = 4000
+
+// maxPendingUsers bounds the users waiting to be announced: beyond, the
+// announcement is for everyone.
+const maxPendingUsers = 10000
 
 type message struct {
 	Origin string   `json:"o"`
@@ -69,16 +78,11 @@ type message struct {
 
 // Publish pokes users' subscribers (none: everyone) here at once and in
 // every other replica through the database, shortly (announcements are
-// sent by a background goroutine, coalesced).
+// sent by Run, coalesced).
 func (b *Bus) Publish(users []string) {
 	b.hub.Poke(users)
 	b.mu.Lock()
-	if len(users) == 0 {
-		b.all = true
-	}
-	for _, u := range users {
-		b.users[u] = true
-	}
+	b.add(len(users) == 0, users)
 	b.mu.Unlock()
 	select {
 	case b.wake <- struct{}{}:
@@ -86,53 +90,173 @@ func (b *Bus) Publish(users []string) {
 	}
 }
 
+// add merges a poke into what is pending; b.mu is held.
+func (b *Bus) add(all bool, users []string) {
+	if all {
+		b.all = true
+	}
+	for _, u := range users {
+		b.users[u] = true
+	}
+	if len(b.users) > maxPendingUsers {
+		b.all = true
+	}
+	if b.all {
+		clear(b.users)
+	}
+}
+
+// take returns what is pending as announcements, and clears it.
+func (b *Bus) take() []message {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.all && len(b.users) == 0 {
+		return nil
+	}
+	if b.all {
+		b.all = false
+		return []message{{Origin: b.origin}}
+	}
+	users := make([]string, 0, len(b.users))
+	for u := range b.users {
+		users = append(users, u)
+	}
+	clear(b.users)
+	sort.Strings(users)
+	var out []message
+	size := 0
+	for _, u := range users {
+		if len(out) == 0 || size+len(u)+4 > maxPayload {
+			out = append(out, message{Origin: b.origin})
+			size = 32
+		}
+		last := &out[len(out)-1]
+		last.Users = append(last.Users, u)
+		size += len(u) + 4
+	}
+	return out
+}
+
 // Run sends announcements and listens for the other replicas' until ctx
-// ends. The listening connection is its own (outside the pool); when it
-// drops it is reconnected with backoff, and once back every local
-// subscriber is poked (announcements may have been missed meanwhile).
+// ends; then it sends what is still pending (pushes that finished while
+// the server shut down) and returns. A dropped connection is reconnected
+// with backoff; once the listener is back every local subscriber is poked
+// (announcements may have been missed meanwhile).
 func (b *Bus) Run(ctx context.Context) {
-	go b.announce(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b.announce(ctx)
+	}()
 	b.listen(ctx)
+	<-done
+}
+
+func (b *Bus) connect(ctx context.Context, name string) (*pgx.Conn, error) {
+	cfg := b.connCfg.Copy()
+	cfg.RuntimeParams["application_name"] = "replicache-sidecar poke " + name
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return pgx.ConnectConfig(cctx, cfg)
 }
 
 func (b *Bus) announce(ctx context.Context) {
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			_ = conn.Close(context.WithoutCancel(ctx))
+		}
+	}()
+	backoff := 100 * time.Millisecond
+	lastWarn := time.Time{}
 	for {
+		stopping := false
 		select {
 		case <-ctx.Done():
-			return
+			stopping = true
 		case <-b.wake:
 		}
-		b.mu.Lock()
-		msg := message{Origin: b.origin}
-		if !b.all {
-			for u := range b.users {
-				msg.Users = append(msg.Users, u)
+		msgs := b.take()
+		err := b.send(ctx, &conn, msgs, stopping)
+		switch {
+		case err == nil:
+			backoff = 100 * time.Millisecond
+		case stopping:
+			b.log.Warn("announcing the last pokes to the other replicas failed at shutdown", "error", err)
+		default:
+			// Keep them, and try again.
+			b.mu.Lock()
+			for _, m := range msgs {
+				b.add(len(m.Users) == 0, m.Users)
+			}
+			b.mu.Unlock()
+			if time.Since(lastWarn) > 10*time.Second {
+				b.log.Warn("announcing pokes to the other replicas failed; retrying", "error", err, "in", backoff)
+				lastWarn = time.Now()
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 5*time.Second)
+			select {
+			case b.wake <- struct{}{}:
+			default:
 			}
 		}
-		b.all, b.users = false, map[string]bool{}
-		b.mu.Unlock()
-		payload, _ := json.Marshal(msg) // strings always encode
-		if len(payload) > maxPayload {
-			payload, _ = json.Marshal(message{Origin: b.origin})
-		}
-		nctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := b.pool.Exec(nctx, `SELECT pg_notify($1, $2)`, b.channel, string(payload))
-		cancel()
-		if err != nil && ctx.Err() == nil {
-			b.log.Warn("announcing a poke to the other replicas failed; their clients pull at their next interval", "error", err)
+		if stopping {
+			return
 		}
 	}
 }
 
+// send announces msgs on *conn, connecting it first if needed; a failed
+// connection is closed and forgotten. At shutdown (stopping) it gets a few
+// seconds of its own.
+func (b *Bus) send(ctx context.Context, conn **pgx.Conn, msgs []message, stopping bool) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	if stopping {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+	}
+	if *conn == nil {
+		c, err := b.connect(ctx, "announcer")
+		if err != nil {
+			return err
+		}
+		*conn = c
+	}
+	for _, m := range msgs {
+		payload, _ := json.Marshal(m) // strings always encode
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := (*conn).Exec(sctx, `SELECT pg_notify($1, $2)`, b.channel, string(payload))
+		cancel()
+		if err != nil {
+			_ = (*conn).Close(context.WithoutCancel(ctx))
+			*conn = nil
+			return err
+		}
+	}
+	return nil
+}
+
 func (b *Bus) listen(ctx context.Context) {
 	backoff := 100 * time.Millisecond
-	for first := true; ctx.Err() == nil; first = false {
-		err := b.listenOnce(ctx, !first)
+	for ctx.Err() == nil {
+		listened, err := b.listenOnce(ctx)
 		b.listening.Store(false)
 		if ctx.Err() != nil {
 			return
 		}
-		b.log.Warn("the poke listener's connection dropped; reconnecting", "error", err, "in", backoff)
+		if listened {
+			backoff = 100 * time.Millisecond
+			b.log.Warn("the poke listener's connection dropped; reconnecting", "error", err, "in", backoff)
+		} else {
+			b.log.Warn("the poke listener could not connect; retrying", "error", err, "in", backoff)
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -142,31 +266,41 @@ func (b *Bus) listen(ctx context.Context) {
 	}
 }
 
+// livenessInterval: a listener that heard nothing for this long checks
+// that its connection still answers (a dead path behind a proxy may not be
+// noticed by TCP for many minutes).
+const livenessInterval = 30 * time.Second
+
 // listenOnce connects, listens and delivers until the connection fails.
-// catchUp: this is a reconnection, so every local subscriber is poked
-// once listening again.
-func (b *Bus) listenOnce(ctx context.Context, catchUp bool) error {
-	cfg := b.pool.Config().ConnConfig.Copy()
-	cfg.RuntimeParams["application_name"] = "replicache-sidecar poke listener"
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	conn, err := pgx.ConnectConfig(cctx, cfg)
-	cancel()
+// listened: it got as far as listening. Once listening, every local
+// subscriber is poked once: announcements made before (at start, or while
+// the connection was down) may have been missed.
+func (b *Bus) listenOnce(ctx context.Context) (listened bool, err error) {
+	conn, err := b.connect(ctx, "listener")
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
 	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{b.channel}.Sanitize()); err != nil {
-		return err
+		return false, err
 	}
 	b.listening.Store(true)
-	if catchUp {
-		b.log.Info("the poke listener is back; poking every local subscriber once")
-		b.hub.Poke(nil)
-	}
+	b.hub.Poke(nil)
 	for {
-		n, err := conn.WaitForNotification(ctx)
+		wctx, cancel := context.WithTimeout(ctx, livenessInterval)
+		n, err := conn.WaitForNotification(wctx)
+		cancel()
+		if err != nil && wctx.Err() != nil && ctx.Err() == nil {
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err = conn.Ping(pctx)
+			cancel()
+			if err != nil {
+				return true, fmt.Errorf("liveness check: %w", err)
+			}
+			continue
+		}
 		if err != nil {
-			return err
+			return true, err
 		}
 		var msg message
 		if json.Unmarshal([]byte(n.Payload), &msg) != nil {

@@ -13,6 +13,14 @@ import (
 // ErrFull: the process already holds its maximum of subscribers.
 var ErrFull = errors.New("too many poke subscribers")
 
+// ErrUserFull: the user already holds MaxPerUser subscribers here.
+var ErrUserFull = errors.New("too many poke subscribers for this user")
+
+// MaxPerUser bounds one user's streams in one process, so one user (or a
+// leaked token) cannot take every slot: far more tabs and devices than
+// anyone has open.
+const MaxPerUser = 100
+
 // ErrClosed: the hub is closed (the process is shutting down).
 var ErrClosed = errors.New("poke hub closed")
 
@@ -25,26 +33,29 @@ type Subscriber struct {
 }
 
 // Hub holds the subscribers of one process and delivers pokes to them. A
-// poke is not sent at once: every poke within a window (Options.Coalesce)
+// poke is not sent at once: every poke within a window (NewHub's window)
 // is merged and delivered at the window's end, so a burst of mutations is
 // one poke per subscriber and the last change of the burst is in it.
 type Hub struct {
 	max    int
 	window time.Duration
 
-	mu     sync.Mutex
-	subs   map[*Subscriber]struct{}
-	all    bool            // pending: every subscriber
-	users  map[string]bool // pending: these users' subscribers
-	armed  bool            // a delivery is scheduled
-	closed bool
-	done   chan struct{}
+	mu      sync.Mutex
+	subs    map[*Subscriber]struct{}
+	perUser map[string]int
+	gen     uint64          // deliveries so far
+	all     bool            // pending: every subscriber
+	users   map[string]bool // pending: these users' subscribers
+	armed   bool            // a delivery is scheduled
+	closed  bool
+	done    chan struct{}
 }
 
 // NewHub returns a hub for at most max subscribers (0: no limit) that
 // coalesces pokes over window (0: delivers at once).
 func NewHub(max int, window time.Duration) *Hub {
-	return &Hub{max: max, window: window, subs: map[*Subscriber]struct{}{}, users: map[string]bool{}, done: make(chan struct{})}
+	return &Hub{max: max, window: window, subs: map[*Subscriber]struct{}{}, perUser: map[string]int{}, users: map[string]bool{},
+		done: make(chan struct{})}
 }
 
 // Subscribe adds a subscriber for user's pokes.
@@ -56,9 +67,12 @@ func (h *Hub) Subscribe(user string) (*Subscriber, error) {
 		return nil, ErrClosed
 	case h.max > 0 && len(h.subs) >= h.max:
 		return nil, ErrFull
+	case h.perUser[user] >= MaxPerUser:
+		return nil, ErrUserFull
 	}
 	s := &Subscriber{User: user, C: make(chan struct{}, 1)}
 	h.subs[s] = struct{}{}
+	h.perUser[user]++
 	return s, nil
 }
 
@@ -66,7 +80,21 @@ func (h *Hub) Subscribe(user string) (*Subscriber, error) {
 func (h *Hub) Unsubscribe(s *Subscriber) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if _, ok := h.subs[s]; !ok {
+		return
+	}
 	delete(h.subs, s)
+	if h.perUser[s.User]--; h.perUser[s.User] <= 0 {
+		delete(h.perUser, s.User)
+	}
+}
+
+// Generation counts the deliveries so far: a pull that starts after a
+// delivery sees a larger one than any work begun before it.
+func (h *Hub) Generation() uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.gen
 }
 
 // Count returns the number of subscribers.
@@ -80,13 +108,21 @@ func (h *Hub) Count() int {
 // of the current window.
 func (h *Hub) Poke(users []string) {
 	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return
+	}
 	if len(users) == 0 {
 		h.all = true
 	}
 	for _, u := range users {
 		h.users[u] = true
 	}
-	if h.armed || h.closed {
+	if len(h.users) > len(h.perUser) && len(h.users) > maxPendingUsers {
+		h.all = true // more users than could be subscribed here
+		clear(h.users)
+	}
+	if h.armed {
 		h.mu.Unlock()
 		return
 	}
@@ -104,6 +140,7 @@ func (h *Hub) flush() {
 	h.mu.Lock()
 	all, users := h.all, h.users
 	h.all, h.users, h.armed = false, map[string]bool{}, false
+	h.gen++
 	for s := range h.subs {
 		if !all && !users[s.User] {
 			continue

@@ -60,6 +60,33 @@ func TestHub(t *testing.T) {
 	}
 }
 
+// TestHubPerUser: one user cannot take every slot.
+func TestHubPerUser(t *testing.T) {
+	h := NewHub(0, 0)
+	var mine []*Subscriber
+	for range MaxPerUser {
+		s, err := h.Subscribe("mallory")
+		if err != nil {
+			t.Fatal(err)
+		}
+		mine = append(mine, s)
+	}
+	if _, err := h.Subscribe("mallory"); !errors.Is(err, ErrUserFull) {
+		t.Errorf("subscriber %d of one user: %v, want ErrUserFull", MaxPerUser+1, err)
+	}
+	if _, err := h.Subscribe("alice"); err != nil {
+		t.Errorf("another user: %v", err)
+	}
+	h.Unsubscribe(mine[0])
+	h.Unsubscribe(mine[0]) // twice: counted once
+	if _, err := h.Subscribe("mallory"); err != nil {
+		t.Errorf("after one left: %v", err)
+	}
+	if _, err := h.Subscribe("mallory"); !errors.Is(err, ErrUserFull) {
+		t.Errorf("a second unsubscribe of the same stream freed a slot: %v", err)
+	}
+}
+
 func TestChannel(t *testing.T) {
 	if c := Channel("replicache"); c != "replicache_sidecar_replicache" {
 		t.Errorf("Channel(replicache) = %q", c)

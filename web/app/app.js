@@ -22,14 +22,16 @@ window.rep = rep; // for tests and curious people
 // token from a cookie too.) A stream the server refused (503 while a
 // replica drains) is not retried by EventSource itself: open a new one.
 document.cookie = `demo_token=${encodeURIComponent(user)}; path=/; SameSite=Strict`;
-function listen() {
+function listen(reopened) {
   const pokes = new EventSource('/replicache/poke');
   pokes.addEventListener('poke', () => rep.pull());
+  // A stream opened again by hand: pokes may have been missed meanwhile.
+  if (reopened) pokes.onopen = () => rep.pull();
   pokes.onerror = () => {
-    if (pokes.readyState === EventSource.CLOSED) setTimeout(listen, 2000);
+    if (pokes.readyState === EventSource.CLOSED) setTimeout(() => listen(true), 2000);
   };
 }
-listen();
+listen(false);
 
 const $ = (id) => document.getElementById(id);
 $('user').textContent = user;
