@@ -83,7 +83,7 @@ func run() error {
 	}
 	fmt.Printf(`
 replicache-sidecar demo is running.
-  open     http://%[1]s:%[2]d/            (a second user: http://%[1]s:%[2]d/?user=bob)
+  open     http://%[1]s:%[2]d/?user=alice  (a second user: http://%[1]s:%[2]d/?user=bob)
   metrics  curl -s http://%[1]s:%[3]d/metrics | grep ^replicache_sidecar
 Ctrl-C stops everything and removes the throwaway database.
 

@@ -1,11 +1,20 @@
 // The demo web app: a TodoMVC-style page on the real Replicache client,
 // syncing through replicache-sidecar with an unmodified REST API behind it.
+//
+// Everything on the page follows the client's data: the list changes only
+// when a subscription delivers a change, row by row (an element under the
+// pointer is never replaced mid-click), and "pending" is the client's own
+// count of mutations no pull has confirmed yet. Nothing runs on a timer.
 import {Replicache} from 'replicache';
 import {mutators} from './mutators.js';
 
+const users = ['alice', 'bob', 'carol'];
+
+// Who am I: ?user= picks the user of this tab (kept for the tab, in
+// sessionStorage); a new tab without it is alice.
 const params = new URLSearchParams(location.search);
-const user = params.get('user') || localStorage.getItem('demo-user') || 'alice';
-localStorage.setItem('demo-user', user);
+const user = params.get('user') || sessionStorage.getItem('demo-user') || 'alice';
+sessionStorage.setItem('demo-user', user);
 
 const rep = new Replicache({
   name: `todos-${user}`,
@@ -17,15 +26,26 @@ const rep = new Replicache({
 });
 window.rep = rep; // for tests and curious people
 
+const $ = (id) => document.getElementById(id);
+
+// The user switcher: the current user, and a link to each other one.
+$('user').textContent = user;
+$('switch').replaceChildren(...users.filter((u) => u !== user).flatMap((u, i) => {
+  const a = document.createElement('a');
+  a.href = `?user=${u}`;
+  a.textContent = u;
+  return i === 0 ? [a] : [', ', a];
+}));
+
 // Realtime: the sidecar pokes this page whenever something changed, and it
 // pulls. (EventSource sends cookies, not headers: the demo API takes its
-// token from a cookie too.) A stream the server refused (503 while a
-// replica drains) is not retried by EventSource itself: open a new one.
+// token from a cookie too.) A stream the server refused is not retried by
+// EventSource itself: open a new one, and pull once it is open.
 document.cookie = `demo_token=${encodeURIComponent(user)}; path=/; SameSite=Strict`;
+let pokes = null;
 function listen(reopened) {
-  const pokes = new EventSource('/replicache/poke');
+  pokes = new EventSource('/replicache/poke');
   pokes.addEventListener('poke', () => rep.pull());
-  // A stream opened again by hand: pokes may have been missed meanwhile.
   if (reopened) pokes.onopen = () => rep.pull();
   pokes.onerror = () => {
     if (pokes.readyState === EventSource.CLOSED) setTimeout(() => listen(true), 2000);
@@ -33,57 +53,101 @@ function listen(reopened) {
 }
 listen(false);
 
-const $ = (id) => document.getElementById(id);
-$('user').textContent = user;
-
-let todos = [];
-let pendingIDs = new Set();
-
 function showOnline(online) {
   $('online').textContent = online ? 'online' : 'offline';
   $('online').className = online ? 'online' : 'offline';
 }
 rep.onOnlineChange = showOnline;
 
+// Pending: mutated here, not yet confirmed by a pull. Recounted when the
+// data changes, when a push or pull ends, and after each mutation.
+let pendingIDs = new Set();
+let counting = null;
+function refreshPending() {
+  counting ??= (async () => {
+    try {
+      const pending = await rep.experimentalPendingMutations();
+      pendingIDs = new Set(pending.map((m) => m.args?.id));
+      $('pending').textContent = `${pending.length} pending`;
+      for (const [id, li] of rows) li.classList.toggle('pending', pendingIDs.has(id));
+      return pending.length;
+    } finally {
+      counting = null;
+    }
+  })();
+  return counting;
+}
+rep.onSync = (syncing) => {
+  showOnline(rep.online);
+  if (!syncing) refreshPending();
+};
+
+// The list, keyed by todo id: rows are created once and then only updated.
+const rows = new Map();
+function row(t) {
+  const li = document.createElement('li');
+  li.dataset.id = t.id;
+  const box = document.createElement('input');
+  box.type = 'checkbox';
+  box.onchange = () => mutate('updateTodo', {id: t.id, done: box.checked});
+  const text = document.createElement('span');
+  text.className = 'text';
+  const del = document.createElement('button');
+  del.textContent = '×';
+  del.title = 'Delete';
+  del.onclick = () => mutate('deleteTodo', {id: t.id});
+  li.append(box, text, del);
+  return li;
+}
+
+function render(todos) {
+  const ul = $('todos');
+  const seen = new Set();
+  let before = ul.firstChild;
+  for (const t of todos) {
+    seen.add(t.id);
+    let li = rows.get(t.id);
+    if (!li) {
+      li = row(t);
+      rows.set(t.id, li);
+    }
+    const box = li.firstChild;
+    if (box.checked !== !!t.done) box.checked = !!t.done;
+    li.classList.toggle('done', !!t.done);
+    li.classList.toggle('pending', pendingIDs.has(t.id));
+    if (li.children[1].textContent !== t.title) li.children[1].textContent = t.title;
+    if (li !== before) ul.insertBefore(li, before);
+    before = li.nextSibling;
+  }
+  for (const [id, li] of rows) {
+    if (!seen.has(id)) {
+      li.remove();
+      rows.delete(id);
+    }
+  }
+  const left = todos.filter((t) => !t.done).length;
+  $('count').textContent = `${left} item${left === 1 ? '' : 's'} left`;
+}
+
+let todos = [];
 rep.subscribe((tx) => tx.scan({prefix: 'todo/'}).values().toArray(), {
   onData(list) {
     todos = list;
+    render(list);
     refreshPending();
   },
 });
 
-// Pending = mutated locally, not yet confirmed by a pull.
-async function refreshPending() {
-  const pending = await rep.experimentalPendingMutations();
-  showOnline(rep.online);
-  pendingIDs = new Set(pending.map((m) => m.args?.id));
-  $('pending').textContent = `${pending.length} pending`;
-  render();
-}
-setInterval(refreshPending, 1000);
-
-function render() {
-  const ul = $('todos');
-  ul.replaceChildren(...todos.map((t) => {
-    const li = document.createElement('li');
-    li.dataset.id = t.id;
-    li.className = [t.done ? 'done' : '', pendingIDs.has(t.id) ? 'pending' : ''].join(' ').trim();
-    const box = document.createElement('input');
-    box.type = 'checkbox';
-    box.checked = !!t.done;
-    box.onchange = () => rep.mutate.updateTodo({id: t.id, done: box.checked});
-    const text = document.createElement('span');
-    text.className = 'text';
-    text.textContent = t.title;
-    const del = document.createElement('button');
-    del.textContent = '×';
-    del.title = 'Delete';
-    del.onclick = () => rep.mutate.deleteTodo({id: t.id});
-    li.append(box, text, del);
-    return li;
-  }));
-  const left = todos.filter((t) => !t.done).length;
-  $('count').textContent = `${left} item${left === 1 ? '' : 's'} left`;
+async function mutate(name, args) {
+  await rep.mutate[name](args);
+  refreshPending();
+  // With a poke stream, this client's own push pokes it and it pulls.
+  // Without one, nothing else makes it pull soon: pull once the push is
+  // answered, so "pending" ends.
+  if (pokes?.readyState !== EventSource.OPEN) {
+    await rep.push({now: true});
+    rep.pull();
+  }
 }
 
 // Ids sort by creation time (keys are scanned in order, and the REST API
@@ -101,9 +165,9 @@ $('new').onsubmit = async (e) => {
   const title = $('title').value.trim();
   if (!title) return;
   $('title').value = '';
-  await rep.mutate.createTodo({id: newID(), title});
+  await mutate('createTodo', {id: newID(), title});
 };
 $('sync').onclick = () => { rep.push({now: true}); rep.pull({now: true}); };
 $('clear-done').onclick = async () => {
-  for (const t of todos.filter((t) => t.done)) await rep.mutate.deleteTodo({id: t.id});
+  for (const t of todos.filter((t) => t.done)) await mutate('deleteTodo', {id: t.id});
 };
