@@ -332,13 +332,13 @@ func (s *source) checksMore() bool { return s.keyed && s.page.Type != "none" }
 type answer struct {
 	hdr  http.Header
 	body []byte
-	top  map[string]json.RawMessage // nil unless the body is an object
+	top  []byte // the body, when it is an object (parse)
 }
 
 func (a *answer) parse() answer {
-	out := answer{hdr: a.hdr}
-	if b := bytes.TrimSpace(a.body); len(b) > 0 && b[0] == '{' {
-		_ = json.Unmarshal(b, &out.top)
+	out := answer{hdr: a.hdr, body: a.body}
+	if b := trimmed(a.body); len(b) > 0 && b[0] == '{' {
+		out.top = b
 	}
 	return out
 }
@@ -346,7 +346,10 @@ func (a *answer) parse() answer {
 // field follows a dotted path from the top level; false when a step is
 // absent or not an object.
 func (a answer) field(path []string) (json.RawMessage, bool) {
-	v, ok := a.top[path[0]]
+	if a.top == nil {
+		return nil, false
+	}
+	v, ok := walkMember(a.top, path[0])
 	if !ok || len(path) == 1 {
 		return v, ok
 	}
@@ -692,23 +695,27 @@ func (s *source) entries(body []byte) ([]Entry, error) {
 		v := compact(selected)
 		return []Entry{{Key: s.key[0].literal, Value: v, Hash: Hash(v)}}, nil
 	}
-	var items []json.RawMessage
-	if err := json.Unmarshal(selected, &items); err != nil {
+	selected = trimmed(selected)
+	if len(selected) == 0 || selected[0] != '[' {
 		return nil, errors.New("selected value is not an array")
 	}
-	out := make([]Entry, 0, len(items))
-	for i, item := range items {
+	var out []Entry
+	err := walkElements(selected, func(item []byte, spaced bool) error {
 		key, err := s.keyOf(item)
 		if err == nil {
 			err = checkKey(key)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("item %d: %w", i, err)
+			return fmt.Errorf("item %d: %w", len(out), err)
 		}
-		v := compact(item)
+		v := json.RawMessage(item)
+		if spaced {
+			v = compact(item)
+		}
 		out = append(out, Entry{Key: key, Value: v, Hash: Hash(v)})
-	}
-	return out, nil
+		return nil
+	})
+	return out, err
 }
 
 // MaxKeyBytes bounds a client view key: the sidecar's record indexes keys,
@@ -747,76 +754,11 @@ func (s *source) keyOf(item json.RawMessage) (string, error) {
 	return b.String(), nil
 }
 
-// lookupPath walks a dotted path through JSON objects. present is false
-// when a step is absent (a null step ends the walk: present, value null);
-// a step that is neither an object nor null is an error naming it.
-func lookupPath(raw []byte, path []string) (value json.RawMessage, present bool, err error) {
-	cur := json.RawMessage(raw)
-	for i, seg := range path {
-		if isNull(cur) {
-			return cur, true, nil
-		}
-		var obj map[string]json.RawMessage
-		if err := json.Unmarshal(cur, &obj); err != nil {
-			where := strings.Join(path[:i], ".")
-			if where == "" {
-				where = "the response"
-			}
-			return nil, false, fmt.Errorf("%s is not an object", where)
-		}
-		next, ok := obj[seg]
-		if !ok {
-			return nil, false, nil
-		}
-		cur = next
-	}
-	return cur, true, nil
-}
-
-// selectPath walks a dotted path through JSON objects. It returns nil, nil
-// when a step is absent or null, and an error when a step is not an object.
-func selectPath(raw []byte, path []string) (json.RawMessage, error) {
-	cur := json.RawMessage(raw)
-	for i, seg := range path {
-		var obj map[string]json.RawMessage
-		if err := json.Unmarshal(cur, &obj); err != nil {
-			return nil, fmt.Errorf("%q is not an object", strings.Join(path[:i], "."))
-		}
-		next, ok := obj[seg]
-		if !ok || isNull(next) {
-			return nil, nil
-		}
-		cur = next
-	}
-	return cur, nil
-}
-
-func isNull(raw json.RawMessage) bool { return bytes.Equal(bytes.TrimSpace(raw), []byte("null")) }
-
-// scalar renders a JSON string, number or bool as key text.
-func scalar(raw json.RawMessage) (string, bool) {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 {
-		return "", false
-	}
-	switch raw[0] {
-	case '"':
-		var s string
-		if err := json.Unmarshal(raw, &s); err != nil {
-			return "", false
-		}
-		return s, true
-	case '{', '[', 'n':
-		return "", false
-	default: // number, true, false
-		return string(raw), true
-	}
-}
-
 // compact removes insignificant whitespace so values are stored and sent in
 // their smallest form. raw must be valid JSON.
 func compact(raw json.RawMessage) json.RawMessage {
-	if !bytes.ContainsAny(raw, " \t\r\n") {
+	raw = trimmed(raw)
+	if _, spaced := walkValue(raw, 0); !spaced {
 		return raw
 	}
 	var b bytes.Buffer

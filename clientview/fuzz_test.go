@@ -1,7 +1,9 @@
 package clientview
 
 import (
+	"bytes"
 	"encoding/json"
+	"strings"
 	"testing"
 )
 
@@ -46,4 +48,79 @@ func FuzzEntries(f *testing.F) {
 			}
 		}
 	})
+}
+
+// FuzzWalkMatchesDecoding: the walker finds what decoding the document
+// with encoding/json finds: the same value (or absence, or error) at every
+// path, and the same array items, compacted the same way.
+func FuzzWalkMatchesDecoding(f *testing.F) {
+	for _, s := range []string{
+		`{"a":{"b":[1, 2]},"c":null}`, `{"a":1,"a":2}`, `{"a\u0062":{"c":"x"}}`, ` [ {"id": "a b"} , {"id":2} ] `,
+		`{"a":"}","b":{"c":"\"{"}}`, `[]`, `{"a":[{"x":1}]}`, `"str"`, `{"a":{"b":null}}`, `{"é":{"b":true}}`,
+	} {
+		f.Add(s, "a.b")
+		f.Add(s, "a")
+		f.Add(s, "c")
+	}
+	f.Fuzz(func(t *testing.T, doc, dotted string) {
+		if !json.Valid([]byte(doc)) || dotted == "" {
+			return
+		}
+		path := strings.Split(dotted, ".")
+		got, gotErr := selectPath([]byte(doc), path)
+		want, wantErr := decodeSelect([]byte(doc), path)
+		if (gotErr != nil) != (wantErr != nil) || !sameJSON(got, want) {
+			t.Fatalf("selectPath(%s, %q) = %s, %v; decoding finds %s, %v", doc, dotted, got, gotErr, want, wantErr)
+		}
+		arr := trimmed([]byte(doc))
+		if len(arr) == 0 || arr[0] != '[' {
+			return
+		}
+		var items []json.RawMessage
+		if err := json.Unmarshal(arr, &items); err != nil {
+			t.Fatalf("decoding the array %s: %v", doc, err)
+		}
+		n := 0
+		_ = walkElements(arr, func(item []byte, spaced bool) error {
+			if n >= len(items) || !bytes.Equal(compact(item), compact(items[n])) {
+				t.Fatalf("item %d of %s: walked %s, decoded %v", n, doc, item, items)
+			}
+			var c bytes.Buffer
+			_ = json.Compact(&c, item)
+			if !spaced && !bytes.Equal(c.Bytes(), item) {
+				t.Fatalf("item %s walked as compact, but compacting changes it", item)
+			}
+			n++
+			return nil
+		})
+		if n != len(items) {
+			t.Fatalf("walked %d items of %s, decoded %d", n, doc, len(items))
+		}
+	})
+}
+
+// decodeSelect is selectPath by decoding, as the sidecar did before the
+// walker: the reference.
+func decodeSelect(raw []byte, path []string) (json.RawMessage, error) {
+	cur := json.RawMessage(raw)
+	for _, seg := range path {
+		var obj map[string]json.RawMessage
+		if err := json.Unmarshal(cur, &obj); err != nil {
+			return nil, err
+		}
+		next, ok := obj[seg]
+		if !ok || isNull(next) {
+			return nil, nil
+		}
+		cur = next
+	}
+	return cur, nil
+}
+
+func sameJSON(a, b []byte) bool {
+	if a == nil || b == nil {
+		return a == nil && b == nil
+	}
+	var ca, cb bytes.Buffer
+	return json.Compact(&ca, a) == nil && json.Compact(&cb, b) == nil && bytes.Equal(ca.Bytes(), cb.Bytes())
 }
