@@ -109,26 +109,48 @@ type recordRow struct {
 	hash    uint64
 	version int64
 	removed bool
+	idx     int32 // its place among the record's rows (see indexRows)
+}
+
+// indexRows numbers the rows of a record read or built, so planChange can
+// tell which it saw without changing the record (cached records are
+// shared).
+func indexRows(rec map[string]recordRow) map[string]recordRow {
+	i := int32(0)
+	for k, r := range rec {
+		r.idx = i
+		rec[k] = r
+		i++
+	}
+	return rec
 }
 
 // CompareView compares a fetched view of n entries (entry(i) gives the
 // i-th key and the hash of its value; keys are unique) with the group's
-// record, which it reads, together with the tags of the given versions
-// (the ones pulls' cookies name). It writes nothing: IssueCookies writes
-// the change together with the cookies, in one round trip. charge is
-// called with the bytes the record takes in memory as it is read (nil: not
-// counted); its error ends the read.
+// record, together with the tags of the given versions (the ones pulls'
+// cookies name). The record comes from this process's cache when it holds
+// the group's current version (same record, version and tag), else from
+// the database. It writes nothing: IssueCookies writes the change together
+// with the cookies, in one round trip. charge is called with the bytes a
+// record read from the database takes in memory (nil: not counted); its
+// error ends the read.
 func (g *GroupTx) CompareView(ctx context.Context, n int, entry func(i int) (string, uint64), versions []int64, charge func(int64) error) (*ViewChange, error) {
 	old := map[string]recordRow{}
 	tags := map[int64]uint64{}
 	rec := g.record
 	if rec.ID != 0 {
+		asked := append(slices.Clone(versions), rec.Version)
+		cached := g.s.cache.get(g.GroupID, rec.ID, rec.Version)
 		b := &pgx.Batch{}
-		b.Queue(g.s.sql(`SELECT key, coalesce(hash, 0), version, hash IS NULL FROM {schema}.view_entries WHERE client_group_id = $1`), g.GroupID)
-		b.Queue(g.s.sql(`SELECT version, tag FROM {schema}.view_versions WHERE client_group_id = $1 AND version = ANY($2)`),
-			g.GroupID, append(slices.Clone(versions), rec.Version))
+		if cached == nil {
+			b.Queue(g.s.sql(`SELECT key, coalesce(hash, 0), version, hash IS NULL FROM {schema}.view_entries WHERE client_group_id = $1`), g.GroupID)
+		}
+		b.Queue(g.s.sql(`SELECT version, tag FROM {schema}.view_versions WHERE client_group_id = $1 AND version = ANY($2)`), g.GroupID, asked)
 		br := g.tx.SendBatch(ctx, b)
-		err := readRecord(br, old, charge)
+		var err error
+		if cached == nil {
+			err = readRecord(br, old, charge)
+		}
 		if err == nil {
 			err = readTags(br, tags)
 		}
@@ -139,6 +161,21 @@ func (g *GroupTx) CompareView(ctx context.Context, n int, entry func(i int) (str
 			return nil, fmt.Errorf("reading view record: %w", err)
 		}
 		rec.Tag = tags[rec.Version]
+		switch {
+		case cached != nil && cached.tag == rec.Tag && rec.Tag != 0:
+			old = cached.rows
+		case cached != nil:
+			// Another history of this version (a restore): read it.
+			if err := g.readRecordRows(ctx, old, charge); err != nil {
+				return nil, err
+			}
+			fallthrough
+		default:
+			indexRows(old)
+			if rec.Tag != 0 {
+				g.s.cache.put(g.GroupID, rec.ID, rec.Version, rec.Tag, old)
+			}
+		}
 	} else {
 		var err error
 		if rec.ID, err = randomID(); err != nil {
@@ -151,7 +188,41 @@ func (g *GroupTx) CompareView(ctx context.Context, n int, entry func(i int) (str
 			c.tags[v] = t
 		}
 	}
+	if c.Changed() {
+		// Once committed, the new version is what the cache holds.
+		next := c.record(old, n, entry)
+		id, version, tag := c.Record.ID, c.Record.Version, c.Record.Tag
+		g.afterCommit = append(g.afterCommit, func() { g.s.cache.put(g.GroupID, id, version, tag, next) })
+	}
 	return c, nil
+}
+
+func (g *GroupTx) readRecordRows(ctx context.Context, old map[string]recordRow, charge func(int64) error) error {
+	br := g.tx.SendBatch(ctx, &pgx.Batch{QueuedQueries: []*pgx.QueuedQuery{{
+		SQL: g.s.sql(`SELECT key, coalesce(hash, 0), version, hash IS NULL FROM {schema}.view_entries WHERE client_group_id = $1`), Arguments: []any{g.GroupID},
+	}}})
+	err := readRecord(br, old, charge)
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("reading view record: %w", err)
+	}
+	return nil
+}
+
+// record is the record after c: the view's entries at their versions, and
+// the tombstones kept.
+func (c *ViewChange) record(old map[string]recordRow, n int, entry func(i int) (string, uint64)) map[string]recordRow {
+	out := make(map[string]recordRow, n+len(c.Tombstones))
+	for i := range n {
+		key, hash := entry(i)
+		out[key] = recordRow{hash: hash, version: c.Versions[i]}
+	}
+	for _, t := range c.Tombstones {
+		out[t.Key] = recordRow{version: t.Version, removed: true}
+	}
+	return indexRows(out)
 }
 
 func readRecord(br pgx.BatchResults, old map[string]recordRow, charge func(int64) error) error {
@@ -212,9 +283,9 @@ const recordRowMemory = 64
 // besides the key's bytes: its hash and version.
 const recordRowBytes = 16
 
-// planChange compares the view with the record old, whose header is rec
-// (rec.Version 0 for a new record), keeping removals for keep versions. It
-// consumes old.
+// planChange compares the view with the record old (rows numbered by
+// indexRows), whose header is rec (rec.Version 0 for a new record),
+// keeping removals for keep versions. It does not change old.
 func planChange(old map[string]recordRow, rec ViewRecord, n int, entry func(i int) (string, uint64), keep int64) *ViewChange {
 	c := &ViewChange{Record: rec, Versions: make([]int64, n), created: rec.Version == 0, tags: map[int64]uint64{}}
 	c.retag = !c.created && rec.Tag == 0
@@ -222,12 +293,13 @@ func planChange(old map[string]recordRow, rec ViewRecord, n int, entry func(i in
 		c.tags[rec.Version] = rec.Tag
 	}
 	next := rec.Version + 1
+	seen := make([]bool, len(old))
 	for i := range n {
 		key, hash := entry(i)
 		c.Bytes += int64(len(key)) + recordRowBytes
 		r, ok := old[key]
 		if ok {
-			delete(old, key)
+			seen[r.idx] = true
 		}
 		if ok && !r.removed && r.hash == hash {
 			c.Versions[i] = r.version
@@ -238,8 +310,11 @@ func planChange(old map[string]recordRow, rec ViewRecord, n int, entry func(i in
 		c.keys = append(c.keys, key)
 		c.hashes = append(c.hashes, int64(hash))
 	}
-	// What is left of old: keys the view lost now, and earlier tombstones.
+	// What the view did not have: keys it lost now, and earlier tombstones.
 	for key, r := range old {
+		if seen[r.idx] {
+			continue
+		}
 		if r.removed {
 			c.Tombstones = append(c.Tombstones, Tombstone{Key: key, Version: r.version})
 		} else {

@@ -27,7 +27,7 @@ func TestRecordBounds(t *testing.T) {
 		for _, ts := range c.Tombstones {
 			out[ts.Key] = recordRow{version: ts.Version, removed: true}
 		}
-		return out
+		return indexRows(out)
 	}
 	// A record of 3000 keys, then a view of 10: 2990 removals, more than
 	// the bound, but all of this change: kept for now, so clients at the
@@ -61,14 +61,14 @@ func TestRecordBounds(t *testing.T) {
 	}
 	// Removals older than the kept versions are forgotten at the next change.
 	rec := ViewRecord{ID: 1, Version: 100, MinVersion: 1, Tag: 5}
-	old = map[string]recordRow{"gone-long-ago": {version: 10, removed: true}, "gone-lately": {version: 90, removed: true}, "k0": {hash: 1, version: 5}}
+	old = indexRows(map[string]recordRow{"gone-long-ago": {version: 10, removed: true}, "gone-lately": {version: 90, removed: true}, "k0": {hash: 1, version: 5}})
 	c = planChange(old, rec, 0, keys(0), 64)
 	if c.Record.Version != 101 || c.Record.MinVersion != 37 || len(c.pruned) != 1 || c.pruned[0] != "gone-long-ago" {
 		t.Errorf("record %+v, pruned %v; want version 101, MinVersion 37 (64 back), gone-long-ago pruned", c.Record, c.pruned)
 	}
 	// A record without a tag for its version (written before tags) gets a
 	// new version, with one, even when nothing changed.
-	c = planChange(map[string]recordRow{"k0": {hash: 1, version: 5}}, ViewRecord{ID: 1, Version: 5, MinVersion: 1}, 1, keys(1), 64)
+	c = planChange(indexRows(map[string]recordRow{"k0": {hash: 1, version: 5}}), ViewRecord{ID: 1, Version: 5, MinVersion: 1}, 1, keys(1), 64)
 	if !c.Changed() || c.Record.Version != 6 || c.Record.Tag == 0 || c.Versions[0] != 5 {
 		t.Errorf("untagged record: changed %v, record %+v, versions %v; want version 6 with a tag, the entry still at 5", c.Changed(), c.Record, c.Versions)
 	}

@@ -27,6 +27,7 @@ type Store struct {
 	waitTimeout    time.Duration
 	recordVersions int64
 	touchInterval  time.Duration
+	cache          *recordCache
 }
 
 // Options configure a Store.
@@ -46,6 +47,10 @@ type Options struct {
 	// (pulls always do, in the row they write anyway). Default 1h; keep it
 	// well under the idle-group TTL.
 	TouchInterval time.Duration
+	// RecordCacheBytes bounds the view records kept in memory between pulls
+	// (a pull of a group whose record is cached and current reads none of
+	// its rows). Default 32 MiB; negative: no cache.
+	RecordCacheBytes int64
 }
 
 // New returns a Store on pool for o. Call Migrate before anything else.
@@ -62,7 +67,12 @@ func New(pool *pgxpool.Pool, o Options) *Store {
 	if touch <= 0 {
 		touch = time.Hour
 	}
-	return &Store{pool: pool, schema: pgx.Identifier{o.Schema}.Sanitize(), waitTimeout: wait, recordVersions: versions, touchInterval: touch}
+	cacheBytes := o.RecordCacheBytes
+	if cacheBytes == 0 {
+		cacheBytes = 32 << 20
+	}
+	return &Store{pool: pool, schema: pgx.Identifier{o.Schema}.Sanitize(), waitTimeout: wait, recordVersions: versions,
+		touchInterval: touch, cache: newRecordCache(cacheBytes)}
 }
 
 // migrations are applied in order, forward only; each entry's index+1 is its
@@ -341,6 +351,9 @@ func (s *Store) locked(ctx context.Context, groupID, userID, clientID string, fn
 	if err := tx.Commit(cctx); err != nil {
 		return fmt.Errorf("committing: %w", err)
 	}
+	for _, fn := range g.afterCommit {
+		fn()
+	}
 	return nil
 }
 
@@ -352,6 +365,7 @@ type GroupTx struct {
 	GroupID     string
 	cookieOrder int64
 	record      ViewRecord // as locked; IssueCookies updates it
+	afterCommit []func()   // run once the transaction has committed
 	epoch       []byte     // the database's, read with the lock
 
 	// PrunedClients counts the idle clients this transaction pruned to make
