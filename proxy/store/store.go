@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -330,16 +331,24 @@ func (s *Store) LockedClient(ctx context.Context, groupID, userID, clientID stri
 func (s *Store) locked(ctx context.Context, groupID, userID, clientID string, fn func(g *GroupTx) error) error {
 	wctx, cancel := context.WithTimeout(ctx, s.waitTimeout)
 	defer cancel()
-	tx, err := s.pool.BeginTx(wctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+	// The transaction is managed by hand on a pooled connection, so BEGIN
+	// and the locking read go to Postgres in one round trip. A connection
+	// given back in a transaction (a failed ROLLBACK) is closed by the pool,
+	// never reused.
+	conn, err := s.pool.Acquire(wctx)
 	if err != nil {
 		return fmt.Errorf("beginning transaction: %w", err)
 	}
+	defer conn.Release()
+	done := false
 	defer func() {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
-		defer cancel()
-		_ = tx.Rollback(rctx) // no-op after a commit
+		if !done {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
+			defer cancel()
+			_, _ = conn.Exec(rctx, "ROLLBACK")
+		}
 	}()
-	g := &GroupTx{tx: tx, s: s, GroupID: groupID, prefetched: clientID}
+	g := &GroupTx{tx: conn, s: s, GroupID: groupID, prefetched: clientID}
 	if err := g.lock(wctx, userID); err != nil {
 		return err
 	}
@@ -348,8 +357,14 @@ func (s *Store) locked(ctx context.Context, groupID, userID, clientID string, fn
 	}
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
 	defer cancel()
-	if err := tx.Commit(cctx); err != nil {
+	tag, err := conn.Exec(cctx, "COMMIT")
+	if err != nil {
 		return fmt.Errorf("committing: %w", err)
+	}
+	done = true
+	if tag.String() != "COMMIT" {
+		// Postgres answers COMMIT of a failed transaction with ROLLBACK.
+		return fmt.Errorf("committing: the transaction was rolled back (%s)", tag)
 	}
 	for _, fn := range g.afterCommit {
 		fn()
@@ -357,10 +372,19 @@ func (s *Store) locked(ctx context.Context, groupID, userID, clientID string, fn
 	return nil
 }
 
+// dbtx is what a GroupTx runs its statements on: a pooled connection in a
+// transaction begun by locked.
+type dbtx interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+}
+
 // GroupTx is one transaction holding a client group's lock. It is not safe
 // for concurrent use and is valid only inside the Locked callback.
 type GroupTx struct {
-	tx          pgx.Tx
+	tx          dbtx
 	s           *Store
 	GroupID     string
 	cookieOrder int64
@@ -392,15 +416,27 @@ func (g *GroupTx) lock(ctx context.Context, userID string) error {
 		WHERE g.id = $1 FOR UPDATE OF g`
 	var owner string
 	var deleted bool
-	scan := func() error {
+	scanRow := func(row pgx.Row) error {
 		var recordID int64
-		err := g.tx.QueryRow(ctx, g.s.sql(q), g.GroupID, g.prefetched).Scan(&owner, &g.cookieOrder, &deleted, &g.clientsPruned,
+		err := row.Scan(&owner, &g.cookieOrder, &deleted, &g.clientsPruned,
 			&recordID, &g.record.Version, &g.record.MinVersion, &g.epoch,
 			&g.prefetchedGroup, &g.prefetchedLastMutationID, &g.prefetchedLegacyKeys)
 		g.record.ID = uint64(recordID)
 		return err
 	}
-	err := scan()
+	scan := func() error { return scanRow(g.tx.QueryRow(ctx, g.s.sql(q), g.GroupID, g.prefetched)) }
+	// BEGIN and the first locking read in one round trip.
+	b := &pgx.Batch{}
+	b.Queue("BEGIN ISOLATION LEVEL READ COMMITTED")
+	b.Queue(g.s.sql(q), g.GroupID, g.prefetched)
+	br := g.tx.SendBatch(ctx, b)
+	_, err := br.Exec()
+	if err == nil {
+		err = scanRow(br.QueryRow())
+	}
+	if cerr := br.Close(); err == nil || errors.Is(err, pgx.ErrNoRows) && cerr != nil {
+		err = cmp.Or(cerr, err)
+	}
 	if errors.Is(err, pgx.ErrNoRows) {
 		// New group: create it, then lock it. A concurrent creator may win
 		// the insert; the SELECT then sees its row and its owner.

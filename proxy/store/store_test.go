@@ -549,3 +549,24 @@ func TestUpgradeKeepsOldKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestLockedReportsARolledBackCommit: a transaction that failed inside the
+// callback, even if the callback ignored the failure, is reported, not
+// taken for committed (Postgres answers COMMIT with ROLLBACK then); and the
+// connection goes back to the pool usable.
+func TestLockedReportsARolledBackCommit(t *testing.T) {
+	s := newStore(t, 5*time.Second)
+	ctx := context.Background()
+	err := s.Locked(ctx, "g", "alice", func(g *GroupTx) error {
+		_, _ = g.tx.Exec(ctx, "SELECT 1/0") // fails; ignored on purpose
+		return nil
+	})
+	if err == nil || !strings.Contains(err.Error(), "rolled back") {
+		t.Fatalf("Locked after a failed statement = %v; want a rolled-back commit", err)
+	}
+	for range 5 { // every pooled connection is usable again
+		if err := s.Locked(ctx, "g", "alice", func(g *GroupTx) error { return nil }); err != nil {
+			t.Fatalf("Locked afterwards: %v", err)
+		}
+	}
+}
