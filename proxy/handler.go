@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
-	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -139,16 +138,7 @@ func (s *Sidecar) sameSiteJSON(r *http.Request) *httpError {
 		return errorf(http.StatusUnsupportedMediaType, "UnsupportedMediaType",
 			"push and pull take Content-Type: application/json, not %q", r.Header.Get("Content-Type"))
 	}
-	if len(s.cfg.CORSOrigins) == 0 {
-		return nil
-	}
-	if origin := r.Header.Get("Origin"); origin != "" && !slices.Contains(s.cfg.CORSOrigins, origin) {
-		return errorf(http.StatusForbidden, "Forbidden", "origin %q is not allowed (SIDECAR_CORS_ORIGINS)", origin)
-	}
-	if r.Header.Get("Sec-Fetch-Site") == "cross-site" {
-		return errorf(http.StatusForbidden, "Forbidden", "cross-site requests are refused (Sec-Fetch-Site: cross-site)")
-	}
-	return nil
+	return s.sameSite(r)
 }
 
 // failStore answers a push or pull whose bookkeeping step failed.
