@@ -332,13 +332,13 @@ func (s *source) checksMore() bool { return s.keyed && s.page.Type != "none" }
 type answer struct {
 	hdr  http.Header
 	body []byte
-	top  []byte // the body, when it is an object (parse)
+	top  map[string][]byte // the top-level members, when the body is an object (parse)
 }
 
 func (a *answer) parse() answer {
 	out := answer{hdr: a.hdr, body: a.body}
 	if b := trimmed(a.body); len(b) > 0 && b[0] == '{' {
-		out.top = b
+		out.top = walkMembers(b) // once: the checks ask for several fields
 	}
 	return out
 }
@@ -346,10 +346,7 @@ func (a *answer) parse() answer {
 // field follows a dotted path from the top level; false when a step is
 // absent or not an object.
 func (a answer) field(path []string) (json.RawMessage, bool) {
-	if a.top == nil {
-		return nil, false
-	}
-	v, ok := walkMember(a.top, path[0])
+	v, ok := a.top[path[0]]
 	if !ok || len(path) == 1 {
 		return v, ok
 	}
@@ -715,7 +712,10 @@ func (s *source) entries(body []byte) ([]Entry, error) {
 		out = append(out, Entry{Key: key, Value: v, Hash: Hash(v)})
 		return nil
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // MaxKeyBytes bounds a client view key: the sidecar's record indexes keys,

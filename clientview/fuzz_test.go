@@ -57,10 +57,12 @@ func FuzzWalkMatchesDecoding(f *testing.F) {
 	for _, s := range []string{
 		`{"a":{"b":[1, 2]},"c":null}`, `{"a":1,"a":2}`, `{"a\u0062":{"c":"x"}}`, ` [ {"id": "a b"} , {"id":2} ] `,
 		`{"a":"}","b":{"c":"\"{"}}`, `[]`, `{"a":[{"x":1}]}`, `"str"`, `{"a":{"b":null}}`, `{"é":{"b":true}}`,
+		"{\"\xff\":{\"b\":1}}", "{\"\ufffd\":1,\"\xff\":2}",
 	} {
 		f.Add(s, "a.b")
 		f.Add(s, "a")
 		f.Add(s, "c")
+		f.Add(s, "\ufffd")
 	}
 	f.Fuzz(func(t *testing.T, doc, dotted string) {
 		if !json.Valid([]byte(doc)) || dotted == "" {
@@ -71,6 +73,21 @@ func FuzzWalkMatchesDecoding(f *testing.F) {
 		want, wantErr := decodeSelect([]byte(doc), path)
 		if (gotErr != nil) != (wantErr != nil) || !sameJSON(got, want) {
 			t.Fatalf("selectPath(%s, %q) = %s, %v; decoding finds %s, %v", doc, dotted, got, gotErr, want, wantErr)
+		}
+		if top := trimmed([]byte(doc)); len(top) > 0 && top[0] == '{' {
+			var decoded map[string]json.RawMessage
+			if err := json.Unmarshal(top, &decoded); err != nil {
+				t.Fatalf("decoding %s: %v", doc, err)
+			}
+			walked := walkMembers(top)
+			if len(walked) != len(decoded) {
+				t.Fatalf("walkMembers(%s) has %d members, decoding %d", doc, len(walked), len(decoded))
+			}
+			for k, v := range decoded {
+				if !sameJSON(walked[k], v) {
+					t.Fatalf("member %q of %s: walked %s, decoded %s", k, doc, walked[k], v)
+				}
+			}
 		}
 		arr := trimmed([]byte(doc))
 		if len(arr) == 0 || arr[0] != '[' {

@@ -98,6 +98,31 @@ func walkMember(obj []byte, key string) ([]byte, bool) {
 	return val, found
 }
 
+// walkMembers returns the members of the object that starts obj
+// (trimmed), by key: one walk, the last of a repeated key winning, keys
+// decoded as encoding/json decodes them.
+func walkMembers(obj []byte) map[string][]byte {
+	out := map[string][]byte{}
+	i := walkSpace(obj, 1)
+	for i < len(obj) && obj[i] != '}' {
+		kEnd := walkString(obj, i)
+		k := obj[i:kEnd]
+		i = walkSpace(obj, kEnd)
+		i = walkSpace(obj, i+1) // the colon
+		vEnd, _ := walkValue(obj, i)
+		key := string(k[1 : len(k)-1])
+		if bytes.IndexByte(k, '\\') >= 0 || !utf8.Valid(k) {
+			_ = json.Unmarshal(k, &key)
+		}
+		out[key] = obj[i:vEnd]
+		i = walkSpace(obj, vEnd)
+		if i < len(obj) && obj[i] == ',' {
+			i = walkSpace(obj, i+1)
+		}
+	}
+	return out
+}
+
 // walkElements calls fn with each value of the array that starts arr
 // (trimmed), and whether it holds whitespace outside its strings.
 func walkElements(arr []byte, fn func(item []byte, spaced bool) error) error {
@@ -119,7 +144,7 @@ func walkElements(arr []byte, fn func(item []byte, spaced bool) error) error {
 // with escapes is decoded.
 func quotedEquals(quoted []byte, name string) bool {
 	inner := quoted[1 : len(quoted)-1]
-	if bytes.IndexByte(inner, '\\') < 0 {
+	if bytes.IndexByte(inner, '\\') < 0 && utf8.Valid(inner) {
 		return string(inner) == name
 	}
 	var s string

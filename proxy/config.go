@@ -80,8 +80,11 @@ type Config struct {
 	PatchMode string `env:"PATCH_MODE" envDefault:"diff"`
 	// ViewRecordVersions: how many record versions a client may fall
 	// behind and still get a diff (removed keys are kept that long).
-	ViewRecordVersions int           `env:"VIEW_RECORD_VERSIONS" envDefault:"64"`
-	GCInterval         time.Duration `env:"GC_INTERVAL" envDefault:"1h"`
+	ViewRecordVersions int `env:"VIEW_RECORD_VERSIONS" envDefault:"64"`
+	// ViewRecordCacheBytes bounds the view records kept in memory between
+	// pulls (0 or less: none).
+	ViewRecordCacheBytes int64         `env:"VIEW_RECORD_CACHE_BYTES" envDefault:"16777216"`
+	GCInterval           time.Duration `env:"GC_INTERVAL" envDefault:"1h"`
 	// ClientGroupTTL: groups unused this long are deleted by the sweep
 	// (0: never).
 	ClientGroupTTL time.Duration `env:"CLIENT_GROUP_TTL" envDefault:"720h"`

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
@@ -92,7 +93,7 @@ func New(o Options) *Sidecar {
 		log: o.Logger,
 		store: store.New(o.Pool, store.Options{
 			Schema: cfg.DBSchema, WaitTimeout: cfg.DBLockTimeout + 5*time.Second, RecordVersions: cfg.ViewRecordVersions,
-			TouchInterval: touchInterval(cfg.ClientGroupTTL),
+			TouchInterval: touchInterval(cfg.ClientGroupTTL), RecordCacheBytes: cmp.Or(cfg.ViewRecordCacheBytes, -1),
 		}),
 		upstream: up,
 		sender: mutators.NewClient(mutators.ClientOptions{

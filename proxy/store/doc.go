@@ -61,6 +61,11 @@
 //     issued differently or never (a restore from a backup). ViewPages
 //     remembers, per source page, its validators and what it produced, for
 //     conditional GETs; written only when a page's answer changes.
+//   - The record cache (Options.RecordCacheBytes) relies on one rule:
+//     nothing changes a group's view_entries without writing a new version
+//     with a new random tag. (record id, version, tag) then names one state
+//     of a record for good, and a cached record is used only when all three
+//     match the database's.
 //   - A GroupTx is valid only inside its callback and not safe for
 //     concurrent use.
 //

@@ -189,10 +189,14 @@ func (g *GroupTx) CompareView(ctx context.Context, n int, entry func(i int) (str
 		}
 	}
 	if c.Changed() {
-		// Once committed, the new version is what the cache holds.
-		next := c.record(old, n, entry)
-		id, version, tag := c.Record.ID, c.Record.Version, c.Record.Tag
-		g.afterCommit = append(g.afterCommit, func() { g.s.cache.put(g.GroupID, id, version, tag, next) })
+		if g.s.cache.enabled(c.Bytes - int64(n+len(c.Tombstones))*(recordRowBytes-recordRowMemory)) {
+			// Once committed, the new version is what the cache holds.
+			next := c.record(n, entry)
+			id, version, tag := c.Record.ID, c.Record.Version, c.Record.Tag
+			g.afterCommit = append(g.afterCommit, func() { g.s.cache.put(g.GroupID, id, version, tag, next) })
+		} else {
+			g.afterCommit = append(g.afterCommit, func() { g.s.cache.drop(g.GroupID) })
+		}
 	}
 	return c, nil
 }
@@ -213,7 +217,7 @@ func (g *GroupTx) readRecordRows(ctx context.Context, old map[string]recordRow, 
 
 // record is the record after c: the view's entries at their versions, and
 // the tombstones kept.
-func (c *ViewChange) record(old map[string]recordRow, n int, entry func(i int) (string, uint64)) map[string]recordRow {
+func (c *ViewChange) record(n int, entry func(i int) (string, uint64)) map[string]recordRow {
 	out := make(map[string]recordRow, n+len(c.Tombstones))
 	for i := range n {
 		key, hash := entry(i)

@@ -73,3 +73,46 @@ func TestRecordBounds(t *testing.T) {
 		t.Errorf("untagged record: changed %v, record %+v, versions %v; want version 6 with a tag, the entry still at 5", c.Changed(), c.Record, c.Versions)
 	}
 }
+
+// TestRecordCache: the cache keeps within its bytes, counting each record's
+// keys and an overhead per entry (empty records too), drops the least
+// recently used first, keeps no record over a quarter of it, and answers
+// only for the exact record id and version.
+func TestRecordCache(t *testing.T) {
+	c := newRecordCache(10 << 10)
+	for i := range 1000 { // empty records: counted, so evicted
+		c.put(fmt.Sprint("empty", i), 1, 1, 1, map[string]recordRow{})
+	}
+	if c.size > c.max || len(c.entries) > int(c.max/cacheEntryBytes) {
+		t.Errorf("%d empty records in %d bytes, over the bound %d", len(c.entries), c.size, c.max)
+	}
+	rows := func(n int) map[string]recordRow {
+		m := map[string]recordRow{}
+		for i := range n {
+			m[fmt.Sprint("k", i)] = recordRow{hash: uint64(i)}
+		}
+		return indexRows(m)
+	}
+	c.put("a", 1, 5, 9, rows(10))
+	c.put("b", 2, 3, 9, rows(10))
+	if c.get("a", 1, 5) == nil || c.get("a", 1, 6) != nil || c.get("a", 2, 5) != nil {
+		t.Error("get answers for another version or record id, or not for the cached one")
+	}
+	for i := range 100 { // "a" was used last: "b" goes first
+		c.put(fmt.Sprint("filler", i), 1, 1, 1, rows(5))
+		if c.get("a", 1, 5) == nil {
+			t.Fatalf("the most recently used record was evicted after %d puts", i)
+		}
+	}
+	if c.get("b", 2, 3) != nil {
+		t.Error("the least recently used record is still there")
+	}
+	c.put("a", 1, 6, 9, rows(1000)) // over a quarter of the cache: not kept, and the old one goes
+	if c.get("a", 1, 5) != nil || c.get("a", 1, 6) != nil {
+		t.Error("a record over a quarter of the cache was kept, or the group's older one stayed")
+	}
+	c.drop("filler99")
+	if c.get("filler99", 1, 1) != nil {
+		t.Error("a dropped record is still there")
+	}
+}

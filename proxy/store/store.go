@@ -50,7 +50,7 @@ type Options struct {
 	TouchInterval time.Duration
 	// RecordCacheBytes bounds the view records kept in memory between pulls
 	// (a pull of a group whose record is cached and current reads none of
-	// its rows). Default 32 MiB; negative: no cache.
+	// its rows). Default 16 MiB; negative: no cache.
 	RecordCacheBytes int64
 }
 
@@ -70,7 +70,7 @@ func New(pool *pgxpool.Pool, o Options) *Store {
 	}
 	cacheBytes := o.RecordCacheBytes
 	if cacheBytes == 0 {
-		cacheBytes = 32 << 20
+		cacheBytes = 16 << 20
 	}
 	return &Store{pool: pool, schema: pgx.Identifier{o.Schema}.Sanitize(), waitTimeout: wait, recordVersions: versions,
 		touchInterval: touch, cache: newRecordCache(cacheBytes)}
@@ -941,6 +941,9 @@ func (s *Store) deleteIdleGroup(ctx context.Context, conn *pgxpool.Conn, id stri
 		deleted = true
 		return nil
 	})
+	if deleted && err == nil {
+		s.cache.drop(id)
+	}
 	return deleted, err
 }
 
