@@ -348,7 +348,8 @@ func (s *Store) locked(ctx context.Context, groupID, userID, clientID string, fn
 			_, _ = conn.Exec(rctx, "ROLLBACK")
 		}
 	}()
-	g := &GroupTx{tx: conn, s: s, GroupID: groupID, prefetched: clientID}
+	tx := &deferringTx{conn: conn}
+	g := &GroupTx{tx: tx, dtx: tx, s: s, GroupID: groupID, prefetched: clientID}
 	if err := g.lock(wctx, userID); err != nil {
 		return err
 	}
@@ -357,15 +358,10 @@ func (s *Store) locked(ctx context.Context, groupID, userID, clientID string, fn
 	}
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
 	defer cancel()
-	tag, err := conn.Exec(cctx, "COMMIT")
-	if err != nil {
-		return fmt.Errorf("committing: %w", err)
+	if err := tx.commit(cctx); err != nil {
+		return err
 	}
 	done = true
-	if tag.String() != "COMMIT" {
-		// Postgres answers COMMIT of a failed transaction with ROLLBACK.
-		return fmt.Errorf("committing: the transaction was rolled back (%s)", tag)
-	}
 	for _, fn := range g.afterCommit {
 		fn()
 	}
@@ -385,6 +381,7 @@ type dbtx interface {
 // for concurrent use and is valid only inside the Locked callback.
 type GroupTx struct {
 	tx          dbtx
+	dtx         *deferringTx // tx, for writes that may wait for the next round trip
 	s           *Store
 	GroupID     string
 	cookieOrder int64
@@ -651,20 +648,25 @@ func (g *GroupTx) ClaimClient(ctx context.Context, clientID string, maxPerGroup 
 func (g *GroupTx) SetLastMutationID(ctx context.Context, clientID string, id int64) error {
 	// The group's last use is noted at most once per touchInterval: a push
 	// of many mutations does not rewrite the group's row for each.
-	tag, err := g.tx.Exec(ctx, g.s.sql(`WITH forget AS (
+	//
+	// The write goes with the transaction's next statement or its COMMIT
+	// (one round trip fewer per mutation); its failure fails that, and so
+	// the transaction.
+	g.dtx.hold(g.s.sql(`WITH forget AS (
 			DELETE FROM {schema}.mutation_attempts WHERE client_id = $1 AND mutation_id <= $3),
 		touch AS (
 			UPDATE {schema}.client_groups SET last_used_at = now() WHERE id = $2 AND last_used_at < now() - $4::interval)
 		INSERT INTO {schema}.clients (id, client_group_id, last_mutation_id) VALUES ($1, $2, $3)
 		ON CONFLICT (id) DO UPDATE SET last_mutation_id = excluded.last_mutation_id, updated_at = now()
-		WHERE {schema}.clients.client_group_id = excluded.client_group_id`), clientID, g.GroupID, id, g.s.touchInterval)
-	if err != nil {
-		return fmt.Errorf("advancing last mutation id: %w", err)
-	}
-	if tag.RowsAffected() == 0 {
-		// Another group registered this client since it was read.
-		return ErrClientForbidden
-	}
+		WHERE {schema}.clients.client_group_id = excluded.client_group_id`),
+		[]any{clientID, g.GroupID, id, g.s.touchInterval},
+		func(tag pgconn.CommandTag) error {
+			if tag.RowsAffected() == 0 {
+				// Another group registered this client since it was read.
+				return ErrClientForbidden
+			}
+			return nil
+		})
 	return nil
 }
 

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -568,5 +569,31 @@ func TestLockedReportsARolledBackCommit(t *testing.T) {
 		if err := s.Locked(ctx, "g", "alice", func(g *GroupTx) error { return nil }); err != nil {
 			t.Fatalf("Locked afterwards: %v", err)
 		}
+	}
+}
+
+// TestDeferredLastMutationID: the last mutation id is written with the
+// transaction's next statement or its COMMIT; a failure there (the client
+// belongs to another group) fails the transaction with ErrClientForbidden
+// and changes nothing.
+func TestDeferredLastMutationID(t *testing.T) {
+	s := newStore(t, 5*time.Second)
+	ctx := context.Background()
+	if err := s.Locked(ctx, "g1", "alice", func(g *GroupTx) error { return g.SetLastMutationID(ctx, "c1", 3) }); err != nil {
+		t.Fatal(err)
+	}
+	err := s.Locked(ctx, "g2", "alice", func(g *GroupTx) error { return g.SetLastMutationID(ctx, "c1", 9) })
+	if !errors.Is(err, ErrClientForbidden) {
+		t.Errorf("writing g1's client from g2 = %v; want ErrClientForbidden at commit", err)
+	}
+	err = s.Locked(ctx, "g1", "alice", func(g *GroupTx) error {
+		lmids, err := g.LastMutationIDs(ctx)
+		if err == nil && lmids["c1"] != 3 {
+			err = fmt.Errorf("c1 at %d after the failed write, want 3", lmids["c1"])
+		}
+		return err
+	})
+	if err != nil {
+		t.Error(err)
 	}
 }
