@@ -74,12 +74,9 @@ func walkValue(b []byte, i int) (end int, spaced bool) {
 	}
 }
 
-// walkMember returns the value of key in the object that starts obj
-// (trimmed). When the key repeats, the last one wins, as encoding/json
-// decides.
-func walkMember(obj []byte, key string) ([]byte, bool) {
-	var val []byte
-	found := false
+// walkEach calls fn with each member of the object that starts obj
+// (trimmed): its quoted key and its value, in order.
+func walkEach(obj []byte, fn func(quotedKey, value []byte)) {
 	i := walkSpace(obj, 1)
 	for i < len(obj) && obj[i] != '}' {
 		kEnd := walkString(obj, i)
@@ -87,14 +84,23 @@ func walkMember(obj []byte, key string) ([]byte, bool) {
 		i = walkSpace(obj, kEnd)
 		i = walkSpace(obj, i+1) // the colon
 		vEnd, _ := walkValue(obj, i)
-		if quotedEquals(k, key) {
-			val, found = obj[i:vEnd], true
-		}
+		fn(k, obj[i:vEnd])
 		i = walkSpace(obj, vEnd)
 		if i < len(obj) && obj[i] == ',' {
 			i = walkSpace(obj, i+1)
 		}
 	}
+}
+
+// walkMember returns the value of key in the object that starts obj
+// (trimmed). When the key repeats, the last one wins, as encoding/json
+// decides.
+func walkMember(obj []byte, key string) (val []byte, found bool) {
+	walkEach(obj, func(k, v []byte) {
+		if quotedEquals(k, key) {
+			val, found = v, true
+		}
+	})
 	return val, found
 }
 
@@ -103,23 +109,13 @@ func walkMember(obj []byte, key string) ([]byte, bool) {
 // decoded as encoding/json decodes them.
 func walkMembers(obj []byte) map[string][]byte {
 	out := map[string][]byte{}
-	i := walkSpace(obj, 1)
-	for i < len(obj) && obj[i] != '}' {
-		kEnd := walkString(obj, i)
-		k := obj[i:kEnd]
-		i = walkSpace(obj, kEnd)
-		i = walkSpace(obj, i+1) // the colon
-		vEnd, _ := walkValue(obj, i)
+	walkEach(obj, func(k, v []byte) {
 		key := string(k[1 : len(k)-1])
 		if bytes.IndexByte(k, '\\') >= 0 || !utf8.Valid(k) {
 			_ = json.Unmarshal(k, &key)
 		}
-		out[key] = obj[i:vEnd]
-		i = walkSpace(obj, vEnd)
-		if i < len(obj) && obj[i] == ',' {
-			i = walkSpace(obj, i+1)
-		}
-	}
+		out[key] = v
+	})
 	return out
 }
 

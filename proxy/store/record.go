@@ -125,6 +125,10 @@ func indexRows(rec map[string]recordRow) map[string]recordRow {
 	return rec
 }
 
+// recordQuery reads a group's record: every key, its hash (0 for a
+// tombstone), version and whether it is a tombstone.
+const recordQuery = `SELECT key, coalesce(hash, 0), version, hash IS NULL FROM {schema}.view_entries WHERE client_group_id = $1`
+
 // CompareView compares a fetched view of n entries (entry(i) gives the
 // i-th key and the hash of its value; keys are unique) with the group's
 // record, together with the tags of the given versions (the ones pulls'
@@ -143,7 +147,7 @@ func (g *GroupTx) CompareView(ctx context.Context, n int, entry func(i int) (str
 		cached := g.s.cache.get(g.GroupID, rec.ID, rec.Version)
 		b := &pgx.Batch{}
 		if cached == nil {
-			b.Queue(g.s.sql(`SELECT key, coalesce(hash, 0), version, hash IS NULL FROM {schema}.view_entries WHERE client_group_id = $1`), g.GroupID)
+			b.Queue(g.s.sql(recordQuery), g.GroupID)
 		}
 		b.Queue(g.s.sql(`SELECT version, tag FROM {schema}.view_versions WHERE client_group_id = $1 AND version = ANY($2)`), g.GroupID, asked)
 		br := g.tx.SendBatch(ctx, b)
@@ -203,7 +207,7 @@ func (g *GroupTx) CompareView(ctx context.Context, n int, entry func(i int) (str
 
 func (g *GroupTx) readRecordRows(ctx context.Context, old map[string]recordRow, charge func(int64) error) error {
 	br := g.tx.SendBatch(ctx, &pgx.Batch{QueuedQueries: []*pgx.QueuedQuery{{
-		SQL: g.s.sql(`SELECT key, coalesce(hash, 0), version, hash IS NULL FROM {schema}.view_entries WHERE client_group_id = $1`), Arguments: []any{g.GroupID},
+		SQL: g.s.sql(recordQuery), Arguments: []any{g.GroupID},
 	}}})
 	err := readRecord(br, old, charge)
 	if cerr := br.Close(); err == nil {
