@@ -231,6 +231,7 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry
 			}
 			return fail(err.Error(), err)
 		}
+		var scan pageScan
 		res := PageResult{PageMemo: PageMemo{Source: s.id, Page: page, URL: next.String(), Total: -1}, NotModified: notModified, Conditional: memo != nil}
 		var got []Entry
 		if notModified {
@@ -241,10 +242,11 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry
 				got[i] = Entry{Key: k, Hash: memo.Hashes[i]}
 			}
 		} else {
-			if !json.Valid(body) {
+			var ok bool
+			if scan, ok = scanPage(body, s.items, s.keyFields); !ok {
 				return fail("response is not JSON", nil)
 			}
-			if got, err = s.entries(body); err != nil {
+			if got, err = s.entries(body, &scan); err != nil {
 				return fail(err.Error(), err)
 			}
 			res.ETag, res.LastModified = validatorsOf(hdr)
@@ -262,13 +264,13 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry
 		}
 		var a *answer
 		if !notModified && s.checksMore() {
-			a = &answer{hdr: hdr, body: body}
+			a = &answer{hdr: hdr, body: body, scan: scan}
 		}
 		if page == 1 && s.checksMore() {
 			firstAnswer = a
 			firstTotal = res.Total
 			if a != nil {
-				firstTotal = s.total(a.parse())
+				firstTotal = s.total(a)
 				res.Total = firstTotal
 			}
 		}
@@ -284,7 +286,7 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry
 				}
 			}
 		case s.paged:
-			if next, err = f.nextPage(s, page, len(got), cur, first, body, hdr); err != nil {
+			if next, err = f.nextPage(s, page, len(got), cur, first, body, &scan, hdr); err != nil {
 				return fail(err.Error(), err)
 			}
 		}
@@ -307,7 +309,7 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry
 		last = firstAnswer
 	}
 	if last != nil {
-		a := last.parse()
+		a := last
 		lastTotal = s.total(a)
 		// Remembered for when this page, the last, answers 304 next time.
 		results[len(results)-1].Total = lastTotal
@@ -332,32 +334,23 @@ func (s *source) checksMore() bool { return s.keyed && s.page.Type != "none" }
 type answer struct {
 	hdr  http.Header
 	body []byte
-	top  map[string][]byte // the top-level members, when the body is an object (parse)
-}
-
-func (a *answer) parse() answer {
-	out := answer{hdr: a.hdr, body: a.body}
-	if b := trimmed(a.body); len(b) > 0 && b[0] == '{' {
-		out.top = walkMembers(b) // once: the checks ask for several fields
-	}
-	return out
+	scan pageScan // the page's scan: its top-level members
 }
 
 // field follows a dotted path from the top level; false when a step is
 // absent or not an object.
-func (a answer) field(path []string) (json.RawMessage, bool) {
-	v, ok := a.top[path[0]]
-	if !ok || len(path) == 1 {
-		return v, ok
+func (a *answer) field(path []string) (json.RawMessage, bool) {
+	if a.scan.top == nil {
+		return nil, false
 	}
-	raw, present, err := lookupPath(v, path[1:])
+	raw, present, err := a.scan.lookup(a.body, path)
 	return raw, err == nil && present
 }
 
 // total returns the count of all items an answer reports (X-Total-Count,
 // the source's Total path, or a top-level count, total, totalCount,
 // total_count or totalItems beside the items), or -1.
-func (s *source) total(a answer) int {
+func (s *source) total(a *answer) int {
 	if v := a.hdr.Get("X-Total-Count"); v != "" {
 		if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && n >= 0 {
 			return n
@@ -388,7 +381,7 @@ func (s *source) total(a answer) int {
 // pagination did not follow, or a next field that cursor or url pagination
 // did not follow. Under the Reset Strategy the client would delete what is
 // missing.
-func (s *source) unfollowed(a answer) string {
+func (s *source) unfollowed(a *answer) string {
 	if s.page.Type != "link" {
 		if target := nextLink(a.hdr.Values("Link")); target != "" {
 			return fmt.Sprintf("the answer has a Link header with rel=\"next\" (%s), but the source's pagination does not follow it", target)
@@ -503,7 +496,7 @@ func (e *StatusError) Error() string { return fmt.Sprintf("upstream answered %d"
 // A next-page reference that cannot be followed is an error, never the last
 // page: under the Reset Strategy a truncated view deletes on the client
 // every entity it lacks.
-func (f *Fetcher) nextPage(s *source, page, items int, cur, first *url.URL, body []byte, hdr http.Header) (*url.URL, error) {
+func (f *Fetcher) nextPage(s *source, page, items int, cur, first *url.URL, body []byte, scan *pageScan, hdr http.Header) (*url.URL, error) {
 	switch s.page.Type {
 	case "link":
 		target := nextLink(hdr.Values("Link"))
@@ -512,7 +505,7 @@ func (f *Fetcher) nextPage(s *source, page, items int, cur, first *url.URL, body
 		}
 		return f.follow(cur, target, "next link")
 	case "url":
-		raw, present, err := lookupPath(body, s.nextPath)
+		raw, present, err := scan.lookup(body, s.nextPath)
 		if err != nil {
 			return nil, fmt.Errorf("next URL field %q cannot be followed: %w", s.page.Next, err)
 		}
@@ -538,7 +531,7 @@ func (f *Fetcher) nextPage(s *source, page, items int, cur, first *url.URL, body
 		}
 		return withQuery(cur, s.page.Param, strconv.Itoa(atoi(cur.Query().Get(s.page.Param))+1)), nil
 	default: // cursor
-		raw, present, err := lookupPath(body, s.nextPath)
+		raw, present, err := scan.lookup(body, s.nextPath)
 		if err != nil {
 			return nil, fmt.Errorf("cursor field %q cannot be followed: %w", s.page.Next, err)
 		}
@@ -677,7 +670,12 @@ func splitLinkParams(v string) (params, rest string) {
 }
 
 // entries turns one page's body into entries.
-func (s *source) entries(body []byte) ([]Entry, error) {
+func (s *source) entries(body []byte, scan *pageScan) ([]Entry, error) {
+	if sel := trimmed(scan.selected); len(sel) > 0 && sel[0] == '[' && s.keyed {
+		return s.scannedEntries(scan)
+	}
+	// Not an array of items (or one whole value): the path is walked again
+	// for the exact error, or the value.
 	selected := json.RawMessage(body)
 	if s.items != nil {
 		var err error
@@ -716,6 +714,60 @@ func (s *source) entries(body []byte) ([]Entry, error) {
 		return nil, err
 	}
 	return out, nil
+}
+
+// scannedEntries makes the entries of the items the scan found.
+func (s *source) scannedEntries(scan *pageScan) ([]Entry, error) {
+	out := make([]Entry, len(scan.items))
+	nf := len(s.keyFields)
+	for i, it := range scan.items {
+		key, err := s.keyFrom(it.raw, scan.fields[i*nf:(i+1)*nf])
+		if err == nil {
+			err = checkKey(key)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("item %d: %w", i, err)
+		}
+		v := json.RawMessage(it.raw)
+		if it.spaced {
+			v = compact(it.raw)
+		}
+		out[i] = Entry{Key: key, Value: v, Hash: Hash(v)}
+	}
+	return out, nil
+}
+
+// keyFrom is keyOf with the item's top-level key fields already found by
+// the scan; anything else (a nested field, a field absent or not a scalar)
+// takes keyOf's walk, and its exact error.
+func (s *source) keyFrom(item []byte, fields [][]byte) (string, error) {
+	if len(s.key) == 1 && s.key[0].field != nil && len(s.key[0].field) == 1 {
+		// The common "{id}": no builder.
+		if v, ok := scalar(fields[0]); ok && v != "" {
+			return v, nil
+		}
+		return s.keyOf(item)
+	}
+	n := 0
+	for _, p := range s.key {
+		n += len(p.literal) + 16
+	}
+	b := make([]byte, 0, n)
+	for _, p := range s.key {
+		if p.field == nil {
+			b = append(b, p.literal...)
+			continue
+		}
+		if len(p.field) != 1 || fields[p.first] == nil {
+			return s.keyOf(item)
+		}
+		v, ok := scalar(fields[p.first])
+		if !ok || v == "" {
+			return s.keyOf(item)
+		}
+		b = append(b, v...)
+	}
+	return string(b), nil
 }
 
 // MaxKeyBytes bounds a client view key: the sidecar's record indexes keys,

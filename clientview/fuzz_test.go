@@ -26,16 +26,40 @@ func FuzzEntries(f *testing.F) {
 	for _, s := range []string{
 		`{"data":{"items":[{"id":"a"},{"id":2}]}}`, `[{"owner":{"id":"o"},"n":1}]`, `{"x":1}`, `[]`, `null`,
 		`{"data":{"items":[{"id":null}]}}`, `{"data":{"items":{"id":"a"}}}`, `[{"owner":[1]}]`, `"str"`, `[{"id":"\u0000"}]`,
+		`{"data":{"items":[{"id":"a"}]},"data":{"x":1}}`, `{"data":{"items":[{"id":"a"}],"items":[{"id":"b", "id":"c"}]}}`,
+		`[{"owner":{"id":"o"},"owner":{"id":"p"},"n":1.5e3}]`, `{"data":{"items":[{"\u0069d":"e"}, {"id":-0}]}}`, `[1,2`, `{"a":tru}`,
+		`["\ud800"]`, `{"data":{"items":[{"id":"x y"} , {"id":"\"q\"" }]}}`, "[\"\x01\"]", `[01]`, `[1.]`, `[1e]`, `{"a" 1}`,
 	} {
 		for i := range compiled {
 			f.Add(i, s)
 		}
 	}
 	f.Fuzz(func(t *testing.T, which int, body string) {
-		if which < 0 || which >= len(compiled) || !json.Valid([]byte(body)) {
-			return // fetchSource checks JSON validity first
+		if which < 0 || which >= len(compiled) {
+			return
 		}
-		es, err := compiled[which].entries([]byte(body))
+		cs := compiled[which]
+		scan, ok := scanPage([]byte(body), cs.items, cs.keyFields)
+		if ok != json.Valid([]byte(body)) {
+			t.Fatalf("scanPage(%q) ok = %v, json.Valid says %v", body, ok, !ok)
+		}
+		if !ok {
+			return // fetchSource refuses it
+		}
+		es, err := cs.entries([]byte(body), &scan)
+		// The same page through the walk alone (no scan results).
+		walked, werr := cs.entries([]byte(body), &pageScan{})
+		if (err == nil) != (werr == nil) || (err != nil && err.Error() != werr.Error()) {
+			t.Fatalf("%s: scanned entries fail with %v, walked with %v", body, err, werr)
+		}
+		if len(es) != len(walked) {
+			t.Fatalf("%s: %d entries scanned, %d walked", body, len(es), len(walked))
+		}
+		for i := range es {
+			if es[i].Key != walked[i].Key || !bytes.Equal(es[i].Value, walked[i].Value) || es[i].Hash != walked[i].Hash {
+				t.Fatalf("%s: entry %d scanned %+v, walked %+v", body, i, es[i], walked[i])
+			}
+		}
 		if err != nil {
 			return
 		}
@@ -78,6 +102,18 @@ func FuzzWalkMatchesDecoding(f *testing.F) {
 			var decoded map[string]json.RawMessage
 			if err := json.Unmarshal(top, &decoded); err != nil {
 				t.Fatalf("decoding %s: %v", doc, err)
+			}
+			scan, ok := scanPage([]byte(doc), path, nil)
+			if !ok {
+				t.Fatalf("scanPage refuses %s, which json.Valid accepts", doc)
+			}
+			for k, v := range decoded {
+				if got, found := scan.topMember(k); !found || !sameJSON(got, v) {
+					t.Fatalf("top member %q of %s: scanned %s (%v), decoded %s", k, doc, got, found, v)
+				}
+			}
+			if got != nil && gotErr == nil && !sameJSON(scan.selected, got) {
+				t.Fatalf("scanPage(%s, %q) selected %s; selectPath %s", doc, dotted, scan.selected, got)
 			}
 			walked := walkMembers(top)
 			if len(walked) != len(decoded) {
@@ -140,4 +176,19 @@ func sameJSON(a, b []byte) bool {
 	}
 	var ca, cb bytes.Buffer
 	return json.Compact(&ca, a) == nil && json.Compact(&cb, b) == nil && bytes.Equal(ca.Bytes(), cb.Bytes())
+}
+
+// TestScanDepth: nesting is refused past encoding/json's limit, exactly
+// where json.Valid refuses it.
+func TestScanDepth(t *testing.T) {
+	for _, n := range []int{maxDepth - 1, maxDepth, maxDepth + 1} {
+		doc := []byte(strings.Repeat("[", n) + strings.Repeat("]", n))
+		_, ok := scanPage(doc, nil, nil)
+		if ok != json.Valid(doc) {
+			t.Errorf("%d levels: scanPage ok = %v, json.Valid %v", n, ok, json.Valid(doc))
+		}
+	}
+	if _, ok := scanPage([]byte(strings.Repeat(`{"a":`, maxDepth)+"1"+strings.Repeat("}", maxDepth)), nil, nil); !ok {
+		t.Errorf("%d nested objects refused", maxDepth)
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"sync/atomic"
 
@@ -90,7 +91,8 @@ type source struct {
 	pathTmpl  string // with {userID} still in it
 	items     []string
 	key       []keyPart
-	keyed     bool // key has at least one placeholder
+	keyFields []string // the distinct first names of the key's fields, for the page scan
+	keyed     bool     // key has at least one placeholder
 	page      Pagination
 	paged     bool
 	nextPath  []string // page.Next split at dots (cursor and url types)
@@ -106,6 +108,7 @@ type source struct {
 type keyPart struct {
 	literal string
 	field   []string // nil for literal text
+	first   int      // index of field[0] in the source's keyFields
 }
 
 var fieldRE = regexp.MustCompile(`\{([A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*)\}`)
@@ -164,7 +167,13 @@ func compileSource(s Source) (*source, []error) {
 		if m[0] > last {
 			cs.key = append(cs.key, keyPart{literal: s.Key[last:m[0]]})
 		}
-		cs.key = append(cs.key, keyPart{field: strings.Split(s.Key[m[2]:m[3]], ".")})
+		field := strings.Split(s.Key[m[2]:m[3]], ".")
+		first := slices.Index(cs.keyFields, field[0])
+		if first < 0 {
+			first = len(cs.keyFields)
+			cs.keyFields = append(cs.keyFields, field[0])
+		}
+		cs.key = append(cs.key, keyPart{field: field, first: first})
 		cs.keyed = true
 		last = m[1]
 	}

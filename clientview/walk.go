@@ -8,11 +8,9 @@ import (
 	"unicode/utf8"
 )
 
-// A page is read in two passes over its bytes: json.Valid, then a walk
-// that finds the items, splits them, reads the key fields of each and
-// notes whether an item needs compacting, without decoding anything it
-// does not need (decoding the page into maps and slices took several
-// passes and copied every item). The walker below expects valid JSON.
+// The walkers below read values out of JSON already known to be valid
+// (scanPage checked it): a nested key field, a nested pagination field, and
+// the exact error when a page's items are not where the mapping says.
 
 // walkSpace returns the index of the first non-space byte at or after i.
 func walkSpace(b []byte, i int) int {
