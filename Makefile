@@ -7,7 +7,7 @@ GO      ?= go
 BIN     := bin
 GOFILES := $(shell git ls-files '*.go' 2>/dev/null)
 
-.PHONY: all build test test-go test-e2e check fmt vet demo web clean bench promtool fuzz tools image lint
+.PHONY: all build test test-go test-e2e check fmt vet demo web clean bench bench-go promtool fuzz tools image lint
 
 all: build
 
@@ -34,8 +34,9 @@ test: test-go test-e2e
 
 ## test-go: Go unit, integration and fault tests (crash, Postgres outage, breaker, bad
 ## input, fuzz seeds, promtool), with the race detector, against a real Postgres.
-test-go: $(BIN)/devpg promtool tools
-	$(BIN)/devpg -- sh -c 'REQUIRE_PROMTOOL=1 REQUIRE_DEPLOY_TOOLS=1 $(GO) test -race -count=1 ./... && $(GO) test -run "^$$" -bench . -benchtime 3x ./proxy'
+test-go: build $(BIN)/devpg promtool tools
+	$(BIN)/devpg -- sh -c 'REQUIRE_PROMTOOL=1 REQUIRE_DEPLOY_TOOLS=1 $(GO) test -race -count=1 ./... && $(GO) test -run "^$$" -bench . -benchtime 3x ./proxy && \
+	  $(BIN)/bench -quick -sidecar $(BIN)/replicache-sidecar >/dev/null'
 
 ## tools: kustomize and kubeconform (pinned) for the deploy/ checks, into bin/tools.
 KUSTOMIZE_VERSION   := v5.8.2
@@ -101,8 +102,14 @@ fmt:
 vet:
 	$(GO) vet ./...
 
-## bench: benchmarks (sidecar vs direct upstream), printed as a table.
-bench: $(BIN)/devpg
+## bench: what the sidecar costs next to the physical limit of the same work, measured
+## in one run (push, reset and diff pulls of 1k/10k/100k entities, memory, 50 and 200
+## groups at once): one table, a few minutes. See BENCHMARKS.md.
+bench: build $(BIN)/devpg
+	$(BIN)/devpg -- $(BIN)/bench -sidecar $(BIN)/replicache-sidecar
+
+## bench-go: the Go benchmarks (go test -bench) and the memory tests at full size.
+bench-go: $(BIN)/devpg
 	$(BIN)/devpg -- sh -c '$(GO) test -run "^$$" -bench . -benchmem ./... && \
 	  MEMORY_TEST=full $(GO) test -count=1 -v -run "^(TestMemoryUnderHostileLoad|TestPokeSubscriberMemory)$$" ./cmd/replicache-sidecar | grep -E "peak RSS|poke streams|^(ok|FAIL|---)"'
 

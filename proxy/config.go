@@ -63,6 +63,8 @@ type Config struct {
 	DrainDelay       time.Duration `env:"DRAIN_DELAY" envDefault:"2s"`
 	HTTPReadTimeout  time.Duration `env:"HTTP_READ_TIMEOUT" envDefault:"60s"`
 	LogLevel         string        `env:"LOG_LEVEL" envDefault:"info"`
+	// Pprof serves Go's profiles under /debug/pprof/ on the admin listener.
+	Pprof bool `env:"PPROF" envDefault:"false"`
 
 	DBStatementTimeout time.Duration `env:"DB_STATEMENT_TIMEOUT" envDefault:"10s"`
 	DBLockTimeout      time.Duration `env:"DB_LOCK_TIMEOUT" envDefault:"15s"`

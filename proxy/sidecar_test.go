@@ -120,3 +120,21 @@ func TestErrorBodiesTellNothingInternal(t *testing.T) {
 		t.Errorf("bad upstream URL: %v; want it named without the password", err)
 	}
 }
+
+// TestAdminPprof: Go's profiles are served on the admin listener only when
+// SIDECAR_PPROF says so.
+func TestAdminPprof(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		h := newHarness(t, map[string]string{"SIDECAR_PPROF": map[bool]string{false: "false", true: "true"}[on]})
+		inst := h.start()
+		admin := httptest.NewServer(inst.sc.AdminHandler(inst.reg))
+		r := do(t, mustRequest(t, http.MethodGet, admin.URL+"/debug/pprof/goroutine?debug=1"))
+		admin.Close()
+		switch {
+		case on && (r.status != 200 || !strings.Contains(string(r.raw), "goroutine profile")):
+			t.Errorf("with SIDECAR_PPROF=true: /debug/pprof/goroutine = %d %.100s", r.status, r.raw)
+		case !on && r.status != 404:
+			t.Errorf("without SIDECAR_PPROF: /debug/pprof/goroutine = %d, want 404", r.status)
+		}
+	}
+}

@@ -1,0 +1,194 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// sidecar is the built binary run as its own process, as in production, so
+// its resident memory can be read from /proc.
+type sidecar struct {
+	cmd    *exec.Cmd
+	url    string // public listener
+	admin  string
+	stderr *lockedBuffer
+	done   chan struct{}
+}
+
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// startSidecar runs bin with the bench's settings plus env and waits until
+// it is ready.
+func startSidecar(bin string, env ...string) (*sidecar, error) {
+	pub, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	adm, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	s := &sidecar{url: "http://" + pub, admin: "http://" + adm, stderr: &lockedBuffer{}, done: make(chan struct{})}
+	s.cmd = exec.Command(bin)
+	s.cmd.Env = append(os.Environ(), "SIDECAR_LISTEN_ADDR="+pub, "SIDECAR_ADMIN_ADDR="+adm,
+		"SIDECAR_SHUTDOWN_TIMEOUT=2s", "SIDECAR_DRAIN_DELAY=0s", "SIDECAR_LOG_LEVEL=warn", "SIDECAR_PPROF=true")
+	s.cmd.Env = append(s.cmd.Env, env...)
+	s.cmd.Stderr = s.stderr
+	if err := s.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { _ = s.cmd.Wait(); close(s.done) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get(s.admin + "/readyz")
+		if err == nil {
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return s, nil
+			}
+		}
+		select {
+		case <-s.done:
+			return nil, fmt.Errorf("the sidecar exited at start:\n%s", s.stderr.tail(2000))
+		default:
+		}
+		if time.Now().After(deadline) {
+			s.stop()
+			return nil, fmt.Errorf("the sidecar is not ready after 20s:\n%s", s.stderr.tail(2000))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (s *sidecar) stop() {
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(10 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-s.done
+	}
+}
+
+// alive reports whether the process is still running.
+func (s *sidecar) alive() bool {
+	select {
+	case <-s.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// rss returns the process's resident set now and its peak since the last
+// resetPeak, in bytes.
+func (s *sidecar) rss() (now, peak int64, err error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		name, val, ok := strings.Cut(line, ":")
+		if !ok || (name != "VmRSS" && name != "VmHWM") {
+			continue
+		}
+		kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(val), " kB"), 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("%s: %w", name, err)
+		}
+		if name == "VmRSS" {
+			now = kb << 10
+		} else {
+			peak = kb << 10
+		}
+	}
+	if now == 0 || peak == 0 {
+		return 0, 0, errors.New("no VmRSS or VmHWM in /proc/PID/status")
+	}
+	return now, peak, nil
+}
+
+// resetPeak starts a new peak: VmHWM falls to the resident set now.
+func (s *sidecar) resetPeak() error {
+	return os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", s.cmd.Process.Pid), []byte("5"), 0)
+}
+
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) tail(n int) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := b.buf.String()
+	if len(s) > n {
+		s = s[len(s)-n:]
+	}
+	return s
+}
+
+// profile, when the bench runs with -profile, takes a CPU profile of the
+// sidecar for -profile-seconds while repeating op, and writes it to
+// <-profile>/<name>.pprof.
+func (b *bench) profile(s *sidecar, name string, op func() error) error {
+	if b.o.profile == "" {
+		return nil
+	}
+	got := make(chan error, 1)
+	go func() {
+		kind := "profile"
+		if os.Getenv("BENCH_TRACE") != "" {
+			kind = "trace"
+		}
+		resp, err := http.Get(fmt.Sprintf("%s/debug/pprof/%s?seconds=%d", s.admin, kind, b.o.profileSeconds))
+		if err != nil {
+			got <- err
+			return
+		}
+		defer resp.Body.Close()
+		f, err := os.Create(filepath.Join(b.o.profile, name+".pprof"))
+		if err == nil {
+			_, err = io.Copy(f, resp.Body)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+		}
+		got <- err
+	}()
+	for {
+		select {
+		case err := <-got:
+			return err
+		default:
+		}
+		if err := op(); err != nil {
+			return err
+		}
+	}
+}
