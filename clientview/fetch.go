@@ -11,10 +11,13 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/cespare/xxhash/v2"
 )
 
 // Doer sends one HTTP request to the upstream and returns its answer. In
@@ -136,19 +139,25 @@ func (f *Fetcher) FetchResult(parent context.Context, v *View, r Request) (Resul
 	if firstErr != nil {
 		return Result{}, firstErr
 	}
+	if len(results) == 1 { // each source's keys are already known distinct
+		return Result{Entries: results[0], Pages: pages[0]}, nil
+	}
 	n := 0
 	for _, es := range results {
 		n += len(es)
 	}
 	out := Result{Entries: make([]Entry, 0, n)}
-	seen := make(map[string]string, n)
+	var keys keySet
+	starts := make([]int, 0, len(results)) // index in out.Entries of each source's first entry
 	for i, es := range results {
-		for _, e := range es {
-			if prev, dup := seen[e.Key]; dup {
-				return Result{}, &SourceError{Source: v.sources[i].path, Reason: fmt.Sprintf("duplicate key %q (also produced by %s)", e.Key, prev)}
+		starts = append(starts, len(out.Entries))
+		out.Entries = append(out.Entries, es...)
+		for k := starts[i]; k < len(out.Entries); k++ {
+			if j, dup := keys.add(out.Entries, k); dup {
+				prev, _ := slices.BinarySearch(starts, j+1) // the source entry j came from, counted from 1
+				return Result{}, &SourceError{Source: v.sources[i].path,
+					Reason: fmt.Sprintf("duplicate key %q (also produced by %s)", out.Entries[k].Key, v.sources[prev-1].path)}
 			}
-			seen[e.Key] = v.sources[i].path
-			out.Entries = append(out.Entries, e)
 		}
 		out.Pages = append(out.Pages, pages[i]...)
 	}
@@ -202,7 +211,9 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry
 	var entries []Entry
 	var results []PageResult
 	seenURLs := map[string]bool{}
-	keys := map[string]int{} // key → page it came on
+	var keys keySet
+	var starts []int // index in entries of each page's first entry
+	var prevScan pageScan
 	firstTotal := -1
 	var firstAnswer *answer // page 1's top-level fields, parsed once (nil: not modified)
 	var last *answer        // the last page's, when fetched in full
@@ -243,24 +254,31 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry
 			}
 		} else {
 			var ok bool
-			if scan, ok = scanPage(body, s.items, s.keyFields); !ok {
+			if scan, ok = scanPage(body, s.items, s.keyFields, &prevScan); !ok {
 				return fail("response is not JSON", nil)
 			}
 			if got, err = s.entries(body, &scan); err != nil {
 				return fail(err.Error(), err)
 			}
+			prevScan = scan // its items are entries now
 			res.ETag, res.LastModified = validatorsOf(hdr)
 		}
-		for _, e := range got {
-			switch p, seen := keys[e.Key]; {
-			case seen && p == page:
-				return fail(fmt.Sprintf("duplicate key %q (twice on page %d)", e.Key, page), nil)
-			case seen:
+		starts = append(starts, len(entries))
+		entries = append(entries, got...)
+		for i := starts[page-1]; i < len(entries); i++ {
+			j, seen := keys.add(entries, i)
+			if !seen {
+				continue
+			}
+			// The page entries[j] came on: the last page starting at or before it.
+			p, _ := slices.BinarySearch(starts, j+1)
+			if key := entries[i].Key; p == page {
+				return fail(fmt.Sprintf("duplicate key %q (twice on page %d)", key, page), nil)
+			} else {
 				// The pages overlap: the collection shifted between two
 				// requests (or the API ignores the page parameter).
-				return nil, nil, &shiftedError{fmt.Sprintf("key %q came on page %d and again on page %d", e.Key, p, page)}
+				return nil, nil, &shiftedError{fmt.Sprintf("key %q came on page %d and again on page %d", key, p, page)}
 			}
-			keys[e.Key] = page
 		}
 		var a *answer
 		if !notModified && s.checksMore() {
@@ -273,8 +291,10 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry
 				firstTotal = s.total(a)
 				res.Total = firstTotal
 			}
+			if firstTotal > len(got) && firstTotal <= 1<<20 {
+				entries = slices.Grow(entries, firstTotal-len(entries)) // the reported total: one allocation, not a doubling series
+			}
 		}
-		entries = append(entries, got...)
 		last, lastTotal, pages = a, res.Total, page
 		cur := next
 		next = nil
@@ -294,10 +314,14 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry
 			if next != nil {
 				res.Next = next.String()
 			}
-			res.Keys = make([]string, len(got))
-			res.Hashes = make([]uint64, len(got))
-			for i, e := range got {
-				res.Keys[i], res.Hashes[i] = e.Key, e.Hash
+			if res.PageMemo.Conditional() {
+				// Remembered only for pages with validators: no other page
+				// is ever asked for conditionally.
+				res.Keys = make([]string, len(got))
+				res.Hashes = make([]uint64, len(got))
+				for i, e := range got {
+					res.Keys[i], res.Hashes[i] = e.Key, e.Hash
+				}
 			}
 		}
 		results = append(results, res)
@@ -323,6 +347,41 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry
 		return fail(reason+`; map its pagination (or say "pagination": {"type": "none"} if this is all)`, nil)
 	}
 	return entries, results, nil
+}
+
+// keySet finds a key a source produced twice. Keys are held by their
+// 64-bit hash, pointing at the entry that holds it (no pointers for the
+// collector to scan, a third of a string map's memory); a key whose hash
+// another key holds goes to a map by the key itself.
+type keySet struct {
+	byHash map[uint64]int32
+	exact  map[string]int32
+}
+
+// add notes entries[i]'s key, or returns the index of the entry that
+// already holds it.
+func (k *keySet) add(entries []Entry, i int) (int, bool) {
+	if k.byHash == nil {
+		k.byHash = make(map[uint64]int32, len(entries))
+	}
+	key := entries[i].Key
+	h := xxhash.Sum64String(key)
+	j, held := k.byHash[h]
+	switch {
+	case !held:
+		k.byHash[h] = int32(i)
+		return 0, false
+	case entries[j].Key == key:
+		return int(j), true
+	}
+	if j, ok := k.exact[key]; ok {
+		return int(j), true
+	}
+	if k.exact == nil {
+		k.exact = map[string]int32{}
+	}
+	k.exact[key] = int32(i)
+	return 0, false
 }
 
 // checksMore: the source's answers are checked for signs of more items
@@ -471,7 +530,7 @@ func (f *Fetcher) get(ctx context.Context, u *url.URL, r Request, memo *PageMemo
 	if r.Memory != nil {
 		src = r.Memory.Reader(ctx, src)
 	}
-	if body, err = io.ReadAll(src); err != nil {
+	if body, err = readAll(src, resp.ContentLength, left); err != nil {
 		return nil, nil, false, fmt.Errorf("reading upstream response: %w", err)
 	}
 	if r.spent != nil {
@@ -481,6 +540,31 @@ func (f *Fetcher) get(ctx context.Context, u *url.URL, r Request, memo *PageMemo
 		return nil, nil, false, fmt.Errorf("the client view is larger than %d bytes (all pages of all sources)", f.maxBody)
 	}
 	return body, resp.Header, false, nil
+}
+
+// readAll reads r to its end into one buffer of the announced length (when
+// the answer announces one no larger than the bytes left to read), instead
+// of a doubling series of buffers.
+func readAll(r io.Reader, announced, left int64) ([]byte, error) {
+	if announced < 0 || announced > left {
+		return io.ReadAll(r)
+	}
+	b := make([]byte, 0, announced+1) // +1: reading the end needs room
+	for {
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+		if len(b) == cap(b) {
+			// Longer than announced (a lying header): go on the usual way.
+			rest, err := io.ReadAll(r)
+			return append(b, rest...), err
+		}
+	}
 }
 
 // StatusError is a non-2xx answer to a view request.

@@ -158,7 +158,7 @@ func TestFetchFailsWhole(t *testing.T) {
 		{"missing key field", []Source{{Path: "/nokey", Key: "x/{id}"}}, `item 1: missing key field "id"`},
 		{"object as key field", []Source{{Path: "/objkey", Key: "x/{id}"}}, `missing key field "id"`},
 		{"duplicate key in one source", []Source{{Path: "/dup", Key: "x/{id}"}}, `duplicate key "x/a"`},
-		{"duplicate key across sources", []Source{{Path: "/a", Key: "x/{id}"}, {Path: "/b", Key: "x/{id}"}}, `duplicate key "x/same"`},
+		{"duplicate key across sources", []Source{{Path: "/a", Key: "x/{id}"}, {Path: "/b", Key: "x/{id}"}}, `duplicate key "x/same" (also produced by /a)`},
 		{"items not an array", []Source{{Path: "/notarray", Items: "todos", Key: "x/{id}"}}, "not an array"},
 		{"items path absent", []Source{{Path: "/noitems", Items: "todos", Key: "x/{id}"}}, `items path "todos" not found`},
 		{"oversize response", []Source{{Path: "/big", Key: "x/{id}"}}, "larger than 1000 bytes"},

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+
+	"github.com/cespare/xxhash/v2"
 )
 
 // FuzzEntries: any upstream body yields either entries with non-empty keys
@@ -39,7 +41,7 @@ func FuzzEntries(f *testing.F) {
 			return
 		}
 		cs := compiled[which]
-		scan, ok := scanPage([]byte(body), cs.items, cs.keyFields)
+		scan, ok := scanPage([]byte(body), cs.items, cs.keyFields, nil)
 		if ok != json.Valid([]byte(body)) {
 			t.Fatalf("scanPage(%q) ok = %v, json.Valid says %v", body, ok, !ok)
 		}
@@ -103,7 +105,7 @@ func FuzzWalkMatchesDecoding(f *testing.F) {
 			if err := json.Unmarshal(top, &decoded); err != nil {
 				t.Fatalf("decoding %s: %v", doc, err)
 			}
-			scan, ok := scanPage([]byte(doc), path, nil)
+			scan, ok := scanPage([]byte(doc), path, nil, nil)
 			if !ok {
 				t.Fatalf("scanPage refuses %s, which json.Valid accepts", doc)
 			}
@@ -183,12 +185,30 @@ func sameJSON(a, b []byte) bool {
 func TestScanDepth(t *testing.T) {
 	for _, n := range []int{maxDepth - 1, maxDepth, maxDepth + 1} {
 		doc := []byte(strings.Repeat("[", n) + strings.Repeat("]", n))
-		_, ok := scanPage(doc, nil, nil)
+		_, ok := scanPage(doc, nil, nil, nil)
 		if ok != json.Valid(doc) {
 			t.Errorf("%d levels: scanPage ok = %v, json.Valid %v", n, ok, json.Valid(doc))
 		}
 	}
-	if _, ok := scanPage([]byte(strings.Repeat(`{"a":`, maxDepth)+"1"+strings.Repeat("}", maxDepth)), nil, nil); !ok {
+	if _, ok := scanPage([]byte(strings.Repeat(`{"a":`, maxDepth)+"1"+strings.Repeat("}", maxDepth)), nil, nil, nil); !ok {
 		t.Errorf("%d nested objects refused", maxDepth)
+	}
+}
+
+// TestKeySetCollision: two keys whose hashes collide are told apart, and a
+// repeat of either is still found.
+func TestKeySetCollision(t *testing.T) {
+	entries := []Entry{{Key: "a"}, {Key: "b"}, {Key: "b"}, {Key: "a"}}
+	var k keySet
+	k.byHash = map[uint64]int32{xxhash.Sum64String("b"): 0} // "b" hashes where "a" is held
+	if _, seen := k.add(entries, 1); seen {
+		t.Fatal(`"b" reported seen: its hash is held by "a", a different key`)
+	}
+	if j, seen := k.add(entries, 2); !seen || j != 1 {
+		t.Fatalf(`the second "b" = %d, %v; want entry 1`, j, seen)
+	}
+	k.byHash[xxhash.Sum64String("a")] = 0
+	if j, seen := k.add(entries, 3); !seen || j != 0 {
+		t.Fatalf(`the second "a" = %d, %v; want entry 0`, j, seen)
 	}
 }

@@ -79,7 +79,12 @@ type scanner struct {
 }
 
 // scanPage reads body in one pass. ok is false when body is not JSON.
-func scanPage(body []byte, items, keyFields []string) (p pageScan, ok bool) {
+// reuse, when not nil, is an earlier page's scan whose items and fields
+// are no longer needed: their arrays are reused.
+func scanPage(body []byte, items, keyFields []string, reuse *pageScan) (p pageScan, ok bool) {
+	if reuse != nil {
+		p.items, p.fields = reuse.items[:0], reuse.fields[:0]
+	}
 	s := scanner{b: body, items: items, keyFields: keyFields, out: &p}
 	i := s.space(0)
 	end, _, ok := s.value(i, 0, 0, nil)

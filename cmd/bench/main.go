@@ -50,6 +50,7 @@ type options struct {
 
 	profile        string
 	profileSeconds int
+	profileKind    string
 }
 
 func run() error {
@@ -59,6 +60,7 @@ func run() error {
 	flag.StringVar(&o.only, "only", "", "run only the figures whose name holds this text (push, pull, diff, memory, groups)")
 	flag.StringVar(&o.profile, "profile", "", "write CPU profiles of the sidecar to this directory (figures repeat while profiled)")
 	flag.IntVar(&o.profileSeconds, "profile-seconds", 5, "length of each profile")
+	flag.StringVar(&o.profileKind, "profile-kind", "profile", "what -profile takes: profile (CPU), allocs, trace, mutex or block")
 	flag.Parse()
 	db := os.Getenv("DATABASE_URL")
 	if db == "" {

@@ -162,10 +162,7 @@ func (b *bench) profile(s *sidecar, name string, op func() error) error {
 	}
 	got := make(chan error, 1)
 	go func() {
-		kind := "profile"
-		if os.Getenv("BENCH_TRACE") != "" {
-			kind = "trace"
-		}
+		kind := b.o.profileKind
 		resp, err := http.Get(fmt.Sprintf("%s/debug/pprof/%s?seconds=%d", s.admin, kind, b.o.profileSeconds))
 		if err != nil {
 			got <- err
