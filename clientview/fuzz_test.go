@@ -2,6 +2,7 @@ package clientview
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -210,5 +211,22 @@ func TestKeySetCollision(t *testing.T) {
 	k.byHash[xxhash.Sum64String("a")] = 0
 	if j, seen := k.add(entries, 3); !seen || j != 0 {
 		t.Fatalf(`the second "a" = %d, %v; want entry 0`, j, seen)
+	}
+}
+
+// TestSpecial: the eight-byte test never misses a byte the string scan must
+// stop at.
+func TestSpecial(t *testing.T) {
+	for c := 0; c < 256; c++ {
+		for pos := 0; pos < 8; pos++ {
+			word := []byte("abcdefgh")
+			word[pos] = byte(c)
+			got := special(binary.LittleEndian.Uint64(word))
+			if must := c == '"' || c == '\\' || c < 0x20; must && !got {
+				t.Fatalf("byte %#x at %d not flagged", c, pos)
+			} else if !must && got {
+				t.Fatalf("byte %#x at %d flagged among plain letters", c, pos)
+			}
+		}
 	}
 }

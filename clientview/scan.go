@@ -1,5 +1,7 @@
 package clientview
 
+import "encoding/binary"
+
 // A page is read in one pass over its bytes: the scan below checks that it
 // is JSON exactly as json.Valid does, and on the way notes what the pull
 // needs: the top-level members (pagination and total fields), the selected
@@ -256,9 +258,8 @@ func (s *scanner) str(i int) (int, bool) {
 	i++
 	for {
 		// The bulk of a page is plain string bytes: skip them eight at a
-		// time where the table allows.
-		for i+8 <= len(b) && plain[b[i]] && plain[b[i+1]] && plain[b[i+2]] && plain[b[i+3]] &&
-			plain[b[i+4]] && plain[b[i+5]] && plain[b[i+6]] && plain[b[i+7]] {
+		// time while no byte of the eight is '"', '\\' or a control byte.
+		for i+8 <= len(b) && !special(binary.LittleEndian.Uint64(b[i:])) {
 			i += 8
 		}
 		for i < len(b) && plain[b[i]] {
@@ -289,6 +290,16 @@ func (s *scanner) str(i int) (int, bool) {
 			return i, false
 		}
 	}
+}
+
+// special reports whether one of the eight bytes of x may be '"', '\\' or
+// below 0x20 (it may say so wrongly, never the other way round; the byte
+// loop then decides).
+func special(x uint64) bool {
+	const lo, hi = 0x0101010101010101, 0x8080808080808080
+	quote, backslash := x^(lo*'"'), x^(lo*'\\')
+	zero := func(v uint64) uint64 { return (v - lo) & ^v & hi }
+	return (zero(quote) | zero(backslash) | ((x - lo*0x20) & ^x & hi)) != 0
 }
 
 func isHex(c byte) bool {
