@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -410,21 +411,37 @@ func (b *bench) groups(ctx context.Context) error {
 				time.Sleep(10 * time.Millisecond)
 			}
 		}()
-		side, errs := load(workers, b.duration(3*time.Second), func(w, i int) error {
+		next := make([]int, workers) // each group's last mutation id
+		push := func(w, _ int) error {
 			group := fmt.Sprintf("load%d-%d", workers, w)
-			status, raw, err := b.post(s.url+"/replicache/push", "loader", pushBody(group, group+"-c", i, 1), false)
+			next[w]++
+			status, raw, err := b.post(s.url+"/replicache/push", "loader", pushBody(group, group+"-c", next[w], 1), false)
 			if err == nil && status != http.StatusOK {
 				err = fmt.Errorf("push answered %d: %.200s", status, raw)
 			}
 			return err
-		})
+		}
+		cpu0 := b.cpuTimes(s)
+		side, errs := load(workers, b.duration(3*time.Second), push)
+		cpuSide := cpuShare(cpu0, b.cpuTimes(s), side.wall)
 		stopSampling()
 		<-sampled
+		err := b.profile(s, fmt.Sprintf("groups-%d", workers), func() error {
+			if _, f := load(workers, time.Second, push); f.n > 0 {
+				return f.first
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
 		pool, err := pgxpool.New(ctx, b.db+sep(b.db)+fmt.Sprintf("pool_max_conns=%d", workers))
 		if err != nil {
 			return err
 		}
+		cpu0 = b.cpuTimes(s)
 		limit, limitErrs := load(workers, b.duration(3*time.Second), func(w, _ int) error { return bareTx(ctx, pool, w%256) })
+		cpuLimit := cpuShare(cpu0, b.cpuTimes(s), limit.wall)
 		pool.Close()
 		if limitErrs.n > 0 {
 			return fmt.Errorf("bare transactions failed: %v", limitErrs.first)
@@ -447,6 +464,8 @@ func (b *bench) groups(ctx context.Context) error {
 			r.sidecar += fmt.Sprintf(" (first: %v)", errs.first)
 		}
 		b.add(r)
+		b.add(row{figure: fmt.Sprintf("CPU used during the %d groups (%% of one core; %d cores)", workers, runtime.NumCPU()),
+			sidecar: cpuSide, limit: cpuLimit})
 	}
 	return nil
 }

@@ -189,3 +189,56 @@ func (b *bench) profile(s *sidecar, name string, op func() error) error {
 		}
 	}
 }
+
+// cpuTimes returns the CPU seconds used so far by the sidecar, the fast
+// API, Postgres (every postgres process) and this driver.
+func (b *bench) cpuTimes(s *sidecar) map[string]float64 {
+	out := map[string]float64{}
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		raw, err := os.ReadFile(filepath.Join("/proc", d.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid … utime stime: fields 14 and 15, counted
+		// after the parenthesis that closes comm.
+		closing := bytes.LastIndexByte(raw, ')')
+		open := bytes.IndexByte(raw, '(')
+		if closing < 0 || open < 0 {
+			continue
+		}
+		comm := string(raw[open+1 : closing])
+		f := strings.Fields(string(raw[closing+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		ut, _ := strconv.ParseFloat(f[11], 64)
+		st, _ := strconv.ParseFloat(f[12], 64)
+		secs := (ut + st) / 100 // USER_HZ
+		switch {
+		case pid == s.cmd.Process.Pid:
+			out["sidecar"] += secs
+		case pid == b.api.cmd.Process.Pid:
+			out["API"] += secs
+		case pid == os.Getpid():
+			out["load driver"] += secs
+		case comm == "postgres":
+			out["Postgres"] += secs
+		}
+	}
+	return out
+}
+
+// cpuShare writes the CPU each part used between two cpuTimes, as a share
+// of one core over d.
+func cpuShare(before, after map[string]float64, d time.Duration) string {
+	var parts []string
+	for _, k := range []string{"sidecar", "Postgres", "API", "load driver"} {
+		parts = append(parts, fmt.Sprintf("%s %.0f%%", k, 100*(after[k]-before[k])/d.Seconds()))
+	}
+	return strings.Join(parts, ", ")
+}
