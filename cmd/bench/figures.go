@@ -139,7 +139,7 @@ func (b *bench) pushes(ctx context.Context) error {
 		return err
 	}
 	defer s.stop()
-	for _, c := range []struct{ n, iters int }{{1, 600}, {10, 100}, {100, 15}} {
+	for _, c := range []struct{ n, iters int }{{1, 1500}, {10, 300}, {100, 40}} {
 		group := fmt.Sprintf("push-%d", c.n)
 		var side, calls, txs []time.Duration
 		next := 1
@@ -196,7 +196,7 @@ func (b *bench) pushes(ctx context.Context) error {
 // entities against GETting the same pages, and the sidecar's peak resident
 // memory growth, each size in a fresh process, against the view's size.
 func (b *bench) resetPulls(context.Context) error {
-	for _, c := range []struct{ n, iters int }{{1000, 200}, {10000, 40}, {100000, 6}} {
+	for _, c := range []struct{ n, iters int }{{1000, 500}, {10000, 100}, {100000, 15}} {
 		user := fmt.Sprintf("reset%d", c.n)
 		b.api.add(user, c.n, false)
 		_, view := b.api.size(user)
@@ -274,7 +274,7 @@ func (b *bench) resetPulls(context.Context) error {
 func (b *bench) gzipPull(s *sidecar, user string, view, plain int) error {
 	var side, direct []time.Duration
 	var wire int
-	for i := -1; i < b.iterations(40); i++ {
+	for i := -1; i < b.iterations(100); i++ {
 		t0 := time.Now()
 		if _, err := b.directGets(user); err != nil {
 			return err
@@ -342,7 +342,7 @@ func (b *bench) diffPulls(context.Context) error {
 		}
 		var side, direct []time.Duration
 		var answer int
-		for i := -2; i < b.iterations(40); i++ {
+		for i := -2; i < b.iterations(100); i++ {
 			changed := 0
 			if c.step > 0 {
 				changed = b.api.change(c.user, c.step)
@@ -422,7 +422,7 @@ func (b *bench) groups(ctx context.Context) error {
 			return err
 		}
 		cpu0 := b.cpuTimes(s)
-		side, errs := load(workers, b.duration(3*time.Second), push)
+		side, errs := load(workers, b.duration(5*time.Second), push)
 		cpuSide := cpuShare(cpu0, b.cpuTimes(s), side.wall)
 		stopSampling()
 		<-sampled
@@ -440,7 +440,7 @@ func (b *bench) groups(ctx context.Context) error {
 			return err
 		}
 		cpu0 = b.cpuTimes(s)
-		limit, limitErrs := load(workers, b.duration(3*time.Second), func(w, _ int) error { return bareTx(ctx, pool, w%256) })
+		limit, limitErrs := load(workers, b.duration(5*time.Second), func(w, _ int) error { return bareTx(ctx, pool, w%256) })
 		cpuLimit := cpuShare(cpu0, b.cpuTimes(s), limit.wall)
 		pool.Close()
 		if limitErrs.n > 0 {

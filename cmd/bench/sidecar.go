@@ -190,10 +190,11 @@ func (b *bench) profile(s *sidecar, name string, op func() error) error {
 	}
 }
 
-// cpuTimes returns the CPU seconds used so far by the sidecar, the fast
-// API, Postgres (every postgres process) and this driver.
-func (b *bench) cpuTimes(s *sidecar) map[string]float64 {
-	out := map[string]float64{}
+// cpuTimes returns the CPU seconds used so far by each process of the
+// sidecar, the fast API, Postgres (every postgres process) and this driver,
+// by pid.
+func (b *bench) cpuTimes(s *sidecar) map[int]procCPU {
+	out := map[int]procCPU{}
 	dirs, _ := os.ReadDir("/proc")
 	for _, d := range dirs {
 		pid, err := strconv.Atoi(d.Name())
@@ -211,34 +212,45 @@ func (b *bench) cpuTimes(s *sidecar) map[string]float64 {
 		if closing < 0 || open < 0 {
 			continue
 		}
-		comm := string(raw[open+1 : closing])
 		f := strings.Fields(string(raw[closing+1:]))
 		if len(f) < 13 {
 			continue
 		}
 		ut, _ := strconv.ParseFloat(f[11], 64)
 		st, _ := strconv.ParseFloat(f[12], 64)
-		secs := (ut + st) / 100 // USER_HZ
+		var part string
 		switch {
 		case pid == s.cmd.Process.Pid:
-			out["sidecar"] += secs
+			part = "sidecar"
 		case pid == b.api.cmd.Process.Pid:
-			out["API"] += secs
+			part = "API"
 		case pid == os.Getpid():
-			out["load driver"] += secs
-		case comm == "postgres":
-			out["Postgres"] += secs
+			part = "load driver"
+		case string(raw[open+1:closing]) == "postgres":
+			part = "Postgres"
+		default:
+			continue
 		}
+		out[pid] = procCPU{part, (ut + st) / 100} // USER_HZ
 	}
 	return out
 }
 
+type procCPU struct {
+	part string
+	secs float64
+}
+
 // cpuShare writes the CPU each part used between two cpuTimes, as a share
-// of one core over d.
-func cpuShare(before, after map[string]float64, d time.Duration) string {
+// of one core over d (a process that ended in between is not counted).
+func cpuShare(before, after map[int]procCPU, d time.Duration) string {
+	used := map[string]float64{}
+	for pid, a := range after {
+		used[a.part] += a.secs - before[pid].secs
+	}
 	var parts []string
 	for _, k := range []string{"sidecar", "Postgres", "API", "load driver"} {
-		parts = append(parts, fmt.Sprintf("%s %.0f%%", k, 100*(after[k]-before[k])/d.Seconds()))
+		parts = append(parts, fmt.Sprintf("%s %.0f%%", k, 100*used[k]/d.Seconds()))
 	}
 	return strings.Join(parts, ", ")
 }
