@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/url"
 	"slices"
@@ -291,9 +292,6 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry
 				firstTotal = s.total(a)
 				res.Total = firstTotal
 			}
-			if firstTotal > len(got) && firstTotal <= 1<<20 {
-				entries = slices.Grow(entries, firstTotal-len(entries)) // the reported total: one allocation, not a doubling series
-			}
 		}
 		last, lastTotal, pages = a, res.Total, page
 		cur := next
@@ -526,7 +524,7 @@ func (f *Fetcher) get(ctx context.Context, u *url.URL, r Request, memo *PageMemo
 		return nil, nil, false, &StatusError{Status: resp.StatusCode, Path: u.RequestURI(), Location: resp.Header.Get("Location")}
 	}
 	left := r.budget.Load()
-	var src io.Reader = io.LimitReader(resp.Body, max(left, 0)+1)
+	var src io.Reader = io.LimitReader(resp.Body, max(left, 0)+min(1, math.MaxInt64-left)) // left+1, without overflow
 	if r.Memory != nil {
 		src = r.Memory.Reader(ctx, src)
 	}
@@ -549,20 +547,26 @@ func readAll(r io.Reader, announced, left int64) ([]byte, error) {
 	if announced < 0 || announced > left {
 		return io.ReadAll(r)
 	}
-	b := make([]byte, 0, announced+1) // +1: reading the end needs room
+	// Grown as bytes arrive (and are charged to the memory budget), never
+	// allocated ahead on the answer's word, but to end at its exact size.
+	limit := int(announced) + 1 // +1: reading the end needs room
+	b := make([]byte, 0, min(limit, 64<<10))
 	for {
-		n, err := r.Read(b[len(b):cap(b)])
+		if len(b) == limit {
+			// Longer than announced (a lying header): go on the usual way.
+			rest, err := io.ReadAll(r)
+			return append(b, rest...), err
+		}
+		if len(b) == cap(b) {
+			b = slices.Grow(b, min(2*cap(b), limit)-len(b))
+		}
+		n, err := r.Read(b[len(b):min(cap(b), limit)])
 		b = b[:len(b)+n]
 		if err == io.EOF {
 			return b, nil
 		}
 		if err != nil {
 			return b, err
-		}
-		if len(b) == cap(b) {
-			// Longer than announced (a lying header): go on the usual way.
-			rest, err := io.ReadAll(r)
-			return append(b, rest...), err
 		}
 	}
 }

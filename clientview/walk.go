@@ -138,8 +138,8 @@ func walkElements(arr []byte, fn func(item []byte, spaced bool) error) error {
 // with escapes is decoded.
 func quotedEquals(quoted []byte, name string) bool {
 	inner := quoted[1 : len(quoted)-1]
-	if string(inner) == name && utf8.ValidString(name) {
-		return true // valid, unescaped: nothing to decode
+	if string(inner) == name && utf8.ValidString(name) && strings.IndexByte(name, '\\') < 0 {
+		return true // valid, without escapes: nothing to decode
 	}
 	if bytes.IndexByte(inner, '\\') < 0 && utf8.Valid(inner) {
 		return false
