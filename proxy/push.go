@@ -197,10 +197,12 @@ func (s *Sidecar) handlePush(w http.ResponseWriter, r *http.Request) {
 func (s *Sidecar) applyAll(ctx context.Context, c *call, req pushRequest, known map[string]int64) (pushStats, error) {
 	mapping := s.mapping() // one mapping for the whole push, even across a reload
 	var stats pushStats
-	for i, m := range req.Mutations {
+	for i := 0; i < len(req.Mutations); {
+		m := req.Mutations[i]
 		if m.ID <= known[m.ClientID] {
 			stats.Duplicate++
 			s.countMutation(mapping, m.Name, "duplicate")
+			i++
 			continue
 		}
 		if time.Since(c.start) >= s.cfg.PushTimeBudget || s.draining.Load() {
@@ -212,37 +214,53 @@ func (s *Sidecar) applyAll(ctx context.Context, c *call, req pushRequest, known 
 		if err := ctx.Err(); err != nil {
 			return stats, err // the client went away: start nothing new
 		}
-		mu := mutators.Mutation{
-			ClientGroupID: req.ClientGroupID, ClientID: m.ClientID, ID: m.ID,
-			Name: m.Name, Args: m.Args, UserID: c.userID,
+		// The run of this client's mutations from here, not yet processed,
+		// in ascending order: one transaction (applyBatch may commit fewer).
+		var batch []mutators.Mutation
+		for j := i; j < len(req.Mutations) && len(batch) < maxBatch; j++ {
+			mj := req.Mutations[j]
+			if mj.ClientID != m.ClientID || mj.ID <= known[m.ClientID] || (j > i && mj.ID <= req.Mutations[j-1].ID) {
+				break
+			}
+			batch = append(batch, mutators.Mutation{
+				ClientGroupID: req.ClientGroupID, ClientID: mj.ClientID, ID: mj.ID,
+				Name: mj.Name, Args: mj.Args, UserID: c.userID,
+			})
 		}
-		outcome, lmid, err := s.applyMutation(ctx, c, mapping, mu)
+		done, stop, err := s.applyBatch(ctx, c, mapping, batch)
+		for _, r := range done {
+			known[m.ClientID] = r.lmid
+			s.countMutation(mapping, r.name, r.outcome)
+			switch r.outcome {
+			case "applied":
+				stats.Applied++
+			case "rejected", "abandoned": // given up on: consumed as rejected
+				stats.Rejected++
+			case "duplicate":
+				stats.Duplicate++
+			}
+		}
+		i += len(done)
+		if err == nil {
+			err = stop
+		}
 		if err != nil {
 			var tr *transientError
 			var unauth *unauthorizedError
+			name := req.Mutations[i].Name // the mutation that stopped the push
 			switch {
 			case errors.As(err, &tr):
-				s.countMutation(mapping, m.Name, "transient")
+				s.countMutation(mapping, name, "transient")
 				c.log.Warn("mutation not applied; push stopped", "mutator", tr.mutator, "mutation_id", tr.id,
 					"outcome", "transient", "cause", tr.result.Cause(), "detail", errDetail(tr.result.Err))
 			case errors.As(err, &unauth):
-				s.countMutation(mapping, m.Name, "transient") // kept for the renewed credentials
+				s.countMutation(mapping, name, "transient") // kept for the renewed credentials
 				c.log.Info("credentials no longer accepted; push stopped", "mutator", unauth.mutator, "mutation_id", unauth.id,
 					"outcome", "transient", "recheck", unauth.recheck)
 			case errors.As(err, new(*mappingError)):
-				s.countMutation(mapping, m.Name, "transient") // kept for the fixed mapping
+				s.countMutation(mapping, name, "transient") // kept for the fixed mapping
 			}
 			return stats, err
-		}
-		known[m.ClientID] = lmid
-		s.countMutation(mapping, m.Name, outcome)
-		switch outcome {
-		case "applied":
-			stats.Applied++
-		case "rejected", "abandoned": // given up on: consumed as rejected
-			stats.Rejected++
-		case "duplicate":
-			stats.Duplicate++
 		}
 	}
 	return stats, nil
@@ -281,140 +299,189 @@ func (s *Sidecar) failPush(w http.ResponseWriter, log *slog.Logger, err error, g
 	}
 }
 
-// applyMutation processes one mutation in its own transaction holding the
-// group's lock: skip it if already processed, refuse it if it comes early,
-// otherwise call the upstream and record the outcome. It returns the outcome
-// label and the client's last mutation id afterwards.
+// maxBatch and batchWindow bound the mutations of one client that one
+// transaction applies: a push of many mutations commits every maxBatch
+// mutations, or once its transaction has been open batchWindow (a pull of
+// the group waits for its lock no longer than that and one API call).
+const (
+	maxBatch    = 64
+	batchWindow = 20 * time.Millisecond
+)
+
+// applied is what one mutation of a batch came to.
+type applied struct {
+	name    string
+	outcome string // applied, rejected, abandoned or duplicate
+	lmid    int64  // the client's last mutation id afterwards
+	pending error  // kept for later (transient, unauthorized, mapping error): the batch ends with it
+}
+
+// applyBatch processes muts, consecutive mutations of one client, in one
+// transaction holding the group's lock, in order: skip one already
+// processed, refuse one that comes early, otherwise call the upstream and
+// record the outcome. It stops at the first mutation that must wait
+// (returned as stop, after the commit of those before it), at maxBatch
+// mutations or after batchWindow, or when the push's time budget runs out.
+// done lists what was committed.
 //
-// The upstream call happens inside the transaction and has effects outside
-// it: if the commit is lost the call is repeated on the client's retry with
-// the same idempotency key, so the upstream sees it at least once and, when
-// it honours the key, applies it exactly once. From the upstream call on, the
-// work is detached from the client's cancellation so an answered call is
-// always recorded.
-func (s *Sidecar) applyMutation(ctx context.Context, c *call, mapping *Mapping, mu mutators.Mutation) (string, int64, error) {
-	var outcome string
-	var lmid int64
-	// pending: the mutation is kept (not applied, not consumed), but the
-	// transaction commits what it did for it: the client's claim, which
-	// must outlive a timeout whose call the API may still apply, and an
-	// attempt's count.
-	var pending error
+// The upstream calls happen inside the transaction and have effects outside
+// it: if the commit is lost (a crash, a failed COMMIT, a database error
+// later in the batch) the calls are repeated on the client's retry with the
+// same idempotency keys, so the upstream sees each at least once and, when
+// it honours the key, applies it exactly once; the last mutation id never
+// goes back. From the upstream call on, the work is detached from the
+// client's cancellation so an answered call is always recorded.
+func (s *Sidecar) applyBatch(ctx context.Context, c *call, mapping *Mapping, muts []mutators.Mutation) (done []applied, stop, err error) {
+	first := muts[0]
 	pruned := 0
-	err := s.locked(ctx, mu.ClientGroupID, mu.UserID, mu.ClientID, func(g *store.GroupTx) error {
-		cur, err := g.LastMutationID(ctx, mu.ClientID)
-		if err != nil {
-			return err
-		}
-		switch {
-		case mu.ID <= cur:
-			outcome, lmid = "duplicate", cur
-			return nil
-		case mu.ID > cur+1:
-			if cur == 0 {
-				// Unknown, yet past its first mutation: a client this group
-				// pruned as idle has come back. It must start over.
-				if pruned, err := g.WasPruned(ctx, mu.ClientID); err != nil || pruned {
-					return cmp.Or(err, store.ErrClientPruned)
+	err = s.locked(ctx, first.ClientGroupID, first.UserID, first.ClientID, func(g *store.GroupTx) error {
+		opened := time.Now()
+		done, stop = done[:0], nil
+		for i, mu := range muts {
+			if i > 0 && (i >= maxBatch || time.Since(opened) >= batchWindow || time.Since(c.start) >= s.cfg.PushTimeBudget ||
+				s.draining.Load() || ctx.Err() != nil) {
+				return nil // the rest goes in the next transaction, if any
+			}
+			r, err := s.applyOne(ctx, c, mapping, g, mu)
+			if err != nil {
+				// A mutation that comes early, or a client that is not
+				// (or no longer) the group's, is found before anything of
+				// it is written: those before it are committed.
+				var gap *gapError
+				if i > 0 && (errors.As(err, &gap) || errors.Is(err, store.ErrClientPruned) || errors.Is(err, store.ErrClientForbidden)) {
+					stop = err
+					return nil
 				}
-			}
-			return &gapError{clientID: mu.ClientID, expected: cur + 1, received: mu.ID}
-		}
-		// The client is this group's before its mutation goes anywhere.
-		if err := g.ClaimClient(ctx, mu.ClientID, s.cfg.MaxClientsPerGroup); err != nil {
-			return err
-		}
-		pruned = g.PrunedClients
-		keep := func(err error) error { pending = err; return nil }
-		legacyThrough, err := g.LegacyKeysThrough(ctx, mu.ClientID)
-		if err != nil {
-			return err
-		}
-		if mu.ID > legacyThrough {
-			mu.IdempotencyKey = s.idempotencyKey(mu)
-		} // else: it may have been sent before the upgrade, with the old key
-		dctx := context.WithoutCancel(ctx)
-		var res mutators.Result
-		var req *mutators.Request
-		var rerr error
-		if int64(len(mu.Args)) > s.cfg.MaxArgsBytes {
-			// Rendering decodes the args: bound what one mutation may cost.
-			rerr = fmt.Errorf("args are %d bytes, more than %d (SIDECAR_MAX_ARGS_BYTES)", len(mu.Args), s.cfg.MaxArgsBytes)
-		} else {
-			req, rerr = mapping.Mutators.Render(mu)
-		}
-		if rerr != nil {
-			res = mutators.Result{Outcome: mutators.Rejected, Err: rerr}
-		} else {
-			res = s.sender.Do(dctx, req, c.fwd)
-		}
-		if res.Status >= 300 && res.Status < 400 && res.Outcome == mutators.Transient {
-			// A redirect: the mapping's path is not the API's. The mutation
-			// waits, untouched and not counted toward giving up, for the
-			// mapping to be fixed.
-			s.mapErrs.report(slog.LevelError, mapping.Hash, "mutation", mu.Name, res.Method, res.Path, res.Status, res.Location)
-			return keep(&mappingError{mutator: mu.Name, id: mu.ID, client: mu.ClientID, method: res.Method, path: res.Path,
-				status: res.Status, location: res.Location})
-		}
-		switch res.Status {
-		case http.StatusNotFound, http.StatusMethodNotAllowed, http.StatusUnsupportedMediaType:
-			s.mapErrs.report(slog.LevelWarn, mapping.Hash, "mutation", mu.Name, res.Method, res.Path, res.Status, "")
-		}
-		if res.Outcome == mutators.Unauthorized {
-			// Expired or revoked credentials: the mutation waits, untouched,
-			// for the client's fresh token (a 401 makes it call getAuth).
-			return keep(&unauthorizedError{mutator: mu.Name, id: mu.ID, client: mu.ClientID, status: res.Status})
-		}
-		if res.Outcome == mutators.Rejected && res.Status != 0 {
-			// Some APIs answer an expired token with a business error (a
-			// guest may not create: 400). Before consuming a rejection, make
-			// sure the credentials still stand.
-			if err := s.recheckCredentials(dctx, c, mu); err != nil {
-				return keep(err)
-			}
-		}
-		abandoned := false
-		if res.Outcome == mutators.Transient {
-			tr := &transientError{mutator: mu.Name, id: mu.ID, client: mu.ClientID, result: res}
-			attempts, giveUp, err := s.countAttempt(dctx, g, mu, res)
-			switch {
-			case err != nil:
 				return err
-			case !giveUp:
-				return keep(tr)
 			}
-			abandoned = true
-			c.log.Warn("mutation abandoned", "client", mu.ClientID, "mutation_id", mu.ID, "mutator", mu.Name,
-				"outcome", "abandoned", "status", res.Status, "attempts", attempts.Count, "over", attempts.Span)
-			res = mutators.Result{Outcome: mutators.Rejected, Status: res.Status, Body: res.Body,
-				Err: fmt.Errorf("gave up after %d attempts over %s", attempts.Count, roundSpan(attempts.Span))}
-		}
-		if err := g.SetLastMutationID(dctx, mu.ClientID, mu.ID); err != nil {
-			return err
-		}
-		outcome, lmid = "applied", mu.ID
-		if res.Outcome == mutators.Applied {
-			c.log.Debug("mutation applied", "mutator", mu.Name, "mutation_id", mu.ID, "outcome", "applied", "status", res.Status)
-		}
-		if res.Outcome == mutators.Rejected {
-			outcome = "rejected"
-			if abandoned {
-				outcome = "abandoned"
-			} else {
-				c.log.Info("mutation rejected", "mutator", mu.Name, "mutation_id", mu.ID, "outcome", "rejected", "status", res.Status, "cause", res.Cause())
+			pruned = g.PrunedClients
+			if r.pending != nil {
+				stop = r.pending // committed: the client's claim, an attempt's count
+				return nil
 			}
-			return g.RecordRejection(dctx, store.Rejection{ClientID: mu.ClientID, MutationID: mu.ID, Mutator: mu.Name,
-				Status: res.Status, Reason: res.Cause(), Body: res.Body})
+			done = append(done, r)
 		}
 		return nil
 	})
-	if err == nil {
-		s.countPruned(c, pruned) // committed
+	if err != nil {
+		return nil, nil, err
 	}
-	if err == nil && pending != nil {
-		return "", 0, pending
+	s.countPruned(c, pruned) // committed
+	return done, stop, nil
+}
+
+// applyOne processes one mutation inside a batch's transaction.
+func (s *Sidecar) applyOne(ctx context.Context, c *call, mapping *Mapping, g *store.GroupTx, mu mutators.Mutation) (applied, error) {
+	r := applied{name: mu.Name}
+	err := s.applyOneIn(ctx, c, mapping, g, mu, &r)
+	return r, err
+}
+
+func (s *Sidecar) applyOneIn(ctx context.Context, c *call, mapping *Mapping, g *store.GroupTx, mu mutators.Mutation, r *applied) error {
+	cur, err := g.LastMutationID(ctx, mu.ClientID)
+	if err != nil {
+		return err
 	}
-	return outcome, lmid, err
+	switch {
+	case mu.ID <= cur:
+		r.outcome, r.lmid = "duplicate", cur
+		return nil
+	case mu.ID > cur+1:
+		if cur == 0 {
+			// Unknown, yet past its first mutation: a client this group
+			// pruned as idle has come back. It must start over.
+			if pruned, err := g.WasPruned(ctx, mu.ClientID); err != nil || pruned {
+				return cmp.Or(err, store.ErrClientPruned)
+			}
+		}
+		return &gapError{clientID: mu.ClientID, expected: cur + 1, received: mu.ID}
+	}
+	// The client is this group's before its mutation goes anywhere.
+	if err := g.ClaimClient(ctx, mu.ClientID, s.cfg.MaxClientsPerGroup); err != nil {
+		return err
+	}
+	keep := func(err error) error { r.pending = err; return nil }
+	legacyThrough, err := g.LegacyKeysThrough(ctx, mu.ClientID)
+	if err != nil {
+		return err
+	}
+	if mu.ID > legacyThrough {
+		mu.IdempotencyKey = s.idempotencyKey(mu)
+	} // else: it may have been sent before the upgrade, with the old key
+	dctx := context.WithoutCancel(ctx)
+	var res mutators.Result
+	var req *mutators.Request
+	var rerr error
+	if int64(len(mu.Args)) > s.cfg.MaxArgsBytes {
+		// Rendering decodes the args: bound what one mutation may cost.
+		rerr = fmt.Errorf("args are %d bytes, more than %d (SIDECAR_MAX_ARGS_BYTES)", len(mu.Args), s.cfg.MaxArgsBytes)
+	} else {
+		req, rerr = mapping.Mutators.Render(mu)
+	}
+	if rerr != nil {
+		res = mutators.Result{Outcome: mutators.Rejected, Err: rerr}
+	} else {
+		res = s.sender.Do(dctx, req, c.fwd)
+	}
+	if res.Status >= 300 && res.Status < 400 && res.Outcome == mutators.Transient {
+		// A redirect: the mapping's path is not the API's. The mutation
+		// waits, untouched and not counted toward giving up, for the
+		// mapping to be fixed.
+		s.mapErrs.report(slog.LevelError, mapping.Hash, "mutation", mu.Name, res.Method, res.Path, res.Status, res.Location)
+		return keep(&mappingError{mutator: mu.Name, id: mu.ID, client: mu.ClientID, method: res.Method, path: res.Path,
+			status: res.Status, location: res.Location})
+	}
+	switch res.Status {
+	case http.StatusNotFound, http.StatusMethodNotAllowed, http.StatusUnsupportedMediaType:
+		s.mapErrs.report(slog.LevelWarn, mapping.Hash, "mutation", mu.Name, res.Method, res.Path, res.Status, "")
+	}
+	if res.Outcome == mutators.Unauthorized {
+		// Expired or revoked credentials: the mutation waits, untouched,
+		// for the client's fresh token (a 401 makes it call getAuth).
+		return keep(&unauthorizedError{mutator: mu.Name, id: mu.ID, client: mu.ClientID, status: res.Status})
+	}
+	if res.Outcome == mutators.Rejected && res.Status != 0 {
+		// Some APIs answer an expired token with a business error (a
+		// guest may not create: 400). Before consuming a rejection, make
+		// sure the credentials still stand.
+		if err := s.recheckCredentials(dctx, c, mu); err != nil {
+			return keep(err)
+		}
+	}
+	abandoned := false
+	if res.Outcome == mutators.Transient {
+		tr := &transientError{mutator: mu.Name, id: mu.ID, client: mu.ClientID, result: res}
+		attempts, giveUp, err := s.countAttempt(dctx, g, mu, res)
+		switch {
+		case err != nil:
+			return err
+		case !giveUp:
+			return keep(tr)
+		}
+		abandoned = true
+		c.log.Warn("mutation abandoned", "client", mu.ClientID, "mutation_id", mu.ID, "mutator", mu.Name,
+			"outcome", "abandoned", "status", res.Status, "attempts", attempts.Count, "over", attempts.Span)
+		res = mutators.Result{Outcome: mutators.Rejected, Status: res.Status, Body: res.Body,
+			Err: fmt.Errorf("gave up after %d attempts over %s", attempts.Count, roundSpan(attempts.Span))}
+	}
+	if err := g.SetLastMutationID(dctx, mu.ClientID, mu.ID); err != nil {
+		return err
+	}
+	r.outcome, r.lmid = "applied", mu.ID
+	if res.Outcome == mutators.Applied {
+		c.log.Debug("mutation applied", "mutator", mu.Name, "mutation_id", mu.ID, "outcome", "applied", "status", res.Status)
+	}
+	if res.Outcome == mutators.Rejected {
+		r.outcome = "rejected"
+		if abandoned {
+			r.outcome = "abandoned"
+		} else {
+			c.log.Info("mutation rejected", "mutator", mu.Name, "mutation_id", mu.ID, "outcome", "rejected", "status", res.Status, "cause", res.Cause())
+		}
+		return g.RecordRejection(dctx, store.Rejection{ClientID: mu.ClientID, MutationID: mu.ID, Mutator: mu.Name,
+			Status: res.Status, Reason: res.Cause(), Body: res.Body})
+	}
+	return nil
 }
 
 // recheckCredentials asks the auth endpoint again, at most once per push,

@@ -1070,3 +1070,54 @@ func TestNothingLargeReadBeforeTheCallerIsKnown(t *testing.T) {
 		t.Errorf("%d calls for args over the limit", n)
 	}
 }
+
+// TestPushBatchesLetPullsThrough: one client's mutations are applied several
+// to a transaction, but a transaction closes after batchWindow, so a pull of
+// the same group waiting for the lock gets it while a long push goes on;
+// every mutation is applied once, in order.
+func TestPushBatchesLetPullsThrough(t *testing.T) {
+	h := newHarness(t, nil)
+	sc := h.start()
+	const n = 120
+	var calls atomic.Int64
+	h.up.SetFault(func(r *http.Request) int {
+		if r.Method == http.MethodPost {
+			calls.Add(1)
+			time.Sleep(3 * time.Millisecond) // n calls: well over batchWindow
+		}
+		return 0
+	})
+	muts := make([]mut, n)
+	for i := range muts {
+		muts[i] = create("c1", int64(i+1), fmt.Sprint("t", i+1))
+	}
+	pushed := make(chan response, 1)
+	go func() { pushed <- sc.push(t, "alice", "g", muts...) }()
+	proxytest.WaitFor(t, "the push to start calling the API", func() bool { return calls.Load() >= 3 })
+	r, res := sc.pull(t, "alice", "g", nil)
+	during := calls.Load()
+	if r.status != http.StatusOK {
+		t.Fatalf("pull during the push = %d %s", r.status, r.raw)
+	}
+	if during >= maxBatch*2/3 {
+		// Without the window, the pull would wait for a batch of maxBatch.
+		t.Errorf("the pull was answered after %d calls of the push; the push's transactions hold the lock too long", during)
+	}
+	// What the pull saw is a committed prefix: its last mutation id is
+	// within the calls made, and the todos it lists match it.
+	if l := res.LastMutationIDChanges["c1"]; l < 1 || l > during {
+		t.Errorf("the pull's lastMutationID for c1 = %d; %d calls had been made", l, during)
+	}
+	if p := <-pushed; p.status != http.StatusOK || p.json["applied"] != float64(n) {
+		t.Fatalf("push = %d %s; want 200 with %d applied", p.status, p.raw, n)
+	}
+	if l := h.lmid(t, sc.pool, "c1"); l != n {
+		t.Errorf("lastMutationID = %d, want %d", l, n)
+	}
+	if ids := h.up.TodoIDs("alice"); len(ids) != n {
+		t.Errorf("%d todos upstream, want %d", len(ids), n)
+	}
+	if dup := h.up.MultiplyApplied(); len(dup) > 0 {
+		t.Errorf("applied more than once upstream: %v", dup)
+	}
+}

@@ -18,14 +18,23 @@ type deferringTx struct {
 }
 
 type deferredWrite struct {
+	key   string // what it writes: a later write with the same key replaces it
 	sql   string
 	args  []any
 	check func(pgconn.CommandTag) error
 }
 
 // hold keeps a write back; check judges its result when it runs.
-func (d *deferringTx) hold(sql string, args []any, check func(pgconn.CommandTag) error) {
-	d.pending = append(d.pending, deferredWrite{sql, args, check})
+func (d *deferringTx) hold(key, sql string, args []any, check func(pgconn.CommandTag) error) {
+	for i := range d.pending {
+		if d.pending[i].key == key {
+			// A later write of the same row supersedes the held one
+			// (a client's last mutation id, moving up within a batch).
+			d.pending[i] = deferredWrite{key, sql, args, check}
+			return
+		}
+	}
+	d.pending = append(d.pending, deferredWrite{key, sql, args, check})
 }
 
 // run sends the deferred writes, then tail, in one batch, checks the

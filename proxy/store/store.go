@@ -652,7 +652,12 @@ func (g *GroupTx) SetLastMutationID(ctx context.Context, clientID string, id int
 	// The write goes with the transaction's next statement or its COMMIT
 	// (one round trip fewer per mutation); its failure fails that, and so
 	// the transaction.
-	g.dtx.hold(g.s.sql(`WITH forget AS (
+	if clientID == g.prefetched {
+		// The next mutation of this client in the same transaction reads
+		// its last mutation id from here.
+		g.prefetchedGroup, g.prefetchedLastMutationID = g.GroupID, id
+	}
+	g.dtx.hold("lmid\x00"+clientID, g.s.sql(`WITH forget AS (
 			DELETE FROM {schema}.mutation_attempts WHERE client_id = $1 AND mutation_id <= $3),
 		touch AS (
 			UPDATE {schema}.client_groups SET last_used_at = now() WHERE id = $2 AND last_used_at < now() - $4::interval)
