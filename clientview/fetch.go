@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"unicode/utf8"
 
 	"github.com/cespare/xxhash/v2"
 )
@@ -829,33 +830,52 @@ func (s *source) scannedEntries(scan *pageScan) ([]Entry, error) {
 // the scan; anything else (a nested field, a field absent or not a scalar)
 // takes keyOf's walk, and its exact error.
 func (s *source) keyFrom(item []byte, fields [][]byte) (string, error) {
-	if len(s.key) == 1 && s.key[0].field != nil && len(s.key[0].field) == 1 {
-		// The common "{id}": no builder.
-		if v, ok := scalar(fields[0]); ok && v != "" {
-			return v, nil
-		}
-		return s.keyOf(item)
-	}
+	// Sized first, then written once: one allocation per key.
 	n := 0
 	for _, p := range s.key {
-		n += len(p.literal) + 16
-	}
-	b := make([]byte, 0, n)
-	for _, p := range s.key {
 		if p.field == nil {
-			b = append(b, p.literal...)
+			n += len(p.literal)
 			continue
 		}
-		if len(p.field) != 1 || fields[p.first] == nil {
-			return s.keyOf(item)
+		v, ok := plainScalar(fields[p.first])
+		if len(p.field) != 1 || !ok {
+			return s.keyOf(item) // nested, absent, escaped or not a scalar
 		}
-		v, ok := scalar(fields[p.first])
-		if !ok || v == "" {
-			return s.keyOf(item)
-		}
-		b = append(b, v...)
+		n += len(v)
 	}
-	return string(b), nil
+	var b strings.Builder
+	b.Grow(n)
+	for _, p := range s.key {
+		if p.field == nil {
+			b.WriteString(p.literal)
+		} else {
+			v, _ := plainScalar(fields[p.first])
+			b.Write(v)
+		}
+	}
+	return b.String(), nil
+}
+
+// plainScalar returns the key text of a non-empty string without escapes
+// (valid UTF-8), a number or a bool, as bytes of the page; false for
+// anything else, which scalar decides.
+func plainScalar(raw []byte) ([]byte, bool) {
+	raw = trimmed(raw)
+	if len(raw) == 0 {
+		return nil, false
+	}
+	switch raw[0] {
+	case '"':
+		inner := raw[1 : len(raw)-1]
+		if len(inner) == 0 || bytes.IndexByte(inner, '\\') >= 0 || !utf8.Valid(inner) {
+			return nil, false
+		}
+		return inner, true
+	case '{', '[', 'n':
+		return nil, false
+	default: // number, true, false
+		return raw, true
+	}
 }
 
 // MaxKeyBytes bounds a client view key: the sidecar's record indexes keys,
