@@ -1121,3 +1121,46 @@ func TestPushBatchesLetPullsThrough(t *testing.T) {
 		t.Errorf("applied more than once upstream: %v", dup)
 	}
 }
+
+// TestConcurrentPushesOfOneClient: two pushes of one client reach Postgres
+// at once (SIDECAR_MAX_CONNS_PER_GROUP is 2 by default; or two replicas).
+// The second waits for the group's lock while the first commits two
+// mutations in one transaction; it must then read the client's last
+// mutation id as committed (a read joined to the locking statement would
+// see it as of before the wait: mutation 5 sent again, and 5 written over
+// 6).
+func TestConcurrentPushesOfOneClient(t *testing.T) {
+	h := newHarness(t, nil)
+	sc := h.start()
+	if r := sc.push(t, "alice", "g", create("c1", 1, "t1"), create("c1", 2, "t2"), create("c1", 3, "t3"), create("c1", 4, "t4")); r.status != http.StatusOK {
+		t.Fatalf("setup push = %d %s", r.status, r.raw)
+	}
+	key5, key6 := keyOf("alice", "g", "c1", 5), keyOf("alice", "g", "c1", 6)
+	var first atomic.Bool
+	started := make(chan struct{})
+	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		// Mutation 6, the second of push A's batch, is slow: push B's
+		// locking read arrives meanwhile and waits for A's commit of 5 and 6.
+		if r.Method == http.MethodPost && r.Header.Get("Idempotency-Key") == key6 && first.CompareAndSwap(false, true) {
+			close(started)
+			time.Sleep(400 * time.Millisecond) // push A holds the group's lock meanwhile
+		}
+		return false
+	})
+	a := make(chan response, 1)
+	go func() { a <- sc.push(t, "alice", "g", create("c1", 5, "t5"), create("c1", 6, "t6")) }()
+	<-started
+	b := make(chan response, 1)
+	go func() { b <- sc.push(t, "alice", "g", create("c1", 5, "t5")) }() // the client's retry
+	ra, rb := <-a, <-b
+	t.Logf("push A = %d %s; push B = %d %s", ra.status, ra.raw, rb.status, rb.raw)
+	if got := h.lmid(t, sc.pool, "c1"); got != 6 {
+		t.Errorf("lastMutationID = %d after both pushes, want 6 (it went back)", got)
+	}
+	if n := h.up.CallsFor(key5); n != 1 {
+		t.Errorf("mutation 5 sent upstream %d times, want 1", n)
+	}
+	if rb.json["applied"] != 0.0 {
+		t.Errorf("push B reports %v applied; mutation 5 was a duplicate", rb.json["applied"])
+	}
+}

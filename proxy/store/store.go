@@ -403,33 +403,56 @@ type GroupTx struct {
 }
 
 func (g *GroupTx) lock(ctx context.Context, userID string) error {
-	// The group row is locked (FOR UPDATE OF g); the client row, if asked
-	// for, is only read: it cannot change without this group's lock.
+	// The group row is locked (FOR UPDATE OF g). The client row is read by
+	// a statement of its own, queued after it: under READ COMMITTED it
+	// takes its snapshot once the lock is held, so it sees what the
+	// previous holder committed (a join in the locking statement would
+	// return the row as it was before the wait).
 	const q = `SELECT g.user_id, g.cookie_order, g.deleted_at IS NOT NULL, g.clients_pruned_at IS NOT NULL,
 			coalesce(g.view_record_id, 0), g.view_version, g.view_min_version,
-			coalesce((SELECT value FROM {schema}.settings WHERE name = 'epoch'), ''::bytea),
-			coalesce(c.client_group_id, ''), coalesce(c.last_mutation_id, 0), coalesce(c.legacy_keys_through, 0)
-		FROM {schema}.client_groups g LEFT JOIN {schema}.clients c ON c.id = $2
+			coalesce((SELECT value FROM {schema}.settings WHERE name = 'epoch'), ''::bytea)
+		FROM {schema}.client_groups g
 		WHERE g.id = $1 FOR UPDATE OF g`
+	const qc = `SELECT coalesce(max(c.client_group_id), ''), coalesce(max(c.last_mutation_id), 0), coalesce(max(c.legacy_keys_through), 0)
+		FROM {schema}.clients c WHERE c.id = $1`
 	var owner string
 	var deleted bool
 	scanRow := func(row pgx.Row) error {
 		var recordID int64
 		err := row.Scan(&owner, &g.cookieOrder, &deleted, &g.clientsPruned,
-			&recordID, &g.record.Version, &g.record.MinVersion, &g.epoch,
-			&g.prefetchedGroup, &g.prefetchedLastMutationID, &g.prefetchedLegacyKeys)
+			&recordID, &g.record.Version, &g.record.MinVersion, &g.epoch)
 		g.record.ID = uint64(recordID)
 		return err
 	}
-	scan := func() error { return scanRow(g.tx.QueryRow(ctx, g.s.sql(q), g.GroupID, g.prefetched)) }
-	// BEGIN and the first locking read in one round trip.
+	scanClient := func(row pgx.Row) error {
+		if g.prefetched == "" {
+			return nil
+		}
+		return row.Scan(&g.prefetchedGroup, &g.prefetchedLastMutationID, &g.prefetchedLegacyKeys)
+	}
+	scan := func() error {
+		if err := scanRow(g.tx.QueryRow(ctx, g.s.sql(q), g.GroupID)); err != nil {
+			return err
+		}
+		if g.prefetched == "" {
+			return nil
+		}
+		return scanClient(g.tx.QueryRow(ctx, g.s.sql(qc), g.prefetched))
+	}
+	// BEGIN, the locking read and the client's read in one round trip.
 	b := &pgx.Batch{}
 	b.Queue("BEGIN ISOLATION LEVEL READ COMMITTED")
-	b.Queue(g.s.sql(q), g.GroupID, g.prefetched)
+	b.Queue(g.s.sql(q), g.GroupID)
+	if g.prefetched != "" {
+		b.Queue(g.s.sql(qc), g.prefetched)
+	}
 	br := g.tx.SendBatch(ctx, b)
 	_, err := br.Exec()
 	if err == nil {
 		err = scanRow(br.QueryRow())
+	}
+	if err == nil && g.prefetched != "" {
+		err = scanClient(br.QueryRow())
 	}
 	if cerr := br.Close(); err == nil || errors.Is(err, pgx.ErrNoRows) && cerr != nil {
 		err = cmp.Or(cerr, err)
@@ -662,7 +685,7 @@ func (g *GroupTx) SetLastMutationID(ctx context.Context, clientID string, id int
 		touch AS (
 			UPDATE {schema}.client_groups SET last_used_at = now() WHERE id = $2 AND last_used_at < now() - $4::interval)
 		INSERT INTO {schema}.clients (id, client_group_id, last_mutation_id) VALUES ($1, $2, $3)
-		ON CONFLICT (id) DO UPDATE SET last_mutation_id = excluded.last_mutation_id, updated_at = now()
+		ON CONFLICT (id) DO UPDATE SET last_mutation_id = greatest({schema}.clients.last_mutation_id, excluded.last_mutation_id), updated_at = now()
 		WHERE {schema}.clients.client_group_id = excluded.client_group_id`),
 		[]any{clientID, g.GroupID, id, g.s.touchInterval},
 		func(tag pgconn.CommandTag) error {
