@@ -360,6 +360,12 @@ func (s *Sidecar) applyBatch(ctx context.Context, c *call, mapping *Mapping, mut
 				return nil
 			}
 			done = append(done, r)
+			if r.outcome == "rejected" || r.outcome == "abandoned" {
+				// Committed at once: a rolled-back batch repeats its calls,
+				// and an API that does not replay an error answer could
+				// then accept what it refused, after what followed it.
+				return nil
+			}
 		}
 		return nil
 	})
