@@ -265,6 +265,29 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry
 			prevScan = scan // its items are entries now
 			res.ETag, res.LastModified = validatorsOf(hdr)
 		}
+		var a *answer
+		if !notModified && s.checksMore() {
+			a = &answer{hdr: hdr, body: body, scan: scan}
+		}
+		if page == 1 && s.checksMore() {
+			firstAnswer = a
+			firstTotal = res.Total
+			if a != nil {
+				firstTotal = s.total(a)
+				res.Total = firstTotal
+			}
+			if firstTotal > len(got) && len(got) > 0 && len(body) > 0 {
+				// Room for the reported total at once, rather than a doubling
+				// series of copies; but never for more items than the bytes
+				// the view may still read could hold, at this page's size
+				// per item (a small answer claiming a huge total sizes
+				// nothing).
+				perItem := max(1, int64(len(body)/len(got)))
+				if more := int64(firstTotal - len(entries)); more <= r.budget.Load()/perItem {
+					entries = slices.Grow(entries, firstTotal) // entries is still empty: room for all
+				}
+			}
+		}
 		starts = append(starts, len(entries))
 		entries = append(entries, got...)
 		for i := starts[page-1]; i < len(entries); i++ {
@@ -280,18 +303,6 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry
 				// The pages overlap: the collection shifted between two
 				// requests (or the API ignores the page parameter).
 				return nil, nil, &shiftedError{fmt.Sprintf("key %q came on page %d and again on page %d", key, p, page)}
-			}
-		}
-		var a *answer
-		if !notModified && s.checksMore() {
-			a = &answer{hdr: hdr, body: body, scan: scan}
-		}
-		if page == 1 && s.checksMore() {
-			firstAnswer = a
-			firstTotal = res.Total
-			if a != nil {
-				firstTotal = s.total(a)
-				res.Total = firstTotal
 			}
 		}
 		last, lastTotal, pages = a, res.Total, page
@@ -361,7 +372,7 @@ type keySet struct {
 // already holds it.
 func (k *keySet) add(entries []Entry, i int) (int, bool) {
 	if k.byHash == nil {
-		k.byHash = make(map[uint64]int32, len(entries))
+		k.byHash = make(map[uint64]int32, cap(entries)) // sized for the reported total, when entries is
 	}
 	key := entries[i].Key
 	h := xxhash.Sum64String(key)
