@@ -189,21 +189,11 @@ func (s *scanner) object(i, depth, onPath int, into [][]byte) (end int, spaced, 
 				into[f] = s.b[v:vEnd]
 			}
 		}
-		j = s.space(vEnd)
-		spaced = spaced || j != vEnd
-		if j >= len(s.b) {
-			return j, false, false
+		var more, sp bool
+		if j, sp, more, ok = s.after(vEnd, '}'); !ok || !more {
+			return j, spaced || sp, ok
 		}
-		switch s.b[j] {
-		case '}':
-			return j + 1, spaced, true
-		case ',':
-			w := s.space(j + 1)
-			spaced = spaced || w != j+1
-			j = w
-		default:
-			return j, false, false
-		}
+		spaced = spaced || sp
 	}
 }
 
@@ -234,22 +224,31 @@ func (s *scanner) array(i, depth int, collect bool) (end int, spaced, ok bool) {
 			s.out.items = append(s.out.items, scannedItem{s.b[j:vEnd], vSpaced})
 		}
 		spaced = spaced || vSpaced
-		j = s.space(vEnd)
-		spaced = spaced || j != vEnd
-		if j >= len(s.b) {
-			return j, false, false
+		var more, sp bool
+		if j, sp, more, ok = s.after(vEnd, ']'); !ok || !more {
+			return j, spaced || sp, ok
 		}
-		switch s.b[j] {
-		case ']':
-			return j + 1, spaced, true
-		case ',':
-			w := s.space(j + 1)
-			spaced = spaced || w != j+1
-			j = w
-		default:
-			return j, false, false
-		}
+		spaced = spaced || sp
 	}
+}
+
+// after reads what follows a member or element ending at i: a comma (more:
+// j is where the next one starts) or the closing byte (j is past it);
+// spaced when it skipped whitespace.
+func (s *scanner) after(i int, closing byte) (j int, spaced, more, ok bool) {
+	j = s.space(i)
+	spaced = j != i
+	if j >= len(s.b) {
+		return j, false, false, false
+	}
+	switch s.b[j] {
+	case closing:
+		return j + 1, spaced, false, true
+	case ',':
+		k := s.space(j + 1)
+		return k, spaced || k != j+1, true, true
+	}
+	return j, false, false, false
 }
 
 // str scans the string at b[i] (b[i] is '"').

@@ -33,7 +33,7 @@ func (b *bench) post(url, user string, body []byte, gzipped bool) (int, []byte, 
 	if err != nil {
 		return 0, nil, err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	raw, err := io.ReadAll(resp.Body)
 	return resp.StatusCode, raw, err
 }
@@ -125,8 +125,11 @@ func pulled(status int, raw []byte) (cookie json.RawMessage, puts, dels int, err
 	var ans struct {
 		Cookie json.RawMessage `json:"cookie"`
 	}
-	if err := json.Unmarshal(raw, &ans); err != nil || len(ans.Cookie) == 0 {
-		return nil, 0, 0, fmt.Errorf("pull answer without a cookie (%v): %.300s", err, raw)
+	if err := json.Unmarshal(raw, &ans); err != nil {
+		return nil, 0, 0, fmt.Errorf("pull answer is not JSON (%w): %.300s", err, raw)
+	}
+	if len(ans.Cookie) == 0 {
+		return nil, 0, 0, fmt.Errorf("pull answer without a cookie: %.300s", raw)
 	}
 	return ans.Cookie, bytes.Count(raw, []byte(`{"op":"put"`)), bytes.Count(raw, []byte(`{"op":"del"`)), nil
 }
@@ -157,8 +160,11 @@ func (b *bench) pushes(ctx context.Context) error {
 			t2 := time.Now()
 			status, raw, err := b.post(s.url+"/replicache/push", "pusher", pushBody(group, group+"-c", next, c.n), false)
 			t3 := time.Now()
-			if err != nil || status != http.StatusOK {
-				return fmt.Errorf("push of %d: %d %v %.300s", c.n, status, err, raw)
+			if err != nil {
+				return fmt.Errorf("push of %d: %w", c.n, err)
+			}
+			if status != http.StatusOK {
+				return fmt.Errorf("push of %d answered %d: %.300s", c.n, status, raw)
 			}
 			next += c.n
 			if i >= 0 {
@@ -282,8 +288,11 @@ func (b *bench) gzipPull(s *sidecar, user string, view, plain int) error {
 		t1 := time.Now()
 		status, raw, err := b.post(s.url+"/replicache/pull", user, pullBody("g-"+user, nil), true)
 		t2 := time.Now()
-		if err != nil || status != http.StatusOK {
-			return fmt.Errorf("gzip pull: %d %v", status, err)
+		if err != nil {
+			return fmt.Errorf("gzip pull: %w", err)
+		}
+		if status != http.StatusOK {
+			return fmt.Errorf("gzip pull answered %d", status)
 		}
 		wire = len(raw)
 		if i >= 0 {
@@ -444,7 +453,7 @@ func (b *bench) groups(ctx context.Context) error {
 		cpuLimit := cpuShare(cpu0, b.cpuTimes(s), limit.wall)
 		pool.Close()
 		if limitErrs.n > 0 {
-			return fmt.Errorf("bare transactions failed: %v", limitErrs.first)
+			return fmt.Errorf("bare transactions failed: %w", limitErrs.first)
 		}
 		tput, ltput := side.rate(), limit.rate()
 		p50, p99 := side.quantile(0.5), side.quantile(0.99)

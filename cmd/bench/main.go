@@ -88,8 +88,7 @@ func run() error {
 			return fmt.Errorf("%s: %w", f.name, err)
 		}
 	}
-	b.print(os.Stdout, time.Since(start))
-	return nil
+	return b.print(os.Stdout, time.Since(start))
 }
 
 // figures are run in this order; each starts the sidecars it needs.

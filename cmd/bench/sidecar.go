@@ -32,7 +32,7 @@ func freeAddr() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	return l.Addr().String(), nil
 }
 
@@ -86,16 +86,6 @@ func (s *sidecar) stop() {
 	case <-time.After(10 * time.Second):
 		_ = s.cmd.Process.Kill()
 		<-s.done
-	}
-}
-
-// alive reports whether the process is still running.
-func (s *sidecar) alive() bool {
-	select {
-	case <-s.done:
-		return false
-	default:
-		return true
 	}
 }
 
@@ -168,7 +158,7 @@ func (b *bench) profile(s *sidecar, name string, op func() error) error {
 			got <- err
 			return
 		}
-		defer resp.Body.Close()
+		defer func() { _ = resp.Body.Close() }()
 		f, err := os.Create(filepath.Join(b.o.profile, name+".pprof"))
 		if err == nil {
 			_, err = io.Copy(f, resp.Body)

@@ -20,21 +20,21 @@ func (b *bench) add(r row) {
 	fmt.Fprintf(os.Stderr, "bench:   %s: %s | %s | %s\n", r.figure, r.sidecar, r.limit, r.ratio)
 }
 
-func (b *bench) print(w io.Writer, took time.Duration) {
+func (b *bench) print(w io.Writer, took time.Duration) error {
 	var pgVersion string
 	_ = b.pg.QueryRow(context.Background(), `SHOW server_version`).Scan(&pgVersion)
-	fmt.Fprintf(w, "Measured %s on %d cores, %s of memory, %s, Postgres %s; the bench took %s.",
+	var out strings.Builder
+	fmt.Fprintf(&out, "Measured %s on %d cores, %s of memory, %s, Postgres %s; the bench took %s.",
 		time.Now().UTC().Format("2006-01-02 15:04 MST"), runtime.NumCPU(), memTotal(), runtime.Version(), pgVersion, took.Round(time.Second))
 	if b.o.quick {
-		fmt.Fprint(w, " QUICK RUN: a few iterations each, the figures mean nothing.")
+		out.WriteString(" QUICK RUN: a few iterations each, the figures mean nothing.")
 	}
-	fmt.Fprintln(w)
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| figure | sidecar | physical limit, same run | ratio | target | met |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|")
+	out.WriteString("\n\n| figure | sidecar | physical limit, same run | ratio | target | met |\n|---|---|---|---|---|---|\n")
 	for _, r := range b.rows {
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", r.figure, r.sidecar, r.limit, r.ratio, r.target, r.met)
+		fmt.Fprintf(&out, "| %s | %s | %s | %s | %s | %s |\n", r.figure, r.sidecar, r.limit, r.ratio, r.target, r.met)
 	}
+	_, err := io.WriteString(w, out.String())
+	return err
 }
 
 func memTotal() string {

@@ -282,7 +282,7 @@ func (a *apiProcess) call(method, path string) string {
 	if err != nil {
 		panic(fmt.Sprintf("the fast API: %v", err)) // the bench cannot go on
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode/100 != 2 {
 		panic(fmt.Sprintf("the fast API: %s %s: %d %s", method, path, resp.StatusCode, body))
