@@ -170,6 +170,7 @@ func forwardHeaders(r *http.Request, names []string, requestID string) http.Head
 	if requestID != "" {
 		h.Set("X-Request-ID", requestID)
 	}
+	setTraceHeaders(r.Context(), h)
 	return h
 }
 

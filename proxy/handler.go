@@ -54,7 +54,7 @@ type protocolRequest interface {
 // When a step refuses the request, begin answers it and returns false.
 func (s *Sidecar) begin(w http.ResponseWriter, r *http.Request, endpoint string, req protocolRequest, needs *upstream.Client) (*call, bool) {
 	c := &call{start: time.Now(), requestID: replicacheRequestID(r)}
-	c.log = s.log.With("endpoint", endpoint, "request_id", c.requestID)
+	c.log = s.log.With("endpoint", endpoint, "request_id", c.requestID, "trace_id", w.Header().Get("X-Trace-ID"))
 	if c.requestID != "" {
 		w.Header().Set("X-Request-ID", c.requestID) // and in every error body
 	}

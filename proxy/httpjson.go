@@ -44,6 +44,9 @@ func writeError(w http.ResponseWriter, e *httpError) {
 	if id := w.Header().Get("X-Request-ID"); id != "" {
 		body["requestID"] = id
 	}
+	if id := w.Header().Get("X-Trace-ID"); id != "" {
+		body["traceID"] = id
+	}
 	if e.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(e.RetryAfter))
 	}

@@ -54,6 +54,7 @@ func newPassthrough(o passthroughOptions) http.Handler {
 			if o.keepHost {
 				out.Host = in.Host
 			}
+			setTraceHeaders(in.Context(), out.Header)
 		},
 		Transport: o.transport,
 		ModifyResponse: func(resp *http.Response) error {
@@ -81,7 +82,11 @@ func newPassthrough(o passthroughOptions) http.Handler {
 				writeError(w, upstreamSuspended(o.retryAfter))
 				return
 			}
-			o.log.Warn("pass-through failed", "method", r.Method, "path", r.URL.Path, "error", err)
+			t, _ := traceOf(r.Context())
+			o.log.Warn("pass-through failed", "method", r.Method, "path", r.URL.Path, "error", err, "trace_id", t.traceID)
+			if t.traceID != "" {
+				w.Header().Set("X-Trace-ID", t.traceID)
+			}
 			writeError(w, errorf(http.StatusBadGateway, "BadGateway", "the upstream service could not be reached"))
 		},
 	}

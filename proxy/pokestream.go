@@ -29,7 +29,7 @@ const pokeWriteTimeout = 10 * time.Second
 // identified as for push and pull.
 func (s *Sidecar) handlePoke(w http.ResponseWriter, r *http.Request) {
 	reqID := replicacheRequestID(r)
-	log := s.log.With("endpoint", "poke", "request_id", reqID)
+	log := s.log.With("endpoint", "poke", "request_id", reqID, "trace_id", w.Header().Get("X-Trace-ID"))
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", http.MethodGet)
 		s.fail(w, log, errorf(http.StatusMethodNotAllowed, "MethodNotAllowed", "%s %s: only GET is allowed", r.Method, r.URL.Path))

@@ -21,6 +21,14 @@ func (s *Sidecar) Handler() http.Handler {
 	// a few upstream calls; the answer must still get out after that.
 	writeWindow := s.cfg.PushTimeBudget + 2*s.cfg.UpstreamTimeout + 10*time.Second
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tc := newTrace(r)
+		r = r.WithContext(withTrace(r.Context(), tc))
+		switch r.URL.Path {
+		case s.cfg.PushPath, s.cfg.PullPath, s.cfg.PokePath, s.cfg.InvalidatePath:
+			// The sidecar's own answers name the trace (error bodies too);
+			// a passed-through answer is the API's.
+			w.Header().Set("X-Trace-ID", tc.traceID)
+		}
 		switch r.URL.Path {
 		case s.cfg.PushPath:
 			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeWindow))

@@ -1,0 +1,167 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+)
+
+const (
+	clientTrace  = "4bf92f3577b34da6a3ce929d0e0e4736"
+	clientParent = "00f067aa0ba902b7"
+	clientState  = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+)
+
+// seenTraces records the trace headers of every call the legacy API gets,
+// by "METHOD path".
+type seenTraces struct {
+	mu     sync.Mutex
+	parent map[string]string
+	state  map[string]string
+}
+
+func watchTraces(h *harness) *seenTraces {
+	s := &seenTraces{parent: map[string]string{}, state: map[string]string{}}
+	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		k := r.Method + " " + r.URL.Path
+		s.parent[k], s.state[k] = r.Header.Get("Traceparent"), r.Header.Get("Tracestate")
+		return false
+	})
+	return s
+}
+
+func (s *seenTraces) get(k string) (parent, state string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.parent[k], s.state[k]
+}
+
+func tracedPost(t *testing.T, inst *instance, path string, body any, hdr map[string]string) response {
+	t.Helper()
+	b, _ := json.Marshal(body)
+	req, _ := http.NewRequest(http.MethodPost, inst.srv.URL+path, bytes.NewReader(b))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer alice")
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	return do(t, req)
+}
+
+// TestTraceContextReachesUpstream: a traceparent a client sends arrives at
+// the legacy API with the same trace id on the auth call, a mutation call,
+// the view's GETs and a pass-through call, under the sidecar's own span,
+// with tracestate unchanged; the trace id is in the answer, error bodies
+// and the request's log lines.
+func TestTraceContextReachesUpstream(t *testing.T) {
+	h := newHarness(t, nil)
+	sc := h.start()
+	seen := watchTraces(h)
+	hdr := map[string]string{"Traceparent": "00-" + clientTrace + "-" + clientParent + "-01", "Tracestate": clientState}
+
+	check := func(step string, calls ...string) {
+		t.Helper()
+		for _, call := range calls {
+			parent, state := seen.get(call)
+			parts := strings.Split(parent, "-")
+			if len(parts) != 4 || parts[0] != "00" || parts[1] != clientTrace || parts[3] != "01" {
+				t.Errorf("%s, %s: traceparent %q, want version 00, trace %s, flags 01", step, call, parent, clientTrace)
+				continue
+			}
+			if parts[2] == clientParent || len(parts[2]) != 16 || !lowerHex(parts[2]) {
+				t.Errorf("%s, %s: parent id %q: want the sidecar's own span, not the client's", step, call, parts[2])
+			}
+			if state != clientState {
+				t.Errorf("%s, %s: tracestate %q, want %q unchanged", step, call, state, clientState)
+			}
+		}
+	}
+	if r := tracedPost(t, sc, "/replicache/push", pushBody("g", create("c1", 1, "a")), hdr); r.status != 200 || r.header.Get("X-Trace-ID") != clientTrace {
+		t.Fatalf("push = %d %s (X-Trace-ID %q)", r.status, r.raw, r.header.Get("X-Trace-ID"))
+	}
+	check("push", "GET /api/me", "POST /api/todos") // the auth call and the mutation call
+	if r := tracedPost(t, sc, "/replicache/pull", pullBody("g", nil), hdr); r.status != 200 {
+		t.Fatalf("pull = %d %s", r.status, r.raw)
+	}
+	check("pull", "GET /api/todos") // a view page
+	req, _ := http.NewRequest(http.MethodDelete, sc.srv.URL+"/api/todos/a", nil)
+	req.Header.Set("Authorization", "Bearer alice")
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	if r := do(t, req); r.status/100 != 2 {
+		t.Fatalf("pass-through = %d %s", r.status, r.raw)
+	}
+	check("pass-through", "DELETE /api/todos/a")
+	// An error body names the trace; so do the request's log lines.
+	bad := tracedPost(t, sc, "/replicache/pull", map[string]any{"pullVersion": 1, "clientGroupID": 5}, hdr)
+	if bad.status != 400 || bad.str("traceID") != clientTrace {
+		t.Errorf("bad pull = %d %s; want 400 with traceID %s", bad.status, bad.raw, clientTrace)
+	}
+	logged := 0
+	for _, line := range strings.Split(h.logs.String(), "\n") {
+		if strings.Contains(line, `"msg":"push"`) || strings.Contains(line, `"msg":"pull"`) {
+			logged++
+			if !strings.Contains(line, `"trace_id":"`+clientTrace+`"`) {
+				t.Errorf("log line without the trace id: %s", line)
+			}
+		}
+	}
+	if logged < 2 {
+		t.Errorf("found %d push/pull log lines, want 2", logged)
+	}
+}
+
+// TestTraceContextStarted: without a valid traceparent (none, upper case,
+// all-zero ids, two of them) the sidecar starts a trace of its own and
+// drops the tracestate that came with the invalid one.
+func TestTraceContextStarted(t *testing.T) {
+	h := newHarness(t, nil)
+	sc := h.start()
+	seen := watchTraces(h)
+	for i, tp := range []string{
+		"",
+		"00-" + strings.ToUpper(clientTrace) + "-" + clientParent + "-01",
+		"00-00000000000000000000000000000000-" + clientParent + "-01",
+		"00-" + clientTrace + "-0000000000000000-01",
+		"ff-" + clientTrace + "-" + clientParent + "-01",
+		"00-" + clientTrace + "-" + clientParent + "-01-extra",
+	} {
+		hdr := map[string]string{"Tracestate": clientState}
+		if tp != "" {
+			hdr["Traceparent"] = tp
+		}
+		r := tracedPost(t, sc, "/replicache/push", pushBody("g", create("c1", int64(i+1), "a"+itoa(int64(i)))), hdr)
+		if r.status != 200 {
+			t.Fatalf("push = %d %s", r.status, r.raw)
+		}
+		parent, state := seen.get("POST /api/todos")
+		parts := strings.Split(parent, "-")
+		if len(parts) != 4 || len(parts[1]) != 32 || !lowerHex(parts[1]) || parts[1] == clientTrace || parts[1] == strings.Repeat("0", 32) {
+			t.Errorf("traceparent %q sent: upstream got %q, want a new trace", tp, parent)
+		}
+		if got := r.header.Get("X-Trace-ID"); len(parts) == 4 && got != parts[1] {
+			t.Errorf("traceparent %q sent: X-Trace-ID %q, upstream's trace %q", tp, got, parts[1])
+		}
+		if state != "" {
+			t.Errorf("traceparent %q sent: tracestate %q passed on without a valid parent", tp, state)
+		}
+	}
+}
+
+// TestParseTraceparentLaterVersion: a later version is read as far as
+// version 00 reaches, as the W3C recommendation asks.
+func TestParseTraceparentLaterVersion(t *testing.T) {
+	id, flags, ok := parseTraceparent([]string{"01-" + clientTrace + "-" + clientParent + "-01-what-the-future-holds"})
+	if !ok || id != clientTrace || flags != "01" {
+		t.Errorf("version 01 with more fields = %q %q %v", id, flags, ok)
+	}
+	if _, _, ok := parseTraceparent([]string{"00-" + clientTrace + "-" + clientParent + "-01", "00-" + clientTrace + "-" + clientParent + "-01"}); ok {
+		t.Error("two traceparent headers accepted")
+	}
+}
