@@ -264,6 +264,22 @@ const ReservedPrefix = "_sidecar/"
 // Len returns the number of sources.
 func (v *View) Len() int { return len(v.sources) }
 
+// SourceInfo describes one source of a view.
+type SourceInfo struct {
+	Path       string // as the mapping wrote it
+	Pagination string // link, cursor, url, offset or page; "none" when said so; "" for one answer
+	View       *View  // a view of this source alone
+}
+
+// Sources describes each source, in order.
+func (v *View) Sources() []SourceInfo {
+	out := make([]SourceInfo, len(v.sources))
+	for i, s := range v.sources {
+		out[i] = SourceInfo{Path: s.path, Pagination: s.page.Type, View: &View{sources: []*source{s}}}
+	}
+	return out
+}
+
 // Entry is one key/value of the client view. Value is the item's JSON exactly
 // as the upstream sent it.
 type Entry struct {

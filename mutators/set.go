@@ -88,6 +88,7 @@ type Set struct {
 
 type mutator struct {
 	name    string
+	path    string // as written, for reports
 	method  string
 	segs    [][]part // path segments after the leading "/"
 	query   []queryParam
@@ -143,7 +144,7 @@ func Compile(specs map[string]Spec) (*Set, error) {
 
 func compileMutator(name string, s Spec) (*mutator, []error) {
 	var errs []error
-	mu := &mutator{name: name, method: strings.ToUpper(s.Method), header: http.Header{}}
+	mu := &mutator{name: name, path: s.Path, method: strings.ToUpper(s.Method), header: http.Header{}}
 	if name == "" {
 		errs = append(errs, errors.New("empty mutator name"))
 	}
@@ -314,6 +315,15 @@ func (m *Set) Names() []string {
 
 // Has reports whether name is a mapped mutator.
 func (m *Set) Has(name string) bool { _, ok := m.byName[name]; return ok }
+
+// Template returns a mutator's method and path as the mapping wrote them.
+func (m *Set) Template(name string) (method, path string, ok bool) {
+	mu, ok := m.byName[name]
+	if !ok {
+		return "", "", false
+	}
+	return mu.method, mu.path, true
+}
 
 // Render builds the upstream request for mu. A *renderError means the mutation
 // can never be applied (a business error); no other error is returned.

@@ -85,9 +85,12 @@ func run() error {
 replicache-sidecar demo is running.
   open     http://%[1]s:%[2]d/?user=alice  (a second user: http://%[1]s:%[2]d/?user=bob)
   metrics  curl -s http://%[1]s:%[3]d/metrics | grep ^replicache_sidecar
+  check    the mapping against the demo API, as alice, before any client syncs:
+           SIDECAR_UPSTREAM_URL=http://%[4]s SIDECAR_MAPPING_FILE=%[5]s SIDECAR_AUTH_PATH=/api/me \
+             %[6]s check --header 'Authorization: Bearer alice' --example createTodo='{"id":"t1","title":"try"}'
 Ctrl-C stops everything and removes the throwaway database.
 
-`, *host, *port, *adminPort)
+`, *host, *port, *adminPort, apiAddr, *mapping, filepath.Join(*bin, "replicache-sidecar"))
 	select {
 	case <-ctx.Done():
 		fmt.Println("\nstopping…")

@@ -27,6 +27,11 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if len(os.Args) > 1 && os.Args[1] == "check" {
+		code := runCheck(ctx, os.Args[2:], environ(), os.Stdout, os.Stderr)
+		stop()
+		os.Exit(code)
+	}
 	if err := run(ctx, environ(), os.Stderr, net.Listen); err != nil {
 		fmt.Fprintln(os.Stderr, "replicache-sidecar:", err)
 		os.Exit(1)

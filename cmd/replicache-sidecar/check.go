@@ -1,0 +1,183 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy"
+)
+
+// Exit statuses of `replicache-sidecar check`.
+const (
+	checkClean    = 0 // nothing to fix
+	checkProblems = 1 // problems (the configuration's included)
+	checkFailed   = 2 // it could not run: bad flags, the API unreachable
+)
+
+const checkUsage = `Usage: replicache-sidecar check [flags]
+
+Tries the mapping against the live API before any client syncs: reads the
+same SIDECAR_* settings and mapping as the server (every configuration
+problem at once; no database needed), fetches each view source as the given
+user would see it, following pagination as a pull does, and renders each
+mutator's example. Nothing is written unless --write is given.
+
+Exit status: 0 nothing to fix, 1 problems, 2 it could not run.
+
+Flags:
+`
+
+// multiFlag is a repeatable string flag.
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ", ") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+
+// runCheck is `replicache-sidecar check`; it returns the exit status.
+func runCheck(ctx context.Context, args []string, env map[string]string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		_, _ = io.WriteString(stderr, checkUsage)
+		fs.PrintDefaults()
+	}
+	var headers, examples multiFlag
+	fs.Var(&headers, "header", "a header the client would send, `'Name: value'` (repeatable), e.g. 'Authorization: Bearer …'")
+	user := fs.String("user", "", "the user `id`, when users are named by SIDECAR_USER_ID_HEADER")
+	fs.Var(&examples, "example", "a mutator's example args, `name='{json}'` (repeatable)")
+	write := fs.Bool("write", false, "send each example's mutation to the API once (it changes the API's data)")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	if err := fs.Parse(args); err != nil {
+		return checkFailed
+	}
+	if fs.NArg() > 0 {
+		_, _ = fmt.Fprintf(stderr, "check: unexpected argument %q\n", fs.Arg(0))
+		return checkFailed
+	}
+	o := proxy.CheckOptions{Header: http.Header{}, User: *user, Examples: map[string]json.RawMessage{}, Write: *write}
+	for _, h := range headers {
+		name, value, ok := strings.Cut(h, ":")
+		if !ok || strings.TrimSpace(name) == "" {
+			_, _ = fmt.Fprintf(stderr, "check: --header %q: want 'Name: value'\n", h)
+			return checkFailed
+		}
+		o.Header.Add(strings.TrimSpace(name), strings.TrimSpace(value))
+	}
+	for _, e := range examples {
+		name, args, ok := strings.Cut(e, "=")
+		if !ok || name == "" || !json.Valid([]byte(args)) {
+			_, _ = fmt.Fprintf(stderr, "check: --example %q: want name='{json args}'\n", e)
+			return checkFailed
+		}
+		o.Examples[name] = json.RawMessage(args)
+	}
+	env = withoutDatabase(env)
+	cfg, err := proxy.LoadConfig(env)
+	if err != nil {
+		_, _ = fmt.Fprintf(stdout, "%v\n\n1 problem: the configuration (fix it first; nothing was fetched).\n", err)
+		return checkProblems
+	}
+	rep, err := proxy.Check(ctx, cfg, o)
+	if err != nil {
+		_, _ = fmt.Fprintln(stderr, "check:", err)
+		return checkFailed
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			return checkFailed
+		}
+	} else if err := printCheck(stdout, rep, *write); err != nil {
+		return checkFailed
+	}
+	if rep.Problems > 0 {
+		return checkProblems
+	}
+	return checkClean
+}
+
+// withoutDatabase lets the configuration load without a database URL: the
+// check needs none.
+func withoutDatabase(env map[string]string) map[string]string {
+	out := make(map[string]string, len(env)+1)
+	for k, v := range env {
+		out[k] = v
+	}
+	if out["SIDECAR_DATABASE_URL"] == "" {
+		out["SIDECAR_DATABASE_URL"] = "postgres://unused.invalid/check"
+	}
+	return out
+}
+
+func printCheck(w io.Writer, rep *proxy.CheckReport, write bool) error {
+	var b strings.Builder
+	user := rep.User
+	if user == "" {
+		user = "(anonymous)"
+	}
+	fmt.Fprintf(&b, "Checked the mapping against %s as user %s in %.0f ms.\n", rep.Upstream, user, rep.TookMs)
+	for _, p := range rep.Identity {
+		fmt.Fprintf(&b, "  ✗ %s\n", p)
+	}
+	if len(rep.Sources) > 0 {
+		b.WriteString("\nView sources (fetched as a pull would)\n")
+		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+		_, _ = fmt.Fprintln(tw, "  SOURCE\tPAGINATION\tPAGES\tENTITIES\tSAMPLE KEYS\tTIME")
+		for _, s := range rep.Sources {
+			_, _ = fmt.Fprintf(tw, "  %s\t%s\t%d\t%d\t%s\t%.1f ms\n", s.Path, s.Pagination, s.Pages, s.Entities, strings.Join(s.SampleKeys, ", "), s.TookMs)
+		}
+		_ = tw.Flush()
+		for _, s := range rep.Sources {
+			for _, p := range s.Problems {
+				fmt.Fprintf(&b, "  ✗ %s: %s\n", s.Path, p)
+			}
+		}
+	}
+	if len(rep.Mutators) > 0 {
+		b.WriteString("\nMutators")
+		if write {
+			b.WriteString(" (each example sent once)")
+		}
+		b.WriteString("\n")
+		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+		_, _ = fmt.Fprintln(tw, "  MUTATOR\tMETHOD\tPATH\tOUTCOME")
+		for _, m := range rep.Mutators {
+			outcome := m.Outcome
+			switch {
+			case !m.Example:
+				outcome = "no example (--example " + m.Name + "='{…}')"
+			case outcome == "":
+				outcome = "rendered, not sent (--write sends it)"
+			case m.Status != 0:
+				outcome = fmt.Sprintf("%s (%d)", outcome, m.Status)
+			}
+			_, _ = fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", m.Name, m.Method, m.Path, outcome)
+		}
+		_ = tw.Flush()
+		for _, m := range rep.Mutators {
+			for _, p := range m.Problems {
+				fmt.Fprintf(&b, "  ✗ %s: %s\n", m.Name, p)
+			}
+		}
+	}
+	for _, n := range rep.Unknown {
+		fmt.Fprintf(&b, "  ✗ --example %s: the mapping has no such mutator\n", n)
+	}
+	switch rep.Problems {
+	case 0:
+		b.WriteString("\nNothing to fix.\n")
+	case 1:
+		b.WriteString("\n1 problem to fix.\n")
+	default:
+		fmt.Fprintf(&b, "\n%d problems to fix.\n", rep.Problems)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}

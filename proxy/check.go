@@ -1,0 +1,268 @@
+package proxy
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/replicache-sidecar/replicache-sidecar/clientview"
+	"github.com/replicache-sidecar/replicache-sidecar/mutators"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
+)
+
+// CheckOptions say as whom, and how far, Check tries the mapping.
+type CheckOptions struct {
+	// Header is sent with every call, as a client's request would carry it
+	// (e.g. Authorization); only the names SIDECAR_FORWARD_HEADERS lists
+	// reach the API, as at run time.
+	Header http.Header
+	// User is the user id in the trusted-header mode (SIDECAR_USER_ID_HEADER),
+	// given instead of asking the auth endpoint.
+	User string
+	// Examples are args per mutator, to render its call.
+	Examples map[string]json.RawMessage
+	// Write sends each example's call once.
+	Write bool
+}
+
+// CheckReport is what Check found. Problems counts what must be fixed
+// before clients sync.
+type CheckReport struct {
+	Upstream string         `json:"upstream"`
+	User     string         `json:"user"`
+	Identity []string       `json:"identityProblems,omitempty"`
+	Sources  []SourceCheck  `json:"sources"`
+	Mutators []MutatorCheck `json:"mutators"`
+	Problems int            `json:"problems"`
+	TookMs   float64        `json:"tookMs"`
+	Unknown  []string       `json:"unknownExamples,omitempty"`
+}
+
+// SourceCheck is one view source tried as a pull would fetch it.
+type SourceCheck struct {
+	Path       string   `json:"path"`
+	Pagination string   `json:"pagination"`
+	Pages      int      `json:"pages"`
+	Entities   int      `json:"entities"`
+	SampleKeys []string `json:"sampleKeys"`
+	TookMs     float64  `json:"tookMs"`
+	Problems   []string `json:"problems"`
+
+	unreachable bool // no HTTP answer at all
+}
+
+// MutatorCheck is one mutator rendered for its example (and sent, with
+// Write).
+type MutatorCheck struct {
+	Name     string   `json:"name"`
+	Method   string   `json:"method"`
+	Path     string   `json:"path"` // rendered for the example, else the template
+	Example  bool     `json:"example"`
+	Outcome  string   `json:"outcome,omitempty"` // applied, rejected or retry (Write)
+	Status   int      `json:"status,omitempty"`
+	Problems []string `json:"problems"`
+}
+
+func millis(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// Check tries cfg's mapping against the live API: it fetches every view
+// source as user o would, following pagination with the same guards as a
+// pull, and renders (and with o.Write sends) each mutator's example. It
+// needs no database. The error is for what stopped it from running at all.
+func Check(ctx context.Context, cfg Config, o CheckOptions) (*CheckReport, error) {
+	start := time.Now()
+	up := upstream.New(upstream.Options{
+		Base: cfg.Upstream, Timeout: cfg.UpstreamTimeout,
+		// The check must see every answer: no breaker between it and them.
+		Breaker:    upstream.BreakerSettings{Failures: 1 << 30, OpenTimeout: time.Second, HalfOpenRequests: 1},
+		Registerer: prometheus.NewRegistry(), Namespace: namespace,
+	})
+	rep := &CheckReport{Upstream: cfg.Upstream.String()}
+	fwd := http.Header{}
+	for _, n := range cfg.ForwardHeaders {
+		for _, v := range o.Header.Values(n) {
+			fwd.Add(n, v)
+		}
+	}
+	ctx = withTrace(ctx, traceContext{traceID: randomHex(16), spanID: randomHex(8), flags: "00"})
+	setTraceHeaders(ctx, fwd)
+
+	// Who: the trusted header's user, or the auth endpoint's answer.
+	switch {
+	case o.User != "":
+		rep.User = o.User
+		if cfg.UserIDHeader != "" && o.Header.Get(cfg.UserIDHeader) == "" {
+			fwd.Set(cfg.UserIDHeader, o.User) // as the gateway would have set it
+		}
+	case cfg.AuthPath != "":
+		a := &authenticator{path: cfg.AuthPath, method: cfg.AuthMethod, field: strings.Split(cfg.AuthUserField, "."),
+			base: strings.TrimSuffix(cfg.Upstream.String(), "/"), client: up.Auth, timeout: cfg.UpstreamTimeout}
+		user, herr := a.ask(ctx, fwd)
+		if herr != nil {
+			rep.Identity = append(rep.Identity, fmt.Sprintf("the auth endpoint %s %s: %s (give the credentials of a real user: --header 'Authorization: Bearer …')",
+				cfg.AuthMethod, cfg.AuthPath, herr.Message))
+			rep.count()
+			rep.TookMs = millis(time.Since(start))
+			return rep, nil
+		}
+		rep.User = user
+	case cfg.UserIDHeader != "":
+		rep.Identity = append(rep.Identity, fmt.Sprintf("users are named by the %s header: say which with --user", cfg.UserIDHeader))
+		rep.count()
+		rep.TookMs = millis(time.Since(start))
+		return rep, nil
+	}
+
+	fetcher := clientview.NewFetcher(clientview.FetcherOptions{Base: cfg.Upstream, Upstream: up.View, MaxBodyBytes: cfg.MaxUpstreamBodyBytes})
+	for _, src := range cfg.Mapping.View.Sources() {
+		rep.Sources = append(rep.Sources, checkSource(ctx, fetcher, src, cfg.Upstream, rep.User, fwd, cfg.MaxUpstreamBodyBytes))
+	}
+
+	unreachable := len(rep.Sources) > 0
+	for _, s := range rep.Sources {
+		unreachable = unreachable && s.unreachable
+	}
+	if unreachable {
+		return nil, fmt.Errorf("the API at %s could not be reached: %s", cfg.Upstream, rep.Sources[0].Problems[0])
+	}
+
+	sender := mutators.NewClient(mutators.ClientOptions{Base: cfg.Upstream, Upstream: up.Mutation, IdempotencyHeader: cfg.IdempotencyHeader})
+	for name := range o.Examples {
+		if !cfg.Mapping.Mutators.Has(name) {
+			rep.Unknown = append(rep.Unknown, name)
+		}
+	}
+	for _, name := range cfg.Mapping.Mutators.Names() {
+		args, has := o.Examples[name]
+		rep.Mutators = append(rep.Mutators, checkMutator(ctx, cfg.Mapping.Mutators, sender, name, args, has, o.Write, rep.User, fwd))
+	}
+	rep.count()
+	rep.TookMs = millis(time.Since(start))
+	return rep, nil
+}
+
+func (r *CheckReport) count() {
+	n := len(r.Identity) + len(r.Unknown)
+	for _, s := range r.Sources {
+		n += len(s.Problems)
+	}
+	for _, m := range r.Mutators {
+		n += len(m.Problems)
+	}
+	r.Problems = n
+}
+
+func checkSource(ctx context.Context, f *clientview.Fetcher, src clientview.SourceInfo, base *url.URL, user string, fwd http.Header, maxBytes int64) SourceCheck {
+	sc := SourceCheck{Path: src.Path, Pagination: cmp.Or(src.Pagination, "single answer"), SampleKeys: []string{}, Problems: []string{}}
+	t0 := time.Now()
+	res, err := f.FetchResult(ctx, src.View, clientview.Request{UserID: user, Header: fwd})
+	sc.TookMs = millis(time.Since(t0))
+	if err != nil {
+		sc.Problems = append(sc.Problems, sourceProblem(err, base, maxBytes))
+		sc.unreachable = errors.As(err, new(*net.OpError))
+		return sc
+	}
+	sc.Pages, sc.Entities = len(res.Pages), len(res.Entries)
+	for i, e := range res.Entries {
+		if i == 3 {
+			break
+		}
+		sc.SampleKeys = append(sc.SampleKeys, e.Key)
+	}
+	return sc
+}
+
+// sourceProblem says what a failed source needs, in the mapping's terms.
+func sourceProblem(err error, base *url.URL, maxBytes int64) string {
+	var se *clientview.SourceError
+	var st *clientview.StatusError
+	switch {
+	case errors.As(err, &st) && st.Status >= 300 && st.Status < 400:
+		return fmt.Sprintf("%s answers %d, a redirect to %s: write %s in the mapping", st.Path, st.Status, cmp.Or(st.Location, "(no Location)"),
+			canonical(base, st.Path, st.Location))
+	case errors.As(err, &st) && (st.Status == http.StatusUnauthorized || st.Status == http.StatusForbidden):
+		return fmt.Sprintf("%s answers %d: the credentials given (--header, --user) are not accepted for it", st.Path, st.Status)
+	case errors.As(err, &st):
+		return fmt.Sprintf("%s answers %d", st.Path, st.Status)
+	case errors.As(err, &se) && se.Shifted:
+		return se.Reason + " (the pages moved while they were read: another writer? try again)"
+	case errors.As(err, &se) && strings.Contains(se.Reason, "larger than"):
+		return fmt.Sprintf("%s (SIDECAR_MAX_UPSTREAM_BODY_BYTES is %d)", se.Reason, maxBytes)
+	case errors.As(err, &se):
+		return se.Reason
+	}
+	return err.Error()
+}
+
+// canonical is the path to write for a source the API redirects: the
+// redirect's target, relative to the upstream's base when it is on it.
+func canonical(base *url.URL, from, location string) string {
+	if location == "" {
+		return "the path the API expects"
+	}
+	ref, err := url.Parse(from)
+	if err != nil {
+		return location
+	}
+	to, err := base.ResolveReference(ref).Parse(location)
+	if err != nil {
+		return location
+	}
+	if to.Host != base.Host {
+		return to.String() + " (on another host: the sidecar only calls SIDECAR_UPSTREAM_URL)"
+	}
+	p := strings.TrimPrefix(to.EscapedPath(), strings.TrimSuffix(base.EscapedPath(), "/"))
+	if to.RawQuery != "" {
+		p += "?" + to.RawQuery
+	}
+	return p
+}
+
+func checkMutator(ctx context.Context, set *mutators.Set, sender *mutators.Client, name string, args json.RawMessage, has, write bool, user string, fwd http.Header) MutatorCheck {
+	method, path, _ := set.Template(name)
+	mc := MutatorCheck{Name: name, Method: method, Path: path, Example: has, Problems: []string{}}
+	if !has {
+		return mc
+	}
+	req, err := set.Render(mutators.Mutation{ClientGroupID: "check", ClientID: "check", ID: time.Now().UnixNano(),
+		Name: name, Args: args, UserID: user})
+	if err != nil {
+		mc.Problems = append(mc.Problems, "the example does not render: "+err.Error())
+		return mc
+	}
+	mc.Path = req.PathQuery
+	if !write {
+		return mc
+	}
+	res := sender.Do(ctx, req, fwd)
+	mc.Status = res.Status
+	switch res.Outcome {
+	case mutators.Applied:
+		mc.Outcome = "applied"
+	case mutators.Rejected:
+		mc.Outcome = "rejected"
+		switch res.Status {
+		case http.StatusNotFound, http.StatusMethodNotAllowed, http.StatusUnsupportedMediaType:
+			mc.Problems = append(mc.Problems, fmt.Sprintf("answered %d: a path or method the API does not have would consume every mutation as rejected", res.Status))
+		}
+	default:
+		mc.Outcome = "retry"
+		if res.Status >= 300 && res.Status < 400 {
+			mc.Problems = append(mc.Problems, fmt.Sprintf("answered %d, a redirect: the mutation would wait for a fixed mapping", res.Status))
+		} else if res.Outcome == mutators.Unauthorized {
+			mc.Problems = append(mc.Problems, fmt.Sprintf("answered %d: the credentials given are not accepted", res.Status))
+		} else {
+			mc.Problems = append(mc.Problems, "not applied: "+res.Cause())
+		}
+	}
+	return mc
+}
