@@ -85,6 +85,8 @@ func hostileAPI(t *testing.T) *httptest.Server {
 			_, _ = fmt.Fprint(w, `{}`)
 		case r.URL.Path == "/api/nokeys/":
 			_, _ = fmt.Fprint(w, `{"results":[{"id":"a"},{"name":"no id here"}]}`)
+		case r.URL.Path == "/api/dups/":
+			_, _ = fmt.Fprint(w, `{"results":[{"id":"a"},{"id":"b"},{"id":"a"}]}`)
 		case r.URL.Path == "/api/admin/":
 			w.WriteHeader(http.StatusForbidden)
 		case r.URL.Path == "/api/firstpage/": // 25 of 120, the rest behind a next the mapping does not follow
@@ -108,6 +110,7 @@ const hostileMapping = `{
     {"path": "/api/items/", "items": "results", "key": "item/{id}", "pagination": {"type": "url"}},
     {"path": "/api/nokeys/", "items": "results", "key": "x/{id}"},
     {"path": "/api/admin/", "items": "results", "key": "admin/{id}"},
+    {"path": "/api/dups/", "items": "results", "key": "d/{id}"},
     {"path": "/api/firstpage/", "items": "results", "key": "f/{id}"}
   ]
 }`
@@ -146,6 +149,7 @@ func TestCheckHostileUpstream(t *testing.T) {
 	wantProblem("/api/nokeys/", `missing key field "id"`)
 	wantProblem("/api/admin/", "answers 403: the credentials given")
 	wantProblem("/api/firstpage/", "next")
+	wantProblem("/api/dups/", `duplicate key "d/a"`)
 	good := rep.Sources[sources["/api/items/"]]
 	if len(good.Problems) != 0 || good.Pages != 2 || good.Entities != 30 || good.Pagination != "url" || len(good.SampleKeys) != 3 || good.SampleKeys[0] != "item/i0" {
 		t.Errorf("the DRF source: %+v; want 2 pages, 30 entities, sample keys item/i0…, no problem", good)
@@ -164,12 +168,12 @@ func TestCheckHostileUpstream(t *testing.T) {
 		!strings.Contains(m.Problems[0], "consume every mutation") || m.Path != "/api/item/i1/archive/" {
 		t.Errorf("archiveItem (mistyped path): %+v; want rejected (404) named as a problem", m)
 	}
-	if rep.Problems != 6 {
-		t.Errorf("%d problems counted, want 6", rep.Problems)
+	if rep.Problems != 7 {
+		t.Errorf("%d problems counted, want 7", rep.Problems)
 	}
 	// The same, for a person: a table, every problem on its own line.
 	code, out, _ = check(t, env, "--user", "u1", "--header", "Authorization: Token good")
-	for _, want := range []string{"✗ /api/items: /api/items answers 301", "✗ /api/nokeys/:", "4 problems to fix."} {
+	for _, want := range []string{"✗ /api/items: /api/items answers 301", "✗ /api/nokeys/:", "5 problems to fix."} {
 		if !strings.Contains(out, want) {
 			t.Errorf("text report lacks %q:\n%s", want, out)
 		}
@@ -184,6 +188,12 @@ func TestCheckHostileUpstream(t *testing.T) {
 	}
 	if code != 1 {
 		t.Errorf("text report: exit %d, want 1", code)
+	}
+	// A view over the size bound is named with the setting to raise.
+	env["SIDECAR_MAX_UPSTREAM_BODY_BYTES"] = "1000"
+	_, out, _ = check(t, env, "--user", "u1", "--header", "Authorization: Token good")
+	if !strings.Contains(out, "✗ /api/items/: the client view is larger than 1000 bytes") || !strings.Contains(out, "SIDECAR_MAX_UPSTREAM_BODY_BYTES is 1000") {
+		t.Errorf("a view over the bound is not named:\n%s", out)
 	}
 }
 
