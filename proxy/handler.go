@@ -12,6 +12,9 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/gate"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
@@ -102,6 +105,9 @@ func (s *Sidecar) begin(w http.ResponseWriter, r *http.Request, endpoint string,
 		return refuse(herr)
 	}
 	c.log = c.log.With("client_group", req.clientGroupID())
+	if s.tracer != nil {
+		trace.SpanFromContext(r.Context()).SetAttributes(attribute.String("replicache.client_group", req.clientGroupID()))
+	}
 	c.userID, c.viaHeader = userID, viaHeader
 	return c, true
 }

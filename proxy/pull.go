@@ -15,6 +15,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"go.opentelemetry.io/otel/attribute"
+
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
@@ -88,7 +90,11 @@ func (s *Sidecar) handlePull(w http.ResponseWriter, r *http.Request) {
 		writeClientStateNotFound(w)
 		return
 	}
-	ans, err := s.pull(r.Context(), c, &req)
+	ctx := r.Context()
+	if s.tracer != nil { // the view pages' spans name the group
+		ctx = upstream.WithSpanAttributes(ctx, attribute.String("replicache.client_group", req.ClientGroupID))
+	}
+	ans, err := s.pull(ctx, c, &req)
 	if err != nil {
 		s.failPull(w, c.log, err, req.ClientGroupID)
 		return

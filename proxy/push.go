@@ -14,6 +14,10 @@ import (
 	"strconv"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/replicache-sidecar/replicache-sidecar/mutators"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
@@ -427,7 +431,7 @@ func (s *Sidecar) applyOneIn(ctx context.Context, c *call, mapping *Mapping, g *
 	if rerr != nil {
 		res = mutators.Result{Outcome: mutators.Rejected, Err: rerr}
 	} else {
-		res = s.sender.Do(dctx, req, c.fwd)
+		res = s.send(dctx, c, req, mu)
 	}
 	if res.Status >= 300 && res.Status < 400 && res.Outcome == mutators.Transient {
 		// A redirect: the mapping's path is not the API's. The mutation
@@ -488,6 +492,26 @@ func (s *Sidecar) applyOneIn(ctx context.Context, c *call, mapping *Mapping, g *
 			Status: res.Status, Reason: res.Cause(), Body: res.Body})
 	}
 	return nil
+}
+
+// send makes one mutation's call, in a span of its own when tracing.
+func (s *Sidecar) send(ctx context.Context, c *call, req *mutators.Request, mu mutators.Mutation) mutators.Result {
+	if s.tracer == nil {
+		return s.sender.Do(ctx, req, c.fwd)
+	}
+	ctx, span := s.tracer.Start(ctx, "mutation "+mu.Name, trace.WithAttributes(
+		attribute.String("replicache.client_group", mu.ClientGroupID), attribute.String("replicache.mutator", mu.Name),
+		attribute.String("replicache.client", mu.ClientID), attribute.Int64("replicache.mutation_id", mu.ID)))
+	defer span.End()
+	res := s.sender.Do(ctx, req, c.fwd)
+	span.SetAttributes(attribute.String("replicache.outcome", res.Outcome.String()))
+	if res.Status != 0 {
+		span.SetAttributes(attribute.Int("http.response.status_code", res.Status))
+	}
+	if res.Outcome == mutators.Transient {
+		span.SetStatus(codes.Error, res.Cause())
+	}
+	return res
 }
 
 // recheckCredentials asks the auth endpoint again, at most once per push,

@@ -6,6 +6,11 @@ import (
 	"net/http/pprof"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -22,6 +27,20 @@ func (s *Sidecar) Handler() http.Handler {
 	writeWindow := s.cfg.PushTimeBudget + 2*s.cfg.UpstreamTimeout + 10*time.Second
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		tc := newTrace(r)
+		if s.tracer != nil {
+			var span trace.Span
+			var sw *statusWriter
+			r, w, span, sw = s.serverSpan(w, r, &tc)
+			defer func() {
+				if sw.status != 0 {
+					span.SetAttributes(attribute.Int("http.response.status_code", sw.status))
+				}
+				if sw.status >= 500 {
+					span.SetStatus(codes.Error, http.StatusText(sw.status))
+				}
+				span.End()
+			}()
+		}
 		r = r.WithContext(withTrace(r.Context(), tc))
 		switch r.URL.Path {
 		case s.cfg.PushPath, s.cfg.PullPath, s.cfg.PokePath, s.cfg.InvalidatePath:
@@ -45,6 +64,29 @@ func (s *Sidecar) Handler() http.Handler {
 			pass.ServeHTTP(w, r)
 		}
 	})
+}
+
+// serverSpan starts the request's span, child of the client's traceparent
+// when valid, and makes tc name it.
+func (s *Sidecar) serverSpan(w http.ResponseWriter, r *http.Request, tc *traceContext) (*http.Request, http.ResponseWriter, trace.Span, *statusWriter) {
+	name := "proxy"
+	switch r.URL.Path {
+	case s.cfg.PushPath:
+		name = "push"
+	case s.cfg.PullPath:
+		name = "pull"
+	case s.cfg.PokePath:
+		name = "poke"
+	case s.cfg.InvalidatePath:
+		name = "invalidate"
+	}
+	ctx := propagation.TraceContext{}.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+	ctx, span := s.tracer.Start(ctx, "replicache "+name, trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(attribute.String("http.request.method", r.Method), attribute.String("url.path", r.URL.Path)))
+	sc := span.SpanContext()
+	tc.traceID, tc.spanID, tc.flags = sc.TraceID().String(), sc.SpanID().String(), sc.TraceFlags().String()
+	sw := &statusWriter{ResponseWriter: w}
+	return r.WithContext(ctx), sw, span, sw
 }
 
 func postOnly(h http.Handler) http.Handler {

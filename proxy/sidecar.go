@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -29,6 +31,10 @@ type Options struct {
 	Pool       *pgxpool.Pool
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
+	// Tracer, when set, records spans: each push and pull, each mutation,
+	// each upstream call (see package tracing). Nil: trace context is only
+	// propagated.
+	Tracer trace.Tracer
 }
 
 // Sidecar serves Replicache push and pull for one legacy upstream and passes
@@ -36,6 +42,7 @@ type Options struct {
 type Sidecar struct {
 	cfg         Config
 	log         *slog.Logger
+	tracer      trace.Tracer // nil: no spans
 	store       *store.Store
 	upstream    *upstream.Upstream
 	sender      mutationSender
@@ -86,11 +93,12 @@ func New(o Options) *Sidecar {
 		Breaker: upstream.BreakerSettings{
 			Failures: cfg.BreakerFailures, OpenTimeout: cfg.BreakerOpenTimeout, HalfOpenRequests: cfg.BreakerHalfOpenRequests,
 		},
-		Registerer: o.Registerer, Namespace: namespace,
+		Registerer: o.Registerer, Namespace: namespace, Tracer: o.Tracer,
 	})
 	s := &Sidecar{
-		cfg: cfg,
-		log: o.Logger,
+		cfg:    cfg,
+		log:    o.Logger,
+		tracer: o.Tracer,
 		store: store.New(o.Pool, store.Options{
 			Schema: cfg.DBSchema, WaitTimeout: cfg.DBLockTimeout + 5*time.Second, RecordVersions: cfg.ViewRecordVersions,
 			TouchInterval: touchInterval(cfg.ClientGroupTTL), RecordCacheBytes: cmp.Or(cfg.ViewRecordCacheBytes, -1),

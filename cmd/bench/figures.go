@@ -198,6 +198,48 @@ func (b *bench) pushes(ctx context.Context) error {
 	return nil
 }
 
+// tracedPushes: a push of one mutation with OpenTelemetry spans exported
+// (OTLP/HTTP, to a collector that keeps nothing) against the same push
+// without, alternating between two sidecars in one loop.
+func (b *bench) tracedPushes(context.Context) error {
+	plain, err := b.sidecar()
+	if err != nil {
+		return err
+	}
+	defer plain.stop()
+	traced, err := b.sidecar("OTEL_EXPORTER_OTLP_ENDPOINT="+b.api.base, "OTEL_BSP_SCHEDULE_DELAY=100")
+	if err != nil {
+		return err
+	}
+	defer traced.stop()
+	var without, with []time.Duration
+	for i := -3; i < b.iterations(1500); i++ {
+		for k, s := range []*sidecar{plain, traced} {
+			group := fmt.Sprintf("traced-%d", k) // one each: the two share the database
+			t0 := time.Now()
+			status, raw, err := b.post(s.url+"/replicache/push", "tracer", pushBody(group, group+"-c", i+4, 1), false)
+			d := time.Since(t0)
+			if err != nil {
+				return err
+			}
+			if status != http.StatusOK {
+				return fmt.Errorf("push answered %d: %.300s", status, raw)
+			}
+			if i < 0 {
+				continue
+			}
+			if s == plain {
+				without = append(without, d)
+			} else {
+				with = append(with, d)
+			}
+		}
+	}
+	w, wo := median(with), median(without)
+	b.add(row{"push of one mutation, OpenTelemetry spans exported", ms(w), ms(wo) + " (the same push, no exporter)", ratio(w, wo), "", ""})
+	return nil
+}
+
 // resetPulls: reset pulls (SIDECAR_PATCH_MODE=reset) of 1k, 10k and 100k
 // entities against GETting the same pages, and the sidecar's peak resident
 // memory growth, each size in a fresh process, against the view's size.

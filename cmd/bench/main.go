@@ -97,6 +97,7 @@ var figures = []struct {
 	run  func(*bench, context.Context) error
 }{
 	{"push", (*bench).pushes},
+	{"push with spans exported", (*bench).tracedPushes},
 	{"pull reset and memory", (*bench).resetPulls},
 	{"diff pull", (*bench).diffPulls},
 	{"groups pushing at once", (*bench).groups},

@@ -145,6 +145,13 @@ func (a *fastAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		a.control(w, r, ctl)
 		return
 	}
+	if r.Method == http.MethodPost && r.URL.Path == "/v1/traces" {
+		// An OTLP/HTTP collector that keeps nothing: an empty export
+		// response is zero bytes of protobuf.
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/x-protobuf")
+		return
+	}
 	if r.Method == http.MethodPost && r.URL.Path == "/api/todos" {
 		_, _ = io.Copy(io.Discard, r.Body)
 		w.Header().Set("Content-Type", "application/json")

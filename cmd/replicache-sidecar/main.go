@@ -13,9 +13,14 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/tracing"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -72,9 +77,26 @@ func run(ctx context.Context, env map[string]string, logOut io.Writer, listen li
 	}
 	defer pool.Close()
 
+	var tracer trace.Tracer
+	if tracing.Enabled(env) {
+		t, shutdown, err := tracing.New(context.WithoutCancel(ctx), buildVersion())
+		if err != nil {
+			return err
+		}
+		tracer = t
+		defer func() {
+			// The spans still buffered go out before the process ends.
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := shutdown(sctx); err != nil {
+				log.Warn("flushing spans", "error", err)
+			}
+		}()
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	sc := proxy.New(proxy.Options{Config: cfg, Pool: pool, Logger: log, Registerer: reg})
+	sc := proxy.New(proxy.Options{Config: cfg, Pool: pool, Logger: log, Registerer: reg, Tracer: tracer})
 
 	// Push and pull set their own write deadlines; pass-through traffic may
 	// stream for as long as the legacy service does.
@@ -178,4 +200,12 @@ func migrate(ctx context.Context, sc *proxy.Sidecar, log *slog.Logger) {
 		}
 		backoff = min(backoff*2, 5*time.Second)
 	}
+}
+
+// buildVersion is the module version the binary was built from, or "dev".
+func buildVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
 }

@@ -16,6 +16,11 @@ import (
 	"strconv"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sony/gobreaker/v2"
 )
@@ -65,6 +70,9 @@ type Options struct {
 	// and <Namespace>_circuit_breaker_open{kind}.
 	Registerer prometheus.Registerer
 	Namespace  string
+	// Tracer, when set, records a client span per call (its traceparent
+	// replaces the one the request carries). Nil: no spans.
+	Tracer trace.Tracer
 }
 
 // Upstream is the legacy service as the sidecar calls it. It is safe for
@@ -89,7 +97,7 @@ func New(o Options) *Upstream {
 		return &Client{
 			kind: k, base: o.Base, timeout: o.Timeout, metrics: m, cb: cb,
 			hc: &http.Client{
-				Transport: &transport{kind: k, next: calls, cb: cb, metrics: m},
+				Transport: &transport{kind: k, next: calls, cb: cb, metrics: m, tracer: o.Tracer},
 				// A mutation is never re-sent elsewhere, a view and an
 				// identity come from the upstream itself: the caller sees
 				// a redirect as the answer it is.
@@ -102,7 +110,7 @@ func New(o Options) *Upstream {
 		View:     client(kindView),
 		Auth:     client(kindAuth),
 		Passthrough: &transport{kind: kindPassthrough, next: newPassthroughTransport(),
-			cb: newBreaker(kindPassthrough, o.Breaker, m), metrics: m}, //nolint:bodyclose // as above
+			cb: newBreaker(kindPassthrough, o.Breaker, m), metrics: m, tracer: o.Tracer}, //nolint:bodyclose // as above
 		openTimeout: o.Breaker.OpenTimeout,
 	}
 }
@@ -261,6 +269,7 @@ type transport struct {
 	next    http.RoundTripper
 	cb      *breaker // nil: no breaker
 	metrics *metrics
+	tracer  trace.Tracer // nil: no spans
 }
 
 // judgementKey carries a Call's judgement of its answers from Client.Call
@@ -273,6 +282,44 @@ type judgement struct {
 }
 
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if t.tracer == nil {
+		return t.roundTrip(req)
+	}
+	attrs := append([]attribute.KeyValue{attribute.String("http.request.method", req.Method), attribute.String("url.path", req.URL.Path)},
+		spanAttributes(req.Context())...)
+	ctx, span := t.tracer.Start(req.Context(), "upstream "+string(t.kind), trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
+	defer span.End()
+	r2 := req.WithContext(ctx)
+	r2.Header = req.Header.Clone()
+	propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(r2.Header))
+	resp, err := t.roundTrip(r2)
+	switch {
+	case err != nil:
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	default:
+		span.SetAttributes(attribute.Int("http.response.status_code", resp.StatusCode))
+		if resp.StatusCode >= 500 {
+			span.SetStatus(codes.Error, http.StatusText(resp.StatusCode))
+		}
+	}
+	return resp, err
+}
+
+type spanAttrsKey struct{}
+
+// WithSpanAttributes returns ctx carrying attributes for the client spans
+// of the calls made with it (e.g. the client group).
+func WithSpanAttributes(ctx context.Context, kv ...attribute.KeyValue) context.Context {
+	return context.WithValue(ctx, spanAttrsKey{}, append(spanAttributes(ctx), kv...))
+}
+
+func spanAttributes(ctx context.Context) []attribute.KeyValue {
+	kv, _ := ctx.Value(spanAttrsKey{}).([]attribute.KeyValue)
+	return kv[:len(kv):len(kv)]
+}
+
+func (t *transport) roundTrip(req *http.Request) (*http.Response, error) {
 	k := string(t.kind)
 	start := time.Now()
 	j, _ := req.Context().Value(judgementKey{}).(judgement)
