@@ -137,7 +137,7 @@ func (s *Sidecar) sameSite(r *http.Request) *httpError {
 // Authorization: Bearer SIDECAR_INVALIDATE_TOKEN; without a configured
 // token the endpoint does not exist.
 func (s *Sidecar) handleInvalidate(w http.ResponseWriter, r *http.Request) {
-	log := s.log.With("endpoint", "invalidate")
+	log := s.log.With("endpoint", "invalidate", "trace_id", w.Header().Get("X-Trace-ID"))
 	if s.cfg.InvalidateToken == "" {
 		writeError(w, errorf(http.StatusNotFound, "NotFound", "no such route"))
 		return
