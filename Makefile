@@ -33,9 +33,11 @@ web/node_modules/.installed: web/package.json web/package-lock.json
 test: test-go test-e2e
 
 ## test-go: Go unit, integration and fault tests (crash, Postgres outage, breaker, bad
-## input, fuzz seeds, promtool), with the race detector, against a real Postgres.
+## input, fuzz seeds, promtool), with the race detector, against a real Postgres; the
+## proxy's once more with span recording on; short runs of the benchmarks.
 test-go: build $(BIN)/devpg promtool tools
-	$(BIN)/devpg -- sh -c 'REQUIRE_PROMTOOL=1 REQUIRE_DEPLOY_TOOLS=1 $(GO) test -race -count=1 ./... && $(GO) test -run "^$$" -bench . -benchtime 3x ./proxy && \
+	$(BIN)/devpg -- sh -c 'REQUIRE_PROMTOOL=1 REQUIRE_DEPLOY_TOOLS=1 $(GO) test -race -count=1 ./... && \
+	  SIDECAR_TEST_TRACING=1 $(GO) test -count=1 ./proxy && $(GO) test -run "^$$" -bench . -benchtime 3x ./proxy && \
 	  $(BIN)/bench -quick -sidecar $(BIN)/replicache-sidecar >/dev/null'
 
 ## tools: kustomize and kubeconform (pinned) for the deploy/ checks, into bin/tools.

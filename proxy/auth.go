@@ -99,12 +99,12 @@ func (a *authenticator) ask(ctx context.Context, fwd http.Header) (string, *http
 	case code >= 300 && code < 400:
 		// A mapping error like a redirected mutation: 503, so pushes keep
 		// their mutations until SIDECAR_AUTH_PATH is fixed.
-		a.mapErrs.report(slog.LevelError, "", "auth", a.path, a.method, a.path, code, resp.Header.Get("Location"))
+		a.mapErrs.report(traceIDOf(ctx), slog.LevelError, "", "auth", a.path, a.method, a.path, code, resp.Header.Get("Location"))
 		return "", &httpError{Status: http.StatusServiceUnavailable, Code: "MappingError", RetryAfter: 30,
 			Message: fmt.Sprintf("mapping error: auth endpoint %s answered %d (Location: %q); redirects are never followed: set SIDECAR_AUTH_PATH to the canonical path",
 				endpoint, code, resp.Header.Get("Location"))}
 	case code == http.StatusNotFound || code == http.StatusMethodNotAllowed:
-		a.mapErrs.report(slog.LevelError, "", "auth", a.path, a.method, a.path, code, "")
+		a.mapErrs.report(traceIDOf(ctx), slog.LevelError, "", "auth", a.path, a.method, a.path, code, "")
 		return "", configError("auth endpoint %s answered %d: check SIDECAR_AUTH_PATH and SIDECAR_AUTH_METHOD", endpoint, code)
 	case code < 200 || code > 299:
 		return "", errorf(http.StatusBadGateway, "BadGateway", "auth endpoint %s answered %d", a.path, code)

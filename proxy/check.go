@@ -41,6 +41,7 @@ type CheckReport struct {
 	User     string         `json:"user"`
 	Identity []string       `json:"identityProblems,omitempty"`
 	Sources  []SourceCheck  `json:"sources"`
+	View     []string       `json:"viewProblems,omitempty"` // across sources, as a pull fetches them
 	Mutators []MutatorCheck `json:"mutators"`
 	Problems int            `json:"problems"`
 	TookMs   float64        `json:"tookMs"`
@@ -87,10 +88,26 @@ func Check(ctx context.Context, cfg Config, o CheckOptions) (*CheckReport, error
 		Registerer: prometheus.NewRegistry(), Namespace: namespace,
 	})
 	rep := &CheckReport{Upstream: cfg.Upstream.String()}
+	// Nothing to try if nothing answers: that is "could not run".
+	conn, err := (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "tcp", hostPort(cfg.Upstream))
+	if err != nil {
+		return nil, fmt.Errorf("the API at %s could not be reached: %w", cfg.Upstream, err)
+	}
+	_ = conn.Close()
+	in := o.Header.Clone()
+	if in == nil {
+		in = http.Header{}
+	}
+	if o.User != "" && cfg.UserIDHeader != "" && in.Get(cfg.UserIDHeader) == "" {
+		in.Set(cfg.UserIDHeader, o.User) // as the gateway sets it on the client's request
+	}
+	// Only what the server forwards reaches the API, as at run time.
 	fwd := http.Header{}
 	for _, n := range cfg.ForwardHeaders {
-		for _, v := range o.Header.Values(n) {
-			fwd.Add(n, v)
+		for _, v := range in.Values(n) {
+			if v != "" {
+				fwd.Add(n, v)
+			}
 		}
 	}
 	ctx = withTrace(ctx, traceContext{traceID: randomHex(16), spanID: randomHex(8), flags: "00"})
@@ -100,9 +117,6 @@ func Check(ctx context.Context, cfg Config, o CheckOptions) (*CheckReport, error
 	switch {
 	case o.User != "":
 		rep.User = o.User
-		if cfg.UserIDHeader != "" && o.Header.Get(cfg.UserIDHeader) == "" {
-			fwd.Set(cfg.UserIDHeader, o.User) // as the gateway would have set it
-		}
 	case cfg.AuthPath != "":
 		a := &authenticator{path: cfg.AuthPath, method: cfg.AuthMethod, field: strings.Split(cfg.AuthUserField, "."),
 			base: strings.TrimSuffix(cfg.Upstream.String(), "/"), client: up.Auth, timeout: cfg.UpstreamTimeout}
@@ -127,6 +141,18 @@ func Check(ctx context.Context, cfg Config, o CheckOptions) (*CheckReport, error
 		rep.Sources = append(rep.Sources, checkSource(ctx, fetcher, src, cfg.Upstream, rep.User, fwd, cfg.MaxUpstreamBodyBytes))
 	}
 
+	// Each source passed alone: the whole view once more, as a pull fetches
+	// it, for what only shows across sources (a key two sources produce,
+	// the size bound over all of them).
+	alone := true
+	for _, sc := range rep.Sources {
+		alone = alone && len(sc.Problems) == 0
+	}
+	if alone && len(rep.Sources) > 1 {
+		if _, err := fetcher.FetchResult(ctx, cfg.Mapping.View, clientview.Request{UserID: rep.User, Header: fwd}); err != nil {
+			rep.View = append(rep.View, sourceProblem(err, cfg.Upstream, cfg.MaxUpstreamBodyBytes))
+		}
+	}
 	unreachable := len(rep.Sources) > 0
 	for _, s := range rep.Sources {
 		unreachable = unreachable && s.unreachable
@@ -135,6 +161,10 @@ func Check(ctx context.Context, cfg Config, o CheckOptions) (*CheckReport, error
 		return nil, fmt.Errorf("the API at %s could not be reached: %s", cfg.Upstream, rep.Sources[0].Problems[0])
 	}
 
+	secret := []byte(cfg.IdempotencySecret)
+	if len(secret) == 0 {
+		secret = []byte(randomHex(32)) // the deployment's is in its database
+	}
 	sender := mutators.NewClient(mutators.ClientOptions{Base: cfg.Upstream, Upstream: up.Mutation, IdempotencyHeader: cfg.IdempotencyHeader})
 	for name := range o.Examples {
 		if !cfg.Mapping.Mutators.Has(name) {
@@ -143,7 +173,7 @@ func Check(ctx context.Context, cfg Config, o CheckOptions) (*CheckReport, error
 	}
 	for _, name := range cfg.Mapping.Mutators.Names() {
 		args, has := o.Examples[name]
-		rep.Mutators = append(rep.Mutators, checkMutator(ctx, cfg.Mapping.Mutators, sender, name, args, has, o.Write, rep.User, fwd))
+		rep.Mutators = append(rep.Mutators, checkMutator(ctx, cfg.Mapping.Mutators, sender, secret, name, args, has, o.Write, rep.User, fwd))
 	}
 	rep.count()
 	rep.TookMs = millis(time.Since(start))
@@ -151,7 +181,7 @@ func Check(ctx context.Context, cfg Config, o CheckOptions) (*CheckReport, error
 }
 
 func (r *CheckReport) count() {
-	n := len(r.Identity) + len(r.Unknown)
+	n := len(r.Identity) + len(r.Unknown) + len(r.View)
 	for _, s := range r.Sources {
 		n += len(s.Problems)
 	}
@@ -227,14 +257,15 @@ func canonical(base *url.URL, from, location string) string {
 	return p
 }
 
-func checkMutator(ctx context.Context, set *mutators.Set, sender *mutators.Client, name string, args json.RawMessage, has, write bool, user string, fwd http.Header) MutatorCheck {
+func checkMutator(ctx context.Context, set *mutators.Set, sender *mutators.Client, secret []byte, name string, args json.RawMessage, has, write bool, user string, fwd http.Header) MutatorCheck {
 	method, path, _ := set.Template(name)
 	mc := MutatorCheck{Name: name, Method: method, Path: path, Example: has, Problems: []string{}}
 	if !has {
 		return mc
 	}
-	req, err := set.Render(mutators.Mutation{ClientGroupID: "check", ClientID: "check", ID: time.Now().UnixNano(),
-		Name: name, Args: args, UserID: user})
+	mu := mutators.Mutation{ClientGroupID: "check-" + randomHex(8), ClientID: "check-" + randomHex(8), ID: 1, Name: name, Args: args, UserID: user}
+	mu.IdempotencyKey = idempotencyKey(secret, mu) // a key of the server's own form, never one a client will use
+	req, err := set.Render(mu)
 	if err != nil {
 		mc.Problems = append(mc.Problems, "the example does not render: "+err.Error())
 		return mc
@@ -265,4 +296,15 @@ func checkMutator(ctx context.Context, set *mutators.Set, sender *mutators.Clien
 		}
 	}
 	return mc
+}
+
+// hostPort is u's host with its port, the scheme's when it names none.
+func hostPort(u *url.URL) string {
+	if u.Port() != "" {
+		return u.Host
+	}
+	if u.Scheme == "https" {
+		return net.JoinHostPort(u.Hostname(), "443")
+	}
+	return net.JoinHostPort(u.Hostname(), "80")
 }

@@ -17,6 +17,10 @@ import (
 	"strconv"
 	"testing"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
@@ -56,6 +60,11 @@ type harness struct {
 	schema string
 	env    map[string]string
 	logs   *proxytest.Buffer // every instance's JSON logs, at debug level
+	// tracer, when set, records spans as OTEL_EXPORTER_OTLP_ENDPOINT would
+	// have them exported. SIDECAR_TEST_TRACING=1 sets one for every test
+	// (make test-go runs the package so once more): tracing must change
+	// nothing the tests see.
+	tracer trace.Tracer
 }
 
 // newHarness starts the legacy API and returns a harness; env overrides the
@@ -110,7 +119,13 @@ func (h *harness) startUnmigrated() *instance {
 		out = io.MultiWriter(h.logs, os.Stderr)
 	}
 	logger := slog.New(slog.NewJSONHandler(out, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	sc := New(Options{Config: cfg, Pool: pool, Logger: logger, Registerer: reg})
+	tracer := h.tracer
+	if tracer == nil && os.Getenv("SIDECAR_TEST_TRACING") != "" {
+		tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(tracetest.NewNoopExporter()))
+		h.t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+		tracer = tp.Tracer("test")
+	}
+	sc := New(Options{Config: cfg, Pool: pool, Logger: logger, Registerer: reg, Tracer: tracer})
 	// The production server settings (timeouts), and a guard that fails the
 	// test on any handler panic: net/http would otherwise swallow it.
 	srv := httptest.NewUnstartedServer(nil)

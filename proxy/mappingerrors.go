@@ -34,7 +34,7 @@ func newMappingErrors(total *prometheus.CounterVec, log *slog.Logger) *mappingEr
 // report counts one such answer and logs it unless logged lately. what is
 // the mutator's name or the source's path as mapped; method and path are
 // the call as sent.
-func (m *mappingErrors) report(level slog.Level, mappingHash, kind, what, method, path string, status int, location string) {
+func (m *mappingErrors) report(traceID string, level slog.Level, mappingHash, kind, what, method, path string, status int, location string) {
 	m.total.WithLabelValues(kind).Inc()
 	key := mappingHash + "\x00" + kind + "\x00" + what + "\x00" + strconv.Itoa(status)
 	now := time.Now()
@@ -53,6 +53,9 @@ func (m *mappingErrors) report(level slog.Level, mappingHash, kind, what, method
 	}
 	m.mu.Unlock()
 	args := []any{"kind", kind, "mapped", what, "method", method, "path", path, "status", status, "location", location}
+	if traceID != "" {
+		args = append(args, "trace_id", traceID) // the request that met it
+	}
 	if status >= 300 && status < 400 {
 		m.log.Log(context.Background(), level, "mapping error: redirects are never followed", args...)
 		return

@@ -194,7 +194,7 @@ type statusWriter struct {
 }
 
 func (s *statusWriter) WriteHeader(code int) {
-	if s.status == 0 {
+	if s.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) { // not an informational 1xx
 		s.status = code
 	}
 	s.ResponseWriter.WriteHeader(code)

@@ -79,26 +79,22 @@ func newPassthrough(o passthroughOptions) http.Handler {
 				return
 			}
 			if errors.Is(err, upstream.ErrCircuitOpen) {
-				writeError(w, upstreamSuspended(o.retryAfter))
+				failTraced(w, r, upstreamSuspended(o.retryAfter))
 				return
 			}
-			t, _ := traceOf(r.Context())
-			o.log.Warn("pass-through failed", "method", r.Method, "path", r.URL.Path, "error", err, "trace_id", t.traceID)
-			if t.traceID != "" {
-				w.Header().Set("X-Trace-ID", t.traceID)
-			}
-			writeError(w, errorf(http.StatusBadGateway, "BadGateway", "the upstream service could not be reached"))
+			o.log.Warn("pass-through failed", "method", r.Method, "path", r.URL.Path, "error", err, "trace_id", traceIDOf(r.Context()))
+			failTraced(w, r, errorf(http.StatusBadGateway, "BadGateway", "the upstream service could not be reached"))
 		},
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		clean, ok := cleanPath(r.URL.EscapedPath())
 		if !ok {
-			writeError(w, errorf(http.StatusBadRequest, "BadRequest", "the path leaves the service's root"))
+			failTraced(w, r, errorf(http.StatusBadRequest, "BadRequest", "the path leaves the service's root"))
 			return
 		}
 		for _, p := range o.deny {
 			if clean == p || strings.HasPrefix(clean, p+"/") {
-				writeError(w, errorf(http.StatusNotFound, "NotFound", "no such route"))
+				failTraced(w, r, errorf(http.StatusNotFound, "NotFound", "no such route"))
 				return
 			}
 		}
@@ -183,4 +179,13 @@ func forwarded(in, out *http.Request, trusted bool) {
 	if out.Header.Get("X-Forwarded-Host") == "" {
 		out.Header.Set("X-Forwarded-Host", in.Host)
 	}
+}
+
+// failTraced answers a pass-through request with the sidecar's own error,
+// naming the request's trace (the API's answers are passed on as they are).
+func failTraced(w http.ResponseWriter, r *http.Request, e *httpError) {
+	if id := traceIDOf(r.Context()); id != "" {
+		w.Header().Set("X-Trace-ID", id)
+	}
+	writeError(w, e)
 }

@@ -523,7 +523,7 @@ func (s *Sidecar) failPull(w http.ResponseWriter, log *slog.Logger, err error, g
 			Message: fmt.Sprintf("client view source %s changed while it was read (%s); retry", se.Source, se.Reason),
 			Detail:  map[string]any{"source": se.Source, "reason": se.Reason}})
 	case st != nil && st.Status >= 300 && st.Status < 400:
-		s.mapErrs.report(slog.LevelError, s.mapping().Hash, "view", se.Source, http.MethodGet, st.Path, st.Status, st.Location)
+		s.mapErrs.report(w.Header().Get("X-Trace-ID"), slog.LevelError, s.mapping().Hash, "view", se.Source, http.MethodGet, st.Path, st.Status, st.Location)
 		s.fail(w, log, &httpError{Status: http.StatusBadGateway, Code: "MappingError",
 			Message: fmt.Sprintf("mapping error: GET %s answered %d (Location: %q); redirects are never followed: write the canonical path in the mapping",
 				st.Path, st.Status, st.Location),

@@ -437,13 +437,13 @@ func (s *Sidecar) applyOneIn(ctx context.Context, c *call, mapping *Mapping, g *
 		// A redirect: the mapping's path is not the API's. The mutation
 		// waits, untouched and not counted toward giving up, for the
 		// mapping to be fixed.
-		s.mapErrs.report(slog.LevelError, mapping.Hash, "mutation", mu.Name, res.Method, res.Path, res.Status, res.Location)
+		s.mapErrs.report(traceIDOf(ctx), slog.LevelError, mapping.Hash, "mutation", mu.Name, res.Method, res.Path, res.Status, res.Location)
 		return keep(&mappingError{mutator: mu.Name, id: mu.ID, client: mu.ClientID, method: res.Method, path: res.Path,
 			status: res.Status, location: res.Location})
 	}
 	switch res.Status {
 	case http.StatusNotFound, http.StatusMethodNotAllowed, http.StatusUnsupportedMediaType:
-		s.mapErrs.report(slog.LevelWarn, mapping.Hash, "mutation", mu.Name, res.Method, res.Path, res.Status, "")
+		s.mapErrs.report(traceIDOf(ctx), slog.LevelWarn, mapping.Hash, "mutation", mu.Name, res.Method, res.Path, res.Status, "")
 	}
 	if res.Outcome == mutators.Unauthorized {
 		// Expired or revoked credentials: the mutation waits, untouched,
@@ -542,7 +542,13 @@ func (s *Sidecar) recheckCredentials(ctx context.Context, c *call, mu mutators.M
 // nobody can send another user's key to the API first: client ids travel
 // in the clear, the secret does not.
 func (s *Sidecar) idempotencyKey(mu mutators.Mutation) string {
-	mac := hmac.New(sha256.New, *s.secret.Load())
+	return idempotencyKey(*s.secret.Load(), mu)
+}
+
+// idempotencyKey is the key a mutation's calls carry: an HMAC of who sent
+// it and where it stands, under the deployment's secret.
+func idempotencyKey(secret []byte, mu mutators.Mutation) string {
+	mac := hmac.New(sha256.New, secret)
 	for _, part := range []string{mu.UserID, mu.ClientGroupID, mu.ClientID, strconv.FormatInt(mu.ID, 10)} {
 		mac.Write([]byte(part))
 		mac.Write([]byte{0})

@@ -8,7 +8,6 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -80,7 +79,20 @@ func (s *Sidecar) serverSpan(w http.ResponseWriter, r *http.Request, tc *traceCo
 	case s.cfg.InvalidatePath:
 		name = "invalidate"
 	}
-	ctx := propagation.TraceContext{}.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+	// The client's trace, as the sidecar's own parser read it (one
+	// authority: what it refuses starts a new trace here too).
+	ctx := r.Context()
+	if tc.parent != "" {
+		tid, _ := trace.TraceIDFromHex(tc.traceID)
+		sid, _ := trace.SpanIDFromHex(tc.parent)
+		var flags trace.TraceFlags
+		if tc.flags == "01" {
+			flags = trace.FlagsSampled
+		}
+		ts, _ := trace.ParseTraceState(tc.state) // exported as far as it parses; passed on unchanged anyway
+		ctx = trace.ContextWithRemoteSpanContext(ctx, trace.NewSpanContext(trace.SpanContextConfig{
+			TraceID: tid, SpanID: sid, TraceFlags: flags, TraceState: ts, Remote: true}))
+	}
 	ctx, span := s.tracer.Start(ctx, "replicache "+name, trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(attribute.String("http.request.method", r.Method), attribute.String("url.path", r.URL.Path)))
 	sc := span.SpanContext()

@@ -16,8 +16,9 @@ import (
 type traceContext struct {
 	traceID string // 32 lowercase hex digits
 	spanID  string // the sidecar's span for this request: 16 hex digits
-	flags   string // 2 hex digits
+	flags   string // 2 hex digits: the sampled bit only
 	state   string // tracestate, passed on unchanged
+	parent  string // the client's span, when its trace is continued
 }
 
 // traceparent renders the header sent upstream.
@@ -29,8 +30,8 @@ func (t traceContext) traceparent() string {
 // sampled: the sidecar records no spans of its own unless told to).
 func newTrace(r *http.Request) traceContext {
 	t := traceContext{spanID: randomHex(8)}
-	if id, flags, ok := parseTraceparent(r.Header.Values("Traceparent")); ok {
-		t.traceID, t.flags = id, flags
+	if id, parent, flags, ok := parseTraceparent(r.Header.Values("Traceparent")); ok {
+		t.traceID, t.parent, t.flags = id, parent, flags
 		// tracestate belongs to the trace: kept only with a valid parent,
 		// and several header lines are one list.
 		t.state = strings.Join(r.Header.Values("Tracestate"), ",")
@@ -43,30 +44,33 @@ func newTrace(r *http.Request) traceContext {
 // parseTraceparent returns the trace id and flags of a valid traceparent
 // (W3C Trace Context, level 1): version 00 exactly, or a later version
 // read as far as version 00 reaches; ids of lowercase hex, not all zeros.
-func parseTraceparent(values []string) (traceID, flags string, ok bool) {
+// Of the flags only "sampled" is kept: a vendor passing a trace on must
+// clear the ones it does not know.
+func parseTraceparent(values []string) (traceID, parentID, flags string, ok bool) {
 	if len(values) != 1 {
-		return "", "", false // none, or ambiguous
+		return "", "", "", false // none, or ambiguous
 	}
 	v := values[0]
 	if len(v) < 55 || v[2] != '-' || v[35] != '-' || v[52] != '-' {
-		return "", "", false
+		return "", "", "", false
 	}
 	version, id, parent, fl := v[0:2], v[3:35], v[36:52], v[53:55]
 	switch {
 	case !lowerHex(version) || version == "ff":
-		return "", "", false
+		return "", "", "", false
 	case version == "00" && len(v) != 55:
-		return "", "", false
+		return "", "", "", false
 	case version != "00" && len(v) > 55 && v[55] != '-':
-		return "", "", false
+		return "", "", "", false
 	case !lowerHex(id) || id == strings.Repeat("0", 32):
-		return "", "", false
+		return "", "", "", false
 	case !lowerHex(parent) || parent == strings.Repeat("0", 16):
-		return "", "", false
+		return "", "", "", false
 	case !lowerHex(fl):
-		return "", "", false
+		return "", "", "", false
 	}
-	return id, fl, true
+	b, _ := hex.DecodeString(fl)
+	return id, parent, hex.EncodeToString([]byte{b[0] & 0x01}), true
 }
 
 func lowerHex(s string) bool {
@@ -98,6 +102,12 @@ func withTrace(ctx context.Context, t traceContext) context.Context {
 func traceOf(ctx context.Context) (traceContext, bool) {
 	t, ok := ctx.Value(traceKey{}).(traceContext)
 	return t, ok
+}
+
+// traceIDOf is the trace id of the request ctx belongs to, or "".
+func traceIDOf(ctx context.Context) string {
+	t, _ := traceOf(ctx)
+	return t.traceID
 }
 
 // setTraceHeaders puts the request's trace context on an upstream call's

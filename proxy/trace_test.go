@@ -157,11 +157,22 @@ func TestTraceContextStarted(t *testing.T) {
 // TestParseTraceparentLaterVersion: a later version is read as far as
 // version 00 reaches, as the W3C recommendation asks.
 func TestParseTraceparentLaterVersion(t *testing.T) {
-	id, flags, ok := parseTraceparent([]string{"01-" + clientTrace + "-" + clientParent + "-01-what-the-future-holds"})
+	id, _, flags, ok := parseTraceparent([]string{"01-" + clientTrace + "-" + clientParent + "-01-what-the-future-holds"})
 	if !ok || id != clientTrace || flags != "01" {
 		t.Errorf("version 01 with more fields = %q %q %v", id, flags, ok)
 	}
-	if _, _, ok := parseTraceparent([]string{"00-" + clientTrace + "-" + clientParent + "-01", "00-" + clientTrace + "-" + clientParent + "-01"}); ok {
+	if _, _, _, ok := parseTraceparent([]string{"00-" + clientTrace + "-" + clientParent + "-01", "00-" + clientTrace + "-" + clientParent + "-01"}); ok {
 		t.Error("two traceparent headers accepted")
+	}
+}
+
+// TestTraceFlagsMasked: flags the sidecar does not know are cleared before
+// the trace goes on; the sampled bit is kept.
+func TestTraceFlagsMasked(t *testing.T) {
+	for in, want := range map[string]string{"ff": "01", "fe": "00", "03": "01", "00": "00"} {
+		_, _, flags, ok := parseTraceparent([]string{"00-" + clientTrace + "-" + clientParent + "-" + in})
+		if !ok || flags != want {
+			t.Errorf("flags %s: passed on as %q (%v), want %s", in, flags, ok, want)
+		}
 	}
 }

@@ -61,10 +61,11 @@ func runCheck(ctx context.Context, args []string, env map[string]string, stdout,
 		return checkFailed
 	}
 	o := proxy.CheckOptions{Header: http.Header{}, User: *user, Examples: map[string]json.RawMessage{}, Write: *write}
-	for _, h := range headers {
+	for i, h := range headers {
 		name, value, ok := strings.Cut(h, ":")
-		if !ok || strings.TrimSpace(name) == "" {
-			_, _ = fmt.Fprintf(stderr, "check: --header %q: want 'Name: value'\n", h)
+		if !ok || strings.TrimSpace(name) == "" || strings.ContainsAny(strings.TrimSpace(name), " \t") {
+			// Not echoed: a mistyped header is often a credential.
+			_, _ = fmt.Fprintf(stderr, "check: --header number %d is not 'Name: value' (its text is not shown)\n", i+1)
 			return checkFailed
 		}
 		o.Header.Add(strings.TrimSpace(name), strings.TrimSpace(value))
@@ -80,7 +81,17 @@ func runCheck(ctx context.Context, args []string, env map[string]string, stdout,
 	env = withoutDatabase(env)
 	cfg, err := proxy.LoadConfig(env)
 	if err != nil {
-		_, _ = fmt.Fprintf(stdout, "%v\n\n1 problem: the configuration (fix it first; nothing was fetched).\n", err)
+		if *asJSON {
+			var problems []string
+			for _, line := range strings.Split(err.Error(), "\n")[1:] { // after "invalid configuration:"
+				problems = append(problems, strings.TrimSpace(line))
+			}
+			enc := json.NewEncoder(stdout)
+			enc.SetIndent("", "  ")
+			_ = enc.Encode(map[string]any{"configurationProblems": problems, "problems": len(problems)})
+		} else {
+			_, _ = fmt.Fprintf(stdout, "%v\n\nThe configuration has problems (fix them first; nothing was fetched).\n", err)
+		}
 		return checkProblems
 	}
 	rep, err := proxy.Check(ctx, cfg, o)
@@ -166,6 +177,9 @@ func printCheck(w io.Writer, rep *proxy.CheckReport, write bool) error {
 				fmt.Fprintf(&b, "  ✗ %s: %s\n", m.Name, p)
 			}
 		}
+	}
+	for _, p := range rep.View {
+		fmt.Fprintf(&b, "  ✗ the whole view, as a pull fetches it: %s\n", p)
 	}
 	for _, n := range rep.Unknown {
 		fmt.Fprintf(&b, "  ✗ --example %s: the mapping has no such mutator\n", n)

@@ -34,12 +34,12 @@ func New(ctx context.Context, version string) (trace.Tracer, func(context.Contex
 	}
 	// OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win over the defaults.
 	res, err := resource.New(ctx,
-		resource.WithSchemaURL(semconv.SchemaURL),
 		resource.WithAttributes(semconv.ServiceName("replicache-sidecar"), semconv.ServiceVersion(version)),
 		resource.WithFromEnv(), resource.WithTelemetrySDK())
-	if err != nil {
+	if res == nil {
 		res = resource.Default()
 	}
+	_ = err // a partial resource (one detector failing) is kept
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
 	return tp.Tracer("github.com/replicache-sidecar/replicache-sidecar"), tp.Shutdown, nil
 }

@@ -292,6 +292,13 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	r2 := req.WithContext(ctx)
 	r2.Header = req.Header.Clone()
 	propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(r2.Header))
+	// tracestate goes on exactly as the request had it (Inject rewrites it
+	// from its own parse).
+	if ts, ok := req.Header["Tracestate"]; ok {
+		r2.Header["Tracestate"] = ts
+	} else {
+		r2.Header.Del("Tracestate")
+	}
 	resp, err := t.roundTrip(r2)
 	switch {
 	case err != nil:
