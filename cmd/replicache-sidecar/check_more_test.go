@@ -20,9 +20,9 @@ func twoSourceAPI(t *testing.T) *httptest.Server {
 		pad := strings.Repeat("p", 300)
 		switch r.URL.Path {
 		case "/a":
-			fmt.Fprintf(w, `{"items":[{"id":"x","pad":%q},{"id":"a1","pad":%q}]}`, pad, pad)
+			_, _ = fmt.Fprintf(w, `{"items":[{"id":"x","pad":%q},{"id":"a1","pad":%q}]}`, pad, pad)
 		case "/b":
-			fmt.Fprintf(w, `{"items":[{"id":"x","pad":%q},{"id":"b1","pad":%q}]}`, pad, pad)
+			_, _ = fmt.Fprintf(w, `{"items":[{"id":"x","pad":%q},{"id":"b1","pad":%q}]}`, pad, pad)
 		default:
 			http.NotFound(w, r)
 		}
