@@ -39,7 +39,7 @@ func cors(origins []string, h http.Handler) http.Handler {
 		if allowed {
 			hdr.Set("Access-Control-Allow-Origin", origin)
 			hdr.Set("Access-Control-Allow-Credentials", "true")
-			hdr.Set("Access-Control-Expose-Headers", "Retry-After")
+			hdr.Set("Access-Control-Expose-Headers", "Retry-After, X-Request-ID, X-Trace-ID")
 		}
 		h.ServeHTTP(w, r)
 	})

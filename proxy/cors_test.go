@@ -42,6 +42,10 @@ func TestCORS(t *testing.T) {
 			"Origin", "http://localhost:5173", "Authorization", "Bearer alice")
 		if r := do(t, req); r.status != 200 || r.header.Get("Access-Control-Allow-Origin") != "http://localhost:5173" || r.header.Get("Access-Control-Allow-Credentials") != "true" {
 			t.Errorf("pull from an allowed origin = %d %v", r.status, r.header)
+		} else if exposed := r.header.Get("Access-Control-Expose-Headers"); !strings.Contains(exposed, "X-Trace-ID") ||
+			!strings.Contains(exposed, "X-Request-ID") || !strings.Contains(exposed, "Retry-After") || r.header.Get("X-Trace-ID") == "" {
+			// A page can read the trace of a failed push or pull.
+			t.Errorf("pull from an allowed origin exposes %q (X-Trace-ID %q)", exposed, r.header.Get("X-Trace-ID"))
 		}
 		req = withHeaders(t, http.MethodPost, sc.srv.URL+"/replicache/pull", `{"pullVersion":1,"clientGroupID":"g","cookie":null}`,
 			"Origin", "https://evil.example.com", "Authorization", "Bearer alice")
