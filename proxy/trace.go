@@ -34,7 +34,7 @@ func newTrace(r *http.Request) traceContext {
 		t.traceID, t.parent, t.flags = id, parent, flags
 		// tracestate belongs to the trace: kept only with a valid parent,
 		// and several header lines are one list.
-		t.state = strings.Join(r.Header.Values("Tracestate"), ",")
+		t.state = boundedTracestate(strings.Join(r.Header.Values("Tracestate"), ","))
 		return t
 	}
 	t.traceID, t.flags = randomHex(16), "00"
@@ -71,6 +71,34 @@ func parseTraceparent(values []string) (traceID, parentID, flags string, ok bool
 	}
 	b, _ := hex.DecodeString(fl)
 	return id, parent, hex.EncodeToString([]byte{b[0] & 0x01}), true
+}
+
+// maxTracestate is the length of tracestate passed on (W3C: at least 512
+// characters must be kept; an API's header limit must never turn a long one
+// into a refused mutation).
+const maxTracestate = 512
+
+// boundedTracestate keeps the list members of state that fit in
+// maxTracestate, dropping whole members from the end, as the W3C
+// recommendation prescribes for truncation.
+func boundedTracestate(state string) string {
+	if len(state) <= maxTracestate {
+		return state
+	}
+	var kept []string
+	n := 0
+	for _, m := range strings.Split(state, ",") {
+		m = strings.TrimSpace(m)
+		if m == "" {
+			continue
+		}
+		if n+len(m)+len(kept) > maxTracestate { // the commas count too
+			break
+		}
+		kept = append(kept, m)
+		n += len(m)
+	}
+	return strings.Join(kept, ",")
 }
 
 func lowerHex(s string) bool {

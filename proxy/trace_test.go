@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -173,6 +174,28 @@ func TestTraceFlagsMasked(t *testing.T) {
 		_, _, flags, ok := parseTraceparent([]string{"00-" + clientTrace + "-" + clientParent + "-" + in})
 		if !ok || flags != want {
 			t.Errorf("flags %s: passed on as %q (%v), want %s", in, flags, ok, want)
+		}
+	}
+}
+
+// TestTracestateBounded: a tracestate over 512 characters loses whole list
+// members from the end until it fits; a shorter one is passed on as sent.
+func TestTracestateBounded(t *testing.T) {
+	short := "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+	if got := boundedTracestate(short); got != short {
+		t.Errorf("short tracestate = %q", got)
+	}
+	var members []string
+	for i := range 40 {
+		members = append(members, fmt.Sprintf("v%02d=%s", i, strings.Repeat("x", 20)))
+	}
+	got := boundedTracestate(strings.Join(members, ","))
+	if len(got) > maxTracestate || !strings.HasPrefix(got, members[0]+","+members[1]) || strings.Contains(got, members[39]) {
+		t.Errorf("long tracestate kept %d characters: %q", len(got), got)
+	}
+	for _, m := range strings.Split(got, ",") {
+		if len(m) != len(members[0]) {
+			t.Errorf("member %q cut in the middle", m)
 		}
 	}
 }
