@@ -267,7 +267,7 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry
 		}
 		var a *answer
 		if !notModified && s.checksMore() {
-			a = &answer{hdr: hdr, body: body, scan: scan}
+			a = &answer{hdr: hdr, body: body, scan: pageScan{top: scan.top}} // not its items: their arrays are reused
 		}
 		if page == 1 && s.checksMore() {
 			firstAnswer = a
@@ -403,7 +403,7 @@ func (s *source) checksMore() bool { return s.keyed && s.page.Type != "none" }
 type answer struct {
 	hdr  http.Header
 	body []byte
-	scan pageScan // the page's scan: its top-level members
+	scan pageScan // the page's top-level members
 }
 
 // field follows a dotted path from the top level; false when a step is

@@ -118,15 +118,6 @@ func FuzzWalkMatchesDecoding(f *testing.F) {
 			if got != nil && gotErr == nil && !sameJSON(scan.selected, got) {
 				t.Fatalf("scanPage(%s, %q) selected %s; selectPath %s", doc, dotted, scan.selected, got)
 			}
-			walked := walkMembers(top)
-			if len(walked) != len(decoded) {
-				t.Fatalf("walkMembers(%s) has %d members, decoding %d", doc, len(walked), len(decoded))
-			}
-			for k, v := range decoded {
-				if !sameJSON(walked[k], v) {
-					t.Fatalf("member %q of %s: walked %s, decoded %s", k, doc, walked[k], v)
-				}
-			}
 		}
 		arr := trimmed([]byte(doc))
 		if len(arr) == 0 || arr[0] != '[' {

@@ -102,21 +102,6 @@ func walkMember(obj []byte, key string) (val []byte, found bool) {
 	return val, found
 }
 
-// walkMembers returns the members of the object that starts obj
-// (trimmed), by key: one walk, the last of a repeated key winning, keys
-// decoded as encoding/json decodes them.
-func walkMembers(obj []byte) map[string][]byte {
-	out := map[string][]byte{}
-	walkEach(obj, func(k, v []byte) {
-		key := string(k[1 : len(k)-1])
-		if bytes.IndexByte(k, '\\') >= 0 || !utf8.Valid(k) {
-			_ = json.Unmarshal(k, &key)
-		}
-		out[key] = v
-	})
-	return out
-}
-
 // walkElements calls fn with each value of the array that starts arr
 // (trimmed), and whether it holds whitespace outside its strings.
 func walkElements(arr []byte, fn func(item []byte, spaced bool) error) error {

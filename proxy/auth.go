@@ -31,6 +31,15 @@ type authenticator struct {
 	mapErrs *mappingErrors
 }
 
+// newAuthenticator identifies callers as cfg says, asking the auth endpoint
+// through client. mapErrs may be nil (nothing counted or logged).
+func newAuthenticator(cfg Config, client *upstream.Client, mapErrs *mappingErrors) *authenticator {
+	return &authenticator{
+		header: cfg.UserIDHeader, peers: cfg.TrustedNets, path: cfg.AuthPath, method: cfg.AuthMethod, field: strings.Split(cfg.AuthUserField, "."),
+		base: strings.TrimSuffix(cfg.Upstream.String(), "/"), client: client, timeout: cfg.UpstreamTimeout, mapErrs: mapErrs,
+	}
+}
+
 // identify returns the caller's user id or an *httpError: 401 when the caller
 // is not authenticated, 502/503 when the auth endpoint misbehaves. fwd are
 // the headers forwarded to the upstream (forwardHeaders).

@@ -35,6 +35,9 @@ func newMappingErrors(total *prometheus.CounterVec, log *slog.Logger) *mappingEr
 // the mutator's name or the source's path as mapped; method and path are
 // the call as sent.
 func (m *mappingErrors) report(traceID string, level slog.Level, mappingHash, kind, what, method, path string, status int, location string) {
+	if m == nil {
+		return // not counted (replicache-sidecar check reports it itself)
+	}
 	m.total.WithLabelValues(kind).Inc()
 	key := mappingHash + "\x00" + kind + "\x00" + what + "\x00" + strconv.Itoa(status)
 	now := time.Now()

@@ -324,8 +324,9 @@ type applied struct {
 // transaction holding the group's lock, in order: skip one already
 // processed, refuse one that comes early, otherwise call the upstream and
 // record the outcome. It stops at the first mutation that must wait
-// (returned as stop, after the commit of those before it), at maxBatch
-// mutations or after batchWindow, or when the push's time budget runs out.
+// (returned as stop, after the commit of those before it), after
+// batchWindow, or when the push's time budget runs out; the caller passes
+// at most maxBatch.
 // done lists what was committed.
 //
 // The upstream calls happen inside the transaction and have effects outside
@@ -342,7 +343,7 @@ func (s *Sidecar) applyBatch(ctx context.Context, c *call, mapping *Mapping, mut
 		opened := time.Now()
 		done, stop = done[:0], nil
 		for i, mu := range muts {
-			if i > 0 && (i >= maxBatch || time.Since(opened) >= batchWindow || time.Since(c.start) >= s.cfg.PushTimeBudget ||
+			if i > 0 && (time.Since(opened) >= batchWindow || time.Since(c.start) >= s.cfg.PushTimeBudget ||
 				s.draining.Load() || ctx.Err() != nil) {
 				return nil // the rest goes in the next transaction, if any
 			}

@@ -41,8 +41,7 @@ func (s *Sidecar) Handler() http.Handler {
 			}()
 		}
 		r = r.WithContext(withTrace(r.Context(), tc))
-		switch r.URL.Path {
-		case s.cfg.PushPath, s.cfg.PullPath, s.cfg.PokePath, s.cfg.InvalidatePath:
+		if s.endpoint(r.URL.Path) != "proxy" {
 			// The sidecar's own answers name the trace (error bodies too);
 			// a passed-through answer is the API's.
 			w.Header().Set("X-Trace-ID", tc.traceID)
@@ -65,20 +64,25 @@ func (s *Sidecar) Handler() http.Handler {
 	})
 }
 
+// endpoint names what path serves: push, pull, poke, invalidate, or proxy
+// (the pass-through).
+func (s *Sidecar) endpoint(path string) string {
+	switch path {
+	case s.cfg.PushPath:
+		return "push"
+	case s.cfg.PullPath:
+		return "pull"
+	case s.cfg.PokePath:
+		return "poke"
+	case s.cfg.InvalidatePath:
+		return "invalidate"
+	}
+	return "proxy"
+}
+
 // serverSpan starts the request's span, child of the client's traceparent
 // when valid, and makes tc name it.
 func (s *Sidecar) serverSpan(w http.ResponseWriter, r *http.Request, tc *traceContext) (*http.Request, http.ResponseWriter, trace.Span, *statusWriter) {
-	name := "proxy"
-	switch r.URL.Path {
-	case s.cfg.PushPath:
-		name = "push"
-	case s.cfg.PullPath:
-		name = "pull"
-	case s.cfg.PokePath:
-		name = "poke"
-	case s.cfg.InvalidatePath:
-		name = "invalidate"
-	}
 	// The client's trace, as the sidecar's own parser read it (one
 	// authority: what it refuses starts a new trace here too).
 	ctx := r.Context()
@@ -93,7 +97,7 @@ func (s *Sidecar) serverSpan(w http.ResponseWriter, r *http.Request, tc *traceCo
 		ctx = trace.ContextWithRemoteSpanContext(ctx, trace.NewSpanContext(trace.SpanContextConfig{
 			TraceID: tid, SpanID: sid, TraceFlags: flags, TraceState: ts, Remote: true}))
 	}
-	ctx, span := s.tracer.Start(ctx, "replicache "+name, trace.WithSpanKind(trace.SpanKindServer),
+	ctx, span := s.tracer.Start(ctx, "replicache "+s.endpoint(r.URL.Path), trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(attribute.String("http.request.method", r.Method), attribute.String("url.path", r.URL.Path)))
 	sc := span.SpanContext()
 	tc.traceID, tc.spanID, tc.flags = sc.TraceID().String(), sc.SpanID().String(), sc.TraceFlags().String()

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -110,17 +109,13 @@ func New(o Options) *Sidecar {
 		fetcher: clientview.NewFetcher(clientview.FetcherOptions{
 			Base: cfg.Upstream, Upstream: up.View, MaxBodyBytes: cfg.MaxUpstreamBodyBytes, Logger: o.Logger,
 		}),
-		auth: &authenticator{
-			header: cfg.UserIDHeader, peers: cfg.TrustedNets, path: cfg.AuthPath, method: cfg.AuthMethod, field: strings.Split(cfg.AuthUserField, "."),
-			base: strings.TrimSuffix(cfg.Upstream.String(), "/"), client: up.Auth, timeout: cfg.UpstreamTimeout,
-		},
 		metrics: m,
 		budget:  mem,
 		turns:   turns,
 		flights: map[string]*pullFlight{},
 		mapErrs: newMappingErrors(m.mappingErrors, o.Logger),
 	}
-	s.auth.mapErrs = s.mapErrs
+	s.auth = newAuthenticator(cfg, up.Auth, s.mapErrs)
 	s.hub = poke.NewHub(cfg.PokeMaxSubscribers, cfg.PokeCoalesce)
 	s.bus = poke.NewBus(s.hub, o.Pool, cfg.DBSchema, o.Logger)
 	m.pokeSubscribers(s.hub.Count)

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -522,7 +523,7 @@ func (b *bench) groups(ctx context.Context) error {
 }
 
 func sep(url string) string {
-	if bytes.ContainsRune([]byte(url), '?') {
+	if strings.Contains(url, "?") {
 		return "&"
 	}
 	return "?"

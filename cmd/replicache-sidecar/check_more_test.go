@@ -106,3 +106,15 @@ func TestCheckDoesNotEchoAMalformedHeader(t *testing.T) {
 		t.Errorf("stderr repeats the credential: %s", errOut)
 	}
 }
+
+// TestCheckAuthRedirect: an auth endpoint that redirects is a problem the
+// check names (it crashed on the mapping-error counter it does not have).
+func TestCheckAuthRedirect(t *testing.T) {
+	api := hostileAPI(t) // /api/items answers 301
+	env := map[string]string{"SIDECAR_UPSTREAM_URL": api.URL, "SIDECAR_MAPPING_FILE": writeMapping(t, hostileMapping),
+		"SIDECAR_AUTH_PATH": "/api/items"}
+	code, out, errOut := check(t, env, "--header", "Authorization: Token good")
+	if code != 1 || !strings.Contains(out, "answered 301") || !strings.Contains(out, "the auth endpoint GET /api/items") {
+		t.Errorf("redirecting auth endpoint: exit %d\n%s%s", code, out, errOut)
+	}
+}
