@@ -69,12 +69,10 @@ func (r Result) Cause() string {
 // Doer sends one HTTP request to the upstream and returns its answer. In
 // the sidecar it is proxy/upstream's mutation client, which bounds the call
 // by its timeout, never follows redirects and describes a failure to get an
-// answer in its error. failure tells it which answers are evidence of a
-// sick upstream (for its circuit breaker), and source who the call is for
-// (the client group), so one client's failures in a row count once. The
-// caller closes the body.
+// answer in its error. (What an answer says of the upstream's health is
+// the caller's verdict, not the Client's.) The caller closes the body.
 type Doer interface {
-	Call(req *http.Request, source string, failure func(status int) bool) (*http.Response, error)
+	Do(req *http.Request) (*http.Response, error)
 }
 
 // ClientOptions configures a Client.
@@ -140,11 +138,7 @@ func (c *Client) Do(ctx context.Context, r *Request, fwd http.Header) Result {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set(c.idemHeader, r.IdempotencyKey)
-	// Only a 5xx that this mutator retries is evidence against the
-	// upstream; one its outcomes call applied or rejected is an answer.
-	resp, err := c.upstream.Call(req, r.group, func(status int) bool {
-		return status >= 500 && r.outcomes.classify(status) == Transient
-	})
+	resp, err := c.upstream.Do(req)
 	if err != nil {
 		return Result{Outcome: Transient, Err: err}
 	}

@@ -7,11 +7,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/identity"
 )
 
 func TestIdentity(t *testing.T) {
@@ -194,7 +197,7 @@ func TestTrustedPeersContains(t *testing.T) {
 	if errs := cfg.parseTrustedProxies(); len(errs) != 0 {
 		t.Fatal(errs)
 	}
-	peers := trustedPeers(cfg.TrustedNets)
+	peers := identity.New(identity.Options{TrustedProxies: cfg.TrustedNets, Base: &url.URL{}})
 	for addr, want := range map[string]bool{
 		"[fe80::1%eth0]:1234": true,  // link-local with its zone
 		"10.1.2.3:5":          true,  // IPv4 in a range written IPv4-mapped
@@ -205,8 +208,8 @@ func TestTrustedPeersContains(t *testing.T) {
 		"11.0.0.1:5":          false,
 		"not an address":      false,
 	} {
-		if got := peers.contains(addr); got != want {
-			t.Errorf("contains(%q) = %v, want %v", addr, got, want)
+		if got := peers.Trusted(addr); got != want {
+			t.Errorf("Trusted(%q) = %v, want %v", addr, got, want)
 		}
 	}
 }

@@ -163,7 +163,7 @@ func BenchmarkBreakerOpenPush(b *testing.B) {
 	b.StopTimer()
 	h.up.SetFault(nil)
 	proxytest.WaitFor(b, "the breakers' open timeout", func() bool {
-		return !sc.sc.upstream.Mutation.Suspended() && !sc.sc.upstream.View.Suspended()
+		return !sc.sc.parts.Upstream.Mutation.Suspended() && !sc.sc.parts.Upstream.View.Suspended()
 	})
 	for i := 0; i < b.N; i++ {
 		t0 := time.Now()
@@ -277,7 +277,7 @@ func BenchmarkWritePathDownPush(b *testing.B) {
 	for range 5 {
 		sc.push(b, "alice", "g", create("c", 1, "a"))
 	}
-	if !sc.sc.upstream.Mutation.Suspended() {
+	if !sc.sc.parts.Upstream.Mutation.Suspended() {
 		b.Fatal("the mutation breaker did not open")
 	}
 	var push, pull time.Duration
@@ -411,7 +411,7 @@ func TestBreakerRecoversQuickly(t *testing.T) {
 	for i := range 5 {
 		sc.push(t, "alice", fmt.Sprint("g", i), create(fmt.Sprint("c", i), 1, "x"))
 	}
-	if !sc.sc.upstream.Mutation.Suspended() {
+	if !sc.sc.parts.Upstream.Mutation.Suspended() {
 		t.Fatal("the outage did not open the mutation breaker")
 	}
 	trials.Store(0)

@@ -6,6 +6,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
 )
 
 // FuzzDecodePush: any body either decodes to a valid PushRequest or yields
@@ -41,7 +43,7 @@ func FuzzDecodePush(f *testing.F) {
 			if herr.Message == "" {
 				t.Fatal("error without a message")
 			}
-			writeError(w, herr)
+			problem.Write(w, herr)
 			if !json.Valid(w.Body.Bytes()) {
 				t.Fatalf("error body is not JSON: %s", w.Body)
 			}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net/http"
+	"runtime"
 	"strconv"
 	"time"
 
@@ -9,15 +10,54 @@ import (
 
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/gate"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/verdict"
 )
 
 const namespace = "replicache_sidecar"
+
+// Label values. Every label of the sidecar's own series takes its values
+// from these small fixed sets (or from the mapping's mutator names, and
+// problem.Codes), never from ids or raw paths.
+const (
+	// endpoint: what a request is for.
+	endpointPush       = "push"
+	endpointPull       = "pull"
+	endpointPoke       = "poke"
+	endpointInvalidate = "invalidate"
+	endpointProxy      = "proxy"
+
+	// bookkeeping_pruned_total{what}
+	prunedClients    = "clients"
+	prunedRejections = "rejections"
+	prunedTombstones = "tombstones"
+
+	// conditional_requests_total{result}
+	conditionalHit  = "hit"
+	conditionalMiss = "miss"
+
+	// poke_notifications_total{source}
+	pokeFromPush        = "push"
+	pokeFromPassthrough = "passthrough"
+	pokeFromInvalidate  = "invalidate"
+
+	// pull_patch_ops{op}
+	opClear = "clear"
+	opPut   = "put"
+	opDel   = "del"
+
+	// the mutator label of a name the mapping does not have
+	unmappedMutator = "unmapped"
+)
+
+var endpoints = []string{endpointPush, endpointPull, endpointPoke, endpointInvalidate, endpointProxy}
 
 // metrics are the sidecar's own series. Label values come from small fixed
 // sets: endpoints, outcomes, status codes and mapped mutator names (any other
 // name counts as "unmapped"), never ids or raw paths.
 type metrics struct {
 	requests        *prometheus.CounterVec
+	requestErrors   *prometheus.CounterVec
 	requestDuration *prometheus.HistogramVec
 	mutations       *prometheus.CounterVec
 	pullEntries     prometheus.Histogram
@@ -45,6 +85,10 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Bu
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "requests_total",
 			Help: "Requests answered, by endpoint (push, pull, poke, invalidate, proxy) and HTTP status code.",
+		}, []string{"endpoint", "code"}),
+		requestErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "request_errors_total",
+			Help: "The sidecar's own error answers, by endpoint and error code (the \"error\" member of the answer: MappingError, ViewTooLarge, DatabaseUnavailable, …).",
 		}, []string{"endpoint", "code"}),
 		requestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "request_duration_seconds",
@@ -78,22 +122,19 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Bu
 		Namespace: namespace, Name: "mapping_errors_total",
 		Help: "Upstream answers that show the mapping does not fit the API, by kind of call (mutation, view, auth): redirects, and 404/405/415 to mutations.",
 	}, []string{"kind"})
-	for _, k := range []string{"mutation", "view", "auth"} {
-		m.mappingErrors.WithLabelValues(k)
-	}
 	m.pruned = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "bookkeeping_pruned_total",
 		Help: "Bookkeeping rows deleted to stay within their caps: clients (idle ones, SIDECAR_MAX_CLIENTS_PER_GROUP) and rejections (SIDECAR_MAX_REJECTIONS_PER_GROUP, SIDECAR_REJECTION_TTL).",
 	}, []string{"what"})
-	m.pruned.WithLabelValues("clients")
-	m.pruned.WithLabelValues("rejections")
-	m.pruned.WithLabelValues("tombstones")
+	for _, what := range []string{prunedClients, prunedRejections, prunedTombstones} {
+		m.pruned.WithLabelValues(what)
+	}
 	m.budgetRefusals = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "inflight_refusals_total",
 		Help: "Pushes and pulls answered 503 because the in-flight byte budget (SIDECAR_MAX_INFLIGHT_VIEW_BYTES) stayed spent, by endpoint.",
 	}, []string{"endpoint"})
-	m.budgetRefusals.WithLabelValues("push")
-	m.budgetRefusals.WithLabelValues("pull")
+	m.budgetRefusals.WithLabelValues(endpointPush)
+	m.budgetRefusals.WithLabelValues(endpointPull)
 	m.groupBusy = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: namespace, Name: "group_busy_total",
 		Help: "Pushes and pulls answered 503 GroupBusy: too many waiting for their client group (SIDECAR_MAX_WAITING_PER_GROUP), or no turn within SIDECAR_DB_LOCK_TIMEOUT.",
@@ -107,7 +148,7 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Bu
 		Help:    "Patch operations per pull answer, by op: clear (1 for a reset, 0 for a diff), put and del. An unchanged diff answers none.",
 		Buckets: []float64{0, 1, 10, 100, 1000, 10000, 100000},
 	}, []string{"op"})
-	for _, op := range []string{"clear", "put", "del"} {
+	for _, op := range []string{opClear, opPut, opDel} {
 		m.patchOps.WithLabelValues(op)
 	}
 	m.recordBytes = prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -119,8 +160,8 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Bu
 		Namespace: namespace, Name: "conditional_requests_total",
 		Help: "View pages asked for conditionally (If-None-Match / If-Modified-Since), by result: hit (304, not downloaded) or miss.",
 	}, []string{"result"})
-	m.conditional.WithLabelValues("hit")
-	m.conditional.WithLabelValues("miss")
+	m.conditional.WithLabelValues(conditionalHit)
+	m.conditional.WithLabelValues(conditionalMiss)
 	m.groupsDeleted = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: namespace, Name: "client_groups_deleted_total",
 		Help: "Client groups deleted by the sweep after SIDECAR_CLIENT_GROUP_TTL unused (their clients then get ClientStateNotFound).",
@@ -133,7 +174,7 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Bu
 		Namespace: namespace, Name: "poke_notifications_total",
 		Help: "Writes that poked subscribers, by source: push (applied or rejected mutations), passthrough (a 2xx write through the pass-through), invalidate (the hook).",
 	}, []string{"source"})
-	for _, src := range []string{"push", "passthrough", "invalidate"} {
+	for _, src := range []string{pokeFromPush, pokeFromPassthrough, pokeFromInvalidate} {
 		m.pokeNotifications.WithLabelValues(src)
 	}
 	reg.MustRegister(m.patchOps, m.recordBytes, m.conditional, m.groupsDeleted, m.pokes, m.pokeNotifications)
@@ -151,12 +192,17 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Bu
 			Namespace: namespace, Name: "inflight_limit_bytes",
 			Help: "The in-flight byte budget's size (SIDECAR_MAX_INFLIGHT_VIEW_BYTES, or derived from GOMEMLIMIT).",
 		}, func() float64 { return float64(mem.Limit()) }))
-	reg.MustRegister(m.requests, m.requestDuration, m.mutations, m.pullEntries, m.pullBytes, m.mappingReloadErrors, m.mappingInfo,
+	reg.MustRegister(m.requests, m.requestErrors, m.requestDuration, m.mutations, m.pullEntries, m.pullBytes, m.mappingReloadErrors, m.mappingInfo,
 		m.mappingErrors, m.pruned)
-	for _, e := range []string{"push", "pull", "poke", "invalidate", "proxy"} {
+	for _, e := range endpoints {
 		m.requestDuration.WithLabelValues(e)
 	}
-	m.precreateMutators(append(mutatorNames, "unmapped"))
+	for _, e := range []string{endpointPush, endpointPull} {
+		for _, c := range problem.Codes {
+			m.requestErrors.WithLabelValues(e, string(c))
+		}
+	}
+	m.precreateMutators(append(mutatorNames, unmappedMutator))
 	return m
 }
 
@@ -164,7 +210,7 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Bu
 // be missing.
 func (m *metrics) precreateMutators(names []string) {
 	for _, name := range names {
-		for _, o := range []string{"applied", "duplicate", "rejected", "transient", "abandoned"} {
+		for _, o := range verdict.MutationLabels {
 			m.mutations.WithLabelValues(name, o)
 		}
 	}
@@ -181,7 +227,7 @@ func (m *metrics) instrument(endpoint string, h http.Handler) http.Handler {
 			code = http.StatusOK
 		}
 		m.requests.WithLabelValues(endpoint, strconv.Itoa(code)).Inc()
-		if endpoint != "poke" || code != http.StatusOK { // a stream's lifetime is no latency
+		if endpoint != endpointPoke || code != http.StatusOK { // a stream's lifetime is no latency
 			m.requestDuration.WithLabelValues(endpoint).Observe(time.Since(start).Seconds())
 		}
 	})
@@ -205,6 +251,17 @@ func (s *statusWriter) Write(b []byte) (int, error) {
 		s.status = http.StatusOK
 	}
 	return s.ResponseWriter.Write(b)
+}
+
+// buildInfo registers replicache_sidecar_build_info: 1, labelled with the
+// build's version, VCS revision and Go version.
+func (m *metrics) buildInfo(version, revision string) {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "build_info",
+		Help: "1, labelled with the running build's version, VCS revision and Go version.",
+	}, []string{"version", "revision", "goversion"})
+	g.WithLabelValues(version, revision, runtime.Version()).Set(1)
+	m.reg.MustRegister(g)
 }
 
 // pokeSubscribers registers the gauge of open poke streams.

@@ -10,7 +10,11 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/identity"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/tracing"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/verdict"
 )
 
 // passthroughOptions configure the pass-through.
@@ -23,7 +27,7 @@ type passthroughOptions struct {
 	// from a trusted proxy, so nobody can claim an identity to the legacy
 	// service through the sidecar.
 	identityHeader string
-	trusted        trustedPeers
+	identity       *identity.Edge // who is a trusted proxy
 	// keepHost sends the incoming Host on (SIDECAR_PASSTHROUGH_HOST=incoming).
 	keepHost bool
 	// deny are path prefixes answered 404 without an upstream call.
@@ -46,7 +50,7 @@ func newPassthrough(o passthroughOptions) http.Handler {
 			in, out := pr.In, pr.Out
 			out.URL.Path, out.URL.RawPath = in.URL.Path, in.URL.RawPath // cleaned by the handler below
 			pr.SetURL(o.base)
-			trusted := o.trusted.contains(in.RemoteAddr)
+			trusted := o.identity.Trusted(in.RemoteAddr)
 			forwarded(in, out, trusted)
 			if o.identityHeader != "" && !trusted {
 				out.Header.Del(o.identityHeader)
@@ -54,7 +58,7 @@ func newPassthrough(o passthroughOptions) http.Handler {
 			if o.keepHost {
 				out.Host = in.Host
 			}
-			setTraceHeaders(in.Context(), out.Header)
+			tracing.SetHeaders(in.Context(), out.Header)
 		},
 		Transport: o.transport,
 		ModifyResponse: func(resp *http.Response) error {
@@ -79,22 +83,22 @@ func newPassthrough(o passthroughOptions) http.Handler {
 				return
 			}
 			if errors.Is(err, upstream.ErrCircuitOpen) {
-				failTraced(w, r, upstreamSuspended(o.retryAfter))
+				failTraced(w, r, verdict.Suspended(o.retryAfter))
 				return
 			}
-			o.log.Warn("pass-through failed", "method", r.Method, "path", r.URL.Path, "error", err, "trace_id", traceIDOf(r.Context()))
-			failTraced(w, r, errorf(http.StatusBadGateway, "BadGateway", "the upstream service could not be reached"))
+			o.log.Warn("pass-through failed", "method", r.Method, "path", r.URL.Path, "error", err, "trace_id", tracing.IDOf(r.Context()))
+			failTraced(w, r, problem.Errorf(http.StatusBadGateway, problem.BadGateway, "the upstream service could not be reached"))
 		},
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		clean, ok := cleanPath(r.URL.EscapedPath())
 		if !ok {
-			failTraced(w, r, errorf(http.StatusBadRequest, "BadRequest", "the path leaves the service's root"))
+			failTraced(w, r, problem.Errorf(http.StatusBadRequest, problem.BadRequest, "the path leaves the service's root"))
 			return
 		}
 		for _, p := range o.deny {
 			if clean == p || strings.HasPrefix(clean, p+"/") {
-				failTraced(w, r, errorf(http.StatusNotFound, "NotFound", "no such route"))
+				failTraced(w, r, problem.Errorf(http.StatusNotFound, problem.NotFound, "no such route"))
 				return
 			}
 		}
@@ -183,9 +187,9 @@ func forwarded(in, out *http.Request, trusted bool) {
 
 // failTraced answers a pass-through request with the sidecar's own error,
 // naming the request's trace (the API's answers are passed on as they are).
-func failTraced(w http.ResponseWriter, r *http.Request, e *httpError) {
-	if id := traceIDOf(r.Context()); id != "" {
+func failTraced(w http.ResponseWriter, r *http.Request, e *problem.Error) {
+	if id := tracing.IDOf(r.Context()); id != "" {
 		w.Header().Set("X-Trace-ID", id)
 	}
-	writeError(w, e)
+	problem.Write(w, e)
 }

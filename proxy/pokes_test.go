@@ -41,7 +41,7 @@ func runPokes(t testing.TB, insts ...*instance) {
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	for _, inst := range insts {
 		wg.Add(1)
-		go func() { defer wg.Done(); inst.sc.RunPokes(ctx) }()
+		go func() { defer wg.Done(); inst.sc.runPokes(ctx) }()
 	}
 	// Listening, and past the poke every listener sends its local streams
 	// once it listens (none are open yet).
@@ -265,7 +265,7 @@ func TestPokesAcrossReplicas(t *testing.T) {
 	if e := s.next(200 * time.Millisecond); e != "" {
 		t.Errorf("stream while draining: %q, want it to go on", e)
 	}
-	a.sc.ClosePokes()
+	a.sc.closePokes()
 	if e := s.next(5 * time.Second); e != "end" {
 		t.Errorf("stream at shutdown: %q, want its end", e)
 	}

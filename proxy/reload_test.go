@@ -23,7 +23,7 @@ func TestMappingReload(t *testing.T) {
 	sc := h.start()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	go sc.sc.WatchMapping(ctx, 20*time.Millisecond)
+	go sc.sc.watchMapping(ctx, 20*time.Millisecond)
 	file := h.env["SIDECAR_MAPPING_FILE"]
 	replace := func(content string) string {
 		tmp := filepath.Join(filepath.Dir(file), "next.json")

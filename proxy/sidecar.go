@@ -6,7 +6,6 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -18,10 +17,13 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
 	"github.com/replicache-sidecar/replicache-sidecar/mutators"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/flight"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/gate"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/identity"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/poke"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/verdict"
 )
 
 // Options are a Sidecar's dependencies.
@@ -34,98 +36,116 @@ type Options struct {
 	// each upstream call (see package tracing). Nil: trace context is only
 	// propagated.
 	Tracer trace.Tracer
+	// Version and Revision name the build: in the start-up log line and
+	// replicache_sidecar_build_info.
+	Version, Revision string
 }
 
 // Sidecar serves Replicache push and pull for one legacy upstream and passes
 // every other request through to it. It is safe for concurrent use.
 type Sidecar struct {
-	cfg         Config
-	log         *slog.Logger
-	tracer      trace.Tracer // nil: no spans
-	store       *store.Store
-	upstream    *upstream.Upstream
-	sender      mutationSender
-	fetcher     viewFetcher
-	auth        *authenticator
-	metrics     *metrics
-	mapErrs     *mappingErrors
+	cfg     Config
+	log     *slog.Logger
+	tracer  trace.Tracer // nil: no spans
+	version string
+	store   *store.Store
+	parts   Parts
+	metrics *metrics
+	report  *verdict.Reporter
+	budget  *budget.Budget // request and view bytes in flight
+	turns   *gate.Gate     // client groups' turns, before a connection
+	flights flight.Group[pullMeta, *pullRider]
+
 	passthrough http.Handler
-	budget      *budget.Budget // request and view bytes in flight
-	turns       *gate.Gate     // client groups' turns, before a connection
-
-	gzip gzipWriters // for compressed answers
-	hub  *poke.Hub   // this process's poke streams
-	bus  *poke.Bus   // pokes between replicas
-
-	flightsMu sync.Mutex
-	flights   map[string]*pullFlight // running pulls others may join
+	gzip        gzipWriters // for compressed answers
+	hub         *poke.Hub   // this process's poke streams
+	bus         *poke.Bus   // pokes between replicas
 
 	current  atomic.Pointer[Mapping]
 	secret   atomic.Pointer[[]byte] // the idempotency keys' HMAC secret, once migrated
 	migrated atomic.Bool
 	draining atomic.Bool
+	// stopPokes ends the poke bus Run started (Shutdown calls it last).
+	stopPokes atomic.Pointer[context.CancelFunc]
 }
 
-// mutationSender sends one rendered mutation upstream.
-type mutationSender interface {
-	Do(ctx context.Context, r *mutators.Request, fwd http.Header) mutators.Result
+// Parts are what talks to the upstream: one client per kind of call (each
+// with its breaker), the mutation sender, the view fetcher and the identity
+// edge. The server and `replicache-sidecar check` build them with
+// Config.Parts, so the two cannot drift apart.
+type Parts struct {
+	Upstream *upstream.Upstream
+	Sender   *mutators.Client
+	Fetcher  *clientview.Fetcher
+	Identity *identity.Edge
 }
 
-// viewFetcher fetches the client view from the upstream.
-type viewFetcher interface {
-	FetchResult(ctx context.Context, v *clientview.View, r clientview.Request) (clientview.Result, error)
+// PartsOptions say how to build Parts beyond the Config.
+type PartsOptions struct {
+	Registerer prometheus.Registerer
+	Tracer     trace.Tracer      // nil: no spans
+	Logger     *slog.Logger      // nil: discarded
+	Reporter   *verdict.Reporter // nil: mapping errors are not counted
+	// NoBreakers: every answer reaches the caller (check must see them).
+	NoBreakers bool
 }
 
-// New builds a Sidecar. Call Migrate (or wait for it) before serving pushes
-// and pulls: until then they answer 503.
+// Parts builds the upstream parts c describes.
+func (c Config) Parts(o PartsOptions) Parts {
+	bs := upstream.BreakerSettings{Failures: c.BreakerFailures, OpenTimeout: c.BreakerOpenTimeout, HalfOpenRequests: c.BreakerHalfOpenRequests}
+	if o.NoBreakers {
+		bs = upstream.BreakerSettings{OpenTimeout: time.Second}
+	}
+	up := upstream.New(upstream.Options{Base: c.Upstream, Timeout: c.UpstreamTimeout, Breaker: bs,
+		Registerer: o.Registerer, Namespace: namespace, Tracer: o.Tracer})
+	return Parts{
+		Upstream: up,
+		Sender:   mutators.NewClient(mutators.ClientOptions{Base: c.Upstream, Upstream: up.Mutation, IdempotencyHeader: c.IdempotencyHeader}),
+		Fetcher: clientview.NewFetcher(clientview.FetcherOptions{Base: c.Upstream, Upstream: up.View,
+			MaxBodyBytes: c.MaxUpstreamBodyBytes, Logger: o.Logger}),
+		Identity: identity.New(identity.Options{
+			UserIDHeader: c.UserIDHeader, TrustedProxies: c.TrustedNets, AuthPath: c.AuthPath, AuthMethod: c.AuthMethod,
+			AuthUserField: c.AuthUserField, ForwardHeaders: c.ForwardHeaders, CORSOrigins: c.CORSOrigins,
+			Base: c.Upstream, Auth: up.Auth, Reporter: o.Reporter,
+		}),
+	}
+}
+
+// New builds a Sidecar. Run it (or call Migrate) before pushes and pulls
+// are served: until the schema is migrated they answer 503.
 func New(o Options) *Sidecar {
 	cfg := o.Config
 	mem := budget.New(cfg.MaxInflightBytes, budgetWait)
 	turns := gate.New(cfg.MaxConnsPerGroup, cfg.MaxWaitingPerGroup)
 	m := newMetrics(o.Registerer, cfg.Mapping.Mutators.Names(), mem, turns)
+	m.buildInfo(cmp.Or(o.Version, "dev"), o.Revision)
 	o.Registerer.MustRegister(store.NewPoolCollector(o.Pool, namespace))
-	// One breaker for the one upstream, shared by every kind of call: when
-	// the legacy service is down, mutations, views, auth and pass-through
-	// all fail fast.
-	up := upstream.New(upstream.Options{
-		Base: cfg.Upstream, Timeout: cfg.UpstreamTimeout,
-		Breaker: upstream.BreakerSettings{
-			Failures: cfg.BreakerFailures, OpenTimeout: cfg.BreakerOpenTimeout, HalfOpenRequests: cfg.BreakerHalfOpenRequests,
-		},
-		Registerer: o.Registerer, Namespace: namespace, Tracer: o.Tracer,
-	})
+	report := verdict.NewReporter(m.mappingErrors, o.Logger)
 	s := &Sidecar{
-		cfg:    cfg,
-		log:    o.Logger,
-		tracer: o.Tracer,
+		cfg:     cfg,
+		log:     o.Logger,
+		tracer:  o.Tracer,
+		version: cmp.Or(o.Version, "dev"),
 		store: store.New(o.Pool, store.Options{
 			Schema: cfg.DBSchema, WaitTimeout: cfg.DBLockTimeout + 5*time.Second, RecordVersions: cfg.ViewRecordVersions,
 			TouchInterval: touchInterval(cfg.ClientGroupTTL), RecordCacheBytes: cmp.Or(cfg.ViewRecordCacheBytes, -1),
 		}),
-		upstream: up,
-		sender: mutators.NewClient(mutators.ClientOptions{
-			Base: cfg.Upstream, Upstream: up.Mutation, IdempotencyHeader: cfg.IdempotencyHeader,
-		}),
-		fetcher: clientview.NewFetcher(clientview.FetcherOptions{
-			Base: cfg.Upstream, Upstream: up.View, MaxBodyBytes: cfg.MaxUpstreamBodyBytes, Logger: o.Logger,
-		}),
+		parts:   cfg.Parts(PartsOptions{Registerer: o.Registerer, Tracer: o.Tracer, Logger: o.Logger, Reporter: report}),
 		metrics: m,
+		report:  report,
 		budget:  mem,
 		turns:   turns,
-		flights: map[string]*pullFlight{},
-		mapErrs: newMappingErrors(m.mappingErrors, o.Logger),
 	}
-	s.auth = newAuthenticator(cfg, up.Auth, s.mapErrs)
 	s.hub = poke.NewHub(cfg.PokeMaxSubscribers, cfg.PokeCoalesce)
 	s.bus = poke.NewBus(s.hub, o.Pool, cfg.DBSchema, o.Logger)
 	m.pokeSubscribers(s.hub.Count)
 	s.passthrough = newPassthrough(passthroughOptions{
-		base: cfg.Upstream, transport: up.Passthrough, log: o.Logger, retryAfter: up.RetryAfter(),
-		identityHeader: cfg.UserIDHeader, trusted: cfg.TrustedNets,
+		base: cfg.Upstream, transport: s.parts.Upstream.Passthrough, log: o.Logger, retryAfter: s.parts.Upstream.RetryAfter(),
+		identityHeader: cfg.UserIDHeader, identity: s.parts.Identity,
 		keepHost: cfg.PassthroughHost == "incoming", deny: cfg.PassthroughDeny,
 		onWrite: func(user string) {
 			if users, ok := s.pokeUsers(user); ok {
-				s.notify(s.log.With("endpoint", "proxy"), "passthrough", users)
+				s.notify(s.log.With("endpoint", endpointProxy), "passthrough", users)
 			}
 		},
 	})
@@ -180,60 +200,6 @@ func (s *Sidecar) locked(ctx context.Context, groupID, userID, clientID string, 
 		return s.store.LockedClient(ctx, groupID, userID, clientID, fn)
 	}
 	return s.store.Locked(ctx, groupID, userID, fn)
-}
-
-// Migrate applies the schema migrations; pushes and pulls are served from
-// then on.
-func (s *Sidecar) Migrate(ctx context.Context) error {
-	if err := s.store.Migrate(ctx); err != nil {
-		return err
-	}
-	secret := []byte(s.cfg.IdempotencySecret)
-	if len(secret) == 0 {
-		var err error
-		if secret, err = s.store.IdempotencySecret(ctx); err != nil {
-			return err
-		}
-	}
-	s.secret.Store(&secret)
-	s.migrated.Store(true)
-	return nil
-}
-
-// Drain makes readiness fail and new pushes and pulls answer 503, so the
-// load balancer stops sending traffic before the listeners close. Poke
-// streams go on until ClosePokes.
-func (s *Sidecar) Drain() { s.draining.Store(true) }
-
-// ClosePokes ends every poke stream and refuses new ones, so their clients
-// reconnect to another replica: when the server shuts down
-// (http.Server.RegisterOnShutdown), which does not wait for them.
-func (s *Sidecar) ClosePokes() { s.hub.Close() }
-
-// RunPokes carries pokes between the replicas (LISTEN/NOTIFY on the
-// sidecar's database) until ctx ends.
-func (s *Sidecar) RunPokes(ctx context.Context) { s.bus.Run(ctx) }
-
-// suspended answers a request that needs c's kind of upstream call while
-// its breaker is open, before it touches the database. Pushes don't use it:
-// while the write path is down they still acknowledge already-processed
-// mutations and consume unmapped ones, and stop (503, in about a
-// millisecond) at the first mutation that needs the upstream.
-func (s *Sidecar) suspended(c *upstream.Client) *httpError {
-	if c == nil || !c.Suspended() {
-		return nil
-	}
-	return upstreamSuspended(s.upstream.RetryAfter())
-}
-
-func (s *Sidecar) checkServing() *httpError {
-	switch {
-	case s.draining.Load():
-		return &httpError{Status: http.StatusServiceUnavailable, Code: "ShuttingDown", Message: "the sidecar is shutting down; retry", RetryAfter: 1}
-	case !s.migrated.Load():
-		return &httpError{Status: http.StatusServiceUnavailable, Code: "Starting", Message: "the sidecar's database schema is not ready yet; retry", RetryAfter: 1}
-	}
-	return nil
 }
 
 // NewHTTPServer returns an http.Server for h with every timeout set.

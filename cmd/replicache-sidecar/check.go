@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/replicache-sidecar/replicache-sidecar/proxy"
+	sidecarcheck "github.com/replicache-sidecar/replicache-sidecar/proxy/check"
 )
 
 // Exit statuses of `replicache-sidecar check`.
@@ -60,7 +61,7 @@ func runCheck(ctx context.Context, args []string, env map[string]string, stdout,
 		_, _ = fmt.Fprintf(stderr, "check: unexpected argument %q\n", fs.Arg(0))
 		return checkFailed
 	}
-	o := proxy.CheckOptions{Header: http.Header{}, User: *user, Examples: map[string]json.RawMessage{}, Write: *write}
+	o := sidecarcheck.Options{Header: http.Header{}, User: *user, Examples: map[string]json.RawMessage{}, Write: *write}
 	for i, h := range headers {
 		name, value, ok := strings.Cut(h, ":")
 		if !ok || strings.TrimSpace(name) == "" || strings.ContainsAny(strings.TrimSpace(name), " \t") {
@@ -94,7 +95,7 @@ func runCheck(ctx context.Context, args []string, env map[string]string, stdout,
 		}
 		return checkProblems
 	}
-	rep, err := proxy.Check(ctx, cfg, o)
+	rep, err := sidecarcheck.Run(ctx, cfg, o)
 	if err != nil {
 		_, _ = fmt.Fprintln(stderr, "check:", err)
 		return checkFailed
@@ -127,7 +128,7 @@ func withoutDatabase(env map[string]string) map[string]string {
 	return out
 }
 
-func printCheck(w io.Writer, rep *proxy.CheckReport, write bool) error {
+func printCheck(w io.Writer, rep *sidecarcheck.Report, write bool) error {
 	var b strings.Builder
 	user := rep.User
 	if user == "" {

@@ -20,7 +20,7 @@ import (
 // few trial calls a second. It is safe for concurrent use; a nil *breaker
 // is a disabled one.
 type breaker struct {
-	cb               *gobreaker.CircuitBreaker[*http.Response]
+	cb               *gobreaker.TwoStepCircuitBreaker[struct{}]
 	minOpen, maxOpen time.Duration
 
 	mu         sync.Mutex
@@ -43,8 +43,7 @@ func newBreaker(k kind, bs BreakerSettings, m *metrics) *breaker {
 	}
 	b := &breaker{minOpen: min(firstOpenPeriod, bs.OpenTimeout), maxOpen: bs.OpenTimeout}
 	b.period = b.minOpen
-	// The breaker passes answers through to callers, who close them.
-	b.cb = gobreaker.NewCircuitBreaker[*http.Response](gobreaker.Settings{ //nolint:bodyclose // see above
+	b.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:        string(k),
 		MaxRequests: max(bs.HalfOpenRequests, 1),
 		// gobreaker lets a trial call through after the shortest period;
@@ -85,12 +84,15 @@ func (b *breaker) holding() bool {
 	return time.Now().Before(b.until)
 }
 
-// execute runs call unless the breaker is open.
-func (b *breaker) execute(call func() (*http.Response, error)) (*http.Response, error) {
+// allow admits one unit of work unless the breaker is open (or, half-open,
+// has as many trials running as it allows), and returns the function that
+// reports its outcome: nil (healthy), an error IsExcluded holds (no
+// evidence), or any other error (sick).
+func (b *breaker) allow() (func(error), error) {
 	if b.holding() {
 		return nil, gobreaker.ErrOpenState
 	}
-	return b.cb.Execute(call)
+	return b.cb.Allow()
 }
 
 // suspended reports whether calls fail at once: the open period, which
@@ -99,19 +101,17 @@ func (b *breaker) suspended() bool {
 	return b != nil && b.holding()
 }
 
-// admits says whether a failing answer (status) for source counts against
-// the upstream. 502, 503 and 504 say the service itself is unavailable and
-// always count. Any other failing status (a 500: this request broke) counts
-// unless the previous one counted came from the same source: one client
-// group re-pushing a mutation that fails every time (a poison mutation,
-// which the give-up valve ends) weighs as one failure, while an outage,
-// which fails every group's calls, opens the breaker as fast as failures
-// arrive. A caller that names no source is always counted.
-func (b *breaker) admits(source string, status int) bool {
+// admits says whether sick evidence from source counts against the
+// upstream. Strong evidence (no answer, a timeout, 502, 503, 504: the
+// service itself is unavailable) always counts. Weak evidence (a 500: this
+// request broke) counts unless the previous one counted came from the same
+// source: one caller re-pushing a mutation that fails every time (a poison
+// mutation, which the give-up valve ends) weighs as one failure, while an
+// outage, which fails every caller's calls, opens the breaker as fast as
+// failures arrive. Evidence that names no source always counts.
+func (b *breaker) admits(source string, strong bool) bool {
 	switch {
-	case b == nil || source == "":
-		return true
-	case status == http.StatusBadGateway || status == http.StatusServiceUnavailable || status == http.StatusGatewayTimeout:
+	case b == nil || source == "" || strong:
 		return true
 	}
 	b.mu.Lock()
@@ -122,12 +122,6 @@ func (b *breaker) admits(source string, status int) bool {
 	b.lastSource = source
 	return true
 }
-
-// serverFailure marks a failing answer as evidence for the breaker while
-// the answer itself still goes to the caller.
-type serverFailure struct{ status int }
-
-func (e *serverFailure) Error() string { return "upstream answered " + strconv.Itoa(e.status) }
 
 // notEvidence is an outcome that says nothing about the upstream's health:
 // an answer the breaker must not count (status set), or an error of the

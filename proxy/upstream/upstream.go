@@ -144,24 +144,15 @@ const maxDrain = 64 << 10
 // host), bounded by the client's timeout and req's context, without
 // following redirects. Headers are sent as the caller set them.
 //
+// A request whose context carries a Ticket of this kind (WithTicket) was
+// admitted by the breaker already, and the ticket's Done reports what the
+// answer showed. Without one the call is admitted alone and judged by the
+// default rule: no answer or a 5xx is evidence against the upstream.
+//
 // The caller must close the answer's body. Closing it reads at most 64 KiB
 // of what is left, so the connection is reused, and releases the timeout.
 // A failure to get an answer is a *CallError.
 func (c *Client) Do(req *http.Request) (*http.Response, error) {
-	return c.Call(req, "", nil)
-}
-
-// Call is Do with the caller's judgement of which answers are evidence of a
-// sick upstream for the breaker: failure(status) true. nil means every 5xx.
-// A mutator whose mapping calls a 500 a business rejection (a duplicate id)
-// says so here, and its answers then never open the breaker for everyone.
-// source names who the call is for (the client group): failing answers
-// from one source in a row count once, so one client re-pushing a poison
-// mutation cannot open the breaker for everyone.
-func (c *Client) Call(req *http.Request, source string, failure func(status int) bool) (*http.Response, error) {
-	if failure != nil || source != "" {
-		req = req.WithContext(context.WithValue(req.Context(), judgementKey{}, judgement{failure, source}))
-	}
 	if req.URL.Scheme != c.base.Scheme || req.URL.Host != c.base.Host {
 		return nil, &CallError{Err: fmt.Errorf("%w: refusing to call %s://%s", errNotUpstream, req.URL.Scheme, req.URL.Host)}
 	}
@@ -213,6 +204,17 @@ func (e *CallError) Error() string {
 	}
 	return "calling upstream: the connection failed"
 }
+
+// NotSent reports that nothing was asked of the upstream: the breaker
+// refused the call, the request was not for the upstream, or it could not
+// be sent (an invalid header value).
+func (e *CallError) NotSent() bool {
+	var ne *notEvidence
+	return errors.Is(e.Err, ErrCircuitOpen) || errors.Is(e.Err, errNotUpstream) || errors.As(e.Err, &ne)
+}
+
+// Canceled reports that the caller went away before the answer.
+func (e *CallError) Canceled() bool { return errors.Is(e.Err, context.Canceled) }
 
 // Detail is the whole story, for logs only: it may name the upstream's
 // address.
@@ -272,15 +274,6 @@ type transport struct {
 	tracer  trace.Tracer // nil: no spans
 }
 
-// judgementKey carries a Call's judgement of its answers from Client.Call
-// to its own transport: a value private to this package, for one request.
-type judgementKey struct{}
-
-type judgement struct {
-	failure func(status int) bool // nil: every 5xx
-	source  string
-}
-
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if t.tracer == nil {
 		return t.roundTrip(req)
@@ -329,16 +322,6 @@ func spanAttributes(ctx context.Context) []attribute.KeyValue {
 func (t *transport) roundTrip(req *http.Request) (*http.Response, error) {
 	k := string(t.kind)
 	start := time.Now()
-	j, _ := req.Context().Value(judgementKey{}).(judgement)
-	failure := j.failure
-	switch {
-	case t.kind == kindPassthrough:
-		// The legacy API's own answers pass through to the client as they
-		// are; only failing to reach it is evidence against it.
-		failure = func(int) bool { return false }
-	case failure == nil:
-		failure = func(status int) bool { return status >= 500 }
-	}
 	if err := sendable(req); err != nil {
 		// The sidecar could not even build this request: nothing was
 		// asked of the upstream, so nothing is learnt about it.
@@ -352,44 +335,35 @@ func (t *transport) roundTrip(req *http.Request) (*http.Response, error) {
 		r2.Body = body
 		req = &r2
 	}
-	call := func() (*http.Response, error) {
-		resp, err := t.next.RoundTrip(req)
-		switch {
-		case err != nil && body.failed():
-			return nil, &notEvidence{err: err}
-		case err == nil && failure(resp.StatusCode):
-			if t.cb.admits(j.source, resp.StatusCode) {
-				return resp, &serverFailure{resp.StatusCode}
-			}
-			return resp, &notEvidence{status: resp.StatusCode}
+	var done func(error)
+	if t.cb != nil && ticketOf(req.Context(), t.kind) == nil {
+		// Admitted alone, judged by the default rule below.
+		var err error
+		if done, err = t.cb.allow(); err != nil {
+			t.metrics.errors.WithLabelValues(k, "circuit_open").Inc()
+			return nil, ErrCircuitOpen
 		}
-		return resp, err
 	}
-	var resp *http.Response
-	var err error
-	if t.cb != nil {
-		resp, err = t.cb.execute(call)
-	} else {
-		resp, err = call()
-	}
-	var sf *serverFailure
-	var ne *notEvidence
-	switch {
-	case errors.As(err, &sf):
-		err = nil // the caller gets the 5xx answer itself
-		t.metrics.errors.WithLabelValues(k, "server_error").Inc()
-	case errors.As(err, &ne) && ne.err == nil:
-		err = nil // an answer, counted for neither side
-	case errors.As(err, &ne):
-		err = ne.err
+	resp, err := t.next.RoundTrip(req)
+	if done != nil {
+		switch {
+		case err != nil && (body.failed() || errors.Is(err, context.Canceled) || req.Context().Err() != nil):
+			done(&notEvidence{err: err}) // the client's side failed, or it left
+		case err != nil:
+			done(err)
+		case t.kind != kindPassthrough && resp.StatusCode >= 500:
+			// The legacy API's own answers to pass-through requests go to
+			// the client as they are; only failing to reach it counts.
+			t.metrics.errors.WithLabelValues(k, "server_error").Inc()
+			done(errSick)
+		default:
+			done(nil)
+		}
 	}
 	if err != nil {
 		reason := errorReason(req.Context(), err)
 		if reason != "canceled" {
 			t.metrics.errors.WithLabelValues(k, reason).Inc()
-		}
-		if reason == "circuit_open" {
-			return nil, ErrCircuitOpen
 		}
 		t.metrics.duration.WithLabelValues(k, "error").Observe(time.Since(start).Seconds())
 		return nil, err

@@ -11,11 +11,12 @@ import (
 	"log/slog"
 	mathrand "math/rand/v2"
 	"net/http"
-	"slices"
 	"strings"
 	"time"
 
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/identity"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/poke"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
 )
 
 // pokeWriteTimeout bounds each write to a poke stream. (A client that
@@ -28,39 +29,38 @@ const pokeWriteTimeout = 10 * time.Second
 // whenever the client should pull, a comment as heartbeat. The caller is
 // identified as for push and pull.
 func (s *Sidecar) handlePoke(w http.ResponseWriter, r *http.Request) {
-	reqID := replicacheRequestID(r)
-	log := s.log.With("endpoint", "poke", "request_id", reqID, "trace_id", w.Header().Get("X-Trace-ID"))
+	log := s.log.With("endpoint", endpointPoke, "request_id", identity.RequestID(r), "trace_id", w.Header().Get("X-Trace-ID"))
+	fail := func(p *problem.Error) { s.failOther(w, endpointPoke, log, p) }
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", http.MethodGet)
-		s.fail(w, log, errorf(http.StatusMethodNotAllowed, "MethodNotAllowed", "%s %s: only GET is allowed", r.Method, r.URL.Path))
+		fail(problem.Errorf(http.StatusMethodNotAllowed, problem.MethodNotAllowed, "%s %s: only GET is allowed", r.Method, r.URL.Path))
 		return
 	}
-	if herr := s.sameSite(r); herr != nil {
-		s.fail(w, log, herr)
+	if p := s.parts.Identity.SameSite(r); p != nil {
+		fail(p)
 		return
 	}
 	// Streams are accepted while the replica drains (the load balancer may
 	// still send them); they all end when the server shuts down, and
 	// EventSource then reconnects elsewhere by itself. A 503 it would not
 	// retry.
-	user, _, herr := s.auth.identify(r.Context(), r, forwardHeaders(r, s.cfg.ForwardHeaders, reqID))
-	if herr != nil {
-		s.fail(w, log, herr)
+	caller, p := s.parts.Identity.Identify(r.Context(), r)
+	if p != nil {
+		fail(p)
 		return
 	}
+	user := caller.User
 	sub, err := s.hub.Subscribe(user)
 	switch {
 	case errors.Is(err, poke.ErrFull):
-		s.fail(w, log, &httpError{Status: http.StatusServiceUnavailable, Code: "TooManySubscribers", RetryAfter: 5,
-			Message: "this sidecar holds as many poke streams as it may (SIDECAR_POKE_MAX_SUBSCRIBERS); retry"})
+		fail(problem.Unavailable(problem.TooManySubscribers, 5,
+			"this sidecar holds as many poke streams as it may (SIDECAR_POKE_MAX_SUBSCRIBERS); retry"))
 		return
 	case errors.Is(err, poke.ErrUserFull):
-		s.fail(w, log, &httpError{Status: http.StatusServiceUnavailable, Code: "TooManySubscribers", RetryAfter: 5,
-			Message: fmt.Sprintf("this user already holds %d poke streams on this sidecar; retry", poke.MaxPerUser)})
+		fail(problem.Unavailable(problem.TooManySubscribers, 5, "this user already holds %d poke streams on this sidecar; retry", poke.MaxPerUser))
 		return
 	case err != nil:
-		s.fail(w, log, &httpError{Status: http.StatusServiceUnavailable, Code: "ShuttingDown", RetryAfter: 1,
-			Message: "the sidecar is shutting down; retry"})
+		fail(problem.Unavailable(problem.ShuttingDown, 1, "the sidecar is shutting down; retry"))
 		return
 	}
 	defer s.hub.Unsubscribe(sub)
@@ -115,36 +115,21 @@ func (s *Sidecar) handlePoke(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// sameSite refuses, when SIDECAR_CORS_ORIGINS is set, a request whose
-// Origin is not listed or that the browser marks cross-site, as for push
-// and pull.
-func (s *Sidecar) sameSite(r *http.Request) *httpError {
-	if len(s.cfg.CORSOrigins) == 0 {
-		return nil
-	}
-	if origin := r.Header.Get("Origin"); origin != "" && !slices.Contains(s.cfg.CORSOrigins, origin) {
-		return errorf(http.StatusForbidden, "Forbidden", "origin %q is not allowed (SIDECAR_CORS_ORIGINS)", origin)
-	}
-	if r.Header.Get("Sec-Fetch-Site") == "cross-site" {
-		return errorf(http.StatusForbidden, "Forbidden", "cross-site requests are refused (Sec-Fetch-Site: cross-site)")
-	}
-	return nil
-}
-
 // handleInvalidate lets the legacy service (a trigger relay, a cron job)
 // announce writes that did not go through the sidecar: an empty body pokes
 // every subscriber, {"users": [...]} those users'. Only with
 // Authorization: Bearer SIDECAR_INVALIDATE_TOKEN; without a configured
 // token the endpoint does not exist.
 func (s *Sidecar) handleInvalidate(w http.ResponseWriter, r *http.Request) {
-	log := s.log.With("endpoint", "invalidate", "trace_id", w.Header().Get("X-Trace-ID"))
+	log := s.log.With("endpoint", endpointInvalidate, "trace_id", w.Header().Get("X-Trace-ID"))
+	fail := func(p *problem.Error) { s.failOther(w, endpointInvalidate, log, p) }
 	if s.cfg.InvalidateToken == "" {
-		writeError(w, errorf(http.StatusNotFound, "NotFound", "no such route"))
+		problem.Write(w, problem.Errorf(http.StatusNotFound, problem.NotFound, "no such route"))
 		return
 	}
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		s.fail(w, log, errorf(http.StatusMethodNotAllowed, "MethodNotAllowed", "%s %s: only POST is allowed", r.Method, r.URL.Path))
+		fail(problem.Errorf(http.StatusMethodNotAllowed, problem.MethodNotAllowed, "%s %s: only POST is allowed", r.Method, r.URL.Path))
 		return
 	}
 	scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
@@ -153,7 +138,7 @@ func (s *Sidecar) handleInvalidate(w http.ResponseWriter, r *http.Request) {
 	got, want := sha256.Sum256([]byte(strings.TrimSpace(token))), sha256.Sum256([]byte(s.cfg.InvalidateToken))
 	if !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="replicache-sidecar invalidate"`)
-		s.fail(w, log, errorf(http.StatusUnauthorized, "Unauthorized", "the invalidate hook needs Authorization: Bearer <SIDECAR_INVALIDATE_TOKEN>"))
+		fail(problem.Errorf(http.StatusUnauthorized, problem.Unauthorized, "the invalidate hook needs Authorization: Bearer <SIDECAR_INVALIDATE_TOKEN>"))
 		return
 	}
 	var body struct {
@@ -162,9 +147,9 @@ func (s *Sidecar) handleInvalidate(w http.ResponseWriter, r *http.Request) {
 	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
 	if err != nil {
 		if errors.As(err, new(*http.MaxBytesError)) {
-			s.fail(w, log, errorf(http.StatusRequestEntityTooLarge, "PayloadTooLarge", "the body is larger than 1 MiB"))
+			fail(problem.Errorf(http.StatusRequestEntityTooLarge, problem.PayloadTooLarge, "the body is larger than 1 MiB"))
 		} else {
-			s.fail(w, log, errorf(http.StatusBadRequest, "BadRequest", "reading the body: %v", err))
+			fail(problem.Errorf(http.StatusBadRequest, problem.BadRequest, "reading the body: %v", err))
 		}
 		return
 	}
@@ -172,20 +157,20 @@ func (s *Sidecar) handleInvalidate(w http.ResponseWriter, r *http.Request) {
 		dec := json.NewDecoder(bytes.NewReader(raw))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&body); err != nil {
-			s.fail(w, log, errorf(http.StatusBadRequest, "BadRequest", `the body must be empty or {"users": ["…"]}: %v`, err))
+			fail(problem.Errorf(http.StatusBadRequest, problem.BadRequest, `the body must be empty or {"users": ["…"]}: %v`, err))
 			return
 		}
 		if body.Users != nil && len(body.Users) == 0 {
-			writeJSON(w, http.StatusAccepted, map[string]any{"poked": []string{}})
+			problem.WriteJSON(w, http.StatusAccepted, map[string]any{"poked": []string{}})
 			return
 		}
 	}
-	s.notify(log, "invalidate", body.Users)
+	s.notify(log, pokeFromInvalidate, body.Users)
 	if body.Users == nil {
-		writeJSON(w, http.StatusAccepted, map[string]any{"poked": "all"})
+		problem.WriteJSON(w, http.StatusAccepted, map[string]any{"poked": "all"})
 		return
 	}
-	writeJSON(w, http.StatusAccepted, map[string]any{"poked": body.Users})
+	problem.WriteJSON(w, http.StatusAccepted, map[string]any{"poked": body.Users})
 }
 
 // notify pokes the subscribers of users (none: everyone), in every replica.

@@ -1,4 +1,12 @@
-package proxy
+// Package check is `replicache-sidecar check`: it tries a mapping against
+// the live API before any client syncs, as the server would, and says what
+// to fix in the mapping's terms. It needs no database.
+//
+// It builds its upstream parts with the server's own constructor
+// (proxy.Config.Parts), and reads the same verdicts the server acts on
+// (package verdict), so what it reports is what the server would do. It
+// imports package proxy for its Config only.
+package check
 
 import (
 	"cmp"
@@ -16,11 +24,13 @@ import (
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
 	"github.com/replicache-sidecar/replicache-sidecar/mutators"
-	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/tracing"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/verdict"
 )
 
-// CheckOptions say as whom, and how far, Check tries the mapping.
-type CheckOptions struct {
+// Options say as whom, and how far, Run tries the mapping.
+type Options struct {
 	// Header is sent with every call, as a client's request would carry it
 	// (e.g. Authorization); only the names SIDECAR_FORWARD_HEADERS lists
 	// reach the API, as at run time.
@@ -34,9 +44,9 @@ type CheckOptions struct {
 	Write bool
 }
 
-// CheckReport is what Check found. Problems counts what must be fixed
+// Report is what Run found. Problems counts what must be fixed
 // before clients sync.
-type CheckReport struct {
+type Report struct {
 	Upstream string         `json:"upstream"`
 	User     string         `json:"user"`
 	Identity []string       `json:"identityProblems,omitempty"`
@@ -73,19 +83,15 @@ type MutatorCheck struct {
 
 func millis(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-// Check tries cfg's mapping against the live API: it fetches every view
+// Run tries cfg's mapping against the live API: it fetches every view
 // source as user o would, following pagination with the same guards as a
 // pull, and renders (and with o.Write sends) each mutator's example. It
 // needs no database. The error is for what stopped it from running at all.
-func Check(ctx context.Context, cfg Config, o CheckOptions) (*CheckReport, error) {
+func Run(ctx context.Context, cfg proxy.Config, o Options) (*Report, error) {
 	start := time.Now()
-	up := upstream.New(upstream.Options{
-		Base: cfg.Upstream, Timeout: cfg.UpstreamTimeout,
-		// The check must see every answer: no breaker between it and them.
-		Breaker:    upstream.BreakerSettings{Failures: 1 << 30, OpenTimeout: time.Second, HalfOpenRequests: 1},
-		Registerer: prometheus.NewRegistry(), Namespace: namespace,
-	})
-	rep := &CheckReport{Upstream: cfg.Upstream.String()}
+	// The check must see every answer: no breaker between it and them.
+	parts := cfg.Parts(proxy.PartsOptions{Registerer: prometheus.NewRegistry(), NoBreakers: true})
+	rep := &Report{Upstream: cfg.Upstream.String()}
 	// Nothing to try if nothing answers: that is "could not run".
 	conn, err := (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "tcp", hostPort(cfg.Upstream))
 	if err != nil {
@@ -108,18 +114,18 @@ func Check(ctx context.Context, cfg Config, o CheckOptions) (*CheckReport, error
 			}
 		}
 	}
-	ctx = withTrace(ctx, traceContext{traceID: randomHex(16), spanID: randomHex(8), flags: "00"})
-	setTraceHeaders(ctx, fwd)
+	ctx = tracing.With(ctx, tracing.Fresh())
+	tracing.SetHeaders(ctx, fwd)
 
 	// Who: the trusted header's user, or the auth endpoint's answer.
 	switch {
 	case o.User != "":
 		rep.User = o.User
 	case cfg.AuthPath != "":
-		user, herr := newAuthenticator(cfg, up.Auth, nil).ask(ctx, fwd)
-		if herr != nil {
+		user, v := parts.Identity.Ask(ctx, fwd, "")
+		if v.Problem != nil {
 			rep.Identity = append(rep.Identity, fmt.Sprintf("the auth endpoint %s %s: %s (give the credentials of a real user: --header 'Authorization: Bearer …')",
-				cfg.AuthMethod, cfg.AuthPath, herr.Message))
+				cfg.AuthMethod, cfg.AuthPath, v.Problem.Message))
 			rep.count()
 			rep.TookMs = millis(time.Since(start))
 			return rep, nil
@@ -132,7 +138,7 @@ func Check(ctx context.Context, cfg Config, o CheckOptions) (*CheckReport, error
 		return rep, nil
 	}
 
-	fetcher := clientview.NewFetcher(clientview.FetcherOptions{Base: cfg.Upstream, Upstream: up.View, MaxBodyBytes: cfg.MaxUpstreamBodyBytes})
+	fetcher := parts.Fetcher
 	for _, src := range cfg.Mapping.View.Sources() {
 		rep.Sources = append(rep.Sources, checkSource(ctx, fetcher, src, cfg.Upstream, rep.User, fwd, cfg.MaxUpstreamBodyBytes))
 	}
@@ -151,9 +157,9 @@ func Check(ctx context.Context, cfg Config, o CheckOptions) (*CheckReport, error
 	}
 	secret := []byte(cfg.IdempotencySecret)
 	if len(secret) == 0 {
-		secret = []byte(randomHex(32)) // the deployment's is in its database
+		secret = []byte(tracing.RandomHex(32)) // the deployment's is in its database
 	}
-	sender := mutators.NewClient(mutators.ClientOptions{Base: cfg.Upstream, Upstream: up.Mutation, IdempotencyHeader: cfg.IdempotencyHeader})
+	sender := parts.Sender
 	for name := range o.Examples {
 		if !cfg.Mapping.Mutators.Has(name) {
 			rep.Unknown = append(rep.Unknown, name)
@@ -168,7 +174,7 @@ func Check(ctx context.Context, cfg Config, o CheckOptions) (*CheckReport, error
 	return rep, nil
 }
 
-func (r *CheckReport) count() {
+func (r *Report) count() {
 	n := len(r.Identity) + len(r.Unknown) + len(r.View)
 	for _, s := range r.Sources {
 		n += len(s.Problems)
@@ -198,23 +204,27 @@ func checkSource(ctx context.Context, f *clientview.Fetcher, src clientview.Sour
 	return sc
 }
 
-// sourceProblem says what a failed source needs, in the mapping's terms.
+// sourceProblem says what a failed source needs, in the mapping's terms,
+// from the verdict the server would reach on it.
 func sourceProblem(err error, base *url.URL, maxBytes int64) string {
+	v, _ := verdict.View(err, "", 1)
 	var se *clientview.SourceError
 	var st *clientview.StatusError
+	errors.As(err, &se)
 	switch {
-	case errors.As(err, &st) && st.Status >= 300 && st.Status < 400:
-		return fmt.Sprintf("%s answers %d, a redirect to %s: write %s in the mapping", st.Path, st.Status, cmp.Or(st.Location, "(no Location)"),
-			canonical(base, st.Path, st.Location))
+	case v.Cause == verdict.Mapping && v.Report != nil:
+		r := v.Report
+		return fmt.Sprintf("%s answers %d, a redirect to %s: write %s in the mapping", r.Path, r.Status, cmp.Or(r.Location, "(no Location)"),
+			canonical(base, r.Path, r.Location))
 	case errors.As(err, &st) && (st.Status == http.StatusUnauthorized || st.Status == http.StatusForbidden):
 		return fmt.Sprintf("%s answers %d: the credentials given (--header, --user) are not accepted for it", st.Path, st.Status)
-	case errors.As(err, &st):
+	case st != nil:
 		return fmt.Sprintf("%s answers %d", st.Path, st.Status)
-	case errors.As(err, &se) && se.Shifted:
+	case se != nil && se.Shifted:
 		return se.Reason + " (the pages moved while they were read: another writer? try again)"
-	case errors.As(err, &se) && strings.Contains(se.Reason, "larger than"):
+	case se != nil && strings.Contains(se.Reason, "larger than"):
 		return fmt.Sprintf("%s (SIDECAR_MAX_UPSTREAM_BODY_BYTES is %d)", se.Reason, maxBytes)
-	case errors.As(err, &se):
+	case se != nil:
 		return se.Reason
 	}
 	return err.Error()
@@ -250,8 +260,8 @@ func checkMutator(ctx context.Context, set *mutators.Set, sender *mutators.Clien
 	if !has {
 		return mc
 	}
-	mu := mutators.Mutation{ClientGroupID: "check-" + randomHex(8), ClientID: "check-" + randomHex(8), ID: 1, Name: name, Args: args, UserID: user}
-	mu.IdempotencyKey = idempotencyKey(secret, mu) // a key of the server's own form, never one a client will use
+	mu := mutators.Mutation{ClientGroupID: "check-" + tracing.RandomHex(8), ClientID: "check-" + tracing.RandomHex(8), ID: 1, Name: name, Args: args, UserID: user}
+	mu.IdempotencyKey = mutators.IdempotencyKey(secret, mu) // a key of the server's own form, never one a client will use
 	req, err := set.Render(mu)
 	if err != nil {
 		mc.Problems = append(mc.Problems, "the example does not render: "+err.Error())
@@ -263,22 +273,24 @@ func checkMutator(ctx context.Context, set *mutators.Set, sender *mutators.Clien
 	}
 	res := sender.Do(ctx, req, fwd)
 	mc.Status = res.Status
-	switch res.Outcome {
-	case mutators.Applied:
+	// What the server would make of this answer.
+	v := verdict.Mutation(mu, res, "", 1)
+	switch {
+	case v.Outcome == verdict.Done:
 		mc.Outcome = "applied"
-	case mutators.Rejected:
+	case v.Outcome == verdict.Consumed:
 		mc.Outcome = "rejected"
-		switch res.Status {
-		case http.StatusNotFound, http.StatusMethodNotAllowed, http.StatusUnsupportedMediaType:
+		if v.Report != nil {
 			mc.Problems = append(mc.Problems, fmt.Sprintf("answered %d: a path or method the API does not have would consume every mutation as rejected", res.Status))
 		}
 	default:
 		mc.Outcome = "retry"
-		if res.Status >= 300 && res.Status < 400 {
+		switch v.Cause {
+		case verdict.Mapping:
 			mc.Problems = append(mc.Problems, fmt.Sprintf("answered %d, a redirect: the mutation would wait for a fixed mapping", res.Status))
-		} else if res.Outcome == mutators.Unauthorized {
+		case verdict.Credentials:
 			mc.Problems = append(mc.Problems, fmt.Sprintf("answered %d: the credentials given are not accepted", res.Status))
-		} else {
+		default:
 			mc.Problems = append(mc.Problems, "not applied: "+res.Cause())
 		}
 	}

@@ -1,0 +1,465 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"slices"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/gate"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/identity"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/tracing"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/verdict"
+)
+
+// Handler returns the public handler: push, pull, poke streams, the
+// invalidate hook, and the pass-through for everything else. Every request
+// gets its trace context here, before any handler runs.
+func (s *Sidecar) Handler() http.Handler {
+	push := s.metrics.instrument(endpointPush, s.cors(postOnly(s.compressed(http.HandlerFunc(s.handlePush)))))
+	pull := s.metrics.instrument(endpointPull, s.cors(postOnly(s.compressed(http.HandlerFunc(s.handlePull)))))
+	pass := s.metrics.instrument(endpointProxy, s.passthrough)
+	pokes := s.metrics.instrument(endpointPoke, s.cors(http.HandlerFunc(s.handlePoke)))
+	invalidate := s.metrics.instrument(endpointInvalidate, http.HandlerFunc(s.handleInvalidate))
+	// A push may run for its time budget plus one upstream call, a pull for
+	// a few upstream calls; the answer must still get out after that.
+	writeWindow := s.cfg.PushTimeBudget + 2*s.cfg.UpstreamTimeout + 10*time.Second
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tc := s.parts.Identity.Trace(r)
+		if s.tracer != nil {
+			ctx, span := tracing.StartServerSpan(r.Context(), s.tracer, &tc, "replicache "+s.endpoint(r.URL.Path),
+				attribute.String("http.request.method", r.Method), attribute.String("url.path", r.URL.Path))
+			sw := &statusWriter{ResponseWriter: w}
+			r, w = r.WithContext(ctx), sw
+			defer func() {
+				if sw.status != 0 {
+					span.SetAttributes(attribute.Int("http.response.status_code", sw.status))
+				}
+				if sw.status >= 500 {
+					span.SetStatus(codes.Error, http.StatusText(sw.status))
+				}
+				span.End()
+			}()
+		}
+		r = r.WithContext(tracing.With(r.Context(), tc))
+		if s.endpoint(r.URL.Path) != endpointProxy {
+			// The sidecar's own answers name the trace (error bodies too);
+			// a passed-through answer is the API's.
+			w.Header().Set("X-Trace-ID", tc.TraceID)
+		}
+		switch r.URL.Path {
+		case s.cfg.PushPath:
+			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeWindow))
+			push.ServeHTTP(w, r)
+		case s.cfg.PullPath:
+			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeWindow))
+			pull.ServeHTTP(w, r)
+		case s.cfg.PokePath:
+			pokes.ServeHTTP(w, r) // a stream: no write window; each event has its own deadline
+		case s.cfg.InvalidatePath:
+			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeWindow))
+			invalidate.ServeHTTP(w, r)
+		default:
+			pass.ServeHTTP(w, r)
+		}
+	})
+}
+
+// endpoint names what path serves: push, pull, poke, invalidate, or proxy
+// (the pass-through).
+func (s *Sidecar) endpoint(path string) string {
+	switch path {
+	case s.cfg.PushPath:
+		return endpointPush
+	case s.cfg.PullPath:
+		return endpointPull
+	case s.cfg.PokePath:
+		return endpointPoke
+	case s.cfg.InvalidatePath:
+		return endpointInvalidate
+	}
+	return endpointProxy
+}
+
+// AdminHandler returns the admin handler: /healthz (the process is alive),
+// /readyz (database reachable, migrations applied, not draining) and
+// /metrics (everything g gathers), and with SIDECAR_PPROF Go's profiles
+// under /debug/pprof/.
+func (s *Sidecar) AdminHandler(g prometheus.Gatherer) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		problem.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		notReady := func(reason string) {
+			problem.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": reason})
+		}
+		switch {
+		case s.draining.Load():
+			notReady("shutting down")
+			return
+		case !s.migrated.Load():
+			notReady("database schema not migrated yet")
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := s.store.Ready(ctx); err != nil {
+			notReady("database: " + err.Error())
+			return
+		}
+		problem.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	if s.cfg.Pprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
+	return mux
+}
+
+// call is a push or pull that passed the shared preamble (begin): its body
+// is read and valid, the sidecar serves, and the caller is known.
+type call struct {
+	identity.Caller
+	start    time.Time
+	endpoint string
+	log      *slog.Logger // carries endpoint, request id and client group
+	// mem holds the request's bytes in the process-wide budget (its body,
+	// then the view it fetches); the handler releases it when done.
+	mem *budget.Lease
+
+	// credentialsRechecked: the auth endpoint was asked again during this
+	// push (at most once, before consuming a rejection).
+	credentialsRechecked bool
+}
+
+// protocolRequest is a push or pull body.
+type protocolRequest interface {
+	// version is the request's pushVersion or pullVersion (nil: absent).
+	version() *int
+	// validate checks the fields (and keeps what it parses).
+	validate() *problem.Error
+	clientGroupID() string
+}
+
+// begin runs what every push and pull goes through before its own work,
+// as separate steps in this order: refuse what a cross-site page could
+// send, check that the sidecar serves (and, when needs is not nil, that the
+// breaker of that kind of upstream call is not open), identify the caller
+// from the headers alone, and only then read the body (bounded) and check
+// its version and fields.
+// When a step refuses the request, begin answers it and returns false.
+func (s *Sidecar) begin(w http.ResponseWriter, r *http.Request, endpoint string, req protocolRequest, needs *upstream.Client) (*call, bool) {
+	c := &call{start: time.Now(), endpoint: endpoint}
+	c.RequestID = identity.RequestID(r)
+	c.log = s.log.With("endpoint", endpoint, "request_id", c.RequestID, "trace_id", w.Header().Get("X-Trace-ID"))
+	if c.RequestID != "" {
+		w.Header().Set("X-Request-ID", c.RequestID) // and in every error body
+	}
+	edge := s.parts.Identity
+	if p := edge.SameSiteJSON(r); p != nil {
+		s.fail(w, c, p)
+		return nil, false
+	}
+	if p := s.checkServing(); p != nil {
+		s.fail(w, c, p)
+		return nil, false
+	}
+	if needs != nil && needs.Suspended() {
+		s.fail(w, c, verdict.Suspended(s.parts.Upstream.RetryAfter()))
+		return nil, false
+	}
+	// Who is calling is decided from the headers alone, before the body is
+	// read: an anonymous request costs a few KiB, whatever its body.
+	caller, p := edge.Identify(r.Context(), r)
+	if p != nil {
+		s.fail(w, c, p)
+		return nil, false
+	}
+	c.Caller = caller
+	c.mem = s.budget.Lease()
+	refuse := func(p *problem.Error) (*call, bool) {
+		c.mem.Release()
+		s.fail(w, c, p)
+		return nil, false
+	}
+	if p := decodeBody(w, r, s.cfg.MaxBodyBytes, c.mem, req); p != nil {
+		return refuse(p)
+	}
+	switch v := req.version(); {
+	case v == nil:
+		return refuse(problem.Errorf(http.StatusBadRequest, problem.BadRequest, "%sVersion is required", endpoint))
+	case *v != 1:
+		c.mem.Release()
+		problem.WriteVersionNotSupported(w, endpoint)
+		return nil, false
+	}
+	if p := req.validate(); p != nil {
+		return refuse(p)
+	}
+	c.log = c.log.With("client_group", req.clientGroupID())
+	if s.tracer != nil {
+		trace.SpanFromContext(r.Context()).SetAttributes(attribute.String("replicache.client_group", req.clientGroupID()))
+	}
+	return c, true
+}
+
+// checkServing refuses pushes and pulls while the sidecar drains, and
+// before its schema is migrated.
+func (s *Sidecar) checkServing() *problem.Error {
+	switch {
+	case s.draining.Load():
+		return problem.Unavailable(problem.ShuttingDown, 1, "the sidecar is shutting down; retry")
+	case !s.migrated.Load():
+		return problem.Unavailable(problem.Starting, 1, "the sidecar's database schema is not ready yet; retry")
+	}
+	return nil
+}
+
+// maxIDLen bounds client, client group and mutator names: real ones are
+// short, and they end up in the database and in logs.
+const maxIDLen = 512
+
+func validID(field, v string) *problem.Error {
+	switch {
+	case v == "":
+		return problem.Errorf(http.StatusBadRequest, problem.BadRequest, "%s is required", field)
+	case len(v) > maxIDLen:
+		return problem.Errorf(http.StatusBadRequest, problem.BadRequest, "%s is longer than %d bytes", field, maxIDLen)
+	case !utf8.ValidString(v):
+		return problem.Errorf(http.StatusBadRequest, problem.BadRequest, "%s is not valid UTF-8", field)
+	case strings.ContainsFunc(v, unicode.IsControl):
+		// Ids reach the database, logs and header values (the idempotency
+		// key): a NUL or a line break breaks each of them.
+		return problem.Errorf(http.StatusBadRequest, problem.BadRequest, "%s contains a control character", field)
+	}
+	return nil
+}
+
+// failStore answers a push or pull whose bookkeeping step failed.
+func (s *Sidecar) failStore(w http.ResponseWriter, c *call, err error, groupID string) {
+	log := c.log
+	switch {
+	case errors.Is(err, store.ErrGroupDeleted):
+		problem.WriteClientStateNotFound(w)
+	case errors.Is(err, store.ErrClientPruned):
+		log.Info("a client pruned as idle came back; it starts over")
+		problem.WriteClientStateNotFound(w)
+	case errors.Is(err, store.ErrGroupForbidden), errors.Is(err, store.ErrClientForbidden):
+		// One answer for both: which one it is would tell a stranger
+		// whose ids exist.
+		log.Info("refused: not the caller's", "error", err)
+		s.fail(w, c, problem.Errorf(http.StatusForbidden, problem.Forbidden, "the client group or a client of this request belongs to someone else"))
+	case errors.As(err, new(*store.TooManyClientsError)):
+		s.fail(w, c, problem.Errorf(http.StatusBadRequest, problem.TooManyClients,
+			"%v; the limit is SIDECAR_MAX_CLIENTS_PER_GROUP (idle clients are pruned after a day)", err))
+	case errors.Is(err, context.Canceled):
+		log.Info("client went away", "error", err)
+	case store.IsLockTimeout(err), errors.Is(err, gate.ErrBusy):
+		s.metrics.groupBusy.Inc()
+		s.fail(w, c, problem.Unavailable(problem.GroupBusy, 1, "client group %s is busy with another push or pull; retry", groupID))
+	default:
+		log.Error("bookkeeping database error", "error", err)
+		s.fail(w, c, problem.Unavailable(problem.DatabaseUnavailable, 1, "the sidecar's database is unavailable; retry later"))
+	}
+}
+
+// fail logs, counts and writes p: refusals at info level, the sidecar's
+// or the upstream's failures (5xx) at warn.
+func (s *Sidecar) fail(w http.ResponseWriter, c *call, p *problem.Error) {
+	level := slog.LevelInfo
+	if p.Status >= 500 {
+		level = slog.LevelWarn
+	}
+	c.log.Log(context.Background(), level, "request failed", "status", p.Status, "error", p.Code, "message", p.Message)
+	s.metrics.requestErrors.WithLabelValues(c.endpoint, string(p.Code)).Inc()
+	if p.Code == problem.MemoryBudgetExhausted && (c.endpoint == endpointPush || c.endpoint == endpointPull) {
+		s.metrics.budgetRefusals.WithLabelValues(c.endpoint).Inc()
+	}
+	problem.Write(w, p)
+}
+
+// failOther answers a request that is not a push or pull (poke stream,
+// invalidate) with p.
+func (s *Sidecar) failOther(w http.ResponseWriter, endpoint string, log *slog.Logger, p *problem.Error) {
+	s.fail(w, &call{endpoint: endpoint, log: log}, p)
+}
+
+func postOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			w.Header().Set("Allow", http.MethodPost)
+			problem.Write(w, problem.Errorf(http.StatusMethodNotAllowed, problem.MethodNotAllowed, "%s %s: only POST is allowed", r.Method, r.URL.Path))
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// cors answers CORS preflights and marks responses for the configured exact
+// origins, with credentials allowed. With no origins configured it adds
+// nothing at all and h sees every request, OPTIONS included.
+func (s *Sidecar) cors(h http.Handler) http.Handler {
+	origins := s.cfg.CORSOrigins
+	if len(origins) == 0 {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		origin := r.Header.Get("Origin")
+		allowed := origin != "" && slices.Contains(origins, origin)
+		hdr := w.Header()
+		hdr.Add("Vary", "Origin")
+		preflight := r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != ""
+		if preflight {
+			hdr.Add("Vary", "Access-Control-Request-Method")
+			hdr.Add("Vary", "Access-Control-Request-Headers")
+			if !allowed {
+				problem.Write(w, problem.Errorf(http.StatusForbidden, problem.Forbidden, "origin %q is not allowed (SIDECAR_CORS_ORIGINS)", origin))
+				return
+			}
+			hdr.Set("Access-Control-Allow-Origin", origin)
+			hdr.Set("Access-Control-Allow-Credentials", "true")
+			hdr.Set("Access-Control-Allow-Methods", "POST, OPTIONS")
+			if req := r.Header.Get("Access-Control-Request-Headers"); req != "" {
+				hdr.Set("Access-Control-Allow-Headers", sanitizeHeaderList(req))
+			}
+			hdr.Set("Access-Control-Max-Age", "600")
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		if allowed {
+			hdr.Set("Access-Control-Allow-Origin", origin)
+			hdr.Set("Access-Control-Allow-Credentials", "true")
+			hdr.Set("Access-Control-Expose-Headers", "Retry-After, X-Request-ID, X-Trace-ID")
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// sanitizeHeaderList keeps the header names of a preflight's
+// Access-Control-Request-Headers that are valid tokens.
+func sanitizeHeaderList(list string) string {
+	var out []string
+	for _, h := range strings.Split(list, ",") {
+		if h = strings.TrimSpace(h); validToken(h) {
+			out = append(out, h)
+		}
+	}
+	return strings.Join(out, ", ")
+}
+
+// decodeBody reads at most limit bytes of JSON into dst, charging mem for
+// them (nil: not charged). It refuses trailing data after the value, and
+// names the problem in the returned error.
+//
+// The body is read into one buffer, sized by Content-Length when the client
+// sent one, and decoded from there: about twice the body in memory at the
+// peak (the buffer, and the args kept as raw bytes), where a streaming
+// decoder's doubling buffer took four times.
+func decodeBody(w http.ResponseWriter, r *http.Request, limit int64, mem *budget.Lease, dst any) *problem.Error {
+	tooLarge := problem.Errorf(http.StatusRequestEntityTooLarge, problem.PayloadTooLarge, "request body is larger than %d bytes (SIDECAR_MAX_BODY_BYTES)", limit)
+	if r.ContentLength > limit {
+		return tooLarge
+	}
+	var body io.Reader = http.MaxBytesReader(w, r.Body, limit)
+	if mem != nil {
+		if r.ContentLength > mem.Limit() {
+			return verdict.BudgetProblem(&budget.TooLargeError{Limit: mem.Limit()}, "request body")
+		}
+		// Charged as the bytes arrive, not as declared: a slow client
+		// holds no more of the budget than it has sent.
+		body = mem.Reader(r.Context(), body)
+	}
+	var buf []byte
+	if r.ContentLength > 0 {
+		buf = make([]byte, r.ContentLength)
+		if n, err := io.ReadFull(body, buf); err != nil {
+			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+				return problem.Errorf(http.StatusBadRequest, problem.BadRequest, "the body ended after %d of %d bytes (Content-Length)", n, r.ContentLength)
+			}
+			return readError(err, tooLarge)
+		}
+	} else {
+		var err error
+		if buf, err = io.ReadAll(body); err != nil {
+			return readError(err, tooLarge)
+		}
+	}
+	err := json.Unmarshal(buf, dst)
+	var syntax *json.SyntaxError
+	var typeErr *json.UnmarshalTypeError
+	bad := func(format string, args ...any) *problem.Error {
+		return problem.Errorf(http.StatusBadRequest, problem.BadRequest, format, args...)
+	}
+	switch {
+	case err == nil:
+		return nil
+	case len(bytes.TrimSpace(buf)) == 0:
+		return bad("empty request body")
+	case errors.As(err, &syntax) && strings.Contains(syntax.Error(), "after top-level value"):
+		return bad("unexpected data after the JSON value (byte %d)", syntax.Offset)
+	case errors.As(err, &syntax) && syntax.Offset >= int64(len(buf)):
+		return bad("truncated JSON body")
+	case errors.As(err, &syntax):
+		return bad("malformed JSON at byte %d: %v", syntax.Offset, err)
+	case errors.As(err, &typeErr):
+		return bad("field %q: JSON %s where %s was expected", typeErr.Field, typeErr.Value, typeErr.Type)
+	default:
+		return bad("decoding request body: %v", err)
+	}
+}
+
+// readError names why a request body could not be read.
+func readError(err error, tooLarge *problem.Error) *problem.Error {
+	var netErr net.Error
+	var maxErr *http.MaxBytesError
+	switch {
+	case errors.As(err, &maxErr):
+		return tooLarge
+	case errors.Is(err, budget.ErrBusy), errors.As(err, new(*budget.TooLargeError)):
+		return verdict.BudgetProblem(err, "request body")
+	case errors.As(err, &netErr) && netErr.Timeout():
+		return problem.Errorf(http.StatusRequestTimeout, problem.RequestTimeout, "the request body did not arrive in time (SIDECAR_HTTP_READ_TIMEOUT)")
+	default:
+		return problem.Errorf(http.StatusBadRequest, problem.BadRequest, "reading request body: %v", err)
+	}
+}
+
+// errDetail is an error's whole story for the log: an upstream call's
+// Detail (which may name the upstream), or the error itself.
+func errDetail(err error) string {
+	var ce *upstream.CallError
+	switch {
+	case errors.As(err, &ce):
+		return ce.Detail()
+	case err != nil:
+		return err.Error()
+	}
+	return ""
+}
+

@@ -1,0 +1,93 @@
+package flight
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+)
+
+type rider struct{ answer string }
+
+// TestRidersShareOneRun: riders that board before the seal get the
+// leader's answers; one that comes after the seal leads a run of its own;
+// a refused newcomer starts its own flight; an error from accept joins
+// nothing; a failed run gives every rider its error.
+func TestRidersShareOneRun(t *testing.T) {
+	var g Group[int, *rider]
+	always := func(int) (bool, error) { return true, nil }
+
+	lead, leader, err := g.Join("k", 1, nil, always)
+	if err != nil || !leader {
+		t.Fatalf("first Join: leader=%v err=%v", leader, err)
+	}
+	r1, r2 := &rider{}, &rider{}
+	for _, r := range []*rider{r1, r2} {
+		if f, leader, err := g.Join("k", 2, r, always); err != nil || leader || f != lead {
+			t.Fatalf("rider Join: leader=%v same=%v err=%v", leader, f == lead, err)
+		}
+	}
+	// A refused newcomer leads its own run; the open flight is then its.
+	if _, leader, _ := g.Join("k", 3, &rider{}, func(m int) (bool, error) { return m == 99, nil }); !leader {
+		t.Fatal("a newcomer refused by accept boarded anyway")
+	}
+	// accept's error joins nothing.
+	boom := errors.New("busy")
+	if _, _, err := g.Join("other", 4, &rider{}, always); err != nil {
+		t.Fatal(err)
+	}
+	if f, _, err := g.Join("other", 5, &rider{}, func(int) (bool, error) { return false, boom }); !errors.Is(err, boom) || f != nil {
+		t.Fatalf("accept's error: f=%v err=%v", f, err)
+	}
+
+	riders := lead.Seal()
+	if len(riders) != 2 {
+		t.Fatalf("Seal returned %d riders, want 2", len(riders))
+	}
+	if again := lead.Seal(); len(again) != 2 {
+		t.Fatalf("a second Seal returned %d riders", len(again))
+	}
+	var wg sync.WaitGroup
+	for _, r := range riders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := lead.Wait(context.Background()); err != nil {
+				t.Errorf("Wait: %v", err)
+			}
+			if r.answer != "done" {
+				t.Errorf("rider saw answer %q after Wait", r.answer)
+			}
+		}()
+	}
+	for _, r := range riders {
+		r.answer = "done"
+	}
+	lead.Land(nil)
+	wg.Wait()
+
+	// A failed run: its riders get the error, and the key is free again.
+	f, _, _ := g.Join("fail", 0, nil, always)
+	r := &rider{}
+	g.Join("fail", 0, r, always)
+	f.Land(boom)
+	if err := f.Wait(context.Background()); !errors.Is(err, boom) {
+		t.Errorf("Wait on a failed flight = %v", err)
+	}
+	if _, leader, _ := g.Join("fail", 0, &rider{}, always); !leader {
+		t.Error("a landed flight still took riders")
+	}
+}
+
+// TestWaitEndsWithItsContext: a rider whose client leaves stops waiting.
+func TestWaitEndsWithItsContext(t *testing.T) {
+	var g Group[int, *rider]
+	f, _, _ := g.Join("k", 0, nil, func(int) (bool, error) { return true, nil })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	if err := f.Wait(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Wait = %v, want the context's error", err)
+	}
+	f.Land(nil)
+}

@@ -1,0 +1,291 @@
+package proxy
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
+)
+
+// Serve runs the sidecar on two listeners until ctx ends or a server
+// fails: public (push, pull, poke streams, pass-through) and admin
+// (health, readiness, metrics from g). It starts the background work
+// (Run), and on the way out shuts down (Shutdown) within
+// SIDECAR_SHUTDOWN_TIMEOUT. It returns only once both servers have
+// stopped, with an error when either failed: an orchestrator must see a
+// server that died. Request contexts do not derive from ctx: a signal
+// drains in-flight work instead of cancelling it.
+func (s *Sidecar) Serve(ctx context.Context, public, admin net.Listener, g prometheus.Gatherer) error {
+	// Push and pull set their own write deadlines; pass-through traffic may
+	// stream for as long as the legacy service does.
+	pub := NewHTTPServer(s.Handler(), s.cfg.HTTPReadTimeout, 0)
+	adm := NewHTTPServer(s.AdminHandler(g), 30*time.Second, 30*time.Second)
+	s.log.Info("listening", "version", s.version, "public", public.Addr().String(), "admin", admin.Addr().String(),
+		"upstream", s.cfg.Upstream.Redacted(), "push_path", s.cfg.PushPath, "pull_path", s.cfg.PullPath,
+		"mutators", len(s.cfg.Mapping.Mutators.Names()), "view_sources", s.cfg.Mapping.View.Len(), "mapping_sha256", s.cfg.Mapping.Hash)
+
+	type stopped struct {
+		server string
+		err    error
+	}
+	serveErr := make(chan stopped, 2)
+	go func() { serveErr <- stopped{"public", pub.Serve(public)} }()
+	go func() { serveErr <- stopped{"admin", adm.Serve(admin)} }()
+	// Background work ends with Serve, also when a server failure (not a
+	// signal) ends it.
+	bg, stopBackground := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	go func() { ran <- s.Run(bg) }()
+
+	var failure error
+	running := 2
+	select {
+	case <-ctx.Done():
+		s.log.Info("shutting down", "timeout", s.cfg.ShutdownTimeout)
+	case st := <-serveErr:
+		running--
+		failure = fmt.Errorf("%s server stopped: %w", st.server, st.err)
+		s.log.Error("server failed; shutting down", "server", st.server, "error", st.err)
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
+	defer cancel()
+	errShutdown := s.Shutdown(sctx, pub, adm)
+	stopBackground()
+	<-ran
+	// Join the server goroutines: Serve returns ErrServerClosed once its
+	// server shuts down; anything else is a failure of its own.
+	for ; running > 0; running-- {
+		if st := <-serveErr; !errors.Is(st.err, http.ErrServerClosed) && failure == nil {
+			failure = fmt.Errorf("%s server stopped: %w", st.server, st.err)
+		}
+	}
+	if err := errors.Join(failure, errShutdown); err != nil {
+		return fmt.Errorf("shutting down: %w", err)
+	}
+	s.log.Info("stopped")
+	return nil
+}
+
+// Run does the sidecar's background work until ctx ends, each part in its
+// own goroutine: the schema migration, retried with backoff until it
+// succeeds (pushes and pulls answer 503 until then; the sidecar starts
+// before its database does), then the bookkeeping sweeps; the mapping
+// file's reloads; and the poke bus between replicas. The poke bus outlives
+// ctx until Shutdown is done: pushes that finish while the server shuts
+// down still announce theirs to the other replicas.
+func (s *Sidecar) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	goRun := func(fn func()) {
+		wg.Add(1)
+		go func() { defer wg.Done(); fn() }()
+	}
+	goRun(func() {
+		if s.migrateWithRetry(ctx) {
+			s.sweep(ctx, s.cfg.GCInterval)
+		}
+	})
+	goRun(func() { s.watchMapping(ctx, s.cfg.MappingReloadInterval) })
+	pokes, stopPokes := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopPokes.Store(&stopPokes)
+	goRun(func() { s.runPokes(pokes) })
+	go func() {
+		// Without a Shutdown (a test, a failed start), the bus ends with ctx
+		// after a moment's grace.
+		<-ctx.Done()
+		select {
+		case <-pokes.Done():
+		case <-time.After(s.cfg.ShutdownTimeout):
+			stopPokes()
+		}
+	}()
+	wg.Wait()
+	return nil
+}
+
+// Shutdown drains and stops the sidecar within ctx: readiness fails at
+// once and new pushes and pulls answer 503 while the load balancer notices
+// (SIDECAR_DRAIN_DELAY), the pass-through working meanwhile; then the poke
+// streams end (their clients reconnect to another replica) and the servers
+// close, waiting for in-flight requests (in-flight mutations are never
+// abandoned between the upstream's answer and the commit); last, the poke
+// bus stops, once the pushes that finished have announced theirs.
+func (s *Sidecar) Shutdown(ctx context.Context, servers ...*http.Server) error {
+	s.Drain()
+	select {
+	case <-time.After(s.cfg.DrainDelay):
+	case <-ctx.Done():
+	}
+	s.closePokes()
+	var errs []error
+	for _, srv := range servers {
+		errs = append(errs, srv.Shutdown(ctx))
+	}
+	if stop := s.stopPokes.Load(); stop != nil {
+		(*stop)()
+	}
+	return errors.Join(errs...)
+}
+
+// Drain makes readiness fail and new pushes and pulls answer 503, so the
+// load balancer stops sending traffic before the listeners close. Poke
+// streams go on until the servers shut down.
+func (s *Sidecar) Drain() { s.draining.Store(true) }
+
+// closePokes ends every poke stream and refuses new ones, so their clients
+// reconnect to another replica.
+func (s *Sidecar) closePokes() { s.hub.Close() }
+
+// runPokes carries pokes between the replicas (LISTEN/NOTIFY on the
+// sidecar's database) until ctx ends.
+func (s *Sidecar) runPokes(ctx context.Context) { s.bus.Run(ctx) }
+
+// Migrate applies the schema migrations; pushes and pulls are served from
+// then on.
+func (s *Sidecar) Migrate(ctx context.Context) error {
+	if err := s.store.Migrate(ctx); err != nil {
+		return err
+	}
+	secret := []byte(s.cfg.IdempotencySecret)
+	if len(secret) == 0 {
+		var err error
+		if secret, err = s.store.IdempotencySecret(ctx); err != nil {
+			return err
+		}
+	}
+	s.secret.Store(&secret)
+	s.migrated.Store(true)
+	return nil
+}
+
+// migrateWithRetry migrates, retrying with backoff while the database is
+// unreachable, until it succeeds (true) or ctx ends (false).
+func (s *Sidecar) migrateWithRetry(ctx context.Context) bool {
+	backoff := 500 * time.Millisecond
+	for {
+		mctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := s.Migrate(mctx)
+		cancel()
+		if err == nil {
+			s.log.Info("database schema ready", "version", store.SchemaVersion())
+			return true
+		}
+		s.log.Error("migrating database schema failed; retrying", "error", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// watchMapping re-reads the mapping file every interval until ctx ends.
+// When its content changes, the new mapping is validated and swapped in
+// atomically for new requests (requests already running keep the mapping
+// they started with). An invalid file keeps the old mapping, is logged, and
+// counts in replicache_sidecar_mapping_reload_errors_total once per distinct
+// content.
+//
+// Polling rather than file events: Kubernetes updates a mounted ConfigMap
+// by swapping a symlink, which file watchers report inconsistently, and a
+// small file read every few seconds costs nothing.
+func (s *Sidecar) watchMapping(ctx context.Context, interval time.Duration) {
+	if interval <= 0 {
+		return
+	}
+	lastBad := ""
+	every(ctx, interval, func() {
+		raw, err := os.ReadFile(s.cfg.MappingFile)
+		if err != nil {
+			if lastBad != "unreadable" {
+				lastBad = "unreadable"
+				s.metrics.mappingReloadErrors.Inc()
+				s.log.Error("mapping file unreadable; keeping the loaded mapping", "file", s.cfg.MappingFile, "error", err)
+			}
+			return
+		}
+		sum := sha256.Sum256(raw)
+		hash := hex.EncodeToString(sum[:])
+		if hash == s.mapping().Hash || hash == lastBad {
+			return
+		}
+		m, err := parseMapping(raw)
+		if err != nil {
+			lastBad = hash
+			s.metrics.mappingReloadErrors.Inc()
+			s.log.Error("new mapping is invalid; keeping the loaded mapping", "file", s.cfg.MappingFile,
+				"sha256", hash, "loaded_sha256", s.mapping().Hash, "error", err)
+			return
+		}
+		lastBad = ""
+		s.useMapping(m)
+		s.log.Info("mapping reloaded", "file", s.cfg.MappingFile, "sha256", m.Hash,
+			"mutators", len(m.Mutators.Names()), "view_sources", m.View.Len())
+	})
+}
+
+// tombstoneFactor: a deleted group's tombstone is kept this many times
+// SIDECAR_CLIENT_GROUP_TTL. (After it goes, a client coming back with a
+// cookie of the group still gets ClientStateNotFound: its cookie names an
+// order the recreated group never issued.)
+const tombstoneFactor = 4
+
+// sweep runs the bookkeeping sweeps every interval (SIDECAR_GC_INTERVAL)
+// until ctx ends: rejection records older than SIDECAR_REJECTION_TTL (for
+// groups whose pushes no longer trim them), then client groups unused for
+// SIDECAR_CLIENT_GROUP_TTL and tombstones past their time. Each sweep runs
+// in one replica at a time.
+func (s *Sidecar) sweep(ctx context.Context, interval time.Duration) {
+	if interval <= 0 {
+		return
+	}
+	every(ctx, interval, func() { s.sweepOnce(ctx) })
+}
+
+func (s *Sidecar) sweepOnce(ctx context.Context) {
+	if ttl := s.cfg.RejectionTTL; ttl > 0 {
+		n, err := s.store.SweepRejections(ctx, ttl, 1000)
+		switch {
+		case err != nil:
+			s.log.Warn("sweeping expired rejection records failed", "error", err)
+		case n > 0:
+			s.metrics.pruned.WithLabelValues(prunedRejections).Add(float64(n))
+			s.log.Info("swept expired rejection records", "deleted", n)
+		}
+	}
+	if ttl := s.cfg.ClientGroupTTL; ttl > 0 {
+		swept, err := s.store.SweepGroups(ctx, ttl, tombstoneFactor*ttl, 100)
+		s.metrics.groupsDeleted.Add(float64(swept.Groups))
+		s.metrics.pruned.WithLabelValues(prunedTombstones).Add(float64(swept.Tombstones))
+		switch {
+		case err != nil:
+			s.log.Warn("sweeping idle client groups failed", "error", err, "deleted", swept.Groups)
+		case swept.Groups > 0 || swept.Tombstones > 0:
+			s.log.Info("swept idle client groups", "deleted", swept.Groups, "tombstones_expired", swept.Tombstones, "ttl", ttl)
+		}
+	}
+}
+
+// every runs fn every interval until ctx ends.
+func every(ctx context.Context, interval time.Duration, fn func()) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		fn()
+	}
+}

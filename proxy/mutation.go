@@ -1,0 +1,247 @@
+package proxy
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"net/http"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/replicache-sidecar/replicache-sidecar/mutators"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/tracing"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/verdict"
+)
+
+// One mutation goes through four steps:
+//
+//   - prepare, before the group's lock: bound its args, render its call,
+//     compute its idempotency key;
+//   - send, under the lock: the call, admitted by the mutation breaker;
+//   - judge: verdict.Mutation says what the answer means;
+//   - settle: one store call records it (consumed or an attempt).
+
+// prepared is a mutation rendered before the lock is taken.
+type prepared struct {
+	mu  mutators.Mutation
+	req *mutators.Request // nil when it cannot be sent (renderErr)
+	// renderErr is the mapping's refusal: a business error, consumed
+	// without a call.
+	renderErr error
+}
+
+// prepare renders mu's call with its idempotency key. Rendering decodes the
+// args: what one mutation may cost is bounded first.
+func (s *Sidecar) prepare(mapping *Mapping, mu mutators.Mutation) prepared {
+	if int64(len(mu.Args)) > s.cfg.MaxArgsBytes {
+		return prepared{mu: mu, renderErr: fmt.Errorf("args are %d bytes, more than %d (SIDECAR_MAX_ARGS_BYTES)", len(mu.Args), s.cfg.MaxArgsBytes)}
+	}
+	mu.IdempotencyKey = mutators.IdempotencyKey(*s.secret.Load(), mu)
+	req, err := mapping.Mutators.Render(mu)
+	return prepared{mu: mu, req: req, renderErr: err}
+}
+
+// settled is what one mutation of a batch came to.
+type settled struct {
+	name  string
+	label string // verdict.Label*: applied, rejected, abandoned or duplicate
+	lmid  int64  // the client's last mutation id afterwards
+	// pending: kept for later (an outage, expired credentials, the mapping
+	// to fix); the batch ends with it.
+	pending *pendingError
+}
+
+// pendingError stops a push at a mutation kept for later: p is the
+// client's answer; counted says the mutation counts as transient in the
+// metrics.
+type pendingError struct {
+	p       *problem.Error
+	counted bool
+}
+
+func (e *pendingError) Error() string { return e.p.Error() }
+
+// applyOne processes one prepared mutation inside a batch's transaction.
+func (s *Sidecar) applyOne(ctx context.Context, c *call, mapping *Mapping, g *store.GroupTx, p prepared) (settled, error) {
+	mu := p.mu
+	r := settled{name: mu.Name}
+	cur, err := g.LastMutationID(ctx, mu.ClientID)
+	if err != nil {
+		return r, err
+	}
+	switch {
+	case mu.ID <= cur:
+		r.label, r.lmid = verdict.LabelDuplicate, cur
+		return r, nil
+	case mu.ID > cur+1:
+		if cur == 0 {
+			// Unknown, yet past its first mutation: a client this group
+			// pruned as idle has come back. It must start over.
+			if pruned, err := g.WasPruned(ctx, mu.ClientID); err != nil || pruned {
+				return r, cmp.Or(err, store.ErrClientPruned)
+			}
+		}
+		return r, &gapError{clientID: mu.ClientID, expected: cur + 1, received: mu.ID}
+	}
+	// The client is this group's before its mutation goes anywhere.
+	if err := g.ClaimClient(ctx, mu.ClientID, s.cfg.MaxClientsPerGroup); err != nil {
+		return r, err
+	}
+	if p.req != nil {
+		legacyThrough, err := g.LegacyKeysThrough(ctx, mu.ClientID)
+		if err != nil {
+			return r, err
+		}
+		if mu.ID <= legacyThrough {
+			// It may have been sent before the upgrade, with the old key.
+			mu.IdempotencyKey = ""
+			p.req.IdempotencyKey = mutators.LegacyIdempotencyKey(mu)
+		}
+	}
+	dctx := context.WithoutCancel(ctx)
+	var res mutators.Result
+	var v verdict.Verdict
+	if p.req != nil {
+		res, v = s.send(dctx, c, p.req, mu)
+	} else {
+		res = mutators.Result{Outcome: mutators.Rejected, Err: p.renderErr}
+		v = verdict.Mutation(mu, res, mu.ClientGroupID, 0)
+	}
+	s.report.Report(tracing.IDOf(ctx), mapping.Hash, v.Report)
+	if v.Outcome == verdict.Pending && v.Cause != verdict.Unavailable {
+		// Expired credentials, or the mapping to fix: the mutation waits,
+		// untouched and not counted toward giving up.
+		if v.Cause == verdict.Credentials {
+			c.log.Info("credentials no longer accepted; push stopped", "mutator", mu.Name, "mutation_id", mu.ID,
+				"outcome", verdict.LabelTransient, "recheck", false)
+		}
+		r.pending = &pendingError{p: v.Problem, counted: true}
+		return r, nil
+	}
+	if v.Recheck {
+		if p := s.recheckCredentials(dctx, c, mu); p != nil {
+			r.pending = p
+			return r, nil
+		}
+	}
+	if v.Outcome == verdict.Pending {
+		attempts, giveUp, err := s.countAttempt(dctx, g, mu, res, v)
+		switch {
+		case err != nil:
+			return r, err
+		case !giveUp:
+			r.pending = &pendingError{p: v.Problem, counted: true}
+			return r, nil
+		}
+		v = verdict.Abandoned(v)
+		c.log.Warn("mutation abandoned", "client", mu.ClientID, "mutation_id", mu.ID, "mutator", mu.Name,
+			"outcome", verdict.LabelAbandoned, "status", res.Status, "attempts", attempts.Count, "over", attempts.Span)
+		res = mutators.Result{Outcome: mutators.Rejected, Status: res.Status, Body: res.Body,
+			Err: fmt.Errorf("gave up after %d attempts over %s", attempts.Count, roundSpan(attempts.Span))}
+	}
+	if err := g.SetLastMutationID(dctx, mu.ClientID, mu.ID); err != nil {
+		return r, err
+	}
+	r.label, r.lmid = v.Label, mu.ID
+	switch v.Label {
+	case verdict.LabelApplied:
+		c.log.Debug("mutation applied", "mutator", mu.Name, "mutation_id", mu.ID, "outcome", v.Label, "status", res.Status)
+		return r, nil
+	case verdict.LabelRejected:
+		c.log.Info("mutation rejected", "mutator", mu.Name, "mutation_id", mu.ID, "outcome", v.Label, "status", res.Status, "cause", res.Cause())
+	}
+	return r, g.RecordRejection(dctx, store.Rejection{ClientID: mu.ClientID, MutationID: mu.ID, Mutator: mu.Name,
+		Status: res.Status, Reason: res.Cause(), Body: res.Body})
+}
+
+// send makes one mutation's call, admitted by the mutation breaker, in a
+// span of its own when tracing, and judges the answer: the breaker counts
+// the verdict's evidence.
+func (s *Sidecar) send(ctx context.Context, c *call, req *mutators.Request, mu mutators.Mutation) (mutators.Result, verdict.Verdict) {
+	ticket, err := s.parts.Upstream.Mutation.Admit()
+	if err != nil {
+		res := mutators.Result{Outcome: mutators.Transient, Err: err}
+		return res, verdict.Mutation(mu, res, mu.ClientGroupID, s.parts.Upstream.RetryAfter())
+	}
+	var span trace.Span
+	if s.tracer != nil {
+		ctx, span = s.tracer.Start(ctx, "mutation "+mu.Name, trace.WithAttributes(
+			attribute.String("replicache.client_group", mu.ClientGroupID), attribute.String("replicache.mutator", mu.Name),
+			attribute.String("replicache.client", mu.ClientID), attribute.Int64("replicache.mutation_id", mu.ID)))
+		defer span.End()
+	}
+	res := s.parts.Sender.Do(upstream.WithTicket(ctx, ticket), req, c.Forward)
+	v := verdict.Mutation(mu, res, mu.ClientGroupID, s.parts.Upstream.RetryAfter())
+	ticket.Done(v.Evidence)
+	if span != nil {
+		span.SetAttributes(attribute.String("replicache.outcome", res.Outcome.String()))
+		if res.Status != 0 {
+			span.SetAttributes(attribute.Int("http.response.status_code", res.Status))
+		}
+		if res.Outcome == mutators.Transient {
+			span.SetStatus(codes.Error, res.Cause())
+		}
+	}
+	if res.Outcome == mutators.Transient {
+		c.log.Warn("mutation not applied; push stopped", "mutator", mu.Name, "mutation_id", mu.ID,
+			"outcome", verdict.LabelTransient, "cause", res.Cause(), "detail", errDetail(res.Err))
+	}
+	return res, v
+}
+
+// recheckCredentials asks the auth endpoint again, at most once per push,
+// whether the caller's credentials still stand. It returns a pending
+// 401 when they no longer do (or now name someone else), the auth
+// endpoint's own failure when it cannot tell, and nil when they stand or
+// when identity does not come from the auth endpoint.
+func (s *Sidecar) recheckCredentials(ctx context.Context, c *call, mu mutators.Mutation) *pendingError {
+	if !s.parts.Identity.AsksAPI() || c.ViaHeader || c.credentialsRechecked {
+		return nil
+	}
+	c.credentialsRechecked = true
+	user, v := s.parts.Identity.Ask(ctx, c.Forward, c.Key())
+	switch {
+	case v.Cause == verdict.Credentials, v.Problem == nil && user != c.User:
+		c.log.Info("credentials no longer accepted; push stopped", "mutator", mu.Name, "mutation_id", mu.ID,
+			"outcome", verdict.LabelTransient, "recheck", true)
+		return &pendingError{counted: true, p: &problem.Error{Status: http.StatusUnauthorized, Code: problem.Unauthorized,
+			Detail: map[string]any{"mutator": mu.Name, "clientID": mu.ClientID, "mutationID": mu.ID},
+			Message: fmt.Sprintf("mutation %d of client %s (%s) was refused and the credentials are no longer accepted; it is kept until they are renewed",
+				mu.ID, mu.ClientID, mu.Name)}}
+	case v.Problem != nil:
+		return &pendingError{p: v.Problem}
+	}
+	return nil
+}
+
+// countAttempt records an answered, retryable attempt of mu and says
+// whether to give up on it: after SIDECAR_GIVE_UP_ATTEMPTS such answers
+// spanning at least SIDECAR_GIVE_UP_AFTER. Only what the verdict counts
+// toward giving up is recorded: a call that got no answer (connection
+// error, timeout, open breaker) never is, so an outage never makes the
+// sidecar give up, however long it lasts. Attempts.Count is 0 when nothing
+// was recorded.
+func (s *Sidecar) countAttempt(ctx context.Context, g *store.GroupTx, mu mutators.Mutation, res mutators.Result, v verdict.Verdict) (store.Attempts, bool, error) {
+	if !v.GiveUp || s.cfg.GiveUpAttempts <= 0 {
+		return store.Attempts{}, false, nil
+	}
+	a, err := g.RecordAttempt(ctx, mu.ClientID, mu.ID, res.Status)
+	if err != nil {
+		return store.Attempts{}, false, err
+	}
+	return a, a.Count >= s.cfg.GiveUpAttempts && a.Span >= s.cfg.GiveUpAfter, nil
+}
+
+// roundSpan shortens a duration for a rejection's reason.
+func roundSpan(d time.Duration) time.Duration {
+	if d >= time.Second {
+		return d.Round(time.Second)
+	}
+	return d.Round(time.Millisecond)
+}
