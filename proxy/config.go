@@ -1,17 +1,12 @@
 package proxy
 
 import (
-	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"net/http"
 	"net/netip"
 	"net/url"
-	"os"
 	"regexp"
 	"runtime/debug"
 	"strings"
@@ -19,10 +14,9 @@ import (
 
 	"github.com/caarlos0/env/v11"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"go.yaml.in/yaml/v3"
 
-	"github.com/replicache-sidecar/replicache-sidecar/clientview"
-	"github.com/replicache-sidecar/replicache-sidecar/mutators"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/mapping"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/passthrough"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 )
 
@@ -112,9 +106,9 @@ type Config struct {
 	PassthroughDeny []string `env:"PASSTHROUGH_DENY" envSeparator:","`
 
 	// Parsed forms, filled by LoadConfig.
-	Upstream    *url.URL       `env:"-"`
-	Mapping     *Mapping       `env:"-"`
-	TrustedNets []netip.Prefix `env:"-"` // from TrustedProxies
+	Upstream    *url.URL         `env:"-"`
+	Mapping     *mapping.Mapping `env:"-"`
+	TrustedNets []netip.Prefix   `env:"-"` // from TrustedProxies
 
 }
 
@@ -194,7 +188,7 @@ func (c *Config) loadMapping() []error {
 	if c.MappingFile == "" {
 		return nil // required: reported by the env parser
 	}
-	m, err := loadMapping(c.MappingFile)
+	m, err := mapping.Load(c.MappingFile)
 	if err != nil {
 		return []error{fmt.Errorf("SIDECAR_MAPPING_FILE: %w", err)}
 	}
@@ -410,7 +404,7 @@ func (c *Config) checkPassthrough() []error {
 		if p == "" {
 			continue
 		}
-		clean, ok := cleanPath(p)
+		clean, ok := passthrough.CleanPath(p)
 		if !strings.HasPrefix(p, "/") || !ok {
 			errs = append(errs, fmt.Errorf("SIDECAR_PASSTHROUGH_DENY: %q is not an absolute path prefix", p))
 			continue
@@ -460,80 +454,4 @@ func validToken(s string) bool {
 		}
 	}
 	return true
-}
-
-// fileFormat is the mapping file's format. Unknown fields are refused so a
-// typo fails at start instead of silently mapping nothing.
-type fileFormat struct {
-	Mutators   map[string]mutators.Spec `json:"mutators"`
-	ClientView []clientview.Source      `json:"clientView"`
-}
-
-// Mapping is a loaded, compiled mapping file. It is immutable.
-type Mapping struct {
-	Mutators *mutators.Set
-	View     *clientview.View
-	// Hash is the SHA-256 of the file's bytes, to tell versions apart.
-	Hash string
-}
-
-// maxMappingBytes bounds the mapping file; real ones are a few kilobytes.
-const maxMappingBytes = 4 << 20
-
-// loadMapping reads and compiles the mapping file at path. The error lists
-// every problem found.
-func loadMapping(path string) (*Mapping, error) {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading mapping: %w", err)
-	}
-	return parseMapping(raw)
-}
-
-// parseMapping compiles a mapping file's bytes: JSON, or YAML when the
-// content does not start with "{".
-func parseMapping(raw []byte) (*Mapping, error) {
-	if len(raw) > maxMappingBytes {
-		return nil, fmt.Errorf("mapping is larger than %d bytes", maxMappingBytes)
-	}
-	doc := raw
-	if trimmed := bytes.TrimSpace(raw); len(trimmed) > 0 && trimmed[0] != '{' {
-		var err error
-		if doc, err = yamlToJSON(raw); err != nil {
-			return nil, fmt.Errorf("mapping is not valid YAML: %w", err)
-		}
-	}
-	var f fileFormat
-	dec := json.NewDecoder(bytes.NewReader(doc))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&f); err != nil {
-		return nil, fmt.Errorf("mapping is not valid: %w", err)
-	}
-	var errs []error
-	if len(f.Mutators) == 0 && len(f.ClientView) == 0 {
-		errs = append(errs, errors.New("mapping has neither mutators nor clientView"))
-	}
-	muts, err := mutators.Compile(f.Mutators)
-	if err != nil {
-		errs = append(errs, err)
-	}
-	view, err := clientview.Compile(f.ClientView)
-	if err != nil {
-		errs = append(errs, err)
-	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
-	}
-	sum := sha256.Sum256(raw)
-	return &Mapping{Mutators: muts, View: view, Hash: hex.EncodeToString(sum[:])}, nil
-}
-
-// yamlToJSON re-encodes a YAML document as JSON, so one strict decoder
-// checks both formats.
-func yamlToJSON(raw []byte) ([]byte, error) {
-	var v any
-	if err := yaml.Unmarshal(raw, &v); err != nil {
-		return nil, err
-	}
-	return json.Marshal(v)
 }

@@ -116,33 +116,6 @@ func TestLoadConfigListsEveryProblem(t *testing.T) {
 	}
 }
 
-func TestYAMLMapping(t *testing.T) {
-	m, err := parseMapping([]byte(`
-# YAML works too; quote strings that start with "{".
-mutators:
-  createTodo: {method: POST, path: /api/todos}
-  updateTodo:
-    method: PATCH
-    path: "/api/todos/{args.id}"
-    body: {title: "{args.title?}", done: "{args.done?}", source: yaml}
-clientView:
-  - {path: /api/todos, items: todos, key: "todo/{id}", pagination: {type: link}}
-`))
-	if err != nil {
-		t.Fatalf("parseMapping: %v", err)
-	}
-	if got := strings.Join(m.Mutators.Names(), ","); got != "createTodo,updateTodo" {
-		t.Errorf("mutators = %s", got)
-	}
-	_, err = parseMapping([]byte("mutators:\n  x: {method: GET, path: nope}\n"))
-	if err == nil || !strings.Contains(err.Error(), `method "GET"`) {
-		t.Errorf("invalid YAML mapping: %v", err)
-	}
-	if _, err := parseMapping([]byte("mutators: [unclosed\n")); err == nil || !strings.Contains(err.Error(), "not valid YAML") {
-		t.Errorf("broken YAML: %v", err)
-	}
-}
-
 // TestConfigExampleListsEverySetting keeps config.example.env in step with
 // Config: every setting appears there (set, or commented out), nothing
 // else does, and a setting given a value there shows its real default.
@@ -180,33 +153,6 @@ func TestConfigExampleListsEverySetting(t *testing.T) {
 	for name := range example {
 		if !settings[name] {
 			t.Errorf("config.example.env documents %s, which is no setting", name)
-		}
-	}
-}
-
-// TestFittingYourAPIExamplesCompile keeps the README's worked mappings
-// valid: each JSON block of "Fitting your API" is a client view source that
-// the mapping loader accepts.
-func TestFittingYourAPIExamplesCompile(t *testing.T) {
-	raw, err := os.ReadFile("../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	text := string(raw)
-	start := strings.Index(text, "## Fitting your API")
-	if start < 0 {
-		t.Fatal("README has no \"Fitting your API\" section")
-	}
-	section := text[start+3:]
-	section = section[:strings.Index(section, "\n## ")]
-	blocks := strings.Split(section, "```json\n")[1:]
-	if len(blocks) < 6 {
-		t.Fatalf("found %d JSON examples, want one per API family (6)", len(blocks))
-	}
-	for _, b := range blocks {
-		src := b[:strings.Index(b, "```")]
-		if _, err := parseMapping([]byte(`{"clientView": [` + src + `]}`)); err != nil {
-			t.Errorf("README example does not load: %v\n%s", err, src)
 		}
 	}
 }

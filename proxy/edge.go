@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"slices"
 	"strings"
 	"time"
@@ -17,134 +16,20 @@ import (
 	"unicode/utf8"
 
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
-
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/gate"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/identity"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
-	"github.com/replicache-sidecar/replicache-sidecar/proxy/tracing"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/verdict"
 )
 
-// Handler returns the public handler: push, pull, poke streams, the
-// invalidate hook, and the pass-through for everything else. Every request
-// gets its trace context here, before any handler runs.
-func (s *Sidecar) Handler() http.Handler {
-	push := s.metrics.instrument(endpointPush, s.cors(postOnly(s.compressed(http.HandlerFunc(s.handlePush)))))
-	pull := s.metrics.instrument(endpointPull, s.cors(postOnly(s.compressed(http.HandlerFunc(s.handlePull)))))
-	pass := s.metrics.instrument(endpointProxy, s.passthrough)
-	pokes := s.metrics.instrument(endpointPoke, s.cors(http.HandlerFunc(s.handlePoke)))
-	invalidate := s.metrics.instrument(endpointInvalidate, http.HandlerFunc(s.handleInvalidate))
-	// A push may run for its time budget plus one upstream call, a pull for
-	// a few upstream calls; the answer must still get out after that.
-	writeWindow := s.cfg.PushTimeBudget + 2*s.cfg.UpstreamTimeout + 10*time.Second
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		tc := s.parts.Identity.Trace(r)
-		if s.tracer != nil {
-			ctx, span := tracing.StartServerSpan(r.Context(), s.tracer, &tc, "replicache "+s.endpoint(r.URL.Path),
-				attribute.String("http.request.method", r.Method), attribute.String("url.path", r.URL.Path))
-			sw := &statusWriter{ResponseWriter: w}
-			r, w = r.WithContext(ctx), sw
-			defer func() {
-				if sw.status != 0 {
-					span.SetAttributes(attribute.Int("http.response.status_code", sw.status))
-				}
-				if sw.status >= 500 {
-					span.SetStatus(codes.Error, http.StatusText(sw.status))
-				}
-				span.End()
-			}()
-		}
-		r = r.WithContext(tracing.With(r.Context(), tc))
-		if s.endpoint(r.URL.Path) != endpointProxy {
-			// The sidecar's own answers name the trace (error bodies too);
-			// a passed-through answer is the API's.
-			w.Header().Set("X-Trace-ID", tc.TraceID)
-		}
-		switch r.URL.Path {
-		case s.cfg.PushPath:
-			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeWindow))
-			push.ServeHTTP(w, r)
-		case s.cfg.PullPath:
-			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeWindow))
-			pull.ServeHTTP(w, r)
-		case s.cfg.PokePath:
-			pokes.ServeHTTP(w, r) // a stream: no write window; each event has its own deadline
-		case s.cfg.InvalidatePath:
-			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeWindow))
-			invalidate.ServeHTTP(w, r)
-		default:
-			pass.ServeHTTP(w, r)
-		}
-	})
-}
-
-// endpoint names what path serves: push, pull, poke, invalidate, or proxy
-// (the pass-through).
-func (s *Sidecar) endpoint(path string) string {
-	switch path {
-	case s.cfg.PushPath:
-		return endpointPush
-	case s.cfg.PullPath:
-		return endpointPull
-	case s.cfg.PokePath:
-		return endpointPoke
-	case s.cfg.InvalidatePath:
-		return endpointInvalidate
-	}
-	return endpointProxy
-}
-
-// AdminHandler returns the admin handler: /healthz (the process is alive),
-// /readyz (database reachable, migrations applied, not draining) and
-// /metrics (everything g gathers), and with SIDECAR_PPROF Go's profiles
-// under /debug/pprof/.
-func (s *Sidecar) AdminHandler(g prometheus.Gatherer) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		problem.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		notReady := func(reason string) {
-			problem.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": reason})
-		}
-		switch {
-		case s.draining.Load():
-			notReady("shutting down")
-			return
-		case !s.migrated.Load():
-			notReady("database schema not migrated yet")
-			return
-		}
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if err := s.store.Ready(ctx); err != nil {
-			notReady("database: " + err.Error())
-			return
-		}
-		problem.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
-	if s.cfg.Pprof {
-		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
-	}
-	return mux
-}
-
-// call is a push or pull that passed the shared preamble (begin): its body
+// exchange is a push or pull that passed the shared preamble (begin): its body
 // is read and valid, the sidecar serves, and the caller is known.
-type call struct {
+type exchange struct {
 	identity.Caller
 	start    time.Time
 	endpoint string
@@ -174,8 +59,8 @@ type protocolRequest interface {
 // from the headers alone, and only then read the body (bounded) and check
 // its version and fields.
 // When a step refuses the request, begin answers it and returns false.
-func (s *Sidecar) begin(w http.ResponseWriter, r *http.Request, endpoint string, req protocolRequest, needs *upstream.Client) (*call, bool) {
-	c := &call{start: time.Now(), endpoint: endpoint}
+func (s *core) begin(w http.ResponseWriter, r *http.Request, endpoint string, req protocolRequest, needs *upstream.Client) (*exchange, bool) {
+	c := &exchange{start: time.Now(), endpoint: endpoint}
 	c.RequestID = identity.RequestID(r)
 	c.log = s.log.With("endpoint", endpoint, "request_id", c.RequestID, "trace_id", w.Header().Get("X-Trace-ID"))
 	if c.RequestID != "" {
@@ -203,7 +88,7 @@ func (s *Sidecar) begin(w http.ResponseWriter, r *http.Request, endpoint string,
 	}
 	c.Caller = caller
 	c.mem = s.budget.Lease()
-	refuse := func(p *problem.Error) (*call, bool) {
+	refuse := func(p *problem.Error) (*exchange, bool) {
 		c.mem.Release()
 		s.fail(w, c, p)
 		return nil, false
@@ -229,18 +114,6 @@ func (s *Sidecar) begin(w http.ResponseWriter, r *http.Request, endpoint string,
 	return c, true
 }
 
-// checkServing refuses pushes and pulls while the sidecar drains, and
-// before its schema is migrated.
-func (s *Sidecar) checkServing() *problem.Error {
-	switch {
-	case s.draining.Load():
-		return problem.Unavailable(problem.ShuttingDown, 1, "the sidecar is shutting down; retry")
-	case !s.migrated.Load():
-		return problem.Unavailable(problem.Starting, 1, "the sidecar's database schema is not ready yet; retry")
-	}
-	return nil
-}
-
 // maxIDLen bounds client, client group and mutator names: real ones are
 // short, and they end up in the database and in logs.
 const maxIDLen = 512
@@ -262,7 +135,7 @@ func validID(field, v string) *problem.Error {
 }
 
 // failStore answers a push or pull whose bookkeeping step failed.
-func (s *Sidecar) failStore(w http.ResponseWriter, c *call, err error, groupID string) {
+func (s *core) failStore(w http.ResponseWriter, c *exchange, err error, groupID string) {
 	log := c.log
 	switch {
 	case errors.Is(err, store.ErrGroupDeleted):
@@ -291,7 +164,7 @@ func (s *Sidecar) failStore(w http.ResponseWriter, c *call, err error, groupID s
 
 // fail logs, counts and writes p: refusals at info level, the sidecar's
 // or the upstream's failures (5xx) at warn.
-func (s *Sidecar) fail(w http.ResponseWriter, c *call, p *problem.Error) {
+func (s *core) fail(w http.ResponseWriter, c *exchange, p *problem.Error) {
 	level := slog.LevelInfo
 	if p.Status >= 500 {
 		level = slog.LevelWarn
@@ -306,8 +179,8 @@ func (s *Sidecar) fail(w http.ResponseWriter, c *call, p *problem.Error) {
 
 // failOther answers a request that is not a push or pull (poke stream,
 // invalidate) with p.
-func (s *Sidecar) failOther(w http.ResponseWriter, endpoint string, log *slog.Logger, p *problem.Error) {
-	s.fail(w, &call{endpoint: endpoint, log: log}, p)
+func (s *core) failOther(w http.ResponseWriter, endpoint string, log *slog.Logger, p *problem.Error) {
+	s.fail(w, &exchange{endpoint: endpoint, log: log}, p)
 }
 
 func postOnly(h http.Handler) http.Handler {
@@ -324,7 +197,7 @@ func postOnly(h http.Handler) http.Handler {
 // cors answers CORS preflights and marks responses for the configured exact
 // origins, with credentials allowed. With no origins configured it adds
 // nothing at all and h sees every request, OPTIONS included.
-func (s *Sidecar) cors(h http.Handler) http.Handler {
+func (s *core) cors(h http.Handler) http.Handler {
 	origins := s.cfg.CORSOrigins
 	if len(origins) == 0 {
 		return h
@@ -462,4 +335,3 @@ func errDetail(err error) string {
 	}
 	return ""
 }
-

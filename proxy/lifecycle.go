@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/mapping"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 )
 
@@ -136,18 +137,13 @@ func (s *Sidecar) Shutdown(ctx context.Context, servers ...*http.Server) error {
 	return errors.Join(errs...)
 }
 
-// Drain makes readiness fail and new pushes and pulls answer 503, so the
-// load balancer stops sending traffic before the listeners close. Poke
-// streams go on until the servers shut down.
-func (s *Sidecar) Drain() { s.draining.Store(true) }
-
 // closePokes ends every poke stream and refuses new ones, so their clients
 // reconnect to another replica.
-func (s *Sidecar) closePokes() { s.hub.Close() }
+func (s *core) closePokes() { s.hub.Close() }
 
 // runPokes carries pokes between the replicas (LISTEN/NOTIFY on the
 // sidecar's database) until ctx ends.
-func (s *Sidecar) runPokes(ctx context.Context) { s.bus.Run(ctx) }
+func (s *core) runPokes(ctx context.Context) { s.bus.Run(ctx) }
 
 // Migrate applies the schema migrations; pushes and pulls are served from
 // then on.
@@ -219,7 +215,7 @@ func (s *Sidecar) watchMapping(ctx context.Context, interval time.Duration) {
 		if hash == s.mapping().Hash || hash == lastBad {
 			return
 		}
-		m, err := parseMapping(raw)
+		m, err := mapping.Parse(raw)
 		if err != nil {
 			lastBad = hash
 			s.metrics.mappingReloadErrors.Inc()

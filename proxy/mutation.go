@@ -12,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/replicache-sidecar/replicache-sidecar/mutators"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/mapping"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/tracing"
@@ -38,13 +39,23 @@ type prepared struct {
 
 // prepare renders mu's call with its idempotency key. Rendering decodes the
 // args: what one mutation may cost is bounded first.
-func (s *Sidecar) prepare(mapping *Mapping, mu mutators.Mutation) prepared {
+func (s *core) prepare(mp *mapping.Mapping, mu mutators.Mutation) prepared {
 	if int64(len(mu.Args)) > s.cfg.MaxArgsBytes {
 		return prepared{mu: mu, renderErr: fmt.Errorf("args are %d bytes, more than %d (SIDECAR_MAX_ARGS_BYTES)", len(mu.Args), s.cfg.MaxArgsBytes)}
 	}
 	mu.IdempotencyKey = mutators.IdempotencyKey(*s.secret.Load(), mu)
-	req, err := mapping.Mutators.Render(mu)
+	req, err := mp.Mutators.Render(mu)
 	return prepared{mu: mu, req: req, renderErr: err}
+}
+
+// gapError: a mutation arrived before the one the client owes us next.
+type gapError struct {
+	clientID           string
+	expected, received int64
+}
+
+func (e *gapError) Error() string {
+	return fmt.Sprintf("client %s: expected mutation %d, received %d", e.clientID, e.expected, e.received)
 }
 
 // settled is what one mutation of a batch came to.
@@ -68,7 +79,7 @@ type pendingError struct {
 func (e *pendingError) Error() string { return e.p.Error() }
 
 // applyOne processes one prepared mutation inside a batch's transaction.
-func (s *Sidecar) applyOne(ctx context.Context, c *call, mapping *Mapping, g *store.GroupTx, p prepared) (settled, error) {
+func (s *core) applyOne(ctx context.Context, c *exchange, mp *mapping.Mapping, g *store.GroupTx, p prepared) (settled, error) {
 	mu := p.mu
 	r := settled{name: mu.Name}
 	cur, err := g.LastMutationID(ctx, mu.ClientID)
@@ -113,7 +124,7 @@ func (s *Sidecar) applyOne(ctx context.Context, c *call, mapping *Mapping, g *st
 		res = mutators.Result{Outcome: mutators.Rejected, Err: p.renderErr}
 		v = verdict.Mutation(mu, res, mu.ClientGroupID, 0)
 	}
-	s.report.Report(tracing.IDOf(ctx), mapping.Hash, v.Report)
+	s.report.Report(tracing.IDOf(ctx), mp.Hash, v.Report)
 	if v.Outcome == verdict.Pending && v.Cause != verdict.Unavailable {
 		// Expired credentials, or the mapping to fix: the mutation waits,
 		// untouched and not counted toward giving up.
@@ -163,7 +174,7 @@ func (s *Sidecar) applyOne(ctx context.Context, c *call, mapping *Mapping, g *st
 // send makes one mutation's call, admitted by the mutation breaker, in a
 // span of its own when tracing, and judges the answer: the breaker counts
 // the verdict's evidence.
-func (s *Sidecar) send(ctx context.Context, c *call, req *mutators.Request, mu mutators.Mutation) (mutators.Result, verdict.Verdict) {
+func (s *core) send(ctx context.Context, c *exchange, req *mutators.Request, mu mutators.Mutation) (mutators.Result, verdict.Verdict) {
 	ticket, err := s.parts.Upstream.Mutation.Admit()
 	if err != nil {
 		res := mutators.Result{Outcome: mutators.Transient, Err: err}
@@ -200,7 +211,7 @@ func (s *Sidecar) send(ctx context.Context, c *call, req *mutators.Request, mu m
 // 401 when they no longer do (or now name someone else), the auth
 // endpoint's own failure when it cannot tell, and nil when they stand or
 // when identity does not come from the auth endpoint.
-func (s *Sidecar) recheckCredentials(ctx context.Context, c *call, mu mutators.Mutation) *pendingError {
+func (s *core) recheckCredentials(ctx context.Context, c *exchange, mu mutators.Mutation) *pendingError {
 	if !s.parts.Identity.AsksAPI() || c.ViaHeader || c.credentialsRechecked {
 		return nil
 	}
@@ -227,7 +238,7 @@ func (s *Sidecar) recheckCredentials(ctx context.Context, c *call, mu mutators.M
 // error, timeout, open breaker) never is, so an outage never makes the
 // sidecar give up, however long it lasts. Attempts.Count is 0 when nothing
 // was recorded.
-func (s *Sidecar) countAttempt(ctx context.Context, g *store.GroupTx, mu mutators.Mutation, res mutators.Result, v verdict.Verdict) (store.Attempts, bool, error) {
+func (s *core) countAttempt(ctx context.Context, g *store.GroupTx, mu mutators.Mutation, res mutators.Result, v verdict.Verdict) (store.Attempts, bool, error) {
 	if !v.GiveUp || s.cfg.GiveUpAttempts <= 0 {
 		return store.Attempts{}, false, nil
 	}

@@ -28,7 +28,7 @@ const pokeWriteTimeout = 10 * time.Second
 // handlePoke serves a poke stream: Server-Sent Events, one "poke" event
 // whenever the client should pull, a comment as heartbeat. The caller is
 // identified as for push and pull.
-func (s *Sidecar) handlePoke(w http.ResponseWriter, r *http.Request) {
+func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
 	log := s.log.With("endpoint", endpointPoke, "request_id", identity.RequestID(r), "trace_id", w.Header().Get("X-Trace-ID"))
 	fail := func(p *problem.Error) { s.failOther(w, endpointPoke, log, p) }
 	if r.Method != http.MethodGet {
@@ -120,7 +120,7 @@ func (s *Sidecar) handlePoke(w http.ResponseWriter, r *http.Request) {
 // every subscriber, {"users": [...]} those users'. Only with
 // Authorization: Bearer SIDECAR_INVALIDATE_TOKEN; without a configured
 // token the endpoint does not exist.
-func (s *Sidecar) handleInvalidate(w http.ResponseWriter, r *http.Request) {
+func (s *core) handleInvalidate(w http.ResponseWriter, r *http.Request) {
 	log := s.log.With("endpoint", endpointInvalidate, "trace_id", w.Header().Get("X-Trace-ID"))
 	fail := func(p *problem.Error) { s.failOther(w, endpointInvalidate, log, p) }
 	if s.cfg.InvalidateToken == "" {
@@ -174,7 +174,7 @@ func (s *Sidecar) handleInvalidate(w http.ResponseWriter, r *http.Request) {
 }
 
 // notify pokes the subscribers of users (none: everyone), in every replica.
-func (s *Sidecar) notify(log *slog.Logger, source string, users []string) {
+func (s *core) notify(log *slog.Logger, source string, users []string) {
 	s.metrics.pokeNotifications.WithLabelValues(source).Inc()
 	log.Debug("poke", "source", source, "users", users)
 	s.bus.Publish(users)
@@ -184,7 +184,7 @@ func (s *Sidecar) notify(log *slog.Logger, source string, users []string) {
 // subscriber (nil), or the user's own streams. ok is false when nobody is
 // to be poked: under scope user, a write whose user is unknown (a
 // pass-through write without a trusted identity).
-func (s *Sidecar) pokeUsers(user string) (users []string, ok bool) {
+func (s *core) pokeUsers(user string) (users []string, ok bool) {
 	if s.cfg.PokeScope != "user" {
 		return nil, true
 	}

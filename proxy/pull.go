@@ -11,6 +11,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/flight"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/mapping"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
@@ -56,7 +58,7 @@ func (p *pullRequest) validate() *problem.Error {
 // record, issue every merged pull's cookie with the record's change in one
 // round trip (pullLocked, pullBuild) → answer each pull after the commit:
 // a diff from its cookie's version, or a reset (pullanswer.go).
-func (s *Sidecar) handlePull(w http.ResponseWriter, r *http.Request) {
+func (s *puller) handlePull(w http.ResponseWriter, r *http.Request) {
 	var req pullRequest
 	c, ok := s.begin(w, r, endpointPull, &req, s.parts.Upstream.View)
 	if !ok {
@@ -89,7 +91,7 @@ func (s *Sidecar) handlePull(w http.ResponseWriter, r *http.Request) {
 // failPull answers a pull that could not be built: the view's verdict
 // (the upstream suspended or failing, a source that does not fit, the
 // budget), or the bookkeeping's failure.
-func (s *Sidecar) failPull(w http.ResponseWriter, c *call, err error, groupID string) {
+func (s *puller) failPull(w http.ResponseWriter, c *exchange, err error, groupID string) {
 	if errors.Is(err, store.ErrCookieExhausted) {
 		c.log.Warn("the group's cookie cannot grow any further; the client starts over")
 		problem.WriteClientStateNotFound(w)
@@ -107,28 +109,11 @@ func (s *Sidecar) failPull(w http.ResponseWriter, c *call, err error, groupID st
 	s.fail(w, c, v.Problem)
 }
 
-// pullView is what the pulls answered from one fetch share.
-type pullView struct {
-	epoch   string           // the database's
-	group   string           // the group's tag (store.GroupTag)
-	lmids   map[string]int64 // every client of the group
-	entries []clientview.Entry
-	// change is the view compared with the group's record (diff mode);
-	// nil in reset mode.
-	change *store.ViewChange
-}
-
-// pullAnswer is one pull's answer: the shared view, as a reset or as a
-// diff from the version the pull's cookie names.
-type pullAnswer struct {
-	*pullView
-	order int64 // the new cookie's order; 0: the pull's cookie cannot grow
-	diff  bool  // answer the entries changed since version since, not a reset
-	since int64
-	// lost: the cookie names a version of the group's record, or an order,
-	// this database never reached: it went back in time (restored from a
-	// backup). The client must start over.
-	lost bool
+// puller is the pull engine: the shared core, and the fetches running in
+// this process that other pulls may join.
+type puller struct {
+	*core
+	flights flight.Group[pullMeta, *pullRider]
 }
 
 // pullMeta describes a running fetch, for the pulls that may join it
@@ -161,7 +146,7 @@ type pullRider struct {
 // gets its own cookie, issued in the same transaction, strictly increasing
 // for the group, and its own patch: a diff from its own cookie's version of
 // the group's record, or a reset.
-func (s *Sidecar) pull(ctx context.Context, c *call, req *pullRequest) (pullAnswer, error) {
+func (s *puller) pull(ctx context.Context, c *exchange, req *pullRequest) (pullAnswer, error) {
 	gen := s.hub.Generation()
 	rider := &pullRider{cookie: req.cookie}
 	var stopRiding func()
@@ -202,7 +187,7 @@ func (s *Sidecar) pull(ctx context.Context, c *call, req *pullRequest) (pullAnsw
 
 // flightKey: pulls may share a fetch only with the same client group, user
 // and forwarded credentials (a token's scope may narrow what the API shows).
-func (s *Sidecar) flightKey(groupID string, c *call) string {
+func (s *puller) flightKey(groupID string, c *exchange) string {
 	var b strings.Builder
 	b.WriteString(groupID)
 	b.WriteByte(0)
@@ -222,8 +207,8 @@ func (s *Sidecar) flightKey(groupID string, c *call) string {
 // fetched, returns the pulls that joined; each gets its cookie and its
 // patch here too. In diff mode the view is compared with the group's
 // record, and the record's change is written with the cookies.
-func (s *Sidecar) pullLocked(ctx context.Context, c *call, req *pullRequest, seal func() []*pullRider) (pullAnswer, error) {
-	mapping := s.mapping()
+func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, seal func() []*pullRider) (pullAnswer, error) {
+	mp := s.mapping()
 	view := &pullView{}
 	var ans pullAnswer
 	err := s.locked(ctx, req.ClientGroupID, c.User, "", func(g *store.GroupTx) error {
@@ -249,7 +234,7 @@ func (s *Sidecar) pullLocked(ctx context.Context, c *call, req *pullRequest, sea
 				memos = pageMemos(stored)
 			}
 		}
-		b := &pullBuild{s: s, c: c, g: g, req: req, view: view, mapping: mapping, stored: stored, seal: seal,
+		b := &pullBuild{s: s, c: c, g: g, req: req, view: view, mapping: mp, stored: stored, seal: seal,
 			before: before, beforeOrder: beforeOrder}
 		for {
 			retry, err := b.run(ctx, memos)
@@ -289,12 +274,12 @@ func (s *Sidecar) pullLocked(ctx context.Context, c *call, req *pullRequest, sea
 // pullBuild is one pull's view, built under the group's lock: what it
 // needs, and what it works out for every pull answered from it.
 type pullBuild struct {
-	s           *Sidecar
-	c           *call
+	s           *puller
+	c           *exchange
 	g           *store.GroupTx
 	req         *pullRequest
 	view        *pullView
-	mapping     *Mapping
+	mapping     *mapping.Mapping
 	stored      []store.ViewPage
 	seal        func() []*pullRider
 	before      store.ViewRecord
@@ -370,12 +355,12 @@ func (b *pullBuild) run(ctx context.Context, memos map[clientview.PageKey]*clien
 // fetch reads the view, admitted by the view breaker as one unit of work
 // (every page of every source: half-open, the trial is the whole fetch),
 // and reports the verdict's evidence.
-func (s *Sidecar) fetch(ctx context.Context, mapping *Mapping, r clientview.Request) (clientview.Result, error) {
+func (s *puller) fetch(ctx context.Context, m *mapping.Mapping, r clientview.Request) (clientview.Result, error) {
 	ticket, err := s.parts.Upstream.View.Admit()
 	if err != nil {
 		return clientview.Result{}, err
 	}
-	res, err := s.parts.Fetcher.FetchResult(upstream.WithTicket(ctx, ticket), mapping.View, r)
+	res, err := s.parts.Fetcher.FetchResult(upstream.WithTicket(ctx, ticket), m.View, r)
 	if err == nil {
 		ticket.Done(upstream.Evidence{Health: upstream.Healthy})
 		return res, nil
@@ -383,40 +368,4 @@ func (s *Sidecar) fetch(ctx context.Context, mapping *Mapping, r clientview.Requ
 	v, _ := verdict.View(err, "", 0) // no view verdict: no evidence
 	ticket.Done(v.Evidence)
 	return res, err
-}
-
-// classify says how to answer a pull with cookie ck, given the group's
-// record and last cookie order before this pull: a diff from the
-// cookie's version, a reset (neither), or lost: ClientStateNotFound, for a
-// cookie this group was issued by a database that is not this one, or by
-// this one in a history it no longer has (restored from a backup: an order
-// or record version it never reached, or one it reached differently). A
-// cookie issued to another group (a forked group's hand-me-down) is never
-// lost: it gets a reset.
-func (v *pullView) classify(ck store.Cookie, before store.ViewRecord, beforeOrder int64) (lost, diff bool) {
-	ours := ck.Group == v.group
-	switch {
-	case ck.Epoch != "" && ck.Epoch != v.epoch:
-		return ours, false
-	case !ours:
-		return false, false
-	case ck.Order > beforeOrder:
-		return true, false
-	case v.change == nil || ck.Record == 0:
-		return false, false
-	case ck.Record != before.ID, v.change.Foreign(before, ck.Record, ck.Version, ck.Tag):
-		return true, false
-	}
-	return false, v.change.Covers(ck.Record, ck.Version, ck.Tag)
-}
-
-// complete reports whether every entry a would put has its value (entries
-// of pages answered 304 have none).
-func (v *pullView) complete(a pullAnswer) bool {
-	for i, e := range v.entries {
-		if e.Value == nil && (!a.diff || v.change.Versions[i] > a.since) {
-			return false
-		}
-	}
-	return true
 }

@@ -9,13 +9,38 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/replicache-sidecar/replicache-sidecar/clientview"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 )
+
+// pullView is what the pulls answered from one fetch share.
+type pullView struct {
+	epoch   string           // the database's
+	group   string           // the group's tag (store.GroupTag)
+	lmids   map[string]int64 // every client of the group
+	entries []clientview.Entry
+	// change is the view compared with the group's record (diff mode);
+	// nil in reset mode.
+	change *store.ViewChange
+}
+
+// pullAnswer is one pull's answer: the shared view, as a reset or as a
+// diff from the version the pull's cookie names.
+type pullAnswer struct {
+	*pullView
+	order int64 // the new cookie's order; 0: the pull's cookie cannot grow
+	diff  bool  // answer the entries changed since version since, not a reset
+	since int64
+	// lost: the cookie names a version of the group's record, or an order,
+	// this database never reached: it went back in time (restored from a
+	// backup). The client must start over.
+	lost bool
+}
 
 // writePull sends the answer and accounts for it. The body is written as it
 // is encoded: a view is never held twice, once as entries and once as the
 // answer's bytes.
-func (s *Sidecar) writePull(w http.ResponseWriter, c *call, ans pullAnswer) {
+func (s *core) writePull(w http.ResponseWriter, c *exchange, ans pullAnswer) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
@@ -143,4 +168,40 @@ func writeJSONString(b *bufio.Writer, s string) {
 	}
 	q, _ := json.Marshal(s) // a string always encodes
 	b.Write(q)
+}
+
+// classify says how to answer a pull with cookie ck, given the group's
+// record and last cookie order before this pull: a diff from the
+// cookie's version, a reset (neither), or lost: ClientStateNotFound, for a
+// cookie this group was issued by a database that is not this one, or by
+// this one in a history it no longer has (restored from a backup: an order
+// or record version it never reached, or one it reached differently). A
+// cookie issued to another group (a forked group's hand-me-down) is never
+// lost: it gets a reset.
+func (v *pullView) classify(ck store.Cookie, before store.ViewRecord, beforeOrder int64) (lost, diff bool) {
+	ours := ck.Group == v.group
+	switch {
+	case ck.Epoch != "" && ck.Epoch != v.epoch:
+		return ours, false
+	case !ours:
+		return false, false
+	case ck.Order > beforeOrder:
+		return true, false
+	case v.change == nil || ck.Record == 0:
+		return false, false
+	case ck.Record != before.ID, v.change.Foreign(before, ck.Record, ck.Version, ck.Tag):
+		return true, false
+	}
+	return false, v.change.Covers(ck.Record, ck.Version, ck.Tag)
+}
+
+// complete reports whether every entry a would put has its value (entries
+// of pages answered 304 have none).
+func (v *pullView) complete(a pullAnswer) bool {
+	for i, e := range v.entries {
+		if e.Value == nil && (!a.diff || v.change.Versions[i] > a.since) {
+			return false
+		}
+	}
+	return true
 }

@@ -20,7 +20,7 @@ import (
 // addRejections appends an entry per recent rejection of the group's
 // clients, under the reserved prefix, so the app can say why a change was
 // dropped (SIDECAR_EXPOSE_REJECTIONS).
-func (s *Sidecar) addRejections(ctx context.Context, g *store.GroupTx, entries []clientview.Entry) ([]clientview.Entry, error) {
+func (s *core) addRejections(ctx context.Context, g *store.GroupTx, entries []clientview.Entry) ([]clientview.Entry, error) {
 	rs, err := g.RecentRejections(ctx, s.cfg.RejectionTTL)
 	if err != nil {
 		return nil, err
@@ -61,7 +61,7 @@ func pageMemos(stored []store.ViewPage) map[clientview.PageKey]*clientview.PageM
 // full with validators whose answer differs from the stored one are
 // written, pages without validators (or no longer fetched) are forgotten,
 // pages answered 304 stay as they are. It counts the conditional requests.
-func (s *Sidecar) pageWrites(stored []store.ViewPage, fetched []clientview.PageResult) *store.PageWrites {
+func (s *core) pageWrites(stored []store.ViewPage, fetched []clientview.PageResult) *store.PageWrites {
 	old := make(map[store.PageKey]store.ViewPage, len(stored))
 	for _, p := range stored {
 		old[store.PageKey{Source: p.Source, Page: p.Page}] = p

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/replicache-sidecar/replicache-sidecar/mutators"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/mapping"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/verdict"
@@ -68,7 +69,7 @@ type pushStats struct {
 // ones in one transaction holding the group's lock (applyBatch), each one
 // prepared, sent, judged and settled (mutation.go) → rejection records
 // trimmed → the clients that may see the effects poked → the counts.
-func (s *Sidecar) handlePush(w http.ResponseWriter, r *http.Request) {
+func (s *core) handlePush(w http.ResponseWriter, r *http.Request) {
 	var req pushRequest
 	c, ok := s.begin(w, r, endpointPush, &req, nil)
 	if !ok {
@@ -146,14 +147,14 @@ func (s *Sidecar) handlePush(w http.ResponseWriter, r *http.Request) {
 // returned), the time budget runs out or the sidecar drains (early exit),
 // or all are done. known holds the last mutation ids learnt so far, by
 // client.
-func (s *Sidecar) applyAll(ctx context.Context, c *call, req pushRequest, known map[string]int64) (pushStats, error) {
-	mapping := s.mapping() // one mapping for the whole push, even across a reload
+func (s *core) applyAll(ctx context.Context, c *exchange, req pushRequest, known map[string]int64) (pushStats, error) {
+	mp := s.mapping() // one mapping for the whole push, even across a reload
 	var stats pushStats
 	for i := 0; i < len(req.Mutations); {
 		m := req.Mutations[i]
 		if m.ID <= known[m.ClientID] {
 			stats.Duplicate++
-			s.countMutation(mapping, m.Name, verdict.LabelDuplicate)
+			s.countMutation(mp, m.Name, verdict.LabelDuplicate)
 			i++
 			continue
 		}
@@ -175,15 +176,15 @@ func (s *Sidecar) applyAll(ctx context.Context, c *call, req pushRequest, known 
 			if mj.ClientID != m.ClientID || mj.ID <= known[m.ClientID] || (j > i && mj.ID <= req.Mutations[j-1].ID) {
 				break
 			}
-			batch = append(batch, s.prepare(mapping, mutators.Mutation{
+			batch = append(batch, s.prepare(mp, mutators.Mutation{
 				ClientGroupID: req.ClientGroupID, ClientID: mj.ClientID, ID: mj.ID,
 				Name: mj.Name, Args: mj.Args, UserID: c.User,
 			}))
 		}
-		done, stop, err := s.applyBatch(ctx, c, mapping, batch)
+		done, stop, err := s.applyBatch(ctx, c, mp, batch)
 		for _, r := range done {
 			known[m.ClientID] = r.lmid
-			s.countMutation(mapping, r.name, r.label)
+			s.countMutation(mp, r.name, r.label)
 			switch r.label {
 			case verdict.LabelApplied:
 				stats.Applied++
@@ -202,7 +203,7 @@ func (s *Sidecar) applyAll(ctx context.Context, c *call, req pushRequest, known 
 			if errors.As(err, &pend) && pend.counted {
 				// Kept for later (an outage, expired credentials, the
 				// mapping to fix): counted as transient.
-				s.countMutation(mapping, req.Mutations[i].Name, verdict.LabelTransient)
+				s.countMutation(mp, req.Mutations[i].Name, verdict.LabelTransient)
 			}
 			return stats, err
 		}
@@ -234,7 +235,7 @@ const (
 // it honours the key, applies it exactly once; the last mutation id never
 // goes back. From the upstream call on, the work is detached from the
 // client's cancellation so an answered call is always recorded.
-func (s *Sidecar) applyBatch(ctx context.Context, c *call, mapping *Mapping, muts []prepared) (done []settled, stop, err error) {
+func (s *core) applyBatch(ctx context.Context, c *exchange, mp *mapping.Mapping, muts []prepared) (done []settled, stop, err error) {
 	first := muts[0].mu
 	pruned := 0
 	err = s.locked(ctx, first.ClientGroupID, first.UserID, first.ClientID, func(g *store.GroupTx) error {
@@ -245,7 +246,7 @@ func (s *Sidecar) applyBatch(ctx context.Context, c *call, mapping *Mapping, mut
 				s.draining.Load() || ctx.Err() != nil) {
 				return nil // the rest goes in the next transaction, if any
 			}
-			r, err := s.applyOne(ctx, c, mapping, g, p)
+			r, err := s.applyOne(ctx, c, mp, g, p)
 			if err != nil {
 				// A mutation that comes early, or a client that is not
 				// (or no longer) the group's, is found before anything of
@@ -279,19 +280,9 @@ func (s *Sidecar) applyBatch(ctx context.Context, c *call, mapping *Mapping, mut
 	return done, stop, nil
 }
 
-// gapError: a mutation arrived before the one the client owes us next.
-type gapError struct {
-	clientID           string
-	expected, received int64
-}
-
-func (e *gapError) Error() string {
-	return fmt.Sprintf("client %s: expected mutation %d, received %d", e.clientID, e.expected, e.received)
-}
-
 // countPruned reports the idle clients a transaction pruned to make room
 // under SIDECAR_MAX_CLIENTS_PER_GROUP.
-func (s *Sidecar) countPruned(c *call, pruned int) {
+func (s *core) countPruned(c *exchange, pruned int) {
 	if pruned > 0 {
 		s.metrics.pruned.WithLabelValues(prunedClients).Add(float64(pruned))
 		c.log.Info("pruned idle clients to stay under SIDECAR_MAX_CLIENTS_PER_GROUP", "pruned", pruned)
@@ -301,7 +292,7 @@ func (s *Sidecar) countPruned(c *call, pruned int) {
 // trimRejections keeps the group's rejection records within
 // SIDECAR_MAX_REJECTIONS_PER_GROUP and SIDECAR_REJECTION_TTL once a push
 // that recorded some ends. A failure is logged, never the push's answer.
-func (s *Sidecar) trimRejections(ctx context.Context, c *call, groupID string) {
+func (s *core) trimRejections(ctx context.Context, c *exchange, groupID string) {
 	var deleted int64
 	dctx := context.WithoutCancel(ctx)
 	err := s.locked(dctx, groupID, c.User, "", func(g *store.GroupTx) error {
@@ -318,8 +309,8 @@ func (s *Sidecar) trimRejections(ctx context.Context, c *call, groupID string) {
 	}
 }
 
-func (s *Sidecar) countMutation(mapping *Mapping, name, label string) {
-	if !mapping.Mutators.Has(name) {
+func (s *core) countMutation(mp *mapping.Mapping, name, label string) {
+	if !mp.Mutators.Has(name) {
 		name = unmappedMutator
 	}
 	s.metrics.mutations.WithLabelValues(name, label).Inc()

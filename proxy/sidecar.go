@@ -3,26 +3,28 @@ package proxy
 import (
 	"cmp"
 	"context"
-	"errors"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/replicache-sidecar/replicache-sidecar/clientview"
-	"github.com/replicache-sidecar/replicache-sidecar/mutators"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
-	"github.com/replicache-sidecar/replicache-sidecar/proxy/flight"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/compress"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/gate"
-	"github.com/replicache-sidecar/replicache-sidecar/proxy/identity"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/passthrough"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/poke"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
-	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/tracing"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/verdict"
 )
 
@@ -44,71 +46,12 @@ type Options struct {
 // Sidecar serves Replicache push and pull for one legacy upstream and passes
 // every other request through to it. It is safe for concurrent use.
 type Sidecar struct {
-	cfg     Config
-	log     *slog.Logger
-	tracer  trace.Tracer // nil: no spans
-	version string
-	store   *store.Store
-	parts   Parts
-	metrics *metrics
-	report  *verdict.Reporter
-	budget  *budget.Budget // request and view bytes in flight
-	turns   *gate.Gate     // client groups' turns, before a connection
-	flights flight.Group[pullMeta, *pullRider]
-
+	*core
+	pulls       *puller
 	passthrough http.Handler
-	gzip        gzipWriters // for compressed answers
-	hub         *poke.Hub   // this process's poke streams
-	bus         *poke.Bus   // pokes between replicas
-
-	current  atomic.Pointer[Mapping]
-	secret   atomic.Pointer[[]byte] // the idempotency keys' HMAC secret, once migrated
-	migrated atomic.Bool
-	draining atomic.Bool
+	gzip        compress.Pool // for compressed answers
 	// stopPokes ends the poke bus Run started (Shutdown calls it last).
 	stopPokes atomic.Pointer[context.CancelFunc]
-}
-
-// Parts are what talks to the upstream: one client per kind of call (each
-// with its breaker), the mutation sender, the view fetcher and the identity
-// edge. The server and `replicache-sidecar check` build them with
-// Config.Parts, so the two cannot drift apart.
-type Parts struct {
-	Upstream *upstream.Upstream
-	Sender   *mutators.Client
-	Fetcher  *clientview.Fetcher
-	Identity *identity.Edge
-}
-
-// PartsOptions say how to build Parts beyond the Config.
-type PartsOptions struct {
-	Registerer prometheus.Registerer
-	Tracer     trace.Tracer      // nil: no spans
-	Logger     *slog.Logger      // nil: discarded
-	Reporter   *verdict.Reporter // nil: mapping errors are not counted
-	// NoBreakers: every answer reaches the caller (check must see them).
-	NoBreakers bool
-}
-
-// Parts builds the upstream parts c describes.
-func (c Config) Parts(o PartsOptions) Parts {
-	bs := upstream.BreakerSettings{Failures: c.BreakerFailures, OpenTimeout: c.BreakerOpenTimeout, HalfOpenRequests: c.BreakerHalfOpenRequests}
-	if o.NoBreakers {
-		bs = upstream.BreakerSettings{OpenTimeout: time.Second}
-	}
-	up := upstream.New(upstream.Options{Base: c.Upstream, Timeout: c.UpstreamTimeout, Breaker: bs,
-		Registerer: o.Registerer, Namespace: namespace, Tracer: o.Tracer})
-	return Parts{
-		Upstream: up,
-		Sender:   mutators.NewClient(mutators.ClientOptions{Base: c.Upstream, Upstream: up.Mutation, IdempotencyHeader: c.IdempotencyHeader}),
-		Fetcher: clientview.NewFetcher(clientview.FetcherOptions{Base: c.Upstream, Upstream: up.View,
-			MaxBodyBytes: c.MaxUpstreamBodyBytes, Logger: o.Logger}),
-		Identity: identity.New(identity.Options{
-			UserIDHeader: c.UserIDHeader, TrustedProxies: c.TrustedNets, AuthPath: c.AuthPath, AuthMethod: c.AuthMethod,
-			AuthUserField: c.AuthUserField, ForwardHeaders: c.ForwardHeaders, CORSOrigins: c.CORSOrigins,
-			Base: c.Upstream, Auth: up.Auth, Reporter: o.Reporter,
-		}),
-	}
 }
 
 // New builds a Sidecar. Run it (or call Migrate) before pushes and pulls
@@ -121,7 +64,7 @@ func New(o Options) *Sidecar {
 	m.buildInfo(cmp.Or(o.Version, "dev"), o.Revision)
 	o.Registerer.MustRegister(store.NewPoolCollector(o.Pool, namespace))
 	report := verdict.NewReporter(m.mappingErrors, o.Logger)
-	s := &Sidecar{
+	c := &core{
 		cfg:     cfg,
 		log:     o.Logger,
 		tracer:  o.Tracer,
@@ -136,70 +79,25 @@ func New(o Options) *Sidecar {
 		budget:  mem,
 		turns:   turns,
 	}
-	s.hub = poke.NewHub(cfg.PokeMaxSubscribers, cfg.PokeCoalesce)
-	s.bus = poke.NewBus(s.hub, o.Pool, cfg.DBSchema, o.Logger)
-	m.pokeSubscribers(s.hub.Count)
-	s.passthrough = newPassthrough(passthroughOptions{
-		base: cfg.Upstream, transport: s.parts.Upstream.Passthrough, log: o.Logger, retryAfter: s.parts.Upstream.RetryAfter(),
-		identityHeader: cfg.UserIDHeader, identity: s.parts.Identity,
-		keepHost: cfg.PassthroughHost == "incoming", deny: cfg.PassthroughDeny,
-		onWrite: func(user string) {
-			if users, ok := s.pokeUsers(user); ok {
-				s.notify(s.log.With("endpoint", endpointProxy), "passthrough", users)
-			}
-		},
-	})
-	s.useMapping(cfg.Mapping)
-	return s
-}
-
-// touchInterval is how often a push notes its group's last use: hourly, or
-// more often when idle groups are deleted sooner than in a day.
-func touchInterval(ttl time.Duration) time.Duration {
-	if ttl <= 0 {
-		return time.Hour
+	c.hub = poke.NewHub(cfg.PokeMaxSubscribers, cfg.PokeCoalesce)
+	c.bus = poke.NewBus(c.hub, o.Pool, cfg.DBSchema, o.Logger)
+	m.pokeSubscribers(c.hub.Count)
+	c.useMapping(cfg.Mapping)
+	return &Sidecar{
+		core:  c,
+		pulls: &puller{core: c},
+		passthrough: passthrough.New(passthrough.Options{
+			Base: cfg.Upstream, Transport: c.parts.Upstream.Passthrough, Log: o.Logger,
+			Suspended:      verdict.Suspended(c.parts.Upstream.RetryAfter()),
+			IdentityHeader: cfg.UserIDHeader, Trusted: c.parts.Identity.Trusted,
+			KeepHost: cfg.PassthroughHost == "incoming", Deny: cfg.PassthroughDeny,
+			OnWrite: func(user string) {
+				if users, ok := c.pokeUsers(user); ok {
+					c.notify(c.log.With("endpoint", endpointProxy), pokeFromPassthrough, users)
+				}
+			},
+		}),
 	}
-	return min(time.Hour, ttl/24)
-}
-
-// budgetWait is how long a push or pull waits for room in the in-flight
-// budget before it answers 503: long enough to ride out a burst of large
-// pulls, short enough that the client's retry is the better wait.
-const budgetWait = time.Second
-
-// mapping is the mapping of new requests; a request keeps the one it
-// started with.
-func (s *Sidecar) mapping() *Mapping { return s.current.Load() }
-
-// useMapping makes m the mapping of new requests.
-func (s *Sidecar) useMapping(m *Mapping) {
-	if old := s.current.Swap(m); old != nil {
-		s.metrics.mappingInfo.DeleteLabelValues(old.Hash)
-	}
-	s.metrics.mappingInfo.WithLabelValues(m.Hash).Set(1)
-	s.metrics.precreateMutators(m.Mutators.Names())
-}
-
-// locked runs fn holding the client group's lock (store.Locked, or
-// LockedClient when clientID is set), after waiting for the group's turn in
-// this process without a connection. A full queue answers gate.ErrBusy at
-// once; a turn that does not come within SIDECAR_DB_LOCK_TIMEOUT ends the
-// same way.
-func (s *Sidecar) locked(ctx context.Context, groupID, userID, clientID string, fn func(g *store.GroupTx) error) error {
-	wctx, cancel := context.WithTimeout(ctx, s.cfg.DBLockTimeout)
-	release, err := s.turns.Enter(wctx, groupID)
-	cancel()
-	if err != nil {
-		if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
-			return gate.ErrBusy
-		}
-		return err
-	}
-	defer release()
-	if clientID != "" {
-		return s.store.LockedClient(ctx, groupID, userID, clientID, fn)
-	}
-	return s.store.Locked(ctx, groupID, userID, fn)
 }
 
 // NewHTTPServer returns an http.Server for h with every timeout set.
@@ -222,4 +120,113 @@ func NewHTTPServer(h http.Handler, readTimeout, writeTimeout time.Duration) *htt
 		IdleTimeout:    120 * time.Second,
 		MaxHeaderBytes: 64 << 10,
 	}
+}
+
+// Handler returns the public handler: push, pull, poke streams, the
+// invalidate hook, and the pass-through for everything else. Every request
+// gets its trace context here, before any handler runs.
+func (s *Sidecar) Handler() http.Handler {
+	push := s.metrics.instrument(endpointPush, s.cors(postOnly(s.gzip.Handler(http.HandlerFunc(s.handlePush)))))
+	pull := s.metrics.instrument(endpointPull, s.cors(postOnly(s.gzip.Handler(http.HandlerFunc(s.pulls.handlePull)))))
+	pass := s.metrics.instrument(endpointProxy, s.passthrough)
+	pokes := s.metrics.instrument(endpointPoke, s.cors(http.HandlerFunc(s.handlePoke)))
+	invalidate := s.metrics.instrument(endpointInvalidate, http.HandlerFunc(s.handleInvalidate))
+	// A push may run for its time budget plus one upstream call, a pull for
+	// a few upstream calls; the answer must still get out after that.
+	writeWindow := s.cfg.PushTimeBudget + 2*s.cfg.UpstreamTimeout + 10*time.Second
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tc := s.parts.Identity.Trace(r)
+		if s.tracer != nil {
+			ctx, span := tracing.StartServerSpan(r.Context(), s.tracer, &tc, "replicache "+s.endpointOf(r.URL.Path),
+				attribute.String("http.request.method", r.Method), attribute.String("url.path", r.URL.Path))
+			sw := &statusWriter{ResponseWriter: w}
+			r, w = r.WithContext(ctx), sw
+			defer func() {
+				if sw.status != 0 {
+					span.SetAttributes(attribute.Int("http.response.status_code", sw.status))
+				}
+				if sw.status >= 500 {
+					span.SetStatus(codes.Error, http.StatusText(sw.status))
+				}
+				span.End()
+			}()
+		}
+		r = r.WithContext(tracing.With(r.Context(), tc))
+		if s.endpointOf(r.URL.Path) != endpointProxy {
+			// The sidecar's own answers name the trace (error bodies too);
+			// a passed-through answer is the API's.
+			w.Header().Set("X-Trace-ID", tc.TraceID)
+		}
+		switch r.URL.Path {
+		case s.cfg.PushPath:
+			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeWindow))
+			push.ServeHTTP(w, r)
+		case s.cfg.PullPath:
+			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeWindow))
+			pull.ServeHTTP(w, r)
+		case s.cfg.PokePath:
+			pokes.ServeHTTP(w, r) // a stream: no write window; each event has its own deadline
+		case s.cfg.InvalidatePath:
+			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeWindow))
+			invalidate.ServeHTTP(w, r)
+		default:
+			pass.ServeHTTP(w, r)
+		}
+	})
+}
+
+// endpoint names what path serves: push, pull, poke, invalidate, or proxy
+// (the pass-through).
+func (s *Sidecar) endpointOf(path string) string {
+	switch path {
+	case s.cfg.PushPath:
+		return endpointPush
+	case s.cfg.PullPath:
+		return endpointPull
+	case s.cfg.PokePath:
+		return endpointPoke
+	case s.cfg.InvalidatePath:
+		return endpointInvalidate
+	}
+	return endpointProxy
+}
+
+// AdminHandler returns the admin handler: /healthz (the process is alive),
+// /readyz (database reachable, migrations applied, not draining) and
+// /metrics (everything g gathers), and with SIDECAR_PPROF Go's profiles
+// under /debug/pprof/.
+func (s *Sidecar) AdminHandler(g prometheus.Gatherer) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		problem.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		notReady := func(reason string) {
+			problem.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": reason})
+		}
+		switch {
+		case s.draining.Load():
+			notReady("shutting down")
+			return
+		case !s.migrated.Load():
+			notReady("database schema not migrated yet")
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := s.store.Ready(ctx); err != nil {
+			notReady("database: " + err.Error())
+			return
+		}
+		problem.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	if s.cfg.Pprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
+	return mux
 }

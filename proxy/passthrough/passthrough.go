@@ -1,4 +1,11 @@
-package proxy
+// Package passthrough sends every request that is not the sidecar's own
+// (push, pull, poke, invalidate) to the legacy API and streams the answer
+// back: method, cleaned path, query, headers and body. What the API learns
+// of the client depends on who the peer is (Options.Trusted): from a
+// trusted proxy its forwarding headers are kept and the peer appended to
+// X-Forwarded-For; from anyone else they are replaced by what the
+// connection says, and the identity header is removed.
+package passthrough
 
 import (
 	"context"
@@ -10,69 +17,65 @@ import (
 	"net/url"
 	"strings"
 
-	"github.com/replicache-sidecar/replicache-sidecar/proxy/identity"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/tracing"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
-	"github.com/replicache-sidecar/replicache-sidecar/proxy/verdict"
 )
 
-// passthroughOptions configure the pass-through.
-type passthroughOptions struct {
-	base       *url.URL
-	transport  http.RoundTripper
-	log        *slog.Logger
-	retryAfter int
-	// identityHeader (when set) is removed from requests that do not come
+// Options configure the pass-through.
+type Options struct {
+	Base      *url.URL
+	Transport http.RoundTripper // upstream.Upstream.Passthrough: its breaker counts only failing to reach the API
+	Log       *slog.Logger
+	// Suspended answers a request refused by the open breaker.
+	Suspended *problem.Error
+	// IdentityHeader (when set) is removed from requests that do not come
 	// from a trusted proxy, so nobody can claim an identity to the legacy
 	// service through the sidecar.
-	identityHeader string
-	identity       *identity.Edge // who is a trusted proxy
-	// keepHost sends the incoming Host on (SIDECAR_PASSTHROUGH_HOST=incoming).
-	keepHost bool
-	// deny are path prefixes answered 404 without an upstream call.
-	deny []string
-	// onWrite, when set, is called after a write (POST, PUT, PATCH, DELETE)
+	IdentityHeader string
+	// Trusted says whether a peer (host:port) is a trusted proxy; the
+	// identity edge decides it (identity.Edge.Trusted).
+	Trusted func(remoteAddr string) bool
+	// KeepHost sends the incoming Host on (SIDECAR_PASSTHROUGH_HOST=incoming).
+	KeepHost bool
+	// Deny are path prefixes answered 404 without an upstream call.
+	Deny []string
+	// OnWrite, when set, is called after a write (POST, PUT, PATCH, DELETE)
 	// the upstream answered 2xx, with the identity header's value when it
 	// came from a trusted proxy ("" otherwise).
-	onWrite func(user string)
+	OnWrite func(user string)
 }
 
-// newPassthrough returns the handler for every request that is not a push or
-// pull: it goes to the upstream (method, cleaned path, query, headers, body)
-// and the answer streams back. What the legacy service learns of the
-// client is decided by the peer: from a trusted proxy the forwarding
-// headers it set are kept and the peer is appended to X-Forwarded-For; from
-// anyone else they are replaced by what the connection says.
-func newPassthrough(o passthroughOptions) http.Handler {
+// New returns the pass-through handler.
+func New(o Options) http.Handler {
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			in, out := pr.In, pr.Out
 			out.URL.Path, out.URL.RawPath = in.URL.Path, in.URL.RawPath // cleaned by the handler below
-			pr.SetURL(o.base)
-			trusted := o.identity.Trusted(in.RemoteAddr)
+			pr.SetURL(o.Base)
+			trusted := o.Trusted(in.RemoteAddr)
 			forwarded(in, out, trusted)
-			if o.identityHeader != "" && !trusted {
-				out.Header.Del(o.identityHeader)
+			if o.IdentityHeader != "" && !trusted {
+				out.Header.Del(o.IdentityHeader)
 			}
-			if o.keepHost {
+			if o.KeepHost {
 				out.Host = in.Host
 			}
 			tracing.SetHeaders(in.Context(), out.Header)
 		},
-		Transport: o.transport,
+		Transport: o.Transport,
 		ModifyResponse: func(resp *http.Response) error {
-			if o.onWrite == nil || resp.StatusCode < 200 || resp.StatusCode > 299 {
+			if o.OnWrite == nil || resp.StatusCode < 200 || resp.StatusCode > 299 {
 				return nil
 			}
 			switch resp.Request.Method {
 			case http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
 				user := ""
-				if o.identityHeader != "" {
+				if o.IdentityHeader != "" {
 					// Rewrite dropped it unless a trusted proxy set it.
-					user = resp.Request.Header.Get(o.identityHeader)
+					user = resp.Request.Header.Get(o.IdentityHeader)
 				}
-				o.onWrite(user)
+				o.OnWrite(user)
 			}
 			return nil
 		},
@@ -83,20 +86,20 @@ func newPassthrough(o passthroughOptions) http.Handler {
 				return
 			}
 			if errors.Is(err, upstream.ErrCircuitOpen) {
-				failTraced(w, r, verdict.Suspended(o.retryAfter))
+				failTraced(w, r, o.Suspended)
 				return
 			}
-			o.log.Warn("pass-through failed", "method", r.Method, "path", r.URL.Path, "error", err, "trace_id", tracing.IDOf(r.Context()))
+			o.Log.Warn("pass-through failed", "method", r.Method, "path", r.URL.Path, "error", err, "trace_id", tracing.IDOf(r.Context()))
 			failTraced(w, r, problem.Errorf(http.StatusBadGateway, problem.BadGateway, "the upstream service could not be reached"))
 		},
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		clean, ok := cleanPath(r.URL.EscapedPath())
+		clean, ok := CleanPath(r.URL.EscapedPath())
 		if !ok {
 			failTraced(w, r, problem.Errorf(http.StatusBadRequest, problem.BadRequest, "the path leaves the service's root"))
 			return
 		}
-		for _, p := range o.deny {
+		for _, p := range o.Deny {
 			if clean == p || strings.HasPrefix(clean, p+"/") {
 				failTraced(w, r, problem.Errorf(http.StatusNotFound, problem.NotFound, "no such route"))
 				return
@@ -112,12 +115,12 @@ func newPassthrough(o passthroughOptions) http.Handler {
 	})
 }
 
-// cleanPath resolves "." and ".." segments and repeated slashes of an
+// CleanPath resolves "." and ".." segments and repeated slashes of an
 // escaped path, their percent-encoded spellings (%2e, %2f) included, so the
 // path the upstream sees is the one the deny list judged and it cannot climb
 // out of the upstream URL's prefix. ok is false when it would climb above
 // the root. A path with nothing to resolve comes back unchanged.
-func cleanPath(escaped string) (string, bool) {
+func CleanPath(escaped string) (string, bool) {
 	lower := strings.ToLower(escaped)
 	if !strings.Contains(lower, "/.") && !strings.Contains(lower, "//") && !strings.Contains(lower, "%2e") && !strings.Contains(lower, "%2f") {
 		return escaped, true

@@ -1,4 +1,8 @@
-package proxy
+// Package compress answers gzip-encoded when the client accepts it: the
+// push and pull answers (JSON views compress about ten times). Bodies
+// under 1 KiB go out as they are; every answer says Vary: Accept-Encoding.
+// A Pool is safe for concurrent use; a Writer is one answer's.
+package compress
 
 import (
 	"compress/gzip"
@@ -16,11 +20,11 @@ const minCompressBytes = 1024
 // faster than the default level, which gains a few percent more.
 const gzipLevel = gzip.BestSpeed
 
-// gzipWriters keeps gzip writers (each holds its compressor's tables,
-// hundreds of KiB) for reuse across answers.
-type gzipWriters struct{ pool sync.Pool }
+// Pool keeps gzip writers (each holds its compressor's tables, hundreds of
+// KiB) for reuse across answers. Its zero value is ready.
+type Pool struct{ pool sync.Pool }
 
-func (p *gzipWriters) get(w http.ResponseWriter) *gzip.Writer {
+func (p *Pool) get(w http.ResponseWriter) *gzip.Writer {
 	if gz, ok := p.pool.Get().(*gzip.Writer); ok {
 		gz.Reset(w)
 		return gz
@@ -29,20 +33,20 @@ func (p *gzipWriters) get(w http.ResponseWriter) *gzip.Writer {
 	return gz
 }
 
-func (p *gzipWriters) put(gz *gzip.Writer) { p.pool.Put(gz) }
+func (p *Pool) put(gz *gzip.Writer) { p.pool.Put(gz) }
 
-// compressed answers h's responses gzip-encoded when the request accepts
+// Handler answers h's responses gzip-encoded when the request accepts
 // gzip and the body reaches minCompressBytes; every answer says
 // Vary: Accept-Encoding.
-func (s *Sidecar) compressed(h http.Handler) http.Handler {
+func (p *Pool) Handler(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Add("Vary", "Accept-Encoding")
 		if !acceptsGzip(r.Header.Values("Accept-Encoding")) {
 			h.ServeHTTP(w, r)
 			return
 		}
-		cw := &compressWriter{ResponseWriter: w, pool: &s.gzip, status: http.StatusOK}
-		defer cw.finish()
+		cw := p.Writer(w)
+		defer cw.Finish()
 		h.ServeHTTP(cw, r)
 	})
 }
@@ -71,24 +75,29 @@ func acceptsGzip(values []string) bool {
 	return star
 }
 
-// compressWriter holds back the status and the first minCompressBytes of
-// the body; then it knows whether to compress, and sends the headers.
-type compressWriter struct {
+// Writer returns a writer compressing one answer to w; Finish ends it.
+func (p *Pool) Writer(w http.ResponseWriter) *Writer {
+	return &Writer{ResponseWriter: w, pool: p, status: http.StatusOK}
+}
+
+// Writer holds back the status and the first minCompressBytes of the
+// body; then it knows whether to compress, and sends the headers.
+type Writer struct {
 	http.ResponseWriter
-	pool    *gzipWriters
+	pool    *Pool
 	status  int
 	buf     []byte
 	started bool
 	gz      *gzip.Writer
 }
 
-func (c *compressWriter) WriteHeader(status int) {
+func (c *Writer) WriteHeader(status int) {
 	if !c.started {
 		c.status = status
 	}
 }
 
-func (c *compressWriter) Write(p []byte) (int, error) {
+func (c *Writer) Write(p []byte) (int, error) {
 	if !c.started {
 		if len(c.buf)+len(p) < minCompressBytes {
 			c.buf = append(c.buf, p...)
@@ -105,7 +114,7 @@ func (c *compressWriter) Write(p []byte) (int, error) {
 }
 
 // start sends the headers, compressed or not, and what was held back.
-func (c *compressWriter) start(compress bool) error {
+func (c *Writer) start(compress bool) error {
 	c.started = true
 	if compress && c.status != http.StatusNoContent && c.status != http.StatusNotModified {
 		c.Header().Set("Content-Encoding", "gzip")
@@ -127,9 +136,9 @@ func (c *compressWriter) start(compress bool) error {
 	return err
 }
 
-// finish sends what is held back (a short body goes out as it is) and
+// Finish sends what is held back (a short body goes out as it is) and
 // ends the gzip stream.
-func (c *compressWriter) finish() {
+func (c *Writer) Finish() {
 	if !c.started {
 		_ = c.start(false)
 	}
@@ -141,4 +150,4 @@ func (c *compressWriter) finish() {
 }
 
 // Unwrap lets http.ResponseController reach the connection (deadlines).
-func (c *compressWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
+func (c *Writer) Unwrap() http.ResponseWriter { return c.ResponseWriter }

@@ -1,0 +1,158 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/replicache-sidecar/replicache-sidecar/clientview"
+	"github.com/replicache-sidecar/replicache-sidecar/mutators"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/gate"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/identity"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/mapping"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/poke"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/verdict"
+)
+
+// core is what the engines share: the configuration, the bookkeeping, the
+// upstream parts, the metrics and the process-wide budgets. The HTTP edge
+// (edge.go), the push engine (push.go, mutation.go), the pull engine
+// (pull*.go) and the poke streams (pokes.go) are its methods; Sidecar
+// (sidecar.go) composes them into handlers, and lifecycle.go runs it.
+type core struct {
+	cfg     Config
+	log     *slog.Logger
+	tracer  trace.Tracer // nil: no spans
+	version string
+	store   *store.Store
+	parts   Parts
+	metrics *metrics
+	report  *verdict.Reporter
+	budget  *budget.Budget // request and view bytes in flight
+	turns   *gate.Gate     // client groups' turns, before a connection
+	hub     *poke.Hub      // this process's poke streams
+	bus     *poke.Bus      // pokes between replicas
+
+	current  atomic.Pointer[mapping.Mapping]
+	secret   atomic.Pointer[[]byte] // the idempotency keys' HMAC secret, once migrated
+	migrated atomic.Bool
+	draining atomic.Bool
+}
+
+// touchInterval is how often a push notes its group's last use: hourly, or
+// more often when idle groups are deleted sooner than in a day.
+func touchInterval(ttl time.Duration) time.Duration {
+	if ttl <= 0 {
+		return time.Hour
+	}
+	return min(time.Hour, ttl/24)
+}
+
+// budgetWait is how long a push or pull waits for room in the in-flight
+// budget before it answers 503: long enough to ride out a burst of large
+// pulls, short enough that the client's retry is the better wait.
+const budgetWait = time.Second
+
+// mapping is the mapping of new requests; a request keeps the one it
+// started with.
+func (s *core) mapping() *mapping.Mapping { return s.current.Load() }
+
+// useMapping makes m the mapping of new requests.
+func (s *core) useMapping(m *mapping.Mapping) {
+	if old := s.current.Swap(m); old != nil {
+		s.metrics.mappingInfo.DeleteLabelValues(old.Hash)
+	}
+	s.metrics.mappingInfo.WithLabelValues(m.Hash).Set(1)
+	s.metrics.precreateMutators(m.Mutators.Names())
+}
+
+// locked runs fn holding the client group's lock (store.Locked, or
+// LockedClient when clientID is set), after waiting for the group's turn in
+// this process without a connection. A full queue answers gate.ErrBusy at
+// once; a turn that does not come within SIDECAR_DB_LOCK_TIMEOUT ends the
+// same way.
+func (s *core) locked(ctx context.Context, groupID, userID, clientID string, fn func(g *store.GroupTx) error) error {
+	wctx, cancel := context.WithTimeout(ctx, s.cfg.DBLockTimeout)
+	release, err := s.turns.Enter(wctx, groupID)
+	cancel()
+	if err != nil {
+		if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			return gate.ErrBusy
+		}
+		return err
+	}
+	defer release()
+	if clientID != "" {
+		return s.store.LockedClient(ctx, groupID, userID, clientID, fn)
+	}
+	return s.store.Locked(ctx, groupID, userID, fn)
+}
+
+// checkServing refuses pushes and pulls while the sidecar drains, and
+// before its schema is migrated.
+func (s *core) checkServing() *problem.Error {
+	switch {
+	case s.draining.Load():
+		return problem.Unavailable(problem.ShuttingDown, 1, "the sidecar is shutting down; retry")
+	case !s.migrated.Load():
+		return problem.Unavailable(problem.Starting, 1, "the sidecar's database schema is not ready yet; retry")
+	}
+	return nil
+}
+
+// Drain makes readiness fail and new pushes and pulls answer 503, so the
+// load balancer stops sending traffic before the listeners close. Poke
+// streams go on until the servers shut down.
+func (s *core) Drain() { s.draining.Store(true) }
+
+// Parts are what talks to the upstream: one client per kind of call (each
+// with its breaker), the mutation sender, the view fetcher and the identity
+// edge. The server and `replicache-sidecar check` build them with
+// Config.Parts, so the two cannot drift apart.
+type Parts struct {
+	Upstream *upstream.Upstream
+	Sender   *mutators.Client
+	Fetcher  *clientview.Fetcher
+	Identity *identity.Edge
+}
+
+// PartsOptions say how to build Parts beyond the Config.
+type PartsOptions struct {
+	Registerer prometheus.Registerer
+	Tracer     trace.Tracer      // nil: no spans
+	Logger     *slog.Logger      // nil: discarded
+	Reporter   *verdict.Reporter // nil: mapping errors are not counted
+	// NoBreakers: every answer reaches the caller (check must see them).
+	NoBreakers bool
+}
+
+// Parts builds the upstream parts c describes.
+func (c Config) Parts(o PartsOptions) Parts {
+	bs := upstream.BreakerSettings{Failures: c.BreakerFailures, OpenTimeout: c.BreakerOpenTimeout, HalfOpenRequests: c.BreakerHalfOpenRequests}
+	if o.NoBreakers {
+		bs = upstream.BreakerSettings{OpenTimeout: time.Second}
+	}
+	up := upstream.New(upstream.Options{Base: c.Upstream, Timeout: c.UpstreamTimeout, Breaker: bs,
+		Registerer: o.Registerer, Namespace: namespace, Tracer: o.Tracer})
+	return Parts{
+		Upstream: up,
+		Sender:   mutators.NewClient(mutators.ClientOptions{Base: c.Upstream, Upstream: up.Mutation, IdempotencyHeader: c.IdempotencyHeader}),
+		Fetcher: clientview.NewFetcher(clientview.FetcherOptions{Base: c.Upstream, Upstream: up.View,
+			MaxBodyBytes: c.MaxUpstreamBodyBytes, Logger: o.Logger}),
+		Identity: identity.New(identity.Options{
+			UserIDHeader: c.UserIDHeader, TrustedProxies: c.TrustedNets, AuthPath: c.AuthPath, AuthMethod: c.AuthMethod,
+			AuthUserField: c.AuthUserField, ForwardHeaders: c.ForwardHeaders, CORSOrigins: c.CORSOrigins,
+			Base: c.Upstream, Auth: up.Auth, Reporter: o.Reporter,
+		}),
+	}
+}

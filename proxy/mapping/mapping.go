@@ -1,0 +1,96 @@
+// Package mapping loads the mapping file: how each mutator becomes an API
+// call (package mutators) and which GET endpoints make up the client view
+// (package clientview). A Mapping is compiled once and is immutable, so a
+// reload swaps a whole new one in while running requests keep theirs.
+package mapping
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/replicache-sidecar/replicache-sidecar/clientview"
+	"github.com/replicache-sidecar/replicache-sidecar/mutators"
+)
+
+// fileFormat is the mapping file's format. Unknown fields are refused so a
+// typo fails at start instead of silently mapping nothing.
+type fileFormat struct {
+	Mutators   map[string]mutators.Spec `json:"mutators"`
+	ClientView []clientview.Source      `json:"clientView"`
+}
+
+// Mapping is a loaded, compiled mapping file. It is immutable.
+type Mapping struct {
+	Mutators *mutators.Set
+	View     *clientview.View
+	// Hash is the SHA-256 of the file's bytes, to tell versions apart.
+	Hash string
+}
+
+// maxMappingBytes bounds the mapping file; real ones are a few kilobytes.
+const maxMappingBytes = 4 << 20
+
+// Load reads and compiles the mapping file at path. The error lists
+// every problem found.
+func Load(path string) (*Mapping, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading mapping: %w", err)
+	}
+	return Parse(raw)
+}
+
+// Parse compiles a mapping file's bytes: JSON, or YAML when the
+// content does not start with "{".
+func Parse(raw []byte) (*Mapping, error) {
+	if len(raw) > maxMappingBytes {
+		return nil, fmt.Errorf("mapping is larger than %d bytes", maxMappingBytes)
+	}
+	doc := raw
+	if trimmed := bytes.TrimSpace(raw); len(trimmed) > 0 && trimmed[0] != '{' {
+		var err error
+		if doc, err = yamlToJSON(raw); err != nil {
+			return nil, fmt.Errorf("mapping is not valid YAML: %w", err)
+		}
+	}
+	var f fileFormat
+	dec := json.NewDecoder(bytes.NewReader(doc))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("mapping is not valid: %w", err)
+	}
+	var errs []error
+	if len(f.Mutators) == 0 && len(f.ClientView) == 0 {
+		errs = append(errs, errors.New("mapping has neither mutators nor clientView"))
+	}
+	muts, err := mutators.Compile(f.Mutators)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	view, err := clientview.Compile(f.ClientView)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	sum := sha256.Sum256(raw)
+	return &Mapping{Mutators: muts, View: view, Hash: hex.EncodeToString(sum[:])}, nil
+}
+
+// yamlToJSON re-encodes a YAML document as JSON, so one strict decoder
+// checks both formats.
+func yamlToJSON(raw []byte) ([]byte, error) {
+	var v any
+	if err := yaml.Unmarshal(raw, &v); err != nil {
+		return nil, err
+	}
+	return json.Marshal(v)
+}
