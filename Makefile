@@ -36,7 +36,7 @@ test: test-go test-e2e
 ## input, fuzz seeds, promtool), with the race detector, against a real Postgres; the
 ## proxy's once more with span recording on; short runs of the benchmarks.
 test-go: build $(BIN)/devpg promtool tools
-	$(BIN)/devpg -- sh -c 'REQUIRE_PROMTOOL=1 REQUIRE_DEPLOY_TOOLS=1 $(GO) test -race -count=1 ./... && \
+	$(BIN)/devpg -- sh -c 'REQUIRE_DATABASE=1 REQUIRE_PROMTOOL=1 REQUIRE_DEPLOY_TOOLS=1 $(GO) test -race -count=1 ./... && \
 	  SIDECAR_TEST_TRACING=1 $(GO) test -count=1 ./proxy && $(GO) test -run "^$$" -bench . -benchtime 3x ./proxy && \
 	  $(BIN)/bench -quick -sidecar $(BIN)/replicache-sidecar >/dev/null'
 

@@ -18,6 +18,7 @@ import (
 )
 
 func TestIdentity(t *testing.T) {
+	t.Parallel()
 	t.Run("single tenant", func(t *testing.T) {
 		h := newHarness(t, map[string]string{"SIDECAR_AUTH_PATH": ""})
 		sc := h.start()
@@ -104,6 +105,7 @@ func TestIdentity(t *testing.T) {
 // pass-through removes it before the legacy API sees it. IPv4 and IPv6
 // loopback are trusted by default.
 func TestTrustedProxies(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_USER_ID_HEADER": "X-User-Id"}) // and SIDECAR_AUTH_PATH=/api/me
 	sc := h.start()
 	v6, err := net.Listen("tcp", "[::1]:0")
@@ -219,6 +221,7 @@ func TestTrustedPeersContains(t *testing.T) {
 // configuration error naming method and path; POST-only endpoints and user
 // ids inside arrays fit with SIDECAR_AUTH_METHOD and an indexed field.
 func TestAuthEndpointAnswers(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name   string
 		env    map[string]string

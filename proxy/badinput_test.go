@@ -18,6 +18,7 @@ import (
 // healthy, and no mutation is lost or applied twice (checked at the end
 // against the mutations that were legitimately sent along the way).
 func TestBadInput(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{
 		"SIDECAR_MAX_BODY_BYTES":          "4194304",
 		"SIDECAR_MAX_UPSTREAM_BODY_BYTES": "65536",

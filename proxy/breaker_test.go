@@ -202,6 +202,7 @@ func breakerOpen(t testing.TB, inst *instance, kind string) float64 {
 // kind, pushes fail fast once the mutation breaker opens, while pulls and
 // pass-through pages, whose own calls succeed, keep working.
 func TestWritePathDownFailsFastReadsKeepWorking(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil) // default breaker settings; identity from /api/me
 	sc := h.start()
 	if r := sc.push(t, "alice", "g", create("c", 1, "a")); r.status != 200 {
@@ -302,6 +303,7 @@ func BenchmarkWritePathDownPush(b *testing.B) {
 // chunked body, and pass-through routes the legacy API answers with 5xx,
 // open no breaker: a victim's pulls and pages keep working.
 func TestOnlyUpstreamHealthOpensABreaker(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_BREAKER_FAILURES": "3"})
 	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
 		if r.URL.Path == "/legacy/fail" {
@@ -346,6 +348,7 @@ func TestOnlyUpstreamHealthOpensABreaker(t *testing.T) {
 // outage (503 to every user's calls) still opens the breaker, after which
 // pushes fail without calling the API.
 func TestPoisonClientCannotOpenTheBreaker(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	var outage atomic.Bool
 	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
@@ -395,6 +398,7 @@ func TestPoisonClientCannotOpenTheBreaker(t *testing.T) {
 // SIDECAR_BREAKER_OPEN_TIMEOUT, 1 s by default), and once it answers
 // normally pushes apply again within about one open period.
 func TestBreakerRecoversQuickly(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	var outage atomic.Bool
 	var trials atomic.Int64
@@ -439,6 +443,7 @@ func TestBreakerRecoversQuickly(t *testing.T) {
 // malformed chunked requests at 10 a second while a victim pulls; every
 // victim pull succeeds (before: 50 of 50 failed once the breaker opened).
 func TestVictimPullsWhileAnAttackerSendsGarbage(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil) // default breaker settings
 	sc := h.start()
 	addr := strings.TrimPrefix(sc.srv.URL, "http://")

@@ -46,6 +46,7 @@ type rawResponse struct {
 // clients that do not accept gzip, get plain JSON; every answer varies on
 // Accept-Encoding.
 func TestCompressedAnswers(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	sc := h.start()
 	var muts []mut

@@ -16,6 +16,7 @@ import (
 // the patch holds the effects of exactly the mutations that
 // lastMutationIDChanges reports — no more, no fewer.
 func TestConcurrentPushesAndPullsAcrossInstances(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	h.up.SetDelay(3 * time.Millisecond) // widens every window a race could use
 	a, b := h.start(), h.start()

@@ -21,6 +21,7 @@ func withHeaders(t testing.TB, method, url, body string, kv ...string) *http.Req
 }
 
 func TestCORS(t *testing.T) {
+	t.Parallel()
 	preflight := func(sc *instance, origin string) response {
 		return do(t, withHeaders(t, http.MethodOptions, sc.srv.URL+"/replicache/push", "",
 			"Origin", origin, "Access-Control-Request-Method", "POST", "Access-Control-Request-Headers", "content-type, authorization, x-replicache-requestid"))
@@ -74,6 +75,7 @@ func TestCORS(t *testing.T) {
 // refused with 403. The listed origin, and requests with no Origin (the
 // Replicache client in Node, server-to-server), still work.
 func TestCrossSiteWritesRefused(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_FORWARD_HEADERS": "Authorization,Cookie", "SIDECAR_CORS_ORIGINS": "https://app.example.com"})
 	sc := h.start()
 	body := mustJSON(t, pushBody("g", create("c", 1, "a")))

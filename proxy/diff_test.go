@@ -300,6 +300,7 @@ func testDiffPatchesMatchReset(t *testing.T, validators bool) {
 // diffSetup is a harness on the legacy API with two sidecars and a group
 // that has pulled once.
 func TestDiffPulls(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	a, b := h.start(), h.start()
 	if r := a.push(t, "alice", "g", create("c1", 1, "x"), create("c1", 2, "y")); r.status != 200 {
@@ -442,6 +443,7 @@ func TestDiffPulls(t *testing.T) {
 // TestEpoch: a cookie issued before the sidecar's schema was recreated
 // gets ClientStateNotFound, not a silent trip back in time.
 func TestEpoch(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	a := h.start()
 	c := newReplica()
@@ -463,6 +465,7 @@ func TestEpoch(t *testing.T) {
 // shows in the client view under the reserved prefix, and is diffed like
 // any entry.
 func TestExposeRejections(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_EXPOSE_REJECTIONS": "true"})
 	a := h.start()
 	c := newReplica()
@@ -504,6 +507,7 @@ func TestExposeRejections(t *testing.T) {
 // downloaded; the last page of a paged source is always fetched in full;
 // a pull behind the record fetches everything in full.
 func TestConditionalGETs(t *testing.T) {
+	t.Parallel()
 	api, srv := newChangingAPI(t)
 	api.validators = true
 	api.mu.Lock()
@@ -575,6 +579,7 @@ func TestConditionalGETs(t *testing.T) {
 // history gets ClientStateNotFound, never a diff against the new history;
 // a client whose cookie predates the backup gets a correct diff.
 func TestRestoreFromBackup(t *testing.T) {
+	t.Parallel()
 	api, srv := newChangingAPI(t)
 	h := newHarness(t, changingEnv(t, srv.URL, nil))
 	a := h.start()
@@ -639,6 +644,7 @@ func TestRestoreFromBackup(t *testing.T) {
 // record keeps removals for, while another page answers 304, is answered
 // (a diff for the client that saw the version before), not refused.
 func TestBulkDeleteWithUnchangedPages(t *testing.T) {
+	t.Parallel()
 	api, srv := newChangingAPI(t)
 	api.validators = true
 	api.mu.Lock()
@@ -667,6 +673,7 @@ func TestBulkDeleteWithUnchangedPages(t *testing.T) {
 // Last-Modified within the second of the answer (weak), are not
 // remembered; pulls go on working.
 func TestOddValidators(t *testing.T) {
+	t.Parallel()
 	var lastModified atomic.Value
 	lastModified.Store("")
 	body := `{"id":"only"}`
@@ -708,6 +715,7 @@ func TestOddValidators(t *testing.T) {
 // prefix, made from an item's field) fail the pull naming the source, in
 // both modes, instead of wedging the group.
 func TestHostileKeys(t *testing.T) {
+	t.Parallel()
 	var id atomic.Value
 	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		v, _ := json.Marshal(map[string]any{"items": []map[string]string{{"id": "plain"}, {"id": id.Load().(string)}}})

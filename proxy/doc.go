@@ -1,18 +1,82 @@
-// Package proxy is the sidecar's HTTP surface: the Replicache push and pull
-// handlers, the pass-through to the legacy service, and the admin endpoints
-// (health, readiness, metrics). Its parts live below it: store (the
-// Postgres bookkeeping), upstream (one client per kind of upstream call,
-// the circuit breaker) and proxytest (what the tests share).
+// Package proxy is the sidecar: the HTTP edge in front of a legacy REST
+// API, the push engine that turns Replicache mutations into that API's
+// calls, the pull engine that builds client views from its GET endpoints,
+// the poke streams, and the lifecycle that runs them. Its parts live in
+// packages below it; this package composes them.
 //
-// A push: begin (read and check the body, check the sidecar serves, identify
-// the caller) → for each mutation in order, in its own transaction holding
-// the client group's lock: skip it if already processed, render it with
-// mutators, call the upstream with its idempotency key, advance the client's
-// lastMutationID (or stop, leaving it pending, on a transient failure) →
-// answer the counts.
+// # Who owns what
 //
-// A pull: begin → in one transaction holding the group's lock: read every
-// client's lastMutationID, fetch the view with clientview (every page of
-// every source, or nothing), issue the next cookie order → encode the reset
-// patch after the transaction has committed.
+//	proxy                the composition: Config, the core the engines share
+//	                     (core.go), the edge's preamble (edge.go), the push
+//	                     engine (push.go, mutation.go), the pull engine
+//	                     (pull.go, pullanswer.go, pullview.go), poke streams
+//	                     and the invalidate hook (pokes.go), routes
+//	                     (sidecar.go), start-up and shutdown (lifecycle.go)
+//	proxy/identity       who is calling, decided once at the edge
+//	proxy/verdict        what one upstream answer means, once per kind
+//	proxy/upstream       one client and breaker per kind of upstream call
+//	proxy/store          the bookkeeping in the sidecar's own Postgres schema
+//	proxy/gate           a client group's turns before a database connection
+//	proxy/budget         the process-wide budget of bytes in flight
+//	proxy/flight         pulls of one group sharing one fetch
+//	proxy/poke           poke streams of this process, and pokes between replicas
+//	proxy/passthrough    every other request, to the API and back
+//	proxy/compress       gzip answers
+//	proxy/mapping        the mapping file, loaded and compiled
+//	proxy/problem        the errors clients see: status, code, message
+//	proxy/tracing        W3C trace context and OTLP export
+//	proxy/check          `replicache-sidecar check`
+//	mutators, clientview the mapping's two halves: mutations → calls, GETs → entries
+//
+// # A push
+//
+// edge (edge.go: begin): refuse what a cross-site page could send; refuse
+// while draining or before the schema is migrated; identity.Edge.Identify
+// decides who is calling from the headers alone (trusted header, or the
+// auth call with its verdict.Auth); only then is the body read, bounded by
+// SIDECAR_MAX_BODY_BYTES and charged to budget. → push.go: ownership of the
+// group and of every client is checked before anything is applied;
+// consecutive mutations of one client are prepared (mutation.go: args
+// bounded, the call rendered by mutators, the idempotency key computed),
+// then, waiting for the group's turn in gate and holding its row lock in
+// store, each is sent (admitted by the mutation breaker), judged
+// (verdict.Mutation: applied, consumed as rejected, or pending, and whether
+// the answer is evidence that the API is down or counts toward giving up)
+// and settled in the same transaction. → the clients that may see the
+// effects are poked (poke), and the push answers its counts.
+//
+// # A pull
+//
+// edge: as for a push, and the view breaker must not be open. → pull.go:
+// join a running fetch of the same group, user and credentials (flight),
+// or lead one: holding the group's lock, read every client's last mutation
+// id, fetch the view (clientview, admitted by the view breaker as one unit
+// of work: every page of every source, or nothing), seal the flight,
+// compare the view with the group's record (store), and issue every merged
+// pull's cookie with the record's change in one round trip. → after the
+// commit each pull is answered (pullanswer.go): a diff from its cookie's
+// version of the record, or a reset. A failed fetch is answered from
+// verdict.View.
+//
+// # Rules
+//
+//   - Data flows one way: cmd → proxy → its subpackages, mutators and
+//     clientview. No subpackage of proxy imports proxy, except proxy/check,
+//     for Config and the constructor of the upstream parts (Config.Parts)
+//     that the server uses too. mutators and clientview import nothing of
+//     the sidecar but the shared JSON walker (clientview/jsonwalk).
+//   - Within this package a file uses only names of files on lower floors:
+//     core, then edge, then the engines, then Sidecar, then lifecycle.
+//   - Who the caller is is decided only at the identity edge, and every
+//     fairness rule is keyed on identity.Caller.Key (the user, else the
+//     client's address), never on a client group or client id.
+//   - Each kind of upstream answer is judged in exactly one function
+//     (verdict.Mutation, verdict.View, verdict.Auth); breakers, metrics, the
+//     give-up valve, the client's answer and check read the verdict.
+//   - Errors lose nothing: a mutation is consumed only when the API said
+//     the mutation itself is done or wrong.
+//   - A shared dependency (the sidecar's database, a breaker, a budget) may
+//     make push and pull answer 503; it never fails the pass-through.
+//   - Every label value of a metric comes from a constant set (metrics.go,
+//     verdict.MutationLabels, problem.Codes) or the mapping's mutator names.
 package proxy

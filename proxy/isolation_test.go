@@ -41,6 +41,7 @@ func slowView(h *harness, user string, d time.Duration) *atomic.Int64 {
 // correct: its own cookie, strictly increasing for the group, and a patch
 // consistent with its lastMutationIDChanges.
 func TestPullBurstOfOneGroup(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	sc := h.start()
 	for i := int64(1); i <= 3; i++ {
@@ -122,6 +123,7 @@ func TestPullBurstOfOneGroup(t *testing.T) {
 // Beyond SIDECAR_MAX_WAITING_PER_GROUP a push answers 503 GroupBusy with
 // Retry-After at once, and loses nothing: pushed again, it applies.
 func TestGroupWaitingBound(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_MAX_WAITING_PER_GROUP": "2", "SIDECAR_MAX_CONNS_PER_GROUP": "1"})
 	sc := h.start()
 	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {

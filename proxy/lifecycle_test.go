@@ -18,6 +18,7 @@ import (
 // group forked from one is answered normally, groups in use stay, and
 // tombstones expire.
 func TestClientGroupLifecycle(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_CLIENT_GROUP_TTL": "1h", "SIDECAR_EXPOSE_REJECTIONS": "true"})
 	a, b := h.start(), h.start()
 	ctx := context.Background()
@@ -116,6 +117,7 @@ func TestClientGroupLifecycle(t *testing.T) {
 // skipped, and the sweep goes on to the idle groups behind it, even one
 // batch of one at a time.
 func TestSweepSkipsBusyGroups(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_CLIENT_GROUP_TTL": "1h"})
 	a := h.start()
 	ctx := context.Background()

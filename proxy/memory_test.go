@@ -34,6 +34,7 @@ func bigTodos(prefix string, n int) string {
 // whole budget is refused as too large (413 for a body, 502 for a view),
 // without counting against the upstream's breaker.
 func TestInflightBudget(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_MAX_INFLIGHT_VIEW_BYTES": "1048576"})
 	sc := h.start()
 
@@ -120,6 +121,7 @@ func TestInflightBudget(t *testing.T) {
 // A body is charged as it arrives, not as declared: a client that declares
 // most of the budget and sends slowly holds only what it has sent.
 func TestSlowBodyHoldsOnlyWhatItSent(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_MAX_INFLIGHT_VIEW_BYTES": "1048576"})
 	sc := h.start()
 	conn, err := net.Dial("tcp", strings.TrimPrefix(sc.srv.URL, "http://"))

@@ -12,6 +12,7 @@ import (
 // TestMetricsExposition checks the series the operations docs promise and
 // lints the exposition the way `promtool check metrics` does.
 func TestMetricsExposition(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	sc := h.start()
 	sc.push(t, "alice", "g", create("c", 1, "a"), mut{"c", 2, "nope", nil})

@@ -14,6 +14,7 @@ import (
 )
 
 func TestPassThrough(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	sc := h.start()
 	req, _ := http.NewRequest(http.MethodPut, sc.srv.URL+"/legacy/echo?x=1&y=%2F", strings.NewReader("raw body"))
@@ -44,6 +45,7 @@ func TestPassThrough(t *testing.T) {
 }
 
 func TestPassThroughStreamsAndFailsCleanly(t *testing.T) {
+	t.Parallel()
 	release := make(chan struct{})
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/event-stream")
@@ -90,6 +92,7 @@ func TestPassThroughStreamsAndFailsCleanly(t *testing.T) {
 // cleaned before the deny list and the upstream prefix are applied, and a
 // path that would climb out of the prefix answers 400.
 func TestPassThroughTheAPICanTrust(t *testing.T) {
+	t.Parallel()
 	type seen struct {
 		path, host string
 		header     http.Header

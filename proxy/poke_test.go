@@ -111,6 +111,7 @@ func (s *stream) waitOpen(t testing.TB) {
 }
 
 func TestPokeStream(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_POKE_HEARTBEAT": "100ms", "SIDECAR_POKE_MAX_SUBSCRIBERS": "2"})
 	a := h.start()
 	if s := openStream(t, a, "", nil); s.status != http.StatusUnauthorized {

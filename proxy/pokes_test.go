@@ -60,6 +60,7 @@ func runPokes(t testing.TB, insts ...*instance) {
 // two per stream, not a hundred; one that changed nothing pokes nobody.
 // Under scope user only the pusher's streams are poked.
 func TestPokesFromPushes(t *testing.T) {
+	t.Parallel()
 	for _, scope := range []string{"all", "user"} {
 		t.Run(scope, func(t *testing.T) {
 			h := newHarness(t, map[string]string{"SIDECAR_POKE_SCOPE": scope})
@@ -115,6 +116,7 @@ func TestPokesFromPushes(t *testing.T) {
 // TestPokesFromPassthroughWrites: a 2xx write through the pass-through
 // pokes; a read, or a write the API refused, does not.
 func TestPokesFromPassthroughWrites(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	a := h.start()
 	runPokes(t, a)
@@ -144,6 +146,7 @@ func TestPokesFromPassthroughWrites(t *testing.T) {
 // pass-through write pokes its user's streams when the user comes in the
 // trusted header, and nobody when the writer is unknown (never everyone).
 func TestPassthroughWritesUnderUserScope(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_POKE_SCOPE": "user", "SIDECAR_USER_ID_HEADER": "X-User", "SIDECAR_AUTH_PATH": ""})
 	a := h.start()
 	runPokes(t, a)
@@ -176,6 +179,7 @@ func TestPassthroughWritesUnderUserScope(t *testing.T) {
 // TestInvalidate: the hook needs its token; it pokes everyone, or the
 // users it names.
 func TestInvalidate(t *testing.T) {
+	t.Parallel()
 	post := func(inst *instance, auth, body string) response {
 		req, _ := http.NewRequest(http.MethodPost, inst.srv.URL+"/replicache/invalidate", strings.NewReader(body))
 		if auth != "" {
@@ -224,6 +228,7 @@ func TestInvalidate(t *testing.T) {
 // killed it comes back and pokes its streams once (an announcement may
 // have been missed); streams end when the replica drains.
 func TestPokesAcrossReplicas(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	a, b := h.start(), h.start()
 	runPokes(t, a, b)
@@ -278,6 +283,7 @@ func TestPokesAcrossReplicas(t *testing.T) {
 // the last event id it saw) gets a poke at once: pokes may have been
 // missed while it was down.
 func TestPokeReconnectCatchesUp(t *testing.T) {
+	t.Parallel()
 	a := newHarness(t, nil).start()
 	fresh := openStream(t, a, "Bearer alice", nil)
 	fresh.waitOpen(t)
@@ -295,6 +301,7 @@ func TestPokeReconnectCatchesUp(t *testing.T) {
 // not share a view fetch that began before the poke (the change may have
 // been made after that fetch read its page).
 func TestPokedPullDoesNotJoinAnOlderFetch(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_POKE_COALESCE": "0s"})
 	a := h.start()
 	fetches := slowView(h, "alice", 400*time.Millisecond)

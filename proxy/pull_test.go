@@ -25,6 +25,7 @@ import (
 )
 
 func TestPullResetStrategy(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_PATCH_MODE": "reset"})
 	sc := h.start()
 	var muts []mut
@@ -73,6 +74,7 @@ func mapsEqual(a, b map[string]int64) bool {
 }
 
 func TestPullCookieIsMonotonic(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	sc := h.start()
 	steps := []struct {
@@ -110,6 +112,7 @@ func TestPullCookieIsMonotonic(t *testing.T) {
 }
 
 func TestPullBadInput(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_MAX_BODY_BYTES": "1024"})
 	sc := h.start()
 	tests := []struct {
@@ -146,6 +149,7 @@ func TestPullBadInput(t *testing.T) {
 }
 
 func TestPullSourceFailureIsNeverPartial(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	sc := h.start()
 	sc.push(t, "alice", "g", create("c1", 1, "a"))
@@ -191,6 +195,7 @@ func TestPullSourceFailureIsNeverPartial(t *testing.T) {
 // naming the source, instead of answering page one as the whole view, which
 // would make the client delete every entity of the later pages.
 func TestPullCursorThatCannotBeFollowed(t *testing.T) {
+	t.Parallel()
 	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, `{"items":[{"id":"a"},{"id":"b"}],"meta":"more pages follow"}`)
 	}))
@@ -209,6 +214,7 @@ func TestPullCursorThatCannotBeFollowed(t *testing.T) {
 }
 
 func TestUsersSeeOnlyTheirOwnData(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	sc := h.start()
 	sc.push(t, "alice", "ga", create("ca", 1, "alice-todo"))
@@ -227,6 +233,7 @@ func TestUsersSeeOnlyTheirOwnData(t *testing.T) {
 }
 
 func TestDeletedGroupGetsClientStateNotFound(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	sc := h.start()
 	sc.push(t, "alice", "g", create("c1", 1, "a"))
@@ -286,6 +293,7 @@ func TestEncodePullResponse(t *testing.T) {
 // REST Framework-style collection (next page's URL in the body) and an
 // offset/limit one, and answers every item.
 func TestPullThroughBodyPagination(t *testing.T) {
+	t.Parallel()
 	const n = 25
 	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
@@ -338,6 +346,7 @@ func TestPullThroughBodyPagination(t *testing.T) {
 // a group that reached it) answers ClientStateNotFound with HTTP 200, so
 // the client starts over instead of being refused for ever.
 func TestPullCookieNearTheLimit(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	sc := h.start()
 	r, p := sc.pull(t, "alice", "g", map[string]any{"order": 9007199254740990})
@@ -359,6 +368,7 @@ func TestPullCookieNearTheLimit(t *testing.T) {
 // keeps changing answers 503 with Retry-After instead of a view missing an
 // item that existed throughout.
 func TestPullNeverAnswersAPartialView(t *testing.T) {
+	t.Parallel()
 	var mu sync.Mutex
 	items := []string{}
 	for i := range 12 {

@@ -24,6 +24,7 @@ import (
 )
 
 func TestPushAppliesInOrderAndSkipsProcessed(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	sc := h.start()
 	r := sc.push(t, "alice", "g1", create("c1", 1, "a"), create("c1", 2, "b"), create("c2", 1, "c"),
@@ -50,6 +51,7 @@ func TestPushAppliesInOrderAndSkipsProcessed(t *testing.T) {
 }
 
 func TestPushUpstreamCallCarriesKeyAndHeaders(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_IDEMPOTENCY_HEADER": "X-Idem", "SIDECAR_FORWARD_HEADERS": "Authorization, X-Tenant"})
 	var got http.Header
 	h.up.SetFault(func(r *http.Request) int {
@@ -80,6 +82,7 @@ func TestPushUpstreamCallCarriesKeyAndHeaders(t *testing.T) {
 }
 
 func TestPushBadInput(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_MAX_BODY_BYTES": "2048"})
 	sc := h.start()
 	tests := []struct {
@@ -136,6 +139,7 @@ func mustRequest(t testing.TB, method, url string) *http.Request {
 }
 
 func TestPushMutationIDGap(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	sc := h.start()
 	// 1 is applied, then 3 arrives where 2 is due: stop, keep 1, apply
@@ -154,6 +158,7 @@ func TestPushMutationIDGap(t *testing.T) {
 }
 
 func TestPushBusinessErrorsAdvance(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	sc := h.start()
 	r := sc.push(t, "alice", "g",
@@ -218,6 +223,7 @@ func TestPushBusinessErrorsAdvance(t *testing.T) {
 }
 
 func TestPushTransientStopsAndRetrySucceeds(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_UPSTREAM_TIMEOUT": "300ms"})
 	sc := h.start()
 	tests := []struct {
@@ -289,6 +295,7 @@ func TestPushTransientStopsAndRetrySucceeds(t *testing.T) {
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 
 func TestPushUpstreamDown(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_USER_ID_HEADER": "X-User", "SIDECAR_AUTH_PATH": ""})
 	sc := h.start()
 	h.up.Server.Close()
@@ -310,6 +317,7 @@ func TestPushUpstreamDown(t *testing.T) {
 }
 
 func TestPushOwnership(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	sc := h.start()
 	if r := sc.push(t, "alice", "ga", create("ca", 1, "a")); r.status != 200 {
@@ -347,6 +355,7 @@ func TestPushOwnership(t *testing.T) {
 }
 
 func TestPushTimeBudgetExitsEarly(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_PUSH_TIME_BUDGET": "250ms"})
 	h.up.SetDelay(60 * time.Millisecond)
 	sc := h.start()
@@ -373,6 +382,7 @@ func TestPushTimeBudgetExitsEarly(t *testing.T) {
 }
 
 func TestPushClientLeavingDoesNotAbandonMutation(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	sc := h.start()
 	started := make(chan struct{}, 1)
@@ -408,6 +418,7 @@ func TestPushClientLeavingDoesNotAbandonMutation(t *testing.T) {
 // answers 500 for a duplicate id has that mutation rejected (recorded with
 // the status) instead of retried for ever. Metrics count the final outcome.
 func TestPerMutatorOutcomes(t *testing.T) {
+	t.Parallel()
 	mapping := filepath.Join(t.TempDir(), "outcomes.json")
 	err := os.WriteFile(mapping, []byte(`{"mutators": {
 		"createTodo": {"method": "POST", "path": "/api/todos", "outcomes": {"409": "retry"}},
@@ -485,6 +496,7 @@ func TestPerMutatorOutcomes(t *testing.T) {
 // as rejected with the reason, counted as abandoned, and the client's later
 // mutations apply. Calls that got no answer never count.
 func TestGiveUpValve(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{
 		"SIDECAR_GIVE_UP_ATTEMPTS": "3", "SIDECAR_GIVE_UP_AFTER": "300ms",
 		"SIDECAR_BREAKER_FAILURES": "0", "SIDECAR_UPSTREAM_TIMEOUT": "200ms",
@@ -581,6 +593,7 @@ func TestGiveUpValve(t *testing.T) {
 // transaction with 503 on every retry; ids and mutator names with control
 // characters answer 400 naming the field before any call or write.
 func TestBadBytesNeverWedge(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
 		if r.Method != http.MethodPost {
@@ -629,6 +642,7 @@ func TestBadBytesNeverWedge(t *testing.T) {
 // and is applied; the other gets 403 with nothing applied. Before, both
 // called the API and the loser was refused after its call had been applied.
 func TestTwoGroupsRaceForOneNewClient(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	h.up.SetDelay(200 * time.Millisecond) // both pushes are in flight together
 	a, b := h.start(), h.start()
@@ -681,6 +695,7 @@ func TestTwoGroupsRaceForOneNewClient(t *testing.T) {
 // before the rejection is consumed. A view answering 401 makes the pull
 // answer 401.
 func TestExpiredCredentialsKeepEdits(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil) // identity from /api/me
 	sc := h.start()
 	muts := func(client string, from, to int64) []mut {
@@ -782,6 +797,7 @@ func TestExpiredCredentialsKeepEdits(t *testing.T) {
 // no auth call, a 401 to a mutation still stops the push with 401 and
 // consumes nothing.
 func TestExpiredCredentialsWithTheIdentityHeader(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_USER_ID_HEADER": "X-User", "SIDECAR_AUTH_PATH": ""})
 	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
 		if r.Method == http.MethodPost {
@@ -809,6 +825,7 @@ func TestExpiredCredentialsWithTheIdentityHeader(t *testing.T) {
 // default, logged at warn as a likely mapping error. A redirected view
 // fails the pull with 502 naming the source and the Location.
 func TestRedirectsAndTyposAreLoud(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_GIVE_UP_ATTEMPTS": "1", "SIDECAR_GIVE_UP_AFTER": "0s"})
 	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
 		switch {
@@ -869,6 +886,7 @@ func TestRedirectsAndTyposAreLoud(t *testing.T) {
 // idle for over a day, and refuses a new client only when all are active;
 // rejections stay within SIDECAR_MAX_REJECTIONS_PER_GROUP when a push ends.
 func TestBookkeepingCaps(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{
 		"SIDECAR_MAX_CLIENTS_PER_PUSH": "4", "SIDECAR_MAX_CLIENTS_PER_GROUP": "3", "SIDECAR_MAX_REJECTIONS_PER_GROUP": "5",
 	})
@@ -948,6 +966,7 @@ func TestBookkeepingCaps(t *testing.T) {
 // mutation's call times out (the API may apply it later), so another group
 // cannot take the client over meanwhile and call the API with the same key.
 func TestClaimOutlivesATimeout(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_UPSTREAM_TIMEOUT": "200ms", "SIDECAR_BREAKER_FAILURES": "0"})
 	slow := make(chan struct{})
 	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
@@ -981,6 +1000,7 @@ func TestClaimOutlivesATimeout(t *testing.T) {
 // key through pass-through first changes nothing. A mutation a client may
 // have sent before the upgrade keeps its old key.
 func TestIdempotencyKeys(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_IDEMPOTENCY_SECRET": ""}) // the generated secret
 	var mu sync.Mutex
 	var keys []string
@@ -1045,6 +1065,7 @@ func TestIdempotencyKeys(t *testing.T) {
 // one mutation's args beyond SIDECAR_MAX_ARGS_BYTES are rejected like a
 // business error, never sent.
 func TestNothingLargeReadBeforeTheCallerIsKnown(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_MAX_ARGS_BYTES": "1024"})
 	sc := h.start()
 	conn, err := net.Dial("tcp", strings.TrimPrefix(sc.srv.URL, "http://"))
@@ -1076,6 +1097,7 @@ func TestNothingLargeReadBeforeTheCallerIsKnown(t *testing.T) {
 // the same group waiting for the lock gets it while a long push goes on;
 // every mutation is applied once, in order.
 func TestPushBatchesLetPullsThrough(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	sc := h.start()
 	const n = 120
@@ -1130,6 +1152,7 @@ func TestPushBatchesLetPullsThrough(t *testing.T) {
 // see it as of before the wait: mutation 5 sent again, and 5 written over
 // 6).
 func TestConcurrentPushesOfOneClient(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	sc := h.start()
 	if r := sc.push(t, "alice", "g", create("c1", 1, "t1"), create("c1", 2, "t2"), create("c1", 3, "t3"), create("c1", 4, "t4")); r.status != http.StatusOK {

@@ -19,6 +19,7 @@ import (
 // way a ConfigMap update does (a new file swapped in): an invalid file keeps
 // the old mapping and is counted; a valid one is used by the next push.
 func TestMappingReload(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	sc := h.start()
 	ctx, cancel := context.WithCancel(context.Background())

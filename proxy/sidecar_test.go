@@ -9,6 +9,7 @@ import (
 )
 
 func TestAdminEndpoints(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	inst := h.startUnmigrated()
 	admin := httptest.NewServer(inst.sc.AdminHandler(inst.reg))
@@ -60,6 +61,7 @@ func TestAdminEndpoints(t *testing.T) {
 // TestLogsCarryContextNotCredentials: logs name the request, client group,
 // mutator and outcome, and never contain credentials, even at debug level.
 func TestLogsCarryContextNotCredentials(t *testing.T) {
+	t.Parallel()
 	const token, cookie = "Bearer alice-SECRET-token", "session=COOKIE-SECRET"
 	h := newHarness(t, map[string]string{"SIDECAR_AUTH_PATH": "", "SIDECAR_FORWARD_HEADERS": "Authorization,Cookie"})
 	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
@@ -94,6 +96,7 @@ func TestLogsCarryContextNotCredentials(t *testing.T) {
 // upstream's address or Go's error text; a bad upstream URL's password is
 // never echoed.
 func TestErrorBodiesTellNothingInternal(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_AUTH_PATH": "", "SIDECAR_BREAKER_FAILURES": "0"})
 	sc := h.start()
 	h.up.Server.Close() // the upstream is gone: connection refused
@@ -124,6 +127,7 @@ func TestErrorBodiesTellNothingInternal(t *testing.T) {
 // TestAdminPprof: Go's profiles are served on the admin listener only when
 // SIDECAR_PPROF says so.
 func TestAdminPprof(t *testing.T) {
+	t.Parallel()
 	for _, on := range []bool{false, true} {
 		h := newHarness(t, map[string]string{"SIDECAR_PPROF": map[bool]string{false: "false", true: "true"}[on]})
 		inst := h.start()

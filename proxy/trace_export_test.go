@@ -66,6 +66,7 @@ func (a *seenTracesAll) get(k string) ([]string, []string) {
 // than those the spec defines "MUST be set to zero" by a vendor that
 // propagates: the sidecar keeps only the sampled bit.
 func TestTraceReservedFlagsCleared(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	sc := h.start()
 	seen := watchAll(h)
@@ -83,6 +84,7 @@ func TestTraceReservedFlagsCleared(t *testing.T) {
 // one list, with span export on as with it off (OpenTelemetry's Inject
 // would keep only the first line).
 func TestTracestateUnchangedWithExport(t *testing.T) {
+	t.Parallel()
 	lines := map[string][]string{
 		"Traceparent": {"00-" + clientTrace + "-" + clientParent + "-01"},
 		"Tracestate":  {"congo=t61rcWkgMzE", "rojo=00f067aa0ba902b7"},
@@ -107,6 +109,7 @@ func TestTracestateUnchangedWithExport(t *testing.T) {
 // (OpenTelemetry's refuses reserved flags and accepts two lines): the
 // client's tracestate never travels with a trace it does not belong to.
 func TestTraceParserIsTheAuthorityWithExport(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	on, _ := h.startTraced()
 	seen := watchAll(h)
@@ -129,6 +132,7 @@ func TestTraceParserIsTheAuthorityWithExport(t *testing.T) {
 // TestMappingErrorLogNamesTheTrace: "the trace id in every log line of
 // that request", the mapping-error line of a redirected mutation included.
 func TestMappingErrorLogNamesTheTrace(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	sc := h.start()
 	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
@@ -162,6 +166,7 @@ func TestMappingErrorLogNamesTheTrace(t *testing.T) {
 // the pass-through (deny list, a path above the root) name the trace, as
 // the BadGateway one does.
 func TestPassthroughErrorsNameTheTrace(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_PASSTHROUGH_DENY": "/internal"})
 	sc := h.start()
 	req, _ := http.NewRequest(http.MethodGet, sc.srv.URL+"/internal/x", nil)
@@ -176,6 +181,7 @@ func TestPassthroughErrorsNameTheTrace(t *testing.T) {
 // interim 103 (Early Hints) is recorded with its final status (500, an
 // error), not the interim one.
 func TestServerSpanStatusAfter1xx(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	sc, exp := h.startTraced()
 	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {

@@ -60,6 +60,7 @@ func tracedPost(t *testing.T, inst *instance, path string, body any, hdr map[str
 // with tracestate unchanged; the trace id is in the answer, error bodies
 // and the request's log lines.
 func TestTraceContextReachesUpstream(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	sc := h.start()
 	seen := watchTraces(h)
@@ -122,6 +123,7 @@ func TestTraceContextReachesUpstream(t *testing.T) {
 // all-zero ids, two of them) the sidecar starts a trace of its own and
 // drops the tracestate that came with the invalid one.
 func TestTraceContextStarted(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, nil)
 	sc := h.start()
 	seen := watchTraces(h)

@@ -18,8 +18,9 @@ import (
 )
 
 // DatabaseURL is the Postgres the tests use: SIDECAR_DATABASE_URL or
-// DATABASE_URL. `make test` starts a throwaway one; running `go test` alone
-// needs one of them set, and the test fails (never skips) without it.
+// DATABASE_URL. `make test` starts a throwaway one and sets
+// REQUIRE_DATABASE=1, so there a missing database fails the test; a plain
+// `go test` without one skips the tests that need it.
 func DatabaseURL(t testing.TB) string {
 	t.Helper()
 	for _, k := range []string{"SIDECAR_DATABASE_URL", "DATABASE_URL"} {
@@ -27,7 +28,10 @@ func DatabaseURL(t testing.TB) string {
 			return u
 		}
 	}
-	t.Fatal("no database: set DATABASE_URL, or run `make test`, which starts a throwaway Postgres")
+	if os.Getenv("REQUIRE_DATABASE") != "" {
+		t.Fatal("no database: set DATABASE_URL, or run `make test`, which starts a throwaway Postgres")
+	}
+	t.Skip("no database (DATABASE_URL unset): skipped; `make test` starts a throwaway Postgres")
 	return ""
 }
 
