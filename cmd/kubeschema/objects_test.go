@@ -1,0 +1,175 @@
+package main
+
+// Checks of what the rendered manifests mean, beyond what the API schema
+// can say: which container each Service reaches, who may reach which port,
+// the shutdown order's timings, the demo's replica count.
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// sidecarName is the sidecar's container name in every kustomization.
+const sidecarName = "replicache-sidecar"
+
+// rendered builds a kustomization and returns its objects.
+func rendered(t *testing.T, dir string) []map[string]any {
+	t.Helper()
+	out, err := exec.Command(tool(t, "KUSTOMIZE", "kustomize"), "build", dir).Output()
+	if err != nil {
+		t.Fatalf("kustomize build %s: %v", dir, err)
+	}
+	f := filepath.Join(t.TempDir(), "rendered.yaml")
+	if err := os.WriteFile(f, out, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	objs, err := readYAMLDocs(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return objs
+}
+
+// field walks obj along path (map keys) and returns what is there, or nil.
+func field(obj any, path ...string) any {
+	for _, k := range path {
+		m, _ := obj.(map[string]any)
+		obj = m[k]
+	}
+	return obj
+}
+
+// maps returns the list at path as maps (non-map elements are dropped).
+func maps(obj any, path ...string) []map[string]any {
+	l, _ := field(obj, path...).([]any)
+	var out []map[string]any
+	for _, x := range l {
+		if m, ok := x.(map[string]any); ok {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// ofKind returns the objects of kind.
+func ofKind(objs []map[string]any, kind string) []map[string]any {
+	var out []map[string]any
+	for _, o := range objs {
+		if o["kind"] == kind {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// theDeployment returns the one Deployment of a kustomization.
+func theDeployment(t *testing.T, objs []map[string]any) map[string]any {
+	t.Helper()
+	ds := ofKind(objs, "Deployment")
+	if len(ds) != 1 {
+		t.Fatalf("%d Deployments; the checks expect one", len(ds))
+	}
+	return ds[0]
+}
+
+// podContainer returns the container called name in the Deployment's pod,
+// among init containers (a native sidecar) and containers.
+func podContainer(t *testing.T, deployment map[string]any, name string) map[string]any {
+	t.Helper()
+	pod := field(deployment, "spec", "template", "spec")
+	for _, list := range []string{"initContainers", "containers"} {
+		for _, c := range maps(pod, list) {
+			if c["name"] == name {
+				return c
+			}
+		}
+	}
+	t.Fatalf("the pod has no container %q", name)
+	return nil
+}
+
+// legacyContainer returns the pod's (one) container that is not the sidecar.
+func legacyContainer(t *testing.T, deployment map[string]any) map[string]any {
+	t.Helper()
+	var found []map[string]any
+	for _, c := range maps(deployment, "spec", "template", "spec", "containers") {
+		if c["name"] != sidecarName {
+			found = append(found, c)
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("%d containers beside the sidecar; the checks expect one", len(found))
+	}
+	return found[0]
+}
+
+// containerPorts returns a container's port numbers by name.
+func containerPorts(c map[string]any) map[string]int {
+	out := map[string]int{}
+	for _, p := range maps(c, "ports") {
+		n, _ := p["containerPort"].(int)
+		name, _ := p["name"].(string)
+		out[name] = n
+	}
+	return out
+}
+
+func hasPort(ports map[string]int, n int) bool {
+	for _, p := range ports {
+		if p == n {
+			return true
+		}
+	}
+	return false
+}
+
+// matches reports whether every key of selector has its value in labels.
+func matches(selector, labels any) bool {
+	sel, _ := selector.(map[string]any)
+	lab, _ := labels.(map[string]any)
+	if len(sel) == 0 {
+		return false // an empty selector is not what these manifests mean
+	}
+	for k, v := range sel {
+		if lab[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// TestDeployServicesTargetTheSidecarByNumber: every Service reaches the pod
+// through the sidecar (never the legacy container directly, or the
+// identity checks are bypassed), and by port number: a named targetPort
+// resolves among a native sidecar's ports only from Kubernetes 1.32, while
+// deploy/ supports older clusters.
+func TestDeployServicesTargetTheSidecarByNumber(t *testing.T) {
+	for _, dir := range kustomizations(t) {
+		t.Run(dir, func(t *testing.T) {
+			objs := rendered(t, dir)
+			d := theDeployment(t, objs)
+			sidecarPorts := containerPorts(podContainer(t, d, sidecarName))
+			services := ofKind(objs, "Service")
+			if len(services) == 0 {
+				t.Fatal("no Service")
+			}
+			for _, svc := range services {
+				name := field(svc, "metadata", "name")
+				if !matches(field(svc, "spec", "selector"), field(d, "spec", "template", "metadata", "labels")) {
+					t.Errorf("Service %v does not select the Deployment's pods", name)
+				}
+				for _, p := range maps(svc, "spec", "ports") {
+					n, ok := p["targetPort"].(int)
+					switch {
+					case !ok:
+						t.Errorf("Service %v port %v: targetPort %v is not a number", name, p["name"], p["targetPort"])
+					case !hasPort(sidecarPorts, n):
+						t.Errorf("Service %v port %v: targetPort %d is not a port of the sidecar %v", name, p["name"], n, sidecarPorts)
+					}
+				}
+			}
+		})
+	}
+}
