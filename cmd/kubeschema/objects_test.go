@@ -173,3 +173,39 @@ func TestDeployServicesTargetTheSidecarByNumber(t *testing.T) {
 		})
 	}
 }
+
+// TestDeployDemoRunsOneReplica: the demo's todo-api keeps its data in
+// memory; two copies behind one Service would each hold different data
+// and clients would see it change from pull to pull.
+func TestDeployDemoRunsOneReplica(t *testing.T) {
+	d := theDeployment(t, rendered(t, filepath.Join("..", "..", "deploy", "examples", "todo")))
+	if r := field(d, "spec", "replicas"); r != 1 {
+		t.Errorf("the demo runs %v replicas of an in-memory API; want 1", r)
+	}
+	if s := field(d, "spec", "strategy", "type"); s != "Recreate" {
+		t.Errorf("the demo's strategy is %v: a rolling update runs two copies at once; want Recreate", s)
+	}
+}
+
+// TestDeployDisruptionBudgetsLetNodesDrain: a budget that requires as many
+// pods as there are refuses every eviction, and node drains hang on it.
+func TestDeployDisruptionBudgetsLetNodesDrain(t *testing.T) {
+	for _, dir := range kustomizations(t) {
+		t.Run(dir, func(t *testing.T) {
+			objs := rendered(t, dir)
+			d := theDeployment(t, objs)
+			replicas, _ := field(d, "spec", "replicas").(int)
+			for _, pdb := range ofKind(objs, "PodDisruptionBudget") {
+				if !matches(field(pdb, "spec", "selector", "matchLabels"), field(d, "spec", "template", "metadata", "labels")) {
+					continue
+				}
+				if min, ok := field(pdb, "spec", "minAvailable").(int); ok && min >= replicas {
+					t.Errorf("PodDisruptionBudget %v: minAvailable %d with %d replicas allows no eviction", field(pdb, "metadata", "name"), min, replicas)
+				}
+				if max, ok := field(pdb, "spec", "maxUnavailable").(int); ok && max == 0 {
+					t.Errorf("PodDisruptionBudget %v: maxUnavailable 0 allows no eviction", field(pdb, "metadata", "name"))
+				}
+			}
+		})
+	}
+}
