@@ -144,6 +144,7 @@ func TestTyposFail(t *testing.T) {
 		{"targetPort: 8080", "targetport: 8080", "targetport"},
 		{"interval: 15s", "intervall: 15s", "intervall"},
 		{"containerPort: 8080", "containerPort: eighty", "containerPort"},
+		{"namespaceSelector:", "namespaceSelecter:", "namespaceSelecter"},
 	} {
 		t.Run(tc.to, func(t *testing.T) {
 			if !strings.Contains(string(good), tc.from) {

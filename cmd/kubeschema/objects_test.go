@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"testing"
 )
 
@@ -205,6 +207,80 @@ func TestDeployDisruptionBudgetsLetNodesDrain(t *testing.T) {
 				if max, ok := field(pdb, "spec", "maxUnavailable").(int); ok && max == 0 {
 					t.Errorf("PodDisruptionBudget %v: maxUnavailable 0 allows no eviction", field(pdb, "metadata", "name"))
 				}
+			}
+		})
+	}
+}
+
+// monitoringNamespace is the namespace the base lets scrape the admin port.
+var monitoringNamespace = map[string]any{"kubernetes.io/metadata.name": "monitoring"}
+
+// TestDeployNetworkPolicyOnlyTheSidecarIsReachable: from outside the pod,
+// only the sidecar's public port is open to all and its admin port to the
+// monitoring namespace; the legacy container's port is reachable through
+// the sidecar only, or its identity-header stripping and
+// SIDECAR_PASSTHROUGH_DENY protect nothing.
+func TestDeployNetworkPolicyOnlyTheSidecarIsReachable(t *testing.T) {
+	for _, dir := range kustomizations(t) {
+		t.Run(dir, func(t *testing.T) {
+			objs := rendered(t, dir)
+			d := theDeployment(t, objs)
+			podLabels := field(d, "spec", "template", "metadata", "labels")
+			sidecar := containerPorts(podContainer(t, d, sidecarName))
+			legacy := containerPorts(legacyContainer(t, d))
+			var policies []map[string]any
+			for _, np := range ofKind(objs, "NetworkPolicy") {
+				if matches(field(np, "spec", "podSelector", "matchLabels"), podLabels) {
+					policies = append(policies, np)
+				}
+			}
+			if len(policies) != 1 {
+				t.Fatalf("%d NetworkPolicies select the pod; want 1", len(policies))
+			}
+			np := policies[0]
+			types, _ := field(np, "spec", "policyTypes").([]any)
+			if !slices.Contains(types, any("Ingress")) {
+				t.Fatalf("the NetworkPolicy does not restrict ingress: policyTypes %v", types)
+			}
+			open := map[int]bool{}       // ports allowed from anywhere
+			restricted := map[int]bool{} // ports allowed from the monitoring namespace only
+			for i, rule := range maps(np, "spec", "ingress") {
+				ports := maps(rule, "ports")
+				if len(ports) == 0 {
+					t.Errorf("ingress rule %d allows every port, the legacy container's included", i)
+				}
+				peers := maps(rule, "from")
+				onlyMonitoring := len(peers) > 0
+				for _, p := range peers {
+					if p["ipBlock"] != nil || !reflect.DeepEqual(field(p, "namespaceSelector", "matchLabels"), monitoringNamespace) {
+						onlyMonitoring = false
+					}
+				}
+				for _, p := range ports {
+					n, ok := p["port"].(int)
+					switch {
+					case !ok:
+						t.Errorf("ingress rule %d: port %v is not a number", i, p["port"])
+					case p["endPort"] != nil:
+						t.Errorf("ingress rule %d: a port range (%d-%v)", i, n, p["endPort"])
+					case hasPort(legacy, n):
+						t.Errorf("ingress rule %d opens the legacy container's port %d: callers could skip the sidecar", i, n)
+					case !hasPort(sidecar, n):
+						t.Errorf("ingress rule %d: port %d is not a port of the sidecar %v", i, n, sidecar)
+					case len(peers) == 0:
+						open[n] = true
+					case onlyMonitoring:
+						restricted[n] = true
+					default:
+						t.Errorf("ingress rule %d: port %d allowed from peers other than the monitoring namespace: %v", i, n, peers)
+					}
+				}
+			}
+			if want := sidecar["http"]; !open[want] {
+				t.Errorf("the sidecar's http port %d is not open: the Service would reach nothing", want)
+			}
+			if want := sidecar["admin"]; open[want] || !restricted[want] {
+				t.Errorf("the admin port %d: open to all %v, to the monitoring namespace %v; want only the latter", want, open[want], restricted[want])
 			}
 		})
 	}
