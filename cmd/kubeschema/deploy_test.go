@@ -145,6 +145,7 @@ func TestTyposFail(t *testing.T) {
 		{"interval: 15s", "intervall: 15s", "intervall"},
 		{"containerPort: 8080", "containerPort: eighty", "containerPort"},
 		{"namespaceSelector:", "namespaceSelecter:", "namespaceSelecter"},
+		{"seconds: 10", "second: 10", "second"},
 	} {
 		t.Run(tc.to, func(t *testing.T) {
 			if !strings.Contains(string(good), tc.from) {

@@ -11,6 +11,7 @@ import (
 	"reflect"
 	"slices"
 	"testing"
+	"time"
 )
 
 // sidecarName is the sidecar's container name in every kustomization.
@@ -281,6 +282,57 @@ func TestDeployNetworkPolicyOnlyTheSidecarIsReachable(t *testing.T) {
 			}
 			if want := sidecar["admin"]; open[want] || !restricted[want] {
 				t.Errorf("the admin port %d: open to all %v, to the monitoring namespace %v; want only the latter", want, open[want], restricted[want])
+			}
+		})
+	}
+}
+
+// legacyOwnShutdown is what the grace period must leave the legacy
+// container to exit by itself after SIGTERM (a web server finishing its
+// requests).
+const legacyOwnShutdown = 10 * time.Second
+
+// TestDeployShutdownOrder: the kubelet signals the legacy container first
+// and the native sidecar only once it has exited. The legacy container
+// must keep serving (preStop) for at least the time the sidecar allows
+// for endpoints to update (SIDECAR_DRAIN_DELAY), or requests still
+// routed to the pod meet a dead API behind a live sidecar; and the grace
+// period must hold that delay, the legacy container's own exit and the
+// sidecar's whole shutdown.
+func TestDeployShutdownOrder(t *testing.T) {
+	for _, dir := range kustomizations(t) {
+		t.Run(dir, func(t *testing.T) {
+			d := theDeployment(t, rendered(t, dir))
+			sidecar := podContainer(t, d, sidecarName)
+			if sidecar["restartPolicy"] != "Always" || !slices.ContainsFunc(maps(d, "spec", "template", "spec", "initContainers"), func(c map[string]any) bool { return c["name"] == sidecarName }) {
+				t.Fatal("the sidecar is not a native sidecar (an init container with restartPolicy: Always): it would stop with the legacy container, not after it")
+			}
+			env := map[string]string{}
+			for _, e := range maps(sidecar, "env") {
+				if v, ok := e["value"].(string); ok {
+					env[e["name"].(string)] = v
+				}
+			}
+			duration := func(name string) time.Duration {
+				v, err := time.ParseDuration(env[name])
+				if err != nil {
+					t.Fatalf("the sidecar's %s is %q; the check needs it set: %v", name, env[name], err)
+				}
+				return v
+			}
+			drain, shutdown := duration("SIDECAR_DRAIN_DELAY"), duration("SIDECAR_SHUTDOWN_TIMEOUT")
+			secs, ok := field(legacyContainer(t, d), "lifecycle", "preStop", "sleep", "seconds").(int)
+			if !ok {
+				t.Fatal("the legacy container has no preStop sleep: it stops while the pod still gets requests")
+			}
+			preStop := time.Duration(secs) * time.Second
+			if preStop < drain {
+				t.Errorf("the legacy container's preStop sleep (%v) is shorter than SIDECAR_DRAIN_DELAY (%v)", preStop, drain)
+			}
+			grace, _ := field(d, "spec", "template", "spec", "terminationGracePeriodSeconds").(int)
+			if need := preStop + legacyOwnShutdown + shutdown; time.Duration(grace)*time.Second < need {
+				t.Errorf("terminationGracePeriodSeconds %d is below preStop %v + the legacy container's own exit %v + SIDECAR_SHUTDOWN_TIMEOUT %v = %v",
+					grace, preStop, legacyOwnShutdown, shutdown, need)
 			}
 		})
 	}
