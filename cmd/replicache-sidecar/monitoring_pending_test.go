@@ -11,4 +11,6 @@ package main
 var pendingMetrics = map[string]string{
 	"replicache_sidecar_database_up":          "gauge",
 	"replicache_sidecar_request_errors_total": "counter",
+	"replicache_sidecar_build_info":           "gauge",
+	"replicache_sidecar_change_lag_seconds":   "histogram",
 }
