@@ -202,10 +202,10 @@ func TestDeployDisruptionBudgetsLetNodesDrain(t *testing.T) {
 				if !matches(field(pdb, "spec", "selector", "matchLabels"), field(d, "spec", "template", "metadata", "labels")) {
 					continue
 				}
-				if min, ok := field(pdb, "spec", "minAvailable").(int); ok && min >= replicas {
-					t.Errorf("PodDisruptionBudget %v: minAvailable %d with %d replicas allows no eviction", field(pdb, "metadata", "name"), min, replicas)
+				if least, ok := field(pdb, "spec", "minAvailable").(int); ok && least >= replicas {
+					t.Errorf("PodDisruptionBudget %v: minAvailable %d with %d replicas allows no eviction", field(pdb, "metadata", "name"), least, replicas)
 				}
-				if max, ok := field(pdb, "spec", "maxUnavailable").(int); ok && max == 0 {
+				if most, ok := field(pdb, "spec", "maxUnavailable").(int); ok && most == 0 {
 					t.Errorf("PodDisruptionBudget %v: maxUnavailable 0 allows no eviction", field(pdb, "metadata", "name"))
 				}
 			}
@@ -309,8 +309,9 @@ func TestDeployShutdownOrder(t *testing.T) {
 			}
 			env := map[string]string{}
 			for _, e := range maps(sidecar, "env") {
+				name, _ := e["name"].(string)
 				if v, ok := e["value"].(string); ok {
-					env[e["name"].(string)] = v
+					env[name] = v
 				}
 			}
 			duration := func(name string) time.Duration {
