@@ -11,8 +11,15 @@ GOFILES := $(shell git ls-files '*.go' 2>/dev/null)
 
 all: build
 
+# The version the sidecar reports (replicache_sidecar_build_info): the
+# nearest tag, else the commit, "-dirty" with uncommitted changes; "dev" and
+# no revision outside a git checkout. `make build VERSION=1.2.3` overrides.
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS   = -X main.version=$(VERSION) -X main.revision=$(REVISION)
+
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
 
 $(BIN)/devpg: $(GOFILES) go.mod
 	$(GO) build -o $(BIN)/devpg ./cmd/devpg
@@ -54,7 +61,8 @@ $(BIN)/tools/kubeconform:
 ## image: the sidecar's container image (needs a container engine; CI has none).
 IMAGE ?= replicache-sidecar:dev
 image:
-	docker build -f deploy/Dockerfile --target sidecar -t $(IMAGE) .
+	docker build -f deploy/Dockerfile --target sidecar \
+	  --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) -t $(IMAGE) .
 
 ## promtool: Debian's prometheus package provides promtool (installed when missing, as root).
 promtool:

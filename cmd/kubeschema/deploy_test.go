@@ -141,9 +141,11 @@ func TestTyposFail(t *testing.T) {
 		{"terminationGracePeriodSeconds:", "terminationGracePeriodSecond:", "terminationGracePeriodSecond"},
 		{"readOnlyRootFilesystem:", "readOnlyRootFileSystem:", "readOnlyRootFileSystem"},
 		{"minAvailable:", "minAvailible:", "minAvailible"},
-		{"targetPort: http", "targetport: http", "targetport"},
+		{"targetPort: 8080", "targetport: 8080", "targetport"},
 		{"interval: 15s", "intervall: 15s", "intervall"},
 		{"containerPort: 8080", "containerPort: eighty", "containerPort"},
+		{"namespaceSelector:", "namespaceSelecter:", "namespaceSelecter"},
+		{"seconds: 10", "second: 10", "second"},
 	} {
 		t.Run(tc.to, func(t *testing.T) {
 			if !strings.Contains(string(good), tc.from) {

@@ -1,0 +1,16 @@
+package main
+
+// pendingMetrics lists, with their types, the metrics that deploy/monitoring
+// (alerts and dashboard) already uses while the binary does not export them
+// yet: they are being added to the sidecar in parallel, under these names and
+// types. TestMonitoringReferencesExportedMetrics accepts them while they are
+// missing from the exposition, and fails once one of them is exported (delete
+// its entry then: the list empties as the metrics land) or when nothing uses
+// an entry. This is the only such list; keep it empty when nothing is
+// pending.
+var pendingMetrics = map[string]string{
+	"replicache_sidecar_database_up":          "gauge",
+	"replicache_sidecar_request_errors_total": "counter",
+	"replicache_sidecar_build_info":           "gauge",
+	"replicache_sidecar_change_lag_seconds":   "histogram",
+}
