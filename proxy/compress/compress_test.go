@@ -21,4 +21,3 @@ func TestAcceptsGzip(t *testing.T) {
 		}
 	}
 }
-

@@ -93,7 +93,9 @@ func TestMutation(t *testing.T) {
 
 // TestView: what a failed fetch of the view comes to.
 func TestView(t *testing.T) {
-	src := func(err error, reason string) error { return &clientview.SourceError{Source: "/api/todos", Reason: reason, Err: err} }
+	src := func(err error, reason string) error {
+		return &clientview.SourceError{Source: "/api/todos", Reason: reason, Err: err}
+	}
 	for _, tc := range []struct {
 		name   string
 		err    error
