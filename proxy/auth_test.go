@@ -20,6 +20,7 @@ import (
 func TestIdentity(t *testing.T) {
 	t.Parallel()
 	t.Run("single tenant", func(t *testing.T) {
+		t.Parallel()
 		h := newHarness(t, map[string]string{"SIDECAR_AUTH_PATH": ""})
 		sc := h.start()
 		// The legacy API still wants a bearer token; the sidecar does not care who.
@@ -31,6 +32,7 @@ func TestIdentity(t *testing.T) {
 		}
 	})
 	t.Run("trusted header", func(t *testing.T) {
+		t.Parallel()
 		h := newHarness(t, map[string]string{"SIDECAR_AUTH_PATH": "", "SIDECAR_USER_ID_HEADER": "X-User-Id"})
 		sc := h.start()
 		send := func(user string) response {
@@ -53,6 +55,7 @@ func TestIdentity(t *testing.T) {
 		}
 	})
 	t.Run("auth field: a dotted path to a number", func(t *testing.T) {
+		t.Parallel()
 		h := newHarness(t, map[string]string{"SIDECAR_AUTH_PATH": "/whoami", "SIDECAR_AUTH_USER_FIELD": "user.id"})
 		h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
 			if r.URL.Path != "/whoami" {
@@ -79,6 +82,7 @@ func TestIdentity(t *testing.T) {
 		}
 	})
 	t.Run("auth path", func(t *testing.T) {
+		t.Parallel()
 		h := newHarness(t, nil)
 		sc := h.start()
 		if r := sc.post(t, "/replicache/pull", "", pullBody("g", nil)); r.status != 401 {
@@ -104,7 +108,7 @@ func TestIdentity(t *testing.T) {
 // header, even though the auth path could identify the caller, and
 // pass-through removes it before the legacy API sees it. IPv4 and IPv6
 // loopback are trusted by default.
-func TestTrustedProxies(t *testing.T) {
+func TestTrustedProxies(t *testing.T) { //nolint:tparallel // the cases share one sidecar and its data, in order
 	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_USER_ID_HEADER": "X-User-Id"}) // and SIDECAR_AUTH_PATH=/api/me
 	sc := h.start()
@@ -250,6 +254,7 @@ func TestAuthEndpointAnswers(t *testing.T) {
 			}, 200, "", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			env := map[string]string{"SIDECAR_AUTH_PATH": "/whoami"}
 			for k, v := range tc.env {
 				env[k] = v

@@ -17,7 +17,7 @@ import (
 // gets a clear status and a JSON error naming the problem, the process stays
 // healthy, and no mutation is lost or applied twice (checked at the end
 // against the mutations that were legitimately sent along the way).
-func TestBadInput(t *testing.T) {
+func TestBadInput(t *testing.T) { //nolint:tparallel // the cases share one sidecar and its data, in order
 	t.Parallel()
 	h := newHarness(t, map[string]string{
 		"SIDECAR_MAX_BODY_BYTES":          "4194304",

@@ -27,6 +27,7 @@ func TestCORS(t *testing.T) {
 			"Origin", origin, "Access-Control-Request-Method", "POST", "Access-Control-Request-Headers", "content-type, authorization, x-replicache-requestid"))
 	}
 	t.Run("configured origins", func(t *testing.T) {
+		t.Parallel()
 		h := newHarness(t, map[string]string{"SIDECAR_CORS_ORIGINS": "https://app.example.com, http://localhost:5173"})
 		sc := h.start()
 		r := preflight(sc, "https://app.example.com")
@@ -55,6 +56,7 @@ func TestCORS(t *testing.T) {
 		}
 	})
 	t.Run("unset: no CORS at all", func(t *testing.T) {
+		t.Parallel()
 		sc := newHarness(t, nil).start()
 		r := preflight(sc, "https://app.example.com")
 		if r.status != http.StatusMethodNotAllowed {
@@ -74,7 +76,7 @@ func TestCORS(t *testing.T) {
 // pull from an origin not listed, or marked cross-site by the browser, is
 // refused with 403. The listed origin, and requests with no Origin (the
 // Replicache client in Node, server-to-server), still work.
-func TestCrossSiteWritesRefused(t *testing.T) {
+func TestCrossSiteWritesRefused(t *testing.T) { //nolint:tparallel // the cases share one sidecar and its data, in order
 	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_FORWARD_HEADERS": "Authorization,Cookie", "SIDECAR_CORS_ORIGINS": "https://app.example.com"})
 	sc := h.start()

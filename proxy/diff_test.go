@@ -299,7 +299,7 @@ func testDiffPatchesMatchReset(t *testing.T, validators bool) {
 
 // diffSetup is a harness on the legacy API with two sidecars and a group
 // that has pulled once.
-func TestDiffPulls(t *testing.T) {
+func TestDiffPulls(t *testing.T) { //nolint:tparallel // the cases share one sidecar and its data, in order
 	t.Parallel()
 	h := newHarness(t, nil)
 	a, b := h.start(), h.start()

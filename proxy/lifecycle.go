@@ -62,7 +62,7 @@ func (s *Sidecar) Serve(ctx context.Context, public, admin net.Listener, g prome
 	defer cancel()
 	errShutdown := s.Shutdown(sctx, pub, adm)
 	stopBackground()
-	<-ran
+	errRun := <-ran
 	// Join the server goroutines: Serve returns ErrServerClosed once its
 	// server shuts down; anything else is a failure of its own.
 	for ; running > 0; running-- {
@@ -70,7 +70,7 @@ func (s *Sidecar) Serve(ctx context.Context, public, admin net.Listener, g prome
 			failure = fmt.Errorf("%s server stopped: %w", st.server, st.err)
 		}
 	}
-	if err := errors.Join(failure, errShutdown); err != nil {
+	if err := errors.Join(failure, errShutdown, errRun); err != nil {
 		return fmt.Errorf("shutting down: %w", err)
 	}
 	s.log.Info("stopped")

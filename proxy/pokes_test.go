@@ -63,6 +63,7 @@ func TestPokesFromPushes(t *testing.T) {
 	t.Parallel()
 	for _, scope := range []string{"all", "user"} {
 		t.Run(scope, func(t *testing.T) {
+			t.Parallel()
 			h := newHarness(t, map[string]string{"SIDECAR_POKE_SCOPE": scope})
 			a := h.start()
 			runPokes(t, a)

@@ -111,7 +111,7 @@ func TestPullCookieIsMonotonic(t *testing.T) {
 	}
 }
 
-func TestPullBadInput(t *testing.T) {
+func TestPullBadInput(t *testing.T) { //nolint:tparallel // the cases share one sidecar and its data, in order
 	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_MAX_BODY_BYTES": "1024"})
 	sc := h.start()
@@ -148,7 +148,7 @@ func TestPullBadInput(t *testing.T) {
 	}
 }
 
-func TestPullSourceFailureIsNeverPartial(t *testing.T) {
+func TestPullSourceFailureIsNeverPartial(t *testing.T) { //nolint:tparallel // the cases share one sidecar and its data, in order
 	t.Parallel()
 	h := newHarness(t, nil)
 	sc := h.start()

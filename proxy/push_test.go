@@ -81,7 +81,7 @@ func TestPushUpstreamCallCarriesKeyAndHeaders(t *testing.T) {
 	}
 }
 
-func TestPushBadInput(t *testing.T) {
+func TestPushBadInput(t *testing.T) { //nolint:tparallel // the cases share one sidecar and its data, in order
 	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_MAX_BODY_BYTES": "2048"})
 	sc := h.start()
@@ -222,7 +222,7 @@ func TestPushBusinessErrorsAdvance(t *testing.T) {
 	}
 }
 
-func TestPushTransientStopsAndRetrySucceeds(t *testing.T) {
+func TestPushTransientStopsAndRetrySucceeds(t *testing.T) { //nolint:tparallel // the cases share one sidecar and its data, in order
 	t.Parallel()
 	h := newHarness(t, map[string]string{"SIDECAR_UPSTREAM_TIMEOUT": "300ms"})
 	sc := h.start()
@@ -316,7 +316,7 @@ func TestPushUpstreamDown(t *testing.T) {
 	}
 }
 
-func TestPushOwnership(t *testing.T) {
+func TestPushOwnership(t *testing.T) { //nolint:tparallel // the cases share one sidecar and its data, in order
 	t.Parallel()
 	h := newHarness(t, nil)
 	sc := h.start()
@@ -495,7 +495,7 @@ func TestPerMutatorOutcomes(t *testing.T) {
 // SIDECAR_GIVE_UP_AFTER, counted across two replicas; it is then consumed
 // as rejected with the reason, counted as abandoned, and the client's later
 // mutations apply. Calls that got no answer never count.
-func TestGiveUpValve(t *testing.T) {
+func TestGiveUpValve(t *testing.T) { //nolint:tparallel // the cases share one sidecar and its data, in order
 	t.Parallel()
 	h := newHarness(t, map[string]string{
 		"SIDECAR_GIVE_UP_ATTEMPTS": "3", "SIDECAR_GIVE_UP_AFTER": "300ms",
@@ -694,7 +694,7 @@ func TestTwoGroupsRaceForOneNewClient(t *testing.T) {
 // create: 400) is caught by asking the auth endpoint again, once per push,
 // before the rejection is consumed. A view answering 401 makes the pull
 // answer 401.
-func TestExpiredCredentialsKeepEdits(t *testing.T) {
+func TestExpiredCredentialsKeepEdits(t *testing.T) { //nolint:tparallel // the cases share one sidecar and its data, in order
 	t.Parallel()
 	h := newHarness(t, nil) // identity from /api/me
 	sc := h.start()

@@ -69,8 +69,9 @@ func TestRidersShareOneRun(t *testing.T) {
 
 	// A failed run: its riders get the error, and the key is free again.
 	f, _, _ := g.Join("fail", 0, nil, always)
-	r := &rider{}
-	g.Join("fail", 0, r, always)
+	if _, leader, err := g.Join("fail", 0, &rider{}, always); leader || err != nil {
+		t.Fatalf("rider Join: leader=%v err=%v", leader, err)
+	}
 	f.Land(boom)
 	if err := f.Wait(context.Background()); !errors.Is(err, boom) {
 		t.Errorf("Wait on a failed flight = %v", err)
