@@ -297,7 +297,7 @@ type pullBuild struct {
 // an answer without a value it must put; the caller fetches again in full.
 func (b *pullBuild) run(ctx context.Context, memos map[clientview.PageKey]*clientview.PageMemo) (retry bool, err error) {
 	s, c, view := b.s, b.c, b.view
-	res, err := s.fetch(ctx, b.mapping, clientview.Request{UserID: c.User, Header: c.Forward, Memory: c.mem, Memos: memos})
+	res, err := s.fetch(ctx, b.mapping, c.Key(), clientview.Request{UserID: c.User, Header: c.Forward, Memory: c.mem, Memos: memos})
 	if err != nil {
 		var se *clientview.SourceError
 		return memos != nil && ctx.Err() == nil && errors.As(err, &se), err
@@ -354,8 +354,8 @@ func (b *pullBuild) run(ctx context.Context, memos map[clientview.PageKey]*clien
 
 // fetch reads the view, admitted by the view breaker as one unit of work
 // (every page of every source: half-open, the trial is the whole fetch),
-// and reports the verdict's evidence.
-func (s *puller) fetch(ctx context.Context, m *mapping.Mapping, r clientview.Request) (clientview.Result, error) {
+// and reports the verdict's evidence, from source (the caller).
+func (s *puller) fetch(ctx context.Context, m *mapping.Mapping, source string, r clientview.Request) (clientview.Result, error) {
 	ticket, err := s.parts.Upstream.View.Admit()
 	if err != nil {
 		return clientview.Result{}, err
@@ -365,7 +365,7 @@ func (s *puller) fetch(ctx context.Context, m *mapping.Mapping, r clientview.Req
 		ticket.Done(upstream.Evidence{Health: upstream.Healthy})
 		return res, nil
 	}
-	v, _ := verdict.View(err, "", 0) // no view verdict: no evidence
+	v, _ := verdict.View(err, source, 0) // no view verdict: no evidence
 	ticket.Done(v.Evidence)
 	return res, err
 }

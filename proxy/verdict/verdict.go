@@ -21,7 +21,12 @@
 //     even send leave it Pending.
 //   - Only the upstream's health is evidence for a breaker: no answer, a
 //     timeout, or a 5xx that the mapping retries. An answer that says the
-//     caller's own request is wrong is the caller's problem.
+//     caller's own request is wrong is the caller's problem. Evidence names
+//     its source, the caller's identity (identity.Caller.Key): strong
+//     evidence (no answer, a timeout, 502, 503, 504) always counts; weak
+//     evidence (a 500) counts once per source in a row, so one user's
+//     failures weigh as one however many client groups they use; the auth
+//     call's 500 (its input is the caller's credential) never counts.
 //
 // It is safe for concurrent use: verdicts are values, and Reporter locks.
 package verdict
@@ -288,8 +293,16 @@ func Auth(method, path string, status int, location string, err error, source st
 		v.Problem = problem.Errorf(http.StatusUnauthorized, problem.Unauthorized,
 			"the upstream did not accept the credentials (%s answered %d)", path, code)
 	case code >= 500:
-		// An outage of the auth endpoint is an outage: retry later.
-		v.Evidence = callEvidence(nil, code, source)
+		// Retry later. Only an answer that says the service is unavailable
+		// (502, 503, 504) is evidence against it: the call's input is the
+		// caller's own credential, and many APIs answer 500 to a malformed
+		// one (a token parser that throws). One caller's problem must never
+		// open the breaker that every user's pushes and pulls need.
+		if e := callEvidence(nil, code, source); e.Strong {
+			v.Evidence = e
+		} else {
+			v.Evidence.Health = upstream.Unknown
+		}
 		unavailable("auth endpoint %s answered %d", endpoint, code)
 	case code >= 300 && code < 400:
 		// A mapping error like a redirected mutation: 503, so pushes keep

@@ -142,6 +142,9 @@ func TestAuth(t *testing.T) {
 		{"404: the setting is wrong", 404, nil, Pending, upstream.Healthy, problem.ConfigurationError},
 		{"302: a mapping error", 302, nil, Pending, upstream.Healthy, problem.MappingError},
 		{"503: an outage", 503, nil, Pending, upstream.Sick, problem.UpstreamUnavailable},
+		// The auth call's input is the caller's credential: a 500 for a
+		// malformed token is that caller's problem, never evidence.
+		{"500: the caller's problem", 500, nil, Pending, upstream.Unknown, problem.UpstreamUnavailable},
 		{"timeout", 0, &upstream.CallError{Timeout: true}, Pending, upstream.Sick, problem.UpstreamUnavailable},
 		{"418: unusable", 418, nil, Pending, upstream.Healthy, problem.BadGateway},
 	} {
