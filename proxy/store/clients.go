@@ -237,7 +237,10 @@ func (g *GroupTx) SetLastMutationID(ctx context.Context, clientID string, id int
 		ON CONFLICT (id) DO UPDATE SET last_mutation_id = greatest({schema}.clients.last_mutation_id, excluded.last_mutation_id), updated_at = now()
 		WHERE {schema}.clients.client_group_id = excluded.client_group_id`),
 		[]any{clientID, g.GroupID, id, g.s.touchInterval},
-		func(tag pgconn.CommandTag) error {
+		func(tag pgconn.CommandTag, err error) error {
+			if err != nil {
+				return err
+			}
 			if tag.RowsAffected() == 0 {
 				// Another group registered this client since it was read.
 				return ErrClientForbidden
