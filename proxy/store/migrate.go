@@ -11,6 +11,18 @@ import (
 // migrations are applied in order, forward only; each entry's index+1 is its
 // version. Never edit or remove an entry that has shipped: add a new one.
 // Never drop data. {schema} is replaced by the quoted schema name.
+//
+// A new entry is expand-only, so the previous release keeps working on the
+// migrated schema while both run (a rolling deploy): it only adds tables,
+// columns, indexes and functions, never changes a column's type, drops or
+// renames anything, or makes an old query's result change shape. It is
+// cheap on a large table: a new column is nullable or has a constant
+// default (no rewrite on Postgres 11 and later), and a statement that needs
+// a table's ACCESS EXCLUSIVE lock waits for it briefly (SET LOCAL
+// lock_timeout), since every query of that table queues behind the wait;
+// Migrate fails then, and the binary retries it. Entry 8 broke this rule:
+// it changed column types, which failed the previous release's reads
+// (issue #26).
 var migrations = []string{
 	// 1: the bookkeeping of the Reset Strategy.
 	`CREATE TABLE {schema}.client_groups (
@@ -124,7 +136,33 @@ var migrations = []string{
 	`ALTER TABLE {schema}.client_groups ADD COLUMN last_used_at timestamptz NOT NULL DEFAULT now();
 	CREATE INDEX client_groups_idle_idx ON {schema}.client_groups (last_used_at) WHERE deleted_at IS NULL;
 	CREATE INDEX client_groups_deleted_idx ON {schema}.client_groups (deleted_at) WHERE deleted_at IS NOT NULL;`,
+	// 10: Settle. An answered attempt may not count toward giving up (the
+	// failure was not the mutation's own); it is still recorded for
+	// operators: uncounted counts those, last_at is the last attempt of
+	// either kind (NULL in rows written by an older binary, or by
+	// RecordAttempt), and counted_since
+	// is the first counted attempt when the row began with uncounted ones
+	// (NULL otherwise: first_at is then the first counted attempt, as an
+	// older binary writes it). client_forbidden aborts a settling statement
+	// that finds its client registered by another group, so the whole
+	// transaction rolls back. Expand-only: new columns, no rewrite; the
+	// ALTER's lock is waited for at most 3s.
+	`SET LOCAL lock_timeout = '3s';
+	ALTER TABLE {schema}.mutation_attempts
+		ADD COLUMN uncounted     int NOT NULL DEFAULT 0,
+		ADD COLUMN counted_since timestamptz,
+		ADD COLUMN last_at       timestamptz;
+	SET LOCAL lock_timeout TO DEFAULT;
+	CREATE FUNCTION {schema}.client_forbidden() RETURNS int LANGUAGE plpgsql VOLATILE AS $fn$
+	BEGIN
+		RAISE EXCEPTION 'client belongs to another client group' USING ERRCODE = '` + clientForbiddenCode + `';
+	END
+	$fn$;`,
 }
+
+// clientForbiddenCode is the SQLSTATE {schema}.client_forbidden() raises
+// (class SC: the sidecar's own, outside the classes Postgres uses).
+const clientForbiddenCode = "SC403"
 
 // SchemaVersion is the migration version this binary needs.
 func SchemaVersion() int { return len(migrations) }
@@ -132,7 +170,8 @@ func SchemaVersion() int { return len(migrations) }
 // Migrate creates the schema and applies every pending migration in one
 // transaction, under an advisory lock so replicas starting together take
 // turns. A database migrated further than this binary knows is accepted
-// (migrations are additive), which keeps rolling deploys safe.
+// (new migrations are expand-only, see migrations), which keeps rolling
+// deploys safe.
 func (s *Store) Migrate(ctx context.Context) error {
 	return s.migrateTo(ctx, len(migrations))
 }

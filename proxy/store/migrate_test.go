@@ -2,8 +2,11 @@ package store
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -103,5 +106,135 @@ func TestUpgradeKeepsOldKeys(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSettleMigrationIsExpandOnly: migration 10 (Settle's columns) leaves
+// the previous release working on the migrated schema, even on a connection
+// whose statements it prepared before (pgx's statement cache: a query whose
+// result changed shape would fail there with "cached plan must not change
+// result type"); it rewrites no table, and the rows each release writes
+// are read right by the other.
+func TestSettleMigrationIsExpandOnly(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	schema := proxytest.NewSchema(t)
+	// The previous release, on one connection so its statements stay
+	// prepared across the migration. Its store calls are the ones that
+	// remain unchanged in this package.
+	url := proxytest.DatabaseURL(t)
+	sep := "?"
+	if strings.Contains(url, "?") {
+		sep = "&"
+	}
+	oldPool, err := NewPool(ctx, PoolOptions{URL: url + sep + "pool_max_conns=1", StatementTimeout: 5 * time.Second, LockTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(oldPool.Close)
+	old := New(oldPool, Options{Schema: schema})
+	if err := old.migrateTo(ctx, 9); err != nil {
+		t.Fatal(err)
+	}
+	// oldPush is what the previous release does on a push: read the
+	// client, claim it, count an attempt of its pending mutation 5 (the
+	// count it should see is want), consume a mutation and reject one.
+	oldPush := func(lmid int64, want int) {
+		t.Helper()
+		err := old.LockedClient(ctx, "g", "u", "c", func(g *GroupTx) error {
+			if _, err := g.LastMutationID(ctx, "c"); err != nil {
+				return err
+			}
+			if err := g.ClaimClient(ctx, "c", 10); err != nil {
+				return err
+			}
+			a, err := g.RecordAttempt(ctx, "c", 5, 503)
+			if err != nil {
+				return err
+			}
+			if a.Count != want {
+				t.Errorf("previous release: attempt count %d, want %d", a.Count, want)
+			}
+			if err := g.SetLastMutationID(ctx, "c", lmid); err != nil {
+				return err
+			}
+			return g.RecordRejection(ctx, Rejection{ClientID: "c", MutationID: lmid, Mutator: "m", Reason: "no"})
+		})
+		if err != nil {
+			t.Fatalf("previous release on the schema: %v", err)
+		}
+	}
+	oldPush(1, 1)
+	filenode := func() int64 {
+		t.Helper()
+		var n int64
+		if err := oldPool.QueryRow(ctx, `SELECT relfilenode::bigint FROM pg_class WHERE oid = $1::regclass`, old.sql("{schema}.mutation_attempts")).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := filenode()
+
+	s := New(proxytest.NewPool(t), Options{Schema: schema})
+	if err := s.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if after := filenode(); after != before {
+		t.Errorf("mutation_attempts was rewritten (file node %d, then %d)", before, after)
+	}
+	oldPush(2, 2) // its prepared statements still work
+	// This release counts on from the previous one's row, and the
+	// previous one on from a row this one wrote.
+	err = s.Locked(ctx, "g", "u", func(g *GroupTx) error {
+		if a, err := g.Settle(ctx, Settlement{ClientID: "c", MutationID: 5, Status: 502}); err != nil || a.Count != 2 {
+			return fmt.Errorf("an uncounted attempt on the previous release's row: %+v, %v; want count 2", a, err)
+		}
+		if a, err := g.Settle(ctx, Settlement{ClientID: "c", MutationID: 5, Status: 503, Counts: true}); err != nil || a.Count != 3 {
+			return fmt.Errorf("a counted attempt on the previous release's row: %+v, %v; want count 3", a, err)
+		}
+		_, err := g.Settle(ctx, Settlement{ClientID: "c", MutationID: 3, Outcome: Rejected, Status: 422, Reason: "no"})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldPush(4, 4)
+}
+
+// TestMigrationLockWaitIsBounded: migration 10 waits for mutation_attempts'
+// lock at most 3s (every query of the table queues behind the wait), then
+// fails having applied nothing, to be retried.
+func TestMigrationLockWaitIsBounded(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := proxytest.NewPool(t)
+	s := New(pool, Options{Schema: proxytest.NewSchema(t)})
+	if err := s.migrateTo(ctx, 9); err != nil {
+		t.Fatal(err)
+	}
+	// A push's transaction holding a lock on the table.
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, s.sql(`DELETE FROM {schema}.mutation_attempts WHERE client_id = 'c'`)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err = s.Migrate(ctx)
+	if waited := time.Since(start); !IsLockTimeout(err) || waited > 10*time.Second {
+		t.Errorf("Migrate behind a held lock: %v after %v, want a lock timeout after about 3s", err, waited)
+	}
+	if err := s.Ready(ctx); err == nil {
+		t.Error("Ready after a failed Migrate: the migration was applied")
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Migrate(ctx); err != nil {
+		t.Fatalf("Migrate once the lock is free: %v", err)
 	}
 }
