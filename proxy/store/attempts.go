@@ -10,17 +10,20 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Attempts is what RecordAttempt knows of a pending mutation's answered,
-// retryable attempts.
+// Attempts is what RecordAttempt and Settle know of a pending mutation's
+// answered, retryable attempts that count toward giving up.
 type Attempts struct {
-	Count int           // answered retryable attempts so far, this one included
-	Span  time.Duration // since the first of them, by the database's clock
+	Count int           // counted attempts so far, this one included if it counts
+	Span  time.Duration // since the first counted one, by the database's clock (0: none)
 }
 
 // RecordAttempt counts one answered, retryable attempt (status: the
 // upstream's answer) of the client's pending mutation and returns the count
 // so far. It is durable once the transaction commits, and shared by every
 // replica; the row goes when the mutation is consumed (SetLastMutationID).
+// It is Settle's Pending with Counts as the previous release wrote it: it
+// leaves last_at unset, and on a row begun with uncounted attempts its
+// span runs from the first of those.
 func (g *GroupTx) RecordAttempt(ctx context.Context, clientID string, mutationID int64, status int) (Attempts, error) {
 	var a Attempts
 	var seconds float64
@@ -70,7 +73,9 @@ func (g *GroupTx) RecentRejections(ctx context.Context, ttl time.Duration) ([]Re
 	return out, nil
 }
 
-// RecordRejection stores a rejected mutation for operators.
+// RecordRejection stores a rejected mutation for operators. Settle with
+// Rejected records it together with the last mutation id, in one
+// statement.
 func (g *GroupTx) RecordRejection(ctx context.Context, r Rejection) error {
 	var status *int
 	if r.Status != 0 {

@@ -213,10 +213,13 @@ func (g *GroupTx) ClaimClient(ctx context.Context, clientID string, maxPerGroup 
 }
 
 // SetLastMutationID records that the client's mutations up to id are
-// processed.
+// processed. Settle with Applied or Rejected does this and more.
 //
 // The attempts recorded for those mutations are forgotten in the same
-// statement (one round trip).
+// statement (one round trip). If another group has registered the client,
+// the statement or COMMIT that carries the write fails with
+// ErrClientForbidden; at COMMIT, the transaction's other writes have been
+// committed all the same (the COMMIT went in the same round trip).
 func (g *GroupTx) SetLastMutationID(ctx context.Context, clientID string, id int64) error {
 	// The group's last use is noted at most once per touchInterval: a push
 	// of many mutations does not rewrite the group's row for each.
