@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -189,11 +188,20 @@ func TestSettleMigrationIsExpandOnly(t *testing.T) {
 	// This release counts on from the previous one's row, and the
 	// previous one on from a row this one wrote.
 	err = s.Locked(ctx, "g", "u", func(g *GroupTx) error {
-		if a, err := g.Settle(ctx, Settlement{ClientID: "c", MutationID: 5, Status: 502}); err != nil || a.Count != 2 {
-			return fmt.Errorf("an uncounted attempt on the previous release's row: %+v, %v; want count 2", a, err)
-		}
-		if a, err := g.Settle(ctx, Settlement{ClientID: "c", MutationID: 5, Status: 503, Counts: true}); err != nil || a.Count != 3 {
-			return fmt.Errorf("a counted attempt on the previous release's row: %+v, %v; want count 3", a, err)
+		for _, step := range []struct {
+			Settlement
+			want int
+		}{
+			{Settlement{ClientID: "c", MutationID: 5, Status: 502}, 2},               // uncounted
+			{Settlement{ClientID: "c", MutationID: 5, Status: 503, Counts: true}, 3}, // counted
+		} {
+			a, err := g.Settle(ctx, step.Settlement)
+			if err != nil {
+				return err
+			}
+			if a.Count != step.want {
+				t.Errorf("%+v on the previous release's row: %+v, want count %d", step.Settlement, a, step.want)
+			}
 		}
 		_, err := g.Settle(ctx, Settlement{ClientID: "c", MutationID: 3, Outcome: Rejected, Status: 422, Reason: "no"})
 		return err
