@@ -18,14 +18,17 @@ type deferringTx struct {
 }
 
 type deferredWrite struct {
-	key   string // what it writes: a later write with the same key replaces it
-	sql   string
-	args  []any
-	check func(pgconn.CommandTag) error
+	key  string // what it writes: a later write with the same key replaces it
+	sql  string
+	args []any
+	// check judges the write's result, its command tag or the error
+	// Postgres answered (a write may fail on purpose, aborting the
+	// transaction), and returns the error to report, if any.
+	check func(pgconn.CommandTag, error) error
 }
 
 // hold keeps a write back; check judges its result when it runs.
-func (d *deferringTx) hold(key, sql string, args []any, check func(pgconn.CommandTag) error) {
+func (d *deferringTx) hold(key, sql string, args []any, check func(pgconn.CommandTag, error) error) {
 	for i := range d.pending {
 		if d.pending[i].key == key {
 			// A later write of the same row supersedes the held one
@@ -51,10 +54,7 @@ func (d *deferringTx) run(ctx context.Context, tail ...*pgx.QueuedQuery) (pgx.Ba
 	br := d.conn.SendBatch(ctx, b)
 	for _, w := range pending {
 		tag, err := br.Exec()
-		if err == nil {
-			err = w.check(tag)
-		}
-		if err != nil {
+		if err = w.check(tag, err); err != nil {
 			_ = br.Close()
 			return nil, err
 		}

@@ -10,8 +10,13 @@
 //   - New and NewPool only build; nothing touches the database until a call.
 //     Migrate creates the schema and applies every pending migration in one
 //     transaction under an advisory lock, so replicas starting together take
-//     turns. Migrations are additive: a database migrated further than this
-//     binary knows is accepted (rolling deploys). Ready reports whether the
+//     turns. A database migrated further than this binary knows is accepted
+//     (rolling deploys), so a new migration is expand-only: it only adds,
+//     never changes a type or drops or renames, so the previous release
+//     keeps working on the migrated schema; and it is cheap on a large
+//     table (no rewrite; a table lock waited for at most a few seconds, or
+//     Migrate fails and is retried). Migration 8 predates the rule and
+//     broke it (column types: issue #26). Ready reports whether the
 //     database answers and holds every migration this binary needs.
 //   - Locked and LockedClient run a callback in a READ COMMITTED transaction
 //     holding the client group's row lock (SELECT … FOR UPDATE), creating the
@@ -34,16 +39,27 @@
 //   - Ownership: a group belongs to the user who first locked it
 //     (ErrGroupForbidden), a client to the group it first appeared in
 //     (ErrClientForbidden), and a deleted group stays deleted
-//     (ErrGroupDeleted). These are checked under the lock and roll back.
+//     (ErrGroupDeleted). These are checked under the lock and roll back,
+//     with one exception: SetLastMutationID's deferred check, when it
+//     fails at COMMIT, reports ErrClientForbidden although the COMMIT, sent
+//     in the same round trip, has committed the transaction's other writes
+//     (Settle's check aborts the transaction instead).
 //   - Clients: a client's row is created when one of its mutations is
 //     processed (ClaimClient, before the upstream call), never by a refused
 //     push. CheckClients and ClaimClient keep a group within its client cap
 //     by pruning clients idle for over a day. TrimRejections keeps a
 //     group's rejection records within a count and an age.
-//   - Attempts: RecordAttempt counts an answered, retryable attempt of a
-//     pending mutation; the count survives restarts and is shared by
-//     replicas once its transaction commits, and SetLastMutationID forgets
-//     the attempts of the mutations it consumes, in the same statement.
+//   - Settling a mutation: Settle records what one upstream answer came to
+//     in one store call. Consumed (Applied, Rejected): the last mutation id
+//     advances, the attempts of the mutations it consumes are forgotten and
+//     a rejection is recorded, in one statement deferred to the
+//     transaction's next statement or COMMIT. Pending: the answered attempt
+//     is recorded, counted toward giving up only when the failure is the
+//     mutation's own (an uncounted one is kept for operators, its status
+//     and time); the count survives restarts and is shared by replicas
+//     once its transaction commits. SetLastMutationID, RecordAttempt and
+//     RecordRejection do the same in separate calls (a rejection takes a
+//     round trip more); they remain until their callers use Settle.
 //   - Cookies: NextCookieOrder issues an order strictly greater than the
 //     request's and every order the group was issued before; a rolled-back
 //     pull issues nothing. GroupTx.Epoch names the database (made at its

@@ -36,6 +36,15 @@ type PoolOptions struct {
 // instead of hanging. The error never echoes the URL (it may hold a
 // password).
 func NewPool(ctx context.Context, o PoolOptions) (*pgxpool.Pool, error) {
+	pc, err := poolConfig(o)
+	if err != nil {
+		return nil, err
+	}
+	return pgxpool.NewWithConfig(ctx, pc)
+}
+
+// poolConfig is NewPool's configuration (tests add a tracer to it).
+func poolConfig(o PoolOptions) (*pgxpool.Config, error) {
 	pc, err := pgxpool.ParseConfig(o.URL)
 	if err != nil {
 		return nil, errors.New("not a valid Postgres connection string")
@@ -59,7 +68,7 @@ func NewPool(ctx context.Context, o PoolOptions) (*pgxpool.Pool, error) {
 	if !strings.Contains(o.URL, "pool_max_conns") {
 		pc.MaxConns = defaultPoolSize
 	}
-	return pgxpool.NewWithConfig(ctx, pc)
+	return pc, nil
 }
 
 // defaultPoolSize is the pool size when the connection string sets none.

@@ -1,0 +1,253 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// migrations are applied in order, forward only; each entry's index+1 is its
+// version. Never edit or remove an entry that has shipped: add a new one.
+// Never drop data. {schema} is replaced by the quoted schema name.
+//
+// A new entry is expand-only, so the previous release keeps working on the
+// migrated schema while both run (a rolling deploy): it only adds tables,
+// columns, indexes and functions, never changes a column's type, drops or
+// renames anything, or makes an old query's result change shape. It is
+// cheap on a large table: a new column is nullable or has a constant
+// default (no rewrite on Postgres 11 and later), and a statement that needs
+// a table's ACCESS EXCLUSIVE lock waits for it briefly (SET LOCAL
+// lock_timeout), since every query of that table queues behind the wait;
+// Migrate fails then, and the binary retries it. Entry 8 broke this rule:
+// it changed column types, which failed the previous release's reads
+// (issue #26).
+var migrations = []string{
+	// 1: the bookkeeping of the Reset Strategy.
+	`CREATE TABLE {schema}.client_groups (
+		id           text PRIMARY KEY,
+		user_id      text NOT NULL,
+		-- the order of the last cookie issued to this group; pulls answer
+		-- max(request order, cookie_order) + 1 so cookies only grow.
+		cookie_order bigint NOT NULL DEFAULT 0,
+		created_at   timestamptz NOT NULL DEFAULT now(),
+		-- set when the group's server state is deleted: its clients then get
+		-- ClientStateNotFound instead of a fresh, empty state.
+		deleted_at   timestamptz
+	);
+	CREATE TABLE {schema}.clients (
+		id               text PRIMARY KEY,
+		client_group_id  text NOT NULL REFERENCES {schema}.client_groups (id),
+		last_mutation_id bigint NOT NULL DEFAULT 0 CHECK (last_mutation_id >= 0),
+		created_at       timestamptz NOT NULL DEFAULT now(),
+		updated_at       timestamptz NOT NULL DEFAULT now()
+	);
+	CREATE INDEX clients_client_group_id_idx ON {schema}.clients (client_group_id);
+	-- mutations consumed without effect (business errors), for operators.
+	CREATE TABLE {schema}.mutation_rejections (
+		client_id       text NOT NULL,
+		mutation_id     bigint NOT NULL,
+		client_group_id text NOT NULL,
+		mutator         text NOT NULL,
+		status          int,          -- upstream status; NULL when the mapping refused it
+		reason          text NOT NULL,
+		body            text NOT NULL DEFAULT '',
+		created_at      timestamptz NOT NULL DEFAULT now(),
+		PRIMARY KEY (client_id, mutation_id)
+	);`,
+	// 2: answered retryable attempts of pending mutations, for the give-up
+	// valve. A row lives while its mutation is pending.
+	`CREATE TABLE {schema}.mutation_attempts (
+		client_id       text NOT NULL,
+		mutation_id     bigint NOT NULL,
+		client_group_id text NOT NULL,
+		attempts        int NOT NULL,
+		first_at        timestamptz NOT NULL DEFAULT now(),
+		last_status     int NOT NULL,
+		PRIMARY KEY (client_id, mutation_id)
+	);`,
+	// 3: rejections are kept per group within limits (count, age).
+	`CREATE INDEX mutation_rejections_group_idx ON {schema}.mutation_rejections (client_group_id, created_at);`,
+	// 4: when the group last pruned idle clients: one of them coming back
+	// is told to start over instead of meeting a mutation id gap for ever.
+	`ALTER TABLE {schema}.client_groups ADD COLUMN clients_pruned_at timestamptz;`,
+	// 5: idempotency keys become an HMAC under a secret of the sidecar's
+	// (settings). A client known before this migration may have sent its
+	// next mutation (and only that one: a push stops at the first mutation
+	// not applied) with the old key "<clientID>:<mutationID>"; it keeps the
+	// old key up to there, so an upgrade never turns a repeat into a
+	// second write.
+	`CREATE TABLE {schema}.settings (
+		name  text PRIMARY KEY,
+		value bytea NOT NULL
+	);
+	ALTER TABLE {schema}.clients ADD COLUMN legacy_keys_through bigint;
+	UPDATE {schema}.clients SET legacy_keys_through = last_mutation_id + 1;`,
+	// 6: the client view record of each group (what its clients were last
+	// served, key by key: a hash of the value and the record version it last
+	// changed at; a NULL hash is a removed key), from which pulls answer
+	// diffs. A row changes only when its key's value does.
+	`ALTER TABLE {schema}.client_groups
+		ADD COLUMN view_record_id bigint,
+		ADD COLUMN view_version bigint NOT NULL DEFAULT 0,
+		ADD COLUMN view_min_version bigint NOT NULL DEFAULT 0;
+	CREATE TABLE {schema}.view_entries (
+		client_group_id text NOT NULL,
+		key             text NOT NULL,
+		hash            bigint,
+		version         bigint NOT NULL,
+		PRIMARY KEY (client_group_id, key)
+	);`,
+	// 7: per group, source and page: the validators a view page answered
+	// with (ETag, Last-Modified) and what it produced, for conditional GETs.
+	// Written only when a page's answer changes.
+	`CREATE TABLE {schema}.view_pages (
+		client_group_id text NOT NULL,
+		source          text NOT NULL,
+		page            int NOT NULL,
+		url             text NOT NULL,
+		etag            text NOT NULL,
+		last_modified   text NOT NULL,
+		next            text NOT NULL,
+		total           int NOT NULL,
+		digest          bigint NOT NULL,
+		keys            text[] NOT NULL,
+		hashes          bigint[] NOT NULL,
+		PRIMARY KEY (client_group_id, source, page)
+	);`,
+	// 8: keys as bytes (an upstream id may hold NUL, which text cannot),
+	// and a random tag per record version, kept for the versions a diff may
+	// start from: after a restore from a backup the record re-issues
+	// version numbers, and only the tag tells the new ones from the lost.
+	// Remembered pages are a cache: they are dropped, not converted.
+	`ALTER TABLE {schema}.view_entries ALTER COLUMN key TYPE bytea USING convert_to(key, 'UTF8');
+	TRUNCATE {schema}.view_pages;
+	ALTER TABLE {schema}.view_pages ALTER COLUMN keys TYPE bytea[] USING '{}';
+	CREATE TABLE {schema}.view_versions (
+		client_group_id text NOT NULL,
+		version         bigint NOT NULL,
+		tag             bigint NOT NULL,
+		PRIMARY KEY (client_group_id, version)
+	);`,
+	// 9: client-group lifecycle: when a group was last used (a pull, or a
+	// push that processed a mutation), for the sweep of idle groups, and the
+	// indexes that sweep and the expiry of tombstones (deleted groups) use.
+	`ALTER TABLE {schema}.client_groups ADD COLUMN last_used_at timestamptz NOT NULL DEFAULT now();
+	CREATE INDEX client_groups_idle_idx ON {schema}.client_groups (last_used_at) WHERE deleted_at IS NULL;
+	CREATE INDEX client_groups_deleted_idx ON {schema}.client_groups (deleted_at) WHERE deleted_at IS NOT NULL;`,
+	// 10: Settle. An answered attempt may not count toward giving up (the
+	// failure was not the mutation's own); it is still recorded for
+	// operators: uncounted counts those, last_at is the last attempt of
+	// either kind (NULL in rows written by an older binary, or by
+	// RecordAttempt), and counted_since
+	// is the first counted attempt when the row began with uncounted ones
+	// (NULL otherwise: first_at is then the first counted attempt, as an
+	// older binary writes it). client_forbidden aborts a settling statement
+	// that finds its client registered by another group, so the whole
+	// transaction rolls back. Expand-only: new columns, no rewrite; the
+	// ALTER's lock is waited for at most 3s.
+	`SET LOCAL lock_timeout = '3s';
+	ALTER TABLE {schema}.mutation_attempts
+		ADD COLUMN uncounted     int NOT NULL DEFAULT 0,
+		ADD COLUMN counted_since timestamptz,
+		ADD COLUMN last_at       timestamptz;
+	SET LOCAL lock_timeout TO DEFAULT;
+	CREATE FUNCTION {schema}.client_forbidden() RETURNS int LANGUAGE plpgsql VOLATILE AS $fn$
+	BEGIN
+		RAISE EXCEPTION 'client belongs to another client group' USING ERRCODE = '` + clientForbiddenCode + `';
+	END
+	$fn$;`,
+}
+
+// clientForbiddenCode is the SQLSTATE {schema}.client_forbidden() raises
+// (class SC: the sidecar's own, outside the classes Postgres uses).
+const clientForbiddenCode = "SC403"
+
+// SchemaVersion is the migration version this binary needs.
+func SchemaVersion() int { return len(migrations) }
+
+// Migrate creates the schema and applies every pending migration in one
+// transaction, under an advisory lock so replicas starting together take
+// turns. A database migrated further than this binary knows is accepted
+// (new migrations are expand-only, see migrations), which keeps rolling
+// deploys safe.
+func (s *Store) Migrate(ctx context.Context) error {
+	return s.migrateTo(ctx, len(migrations))
+}
+
+// migrateTo applies the migrations up to version target (tests stop early
+// to play an older database), then makes sure the idempotency secret
+// exists once its table does.
+func (s *Store) migrateTo(ctx context.Context, target int) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('replicache-sidecar migrate ' || $1))`, s.schema); err != nil {
+			return fmt.Errorf("taking migration lock: %w", err)
+		}
+		if _, err := tx.Exec(ctx, s.sql(`CREATE SCHEMA IF NOT EXISTS {schema};
+			CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
+				version    int PRIMARY KEY,
+				applied_at timestamptz NOT NULL DEFAULT now())`)); err != nil {
+			return fmt.Errorf("creating schema: %w", err)
+		}
+		var current int
+		if err := tx.QueryRow(ctx, s.sql(`SELECT coalesce(max(version), 0) FROM {schema}.schema_migrations`)).Scan(&current); err != nil {
+			return fmt.Errorf("reading schema version: %w", err)
+		}
+		for v := current + 1; v <= target; v++ {
+			if _, err := tx.Exec(ctx, s.sql(migrations[v-1])); err != nil {
+				return fmt.Errorf("applying migration %d: %w", v, err)
+			}
+			if _, err := tx.Exec(ctx, s.sql(`INSERT INTO {schema}.schema_migrations (version) VALUES ($1)`), v); err != nil {
+				return fmt.Errorf("recording migration %d: %w", v, err)
+			}
+		}
+		if max(current, target) < secretMigration {
+			return nil
+		}
+		secret := make([]byte, 32)
+		if _, err := rand.Read(secret); err != nil {
+			return fmt.Errorf("generating the idempotency secret: %w", err)
+		}
+		if _, err := tx.Exec(ctx, s.sql(`INSERT INTO {schema}.settings (name, value) VALUES ('idempotency_secret', $1)
+			ON CONFLICT (name) DO NOTHING`), secret); err != nil {
+			return fmt.Errorf("storing the idempotency secret: %w", err)
+		}
+		epoch := make([]byte, 8)
+		if _, err := rand.Read(epoch); err != nil {
+			return fmt.Errorf("generating the database epoch: %w", err)
+		}
+		if _, err := tx.Exec(ctx, s.sql(`INSERT INTO {schema}.settings (name, value) VALUES ('epoch', $1)
+			ON CONFLICT (name) DO NOTHING`), epoch); err != nil {
+			return fmt.Errorf("storing the database epoch: %w", err)
+		}
+		return nil
+	})
+}
+
+// secretMigration is the version that creates the settings table.
+const secretMigration = 5
+
+// IdempotencySecret returns the secret the sidecar generated at its first
+// migration and keeps in its schema, shared by every replica.
+func (s *Store) IdempotencySecret(ctx context.Context) ([]byte, error) {
+	var secret []byte
+	if err := s.pool.QueryRow(ctx, s.sql(`SELECT value FROM {schema}.settings WHERE name = 'idempotency_secret'`)).Scan(&secret); err != nil {
+		return nil, fmt.Errorf("reading the idempotency secret: %w", err)
+	}
+	return secret, nil
+}
+
+// Ready checks that the database answers and holds every migration this
+// binary needs.
+func (s *Store) Ready(ctx context.Context) error {
+	var v int
+	err := s.pool.QueryRow(ctx, s.sql(`SELECT coalesce(max(version), 0) FROM {schema}.schema_migrations`)).Scan(&v)
+	if err != nil {
+		return fmt.Errorf("reading schema version: %w", err)
+	}
+	if v < len(migrations) {
+		return fmt.Errorf("schema at version %d, need %d", v, len(migrations))
+	}
+	return nil
+}
