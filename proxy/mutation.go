@@ -142,7 +142,7 @@ func (s *core) applyOne(ctx context.Context, c *exchange, mp *mapping.Mapping, g
 		}
 	}
 	if v.Outcome == verdict.Pending {
-		attempts, giveUp, err := s.countAttempt(dctx, g, mu, res, v)
+		attempts, giveUp, err := s.settleAttempt(dctx, g, mu, res, v)
 		switch {
 		case err != nil:
 			return r, err
@@ -156,19 +156,19 @@ func (s *core) applyOne(ctx context.Context, c *exchange, mp *mapping.Mapping, g
 		res = mutators.Result{Outcome: mutators.Rejected, Status: res.Status, Body: res.Body,
 			Err: fmt.Errorf("gave up after %d attempts over %s", attempts.Count, roundSpan(attempts.Span))}
 	}
-	if err := g.SetLastMutationID(dctx, mu.ClientID, mu.ID); err != nil {
-		return r, err
-	}
 	r.label, r.lmid = v.Label, mu.ID
+	settle := store.Settlement{ClientID: mu.ClientID, MutationID: mu.ID, Outcome: store.Applied}
 	switch v.Label {
 	case verdict.LabelApplied:
 		c.log.Debug("mutation applied", "mutator", mu.Name, "mutation_id", mu.ID, "outcome", v.Label, "status", res.Status)
-		return r, nil
 	case verdict.LabelRejected:
 		c.log.Info("mutation rejected", "mutator", mu.Name, "mutation_id", mu.ID, "outcome", v.Label, "status", res.Status, "cause", res.Cause())
+		fallthrough
+	default: // rejected or abandoned: consumed, with its rejection record
+		settle.Outcome, settle.Status, settle.Mutator, settle.Reason, settle.Body = store.Rejected, res.Status, mu.Name, res.Cause(), res.Body
 	}
-	return r, g.RecordRejection(dctx, store.Rejection{ClientID: mu.ClientID, MutationID: mu.ID, Mutator: mu.Name,
-		Status: res.Status, Reason: res.Cause(), Body: res.Body})
+	_, err = g.Settle(dctx, settle) // consumed: goes with the next statement or the COMMIT
+	return r, err
 }
 
 // send makes one mutation's call, admitted by the mutation breaker, in a
@@ -231,22 +231,24 @@ func (s *core) recheckCredentials(ctx context.Context, c *exchange, mu mutators.
 	return nil
 }
 
-// countAttempt records an answered, retryable attempt of mu and says
-// whether to give up on it: after SIDECAR_GIVE_UP_ATTEMPTS such answers
-// spanning at least SIDECAR_GIVE_UP_AFTER. Only what the verdict counts
-// toward giving up is recorded: a call that got no answer (connection
-// error, timeout, open breaker) never is, so an outage never makes the
-// sidecar give up, however long it lasts. Attempts.Count is 0 when nothing
-// was recorded.
-func (s *core) countAttempt(ctx context.Context, g *store.GroupTx, mu mutators.Mutation, res mutators.Result, v verdict.Verdict) (store.Attempts, bool, error) {
-	if !v.GiveUp || s.cfg.GiveUpAttempts <= 0 {
-		return store.Attempts{}, false, nil
+// settleAttempt records an answered, retryable attempt of mu and says
+// whether to give up on it: after SIDECAR_GIVE_UP_ATTEMPTS answers that
+// count (the verdict says which: only a failure that is the mutation's
+// own), spanning at least SIDECAR_GIVE_UP_AFTER. A call that got no answer
+// (connection error, timeout, open breaker) records nothing; an answer
+// that does not count is recorded for operators but never leads to giving
+// up, so an outage never makes the sidecar give up, however long it lasts.
+func (s *core) settleAttempt(ctx context.Context, g *store.GroupTx, mu mutators.Mutation, res mutators.Result, v verdict.Verdict) (store.Attempts, bool, error) {
+	if res.Status == 0 || res.Status < 400 {
+		return store.Attempts{}, false, nil // no answer, or a redirect (a mapping error)
 	}
-	a, err := g.RecordAttempt(ctx, mu.ClientID, mu.ID, res.Status)
+	counts := v.GiveUp && s.cfg.GiveUpAttempts > 0
+	a, err := g.Settle(ctx, store.Settlement{ClientID: mu.ClientID, MutationID: mu.ID, Outcome: store.Pending,
+		Status: res.Status, Counts: counts})
 	if err != nil {
 		return store.Attempts{}, false, err
 	}
-	return a, a.Count >= s.cfg.GiveUpAttempts && a.Span >= s.cfg.GiveUpAfter, nil
+	return a, counts && a.Count >= s.cfg.GiveUpAttempts && a.Span >= s.cfg.GiveUpAfter, nil
 }
 
 // roundSpan shortens a duration for a rejection's reason.
