@@ -122,7 +122,7 @@ func (s *core) applyOne(ctx context.Context, c *exchange, mp *mapping.Mapping, g
 		res, v = s.send(dctx, c, p.req, mu)
 	} else {
 		res = mutators.Result{Outcome: mutators.Rejected, Err: p.renderErr}
-		v = verdict.Mutation(mu, res, c.Key(), 0)
+		v = verdict.Mutation(mu, res, c.Key(), 0, verdict.Others{})
 	}
 	s.report.Report(tracing.IDOf(ctx), mp.Hash, v.Report)
 	if v.Outcome == verdict.Pending && v.Cause != verdict.Unavailable {
@@ -178,7 +178,7 @@ func (s *core) send(ctx context.Context, c *exchange, req *mutators.Request, mu 
 	ticket, err := s.parts.Upstream.Mutation.Admit()
 	if err != nil {
 		res := mutators.Result{Outcome: mutators.Transient, Err: err}
-		return res, verdict.Mutation(mu, res, c.Key(), s.parts.Upstream.RetryAfter())
+		return res, verdict.Mutation(mu, res, c.Key(), s.parts.Upstream.RetryAfter(), verdict.Others{})
 	}
 	var span trace.Span
 	if s.tracer != nil {
@@ -188,7 +188,8 @@ func (s *core) send(ctx context.Context, c *exchange, req *mutators.Request, mu 
 		defer span.End()
 	}
 	res := s.parts.Sender.Do(upstream.WithTicket(ctx, ticket), req, c.Forward)
-	v := verdict.Mutation(mu, res, c.Key(), s.parts.Upstream.RetryAfter())
+	healthy, same := s.parts.Upstream.Witness.Others(res.Status, c.Key())
+	v := verdict.Mutation(mu, res, c.Key(), s.parts.Upstream.RetryAfter(), verdict.Others{Healthy: healthy, SameStatus: same})
 	ticket.Done(v.Evidence)
 	if span != nil {
 		span.SetAttributes(attribute.String("replicache.outcome", res.Outcome.String()))

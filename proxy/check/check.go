@@ -274,7 +274,7 @@ func checkMutator(ctx context.Context, set *mutators.Set, sender *mutators.Clien
 	res := sender.Do(ctx, req, fwd)
 	mc.Status = res.Status
 	// What the server would make of this answer.
-	v := verdict.Mutation(mu, res, "", 1)
+	v := verdict.Mutation(mu, res, "", 1, verdict.Others{})
 	switch {
 	case v.Outcome == verdict.Done:
 		mc.Outcome = "applied"

@@ -71,6 +71,7 @@ func (t *Ticket) Done(e Evidence) {
 		return
 	}
 	t.once.Do(func() {
+		t.c.witness.saw(t.c.kind, e)
 		if e.Health == Sick && e.Status >= 500 {
 			t.c.metrics.errors.WithLabelValues(string(t.c.kind), "server_error").Inc()
 		}

@@ -79,6 +79,9 @@ type Options struct {
 // concurrent use.
 type Upstream struct {
 	Mutation, View, Auth *Client
+	// Witness remembers what the upstream answered whom lately (for the
+	// give-up valve): every admitted unit of work's evidence.
+	Witness *Witness
 	// Passthrough carries every request that is not a push or pull.
 	Passthrough http.RoundTripper
 
@@ -89,13 +92,14 @@ type Upstream struct {
 func New(o Options) *Upstream {
 	m := newMetrics(o.Registerer, o.Namespace)
 	calls := newCallTransport(o.Timeout)
+	witness := newWitness()
 	// One breaker per kind: the write path failing must not stop pulls and
 	// pages whose own calls succeed, and a healthy auth endpoint must not
 	// keep resetting the count of failing mutation calls.
 	client := func(k kind) *Client {
 		cb := newBreaker(k, o.Breaker, m) //nolint:bodyclose // it passes answers through to callers, who close them
 		return &Client{
-			kind: k, base: o.Base, timeout: o.Timeout, metrics: m, cb: cb,
+			kind: k, base: o.Base, timeout: o.Timeout, metrics: m, cb: cb, witness: witness,
 			hc: &http.Client{
 				Transport: &transport{kind: k, next: calls, cb: cb, metrics: m, tracer: o.Tracer},
 				// A mutation is never re-sent elsewhere, a view and an
@@ -106,6 +110,7 @@ func New(o Options) *Upstream {
 		}
 	}
 	return &Upstream{
+		Witness:  witness,
 		Mutation: client(kindMutation),
 		View:     client(kindView),
 		Auth:     client(kindAuth),
@@ -134,6 +139,7 @@ type Client struct {
 	timeout time.Duration
 	metrics *metrics
 	cb      *breaker // nil: disabled
+	witness *Witness
 }
 
 // maxDrain is how much of an unread answer Close reads so the connection

@@ -84,7 +84,8 @@ type Verdict struct {
 	// breaker of its kind (Ticket.Done).
 	Evidence upstream.Evidence
 	// GiveUp: the answer counts toward giving up on the mutation (the
-	// give-up valve); only an answered retryable status does.
+	// give-up valve): only a failure that is the mutation's own does
+	// (ownFailure).
 	GiveUp bool
 	// Recheck: before a business rejection is consumed, ask the auth
 	// endpoint whether the credentials still stand (some APIs answer an
@@ -121,10 +122,21 @@ const (
 	KindAuth     = "auth"
 )
 
+// Others is what the upstream answered other callers lately, as a
+// mutation's call was answered (upstream.Witness.Others).
+type Others struct {
+	// Healthy: some call got a normal answer meanwhile.
+	Healthy bool
+	// SameStatus: a mutation of another caller got the same answer.
+	SameStatus bool
+}
+
 // Mutation judges the answer to mu's call. source names who the call was
 // for (one source's sick answers in a row weigh as one); retryAfter is
-// what a client refused by an open breaker is told to wait.
-func Mutation(mu mutators.Mutation, res mutators.Result, source string, retryAfter int) Verdict {
+// what a client refused by an open breaker is told to wait; others is what
+// the API answered others meanwhile, which decides whether a failure is
+// the mutation's own (see GiveUp).
+func Mutation(mu mutators.Mutation, res mutators.Result, source string, retryAfter int, others Others) Verdict {
 	v := Verdict{Evidence: upstream.Evidence{Health: upstream.Healthy, Source: source, Status: res.Status}}
 	detail := map[string]any{"mutator": mu.Name, "clientID": mu.ClientID, "mutationID": mu.ID}
 	switch res.Status {
@@ -165,7 +177,7 @@ func Mutation(mu mutators.Mutation, res mutators.Result, source string, retryAft
 		}
 		v.Cause = Unavailable
 		v.Evidence = callEvidence(res.Err, res.Status, source)
-		v.GiveUp = res.Status >= 400 // answered: a call that got no answer never counts
+		v.GiveUp = ownFailure(res.Status, others)
 		ra := 1
 		if errors.Is(res.Err, upstream.ErrCircuitOpen) {
 			ra = retryAfter
@@ -247,6 +259,23 @@ func View(err error, source string, retryAfter int) (v Verdict, ok bool) {
 			Detail: map[string]any{"source": se.Source, "reason": se.Reason}}
 	}
 	return v, true
+}
+
+// ownFailure says whether a retryable answer is the mutation's own failure,
+// which alone may lead to giving up on it. Never: no answer at all; an
+// answer that says the service cannot serve now (429, 502, 503, 504: a rate
+// limit or an outage of any length loses nothing); an answer another
+// caller's mutation got too (the API, or the mapping, fails for everyone);
+// a failure while nothing else gets a normal answer (the API may be down).
+func ownFailure(status int, others Others) bool {
+	switch {
+	case status < 400:
+		return false
+	case status == http.StatusTooManyRequests, status == http.StatusBadGateway,
+		status == http.StatusServiceUnavailable, status == http.StatusGatewayTimeout:
+		return false
+	}
+	return others.Healthy && !others.SameStatus
 }
 
 // callEvidence is what a retried answer (status), or no answer (err), says

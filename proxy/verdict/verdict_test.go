@@ -47,13 +47,15 @@ func TestMutation(t *testing.T) {
 		// up, never evidence against the API.
 		{"redirect kept for the mapping", mutators.Result{Outcome: mutators.Transient, Status: 301, Location: "/x/"},
 			Pending, Mapping, upstream.Healthy, false, false, false, true, problem.MappingError},
-		{"503 pending, strong evidence, counts toward giving up", mutators.Result{Outcome: mutators.Transient, Status: 503},
-			Pending, Unavailable, upstream.Sick, true, true, false, false, problem.UpstreamUnavailable},
+		// An outage of any length loses nothing: "unavailable" never counts
+		// toward giving up.
+		{"503 pending, strong evidence, never counts toward giving up", mutators.Result{Outcome: mutators.Transient, Status: 503},
+			Pending, Unavailable, upstream.Sick, true, false, false, false, problem.UpstreamUnavailable},
 		{"500 pending, weak evidence", mutators.Result{Outcome: mutators.Transient, Status: 500},
 			Pending, Unavailable, upstream.Sick, false, true, false, false, problem.UpstreamUnavailable},
 		// A 429 is an answer (the API is up), not evidence of an outage.
-		{"429 pending, healthy", mutators.Result{Outcome: mutators.Transient, Status: 429},
-			Pending, Unavailable, upstream.Healthy, false, true, false, false, problem.UpstreamUnavailable},
+		{"429 pending, healthy, never counts toward giving up", mutators.Result{Outcome: mutators.Transient, Status: 429},
+			Pending, Unavailable, upstream.Healthy, false, false, false, false, problem.UpstreamUnavailable},
 		// No answer at all: evidence, but never counted toward giving up.
 		{"no answer", mutators.Result{Outcome: mutators.Transient, Err: noAnswer},
 			Pending, Unavailable, upstream.Sick, true, false, false, false, problem.UpstreamUnavailable},
@@ -63,7 +65,7 @@ func TestMutation(t *testing.T) {
 			Pending, Unavailable, upstream.Unknown, false, false, false, false, problem.UpstreamUnavailable},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			v := Mutation(mu, tc.res, "src", 3)
+			v := Mutation(mu, tc.res, "src", 3, Others{Healthy: true})
 			if v.Outcome != tc.outcome || v.Cause != tc.cause {
 				t.Errorf("outcome, cause = %v, %v; want %v, %v", v.Outcome, v.Cause, tc.outcome, tc.cause)
 			}
@@ -81,12 +83,26 @@ func TestMutation(t *testing.T) {
 			}
 		})
 	}
+	// A 500 is the mutation's own only while others get normal answers and
+	// nobody else gets the same one.
+	for _, tc := range []struct {
+		others Others
+		want   bool
+	}{
+		{Others{Healthy: true}, true},
+		{Others{Healthy: true, SameStatus: true}, false}, // the API (or the mapping) fails for everyone
+		{Others{}, false}, // nothing else answers normally: maybe an outage
+	} {
+		if v := Mutation(mu, mutators.Result{Outcome: mutators.Transient, Status: 500}, "", 1, tc.others); v.GiveUp != tc.want {
+			t.Errorf("500 with %+v: GiveUp = %v, want %v", tc.others, v.GiveUp, tc.want)
+		}
+	}
 	// The open breaker's wait is what the client is told.
-	v := Mutation(mu, mutators.Result{Outcome: mutators.Transient, Err: &upstream.CallError{Err: upstream.ErrCircuitOpen}}, "", 3)
+	v := Mutation(mu, mutators.Result{Outcome: mutators.Transient, Err: &upstream.CallError{Err: upstream.ErrCircuitOpen}}, "", 3, Others{})
 	if v.Problem.RetryAfter != 3 {
 		t.Errorf("Retry-After with the breaker open = %d, want 3", v.Problem.RetryAfter)
 	}
-	if a := Abandoned(Mutation(mu, mutators.Result{Outcome: mutators.Transient, Status: 503}, "", 1)); a.Outcome != Consumed || a.Label != LabelAbandoned || a.Problem != nil {
+	if a := Abandoned(Mutation(mu, mutators.Result{Outcome: mutators.Transient, Status: 500}, "", 1, Others{})); a.Outcome != Consumed || a.Label != LabelAbandoned || a.Problem != nil {
 		t.Errorf("Abandoned = %+v", a)
 	}
 }
