@@ -47,6 +47,9 @@ type core struct {
 	secret   atomic.Pointer[[]byte] // the idempotency keys' HMAC secret, once migrated
 	migrated atomic.Bool
 	draining atomic.Bool
+	// dbUp: the sidecar's database answered the last probe (watchDatabase;
+	// a successful migration sets it too).
+	dbUp atomic.Bool
 }
 
 // touchInterval is how often a push notes its group's last use: hourly, or
@@ -106,6 +109,10 @@ func (s *core) checkServing() *problem.Error {
 		return problem.Unavailable(problem.ShuttingDown, 1, "the sidecar is shutting down; retry")
 	case !s.migrated.Load():
 		return problem.Unavailable(problem.Starting, 1, "the sidecar's database schema is not ready yet; retry")
+	case !s.dbUp.Load():
+		// Fail fast: a push or pull would only wait for a connection the
+		// pool cannot make. The pass-through is not affected.
+		return problem.Unavailable(problem.DatabaseUnavailable, dbProbeEvery, "the sidecar's database is unavailable; retry later")
 	}
 	return nil
 }

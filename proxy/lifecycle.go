@@ -96,6 +96,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		}
 	})
 	goRun(func() { s.watchMapping(ctx, s.cfg.MappingReloadInterval) })
+	goRun(func() { s.watchDatabase(ctx) })
 	pokes, stopPokes := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopPokes.Store(&stopPokes)
 	goRun(func() { s.runPokes(pokes) })
@@ -159,8 +160,48 @@ func (s *Sidecar) Migrate(ctx context.Context) error {
 		}
 	}
 	s.secret.Store(&secret)
+	s.dbUp.Store(true)
+	s.metrics.databaseUp.Set(1)
 	s.migrated.Store(true)
 	return nil
+}
+
+// dbProbeEvery is how often watchDatabase asks the database, in seconds
+// (also the Retry-After of pushes and pulls refused while it is away).
+const dbProbeEvery = 2
+
+// watchDatabase asks the sidecar's database every dbProbeEvery seconds
+// whether it answers (and holds this binary's schema), until ctx ends: the
+// answer is replicache_sidecar_database_up, and while it is no, pushes and
+// pulls answer 503 DatabaseUnavailable at once. Readiness does not depend
+// on it: the pass-through serves the legacy API without the database, and
+// every replica shares it, so failing readiness would take the API off its
+// Service with it.
+func (s *core) watchDatabase(ctx context.Context) {
+	probe := func() {
+		pctx, cancel := context.WithTimeout(ctx, dbProbeEvery*time.Second)
+		err := s.store.Ready(pctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		up := err == nil
+		if s.dbUp.Swap(up) != up {
+			if up {
+				s.log.Info("the sidecar's database answers again; pushes and pulls are served")
+			} else {
+				s.log.Error("the sidecar's database is unreachable; pushes and pulls answer 503 until it is back (the pass-through keeps serving)",
+					"error", err)
+			}
+		}
+		if up {
+			s.metrics.databaseUp.Set(1)
+		} else {
+			s.metrics.databaseUp.Set(0)
+		}
+	}
+	probe()
+	every(ctx, dbProbeEvery*time.Second, probe)
 }
 
 // migrateWithRetry migrates, retrying with backoff while the database is

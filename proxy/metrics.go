@@ -58,6 +58,7 @@ var endpoints = []string{endpointPush, endpointPull, endpointPoke, endpointInval
 type metrics struct {
 	requests        *prometheus.CounterVec
 	requestErrors   *prometheus.CounterVec
+	databaseUp      prometheus.Gauge
 	requestDuration *prometheus.HistogramVec
 	mutations       *prometheus.CounterVec
 	pullEntries     prometheus.Histogram
@@ -90,6 +91,10 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Bu
 			Namespace: namespace, Name: "request_errors_total",
 			Help: "The sidecar's own error answers, by endpoint and error code (the \"error\" member of the answer: MappingError, ViewTooLarge, DatabaseUnavailable, …).",
 		}, []string{"endpoint", "code"}),
+		databaseUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "database_up",
+			Help: "1 while the sidecar's own Postgres answers (and holds its schema), 0 while it is away: pushes and pulls then answer 503, the pass-through keeps serving.",
+		}),
 		requestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "request_duration_seconds",
 			Help:    "Time to answer a request, by endpoint.",
@@ -192,7 +197,7 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Bu
 			Namespace: namespace, Name: "inflight_limit_bytes",
 			Help: "The in-flight byte budget's size (SIDECAR_MAX_INFLIGHT_VIEW_BYTES, or derived from GOMEMLIMIT).",
 		}, func() float64 { return float64(mem.Limit()) }))
-	reg.MustRegister(m.requests, m.requestErrors, m.requestDuration, m.mutations, m.pullEntries, m.pullBytes, m.mappingReloadErrors, m.mappingInfo,
+	reg.MustRegister(m.requests, m.requestErrors, m.databaseUp, m.requestDuration, m.mutations, m.pullEntries, m.pullBytes, m.mappingReloadErrors, m.mappingInfo,
 		m.mappingErrors, m.pruned)
 	for _, e := range endpoints {
 		m.requestDuration.WithLabelValues(e)

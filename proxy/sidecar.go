@@ -192,7 +192,7 @@ func (s *Sidecar) endpointOf(path string) string {
 }
 
 // AdminHandler returns the admin handler: /healthz (the process is alive),
-// /readyz (database reachable, migrations applied, not draining) and
+// /readyz (not draining; the database's state in the body) and
 // /metrics (everything g gathers), and with SIDECAR_PPROF Go's profiles
 // under /debug/pprof/.
 func (s *Sidecar) AdminHandler(g prometheus.Gatherer) http.Handler {
@@ -201,24 +201,23 @@ func (s *Sidecar) AdminHandler(g prometheus.Gatherer) http.Handler {
 		problem.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		notReady := func(reason string) {
-			problem.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": reason})
-		}
+		// Ready while this replica can serve: only draining makes it not.
+		// The sidecar's database is shared by every replica; failing
+		// readiness on it would remove the legacy API (served by the
+		// pass-through without the database) from its Service too. Its
+		// state is in the body and in replicache_sidecar_database_up.
+		db := "up"
 		switch {
-		case s.draining.Load():
-			notReady("shutting down")
-			return
 		case !s.migrated.Load():
-			notReady("database schema not migrated yet")
+			db = "schema not migrated yet"
+		case !s.dbUp.Load():
+			db = "unreachable"
+		}
+		if s.draining.Load() {
+			problem.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": "shutting down", "database": db})
 			return
 		}
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if err := s.store.Ready(ctx); err != nil {
-			notReady("database: " + err.Error())
-			return
-		}
-		problem.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+		problem.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready", "database": db})
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
 	if s.cfg.Pprof {

@@ -19,9 +19,11 @@ func TestAdminEndpoints(t *testing.T) {
 	if r := get("/healthz"); r.status != 200 {
 		t.Errorf("/healthz = %d", r.status)
 	}
-	// Before migrations: alive, not ready, and pushes are refused cleanly.
-	if r := get("/readyz"); r.status != 503 || !strings.Contains(r.str("reason"), "not migrated") {
-		t.Errorf("/readyz before migration = %d %s, want 503", r.status, r.raw)
+	// Before migrations: alive and ready (the pass-through serves without
+	// the database: reliability, defect 3), the database's state in the
+	// body, and pushes are refused cleanly.
+	if r := get("/readyz"); r.status != 200 || !strings.Contains(r.str("database"), "not migrated") {
+		t.Errorf("/readyz before migration = %d %s, want 200 naming the database's state", r.status, r.raw)
 	}
 	if r := inst.push(t, "alice", "g", create("c", 1, "a")); r.status != 503 || r.header.Get("Retry-After") == "" {
 		t.Errorf("push before migration = %d %s, want 503 with Retry-After", r.status, r.raw)
@@ -29,7 +31,7 @@ func TestAdminEndpoints(t *testing.T) {
 	if err := inst.sc.Migrate(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if r := get("/readyz"); r.status != 200 {
+	if r := get("/readyz"); r.status != 200 || r.str("database") != "up" {
 		t.Errorf("/readyz after migration = %d %s", r.status, r.raw)
 	}
 	inst.push(t, "alice", "g", create("c", 1, "a"), mut{"c", 2, "bogus", nil})

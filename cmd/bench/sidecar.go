@@ -61,9 +61,10 @@ func startSidecar(bin string, env ...string) (*sidecar, error) {
 	for {
 		resp, err := http.Get(s.admin + "/readyz")
 		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
 			_ = resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return s, nil
+			if resp.StatusCode == http.StatusOK && strings.Contains(string(b), `"database":"up"`) {
+				return s, nil // serving pushes and pulls, not only ready
 			}
 		}
 		select {

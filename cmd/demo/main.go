@@ -10,11 +10,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -145,11 +147,14 @@ func waitHealthy(ctx context.Context, url string) error {
 	for {
 		resp, err := http.Get(url)
 		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
 			_ = resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
+			// The sidecar is ready before its database is; the demo waits
+			// until pushes and pulls are served too.
+			if resp.StatusCode == http.StatusOK && !strings.Contains(string(b), `"database":"`) || strings.Contains(string(b), `"database":"up"`) {
 				return nil
 			}
-			err = fmt.Errorf("answered %d", resp.StatusCode)
+			err = fmt.Errorf("answered %d %s", resp.StatusCode, b)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%s not healthy after 30s (last error: %w)", url, err)

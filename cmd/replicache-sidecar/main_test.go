@@ -139,13 +139,14 @@ func TestRunServesAndDrains(t *testing.T) {
 		public, admin = "http://"+l["public"].(string), "http://"+l["admin"].(string)
 		return true
 	})
-	proxytest.WaitFor(t, "readiness", func() bool {
+	proxytest.WaitFor(t, "readiness, with the database up", func() bool {
 		resp, err := http.Get(admin + "/readyz")
 		if err != nil {
 			return false
 		}
+		b, _ := io.ReadAll(resp.Body)
 		_ = resp.Body.Close()
-		return resp.StatusCode == 200
+		return resp.StatusCode == 200 && strings.Contains(string(b), `"database":"up"`)
 	})
 	t.Cleanup(func() { proxytest.DropSchema(t, dbURL, schema) })
 

@@ -9,6 +9,5 @@ package main
 // an entry. This is the only such list; keep it empty when nothing is
 // pending.
 var pendingMetrics = map[string]string{
-	"replicache_sidecar_database_up":        "gauge",
 	"replicache_sidecar_change_lag_seconds": "histogram",
 }

@@ -59,9 +59,16 @@ func TestPostgresOutage(t *testing.T) {
 	if !strings.Contains(body, `"error":"DatabaseUnavailable"`) {
 		t.Errorf("push body during the outage = %s, want DatabaseUnavailable", body)
 	}
-	if code := get(t, sc.admin+"/readyz"); code != 503 {
-		t.Errorf("/readyz during the outage = %d, want 503", code)
+	// Readiness stays: the pass-through serves the legacy API without the
+	// sidecar's database, and every replica shares that database
+	// (reliability, defect 3). The metric says it is away.
+	if code := get(t, sc.admin+"/readyz"); code != 200 {
+		t.Errorf("/readyz during the outage = %d, want 200 (the pass-through still serves)", code)
 	}
+	if code := get(t, sc.public+"/legacy/anything"); code == 0 || code >= 500 {
+		t.Errorf("pass-through during the outage = %d, want the API's own answer", code)
+	}
+	waitMetric(t, sc.admin, "replicache_sidecar_database_up 0")
 	if code := get(t, sc.admin+"/healthz"); code != 200 || !sc.alive() {
 		t.Fatalf("the process did not stay up (healthz %d)", code)
 	}
@@ -81,6 +88,7 @@ func TestPostgresOutage(t *testing.T) {
 	if code := get(t, sc.admin+"/readyz"); code != 200 {
 		t.Errorf("/readyz after recovery = %d", code)
 	}
+	waitMetric(t, sc.admin, "replicache_sidecar_database_up 1")
 	repeats, lost := api.Check(t, []string{"c"}, total)
 	t.Logf("postgres outage: %d pushes answered 503 meanwhile; after restart all %d mutations applied, %d lost, %d repeated calls", len(outage), total, lost, repeats)
 }
@@ -109,8 +117,8 @@ func pushBody(t *testing.T, base string) string {
 }
 
 // TestStartsBeforeItsDatabase: a sidecar whose Postgres is not up yet stays
-// alive (healthz 200) but not ready, answers pushes with 503, and becomes
-// ready by itself once the database appears.
+// alive (healthz 200) and ready (its pass-through serves), answers pushes
+// with 503, and serves them by itself once the database appears.
 func TestStartsBeforeItsDatabase(t *testing.T) {
 	pg, err := pgcluster.New()
 	if err != nil {
@@ -132,8 +140,8 @@ func TestStartsBeforeItsDatabase(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if code := get(t, p.admin+"/readyz"); code != 503 {
-		t.Errorf("/readyz without a database = %d, want 503", code)
+	if code := get(t, p.admin+"/readyz"); code != 200 {
+		t.Errorf("/readyz without a database = %d, want 200 (the pass-through serves)", code)
 	}
 	if s := pushOnce(p.public, "g", "c", 1, 1); s != 503 {
 		t.Errorf("push without a database = %d, want 503", s)
@@ -145,4 +153,24 @@ func TestStartsBeforeItsDatabase(t *testing.T) {
 	if s := pushOnce(p.public, "g", "c", 1, 1); s != 200 {
 		t.Errorf("push once the database is up = %d, want 200", s)
 	}
+}
+
+// waitMetric waits until the admin listener's exposition has a line
+// starting with want.
+func waitMetric(t *testing.T, admin, want string) {
+	t.Helper()
+	proxytest.WaitFor(t, want, func() bool {
+		resp, err := http.Get(admin + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer func() { _ = resp.Body.Close() }()
+		b, _ := io.ReadAll(resp.Body)
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, want) {
+				return true
+			}
+		}
+		return false
+	})
 }

@@ -126,10 +126,13 @@ func (p *sidecarProc) waitReady() {
 	p.t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
+		// Ready, and serving pushes and pulls: the database up and migrated
+		// (readiness alone does not wait for the database).
 		resp, err := http.Get(p.admin + "/readyz")
 		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
 			_ = resp.Body.Close()
-			if resp.StatusCode == 200 {
+			if resp.StatusCode == 200 && strings.Contains(string(b), `"database":"up"`) {
 				return
 			}
 		}

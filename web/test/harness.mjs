@@ -53,6 +53,14 @@ async function httpOK(url) {
   return r.ok;
 }
 
+// The sidecar serves pushes and pulls: ready, and its database up (it is
+// ready before its database is: the pass-through serves without it).
+async function sidecarServes(admin) {
+  const r = await fetch(admin + '/readyz');
+  const body = await r.json().catch(() => ({}));
+  return r.ok && body.database === 'up';
+}
+
 // A child process whose JSON log lines are collected.
 class Process {
   constructor(name, path, args, env) {
@@ -132,7 +140,7 @@ export class Sidecar extends Process {
 
   async start() {
     super.start();
-    await waitFor('sidecar readiness', () => httpOK(this.admin + '/readyz'));
+    await waitFor('sidecar readiness', () => sidecarServes(this.admin));
   }
 }
 
