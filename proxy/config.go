@@ -54,6 +54,9 @@ type Config struct {
 	IdempotencySecret string   `env:"IDEMPOTENCY_SECRET"`
 
 	UpstreamTimeout      time.Duration `env:"UPSTREAM_TIMEOUT" envDefault:"10s"`
+	// UpstreamMaxInflight bounds the view and auth calls in flight at once
+	// (0: no bound).
+	UpstreamMaxInflight int `env:"UPSTREAM_MAX_INFLIGHT" envDefault:"32"`
 	MaxBodyBytes         int64         `env:"MAX_BODY_BYTES" envDefault:"33554432"`
 	MaxArgsBytes         int64         `env:"MAX_ARGS_BYTES" envDefault:"1048576"`
 	MaxUpstreamBodyBytes int64         `env:"MAX_UPSTREAM_BODY_BYTES" envDefault:"67108864"`
@@ -298,6 +301,9 @@ func (c *Config) checkLimits() []error {
 		if n <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive", name))
 		}
+	}
+	if c.UpstreamMaxInflight < 0 {
+		errs = append(errs, errors.New("SIDECAR_UPSTREAM_MAX_INFLIGHT must not be negative (0: no bound)"))
 	}
 	if c.MaxWaitingPerGroup < 0 {
 		errs = append(errs, errors.New("SIDECAR_MAX_WAITING_PER_GROUP must not be negative"))

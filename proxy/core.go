@@ -150,7 +150,7 @@ func (c Config) Parts(o PartsOptions) Parts {
 		bs = upstream.BreakerSettings{OpenTimeout: time.Second}
 	}
 	up := upstream.New(upstream.Options{Base: c.Upstream, Timeout: c.UpstreamTimeout, Breaker: bs,
-		Registerer: o.Registerer, Namespace: namespace, Tracer: o.Tracer})
+		Registerer: o.Registerer, Namespace: namespace, Tracer: o.Tracer, MaxInflight: c.UpstreamMaxInflight})
 	return Parts{
 		Upstream: up,
 		Sender:   mutators.NewClient(mutators.ClientOptions{Base: c.Upstream, Upstream: up.Mutation, IdempotencyHeader: c.IdempotencyHeader}),

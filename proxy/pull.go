@@ -360,7 +360,7 @@ func (s *puller) fetch(ctx context.Context, m *mapping.Mapping, source string, r
 	if err != nil {
 		return clientview.Result{}, err
 	}
-	res, err := s.parts.Fetcher.FetchResult(upstream.WithTicket(ctx, ticket), m.View, r)
+	res, err := s.parts.Fetcher.FetchResult(upstream.WithCaller(upstream.WithTicket(ctx, ticket), source), m.View, r)
 	if err == nil {
 		ticket.Done(upstream.Evidence{Health: upstream.Healthy})
 		return res, nil

@@ -141,7 +141,7 @@ func (e *Edge) Ask(ctx context.Context, fwd http.Header, source string) (string,
 	if method == http.MethodPost {
 		body = strings.NewReader("{}")
 	}
-	req, err := http.NewRequestWithContext(upstream.WithTicket(ctx, t), method, e.base+path, body)
+	req, err := http.NewRequestWithContext(upstream.WithCaller(upstream.WithTicket(ctx, t), source), method, e.base+path, body)
 	if err != nil {
 		t.Done(upstream.Evidence{})
 		return "", verdict.Verdict{Outcome: verdict.Pending, Problem: problem.Errorf(http.StatusInternalServerError, problem.Internal, "building auth request: %v", err)}

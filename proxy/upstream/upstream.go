@@ -39,6 +39,10 @@ const (
 // errNotUpstream: a request for another scheme or host than the upstream's.
 var errNotUpstream = errors.New("not the upstream")
 
+// ErrQueued: a call waited for a slot under SIDECAR_UPSTREAM_MAX_INFLIGHT
+// as long as a call may take, and was not sent.
+var ErrQueued = errors.New("the sidecar is making as many upstream requests as it may (SIDECAR_UPSTREAM_MAX_INFLIGHT); not sent")
+
 // ErrCircuitOpen is returned (wrapped) by every call made while the circuit
 // breaker is open: the call was not attempted.
 var ErrCircuitOpen = errors.New("circuit breaker open: the upstream is failing, calls are suspended")
@@ -73,6 +77,9 @@ type Options struct {
 	// Tracer, when set, records a client span per call (its traceparent
 	// replaces the one the request carries). Nil: no spans.
 	Tracer trace.Tracer
+	// MaxInflight bounds the view and auth calls in flight at once, served
+	// in turn between callers (WithCaller); 0: no bound.
+	MaxInflight int
 }
 
 // Upstream is the legacy service as the sidecar calls it. It is safe for
@@ -93,13 +100,21 @@ func New(o Options) *Upstream {
 	m := newMetrics(o.Registerer, o.Namespace)
 	calls := newCallTransport(o.Timeout)
 	witness := newWitness()
+	// One bound for the calls pulls and identification make: what a poke
+	// wave asks of the API. Mutations are bounded by the groups' turns.
+	limit := newLimiter(o.MaxInflight)
+	m.limited(limit)
 	// One breaker per kind: the write path failing must not stop pulls and
 	// pages whose own calls succeed, and a healthy auth endpoint must not
 	// keep resetting the count of failing mutation calls.
 	client := func(k kind) *Client {
 		cb := newBreaker(k, o.Breaker, m) //nolint:bodyclose // it passes answers through to callers, who close them
+		var l *limiter
+		if k == kindView || k == kindAuth {
+			l = limit
+		}
 		return &Client{
-			kind: k, base: o.Base, timeout: o.Timeout, metrics: m, cb: cb, witness: witness,
+			kind: k, base: o.Base, timeout: o.Timeout, metrics: m, cb: cb, witness: witness, limit: l,
 			hc: &http.Client{
 				Transport: &transport{kind: k, next: calls, cb: cb, metrics: m, tracer: o.Tracer},
 				// A mutation is never re-sent elsewhere, a view and an
@@ -140,6 +155,7 @@ type Client struct {
 	metrics *metrics
 	cb      *breaker // nil: disabled
 	witness *Witness
+	limit   *limiter // nil: no bound
 }
 
 // maxDrain is how much of an unread answer Close reads so the connection
@@ -162,10 +178,15 @@ func (c *Client) Do(req *http.Request) (*http.Response, error) {
 	if req.URL.Scheme != c.base.Scheme || req.URL.Host != c.base.Host {
 		return nil, &CallError{Err: fmt.Errorf("%w: refusing to call %s://%s", errNotUpstream, req.URL.Scheme, req.URL.Host)}
 	}
+	release, err := c.queue(req.Context())
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(req.Context(), c.timeout)
 	resp, err := c.hc.Do(req.WithContext(ctx))
 	if err != nil {
 		cancel()
+		release()
 		var netErr net.Error
 		timedOut := errors.Is(ctx.Err(), context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout())
 		if errors.Is(err, context.Canceled) {
@@ -173,8 +194,28 @@ func (c *Client) Do(req *http.Request) (*http.Response, error) {
 		}
 		return nil, &CallError{Timeout: timedOut, After: c.timeout, Err: err}
 	}
-	resp.Body = &drainingBody{ReadCloser: resp.Body, cancel: cancel}
+	resp.Body = &drainingBody{ReadCloser: resp.Body, cancel: func() { cancel(); release() }}
 	return resp, nil
+}
+
+// queue waits for the call's turn under SIDECAR_UPSTREAM_MAX_INFLIGHT, at
+// most as long as a call may take, and returns what gives the slot back.
+func (c *Client) queue(ctx context.Context) (release func(), err error) {
+	if c.limit == nil {
+		return func() {}, nil
+	}
+	start := time.Now()
+	wctx, cancel := waitBound(ctx, c.timeout)
+	defer cancel()
+	release, err = c.limit.acquire(wctx, callerOf(ctx))
+	c.metrics.queueWait.Observe(time.Since(start).Seconds())
+	switch {
+	case err == nil:
+		return release, nil
+	case ctx.Err() != nil:
+		return nil, &CallError{Err: context.Canceled}
+	}
+	return nil, &CallError{Err: &notEvidence{err: ErrQueued}}
 }
 
 // BadResponse counts an answer the caller could not use (not JSON, not the
@@ -378,6 +419,14 @@ func (t *transport) roundTrip(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
+// limited registers the gauge of view and auth calls in flight under l.
+func (m *metrics) limited(l *limiter) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: m.namespace, Name: "upstream_inflight_requests",
+		Help: "View and auth calls in flight now (at most SIDECAR_UPSTREAM_MAX_INFLIGHT when it is set).",
+	}, func() float64 { return float64(l.inFlightNow()) }))
+}
+
 // errorReason names why a call failed, from a small fixed set.
 func errorReason(ctx context.Context, err error) string {
 	var netErr net.Error
@@ -398,6 +447,9 @@ type metrics struct {
 	duration    *prometheus.HistogramVec
 	errors      *prometheus.CounterVec
 	breakerOpen *prometheus.GaugeVec
+	queueWait   prometheus.Histogram
+	reg         prometheus.Registerer
+	namespace   string
 }
 
 func newMetrics(reg prometheus.Registerer, namespace string) *metrics {
@@ -416,7 +468,13 @@ func newMetrics(reg prometheus.Registerer, namespace string) *metrics {
 			Help: "1 while the circuit breaker of a kind of upstream call (mutation, view, auth, proxy) is open (its calls fail fast), else 0.",
 		}, []string{"kind"}),
 	}
-	reg.MustRegister(m.duration, m.errors, m.breakerOpen)
+	m.queueWait = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: namespace, Name: "upstream_queue_wait_seconds",
+		Help:    "Time view and auth calls waited for a slot under SIDECAR_UPSTREAM_MAX_INFLIGHT.",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+	})
+	m.reg, m.namespace = reg, namespace
+	reg.MustRegister(m.duration, m.errors, m.breakerOpen, m.queueWait)
 	for _, k := range []kind{kindMutation, kindView, kindAuth, kindPassthrough} {
 		for _, reason := range []string{"timeout", "connection", "circuit_open", "server_error"} {
 			m.errors.WithLabelValues(string(k), reason)

@@ -215,6 +215,10 @@ func View(err error, source string, retryAfter int) (v Verdict, ok bool) {
 	case errors.Is(err, budget.ErrBusy):
 		v.Cause, v.Evidence.Health = Unavailable, upstream.Unknown
 		v.Problem = BudgetProblem(err, "client view")
+	case errors.Is(err, upstream.ErrQueued):
+		v.Cause, v.Evidence.Health = Unavailable, upstream.Unknown
+		v.Problem = problem.Unavailable(problem.UpstreamUnavailable, 1,
+			"the sidecar is making as many upstream requests as it may (SIDECAR_UPSTREAM_MAX_INFLIGHT); retry in a moment")
 	case errors.As(err, new(*budget.TooLargeError)):
 		// Not the upstream's fault: no breaker evidence.
 		v.Cause, v.Evidence.Health = Unusable, upstream.Unknown
