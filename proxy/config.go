@@ -68,6 +68,9 @@ type Config struct {
 	DrainDelay       time.Duration `env:"DRAIN_DELAY" envDefault:"2s"`
 	HTTPReadTimeout  time.Duration `env:"HTTP_READ_TIMEOUT" envDefault:"60s"`
 	LogLevel         string        `env:"LOG_LEVEL" envDefault:"info"`
+	// TraceClients continues every caller's W3C traceparent; by default
+	// only a trusted proxy's (SIDECAR_TRUSTED_PROXIES) is.
+	TraceClients bool `env:"TRACE_CLIENTS" envDefault:"false"`
 	// Pprof serves Go's profiles under /debug/pprof/ on the admin listener.
 	Pprof bool `env:"PPROF" envDefault:"false"`
 

@@ -158,7 +158,7 @@ func (c Config) Parts(o PartsOptions) Parts {
 			MaxBodyBytes: c.MaxUpstreamBodyBytes, Logger: o.Logger}),
 		Identity: identity.New(identity.Options{
 			UserIDHeader: c.UserIDHeader, TrustedProxies: c.TrustedNets, AuthPath: c.AuthPath, AuthMethod: c.AuthMethod,
-			AuthUserField: c.AuthUserField, ForwardHeaders: c.ForwardHeaders, CORSOrigins: c.CORSOrigins,
+			AuthUserField: c.AuthUserField, ForwardHeaders: c.ForwardHeaders, CORSOrigins: c.CORSOrigins, TraceClients: c.TraceClients,
 			Base: c.Upstream, Auth: up.Auth, Reporter: o.Reporter,
 		}),
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/http"
+	"os"
 	"regexp"
 	"strings"
 	"sync"
@@ -160,3 +161,48 @@ func TestTraceContextStarted(t *testing.T) {
 var lowerHexRE = regexp.MustCompile(`^[0-9a-f]*$`)
 
 func lowerHex(s string) bool { return lowerHexRE.MatchString(s) }
+
+// TestTraceContextOnlyFromTrustedPeers (security round 3, low): a caller
+// that is not a trusted proxy cannot choose the trace id of the sidecar's
+// logs nor force sampling: its traceparent starts a new, unsampled trace
+// (before, any caller's was continued). SIDECAR_TRACE_CLIENTS=true
+// continues every caller's.
+func TestTraceContextOnlyFromTrustedPeers(t *testing.T) {
+	t.Parallel()
+	hdr := map[string]string{"Traceparent": "00-" + clientTrace + "-" + clientParent + "-01"}
+	for _, tc := range []struct {
+		name      string
+		env       map[string]string
+		continued bool
+	}{
+		// The test client is loopback: trusted by default.
+		{"trusted proxy", nil, true},
+		{"untrusted peer", map[string]string{"SIDECAR_TRUSTED_PROXIES": "10.9.9.9/32"}, false},
+		{"untrusted peer, SIDECAR_TRACE_CLIENTS=true", map[string]string{"SIDECAR_TRUSTED_PROXIES": "10.9.9.9/32", "SIDECAR_TRACE_CLIENTS": "true"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, tc.env)
+			sc := h.start()
+			seen := watchTraces(h)
+			r := tracedPost(t, sc, "/replicache/pull", pullBody("g", nil), hdr)
+			if r.status != 200 {
+				t.Fatalf("pull = %d %s", r.status, r.raw)
+			}
+			parent, _ := seen.get("GET /api/todos")
+			parts := strings.Split(parent, "-")
+			if len(parts) != 4 {
+				t.Fatalf("traceparent upstream %q", parent)
+			}
+			continued := parts[1] == clientTrace && r.header.Get("X-Trace-ID") == clientTrace
+			if continued != tc.continued {
+				t.Errorf("client's trace continued = %v (upstream %q, X-Trace-ID %q), want %v", continued, parent, r.header.Get("X-Trace-ID"), tc.continued)
+			}
+			// Without an exporter nothing samples a trace the sidecar starts;
+			// with one, its own sampler decides (never the caller's flag).
+			if !tc.continued && h.tracer == nil && os.Getenv("SIDECAR_TEST_TRACING") == "" && parts[3] != "00" {
+				t.Errorf("an untrusted caller forced sampling: %q", parent)
+			}
+		})
+	}
+}

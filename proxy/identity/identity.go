@@ -52,6 +52,9 @@ type Options struct {
 	AuthUserField  string         // dotted path of the user id in the answer
 	ForwardHeaders []string       // SIDECAR_FORWARD_HEADERS, canonical
 	CORSOrigins    []string       // SIDECAR_CORS_ORIGINS
+	// TraceClients: every caller's traceparent is continued, not only a
+	// trusted proxy's (SIDECAR_TRACE_CLIENTS).
+	TraceClients bool
 	// Base is the upstream's URL; Auth makes the identity calls.
 	Base *url.URL
 	Auth *upstream.Client
@@ -261,9 +264,12 @@ func (e *Edge) SameSite(r *http.Request) *problem.Error {
 	return nil
 }
 
-// Trace is r's trace context: the client's continued, or a new one.
+// Trace is r's trace context: the caller's continued when it comes from a
+// trusted proxy (or SIDECAR_TRACE_CLIENTS says every caller may), a new
+// one otherwise. A trace id the sidecar's logs carry, and a sampling
+// decision, are never an anonymous caller's to choose.
 func (e *Edge) Trace(r *http.Request) tracing.Context {
-	return tracing.FromRequest(r, true)
+	return tracing.FromRequest(r, e.o.TraceClients || e.Trusted(r.RemoteAddr))
 }
 
 // forward returns what every upstream call a request causes carries from
