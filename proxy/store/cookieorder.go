@@ -28,8 +28,8 @@ func (g *GroupTx) NextCookieOrders(ctx context.Context, requestOrders []int64) (
 func (g *GroupTx) CookieOrder() int64 { return g.cookieOrder }
 
 // IssueCookies is NextCookieOrders that also writes change (nil: none), the
-// group's view record after a pull, and pages, its remembered view pages,
-// in the same round trip.
+// group's view record after a pull, pages, its remembered view pages, and
+// the source states staged (StageSources), in the same round trip.
 func (g *GroupTx) IssueCookies(ctx context.Context, requestOrders []int64, change *ViewChange, pages *PageWrites) ([]int64, error) {
 	out := make([]int64, len(requestOrders))
 	cur := g.cookieOrder
@@ -41,7 +41,7 @@ func (g *GroupTx) IssueCookies(ctx context.Context, requestOrders []int64, chang
 		out[i] = cur
 	}
 	changed := change != nil && change.Changed()
-	if cur == g.cookieOrder && !changed && pages.empty() {
+	if cur == g.cookieOrder && !changed && pages.empty() && len(g.stagedSources) == 0 {
 		return out, nil
 	}
 	b := &pgx.Batch{}
@@ -56,6 +56,7 @@ func (g *GroupTx) IssueCookies(ctx context.Context, requestOrders []int64, chang
 	b.Queue(g.s.sql(`UPDATE {schema}.client_groups SET cookie_order = $2, view_record_id = nullif($3::bigint, 0), view_version = $4, view_min_version = $5,
 			last_used_at = now()
 		WHERE id = $1`), g.GroupID, cur, int64(rec.ID), rec.Version, rec.MinVersion)
+	g.queueSources(b, rec.ID)
 	if err := g.tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("issuing cookies: %w", err)
 	}

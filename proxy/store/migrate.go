@@ -158,6 +158,20 @@ var migrations = []string{
 		RAISE EXCEPTION 'client belongs to another client group' USING ERRCODE = '` + clientForbiddenCode + `';
 	END
 	$fn$;`,
+	// 11: per group and view source, what the group's record holds of it:
+	// the greatest value of the source's changes field read (where its next
+	// delta read starts), and when it was last read in full and read at all
+	// (its freshness). A row belongs to the record record_id names; another
+	// record's rows are stale and ignored. Expand-only: a new table.
+	`CREATE TABLE {schema}.view_sources (
+		client_group_id text NOT NULL,
+		source          text NOT NULL,
+		record_id       bigint NOT NULL,
+		watermark       text,
+		full_at         timestamptz,
+		read_at         timestamptz,
+		PRIMARY KEY (client_group_id, source)
+	);`,
 }
 
 // clientForbiddenCode is the SQLSTATE {schema}.client_forbidden() raises

@@ -63,11 +63,12 @@ type ViewChange struct {
 
 	created bool    // the record is new
 	retag   bool    // the current version has no tag (written before tags were): a new version gets one
-	changed []int   // entries new or changed
-	hashes  []int64 // per changed entry
-	keys    []string
-	removed []string // keys removed by this change
-	pruned  []string // tombstones forgotten
+	changed  []int   // entries new or changed
+	hashes   []int64 // per changed entry
+	keys     []string
+	removed  []string // keys removed by this change
+	pruned   []string // tombstones forgotten
+	retained []string // live keys the read did not bring, kept as they are
 }
 
 // Changed reports whether the change writes anything.
@@ -129,16 +130,39 @@ func indexRows(rec map[string]recordRow) map[string]recordRow {
 // tombstone), version and whether it is a tombstone.
 const recordQuery = `SELECT key, coalesce(hash, 0), version, hash IS NULL FROM {schema}.view_entries WHERE client_group_id = $1`
 
-// CompareView compares a fetched view of n entries (entry(i) gives the
-// i-th key and the hash of its value; keys are unique) with the group's
-// record, together with the tags of the given versions (the ones pulls'
-// cookies name). The record comes from this process's cache when it holds
+// ViewRead is a fetched view, whole or in part, to compare with a group's
+// record.
+type ViewRead struct {
+	// N entries were read; Entry(i) gives the i-th key and the hash of its
+	// value. Keys are unique.
+	N     int
+	Entry func(i int) (key string, hash uint64)
+	// Retain reports whether a live key of the record that the read did not
+	// bring stays as it is (its source was read by its changes only, or not
+	// at all, this time). nil: no key stays; the view was read in full.
+	Retain func(key string) bool
+	// Deleted are keys the read says are gone, retained or not: items a
+	// source's changes mark deleted.
+	Deleted []string
+}
+
+// CompareView compares a view read in full, n entries (entry(i) gives the
+// i-th key and the hash of its value), with the group's record: CompareRead
+// of a ViewRead without Retain.
+func (g *GroupTx) CompareView(ctx context.Context, n int, entry func(i int) (string, uint64), versions []int64, charge func(int64) error) (*ViewChange, error) {
+	return g.CompareRead(ctx, ViewRead{N: n, Entry: entry}, versions, charge)
+}
+
+// CompareRead compares a fetched view (read) with the group's record,
+// together with the tags of the given versions (the ones pulls' cookies
+// name). A live key of the record the read did not bring is removed unless
+// read.Retain keeps it; a key in read.Deleted is removed either way. The record comes from this process's cache when it holds
 // the group's current version (same record, version and tag), else from
 // the database. It writes nothing: IssueCookies writes the change together
 // with the cookies, in one round trip. charge is called with the bytes a
 // record read from the database takes in memory (nil: not counted); its
 // error ends the read.
-func (g *GroupTx) CompareView(ctx context.Context, n int, entry func(i int) (string, uint64), versions []int64, charge func(int64) error) (*ViewChange, error) {
+func (g *GroupTx) CompareRead(ctx context.Context, read ViewRead, versions []int64, charge func(int64) error) (*ViewChange, error) {
 	old := map[string]recordRow{}
 	tags := map[int64]uint64{}
 	rec := g.record
@@ -186,16 +210,16 @@ func (g *GroupTx) CompareView(ctx context.Context, n int, entry func(i int) (str
 			return nil, fmt.Errorf("creating view record: %w", err)
 		}
 	}
-	c := planChange(old, rec, n, entry, g.s.recordVersions)
+	c := planChange(old, rec, read, g.s.recordVersions)
 	for v, t := range tags {
 		if _, ok := c.tags[v]; !ok {
 			c.tags[v] = t
 		}
 	}
 	if c.Changed() {
-		if g.s.cache.enabled(c.Bytes - int64(n+len(c.Tombstones))*(recordRowBytes-recordRowMemory)) {
+		if g.s.cache.enabled(c.Bytes - int64(read.N+len(c.retained)+len(c.Tombstones))*(recordRowBytes-recordRowMemory)) {
 			// Once committed, the new version is what the cache holds.
-			next := c.record(n, entry)
+			next := c.record(old, read)
 			id, version, tag := c.Record.ID, c.Record.Version, c.Record.Tag
 			g.afterCommit = append(g.afterCommit, func() { g.s.cache.put(g.GroupID, id, version, tag, next) })
 		} else {
@@ -219,13 +243,17 @@ func (g *GroupTx) readRecordRows(ctx context.Context, old map[string]recordRow, 
 	return nil
 }
 
-// record is the record after c: the view's entries at their versions, and
-// the tombstones kept.
-func (c *ViewChange) record(n int, entry func(i int) (string, uint64)) map[string]recordRow {
-	out := make(map[string]recordRow, n+len(c.Tombstones))
-	for i := range n {
-		key, hash := entry(i)
+// record is the record after c: the entries read at their versions, the
+// keys retained from old as they were, and the tombstones kept.
+func (c *ViewChange) record(old map[string]recordRow, read ViewRead) map[string]recordRow {
+	out := make(map[string]recordRow, read.N+len(c.retained)+len(c.Tombstones))
+	for i := range read.N {
+		key, hash := read.Entry(i)
 		out[key] = recordRow{hash: hash, version: c.Versions[i]}
+	}
+	for _, key := range c.retained {
+		r := old[key]
+		out[key] = recordRow{hash: r.hash, version: r.version}
 	}
 	for _, t := range c.Tombstones {
 		out[t.Key] = recordRow{version: t.Version, removed: true}
@@ -291,10 +319,11 @@ const recordRowMemory = 64
 // besides the key's bytes: its hash and version.
 const recordRowBytes = 16
 
-// planChange compares the view with the record old (rows numbered by
+// planChange compares the read with the record old (rows numbered by
 // indexRows), whose header is rec (rec.Version 0 for a new record),
 // keeping removals for keep versions. It does not change old.
-func planChange(old map[string]recordRow, rec ViewRecord, n int, entry func(i int) (string, uint64), keep int64) *ViewChange {
+func planChange(old map[string]recordRow, rec ViewRecord, read ViewRead, keep int64) *ViewChange {
+	n, entry := read.N, read.Entry
 	c := &ViewChange{Record: rec, Versions: make([]int64, n), created: rec.Version == 0, tags: map[int64]uint64{}}
 	c.retag = !c.created && rec.Tag == 0
 	if !c.created && !c.retag {
@@ -318,14 +347,24 @@ func planChange(old map[string]recordRow, rec ViewRecord, n int, entry func(i in
 		c.keys = append(c.keys, key)
 		c.hashes = append(c.hashes, int64(hash))
 	}
-	// What the view did not have: keys it lost now, and earlier tombstones.
-	for key, r := range old {
-		if seen[r.idx] {
-			continue
+	var deleted map[string]bool
+	if len(read.Deleted) > 0 {
+		deleted = make(map[string]bool, len(read.Deleted))
+		for _, k := range read.Deleted {
+			deleted[k] = true
 		}
-		if r.removed {
+	}
+	// What the read did not bring: keys it retains, keys the view lost now,
+	// and earlier tombstones.
+	for key, r := range old {
+		switch {
+		case seen[r.idx]:
+		case r.removed:
 			c.Tombstones = append(c.Tombstones, Tombstone{Key: key, Version: r.version})
-		} else {
+		case read.Retain != nil && read.Retain(key) && !deleted[key]:
+			c.retained = append(c.retained, key)
+			c.Bytes += int64(len(key)) + recordRowBytes
+		default:
 			c.removed = append(c.removed, key)
 			c.Tombstones = append(c.Tombstones, Tombstone{Key: key, Version: next})
 		}
@@ -347,7 +386,7 @@ func planChange(old map[string]recordRow, rec ViewRecord, n int, entry func(i in
 	// Forget the tombstones too old to matter, and the oldest beyond the
 	// bound, raising MinVersion past them.
 	slices.SortFunc(c.Tombstones, func(a, b Tombstone) int { return cmp.Compare(a.Version, b.Version) })
-	limit := max(minTombstones, n)
+	limit := max(minTombstones, n+len(c.retained))
 	cut := 0
 	// Removals of this very change are never forgotten for the count: the
 	// clients at the version before it need them, and forgetting them would

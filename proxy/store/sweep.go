@@ -122,6 +122,7 @@ func (s *Store) SweepGroups(ctx context.Context, ttl, tombstoneTTL time.Duration
 				e AS (DELETE FROM {schema}.view_entries WHERE client_group_id IN (SELECT id FROM doomed)),
 				v AS (DELETE FROM {schema}.view_versions WHERE client_group_id IN (SELECT id FROM doomed)),
 				p AS (DELETE FROM {schema}.view_pages WHERE client_group_id IN (SELECT id FROM doomed)),
+				s AS (DELETE FROM {schema}.view_sources WHERE client_group_id IN (SELECT id FROM doomed)),
 				r AS (DELETE FROM {schema}.mutation_rejections WHERE client_group_id IN (SELECT id FROM doomed)),
 				a AS (DELETE FROM {schema}.mutation_attempts WHERE client_group_id IN (SELECT id FROM doomed))
 				DELETE FROM {schema}.client_groups WHERE id IN (SELECT id FROM doomed)`), tombstoneTTL, batch)
@@ -155,7 +156,7 @@ func (s *Store) deleteIdleGroup(ctx context.Context, conn *pgxpool.Conn, id stri
 			return err
 		}
 		b := &pgx.Batch{}
-		for _, table := range []string{"clients", "view_entries", "view_versions", "view_pages", "mutation_rejections", "mutation_attempts"} {
+		for _, table := range []string{"clients", "view_entries", "view_versions", "view_pages", "view_sources", "mutation_rejections", "mutation_attempts"} {
 			b.Queue(s.sql(`DELETE FROM {schema}.`+table+` WHERE client_group_id = $1`), id)
 		}
 		b.Queue(s.sql(`UPDATE {schema}.client_groups SET deleted_at = now(), view_record_id = NULL, view_version = 0, view_min_version = 0

@@ -174,6 +174,8 @@ type GroupTx struct {
 	afterCommit []func()   // run once the transaction has committed
 	epoch       []byte     // the database's, read with the lock
 
+	stagedSources map[string]SourceState // StageSources: written by IssueCookies
+
 	// PrunedClients counts the idle clients this transaction pruned to make
 	// room for new ones.
 	PrunedClients int
