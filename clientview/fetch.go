@@ -20,6 +20,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/cespare/xxhash/v2"
+
+	"github.com/replicache-sidecar/replicache-sidecar/clientview/jsonwalk"
 )
 
 // Doer sends one HTTP request to the upstream and returns its answer. In
@@ -771,7 +773,7 @@ func splitLinkParams(v string) (params, rest string) {
 
 // entries turns one page's body into entries.
 func (s *source) entries(body []byte, scan *pageScan) ([]Entry, error) {
-	if sel := trimmed(scan.selected); len(sel) > 0 && sel[0] == '[' && s.keyed {
+	if sel := jsonwalk.Trim(scan.selected); len(sel) > 0 && sel[0] == '[' && s.keyed {
 		return s.scannedEntries(scan)
 	}
 	// Not an array of items (or one whole value): the path is walked again
@@ -790,28 +792,24 @@ func (s *source) entries(body []byte, scan *pageScan) ([]Entry, error) {
 		v := compact(selected)
 		return []Entry{{Key: s.key[0].literal, Value: v, Hash: Hash(v)}}, nil
 	}
-	selected = trimmed(selected)
+	selected = jsonwalk.Trim(selected)
 	if len(selected) == 0 || selected[0] != '[' {
 		return nil, errors.New("selected value is not an array")
 	}
 	var out []Entry
-	err := walkElements(selected, func(item []byte, spaced bool) error {
+	for item, spaced := range jsonwalk.Elements(selected) {
 		key, err := s.keyOf(item)
 		if err == nil {
 			err = checkKey(key)
 		}
 		if err != nil {
-			return fmt.Errorf("item %d: %w", len(out), err)
+			return nil, fmt.Errorf("item %d: %w", len(out), err)
 		}
 		v := json.RawMessage(item)
 		if spaced {
 			v = compact(item)
 		}
 		out = append(out, Entry{Key: key, Value: v, Hash: Hash(v)})
-		return nil
-	})
-	if err != nil {
-		return nil, err
 	}
 	return out, nil
 }
@@ -871,7 +869,7 @@ func (s *source) keyFrom(item []byte, fields [][]byte) (string, error) {
 // (valid UTF-8), a number or a bool, as bytes of the page; false for
 // anything else, which scalar decides.
 func plainScalar(raw []byte) ([]byte, bool) {
-	raw = trimmed(raw)
+	raw = jsonwalk.Trim(raw)
 	if len(raw) == 0 {
 		return nil, false
 	}
@@ -928,8 +926,8 @@ func (s *source) keyOf(item json.RawMessage) (string, error) {
 // compact removes insignificant whitespace so values are stored and sent in
 // their smallest form. raw must be valid JSON.
 func compact(raw json.RawMessage) json.RawMessage {
-	raw = trimmed(raw)
-	if _, spaced := walkValue(raw, 0); !spaced {
+	raw = jsonwalk.Trim(raw)
+	if _, spaced := jsonwalk.SkipValue(raw, 0); !spaced {
 		return raw
 	}
 	var b bytes.Buffer
