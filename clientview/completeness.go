@@ -19,8 +19,8 @@ import (
 // than received (not for one whole value, nor for "pagination": "none").
 func (s *source) checksMore() bool { return s.keyed && s.page.Type != "none" }
 
-// answer is a page's headers and body, kept for the checks of a source's
-// first and last pages; parse reads its top-level fields.
+// answer is a page's headers, body and top-level members, kept for the
+// checks of a source's first and last pages.
 type answer struct {
 	hdr  http.Header
 	body []byte

@@ -193,161 +193,248 @@ type shiftedError struct{ reason string }
 
 func (e *shiftedError) Error() string { return e.reason }
 
-// fetchPages fetches every page of a source once.
+// fetchPages fetches every page of a source once. It returns the entries
+// of every page and what each page answered, or an error and nothing: a
+// *SourceError, a *shiftedError (the pages do not fit together, so
+// fetchSource tries once more) or, when ctx ended, ctx's error.
 func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry, []PageResult, error) {
-	fail := func(reason string, err error) ([]Entry, []PageResult, error) {
-		return nil, nil, &SourceError{Source: s.path, Reason: reason, Err: err}
-	}
 	first, err := f.sourceURL(s, r.UserID)
 	if err != nil {
-		return fail(err.Error(), err)
+		return nil, nil, s.fail(err.Error(), err)
 	}
 	first = s.firstPage(first)
-	var entries []Entry
-	var results []PageResult
-	seenURLs := map[string]bool{}
-	var keys keySet
-	var starts []int // index in entries of each page's first entry
-	var prevScan pageScan
-	firstTotal := -1
-	var firstAnswer *answer // page 1's top-level fields, parsed once (nil: not modified)
-	var last *answer        // the last page's, when fetched in full
-	lastTotal := -1         // the last page's total, when not modified
-	pages := 0
-	next := first
-	for page := 1; next != nil; page++ {
-		if s.paged && page > s.page.MaxPages {
-			return fail(fmt.Sprintf("more than %d pages (pagination maxPages)", s.page.MaxPages), nil)
-		}
-		if seenURLs[next.String()] {
-			return fail(fmt.Sprintf("pagination loop: page %s was already fetched", next.RequestURI()), nil)
-		}
-		seenURLs[next.String()] = true
-		memo := r.Memos[PageKey{s.id, page}]
-		// The last page of a paged source is always fetched in full: more
-		// pages can appear behind it without its body changing (a next link
-		// in a header, a full last page), and only a fresh answer tells.
-		if memo != nil && (memo.URL != next.String() || !memo.Conditional() || (s.paged && memo.Next == "")) {
-			memo = nil
-		}
-		body, hdr, notModified, err := f.get(ctx, next, r, memo)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, nil, err
-			}
-			return fail(err.Error(), err)
-		}
-		var scan pageScan
-		res := PageResult{PageMemo: PageMemo{Source: s.id, Page: page, URL: next.String(), Total: -1}, NotModified: notModified, Conditional: memo != nil}
-		var got []Entry
-		if notModified {
-			res.PageMemo = *memo
-			res.Source, res.Page = s.id, page
-			got = make([]Entry, len(memo.Keys))
-			for i, k := range memo.Keys {
-				got[i] = Entry{Key: k, Hash: memo.Hashes[i]}
-			}
-		} else {
-			var ok bool
-			if scan, ok = scanPage(body, s.items, s.keyFields, &prevScan); !ok {
-				return fail("response is not JSON", nil)
-			}
-			if got, err = s.entries(body, &scan); err != nil {
-				return fail(err.Error(), err)
-			}
-			prevScan = scan // its items are entries now
-			res.ETag, res.LastModified = validatorsOf(hdr)
-		}
-		var a *answer
-		if !notModified && s.checksMore() {
-			a = &answer{hdr: hdr, body: body, scan: pageScan{top: scan.top}} // not its items: their arrays are reused
-		}
-		if page == 1 && s.checksMore() {
-			firstAnswer = a
-			firstTotal = res.Total
-			if a != nil {
-				firstTotal = s.total(a)
-				res.Total = firstTotal
-			}
-			if firstTotal > len(got) && len(got) > 0 && len(body) > 0 {
-				// Room for the reported total at once, rather than a doubling
-				// series of copies; but never for more items than the bytes
-				// the view may still read could hold, at this page's size
-				// per item (a small answer claiming a huge total sizes
-				// nothing).
-				perItem := max(1, int64(len(body)/len(got)))
-				if more := int64(firstTotal - len(entries)); more <= r.budget.Load()/perItem {
-					entries = slices.Grow(entries, firstTotal) // entries is still empty: room for all
-				}
-			}
-		}
-		starts = append(starts, len(entries))
-		entries = append(entries, got...)
-		for i := starts[page-1]; i < len(entries); i++ {
-			j, seen := keys.add(entries, i)
-			if !seen {
-				continue
-			}
-			// The page entries[j] came on: the last page starting at or before it.
-			p, _ := slices.BinarySearch(starts, j+1)
-			if key := entries[i].Key; p == page {
-				return fail(fmt.Sprintf("duplicate key %q (twice on page %d)", key, page), nil)
-			} else {
-				// The pages overlap: the collection shifted between two
-				// requests (or the API ignores the page parameter).
-				return nil, nil, &shiftedError{fmt.Sprintf("key %q came on page %d and again on page %d", key, p, page)}
-			}
-		}
-		last, lastTotal, pages = a, res.Total, page
-		cur := next
-		next = nil
+	var (
+		collected pageEntries
+		results   []PageResult
+		seen      = map[string]bool{} // the URLs fetched
+		reuse     pageScan            // the last page's scan, whose arrays the next one reuses
+		// For the signs of more items than received (s.checksMore): the
+		// totals the first and the last page report (-1: none), and the
+		// last page's answer (nil when it answered 304).
+		firstTotal, lastTotal = -1, -1
+		last                  *answer
+	)
+	for page, next := 1, first; next != nil; page++ {
 		switch {
-		case notModified:
-			if res.Next != "" {
-				if next, err = url.Parse(res.Next); err != nil {
-					return fail("remembered next page URL: "+err.Error(), err)
-				}
-			}
-		case s.paged:
-			if next, err = f.nextPage(s, page, len(got), cur, first, body, &scan, hdr); err != nil {
-				return fail(err.Error(), err)
-			}
+		case s.paged && page > s.page.MaxPages:
+			return nil, nil, s.fail(fmt.Sprintf("more than %d pages (pagination maxPages)", s.page.MaxPages), nil)
+		case seen[next.String()]:
+			return nil, nil, s.fail(fmt.Sprintf("pagination loop: page %s was already fetched", next.RequestURI()), nil)
 		}
-		if !notModified {
-			if next != nil {
-				res.Next = next.String()
-			}
-			if res.PageMemo.Conditional() {
-				// Remembered only for pages with validators: no other page
-				// is ever asked for conditionally.
-				res.Keys = make([]string, len(got))
-				res.Hashes = make([]uint64, len(got))
-				for i, e := range got {
-					res.Keys[i], res.Hashes[i] = e.Key, e.Hash
-				}
-			}
+		seen[next.String()] = true
+		p, err := f.fetchPage(ctx, s, r, page, next, &reuse)
+		if err != nil {
+			return nil, nil, err
 		}
-		results = append(results, res)
+		if s.checksMore() {
+			last = p.answer()
+			if page == 1 {
+				if last != nil {
+					p.res.Total = s.total(last)
+				}
+				firstTotal = p.res.Total // a 304's is the remembered one
+				collected.reserve(firstTotal, len(p.entries), len(p.body), r.budget.Load())
+			}
+			lastTotal = p.res.Total
+		}
+		if err := collected.add(s, page, p.entries); err != nil {
+			return nil, nil, err
+		}
+		if next, err = f.pageAfter(s, page, p, next, first); err != nil {
+			return nil, nil, err
+		}
+		p.remember(next)
+		results = append(results, p.res)
 	}
 	if !s.checksMore() {
-		return entries, results, nil
-	}
-	if pages == 1 {
-		last = firstAnswer
+		return collected.entries, results, nil
 	}
 	if last != nil {
-		a := last
-		lastTotal = s.total(a)
+		lastTotal = s.total(last)
 		// Remembered for when this page, the last, answers 304 next time.
 		results[len(results)-1].Total = lastTotal
-		if reason := s.unfollowed(a); reason != "" {
-			return fail(reason+`; map its pagination (or say "pagination": {"type": "none"} if this is all)`, nil)
+		if reason := s.unfollowed(last); reason != "" {
+			return nil, nil, s.fail(reason+mapPagination, nil)
 		}
 	}
-	if reason, shifted := s.moreThanReceived(lastTotal, firstTotal, len(entries)); shifted {
+	if reason, shifted := s.moreThanReceived(lastTotal, firstTotal, len(collected.entries)); shifted {
 		return nil, nil, &shiftedError{reason}
 	} else if reason != "" {
-		return fail(reason+`; map its pagination (or say "pagination": {"type": "none"} if this is all)`, nil)
+		return nil, nil, s.fail(reason+mapPagination, nil)
 	}
-	return entries, results, nil
+	return collected.entries, results, nil
+}
+
+// mapPagination ends the reason of a source that shows more items than its
+// pagination follows.
+const mapPagination = `; map its pagination (or say "pagination": {"type": "none"} if this is all)`
+
+// fail returns the *SourceError of s for reason.
+func (s *source) fail(reason string, err error) error {
+	return &SourceError{Source: s.path, Reason: reason, Err: err}
+}
+
+// fetchedPage is one page of a source, fetched and turned into entries.
+type fetchedPage struct {
+	res     PageResult // what the page answered; res.Next and res.Keys are filled in by remember
+	entries []Entry
+	// The answer fetched in full (all nil after a 304). scan's arrays of
+	// items are reused by the next page's scan: nothing of it may be kept
+	// but its top-level members.
+	hdr  http.Header
+	body []byte
+	scan pageScan
+}
+
+// fetchPage fetches page number page of s at u (conditionally, when
+// r.Memos holds a memo the page can be asked for with) and turns it into
+// entries: the answer's items, or the memo's keys and hashes after a 304.
+// reuse is the last page's scan, whose arrays the scan of this page takes
+// over. Its errors are fetchPages'.
+func (f *Fetcher) fetchPage(ctx context.Context, s *source, r Request, page int, u *url.URL, reuse *pageScan) (*fetchedPage, error) {
+	memo := s.memoFor(r.Memos, page, u)
+	body, hdr, notModified, err := f.get(ctx, u, r, memo)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		return nil, s.fail(err.Error(), err)
+	}
+	p := &fetchedPage{res: PageResult{
+		PageMemo:    PageMemo{Source: s.id, Page: page, URL: u.String(), Total: -1},
+		NotModified: notModified,
+		Conditional: memo != nil,
+	}}
+	if notModified {
+		p.res.PageMemo = *memo
+		p.res.Source, p.res.Page = s.id, page
+		p.entries = make([]Entry, len(memo.Keys))
+		for i, k := range memo.Keys {
+			p.entries[i] = Entry{Key: k, Hash: memo.Hashes[i]}
+		}
+		return p, nil
+	}
+	scan, ok := scanPage(body, s.items, s.keyFields, reuse)
+	if !ok {
+		return nil, s.fail("response is not JSON", nil)
+	}
+	if p.entries, err = s.entries(body, &scan); err != nil {
+		return nil, s.fail(err.Error(), err)
+	}
+	*reuse = scan // its items are entries now
+	p.hdr, p.body, p.scan = hdr, body, scan
+	p.res.ETag, p.res.LastModified = validatorsOf(hdr)
+	return p, nil
+}
+
+// memoFor returns the memo to ask for page of s at u with: one made for
+// the same URL, with validators, and not of the last page of a paginated
+// source. That one is always fetched in full: more pages can appear behind
+// it without its body changing (a next link in a header, a full last
+// page), and only a fresh answer tells.
+func (s *source) memoFor(memos map[PageKey]*PageMemo, page int, u *url.URL) *PageMemo {
+	memo := memos[PageKey{s.id, page}]
+	if memo == nil || memo.URL != u.String() || !memo.Conditional() || (s.paged && memo.Next == "") {
+		return nil
+	}
+	return memo
+}
+
+// answer returns the page's answer for the checks of a source's first and
+// last pages: its headers, body and top-level members; nil after a 304.
+func (p *fetchedPage) answer() *answer {
+	if p.res.NotModified {
+		return nil
+	}
+	return &answer{hdr: p.hdr, body: p.body, scan: pageScan{top: p.scan.top}}
+}
+
+// pageAfter returns the URL of the page after p, which is page number page
+// at cur; nil when p is the last. After a 304 it is the one remembered;
+// otherwise the source's pagination finds it in the answer.
+func (f *Fetcher) pageAfter(s *source, page int, p *fetchedPage, cur, first *url.URL) (*url.URL, error) {
+	switch {
+	case p.res.NotModified:
+		if p.res.Next == "" {
+			return nil, nil
+		}
+		next, err := url.Parse(p.res.Next)
+		if err != nil {
+			return nil, s.fail("remembered next page URL: "+err.Error(), err)
+		}
+		return next, nil
+	case s.paged:
+		next, err := f.nextPage(s, page, len(p.entries), cur, first, p.body, &p.scan, p.hdr)
+		if err != nil {
+			return nil, s.fail(err.Error(), err)
+		}
+		return next, nil
+	}
+	return nil, nil
+}
+
+// remember completes the memo of a page fetched in full: where it leads,
+// and, when it has validators, its keys and hashes (no other page is ever
+// asked for conditionally). A 304's memo is the stored one, unchanged.
+func (p *fetchedPage) remember(next *url.URL) {
+	if p.res.NotModified {
+		return
+	}
+	if next != nil {
+		p.res.Next = next.String()
+	}
+	if p.res.PageMemo.Conditional() {
+		p.res.Keys = make([]string, len(p.entries))
+		p.res.Hashes = make([]uint64, len(p.entries))
+		for i, e := range p.entries {
+			p.res.Keys[i], p.res.Hashes[i] = e.Key, e.Hash
+		}
+	}
+}
+
+// pageEntries gathers the entries of a source's pages, in order, and finds
+// a key that comes twice.
+type pageEntries struct {
+	entries []Entry
+	starts  []int // index in entries of each page's first entry
+	keys    keySet
+}
+
+// reserve makes room for the total of items the first page reports at
+// once, rather than a doubling series of copies, when it is above the
+// page's own; but never for more items than the bytes the view may still
+// read (budget) could hold, at this page's size per item: a small answer
+// claiming a huge total sizes nothing. It must come before the first add,
+// which sizes the key set by it.
+func (pe *pageEntries) reserve(total, items, pageBytes int, budget int64) {
+	if total <= items || items == 0 || pageBytes == 0 {
+		return
+	}
+	perItem := max(1, int64(pageBytes/items))
+	if more := int64(total - len(pe.entries)); more <= budget/perItem {
+		pe.entries = slices.Grow(pe.entries, total)
+	}
+}
+
+// add appends the entries of page (numbered from 1, in order). A key twice
+// on this page fails the source; a key that came on an earlier page too
+// means the pages overlap: the collection shifted between two requests
+// (or the API ignores the page parameter), a *shiftedError.
+func (pe *pageEntries) add(s *source, page int, es []Entry) error {
+	pe.starts = append(pe.starts, len(pe.entries))
+	pe.entries = append(pe.entries, es...)
+	for i := pe.starts[page-1]; i < len(pe.entries); i++ {
+		j, seen := pe.keys.add(pe.entries, i)
+		if !seen {
+			continue
+		}
+		// The page entries[j] came on: the last page starting at or before it.
+		p, _ := slices.BinarySearch(pe.starts, j+1)
+		key := pe.entries[i].Key
+		if p == page {
+			return s.fail(fmt.Sprintf("duplicate key %q (twice on page %d)", key, page), nil)
+		}
+		return &shiftedError{fmt.Sprintf("key %q came on page %d and again on page %d", key, p, page)}
+	}
+	return nil
 }
