@@ -69,7 +69,7 @@ func Member(obj []byte, name string) (value []byte, ok bool) {
 	}
 	for i := SkipSpace(obj, 1); i < len(obj) && obj[i] != '}'; {
 		kEnd := skipString(obj, i)
-		v := SkipSpace(obj, SkipSpace(obj, kEnd)+1) // past the colon
+		v := SkipSpace(obj, min(SkipSpace(obj, kEnd)+1, len(obj))) // past the colon
 		vEnd, _ := SkipValue(obj, v)
 		if KeyEquals(obj[i:kEnd], name) {
 			value, ok = obj[v:vEnd], true
@@ -125,12 +125,13 @@ func following(b []byte, end int) int {
 }
 
 // SkipSpace returns the index of the first byte at or after i that is not
-// JSON whitespace (space, tab, CR, LF); len(b) when there is none.
+// JSON whitespace (space, tab, CR, LF); len(b) when there is none, and i
+// itself when i is past the end.
 func SkipSpace(b []byte, i int) int {
 	for i < len(b) && isSpace(b[i]) {
 		i++
 	}
-	return min(i, len(b))
+	return i
 }
 
 // Trim returns b without the JSON whitespace around it.
