@@ -110,6 +110,16 @@ func fetchResult(t *testing.T, srv *httptest.Server, memos map[PageKey]*PageMemo
 	return f.FetchResult(context.Background(), v, Request{UserID: "u", Memos: memos})
 }
 
+// mustFetch is fetchResult for a fetch that must succeed.
+func mustFetch(t *testing.T, srv *httptest.Server, memos map[PageKey]*PageMemo, src Source) Result {
+	t.Helper()
+	res, err := fetchResult(t, srv, memos, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
 // memosOf turns a fetch's page results into the memos of the next fetch,
 // as the sidecar stores and reads them.
 func memosOf(res Result) map[PageKey]*PageMemo {
@@ -161,10 +171,7 @@ func TestConditionalFetch(t *testing.T) {
 
 	t.Run("a first fetch remembers every page", func(t *testing.T) {
 		api := newETagAPI(t, 7)
-		res, err := fetchResult(t, api.srv, nil, items)
-		if err != nil {
-			t.Fatal(err)
-		}
+		res := mustFetch(t, api.srv, nil, items)
 		want := `1 cond=false 304=false next="/items?page=2" total=-1 keys=[x/i00 x/i01 x/i02] etag=true
 2 cond=false 304=false next="/items?page=3" total=-1 keys=[x/i03 x/i04 x/i05] etag=true
 3 cond=false 304=false next="" total=-1 keys=[x/i06] etag=true`
@@ -178,15 +185,9 @@ func TestConditionalFetch(t *testing.T) {
 
 	t.Run("unchanged pages answer 304 but the last is fetched in full", func(t *testing.T) {
 		api := newETagAPI(t, 7)
-		first, err := fetchResult(t, api.srv, nil, items)
-		if err != nil {
-			t.Fatal(err)
-		}
+		first := mustFetch(t, api.srv, nil, items)
 		api.askedConditionally()
-		res, err := fetchResult(t, api.srv, memosOf(first), items)
-		if err != nil {
-			t.Fatal(err)
-		}
+		res := mustFetch(t, api.srv, memosOf(first), items)
 		if got := api.askedConditionally(pageURIs...); got != "cond cond full" {
 			t.Errorf("requests %s, want the first two conditional, the last in full", got)
 		}
@@ -210,15 +211,9 @@ func TestConditionalFetch(t *testing.T) {
 		// An item added on page 3 (the last): pages 1 and 2 answer 304,
 		// page 3 is new and now leads to a page 4.
 		api := newETagAPI(t, 9)
-		first, err := fetchResult(t, api.srv, nil, items)
-		if err != nil {
-			t.Fatal(err)
-		}
+		first := mustFetch(t, api.srv, nil, items)
 		api.set(func() { api.items = append(api.items, "i09") })
-		res, err := fetchResult(t, api.srv, memosOf(first), items)
-		if err != nil {
-			t.Fatal(err)
-		}
+		res := mustFetch(t, api.srv, memosOf(first), items)
 		if got := api.askedConditionally(append(pageURIs, "/items?page=4")...); got != "cond cond full full" {
 			t.Errorf("requests %s", got)
 		}
@@ -229,15 +224,9 @@ func TestConditionalFetch(t *testing.T) {
 
 	t.Run("a changed page is answered in full", func(t *testing.T) {
 		api := newETagAPI(t, 7)
-		first, err := fetchResult(t, api.srv, nil, items)
-		if err != nil {
-			t.Fatal(err)
-		}
+		first := mustFetch(t, api.srv, nil, items)
 		api.set(func() { api.items[4] = "new" })
-		res, err := fetchResult(t, api.srv, memosOf(first), items)
-		if err != nil {
-			t.Fatal(err)
-		}
+		res := mustFetch(t, api.srv, memosOf(first), items)
 		want := `1 cond=true 304=true next="/items?page=2" total=-1 keys=[x/i00 x/i01 x/i02] etag=true
 2 cond=true 304=false next="/items?page=3" total=-1 keys=[x/i03 x/new x/i05] etag=true
 3 cond=false 304=false next="" total=-1 keys=[x/i06] etag=true`
@@ -251,16 +240,11 @@ func TestConditionalFetch(t *testing.T) {
 
 	t.Run("a memo of another URL or without validators is not used", func(t *testing.T) {
 		api := newETagAPI(t, 7)
-		first, err := fetchResult(t, api.srv, nil, items)
-		if err != nil {
-			t.Fatal(err)
-		}
+		first := mustFetch(t, api.srv, nil, items)
 		memos := memosOf(first)
 		memos[PageKey{first.Pages[0].Source, 1}].URL += "?stale=1"
 		memos[PageKey{first.Pages[1].Source, 2}].ETag = ""
-		if _, err := fetchResult(t, api.srv, memos, items); err != nil {
-			t.Fatal(err)
-		}
+		mustFetch(t, api.srv, memos, items)
 		if got := api.askedConditionally(pageURIs...); got != "full full full" {
 			t.Errorf("requests %s, want every page in full", got)
 		}
@@ -268,10 +252,7 @@ func TestConditionalFetch(t *testing.T) {
 
 	t.Run("a one-page source answered 304 keeps its remembered total", func(t *testing.T) {
 		api := newETagAPI(t, 3)
-		first, err := fetchResult(t, api.srv, nil, one)
-		if err != nil {
-			t.Fatal(err)
-		}
+		first := mustFetch(t, api.srv, nil, one)
 		if got := pagesOf(first); got != `1 cond=false 304=false next="" total=3 keys=[x/i00 x/i01 x/i02] etag=true` {
 			t.Errorf("pages: %s", got)
 		}
@@ -294,18 +275,12 @@ func TestConditionalFetch(t *testing.T) {
 		// Page 1's memo claims a key that page 2 now holds: the pages
 		// overlap, so the source is fetched again, every page in full.
 		api := newETagAPI(t, 7)
-		first, err := fetchResult(t, api.srv, nil, items)
-		if err != nil {
-			t.Fatal(err)
-		}
+		first := mustFetch(t, api.srv, nil, items)
 		memos := memosOf(first)
 		m := memos[PageKey{first.Pages[0].Source, 1}]
 		m.Keys = append([]string(nil), m.Keys...)
 		m.Keys[2] = "x/i03"
-		res, err := fetchResult(t, api.srv, memos, items)
-		if err != nil {
-			t.Fatal(err)
-		}
+		res := mustFetch(t, api.srv, memos, items)
 		if got := api.askedConditionally(pageURIs...); got != "full full full" {
 			t.Errorf("last requests %s, want the second attempt in full", got)
 		}
