@@ -77,6 +77,7 @@ FUZZTIME ?= 30s
 fuzz: $(BIN)/devpg
 	$(GO) test -run '^$$' -fuzz FuzzRender -fuzztime $(FUZZTIME) ./mutators
 	$(GO) test -run '^$$' -fuzz FuzzEntries -fuzztime $(FUZZTIME) ./clientview
+	$(GO) test -run '^$$' -fuzz FuzzLookup -fuzztime $(FUZZTIME) ./clientview/jsonwalk
 	$(BIN)/devpg -- $(GO) test -run '^$$' -fuzz FuzzDecodePush -fuzztime $(FUZZTIME) ./proxy
 	$(GO) test -run '^$$' -fuzz FuzzPullCookie -fuzztime $(FUZZTIME) ./proxy/store
 

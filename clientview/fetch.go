@@ -1,25 +1,18 @@
 package clientview
 
 import (
-	"bytes"
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	"net/http"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"unicode/utf8"
-
-	"github.com/cespare/xxhash/v2"
 )
 
 // Doer sends one HTTP request to the upstream and returns its answer. In
@@ -200,741 +193,248 @@ type shiftedError struct{ reason string }
 
 func (e *shiftedError) Error() string { return e.reason }
 
-// fetchPages fetches every page of a source once.
+// fetchPages fetches every page of a source once. It returns the entries
+// of every page and what each page answered, or an error and nothing: a
+// *SourceError, a *shiftedError (the pages do not fit together, so
+// fetchSource tries once more) or, when ctx ended, ctx's error.
 func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry, []PageResult, error) {
-	fail := func(reason string, err error) ([]Entry, []PageResult, error) {
-		return nil, nil, &SourceError{Source: s.path, Reason: reason, Err: err}
-	}
 	first, err := f.sourceURL(s, r.UserID)
 	if err != nil {
-		return fail(err.Error(), err)
+		return nil, nil, s.fail(err.Error(), err)
 	}
 	first = s.firstPage(first)
-	var entries []Entry
-	var results []PageResult
-	seenURLs := map[string]bool{}
-	var keys keySet
-	var starts []int // index in entries of each page's first entry
-	var prevScan pageScan
-	firstTotal := -1
-	var firstAnswer *answer // page 1's top-level fields, parsed once (nil: not modified)
-	var last *answer        // the last page's, when fetched in full
-	lastTotal := -1         // the last page's total, when not modified
-	pages := 0
-	next := first
-	for page := 1; next != nil; page++ {
-		if s.paged && page > s.page.MaxPages {
-			return fail(fmt.Sprintf("more than %d pages (pagination maxPages)", s.page.MaxPages), nil)
-		}
-		if seenURLs[next.String()] {
-			return fail(fmt.Sprintf("pagination loop: page %s was already fetched", next.RequestURI()), nil)
-		}
-		seenURLs[next.String()] = true
-		memo := r.Memos[PageKey{s.id, page}]
-		// The last page of a paged source is always fetched in full: more
-		// pages can appear behind it without its body changing (a next link
-		// in a header, a full last page), and only a fresh answer tells.
-		if memo != nil && (memo.URL != next.String() || !memo.Conditional() || (s.paged && memo.Next == "")) {
-			memo = nil
-		}
-		body, hdr, notModified, err := f.get(ctx, next, r, memo)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, nil, err
-			}
-			return fail(err.Error(), err)
-		}
-		var scan pageScan
-		res := PageResult{PageMemo: PageMemo{Source: s.id, Page: page, URL: next.String(), Total: -1}, NotModified: notModified, Conditional: memo != nil}
-		var got []Entry
-		if notModified {
-			res.PageMemo = *memo
-			res.Source, res.Page = s.id, page
-			got = make([]Entry, len(memo.Keys))
-			for i, k := range memo.Keys {
-				got[i] = Entry{Key: k, Hash: memo.Hashes[i]}
-			}
-		} else {
-			var ok bool
-			if scan, ok = scanPage(body, s.items, s.keyFields, &prevScan); !ok {
-				return fail("response is not JSON", nil)
-			}
-			if got, err = s.entries(body, &scan); err != nil {
-				return fail(err.Error(), err)
-			}
-			prevScan = scan // its items are entries now
-			res.ETag, res.LastModified = validatorsOf(hdr)
-		}
-		var a *answer
-		if !notModified && s.checksMore() {
-			a = &answer{hdr: hdr, body: body, scan: pageScan{top: scan.top}} // not its items: their arrays are reused
-		}
-		if page == 1 && s.checksMore() {
-			firstAnswer = a
-			firstTotal = res.Total
-			if a != nil {
-				firstTotal = s.total(a)
-				res.Total = firstTotal
-			}
-			if firstTotal > len(got) && len(got) > 0 && len(body) > 0 {
-				// Room for the reported total at once, rather than a doubling
-				// series of copies; but never for more items than the bytes
-				// the view may still read could hold, at this page's size
-				// per item (a small answer claiming a huge total sizes
-				// nothing).
-				perItem := max(1, int64(len(body)/len(got)))
-				if more := int64(firstTotal - len(entries)); more <= r.budget.Load()/perItem {
-					entries = slices.Grow(entries, firstTotal) // entries is still empty: room for all
-				}
-			}
-		}
-		starts = append(starts, len(entries))
-		entries = append(entries, got...)
-		for i := starts[page-1]; i < len(entries); i++ {
-			j, seen := keys.add(entries, i)
-			if !seen {
-				continue
-			}
-			// The page entries[j] came on: the last page starting at or before it.
-			p, _ := slices.BinarySearch(starts, j+1)
-			if key := entries[i].Key; p == page {
-				return fail(fmt.Sprintf("duplicate key %q (twice on page %d)", key, page), nil)
-			} else {
-				// The pages overlap: the collection shifted between two
-				// requests (or the API ignores the page parameter).
-				return nil, nil, &shiftedError{fmt.Sprintf("key %q came on page %d and again on page %d", key, p, page)}
-			}
-		}
-		last, lastTotal, pages = a, res.Total, page
-		cur := next
-		next = nil
+	var (
+		collected pageEntries
+		results   []PageResult
+		seen      = map[string]bool{} // the URLs fetched
+		reuse     pageScan            // the last page's scan, whose arrays the next one reuses
+		// For the signs of more items than received (s.checksMore): the
+		// totals the first and the last page report (-1: none), and the
+		// last page's answer (nil when it answered 304).
+		firstTotal, lastTotal = -1, -1
+		last                  *answer
+	)
+	for page, next := 1, first; next != nil; page++ {
 		switch {
-		case notModified:
-			if res.Next != "" {
-				if next, err = url.Parse(res.Next); err != nil {
-					return fail("remembered next page URL: "+err.Error(), err)
-				}
-			}
-		case s.paged:
-			if next, err = f.nextPage(s, page, len(got), cur, first, body, &scan, hdr); err != nil {
-				return fail(err.Error(), err)
-			}
+		case s.paged && page > s.page.MaxPages:
+			return nil, nil, s.fail(fmt.Sprintf("more than %d pages (pagination maxPages)", s.page.MaxPages), nil)
+		case seen[next.String()]:
+			return nil, nil, s.fail(fmt.Sprintf("pagination loop: page %s was already fetched", next.RequestURI()), nil)
 		}
-		if !notModified {
-			if next != nil {
-				res.Next = next.String()
-			}
-			if res.PageMemo.Conditional() {
-				// Remembered only for pages with validators: no other page
-				// is ever asked for conditionally.
-				res.Keys = make([]string, len(got))
-				res.Hashes = make([]uint64, len(got))
-				for i, e := range got {
-					res.Keys[i], res.Hashes[i] = e.Key, e.Hash
-				}
-			}
+		seen[next.String()] = true
+		p, err := f.fetchPage(ctx, s, r, page, next, &reuse)
+		if err != nil {
+			return nil, nil, err
 		}
-		results = append(results, res)
+		if s.checksMore() {
+			last = p.answer()
+			if page == 1 {
+				if last != nil {
+					p.res.Total = s.total(last)
+				}
+				firstTotal = p.res.Total // a 304's is the remembered one
+				collected.reserve(firstTotal, len(p.entries), len(p.body), r.budget.Load())
+			}
+			lastTotal = p.res.Total
+		}
+		if err := collected.add(s, page, p.entries); err != nil {
+			return nil, nil, err
+		}
+		if next, err = f.pageAfter(s, page, p, next, first); err != nil {
+			return nil, nil, err
+		}
+		p.remember(next)
+		results = append(results, p.res)
 	}
 	if !s.checksMore() {
-		return entries, results, nil
-	}
-	if pages == 1 {
-		last = firstAnswer
+		return collected.entries, results, nil
 	}
 	if last != nil {
-		a := last
-		lastTotal = s.total(a)
+		lastTotal = s.total(last)
 		// Remembered for when this page, the last, answers 304 next time.
 		results[len(results)-1].Total = lastTotal
-		if reason := s.unfollowed(a); reason != "" {
-			return fail(reason+`; map its pagination (or say "pagination": {"type": "none"} if this is all)`, nil)
+		if reason := s.unfollowed(last); reason != "" {
+			return nil, nil, s.fail(reason+mapPagination, nil)
 		}
 	}
-	if reason, shifted := s.moreThanReceived(lastTotal, firstTotal, len(entries)); shifted {
+	if reason, shifted := s.moreThanReceived(lastTotal, firstTotal, len(collected.entries)); shifted {
 		return nil, nil, &shiftedError{reason}
 	} else if reason != "" {
-		return fail(reason+`; map its pagination (or say "pagination": {"type": "none"} if this is all)`, nil)
+		return nil, nil, s.fail(reason+mapPagination, nil)
 	}
-	return entries, results, nil
+	return collected.entries, results, nil
 }
 
-// keySet finds a key a source produced twice. Keys are held by their
-// 64-bit hash, pointing at the entry that holds it (no pointers for the
-// collector to scan, a third of a string map's memory); a key whose hash
-// another key holds goes to a map by the key itself.
-type keySet struct {
-	byHash map[uint64]int32
-	exact  map[string]int32
+// mapPagination ends the reason of a source that shows more items than its
+// pagination follows.
+const mapPagination = `; map its pagination (or say "pagination": {"type": "none"} if this is all)`
+
+// fail returns the *SourceError of s for reason.
+func (s *source) fail(reason string, err error) error {
+	return &SourceError{Source: s.path, Reason: reason, Err: err}
 }
 
-// add notes entries[i]'s key, or returns the index of the entry that
-// already holds it.
-func (k *keySet) add(entries []Entry, i int) (int, bool) {
-	if k.byHash == nil {
-		k.byHash = make(map[uint64]int32, cap(entries)) // sized for the reported total, when entries is
-	}
-	key := entries[i].Key
-	h := xxhash.Sum64String(key)
-	j, held := k.byHash[h]
-	switch {
-	case !held:
-		k.byHash[h] = int32(i)
-		return 0, false
-	case entries[j].Key == key:
-		return int(j), true
-	}
-	if j, ok := k.exact[key]; ok {
-		return int(j), true
-	}
-	if k.exact == nil {
-		k.exact = map[string]int32{}
-	}
-	k.exact[key] = int32(i)
-	return 0, false
-}
-
-// checksMore: the source's answers are checked for signs of more items
-// than received (not for one whole value, nor for "pagination": "none").
-func (s *source) checksMore() bool { return s.keyed && s.page.Type != "none" }
-
-// answer is a page's headers and body, kept for the checks of a source's
-// first and last pages; parse reads its top-level fields.
-type answer struct {
+// fetchedPage is one page of a source, fetched and turned into entries.
+type fetchedPage struct {
+	res     PageResult // what the page answered; res.Next and res.Keys are filled in by remember
+	entries []Entry
+	// The answer fetched in full (all nil after a 304). scan's arrays of
+	// items are reused by the next page's scan: nothing of it may be kept
+	// but its top-level members.
 	hdr  http.Header
 	body []byte
-	scan pageScan // the page's top-level members
+	scan pageScan
 }
 
-// field follows a dotted path from the top level; false when a step is
-// absent or not an object.
-func (a *answer) field(path []string) (json.RawMessage, bool) {
-	if a.scan.top == nil {
-		return nil, false
-	}
-	raw, present, err := a.scan.lookup(a.body, path)
-	return raw, err == nil && present
-}
-
-// total returns the count of all items an answer reports (X-Total-Count,
-// the source's Total path, or a top-level count, total, totalCount,
-// total_count or totalItems beside the items), or -1.
-func (s *source) total(a *answer) int {
-	if v := a.hdr.Get("X-Total-Count"); v != "" {
-		if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && n >= 0 {
-			return n
-		}
-	}
-	paths := [][]string{s.totalPath}
-	if s.totalPath == nil {
-		if s.items == nil {
-			return -1 // a bare array has nothing beside it
-		}
-		paths = [][]string{{"count"}, {"total"}, {"totalCount"}, {"total_count"}, {"totalItems"}}
-	}
-	for _, p := range paths {
-		raw, present := a.field(p)
-		if !present {
-			continue
-		}
-		var n int
-		if json.Unmarshal(raw, &n) == nil && n >= 0 {
-			return n
-		}
-	}
-	return -1
-}
-
-// unfollowed says why the last page shows that the source has more pages
-// than its pagination follows, or "": a Link rel="next" that link
-// pagination did not follow, or a next field that cursor or url pagination
-// did not follow. Under the Reset Strategy the client would delete what is
-// missing.
-func (s *source) unfollowed(a *answer) string {
-	if s.page.Type != "link" {
-		if target := nextLink(a.hdr.Values("Link")); target != "" {
-			return fmt.Sprintf("the answer has a Link header with rel=\"next\" (%s), but the source's pagination does not follow it", target)
-		}
-	}
-	if s.page.Type != "cursor" && s.page.Type != "url" {
-		for _, p := range [][]string{{"next"}, {"links", "next"}, {"_links", "next"}} {
-			if raw, present := a.field(p); present && !emptyJSON(raw) {
-				return fmt.Sprintf("the answer has a non-empty %q field, but the source's pagination does not follow it", strings.Join(p, "."))
-			}
-		}
-	}
-	return ""
-}
-
-// moreThanReceived says why the total the last page reports (-1: none)
-// shows that the source holds more than was received, or "": a total other
-// than the items received, or one that changed since the first page.
-// shifted: a paged source's total disagrees, which another writer explains
-// (the rest are mapping errors).
-func (s *source) moreThanReceived(total, firstTotal, received int) (reason string, shifted bool) {
-	switch {
-	case total < 0:
-		return "", false
-	case s.paged && firstTotal >= 0 && total != firstTotal:
-		return fmt.Sprintf("the reported total changed from %d to %d while the pages were read", firstTotal, total), true
-	case s.paged && total != received:
-		return fmt.Sprintf("the answer reports %d items in all, but %d were received", total, received), true
-	case !s.paged && total > received:
-		return fmt.Sprintf("the answer reports %d items in all, but %d were received", total, received), false
-	}
-	return "", false
-}
-
-// emptyJSON: null, "", false, {} or [].
-func emptyJSON(raw json.RawMessage) bool {
-	switch string(bytes.TrimSpace(raw)) {
-	case "null", `""`, "false", "{}", "[]":
-		return true
-	}
-	return false
-}
-
-// sourceURL renders the source's path for userID, escaping the value as one
-// path segment or one query value.
-func (f *Fetcher) sourceURL(s *source, userID string) (*url.URL, error) {
-	p, q, hasQ := strings.Cut(s.pathTmpl, "?")
-	p = strings.ReplaceAll(p, "{userID}", url.PathEscape(userID))
-	pq := p
-	if hasQ {
-		pq += "?" + strings.ReplaceAll(q, "{userID}", url.QueryEscape(userID))
-	}
-	u, err := url.Parse(f.prefix + pq)
-	if err != nil || u.Host != f.base.Host {
-		return nil, fmt.Errorf("invalid URL for user %q", userID)
-	}
-	return u, nil
-}
-
-// get fetches u. With memo, it asks conditionally, and notModified reports
-// a 304 (no body).
-func (f *Fetcher) get(ctx context.Context, u *url.URL, r Request, memo *PageMemo) (body []byte, hdr http.Header, notModified bool, err error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+// fetchPage fetches page number page of s at u (conditionally, when
+// r.Memos holds a memo the page can be asked for with) and turns it into
+// entries: the answer's items, or the memo's keys and hashes after a 304.
+// reuse is the last page's scan, whose arrays the scan of this page takes
+// over. Its errors are fetchPages'.
+func (f *Fetcher) fetchPage(ctx context.Context, s *source, r Request, page int, u *url.URL, reuse *pageScan) (*fetchedPage, error) {
+	memo := s.memoFor(r.Memos, page, u)
+	body, hdr, notModified, err := f.get(ctx, u, r, memo)
 	if err != nil {
-		return nil, nil, false, err
-	}
-	for k, vs := range r.Header {
-		req.Header[k] = vs
-	}
-	req.Header.Set("Accept", "application/json")
-	if memo != nil {
-		validators(req.Header, memo)
-	}
-	resp, err := f.upstream.Do(req)
-	if err != nil {
-		return nil, nil, false, err
-	}
-	defer func() { _ = resp.Body.Close() }()
-	if resp.StatusCode == http.StatusNotModified && memo != nil {
-		return nil, resp.Header, true, nil
-	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return nil, nil, false, &StatusError{Status: resp.StatusCode, Path: u.RequestURI(), Location: resp.Header.Get("Location")}
-	}
-	left := r.budget.Load()
-	var src io.Reader = io.LimitReader(resp.Body, max(left, 0)+min(1, math.MaxInt64-left)) // left+1, without overflow
-	if r.Memory != nil {
-		src = r.Memory.Reader(ctx, src)
-	}
-	if body, err = readAll(src, resp.ContentLength, left); err != nil {
-		return nil, nil, false, fmt.Errorf("reading upstream response: %w", err)
-	}
-	if r.spent != nil {
-		r.spent.Add(int64(len(body)))
-	}
-	if r.budget.Add(-int64(len(body))) < 0 {
-		return nil, nil, false, fmt.Errorf("the client view is larger than %d bytes (all pages of all sources)", f.maxBody)
-	}
-	return body, resp.Header, false, nil
-}
-
-// readAll reads r to its end into one buffer of the announced length (when
-// the answer announces one no larger than the bytes left to read), instead
-// of a doubling series of buffers.
-func readAll(r io.Reader, announced, left int64) ([]byte, error) {
-	if announced < 0 || announced > left {
-		return io.ReadAll(r)
-	}
-	// Grown as bytes arrive (and are charged to the memory budget), never
-	// allocated ahead on the answer's word, but to end at its exact size.
-	limit := int(announced) + 1 // +1: reading the end needs room
-	b := make([]byte, 0, min(limit, 64<<10))
-	for {
-		if len(b) == limit {
-			// Longer than announced (a lying header): go on the usual way.
-			rest, err := io.ReadAll(r)
-			return append(b, rest...), err
-		}
-		if len(b) == cap(b) {
-			b = slices.Grow(b, min(2*cap(b), limit)-len(b))
-		}
-		n, err := r.Read(b[len(b):min(cap(b), limit)])
-		b = b[:len(b)+n]
-		if err == io.EOF {
-			return b, nil
-		}
-		if err != nil {
-			return b, err
-		}
-	}
-}
-
-// StatusError is a non-2xx answer to a view request.
-type StatusError struct {
-	Status   int
-	Path     string // the page asked for (path and query)
-	Location string // a redirect's target
-}
-
-func (e *StatusError) Error() string { return fmt.Sprintf("upstream answered %d", e.Status) }
-
-// nextPage returns the next page's URL, or nil when this was the last page.
-// A next-page reference that cannot be followed is an error, never the last
-// page: under the Reset Strategy a truncated view deletes on the client
-// every entity it lacks.
-func (f *Fetcher) nextPage(s *source, page, items int, cur, first *url.URL, body []byte, scan *pageScan, hdr http.Header) (*url.URL, error) {
-	switch s.page.Type {
-	case "link":
-		target := nextLink(hdr.Values("Link"))
-		if target == "" {
-			return nil, nil
-		}
-		return f.follow(cur, target, "next link")
-	case "url":
-		raw, present, err := scan.lookup(body, s.nextPath)
-		if err != nil {
-			return nil, fmt.Errorf("next URL field %q cannot be followed: %w", s.page.Next, err)
-		}
-		if !present || isNull(raw) {
-			return nil, nil
-		}
-		var target string
-		if err := json.Unmarshal(raw, &target); err != nil {
-			return nil, fmt.Errorf("next URL field %q is not a string", s.page.Next)
-		}
-		if target == "" {
-			return nil, nil
-		}
-		return f.follow(cur, target, "next URL")
-	case "offset":
-		if items < s.page.Limit {
-			return nil, nil // a short page is the last
-		}
-		return withQuery(cur, s.page.Param, strconv.Itoa(atoi(cur.Query().Get(s.page.Param))+items)), nil
-	case "page":
-		if items == 0 || (s.page.Size > 0 && items < s.page.Size) {
-			return nil, nil // an empty (or short) page is the last
-		}
-		return withQuery(cur, s.page.Param, strconv.Itoa(atoi(cur.Query().Get(s.page.Param))+1)), nil
-	default: // cursor
-		raw, present, err := scan.lookup(body, s.nextPath)
-		if err != nil {
-			return nil, fmt.Errorf("cursor field %q cannot be followed: %w", s.page.Next, err)
-		}
-		if !present {
-			// The last page, or a typo in the mapping that shows only page
-			// one forever: say so once per mapping load.
-			if page == 1 && s.warnedAbsent.CompareAndSwap(false, true) {
-				f.log.Warn("cursor field absent from the first page; is the mapping's pagination.next right?",
-					"source", s.path, "field", s.page.Next)
-			}
-			return nil, nil
-		}
-		if isNull(raw) {
-			return nil, nil
-		}
-		cursor, ok := scalar(raw)
-		if !ok {
-			return nil, fmt.Errorf("cursor field %q is not a string or number", s.page.Next)
-		}
-		if cursor == "" {
-			return nil, nil
-		}
-		u := *first
-		q := u.Query()
-		q.Set(s.page.Param, cursor)
-		u.RawQuery = q.Encode()
-		return &u, nil
-	}
-}
-
-// follow resolves a next-page reference against the page it came from and
-// refuses one that leaves the upstream: the sidecar fetches nothing else.
-func (f *Fetcher) follow(cur *url.URL, target, what string) (*url.URL, error) {
-	u, err := cur.Parse(target)
-	if err != nil {
-		return nil, fmt.Errorf("invalid %s %q", what, target)
-	}
-	if u.Scheme != f.base.Scheme || u.Host != f.base.Host {
-		return nil, fmt.Errorf("%s %q points to another host", what, u.Redacted())
-	}
-	if u.User != nil {
-		// Userinfo would make the sidecar send credentials of the API's
-		// choosing (Authorization: Basic).
-		return nil, fmt.Errorf("%s %q carries credentials", what, u.Redacted())
-	}
-	if prefix := strings.TrimSuffix(f.base.Path, "/"); prefix != "" && u.Path != prefix && !strings.HasPrefix(u.Path, prefix+"/") {
-		return nil, fmt.Errorf("%s %q leaves the upstream's path prefix %s", what, u.Redacted(), prefix)
-	}
-	return u, nil
-}
-
-// firstPage adds what the first page of an offset or page source asks for.
-func (s *source) firstPage(u *url.URL) *url.URL {
-	switch s.page.Type {
-	case "offset":
-		u = withQuery(u, s.page.LimitParam, strconv.Itoa(s.page.Limit))
-		return withQuery(u, s.page.Param, "0")
-	case "page":
-		if s.page.SizeParam != "" {
-			u = withQuery(u, s.page.SizeParam, strconv.Itoa(s.page.Size))
-		}
-		return withQuery(u, s.page.Param, strconv.Itoa(s.start))
-	}
-	return u
-}
-
-// withQuery returns a copy of u with query parameter k set to v. The rest
-// of the query stays byte for byte as the mapping wrote it: some APIs are
-// strict about their filters' spelling.
-func withQuery(u *url.URL, k, v string) *url.URL {
-	c := *u
-	var kept []string
-	for _, kv := range strings.Split(c.RawQuery, "&") {
-		name, _, _ := strings.Cut(kv, "=")
-		if un, err := url.QueryUnescape(name); kv == "" || (err == nil && un == k) {
-			continue
-		}
-		kept = append(kept, kv)
-	}
-	c.RawQuery = strings.Join(append(kept, url.QueryEscape(k)+"="+url.QueryEscape(v)), "&")
-	return &c
-}
-
-// atoi reads a number this package wrote into a query.
-func atoi(s string) int {
-	n, _ := strconv.Atoi(s)
-	return n
-}
-
-// nextLink finds the target of rel="next" in Link header values (RFC 8288).
-func nextLink(values []string) string {
-	for _, v := range values {
-		for v != "" {
-			v = strings.TrimLeft(v, " \t,")
-			if !strings.HasPrefix(v, "<") {
-				return ""
-			}
-			end := strings.IndexByte(v, '>')
-			if end < 0 {
-				return ""
-			}
-			target := v[1:end]
-			v = v[end+1:]
-			// Parameters run to the next comma that is outside quotes.
-			params, rest := splitLinkParams(v)
-			v = rest
-			for _, p := range strings.Split(params, ";") {
-				k, val, _ := strings.Cut(strings.TrimSpace(p), "=")
-				if !strings.EqualFold(strings.TrimSpace(k), "rel") {
-					continue
-				}
-				for _, rel := range strings.Fields(strings.Trim(strings.TrimSpace(val), `"`)) {
-					if strings.EqualFold(rel, "next") {
-						return target
-					}
-				}
-			}
-		}
-	}
-	return ""
-}
-
-func splitLinkParams(v string) (params, rest string) {
-	inQuote := false
-	for i := 0; i < len(v); i++ {
-		switch v[i] {
-		case '"':
-			inQuote = !inQuote
-		case ',':
-			if !inQuote {
-				return v[:i], v[i+1:]
-			}
-		}
-	}
-	return v, ""
-}
-
-// entries turns one page's body into entries.
-func (s *source) entries(body []byte, scan *pageScan) ([]Entry, error) {
-	if sel := trimmed(scan.selected); len(sel) > 0 && sel[0] == '[' && s.keyed {
-		return s.scannedEntries(scan)
-	}
-	// Not an array of items (or one whole value): the path is walked again
-	// for the exact error, or the value.
-	selected := json.RawMessage(body)
-	if s.items != nil {
-		var err error
-		if selected, err = selectPath(body, s.items); err != nil {
+		if ctx.Err() != nil {
 			return nil, err
 		}
-		if selected == nil {
-			return nil, fmt.Errorf("items path %q not found in the response", strings.Join(s.items, "."))
-		}
+		return nil, s.fail(err.Error(), err)
 	}
-	if !s.keyed {
-		v := compact(selected)
-		return []Entry{{Key: s.key[0].literal, Value: v, Hash: Hash(v)}}, nil
+	p := &fetchedPage{res: PageResult{
+		PageMemo:    PageMemo{Source: s.id, Page: page, URL: u.String(), Total: -1},
+		NotModified: notModified,
+		Conditional: memo != nil,
+	}}
+	if notModified {
+		p.res.PageMemo = *memo
+		p.res.Source, p.res.Page = s.id, page
+		p.entries = make([]Entry, len(memo.Keys))
+		for i, k := range memo.Keys {
+			p.entries[i] = Entry{Key: k, Hash: memo.Hashes[i]}
+		}
+		return p, nil
 	}
-	selected = trimmed(selected)
-	if len(selected) == 0 || selected[0] != '[' {
-		return nil, errors.New("selected value is not an array")
+	scan, ok := scanPage(body, s.items, s.keyFields, reuse)
+	if !ok {
+		return nil, s.fail("response is not JSON", nil)
 	}
-	var out []Entry
-	err := walkElements(selected, func(item []byte, spaced bool) error {
-		key, err := s.keyOf(item)
-		if err == nil {
-			err = checkKey(key)
-		}
-		if err != nil {
-			return fmt.Errorf("item %d: %w", len(out), err)
-		}
-		v := json.RawMessage(item)
-		if spaced {
-			v = compact(item)
-		}
-		out = append(out, Entry{Key: key, Value: v, Hash: Hash(v)})
+	if p.entries, err = s.entries(body, &scan); err != nil {
+		return nil, s.fail(err.Error(), err)
+	}
+	*reuse = scan // its items are entries now
+	p.hdr, p.body, p.scan = hdr, body, scan
+	p.res.ETag, p.res.LastModified = validatorsOf(hdr)
+	return p, nil
+}
+
+// memoFor returns the memo to ask for page of s at u with: one made for
+// the same URL, with validators, and not of the last page of a paginated
+// source. That one is always fetched in full: more pages can appear behind
+// it without its body changing (a next link in a header, a full last
+// page), and only a fresh answer tells.
+func (s *source) memoFor(memos map[PageKey]*PageMemo, page int, u *url.URL) *PageMemo {
+	memo := memos[PageKey{s.id, page}]
+	if memo == nil || memo.URL != u.String() || !memo.Conditional() || (s.paged && memo.Next == "") {
 		return nil
-	})
-	if err != nil {
-		return nil, err
 	}
-	return out, nil
+	return memo
 }
 
-// scannedEntries makes the entries of the items the scan found.
-func (s *source) scannedEntries(scan *pageScan) ([]Entry, error) {
-	out := make([]Entry, len(scan.items))
-	nf := len(s.keyFields)
-	for i, it := range scan.items {
-		key, err := s.keyFrom(it.raw, scan.fields[i*nf:(i+1)*nf])
-		if err == nil {
-			err = checkKey(key)
+// answer returns the page's answer for the checks of a source's first and
+// last pages: its headers, body and top-level members; nil after a 304.
+func (p *fetchedPage) answer() *answer {
+	if p.res.NotModified {
+		return nil
+	}
+	return &answer{hdr: p.hdr, body: p.body, scan: pageScan{top: p.scan.top}}
+}
+
+// pageAfter returns the URL of the page after p, which is page number page
+// at cur; nil when p is the last. After a 304 it is the one remembered;
+// otherwise the source's pagination finds it in the answer.
+func (f *Fetcher) pageAfter(s *source, page int, p *fetchedPage, cur, first *url.URL) (*url.URL, error) {
+	switch {
+	case p.res.NotModified:
+		if p.res.Next == "" {
+			return nil, nil
 		}
+		next, err := url.Parse(p.res.Next)
 		if err != nil {
-			return nil, fmt.Errorf("item %d: %w", i, err)
+			return nil, s.fail("remembered next page URL: "+err.Error(), err)
 		}
-		v := json.RawMessage(it.raw)
-		if it.spaced {
-			v = compact(it.raw)
+		return next, nil
+	case s.paged:
+		next, err := f.nextPage(s, page, len(p.entries), cur, first, p.body, &p.scan, p.hdr)
+		if err != nil {
+			return nil, s.fail(err.Error(), err)
 		}
-		out[i] = Entry{Key: key, Value: v, Hash: Hash(v)}
+		return next, nil
 	}
-	return out, nil
+	return nil, nil
 }
 
-// keyFrom is keyOf with the item's top-level key fields already found by
-// the scan; anything else (a nested field, a field absent or not a scalar)
-// takes keyOf's walk, and its exact error.
-func (s *source) keyFrom(item []byte, fields [][]byte) (string, error) {
-	// Sized first, then written once: one allocation per key.
-	n := 0
-	for _, p := range s.key {
-		if p.field == nil {
-			n += len(p.literal)
+// remember completes the memo of a page fetched in full: where it leads,
+// and, when it has validators, its keys and hashes (no other page is ever
+// asked for conditionally). A 304's memo is the stored one, unchanged.
+func (p *fetchedPage) remember(next *url.URL) {
+	if p.res.NotModified {
+		return
+	}
+	if next != nil {
+		p.res.Next = next.String()
+	}
+	if p.res.PageMemo.Conditional() {
+		p.res.Keys = make([]string, len(p.entries))
+		p.res.Hashes = make([]uint64, len(p.entries))
+		for i, e := range p.entries {
+			p.res.Keys[i], p.res.Hashes[i] = e.Key, e.Hash
+		}
+	}
+}
+
+// pageEntries gathers the entries of a source's pages, in order, and finds
+// a key that comes twice.
+type pageEntries struct {
+	entries []Entry
+	starts  []int // index in entries of each page's first entry
+	keys    keySet
+}
+
+// reserve makes room for the total of items the first page reports at
+// once, rather than a doubling series of copies, when it is above the
+// page's own; but never for more items than the bytes the view may still
+// read (budget) could hold, at this page's size per item: a small answer
+// claiming a huge total sizes nothing. It must come before the first add,
+// which sizes the key set by it.
+func (pe *pageEntries) reserve(total, items, pageBytes int, budget int64) {
+	if total <= items || items == 0 || pageBytes == 0 {
+		return
+	}
+	perItem := max(1, int64(pageBytes/items))
+	if more := int64(total - len(pe.entries)); more <= budget/perItem {
+		pe.entries = slices.Grow(pe.entries, total)
+	}
+}
+
+// add appends the entries of page (numbered from 1, in order). A key twice
+// on this page fails the source; a key that came on an earlier page too
+// means the pages overlap: the collection shifted between two requests
+// (or the API ignores the page parameter), a *shiftedError.
+func (pe *pageEntries) add(s *source, page int, es []Entry) error {
+	pe.starts = append(pe.starts, len(pe.entries))
+	pe.entries = append(pe.entries, es...)
+	for i := pe.starts[page-1]; i < len(pe.entries); i++ {
+		j, seen := pe.keys.add(pe.entries, i)
+		if !seen {
 			continue
 		}
-		v, ok := plainScalar(fields[p.first])
-		if len(p.field) != 1 || !ok {
-			return s.keyOf(item) // nested, absent, escaped or not a scalar
+		// The page entries[j] came on: the last page starting at or before it.
+		p, _ := slices.BinarySearch(pe.starts, j+1)
+		key := pe.entries[i].Key
+		if p == page {
+			return s.fail(fmt.Sprintf("duplicate key %q (twice on page %d)", key, page), nil)
 		}
-		n += len(v)
-	}
-	var b strings.Builder
-	b.Grow(n)
-	for _, p := range s.key {
-		if p.field == nil {
-			b.WriteString(p.literal)
-		} else {
-			v, _ := plainScalar(fields[p.first])
-			b.Write(v)
-		}
-	}
-	return b.String(), nil
-}
-
-// plainScalar returns the key text of a non-empty string without escapes
-// (valid UTF-8), a number or a bool, as bytes of the page; false for
-// anything else, which scalar decides.
-func plainScalar(raw []byte) ([]byte, bool) {
-	raw = trimmed(raw)
-	if len(raw) == 0 {
-		return nil, false
-	}
-	switch raw[0] {
-	case '"':
-		inner := raw[1 : len(raw)-1]
-		if len(inner) == 0 || bytes.IndexByte(inner, '\\') >= 0 || !utf8.Valid(inner) {
-			return nil, false
-		}
-		return inner, true
-	case '{', '[', 'n':
-		return nil, false
-	default: // number, true, false
-		return raw, true
-	}
-}
-
-// MaxKeyBytes bounds a client view key: the sidecar's record indexes keys,
-// and nothing the Replicache client needs comes near it.
-const MaxKeyBytes = 1024
-
-// checkKey refuses keys the sidecar cannot keep: too long, or under the
-// prefix reserved for its own entries (an item's field can make one).
-func checkKey(key string) error {
-	switch {
-	case len(key) > MaxKeyBytes:
-		return fmt.Errorf("key %.40q… is longer than %d bytes", key, MaxKeyBytes)
-	case strings.HasPrefix(key, ReservedPrefix):
-		return fmt.Errorf("key %q starts with %s, which is reserved for the sidecar's own entries", key, ReservedPrefix)
+		return &shiftedError{fmt.Sprintf("key %q came on page %d and again on page %d", key, p, page)}
 	}
 	return nil
-}
-
-func (s *source) keyOf(item json.RawMessage) (string, error) {
-	var b strings.Builder
-	for _, p := range s.key {
-		if p.field == nil {
-			b.WriteString(p.literal)
-			continue
-		}
-		raw, err := selectPath(item, p.field)
-		if err != nil {
-			return "", err
-		}
-		v, ok := scalar(raw)
-		if raw == nil || !ok || v == "" {
-			return "", fmt.Errorf("missing key field %q", strings.Join(p.field, "."))
-		}
-		b.WriteString(v)
-	}
-	return b.String(), nil
-}
-
-// compact removes insignificant whitespace so values are stored and sent in
-// their smallest form. raw must be valid JSON.
-func compact(raw json.RawMessage) json.RawMessage {
-	raw = trimmed(raw)
-	if _, spaced := walkValue(raw, 0); !spaced {
-		return raw
-	}
-	var b bytes.Buffer
-	if err := json.Compact(&b, raw); err != nil {
-		return raw
-	}
-	return b.Bytes()
 }

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/cespare/xxhash/v2"
+
+	"github.com/replicache-sidecar/replicache-sidecar/clientview/jsonwalk"
 )
 
 // FuzzEntries: any upstream body yields either entries with non-empty keys
@@ -77,9 +79,10 @@ func FuzzEntries(f *testing.F) {
 	})
 }
 
-// FuzzWalkMatchesDecoding: the walker finds what decoding the document
-// with encoding/json finds: the same value (or absence, or error) at every
-// path, and the same array items, compacted the same way.
+// FuzzWalkMatchesDecoding: the path walks and the page scan find what
+// decoding the document with encoding/json finds: the same value (or
+// absence, or error) at every path, the same top-level members, and the
+// same compact form.
 func FuzzWalkMatchesDecoding(f *testing.F) {
 	for _, s := range []string{
 		`{"a":{"b":[1, 2]},"c":null}`, `{"a":1,"a":2}`, `{"a\u0062":{"c":"x"}}`, ` [ {"id": "a b"} , {"id":2} ] `,
@@ -101,7 +104,7 @@ func FuzzWalkMatchesDecoding(f *testing.F) {
 		if (gotErr != nil) != (wantErr != nil) || !sameJSON(got, want) {
 			t.Fatalf("selectPath(%s, %q) = %s, %v; decoding finds %s, %v", doc, dotted, got, gotErr, want, wantErr)
 		}
-		if top := trimmed([]byte(doc)); len(top) > 0 && top[0] == '{' {
+		if top := jsonwalk.Trim([]byte(doc)); len(top) > 0 && top[0] == '{' {
 			var decoded map[string]json.RawMessage
 			if err := json.Unmarshal(top, &decoded); err != nil {
 				t.Fatalf("decoding %s: %v", doc, err)
@@ -119,29 +122,12 @@ func FuzzWalkMatchesDecoding(f *testing.F) {
 				t.Fatalf("scanPage(%s, %q) selected %s; selectPath %s", doc, dotted, scan.selected, got)
 			}
 		}
-		arr := trimmed([]byte(doc))
-		if len(arr) == 0 || arr[0] != '[' {
-			return
-		}
-		var items []json.RawMessage
-		if err := json.Unmarshal(arr, &items); err != nil {
-			t.Fatalf("decoding the array %s: %v", doc, err)
-		}
-		n := 0
-		_ = walkElements(arr, func(item []byte, spaced bool) error {
-			if n >= len(items) || !bytes.Equal(compact(item), compact(items[n])) {
-				t.Fatalf("item %d of %s: walked %s, decoded %v", n, doc, item, items)
-			}
-			var c bytes.Buffer
-			_ = json.Compact(&c, item)
-			if !spaced && !bytes.Equal(c.Bytes(), item) {
-				t.Fatalf("item %s walked as compact, but compacting changes it", item)
-			}
-			n++
-			return nil
-		})
-		if n != len(items) {
-			t.Fatalf("walked %d items of %s, decoded %d", n, doc, len(items))
+		// compact is json.Compact, but for the copy it spares (the
+		// element walk itself is jsonwalk's FuzzElements).
+		var c bytes.Buffer
+		_ = json.Compact(&c, []byte(doc))
+		if got := compact([]byte(doc)); !bytes.Equal(got, c.Bytes()) {
+			t.Fatalf("compact(%s) = %s, json.Compact %s", doc, got, c.Bytes())
 		}
 	})
 }

@@ -338,3 +338,42 @@ func TestNextPagesStayOnTheUpstream(t *testing.T) {
 		}
 	}
 }
+
+// TestTotalChangingWhileRead: items added behind the pages already read do
+// not overlap any page, but the count the API reports moves: the first
+// page's and the last page's totals disagree, which is a shift (fetched
+// again), however many items came.
+func TestTotalChangingWhileRead(t *testing.T) {
+	drf := Source{Path: "/drf/", Items: "results", Key: "x/{id}", Pagination: &Pagination{Type: "url"}}
+	for _, tc := range []struct {
+		name   string
+		after  map[int]bool // the server's page counts after which an item is appended
+		want   int          // entries, when the fetch must succeed
+		reason string       // else the error's reason
+	}{
+		// Attempt 1 reads 7 then 8 (pages 1-3); attempt 2, undisturbed, 8.
+		{"once", map[int]bool{1: true}, 8, ""},
+		// Attempt 2 (pages 4-6) sees 8 then 9: another writer, twice.
+		{"twice", map[int]bool{1: true, 4: true}, 0, "the reported total changed from 8 to 9 while the pages were read, twice in a row"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			api := newPagedAPI(t, 7)
+			api.onPage = func(n int) {
+				if tc.after[n] {
+					api.set(func() { api.items = append(api.items, fmt.Sprint("new", n)) })
+				}
+			}
+			es, err := fetch(t, api.srv, 1<<20, drf)
+			if tc.reason == "" {
+				if err != nil || len(es) != tc.want {
+					t.Fatalf("%d entries, %v; want %d", len(es), err, tc.want)
+				}
+				return
+			}
+			var se *SourceError
+			if !errors.As(err, &se) || !se.Shifted || se.Reason != tc.reason {
+				t.Fatalf("err = %v; want a Shifted SourceError %q", err, tc.reason)
+			}
+		})
+	}
+}

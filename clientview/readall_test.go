@@ -14,10 +14,10 @@ import (
 	"testing"
 )
 
-// TestQuotedEqualsEscapedSpelling: a path name holding a backslash matches a
-// key only as encoding/json decodes the key, never because the key's raw
-// spelling equals the name.
-func TestQuotedEqualsEscapedSpelling(t *testing.T) {
+// TestNamesMatchAsDecoded: a path name holding a backslash matches a key
+// only as encoding/json decodes the key, never because the key's raw
+// spelling equals the name, in the path walk and in the page scan alike.
+func TestNamesMatchAsDecoded(t *testing.T) {
 	for _, c := range []struct{ doc, name string }{
 		{`{"\u0069d":[{"id":"a"}]}`, `\u0069d`}, // the key is "id"
 		{`{"\\":[{"id":"a"}]}`, `\\`},           // the key is one backslash

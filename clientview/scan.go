@@ -1,6 +1,10 @@
 package clientview
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+
+	"github.com/replicache-sidecar/replicache-sidecar/clientview/jsonwalk"
+)
 
 // A page is read in one pass over its bytes: the scan below checks that it
 // is JSON exactly as json.Valid does, and on the way notes what the pull
@@ -47,7 +51,7 @@ type scannedItem struct {
 // key repeats, as encoding/json decides).
 func (p *pageScan) topMember(name string) ([]byte, bool) {
 	for i := len(p.top) - 1; i >= 0; i-- {
-		if quotedEquals(p.top[i].key, name) {
+		if jsonwalk.KeyEquals(p.top[i].key, name) {
 			return p.top[i].val, true
 		}
 	}
@@ -96,17 +100,7 @@ func scanPage(body []byte, items, keyFields []string, reuse *pageScan) (p pageSc
 	return p, true
 }
 
-func (s *scanner) space(i int) int {
-	for i < len(s.b) {
-		switch s.b[i] {
-		case ' ', '\t', '\r', '\n':
-			i++
-		default:
-			return i
-		}
-	}
-	return i
-}
+func (s *scanner) space(i int) int { return jsonwalk.SkipSpace(s.b, i) }
 
 // value scans the value at b[i]. onPath is how many steps of the items path
 // lead here (-1: off the path); into, when not nil, receives the members
@@ -171,7 +165,7 @@ func (s *scanner) object(i, depth, onPath int, into [][]byte) (end int, spaced, 
 		spaced = spaced || k != kEnd || v != k+1
 		// Is this member the next step of the items path?
 		next := -1
-		if onPath >= 0 && onPath < len(s.items) && quotedEquals(key, s.items[onPath]) {
+		if onPath >= 0 && onPath < len(s.items) && jsonwalk.KeyEquals(key, s.items[onPath]) {
 			next = onPath + 1
 			// A repeated key: the last wins, even where it leads nowhere.
 			s.out.selected = nil
@@ -185,7 +179,7 @@ func (s *scanner) object(i, depth, onPath int, into [][]byte) (end int, spaced, 
 			s.out.top = append(s.out.top, member{key, s.b[v:vEnd]})
 		}
 		for f, name := range s.keyFields {
-			if into != nil && quotedEquals(key, name) {
+			if into != nil && jsonwalk.KeyEquals(key, name) {
 				into[f] = s.b[v:vEnd]
 			}
 		}

@@ -45,3 +45,55 @@ func BenchmarkScanPage(b *testing.B) {
 		}
 	})
 }
+
+// benchNestedPage is benchPage with each item's id inside an owner object
+// and spaced out, so that keys take the walk (a nested field) and values
+// are compacted.
+func benchNestedPage() []byte {
+	var b strings.Builder
+	b.WriteString(`{"count": 1000, "next": null, "results": [`)
+	for i := range 1000 {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, `{"owner": {"id": "t%07d"}, "title": "alpha bravo charlie delta echo %d", "done": false, "updatedAt": "2026-11-30T04:12:33.000Z"}`, i, i)
+	}
+	b.WriteString("]}")
+	return []byte(b.String())
+}
+
+// BenchmarkEntries: turning a scanned page into entries, by the scan's
+// fields (flat key), by the walk (nested key), and by the walk alone (no
+// scan results, as when the items are not where the scan looked).
+func BenchmarkEntries(b *testing.B) {
+	for _, bc := range []struct {
+		name, key string
+		page      []byte
+		noScan    bool
+	}{
+		{"scanned", "todo/{id}", benchPage(), false},
+		{"nested-key", "todo/{owner.id}", benchNestedPage(), false},
+		{"walked", "todo/{owner.id}", benchNestedPage(), true},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			cs, errs := compileSource(Source{Path: "/x", Items: "results", Key: bc.key})
+			if len(errs) > 0 {
+				b.Fatal(errs)
+			}
+			scan, ok := scanPage(bc.page, cs.items, cs.keyFields, nil)
+			if !ok {
+				b.Fatal("scan failed")
+			}
+			if bc.noScan {
+				scan = pageScan{}
+			}
+			b.SetBytes(int64(len(bc.page)))
+			for b.Loop() {
+				es, err := cs.entries(bc.page, &scan)
+				if err != nil || len(es) != 1000 {
+					b.Fatal(len(es), err)
+				}
+			}
+		})
+	}
+}

@@ -1,9 +1,3 @@
-// Package clientview builds a Replicache client view from a legacy API's own
-// GET endpoints, following the "clientView" section of a mapping file.
-//
-// A View is compiled once and is immutable but for the note of which
-// warnings it has logged; a View and a Fetcher are safe for concurrent use. Fetch returns either every entry of every source or an error: never a
-// partial view.
 package clientview
 
 import (
