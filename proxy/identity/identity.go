@@ -27,16 +27,15 @@ package identity
 
 import (
 	"context"
-	"encoding/json"
 	"io"
 	"mime"
 	"net/http"
 	"net/netip"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 
+	"github.com/replicache-sidecar/replicache-sidecar/clientview/jsonwalk"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/tracing"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
@@ -168,22 +167,18 @@ func (e *Edge) Ask(ctx context.Context, fwd http.Header, source string) (string,
 	if v.Problem != nil {
 		return "", v
 	}
-	var doc any
-	dec := json.NewDecoder(io.LimitReader(resp.Body, 1<<20))
-	dec.UseNumber()
-	err = dec.Decode(&doc)
-	var id string
-	switch val := walkJSON(doc, e.field).(type) {
-	case string:
-		id = val
-	case json.Number:
-		id = val.String()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	var val []byte
+	present := false
+	if err == nil {
+		val, present, err = jsonwalk.Lookup(raw, e.field)
 	}
+	id, _ := jsonwalk.StringOrNumber(val)
 	switch {
 	case err != nil:
 		v.Outcome, v.Cause = verdict.Pending, verdict.Unusable
 		v.Problem = problem.Errorf(http.StatusBadGateway, problem.BadGateway, "auth endpoint %s did not answer JSON", path)
-	case id == "":
+	case !present || id == "":
 		v.Outcome, v.Cause = verdict.Pending, verdict.Unusable
 		v.Problem = problem.Errorf(http.StatusBadGateway, problem.BadGateway, "auth endpoint %s answered without a string or number field %q", path, e.o.AuthUserField)
 	}
@@ -303,24 +298,4 @@ func RequestID(r *http.Request) string {
 		id = id[:maxIDLen]
 	}
 	return id
-}
-
-// walkJSON follows a dotted path through decoded JSON: object fields by
-// name, array elements by index ("items.0.id"). nil when a step is absent.
-func walkJSON(doc any, path []string) any {
-	for _, seg := range path {
-		switch node := doc.(type) {
-		case map[string]any:
-			doc = node[seg]
-		case []any:
-			i, err := strconv.Atoi(seg)
-			if err != nil || i < 0 || i >= len(node) {
-				return nil
-			}
-			doc = node[i]
-		default:
-			return nil
-		}
-	}
-	return doc
 }
