@@ -74,6 +74,9 @@ type Request struct {
 	// answer stands for the memo's entries (without values). Nil: every
 	// page is fetched in full.
 	Memos map[PageKey]*PageMemo
+	// Plans say how to read each source, by its fingerprint: in full (the
+	// default, for a source without one), by its changes, or not at all.
+	Plans map[string]Plan
 
 	budget *atomic.Int64 // bytes the fetch may still read
 	spent  *atomic.Int64 // bytes this attempt at a source has read
@@ -103,13 +106,19 @@ func (f *Fetcher) FetchResult(parent context.Context, v *View, r Request) (Resul
 	r.budget = budget
 	results := make([][]Entry, len(v.sources))
 	pages := make([][]PageResult, len(v.sources))
+	reads := make([]SourceResult, len(v.sources))
 	errs := make([]error, len(v.sources))
 	var wg sync.WaitGroup
 	for i, s := range v.sources {
+		plan := r.Plans[s.id]
+		reads[i] = SourceResult{Source: s.id, Path: s.path, Mode: plan.Mode}
+		if plan.Mode == Skip {
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			results[i], pages[i], errs[i] = f.fetchSource(ctx, s, r)
+			results[i], pages[i], errs[i] = f.fetchSource(ctx, s, r, plan, &reads[i])
 			if errs[i] != nil {
 				cancel() // no point finishing the others
 			}
@@ -135,13 +144,13 @@ func (f *Fetcher) FetchResult(parent context.Context, v *View, r Request) (Resul
 		return Result{}, firstErr
 	}
 	if len(results) == 1 { // each source's keys are already known distinct
-		return Result{Entries: results[0], Pages: pages[0]}, nil
+		return Result{Entries: results[0], Pages: pages[0], Sources: reads}, nil
 	}
 	n := 0
 	for _, es := range results {
 		n += len(es)
 	}
-	out := Result{Entries: make([]Entry, 0, n)}
+	out := Result{Entries: make([]Entry, 0, n), Sources: reads}
 	var keys keySet
 	starts := make([]int, 0, len(results)) // index in out.Entries of each source's first entry
 	for i, es := range results {
@@ -159,26 +168,49 @@ func (f *Fetcher) FetchResult(parent context.Context, v *View, r Request) (Resul
 	return out, nil
 }
 
-// fetchSource fetches one source. A source whose pages shifted while they
+// fetchSource fetches one source as plan says (in full or by its changes)
+// and fills in what it read. A source whose pages shifted while they
 // were read (another writer moved items between two pages) is fetched once
 // more; if it shifts again the fetch fails with a *SourceError marked
 // Shifted, which is worth retrying, unlike a mapping that does not fit.
-func (f *Fetcher) fetchSource(ctx context.Context, s *source, r Request) ([]Entry, []PageResult, error) {
+// The pages of a read by changes are not reported: their URLs carry a
+// bound that moves, so none is ever asked for conditionally again.
+func (f *Fetcher) fetchSource(ctx context.Context, s *source, r Request, plan Plan, read *SourceResult) ([]Entry, []PageResult, error) {
+	var sent *mark
+	if plan.Mode == Delta && s.changes != nil {
+		if m, err := s.changes.since(plan.Since); err == nil {
+			sent = &m
+			read.Sent = m.text
+		}
+	}
+	if sent == nil {
+		read.Mode = Full // no changes to read by, or no usable watermark
+	}
 	r.spent = &atomic.Int64{}
-	es, pages, err := f.fetchPages(ctx, s, r)
+	es, pages, err := f.readSource(ctx, s, r, sent, read)
+	if err == nil && sent != nil {
+		pages = nil
+	}
+	return es, pages, err
+}
+
+// readSource is fetchSource's read: the pages, then what the changes field
+// says of them.
+func (f *Fetcher) readSource(ctx context.Context, s *source, r Request, sent *mark, read *SourceResult) ([]Entry, []PageResult, error) {
+	es, pages, err := f.fetchPages(ctx, s, r, sent, read)
 	var first *shiftedError
 	if !errors.As(err, &first) {
-		return es, pages, err
+		return s.afterRead(es, sent, read), pages, err
 	}
 	// The discarded attempt's bytes are no longer held: give them back.
 	r.budget.Add(r.spent.Swap(0))
 	f.log.Info("client view source shifted while it was read; fetching it again", "source", s.path, "reason", first.reason)
 	r.Memos = nil // in full: a memo may be what does not fit
-	es, pages, err = f.fetchPages(ctx, s, r)
+	es, pages, err = f.fetchPages(ctx, s, r, sent, read)
 	var again *shiftedError
 	switch {
 	case !errors.As(err, &again):
-		return es, pages, err
+		return s.afterRead(es, sent, read), pages, err
 	case again.reason == first.reason:
 		// The very same disagreement twice is no writer moving items: the
 		// API does it every time (a capped page size, an ignored page
@@ -188,19 +220,34 @@ func (f *Fetcher) fetchSource(ctx context.Context, s *source, r Request) ([]Entr
 	return nil, nil, &SourceError{Source: s.path, Reason: again.reason + ", twice in a row", Shifted: true}
 }
 
+// afterRead applies what the source's changes say to the entries read: the
+// soft-deleted leave, the watermark and a filter the API ignored are noted.
+func (s *source) afterRead(es []Entry, sent *mark, read *SourceResult) []Entry {
+	if s.changes != nil && es != nil {
+		es, read.Deleted, read.Watermark, read.FilterIgnored = s.readChanges(es, sent)
+	}
+	read.Entries = len(es)
+	return es
+}
+
 // shiftedError: the pages of one fetch of a source do not fit together.
 type shiftedError struct{ reason string }
 
 func (e *shiftedError) Error() string { return e.reason }
 
-// fetchPages fetches every page of a source once. It returns the entries
-// of every page and what each page answered, or an error and nothing: a
-// *SourceError, a *shiftedError (the pages do not fit together, so
-// fetchSource tries once more) or, when ctx ended, ctx's error.
-func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry, []PageResult, error) {
+// fetchPages fetches every page of a source once (by what changed since
+// sent, when set). It returns the entries of every page and what each page
+// answered, or an error and nothing: a *SourceError, a *shiftedError (the
+// pages do not fit together, so fetchSource tries once more) or, when ctx
+// ended, ctx's error. It notes in read whether a full read's pages are
+// known to fit together.
+func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request, sent *mark, read *SourceResult) ([]Entry, []PageResult, error) {
 	first, err := f.sourceURL(s, r.UserID)
 	if err != nil {
 		return nil, nil, s.fail(err.Error(), err)
+	}
+	if sent != nil {
+		first = s.changes.filtered(first, sent.text)
 	}
 	first = s.firstPage(first)
 	var (
@@ -246,6 +293,10 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry
 		p.remember(next)
 		results = append(results, p.res)
 	}
+	// One answer, or cursor (keyset) pages, cannot skip an item; other
+	// pages can, when a writer moves items between two requests, unless a
+	// reported total matched what was read.
+	read.Provable = !s.paged || s.page.Type == "cursor"
 	if !s.checksMore() {
 		return collected.entries, results, nil
 	}
@@ -262,6 +313,7 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request) ([]Entry
 	} else if reason != "" {
 		return nil, nil, s.fail(reason+mapPagination, nil)
 	}
+	read.Provable = read.Provable || firstTotal >= 0 && lastTotal >= 0
 	return collected.entries, results, nil
 }
 

@@ -56,7 +56,10 @@ type PageKey struct {
 // its Key and Hash: the caller must know the client already holds it.
 type Result struct {
 	Entries []Entry
-	Pages   []PageResult
+	Pages   []PageResult // pages of the sources read in full
+	// Sources says, per source in the view's order, how it was read and
+	// what the read found (watermark, soft-deleted keys, ...).
+	Sources []SourceResult
 }
 
 // PageResult is one page of a fetch.

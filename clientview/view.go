@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/cespare/xxhash/v2"
 )
@@ -29,6 +30,17 @@ type Source struct {
 	// API reports one elsewhere than X-Total-Count or a top-level count,
 	// total, totalCount, total_count or totalItems.
 	Total string `json:"total,omitempty"`
+	// Changes says how the API filters the source by modification time or
+	// version: the source is then read by its changes between full reads.
+	Changes *Changes `json:"changes,omitempty"`
+	// MaxAge ("60s"): a client group re-reads the source at most that
+	// often, unless a write the sidecar saw falls under its path or the
+	// invalidate hook names it.
+	MaxAge string `json:"maxAge,omitempty"`
+	// Shared: the source answers the same for every user (public reference
+	// data): it is read for all client groups together, without any user's
+	// credentials.
+	Shared bool `json:"shared,omitempty"`
 }
 
 // Pagination describes how a source's further pages are found.
@@ -92,6 +104,13 @@ type source struct {
 	nextPath  []string // page.Next split at dots (cursor and url types)
 	totalPath []string // Total split at dots
 	start     int      // first page number (page type)
+	changes   *compiledChanges
+	maxAge    time.Duration
+	shared    bool
+	// owns is the literal start every key of the source has (its key
+	// template up to the first placeholder; the whole key without one):
+	// which source a key of a record belongs to.
+	owns string
 
 	// warnedAbsent is set once the absence of the cursor field on a first
 	// page has been logged: once per compiled view, so once per mapping
@@ -177,6 +196,25 @@ func compileSource(s Source) (*source, []error) {
 	if s.Total != "" {
 		cs.totalPath = strings.Split(s.Total, ".")
 	}
+	if s.Changes != nil {
+		var problems []error
+		cs.changes, problems = compileChanges(s.Changes)
+		errs = append(errs, problems...)
+		if !cs.keyed {
+			errs = append(errs, errors.New("changes need a key with a placeholder (one entry per item)"))
+		}
+	}
+	var err error
+	if cs.maxAge, err = parseDuration("maxAge", s.MaxAge); err != nil {
+		errs = append(errs, err)
+	}
+	cs.shared = s.Shared
+	if s.Shared && strings.Contains(s.Path, "{userID}") {
+		errs = append(errs, errors.New("shared: the path names {userID}, so its answer is not the same for every user"))
+	}
+	if len(cs.key) > 0 && cs.key[0].field == nil {
+		cs.owns = cs.key[0].literal
+	}
 	if p := s.Pagination; p != nil && p.Type == "none" {
 		// Explicitly one page: the answer's signs of more are not checked.
 		cs.page.Type = "none"
@@ -258,18 +296,68 @@ const ReservedPrefix = "_sidecar/"
 // Len returns the number of sources.
 func (v *View) Len() int { return len(v.sources) }
 
+// Owner returns the source a key of a view built from v belongs to (by
+// the literal start of the sources' key templates), and false when no
+// source, or more than one, could have produced it.
+func (v *View) Owner(key string) (id string, ok bool) {
+	found := -1
+	for i, s := range v.sources {
+		if s.owns == "" || !strings.HasPrefix(key, s.owns) || (!s.keyed && key != s.owns) {
+			continue
+		}
+		if found >= 0 {
+			return "", false
+		}
+		found = i
+	}
+	if found < 0 {
+		return "", false
+	}
+	return v.sources[found].id, true
+}
+
+// Distinct reports whether every key a source can produce tells which
+// source it came from (Owner answers for it): no key template without a
+// literal start, and none whose start begins another's. Reading some
+// sources of a view and keeping what a client holds of the others needs
+// it.
+func (v *View) Distinct() bool {
+	for i, a := range v.sources {
+		if a.owns == "" {
+			return false
+		}
+		for j, b := range v.sources {
+			if i != j && strings.HasPrefix(b.owns, a.owns) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 // SourceInfo describes one source of a view.
 type SourceInfo struct {
+	ID         string // the source's fingerprint: changes with its definition
 	Path       string // as the mapping wrote it
 	Pagination string // link, cursor, url, offset or page; "none" when said so; "" for one answer
 	View       *View  // a view of this source alone
+	// Delta: the source says how to read its changes (Changes); FullEvery
+	// then bounds the time between its full reads.
+	Delta     bool
+	FullEvery time.Duration
+	MaxAge    time.Duration // 0: none
+	Shared    bool
 }
 
 // Sources describes each source, in order.
 func (v *View) Sources() []SourceInfo {
 	out := make([]SourceInfo, len(v.sources))
 	for i, s := range v.sources {
-		out[i] = SourceInfo{Path: s.path, Pagination: s.page.Type, View: &View{sources: []*source{s}}}
+		out[i] = SourceInfo{ID: s.id, Path: s.path, Pagination: s.page.Type, View: &View{sources: []*source{s}},
+			Delta: s.changes != nil, MaxAge: s.maxAge, Shared: s.shared}
+		if s.changes != nil {
+			out[i].FullEvery = s.changes.fullEvery
+		}
 	}
 	return out
 }
