@@ -206,6 +206,11 @@ type SourceResult struct {
 	FilterIgnored bool
 	// Sent is the lower bound a delta read asked for.
 	Sent string
+	// Requests and Bytes are what the read asked of the API: pages (304s
+	// included, a source read again because its pages shifted counted
+	// twice) and body bytes.
+	Requests int
+	Bytes    int64
 }
 
 // mark is a changes-field value: a time or a number, and its text as the

@@ -188,6 +188,7 @@ func (f *Fetcher) fetchSource(ctx context.Context, s *source, r Request, plan Pl
 	}
 	r.spent = &atomic.Int64{}
 	es, pages, err := f.readSource(ctx, s, r, sent, read)
+	read.Bytes += r.spent.Load()
 	if err == nil && sent != nil {
 		pages = nil
 	}
@@ -203,7 +204,9 @@ func (f *Fetcher) readSource(ctx context.Context, s *source, r Request, sent *ma
 		return s.afterRead(es, sent, read), pages, err
 	}
 	// The discarded attempt's bytes are no longer held: give them back.
-	r.budget.Add(r.spent.Swap(0))
+	spent := r.spent.Swap(0)
+	r.budget.Add(spent)
+	read.Bytes += spent
 	f.log.Info("client view source shifted while it was read; fetching it again", "source", s.path, "reason", first.reason)
 	r.Memos = nil // in full: a memo may be what does not fit
 	es, pages, err = f.fetchPages(ctx, s, r, sent, read)
@@ -269,6 +272,7 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request, sent *ma
 			return nil, nil, s.fail(fmt.Sprintf("pagination loop: page %s was already fetched", next.RequestURI()), nil)
 		}
 		seen[next.String()] = true
+		read.Requests++
 		p, err := f.fetchPage(ctx, s, r, page, next, &reuse)
 		if err != nil {
 			return nil, nil, err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/gate"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/identity"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/mapping"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/plan"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/poke"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
@@ -42,6 +44,8 @@ type core struct {
 	turns   *gate.Gate     // client groups' turns, before a connection
 	hub     *poke.Hub      // this process's poke streams
 	bus     *poke.Bus      // pokes between replicas
+	writes  *plan.Writes   // writes seen under each view source (for the pulls' plans)
+	once    logOnce        // log lines said at most once in a while
 
 	current  atomic.Pointer[mapping.Mapping]
 	secret   atomic.Pointer[[]byte] // the idempotency keys' HMAC secret, once migrated
@@ -77,6 +81,8 @@ func (s *core) useMapping(m *mapping.Mapping) {
 	}
 	s.metrics.mappingInfo.WithLabelValues(m.Hash).Set(1)
 	s.metrics.precreateMutators(m.Mutators.Names())
+	s.metrics.precreateSources(m.Sources)
+	s.writes.Sources(m.Sources)
 }
 
 // locked runs fn holding the client group's lock (store.Locked, or
@@ -162,4 +168,25 @@ func (c Config) Parts(o PartsOptions) Parts {
 			Base: c.Upstream, Auth: up.Auth, Reporter: o.Reporter,
 		}),
 	}
+}
+
+// logOnce says whether a log line keyed by key is due: not said within
+// every. It is safe for concurrent use; its zero value is ready.
+type logOnce struct {
+	mu   sync.Mutex
+	last map[string]time.Time
+}
+
+func (l *logOnce) due(key string, every time.Duration) bool {
+	now := time.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if t, ok := l.last[key]; ok && now.Sub(t) < every {
+		return false
+	}
+	if l.last == nil || len(l.last) > 1024 {
+		l.last = map[string]time.Time{}
+	}
+	l.last[key] = now
+	return true
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/replicache-sidecar/replicache-sidecar/clientview"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/gate"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
@@ -48,6 +49,10 @@ const (
 
 	// the mutator label of a name the mapping does not have
 	unmappedMutator = "unmapped"
+
+	// view_requests_total{read}, view_read_bytes_total{read}
+	readFull  = "full"
+	readDelta = "delta"
 )
 
 var endpoints = []string{endpointPush, endpointPull, endpointPoke, endpointInvalidate, endpointProxy}
@@ -74,6 +79,9 @@ type metrics struct {
 	patchOps            *prometheus.HistogramVec
 	recordBytes         prometheus.Histogram
 	conditional         *prometheus.CounterVec
+	viewReads           *prometheus.CounterVec
+	viewReadBytes       *prometheus.CounterVec
+	filterIgnored       *prometheus.CounterVec
 	groupsDeleted       prometheus.Counter
 	pokes               prometheus.Counter
 	pokeNotifications   *prometheus.CounterVec
@@ -167,6 +175,18 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Bu
 	}, []string{"result"})
 	m.conditional.WithLabelValues(conditionalHit)
 	m.conditional.WithLabelValues(conditionalMiss)
+	m.viewReads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "view_requests_total",
+		Help: "Upstream requests (pages) of view sources, by source (its path as mapped) and read (full, delta): what pulls ask of the API.",
+	}, []string{"source", "read"})
+	m.viewReadBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "view_read_bytes_total",
+		Help: "Bytes of view pages read from the upstream, by source (its path as mapped) and read (full, delta).",
+	}, []string{"source", "read"})
+	m.filterIgnored = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "view_filter_ignored_total",
+		Help: "Delta reads whose answer held items older than the bound asked for, by source: the API does not honour the source's changes filter (each such read costs a full one).",
+	}, []string{"source"})
 	m.groupsDeleted = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: namespace, Name: "client_groups_deleted_total",
 		Help: "Client groups deleted by the sweep after SIDECAR_CLIENT_GROUP_TTL unused (their clients then get ClientStateNotFound).",
@@ -182,6 +202,7 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Bu
 	for _, src := range []string{pokeFromPush, pokeFromPassthrough, pokeFromInvalidate} {
 		m.pokeNotifications.WithLabelValues(src)
 	}
+	reg.MustRegister(m.viewReads, m.viewReadBytes, m.filterIgnored)
 	reg.MustRegister(m.patchOps, m.recordBytes, m.conditional, m.groupsDeleted, m.pokes, m.pokeNotifications)
 	m.reg = reg
 	reg.MustRegister(m.groupBusy, m.pullsMerged, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -209,6 +230,18 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Bu
 	}
 	m.precreateMutators(append(mutatorNames, unmappedMutator))
 	return m
+}
+
+// precreateSources makes the view sources' series read 0 rather than be
+// missing.
+func (m *metrics) precreateSources(infos []clientview.SourceInfo) {
+	for _, s := range infos {
+		for _, read := range []string{readFull, readDelta} {
+			m.viewReads.WithLabelValues(s.Path, read)
+			m.viewReadBytes.WithLabelValues(s.Path, read)
+		}
+		m.filterIgnored.WithLabelValues(s.Path)
+	}
 }
 
 // precreateMutators makes every outcome series of names read 0 rather than

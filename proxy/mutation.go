@@ -180,6 +180,9 @@ func (s *core) send(ctx context.Context, c *exchange, req *mutators.Request, mu 
 		res := mutators.Result{Outcome: mutators.Transient, Err: err}
 		return res, verdict.Mutation(mu, res, c.Key(), s.parts.Upstream.RetryAfter(), verdict.Others{})
 	}
+	// Noted before the call: a pull whose read starts after this moment
+	// reads what the call changed; one that started before reads again.
+	s.writes.Saw(req.Method, req.PathQuery, time.Now())
 	var span trace.Span
 	if s.tracer != nil {
 		ctx, span = s.tracer.Start(ctx, "mutation "+mu.Name, trace.WithAttributes(

@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/flight"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/mapping"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/plan"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
@@ -218,24 +220,29 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 		}
 		before, beforeOrder := g.Record(), g.CookieOrder()
 		view.epoch, view.group = g.Epoch(), store.GroupTag(req.ClientGroupID)
-		var stored []store.ViewPage
+		b := &pullBuild{s: s, c: c, g: g, req: req, view: view, mapping: mp, seal: seal,
+			before: before, beforeOrder: beforeOrder, started: time.Now()}
 		var memos map[clientview.PageKey]*clientview.PageMemo
 		if s.cfg.PatchMode == "diff" {
-			// Conditional GETs only when this pull (and so every pull that
-			// may join it: same cookie) holds the record's current version:
-			// a page answered 304 brings no values, and none is needed.
+			// Conditional GETs, delta reads and skipped sources only when this
+			// pull (and so every pull that may join it: same cookie) holds the
+			// record's current version: a page answered 304, or a source not
+			// read in full, brings no values, and none is needed.
 			ck := req.cookie
-			conditional := before.ID != 0 && ck.Epoch == g.Epoch() && ck.Group == view.group &&
+			current := before.ID != 0 && ck.Epoch == g.Epoch() && ck.Group == view.group &&
 				ck.Record == before.ID && ck.Version == before.Version
-			if stored, err = g.ViewPages(ctx, conditional); err != nil {
+			if b.stored, err = g.ViewPages(ctx, current); err != nil {
 				return err
 			}
-			if conditional {
-				memos = pageMemos(stored)
+			if current {
+				memos = pageMemos(b.stored)
 			}
+			if b.states, err = g.SourceStates(ctx); err != nil {
+				return err
+			}
+			b.plan = plan.Decide(plan.Input{Sources: mp.Sources, View: mp.View, States: b.states, Current: current,
+				Writes: s.writes, Now: b.started})
 		}
-		b := &pullBuild{s: s, c: c, g: g, req: req, view: view, mapping: mp, stored: stored, seal: seal,
-			before: before, beforeOrder: beforeOrder}
 		for {
 			retry, err := b.run(ctx, memos)
 			if err != nil {
@@ -285,6 +292,13 @@ type pullBuild struct {
 	before      store.ViewRecord
 	beforeOrder int64
 
+	// How each source is read (plan.Decide), what the record held of each,
+	// and when the read started (diff mode).
+	plan    plan.Decision
+	states  map[string]store.SourceState
+	started time.Time
+	read    clientview.Result // the last read's result
+
 	riders  []*pullRider
 	answers []pullAnswer // but their cookie orders
 	bases   []int64      // the orders to issue cookies above, per answer
@@ -297,11 +311,13 @@ type pullBuild struct {
 // an answer without a value it must put; the caller fetches again in full.
 func (b *pullBuild) run(ctx context.Context, memos map[clientview.PageKey]*clientview.PageMemo) (retry bool, err error) {
 	s, c, view := b.s, b.c, b.view
-	res, err := s.fetch(ctx, b.mapping, c.Key(), clientview.Request{UserID: c.User, Header: c.Forward, Memory: c.mem, Memos: memos})
+	res, err := s.fetch(ctx, b.mapping, c.Key(), clientview.Request{UserID: c.User, Header: c.Forward, Memory: c.mem, Memos: memos,
+		Plans: b.plan.Plans})
 	if err != nil {
 		var se *clientview.SourceError
 		return memos != nil && ctx.Err() == nil && errors.As(err, &se), err
 	}
+	s.countReads(c, res.Sources)
 	view.entries = res.Entries
 	b.riders = b.seal()
 	if s.cfg.ExposeRejections {
@@ -318,14 +334,24 @@ func (b *pullBuild) run(ctx context.Context, memos map[clientview.PageKey]*clien
 	for i, ck := range cookies {
 		versions[i] = ck.Version
 	}
+	b.read = res
 	if s.cfg.PatchMode == "diff" {
-		es := view.entries
-		view.change, err = b.g.CompareView(ctx, len(es), func(i int) (string, uint64) { return es[i].Key, es[i].Hash },
-			versions, func(n int64) error { return c.mem.Grow(ctx, n) })
-		if err != nil {
+		if view.change, err = b.compare(ctx, versions); err != nil {
 			return false, err
 		}
-		b.pages = s.pageWrites(b.stored, res.Pages)
+		if again := b.unconfirmed(res.Sources); len(again) > 0 {
+			// The read would delete keys of sources whose pages cannot show
+			// they fit together: read those once more, and delete only what
+			// both reads lack (the next full read removes what one read kept).
+			if res, err = b.confirm(ctx, res, again); err != nil {
+				return false, err
+			}
+			if view.change, err = b.compare(ctx, versions); err != nil {
+				return false, err
+			}
+		}
+		b.pages = s.pageWrites(b.stored, res.Pages, res.Sources)
+		b.g.StageSources(plan.After(b.states, res.Sources, b.mapping.Sources, b.started))
 	}
 	b.answers = make([]pullAnswer, len(cookies))
 	b.bases = make([]int64, len(cookies))

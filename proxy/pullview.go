@@ -61,7 +61,14 @@ func pageMemos(stored []store.ViewPage) map[clientview.PageKey]*clientview.PageM
 // full with validators whose answer differs from the stored one are
 // written, pages without validators (or no longer fetched) are forgotten,
 // pages answered 304 stay as they are. It counts the conditional requests.
-func (s *core) pageWrites(stored []store.ViewPage, fetched []clientview.PageResult) *store.PageWrites {
+//
+// Only the pages of sources read in full are weighed: what is remembered of
+// a source read by its changes, or not at all, stays.
+func (s *core) pageWrites(stored []store.ViewPage, fetched []clientview.PageResult, reads []clientview.SourceResult) *store.PageWrites {
+	full := make(map[string]bool, len(reads))
+	for _, r := range reads {
+		full[r.Source] = r.Mode == clientview.Full
+	}
 	old := make(map[store.PageKey]store.ViewPage, len(stored))
 	for _, p := range stored {
 		old[store.PageKey{Source: p.Source, Page: p.Page}] = p
@@ -94,7 +101,9 @@ func (s *core) pageWrites(stored []store.ViewPage, fetched []clientview.PageResu
 		}
 	}
 	for k := range old {
-		w.Drop = append(w.Drop, k)
+		if full[k.Source] || len(reads) == 0 {
+			w.Drop = append(w.Drop, k)
+		}
 	}
 	return w
 }
@@ -104,4 +113,143 @@ func (s *core) pageWrites(stored []store.ViewPage, fetched []clientview.PageResu
 // are simply fetched in full.
 func storableURL(u string) bool {
 	return len(u) <= 8192 && utf8.ValidString(u) && !strings.ContainsRune(u, 0)
+}
+
+// compare compares the view read with the group's record: the keys of
+// sources not read in full this time stay as they are, the keys the read
+// says are deleted go.
+func (b *pullBuild) compare(ctx context.Context, versions []int64) (*store.ViewChange, error) {
+	es := b.view.entries
+	read := store.ViewRead{N: len(es), Entry: func(i int) (string, uint64) { return es[i].Key, es[i].Hash }}
+	for _, p := range b.plan.Plans {
+		if p.Mode != clientview.Full {
+			read.Retain = b.plan.Retain(b.mapping.View)
+			break
+		}
+	}
+	for _, r := range b.read.Sources {
+		read.Deleted = append(read.Deleted, r.Deleted...)
+	}
+	return b.g.CompareRead(ctx, read, versions, func(n int64) error { return b.c.mem.Grow(ctx, n) })
+}
+
+// unconfirmed returns the sources whose full read may have dropped a key
+// the change removes: read in full, with pages that cannot show they fit
+// together (an item another writer moved between two pages is skipped), so
+// a deletion derived from them needs a second read. Nil when the change
+// removes nothing of theirs.
+func (b *pullBuild) unconfirmed(reads []clientview.SourceResult) map[string]bool {
+	weak := map[string]bool{}
+	for _, r := range reads {
+		if r.Mode == clientview.Full && !r.Provable {
+			weak[r.Source] = true
+		}
+	}
+	if len(weak) == 0 {
+		return nil
+	}
+	soft := map[string]bool{}
+	for _, r := range reads {
+		for _, k := range r.Deleted {
+			soft[k] = true
+		}
+	}
+	for _, k := range b.view.change.Removed() {
+		if soft[k] || strings.HasPrefix(k, clientview.ReservedPrefix) {
+			continue // deleted as the API says, or the sidecar's own entry
+		}
+		if id, ok := b.mapping.View.Owner(k); !ok || weak[id] {
+			return weak // theirs, or perhaps theirs
+		}
+	}
+	return nil
+}
+
+// confirm reads the sources again once and makes their entries both
+// reads' (the second's value where both have a key): a key missing from
+// one read only is kept, a key neither has is gone.
+func (b *pullBuild) confirm(ctx context.Context, first clientview.Result, again map[string]bool) (clientview.Result, error) {
+	plans := map[string]clientview.Plan{}
+	for _, s := range b.mapping.Sources {
+		if !again[s.ID] {
+			plans[s.ID] = clientview.Plan{Mode: clientview.Skip}
+		}
+	}
+	c := b.c
+	second, err := b.s.fetch(ctx, b.mapping, c.Key(), clientview.Request{UserID: c.User, Header: c.Forward, Memory: c.mem, Plans: plans})
+	if err != nil {
+		return first, err
+	}
+	b.s.countReads(c, second.Sources)
+	seconds := map[string][]clientview.Entry{}
+	at := 0
+	for _, r := range second.Sources {
+		seconds[r.Source] = second.Entries[at : at+r.Entries]
+		at += r.Entries
+	}
+	merged := make([]clientview.Entry, 0, len(b.view.entries))
+	at = 0
+	for i, r := range first.Sources {
+		seg := first.Entries[at : at+r.Entries]
+		at += r.Entries
+		start := len(merged)
+		if !again[r.Source] {
+			merged = append(merged, seg...)
+			continue
+		}
+		now := map[string]int{}
+		for j, e := range seconds[r.Source] {
+			now[e.Key] = j
+		}
+		taken := make([]bool, len(seconds[r.Source]))
+		for _, e := range seg {
+			if j, ok := now[e.Key]; ok {
+				e, taken[j] = seconds[r.Source][j], true
+			}
+			merged = append(merged, e)
+		}
+		for j, e := range seconds[r.Source] {
+			if !taken[j] {
+				merged = append(merged, e)
+			}
+		}
+		for _, r2 := range second.Sources {
+			if r2.Source == r.Source {
+				first.Sources[i].Watermark = clientview.MaxMark(r.Watermark, r2.Watermark)
+				first.Sources[i].Deleted = append(first.Sources[i].Deleted, r2.Deleted...)
+			}
+		}
+		first.Sources[i].Entries = len(merged) - start
+	}
+	// What the pull added after the read (rejection entries) stays at the end.
+	added := b.view.entries[len(first.Entries):]
+	first.Entries = merged
+	b.view.entries = append(merged[:len(merged):len(merged)], added...)
+	b.read = first
+	b.c.log.Info("a full read would delete entries of a source whose pages may skip an item; read it again to confirm",
+		"sources", len(again))
+	return first, nil
+}
+
+// countReads counts what reads asked of the API, and reports a source
+// whose API ignores its changes filter (at most once a minute per source).
+func (s *core) countReads(c *exchange, reads []clientview.SourceResult) {
+	for _, r := range reads {
+		if r.Mode == clientview.Skip {
+			continue
+		}
+		read := readFull
+		if r.Mode == clientview.Delta {
+			read = readDelta
+		}
+		s.metrics.viewReads.WithLabelValues(r.Path, read).Add(float64(r.Requests))
+		s.metrics.viewReadBytes.WithLabelValues(r.Path, read).Add(float64(r.Bytes))
+		if r.FilterIgnored {
+			s.metrics.filterIgnored.WithLabelValues(r.Path).Inc()
+			if s.once.due("filter\x00"+r.Path, time.Minute) {
+				c.log.Warn("the API ignored a view source's changes filter: items older than the bound asked for came back, so every read of it costs a full one; check the source's changes.param or changes.query (replicache-sidecar check tries it)",
+					"source", r.Path, "bound", r.Sent)
+			}
+		}
+	}
 }

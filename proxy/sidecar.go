@@ -21,6 +21,7 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/compress"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/gate"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/passthrough"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/plan"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/poke"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
@@ -78,6 +79,7 @@ func New(o Options) *Sidecar {
 		report:  report,
 		budget:  mem,
 		turns:   turns,
+		writes:  plan.NewWrites(time.Now()),
 	}
 	c.hub = poke.NewHub(cfg.PokeMaxSubscribers, cfg.PokeCoalesce)
 	c.bus = poke.NewBus(c.hub, o.Pool, cfg.DBSchema, o.Logger)

@@ -30,6 +30,8 @@ type fileFormat struct {
 type Mapping struct {
 	Mutators *mutators.Set
 	View     *clientview.View
+	// Sources describes the view's sources, in order.
+	Sources []clientview.SourceInfo
 	// Hash is the SHA-256 of the file's bytes, to tell versions apart.
 	Hash string
 }
@@ -82,7 +84,7 @@ func Parse(raw []byte) (*Mapping, error) {
 		return nil, errors.Join(errs...)
 	}
 	sum := sha256.Sum256(raw)
-	return &Mapping{Mutators: muts, View: view, Hash: hex.EncodeToString(sum[:])}, nil
+	return &Mapping{Mutators: muts, View: view, Sources: view.Sources(), Hash: hex.EncodeToString(sum[:])}, nil
 }
 
 // yamlToJSON re-encodes a YAML document as JSON, so one strict decoder

@@ -52,6 +52,9 @@ func (g *GroupTx) IssueCookies(ctx context.Context, requestOrders []int64, chang
 	if changed {
 		g.queueChange(b, change)
 		rec = change.Record
+		if change.onCommit != nil {
+			g.afterCommit = append(g.afterCommit, change.onCommit)
+		}
 	}
 	b.Queue(g.s.sql(`UPDATE {schema}.client_groups SET cookie_order = $2, view_record_id = nullif($3::bigint, 0), view_version = $4, view_min_version = $5,
 			last_used_at = now()

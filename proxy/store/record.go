@@ -69,6 +69,7 @@ type ViewChange struct {
 	removed  []string // keys removed by this change
 	pruned   []string // tombstones forgotten
 	retained []string // live keys the read did not bring, kept as they are
+	onCommit func()   // the record cache's update once the change commits
 }
 
 // Changed reports whether the change writes anything.
@@ -100,6 +101,9 @@ func (c *ViewChange) Foreign(before ViewRecord, id uint64, v int64, tag uint64) 
 	known, ok := c.tags[v]
 	return ok && known != tag
 }
+
+// Removed returns the keys the change removes from the view.
+func (c *ViewChange) Removed() []string { return c.removed }
 
 // Counts reports how many entries the change put (new or changed values)
 // and removed.
@@ -156,7 +160,9 @@ func (g *GroupTx) CompareView(ctx context.Context, n int, entry func(i int) (str
 // CompareRead compares a fetched view (read) with the group's record,
 // together with the tags of the given versions (the ones pulls' cookies
 // name). A live key of the record the read did not bring is removed unless
-// read.Retain keeps it; a key in read.Deleted is removed either way. The record comes from this process's cache when it holds
+// read.Retain keeps it; a key in read.Deleted is removed either way. It may
+// be called again in the same transaction (with a read made complete):
+// only the change given to IssueCookies is written. The record comes from this process's cache when it holds
 // the group's current version (same record, version and tag), else from
 // the database. It writes nothing: IssueCookies writes the change together
 // with the cookies, in one round trip. charge is called with the bytes a
@@ -217,13 +223,14 @@ func (g *GroupTx) CompareRead(ctx context.Context, read ViewRead, versions []int
 		}
 	}
 	if c.Changed() {
+		// Once committed (IssueCookies writes c), the new version is what
+		// the cache holds.
 		if g.s.cache.enabled(c.Bytes - int64(read.N+len(c.retained)+len(c.Tombstones))*(recordRowBytes-recordRowMemory)) {
-			// Once committed, the new version is what the cache holds.
 			next := c.record(old, read)
 			id, version, tag := c.Record.ID, c.Record.Version, c.Record.Tag
-			g.afterCommit = append(g.afterCommit, func() { g.s.cache.put(g.GroupID, id, version, tag, next) })
+			c.onCommit = func() { g.s.cache.put(g.GroupID, id, version, tag, next) }
 		} else {
-			g.afterCommit = append(g.afterCommit, func() { g.s.cache.drop(g.GroupID) })
+			c.onCommit = func() { g.s.cache.drop(g.GroupID) }
 		}
 	}
 	return c, nil
