@@ -319,6 +319,13 @@ func (b *pullBuild) run(ctx context.Context, memos map[clientview.PageKey]*clien
 	}
 	s.countReads(c, res.Sources)
 	view.entries = res.Entries
+	view.reads = view.reads[:0]
+	for _, r := range res.Sources {
+		view.reads = append(view.reads, r.Path+"="+r.Mode.String())
+		if why := b.plan.Reasons[r.Source]; why != "" && r.Mode == clientview.Full {
+			view.reads[len(view.reads)-1] += " (" + why + ")"
+		}
+	}
 	b.riders = b.seal()
 	if s.cfg.ExposeRejections {
 		if view.entries, err = s.addRejections(ctx, b.g, view.entries); err != nil {

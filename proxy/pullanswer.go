@@ -22,6 +22,8 @@ type pullView struct {
 	// change is the view compared with the group's record (diff mode);
 	// nil in reset mode.
 	change *store.ViewChange
+	// reads says how each source was read ("/api/todos=delta"), for the log.
+	reads []string
 }
 
 // pullAnswer is one pull's answer: the shared view, as a reset or as a
@@ -59,7 +61,7 @@ func (s *core) writePull(w http.ResponseWriter, c *exchange, ans pullAnswer) {
 	s.metrics.patchOps.WithLabelValues(opPut).Observe(float64(ops.put))
 	s.metrics.patchOps.WithLabelValues(opDel).Observe(float64(ops.del))
 	c.log.Info("pull", "entries", len(ans.entries), "patch", patch, "puts", ops.put, "dels", ops.del,
-		"clients", len(ans.lmids), "bytes", n, "cookie", ans.order, "duration", time.Since(c.start))
+		"clients", len(ans.lmids), "bytes", n, "cookie", ans.order, "reads", ans.reads, "duration", time.Since(c.start))
 }
 
 type patchCounts struct{ put, del int }
