@@ -44,6 +44,11 @@ type Config struct {
 	InvalidateToken    string        `env:"INVALIDATE_TOKEN"`
 	DBSchema           string        `env:"DB_SCHEMA" envDefault:"replicache"`
 
+	// Fairness of poke streams and pokes between callers.
+	// PokeMaxLifetime: a poke stream ends after this long; EventSource
+	// reconnects by itself.
+	PokeMaxLifetime time.Duration `env:"POKE_MAX_LIFETIME" envDefault:"1h"`
+
 	ForwardHeaders    []string `env:"FORWARD_HEADERS" envDefault:"Authorization" envSeparator:","`
 	UserIDHeader      string   `env:"USER_ID_HEADER"`
 	TrustedProxies    []string `env:"TRUSTED_PROXIES" envDefault:"127.0.0.1/32,::1/128" envSeparator:","`
@@ -391,6 +396,9 @@ func (c *Config) checkPassthrough() []error {
 	}
 	if c.PokeCoalesce < 0 {
 		errs = append(errs, errors.New("SIDECAR_POKE_COALESCE must not be negative"))
+	}
+	if c.PokeMaxLifetime <= 0 {
+		errs = append(errs, errors.New("SIDECAR_POKE_MAX_LIFETIME must be positive"))
 	}
 	if c.PatchMode != "diff" && c.PatchMode != "reset" {
 		errs = append(errs, fmt.Errorf("SIDECAR_PATCH_MODE %q: want diff or reset", c.PatchMode))

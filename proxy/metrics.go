@@ -10,6 +10,7 @@ import (
 
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/gate"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/poke"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/verdict"
 )
@@ -40,6 +41,12 @@ const (
 	pokeFromPush        = "push"
 	pokeFromPassthrough = "passthrough"
 	pokeFromInvalidate  = "invalidate"
+
+	// poke_streams_ended_total{reason}; the hub's own reasons are
+	// poke.Evicted and poke.Expired.
+	streamEndDisconnected = "disconnected" // the client went away, or its connection died
+	streamEndWriteFailed  = "write_failed" // a write (a heartbeat, a poke) failed or hit its deadline
+	streamEndShutdown     = "shutdown"
 
 	// pull_patch_ops{op}
 	opClear = "clear"
@@ -77,6 +84,7 @@ type metrics struct {
 	groupsDeleted       prometheus.Counter
 	pokes               prometheus.Counter
 	pokeNotifications   *prometheus.CounterVec
+	pokeStreamsEnded    *prometheus.CounterVec
 	reg                 prometheus.Registerer
 }
 
@@ -182,7 +190,14 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Bu
 	for _, src := range []string{pokeFromPush, pokeFromPassthrough, pokeFromInvalidate} {
 		m.pokeNotifications.WithLabelValues(src)
 	}
-	reg.MustRegister(m.patchOps, m.recordBytes, m.conditional, m.groupsDeleted, m.pokes, m.pokeNotifications)
+	m.pokeStreamsEnded = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "poke_streams_ended_total",
+		Help: "Poke streams that ended, by reason: disconnected (the client went away or its connection died), write_failed (a write failed or hit its deadline), evicted (ended to make room for another caller), lifetime (SIDECAR_POKE_MAX_LIFETIME), shutdown.",
+	}, []string{"reason"})
+	for _, r := range []string{streamEndDisconnected, streamEndWriteFailed, string(poke.Evicted), string(poke.Expired), streamEndShutdown} {
+		m.pokeStreamsEnded.WithLabelValues(r)
+	}
+	reg.MustRegister(m.patchOps, m.recordBytes, m.conditional, m.groupsDeleted, m.pokes, m.pokeNotifications, m.pokeStreamsEnded)
 	m.reg = reg
 	reg.MustRegister(m.groupBusy, m.pullsMerged, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "group_waiting",

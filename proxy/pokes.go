@@ -19,11 +19,18 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
 )
 
-// pokeWriteTimeout bounds each write to a poke stream. (A client that
-// stops reading is noticed only once its socket buffers are full, and a
-// vanished one when TCP gives up on it: the write deadline bounds a write
-// that blocks, not the stream.)
-const pokeWriteTimeout = 10 * time.Second
+// pokeWriteTimeout bounds each write to a poke stream, and so does the
+// heartbeat interval when shorter (but never below minPokeWriteTimeout, so
+// a busy moment does not end a healthy stream): a write still blocked when
+// the next heartbeat is due means the client does not read. (A client that stops
+// reading is noticed only once the socket buffers between them are full;
+// a vanished one when TCP gives up on the connection, within a minute on
+// the public listener: see cmd/replicache-sidecar. SIDECAR_POKE_MAX_LIFETIME
+// bounds the rest.)
+const (
+	pokeWriteTimeout    = 10 * time.Second
+	minPokeWriteTimeout = time.Second
+)
 
 // handlePoke serves a poke stream: Server-Sent Events, one "poke" event
 // whenever the client should pull, a comment as heartbeat. The caller is
@@ -50,14 +57,13 @@ func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	user := caller.User
-	sub, err := s.hub.Subscribe(user)
+	// Slots are shared fairly between callers (poke.Hub): keyed on who is
+	// calling, never on ids the caller chose.
+	sub, err := s.hub.Subscribe(caller.Key(), user)
 	switch {
 	case errors.Is(err, poke.ErrFull):
 		fail(problem.Unavailable(problem.TooManySubscribers, 5,
-			"this sidecar holds as many poke streams as it may (SIDECAR_POKE_MAX_SUBSCRIBERS); retry"))
-		return
-	case errors.Is(err, poke.ErrUserFull):
-		fail(problem.Unavailable(problem.TooManySubscribers, 5, "this user already holds %d poke streams on this sidecar; retry", poke.MaxPerUser))
+			"this sidecar holds as many poke streams as it may (SIDECAR_POKE_MAX_SUBSCRIBERS), and you hold your share of them; retry"))
 		return
 	case err != nil:
 		fail(problem.Unavailable(problem.ShuttingDown, 1, "the sidecar is shutting down; retry"))
@@ -74,8 +80,9 @@ func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
 	hdr.Set("Cache-Control", "no-store")
 	hdr.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
 	w.WriteHeader(http.StatusOK)
+	writeTimeout := min(pokeWriteTimeout, max(minPokeWriteTimeout, s.cfg.PokeHeartbeat))
 	send := func(text string) bool {
-		_ = rc.SetWriteDeadline(time.Now().Add(pokeWriteTimeout))
+		_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
 		if _, err := io.WriteString(w, text); err != nil {
 			return false
 		}
@@ -85,6 +92,7 @@ func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
 	// stream ends (at shutdown, it reaches another replica); spread, so a
 	// replica's streams do not all come back in the same second.
 	if !send(fmt.Sprintf(": connected\nretry: %d\n\n", 1000+mathrand.IntN(4000))) {
+		s.metrics.pokeStreamsEnded.WithLabelValues(streamEndWriteFailed).Inc()
 		return
 	}
 	// A reconnection (EventSource sends the last id it saw): pokes may have
@@ -95,19 +103,38 @@ func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
 	log.Debug("poke stream open", "user", user)
 	heartbeat := time.NewTicker(s.cfg.PokeHeartbeat)
 	defer heartbeat.Stop()
+	ended := s.metrics.pokeStreamsEnded
 	for {
 		select {
 		case <-r.Context().Done():
+			ended.WithLabelValues(streamEndDisconnected).Inc()
 			return
 		case <-s.hub.Done():
 			log.Debug("poke stream ended: shutting down")
+			ended.WithLabelValues(streamEndShutdown).Inc()
+			return
+		case <-sub.Ended():
+			// The hub ended it (to make room, or at the end of its
+			// lifetime): said as a comment, with when to come back unless
+			// the stream's first hint stands; then a clean end, after which
+			// EventSource reconnects by itself.
+			why, retry := sub.End()
+			msg := fmt.Sprintf(": %s\n\n", why)
+			if retry > 0 {
+				msg = fmt.Sprintf(": %s\nretry: %d\n\n", why, retry.Milliseconds())
+			}
+			send(msg)
+			log.Debug("poke stream ended by the hub", "reason", string(why), "retry", retry)
+			ended.WithLabelValues(string(why)).Inc()
 			return
 		case <-heartbeat.C:
 			if !send(": ping\n\n") {
+				ended.WithLabelValues(streamEndWriteFailed).Inc()
 				return
 			}
 		case <-sub.C:
 			if !send("event: poke\nid: 1\ndata: {}\n\n") {
+				ended.WithLabelValues(streamEndWriteFailed).Inc()
 				return
 			}
 			s.metrics.pokes.Inc()

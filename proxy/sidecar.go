@@ -79,7 +79,8 @@ func New(o Options) *Sidecar {
 		budget:  mem,
 		turns:   turns,
 	}
-	c.hub = poke.NewHub(cfg.PokeMaxSubscribers, cfg.PokeCoalesce)
+	c.hub = poke.NewHub(poke.Limits{Max: cfg.PokeMaxSubscribers, PerKey: poke.PerKeyLimit(cfg.PokeMaxSubscribers), Lifetime: cfg.PokeMaxLifetime},
+		cfg.PokeCoalesce)
 	c.bus = poke.NewBus(c.hub, o.Pool, cfg.DBSchema, o.Logger)
 	m.pokeSubscribers(c.hub.Count)
 	c.useMapping(cfg.Mapping)
