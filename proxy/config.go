@@ -45,6 +45,13 @@ type Config struct {
 	DBSchema           string        `env:"DB_SCHEMA" envDefault:"replicache"`
 
 	// Fairness of poke streams and pokes between callers.
+	// PokePassthrough: which 2xx writes through the pass-through poke:
+	// identified (only those whose writer the sidecar can identify), all,
+	// or off.
+	PokePassthrough string `env:"POKE_PASSTHROUGH" envDefault:"identified"`
+	// PokeCallerInterval: one caller's pokes go out at most this often,
+	// merged (0: at once).
+	PokeCallerInterval time.Duration `env:"POKE_CALLER_INTERVAL" envDefault:"1s"`
 	// PokeMaxLifetime: a poke stream ends after this long; EventSource
 	// reconnects by itself.
 	PokeMaxLifetime time.Duration `env:"POKE_MAX_LIFETIME" envDefault:"1h"`
@@ -126,6 +133,13 @@ func (c Config) PoolOptions() store.PoolOptions {
 		IdleInTransactionTimeout: 4 * (c.UpstreamTimeout + c.PushTimeBudget),
 	}
 }
+
+// SIDECAR_POKE_PASSTHROUGH's values.
+const (
+	pokePassthroughIdentified = "identified"
+	pokePassthroughAll        = "all"
+	pokePassthroughOff        = "off"
+)
 
 var schemaRE = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
 
@@ -396,6 +410,14 @@ func (c *Config) checkPassthrough() []error {
 	}
 	if c.PokeCoalesce < 0 {
 		errs = append(errs, errors.New("SIDECAR_POKE_COALESCE must not be negative"))
+	}
+	switch c.PokePassthrough {
+	case pokePassthroughIdentified, pokePassthroughAll, pokePassthroughOff:
+	default:
+		errs = append(errs, fmt.Errorf("SIDECAR_POKE_PASSTHROUGH %q: want identified, all or off", c.PokePassthrough))
+	}
+	if c.PokeCallerInterval < 0 {
+		errs = append(errs, errors.New("SIDECAR_POKE_CALLER_INTERVAL must not be negative (0 sends every caller's pokes at once)"))
 	}
 	if c.PokeMaxLifetime <= 0 {
 		errs = append(errs, errors.New("SIDECAR_POKE_MAX_LIFETIME must be positive"))

@@ -48,6 +48,10 @@ const (
 	streamEndWriteFailed  = "write_failed" // a write (a heartbeat, a poke) failed or hit its deadline
 	streamEndShutdown     = "shutdown"
 
+	// poke_passthrough_skipped_total{reason}
+	skippedUnidentified = "unidentified"
+	skippedBusy         = "busy"
+
 	// pull_patch_ops{op}
 	opClear = "clear"
 	opPut   = "put"
@@ -85,6 +89,7 @@ type metrics struct {
 	pokes               prometheus.Counter
 	pokeNotifications   *prometheus.CounterVec
 	pokeStreamsEnded    *prometheus.CounterVec
+	pokeSkipped         *prometheus.CounterVec
 	reg                 prometheus.Registerer
 }
 
@@ -197,7 +202,13 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Bu
 	for _, r := range []string{streamEndDisconnected, streamEndWriteFailed, string(poke.Evicted), string(poke.Expired), streamEndShutdown} {
 		m.pokeStreamsEnded.WithLabelValues(r)
 	}
-	reg.MustRegister(m.patchOps, m.recordBytes, m.conditional, m.groupsDeleted, m.pokes, m.pokeNotifications, m.pokeStreamsEnded)
+	m.pokeSkipped = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "poke_passthrough_skipped_total",
+		Help: "2xx writes through the pass-through that poked nobody, by reason: unidentified (the sidecar could not tell who wrote: SIDECAR_POKE_PASSTHROUGH=identified, or scope user), busy (too many auth calls for writes in flight).",
+	}, []string{"reason"})
+	m.pokeSkipped.WithLabelValues(skippedUnidentified)
+	m.pokeSkipped.WithLabelValues(skippedBusy)
+	reg.MustRegister(m.patchOps, m.recordBytes, m.conditional, m.groupsDeleted, m.pokes, m.pokeNotifications, m.pokeStreamsEnded, m.pokeSkipped)
 	m.reg = reg
 	reg.MustRegister(m.groupBusy, m.pullsMerged, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "group_waiting",

@@ -1,11 +1,14 @@
 package proxy
 
-// Fairness of poke streams between callers (security round 3, finding 5). Every rule is keyed on
+// Fairness of poke streams and of the pokes that make them pull, between
+// callers (security round 3, findings 4 and 5). Every rule is keyed on
 // identity.Caller.Key: the user when known, the client's address
 // otherwise.
 
 import (
 	"bufio"
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -13,12 +16,281 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/proxytest"
 )
+
+// pokeWatch is what a watched stream saw.
+type pokeWatch struct {
+	pokes atomic.Int64
+	last  atomic.Int64 // when the last poke came (unix nanoseconds)
+	done  chan struct{}
+}
+
+// watch reads s's events until it ends; on each poke it pulls as user
+// (when pull is set), as the app's EventSource handler does.
+func watch(inst *instance, s *stream, user string, pull bool) *pokeWatch {
+	w := &pokeWatch{done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		for e := range s.events {
+			if e != "poke" {
+				continue
+			}
+			w.pokes.Add(1)
+			w.last.Store(time.Now().UnixNano())
+			if pull {
+				rawPull(inst, user, "g-"+user)
+			}
+		}
+	}()
+	return w
+}
+
+// rawPull pulls as a client would, off the test's goroutine: failures are
+// the pull's own business here.
+func rawPull(inst *instance, user, group string) {
+	body, _ := json.Marshal(pullBody(group, nil))
+	req, _ := http.NewRequest(http.MethodPost, inst.srv.URL+"/replicache/pull", bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+user)
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+	}
+}
+
+// TestAnonymousWritesDoNotPokeEveryone (finding 4): 20 users hold a
+// stream each and pull whenever poked; an anonymous caller sends 20
+// POST /api/login through the pass-through, which the API answers 200,
+// 60 ms apart (beyond the coalescing window, so each could be a poke).
+// Before: every write poked every stream (20 pokes and 60 upstream GETs
+// per anonymous request, growing with the streams). Now a write the
+// sidecar cannot identify pokes nobody, and is not even asked about (no
+// credentials, no auth call); under SIDECAR_POKE_PASSTHROUGH=all (today's
+// rule, chosen knowingly) one caller's flood costs a poke per
+// SIDECAR_POKE_CALLER_INTERVAL per stream.
+func TestAnonymousWritesDoNotPokeEveryone(t *testing.T) {
+	t.Parallel()
+	const streams, writes = 20, 20
+	tests := []struct {
+		name string
+		env  map[string]string
+		// maxPerStream bounds the pokes each stream may get from the
+		// flood; minPerStream is what it must get (nothing lost).
+		minPerStream, maxPerStream int64
+	}{
+		// The default: only identified writes poke.
+		{"identified (default)", nil, 0, 0},
+		// Pass-through pokes turned off.
+		{"off", map[string]string{"SIDECAR_POKE_PASSTHROUGH": "off"}, 0, 0},
+		// Today's rule, paced per caller (1 s): a poke at once and one at
+		// the end of each interval the flood (about 1.3 s) reaches; at
+		// least one, after the last write. -1: per the flood's length.
+		{"all, paced per caller", map[string]string{"SIDECAR_POKE_PASSTHROUGH": "all"}, 1, -1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, tc.env)
+			var gets, asks atomic.Int64
+			h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+				switch {
+				case r.Method == http.MethodPost && r.URL.Path == "/api/login":
+					w.WriteHeader(http.StatusOK) // the API's login: anyone may call it
+					return true
+				case r.Method == http.MethodGet:
+					gets.Add(1)
+					if r.URL.Path == "/api/me" {
+						asks.Add(1)
+					}
+				}
+				return false
+			})
+			a := h.start()
+			runPokes(t, a)
+			var watches []*pokeWatch
+			for i := range streams {
+				user := fmt.Sprint("u", i)
+				s := openStream(t, a, "Bearer "+user, nil)
+				s.waitOpen(t)
+				watches = append(watches, watch(a, s, user, true))
+			}
+			gets.Store(0)
+			asks.Store(0)
+			var lastWrite time.Time
+			start := time.Now()
+			for range writes {
+				req, _ := http.NewRequest(http.MethodPost, a.srv.URL+"/api/login", strings.NewReader(`{"name":"x","password":"y"}`))
+				req.Header.Set("Content-Type", "application/json")
+				if r := do(t, req); r.status != http.StatusOK {
+					t.Fatalf("anonymous login = %d %s", r.status, r.raw)
+				}
+				lastWrite = time.Now()
+				time.Sleep(60 * time.Millisecond)
+			}
+			maxPerStream := tc.maxPerStream
+			if maxPerStream < 0 {
+				maxPerStream = 2 + int64(time.Since(start)/time.Second)
+			}
+			// Room for a poke held for the end of a caller's interval (1 s)
+			// and the pulls it causes.
+			time.Sleep(1500 * time.Millisecond)
+			var pokes int64
+			for i, w := range watches {
+				n := w.pokes.Load()
+				pokes += n
+				if n < tc.minPerStream || n > maxPerStream {
+					t.Errorf("stream %d got %d pokes from %d anonymous writes; want %d to %d", i, n, writes, tc.minPerStream, maxPerStream)
+				}
+				if tc.minPerStream > 0 && time.Unix(0, w.last.Load()).Before(lastWrite) {
+					t.Errorf("stream %d: no poke after the last write (the last change would be lost)", i)
+				}
+			}
+			t.Logf("%d streams, %d anonymous writes: %d pokes (%.1f per write), %d upstream GETs (%.1f per anonymous request), %d auth calls",
+				streams, writes, pokes, float64(pokes)/writes, gets.Load(), float64(gets.Load())/writes, asks.Load())
+			if tc.maxPerStream == 0 && (gets.Load() != 0 || asks.Load() != 0) {
+				t.Errorf("anonymous writes caused %d upstream GETs (%d auth calls); want none", gets.Load(), asks.Load())
+			}
+		})
+	}
+}
+
+// TestIdentifiedWritesPoke: a pass-through write poke follows who the
+// sidecar says wrote it. With SIDECAR_AUTH_PATH the auth call is made
+// after the API's 2xx, for writes that carry credentials; scope rules then
+// apply to the writer as for pushes.
+func TestIdentifiedWritesPoke(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name      string
+		env       map[string]string
+		hdr       map[string]string // the write's headers
+		wantAlice bool              // alice's stream is poked
+		wantBob   bool              // bob's stream is poked
+	}{
+		// Identified by the auth call, scope all: everyone is poked.
+		{"auth call, scope all", nil, map[string]string{"Authorization": "Bearer alice"}, true, true},
+		// Identified by the auth call, scope user: the writer only.
+		{"auth call, scope user", map[string]string{"SIDECAR_POKE_SCOPE": "user"}, map[string]string{"Authorization": "Bearer alice"}, true, false},
+		// Credentials the auth endpoint refuses: not identified, nobody.
+		{"refused credentials", nil, map[string]string{"Authorization": "Bearer refused"}, false, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, tc.env)
+			h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+				if r.Header.Get("Authorization") == "Bearer refused" && r.URL.Path == "/api/me" {
+					w.WriteHeader(http.StatusUnauthorized)
+					return true
+				}
+				if r.Method == http.MethodPost && r.URL.Path == "/api/login" {
+					w.WriteHeader(http.StatusOK)
+					return true
+				}
+				return false
+			})
+			a := h.start()
+			runPokes(t, a)
+			alice, bob := openStream(t, a, "Bearer alice", nil), openStream(t, a, "Bearer bob", nil)
+			alice.waitOpen(t)
+			bob.waitOpen(t)
+			req, _ := http.NewRequest(http.MethodPost, a.srv.URL+"/api/login", strings.NewReader(`{}`))
+			for k, v := range tc.hdr {
+				req.Header.Set(k, v)
+			}
+			if r := do(t, req); r.status != http.StatusOK {
+				t.Fatalf("write = %d %s", r.status, r.raw)
+			}
+			if got := alice.next(time.Second) == "poke"; got != tc.wantAlice {
+				t.Errorf("alice poked: %v, want %v", got, tc.wantAlice)
+			}
+			if got := bob.next(300*time.Millisecond) == "poke"; got != tc.wantBob {
+				t.Errorf("bob poked: %v, want %v", got, tc.wantBob)
+			}
+		})
+	}
+}
+
+// TestOneCallersPokesArePaced (finding 4): one identified user floods
+// writes, 25 of them 60 ms apart (beyond the coalescing window); another
+// user's stream is poked at most once per SIDECAR_POKE_CALLER_INTERVAL
+// (500 ms here) and still after the last write: the flood's pokes are
+// merged, none is lost. Before: a poke per write. The invalidate hook is
+// trusted and not paced.
+func TestOneCallersPokesArePaced(t *testing.T) {
+	t.Parallel()
+	const writes = 25
+	tests := []struct {
+		name  string
+		write func(t *testing.T, a *instance, i int)
+		// the range of pokes bob's stream gets; max -1: paced, a poke at
+		// once and one at the end of each interval the flood (about
+		// 1.6 s) reaches
+		min, max int64
+	}{
+		// alice pushes: paced by her key, user:alice.
+		{"pushes", func(t *testing.T, a *instance, i int) {
+			if r := a.push(t, "alice", "g", create("c1", int64(i+1), fmt.Sprint("t", i))); r.status != 200 {
+				t.Fatalf("push = %d %s", r.status, r.raw)
+			}
+		}, 1, -1},
+		// alice writes through the pass-through, identified by the auth
+		// call: paced by the same key.
+		{"pass-through writes", func(t *testing.T, a *instance, i int) {
+			req, _ := http.NewRequest(http.MethodPost, a.srv.URL+"/api/todos", strings.NewReader(fmt.Sprintf(`{"id":"p%d","title":"x"}`, i)))
+			req.Header.Set("Authorization", "Bearer alice")
+			if r := do(t, req); r.status != http.StatusCreated {
+				t.Fatalf("pass-through write = %d %s", r.status, r.raw)
+			}
+		}, 1, -1},
+		// The hook is the legacy service's own voice: every call pokes
+		// (coalesced per window only).
+		{"invalidate hook", func(t *testing.T, a *instance, i int) {
+			req, _ := http.NewRequest(http.MethodPost, a.srv.URL+"/replicache/invalidate", nil)
+			req.Header.Set("Authorization", "Bearer s3cret")
+			if r := do(t, req); r.status != http.StatusAccepted {
+				t.Fatalf("invalidate = %d %s", r.status, r.raw)
+			}
+		}, writes - 5, writes},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, map[string]string{"SIDECAR_POKE_CALLER_INTERVAL": "500ms", "SIDECAR_INVALIDATE_TOKEN": "s3cret"})
+			a := h.start()
+			runPokes(t, a)
+			bob := openStream(t, a, "Bearer bob", nil)
+			bob.waitOpen(t)
+			w := watch(a, bob, "bob", false)
+			start := time.Now()
+			var lastWrite time.Time
+			for i := range writes {
+				tc.write(t, a, i)
+				lastWrite = time.Now()
+				time.Sleep(60 * time.Millisecond)
+			}
+			flood := time.Since(start)
+			time.Sleep(time.Second) // the last interval's poke
+			n, most := w.pokes.Load(), tc.max
+			if most < 0 {
+				most = 2 + int64(flood/(500*time.Millisecond))
+			}
+			t.Logf("%s: %d writes over %v: bob's stream got %d pokes", tc.name, writes, flood.Round(time.Millisecond), n)
+			if n < tc.min || n > most {
+				t.Errorf("%d pokes; want %d to %d", n, tc.min, most)
+			}
+			if time.Unix(0, w.last.Load()).Before(lastWrite) {
+				t.Error("no poke after the last write: its change would wait for the pull interval")
+			}
+		})
+	}
+}
 
 // TestAStreamlessCallerCanOpenOne (finding 5): with room for 64 streams,
 // mallory opens 80 of them; she keeps at most max(8, 64/64) = 8, her

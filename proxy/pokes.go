@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
@@ -12,11 +13,13 @@ import (
 	mathrand "math/rand/v2"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/identity"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/poke"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/tracing"
 )
 
 // pokeWriteTimeout bounds each write to a poke stream, and so does the
@@ -200,11 +203,28 @@ func (s *core) handleInvalidate(w http.ResponseWriter, r *http.Request) {
 	problem.WriteJSON(w, http.StatusAccepted, map[string]any{"poked": body.Users})
 }
 
-// notify pokes the subscribers of users (none: everyone), in every replica.
+// notify pokes the subscribers of users (none: everyone), in every replica,
+// at once: for the invalidate hook, which is the legacy service's own voice
+// (it holds a secret) and so is not paced.
 func (s *core) notify(log *slog.Logger, source string, users []string) {
 	s.metrics.pokeNotifications.WithLabelValues(source).Inc()
 	log.Debug("poke", "source", source, "users", users)
 	s.bus.Publish(users)
+}
+
+// pokeFor pokes, in every replica, whom a write by c concerns under
+// SIDECAR_POKE_SCOPE, paced by c's key: one caller's pokes go out at most
+// once per SIDECAR_POKE_CALLER_INTERVAL, merged, and none is lost. ok is
+// false when nobody is to be poked (see pokeUsers).
+func (s *core) pokeFor(log *slog.Logger, source string, c identity.Caller) (ok bool) {
+	users, ok := s.pokeUsers(c.User)
+	if !ok {
+		return false
+	}
+	s.metrics.pokeNotifications.WithLabelValues(source).Inc()
+	log.Debug("poke", "source", source, "users", users, "caller", c.Key())
+	s.bus.PublishFor(c.Key(), users)
+	return true
 }
 
 // pokeUsers is whom a write by user pokes under SIDECAR_POKE_SCOPE: every
@@ -219,4 +239,134 @@ func (s *core) pokeUsers(user string) (users []string, ok bool) {
 		return nil, false
 	}
 	return []string{user}, true
+}
+
+// Bounds on the auth calls made to learn who wrote through the
+// pass-through (SIDECAR_POKE_PASSTHROUGH=identified): in flight for one
+// client address (before the call, that is all the sidecar knows of the
+// writer), and in all. A write past them pokes nobody (counted as busy):
+// a writer with writes that fast has a call in flight already, whose poke
+// comes after them.
+const (
+	maxWriterChecksPerAddr = 4
+	maxWriterChecks        = 64
+)
+
+// writePokes pokes for 2xx writes through the pass-through, under
+// SIDECAR_POKE_PASSTHROUGH: identified (only writes whose writer the
+// sidecar can identify: the trusted identity header from a trusted proxy,
+// or, with SIDECAR_AUTH_PATH, the auth call answering for the write's
+// forwarded credentials, made after the API's 2xx, off the response's path,
+// and never for a write without credentials), all (every write: the
+// trusted header names the writer, if anything does, and nobody is asked;
+// an unknown writer's pokes are paced by its address), or off. Scope rules
+// then apply to the writer as for pushes. It is safe for concurrent use.
+type writePokes struct {
+	s *core
+
+	mu       sync.Mutex
+	checking map[string]int // auth calls in flight, by the writer's address key
+	checks   int            // in all
+}
+
+func newWritePokes(s *core) *writePokes {
+	return &writePokes{s: s, checking: map[string]int{}}
+}
+
+// wrote is passthrough.Options.OnWrite: write is a copy of the request.
+func (w *writePokes) wrote(write *http.Request) {
+	s := w.s
+	if s.cfg.PokePassthrough == pokePassthroughOff {
+		return
+	}
+	log := s.log.With("endpoint", endpointProxy, "trace_id", tracing.IDOf(write.Context()))
+	edge := s.parts.Identity
+	anonymous := identity.Caller{Addr: edge.ClientAddr(write)}
+	if s.cfg.PokePassthrough == pokePassthroughAll {
+		c := anonymous
+		if w.namedByHeader(write) {
+			if named, p := edge.Identify(write.Context(), write); p == nil {
+				c = named
+			}
+		}
+		w.poke(log, c)
+		return
+	}
+	switch { // identified
+	case w.namedByHeader(write):
+		// Decided from the headers alone: no call.
+		c, p := edge.Identify(write.Context(), write)
+		if p != nil {
+			c = anonymous
+		}
+		w.poke(log, c)
+	case edge.AsksAPI() && w.carriesCredentials(write):
+		key := anonymous.Key()
+		if !w.startCheck(key) {
+			s.metrics.pokeSkipped.WithLabelValues(skippedBusy).Inc()
+			return
+		}
+		go func() {
+			defer w.endCheck(key)
+			ctx, cancel := context.WithTimeout(write.Context(), s.cfg.UpstreamTimeout)
+			defer cancel()
+			c, p := edge.Identify(ctx, write)
+			if p != nil {
+				c = anonymous
+			}
+			w.poke(log, c)
+		}()
+	default:
+		// Nobody to ask: an anonymous write pokes nobody.
+		s.metrics.pokeSkipped.WithLabelValues(skippedUnidentified).Inc()
+	}
+}
+
+// poke pokes for a write by c: under identified, only when c is known.
+func (w *writePokes) poke(log *slog.Logger, c identity.Caller) {
+	known := c.User != "" || c.ViaHeader
+	if (!known && w.s.cfg.PokePassthrough == pokePassthroughIdentified) || !w.s.pokeFor(log, pokeFromPassthrough, c) {
+		w.s.metrics.pokeSkipped.WithLabelValues(skippedUnidentified).Inc()
+	}
+}
+
+// namedByHeader reports whether the write names its user in the trusted
+// identity header (whether it may is the identity edge's to judge).
+func (w *writePokes) namedByHeader(write *http.Request) bool {
+	h := w.s.cfg.UserIDHeader
+	return h != "" && strings.TrimSpace(write.Header.Get(h)) != ""
+}
+
+// carriesCredentials reports whether the write carries a non-empty value
+// of a header the auth call is sent (SIDECAR_FORWARD_HEADERS): without one
+// the API could only answer that nobody is logged in.
+func (w *writePokes) carriesCredentials(write *http.Request) bool {
+	for _, h := range w.s.cfg.ForwardHeaders {
+		for _, v := range write.Header.Values(h) {
+			if strings.TrimSpace(v) != "" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (w *writePokes) startCheck(key string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.checks >= maxWriterChecks || w.checking[key] >= maxWriterChecksPerAddr {
+		return false
+	}
+	w.checks++
+	w.checking[key]++
+	return true
+}
+
+func (w *writePokes) endCheck(key string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.checks--
+	if w.checking[key]--; w.checking[key] <= 0 {
+		delete(w.checking, key)
+	}
 }

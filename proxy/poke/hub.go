@@ -1,12 +1,12 @@
 // Package poke tells open Replicache clients to pull now: a Hub holds this
 // process's subscribers (the poke streams), decides which of them may stay,
-// and delivers coalesced pokes to them; a Bus carries pokes between the
-// sidecar's replicas through Postgres LISTEN/NOTIFY on the sidecar's own
-// database.
+// and delivers coalesced pokes to them; a Pacer merges the pokes one caller
+// causes; a Bus carries pokes between the sidecar's replicas through
+// Postgres LISTEN/NOTIFY on the sidecar's own database.
 //
 // # Fairness between callers
 //
-// Stream slots are shared by every caller, so each has a rule that one
+// Streams and pokes are shared by every caller, so each has a rule that one
 // caller cannot take them all. Every rule is keyed on the caller's key
 // (identity.Caller.Key: the user when known, the client's address
 // otherwise), never on a client group or client id, which the caller
@@ -23,6 +23,8 @@
 //     last tenth), so no stream holds a slot for ever.
 //   - A stream ended to make room carries a reconnect hint of 30 to 60 s
 //     (Subscriber.End), so its client comes back, but not at once.
+//   - The pokes one key causes go out at most once per Pacer interval,
+//     merged; none is lost.
 //
 // These rules do not depend on how a stream is written: its writer watches
 // Subscriber.C for pokes, Subscriber.Ended for the hub's decision to end
