@@ -44,6 +44,18 @@ type Config struct {
 	InvalidateToken    string        `env:"INVALIDATE_TOKEN"`
 	DBSchema           string        `env:"DB_SCHEMA" envDefault:"replicache"`
 
+	// Fairness of poke streams and pokes between callers.
+	// PokePassthrough: which 2xx writes through the pass-through poke:
+	// identified (only those whose writer the sidecar can identify), all,
+	// or off.
+	PokePassthrough string `env:"POKE_PASSTHROUGH" envDefault:"identified"`
+	// PokeCallerInterval: one caller's pokes go out at most this often,
+	// merged (0: at once).
+	PokeCallerInterval time.Duration `env:"POKE_CALLER_INTERVAL" envDefault:"1s"`
+	// PokeMaxLifetime: a poke stream ends after this long; EventSource
+	// reconnects by itself.
+	PokeMaxLifetime time.Duration `env:"POKE_MAX_LIFETIME" envDefault:"1h"`
+
 	ForwardHeaders    []string `env:"FORWARD_HEADERS" envDefault:"Authorization" envSeparator:","`
 	UserIDHeader      string   `env:"USER_ID_HEADER"`
 	TrustedProxies    []string `env:"TRUSTED_PROXIES" envDefault:"127.0.0.1/32,::1/128" envSeparator:","`
@@ -53,13 +65,13 @@ type Config struct {
 	IdempotencyHeader string   `env:"IDEMPOTENCY_HEADER" envDefault:"Idempotency-Key"`
 	IdempotencySecret string   `env:"IDEMPOTENCY_SECRET"`
 
-	UpstreamTimeout      time.Duration `env:"UPSTREAM_TIMEOUT" envDefault:"10s"`
+	UpstreamTimeout time.Duration `env:"UPSTREAM_TIMEOUT" envDefault:"10s"`
 	// UpstreamMaxInflight bounds the view and auth calls in flight at once
 	// (0: no bound).
-	UpstreamMaxInflight int `env:"UPSTREAM_MAX_INFLIGHT" envDefault:"32"`
-	MaxBodyBytes         int64         `env:"MAX_BODY_BYTES" envDefault:"33554432"`
-	MaxArgsBytes         int64         `env:"MAX_ARGS_BYTES" envDefault:"1048576"`
-	MaxUpstreamBodyBytes int64         `env:"MAX_UPSTREAM_BODY_BYTES" envDefault:"67108864"`
+	UpstreamMaxInflight  int   `env:"UPSTREAM_MAX_INFLIGHT" envDefault:"32"`
+	MaxBodyBytes         int64 `env:"MAX_BODY_BYTES" envDefault:"33554432"`
+	MaxArgsBytes         int64 `env:"MAX_ARGS_BYTES" envDefault:"1048576"`
+	MaxUpstreamBodyBytes int64 `env:"MAX_UPSTREAM_BODY_BYTES" envDefault:"67108864"`
 	// MaxInflightBytes bounds the request and view bytes held by all pushes
 	// and pulls at once; 0 derives it from GOMEMLIMIT (see inflightDefault).
 	MaxInflightBytes int64         `env:"MAX_INFLIGHT_VIEW_BYTES" envDefault:"0"`
@@ -127,6 +139,13 @@ func (c Config) PoolOptions() store.PoolOptions {
 		IdleInTransactionTimeout: 4 * (c.UpstreamTimeout + c.PushTimeBudget),
 	}
 }
+
+// SIDECAR_POKE_PASSTHROUGH's values.
+const (
+	pokePassthroughIdentified = "identified"
+	pokePassthroughAll        = "all"
+	pokePassthroughOff        = "off"
+)
 
 var schemaRE = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
 
@@ -400,6 +419,17 @@ func (c *Config) checkPassthrough() []error {
 	}
 	if c.PokeCoalesce < 0 {
 		errs = append(errs, errors.New("SIDECAR_POKE_COALESCE must not be negative"))
+	}
+	switch c.PokePassthrough {
+	case pokePassthroughIdentified, pokePassthroughAll, pokePassthroughOff:
+	default:
+		errs = append(errs, fmt.Errorf("SIDECAR_POKE_PASSTHROUGH %q: want identified, all or off", c.PokePassthrough))
+	}
+	if c.PokeCallerInterval < 0 {
+		errs = append(errs, errors.New("SIDECAR_POKE_CALLER_INTERVAL must not be negative (0 sends every caller's pokes at once)"))
+	}
+	if c.PokeMaxLifetime <= 0 {
+		errs = append(errs, errors.New("SIDECAR_POKE_MAX_LIFETIME must be positive"))
 	}
 	if c.PatchMode != "diff" && c.PatchMode != "reset" {
 		errs = append(errs, fmt.Errorf("SIDECAR_PATCH_MODE %q: want diff or reset", c.PatchMode))

@@ -87,6 +87,15 @@ func TestLoadConfigListsEveryProblem(t *testing.T) {
 				"clientView":[{"path":"/v","key":"v/{id}","pagination":{"type":"pages"}}]}`),
 		}, []string{`mutator "a": method "FETCH"`, `unknown placeholder {who}`, `pagination type "pages"`},
 		},
+		{"poke fairness settings", map[string]string{
+			"SIDECAR_UPSTREAM_URL":         "http://x",
+			"SIDECAR_DATABASE_URL":         "postgres://u@localhost/db",
+			"SIDECAR_MAPPING_FILE":         writeFile(t, testMapping),
+			"SIDECAR_POKE_PASSTHROUGH":     "anonymous",
+			"SIDECAR_POKE_CALLER_INTERVAL": "-1s",
+			"SIDECAR_POKE_MAX_LIFETIME":    "0s",
+		}, []string{`SIDECAR_POKE_PASSTHROUGH "anonymous": want identified, all or off`,
+			"SIDECAR_POKE_CALLER_INTERVAL must not be negative", "SIDECAR_POKE_MAX_LIFETIME must be positive"}},
 		{"typo in mapping", map[string]string{
 			"SIDECAR_UPSTREAM_URL": "http://x",
 			"SIDECAR_DATABASE_URL": "postgres://u@localhost/db",

@@ -122,7 +122,10 @@ func TestOneUserManyGroupsCannotOpenTheMutationBreaker(t *testing.T) {
 	sc := h.start()
 	var n atomic.Int64
 	ok, total := attack(t, 6, time.Second,
-		func(i int) { g := i / 1_000_000; sc.push(t, "mallory", fmt.Sprint("gm", g), create(fmt.Sprint("m", g), 1, "poison")) },
+		func(i int) {
+			g := i / 1_000_000
+			sc.push(t, "mallory", fmt.Sprint("gm", g), create(fmt.Sprint("m", g), 1, "poison"))
+		},
 		func() bool {
 			k := n.Add(1) - 1 // three users take turns, each with its next mutation
 			r := sc.push(t, fmt.Sprint("user", k%3), fmt.Sprint("gu", k%3), create(fmt.Sprint("u", k%3), k/3+1, fmt.Sprint("t", k)))

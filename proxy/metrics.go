@@ -11,6 +11,7 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/gate"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/poke"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/verdict"
 )
@@ -41,6 +42,16 @@ const (
 	pokeFromPush        = "push"
 	pokeFromPassthrough = "passthrough"
 	pokeFromInvalidate  = "invalidate"
+
+	// poke_streams_ended_total{reason}; the hub's own reasons are
+	// poke.Evicted and poke.Expired.
+	streamEndDisconnected = "disconnected" // the client went away, or its connection died
+	streamEndWriteFailed  = "write_failed" // a write (a heartbeat, a poke) failed or hit its deadline
+	streamEndShutdown     = "shutdown"
+
+	// poke_passthrough_skipped_total{reason}
+	skippedUnidentified = "unidentified"
+	skippedBusy         = "busy"
 
 	// pull_patch_ops{op}
 	opClear = "clear"
@@ -85,6 +96,8 @@ type metrics struct {
 	groupsDeleted       prometheus.Counter
 	pokes               prometheus.Counter
 	pokeNotifications   *prometheus.CounterVec
+	pokeStreamsEnded    *prometheus.CounterVec
+	pokeSkipped         *prometheus.CounterVec
 	reg                 prometheus.Registerer
 }
 
@@ -203,7 +216,20 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Bu
 		m.pokeNotifications.WithLabelValues(src)
 	}
 	reg.MustRegister(m.viewReads, m.viewReadBytes, m.filterIgnored)
-	reg.MustRegister(m.patchOps, m.recordBytes, m.conditional, m.groupsDeleted, m.pokes, m.pokeNotifications)
+	m.pokeStreamsEnded = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "poke_streams_ended_total",
+		Help: "Poke streams that ended, by reason: disconnected (the client went away or its connection died), write_failed (a write failed or hit its deadline), evicted (ended to make room for another caller), lifetime (SIDECAR_POKE_MAX_LIFETIME), shutdown.",
+	}, []string{"reason"})
+	for _, r := range []string{streamEndDisconnected, streamEndWriteFailed, string(poke.Evicted), string(poke.Expired), streamEndShutdown} {
+		m.pokeStreamsEnded.WithLabelValues(r)
+	}
+	m.pokeSkipped = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "poke_passthrough_skipped_total",
+		Help: "2xx writes through the pass-through that poked nobody, by reason: unidentified (the sidecar could not tell who wrote: SIDECAR_POKE_PASSTHROUGH=identified, or scope user), busy (too many auth calls for writes in flight).",
+	}, []string{"reason"})
+	m.pokeSkipped.WithLabelValues(skippedUnidentified)
+	m.pokeSkipped.WithLabelValues(skippedBusy)
+	reg.MustRegister(m.patchOps, m.recordBytes, m.conditional, m.groupsDeleted, m.pokes, m.pokeNotifications, m.pokeStreamsEnded, m.pokeSkipped)
 	m.reg = reg
 	reg.MustRegister(m.groupBusy, m.pullsMerged, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "group_waiting",

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"net/http"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,6 +19,7 @@ type stream struct {
 	header http.Header
 	events chan string // "poke", "ping", "open"; closed at the stream's end
 	cancel context.CancelFunc
+	retry  atomic.Int64 // the last retry: field's milliseconds
 }
 
 // openStream opens a poke stream to inst as the holder of auth, with
@@ -54,6 +57,9 @@ func openStream(t testing.TB, inst *instance, auth string, extra map[string]stri
 				s.events <- "ping"
 			case line == ": connected":
 				s.events <- "open"
+			case strings.HasPrefix(line, "retry: "):
+				ms, _ := strconv.ParseInt(strings.TrimPrefix(line, "retry: "), 10, 64)
+				s.retry.Store(ms)
 			case strings.HasPrefix(line, "event: "):
 				event = strings.TrimPrefix(line, "event: ")
 			case strings.HasPrefix(line, "data: ") && event != "":
@@ -131,19 +137,33 @@ func TestPokeStream(t *testing.T) {
 	case <-time.After(2 * time.Second):
 		t.Error("no heartbeat within 2s (SIDECAR_POKE_HEARTBEAT=100ms)")
 	}
-	// At most SIDECAR_POKE_MAX_SUBSCRIBERS streams; the next gets 503.
+	// At most SIDECAR_POKE_MAX_SUBSCRIBERS streams. (This asserted that
+	// bob then got 503; security round 3, finding 5, reversed it: a caller
+	// with no stream always gets one, and the oldest stream of whoever
+	// holds the most ends, with a reconnect hint.)
 	second := openStream(t, a, "Bearer alice", nil)
 	second.waitOpen(t)
-	third := openStream(t, a, "Bearer bob", nil)
-	if third.status != http.StatusServiceUnavailable {
-		t.Errorf("third stream with a bound of 2 = %d, want 503", third.status)
+	if n := seriesValue(t, a, "replicache_sidecar_poke_subscribers"); n != 2 {
+		t.Errorf("poke_subscribers = %v, want 2", n)
+	}
+	bob := openStream(t, a, "Bearer bob", nil)
+	if bob.status != http.StatusOK {
+		t.Errorf("bob's first stream, alice holding both slots = %d, want 200", bob.status)
+	}
+	if e := s.next(2 * time.Second); e != "end" || s.retry.Load() < 30000 {
+		t.Errorf("alice's oldest stream: %q with reconnect hint %d ms; want its end, 30 s or more", e, s.retry.Load())
+	}
+	// Now alice and bob hold one each: a second of alice's would not even
+	// them out, so it gets 503.
+	if third := openStream(t, a, "Bearer alice", nil); third.status != http.StatusServiceUnavailable {
+		t.Errorf("alice's second stream with a bound of 2, bob holding the other = %d, want 503", third.status)
 	}
 	if n := seriesValue(t, a, "replicache_sidecar_poke_subscribers"); n != 2 {
 		t.Errorf("poke_subscribers = %v, want 2", n)
 	}
 	second.cancel()
 	proxytest.WaitFor(t, "the closed stream to be dropped", func() bool { return a.sc.hub.Count() == 1 })
-	again := openStream(t, a, "Bearer bob", nil)
+	again := openStream(t, a, "Bearer carol", nil)
 	if again.status != 200 {
 		t.Errorf("stream after one closed = %d, want 200", again.status)
 	}

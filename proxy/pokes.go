@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
@@ -12,18 +13,27 @@ import (
 	mathrand "math/rand/v2"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/identity"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/poke"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/tracing"
 )
 
-// pokeWriteTimeout bounds each write to a poke stream. (A client that
-// stops reading is noticed only once its socket buffers are full, and a
-// vanished one when TCP gives up on it: the write deadline bounds a write
-// that blocks, not the stream.)
-const pokeWriteTimeout = 10 * time.Second
+// pokeWriteTimeout bounds each write to a poke stream, and so does the
+// heartbeat interval when shorter (but never below minPokeWriteTimeout, so
+// a busy moment does not end a healthy stream): a write still blocked when
+// the next heartbeat is due means the client does not read. (A client that stops
+// reading is noticed only once the socket buffers between them are full;
+// a vanished one when TCP gives up on the connection, within a minute on
+// the public listener: see cmd/replicache-sidecar. SIDECAR_POKE_MAX_LIFETIME
+// bounds the rest.)
+const (
+	pokeWriteTimeout    = 10 * time.Second
+	minPokeWriteTimeout = time.Second
+)
 
 // handlePoke serves a poke stream: Server-Sent Events, one "poke" event
 // whenever the client should pull, a comment as heartbeat. The caller is
@@ -50,14 +60,13 @@ func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	user := caller.User
-	sub, err := s.hub.Subscribe(user)
+	// Slots are shared fairly between callers (poke.Hub): keyed on who is
+	// calling, never on ids the caller chose.
+	sub, err := s.hub.Subscribe(caller.Key(), user)
 	switch {
 	case errors.Is(err, poke.ErrFull):
 		fail(problem.Unavailable(problem.TooManySubscribers, 5,
-			"this sidecar holds as many poke streams as it may (SIDECAR_POKE_MAX_SUBSCRIBERS); retry"))
-		return
-	case errors.Is(err, poke.ErrUserFull):
-		fail(problem.Unavailable(problem.TooManySubscribers, 5, "this user already holds %d poke streams on this sidecar; retry", poke.MaxPerUser))
+			"this sidecar holds as many poke streams as it may (SIDECAR_POKE_MAX_SUBSCRIBERS), and you hold your share of them; retry"))
 		return
 	case err != nil:
 		fail(problem.Unavailable(problem.ShuttingDown, 1, "the sidecar is shutting down; retry"))
@@ -74,8 +83,9 @@ func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
 	hdr.Set("Cache-Control", "no-store")
 	hdr.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
 	w.WriteHeader(http.StatusOK)
+	writeTimeout := min(pokeWriteTimeout, max(minPokeWriteTimeout, s.cfg.PokeHeartbeat))
 	send := func(text string) bool {
-		_ = rc.SetWriteDeadline(time.Now().Add(pokeWriteTimeout))
+		_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
 		if _, err := io.WriteString(w, text); err != nil {
 			return false
 		}
@@ -85,6 +95,7 @@ func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
 	// stream ends (at shutdown, it reaches another replica); spread, so a
 	// replica's streams do not all come back in the same second.
 	if !send(fmt.Sprintf(": connected\nretry: %d\n\n", 1000+mathrand.IntN(4000))) {
+		s.metrics.pokeStreamsEnded.WithLabelValues(streamEndWriteFailed).Inc()
 		return
 	}
 	// A reconnection (EventSource sends the last id it saw): pokes may have
@@ -95,19 +106,38 @@ func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
 	log.Debug("poke stream open", "user", user)
 	heartbeat := time.NewTicker(s.cfg.PokeHeartbeat)
 	defer heartbeat.Stop()
+	ended := s.metrics.pokeStreamsEnded
 	for {
 		select {
 		case <-r.Context().Done():
+			ended.WithLabelValues(streamEndDisconnected).Inc()
 			return
 		case <-s.hub.Done():
 			log.Debug("poke stream ended: shutting down")
+			ended.WithLabelValues(streamEndShutdown).Inc()
+			return
+		case <-sub.Ended():
+			// The hub ended it (to make room, or at the end of its
+			// lifetime): said as a comment, with when to come back unless
+			// the stream's first hint stands; then a clean end, after which
+			// EventSource reconnects by itself.
+			why, retry := sub.End()
+			msg := fmt.Sprintf(": %s\n\n", why)
+			if retry > 0 {
+				msg = fmt.Sprintf(": %s\nretry: %d\n\n", why, retry.Milliseconds())
+			}
+			send(msg)
+			log.Debug("poke stream ended by the hub", "reason", string(why), "retry", retry)
+			ended.WithLabelValues(string(why)).Inc()
 			return
 		case <-heartbeat.C:
 			if !send(": ping\n\n") {
+				ended.WithLabelValues(streamEndWriteFailed).Inc()
 				return
 			}
 		case <-sub.C:
 			if !send("event: poke\nid: 1\ndata: {}\n\n") {
+				ended.WithLabelValues(streamEndWriteFailed).Inc()
 				return
 			}
 			s.metrics.pokes.Inc()
@@ -173,11 +203,28 @@ func (s *core) handleInvalidate(w http.ResponseWriter, r *http.Request) {
 	problem.WriteJSON(w, http.StatusAccepted, map[string]any{"poked": body.Users})
 }
 
-// notify pokes the subscribers of users (none: everyone), in every replica.
+// notify pokes the subscribers of users (none: everyone), in every replica,
+// at once: for the invalidate hook, which is the legacy service's own voice
+// (it holds a secret) and so is not paced.
 func (s *core) notify(log *slog.Logger, source string, users []string) {
 	s.metrics.pokeNotifications.WithLabelValues(source).Inc()
 	log.Debug("poke", "source", source, "users", users)
 	s.bus.Publish(users)
+}
+
+// pokeFor pokes, in every replica, whom a write by c concerns under
+// SIDECAR_POKE_SCOPE, paced by c's key: one caller's pokes go out at most
+// once per SIDECAR_POKE_CALLER_INTERVAL, merged, and none is lost. ok is
+// false when nobody is to be poked (see pokeUsers).
+func (s *core) pokeFor(log *slog.Logger, source string, c identity.Caller) (ok bool) {
+	users, ok := s.pokeUsers(c.User)
+	if !ok {
+		return false
+	}
+	s.metrics.pokeNotifications.WithLabelValues(source).Inc()
+	log.Debug("poke", "source", source, "users", users, "caller", c.Key())
+	s.bus.PublishFor(c.Key(), users)
+	return true
 }
 
 // pokeUsers is whom a write by user pokes under SIDECAR_POKE_SCOPE: every
@@ -192,4 +239,134 @@ func (s *core) pokeUsers(user string) (users []string, ok bool) {
 		return nil, false
 	}
 	return []string{user}, true
+}
+
+// Bounds on the auth calls made to learn who wrote through the
+// pass-through (SIDECAR_POKE_PASSTHROUGH=identified): in flight for one
+// client address (before the call, that is all the sidecar knows of the
+// writer), and in all. A write past them pokes nobody (counted as busy):
+// a writer with writes that fast has a call in flight already, whose poke
+// comes after them.
+const (
+	maxWriterChecksPerAddr = 4
+	maxWriterChecks        = 64
+)
+
+// writePokes pokes for 2xx writes through the pass-through, under
+// SIDECAR_POKE_PASSTHROUGH: identified (only writes whose writer the
+// sidecar can identify: the trusted identity header from a trusted proxy,
+// or, with SIDECAR_AUTH_PATH, the auth call answering for the write's
+// forwarded credentials, made after the API's 2xx, off the response's path,
+// and never for a write without credentials), all (every write: the
+// trusted header names the writer, if anything does, and nobody is asked;
+// an unknown writer's pokes are paced by its address), or off. Scope rules
+// then apply to the writer as for pushes. It is safe for concurrent use.
+type writePokes struct {
+	s *core
+
+	mu       sync.Mutex
+	checking map[string]int // auth calls in flight, by the writer's address key
+	checks   int            // in all
+}
+
+func newWritePokes(s *core) *writePokes {
+	return &writePokes{s: s, checking: map[string]int{}}
+}
+
+// wrote is passthrough.Options.OnWrite: write is a copy of the request.
+func (w *writePokes) wrote(write *http.Request) {
+	s := w.s
+	if s.cfg.PokePassthrough == pokePassthroughOff {
+		return
+	}
+	log := s.log.With("endpoint", endpointProxy, "trace_id", tracing.IDOf(write.Context()))
+	edge := s.parts.Identity
+	anonymous := identity.Caller{Addr: edge.ClientAddr(write)}
+	if s.cfg.PokePassthrough == pokePassthroughAll {
+		c := anonymous
+		if w.namedByHeader(write) {
+			if named, p := edge.Identify(write.Context(), write); p == nil {
+				c = named
+			}
+		}
+		w.poke(log, c)
+		return
+	}
+	switch { // identified
+	case w.namedByHeader(write):
+		// Decided from the headers alone: no call.
+		c, p := edge.Identify(write.Context(), write)
+		if p != nil {
+			c = anonymous
+		}
+		w.poke(log, c)
+	case edge.AsksAPI() && w.carriesCredentials(write):
+		key := anonymous.Key()
+		if !w.startCheck(key) {
+			s.metrics.pokeSkipped.WithLabelValues(skippedBusy).Inc()
+			return
+		}
+		go func() {
+			defer w.endCheck(key)
+			ctx, cancel := context.WithTimeout(write.Context(), s.cfg.UpstreamTimeout)
+			defer cancel()
+			c, p := edge.Identify(ctx, write)
+			if p != nil {
+				c = anonymous
+			}
+			w.poke(log, c)
+		}()
+	default:
+		// Nobody to ask: an anonymous write pokes nobody.
+		s.metrics.pokeSkipped.WithLabelValues(skippedUnidentified).Inc()
+	}
+}
+
+// poke pokes for a write by c: under identified, only when c is known.
+func (w *writePokes) poke(log *slog.Logger, c identity.Caller) {
+	known := c.User != "" || c.ViaHeader
+	if (!known && w.s.cfg.PokePassthrough == pokePassthroughIdentified) || !w.s.pokeFor(log, pokeFromPassthrough, c) {
+		w.s.metrics.pokeSkipped.WithLabelValues(skippedUnidentified).Inc()
+	}
+}
+
+// namedByHeader reports whether the write names its user in the trusted
+// identity header (whether it may is the identity edge's to judge).
+func (w *writePokes) namedByHeader(write *http.Request) bool {
+	h := w.s.cfg.UserIDHeader
+	return h != "" && strings.TrimSpace(write.Header.Get(h)) != ""
+}
+
+// carriesCredentials reports whether the write carries a non-empty value
+// of a header the auth call is sent (SIDECAR_FORWARD_HEADERS): without one
+// the API could only answer that nobody is logged in.
+func (w *writePokes) carriesCredentials(write *http.Request) bool {
+	for _, h := range w.s.cfg.ForwardHeaders {
+		for _, v := range write.Header.Values(h) {
+			if strings.TrimSpace(v) != "" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (w *writePokes) startCheck(key string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.checks >= maxWriterChecks || w.checking[key] >= maxWriterChecksPerAddr {
+		return false
+	}
+	w.checks++
+	w.checking[key]++
+	return true
+}
+
+func (w *writePokes) endCheck(key string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.checks--
+	if w.checking[key]--; w.checking[key] <= 0 {
+		delete(w.checking, key)
+	}
 }

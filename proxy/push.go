@@ -119,9 +119,7 @@ func (s *core) handlePush(w http.ResponseWriter, r *http.Request) {
 	if stats.Applied+stats.Rejected > 0 {
 		// Effects (or a rejection the clients should see): every client
 		// that may see them pulls now, this one included.
-		if users, ok := s.pokeUsers(c.User); ok {
-			s.notify(c.log, pokeFromPush, users)
-		}
+		s.pokeFor(c.log, pokeFromPush, c.Caller)
 	}
 	if err != nil {
 		var gap *gapError

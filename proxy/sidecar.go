@@ -81,8 +81,9 @@ func New(o Options) *Sidecar {
 		turns:   turns,
 		writes:  plan.NewWrites(time.Now()),
 	}
-	c.hub = poke.NewHub(cfg.PokeMaxSubscribers, cfg.PokeCoalesce)
-	c.bus = poke.NewBus(c.hub, o.Pool, cfg.DBSchema, o.Logger)
+	c.hub = poke.NewHub(poke.Limits{Max: cfg.PokeMaxSubscribers, PerKey: poke.PerKeyLimit(cfg.PokeMaxSubscribers), Lifetime: cfg.PokeMaxLifetime},
+		cfg.PokeCoalesce)
+	c.bus = poke.NewBus(c.hub, o.Pool, cfg.DBSchema, cfg.PokeCallerInterval, o.Logger)
 	m.pokeSubscribers(c.hub.Count)
 	c.useMapping(cfg.Mapping)
 	return &Sidecar{
@@ -93,11 +94,7 @@ func New(o Options) *Sidecar {
 			Suspended:      verdict.Suspended(c.parts.Upstream.RetryAfter()),
 			IdentityHeader: cfg.UserIDHeader, Trusted: c.parts.Identity.Trusted,
 			KeepHost: cfg.PassthroughHost == "incoming", Deny: cfg.PassthroughDeny,
-			OnWrite: func(user string) {
-				if users, ok := c.pokeUsers(user); ok {
-					c.notify(c.log.With("endpoint", endpointProxy), pokeFromPassthrough, users)
-				}
-			},
+			OnWrite: newWritePokes(c).wrote,
 		}),
 	}
 }

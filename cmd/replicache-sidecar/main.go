@@ -75,7 +75,7 @@ func runCommand(ctx context.Context, args []string, env map[string]string, stdou
 		_, _ = fmt.Fprintf(stderr, "replicache-sidecar: unknown command %q\n\n%s", cmd, usage)
 		return 2
 	}
-	if err := run(ctx, env, stderr, net.Listen); err != nil {
+	if err := run(ctx, env, stderr, listenTCP); err != nil {
 		_, _ = fmt.Fprintln(stderr, "replicache-sidecar:", err)
 		return 1
 	}
@@ -92,8 +92,35 @@ func environ() map[string]string {
 	return m
 }
 
-// listenFunc opens a listener (net.Listen, or a test's).
+// listenFunc opens a listener (listenTCP, or a test's).
 type listenFunc func(network, address string) (net.Listener, error)
+
+// Dead peers: a client that vanishes (a laptop closed, a phone off the
+// network) sends no FIN or RST, and its connection would hold a poke
+// stream's slot until TCP gives up: minutes when idle, about 15 with data
+// in flight (a heartbeat). Keep-alive probes start after deadPeerIdle of
+// silence, deadPeerInterval apart, and deadPeerProbes unanswered ones end
+// the connection (45 s); on Linux TCP_USER_TIMEOUT ends it once
+// deadPeerTimeout passes without an acknowledgement of data sent or of a
+// probe. Either way a dead peer's connection fails within a minute, and
+// its request's context with it. A client that is alive but reads slowly
+// is not affected: its TCP acknowledges what its buffers take.
+const (
+	deadPeerIdle     = 15 * time.Second
+	deadPeerInterval = 10 * time.Second
+	deadPeerProbes   = 3
+	deadPeerTimeout  = 45 * time.Second
+)
+
+// listenTCP opens a listener whose connections notice a dead peer within
+// a minute (see deadPeerTimeout).
+func listenTCP(network, address string) (net.Listener, error) {
+	lc := net.ListenConfig{
+		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: deadPeerIdle, Interval: deadPeerInterval, Count: deadPeerProbes},
+		Control:         setUserTimeout(deadPeerTimeout), // inherited by accepted connections
+	}
+	return lc.Listen(context.Background(), network, address)
+}
 
 // run builds the sidecar and serves until ctx is cancelled or a server
 // fails (proxy.Sidecar.Serve drains and shuts down).

@@ -41,9 +41,25 @@ type Options struct {
 	// Deny are path prefixes answered 404 without an upstream call.
 	Deny []string
 	// OnWrite, when set, is called after a write (POST, PUT, PATCH, DELETE)
-	// the upstream answered 2xx, with the identity header's value when it
-	// came from a trusted proxy ("" otherwise).
-	OnWrite func(user string)
+	// the upstream answered 2xx, before the answer's body is passed on,
+	// with a copy of the write's request as the client sent it: headers
+	// (the identity header included, whoever sent it: the identity edge
+	// judges it), peer address, method and URL; no body. OnWrite may keep
+	// the copy, whose context is not cancelled when the response ends; it
+	// must return at once (anything slow goes on another goroutine).
+	OnWrite func(write *http.Request)
+}
+
+// incoming carries, in the outgoing request's context, the request the
+// client sent (for OnWrite).
+type incoming struct{}
+
+func isWrite(method string) bool {
+	switch method {
+	case http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
+		return true
+	}
+	return false
 }
 
 // New returns the pass-through handler.
@@ -68,14 +84,10 @@ func New(o Options) http.Handler {
 			if o.OnWrite == nil || resp.StatusCode < 200 || resp.StatusCode > 299 {
 				return nil
 			}
-			switch resp.Request.Method {
-			case http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
-				user := ""
-				if o.IdentityHeader != "" {
-					// Rewrite dropped it unless a trusted proxy set it.
-					user = resp.Request.Header.Get(o.IdentityHeader)
-				}
-				o.OnWrite(user)
+			if in, ok := resp.Request.Context().Value(incoming{}).(*http.Request); ok {
+				write := in.Clone(context.WithoutCancel(in.Context()))
+				write.Body, write.GetBody, write.ContentLength = http.NoBody, nil, 0
+				o.OnWrite(write)
 			}
 			return nil
 		},
@@ -110,6 +122,9 @@ func New(o Options) http.Handler {
 			r2.URL.RawPath = clean
 			r2.URL.Path, _ = url.PathUnescape(clean)
 			r = r2
+		}
+		if o.OnWrite != nil && isWrite(r.Method) {
+			r = r.WithContext(context.WithValue(r.Context(), incoming{}, r))
 		}
 		rp.ServeHTTP(w, r)
 	})

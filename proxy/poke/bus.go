@@ -18,12 +18,14 @@ import (
 )
 
 // Bus carries pokes between replicas: Publish pokes this process's hub at
-// once and has the poke announced on the schema's NOTIFY channel; Run
-// sends the announcements (coalesced: a burst of pushes is one NOTIFY) and
-// listens for the other replicas', each on a connection of its own outside
-// the pool, so a busy pool never delays or drops one.
+// once and has the poke announced on the schema's NOTIFY channel
+// (PublishFor does the same, paced per caller); Run sends the
+// announcements (coalesced: a burst of pushes is one NOTIFY) and listens
+// for the other replicas', each on a connection of its own outside the
+// pool, so a busy pool never delays or drops one.
 type Bus struct {
 	hub     *Hub
+	pacer   *Pacer
 	connCfg *pgx.ConnConfig
 	channel string
 	origin  string // this process, so it skips its own announcements
@@ -38,16 +40,19 @@ type Bus struct {
 }
 
 // NewBus returns a bus for hub over the database of pool, on the channel of
-// schema.
-func NewBus(hub *Hub, pool *pgxpool.Pool, schema string, log *slog.Logger) *Bus {
+// schema, that paces each caller's pokes to one per callerInterval
+// (PublishFor; 0: no pacing).
+func NewBus(hub *Hub, pool *pgxpool.Pool, schema string, callerInterval time.Duration, log *slog.Logger) *Bus {
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
 	cfg := pool.Config().ConnConfig.Copy()
 	// Both connections are idle by design: a server's idle session timeout
 	// must not end them (each end would poke every subscriber).
 	cfg.RuntimeParams["idle_session_timeout"] = "0"
-	return &Bus{hub: hub, connCfg: cfg, channel: Channel(schema), origin: hex.EncodeToString(b), log: log,
+	bus := &Bus{hub: hub, connCfg: cfg, channel: Channel(schema), origin: hex.EncodeToString(b), log: log,
 		users: map[string]bool{}, wake: make(chan struct{}, 1)}
+	bus.pacer = NewPacer(callerInterval, bus.Publish)
+	return bus
 }
 
 // Channel is the NOTIFY channel of a schema: at most 63 bytes, as
@@ -89,6 +94,13 @@ func (b *Bus) Publish(users []string) {
 	default:
 	}
 }
+
+// PublishFor publishes users' poke (none: everyone's) on behalf of the
+// caller whose key is key (identity.Caller.Key): at once when the caller
+// has been quiet for the pacing interval, else merged with the caller's
+// other pokes at the end of it (see Pacer). Pokes nobody caused (the
+// invalidate hook, a listener's catch-up) go through Publish.
+func (b *Bus) PublishFor(key string, users []string) { b.pacer.Poke(key, users) }
 
 // add merges a poke into what is pending; b.mu is held.
 func (b *Bus) add(all bool, users []string) {
@@ -139,7 +151,7 @@ func (b *Bus) take() []message {
 
 // Run sends announcements and listens for the other replicas' until ctx
 // ends; then it sends what is still pending (pushes that finished while
-// the server shut down) and returns. A dropped connection is reconnected
+// the server shut down, and pokes a caller's pacing held back) and returns. A dropped connection is reconnected
 // with backoff; once the listener is back every local subscriber is poked
 // (announcements may have been missed meanwhile).
 func (b *Bus) Run(ctx context.Context) {
@@ -175,6 +187,9 @@ func (b *Bus) announce(ctx context.Context) {
 		case <-ctx.Done():
 			stopping = true
 		case <-b.wake:
+		}
+		if stopping {
+			b.pacer.Flush() // into what is pending
 		}
 		msgs := b.take()
 		err := b.send(ctx, &conn, msgs, stopping)

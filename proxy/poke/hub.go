@@ -1,47 +1,124 @@
 // Package poke tells open Replicache clients to pull now: a Hub holds this
-// process's subscribers (the poke streams) and delivers coalesced pokes to
-// them; a Bus carries pokes between the sidecar's replicas through
+// process's subscribers (the poke streams), decides which of them may stay,
+// and delivers coalesced pokes to them; a Pacer merges the pokes one caller
+// causes; a Bus carries pokes between the sidecar's replicas through
 // Postgres LISTEN/NOTIFY on the sidecar's own database.
+//
+// # Fairness between callers
+//
+// Streams and pokes are shared by every caller, so each has a rule that one
+// caller cannot take them all. Every rule is keyed on the caller's key
+// (identity.Caller.Key: the user when known, the client's address
+// otherwise), never on a client group or client id, which the caller
+// invents at will:
+//
+//   - A key holds at most Limits.PerKey streams in a process
+//     (PerKeyLimit: max(8, Max/64)). A new stream past it ends the key's
+//     oldest: the newest tab wins, and a vanished client's stream gives way.
+//   - When the process holds Limits.Max streams, a key with no stream can
+//     still open one: the oldest stream of the key holding the most ends.
+//     A key that holds some opens another only when that evens the
+//     holdings out (another key holds at least two more); else ErrFull.
+//   - A stream ends after Limits.Lifetime (at a moment spread over its
+//     last tenth), so no stream holds a slot for ever.
+//   - A stream ended to make room carries a reconnect hint of 30 to 60 s
+//     (Subscriber.End), so its client comes back, but not at once.
+//   - The pokes one key causes go out at most once per Pacer interval,
+//     merged; none is lost.
+//
+// These rules do not depend on how a stream is written: its writer watches
+// Subscriber.C for pokes, Subscriber.Ended for the hub's decision to end
+// it, and Hub.Done for shutdown.
 package poke
 
 import (
+	"container/list"
 	"errors"
+	mathrand "math/rand/v2"
 	"sync"
 	"time"
 )
 
-// ErrFull: the process already holds its maximum of subscribers.
+// ErrFull: the process holds Limits.Max streams and the caller already
+// holds its share of them.
 var ErrFull = errors.New("too many poke subscribers")
-
-// ErrUserFull: the user already holds MaxPerUser subscribers here.
-var ErrUserFull = errors.New("too many poke subscribers for this user")
-
-// MaxPerUser bounds one user's streams in one process, so one user (or a
-// leaked token) cannot take every slot: far more tabs and devices than
-// anyone has open.
-const MaxPerUser = 100
 
 // ErrClosed: the hub is closed (the process is shutting down).
 var ErrClosed = errors.New("poke hub closed")
 
+// Limits bound a hub's subscribers.
+type Limits struct {
+	// Max is the process's bound (SIDECAR_POKE_MAX_SUBSCRIBERS); 0: none.
+	Max int
+	// PerKey bounds one key's subscribers; 0: PerKeyLimit(Max).
+	PerKey int
+	// Lifetime ends a subscriber this long after it subscribed
+	// (SIDECAR_POKE_MAX_LIFETIME); 0: never.
+	Lifetime time.Duration
+}
+
+// PerKeyLimit is how many streams one caller may hold in a process that
+// holds limit: a 64th of it, and at least 8 (more tabs and devices than
+// anyone has open at once), so the process is never shared by fewer than
+// 64 callers when it is large, whatever limit is.
+func PerKeyLimit(limit int) int { return max(8, limit/64) }
+
+// End says why the hub ended a subscriber.
+type End string
+
+const (
+	// Evicted: it made room for another stream (past its key's PerKey, or
+	// for a caller with fewer streams while the process was full).
+	Evicted End = "evicted"
+	// Expired: it lived Limits.Lifetime.
+	Expired End = "lifetime"
+)
+
+// evictedRetry is the reconnect hint of an evicted stream: its client
+// comes back after a while, spread so that evicted streams do not all come
+// back at once, and not so soon that it evicts another at once.
+func evictedRetry() time.Duration {
+	return 30*time.Second + mathrand.N(30*time.Second)
+}
+
 // Subscriber is one open poke stream: C receives a value when a poke is
 // due (it holds at most one: pokes that pile up while the stream writes
-// are one poke).
+// are one poke); Ended is closed when the hub ends the stream (End says
+// why).
 type Subscriber struct {
-	User string
+	Key  string // the caller's identity.Caller.Key: every rule is per key
+	User string // whose pokes it receives
 	C    chan struct{}
+
+	ended chan struct{}
+	end   End           // set before ended is closed
+	retry time.Duration // ditto
+	seq   uint64        // order of subscription: the oldest has the least
+	elem  *list.Element // in its key's list; nil once removed (h.mu)
+	timer *time.Timer   // its lifetime (nil: none)
 }
+
+// Ended is closed when the hub ends s (not when s unsubscribes, nor at
+// shutdown: see Hub.Done).
+func (s *Subscriber) Ended() <-chan struct{} { return s.ended }
+
+// End says, once Ended is closed, why the hub ended s and how long its
+// client should wait before it reconnects (0: the stream's own hint).
+func (s *Subscriber) End() (End, time.Duration) { return s.end, s.retry }
 
 // Hub holds the subscribers of one process and delivers pokes to them. A
 // poke is not sent at once: every poke within a window (NewHub's window)
 // is merged and delivered at the window's end, so a burst of mutations is
-// one poke per subscriber and the last change of the burst is in it.
+// one poke per subscriber and the last change of the burst is in it. A Hub
+// is safe for concurrent use.
 type Hub struct {
-	max    int
+	limits Limits
 	window time.Duration
 
 	mu      sync.Mutex
-	subs    map[*Subscriber]struct{}
+	keys    map[string]*list.List // each key's subscribers, oldest first
+	count   int
+	seq     uint64
 	perUser map[string]int
 	gen     uint64          // deliveries so far
 	all     bool            // pending: every subscriber
@@ -51,42 +128,123 @@ type Hub struct {
 	done    chan struct{}
 }
 
-// NewHub returns a hub for at most max subscribers (0: no limit) that
-// coalesces pokes over window (0: delivers at once).
-func NewHub(max int, window time.Duration) *Hub {
-	return &Hub{max: max, window: window, subs: map[*Subscriber]struct{}{}, perUser: map[string]int{}, users: map[string]bool{},
+// NewHub returns a hub for subscribers within limits that coalesces pokes
+// over window (0: delivers at once).
+func NewHub(limits Limits, window time.Duration) *Hub {
+	if limits.PerKey <= 0 {
+		limits.PerKey = PerKeyLimit(limits.Max)
+	}
+	return &Hub{limits: limits, window: window, keys: map[string]*list.List{}, perUser: map[string]int{}, users: map[string]bool{},
 		done: make(chan struct{})}
 }
 
-// Subscribe adds a subscriber for user's pokes.
-func (h *Hub) Subscribe(user string) (*Subscriber, error) {
+// PerKey is how many subscribers one key may hold.
+func (h *Hub) PerKey() int { return h.limits.PerKey }
+
+// Subscribe adds a subscriber to user's pokes for the caller whose key is
+// key, ending another subscriber to make room when the rules say so (see
+// the package doc). It fails with ErrFull when there is no room for this
+// key, and ErrClosed after Close.
+func (h *Hub) Subscribe(key, user string) (*Subscriber, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	switch {
-	case h.closed:
+	if h.closed {
 		return nil, ErrClosed
-	case h.max > 0 && len(h.subs) >= h.max:
-		return nil, ErrFull
-	case h.perUser[user] >= MaxPerUser:
-		return nil, ErrUserFull
 	}
-	s := &Subscriber{User: user, C: make(chan struct{}, 1)}
-	h.subs[s] = struct{}{}
+	held := 0
+	if l := h.keys[key]; l != nil {
+		held = l.Len()
+	}
+	switch {
+	case held >= h.limits.PerKey:
+		h.end(h.keys[key].Front().Value.(*Subscriber), Evicted, evictedRetry())
+	case h.limits.Max > 0 && h.count >= h.limits.Max:
+		most := h.most(key)
+		if most == nil || (held > 0 && most.Len() < held+2) {
+			return nil, ErrFull
+		}
+		h.end(most.Front().Value.(*Subscriber), Evicted, evictedRetry())
+	}
+	h.seq++
+	s := &Subscriber{Key: key, User: user, C: make(chan struct{}, 1), ended: make(chan struct{}), seq: h.seq}
+	l := h.keys[key]
+	if l == nil {
+		l = list.New()
+		h.keys[key] = l
+	}
+	s.elem = l.PushBack(s)
+	h.count++
 	h.perUser[user]++
+	if d := h.limits.Lifetime; d > 0 {
+		// Spread over the last tenth, so streams opened together (after a
+		// replica restarts) do not all come back together.
+		d -= mathrand.N(d/10 + 1)
+		s.timer = time.AfterFunc(d, func() { h.expire(s) })
+	}
 	return s, nil
 }
 
-// Unsubscribe removes s.
-func (h *Hub) Unsubscribe(s *Subscriber) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if _, ok := h.subs[s]; !ok {
+// most returns the subscribers of the key other than except holding the
+// most, the one with the oldest stream among equals; nil when there is
+// none. It looks at every key, and is called only when the process is
+// full: at most Limits.Max of them. h.mu is held.
+func (h *Hub) most(except string) *list.List {
+	var best *list.List
+	for k, l := range h.keys {
+		if k == except {
+			continue
+		}
+		if best == nil || l.Len() > best.Len() ||
+			(l.Len() == best.Len() && l.Front().Value.(*Subscriber).seq < best.Front().Value.(*Subscriber).seq) {
+			best = l
+		}
+	}
+	return best
+}
+
+// end removes s and tells its writer why; h.mu is held.
+func (h *Hub) end(s *Subscriber, why End, retry time.Duration) {
+	if !h.remove(s) {
 		return
 	}
-	delete(h.subs, s)
+	s.end, s.retry = why, retry
+	close(s.ended)
+}
+
+// remove takes s out of the hub, reporting whether it was in; h.mu is
+// held.
+func (h *Hub) remove(s *Subscriber) bool {
+	if s.elem == nil {
+		return false
+	}
+	l := h.keys[s.Key]
+	l.Remove(s.elem)
+	s.elem = nil
+	if l.Len() == 0 {
+		delete(h.keys, s.Key)
+	}
+	h.count--
 	if h.perUser[s.User]--; h.perUser[s.User] <= 0 {
 		delete(h.perUser, s.User)
 	}
+	if s.timer != nil {
+		s.timer.Stop()
+	}
+	return true
+}
+
+func (h *Hub) expire(s *Subscriber) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.end(s, Expired, 0)
+}
+
+// Unsubscribe removes s (its stream ended); again, or after the hub ended
+// it, it does nothing.
+func (h *Hub) Unsubscribe(s *Subscriber) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.remove(s)
 }
 
 // Generation counts the deliveries so far: a pull that starts after a
@@ -101,7 +259,7 @@ func (h *Hub) Generation() uint64 {
 func (h *Hub) Count() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return len(h.subs)
+	return h.count
 }
 
 // Poke pokes the subscribers of users (none: every subscriber) at the end
@@ -141,13 +299,16 @@ func (h *Hub) flush() {
 	all, users := h.all, h.users
 	h.all, h.users, h.armed = false, map[string]bool{}, false
 	h.gen++
-	for s := range h.subs {
-		if !all && !users[s.User] {
-			continue
-		}
-		select {
-		case s.C <- struct{}{}:
-		default: // one is already due
+	for _, l := range h.keys {
+		for e := l.Front(); e != nil; e = e.Next() {
+			s := e.Value.(*Subscriber)
+			if !all && !users[s.User] {
+				continue
+			}
+			select {
+			case s.C <- struct{}{}:
+			default: // one is already due
+			}
 		}
 	}
 	h.mu.Unlock()

@@ -2,6 +2,7 @@ package poke
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 )
@@ -15,10 +16,19 @@ func received(s *Subscriber, within time.Duration) bool {
 	}
 }
 
+func mustSubscribe(t *testing.T, h *Hub, key string) *Subscriber {
+	t.Helper()
+	s, err := h.Subscribe(key, key)
+	if err != nil {
+		t.Fatalf("Subscribe(%s): %v", key, err)
+	}
+	return s
+}
+
 func TestHub(t *testing.T) {
-	h := NewHub(3, 30*time.Millisecond)
-	alice, _ := h.Subscribe("alice")
-	bob, _ := h.Subscribe("bob")
+	h := NewHub(Limits{Max: 3}, 30*time.Millisecond)
+	alice := mustSubscribe(t, h, "alice")
+	bob := mustSubscribe(t, h, "bob")
 	// A burst within one window is one poke, delivered at the window's end.
 	start := time.Now()
 	for range 50 {
@@ -38,16 +48,10 @@ func TestHub(t *testing.T) {
 	if !received(bob, time.Second) || received(alice, 100*time.Millisecond) {
 		t.Error("a poke for bob did not reach bob only")
 	}
-	// The bound, and closing.
-	if _, err := h.Subscribe("carol"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := h.Subscribe("dave"); !errors.Is(err, ErrFull) {
-		t.Errorf("fourth subscriber of 3: %v, want ErrFull", err)
-	}
 	h.Unsubscribe(bob)
-	if h.Count() != 2 {
-		t.Errorf("count %d after one left, want 2", h.Count())
+	h.Unsubscribe(bob) // twice: counted once
+	if h.Count() != 1 {
+		t.Errorf("count %d after one left, want 1", h.Count())
 	}
 	h.Close()
 	select {
@@ -55,35 +59,184 @@ func TestHub(t *testing.T) {
 	default:
 		t.Error("Done is not closed after Close")
 	}
-	if _, err := h.Subscribe("erin"); !errors.Is(err, ErrClosed) {
+	if _, err := h.Subscribe("erin", "erin"); !errors.Is(err, ErrClosed) {
 		t.Errorf("subscribe after Close: %v, want ErrClosed", err)
 	}
 }
 
-// TestHubPerUser: one user cannot take every slot.
-func TestHubPerUser(t *testing.T) {
-	h := NewHub(0, 0)
-	var mine []*Subscriber
-	for range MaxPerUser {
-		s, err := h.Subscribe("mallory")
-		if err != nil {
-			t.Fatal(err)
+func TestPerKeyLimit(t *testing.T) {
+	for _, tc := range []struct{ limit, want int }{
+		{0, 8},       // no process bound (tests): the floor
+		{100, 8},     // a small process: still 8 tabs and devices
+		{2000, 31},   // deploy/'s bound: 64 callers at least fill it
+		{10000, 156}, // the default
+	} {
+		if got := PerKeyLimit(tc.limit); got != tc.want {
+			t.Errorf("PerKeyLimit(%d) = %d, want %d", tc.limit, got, tc.want)
 		}
-		mine = append(mine, s)
 	}
-	if _, err := h.Subscribe("mallory"); !errors.Is(err, ErrUserFull) {
-		t.Errorf("subscriber %d of one user: %v, want ErrUserFull", MaxPerUser+1, err)
+}
+
+// TestHubFairness: who may open a stream, and whose stream ends to make
+// room. Each step subscribes for a key; it either fails with ErrFull or
+// succeeds, possibly ending the stream opened at an earlier step.
+func TestHubFairness(t *testing.T) {
+	type step struct {
+		key    string
+		full   bool // refused with ErrFull
+		evicts int  // the step whose stream ends to make room; -1: none
 	}
-	if _, err := h.Subscribe("alice"); err != nil {
-		t.Errorf("another user: %v", err)
+	ok := func(key string) step { return step{key: key, evicts: -1} }
+	tests := []struct {
+		name   string
+		limits Limits
+		steps  []step
+	}{
+		{
+			// Past its own cap a key's newest stream replaces its oldest:
+			// the newest tab wins, and a vanished client gives way.
+			name: "per key: the key's oldest ends", limits: Limits{PerKey: 2},
+			steps: []step{ok("a"), ok("a"), {key: "a", evicts: 0}, ok("b")},
+		},
+		{
+			// Finding 5: a caller with no stream can always open one; the
+			// oldest stream of whoever holds the most ends.
+			name: "full: a newcomer ends the biggest holder's oldest", limits: Limits{Max: 4},
+			steps: []step{ok("m"), ok("b"), ok("m"), ok("m"), {key: "c", evicts: 0}},
+		},
+		{
+			// Among equal holders, the one with the oldest stream gives
+			// way: the longest served.
+			name: "full: ties go to the oldest stream", limits: Limits{Max: 4},
+			steps: []step{ok("x"), ok("y"), ok("y"), ok("x"), {key: "z", evicts: 0}},
+		},
+		{
+			// Even when every key holds one stream (more callers than
+			// slots), a caller with none gets in.
+			name: "full of single streams: a newcomer still gets in", limits: Limits{Max: 3},
+			steps: []step{ok("a"), ok("b"), ok("c"), {key: "d", evicts: 0}},
+		},
+		{
+			// A holder gets another stream only when that evens the
+			// holdings out: b (1) may take one of m's (3).
+			name: "full: a small holder evens out", limits: Limits{Max: 4},
+			steps: []step{ok("m"), ok("m"), ok("m"), ok("b"), {key: "b", evicts: 0}},
+		},
+		{
+			// ... but not when it would only swap who holds more: b (2)
+			// against m (2) is refused, or they would evict each other.
+			name: "full: no swapping between equals", limits: Limits{Max: 4},
+			steps: []step{ok("m"), ok("m"), ok("b"), ok("b"), {key: "b", full: true, evicts: -1}},
+		},
+		{
+			// The biggest holder is refused: that is what the 503 is for.
+			name: "full: the biggest holder is refused", limits: Limits{Max: 3},
+			steps: []step{ok("m"), ok("m"), ok("b"), {key: "m", full: true, evicts: -1}},
+		},
 	}
-	h.Unsubscribe(mine[0])
-	h.Unsubscribe(mine[0]) // twice: counted once
-	if _, err := h.Subscribe("mallory"); err != nil {
-		t.Errorf("after one left: %v", err)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := NewHub(tc.limits, 0)
+			subs := make([]*Subscriber, len(tc.steps))
+			evicted := map[int]bool{}
+			for i, st := range tc.steps {
+				s, err := h.Subscribe(st.key, st.key)
+				if st.full != errors.Is(err, ErrFull) || (err != nil && !st.full) {
+					t.Fatalf("step %d (%s): %v, want full=%v", i, st.key, err, st.full)
+				}
+				subs[i] = s
+				if st.evicts < 0 {
+					continue
+				}
+				evicted[st.evicts] = true
+				victim := subs[st.evicts]
+				select {
+				case <-victim.Ended():
+				default:
+					t.Fatalf("step %d did not end step %d's stream", i, st.evicts)
+				}
+				why, retry := victim.End()
+				if why != Evicted || retry < 30*time.Second || retry > time.Minute {
+					t.Errorf("ended with %s, reconnect hint %v; want evicted, 30–60 s", why, retry)
+				}
+				h.Unsubscribe(victim) // its writer's defer: a no-op now
+			}
+			live := 0
+			for i, s := range subs {
+				if s == nil {
+					continue
+				}
+				ended := false
+				select {
+				case <-s.Ended():
+					ended = true
+				default:
+					live++
+				}
+				if ended != evicted[i] {
+					t.Errorf("step %d's stream ended: %v, want %v", i, ended, evicted[i])
+				}
+			}
+			if h.Count() != live {
+				t.Errorf("Count() = %d, but %d streams are live", h.Count(), live)
+			}
+		})
 	}
-	if _, err := h.Subscribe("mallory"); !errors.Is(err, ErrUserFull) {
-		t.Errorf("a second unsubscribe of the same stream freed a slot: %v", err)
+}
+
+// TestHubLifetime: a subscriber ends after Limits.Lifetime (spread over
+// its last tenth) with no reconnect hint of its own; one that leaves
+// before is forgotten, timer and all.
+func TestHubLifetime(t *testing.T) {
+	h := NewHub(Limits{Max: 10, Lifetime: 100 * time.Millisecond}, 0)
+	start := time.Now()
+	s := mustSubscribe(t, h, "alice")
+	gone := mustSubscribe(t, h, "bob")
+	h.Unsubscribe(gone)
+	select {
+	case <-s.Ended():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a subscriber outlived its lifetime")
+	}
+	if lived := time.Since(start); lived < 90*time.Millisecond {
+		t.Errorf("ended after %v, before 90%% of its 100ms lifetime", lived)
+	}
+	if why, retry := s.End(); why != Expired || retry != 0 {
+		t.Errorf("End() = %s, %v; want lifetime, 0", why, retry)
+	}
+	if n := h.Count(); n != 0 {
+		t.Errorf("%d subscribers after the only one expired", n)
+	}
+	select {
+	case <-gone.Ended():
+		t.Error("a subscriber that left was ended by its lifetime")
+	default:
+	}
+}
+
+// TestHubManyKeys: the per-key bookkeeping stays consistent through
+// churn: every subscriber that leaves frees its slot once.
+func TestHubManyKeys(t *testing.T) {
+	h := NewHub(Limits{Max: 64}, 0)
+	var subs []*Subscriber
+	for i := range 200 {
+		s, err := h.Subscribe(fmt.Sprint("k", i%20), "u")
+		if err != nil {
+			continue
+		}
+		subs = append(subs, s)
+	}
+	if n := h.Count(); n != 64 {
+		t.Fatalf("%d subscribers, want the process's 64", n)
+	}
+	for _, s := range subs {
+		h.Unsubscribe(s)
+	}
+	if n := h.Count(); n != 0 {
+		t.Errorf("%d subscribers after all left", n)
+	}
+	if len(h.keys) != 0 || len(h.perUser) != 0 {
+		t.Errorf("bookkeeping left behind: %d keys, %d users", len(h.keys), len(h.perUser))
 	}
 }
 

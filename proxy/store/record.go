@@ -61,8 +61,8 @@ type ViewChange struct {
 	// change), and the new version's.
 	tags map[int64]uint64
 
-	created bool    // the record is new
-	retag   bool    // the current version has no tag (written before tags were): a new version gets one
+	created  bool    // the record is new
+	retag    bool    // the current version has no tag (written before tags were): a new version gets one
 	changed  []int   // entries new or changed
 	hashes   []int64 // per changed entry
 	keys     []string

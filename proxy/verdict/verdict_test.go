@@ -91,7 +91,7 @@ func TestMutation(t *testing.T) {
 	}{
 		{Others{Healthy: true}, true},
 		{Others{Healthy: true, SameStatus: true}, false}, // the API (or the mapping) fails for everyone
-		{Others{}, false}, // nothing else answers normally: maybe an outage
+		{Others{}, false},                                // nothing else answers normally: maybe an outage
 	} {
 		if v := Mutation(mu, mutators.Result{Outcome: mutators.Transient, Status: 500}, "", 1, tc.others); v.GiveUp != tc.want {
 			t.Errorf("500 with %+v: GiveUp = %v, want %v", tc.others, v.GiveUp, tc.want)

@@ -83,9 +83,13 @@ test('the demo\'s first minute: no lost clicks, an honest "pending", the user sh
   assert.deepEqual(await bob.page.locator('#switch a').allTextContents(), ['alice', 'carol']);
 
   // A todo typed in page A appears in page B and stops being pending in A.
+  // Each is typed after a quiet second: one caller's pokes go out at most
+  // once per SIDECAR_POKE_CALLER_INTERVAL (1 s), the first of a quiet
+  // second at once.
   const appear = [];
   const confirmed = [];
   for (let i = 0; i < 5; i++) {
+    await sleep(1050);
     const title = `Todo ${i}`;
     await a.page.fill('#title', title);
     const t0 = Date.now();
@@ -160,6 +164,7 @@ test('realtime in the browser: a todo added in one page appears in another on an
   const bobPulls = bob.pulls();
   const latencies = [];
   for (let i = 0; i < 5; i++) {
+    await sleep(1050); // a quiet second: alice's pokes are paced
     const title = `Realtime ${i}`;
     await a.page.fill('#title', title);
     const t0 = Date.now();

@@ -1,0 +1,25 @@
+package main
+
+import (
+	"syscall"
+	"time"
+)
+
+// tcpUserTimeout is TCP_USER_TIMEOUT (linux/tcp.h), which package syscall
+// does not name.
+const tcpUserTimeout = 0x12
+
+// setUserTimeout returns a net.ListenConfig Control that sets
+// TCP_USER_TIMEOUT on the listening socket; accepted connections inherit
+// it.
+func setUserTimeout(d time.Duration) func(network, address string, c syscall.RawConn) error {
+	return func(_, _ string, c syscall.RawConn) error {
+		var err error
+		if cerr := c.Control(func(fd uintptr) {
+			err = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, tcpUserTimeout, int(d.Milliseconds()))
+		}); cerr != nil {
+			return cerr
+		}
+		return err
+	}
+}

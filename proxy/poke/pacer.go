@@ -1,0 +1,137 @@
+package poke
+
+import (
+	"sync"
+	"time"
+)
+
+// Pacer merges the pokes one caller causes. The first poke of a caller
+// that has been quiet for an interval goes out at once; the pokes that
+// follow within the interval are merged and go out together at its end,
+// and so on while they keep coming. A flood of writes by one caller costs
+// one poke per interval, and the flood's last change is in the poke that
+// follows it: nothing is lost, it is only later. Callers are told apart by
+// their key (identity.Caller.Key). A Pacer is safe for concurrent use.
+type Pacer struct {
+	interval time.Duration
+	send     func(users []string)
+
+	mu      sync.Mutex
+	callers map[string]*paced // callers that poked within the last interval
+}
+
+// paced is one caller's pokes since its last went out.
+type paced struct {
+	pending bool
+	all     bool
+	users   map[string]bool
+	timer   *time.Timer // the end of the interval
+}
+
+// NewPacer returns a pacer that sends a caller's pokes (users: whose
+// streams; none: everyone's) at most once per interval (0: all at once)
+// through send, which is called without locks held.
+func NewPacer(interval time.Duration, send func(users []string)) *Pacer {
+	return &Pacer{interval: interval, send: send, callers: map[string]*paced{}}
+}
+
+// Poke pokes users (none: everyone) for the caller key: at once when key
+// was quiet for an interval, else at the end of the current one.
+func (p *Pacer) Poke(key string, users []string) {
+	if p.interval <= 0 {
+		p.send(users)
+		return
+	}
+	p.mu.Lock()
+	c, busy := p.callers[key]
+	if busy {
+		c.add(users)
+		p.mu.Unlock()
+		return
+	}
+	c = &paced{}
+	p.callers[key] = c
+	c.timer = time.AfterFunc(p.interval, func() { p.release(key, c) })
+	p.mu.Unlock()
+	p.send(users)
+}
+
+// release ends c's interval: what was merged goes out and a new interval
+// begins; a caller with nothing merged is forgotten (its next poke goes out
+// at once).
+func (p *Pacer) release(key string, c *paced) {
+	p.mu.Lock()
+	if p.callers[key] != c { // flushed meanwhile
+		p.mu.Unlock()
+		return
+	}
+	if !c.pending {
+		delete(p.callers, key)
+		p.mu.Unlock()
+		return
+	}
+	users := c.take()
+	c.timer.Reset(p.interval)
+	p.mu.Unlock()
+	p.send(users)
+}
+
+// Flush sends every merged poke now and forgets every caller: at shutdown,
+// so no poke waits for an interval the process will not see end.
+func (p *Pacer) Flush() {
+	p.mu.Lock()
+	var out [][]string
+	for key, c := range p.callers {
+		c.timer.Stop()
+		if c.pending {
+			out = append(out, c.take())
+		}
+		delete(p.callers, key)
+	}
+	p.mu.Unlock()
+	for _, users := range out {
+		p.send(users)
+	}
+}
+
+// Callers returns how many callers poked within the last interval (what
+// the pacer holds).
+func (p *Pacer) Callers() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.callers)
+}
+
+// add merges a poke; p.mu is held.
+func (c *paced) add(users []string) {
+	c.pending = true
+	if len(users) == 0 {
+		c.all = true
+	}
+	if c.all {
+		c.users = nil
+		return
+	}
+	if c.users == nil {
+		c.users = map[string]bool{}
+	}
+	for _, u := range users {
+		c.users[u] = true
+	}
+	if len(c.users) > maxPendingUsers {
+		c.all, c.users = true, nil
+	}
+}
+
+// take returns what was merged (nil: everyone) and clears it; p.mu is held.
+func (c *paced) take() []string {
+	var users []string
+	if !c.all {
+		users = make([]string, 0, len(c.users))
+		for u := range c.users {
+			users = append(users, u)
+		}
+	}
+	c.pending, c.all, c.users = false, false, nil
+	return users
+}
