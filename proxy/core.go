@@ -190,3 +190,11 @@ func (l *logOnce) due(key string, every time.Duration) bool {
 	l.last[key] = now
 	return true
 }
+
+// markWrite notes a write of method to path (as sent to the API), once
+// the API answered it, here and in the other replicas: the pulls' plans
+// read the sources it falls under again (see package plan).
+func (s *core) markWrite(method, path string) {
+	written, deleted := s.writes.Saw(method, path, time.Now())
+	s.bus.Mark(written, deleted)
+}

@@ -350,3 +350,44 @@ func TestUpstreamMaxInflightWave(t *testing.T) {
 		t.Errorf("the API held %d requests at once; SIDECAR_UPSTREAM_MAX_INFLIGHT is 8", st.MaxInFlight)
 	}
 }
+
+// TestDeltaMarksAcrossReplicas: a delete routed through one replica makes
+// a group that pulls through the other read the source in full (the mark
+// travels with the replicas' announcements), so the del reaches it within
+// one poke; and the invalidate hook naming a source makes its next read
+// full (a maxAge source is read again, a delta source in full).
+func TestDeltaMarksAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	api := proxytest.NewChangingAPI(t)
+	seed(api, "alice", 10)
+	h := deltaHarness(t, api, "10m", map[string]string{"SIDECAR_INVALIDATE_TOKEN": "tok"})
+	one, two := h.start(), h.start()
+	runPokes(t, one, two)
+	a, b := newReplica(), newReplica()
+	one.pullInto(t, "alice", "ga", a)
+	two.pullInto(t, "alice", "gb", b)
+	if r := one.push(t, "alice", "ga", mut{"ca", 1, "deleteTodo", map[string]any{"id": "t003"}}); r.status != 200 {
+		t.Fatalf("push = %d %s", r.status, r.raw)
+	}
+	proxytest.WaitFor(t, "group gb, pulling through the other replica, to get the del", func() bool {
+		two.pullInto(t, "alice", "gb", b)
+		_, has := b.state["todo/t003"]
+		return !has
+	})
+
+	// The invalidate hook names /api/lists: its next read is not skipped.
+	api.ResetStats()
+	two.pullInto(t, "alice", "gb", b)
+	if n := api.GETs("/api/lists"); n != 0 {
+		t.Fatalf("%d GETs of a fresh /api/lists", n)
+	}
+	req, _ := http.NewRequest(http.MethodPost, one.srv.URL+"/replicache/invalidate", strings.NewReader(`{"sources": ["/api/lists"]}`))
+	req.Header.Set("Authorization", "Bearer tok")
+	if r := do(t, req); r.status != http.StatusAccepted || !strings.Contains(string(r.raw), `"sources":["/api/lists"]`) {
+		t.Fatalf("invalidate = %d %s", r.status, r.raw)
+	}
+	proxytest.WaitFor(t, "the other replica to read /api/lists again", func() bool {
+		two.pullInto(t, "alice", "gb", b)
+		return api.GETs("/api/lists") > 0
+	})
+}

@@ -180,9 +180,6 @@ func (s *core) send(ctx context.Context, c *exchange, req *mutators.Request, mu 
 		res := mutators.Result{Outcome: mutators.Transient, Err: err}
 		return res, verdict.Mutation(mu, res, c.Key(), s.parts.Upstream.RetryAfter(), verdict.Others{})
 	}
-	// Noted before the call: a pull whose read starts after this moment
-	// reads what the call changed; one that started before reads again.
-	s.writes.Saw(req.Method, req.PathQuery, time.Now())
 	var span trace.Span
 	if s.tracer != nil {
 		ctx, span = s.tracer.Start(ctx, "mutation "+mu.Name, trace.WithAttributes(
@@ -191,6 +188,9 @@ func (s *core) send(ctx context.Context, c *exchange, req *mutators.Request, mu 
 		defer span.End()
 	}
 	res := s.parts.Sender.Do(upstream.WithTicket(ctx, ticket), req, c.Forward)
+	// Marked once answered, so after the API applied it: a pull whose read
+	// started before then reads the source again (see package plan).
+	s.markWrite(req.Method, req.PathQuery)
 	healthy, same := s.parts.Upstream.Witness.Others(res.Status, c.Key())
 	v := verdict.Mutation(mu, res, c.Key(), s.parts.Upstream.RetryAfter(), verdict.Others{Healthy: healthy, SameStatus: same})
 	ticket.Done(v.Evidence)

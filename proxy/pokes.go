@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	mathrand "math/rand/v2"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -173,6 +174,10 @@ func (s *core) handleInvalidate(w http.ResponseWriter, r *http.Request) {
 	}
 	var body struct {
 		Users []string `json:"users"`
+		// Sources names view sources (by their path, or a path under
+		// one) whose data changed, deletions included: their next read is
+		// in full (a delta source) or not skipped (a maxAge source).
+		Sources []string `json:"sources"`
 	}
 	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
 	if err != nil {
@@ -187,20 +192,38 @@ func (s *core) handleInvalidate(w http.ResponseWriter, r *http.Request) {
 		dec := json.NewDecoder(bytes.NewReader(raw))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&body); err != nil {
-			fail(problem.Errorf(http.StatusBadRequest, problem.BadRequest, `the body must be empty or {"users": ["…"]}: %v`, err))
+			fail(problem.Errorf(http.StatusBadRequest, problem.BadRequest, `the body must be empty or {"users": ["…"], "sources": ["/api/…"]}: %v`, err))
 			return
 		}
-		if body.Users != nil && len(body.Users) == 0 {
-			problem.WriteJSON(w, http.StatusAccepted, map[string]any{"poked": []string{}})
+	}
+	var marked []string
+	for _, p := range body.Sources {
+		if !strings.HasPrefix(p, "/") {
+			fail(problem.Errorf(http.StatusBadRequest, problem.BadRequest, "sources: %q is not a path", p))
 			return
 		}
+	}
+	for _, p := range body.Sources {
+		// As a delete under the path: whatever changed there, deletions too.
+		written, deleted := s.writes.Saw(http.MethodDelete, p, time.Now())
+		s.bus.Mark(written, deleted)
+		marked = append(marked, written...)
+	}
+	slices.Sort(marked)
+	marked = slices.Compact(marked)
+	if marked == nil {
+		marked = []string{}
+	}
+	if body.Users != nil && len(body.Users) == 0 {
+		problem.WriteJSON(w, http.StatusAccepted, map[string]any{"poked": []string{}, "sources": marked})
+		return
 	}
 	s.notify(log, pokeFromInvalidate, body.Users)
 	if body.Users == nil {
-		problem.WriteJSON(w, http.StatusAccepted, map[string]any{"poked": "all"})
+		problem.WriteJSON(w, http.StatusAccepted, map[string]any{"poked": "all", "sources": marked})
 		return
 	}
-	problem.WriteJSON(w, http.StatusAccepted, map[string]any{"poked": body.Users})
+	problem.WriteJSON(w, http.StatusAccepted, map[string]any{"poked": body.Users, "sources": marked})
 }
 
 // notify pokes the subscribers of users (none: everyone), in every replica,
@@ -276,6 +299,8 @@ func newWritePokes(s *core) *writePokes {
 // wrote is passthrough.Options.OnWrite: write is a copy of the request.
 func (w *writePokes) wrote(write *http.Request) {
 	s := w.s
+	// Whoever wrote, the view sources under the path are read again.
+	s.markWrite(write.Method, write.URL.Path)
 	if s.cfg.PokePassthrough == pokePassthroughOff {
 		return
 	}

@@ -84,6 +84,7 @@ func New(o Options) *Sidecar {
 	c.hub = poke.NewHub(poke.Limits{Max: cfg.PokeMaxSubscribers, PerKey: poke.PerKeyLimit(cfg.PokeMaxSubscribers), Lifetime: cfg.PokeMaxLifetime},
 		cfg.PokeCoalesce)
 	c.bus = poke.NewBus(c.hub, o.Pool, cfg.DBSchema, cfg.PokeCallerInterval, o.Logger)
+	c.bus.OnMarks(func(written, deleted []string, all bool) { c.writes.Marked(written, deleted, all, time.Now()) })
 	m.pokeSubscribers(c.hub.Count)
 	c.useMapping(cfg.Mapping)
 	return &Sidecar{

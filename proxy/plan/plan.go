@@ -20,9 +20,10 @@
 //     a modified-since filter never shows a hard delete.
 //   - A maxAge source is read again after maxAge, or when a write under its
 //     path, or the invalidate hook naming it, came since it was read.
-//   - Times compared are the sidecar's: when a read started and when a
-//     write was sent, so a write sent while a read is under way always
-//     makes the next pull read again. Watermarks are the API's own values.
+//   - Times compared are the sidecar's: when a read started, and when the
+//     API had answered a write (so had applied it). A write applied while
+//     a read was under way is marked after the read's start, and the next
+//     pull reads again. Watermarks are the API's own values.
 //
 // A Writes is safe for concurrent use; Decide and After are pure.
 package plan
@@ -69,8 +70,10 @@ func (w *Writes) Sources(infos []clientview.SourceInfo) {
 }
 
 // Saw notes a write of method to path (the URL path as sent to the API),
-// at the moment it was sent.
-func (w *Writes) Saw(method, path string, at time.Time) {
+// at the moment it was sent, and returns the source paths it fell under
+// (written, and deleted for a DELETE): what to announce to the other
+// replicas (Marked).
+func (w *Writes) Saw(method, path string, at time.Time) (written, deleted []string) {
 	path, _, _ = strings.Cut(path, "?")
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -80,9 +83,32 @@ func (w *Writes) Saw(method, path string, at time.Time) {
 		}
 		st := w.last[p]
 		st.write = later(st.write, at)
+		written = append(written, p)
 		if method == "DELETE" {
 			st.del = later(st.del, at)
+			deleted = append(deleted, p)
 		}
+		w.last[p] = st
+	}
+	return written, deleted
+}
+
+// Marked notes marks another replica announced (Saw's paths), or, with
+// all, that some may have been missed.
+func (w *Writes) Marked(written, deleted []string, all bool, at time.Time) {
+	if all {
+		w.All(at)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, p := range written {
+		st := w.last[p]
+		st.write = later(st.write, at)
+		w.last[p] = st
+	}
+	for _, p := range deleted {
+		st := w.last[p]
+		st.del = later(st.del, at)
 		w.last[p] = st
 	}
 }

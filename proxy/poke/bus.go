@@ -31,10 +31,16 @@ type Bus struct {
 	origin  string // this process, so it skips its own announcements
 	log     *slog.Logger
 
-	mu    sync.Mutex
-	all   bool
-	users map[string]bool
-	wake  chan struct{}
+	mu      sync.Mutex
+	all     bool
+	users   map[string]bool
+	written map[string]bool // source paths written under, to announce
+	deleted map[string]bool // source paths a DELETE fell under, to announce
+	wake    chan struct{}
+
+	// onMarks receives the write marks other replicas announce (all: any
+	// may have been missed); set by OnMarks before Run.
+	onMarks func(written, deleted []string, all bool)
 
 	listening atomic.Bool
 }
@@ -50,7 +56,7 @@ func NewBus(hub *Hub, pool *pgxpool.Pool, schema string, callerInterval time.Dur
 	// must not end them (each end would poke every subscriber).
 	cfg.RuntimeParams["idle_session_timeout"] = "0"
 	bus := &Bus{hub: hub, connCfg: cfg, channel: Channel(schema), origin: hex.EncodeToString(b), log: log,
-		users: map[string]bool{}, wake: make(chan struct{}, 1)}
+		users: map[string]bool{}, written: map[string]bool{}, deleted: map[string]bool{}, wake: make(chan struct{}, 1)}
 	bus.pacer = NewPacer(callerInterval, bus.Publish)
 	return bus
 }
@@ -79,6 +85,38 @@ const maxPendingUsers = 10000
 type message struct {
 	Origin string   `json:"o"`
 	Users  []string `json:"u,omitempty"` // none: everyone
+	// Write marks: the view source paths written under, and those a DELETE
+	// fell under (for the pulls' plans). Quiet: the message pokes nobody
+	// (it carries marks only); an older replica that does not know the
+	// field pokes everyone, which costs pulls, never a missed change.
+	Written []string `json:"w,omitempty"`
+	Deleted []string `json:"d,omitempty"`
+	Quiet   bool     `json:"q,omitempty"`
+}
+
+// OnMarks sets what receives the write marks other replicas announce, and
+// all=true when some may have been missed (the listener was down). Call it
+// before Run.
+func (b *Bus) OnMarks(fn func(written, deleted []string, all bool)) { b.onMarks = fn }
+
+// Mark announces write marks to the other replicas, at once (pokes may be
+// paced; a pull they cause must find the marks there first).
+func (b *Bus) Mark(written, deleted []string) {
+	if len(written) == 0 && len(deleted) == 0 {
+		return
+	}
+	b.mu.Lock()
+	for _, p := range written {
+		b.written[p] = true
+	}
+	for _, p := range deleted {
+		b.deleted[p] = true
+	}
+	b.mu.Unlock()
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
 }
 
 // Publish pokes users' subscribers (none: everyone) here at once and in
@@ -118,16 +156,32 @@ func (b *Bus) add(all bool, users []string) {
 	}
 }
 
-// take returns what is pending as announcements, and clears it.
+// take returns what is pending as announcements, and clears it: the
+// marks first (they must precede the pokes they explain), then the pokes.
 func (b *Bus) take() []message {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	var out []message
+	if len(b.written) > 0 || len(b.deleted) > 0 {
+		m := message{Origin: b.origin, Quiet: true}
+		for p := range b.written {
+			m.Written = append(m.Written, p)
+		}
+		for p := range b.deleted {
+			m.Deleted = append(m.Deleted, p)
+		}
+		clear(b.written)
+		clear(b.deleted)
+		sort.Strings(m.Written)
+		sort.Strings(m.Deleted)
+		out = append(out, m)
+	}
 	if !b.all && len(b.users) == 0 {
-		return nil
+		return out
 	}
 	if b.all {
 		b.all = false
-		return []message{{Origin: b.origin}}
+		return append(out, message{Origin: b.origin})
 	}
 	users := make([]string, 0, len(b.users))
 	for u := range b.users {
@@ -135,10 +189,10 @@ func (b *Bus) take() []message {
 	}
 	clear(b.users)
 	sort.Strings(users)
-	var out []message
 	size := 0
+	first := len(out)
 	for _, u := range users {
-		if len(out) == 0 || size+len(u)+4 > maxPayload {
+		if len(out) == first || size+len(u)+4 > maxPayload {
 			out = append(out, message{Origin: b.origin})
 			size = 32
 		}
@@ -202,6 +256,15 @@ func (b *Bus) announce(ctx context.Context) {
 			// Keep them, and try again.
 			b.mu.Lock()
 			for _, m := range msgs {
+				if m.Quiet {
+					for _, p := range m.Written {
+						b.written[p] = true
+					}
+					for _, p := range m.Deleted {
+						b.deleted[p] = true
+					}
+					continue
+				}
 				b.add(len(m.Users) == 0, m.Users)
 			}
 			b.mu.Unlock()
@@ -300,6 +363,9 @@ func (b *Bus) listenOnce(ctx context.Context) (listened bool, err error) {
 		return false, err
 	}
 	b.listening.Store(true)
+	if b.onMarks != nil {
+		b.onMarks(nil, nil, true) // marks may have been missed, as pokes
+	}
 	b.hub.Poke(nil)
 	for {
 		wctx, cancel := context.WithTimeout(ctx, livenessInterval)
@@ -318,12 +384,18 @@ func (b *Bus) listenOnce(ctx context.Context) (listened bool, err error) {
 			return true, err
 		}
 		var msg message
-		if json.Unmarshal([]byte(n.Payload), &msg) != nil {
-			msg = message{} // unreadable: poke everyone
+		unreadable := json.Unmarshal([]byte(n.Payload), &msg) != nil
+		if unreadable {
+			msg = message{} // poke everyone, and assume any write
 		}
 		if msg.Origin == b.origin {
-			continue // poked here already
+			continue // poked and marked here already
 		}
-		b.hub.Poke(msg.Users)
+		if b.onMarks != nil && (unreadable || len(msg.Written) > 0 || len(msg.Deleted) > 0) {
+			b.onMarks(msg.Written, msg.Deleted, unreadable)
+		}
+		if !msg.Quiet {
+			b.hub.Poke(msg.Users)
+		}
 	}
 }
