@@ -209,6 +209,9 @@ func compileSource(s Source) (*source, []error) {
 		errs = append(errs, err)
 	}
 	cs.shared = s.Shared
+	if s.Shared && cs.maxAge == 0 {
+		cs.maxAge = DefaultSharedMaxAge
+	}
 	if s.Shared && strings.Contains(s.Path, "{userID}") {
 		errs = append(errs, errors.New("shared: the path names {userID}, so its answer is not the same for every user"))
 	}
@@ -288,6 +291,10 @@ func (cs *source) compilePagination(hasItems bool) []error {
 	}
 	return errs
 }
+
+// DefaultSharedMaxAge is a shared source's maxAge when it names none: a
+// replica reads it again at most that often, unless a write falls under it.
+const DefaultSharedMaxAge = time.Minute
 
 // ReservedPrefix starts the keys of entries the sidecar adds to the client
 // view itself (rejected mutations); no source may produce one.

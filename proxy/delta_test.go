@@ -391,3 +391,43 @@ func TestDeltaMarksAcrossReplicas(t *testing.T) {
 		return api.GETs("/api/lists") > 0
 	})
 }
+
+// TestSharedSource (delta reads, per-source freshness): a source whose
+// answer is the same for every user ("shared": true) is read once for
+// every client group of a replica, without any user's credentials; a write
+// under it makes the next pull read it again, once.
+func TestSharedSource(t *testing.T) {
+	t.Parallel()
+	api := proxytest.NewChangingAPI(t)
+	f := filepath.Join(t.TempDir(), "mapping.json")
+	mapping := `{"clientView": [
+		{"path": "/api/todos", "items": "todos", "key": "todo/{id}", "pagination": {"type": "link"}},
+		{"path": "/api/catalog", "items": "items", "key": "item/{id}", "shared": true}]}`
+	if err := os.WriteFile(f, []byte(mapping), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sc := newHarness(t, map[string]string{"SIDECAR_UPSTREAM_URL": api.Server.URL, "SIDECAR_MAPPING_FILE": f}).start()
+	for i := range 5 {
+		c := newReplica()
+		sc.pullInto(t, fmt.Sprint("user", i), fmt.Sprint("g", i), c)
+		if c.state["item/c2"] != `{"id":"c2","name":"two"}` {
+			t.Fatalf("user%d's view lacks the shared items: %v", i, c.state)
+		}
+	}
+	if n := api.GETs("/api/catalog"); n != 1 {
+		t.Errorf("five users' first pulls read the shared source %d times, want once", n)
+	}
+	if auth := api.CatalogAuth(); len(auth) != 1 || auth[0] != "" {
+		t.Errorf("the shared read carried Authorization %q; want none", auth)
+	}
+	// A write under it (through the pass-through): read again, once.
+	req, _ := http.NewRequest(http.MethodPost, sc.srv.URL+"/api/catalog", strings.NewReader(`{}`))
+	req.Header.Set("Authorization", "Bearer admin")
+	do(t, req)
+	for i := range 3 {
+		sc.pull(t, fmt.Sprint("user", i), fmt.Sprint("g", i), nil)
+	}
+	if n := api.GETs("/api/catalog"); n != 2 {
+		t.Errorf("after a write under it, %d reads in all; want 2", n)
+	}
+}

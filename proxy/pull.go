@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"strings"
 	"time"
@@ -116,6 +117,7 @@ func (s *puller) failPull(w http.ResponseWriter, c *exchange, err error, groupID
 type puller struct {
 	*core
 	flights flight.Group[pullMeta, *pullRider]
+	shared  sharedViews // the shared sources' last reads
 }
 
 // pullMeta describes a running fetch, for the pulls that may join it
@@ -311,8 +313,21 @@ type pullBuild struct {
 // an answer without a value it must put; the caller fetches again in full.
 func (b *pullBuild) run(ctx context.Context, memos map[clientview.PageKey]*clientview.PageMemo) (retry bool, err error) {
 	s, c, view := b.s, b.c, b.view
+	plans := b.plan.Plans
+	for _, info := range b.mapping.Sources {
+		if info.Shared { // served from the replica's copy (withShared)
+			plans = maps.Clone(plans)
+			if plans == nil {
+				plans = map[string]clientview.Plan{}
+			}
+			plans[info.ID] = clientview.Plan{Mode: clientview.Skip}
+		}
+	}
 	res, err := s.fetch(ctx, b.mapping, c.Key(), clientview.Request{UserID: c.User, Header: c.Forward, Memory: c.mem, Memos: memos,
-		Plans: b.plan.Plans})
+		Plans: plans})
+	if err == nil {
+		res, err = b.withShared(ctx, res)
+	}
 	if err != nil {
 		var se *clientview.SourceError
 		return memos != nil && ctx.Err() == nil && errors.As(err, &se), err

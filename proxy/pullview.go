@@ -3,13 +3,18 @@ package proxy
 import (
 	"context"
 	"encoding/json"
+	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/flight"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/tracing"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
 )
 
 // What a pull adds to the view it fetched, and what it remembers of it:
@@ -233,6 +238,7 @@ func (b *pullBuild) confirm(ctx context.Context, first clientview.Result, again 
 
 // countReads counts what reads asked of the API, and reports a source
 // whose API ignores its changes filter (at most once a minute per source).
+// c is the pull that read them (nil: a shared source's read).
 func (s *core) countReads(c *exchange, reads []clientview.SourceResult) {
 	for _, r := range reads {
 		if r.Mode == clientview.Skip {
@@ -246,10 +252,110 @@ func (s *core) countReads(c *exchange, reads []clientview.SourceResult) {
 		s.metrics.viewReadBytes.WithLabelValues(r.Path, read).Add(float64(r.Bytes))
 		if r.FilterIgnored {
 			s.metrics.filterIgnored.WithLabelValues(r.Path).Inc()
+			log := s.log
+			if c != nil {
+				log = c.log
+			}
 			if s.once.due("filter\x00"+r.Path, time.Minute) {
-				c.log.Warn("the API ignored a view source's changes filter: items older than the bound asked for came back, so every read of it costs a full one; check the source's changes.param or changes.query (replicache-sidecar check tries it)",
+				log.Warn("the API ignored a view source's changes filter: items older than the bound asked for came back, so every read of it costs a full one; check the source's changes.param or changes.query (replicache-sidecar check tries it)",
 					"source", r.Path, "bound", r.Sent)
 			}
 		}
 	}
+}
+
+// sharedViews keeps, per replica, the last read of each shared source (the
+// same answer for every user: "shared": true), so every client group's
+// pull is served from one read per change instead of one per group. A
+// read is made without any user's credentials, at most once at a time per
+// source, and again when it is older than the source's maxAge or a write
+// fell under its path since. It is safe for concurrent use.
+type sharedViews struct {
+	mu    sync.Mutex
+	reads map[string]*sharedRead // by source id
+	runs  flight.Group[struct{}, struct{}]
+}
+
+type sharedRead struct {
+	entries []clientview.Entry
+	result  clientview.SourceResult
+	at      time.Time // when the read started
+}
+
+// get returns the source's entries as last read, reading it first when
+// the copy is stale.
+func (sv *sharedViews) get(ctx context.Context, s *core, info clientview.SourceInfo, requestID string) (*sharedRead, error) {
+	now := time.Now()
+	sv.mu.Lock()
+	r := sv.reads[info.ID]
+	sv.mu.Unlock()
+	if r != nil && now.Sub(r.at) < info.MaxAge && !s.writes.After(info.Path, r.at) {
+		return r, nil
+	}
+	f, leader, _ := sv.runs.Join(info.ID, struct{}{}, struct{}{}, func(struct{}) (bool, error) { return true, nil })
+	if !leader {
+		if err := f.Wait(ctx); err != nil {
+			return nil, err
+		}
+		sv.mu.Lock()
+		defer sv.mu.Unlock()
+		return sv.reads[info.ID], nil
+	}
+	// No user's credentials: only what correlates the call.
+	hdr := http.Header{}
+	if requestID != "" {
+		hdr.Set("X-Request-ID", requestID)
+	}
+	tracing.SetHeaders(ctx, hdr)
+	started := time.Now()
+	res, err := s.parts.Fetcher.FetchResult(upstream.WithCaller(ctx, "shared:"+info.ID), info.View, clientview.Request{Header: hdr})
+	if err == nil {
+		r = &sharedRead{entries: res.Entries, result: res.Sources[0], at: started}
+		sv.mu.Lock()
+		if sv.reads == nil {
+			sv.reads = map[string]*sharedRead{}
+		}
+		sv.reads[info.ID] = r
+		sv.mu.Unlock()
+		s.countReads(nil, res.Sources)
+	}
+	f.Land(err)
+	return r, err
+}
+
+// withShared puts the shared sources the plan reads in full into a fetch's
+// result, from sv (their plan was a skip for the fetch itself), in source
+// order, as if read in full.
+func (b *pullBuild) withShared(ctx context.Context, res clientview.Result) (clientview.Result, error) {
+	var reads map[string]*sharedRead
+	for _, info := range b.mapping.Sources {
+		if !info.Shared || b.plan.Plans[info.ID].Mode == clientview.Skip {
+			continue
+		}
+		r, err := b.s.shared.get(ctx, b.s.core, info, b.c.RequestID)
+		if err != nil {
+			return res, err
+		}
+		if reads == nil {
+			reads = map[string]*sharedRead{}
+		}
+		reads[info.ID] = r
+	}
+	if reads == nil {
+		return res, nil
+	}
+	entries := make([]clientview.Entry, 0, len(res.Entries))
+	at := 0
+	for i, r := range res.Sources {
+		entries = append(entries, res.Entries[at:at+r.Entries]...)
+		at += r.Entries
+		if sr := reads[r.Source]; sr != nil {
+			got := sr.result
+			got.Requests, got.Bytes = 0, 0 // served from the replica's copy
+			res.Sources[i] = got
+			entries = append(entries, sr.entries...)
+		}
+	}
+	res.Entries = entries
+	return res, nil
 }

@@ -134,6 +134,13 @@ func (w *Writes) All(at time.Time) {
 	w.mu.Unlock()
 }
 
+// After reports whether a write came under the source path p after t (or
+// this replica cannot know: it started after t).
+func (w *Writes) After(p string, t time.Time) bool {
+	write, _ := w.since(p)
+	return write.After(t)
+}
+
 // since returns when the last write, and the last delete, came under the
 // source path p.
 func (w *Writes) since(p string) (write, del time.Time) {

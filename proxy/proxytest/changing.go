@@ -41,6 +41,8 @@ type ChangingAPI struct {
 	keys  map[string]int
 	hook  func(r *http.Request) // called before a GET is answered, without mu
 
+	catalogAuth []string // the Authorization each /api/catalog read carried
+
 	gets, bytes, inFlight, maxInFlight atomic.Int64
 	perPath                            sync.Map // path → *atomic.Int64
 }
@@ -165,6 +167,14 @@ func (a *ChangingAPI) GETs(path string) int64 {
 	return 0
 }
 
+// CatalogAuth returns the Authorization header each read of the public
+// /api/catalog carried.
+func (a *ChangingAPI) CatalogAuth() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.catalogAuth)
+}
+
 // ResetStats forgets what was served.
 func (a *ChangingAPI) ResetStats() {
 	a.gets.Store(0)
@@ -177,6 +187,21 @@ func (a *ChangingAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	n := a.inFlight.Add(1)
 	defer a.inFlight.Add(-1)
 	for m := a.maxInFlight.Load(); n > m && !a.maxInFlight.CompareAndSwap(m, n); m = a.maxInFlight.Load() {
+	}
+	if r.URL.Path == "/api/catalog" && r.Method != http.MethodGet {
+		w.WriteHeader(http.StatusNoContent) // a write of the catalog (by an admin)
+		return
+	}
+	if r.URL.Path == "/api/catalog" { // public reference data: the same for everyone
+		c, _ := a.perPath.LoadOrStore(r.URL.Path, &atomic.Int64{})
+		c.(*atomic.Int64).Add(1)
+		a.gets.Add(1)
+		a.mu.Lock()
+		a.catalogAuth = append(a.catalogAuth, r.Header.Get("Authorization"))
+		a.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"items":[{"id":"c1","name":"one"},{"id":"c2","name":"two"}]}`))
+		return
 	}
 	user, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok || user == "" {
