@@ -40,6 +40,7 @@ type Config struct {
 	PokeMaxSubscribers int           `env:"POKE_MAX_SUBSCRIBERS" envDefault:"10000"`
 	PokeScope          string        `env:"POKE_SCOPE" envDefault:"all"`
 	PokeCoalesce       time.Duration `env:"POKE_COALESCE" envDefault:"50ms"`
+	PokeSpread         time.Duration `env:"POKE_SPREAD" envDefault:"250ms"`
 	InvalidatePath     string        `env:"INVALIDATE_PATH" envDefault:"/replicache/invalidate"`
 	InvalidateToken    string        `env:"INVALIDATE_TOKEN"`
 	DBSchema           string        `env:"DB_SCHEMA" envDefault:"replicache"`
@@ -419,6 +420,9 @@ func (c *Config) checkPassthrough() []error {
 	}
 	if c.PokeCoalesce < 0 {
 		errs = append(errs, errors.New("SIDECAR_POKE_COALESCE must not be negative"))
+	}
+	if c.PokeSpread < 0 {
+		errs = append(errs, errors.New("SIDECAR_POKE_SPREAD must not be negative (0: all at once)"))
 	}
 	switch c.PokePassthrough {
 	case pokePassthroughIdentified, pokePassthroughAll, pokePassthroughOff:

@@ -81,7 +81,7 @@ func New(o Options) *Sidecar {
 		turns:   turns,
 		writes:  plan.NewWrites(time.Now()),
 	}
-	c.hub = poke.NewHub(poke.Limits{Max: cfg.PokeMaxSubscribers, PerKey: poke.PerKeyLimit(cfg.PokeMaxSubscribers), Lifetime: cfg.PokeMaxLifetime},
+	c.hub = poke.NewHub(poke.Limits{Max: cfg.PokeMaxSubscribers, PerKey: poke.PerKeyLimit(cfg.PokeMaxSubscribers), Lifetime: cfg.PokeMaxLifetime, Spread: cfg.PokeSpread},
 		cfg.PokeCoalesce)
 	c.bus = poke.NewBus(c.hub, o.Pool, cfg.DBSchema, cfg.PokeCallerInterval, o.Logger)
 	c.bus.OnMarks(func(written, deleted []string, all bool) { c.writes.Marked(written, deleted, all, time.Now()) })

@@ -55,7 +55,20 @@ type Limits struct {
 	// Lifetime ends a subscriber this long after it subscribed
 	// (SIDECAR_POKE_MAX_LIFETIME); 0: never.
 	Lifetime time.Duration
+	// Spread bounds how long one delivery takes to reach every subscriber
+	// it pokes (SIDECAR_POKE_SPREAD): a wave is handed out in batches over
+	// up to this long, so the pulls it causes do not all start in the same
+	// millisecond (spreadStep per subscriber: 40 streams take 10 ms, 1,000
+	// take 250 ms). 0: all at once.
+	Spread time.Duration
 }
+
+// spreadBatch and spreadStep: a delivery pokes spreadBatch subscribers at a
+// time, a batch every spreadBatch*spreadStep, within Limits.Spread.
+const (
+	spreadBatch = 16
+	spreadStep  = 250 * time.Microsecond
+)
 
 // PerKeyLimit is how many streams one caller may hold in a process that
 // holds limit: a 64th of it, and at least 8 (more tabs and devices than
@@ -106,11 +119,13 @@ func (s *Subscriber) Ended() <-chan struct{} { return s.ended }
 // client should wait before it reconnects (0: the stream's own hint).
 func (s *Subscriber) End() (End, time.Duration) { return s.end, s.retry }
 
-// Hub holds the subscribers of one process and delivers pokes to them. A
-// poke is not sent at once: every poke within a window (NewHub's window)
-// is merged and delivered at the window's end, so a burst of mutations is
-// one poke per subscriber and the last change of the burst is in it. A Hub
-// is safe for concurrent use.
+// Hub holds the subscribers of one process and delivers pokes to them. The
+// first poke after a quiet window (NewHub's window) is delivered at once;
+// the pokes that follow within the window are merged and delivered at its
+// end, so a burst of mutations is two pokes per subscriber at most and the
+// last change of the burst is in the second. A delivery to many
+// subscribers is spread over Limits.Spread. A Hub is safe for concurrent
+// use.
 type Hub struct {
 	limits Limits
 	window time.Duration
@@ -124,6 +139,7 @@ type Hub struct {
 	all     bool            // pending: every subscriber
 	users   map[string]bool // pending: these users' subscribers
 	armed   bool            // a delivery is scheduled
+	last    time.Time       // when the last delivery began
 	closed  bool
 	done    chan struct{}
 }
@@ -285,33 +301,57 @@ func (h *Hub) Poke(users []string) {
 		return
 	}
 	h.armed = true
+	wait := h.window - time.Since(h.last)
 	h.mu.Unlock()
-	if h.window <= 0 {
-		h.flush()
+	if wait <= 0 {
+		h.flush() // the first poke of a quiet window: at once
 		return
 	}
-	time.AfterFunc(h.window, h.flush)
+	time.AfterFunc(wait, h.flush) // within the window: merged, at its end
 }
 
-// flush delivers what is pending.
+// flush delivers what is pending: at once to a few subscribers, spread
+// over Limits.Spread to many.
 func (h *Hub) flush() {
 	h.mu.Lock()
 	all, users := h.all, h.users
 	h.all, h.users, h.armed = false, map[string]bool{}, false
 	h.gen++
+	h.last = time.Now()
+	var to []*Subscriber
 	for _, l := range h.keys {
 		for e := l.Front(); e != nil; e = e.Next() {
-			s := e.Value.(*Subscriber)
-			if !all && !users[s.User] {
-				continue
-			}
-			select {
-			case s.C <- struct{}{}:
-			default: // one is already due
+			if s := e.Value.(*Subscriber); all || users[s.User] {
+				to = append(to, s)
 			}
 		}
 	}
 	h.mu.Unlock()
+	if len(to) <= spreadBatch || h.limits.Spread <= 0 {
+		poke(to)
+		return
+	}
+	// Batches at even intervals, the last within Spread.
+	every := min(spreadBatch*spreadStep, h.limits.Spread*spreadBatch/time.Duration(len(to)))
+	poke(to[:spreadBatch])
+	go func() {
+		t := time.NewTicker(max(every, time.Millisecond/4))
+		defer t.Stop()
+		for i := spreadBatch; i < len(to); i += spreadBatch {
+			<-t.C
+			poke(to[i:min(i+spreadBatch, len(to))])
+		}
+	}()
+}
+
+// poke tells each subscriber a poke is due (one pending is enough).
+func poke(subs []*Subscriber) {
+	for _, s := range subs {
+		select {
+		case s.C <- struct{}{}:
+		default: // one is already due
+		}
+	}
 }
 
 // Close ends every stream (Done closes) and refuses new subscribers: at

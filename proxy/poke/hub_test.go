@@ -29,7 +29,8 @@ func TestHub(t *testing.T) {
 	h := NewHub(Limits{Max: 3}, 30*time.Millisecond)
 	alice := mustSubscribe(t, h, "alice")
 	bob := mustSubscribe(t, h, "bob")
-	// A burst within one window is one poke, delivered at the window's end.
+	// A burst after a quiet window: the first poke at once (leading edge),
+	// the other 49 merged into one more at the window's end, no third.
 	start := time.Now()
 	for range 50 {
 		h.Poke(nil)
@@ -37,12 +38,20 @@ func TestHub(t *testing.T) {
 	if !received(alice, time.Second) || !received(bob, time.Second) {
 		t.Fatal("a burst of pokes did not reach both subscribers")
 	}
+	if waited := time.Since(start); waited > 20*time.Millisecond {
+		t.Errorf("the first poke of a quiet window came after %v, want at once", waited)
+	}
+	if !received(alice, time.Second) {
+		t.Fatal("the rest of the burst was not delivered at the window's end")
+	}
 	if waited := time.Since(start); waited < 25*time.Millisecond {
-		t.Errorf("delivered after %v, before the 30ms window ended", waited)
+		t.Errorf("the rest of the burst came after %v, before the 30ms window ended", waited)
 	}
+	_ = received(bob, time.Second)
 	if received(alice, 100*time.Millisecond) {
-		t.Error("50 pokes in one window delivered more than one poke")
+		t.Error("50 pokes in one window delivered more than two pokes")
 	}
+	time.Sleep(40 * time.Millisecond) // quiet again
 	// A user's poke reaches only that user's subscribers.
 	h.Poke([]string{"bob"})
 	if !received(bob, time.Second) || received(alice, 100*time.Millisecond) {
@@ -247,5 +256,32 @@ func TestChannel(t *testing.T) {
 	long := Channel("a_schema_name_that_is_long_enough_to_push_the_channel_over_63_bytes")
 	if len(long) > 63 || long == Channel("another_schema_name_that_is_long_enough_to_push_it_over_63_bytes") {
 		t.Errorf("long channel %q: over 63 bytes, or the same for two schemas", long)
+	}
+}
+
+// TestSpread: a delivery to many subscribers is handed out over Spread (not
+// all in the same millisecond); one to a few is at once.
+func TestSpread(t *testing.T) {
+	h := NewHub(Limits{Max: 1000, PerKey: 1000, Spread: 100 * time.Millisecond}, 0)
+	var subs []*Subscriber
+	for i := range 400 {
+		subs = append(subs, mustSubscribe(t, h, fmt.Sprint("u", i)))
+	}
+	start := time.Now()
+	h.Poke(nil)
+	var first, last time.Duration
+	for i, s := range subs {
+		if !received(s, time.Second) {
+			t.Fatalf("subscriber %d was not poked", i)
+		}
+		d := time.Since(start)
+		if i == 0 {
+			first = d
+		}
+		last = max(last, d)
+	}
+	t.Logf("400 subscribers: the first poked after %v, the last after %v", first, last)
+	if first > 20*time.Millisecond || last < 50*time.Millisecond || last > time.Second {
+		t.Errorf("first after %v, last after %v: want the first at once and the wave spread over about 100 ms", first, last)
 	}
 }
