@@ -8,16 +8,26 @@
 // # Contract
 //
 //   - New and NewPool only build; nothing touches the database until a call.
-//     Migrate creates the schema and applies every pending migration in one
-//     transaction under an advisory lock, so replicas starting together take
-//     turns. A database migrated further than this binary knows is accepted
-//     (rolling deploys), so a new migration is expand-only: it only adds,
-//     never changes a type or drops or renames, so the previous release
-//     keeps working on the migrated schema; and it is cheap on a large
-//     table (no rewrite; a table lock waited for at most a few seconds, or
-//     Migrate fails and is retried). Migration 8 predates the rule and
-//     broke it (column types: issue #26). Ready reports whether the
-//     database answers and holds every migration this binary needs.
+//     Migrate creates the schema and applies every pending migration, each
+//     in its own transaction, under an advisory lock, so replicas starting
+//     together take turns. A database migrated further than this binary
+//     knows is accepted (rolling deploys), so a release only expands the
+//     schema: a migration adds tables, nullable or defaulted columns,
+//     indexes on new tables and functions; it never changes a type, drops,
+//     renames, truncates or tightens anything, and no query selects "*",
+//     so the previous release keeps working on the migrated schema, its
+//     prepared statements included; and it is cheap on a large table (no
+//     rewrite, no index built on an existing table, a table lock waited
+//     for at most a few seconds, or Migrate fails and is retried).
+//     Contracting is a later release's step, once no running release reads
+//     what it drops: it is listed in contracts with the oldest release that
+//     may still run, and raises the database's floor, so Ready and Migrate
+//     of an older binary fail with ErrSchemaContracted instead of it
+//     serving on a schema it cannot read. TestMigrationsAreExpandOnly
+//     checks every migration after 8 on the database and in its text;
+//     migration 8 predates the rule and broke it (column types: issue
+//     #26). Ready reports whether the database answers, holds every
+//     migration this binary needs and is not contracted past it.
 //   - Locked and LockedClient run a callback in a READ COMMITTED transaction
 //     holding the client group's row lock (SELECT … FOR UPDATE), creating the
 //     group for its user if it is new. Every push step and every pull of one
@@ -93,7 +103,7 @@
 // view_pages start with client_group_id). None joins or aggregates across
 // groups, so the tables could later be distributed by client_group_id. The
 // only cross-group statements are the migrations, Ready (reads
-// schema_migrations), the pool statistics, which read no table, and the
+// schema_migrations and settings), the pool statistics, which read no table, and the
 // sweeps, one replica at a time and off the request path: SweepRejections
 // (expired records of idle groups, in bounded batches) and SweepGroups
 // (picks idle groups through an index on last_used_at, then deletes each in
