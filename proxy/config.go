@@ -87,8 +87,12 @@ type Config struct {
 	ViewRecordVersions int `env:"VIEW_RECORD_VERSIONS" envDefault:"64"`
 	// ViewRecordCacheBytes bounds the view records kept in memory between
 	// pulls (0 or less: none).
-	ViewRecordCacheBytes int64         `env:"VIEW_RECORD_CACHE_BYTES" envDefault:"16777216"`
-	GCInterval           time.Duration `env:"GC_INTERVAL" envDefault:"1h"`
+	ViewRecordCacheBytes int64 `env:"VIEW_RECORD_CACHE_BYTES" envDefault:"16777216"`
+	// MaxViewRecordsPerUser: a user's (in single-tenant mode an address's)
+	// client groups keep view records for at most this many groups, the
+	// least recently used evicted (0: no limit).
+	MaxViewRecordsPerUser int           `env:"MAX_VIEW_RECORDS_PER_USER" envDefault:"64"`
+	GCInterval            time.Duration `env:"GC_INTERVAL" envDefault:"1h"`
 	// ClientGroupTTL: groups unused this long are deleted by the sweep
 	// (0: never).
 	ClientGroupTTL time.Duration `env:"CLIENT_GROUP_TTL" envDefault:"720h"`
@@ -379,6 +383,9 @@ func (c *Config) checkPassthrough() []error {
 	var errs []error
 	if c.ViewRecordVersions < 1 {
 		errs = append(errs, fmt.Errorf("SIDECAR_VIEW_RECORD_VERSIONS %d: want at least 1", c.ViewRecordVersions))
+	}
+	if c.MaxViewRecordsPerUser < 0 {
+		errs = append(errs, fmt.Errorf("SIDECAR_MAX_VIEW_RECORDS_PER_USER %d: want at least 1, or 0 for no limit", c.MaxViewRecordsPerUser))
 	}
 	if c.PokeScope != "all" && c.PokeScope != "user" {
 		errs = append(errs, fmt.Errorf("SIDECAR_POKE_SCOPE %q: want all or user", c.PokeScope))

@@ -46,6 +46,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		{"idempotency header", cfg.IdempotencyHeader, "Idempotency-Key"},
 		{"upstream host", cfg.Upstream.Host, "127.0.0.1:3000"},
 		{"mutators", strings.Join(cfg.Mapping.Mutators.Names(), ","), "createTodo,deleteTodo,tagTodo,updateTodo"},
+		{"view records per user", cfg.MaxViewRecordsPerUser, 64},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -87,6 +88,12 @@ func TestLoadConfigListsEveryProblem(t *testing.T) {
 				"clientView":[{"path":"/v","key":"v/{id}","pagination":{"type":"pages"}}]}`),
 		}, []string{`mutator "a": method "FETCH"`, `unknown placeholder {who}`, `pagination type "pages"`},
 		},
+		{"view records per user", map[string]string{
+			"SIDECAR_UPSTREAM_URL":              "http://x",
+			"SIDECAR_DATABASE_URL":              "postgres://u@localhost/db",
+			"SIDECAR_MAPPING_FILE":              writeFile(t, testMapping),
+			"SIDECAR_MAX_VIEW_RECORDS_PER_USER": "-1",
+		}, []string{"SIDECAR_MAX_VIEW_RECORDS_PER_USER -1"}},
 		{"typo in mapping", map[string]string{
 			"SIDECAR_UPSTREAM_URL": "http://x",
 			"SIDECAR_DATABASE_URL": "postgres://u@localhost/db",

@@ -92,6 +92,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	}
 	goRun(func() {
 		if s.migrateWithRetry(ctx) {
+			s.measureRecords(ctx)
 			s.sweep(ctx, s.cfg.GCInterval)
 		}
 	})
@@ -280,8 +281,9 @@ const tombstoneFactor = 4
 // sweep runs the bookkeeping sweeps every interval (SIDECAR_GC_INTERVAL)
 // until ctx ends: rejection records older than SIDECAR_REJECTION_TTL (for
 // groups whose pushes no longer trim them), then client groups unused for
-// SIDECAR_CLIENT_GROUP_TTL and tombstones past their time. Each sweep runs
-// in one replica at a time.
+// SIDECAR_CLIENT_GROUP_TTL and tombstones past their time, then view
+// records beyond SIDECAR_MAX_VIEW_RECORDS_PER_USER. Each sweep runs in one
+// replica at a time; every replica then reads the records' size.
 func (s *Sidecar) sweep(ctx context.Context, interval time.Duration) {
 	if interval <= 0 {
 		return
@@ -311,6 +313,28 @@ func (s *Sidecar) sweepOnce(ctx context.Context) {
 			s.log.Info("swept idle client groups", "deleted", swept.Groups, "tombstones_expired", swept.Tombstones, "ttl", ttl)
 		}
 	}
+	if max := s.cfg.MaxViewRecordsPerUser; max > 0 && s.cfg.PatchMode == "diff" {
+		ev, err := s.store.SweepRecords(ctx, max, 1000)
+		s.metrics.recordEvictions.Add(float64(ev.Records))
+		switch {
+		case err != nil:
+			s.log.Warn("sweeping view records beyond SIDECAR_MAX_VIEW_RECORDS_PER_USER failed", "error", err, "evicted", ev.Records)
+		case ev.Records > 0:
+			s.log.Info("evicted view records beyond SIDECAR_MAX_VIEW_RECORDS_PER_USER", "evicted", ev.Records, "bytes", ev.Bytes)
+		}
+	}
+	s.measureRecords(ctx)
+}
+
+// measureRecords sets replicache_sidecar_view_record_storage_bytes from
+// the catalog (every replica: it reads no table).
+func (s *Sidecar) measureRecords(ctx context.Context) {
+	n, err := s.store.RecordStorageBytes(ctx)
+	if err != nil {
+		s.log.Warn("reading the view records' size failed", "error", err)
+		return
+	}
+	s.metrics.recordStorage.Set(float64(n))
 }
 
 // every runs fn every interval until ctx ends.

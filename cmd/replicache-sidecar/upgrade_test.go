@@ -181,7 +181,9 @@ func (m todoModel) view(user string) map[string]any {
 // the rollout). Every pull is checked: the client's view, patched from
 // what it held, equals the API's state (a diff across versions is exact,
 // or the pull answers a reset), every lastMutationID is exact, cookies
-// only grow; and no call took effect twice.
+// only grow; and no call took effect twice. This release caps view records
+// per user at 2 of the 3 groups each user has, so the previous release
+// also pulls groups whose record this one evicted.
 func TestPreviousReleaseBesideThisOne(t *testing.T) {
 	t.Parallel()
 	prev := previousRelease(t)
@@ -196,6 +198,7 @@ func TestPreviousReleaseBesideThisOne(t *testing.T) {
 	env := map[string]string{
 		"SIDECAR_UPSTREAM_URL": api.Server.URL, "SIDECAR_DATABASE_URL": dbURL, "SIDECAR_MAPPING_FILE": mapping,
 		"SIDECAR_DB_SCHEMA": schema, "SIDECAR_AUTH_PATH": "/api/me", "SIDECAR_LOG_LEVEL": "warn",
+		"SIDECAR_MAX_VIEW_RECORDS_PER_USER": "2",
 	}
 	schemaVersion := func() int {
 		t.Helper()

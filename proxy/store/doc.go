@@ -1,7 +1,9 @@
 // Package store keeps the sidecar's Replicache bookkeeping in its own
-// Postgres schema: client groups (owner, last cookie order, deletion),
-// clients (group, last mutation id), rejected mutations, and the answered
-// retryable attempts of pending mutations (for the give-up valve). It imports pgx
+// Postgres schema: client groups (owner, last cookie order, deletion, view
+// record), clients (group, last mutation id, the keys of a secret
+// rotation), rejected mutations, the answered retryable attempts of
+// pending mutations (for the give-up valve), and who holds which view
+// record (for its cap). It imports pgx
 // and nothing of the sidecar's; the handlers in package proxy are its only
 // users.
 //
@@ -84,7 +86,14 @@
 //     from which a diff is complete: removals are kept as long and at most
 //     max(1024, live keys) of them, and forgetting one raises MinVersion.
 //     Foreign reports a version of the group's record that this database
-//     issued differently or never (a restore from a backup). ViewPages
+//     issued differently or never (a restore from a backup). Records are
+//     capped per holder (the caller's fairness key, HoldRecord): a pull
+//     that makes a group one more of its holder's records says so
+//     (HeldAnew), and EvictRecords, after the commit, evicts the records of
+//     the holder's least recently used groups beyond the cap: their rows
+//     and tags go, the group keeps its record id and version numbers (and
+//     everything else) and is marked (ViewRecord.Evicted), so a cookie of
+//     it is neither Foreign nor Covered: a reset. ViewPages
 //     remembers, per source page, its validators and what it produced, for
 //     conditional GETs; written only when a page's answer changes.
 //   - The record cache (Options.RecordCacheBytes) relies on one rule:
@@ -101,11 +110,17 @@
 // it up, lock it, read or write its clients, rejections, view record and
 // remembered pages (the primary keys of view_entries, view_versions and
 // view_pages start with client_group_id). None joins or aggregates across
-// groups, so the tables could later be distributed by client_group_id. The
-// only cross-group statements are the migrations, Ready (reads
-// schema_migrations and settings), the pool statistics, which read no table, and the
-// sweeps, one replica at a time and off the request path: SweepRejections
-// (expired records of idle groups, in bounded batches) and SweepGroups
-// (picks idle groups through an index on last_used_at, then deletes each in
-// its own transaction keyed by the group; expires tombstones in batches).
+// groups, so the tables could later be distributed by client_group_id. One
+// table is keyed by something else, and distributed by it: the holders of
+// view records (view_record_holders, keyed by holder, then group); the
+// pull path reads only its own holder's rows from it (EvictRecords: count
+// and least recently used), then evicts each victim by its group id, in a
+// transaction of its own. The only cross-group statements are the
+// migrations, Ready (reads schema_migrations and settings), the pool
+// statistics and RecordStorageBytes, which read no table, and the sweeps,
+// one replica at a time and off the request path: SweepRejections (expired
+// records of idle groups, in bounded batches), SweepGroups (picks idle
+// groups through an index on last_used_at, then deletes each in its own
+// transaction keyed by the group; expires tombstones in batches) and
+// SweepRecords (holders over the cap, and notes of deleted groups).
 package store

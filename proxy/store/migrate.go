@@ -169,6 +169,25 @@ var migrations = []string{
 		RAISE EXCEPTION 'client belongs to another client group' USING ERRCODE = '` + clientForbiddenCode + `';
 	END
 	$fn$;`,
+	// 11: view records are capped per holder (the user; the address in
+	// single-tenant mode): view_record_holders lists, per holder, the
+	// groups whose record it caused and when it last used each, keyed by
+	// the holder so a distributed table would route it. Evicting a record
+	// deletes its rows (entries, version tags, remembered pages) and notes
+	// view_evicted_at; the group keeps its record id, version numbers and
+	// everything else, so a cookie of it is answered with a reset, not
+	// taken for a restore. Expand-only: a new table, a new nullable
+	// column (no rewrite); the ALTER's lock is waited for at most 3s.
+	`SET LOCAL lock_timeout = '3s';
+	ALTER TABLE {schema}.client_groups ADD COLUMN view_evicted_at timestamptz;
+	SET LOCAL lock_timeout TO DEFAULT;
+	CREATE TABLE {schema}.view_record_holders (
+		holder          text NOT NULL,
+		client_group_id text NOT NULL,
+		used_at         timestamptz NOT NULL DEFAULT now(),
+		PRIMARY KEY (holder, client_group_id)
+	);
+	CREATE INDEX view_record_holders_lru_idx ON {schema}.view_record_holders (holder, used_at);`,
 }
 
 // lastContractless is the last migration that may break the expand-only
