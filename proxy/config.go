@@ -52,6 +52,10 @@ type Config struct {
 	AuthMethod        string   `env:"AUTH_METHOD" envDefault:"GET"`
 	IdempotencyHeader string   `env:"IDEMPOTENCY_HEADER" envDefault:"Idempotency-Key"`
 	IdempotencySecret string   `env:"IDEMPOTENCY_SECRET"`
+	// IdempotencySecretPrevious is the secret being rotated away from
+	// ("generated": the one generated in the schema): mutations that may
+	// have been sent keyed with it keep their key (store.PreviousKeysThrough).
+	IdempotencySecretPrevious string `env:"IDEMPOTENCY_SECRET_PREVIOUS"`
 
 	UpstreamTimeout      time.Duration `env:"UPSTREAM_TIMEOUT" envDefault:"10s"`
 	MaxBodyBytes         int64         `env:"MAX_BODY_BYTES" envDefault:"33554432"`
@@ -125,6 +129,11 @@ func (c Config) PoolOptions() store.PoolOptions {
 		IdleInTransactionTimeout: 4 * (c.UpstreamTimeout + c.PushTimeBudget),
 	}
 }
+
+// GeneratedSecret, as SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS, names the
+// idempotency secret generated in the sidecar's schema (used while
+// SIDECAR_IDEMPOTENCY_SECRET was unset).
+const GeneratedSecret = "generated"
 
 var schemaRE = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
 
@@ -243,6 +252,16 @@ func (c *Config) checkHeaders() []error {
 	}
 	if c.IdempotencySecret != "" && len(c.IdempotencySecret) < 32 {
 		errs = append(errs, errors.New("SIDECAR_IDEMPOTENCY_SECRET must be at least 32 bytes (e.g. 64 hex characters)"))
+	}
+	switch prev := c.IdempotencySecretPrevious; {
+	case prev == "":
+	case prev == GeneratedSecret && c.IdempotencySecret == "":
+		errs = append(errs, errors.New("SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS=generated needs SIDECAR_IDEMPOTENCY_SECRET: the generated secret is the current one"))
+	case prev == GeneratedSecret:
+	case len(prev) < 32:
+		errs = append(errs, errors.New("SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS must be at least 32 bytes, or generated (the secret generated in the sidecar's schema)"))
+	case prev == c.IdempotencySecret:
+		errs = append(errs, errors.New("SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS must differ from SIDECAR_IDEMPOTENCY_SECRET"))
 	}
 	if c.IdempotencyHeader == "" {
 		errs = append(errs, errors.New("SIDECAR_IDEMPOTENCY_HEADER must not be empty"))

@@ -47,6 +47,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		{"upstream host", cfg.Upstream.Host, "127.0.0.1:3000"},
 		{"mutators", strings.Join(cfg.Mapping.Mutators.Names(), ","), "createTodo,deleteTodo,tagTodo,updateTodo"},
 		{"view records per user", cfg.MaxViewRecordsPerUser, 64},
+		{"previous secret", cfg.IdempotencySecretPrevious, ""},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -94,6 +95,25 @@ func TestLoadConfigListsEveryProblem(t *testing.T) {
 			"SIDECAR_MAPPING_FILE":              writeFile(t, testMapping),
 			"SIDECAR_MAX_VIEW_RECORDS_PER_USER": "-1",
 		}, []string{"SIDECAR_MAX_VIEW_RECORDS_PER_USER -1"}},
+		{"the generated secret as the previous one, while it is the current one", map[string]string{
+			"SIDECAR_UPSTREAM_URL":                "http://x",
+			"SIDECAR_DATABASE_URL":                "postgres://u@localhost/db",
+			"SIDECAR_MAPPING_FILE":                writeFile(t, testMapping),
+			"SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS": "generated",
+		}, []string{"SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS=generated needs SIDECAR_IDEMPOTENCY_SECRET"}},
+		{"a previous secret like the current one", map[string]string{
+			"SIDECAR_UPSTREAM_URL":                "http://x",
+			"SIDECAR_DATABASE_URL":                "postgres://u@localhost/db",
+			"SIDECAR_MAPPING_FILE":                writeFile(t, testMapping),
+			"SIDECAR_IDEMPOTENCY_SECRET":          testSecret,
+			"SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS": testSecret,
+		}, []string{"SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS must differ"}},
+		{"a short previous secret", map[string]string{
+			"SIDECAR_UPSTREAM_URL":                "http://x",
+			"SIDECAR_DATABASE_URL":                "postgres://u@localhost/db",
+			"SIDECAR_MAPPING_FILE":                writeFile(t, testMapping),
+			"SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS": "short",
+		}, []string{"SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS must be at least 32 bytes"}},
 		{"typo in mapping", map[string]string{
 			"SIDECAR_UPSTREAM_URL": "http://x",
 			"SIDECAR_DATABASE_URL": "postgres://u@localhost/db",

@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/replicache-sidecar/replicache-sidecar/mutators"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/mapping"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 )
@@ -153,18 +154,39 @@ func (s *Sidecar) Migrate(ctx context.Context) error {
 	if err := s.store.Migrate(ctx); err != nil {
 		return err
 	}
-	secret := []byte(s.cfg.IdempotencySecret)
-	if len(secret) == 0 {
-		var err error
-		if secret, err = s.store.IdempotencySecret(ctx); err != nil {
-			return err
-		}
+	keys, err := s.keySecrets(ctx)
+	if err != nil {
+		return err
 	}
-	s.secret.Store(&secret)
+	s.keys.Store(keys)
 	s.dbUp.Store(true)
 	s.metrics.databaseUp.Set(1)
 	s.migrated.Store(true)
 	return nil
+}
+
+// keySecrets are the idempotency secrets: SIDECAR_IDEMPOTENCY_SECRET (or
+// the one generated in the schema) and, during a rotation,
+// SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS.
+func (s *Sidecar) keySecrets(ctx context.Context) (*keySecrets, error) {
+	secret := func(v string) ([]byte, error) {
+		if v == "" || v == GeneratedSecret {
+			return s.store.IdempotencySecret(ctx)
+		}
+		return []byte(v), nil
+	}
+	current, err := secret(s.cfg.IdempotencySecret)
+	if err != nil {
+		return nil, err
+	}
+	k := &keySecrets{current: current, currentFP: mutators.SecretFingerprint(current)}
+	if s.cfg.IdempotencySecretPrevious != "" {
+		if k.previous, err = secret(s.cfg.IdempotencySecretPrevious); err != nil {
+			return nil, err
+		}
+		k.previousFP = mutators.SecretFingerprint(k.previous)
+	}
+	return k, nil
 }
 
 // dbProbeEvery is how often watchDatabase asks the database, in seconds

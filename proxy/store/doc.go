@@ -101,6 +101,12 @@
 //     with a new random tag. (record id, version, tag) then names one state
 //     of a record for good, and a cached record is used only when all three
 //     match the database's.
+//   - Idempotency secret rotation: a consumed mutation records which
+//     secret the consuming replica keys new mutations with
+//     (Settlement.KeySecret); PreviousKeysThrough works out, from that and
+//     the committed last mutation id, which of a client's mutations may
+//     have gone out keyed with the previous secret, and records the mark
+//     with the transaction.
 //   - A GroupTx is valid only inside its callback and not safe for
 //     concurrent use.
 //

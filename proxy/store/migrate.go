@@ -188,6 +188,18 @@ var migrations = []string{
 		PRIMARY KEY (holder, client_group_id)
 	);
 	CREATE INDEX view_record_holders_lru_idx ON {schema}.view_record_holders (holder, used_at);`,
+	// 12: rotating the idempotency secret (SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS).
+	// keys_secret is a fingerprint of the secret the replica that last
+	// consumed one of the client's mutations keyed new mutations with;
+	// previous_keys_through the client's last mutation id that may have
+	// been sent keyed with the previous secret (a batch whose commit was
+	// lost), so its retry keeps that key. Expand-only: new nullable
+	// columns (no rewrite); the ALTER's lock is waited for at most 3s.
+	`SET LOCAL lock_timeout = '3s';
+	ALTER TABLE {schema}.clients
+		ADD COLUMN keys_secret           bigint,
+		ADD COLUMN previous_keys_through bigint;
+	SET LOCAL lock_timeout TO DEFAULT;`,
 }
 
 // lastContractless is the last migration that may break the expand-only

@@ -185,6 +185,8 @@ type GroupTx struct {
 	prefetchedGroup          string
 	prefetchedLastMutationID int64
 	prefetchedLegacyKeys     int64
+	prefetchedKeysSecret     int64
+	prefetchedPreviousKeys   int64
 
 	// Whom the view record is held for (HoldRecord), and whether
 	// IssueCookies made the group one more of the holder's records.
@@ -203,7 +205,8 @@ func (g *GroupTx) lock(ctx context.Context, userID string) error {
 			coalesce((SELECT value FROM {schema}.settings WHERE name = 'epoch'), ''::bytea)
 		FROM {schema}.client_groups g
 		WHERE g.id = $1 FOR UPDATE OF g`
-	const qc = `SELECT coalesce(max(c.client_group_id), ''), coalesce(max(c.last_mutation_id), 0), coalesce(max(c.legacy_keys_through), 0)
+	const qc = `SELECT coalesce(max(c.client_group_id), ''), coalesce(max(c.last_mutation_id), 0), coalesce(max(c.legacy_keys_through), 0),
+			coalesce(max(c.keys_secret), 0), coalesce(max(c.previous_keys_through), 0)
 		FROM {schema}.clients c WHERE c.id = $1`
 	var owner string
 	var deleted bool
@@ -218,7 +221,8 @@ func (g *GroupTx) lock(ctx context.Context, userID string) error {
 		if g.prefetched == "" {
 			return nil
 		}
-		return row.Scan(&g.prefetchedGroup, &g.prefetchedLastMutationID, &g.prefetchedLegacyKeys)
+		return row.Scan(&g.prefetchedGroup, &g.prefetchedLastMutationID, &g.prefetchedLegacyKeys,
+			&g.prefetchedKeysSecret, &g.prefetchedPreviousKeys)
 	}
 	scan := func() error {
 		if err := scanRow(g.tx.QueryRow(ctx, g.s.sql(q), g.GroupID)); err != nil {
