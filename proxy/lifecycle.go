@@ -193,8 +193,9 @@ func (s *Sidecar) keySecrets(ctx context.Context) (*keySecrets, error) {
 // (also the Retry-After of pushes and pulls refused while it is away).
 const dbProbeEvery = 2
 
-// watchDatabase asks the sidecar's database every dbProbeEvery seconds
-// whether it answers (and holds this binary's schema), until ctx ends: the
+// watchDatabase asks the sidecar's database every dbProbeEvery seconds,
+// once the schema is migrated, whether it answers (and holds this binary's
+// schema, not contracted past it), until ctx ends: the
 // answer is replicache_sidecar_database_up, and while it is no, pushes and
 // pulls answer 503 DatabaseUnavailable at once. Readiness does not depend
 // on it: the pass-through serves the legacy API without the database, and
@@ -202,6 +203,14 @@ const dbProbeEvery = 2
 // Service with it.
 func (s *core) watchDatabase(ctx context.Context) {
 	probe := func() {
+		if !s.migrated.Load() {
+			// Until Migrate has succeeded (it sets the state itself, and
+			// pushes and pulls answer Starting meanwhile), a reading may be
+			// taken between two migrations' commits and land after Migrate:
+			// "schema at version N-1" would then turn a migrated database
+			// down until the next probe.
+			return
+		}
 		pctx, cancel := context.WithTimeout(ctx, dbProbeEvery*time.Second)
 		err := s.store.Ready(pctx)
 		cancel()
