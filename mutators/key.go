@@ -3,6 +3,7 @@ package mutators
 import (
 	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"strconv"
 )
@@ -26,4 +27,19 @@ func IdempotencyKey(secret []byte, mu Mutation) string {
 // been sent with it before the upgrade.
 func LegacyIdempotencyKey(mu Mutation) string {
 	return mu.ClientID + ":" + strconv.FormatInt(mu.ID, 10)
+}
+
+// SecretFingerprint names an idempotency secret without revealing it: the
+// first 8 bytes of an HMAC-SHA256 of a fixed label under it, never 0. The
+// sidecar records it with a consumed mutation, so that while the secret is
+// rotated a replica can tell whether the last commit of a client was made
+// keying with the new secret or the previous one.
+func SecretFingerprint(secret []byte) int64 {
+	mac := hmac.New(sha256.New, secret)
+	mac.Write([]byte("replicache-sidecar idempotency secret fingerprint"))
+	fp := int64(binary.BigEndian.Uint64(mac.Sum(nil)))
+	if fp == 0 {
+		return 1
+	}
+	return fp
 }

@@ -65,6 +65,10 @@ type Config struct {
 	AuthMethod        string   `env:"AUTH_METHOD" envDefault:"GET"`
 	IdempotencyHeader string   `env:"IDEMPOTENCY_HEADER" envDefault:"Idempotency-Key"`
 	IdempotencySecret string   `env:"IDEMPOTENCY_SECRET"`
+	// IdempotencySecretPrevious is the secret being rotated away from
+	// ("generated": the one generated in the schema): mutations that may
+	// have been sent keyed with it keep their key (store.PreviousKeysThrough).
+	IdempotencySecretPrevious string `env:"IDEMPOTENCY_SECRET_PREVIOUS"`
 
 	UpstreamTimeout time.Duration `env:"UPSTREAM_TIMEOUT" envDefault:"10s"`
 	// UpstreamMaxInflight bounds the view and auth calls in flight at once
@@ -106,8 +110,12 @@ type Config struct {
 	ViewRecordVersions int `env:"VIEW_RECORD_VERSIONS" envDefault:"64"`
 	// ViewRecordCacheBytes bounds the view records kept in memory between
 	// pulls (0 or less: none).
-	ViewRecordCacheBytes int64         `env:"VIEW_RECORD_CACHE_BYTES" envDefault:"16777216"`
-	GCInterval           time.Duration `env:"GC_INTERVAL" envDefault:"1h"`
+	ViewRecordCacheBytes int64 `env:"VIEW_RECORD_CACHE_BYTES" envDefault:"16777216"`
+	// MaxViewRecordsPerUser: a user's (in single-tenant mode an address's)
+	// client groups keep view records for at most this many groups, the
+	// least recently used evicted (0: no limit).
+	MaxViewRecordsPerUser int           `env:"MAX_VIEW_RECORDS_PER_USER" envDefault:"64"`
+	GCInterval            time.Duration `env:"GC_INTERVAL" envDefault:"1h"`
 	// ClientGroupTTL: groups unused this long are deleted by the sweep
 	// (0: never).
 	ClientGroupTTL time.Duration `env:"CLIENT_GROUP_TTL" envDefault:"720h"`
@@ -147,6 +155,11 @@ const (
 	pokePassthroughAll        = "all"
 	pokePassthroughOff        = "off"
 )
+
+// GeneratedSecret, as SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS, names the
+// idempotency secret generated in the sidecar's schema (used while
+// SIDECAR_IDEMPOTENCY_SECRET was unset).
+const GeneratedSecret = "generated"
 
 var schemaRE = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
 
@@ -265,6 +278,16 @@ func (c *Config) checkHeaders() []error {
 	}
 	if c.IdempotencySecret != "" && len(c.IdempotencySecret) < 32 {
 		errs = append(errs, errors.New("SIDECAR_IDEMPOTENCY_SECRET must be at least 32 bytes (e.g. 64 hex characters)"))
+	}
+	switch prev := c.IdempotencySecretPrevious; {
+	case prev == "":
+	case prev == GeneratedSecret && c.IdempotencySecret == "":
+		errs = append(errs, errors.New("SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS=generated needs SIDECAR_IDEMPOTENCY_SECRET: the generated secret is the current one"))
+	case prev == GeneratedSecret:
+	case len(prev) < 32:
+		errs = append(errs, errors.New("SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS must be at least 32 bytes, or generated (the secret generated in the sidecar's schema)"))
+	case prev == c.IdempotencySecret:
+		errs = append(errs, errors.New("SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS must differ from SIDECAR_IDEMPOTENCY_SECRET"))
 	}
 	if c.IdempotencyHeader == "" {
 		errs = append(errs, errors.New("SIDECAR_IDEMPOTENCY_HEADER must not be empty"))
@@ -408,6 +431,9 @@ func (c *Config) checkPassthrough() []error {
 	var errs []error
 	if c.ViewRecordVersions < 1 {
 		errs = append(errs, fmt.Errorf("SIDECAR_VIEW_RECORD_VERSIONS %d: want at least 1", c.ViewRecordVersions))
+	}
+	if c.MaxViewRecordsPerUser < 0 {
+		errs = append(errs, fmt.Errorf("SIDECAR_MAX_VIEW_RECORDS_PER_USER %d: want at least 1, or 0 for no limit", c.MaxViewRecordsPerUser))
 	}
 	if c.PokeScope != "all" && c.PokeScope != "user" {
 		errs = append(errs, fmt.Errorf("SIDECAR_POKE_SCOPE %q: want all or user", c.PokeScope))

@@ -46,6 +46,8 @@ func TestLoadConfigDefaults(t *testing.T) {
 		{"idempotency header", cfg.IdempotencyHeader, "Idempotency-Key"},
 		{"upstream host", cfg.Upstream.Host, "127.0.0.1:3000"},
 		{"mutators", strings.Join(cfg.Mapping.Mutators.Names(), ","), "createTodo,deleteTodo,tagTodo,updateTodo"},
+		{"view records per user", cfg.MaxViewRecordsPerUser, 64},
+		{"previous secret", cfg.IdempotencySecretPrevious, ""},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -96,6 +98,31 @@ func TestLoadConfigListsEveryProblem(t *testing.T) {
 			"SIDECAR_POKE_MAX_LIFETIME":    "0s",
 		}, []string{`SIDECAR_POKE_PASSTHROUGH "anonymous": want identified, all or off`,
 			"SIDECAR_POKE_CALLER_INTERVAL must not be negative", "SIDECAR_POKE_MAX_LIFETIME must be positive"}},
+		{"view records per user", map[string]string{
+			"SIDECAR_UPSTREAM_URL":              "http://x",
+			"SIDECAR_DATABASE_URL":              "postgres://u@localhost/db",
+			"SIDECAR_MAPPING_FILE":              writeFile(t, testMapping),
+			"SIDECAR_MAX_VIEW_RECORDS_PER_USER": "-1",
+		}, []string{"SIDECAR_MAX_VIEW_RECORDS_PER_USER -1"}},
+		{"the generated secret as the previous one, while it is the current one", map[string]string{
+			"SIDECAR_UPSTREAM_URL":                "http://x",
+			"SIDECAR_DATABASE_URL":                "postgres://u@localhost/db",
+			"SIDECAR_MAPPING_FILE":                writeFile(t, testMapping),
+			"SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS": "generated",
+		}, []string{"SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS=generated needs SIDECAR_IDEMPOTENCY_SECRET"}},
+		{"a previous secret like the current one", map[string]string{
+			"SIDECAR_UPSTREAM_URL":                "http://x",
+			"SIDECAR_DATABASE_URL":                "postgres://u@localhost/db",
+			"SIDECAR_MAPPING_FILE":                writeFile(t, testMapping),
+			"SIDECAR_IDEMPOTENCY_SECRET":          testSecret,
+			"SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS": testSecret,
+		}, []string{"SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS must differ"}},
+		{"a short previous secret", map[string]string{
+			"SIDECAR_UPSTREAM_URL":                "http://x",
+			"SIDECAR_DATABASE_URL":                "postgres://u@localhost/db",
+			"SIDECAR_MAPPING_FILE":                writeFile(t, testMapping),
+			"SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS": "short",
+		}, []string{"SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS must be at least 32 bytes"}},
 		{"typo in mapping", map[string]string{
 			"SIDECAR_UPSTREAM_URL": "http://x",
 			"SIDECAR_DATABASE_URL": "postgres://u@localhost/db",

@@ -48,12 +48,21 @@ type core struct {
 	once    logOnce        // log lines said at most once in a while
 
 	current  atomic.Pointer[mapping.Mapping]
-	secret   atomic.Pointer[[]byte] // the idempotency keys' HMAC secret, once migrated
+	keys     atomic.Pointer[keySecrets] // the idempotency keys' HMAC secrets, once migrated
 	migrated atomic.Bool
 	draining atomic.Bool
 	// dbUp: the sidecar's database answered the last probe (watchDatabase;
 	// a successful migration sets it too).
 	dbUp atomic.Bool
+}
+
+// keySecrets are the idempotency keys' HMAC secrets: the one new
+// mutations are keyed with and, while it is rotated
+// (SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS), the previous one, with their
+// fingerprints (mutators.SecretFingerprint).
+type keySecrets struct {
+	current, previous     []byte // previous: nil unless rotating
+	currentFP, previousFP int64
 }
 
 // touchInterval is how often a push notes its group's last use: hourly, or

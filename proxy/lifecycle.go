@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/replicache-sidecar/replicache-sidecar/mutators"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/mapping"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 )
@@ -92,6 +93,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	}
 	goRun(func() {
 		if s.migrateWithRetry(ctx) {
+			s.measureRecords(ctx)
 			s.sweep(ctx, s.cfg.GCInterval)
 		}
 	})
@@ -152,26 +154,48 @@ func (s *Sidecar) Migrate(ctx context.Context) error {
 	if err := s.store.Migrate(ctx); err != nil {
 		return err
 	}
-	secret := []byte(s.cfg.IdempotencySecret)
-	if len(secret) == 0 {
-		var err error
-		if secret, err = s.store.IdempotencySecret(ctx); err != nil {
-			return err
-		}
+	keys, err := s.keySecrets(ctx)
+	if err != nil {
+		return err
 	}
-	s.secret.Store(&secret)
+	s.keys.Store(keys)
 	s.dbUp.Store(true)
 	s.metrics.databaseUp.Set(1)
 	s.migrated.Store(true)
 	return nil
 }
 
+// keySecrets are the idempotency secrets: SIDECAR_IDEMPOTENCY_SECRET (or
+// the one generated in the schema) and, during a rotation,
+// SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS.
+func (s *Sidecar) keySecrets(ctx context.Context) (*keySecrets, error) {
+	secret := func(v string) ([]byte, error) {
+		if v == "" || v == GeneratedSecret {
+			return s.store.IdempotencySecret(ctx)
+		}
+		return []byte(v), nil
+	}
+	current, err := secret(s.cfg.IdempotencySecret)
+	if err != nil {
+		return nil, err
+	}
+	k := &keySecrets{current: current, currentFP: mutators.SecretFingerprint(current)}
+	if s.cfg.IdempotencySecretPrevious != "" {
+		if k.previous, err = secret(s.cfg.IdempotencySecretPrevious); err != nil {
+			return nil, err
+		}
+		k.previousFP = mutators.SecretFingerprint(k.previous)
+	}
+	return k, nil
+}
+
 // dbProbeEvery is how often watchDatabase asks the database, in seconds
 // (also the Retry-After of pushes and pulls refused while it is away).
 const dbProbeEvery = 2
 
-// watchDatabase asks the sidecar's database every dbProbeEvery seconds
-// whether it answers (and holds this binary's schema), until ctx ends: the
+// watchDatabase asks the sidecar's database every dbProbeEvery seconds,
+// once the schema is migrated, whether it answers (and holds this binary's
+// schema, not contracted past it), until ctx ends: the
 // answer is replicache_sidecar_database_up, and while it is no, pushes and
 // pulls answer 503 DatabaseUnavailable at once. Readiness does not depend
 // on it: the pass-through serves the legacy API without the database, and
@@ -179,6 +203,14 @@ const dbProbeEvery = 2
 // Service with it.
 func (s *core) watchDatabase(ctx context.Context) {
 	probe := func() {
+		if !s.migrated.Load() {
+			// Until Migrate has succeeded (it sets the state itself, and
+			// pushes and pulls answer Starting meanwhile), a reading may be
+			// taken between two migrations' commits and land after Migrate:
+			// "schema at version N-1" would then turn a migrated database
+			// down until the next probe.
+			return
+		}
 		pctx, cancel := context.WithTimeout(ctx, dbProbeEvery*time.Second)
 		err := s.store.Ready(pctx)
 		cancel()
@@ -280,8 +312,9 @@ const tombstoneFactor = 4
 // sweep runs the bookkeeping sweeps every interval (SIDECAR_GC_INTERVAL)
 // until ctx ends: rejection records older than SIDECAR_REJECTION_TTL (for
 // groups whose pushes no longer trim them), then client groups unused for
-// SIDECAR_CLIENT_GROUP_TTL and tombstones past their time. Each sweep runs
-// in one replica at a time.
+// SIDECAR_CLIENT_GROUP_TTL and tombstones past their time, then view
+// records beyond SIDECAR_MAX_VIEW_RECORDS_PER_USER. Each sweep runs in one
+// replica at a time; every replica then reads the records' size.
 func (s *Sidecar) sweep(ctx context.Context, interval time.Duration) {
 	if interval <= 0 {
 		return
@@ -311,6 +344,28 @@ func (s *Sidecar) sweepOnce(ctx context.Context) {
 			s.log.Info("swept idle client groups", "deleted", swept.Groups, "tombstones_expired", swept.Tombstones, "ttl", ttl)
 		}
 	}
+	if max := s.cfg.MaxViewRecordsPerUser; max > 0 && s.cfg.PatchMode == "diff" {
+		ev, err := s.store.SweepRecords(ctx, max, 1000)
+		s.metrics.recordEvictions.Add(float64(ev.Records))
+		switch {
+		case err != nil:
+			s.log.Warn("sweeping view records beyond SIDECAR_MAX_VIEW_RECORDS_PER_USER failed", "error", err, "evicted", ev.Records)
+		case ev.Records > 0:
+			s.log.Info("evicted view records beyond SIDECAR_MAX_VIEW_RECORDS_PER_USER", "evicted", ev.Records, "bytes", ev.Bytes)
+		}
+	}
+	s.measureRecords(ctx)
+}
+
+// measureRecords sets replicache_sidecar_view_record_storage_bytes from
+// the catalog (every replica: it reads no table).
+func (s *Sidecar) measureRecords(ctx context.Context) {
+	n, err := s.store.RecordStorageBytes(ctx)
+	if err != nil {
+		s.log.Warn("reading the view records' size failed", "error", err)
+		return
+	}
+	s.metrics.recordStorage.Set(float64(n))
 }
 
 // every runs fn every interval until ctx ends.

@@ -89,6 +89,8 @@ type metrics struct {
 	pullsMerged         prometheus.Counter
 	patchOps            *prometheus.HistogramVec
 	recordBytes         prometheus.Histogram
+	recordEvictions     prometheus.Counter
+	recordStorage       prometheus.Gauge
 	conditional         *prometheus.CounterVec
 	viewReads           *prometheus.CounterVec
 	viewReadBytes       *prometheus.CounterVec
@@ -182,6 +184,14 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Bu
 		Help:    "Logical size of a client group's view record after a pull in diff mode (keys, hashes and versions of its entries and remembered removals).",
 		Buckets: prometheus.ExponentialBuckets(256, 4, 10), // 256 B … 64 MiB
 	})
+	m.recordEvictions = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "view_record_evictions_total",
+		Help: "View records evicted to keep a user's within SIDECAR_MAX_VIEW_RECORDS_PER_USER groups (the least recently used; each such group answers its next pull with a reset).",
+	})
+	m.recordStorage = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "view_record_storage_bytes",
+		Help: "Bytes the view records of every client group take in the sidecar's Postgres (entries, version tags, remembered pages and holders, with indexes and TOAST), as Postgres reports them; read at start and every SIDECAR_GC_INTERVAL.",
+	})
 	m.conditional = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "conditional_requests_total",
 		Help: "View pages asked for conditionally (If-None-Match / If-Modified-Since), by result: hit (304, not downloaded) or miss.",
@@ -229,7 +239,7 @@ func newMetrics(reg prometheus.Registerer, mutatorNames []string, mem *budget.Bu
 	}, []string{"reason"})
 	m.pokeSkipped.WithLabelValues(skippedUnidentified)
 	m.pokeSkipped.WithLabelValues(skippedBusy)
-	reg.MustRegister(m.patchOps, m.recordBytes, m.conditional, m.groupsDeleted, m.pokes, m.pokeNotifications, m.pokeStreamsEnded, m.pokeSkipped)
+	reg.MustRegister(m.patchOps, m.recordBytes, m.recordEvictions, m.recordStorage, m.conditional, m.groupsDeleted, m.pokes, m.pokeNotifications, m.pokeStreamsEnded, m.pokeSkipped)
 	m.reg = reg
 	reg.MustRegister(m.groupBusy, m.pullsMerged, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "group_waiting",

@@ -43,7 +43,7 @@ func (s *core) prepare(mp *mapping.Mapping, mu mutators.Mutation) prepared {
 	if int64(len(mu.Args)) > s.cfg.MaxArgsBytes {
 		return prepared{mu: mu, renderErr: fmt.Errorf("args are %d bytes, more than %d (SIDECAR_MAX_ARGS_BYTES)", len(mu.Args), s.cfg.MaxArgsBytes)}
 	}
-	mu.IdempotencyKey = mutators.IdempotencyKey(*s.secret.Load(), mu)
+	mu.IdempotencyKey = mutators.IdempotencyKey(s.keys.Load().current, mu)
 	req, err := mp.Mutators.Render(mu)
 	return prepared{mu: mu, req: req, renderErr: err}
 }
@@ -104,15 +104,10 @@ func (s *core) applyOne(ctx context.Context, c *exchange, mp *mapping.Mapping, g
 	if err := g.ClaimClient(ctx, mu.ClientID, s.cfg.MaxClientsPerGroup); err != nil {
 		return r, err
 	}
+	keys := s.keys.Load()
 	if p.req != nil {
-		legacyThrough, err := g.LegacyKeysThrough(ctx, mu.ClientID)
-		if err != nil {
+		if err := s.keepOldKey(ctx, g, keys, p.req, mu); err != nil {
 			return r, err
-		}
-		if mu.ID <= legacyThrough {
-			// It may have been sent before the upgrade, with the old key.
-			mu.IdempotencyKey = ""
-			p.req.IdempotencyKey = mutators.LegacyIdempotencyKey(mu)
 		}
 	}
 	dctx := context.WithoutCancel(ctx)
@@ -157,7 +152,7 @@ func (s *core) applyOne(ctx context.Context, c *exchange, mp *mapping.Mapping, g
 			Err: fmt.Errorf("gave up after %d attempts over %s", attempts.Count, roundSpan(attempts.Span))}
 	}
 	r.label, r.lmid = v.Label, mu.ID
-	settle := store.Settlement{ClientID: mu.ClientID, MutationID: mu.ID, Outcome: store.Applied}
+	settle := store.Settlement{ClientID: mu.ClientID, MutationID: mu.ID, Outcome: store.Applied, KeySecret: keys.currentFP}
 	switch v.Label {
 	case verdict.LabelApplied:
 		c.log.Debug("mutation applied", "mutator", mu.Name, "mutation_id", mu.ID, "outcome", v.Label, "status", res.Status)
@@ -169,6 +164,39 @@ func (s *core) applyOne(ctx context.Context, c *exchange, mp *mapping.Mapping, g
 	}
 	_, err = g.Settle(dctx, settle) // consumed: goes with the next statement or the COMMIT
 	return r, err
+}
+
+// keepOldKey gives req the key mu's call may have carried already, when
+// that is not the current secret's: the key of the sidecar's first
+// releases for a client's mutation that may have been sent before the
+// upgrade to HMAC keys, or, while the secret is rotated
+// (SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS), the previous secret's for one
+// that may have been sent in a batch whose commit was lost. A retry must
+// carry the key of the call that went out, or the API applies it twice.
+func (s *core) keepOldKey(ctx context.Context, g *store.GroupTx, keys *keySecrets, req *mutators.Request, mu mutators.Mutation) error {
+	legacyThrough, err := g.LegacyKeysThrough(ctx, mu.ClientID)
+	if err != nil {
+		return err
+	}
+	if mu.ID <= legacyThrough {
+		// It may have been sent before the upgrade, with the old key.
+		mu.IdempotencyKey = ""
+		req.IdempotencyKey = mutators.LegacyIdempotencyKey(mu)
+		return nil
+	}
+	if keys.previous == nil {
+		return nil
+	}
+	// At most maxBatch mutations of a client go out in one transaction
+	// before its commit.
+	previousThrough, err := g.PreviousKeysThrough(ctx, mu.ClientID, keys.currentFP, maxBatch)
+	if err != nil {
+		return err
+	}
+	if mu.ID <= previousThrough {
+		req.IdempotencyKey = mutators.IdempotencyKey(keys.previous, mu)
+	}
+	return nil
 }
 
 // send makes one mutation's call, admitted by the mutation breaker, in a

@@ -215,8 +215,14 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 	mp := s.mapping()
 	view := &pullView{}
 	var ans pullAnswer
+	heldAnew := false
 	err := s.locked(ctx, req.ClientGroupID, c.User, "", func(g *store.GroupTx) error {
 		var err error
+		if s.cfg.MaxViewRecordsPerUser > 0 {
+			// The record counts toward its caller's cap: the user (who
+			// owns the group), else the address.
+			g.HoldRecord(c.Key())
+		}
 		if view.lmids, err = g.LastMutationIDs(ctx); err != nil {
 			return err
 		}
@@ -232,7 +238,7 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 			// read in full, brings no values, and none is needed.
 			ck := req.cookie
 			current := before.ID != 0 && ck.Epoch == g.Epoch() && ck.Group == view.group &&
-				ck.Record == before.ID && ck.Version == before.Version
+				ck.Record == before.ID && ck.Version == before.Version && !before.Evicted
 			if b.stored, err = g.ViewPages(ctx, current); err != nil {
 				return err
 			}
@@ -262,6 +268,7 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 		if err != nil {
 			return err
 		}
+		heldAnew = g.HeldAnew()
 		for i := range b.answers {
 			b.answers[i].order = orders[i]
 			if i == 0 {
@@ -277,7 +284,28 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 	if err == nil && view.change != nil {
 		s.metrics.recordBytes.Observe(float64(view.change.Bytes))
 	}
+	if err == nil && heldAnew {
+		s.evictRecords(ctx, c)
+	}
 	return ans, err
+}
+
+// evictRecords keeps the view records of c's caller within
+// SIDECAR_MAX_VIEW_RECORDS_PER_USER once its pull has made one more: the
+// records of the groups it used least recently go (each of those groups
+// answers its next pull with a reset). It runs after the pull's commit,
+// each eviction holding only its victim's lock. A failure is logged, never
+// the pull's answer: the sweep enforces the cap too.
+func (s *puller) evictRecords(ctx context.Context, c *exchange) {
+	ev, err := s.store.EvictRecords(ctx, c.Key(), s.cfg.MaxViewRecordsPerUser)
+	s.metrics.recordEvictions.Add(float64(ev.Records))
+	switch {
+	case err != nil:
+		c.log.Warn("evicting view records beyond SIDECAR_MAX_VIEW_RECORDS_PER_USER failed; the sweep will", "error", err, "evicted", ev.Records)
+	case ev.Records > 0:
+		c.log.Info("evicted the view records of the caller's least recently used client groups (SIDECAR_MAX_VIEW_RECORDS_PER_USER)",
+			"evicted", ev.Records, "bytes", ev.Bytes)
+	}
 }
 
 // pullBuild is one pull's view, built under the group's lock: what it

@@ -179,7 +179,11 @@ func writeJSONString(b *bufio.Writer, s string) {
 // this one in a history it no longer has (restored from a backup: an order
 // or record version it never reached, or one it reached differently). A
 // cookie issued to another group (a forked group's hand-me-down) is never
-// lost: it gets a reset.
+// lost: it gets a reset. Nor is one naming a version of an evicted record
+// (SIDECAR_MAX_VIEW_RECORDS_PER_USER): eviction keeps the group's cookie
+// order, record id and version numbers and forgets only the rows and the
+// versions' tags, so such a cookie is no sign of a lost history; it gets a
+// reset. An order or version the group never reached still is.
 func (v *pullView) classify(ck store.Cookie, before store.ViewRecord, beforeOrder int64) (lost, diff bool) {
 	ours := ck.Group == v.group
 	switch {
@@ -193,6 +197,8 @@ func (v *pullView) classify(ck store.Cookie, before store.ViewRecord, beforeOrde
 		return false, false
 	case ck.Record != before.ID, v.change.Foreign(before, ck.Record, ck.Version, ck.Tag):
 		return true, false
+	case v.change.Evicted():
+		return false, false
 	}
 	return false, v.change.Covers(ck.Record, ck.Version, ck.Tag)
 }

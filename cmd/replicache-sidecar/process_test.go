@@ -127,12 +127,14 @@ func (p *sidecarProc) waitReady() {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		// Ready, and serving pushes and pulls: the database up and migrated
-		// (readiness alone does not wait for the database).
+		// (readiness alone does not wait for the database; a release
+		// before it said so reported no "database", and was ready only
+		// once migrated).
 		resp, err := http.Get(p.admin + "/readyz")
 		if err == nil {
 			b, _ := io.ReadAll(resp.Body)
 			_ = resp.Body.Close()
-			if resp.StatusCode == 200 && strings.Contains(string(b), `"database":"up"`) {
+			if resp.StatusCode == 200 && (strings.Contains(string(b), `"database":"up"`) || !strings.Contains(string(b), `"database"`)) {
 				return
 			}
 		}

@@ -269,19 +269,40 @@ func TestSpread(t *testing.T) {
 	}
 	start := time.Now()
 	h.Poke(nil)
+	// Sweep the subscribers until each was poked: how many the first sweep
+	// that found any found says whether the wave went out at once, the time
+	// between the first and the last whether it was spread. (Ratios, not
+	// absolute times: the race detector and a busy machine slow everything.)
+	poked := make([]bool, len(subs))
+	var firstSweep, n int
 	var first, last time.Duration
-	for i, s := range subs {
-		if !received(s, time.Second) {
-			t.Fatalf("subscriber %d was not poked", i)
+	for n < len(subs) {
+		if time.Since(start) > 5*time.Second {
+			t.Fatalf("%d of %d subscribers poked after 5s", n, len(subs))
 		}
-		d := time.Since(start)
-		if i == 0 {
-			first = d
+		found := 0
+		for i, s := range subs {
+			if poked[i] {
+				continue
+			}
+			select {
+			case <-s.C:
+				poked[i], found = true, found+1
+			default:
+			}
 		}
-		last = max(last, d)
+		if found > 0 {
+			now := time.Since(start)
+			if n == 0 {
+				first, firstSweep = now, found
+			}
+			n += found
+			last = now
+		}
+		time.Sleep(time.Millisecond)
 	}
-	t.Logf("400 subscribers: the first poked after %v, the last after %v", first, last)
-	if first > 20*time.Millisecond || last < 50*time.Millisecond || last > time.Second {
-		t.Errorf("first after %v, last after %v: want the first at once and the wave spread over about 100 ms", first, last)
+	t.Logf("400 subscribers: the first %d poked after %v, the last after %v", firstSweep, first, last)
+	if firstSweep > len(subs)/2 || last-first < 50*time.Millisecond {
+		t.Errorf("the first sweep found %d of %d poked, the wave took %v: want it spread over about 100 ms", firstSweep, len(subs), last-first)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Epoch returns the identifier of the database, generated at its first
@@ -29,7 +30,9 @@ func (g *GroupTx) CookieOrder() int64 { return g.cookieOrder }
 
 // IssueCookies is NextCookieOrders that also writes change (nil: none), the
 // group's view record after a pull, pages, its remembered view pages, and
-// the source states staged (StageSources), in the same round trip.
+// the source states staged (StageSources), in the same round trip. With a
+// change and a holder (HoldRecord) it notes the holder's use of the record
+// too.
 func (g *GroupTx) IssueCookies(ctx context.Context, requestOrders []int64, change *ViewChange, pages *PageWrites) ([]int64, error) {
 	out := make([]int64, len(requestOrders))
 	cur := g.cookieOrder
@@ -45,6 +48,10 @@ func (g *GroupTx) IssueCookies(ctx context.Context, requestOrders []int64, chang
 		return out, nil
 	}
 	b := &pgx.Batch{}
+	holding := change != nil && g.holder != ""
+	if holding {
+		g.queueHolder(b)
+	}
 	if !pages.empty() {
 		g.queuePages(b, pages)
 	}
@@ -57,10 +64,21 @@ func (g *GroupTx) IssueCookies(ctx context.Context, requestOrders []int64, chang
 		}
 	}
 	b.Queue(g.s.sql(`UPDATE {schema}.client_groups SET cookie_order = $2, view_record_id = nullif($3::bigint, 0), view_version = $4, view_min_version = $5,
-			last_used_at = now()
-		WHERE id = $1`), g.GroupID, cur, int64(rec.ID), rec.Version, rec.MinVersion)
+			last_used_at = now(), view_evicted_at = CASE WHEN $6 THEN NULL ELSE view_evicted_at END
+		WHERE id = $1`), g.GroupID, cur, int64(rec.ID), rec.Version, rec.MinVersion, changed)
 	g.queueSources(b, rec.ID)
-	if err := g.tx.SendBatch(ctx, b).Close(); err != nil {
+	br := g.tx.SendBatch(ctx, b)
+	var err error
+	if holding {
+		var tag pgconn.CommandTag
+		tag, err = br.Exec()
+		g.heldAnew = err == nil && tag.RowsAffected() == 1
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		g.heldAnew = false
 		return nil, fmt.Errorf("issuing cookies: %w", err)
 	}
 	g.cookieOrder = cur

@@ -1,23 +1,35 @@
 // Package store keeps the sidecar's Replicache bookkeeping in its own
-// Postgres schema: client groups (owner, last cookie order, deletion),
-// clients (group, last mutation id), rejected mutations, and the answered
-// retryable attempts of pending mutations (for the give-up valve). It imports pgx
+// Postgres schema: client groups (owner, last cookie order, deletion, view
+// record), clients (group, last mutation id, the keys of a secret
+// rotation), rejected mutations, the answered retryable attempts of
+// pending mutations (for the give-up valve), and who holds which view
+// record (for its cap). It imports pgx
 // and nothing of the sidecar's; the handlers in package proxy are its only
 // users.
 //
 // # Contract
 //
 //   - New and NewPool only build; nothing touches the database until a call.
-//     Migrate creates the schema and applies every pending migration in one
-//     transaction under an advisory lock, so replicas starting together take
-//     turns. A database migrated further than this binary knows is accepted
-//     (rolling deploys), so a new migration is expand-only: it only adds,
-//     never changes a type or drops or renames, so the previous release
-//     keeps working on the migrated schema; and it is cheap on a large
-//     table (no rewrite; a table lock waited for at most a few seconds, or
-//     Migrate fails and is retried). Migration 8 predates the rule and
-//     broke it (column types: issue #26). Ready reports whether the
-//     database answers and holds every migration this binary needs.
+//     Migrate creates the schema and applies every pending migration, each
+//     in its own transaction, under an advisory lock, so replicas starting
+//     together take turns. A database migrated further than this binary
+//     knows is accepted (rolling deploys), so a release only expands the
+//     schema: a migration adds tables, nullable or defaulted columns,
+//     indexes on new tables and functions; it never changes a type, drops,
+//     renames, truncates or tightens anything, and no query selects "*",
+//     so the previous release keeps working on the migrated schema, its
+//     prepared statements included; and it is cheap on a large table (no
+//     rewrite, no index built on an existing table, a table lock waited
+//     for at most a few seconds, or Migrate fails and is retried).
+//     Contracting is a later release's step, once no running release reads
+//     what it drops: it is listed in contracts with the oldest release that
+//     may still run, and raises the database's floor, so Ready and Migrate
+//     of an older binary fail with ErrSchemaContracted instead of it
+//     serving on a schema it cannot read. TestMigrationsAreExpandOnly
+//     checks every migration after 8 on the database and in its text;
+//     migration 8 predates the rule and broke it (column types: issue
+//     #26). Ready reports whether the database answers, holds every
+//     migration this binary needs and is not contracted past it.
 //   - Locked and LockedClient run a callback in a READ COMMITTED transaction
 //     holding the client group's row lock (SELECT … FOR UPDATE), creating the
 //     group for its user if it is new. Every push step and every pull of one
@@ -74,7 +86,14 @@
 //     from which a diff is complete: removals are kept as long and at most
 //     max(1024, live keys) of them, and forgetting one raises MinVersion.
 //     Foreign reports a version of the group's record that this database
-//     issued differently or never (a restore from a backup). ViewPages
+//     issued differently or never (a restore from a backup). Records are
+//     capped per holder (the caller's fairness key, HoldRecord): a pull
+//     that makes a group one more of its holder's records says so
+//     (HeldAnew), and EvictRecords, after the commit, evicts the records of
+//     the holder's least recently used groups beyond the cap: their rows
+//     and tags go, the group keeps its record id and version numbers (and
+//     everything else) and is marked (ViewRecord.Evicted), so a cookie of
+//     it is neither Foreign nor Covered: a reset. ViewPages
 //     remembers, per source page, its validators and what it produced, for
 //     conditional GETs; written only when a page's answer changes.
 //   - The record cache (Options.RecordCacheBytes) relies on one rule:
@@ -82,6 +101,12 @@
 //     with a new random tag. (record id, version, tag) then names one state
 //     of a record for good, and a cached record is used only when all three
 //     match the database's.
+//   - Idempotency secret rotation: a consumed mutation records which
+//     secret the consuming replica keys new mutations with
+//     (Settlement.KeySecret); PreviousKeysThrough works out, from that and
+//     the committed last mutation id, which of a client's mutations may
+//     have gone out keyed with the previous secret, and records the mark
+//     with the transaction.
 //   - A GroupTx is valid only inside its callback and not safe for
 //     concurrent use.
 //
@@ -91,11 +116,17 @@
 // it up, lock it, read or write its clients, rejections, view record and
 // remembered pages (the primary keys of view_entries, view_versions and
 // view_pages start with client_group_id). None joins or aggregates across
-// groups, so the tables could later be distributed by client_group_id. The
-// only cross-group statements are the migrations, Ready (reads
-// schema_migrations), the pool statistics, which read no table, and the
-// sweeps, one replica at a time and off the request path: SweepRejections
-// (expired records of idle groups, in bounded batches) and SweepGroups
-// (picks idle groups through an index on last_used_at, then deletes each in
-// its own transaction keyed by the group; expires tombstones in batches).
+// groups, so the tables could later be distributed by client_group_id. One
+// table is keyed by something else, and distributed by it: the holders of
+// view records (view_record_holders, keyed by holder, then group); the
+// pull path reads only its own holder's rows from it (EvictRecords: count
+// and least recently used), then evicts each victim by its group id, in a
+// transaction of its own. The only cross-group statements are the
+// migrations, Ready (reads schema_migrations and settings), the pool
+// statistics and RecordStorageBytes, which read no table, and the sweeps,
+// one replica at a time and off the request path: SweepRejections (expired
+// records of idle groups, in bounded batches), SweepGroups (picks idle
+// groups through an index on last_used_at, then deletes each in its own
+// transaction keyed by the group; expires tombstones in batches) and
+// SweepRecords (holders over the cap, and notes of deleted groups).
 package store

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -14,15 +15,25 @@ import (
 //
 // A new entry is expand-only, so the previous release keeps working on the
 // migrated schema while both run (a rolling deploy): it only adds tables,
-// columns, indexes and functions, never changes a column's type, drops or
-// renames anything, or makes an old query's result change shape. It is
-// cheap on a large table: a new column is nullable or has a constant
-// default (no rewrite on Postgres 11 and later), and a statement that needs
-// a table's ACCESS EXCLUSIVE lock waits for it briefly (SET LOCAL
-// lock_timeout), since every query of that table queues behind the wait;
-// Migrate fails then, and the binary retries it. Entry 8 broke this rule:
-// it changed column types, which failed the previous release's reads
-// (issue #26).
+// columns (nullable, or with a default, so an older release's INSERTs that
+// omit them still work), indexes on new tables and functions; it never
+// changes a column's type, drops, renames or truncates anything, tightens
+// a column to NOT NULL, or makes an old query's result change shape (the
+// queries name their columns, never a star, so statements an older release
+// prepared before the migration still run after it). It is cheap on a
+// large table: no rewrite (a new column's default is a constant), no index
+// built on an existing table (that blocks its writes for the build), and a
+// statement that needs a table's ACCESS EXCLUSIVE lock waits for it briefly
+// (SET LOCAL lock_timeout), since every query of that table queues behind
+// the wait; Migrate fails then, and the binary retries it.
+//
+// Contracting (dropping what no running release reads any more) is a later
+// release's step, listed in contracts with the oldest release that may
+// still run after it. TestMigrationsAreExpandOnly checks every entry after
+// lastContractless against the database and its text. Entry 8 broke the
+// rule before it was written: it changed column types, which failed the
+// previous release's reads (issue #26); entry 9 builds two indexes on
+// client_groups (writes to it wait for the builds).
 var migrations = []string{
 	// 1: the bookkeeping of the Reset Strategy.
 	`CREATE TABLE {schema}.client_groups (
@@ -172,7 +183,53 @@ var migrations = []string{
 		read_at         timestamptz,
 		PRIMARY KEY (client_group_id, source)
 	);`,
+	// 12: view records are capped per holder (the user; the address in
+	// single-tenant mode): view_record_holders lists, per holder, the
+	// groups whose record it caused and when it last used each, keyed by
+	// the holder so a distributed table would route it. Evicting a record
+	// deletes its rows (entries, version tags, remembered pages) and notes
+	// view_evicted_at; the group keeps its record id, version numbers and
+	// everything else, so a cookie of it is answered with a reset, not
+	// taken for a restore. Expand-only: a new table, a new nullable
+	// column (no rewrite); the ALTER's lock is waited for at most 3s.
+	`SET LOCAL lock_timeout = '3s';
+	ALTER TABLE {schema}.client_groups ADD COLUMN view_evicted_at timestamptz;
+	SET LOCAL lock_timeout TO DEFAULT;
+	CREATE TABLE {schema}.view_record_holders (
+		holder          text NOT NULL,
+		client_group_id text NOT NULL,
+		used_at         timestamptz NOT NULL DEFAULT now(),
+		PRIMARY KEY (holder, client_group_id)
+	);
+	CREATE INDEX view_record_holders_lru_idx ON {schema}.view_record_holders (holder, used_at);`,
+	// 13: rotating the idempotency secret (SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS).
+	// keys_secret is a fingerprint of the secret the replica that last
+	// consumed one of the client's mutations keyed new mutations with;
+	// previous_keys_through the client's last mutation id that may have
+	// been sent keyed with the previous secret (a batch whose commit was
+	// lost), so its retry keeps that key. Expand-only: new nullable
+	// columns (no rewrite); the ALTER's lock is waited for at most 3s.
+	`SET LOCAL lock_timeout = '3s';
+	ALTER TABLE {schema}.clients
+		ADD COLUMN keys_secret           bigint,
+		ADD COLUMN previous_keys_through bigint;
+	SET LOCAL lock_timeout TO DEFAULT;`,
 }
+
+// lastContractless is the last migration that may break the expand-only
+// rule without being a contract step: the rule came after it.
+const lastContractless = 8
+
+// contracts are the migrations after lastContractless that contract the
+// schema: drop, rename or change the type of something an older release
+// reads. Each maps to the oldest schema version (the SchemaVersion of the
+// oldest release) that may still run once it is applied: the release that
+// stopped reading what it drops, shipped at least one release before it.
+// Migrate raises the database's floor (settings 'oldest_reader') to it, and
+// Ready of a binary below the floor fails, saying so, instead of the binary
+// serving wrong answers. TestMigrationsAreExpandOnly rejects a contracting
+// migration that is not listed here.
+var contracts = map[int]int{}
 
 // clientForbiddenCode is the SQLSTATE {schema}.client_forbidden() raises
 // (class SC: the sidecar's own, outside the classes Postgres uses).
@@ -181,20 +238,36 @@ const clientForbiddenCode = "SC403"
 // SchemaVersion is the migration version this binary needs.
 func SchemaVersion() int { return len(migrations) }
 
-// Migrate creates the schema and applies every pending migration in one
-// transaction, under an advisory lock so replicas starting together take
-// turns. A database migrated further than this binary knows is accepted
-// (new migrations are expand-only, see migrations), which keeps rolling
-// deploys safe.
+// Migrate creates the schema and applies every pending migration, each in
+// a transaction of its own (a lock one takes is released before the next
+// waits for another), under an advisory lock so replicas starting together
+// take turns. A database migrated further than this binary knows is
+// accepted (new migrations are expand-only, see migrations), which keeps
+// rolling deploys safe. A failed migration leaves the ones before it
+// applied; Migrate, retried, goes on from there.
 func (s *Store) Migrate(ctx context.Context) error {
-	return s.migrateTo(ctx, len(migrations))
+	if err := s.migrateTo(ctx, len(migrations)); err != nil {
+		return err
+	}
+	return s.checkFloor(ctx)
 }
 
 // migrateTo applies the migrations up to version target (tests stop early
-// to play an older database), then makes sure the idempotency secret
-// exists once its table does.
+// to play an older database), and makes sure the idempotency secret and
+// the epoch exist once their table does.
 func (s *Store) migrateTo(ctx context.Context, target int) error {
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	for {
+		done, err := s.migrateStep(ctx, target)
+		if err != nil || done {
+			return err
+		}
+	}
+}
+
+// migrateStep applies the next pending migration up to target, if any, in
+// one transaction; done: there was none.
+func (s *Store) migrateStep(ctx context.Context, target int) (done bool, err error) {
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('replicache-sidecar migrate ' || $1))`, s.schema); err != nil {
 			return fmt.Errorf("taking migration lock: %w", err)
 		}
@@ -208,15 +281,23 @@ func (s *Store) migrateTo(ctx context.Context, target int) error {
 		if err := tx.QueryRow(ctx, s.sql(`SELECT coalesce(max(version), 0) FROM {schema}.schema_migrations`)).Scan(&current); err != nil {
 			return fmt.Errorf("reading schema version: %w", err)
 		}
-		for v := current + 1; v <= target; v++ {
+		if v := current + 1; v <= target {
 			if _, err := tx.Exec(ctx, s.sql(migrations[v-1])); err != nil {
 				return fmt.Errorf("applying migration %d: %w", v, err)
 			}
 			if _, err := tx.Exec(ctx, s.sql(`INSERT INTO {schema}.schema_migrations (version) VALUES ($1)`), v); err != nil {
 				return fmt.Errorf("recording migration %d: %w", v, err)
 			}
+			if floor, ok := contracts[v]; ok {
+				if err := s.raiseFloor(ctx, tx, floor); err != nil {
+					return fmt.Errorf("recording migration %d: %w", v, err)
+				}
+			}
+			current = v
+		} else {
+			done = true
 		}
-		if max(current, target) < secretMigration {
+		if current < secretMigration {
 			return nil
 		}
 		secret := make([]byte, 32)
@@ -237,6 +318,7 @@ func (s *Store) migrateTo(ctx context.Context, target int) error {
 		}
 		return nil
 	})
+	return done, err
 }
 
 // secretMigration is the version that creates the settings table.
@@ -252,8 +334,23 @@ func (s *Store) IdempotencySecret(ctx context.Context) ([]byte, error) {
 	return secret, nil
 }
 
-// Ready checks that the database answers and holds every migration this
-// binary needs.
+// raiseFloor raises the oldest schema version a binary may have to run on
+// this database (a contract step dropped what older ones read).
+func (s *Store) raiseFloor(ctx context.Context, tx pgx.Tx, floor int) error {
+	_, err := tx.Exec(ctx, s.sql(`INSERT INTO {schema}.settings (name, value) VALUES ('oldest_reader', convert_to(($1::int)::text, 'UTF8'))
+		ON CONFLICT (name) DO UPDATE SET value = convert_to(greatest(convert_from({schema}.settings.value, 'UTF8')::int, $1::int)::text, 'UTF8')`), floor)
+	return err
+}
+
+// ErrSchemaContracted: the database was migrated by a newer release past a
+// contract step that dropped what this binary reads. It must not serve on
+// it: roll forward.
+var ErrSchemaContracted = errors.New("the schema was contracted past this binary by a newer release")
+
+// Ready checks that the database answers, holds every migration this
+// binary needs, and has not been contracted past it (ErrSchemaContracted).
+// A database migrated further by a newer release is accepted otherwise:
+// its migrations are expand-only.
 func (s *Store) Ready(ctx context.Context) error {
 	var v int
 	err := s.pool.QueryRow(ctx, s.sql(`SELECT coalesce(max(version), 0) FROM {schema}.schema_migrations`)).Scan(&v)
@@ -262,6 +359,20 @@ func (s *Store) Ready(ctx context.Context) error {
 	}
 	if v < len(migrations) {
 		return fmt.Errorf("schema at version %d, need %d", v, len(migrations))
+	}
+	return s.checkFloor(ctx)
+}
+
+// checkFloor fails with ErrSchemaContracted when a contract step has raised
+// the database's floor past this binary.
+func (s *Store) checkFloor(ctx context.Context) error {
+	var floor int
+	err := s.pool.QueryRow(ctx, s.sql(`SELECT coalesce(max(convert_from(value, 'UTF8')::int), 0) FROM {schema}.settings WHERE name = 'oldest_reader'`)).Scan(&floor)
+	if err != nil {
+		return fmt.Errorf("reading schema version: %w", err)
+	}
+	if floor > len(migrations) {
+		return fmt.Errorf("%w: it needs a binary of schema version %d or later, this one is %d; roll forward", ErrSchemaContracted, floor, len(migrations))
 	}
 	return nil
 }

@@ -22,6 +22,13 @@ type ViewRecord struct {
 	Version    int64  // bumped by each pull whose view differs from the record
 	MinVersion int64  // the oldest version a diff may start from
 	Tag        uint64 // the current version's random tag (CompareView reads it)
+	// Evicted: the record's rows were evicted (EvictRecords) and it has
+	// not been written since. Its id and version numbers are kept, so a
+	// cookie naming it is told from one of a lost history: it gets a
+	// reset, never ClientStateNotFound. As locked it is the group's mark;
+	// CompareView confirms it (a record rewritten since by a release that
+	// does not clear the mark has its current version's tag again).
+	Evicted bool
 }
 
 // Record returns the group's view record as it stands in this transaction.
@@ -62,7 +69,8 @@ type ViewChange struct {
 	tags map[int64]uint64
 
 	created  bool    // the record is new
-	retag    bool    // the current version has no tag (written before tags were): a new version gets one
+	evicted  bool    // the record's rows had been evicted: it is written again from nothing
+	retag    bool    // the current version has no tag (written before tags were, or evicted): a new version gets one
 	changed  []int   // entries new or changed
 	hashes   []int64 // per changed entry
 	keys     []string
@@ -104,6 +112,13 @@ func (c *ViewChange) Foreign(before ViewRecord, id uint64, v int64, tag uint64) 
 
 // Removed returns the keys the change removes from the view.
 func (c *ViewChange) Removed() []string { return c.removed }
+
+// Evicted reports whether the group's record had been evicted before this
+// pull (EvictRecords): no version of it before the change can be diffed
+// from, and a cookie naming one is answered with a reset. Foreign still
+// reports a version above the record's (eviction keeps version numbers:
+// only a lost history issued those).
+func (c *ViewChange) Evicted() bool { return c.evicted }
 
 // Counts reports how many entries the change put (new or changed values)
 // and removed.
@@ -195,6 +210,7 @@ func (g *GroupTx) CompareRead(ctx context.Context, read ViewRead, versions []int
 			return nil, fmt.Errorf("reading view record: %w", err)
 		}
 		rec.Tag = tags[rec.Version]
+		rec.Evicted = rec.Evicted && rec.Tag == 0
 		switch {
 		case cached != nil && cached.tag == rec.Tag && rec.Tag != 0:
 			old = cached.rows
@@ -333,6 +349,8 @@ func planChange(old map[string]recordRow, rec ViewRecord, read ViewRead, keep in
 	n, entry := read.N, read.Entry
 	c := &ViewChange{Record: rec, Versions: make([]int64, n), created: rec.Version == 0, tags: map[int64]uint64{}}
 	c.retag = !c.created && rec.Tag == 0
+	c.evicted = !c.created && rec.Evicted
+	c.Record.Evicted = false // written below, or (not evicted) as it was
 	if !c.created && !c.retag {
 		c.tags[rec.Version] = rec.Tag
 	}
@@ -387,7 +405,7 @@ func planChange(old map[string]recordRow, rec ViewRecord, read ViewRead, keep in
 	c.tags[next] = c.Record.Tag
 	// A diff starts at most keep versions back (older tags are dropped).
 	c.Record.MinVersion = max(c.Record.MinVersion, next-keep)
-	if c.created {
+	if c.created || c.evicted {
 		c.Record.MinVersion = next
 	}
 	// Forget the tombstones too old to matter, and the oldest beyond the

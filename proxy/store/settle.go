@@ -56,6 +56,11 @@ type Settlement struct {
 	// everyone, say): it is recorded for operators, its count unchanged.
 	// Unused otherwise.
 	Counts bool
+	// KeySecret is the fingerprint of the idempotency secret the replica
+	// keys new mutations with (mutators.SecretFingerprint), recorded in
+	// the client's row with a consumed mutation for PreviousKeysThrough (0:
+	// left as it is). Unused for Pending.
+	KeySecret int64
 }
 
 // Settle records what one upstream answer to the client's mutation came
@@ -99,12 +104,14 @@ func (g *GroupTx) Settle(ctx context.Context, s Settlement) (Attempts, error) {
 
 // consumeSQL advances a client's last mutation id, forgets the attempts of
 // the mutations it consumes and notes the group's use ($1 client, $2 group,
-// $3 mutation id, $4 touch interval). If another group has registered the
-// client, the upsert changes no row and client_forbidden() aborts the
-// statement, and so the transaction: nothing of it commits.
+// $3 mutation id, $4 touch interval), and the secret the replica keys new
+// mutations with ($5, NULL: left as it is). If another group has
+// registered the client, the upsert changes no row and client_forbidden()
+// aborts the statement, and so the transaction: nothing of it commits.
 const consumeSQL = `WITH upsert AS (
-		INSERT INTO {schema}.clients (id, client_group_id, last_mutation_id) VALUES ($1, $2, $3)
-		ON CONFLICT (id) DO UPDATE SET last_mutation_id = greatest({schema}.clients.last_mutation_id, excluded.last_mutation_id), updated_at = now()
+		INSERT INTO {schema}.clients (id, client_group_id, last_mutation_id, keys_secret) VALUES ($1, $2, $3, $5)
+		ON CONFLICT (id) DO UPDATE SET last_mutation_id = greatest({schema}.clients.last_mutation_id, excluded.last_mutation_id), updated_at = now(),
+			keys_secret = coalesce(excluded.keys_secret, {schema}.clients.keys_secret)
 		WHERE {schema}.clients.client_group_id = excluded.client_group_id
 		RETURNING 1),
 	forget AS (
@@ -112,12 +119,12 @@ const consumeSQL = `WITH upsert AS (
 	touch AS (
 		UPDATE {schema}.client_groups SET last_used_at = now() WHERE id = $2 AND last_used_at < now() - $4::interval)`
 
-// rejectSQL is consumeSQL's CTE that records the rejection ($5 mutator, $6
-// status or NULL, $7 reason, $8 body).
+// rejectSQL is consumeSQL's CTE that records the rejection ($6 mutator, $7
+// status or NULL, $8 reason, $9 body).
 const rejectSQL = `,
 	reject AS (
 		INSERT INTO {schema}.mutation_rejections (client_id, mutation_id, client_group_id, mutator, status, reason, body)
-		VALUES ($1, $3, $2, $5, $6, $7, $8)
+		VALUES ($1, $3, $2, $6, $7, $8, $9)
 		ON CONFLICT (client_id, mutation_id) DO NOTHING)`
 
 const consumeCheckSQL = `
@@ -126,14 +133,21 @@ const consumeCheckSQL = `
 // consume holds the statement that consumes s's mutation (Applied or
 // Rejected) until the transaction's next statement or COMMIT.
 func (g *GroupTx) consume(s Settlement) {
+	var keySecret *int64
+	if s.KeySecret != 0 {
+		keySecret = &s.KeySecret
+	}
 	if s.ClientID == g.prefetched {
 		// The client's next mutation in this transaction reads its last
-		// mutation id from here.
+		// mutation id (and the secret now recorded) from here.
 		g.prefetchedGroup, g.prefetchedLastMutationID = g.GroupID, s.MutationID
+		if keySecret != nil {
+			g.prefetchedKeysSecret = s.KeySecret
+		}
 	}
 	key := "lmid\x00" + s.ClientID
 	q := consumeSQL + consumeCheckSQL
-	args := []any{s.ClientID, g.GroupID, s.MutationID, g.s.touchInterval}
+	args := []any{s.ClientID, g.GroupID, s.MutationID, g.s.touchInterval, keySecret}
 	if s.Outcome == Rejected {
 		// Its own key: a later settlement of the client must not replace
 		// it, or the record would be lost.

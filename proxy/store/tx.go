@@ -187,6 +187,13 @@ type GroupTx struct {
 	prefetchedGroup          string
 	prefetchedLastMutationID int64
 	prefetchedLegacyKeys     int64
+	prefetchedKeysSecret     int64
+	prefetchedPreviousKeys   int64
+
+	// Whom the view record is held for (HoldRecord), and whether
+	// IssueCookies made the group one more of the holder's records.
+	holder   string
+	heldAnew bool
 }
 
 func (g *GroupTx) lock(ctx context.Context, userID string) error {
@@ -196,18 +203,19 @@ func (g *GroupTx) lock(ctx context.Context, userID string) error {
 	// previous holder committed (a join in the locking statement would
 	// return the row as it was before the wait).
 	const q = `SELECT g.user_id, g.cookie_order, g.deleted_at IS NOT NULL, g.clients_pruned_at IS NOT NULL,
-			coalesce(g.view_record_id, 0), g.view_version, g.view_min_version,
+			coalesce(g.view_record_id, 0), g.view_version, g.view_min_version, g.view_evicted_at IS NOT NULL,
 			coalesce((SELECT value FROM {schema}.settings WHERE name = 'epoch'), ''::bytea)
 		FROM {schema}.client_groups g
 		WHERE g.id = $1 FOR UPDATE OF g`
-	const qc = `SELECT coalesce(max(c.client_group_id), ''), coalesce(max(c.last_mutation_id), 0), coalesce(max(c.legacy_keys_through), 0)
+	const qc = `SELECT coalesce(max(c.client_group_id), ''), coalesce(max(c.last_mutation_id), 0), coalesce(max(c.legacy_keys_through), 0),
+			coalesce(max(c.keys_secret), 0), coalesce(max(c.previous_keys_through), 0)
 		FROM {schema}.clients c WHERE c.id = $1`
 	var owner string
 	var deleted bool
 	scanRow := func(row pgx.Row) error {
 		var recordID int64
 		err := row.Scan(&owner, &g.cookieOrder, &deleted, &g.clientsPruned,
-			&recordID, &g.record.Version, &g.record.MinVersion, &g.epoch)
+			&recordID, &g.record.Version, &g.record.MinVersion, &g.record.Evicted, &g.epoch)
 		g.record.ID = uint64(recordID)
 		return err
 	}
@@ -215,7 +223,8 @@ func (g *GroupTx) lock(ctx context.Context, userID string) error {
 		if g.prefetched == "" {
 			return nil
 		}
-		return row.Scan(&g.prefetchedGroup, &g.prefetchedLastMutationID, &g.prefetchedLegacyKeys)
+		return row.Scan(&g.prefetchedGroup, &g.prefetchedLastMutationID, &g.prefetchedLegacyKeys,
+			&g.prefetchedKeysSecret, &g.prefetchedPreviousKeys)
 	}
 	scan := func() error {
 		if err := scanRow(g.tx.QueryRow(ctx, g.s.sql(q), g.GroupID)); err != nil {
