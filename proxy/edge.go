@@ -87,7 +87,9 @@ func (s *core) begin(w http.ResponseWriter, r *http.Request, endpoint string, re
 		return nil, false
 	}
 	c.Caller = caller
-	c.mem = s.budget.Lease()
+	// The bytes are the caller's: fairness between callers is keyed on
+	// who is calling, decided above from the headers alone.
+	c.mem = s.budget.Lease(caller.Key())
 	refuse := func(p *problem.Error) (*exchange, bool) {
 		c.mem.Release()
 		s.fail(w, c, p)
