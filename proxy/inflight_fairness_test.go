@@ -292,3 +292,85 @@ func TestBodyPace(t *testing.T) {
 		}
 	})
 }
+
+// TestOneCallerCannotHoldTheBudgetWithViews: one user's pulls whose views
+// the API sends slowly hold most of the budget (one of them carrying
+// another pull of the same group that joined it); another user's pull,
+// whose view needs more than is left, pre-empts the largest of those
+// fetches. That pull and the one riding on it answer 503
+// MemoryBudgetExhausted; the victim's answers 200; the others finish.
+func TestOneCallerCannotHoldTheBudgetWithViews(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, map[string]string{"SIDECAR_MAX_INFLIGHT_VIEW_BYTES": "1048576"})
+	sc := h.start()
+	release := make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock)
+	sizes := make(chan int, 3)
+	victimView := bigTodos("v", 200<<10)
+	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodGet || r.URL.Path != "/api/todos" {
+			return false
+		}
+		switch r.Header.Get("Authorization") {
+		case "Bearer mallory": // most of a view, then it waits
+			view := bigTodos("m", <-sizes)
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write([]byte(view[:len(view)-2]))
+			w.(http.Flusher).Flush()
+			select {
+			case <-release:
+			case <-r.Context().Done():
+				return true
+			}
+			_, _ = w.Write([]byte(view[len(view)-2:]))
+			return true
+		case "Bearer victor":
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write([]byte(victimView))
+			return true
+		}
+		return false
+	})
+
+	type answer struct {
+		name string
+		r    response
+	}
+	answers := make(chan answer, 4)
+	pull := func(name, group string) {
+		go func() { r, _ := sc.pull(t, "mallory", group, nil); answers <- answer{name, r} }()
+	}
+	held := func() int64 { return sc.sc.budget.HeldBy("user:mallory") }
+	// Charged in 64 KiB steps: 384, 256 and 256 KiB, 896 of the 1024.
+	for i, kib := range []int{330, 250, 250} {
+		before := held()
+		sizes <- kib << 10
+		pull(fmt.Sprint("mallory's pull ", i), fmt.Sprint("gm", i))
+		proxytest.WaitFor(t, fmt.Sprintf("mallory's view %d to be held", i), func() bool { return held() >= before+int64(kib<<10) })
+	}
+	pull("the pull riding on mallory's largest", "gm0")
+	proxytest.WaitFor(t, "the rider to join", func() bool { return sc.sc.turns.Waiting() == 1 })
+
+	// victor's view (200 KiB) needs more than the 128 KiB left.
+	if r, _ := sc.pull(t, "victor", "g-victor", nil); r.status != http.StatusOK {
+		t.Fatalf("victim's pull = %d %s, want 200", r.status, r.raw)
+	}
+	for range 2 {
+		a := <-answers
+		if a.r.status != http.StatusServiceUnavailable || a.r.str("error") != "MemoryBudgetExhausted" {
+			t.Errorf("%s = %d %s, want 503 MemoryBudgetExhausted", a.name, a.r.status, a.r.raw)
+		}
+	}
+	if n := sc.sc.budget.Preempted(); n != 1 {
+		t.Errorf("%d fetches pre-empted, want 1", n)
+	}
+	unblock()
+	for range 2 {
+		if a := <-answers; a.r.status != http.StatusOK {
+			t.Errorf("%s = %d %s, want 200 once the API finished", a.name, a.r.status, a.r.raw)
+		}
+	}
+	proxytest.WaitFor(t, "every byte to come back", func() bool { return sc.sc.budget.InUse() == 0 })
+}
