@@ -16,17 +16,18 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/proxytest"
 )
 
-// hogSize is the attack's size: `make test` runs it small (a 4 MiB budget,
-// 1 MiB bodies, the victim for 3 s), which fails without the fairness
-// rule as the full size does; MEMORY_TEST=full (`make bench-go`) runs it
-// at the finding's size (the default 128 MiB budget, 32 MiB bodies, the
-// victim for 15 s).
+// hogSize is the attack's size: `make test` runs it small (the smallest
+// budget, 1 MiB, 256 KiB bodies, the victim for 3 s), which fails without
+// the fairness rule as the full size does, and keeps what the attacker
+// sends again after each pre-emption cheap; MEMORY_TEST=full (`make
+// bench-go`) runs it at the finding's size (the default 128 MiB budget,
+// 32 MiB bodies, the victim for 15 s).
 func hogSize() (env map[string]string, body int, victimFor time.Duration) {
 	if os.Getenv("MEMORY_TEST") == "full" {
 		return map[string]string{}, 32 << 20, 15 * time.Second
 	}
-	return map[string]string{"SIDECAR_MAX_INFLIGHT_VIEW_BYTES": "4194304", "SIDECAR_MAX_BODY_BYTES": "1048576"},
-		1 << 20, 3 * time.Second
+	return map[string]string{"SIDECAR_MAX_INFLIGHT_VIEW_BYTES": "1048576", "SIDECAR_MAX_BODY_BYTES": "262144"},
+		256 << 10, 3 * time.Second
 }
 
 // hogPush holds one push on a connection of its own: it declares size
