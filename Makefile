@@ -145,10 +145,12 @@ vet:
 bench: build $(BIN)/devpg
 	$(BIN)/devpg -- $(BIN)/bench -sidecar $(BIN)/replicache-sidecar
 
-## bench-go: the Go benchmarks (go test -bench) and the memory tests at full size.
+## bench-go: the Go benchmarks (go test -bench), and the memory tests and the in-flight
+## budget's fairness test at full size.
 bench-go: $(BIN)/devpg
 	$(BIN)/devpg -- sh -c '$(GO) test -run "^$$" -bench . -benchmem ./... && \
-	  MEMORY_TEST=full $(GO) test -count=1 -v -run "^(TestMemoryUnderHostileLoad|TestPokeSubscriberMemory)$$" ./cmd/replicache-sidecar | grep -E "peak RSS|poke streams|^(ok|FAIL|---)"'
+	  MEMORY_TEST=full $(GO) test -count=1 -v -run "^(TestMemoryUnderHostileLoad|TestPokeSubscriberMemory)$$" ./cmd/replicache-sidecar | grep -E "peak RSS|poke streams|^(ok|FAIL|---)" && \
+	  MEMORY_TEST=full $(GO) test -count=1 -v -run "^TestOneCallerCannotHoldTheBudget$$" ./proxy | grep -E "victim:|^(ok|FAIL|---)"'
 
 clean:
 	rm -rf $(BIN)

@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
 )
@@ -25,7 +26,7 @@ func FuzzDecodePush(f *testing.F) {
 		w := httptest.NewRecorder()
 		r := httptest.NewRequest(http.MethodPost, "/replicache/push", strings.NewReader(body))
 		var req pushRequest
-		herr := decodeBody(w, r, 1<<16, nil, &req)
+		herr := decodeBody(w, r, 1<<16, nil, time.Time{}, &req)
 		if herr == nil && req.PushVersion != nil && *req.PushVersion == 1 {
 			herr = req.validate()
 			if herr == nil {

@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/flight"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/mapping"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/plan"
@@ -88,7 +89,12 @@ func (s *puller) handlePull(w http.ResponseWriter, r *http.Request) {
 		problem.WriteClientStateNotFound(w)
 		return
 	}
+	// A slow reader of the answer holds the view's bytes: the budget may
+	// pre-empt them (package budget), which cuts the connection.
+	rc := http.NewResponseController(w)
+	done := c.mem.Interruptible(func() { _ = rc.SetWriteDeadline(time.Unix(1, 0)) })
 	s.writePull(w, c, ans)
+	done()
 }
 
 // failPull answers a pull that could not be built: the view's verdict
@@ -351,12 +357,23 @@ func (b *pullBuild) run(ctx context.Context, memos map[clientview.PageKey]*clien
 			plans[info.ID] = clientview.Plan{Mode: clientview.Skip}
 		}
 	}
-	res, err := s.fetch(ctx, b.mapping, c.Key(), clientview.Request{UserID: c.User, Header: c.Forward, Memory: c.mem, Memos: memos,
+	// While the view arrives the pull waits on the upstream: the budget
+	// may pre-empt it for a caller holding less (package budget), which
+	// cancels the fetch. The pulls riding on this one share its fetch and
+	// its lease, and get the same 503: they retry, each then its own.
+	fctx, cancel := context.WithCancelCause(ctx)
+	done := c.mem.Interruptible(func() { cancel(budget.ErrPreempted) })
+	res, err := s.fetch(fctx, b.mapping, c.Key(), clientview.Request{UserID: c.User, Header: c.Forward, Memory: c.mem, Memos: memos,
 		Plans: plans})
 	if err == nil {
-		res, err = b.withShared(ctx, res)
+		res, err = b.withShared(fctx, res)
 	}
+	done()
+	cancel(nil)
 	if err != nil {
+		if perr := c.mem.Err(); perr != nil {
+			return false, perr // whatever the cancelled fetch reported
+		}
 		var se *clientview.SourceError
 		return memos != nil && ctx.Err() == nil && errors.As(err, &se), err
 	}

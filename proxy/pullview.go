@@ -308,7 +308,10 @@ func (sv *sharedViews) get(ctx context.Context, s *core, info clientview.SourceI
 	}
 	tracing.SetHeaders(ctx, hdr)
 	started := time.Now()
-	res, err := s.parts.Fetcher.FetchResult(upstream.WithCaller(ctx, "shared:"+info.ID), info.View, clientview.Request{Header: hdr})
+	// The read is every waiting pull's, not only this one's: it is not
+	// cut short when this pull is (its client left, the budget pre-empted
+	// it); the upstream timeout bounds it.
+	res, err := s.parts.Fetcher.FetchResult(upstream.WithCaller(context.WithoutCancel(ctx), "shared:"+info.ID), info.View, clientview.Request{Header: hdr})
 	if err == nil {
 		r = &sharedRead{entries: res.Entries, result: res.Sources[0], at: started}
 		sv.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 	"testing"
@@ -12,7 +13,7 @@ import (
 
 func TestGrowWithinTheLimitAndRelease(t *testing.T) {
 	b := New(100, time.Millisecond)
-	l1, l2 := b.Lease(), b.Lease()
+	l1, l2 := b.Lease("a"), b.Lease("b")
 	if err := l1.Grow(context.Background(), 60); err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +43,7 @@ func TestGrowWithinTheLimitAndRelease(t *testing.T) {
 // could never be served, however long it waited.
 func TestMoreThanTheWholeBudget(t *testing.T) {
 	b := New(100, time.Hour)
-	l := b.Lease()
+	l := b.Lease("a")
 	if err := l.Grow(context.Background(), 70); err != nil {
 		t.Fatal(err)
 	}
@@ -58,12 +59,12 @@ func TestMoreThanTheWholeBudget(t *testing.T) {
 // A waiting Grow takes the room as soon as another lease gives it back.
 func TestWaitingGrowWakesOnRelease(t *testing.T) {
 	b := New(100, time.Minute)
-	holder := b.Lease()
+	holder := b.Lease("a")
 	if err := holder.Grow(context.Background(), 100); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- b.Lease().Grow(context.Background(), 50) }()
+	go func() { done <- b.Lease("b").Grow(context.Background(), 50) }()
 	select {
 	case err := <-done:
 		t.Fatalf("grow did not wait: %v", err)
@@ -85,12 +86,12 @@ func TestWaitingGrowWakesOnRelease(t *testing.T) {
 
 func TestWaitEndsWithTheContext(t *testing.T) {
 	b := New(10, time.Hour)
-	if err := b.Lease().Grow(context.Background(), 10); err != nil {
+	if err := b.Lease("a").Grow(context.Background(), 10); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := b.Lease().Grow(ctx, 1); !errors.Is(err, context.Canceled) {
+	if err := b.Lease("b").Grow(ctx, 1); !errors.Is(err, context.Canceled) {
 		t.Fatalf("got %v, want context.Canceled", err)
 	}
 }
@@ -99,7 +100,7 @@ func TestWaitEndsWithTheContext(t *testing.T) {
 // budget's when the bytes find no room.
 func TestReaderCharges(t *testing.T) {
 	b := New(4*chargeStep, time.Millisecond)
-	l := b.Lease()
+	l := b.Lease("a")
 	data := bytes.Repeat([]byte("x"), 3*chargeStep+10)
 	got, err := io.ReadAll(l.Reader(context.Background(), bytes.NewReader(data)))
 	if err != nil || len(got) != len(data) {
@@ -108,7 +109,7 @@ func TestReaderCharges(t *testing.T) {
 	if held := l.Held(); held < int64(len(data)) || held > int64(len(data))+chargeStep {
 		t.Errorf("lease holds %d for %d bytes read", held, len(data))
 	}
-	other := b.Lease()
+	other := b.Lease("b")
 	_, err = io.ReadAll(other.Reader(context.Background(), bytes.NewReader(data)))
 	if !errors.Is(err, ErrBusy) {
 		t.Fatalf("second reader: %v, want ErrBusy", err)
@@ -127,10 +128,10 @@ func TestConcurrentLeasesStayWithinTheLimit(t *testing.T) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	peak := int64(0)
-	for range 32 {
+	for i := range 32 {
 		wg.Go(func() {
 			for range 20 {
-				l := b.Lease()
+				l := b.Lease(fmt.Sprint("k", i%8)) // 8 callers, 4 requests each at once
 				for range 3 {
 					if l.Grow(context.Background(), 100) != nil {
 						break
@@ -156,7 +157,7 @@ func TestConcurrentLeasesStayWithinTheLimit(t *testing.T) {
 // bytes taken ahead and not read come back when each body ends.
 func TestSmallReadsCostWhatTheyRead(t *testing.T) {
 	b := New(1<<20, time.Millisecond)
-	l := b.Lease()
+	l := b.Lease("a")
 	for range 100 { // 100 steps ahead would be 6.4 MiB
 		if _, err := io.ReadAll(l.Reader(context.Background(), bytes.NewReader([]byte("0123456789")))); err != nil {
 			t.Fatal(err)
