@@ -421,8 +421,9 @@ func (t *transport) roundTrip(req *http.Request) (*http.Response, error) {
 
 // limited registers the gauge of view and auth calls in flight under l.
 func (m *metrics) limited(l *limiter) {
+	namespace := m.namespace
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Namespace: m.namespace, Name: "upstream_inflight_requests",
+		Namespace: namespace, Name: "upstream_inflight_requests",
 		Help: "View and auth calls in flight now (at most SIDECAR_UPSTREAM_MAX_INFLIGHT when it is set).",
 	}, func() float64 { return float64(l.inFlightNow()) }))
 }
