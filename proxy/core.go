@@ -15,6 +15,7 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
 	"github.com/replicache-sidecar/replicache-sidecar/mutators"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/config"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/gate"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/identity"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/mapping"
@@ -25,6 +26,14 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/verdict"
 )
+
+// Config is every setting of the sidecar (package config reads and checks
+// them); LoadConfig reads it from the environment.
+type Config = config.Config
+
+// LoadConfig reads the configuration from environ (variable name → value),
+// loads the mapping file, and checks everything (config.Load).
+func LoadConfig(environ map[string]string) (Config, error) { return config.Load(environ) }
 
 // core is what the engines share: the configuration, the bookkeeping, the
 // upstream parts, the metrics and the process-wide budgets. The HTTP edge
@@ -159,7 +168,7 @@ type PartsOptions struct {
 }
 
 // Parts builds the upstream parts c describes.
-func (c Config) Parts(o PartsOptions) Parts {
+func NewParts(c Config, o PartsOptions) Parts {
 	bs := upstream.BreakerSettings{Failures: c.BreakerFailures, OpenTimeout: c.BreakerOpenTimeout, HalfOpenRequests: c.BreakerHalfOpenRequests}
 	if o.NoBreakers {
 		bs = upstream.BreakerSettings{OpenTimeout: time.Second}

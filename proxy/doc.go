@@ -6,19 +6,21 @@
 //
 // # Who owns what
 //
-//	proxy                the composition: Config, the core the engines share
+//	proxy                the composition: the core the engines share
 //	                     (core.go), the edge's preamble (edge.go), the push
 //	                     engine (push.go, mutation.go), the pull engine
 //	                     (pull.go, pullanswer.go, pullview.go), poke streams
 //	                     and the invalidate hook (pokes.go), routes
 //	                     (sidecar.go), start-up and shutdown (lifecycle.go)
+//	proxy/config         every setting, read from SIDECAR_* and checked
 //	proxy/identity       who is calling, decided once at the edge
 //	proxy/verdict        what one upstream answer means, once per kind
 //	proxy/upstream       one client and breaker per kind of upstream call
 //	proxy/store          the bookkeeping in the sidecar's own Postgres schema
 //	proxy/gate           a client group's turns before a database connection
-//	proxy/budget         the process-wide budget of bytes in flight
+//	proxy/budget         the process-wide budget of bytes in flight, fair by caller
 //	proxy/flight         pulls of one group sharing one fetch
+//	proxy/plan           per view source: read in full, by its changes, or not at all
 //	proxy/poke           poke streams of this process, and pokes between replicas
 //	proxy/passthrough    every other request, to the API and back
 //	proxy/compress       gzip answers
@@ -50,20 +52,26 @@
 // edge: as for a push, and the view breaker must not be open. → pull.go:
 // join a running fetch of the same group, user and credentials (flight),
 // or lead one: holding the group's lock, read every client's last mutation
-// id, fetch the view (clientview, admitted by the view breaker as one unit
-// of work: every page of every source, or nothing), seal the flight,
-// compare the view with the group's record (store), and issue every merged
-// pull's cookie with the record's change in one round trip. → after the
-// commit each pull is answered (pullanswer.go): a diff from its cookie's
-// version of the record, or a reset. A failed fetch is answered from
-// verdict.View.
+// id and each source's state in the group's record (store), and decide per
+// source (plan, from that state and the writes this replica has seen):
+// read it in full, read only what changed since its watermark (its
+// `changes`), or not at all (`maxAge`, `shared`). Fetch the view that way
+// (clientview, admitted by the view breaker as one unit of work: every
+// page of every source read, or nothing; pullview.go adds the replica's
+// copy of shared sources and confirms a deletion a full read cannot
+// prove), seal the flight, compare the view with the group's record
+// (store: a source not read in full keeps its entries), and issue every
+// merged pull's cookie with the record's change and the sources' new
+// states in one round trip. → after the commit each pull is answered
+// (pullanswer.go): a diff from its cookie's version of the record, or a
+// reset. A failed fetch is answered from verdict.View.
 //
 // # Rules
 //
 //   - Data flows one way: cmd → proxy → its subpackages, mutators and
 //     clientview. No subpackage of proxy imports proxy, except proxy/check,
-//     for Config and the constructor of the upstream parts (Config.Parts)
-//     that the server uses too. mutators and clientview import nothing of
+//     for the constructor of the upstream parts (NewParts) that the server
+//     uses too. mutators and clientview import nothing of
 //     the sidecar but the shared JSON walker (clientview/jsonwalk).
 //   - Within this package a file uses only names of files on lower floors:
 //     core, then edge, then the engines, then Sidecar, then lifecycle.

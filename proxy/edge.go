@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/config"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/gate"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/identity"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
@@ -246,7 +247,7 @@ func (s *core) cors(h http.Handler) http.Handler {
 func sanitizeHeaderList(list string) string {
 	var out []string
 	for _, h := range strings.Split(list, ",") {
-		if h = strings.TrimSpace(h); validToken(h) {
+		if h = strings.TrimSpace(h); config.ValidToken(h) {
 			out = append(out, h)
 		}
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/replicache-sidecar/replicache-sidecar/mutators"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/config"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/mapping"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 )
@@ -170,7 +171,7 @@ func (s *Sidecar) Migrate(ctx context.Context) error {
 // SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS.
 func (s *Sidecar) keySecrets(ctx context.Context) (*keySecrets, error) {
 	secret := func(v string) ([]byte, error) {
-		if v == "" || v == GeneratedSecret {
+		if v == "" || v == config.GeneratedSecret {
 			return s.store.IdempotencySecret(ctx)
 		}
 		return []byte(v), nil

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/config"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/identity"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/poke"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
@@ -301,13 +302,13 @@ func (w *writePokes) wrote(write *http.Request) {
 	s := w.s
 	// Whoever wrote, the view sources under the path are read again.
 	s.markWrite(write.Method, write.URL.Path)
-	if s.cfg.PokePassthrough == pokePassthroughOff {
+	if s.cfg.PokePassthrough == config.PokePassthroughOff {
 		return
 	}
 	log := s.log.With("endpoint", endpointProxy, "trace_id", tracing.IDOf(write.Context()))
 	edge := s.parts.Identity
 	anonymous := identity.Caller{Addr: edge.ClientAddr(write)}
-	if s.cfg.PokePassthrough == pokePassthroughAll {
+	if s.cfg.PokePassthrough == config.PokePassthroughAll {
 		c := anonymous
 		if w.namedByHeader(write) {
 			if named, p := edge.Identify(write.Context(), write); p == nil {
@@ -350,7 +351,7 @@ func (w *writePokes) wrote(write *http.Request) {
 // poke pokes for a write by c: under identified, only when c is known.
 func (w *writePokes) poke(log *slog.Logger, c identity.Caller) {
 	known := c.User != "" || c.ViaHeader
-	if (!known && w.s.cfg.PokePassthrough == pokePassthroughIdentified) || !w.s.pokeFor(log, pokeFromPassthrough, c) {
+	if (!known && w.s.cfg.PokePassthrough == config.PokePassthroughIdentified) || !w.s.pokeFor(log, pokeFromPassthrough, c) {
 		w.s.metrics.pokeSkipped.WithLabelValues(skippedUnidentified).Inc()
 	}
 }

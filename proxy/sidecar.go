@@ -74,7 +74,7 @@ func New(o Options) *Sidecar {
 			Schema: cfg.DBSchema, WaitTimeout: cfg.DBLockTimeout + 5*time.Second, RecordVersions: cfg.ViewRecordVersions,
 			TouchInterval: touchInterval(cfg.ClientGroupTTL), RecordCacheBytes: cmp.Or(cfg.ViewRecordCacheBytes, -1),
 		}),
-		parts:   cfg.Parts(PartsOptions{Registerer: o.Registerer, Tracer: o.Tracer, Logger: o.Logger, Reporter: report}),
+		parts:   NewParts(cfg, PartsOptions{Registerer: o.Registerer, Tracer: o.Tracer, Logger: o.Logger, Reporter: report}),
 		metrics: m,
 		report:  report,
 		budget:  mem,

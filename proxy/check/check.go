@@ -90,7 +90,7 @@ func millis(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 func Run(ctx context.Context, cfg proxy.Config, o Options) (*Report, error) {
 	start := time.Now()
 	// The check must see every answer: no breaker between it and them.
-	parts := cfg.Parts(proxy.PartsOptions{Registerer: prometheus.NewRegistry(), NoBreakers: true})
+	parts := proxy.NewParts(cfg, proxy.PartsOptions{Registerer: prometheus.NewRegistry(), NoBreakers: true})
 	rep := &Report{Upstream: cfg.Upstream.String()}
 	// Nothing to try if nothing answers: that is "could not run".
 	conn, err := (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "tcp", hostPort(cfg.Upstream))

@@ -1,4 +1,4 @@
-package proxy
+package config
 
 import (
 	"errors"
@@ -151,9 +151,9 @@ func (c Config) PoolOptions() store.PoolOptions {
 
 // SIDECAR_POKE_PASSTHROUGH's values.
 const (
-	pokePassthroughIdentified = "identified"
-	pokePassthroughAll        = "all"
-	pokePassthroughOff        = "off"
+	PokePassthroughIdentified = "identified"
+	PokePassthroughAll        = "all"
+	PokePassthroughOff        = "off"
 )
 
 // GeneratedSecret, as SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS, names the
@@ -163,10 +163,10 @@ const GeneratedSecret = "generated"
 
 var schemaRE = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
 
-// LoadConfig reads the configuration from environ (variable name → value),
+// Load reads the configuration from environ (variable name → value),
 // loads the mapping file, and checks everything. The error, if any, lists
 // every problem found, one per line, so a bad deployment is fixed in one go.
-func LoadConfig(environ map[string]string) (Config, error) {
+func Load(environ map[string]string) (Config, error) {
 	var cfg Config
 	var errs []error
 	if err := env.ParseWithOptions(&cfg, env.Options{Environment: environ, Prefix: "SIDECAR_"}); err != nil {
@@ -265,14 +265,14 @@ func (c *Config) checkHeaders() []error {
 		if h == "" {
 			continue
 		}
-		if !validToken(h) {
+		if !ValidToken(h) {
 			errs = append(errs, fmt.Errorf("SIDECAR_FORWARD_HEADERS: %q is not a header name", h))
 		}
 		fwd = append(fwd, http.CanonicalHeaderKey(h))
 	}
 	c.ForwardHeaders = fwd
 	for name, h := range map[string]string{"SIDECAR_USER_ID_HEADER": c.UserIDHeader, "SIDECAR_IDEMPOTENCY_HEADER": c.IdempotencyHeader} {
-		if h != "" && !validToken(h) {
+		if h != "" && !ValidToken(h) {
 			errs = append(errs, fmt.Errorf("%s: %q is not a header name", name, h))
 		}
 	}
@@ -451,7 +451,7 @@ func (c *Config) checkPassthrough() []error {
 		errs = append(errs, errors.New("SIDECAR_POKE_SPREAD must not be negative (0: all at once)"))
 	}
 	switch c.PokePassthrough {
-	case pokePassthroughIdentified, pokePassthroughAll, pokePassthroughOff:
+	case PokePassthroughIdentified, PokePassthroughAll, PokePassthroughOff:
 	default:
 		errs = append(errs, fmt.Errorf("SIDECAR_POKE_PASSTHROUGH %q: want identified, all or off", c.PokePassthrough))
 	}
@@ -512,7 +512,9 @@ func joinLines(errs []error) error {
 	return errors.New(strings.Join(lines, "\n  "))
 }
 
-func validToken(s string) bool {
+// ValidToken reports whether s is an HTTP token (RFC 9110: a header
+// name, a method).
+func ValidToken(s string) bool {
 	if s == "" {
 		return false
 	}
