@@ -144,21 +144,26 @@ func (a *demoAPI) stop() {
 	<-a.done
 }
 
+// send makes one call straight at the API, as user, and wants status.
+func (a *demoAPI) send(client *http.Client, method, user, path, body string, status int) error {
+	req, _ := http.NewRequest(method, a.url+path, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+user)
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	_ = resp.Body.Close()
+	if resp.StatusCode != status {
+		return fmt.Errorf("seeding: %s %s answered %d", method, path, resp.StatusCode)
+	}
+	return nil
+}
+
 // seed gives each user n todos and one list, straight at the API.
 func (a *demoAPI) seed(client *http.Client, users []string, n int) error {
 	post := func(user, path, body string) error {
-		req, _ := http.NewRequest(http.MethodPost, a.url+path, strings.NewReader(body))
-		req.Header.Set("Authorization", "Bearer "+user)
-		resp, err := client.Do(req)
-		if err != nil {
-			return err
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		_ = resp.Body.Close()
-		if resp.StatusCode != http.StatusCreated {
-			return fmt.Errorf("seeding %s: %d", path, resp.StatusCode)
-		}
-		return nil
+		return a.send(client, http.MethodPost, user, path, body, http.StatusCreated)
 	}
 	for _, u := range users {
 		if err := post(u, "/api/lists", fmt.Sprintf(`{"id":"%s-list","name":"groceries"}`, u)); err != nil {
@@ -176,16 +181,8 @@ func (a *demoAPI) seed(client *http.Client, users []string, n int) error {
 	// older than its newest change. So: one more change per user, later.
 	time.Sleep(6 * time.Second)
 	for _, u := range users {
-		req, _ := http.NewRequest(http.MethodPatch, fmt.Sprintf("%s/api/todos/%s-0", a.url, u), strings.NewReader(`{"done":true}`))
-		req.Header.Set("Authorization", "Bearer "+u)
-		resp, err := client.Do(req)
-		if err != nil {
+		if err := a.send(client, http.MethodPatch, u, "/api/todos/"+u+"-0", `{"done":true}`, http.StatusOK); err != nil {
 			return err
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		_ = resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("seeding: PATCH answered %d", resp.StatusCode)
 		}
 	}
 	return nil
@@ -475,19 +472,12 @@ func (b *bench) fanout(context.Context) error {
 			}
 			reset = wave{gets: m.gets.Load(), bytes: m.bytes.Load()}
 		}
-		var waves []wave
-		for r := range rounds {
-			w, err := f.change(m, f.clients[0], fmt.Sprintf("change-%s-%d", name, r))
-			if err != nil {
-				f.close()
-				s.stop()
-				return fmt.Errorf("%s: %w", name, err)
-			}
-			waves = append(waves, w)
-		}
+		w, err := f.waves(m, name, rounds)
 		f.close()
 		s.stop()
-		w := medianWave(waves)
+		if err != nil {
+			return err
+		}
 		how := "every source read in full"
 		if delta {
 			how = "`changes` on todos and lists, `maxAge` on /api/me"
@@ -550,25 +540,32 @@ func (b *bench) thousand(context.Context) error {
 			s.stop()
 			return err
 		}
-		var waves []wave
-		for r := range rounds {
-			w, err := f.change(m, f.clients[0], fmt.Sprintf("change-%s-%d", name, r))
-			if err != nil {
-				f.close()
-				s.stop()
-				return fmt.Errorf("%s: %w", name, err)
-			}
-			waves = append(waves, w)
-		}
+		w, err := f.waves(m, name, rounds)
 		f.close()
 		s.stop()
-		w := medianWave(waves)
+		if err != nil {
+			return err
+		}
 		b.add(row{fmt.Sprintf("%s clients (%d users × %d groups) poked by one change, delta sources, SIDECAR_UPSTREAM_MAX_INFLIGHT=%d: until the last client has pulled it; the most requests the API saw at once; what it served",
 			count(clients), nUsers, perUser, bound),
 			fmt.Sprintf("%s; %d at once; %s GETs, %s", ms(w.last), w.peak, count(int(w.gets)), mb(int(w.bytes))),
 			fmt.Sprintf("the bound: %d at once", bound), "", fmt.Sprintf("≤ %d at once", bound), yes(w.peak <= int64(bound))})
 	}
 	return nil
+}
+
+// waves makes rounds changes, one at a time, as the first client: each
+// figure's median (the most at once: the greatest).
+func (f *fleet) waves(m *meter, name string, rounds int) (wave, error) {
+	var ws []wave
+	for r := range rounds {
+		w, err := f.change(m, f.clients[0], fmt.Sprintf("change-%s-%d", name, r))
+		if err != nil {
+			return wave{}, fmt.Errorf("%s: %w", name, err)
+		}
+		ws = append(ws, w)
+	}
+	return medianWave(ws), nil
 }
 
 // medianWave takes each figure's median over the waves.
