@@ -19,6 +19,7 @@
 //	proxy/store          the bookkeeping in the sidecar's own Postgres schema
 //	proxy/gate           a client group's turns before a database connection
 //	proxy/budget         the process-wide budget of bytes in flight, fair by caller
+//	proxy/body           a push's or pull's body: bounded, charged, paced
 //	proxy/flight         pulls of one group sharing one fetch
 //	proxy/plan           per view source: read in full, by its changes, or not at all
 //	proxy/poke           poke streams of this process, and pokes between replicas
@@ -35,8 +36,9 @@
 // edge (edge.go: begin): refuse what a cross-site page could send; refuse
 // while draining or before the schema is migrated; identity.Edge.Identify
 // decides who is calling from the headers alone (trusted header, or the
-// auth call with its verdict.Auth); only then is the body read, bounded by
-// SIDECAR_MAX_BODY_BYTES and charged to budget. → push.go: ownership of the
+// auth call with its verdict.Auth); only then is the body read (body:
+// bounded by SIDECAR_MAX_BODY_BYTES, charged to the caller's lease of the
+// budget, and cut off if it stops arriving). → push.go: ownership of the
 // group and of every client is checked before anything is applied;
 // consecutive mutations of one client are prepared (mutation.go: args
 // bounded, the call rendered by mutators, the idempotency key computed),
