@@ -57,12 +57,9 @@ func Parse(raw []byte) (*Mapping, error) {
 	if len(raw) > maxMappingBytes {
 		return nil, fmt.Errorf("mapping is larger than %d bytes", maxMappingBytes)
 	}
-	doc := raw
-	if trimmed := bytes.TrimSpace(raw); len(trimmed) > 0 && trimmed[0] != '{' {
-		var err error
-		if doc, err = yamlToJSON(raw); err != nil {
-			return nil, fmt.Errorf("mapping is not valid YAML: %w", err)
-		}
+	doc, err := ToJSON(raw, '{')
+	if err != nil {
+		return nil, fmt.Errorf("mapping is %w", err)
 	}
 	// Every unknown field, with its place and the name likely meant, then
 	// the rest of what is wrong: a typo often causes a second problem (a
@@ -105,6 +102,20 @@ func appendFlat(errs []error, err error) []error {
 		errs = append(errs, err)
 	}
 	return errs
+}
+
+// ToJSON returns a document given as JSON or YAML as JSON: raw itself
+// when its content starts with open ('{' for an object, '[' for a list),
+// else raw read as YAML. Its error starts "not valid YAML".
+func ToJSON(raw []byte, open byte) ([]byte, error) {
+	if trimmed := bytes.TrimSpace(raw); len(trimmed) > 0 && trimmed[0] == open {
+		return raw, nil
+	}
+	doc, err := yamlToJSON(raw)
+	if err != nil {
+		return nil, fmt.Errorf("not valid YAML: %w", err)
+	}
+	return doc, nil
 }
 
 // yamlToJSON re-encodes a YAML document as JSON, so one strict decoder
