@@ -320,8 +320,8 @@ func TestCheckDirectusExamples(t *testing.T) {
 		want    string
 	}{
 		// A validation error: what the API said, and how to mark it.
-		{"rejected", `createTodo={"id":"c3"}`, `✗ createTodo: answered 400: the API rejected the example: {"errors":[{"extensions":{"code":"FAILED_VALIDATION"},"message":"Validation failed for field \"title\". Value is required."}]}`},
-		{"forbidden", `updateTodo={"id":"nope","title":"x"}`, `✗ updateTodo: answered 403: the API rejected the example`},
+		{"rejected", `createTodo={"id":"c3"}`, `✗ createTodo: answered 400 ({"errors":[{"extensions":{"code":"FAILED_VALIDATION"},"message":"Validation failed for field \"title\". Value is required."}]}): the API rejected the example`},
+		{"forbidden", `updateTodo={"id":"nope","title":"x"}`, `✗ updateTodo: answered 403 ({"errors":[{"extensions":{"code":"FORBIDDEN"},"message":"You don't have permission to access this."}]}): the API rejected the example; the credentials given may not do this, or the item it names does not exist`},
 		// Marked as expected to be rejected, but applied.
 		{"applied unexpectedly", `createTodo:rejected={"id":"c4","title":"fine"}`, `✗ createTodo: expected rejected, but the API applied it (200)`},
 		// Expected one status, answered another.

@@ -375,13 +375,13 @@ func checkMutator(ctx context.Context, set *mutators.Set, sender *mutators.Clien
 	switch {
 	case mc.Outcome == "applied":
 	case mc.Outcome == "rejected" && v.Report != nil:
-		mc.Problems = append(mc.Problems, fmt.Sprintf("answered %d: a path or method the API does not have would consume every mutation as rejected%s", res.Status, answerText(res)))
+		mc.Problems = append(mc.Problems, fmt.Sprintf("answered %d%s: a path or method the API does not have would consume every mutation as rejected", res.Status, answerText(res)))
 	case mc.Outcome == "rejected":
 		hint := "fix the example's args (or the mutator's body)"
 		if res.Status == http.StatusForbidden {
 			hint = "the credentials given may not do this, or the item it names does not exist; fix the example's args (or the credentials)"
 		}
-		mc.Problems = append(mc.Problems, fmt.Sprintf("answered %d: the API rejected the example%s; %s, or, if a rejection is the point, mark it expected: %s",
+		mc.Problems = append(mc.Problems, fmt.Sprintf("answered %d%s: the API rejected the example; %s, or, if a rejection is the point, mark it expected: %s",
 			res.Status, answerText(res), hint, expectHint(name, res.Status)))
 	case v.Cause == verdict.Mapping:
 		mc.Problems = append(mc.Problems, fmt.Sprintf("answered %d, a redirect: the mutation would wait for a fixed mapping", res.Status))

@@ -145,8 +145,9 @@ func answered(res mutators.Result) string {
 	return fmt.Sprintf("the API answered %d", res.Status)
 }
 
-// answerText is the start of the API's answer to a refused call, to quote
-// ("" for none): a validation message names the field at fault.
+// answerText is the start of the API's answer to a refused call, quoted
+// in parentheses ("" for none): a validation message names the field at
+// fault.
 func answerText(res mutators.Result) string {
 	body := strings.Join(strings.Fields(res.Body), " ")
 	if body == "" || res.Outcome == mutators.Applied {
@@ -159,7 +160,7 @@ func answerText(res mutators.Result) string {
 		}
 		body = body[:cut] + "…"
 	}
-	return ": " + body
+	return " (" + body + ")"
 }
 
 // expectHint shows how to mark an example of name as meant to be refused
