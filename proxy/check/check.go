@@ -3,7 +3,7 @@
 // to fix in the mapping's terms. It needs no database.
 //
 // It builds its upstream parts with the server's own constructor
-// (proxy.Config.Parts), and reads the same verdicts the server acts on
+// (proxy.NewParts), and reads the same verdicts the server acts on
 // (package verdict), so what it reports is what the server would do. It
 // imports package proxy for its Config and Parts only.
 //
