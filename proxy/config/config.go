@@ -228,6 +228,13 @@ func (c *Config) loadMapping() []error {
 		return nil // required: reported by the env parser
 	}
 	m, err := mapping.Load(c.MappingFile)
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var errs []error // one line each
+		for _, e := range j.Unwrap() {
+			errs = append(errs, fmt.Errorf("SIDECAR_MAPPING_FILE: %w", e))
+		}
+		return errs
+	}
 	if err != nil {
 		return []error{fmt.Errorf("SIDECAR_MAPPING_FILE: %w", err)}
 	}

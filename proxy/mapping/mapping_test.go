@@ -61,3 +61,123 @@ func TestFittingYourAPIExamplesCompile(t *testing.T) {
 		}
 	}
 }
+
+// TestUnknownFieldsNamedEveryOne: every unknown field is reported, each
+// with its mutator or source and the name likely meant, in JSON and YAML
+// alike (issue 29: only the first was reported, as `json: unknown field
+// "methd"`, naming no mutator).
+func TestUnknownFieldsNamedEveryOne(t *testing.T) {
+	want := []string{
+		`mutator "createTodo": unknown field "methd" (did you mean "method"?)`,
+		`mutator "updateTodo": unknown field "bdy" (did you mean "body"?)`,
+		`clientView[0] (/api/todos): unknown field "itmes" (did you mean "items"?)`,
+		`clientView[0] (/api/todos): unknown field "typ" in pagination (did you mean "type"?)`,
+		`clientView[1] (/api/me): unknown field "limit" (it belongs inside "pagination")`,
+		`clientView[1] (/api/me): unknown field "full_every" in changes (did you mean "fullEvery"?)`,
+		`unknown field "mutator" (did you mean "mutators"?)`,
+	}
+	docs := map[string]string{
+		"json": `{
+  "mutator": {},
+  "mutators": {
+    "createTodo": {"methd": "POST", "path": "/api/todos"},
+    "updateTodo": {"method": "PATCH", "path": "/api/todos/{args.id}", "bdy": {"title": "{args.title}"},
+                   "headers": {"X-Anything": "free"}, "outcomes": {"404": "applied"}}
+  },
+  "clientView": [
+    {"path": "/api/todos", "itmes": "todos", "key": "todo/{id}", "pagination": {"typ": "link"}},
+    {"path": "/api/me", "key": "me/{id}", "limit": 5, "changes": {"param": "since", "field": "updated_at", "full_every": "1m"}}
+  ]
+}`,
+		"yaml": `
+mutator: {}
+mutators:
+  createTodo: {methd: POST, path: /api/todos}
+  updateTodo:
+    method: PATCH
+    path: "/api/todos/{args.id}"
+    bdy: {title: "{args.title}"}
+    headers: {X-Anything: free}
+    outcomes: {404: applied}
+clientView:
+  - {path: /api/todos, itmes: todos, key: "todo/{id}", pagination: {typ: link}}
+  - path: /api/me
+    key: "me/{id}"
+    limit: 5
+    changes: {param: since, field: updated_at, full_every: 1m}
+`,
+	}
+	for format, doc := range docs {
+		t.Run(format, func(t *testing.T) {
+			_, err := Parse([]byte(doc))
+			if err == nil {
+				t.Fatal("a mapping with unknown fields loaded")
+			}
+			got := err.Error()
+			for _, w := range want {
+				if !strings.Contains(got, w) {
+					t.Errorf("the error lacks %s", w)
+				}
+			}
+			if strings.Contains(got, "json:") {
+				t.Errorf("the error speaks of json: %s", got)
+			}
+			// Each problem once, one per line; free-form maps and bodies hold
+			// no mapping fields.
+			if n := strings.Count(got, "unknown field"); n != len(want) {
+				t.Errorf("%d unknown fields reported, want %d:\n%s", n, len(want), got)
+			}
+		})
+	}
+}
+
+// TestUnknownFieldsAndOtherProblemsTogether: a typo and what it causes
+// (a required field then missing) come out together, each on its own
+// error, and a field's case is not a typo (encoding/json matches
+// case-insensitively, so "Method" was always accepted).
+func TestUnknownFieldsAndOtherProblemsTogether(t *testing.T) {
+	_, err := Parse([]byte(`{"mutators": {"m": {"methd": "POST", "path": "/x"}, "n": {"Method": "POST", "path": "/y"}}}`))
+	j, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		t.Fatalf("error %v does not join one error per problem", err)
+	}
+	var lines []string
+	for _, e := range j.Unwrap() {
+		lines = append(lines, e.Error())
+	}
+	want := []string{`mutator "m": unknown field "methd" (did you mean "method"?)`, `mutator "m": method is required`}
+	if strings.Join(lines, "\n") != strings.Join(want, "\n") {
+		t.Errorf("problems:\n%s\nwant:\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// TestYAMLNumericKeys: outcomes keyed by an unquoted status in YAML load
+// like JSON's string keys (they failed with a json: error).
+func TestYAMLNumericKeys(t *testing.T) {
+	m, err := Parse([]byte("mutators:\n  d: {method: DELETE, path: \"/x/{args.id}\", outcomes: {404: applied, 5xx: rejected}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !m.Mutators.Has("d") {
+		t.Error("mutator d not loaded")
+	}
+}
+
+// TestSuggest: the likely name for a typo, and none for a name far from
+// every known one.
+func TestSuggest(t *testing.T) {
+	known := []string{"path", "items", "key", "pagination", "total", "changes", "maxAge", "shared"}
+	for _, tc := range []struct{ in, want string }{
+		{"itmes", "items"}, // a swap
+		{"pagnation", "pagination"},
+		{"max_age", "maxAge"}, // spelling, not letters
+		{"ky", "key"},
+		{"totl", "total"},
+		{"url", ""}, // nothing close
+		{"filter", ""},
+	} {
+		if got := Suggest(tc.in, known); got != tc.want {
+			t.Errorf("Suggest(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
