@@ -29,8 +29,10 @@ $(BIN)/devpg: $(GOFILES) go.mod
 PORT       = 8080
 ADMIN_PORT = 9090
 API_PORT   = 3000
+DEMO_FLAGS = -port $(PORT) -admin-port $(ADMIN_PORT) -api-port $(API_PORT)
 demo: build web $(BIN)/devpg
-	$(BIN)/devpg -- $(BIN)/demo -port $(PORT) -admin-port $(ADMIN_PORT) -api-port $(API_PORT)
+	@$(BIN)/demo -check-ports $(DEMO_FLAGS)
+	$(BIN)/devpg -- $(BIN)/demo $(DEMO_FLAGS)
 
 ## web: install the pinned Node packages and bundle the demo web app.
 web: web/node_modules/.installed

@@ -65,8 +65,12 @@ func run(ctx context.Context, args, env []string, input io.Reader, out, logs io.
 	fs.IntVar(&o.port, "port", 8080, "sidecar public port: the URL to open (make demo PORT=…)")
 	fs.IntVar(&o.adminPort, "admin-port", 9090, "sidecar admin port: metrics, health (make demo ADMIN_PORT=…)")
 	fs.IntVar(&o.apiPort, "api-port", 3000, "todo-api port (make demo API_PORT=…)")
+	checkPorts := fs.Bool("check-ports", false, "only check that the ports are free, and exit (make demo does, before it starts a database)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *checkPorts {
+		return portsFree(o)
 	}
 	if lookup(env, "SIDECAR_DATABASE_URL") == "" {
 		return errors.New("SIDECAR_DATABASE_URL is not set (`make demo` starts a throwaway Postgres)")

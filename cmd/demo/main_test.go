@@ -38,15 +38,19 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// freePort returns a port nothing listens on now.
-func freePort(t *testing.T) int {
+// freePorts returns n distinct ports nothing listens on now.
+func freePorts(t *testing.T, n int) []int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	var ports []int
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close() // held until all are chosen: distinct
+		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return ports
 }
 
 // staticDir is a built web app, as far as the demo checks.
@@ -72,20 +76,21 @@ func TestBusyPortFailsAtOnce(t *testing.T) {
 	}
 	defer busy.Close()
 	held := busy.Addr().(*net.TCPAddr).Port
-	free := freePort(t)
+	fp := freePorts(t, 3)
+	free, free1, free2 := fp[0], fp[1], fp[2]
 	for _, tc := range []struct {
 		name  string
 		ports []string
 		want  []string
 	}{
 		// The demo API's port: the one users meet (3000 is a common one).
-		{"api port busy", []string{"-port", fmt.Sprint(free), "-admin-port", fmt.Sprint(free + 1), "-api-port", fmt.Sprint(held)},
+		{"api port busy", []string{"-port", fmt.Sprint(free), "-admin-port", fmt.Sprint(free1), "-api-port", fmt.Sprint(held)},
 			[]string{fmt.Sprintf("port %d (the demo API) is in use", held), "make demo API_PORT=", "-api-port"}},
 		// The page's port.
-		{"page port busy", []string{"-port", fmt.Sprint(held), "-admin-port", fmt.Sprint(free + 1), "-api-port", fmt.Sprint(free)},
+		{"page port busy", []string{"-port", fmt.Sprint(held), "-admin-port", fmt.Sprint(free1), "-api-port", fmt.Sprint(free)},
 			[]string{fmt.Sprintf("port %d (the page and the sidecar) is in use", held), "make demo PORT="}},
 		// One port given twice is refused before anything listens.
-		{"same port twice", []string{"-port", fmt.Sprint(free), "-admin-port", fmt.Sprint(free), "-api-port", fmt.Sprint(free + 1)},
+		{"same port twice", []string{"-port", fmt.Sprint(free), "-admin-port", fmt.Sprint(free), "-api-port", fmt.Sprint(free1)},
 			[]string{fmt.Sprintf("port %d is given for both", free), "ADMIN_PORT"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -103,7 +108,18 @@ func TestBusyPortFailsAtOnce(t *testing.T) {
 			if strings.Contains(err.Error(), "starting") || strings.Contains(err.Error(), "healthz") {
 				t.Errorf("error %q: the demo tried to start a process", err)
 			}
+			// make demo asks first, before it starts a database: the same
+			// answer, with nothing else needed.
+			err = run(context.Background(), append([]string{"-check-ports"}, tc.ports...), nil, strings.NewReader(""), &out, &logs)
+			if err == nil || !strings.Contains(err.Error(), tc.want[0]) {
+				t.Errorf("-check-ports = %v, want an error saying %q", err, tc.want[0])
+			}
 		})
+	}
+	// Free ports: -check-ports says nothing and starts nothing.
+	if err := run(context.Background(), []string{"-check-ports", "-port", fmt.Sprint(free), "-admin-port", fmt.Sprint(free1), "-api-port", fmt.Sprint(free2)},
+		nil, strings.NewReader(""), io.Discard, io.Discard); err != nil {
+		t.Errorf("-check-ports with free ports = %v", err)
 	}
 }
 
@@ -131,13 +147,8 @@ func TestDemoSurvivesTheAPIStopping(t *testing.T) {
 	bin := buildBinaries(t)
 	schema := "demo_test_" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	t.Cleanup(func() { proxytest.DropSchema(t, db, schema) })
-	port, admin, apiPort := freePort(t), freePort(t), freePort(t)
-	for admin == port {
-		admin = freePort(t)
-	}
-	for apiPort == port || apiPort == admin {
-		apiPort = freePort(t)
-	}
+	fp := freePorts(t, 3)
+	port, admin, apiPort := fp[0], fp[1], fp[2]
 	args := []string{"-bin", bin, "-static", staticDir(t), "-mapping", "../../deploy/examples/todo/mapping.json",
 		"-port", fmt.Sprint(port), "-admin-port", fmt.Sprint(admin), "-api-port", fmt.Sprint(apiPort)}
 	env := append(os.Environ(), "SIDECAR_DATABASE_URL="+db, "SIDECAR_DB_SCHEMA="+schema)
