@@ -47,7 +47,7 @@ func freePorts(t *testing.T, n int) []int {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer ln.Close() // held until all are chosen: distinct
+		defer func() { _ = ln.Close() }() // held until all are chosen: distinct
 		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
 	}
 	return ports
@@ -74,7 +74,7 @@ func TestBusyPortFailsAtOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer busy.Close()
+	t.Cleanup(func() { _ = busy.Close() }) // subtests run after this function returns
 	held := busy.Addr().(*net.TCPAddr).Port
 	fp := freePorts(t, 3)
 	free, free1, free2 := fp[0], fp[1], fp[2]
@@ -94,6 +94,7 @@ func TestBusyPortFailsAtOnce(t *testing.T) {
 			[]string{fmt.Sprintf("port %d is given for both", free), "ADMIN_PORT"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			args := append([]string{"-bin", t.TempDir(), "-static", staticDir(t), "-host", "127.0.0.1"}, tc.ports...)
 			var out, logs syncBuffer
 			err := run(context.Background(), args, []string{"SIDECAR_DATABASE_URL=postgres://unused"}, strings.NewReader(""), &out, &logs)
@@ -153,7 +154,7 @@ func TestDemoSurvivesTheAPIStopping(t *testing.T) {
 		"-port", fmt.Sprint(port), "-admin-port", fmt.Sprint(admin), "-api-port", fmt.Sprint(apiPort)}
 	env := append(os.Environ(), "SIDECAR_DATABASE_URL="+db, "SIDECAR_DB_SCHEMA="+schema)
 	inR, inW := io.Pipe()
-	defer inW.Close()
+	defer func() { _ = inW.Close() }()
 	var out, logs syncBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -207,7 +208,7 @@ func TestDemoSurvivesTheAPIStopping(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer resp.Body.Close()
+		defer func() { _ = resp.Body.Close() }()
 		b, _ := io.ReadAll(resp.Body)
 		return string(b)
 	}

@@ -316,7 +316,10 @@ func TestStartWarnsWhenEveryCallerIsOneUser(t *testing.T) {
 			proxytest.WaitFor(t, "the listening log line", func() bool { return logs.find("listening") != nil })
 			cancel()
 			select {
-			case <-done:
+			case err := <-done:
+				if err != nil {
+					t.Errorf("run = %v after a clean stop", err)
+				}
 			case <-time.After(15 * time.Second):
 				t.Fatal("run did not return")
 			}
