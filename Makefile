@@ -25,8 +25,14 @@ $(BIN)/devpg: $(GOFILES) go.mod
 	$(GO) build -o $(BIN)/devpg ./cmd/devpg
 
 ## demo: the product end to end: todo-api + the sidecar + a throwaway Postgres. Ctrl-C stops it all.
+## Its ports: make demo PORT=8080 ADMIN_PORT=9090 API_PORT=3000 (the defaults; the page is on PORT).
+PORT       = 8080
+ADMIN_PORT = 9090
+API_PORT   = 3000
+DEMO_FLAGS = -port $(PORT) -admin-port $(ADMIN_PORT) -api-port $(API_PORT)
 demo: build web $(BIN)/devpg
-	$(BIN)/devpg -- $(BIN)/demo
+	@$(BIN)/demo -check-ports $(DEMO_FLAGS)
+	$(BIN)/devpg -- $(BIN)/demo $(DEMO_FLAGS)
 
 ## web: install the pinned Node packages and bundle the demo web app.
 web: web/node_modules/.installed

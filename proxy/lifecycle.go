@@ -33,6 +33,13 @@ func (s *Sidecar) Serve(ctx context.Context, public, admin net.Listener, g prome
 	// stream for as long as the legacy service does.
 	pub := NewHTTPServer(s.Handler(), s.cfg.HTTPReadTimeout, 0)
 	adm := NewHTTPServer(s.AdminHandler(g), 30*time.Second, 30*time.Second)
+	if s.cfg.UserIDHeader == "" && s.cfg.AuthPath == "" {
+		// A deployment that forgot both would otherwise learn it from a
+		// leak, not a log: said before "listening", so it is seen first.
+		s.log.Warn("every caller is one user: neither SIDECAR_AUTH_PATH nor SIDECAR_USER_ID_HEADER is set, " +
+			"so the sidecar cannot tell users apart (single-tenant mode: any caller may use any client group, and SIDECAR_POKE_SCOPE=user pokes everyone); " +
+			"set SIDECAR_AUTH_PATH to an endpoint of the API that says who the caller is, or SIDECAR_USER_ID_HEADER to a trusted gateway's header, unless the API has one user")
+	}
 	s.log.Info("listening", "version", s.version, "public", public.Addr().String(), "admin", admin.Addr().String(),
 		"upstream", s.cfg.Upstream.Redacted(), "push_path", s.cfg.PushPath, "pull_path", s.cfg.PullPath,
 		"mutators", len(s.cfg.Mapping.Mutators.Names()), "view_sources", s.cfg.Mapping.View.Len(), "mapping_sha256", s.cfg.Mapping.Hash)

@@ -36,28 +36,42 @@ clientView:
 }
 
 // TestFittingYourAPIExamplesCompile keeps the README's worked mappings
-// valid: each JSON block of "Fitting your API" is a client view source that
-// the mapping loader accepts.
+// valid: each JSON block of "Fitting your API" and of the guide "From zero
+// to your own API" is a whole mapping (it names "mutators" or
+// "clientView") or client view sources, and the mapping loader accepts it.
 func TestFittingYourAPIExamplesCompile(t *testing.T) {
 	raw, err := os.ReadFile("../../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
 	text := string(raw)
-	start := strings.Index(text, "## Fitting your API")
-	if start < 0 {
-		t.Fatal("README has no \"Fitting your API\" section")
-	}
-	section := text[start+3:]
-	section = section[:strings.Index(section, "\n## ")]
-	blocks := strings.Split(section, "```json\n")[1:]
-	if len(blocks) < 6 {
-		t.Fatalf("found %d JSON examples, want one per API family (6)", len(blocks))
-	}
-	for _, b := range blocks {
-		src := b[:strings.Index(b, "```")]
-		if _, err := Parse([]byte(`{"clientView": [` + src + `]}`)); err != nil {
-			t.Errorf("README example does not load: %v\n%s", err, src)
+	for _, tc := range []struct {
+		heading string
+		min     int // JSON blocks at least
+	}{
+		{"## Fitting your API", 6},
+		{"## From zero to your own API", 1},
+	} {
+		start := strings.Index(text, tc.heading+"\n")
+		if start < 0 {
+			t.Errorf("README has no %q section", tc.heading)
+			continue
+		}
+		section := text[start+3:]
+		section = section[:strings.Index(section, "\n## ")]
+		blocks := strings.Split(section, "```json\n")[1:]
+		if len(blocks) < tc.min {
+			t.Errorf("%s: found %d JSON examples, want at least %d", tc.heading, len(blocks), tc.min)
+		}
+		for _, b := range blocks {
+			src := b[:strings.Index(b, "```")]
+			doc := `{"clientView": [` + src + `]}`
+			if strings.Contains(src, `"mutators"`) || strings.Contains(src, `"clientView"`) {
+				doc = src
+			}
+			if _, err := Parse([]byte(doc)); err != nil {
+				t.Errorf("%s: README example does not load: %v\n%s", tc.heading, err, src)
+			}
 		}
 	}
 }
