@@ -131,11 +131,8 @@ func (c *Client) Do(ctx context.Context, r *Request, fwd http.Header) Result {
 	for k, vs := range fwd {
 		req.Header[k] = vs
 	}
-	for k, vs := range r.Header {
+	for k, vs := range r.Header { // Content-Type among them, when there is a body
 		req.Header[k] = vs
-	}
-	if r.Body != nil {
-		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set(c.idemHeader, r.IdempotencyKey)
 	resp, err := c.upstream.Do(req)

@@ -28,6 +28,10 @@ type Spec struct {
 	// "rejected" or "retry". Exact statuses win over classes, classes over
 	// the defaults.
 	Outcomes map[string]string `json:"outcomes,omitempty"`
+	// BodyFormat is how the rendered body is sent: "json" (the default)
+	// or "form" (application/x-www-form-urlencoded: the body template
+	// must be an object of scalars).
+	BodyFormat string `json:"bodyFormat,omitempty"`
 }
 
 // Mutation is one Replicache mutation plus the context placeholders may use.
@@ -96,6 +100,8 @@ type mutator struct {
 	body    any // template tree: map[string]any, []any, []part (string), json.Number, bool, nil
 	header  http.Header
 	outcome outcomeRules
+	// form: the body goes as application/x-www-form-urlencoded.
+	form bool
 }
 
 type queryParam struct {
@@ -111,11 +117,22 @@ var allowedMethods = map[string]bool{
 }
 
 // reservedHeaders are set by the sidecar or by net/http and cannot be
-// overridden by a mapping.
+// overridden by a mapping. Content-Type is the mapping's to set (JSON:API,
+// merge-patch); without it a body goes as its bodyFormat's type.
 var reservedHeaders = map[string]bool{
 	"Host": true, "Content-Length": true, "Transfer-Encoding": true,
-	"Connection": true, "Content-Type": true, "X-Request-Id": true,
+	"Connection": true, "X-Request-Id": true,
 }
+
+// Body formats, and the Content-Type each is sent with unless the mapping's
+// headers name another.
+const (
+	formatJSON = "json"
+	formatForm = "form"
+
+	contentTypeJSON = "application/json"
+	contentTypeForm = "application/x-www-form-urlencoded"
+)
 
 // Compile checks every mutator and returns the compiled mapping, or one error
 // joining every problem found (each prefixed with the mutator's name).
@@ -164,6 +181,14 @@ func compileMutator(name string, s Spec) (*mutator, []error) {
 		}
 		mu.hasBody, mu.body = true, tree
 	}
+	switch s.BodyFormat {
+	case "", formatJSON:
+	case formatForm:
+		mu.form = true
+		errs = append(errs, checkFormBody(mu.hasBody, mu.body)...)
+	default:
+		errs = append(errs, fmt.Errorf("bodyFormat %q is not json or form", s.BodyFormat))
+	}
 	var oerrs []error
 	mu.outcome, oerrs = compileOutcomes(s.Outcomes)
 	errs = append(errs, oerrs...)
@@ -176,6 +201,8 @@ func compileMutator(name string, s Spec) (*mutator, []error) {
 			errs = append(errs, fmt.Errorf("header %q is set by the sidecar and cannot be mapped", k))
 		case strings.ContainsAny(v, "\r\n\x00"):
 			errs = append(errs, fmt.Errorf("header %q: value contains a control character", k))
+		case ck == "Content-Type" && !validMediaType(v):
+			errs = append(errs, fmt.Errorf("header %q: %q is not a media type (such as application/vnd.api+json)", k, v))
 		default:
 			mu.header.Set(ck, v)
 		}
@@ -359,13 +386,24 @@ func (m *Set) Render(mu Mutation) (*Request, error) {
 		if err != nil {
 			return fail(err)
 		}
-		if req.Body, err = json.Marshal(out); err != nil {
-			return fail(fmt.Errorf("encoding body: %w", err))
+		if spec.form {
+			req.Body, err = formBody(out)
+		} else if req.Body, err = json.Marshal(out); err != nil {
+			err = fmt.Errorf("encoding body: %w", err)
+		}
+		if err != nil {
+			return fail(err)
 		}
 	case spec.method != http.MethodDelete:
 		req.Body = []byte(mu.Args)
 		if len(req.Body) == 0 {
 			req.Body = []byte("null")
+		}
+	}
+	if req.Body != nil && req.Header.Get("Content-Type") == "" {
+		req.Header.Set("Content-Type", contentTypeJSON)
+		if spec.form {
+			req.Header.Set("Content-Type", contentTypeForm)
 		}
 	}
 	return req, nil
