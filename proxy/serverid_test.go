@@ -179,10 +179,10 @@ func TestServerIDMissingFromAnswer(t *testing.T) {
 }
 
 // TestServerIDRetriedCreate: a create is recorded once. The transaction
-// that sent it dies before its commit (the API answered the create and
-// the edit after it): the client's retry sends both again with the same
-// keys, the API replays its answers, and the one record is made then, so
-// the edit goes to the same todo. A client that sends a committed push
+// that sent it dies before its commit (the API answered the create): the
+// client's retry sends it again with the same key, the API replays its
+// answer, and the one record is made then, so the edit after it goes to
+// the same todo. A client that sends a committed push
 // again makes no call. A temporary id used again by a later create keeps
 // its first record (logged).
 func TestServerIDRetriedCreate(t *testing.T) {
@@ -192,12 +192,12 @@ func TestServerIDRetriedCreate(t *testing.T) {
 	a := h.start()
 	var once sync.Once
 	api.SetHook(func(_ http.ResponseWriter, r *http.Request) bool {
-		if r.Method != http.MethodPatch {
+		if r.Method != http.MethodPost {
 			return false
 		}
 		once.Do(func() {
-			// The API has answered the create and answers this edit; the
-			// transaction that sent them dies before its commit.
+			// The API answers the create; the transaction that sent it
+			// dies before its commit.
 			var n int
 			err := a.pool.QueryRow(context.Background(), `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
 				WHERE state = 'idle in transaction' AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()`, h.schema).Scan(&n)
@@ -228,8 +228,8 @@ func TestServerIDRetriedCreate(t *testing.T) {
 	if r := a.push(t, "alice", "g", reuse...); r.status != http.StatusOK || r.json["applied"] != 2.0 {
 		t.Fatalf("push = %d %s", r.status, r.raw)
 	}
-	want := []string{"POST /api/todos/ 201", "PATCH /api/todos/17/ 200", // sent, commit lost
-		"POST /api/todos/ 201", "PATCH /api/todos/17/ 200", // the retry, replayed by the API
+	want := []string{"POST /api/todos/ 201", // sent, commit lost
+		"POST /api/todos/ 201", "PATCH /api/todos/17/ 200", // the retry (replayed by the API), the edit
 		"POST /api/todos/ 201", "PATCH /api/todos/17/ 200"}
 	if got := api.Calls(); !slices.Equal(got, want) {
 		t.Errorf("calls %q, want %q", got, want)
