@@ -43,11 +43,13 @@
 // consecutive mutations of one client are prepared (mutation.go: args
 // bounded, the call rendered by mutators, the idempotency key computed),
 // then, waiting for the group's turn in gate and holding its row lock in
-// store, each is sent (admitted by the mutation breaker), judged
-// (verdict.Mutation: applied, consumed as rejected, or pending, and whether
-// the answer is evidence that the API is down or counts toward giving up)
-// and settled in the same transaction. → the clients that may see the
-// effects are poked (poke), and the push answers its counts.
+// store, each is rendered again if it names a temporary id the group has
+// recorded a server id for (serverids.go), sent (admitted by the mutation
+// breaker), judged (verdict.Mutation: applied, consumed as rejected, or
+// pending, and whether the answer is evidence that the API is down or
+// counts toward giving up) and settled in the same transaction, with the
+// server id an applied create's answer holds. → the clients that may see
+// the effects are poked (poke), and the push answers its counts.
 //
 // # A pull
 //

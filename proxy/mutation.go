@@ -78,8 +78,10 @@ type pendingError struct {
 
 func (e *pendingError) Error() string { return e.p.Error() }
 
-// applyOne processes one prepared mutation inside a batch's transaction.
-func (s *core) applyOne(ctx context.Context, c *exchange, mp *mapping.Mapping, g *store.GroupTx, p prepared) (settled, error) {
+// applyOne processes one prepared mutation inside a batch's transaction;
+// ids are the server ids the batch knows (serverids.go), nil when the
+// mapping declares none.
+func (s *core) applyOne(ctx context.Context, c *exchange, mp *mapping.Mapping, g *store.GroupTx, p prepared, ids mutators.ServerIDs) (settled, error) {
 	mu := p.mu
 	r := settled{name: mu.Name}
 	cur, err := g.LastMutationID(ctx, mu.ClientID)
@@ -104,6 +106,7 @@ func (s *core) applyOne(ctx context.Context, c *exchange, mp *mapping.Mapping, g
 	if err := g.ClaimClient(ctx, mu.ClientID, s.cfg.MaxClientsPerGroup); err != nil {
 		return r, err
 	}
+	p = withServerIDs(mp, p, ids)
 	keys := s.keys.Load()
 	if p.req != nil {
 		if err := s.keepOldKey(ctx, g, keys, p.req, mu); err != nil {
@@ -156,6 +159,7 @@ func (s *core) applyOne(ctx context.Context, c *exchange, mp *mapping.Mapping, g
 	switch v.Label {
 	case verdict.LabelApplied:
 		c.log.Debug("mutation applied", "mutator", mu.Name, "mutation_id", mu.ID, "outcome", v.Label, "status", res.Status)
+		recordServerID(c, g, p, res, ids)
 	case verdict.LabelRejected:
 		c.log.Info("mutation rejected", "mutator", mu.Name, "mutation_id", mu.ID, "outcome", v.Label, "status", res.Status, "cause", res.Cause())
 		fallthrough

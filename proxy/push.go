@@ -239,12 +239,16 @@ func (s *core) applyBatch(ctx context.Context, c *exchange, mp *mapping.Mapping,
 	err = s.locked(ctx, first.ClientGroupID, first.UserID, first.ClientID, func(g *store.GroupTx) error {
 		opened := time.Now()
 		done, stop = done[:0], nil
+		ids, err := loadServerIDs(ctx, mp, g, muts)
+		if err != nil {
+			return err
+		}
 		for i, p := range muts {
 			if i > 0 && (time.Since(opened) >= batchWindow || time.Since(c.start) >= s.cfg.PushTimeBudget ||
 				s.draining.Load() || ctx.Err() != nil) {
 				return nil // the rest goes in the next transaction, if any
 			}
-			r, err := s.applyOne(ctx, c, mp, g, p)
+			r, err := s.applyOne(ctx, c, mp, g, p, ids)
 			if err != nil {
 				// A mutation that comes early, or a client that is not
 				// (or no longer) the group's, is found before anything of

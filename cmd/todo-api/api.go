@@ -18,11 +18,51 @@ import (
 )
 
 type todo struct {
-	ID        string `json:"id"`
-	ListID    string `json:"listID,omitempty"`
-	Title     string `json:"title"`
-	Done      bool   `json:"done"`
-	UpdatedAt string `json:"updated_at,omitempty"`
+	ID string
+	// Serial: the service chose the id (-assign-ids). It is written as a
+	// JSON number, as Django's AutoField and Rails' integer keys are.
+	Serial    bool
+	ListID    string
+	Title     string
+	Done      bool
+	UpdatedAt string
+}
+
+// todoJSON is a todo as the API writes it (and the state file keeps it):
+// the id a string, or a number when the service chose it.
+type todoJSON struct {
+	ID        json.RawMessage `json:"id"`
+	ListID    string          `json:"listID,omitempty"`
+	Title     string          `json:"title"`
+	Done      bool            `json:"done"`
+	UpdatedAt string          `json:"updated_at,omitempty"`
+}
+
+func (t todo) MarshalJSON() ([]byte, error) {
+	id, err := json.Marshal(t.ID)
+	if t.Serial {
+		id, err = []byte(t.ID), nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(todoJSON{ID: id, ListID: t.ListID, Title: t.Title, Done: t.Done, UpdatedAt: t.UpdatedAt})
+}
+
+func (t *todo) UnmarshalJSON(b []byte) error {
+	var j todoJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	*t = todo{ListID: j.ListID, Title: j.Title, Done: j.Done, UpdatedAt: j.UpdatedAt}
+	if err := json.Unmarshal(j.ID, &t.ID); err != nil {
+		var n json.Number
+		if err := json.Unmarshal(j.ID, &n); err != nil {
+			return fmt.Errorf("todo id %s is neither a string nor a number", j.ID)
+		}
+		t.ID, t.Serial = n.String(), true
+	}
+	return nil
 }
 
 type list struct {
@@ -75,6 +115,11 @@ type api struct {
 	// duplicateStatus answers a create whose id exists (409 unless set).
 	duplicateStatus int
 	lastStamp       time.Time // the last updated_at given (a.touched)
+	// assignIDs: a create of a todo takes no id from the client; the
+	// service assigns the next of a sequence shared by every user (1, 2,
+	// …), as an auto-increment key does.
+	assignIDs bool
+	lastID    int64 // the sequence's last value (assignIDs)
 }
 
 func newAPI(pageSize int) *api {
@@ -317,6 +362,12 @@ func (a *api) createTodo(user string, _ *http.Request, body []byte) (int, any) {
 	if err := json.Unmarshal(body, &in); err != nil {
 		return http.StatusUnprocessableEntity, errBody("body must be a JSON object: " + err.Error())
 	}
+	if a.assignIDs {
+		// The id is the service's to choose: any the body carries is
+		// ignored, as a read-only field is.
+		id := strconv.FormatInt(a.lastID+1, 10)
+		in.ID = &id
+	}
 	if !validText(in.ID, 128) {
 		return http.StatusUnprocessableEntity, errBody("id is required (1-128 characters)")
 	}
@@ -327,7 +378,10 @@ func (a *api) createTodo(user string, _ *http.Request, body []byte) (int, any) {
 	if _, exists := d.todos[*in.ID]; exists {
 		return a.duplicateStatus, errBody(fmt.Sprintf("todo %q already exists", *in.ID))
 	}
-	t := &todo{ID: *in.ID, Title: *in.Title, UpdatedAt: a.touched()}
+	t := &todo{ID: *in.ID, Title: *in.Title, Serial: a.assignIDs, UpdatedAt: a.touched()}
+	if a.assignIDs {
+		a.lastID++
+	}
 	if in.Done != nil {
 		t.Done = *in.Done
 	}

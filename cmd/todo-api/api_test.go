@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -267,5 +268,66 @@ func TestUpdatedAfter(t *testing.T) {
 	}
 	if status, b, _ := call("GET", "/api/todos?updated_after=yesterday", ""); status != 400 || !strings.Contains(string(b), "updated_after") {
 		t.Errorf("an unreadable time = %d %s, want 400 naming updated_after", status, b)
+	}
+}
+
+// TestAssignedIDs (-assign-ids): the service chooses each todo's id, an
+// integer written as a JSON number, from a sequence shared by every user;
+// an id in the create's body is ignored; a replayed create answers the
+// same id; the ids and the sequence survive a restart; an id the service
+// never gave (a client's temporary one) is 404.
+func TestAssignedIDs(t *testing.T) {
+	path := t.TempDir() + "/state.json"
+	serve := func() *httptest.Server {
+		a := newAPI(10)
+		a.assignIDs = true
+		if err := a.load(path); err != nil {
+			t.Fatal(err)
+		}
+		mux := http.NewServeMux()
+		a.routes(mux)
+		return httptest.NewServer(mux)
+	}
+	stamp := regexp.MustCompile(`,"updated_at":"[^"]*"`)
+	call := func(srv *httptest.Server, method, path, user, key, body string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+user)
+		if key != "" {
+			req.Header.Set("Idempotency-Key", key)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = resp.Body.Close() }()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, stamp.ReplaceAllString(strings.TrimSpace(string(b)), "")
+	}
+	srv := serve()
+	for i, s := range []struct {
+		method, path, user, key, body string
+		status                        int
+		want                          string // the answer, without updated_at
+	}{
+		{"POST", "/api/todos", "alice", "k1", `{"id":"tmp-1","title":"milk"}`, 201, `{"id":1,"title":"milk","done":false}`},
+		{"POST", "/api/todos", "alice", "k1", `{"id":"tmp-1","title":"milk"}`, 201, `{"id":1,"title":"milk","done":false}`}, // replayed
+		{"POST", "/api/todos", "bob", "k2", `{"title":"bread"}`, 201, `{"id":2,"title":"bread","done":false}`},
+		{"PATCH", "/api/todos/tmp-1", "alice", "", `{"done":true}`, 404, `{"error":"no such todo"}`},
+		{"PATCH", "/api/todos/1", "alice", "", `{"done":true}`, 200, `{"id":1,"title":"milk","done":true}`},
+	} {
+		if status, body := call(srv, s.method, s.path, s.user, s.key, s.body); status != s.status || body != s.want {
+			t.Fatalf("step %d %s %s: %d %s; want %d %s", i, s.method, s.path, status, body, s.status, s.want)
+		}
+	}
+	srv.Close()
+	srv = serve() // a restart
+	defer srv.Close()
+	if status, body := call(srv, "POST", "/api/todos", "alice", "", `{"title":"eggs"}`); status != 201 || body != `{"id":3,"title":"eggs","done":false}` {
+		t.Errorf("create after a restart = %d %s, want id 3", status, body)
+	}
+	if status, body := call(srv, "GET", "/api/todos", "alice", "", ""); status != 200 ||
+		!strings.Contains(body, `"todos":[{"id":1,"title":"milk","done":true},{"id":3,"title":"eggs","done":false}]`) {
+		t.Errorf("list after a restart = %d %s", status, body)
 	}
 }

@@ -373,6 +373,9 @@ func checkMutator(ctx context.Context, set *mutators.Set, sender *mutators.Clien
 		return mc
 	}
 	switch {
+	case mc.Outcome == "applied" && res.NoServerID != "":
+		mc.Problems = append(mc.Problems, fmt.Sprintf("applied (%d), but the id the API chose is unknown: %s; later mutations naming the temporary id would go out with it",
+			res.Status, res.NoServerID))
 	case mc.Outcome == "applied":
 	case mc.Outcome == "rejected" && v.Report != nil:
 		mc.Problems = append(mc.Problems, fmt.Sprintf("answered %d%s: a path or method the API does not have would consume every mutation as rejected", res.Status, answerText(res)))

@@ -214,6 +214,20 @@ var migrations = []string{
 		ADD COLUMN keys_secret           bigint,
 		ADD COLUMN previous_keys_through bigint;
 	SET LOCAL lock_timeout TO DEFAULT;`,
+	// 14: ids the API chooses (a mutator's serverID): per group, the id
+	// the API chose for what a client created under a temporary id, as
+	// the JSON text of the answer's value (17, "a1"), and the mutation
+	// that recorded it. Bytes, as a temporary id may hold what text cannot.
+	// Keyed by the group first; swept with it. Expand-only: a new table.
+	`CREATE TABLE {schema}.server_ids (
+		client_group_id text NOT NULL,
+		temp_id         bytea NOT NULL,
+		server_id       bytea NOT NULL,
+		client_id       text NOT NULL,
+		mutation_id     bigint NOT NULL,
+		created_at      timestamptz NOT NULL DEFAULT now(),
+		PRIMARY KEY (client_group_id, temp_id)
+	);`,
 }
 
 // lastContractless is the last migration that may break the expand-only
