@@ -216,6 +216,9 @@ func printCheck(w io.Writer, rep *sidecarcheck.Report, write bool) error {
 			case m.Status != 0:
 				outcome = fmt.Sprintf("%s (%d)", outcome, m.Status)
 			}
+			if m.ServerID != "" {
+				outcome += ", the API's id " + m.ServerID
+			}
 			if m.Expect != "" {
 				outcome += ", expected " + m.Expect
 			}

@@ -93,6 +93,7 @@ type MutatorCheck struct {
 	Expect   string   `json:"expect,omitempty"`  // the example's expected answer, when not "applied"
 	Outcome  string   `json:"outcome,omitempty"` // applied, rejected or retry (Write)
 	Status   int      `json:"status,omitempty"`
+	ServerID string   `json:"serverID,omitempty"` // the id the API chose, for an applied create that declares serverID (its JSON text: 17, "a1")
 	Problems []string `json:"problems"`
 }
 
@@ -184,7 +185,10 @@ func Run(ctx context.Context, cfg proxy.Config, o Options) (*Report, error) {
 	}
 	sender := parts.Sender
 	// The examples in the order given (each sent before the next), then
-	// the mutators without one.
+	// the mutators without one. Like one client group's pushes: the ids the
+	// API chose for creates (serverID) replace their temporary ids in the
+	// examples that follow.
+	ids := mutators.ServerIDs{}
 	tried := map[string]bool{}
 	for _, ex := range o.Examples {
 		if !cfg.Mapping.Mutators.Has(ex.Mutator) {
@@ -194,11 +198,11 @@ func Run(ctx context.Context, cfg proxy.Config, o Options) (*Report, error) {
 			continue
 		}
 		tried[ex.Mutator] = true
-		rep.Mutators = append(rep.Mutators, checkMutator(ctx, cfg.Mapping.Mutators, sender, secret, ex, true, o.Write, rep.User, fwd))
+		rep.Mutators = append(rep.Mutators, checkMutator(ctx, cfg.Mapping.Mutators, sender, secret, ex, true, o.Write, rep.User, fwd, ids))
 	}
 	for _, name := range cfg.Mapping.Mutators.Names() {
 		if !tried[name] {
-			rep.Mutators = append(rep.Mutators, checkMutator(ctx, cfg.Mapping.Mutators, sender, secret, Example{Mutator: name}, false, o.Write, rep.User, fwd))
+			rep.Mutators = append(rep.Mutators, checkMutator(ctx, cfg.Mapping.Mutators, sender, secret, Example{Mutator: name}, false, o.Write, rep.User, fwd, ids))
 		}
 	}
 	rep.count()
@@ -329,7 +333,10 @@ func canonical(base *url.URL, from, location string) string {
 	return p
 }
 
-func checkMutator(ctx context.Context, set *mutators.Set, sender *mutators.Client, secret []byte, ex Example, has, write bool, user string, fwd http.Header) MutatorCheck {
+// checkMutator renders ex (and with write sends it). ids are the server
+// ids the examples before it got for their temporary ids: rendered in, and
+// added to when ex is an applied create that declares serverID.
+func checkMutator(ctx context.Context, set *mutators.Set, sender *mutators.Client, secret []byte, ex Example, has, write bool, user string, fwd http.Header, ids mutators.ServerIDs) MutatorCheck {
 	name := ex.Mutator
 	method, path, _ := set.Template(name)
 	mc := MutatorCheck{Name: name, Method: method, Path: path, Example: has, Problems: []string{}}
@@ -339,7 +346,7 @@ func checkMutator(ctx context.Context, set *mutators.Set, sender *mutators.Clien
 	if !has {
 		return mc
 	}
-	mu := mutators.Mutation{ClientGroupID: "check-" + tracing.RandomHex(8), ClientID: "check-" + tracing.RandomHex(8), ID: 1, Name: name, Args: ex.Args, UserID: user}
+	mu := mutators.Mutation{ClientGroupID: "check-" + tracing.RandomHex(8), ClientID: "check-" + tracing.RandomHex(8), ID: 1, Name: name, Args: ex.Args, UserID: user, ServerIDs: ids}
 	mu.IdempotencyKey = mutators.IdempotencyKey(secret, mu) // a key of the server's own form, never one a client will use
 	req, err := set.Render(mu)
 	if err != nil {
@@ -366,6 +373,12 @@ func checkMutator(ctx context.Context, set *mutators.Set, sender *mutators.Clien
 	default:
 		mc.Outcome = "retry"
 	}
+	if mc.Outcome == "applied" && req.TempID != "" && res.ServerID != "" {
+		mc.ServerID = string(res.ServerID)
+		if _, ok := ids[req.TempID]; !ok { // the first stands, as in the server
+			ids[req.TempID] = res.ServerID
+		}
+	}
 	if mc.Expect != "" {
 		if !expectMet(mc.Expect, mc.Outcome, res.Status) {
 			mc.Problems = append(mc.Problems, fmt.Sprintf("expected %s, but %s%s", mc.Expect, answered(res), answerText(res)))
@@ -386,12 +399,14 @@ func checkMutator(ctx context.Context, set *mutators.Set, sender *mutators.Clien
 		}
 		mc.Problems = append(mc.Problems, fmt.Sprintf("answered %d%s: the API rejected the example; %s, or, if a rejection is the point, mark it expected: %s",
 			res.Status, answerText(res), hint, expectHint(name, res.Status)))
+	case v.Cause == verdict.Mapping && res.Location != "":
+		mc.Problems = append(mc.Problems, fmt.Sprintf("answered %d, a redirect to %s: the sidecar never follows redirects, so the mutation would wait for a fixed mapping; write the path it names (a trailing slash?)", res.Status, res.Location))
 	case v.Cause == verdict.Mapping:
 		mc.Problems = append(mc.Problems, fmt.Sprintf("answered %d, a redirect: the mutation would wait for a fixed mapping", res.Status))
 	case v.Cause == verdict.Credentials:
 		mc.Problems = append(mc.Problems, fmt.Sprintf("answered %d: the credentials given are not accepted", res.Status))
 	default:
-		mc.Problems = append(mc.Problems, "not applied: "+res.Cause())
+		mc.Problems = append(mc.Problems, "not applied: "+res.Cause()+answerText(res))
 	}
 	return mc
 }
