@@ -203,7 +203,11 @@ func breakerOpen(t testing.TB, inst *instance, kind string) float64 {
 // pass-through pages, whose own calls succeed, keep working.
 func TestWritePathDownFailsFastReadsKeepWorking(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, nil) // default breaker settings; identity from /api/me
+	// Default breaker settings but a long open period: the fail-fast pushes
+	// below must all fall within it (1 s was too short for five of them on
+	// a loaded machine, and a trial call then reached the write path).
+	// Identity from /api/me.
+	h := newHarness(t, map[string]string{"SIDECAR_BREAKER_OPEN_TIMEOUT": "30s"})
 	sc := h.start()
 	if r := sc.push(t, "alice", "g", create("c", 1, "a")); r.status != 200 {
 		t.Fatalf("push = %d %s", r.status, r.raw)
