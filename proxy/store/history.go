@@ -15,7 +15,8 @@ import (
 // what its mutations came to and of the pulls that changed what its
 // clients hold, for operators (Inspect). It is written with the push's or
 // pull's own statements, never in a round trip of its own, and trimmed in
-// the statement that adds to it; the sweep deletes it with its group. It
+// the statement that adds to it (one per transaction); the sweep deletes
+// it with its group. It
 // holds no bodies and no credentials: a rejection's reason is the one its
 // rejection record holds.
 
@@ -141,11 +142,8 @@ func (g *GroupTx) historyArgs(events []Event) []any {
 	return []any{g.GroupID, json.RawMessage(raw), limit - len(events)}
 }
 
-// noteSettlement adds what s came to to the group's history: held, like
-// a consumed mutation's statement, until the transaction's next statement
-// or COMMIT, which carry it (Pending's attempt is one), so it costs no
-// round trip. Each settlement of the transaction re-holds one statement
-// with every event not yet sent.
+// noteSettlement adds what s came to to the group's history, written
+// when the transaction commits (holdHistory).
 func (g *GroupTx) noteSettlement(s Settlement) {
 	if g.s.historyMax <= 0 {
 		return
@@ -161,13 +159,22 @@ func (g *GroupTx) noteSettlement(s Settlement) {
 		e.Counted = s.Counts
 	}
 	g.settled = append(g.settled, e)
+}
+
+// holdHistory holds the statement that writes the settlements noted, all
+// in one, for the COMMIT to carry: no round trip, and one statement per
+// transaction however many mutations it settled.
+func (g *GroupTx) holdHistory() {
+	if len(g.settled) == 0 {
+		return
+	}
 	g.dtx.hold("history", g.s.sql(historySQL), g.historyArgs(g.settled), func(_ pgconn.CommandTag, err error) error {
-		g.settled = g.settled[:0] // sent
 		if err != nil {
 			return fmt.Errorf("recording the group's history: %w", err)
 		}
 		return nil
 	})
+	g.settled = nil
 }
 
 // NotePulls makes the next IssueCookies of this transaction record, for

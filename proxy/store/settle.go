@@ -95,7 +95,7 @@ type Settlement struct {
 // deferred statement. An Outcome Settle does not know is an error.
 //
 // Every settlement is also an event of the group's history (see
-// Inspect), which goes with the same round trip as the rest.
+// Inspect), written with the COMMIT (one statement for all of them).
 //
 // Everything is durable once the transaction commits, shared by every
 // replica, and gone if it rolls back.

@@ -145,6 +145,7 @@ func (s *Store) locked(ctx context.Context, groupID, userID, clientID string, fn
 	if err := fn(g); err != nil {
 		return err
 	}
+	g.holdHistory() // the settlements' events, with the COMMIT
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
 	defer cancel()
 	if err := tx.commit(cctx); err != nil {
