@@ -1,7 +1,6 @@
 package poke
 
 import (
-	"io"
 	"log/slog"
 	"testing"
 	"time"
@@ -14,7 +13,7 @@ import (
 // heard.
 func TestBusDatesAnnouncedChanges(t *testing.T) {
 	t.Parallel()
-	b := &Bus{log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	b := &Bus{log: slog.New(slog.DiscardHandler)}
 	for _, tc := range []struct {
 		name string
 		at   time.Duration // the announced time, from now
@@ -25,6 +24,7 @@ func TestBusDatesAnnouncedChanges(t *testing.T) {
 		{"a replica's clock ahead by a minute: clamped to now", time.Minute, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			before := time.Now()
 			got := b.heard(before.Add(tc.at).UnixMicro())
 			after := time.Now()
