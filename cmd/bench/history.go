@@ -27,7 +27,7 @@ func (b *bench) history(context.Context) error {
 	sidecars := []*sidecar{on, off}
 
 	pushes := [2][]time.Duration{}
-	for i := -3; i < b.iterations(300); i++ {
+	for i := -3; i < b.iterations(500); i++ {
 		for k, s := range sidecars {
 			group := fmt.Sprintf("history-push-%d", k) // one each: the two share the database
 			t0 := time.Now()
@@ -59,7 +59,7 @@ func (b *bench) history(context.Context) error {
 		}
 	}
 	pulls := [2][]time.Duration{}
-	for i := -2; i < b.iterations(150); i++ {
+	for i := -2; i < b.iterations(300); i++ {
 		changed := b.api.change("historian", 100)
 		for k, s := range sidecars {
 			t0 := time.Now()
