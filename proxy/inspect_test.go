@@ -70,8 +70,9 @@ func events(rep GroupReport) []string {
 // record and sources, its poke streams on this replica (only its owner's,
 // naming it), the rejection records with the API's answer, and its
 // history, newest first, without the pull that changed nothing. An
-// unknown group is a 404 problem; a bad id a 400; and the public listener
-// does not serve it (the path goes through to the API).
+// unknown group is a 404 problem; a bad id a 400 (a stream naming one
+// too); and the public listener does not serve it (the path goes through
+// to the API).
 func TestInspectGroup(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, map[string]string{
@@ -112,6 +113,9 @@ func TestInspectGroup(t *testing.T) {
 	openGroupStream(t, sc, "alice", group)
 	openGroupStream(t, sc, "mallory", group) // not hers: not counted
 	openStream(t, sc, "Bearer alice", nil).waitOpen(t)
+	if bad := openStreamURL(t, sc.srv.URL+"/replicache/poke?clientGroupID=a%0Ab", "Bearer alice", nil); bad.status != http.StatusBadRequest {
+		t.Errorf("a stream naming an invalid group id = %d, want 400", bad.status)
+	}
 
 	status, got, raw := inspectGroup(t, admin, group)
 	if status != http.StatusOK {
