@@ -18,6 +18,7 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/config"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/gate"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/identity"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/lag"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/mapping"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/plan"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/poke"
@@ -54,6 +55,7 @@ type core struct {
 	hub     *poke.Hub      // this process's poke streams
 	bus     *poke.Bus      // pokes between replicas
 	writes  *plan.Writes   // writes seen under each view source (for the pulls' plans)
+	lag     *lag.Tracker   // changes not yet answered, per group with a stream here
 	once    logOnce        // log lines said at most once in a while
 
 	current  atomic.Pointer[mapping.Mapping]

@@ -10,8 +10,10 @@
 //	                     (core.go), the edge's preamble (edge.go), the push
 //	                     engine (push.go, mutation.go), the pull engine
 //	                     (pull.go, pullanswer.go, pullview.go), poke streams
-//	                     and the invalidate hook (pokes.go), routes
-//	                     (sidecar.go), start-up and shutdown (lifecycle.go)
+//	                     and the invalidate hook (pokes.go), one client
+//	                     group inspected and the change lag (inspect.go),
+//	                     routes (sidecar.go), start-up and shutdown
+//	                     (lifecycle.go)
 //	proxy/config         every setting, read from SIDECAR_* and checked
 //	proxy/identity       who is calling, decided once at the edge
 //	proxy/verdict        what one upstream answer means, once per kind
@@ -23,6 +25,7 @@
 //	proxy/flight         pulls of one group sharing one fetch
 //	proxy/plan           per view source: read in full, by its changes, or not at all
 //	proxy/poke           poke streams of this process, and pokes between replicas
+//	proxy/lag            how long a change takes to reach the pulls it pokes
 //	proxy/passthrough    every other request, to the API and back
 //	proxy/compress       gzip answers
 //	proxy/mapping        the mapping file, loaded and compiled

@@ -61,7 +61,7 @@ func TestClientGroupLifecycle(t *testing.T) {
 	if deleted != 3 {
 		t.Errorf("client_groups_deleted_total over both replicas = %v, want 3", deleted)
 	}
-	for _, table := range []string{"clients", "view_entries", "view_versions", "mutation_rejections"} {
+	for _, table := range []string{"clients", "view_entries", "view_versions", "mutation_rejections", "group_history"} {
 		if n := count(`SELECT count(*) FROM %s.` + table + ` WHERE client_group_id LIKE 'idle%%'`); n != 0 {
 			t.Errorf("%d rows of deleted groups left in %s", n, table)
 		}

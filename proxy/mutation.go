@@ -155,7 +155,8 @@ func (s *core) applyOne(ctx context.Context, c *exchange, mp *mapping.Mapping, g
 			Err: fmt.Errorf("gave up after %d attempts over %s", attempts.Count, roundSpan(attempts.Span))}
 	}
 	r.label, r.lmid = v.Label, mu.ID
-	settle := store.Settlement{ClientID: mu.ClientID, MutationID: mu.ID, Outcome: store.Applied, KeySecret: keys.currentFP}
+	settle := store.Settlement{ClientID: mu.ClientID, MutationID: mu.ID, Outcome: store.Applied, KeySecret: keys.currentFP,
+		Status: res.Status, Mutator: mu.Name, GaveUp: v.Label == verdict.LabelAbandoned}
 	switch v.Label {
 	case verdict.LabelApplied:
 		c.log.Debug("mutation applied", "mutator", mu.Name, "mutation_id", mu.ID, "outcome", v.Label, "status", res.Status)
@@ -280,7 +281,7 @@ func (s *core) settleAttempt(ctx context.Context, g *store.GroupTx, mu mutators.
 	}
 	counts := v.GiveUp && s.cfg.GiveUpAttempts > 0
 	a, err := g.Settle(ctx, store.Settlement{ClientID: mu.ClientID, MutationID: mu.ID, Outcome: store.Pending,
-		Status: res.Status, Counts: counts})
+		Status: res.Status, Mutator: mu.Name, Counts: counts})
 	if err != nil {
 		return store.Attempts{}, false, err
 	}

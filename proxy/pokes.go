@@ -52,6 +52,11 @@ func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
 		fail(p)
 		return
 	}
+	group, p := streamGroup(r)
+	if p != nil {
+		fail(p)
+		return
+	}
 	// Streams are accepted while the replica drains (the load balancer may
 	// still send them); they all end when the server shuts down, and
 	// EventSource then reconnects elsewhere by itself. A 503 it would not
@@ -75,6 +80,7 @@ func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.hub.Unsubscribe(sub)
+	defer s.lag.Open(group, user)()
 
 	rc := http.NewResponseController(w)
 	// A stream outlives the server's read timeout, which would otherwise
@@ -241,13 +247,19 @@ func (s *core) notify(log *slog.Logger, source string, users []string) {
 // once per SIDECAR_POKE_CALLER_INTERVAL, merged, and none is lost. ok is
 // false when nobody is to be poked (see pokeUsers).
 func (s *core) pokeFor(log *slog.Logger, source string, c identity.Caller) (ok bool) {
+	return s.pokeForAt(log, source, c, time.Now())
+}
+
+// pokeForAt is pokeFor for a write that happened at at (for the change
+// lag).
+func (s *core) pokeForAt(log *slog.Logger, source string, c identity.Caller, at time.Time) (ok bool) {
 	users, ok := s.pokeUsers(c.User)
 	if !ok {
 		return false
 	}
 	s.metrics.pokeNotifications.WithLabelValues(source).Inc()
 	log.Debug("poke", "source", source, "users", users, "caller", c.Key())
-	s.bus.PublishFor(c.Key(), users)
+	s.bus.PublishFor(c.Key(), users, at)
 	return true
 }
 
@@ -300,6 +312,7 @@ func newWritePokes(s *core) *writePokes {
 // wrote is passthrough.Options.OnWrite: write is a copy of the request.
 func (w *writePokes) wrote(write *http.Request) {
 	s := w.s
+	at := time.Now() // the API has answered it: the change happened
 	// Whoever wrote, the view sources under the path are read again.
 	s.markWrite(write.Method, write.URL.Path)
 	if s.cfg.PokePassthrough == config.PokePassthroughOff {
@@ -315,7 +328,7 @@ func (w *writePokes) wrote(write *http.Request) {
 				c = named
 			}
 		}
-		w.poke(log, c)
+		w.poke(log, c, at)
 		return
 	}
 	switch { // identified
@@ -325,7 +338,7 @@ func (w *writePokes) wrote(write *http.Request) {
 		if p != nil {
 			c = anonymous
 		}
-		w.poke(log, c)
+		w.poke(log, c, at)
 	case edge.AsksAPI() && w.carriesCredentials(write):
 		key := anonymous.Key()
 		if !w.startCheck(key) {
@@ -340,7 +353,7 @@ func (w *writePokes) wrote(write *http.Request) {
 			if p != nil {
 				c = anonymous
 			}
-			w.poke(log, c)
+			w.poke(log, c, at)
 		}()
 	default:
 		// Nobody to ask: an anonymous write pokes nobody.
@@ -348,10 +361,11 @@ func (w *writePokes) wrote(write *http.Request) {
 	}
 }
 
-// poke pokes for a write by c: under identified, only when c is known.
-func (w *writePokes) poke(log *slog.Logger, c identity.Caller) {
+// poke pokes for a write by c at at: under identified, only when c is
+// known.
+func (w *writePokes) poke(log *slog.Logger, c identity.Caller, at time.Time) {
 	known := c.User != "" || c.ViaHeader
-	if (!known && w.s.cfg.PokePassthrough == config.PokePassthroughIdentified) || !w.s.pokeFor(log, pokeFromPassthrough, c) {
+	if (!known && w.s.cfg.PokePassthrough == config.PokePassthroughIdentified) || !w.s.pokeForAt(log, pokeFromPassthrough, c, at) {
 		w.s.metrics.pokeSkipped.WithLabelValues(skippedUnidentified).Inc()
 	}
 }

@@ -95,6 +95,7 @@ func (s *puller) handlePull(w http.ResponseWriter, r *http.Request) {
 	done := c.mem.Interruptible(func() { _ = rc.SetWriteDeadline(time.Unix(1, 0)) })
 	s.writePull(w, c, ans)
 	done()
+	s.answered(c, &req, ans)
 }
 
 // failPull answers a pull that could not be built: the view's verdict
@@ -270,6 +271,7 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 			c.log.Info("fetching the client view again without conditional requests", "group", req.ClientGroupID)
 			memos = nil
 		}
+		s.notePulls(b)
 		orders, err := g.IssueCookies(ctx, b.bases, view.change, b.pages)
 		if err != nil {
 			return err

@@ -24,6 +24,10 @@ type pullView struct {
 	change *store.ViewChange
 	// reads says how each source was read ("/api/todos=delta"), for the log.
 	reads []string
+	// readAt is when the view's read began, before the group's cookie order
+	// before these pulls (for the change lag: notePulls).
+	readAt time.Time
+	before int64
 }
 
 // pullAnswer is one pull's answer: the shared view, as a reset or as a

@@ -20,6 +20,7 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/compress"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/gate"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/lag"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/passthrough"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/plan"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/poke"
@@ -73,6 +74,7 @@ func New(o Options) *Sidecar {
 		store: store.New(o.Pool, store.Options{
 			Schema: cfg.DBSchema, WaitTimeout: cfg.DBLockTimeout + 5*time.Second, RecordVersions: cfg.ViewRecordVersions,
 			TouchInterval: touchInterval(cfg.ClientGroupTTL), RecordCacheBytes: cmp.Or(cfg.ViewRecordCacheBytes, -1),
+			HistoryPerGroup: cfg.MaxHistoryPerGroup,
 		}),
 		parts:   NewParts(cfg, PartsOptions{Registerer: o.Registerer, Tracer: o.Tracer, Logger: o.Logger, Reporter: report}),
 		metrics: m,
@@ -85,6 +87,8 @@ func New(o Options) *Sidecar {
 		cfg.PokeCoalesce)
 	c.bus = poke.NewBus(c.hub, o.Pool, cfg.DBSchema, cfg.PokeCallerInterval, o.Logger)
 	c.bus.OnMarks(func(written, deleted []string, all bool) { c.writes.Marked(written, deleted, all, time.Now()) })
+	c.lag = lag.New(m.changeLag.Observe)
+	c.bus.OnPokes(c.lag.Changed)
 	m.pokeSubscribers(c.hub.Count)
 	c.useMapping(cfg.Mapping)
 	return &Sidecar{
@@ -192,9 +196,9 @@ func (s *Sidecar) endpointOf(path string) string {
 }
 
 // AdminHandler returns the admin handler: /healthz (the process is alive),
-// /readyz (not draining; the database's state in the body) and
-// /metrics (everything g gathers), and with SIDECAR_PPROF Go's profiles
-// under /debug/pprof/.
+// /readyz (not draining; the database's state in the body), /metrics
+// (everything g gathers), /groups/{id} (one client group, inspected:
+// inspect.go), and with SIDECAR_PPROF Go's profiles under /debug/pprof/.
 func (s *Sidecar) AdminHandler(g prometheus.Gatherer) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -220,6 +224,7 @@ func (s *Sidecar) AdminHandler(g prometheus.Gatherer) http.Handler {
 		problem.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready", "database": db})
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /groups/{id}", s.handleInspect)
 	if s.cfg.Pprof {
 		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)

@@ -103,6 +103,7 @@ var figures = []struct {
 	{"groups pushing at once", (*bench).groups},
 	{"fanout of one change", (*bench).fanout},
 	{"1,000-client wave", (*bench).thousand},
+	{"history", (*bench).history},
 }
 
 type bench struct {

@@ -4,6 +4,7 @@
 //
 //	replicache-sidecar            serve (push, pull, poke streams, pass-through; admin endpoints)
 //	replicache-sidecar check …    try the mapping against the live API (check --help)
+//	replicache-sidecar inspect G  one client group, from a running sidecar's admin listener
 //	replicache-sidecar version    print the build's version
 package main
 
@@ -43,6 +44,8 @@ Commands:
   (none)     serve: push, pull, poke streams and pass-through on SIDECAR_LISTEN_ADDR,
              health, readiness and metrics on SIDECAR_ADMIN_ADDR
   check      try the mapping against the live API (replicache-sidecar check --help)
+  inspect    show one client group, from a running sidecar's admin listener
+             (replicache-sidecar inspect --help)
   version    print the version
 
 Configuration is read from SIDECAR_* environment variables (config.example.env).
@@ -64,6 +67,8 @@ func runCommand(ctx context.Context, args []string, env map[string]string, stdou
 	switch cmd {
 	case "check":
 		return runCheck(ctx, args[1:], env, stdout, stderr)
+	case "inspect":
+		return runInspect(ctx, args[1:], env, stdout, stderr)
 	case "version", "--version", "-version":
 		_, _ = fmt.Fprintf(stdout, "replicache-sidecar %s (revision %s, %s)\n", version, orUnknown(revision), runtime.Version())
 		return 0

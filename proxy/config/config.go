@@ -101,7 +101,10 @@ type Config struct {
 	MaxClientsPerGroup    int           `env:"MAX_CLIENTS_PER_GROUP" envDefault:"1000"`
 	MaxRejectionsPerGroup int           `env:"MAX_REJECTIONS_PER_GROUP" envDefault:"10000"`
 	RejectionTTL          time.Duration `env:"REJECTION_TTL" envDefault:"24h"`
-	ExposeRejections      bool          `env:"EXPOSE_REJECTIONS" envDefault:"false"`
+	// MaxHistoryPerGroup: events of each group's history kept (the
+	// newest), for /groups/{id} and `inspect`; 0: none recorded.
+	MaxHistoryPerGroup int  `env:"MAX_HISTORY_PER_GROUP" envDefault:"50"`
+	ExposeRejections   bool `env:"EXPOSE_REJECTIONS" envDefault:"false"`
 	// PatchMode: diff (answer what changed since the client's cookie, from
 	// the group's view record) or reset (clear + every entry, every pull).
 	PatchMode string `env:"PATCH_MODE" envDefault:"diff"`
@@ -333,6 +336,9 @@ func (c *Config) checkLimits() []error {
 	}
 	if c.GCInterval < 0 {
 		errs = append(errs, errors.New("SIDECAR_GC_INTERVAL must not be negative (0 disables the sweep)"))
+	}
+	if c.MaxHistoryPerGroup < 0 {
+		errs = append(errs, errors.New("SIDECAR_MAX_HISTORY_PER_GROUP must not be negative (0 records none)"))
 	}
 	if c.RejectionTTL < 0 {
 		errs = append(errs, errors.New("SIDECAR_REJECTION_TTL must not be negative (0 keeps them until the count cap)"))

@@ -3,8 +3,10 @@
 // record), clients (group, last mutation id, the keys of a secret
 // rotation), rejected mutations, the answered retryable attempts of
 // pending mutations (for the give-up valve), the ids the API chose for
-// what clients created under temporary ids, and who holds which view
-// record (for its cap). It imports pgx and nothing of the sidecar's; the handlers in package proxy are its only
+// what clients created under temporary ids, who holds which view record
+// (for its cap), and each group's recent history (for operators). It
+// imports pgx and nothing of the sidecar's; the handlers in package proxy
+// are its only
 // users.
 //
 // # Contract
@@ -112,6 +114,14 @@
 //     the committed last mutation id, which of a client's mutations may
 //     have gone out keyed with the previous secret, and records the mark
 //     with the transaction.
+//   - History: each settlement, and each pull noted (NotePulls) that
+//     changed what its client holds, is an event of the group's history
+//     (group_history), written with the transaction's COMMIT or its
+//     cookies' batch (never a round trip of its own) and trimmed to
+//     Options.HistoryPerGroup by the statement that adds to it. Inspect
+//     reads a group (its clients, pending attempts, record size, sources,
+//     rejections and history) in one read-only snapshot, without the
+//     group's lock.
 //   - A GroupTx is valid only inside its callback and not safe for
 //     concurrent use.
 //

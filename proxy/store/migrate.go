@@ -228,6 +228,33 @@ var migrations = []string{
 		created_at      timestamptz NOT NULL DEFAULT now(),
 		PRIMARY KEY (client_group_id, temp_id)
 	);`,
+	// 15: each client group's recent history, for operators (Inspect,
+	// `replicache-sidecar inspect`): what its mutations came to (the API's
+	// status; rejections, give-ups, pending answers) and the pulls that
+	// changed what its clients hold (the cookie issued, reset or diff, the
+	// entries put and deleted). Written with the push's or pull's own
+	// statements, and trimmed to the newest Options.HistoryPerGroup in the
+	// statement that adds to it; keyed by the group like everything else.
+	// Expand-only: a new table.
+	`CREATE TABLE {schema}.group_history (
+		client_group_id text NOT NULL,
+		id              bigint GENERATED ALWAYS AS IDENTITY,
+		at              timestamptz NOT NULL,
+		kind            text NOT NULL,
+		outcome         text NOT NULL,
+		client_id       text,
+		mutation_id     bigint,
+		mutator         text,
+		status          int,
+		reason          text,
+		counted         boolean,
+		cookie_order    bigint,
+		record_version  bigint,
+		since_version   bigint,
+		puts            int,
+		dels            int,
+		PRIMARY KEY (client_group_id, id)
+	);`,
 }
 
 // lastContractless is the last migration that may break the expand-only
