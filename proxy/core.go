@@ -214,7 +214,28 @@ func (l *logOnce) due(key string, every time.Duration) bool {
 // markWrite notes a write of method to path (as sent to the API), once
 // the API answered it, here and in the other replicas: the pulls' plans
 // read the sources it falls under again (see package plan).
-func (s *core) markWrite(method, path string) {
-	written, deleted := s.writes.Saw(method, path, time.Now())
+//
+// The marks also go to the database, before the write's poke: a pull that
+// the poke causes, through whichever replica, sees them, even if that
+// replica has not heard the announcement yet. Only marks that matter are
+// written (a DELETE under a source, a write under a maxAge one): most
+// writes cost nothing here. Should the database not take them, the
+// announcement still spreads them, as before.
+// It returns the paths of the sources a DELETE fell under.
+func (s *core) markWrite(method, path string) (deleted []string) {
+	now := time.Now()
+	written, deleted := s.writes.Saw(method, path, now)
 	s.bus.Mark(written, deleted)
+	if len(written) == 0 && len(deleted) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), markTimeout)
+	defer cancel()
+	if err := s.store.MarkSources(ctx, written, deleted, now); err != nil && s.once.due("marks", time.Minute) {
+		s.log.Warn("noting a routed write's view sources in the database failed; other replicas learn of it from the announcement", "error", err)
+	}
+	return deleted
 }
+
+// markTimeout bounds markWrite's statement.
+const markTimeout = 2 * time.Second

@@ -212,9 +212,7 @@ func (s *core) handleInvalidate(w http.ResponseWriter, r *http.Request) {
 	}
 	for _, p := range body.Sources {
 		// As a delete under the path: whatever changed there, deletions too.
-		written, deleted := s.writes.Saw(http.MethodDelete, p, time.Now())
-		s.bus.Mark(written, deleted)
-		marked = append(marked, written...)
+		marked = append(marked, s.markWrite(http.MethodDelete, p)...)
 	}
 	slices.Sort(marked)
 	marked = slices.Compact(marked)

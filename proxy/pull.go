@@ -252,11 +252,11 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 			if current {
 				memos = pageMemos(b.stored)
 			}
-			if b.states, err = g.SourceStates(ctx); err != nil {
+			if b.states, b.marks, err = g.SourceStates(ctx); err != nil {
 				return err
 			}
 			b.plan = plan.Decide(plan.Input{Sources: mp.Sources, View: mp.View, States: b.states, Current: current,
-				Writes: s.writes, Now: b.started})
+				Writes: s.writes, Marks: b.marks, Now: b.started})
 		}
 		for {
 			retry, err := b.run(ctx, memos)
@@ -334,6 +334,7 @@ type pullBuild struct {
 	// and when the read started (diff mode).
 	plan    plan.Decision
 	states  map[string]store.SourceState
+	marks   map[string]store.SourceMark // every replica's routed writes (plan.Input.Marks)
 	started time.Time
 	read    clientview.Result // the last read's result
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/flight"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/plan"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/tracing"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
@@ -284,12 +285,13 @@ type sharedRead struct {
 
 // get returns the source's entries as last read, reading it first when
 // the copy is stale.
-func (sv *sharedViews) get(ctx context.Context, s *core, info clientview.SourceInfo, requestID string) (*sharedRead, error) {
+func (sv *sharedViews) get(ctx context.Context, s *core, info clientview.SourceInfo, marked store.SourceMark, requestID string) (*sharedRead, error) {
 	now := time.Now()
 	sv.mu.Lock()
 	r := sv.reads[info.ID]
 	sv.mu.Unlock()
-	if r != nil && now.Sub(r.at) < info.MaxAge && !s.writes.After(info.Path, r.at) {
+	// marked: the database's last write under the source, by every replica.
+	if write, _ := s.writes.Seen(info.Path, marked); r != nil && now.Sub(r.at) < info.MaxAge && !write.After(r.at) {
 		return r, nil
 	}
 	f, leader, _ := sv.runs.Join(info.ID, struct{}{}, struct{}{}, func(struct{}) (bool, error) { return true, nil })
@@ -335,7 +337,7 @@ func (b *pullBuild) withShared(ctx context.Context, res clientview.Result) (clie
 		if !info.Shared || b.plan.Plans[info.ID].Mode == clientview.Skip {
 			continue
 		}
-		r, err := b.s.shared.get(ctx, b.s.core, info, b.c.RequestID)
+		r, err := b.s.shared.get(ctx, b.s.core, info, b.marks[plan.Key(info.Path)], b.c.RequestID)
 		if err != nil {
 			return res, err
 		}

@@ -255,6 +255,18 @@ var migrations = []string{
 		dels            int,
 		PRIMARY KEY (client_group_id, id)
 	);`,
+	// 16: when a write, and a DELETE, that the sidecar routed last fell
+	// under each view source (by the source's path): kept in the database
+	// so that a pull through any replica sees every mark committed before
+	// its transaction began, whatever the replicas' notifications have
+	// delivered by then. One row per source path, not per group: written
+	// only for a DELETE under a source, or a write under a maxAge or shared
+	// one. Expand-only: a new table.
+	`CREATE TABLE {schema}.view_marks (
+		source    text PRIMARY KEY,
+		write_at  timestamptz,
+		delete_at timestamptz
+	);`,
 }
 
 // lastContractless is the last migration that may break the expand-only
