@@ -12,6 +12,7 @@ import (
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/flight"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/plan"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/tracing"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
@@ -126,12 +127,7 @@ func storableURL(u string) bool {
 func (b *pullBuild) compare(ctx context.Context, versions []int64) (*store.ViewChange, error) {
 	es := b.view.entries
 	read := store.ViewRead{N: len(es), Entry: func(i int) (string, uint64) { return es[i].Key, es[i].Hash }}
-	for _, p := range b.plan.Plans {
-		if p.Mode != clientview.Full {
-			read.Retain = b.plan.Retain(b.mapping.View)
-			break
-		}
-	}
+	read.Retain = plan.Retain(b.mapping.View, b.read.Sources)
 	for _, r := range b.read.Sources {
 		read.Deleted = append(read.Deleted, r.Deleted...)
 	}

@@ -1,0 +1,202 @@
+package proxy
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// itemsAPI is an API of a few collections of items, each item carrying
+// updated_at (the API's clock), for the review's tests of delta reads:
+// /api/me answers the bearer token's user; every other GET path is a
+// collection (the same for every user unless perUser), paged by Link
+// header (pageSize items a page, no total) and filtered by
+// ?updated_after= (strictly after). It notes the Authorization of every
+// read.
+type itemsAPI struct {
+	srv      *httptest.Server
+	pageSize int
+	perUser  bool
+
+	mu    sync.Mutex
+	items map[string][]*apiItem // collection path (+ "\x00" + user when perUser) → items in order
+	seq   time.Time
+	auth  map[string][]string // path → the Authorization of each read
+	hook  func(r *http.Request)
+}
+
+type apiItem struct {
+	ID        string `json:"id"`
+	Title     string `json:"title"`
+	UpdatedAt string `json:"updated_at"`
+	at        time.Time
+}
+
+func newItemsAPI(t testing.TB) *itemsAPI {
+	a := &itemsAPI{pageSize: 100, items: map[string][]*apiItem{}, auth: map[string][]string{}}
+	a.srv = httptest.NewServer(a)
+	t.Cleanup(a.srv.Close)
+	return a
+}
+
+func (a *itemsAPI) coll(path, user string) string {
+	if a.perUser {
+		return path + "\x00" + user
+	}
+	return path
+}
+
+// put creates or replaces an item of a collection (in the API directly).
+func (a *itemsAPI) put(path, user, id, title string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := time.Now().UTC()
+	if !now.After(a.seq) {
+		now = a.seq.Add(time.Microsecond)
+	}
+	a.seq = now
+	c := a.coll(path, user)
+	it := &apiItem{ID: id, Title: title, UpdatedAt: now.Format(time.RFC3339Nano), at: now}
+	for i, x := range a.items[c] {
+		if x.ID == id {
+			a.items[c][i] = it
+			return
+		}
+	}
+	a.items[c] = append(a.items[c], it)
+}
+
+// remove hard-deletes an item (in the API directly: no sidecar sees it).
+func (a *itemsAPI) remove(path, user, id string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c := a.coll(path, user)
+	a.items[c] = slices.DeleteFunc(a.items[c], func(x *apiItem) bool { return x.ID == id })
+}
+
+// move takes an item out of one collection and puts it at the end of
+// another, with a new updated_at.
+func (a *itemsAPI) move(from, to, user, id string) {
+	a.mu.Lock()
+	var title string
+	c := a.coll(from, user)
+	a.items[c] = slices.DeleteFunc(a.items[c], func(x *apiItem) bool {
+		if x.ID == id {
+			title = x.Title
+			return true
+		}
+		return false
+	})
+	a.mu.Unlock()
+	a.put(to, user, id, title)
+}
+
+func (a *itemsAPI) authOf(path string) []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.auth[path])
+}
+
+func (a *itemsAPI) setHook(h func(r *http.Request)) {
+	a.mu.Lock()
+	a.hook = h
+	a.mu.Unlock()
+}
+
+func (a *itemsAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	user, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if r.URL.Path == "/api/me" {
+		if user == "" {
+			http.Error(w, `{"error":"unauthenticated"}`, http.StatusUnauthorized)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = fmt.Fprintf(w, `{"id":%q}`, user)
+		return
+	}
+	if r.Method != http.MethodGet {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	a.mu.Lock()
+	hook := a.hook
+	a.mu.Unlock()
+	if hook != nil {
+		hook(r)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.auth[r.URL.Path] = append(a.auth[r.URL.Path], r.Header.Get("Authorization"))
+	q := r.URL.Query()
+	var after time.Time
+	filtered := false
+	if s := q.Get("updated_after"); s != "" {
+		if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+			after, filtered = t, true
+		}
+	}
+	list := []*apiItem{}
+	for _, it := range a.items[a.coll(r.URL.Path, user)] {
+		if !filtered || it.at.After(after) {
+			list = append(list, it)
+		}
+	}
+	page, _ := strconv.Atoi(q.Get("page"))
+	page = max(page, 1)
+	lo, hi := min((page-1)*a.pageSize, len(list)), min(page*a.pageSize, len(list))
+	if hi < len(list) {
+		q.Set("page", strconv.Itoa(page+1))
+		w.Header().Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, r.URL.Path, q.Encode()))
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]any{"items": list[lo:hi]})
+}
+
+// reviewHarness starts a sidecar in front of api with mapping.
+func reviewHarness(t *testing.T, api *itemsAPI, mapping string, env map[string]string) *harness {
+	t.Helper()
+	e := map[string]string{"SIDECAR_UPSTREAM_URL": api.srv.URL, "SIDECAR_MAPPING_FILE": writeFile(t, mapping)}
+	for k, v := range env {
+		e[k] = v
+	}
+	return newHarness(t, e)
+}
+
+// TestReviewSharedDeltaSourceForgetsNoDelete: a shared source that also
+// reads by its changes is served from the replica's copy, a full read;
+// an item deleted in the API directly must leave the clients' views at
+// the latest once fullEvery has passed. Before the fix, the pull treated
+// the copy as the delta read its plan asked for: it kept every key the
+// copy lacked, and the copy's "full read" moved the source's last full
+// read, so fullEvery never came and the deleted item stayed for ever.
+func TestReviewSharedDeltaSourceForgetsNoDelete(t *testing.T) {
+	t.Parallel()
+	api := newItemsAPI(t)
+	api.put("/api/catalog", "", "c1", "one")
+	api.put("/api/catalog", "", "c2", "two")
+	sc := reviewHarness(t, api, `{"clientView": [
+		{"path": "/api/me", "key": "me"},
+		{"path": "/api/catalog", "items": "items", "key": "item/{id}", "shared": true, "maxAge": "10ms",
+		 "changes": {"param": "updated_after", "field": "updated_at", "fullEvery": "300ms"}}]}`, nil).start()
+	c := newReplica()
+	sc.pullInto(t, "alice", "g", c)
+	if _, ok := c.state["item/c2"]; !ok {
+		t.Fatalf("first pull lacks item/c2: %v", c.state)
+	}
+	api.remove("/api/catalog", "", "c2")
+	// Pull until fullEvery has surely passed since the deletion (pulls
+	// in between may read by changes and keep the item meanwhile).
+	for end := time.Now().Add(time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		sc.pullInto(t, "alice", "g", c)
+	}
+	if _, ok := c.state["item/c2"]; ok {
+		t.Errorf("item/c2, deleted in the API over a second ago (fullEvery 300ms, maxAge 10ms), is still in the view")
+	}
+}
