@@ -334,6 +334,9 @@ type pullBuild struct {
 	states  map[string]store.SourceState
 	started time.Time
 	read    clientview.Result // the last read's result
+	// sharedReads are the replica's copies of shared sources the read
+	// was served (withShared), by source id.
+	sharedReads map[string]*sharedRead
 
 	riders  []*pullRider
 	answers []pullAnswer // but their cookie orders

@@ -172,7 +172,7 @@ func (b *pullBuild) unconfirmed(reads []clientview.SourceResult) map[string]bool
 func (b *pullBuild) confirm(ctx context.Context, first clientview.Result, again map[string]bool) (clientview.Result, error) {
 	plans := map[string]clientview.Plan{}
 	for _, s := range b.mapping.Sources {
-		if !again[s.ID] {
+		if !again[s.ID] || s.Shared { // a shared source is read again as it was read: without credentials
 			plans[s.ID] = clientview.Plan{Mode: clientview.Skip}
 		}
 	}
@@ -187,6 +187,16 @@ func (b *pullBuild) confirm(ctx context.Context, first clientview.Result, again 
 	for _, r := range second.Sources {
 		seconds[r.Source] = second.Entries[at : at+r.Entries]
 		at += r.Entries
+	}
+	for _, info := range b.mapping.Sources {
+		if held := b.sharedReads[info.ID]; again[info.ID] && info.Shared && held != nil {
+			r, err := b.s.shared.get(ctx, b.s.core, info, c.RequestID, held)
+			if err != nil {
+				return first, err
+			}
+			seconds[info.ID] = r.entries
+			second.Sources = append(second.Sources, r.result)
+		}
 	}
 	merged := make([]clientview.Entry, 0, len(b.view.entries))
 	at = 0
@@ -279,13 +289,15 @@ type sharedRead struct {
 }
 
 // get returns the source's entries as last read, reading it first when
-// the copy is stale.
-func (sv *sharedViews) get(ctx context.Context, s *core, info clientview.SourceInfo, requestID string) (*sharedRead, error) {
+// the copy is stale, or, with again, when it is not a read that began after
+// the one the caller holds (to confirm a deletion: a second read, still
+// without any user's credentials).
+func (sv *sharedViews) get(ctx context.Context, s *core, info clientview.SourceInfo, requestID string, again *sharedRead) (*sharedRead, error) {
 	now := time.Now()
 	sv.mu.Lock()
 	r := sv.reads[info.ID]
 	sv.mu.Unlock()
-	if r != nil && now.Sub(r.at) < info.MaxAge && !s.writes.After(info.Path, r.at) {
+	if r != nil && (again == nil && now.Sub(r.at) < info.MaxAge && !s.writes.After(info.Path, r.at) || again != nil && r.at.After(again.at)) {
 		return r, nil
 	}
 	f, leader, _ := sv.runs.Join(info.ID, struct{}{}, struct{}{}, func(struct{}) (bool, error) { return true, nil })
@@ -331,7 +343,7 @@ func (b *pullBuild) withShared(ctx context.Context, res clientview.Result) (clie
 		if !info.Shared || b.plan.Plans[info.ID].Mode == clientview.Skip {
 			continue
 		}
-		r, err := b.s.shared.get(ctx, b.s.core, info, b.c.RequestID)
+		r, err := b.s.shared.get(ctx, b.s.core, info, b.c.RequestID, nil)
 		if err != nil {
 			return res, err
 		}
@@ -339,6 +351,10 @@ func (b *pullBuild) withShared(ctx context.Context, res clientview.Result) (clie
 			reads = map[string]*sharedRead{}
 		}
 		reads[info.ID] = r
+		if b.sharedReads == nil {
+			b.sharedReads = map[string]*sharedRead{}
+		}
+		b.sharedReads[info.ID] = r
 	}
 	if reads == nil {
 		return res, nil

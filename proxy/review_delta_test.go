@@ -200,3 +200,34 @@ func TestReviewSharedDeltaSourceForgetsNoDelete(t *testing.T) {
 		t.Errorf("item/c2, deleted in the API over a second ago (fullEvery 300ms, maxAge 10ms), is still in the view")
 	}
 }
+
+// TestReviewSharedSourceConfirmedWithoutCredentials: a shared source is
+// read without any user's credentials, also when a deletion its read
+// would answer is confirmed by a second read (its pages, by Link header
+// without a total, cannot prove they fit together). Before the fix, the
+// confirming read was the pulling user's, with the user's Authorization.
+func TestReviewSharedSourceConfirmedWithoutCredentials(t *testing.T) {
+	t.Parallel()
+	api := newItemsAPI(t)
+	api.pageSize = 2
+	for i := range 5 {
+		api.put("/api/catalog", "", fmt.Sprint("c", i), fmt.Sprint("item ", i))
+	}
+	sc := reviewHarness(t, api, `{"clientView": [
+		{"path": "/api/me", "key": "me"},
+		{"path": "/api/catalog", "items": "items", "key": "item/{id}", "pagination": {"type": "link"},
+		 "shared": true, "maxAge": "10ms"}]}`, nil).start()
+	c := newReplica()
+	sc.pullInto(t, "alice", "g", c)
+	api.remove("/api/catalog", "", "c3")
+	time.Sleep(20 * time.Millisecond) // the copy's maxAge
+	sc.pullInto(t, "alice", "g", c)
+	if _, ok := c.state["item/c3"]; ok {
+		t.Errorf("item/c3, deleted in the API, is still in the view")
+	}
+	for _, a := range api.authOf("/api/catalog") {
+		if a != "" {
+			t.Errorf("a read of the shared source carried Authorization %q; want none", a)
+		}
+	}
+}
