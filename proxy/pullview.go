@@ -198,6 +198,13 @@ func (b *pullBuild) confirm(ctx context.Context, first clientview.Result, again 
 			second.Sources = append(second.Sources, r.result)
 		}
 	}
+	// Each key once: an item that moved from one source to another between
+	// the two reads (a view whose sources share a key template) stays where
+	// the first read had it.
+	unique := make(map[string]bool, len(first.Entries))
+	for _, e := range first.Entries {
+		unique[e.Key] = true
+	}
 	merged := make([]clientview.Entry, 0, len(b.view.entries))
 	at = 0
 	for i, r := range first.Sources {
@@ -220,13 +227,14 @@ func (b *pullBuild) confirm(ctx context.Context, first clientview.Result, again 
 			merged = append(merged, e)
 		}
 		for j, e := range seconds[r.Source] {
-			if !taken[j] {
+			if !taken[j] && !unique[e.Key] {
+				unique[e.Key] = true
 				merged = append(merged, e)
 			}
 		}
 		for _, r2 := range second.Sources {
 			if r2.Source == r.Source {
-				first.Sources[i].Watermark = clientview.MaxMark(r.Watermark, r2.Watermark)
+				first.Sources[i].Watermark = clientview.MaxMark(first.Sources[i].Watermark, r2.Watermark)
 				first.Sources[i].Deleted = append(first.Sources[i].Deleted, r2.Deleted...)
 			}
 		}

@@ -231,3 +231,91 @@ func TestReviewSharedSourceConfirmedWithoutCredentials(t *testing.T) {
 		}
 	}
 }
+
+// TestReviewConfirmKeepsKeysUnique: in a view whose sources share a key
+// template (an item moves between /api/open and /api/done), a full read
+// that would delete something is confirmed by a second read; an item that
+// moved from one source to the other between the two reads is in the
+// first read under one and in the second under the other. The confirmed
+// view must still hold each key once. Before the fix it held the moved
+// item twice: a reset answered both values, the later one (the first
+// read's) winning in the client, while the record stored the other; and
+// the record this replica cached kept the first read's value while the
+// database held the second's, so the next pull through another replica
+// found nothing to put and the client kept a value the API no longer had.
+func TestReviewConfirmKeepsKeysUnique(t *testing.T) {
+	t.Parallel()
+	api := newItemsAPI(t)
+	api.perUser, api.pageSize = true, 2
+	for _, id := range []string{"a", "b", "x"} {
+		api.put("/api/open", "alice", id, "title "+id)
+	}
+	api.put("/api/done", "alice", "k", "title k")
+	h := reviewHarness(t, api, `{"clientView": [
+		{"path": "/api/open", "items": "items", "key": "todo/{id}", "pagination": {"type": "link"}},
+		{"path": "/api/done", "items": "items", "key": "todo/{id}", "pagination": {"type": "link"}}]}`, nil)
+	one, two := h.start(), h.start()
+	first := newReplica()
+	one.pullInto(t, "alice", "g", first)
+
+	// x goes (a full read would delete it: confirmed by a second read),
+	// and k moves from done to open just as the second read begins.
+	api.remove("/api/open", "alice", "x")
+	var mu sync.Mutex
+	reads := map[string]int{}
+	moved := make(chan struct{})
+	api.setHook(func(r *http.Request) {
+		if r.URL.Query().Get("page") != "" {
+			return
+		}
+		mu.Lock()
+		reads[r.URL.Path]++
+		n := reads[r.URL.Path]
+		mu.Unlock()
+		switch {
+		case r.URL.Path == "/api/done" && n == 2:
+			api.move("/api/done", "/api/open", "alice", "k")
+			close(moved)
+		case r.URL.Path == "/api/open" && n == 2:
+			<-moved
+		}
+	})
+	// A new client of the group (a new tab): its pull answers a reset.
+	c := newReplica()
+	r := one.pullInto(t, "alice", "g", c)
+	if !r.reset() {
+		t.Fatalf("the new client's pull was not a reset: %v", ops(r))
+	}
+	mu.Lock()
+	if reads["/api/done"] < 2 {
+		t.Fatalf("the deletion was not confirmed by a second read (reads %v)", reads)
+	}
+	mu.Unlock()
+	seen := map[string]bool{}
+	for _, op := range r.Patch {
+		if op.Op == "put" && seen[op.Key] {
+			t.Errorf("the answer put %s twice", op.Key)
+		}
+		seen[op.Key] = true
+	}
+	api.setHook(nil)
+	// One more pull, through the other replica: the view is the API's.
+	two.pullInto(t, "alice", "g", c)
+	want := map[string]string{}
+	for _, p := range []string{"/api/open", "/api/done"} {
+		api.mu.Lock()
+		for _, it := range api.items[api.coll(p, "alice")] {
+			b, _ := json.Marshal(it)
+			want["todo/"+it.ID] = string(b)
+		}
+		api.mu.Unlock()
+	}
+	for k, v := range want {
+		if c.state[k] != v {
+			t.Errorf("after the next pull the client holds %s = %s; the API has %s", k, c.state[k], v)
+		}
+	}
+	if len(c.state) != len(want) {
+		t.Errorf("the client holds %d entries, the API %d", len(c.state), len(want))
+	}
+}
