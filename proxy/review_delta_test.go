@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/proxytest"
 )
 
 // itemsAPI is an API of a few collections of items, each item carrying
@@ -317,5 +319,43 @@ func TestReviewConfirmKeepsKeysUnique(t *testing.T) {
 	}
 	if len(c.state) != len(want) {
 		t.Errorf("the client holds %d entries, the API %d", len(c.state), len(want))
+	}
+}
+
+// TestReviewDeltaReadSkipsNoUpdate: a delta read of several pages (Link
+// pages without a total) while an item on a page already read is deleted
+// in the API: the next item moves up onto that page and the read skips
+// it. A delta read deletes nothing, but its watermark moves past the
+// skipped item's change, so the next delta read (asking from the
+// watermark less the overlap) never brings it: the update is missing
+// until the group's next full read (fullEvery, 10 minutes by default),
+// though it was made through the API's ordinary write path.
+func TestReviewDeltaReadSkipsNoUpdate(t *testing.T) {
+	t.Skip("BUG: a delta read whose pages cannot prove they fit together may skip a changed item, and its watermark moves past it (needs a confirming second read of a multi-page delta read, or a watermark that does not move past an unproven read)")
+	t.Parallel()
+	api := proxytest.NewChangingAPI(t)
+	api.PageSize = 3
+	seed(api, "alice", 10)
+	sc := deltaHarness(t, api, "10m", nil).start()
+	c := newReplica()
+	sc.pullInto(t, "alice", "g", c)
+	// Four updates a minute ago, one now: a delta read of two pages.
+	api.SetSkew(-time.Minute)
+	for _, id := range []string{"t001", "t002", "t003", "t004"} {
+		api.Put("alice", id, "renamed "+id)
+	}
+	api.SetSkew(0)
+	api.Put("alice", "t005", "renamed t005")
+	var once sync.Once
+	api.SetHook(func(r *http.Request) {
+		if r.URL.Query().Get("updated_after") != "" && r.URL.Query().Get("page") == "2" {
+			once.Do(func() { api.Delete("alice", "t002") }) // another writer, in the API
+		}
+	})
+	sc.pullInto(t, "alice", "g", c)
+	api.SetHook(nil)
+	sc.pullInto(t, "alice", "g", c) // and the next one
+	if got := c.state["todo/t004"]; !strings.Contains(got, "renamed t004") {
+		t.Errorf("todo/t004 = %s after two delta reads; the API renamed it before both", got)
 	}
 }
