@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/flight"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/plan"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
@@ -177,26 +178,18 @@ func (b *pullBuild) confirm(ctx context.Context, first clientview.Result, again 
 		}
 	}
 	c := b.c
-	second, err := b.s.fetch(ctx, b.mapping, c.Key(), clientview.Request{UserID: c.User, Header: c.Forward, Memory: c.mem, Plans: plans})
+	// Interruptible as the first read was (run): the budget may pre-empt
+	// it for a caller holding less while it waits on the upstream.
+	fctx, cancel := context.WithCancelCause(ctx)
+	done := c.mem.Interruptible(func() { cancel(budget.ErrPreempted) })
+	second, seconds, err := b.readAgain(fctx, plans, again)
+	done()
+	cancel(nil)
+	if perr := c.mem.Err(); err != nil && perr != nil {
+		return first, perr // whatever the cancelled read reported
+	}
 	if err != nil {
 		return first, err
-	}
-	b.s.countReads(c, second.Sources)
-	seconds := map[string][]clientview.Entry{}
-	at := 0
-	for _, r := range second.Sources {
-		seconds[r.Source] = second.Entries[at : at+r.Entries]
-		at += r.Entries
-	}
-	for _, info := range b.mapping.Sources {
-		if held := b.sharedReads[info.ID]; again[info.ID] && info.Shared && held != nil {
-			r, err := b.s.shared.get(ctx, b.s.core, info, c.RequestID, held)
-			if err != nil {
-				return first, err
-			}
-			seconds[info.ID] = r.entries
-			second.Sources = append(second.Sources, r.result)
-		}
 	}
 	// Each key once: an item that moved from one source to another between
 	// the two reads (a view whose sources share a key template) stays where
@@ -206,7 +199,7 @@ func (b *pullBuild) confirm(ctx context.Context, first clientview.Result, again 
 		unique[e.Key] = true
 	}
 	merged := make([]clientview.Entry, 0, len(b.view.entries))
-	at = 0
+	at := 0
 	for i, r := range first.Sources {
 		seg := first.Entries[at : at+r.Entries]
 		at += r.Entries
@@ -248,6 +241,35 @@ func (b *pullBuild) confirm(ctx context.Context, first clientview.Result, again 
 	b.c.log.Info("a full read would delete entries of a source whose pages may skip an item; read it again to confirm",
 		"sources", len(again))
 	return first, nil
+}
+
+// readAgain is confirm's second read of the sources in again (plans skip
+// the others and the shared ones, which are read again from the replica's
+// copy): the result, and each source's entries by id.
+func (b *pullBuild) readAgain(ctx context.Context, plans map[string]clientview.Plan, again map[string]bool) (clientview.Result, map[string][]clientview.Entry, error) {
+	c := b.c
+	second, err := b.s.fetch(ctx, b.mapping, c.Key(), clientview.Request{UserID: c.User, Header: c.Forward, Memory: c.mem, Plans: plans})
+	if err != nil {
+		return second, nil, err
+	}
+	b.s.countReads(c, second.Sources)
+	seconds := map[string][]clientview.Entry{}
+	at := 0
+	for _, r := range second.Sources {
+		seconds[r.Source] = second.Entries[at : at+r.Entries]
+		at += r.Entries
+	}
+	for _, info := range b.mapping.Sources {
+		if held := b.sharedReads[info.ID]; again[info.ID] && info.Shared && held != nil {
+			r, err := b.s.shared.get(ctx, b.s.core, info, c.RequestID, held)
+			if err != nil {
+				return second, nil, err
+			}
+			seconds[info.ID] = r.entries
+			second.Sources = append(second.Sources, r.result)
+		}
+	}
+	return second, seconds, nil
 }
 
 // countReads counts what reads asked of the API, and reports a source
