@@ -337,6 +337,9 @@ type pullBuild struct {
 	marks   map[string]store.SourceMark // every replica's routed writes (plan.Input.Marks)
 	started time.Time
 	read    clientview.Result // the last read's result
+	// sharedReads are the replica's copies of shared sources the read
+	// was served (withShared), by source id.
+	sharedReads map[string]*sharedRead
 
 	riders  []*pullRider
 	answers []pullAnswer // but their cookie orders

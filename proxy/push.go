@@ -112,7 +112,13 @@ func (s *core) handlePush(w http.ResponseWriter, r *http.Request) {
 		s.countPruned(c, pruned) // committed
 	}
 
+	// While its calls go out the push holds its body's bytes: the budget may
+	// pre-empt it for a caller holding less. The call in progress is never
+	// cut (an answered call is always recorded); the push then starts
+	// nothing new and answers an early exit.
+	done := c.mem.Interruptible(func() {})
 	stats, err := s.applyAll(ctx, c, req, known)
+	done()
 	if stats.Rejected > 0 {
 		s.trimRejections(ctx, c, req.ClientGroupID)
 	}
@@ -156,8 +162,8 @@ func (s *core) applyAll(ctx context.Context, c *exchange, req pushRequest, known
 			i++
 			continue
 		}
-		if time.Since(c.start) >= s.cfg.PushTimeBudget || s.draining.Load() {
-			// Early exit (time budget, or shutting down): what is committed
+		if time.Since(c.start) >= s.cfg.PushTimeBudget || s.draining.Load() || c.mem.Err() != nil {
+			// Early exit (time budget, shutting down, pre-empted): what is committed
 			// stays committed; the client pushes the rest next time.
 			stats.EarlyExit, stats.Pending = true, len(req.Mutations)-i
 			return stats, nil
@@ -245,7 +251,7 @@ func (s *core) applyBatch(ctx context.Context, c *exchange, mp *mapping.Mapping,
 		}
 		for i, p := range muts {
 			if i > 0 && (time.Since(opened) >= batchWindow || time.Since(c.start) >= s.cfg.PushTimeBudget ||
-				s.draining.Load() || ctx.Err() != nil) {
+				s.draining.Load() || ctx.Err() != nil || c.mem.Err() != nil) {
 				return nil // the rest goes in the next transaction, if any
 			}
 			r, err := s.applyOne(ctx, c, mp, g, p, ids)
