@@ -425,15 +425,20 @@ func (h *Hub) flush() {
 		poke(to)
 		return
 	}
-	// Batches at even intervals, the last within Spread.
-	every := min(spreadBatch*spreadStep, h.limits.Spread*spreadBatch/time.Duration(len(to)))
+	// Batches at even intervals, the last within Spread: each tick hands
+	// out the batches due by then, so a tick that comes late (a busy
+	// process) does not push the rest of the wave later.
+	every := max(1, min(spreadBatch*spreadStep, h.limits.Spread*spreadBatch/time.Duration(len(to))))
+	start := time.Now()
 	poke(to[:spreadBatch])
 	go func() {
 		t := time.NewTicker(max(every, time.Millisecond/4))
 		defer t.Stop()
-		for i := spreadBatch; i < len(to); i += spreadBatch {
+		for done := spreadBatch; done < len(to); {
 			<-t.C
-			poke(to[i:min(i+spreadBatch, len(to))])
+			due := min(len(to), spreadBatch*(1+int(time.Since(start)/every)))
+			poke(to[done:due])
+			done = due
 		}
 	}()
 }
