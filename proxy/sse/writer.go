@@ -55,7 +55,7 @@ const (
 type Options struct {
 	// Heartbeat: every stream gets a comment this often (give or take a
 	// tick of the wheel, Heartbeat/256 or 10 ms), so that proxies keep it
-	// open.
+	// open. It must be positive.
 	Heartbeat time.Duration
 	// WriteTimeout bounds every write: one still blocked this long ends
 	// its stream (WriteFailed).
@@ -64,7 +64,8 @@ type Options struct {
 	// after.
 	Stop <-chan struct{}
 	// Ended is told once when a stream ended, and why, from the writer's
-	// goroutine (or Start's caller); the stream's connection is closed.
+	// goroutine (or Start's caller); the stream's connection is closed, or
+	// closes once its last words are written (within a second).
 	Ended func(st *Stream, why End)
 	// Poked is told each time a poke event was written.
 	Poked func()
@@ -106,7 +107,7 @@ type Writer struct {
 // and ends it when the last one ended.
 func New(o Options) *Writer {
 	slots := min(256, max(1, int(o.Heartbeat/(10*time.Millisecond))))
-	return &Writer{o: o, slots: slots, tick: o.Heartbeat / time.Duration(slots), wake: make(chan struct{}, 1),
+	return &Writer{o: o, slots: slots, tick: max(time.Millisecond, o.Heartbeat/time.Duration(slots)), wake: make(chan struct{}, 1),
 		wheel: make([][]*Stream, slots)}
 }
 
