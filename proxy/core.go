@@ -23,6 +23,7 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/plan"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/poke"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/sse"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/verdict"
@@ -53,6 +54,7 @@ type core struct {
 	budget  *budget.Budget // request and view bytes in flight
 	turns   *gate.Gate     // client groups' turns, before a connection
 	hub     *poke.Hub      // this process's poke streams
+	streams *sse.Writer    // writes the streams served on their own connections
 	bus     *poke.Bus      // pokes between replicas
 	writes  *plan.Writes   // writes seen under each view source (for the pulls' plans)
 	lag     *lag.Tracker   // changes not yet answered, per group with a stream here

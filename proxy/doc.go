@@ -26,6 +26,8 @@
 //	proxy/plan           per view source: read in full, by its changes, or not at all
 //	proxy/poke           poke streams of this process, and pokes between replicas
 //	proxy/lag            how long a change takes to reach the pulls it pokes
+//	proxy/sse            poke streams written on their own connections, one
+//	                     writer for all
 //	proxy/passthrough    every other request, to the API and back
 //	proxy/compress       gzip answers
 //	proxy/mapping        the mapping file, loaded and compiled

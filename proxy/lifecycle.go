@@ -142,6 +142,8 @@ func (s *Sidecar) Shutdown(ctx context.Context, servers ...*http.Server) error {
 	for _, srv := range servers {
 		errs = append(errs, srv.Shutdown(ctx))
 	}
+	// The streams served on their own connections are not the servers'.
+	errs = append(errs, s.streams.Wait(ctx))
 	if stop := s.stopPokes.Load(); stop != nil {
 		(*stop)()
 	}

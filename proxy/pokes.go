@@ -21,6 +21,7 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/identity"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/poke"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/sse"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/tracing"
 )
 
@@ -37,9 +38,22 @@ const (
 	minPokeWriteTimeout = time.Second
 )
 
+func (s *core) pokeWriteTimeout() time.Duration {
+	return min(pokeWriteTimeout, max(minPokeWriteTimeout, s.cfg.PokeHeartbeat))
+}
+
 // handlePoke serves a poke stream: Server-Sent Events, one "poke" event
 // whenever the client should pull, a comment as heartbeat. The caller is
-// identified as for push and pull.
+// identified as for push and pull, before the stream opens.
+//
+// Over HTTP/1.1 the stream is served on the connection itself, taken over
+// from the server, and written by the process's one stream writer
+// (package sse): an idle stream then costs its socket and a few hundred
+// bytes, not a goroutine with its buffers and a timer. Over HTTP/2 (whose
+// streams share a connection), HTTP/1.0, or behind a ResponseWriter that
+// cannot let go of its connection, this handler writes the stream itself
+// until it ends. Both write the same events, keep the same rules and end
+// for the same reasons.
 func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
 	log := s.log.With("endpoint", endpointPoke, "request_id", identity.RequestID(r), "trace_id", w.Header().Get("X-Trace-ID"))
 	fail := func(p *problem.Error) { s.failOther(w, endpointPoke, log, p) }
@@ -66,17 +80,15 @@ func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
 		fail(p)
 		return
 	}
+	if s.serveOwnConnection(w, r, caller, log) {
+		return
+	}
 	user := caller.User
 	// Slots are shared fairly between callers (poke.Hub): keyed on who is
 	// calling, never on ids the caller chose.
 	sub, err := s.hub.Subscribe(caller.Key(), user)
-	switch {
-	case errors.Is(err, poke.ErrFull):
-		fail(problem.Unavailable(problem.TooManySubscribers, 5,
-			"this sidecar holds as many poke streams as it may (SIDECAR_POKE_MAX_SUBSCRIBERS), and you hold your share of them; retry"))
-		return
-	case err != nil:
-		fail(problem.Unavailable(problem.ShuttingDown, 1, "the sidecar is shutting down; retry"))
+	if p := subscribeProblem(err); p != nil {
+		fail(p)
 		return
 	}
 	defer s.hub.Unsubscribe(sub)
@@ -86,12 +98,9 @@ func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
 	// A stream outlives the server's read timeout, which would otherwise
 	// cancel it; each write gets its own deadline instead.
 	_ = rc.SetReadDeadline(time.Time{})
-	hdr := w.Header()
-	hdr.Set("Content-Type", "text/event-stream")
-	hdr.Set("Cache-Control", "no-store")
-	hdr.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
+	setStreamHeader(w.Header())
 	w.WriteHeader(http.StatusOK)
-	writeTimeout := min(pokeWriteTimeout, max(minPokeWriteTimeout, s.cfg.PokeHeartbeat))
+	writeTimeout := s.pokeWriteTimeout()
 	send := func(text string) bool {
 		_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
 		if _, err := io.WriteString(w, text); err != nil {
@@ -99,10 +108,7 @@ func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
 		}
 		return rc.Flush() == nil
 	}
-	// retry: how long EventSource waits before it reconnects after the
-	// stream ends (at shutdown, it reaches another replica); spread, so a
-	// replica's streams do not all come back in the same second.
-	if !send(fmt.Sprintf(": connected\nretry: %d\n\n", 1000+mathrand.IntN(4000))) {
+	if !send(streamOpening()) {
 		s.metrics.pokeStreamsEnded.WithLabelValues(streamEndWriteFailed).Inc()
 		return
 	}
@@ -151,6 +157,102 @@ func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
 			s.metrics.pokes.Inc()
 		}
 	}
+}
+
+// serveOwnConnection serves the stream on r's connection, taken over from
+// the server and written by s.streams, when r came over HTTP/1.1 and w can
+// let go of its connection; it answers a refusal (no slot) itself. handled
+// is false when it cannot, having written nothing: the handler serves the
+// stream then.
+func (s *core) serveOwnConnection(w http.ResponseWriter, r *http.Request, caller identity.Caller, log *slog.Logger) (handled bool) {
+	if r.ProtoMajor != 1 || r.ProtoMinor < 1 || !hijackable(w) {
+		return false
+	}
+	st := s.streams.NewStream()
+	sub, err := s.hub.SubscribeTo(caller.Key(), caller.User, st)
+	if p := subscribeProblem(err); p != nil {
+		s.failOther(w, endpointPoke, log, p)
+		return true
+	}
+	st.Sub = sub
+	setStreamHeader(w.Header())
+	// Hijack leaves the connection without deadlines: the stream outlives
+	// the server's read timeout, and each write is bounded by the writer.
+	// Anything the client sent after its request is dropped: nothing may
+	// follow a stream on its connection.
+	conn, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		log.Debug("poke stream served by its handler: the connection could not be taken over", "error", err)
+		s.hub.Unsubscribe(sub)
+		return false
+	}
+	if r.Header.Get("Last-Event-ID") != "" {
+		st.Poke() // as in handlePoke: a reconnection catches up at once
+	}
+	log.Debug("poke stream open", "user", caller.User)
+	s.streams.Start(st, conn, w.Header(), streamOpening())
+	return true
+}
+
+// streamEnded is told by s.streams that a stream it wrote ended.
+func (s *core) streamEnded(st *sse.Stream, why sse.End) {
+	s.hub.Unsubscribe(st.Sub)
+	reason := streamEndDisconnected
+	switch why {
+	case sse.WriteFailed:
+		reason = streamEndWriteFailed
+	case sse.Shutdown:
+		reason = streamEndShutdown
+	case sse.ByHub:
+		end, _ := st.Sub.End()
+		reason = string(end)
+	}
+	s.log.Debug("poke stream ended", "endpoint", endpointPoke, "user", st.Sub.User, "reason", reason)
+	s.metrics.pokeStreamsEnded.WithLabelValues(reason).Inc()
+}
+
+// hijackable reports whether w, or a ResponseWriter it wraps (as
+// http.ResponseController finds them), can hand over its connection.
+func hijackable(w http.ResponseWriter) bool {
+	for {
+		switch t := w.(type) {
+		case http.Hijacker:
+			return true
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = t.Unwrap()
+		default:
+			return false
+		}
+	}
+}
+
+// subscribeProblem is the answer to a stream the hub has no slot for.
+func subscribeProblem(err error) *problem.Error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, poke.ErrFull):
+		return problem.Unavailable(problem.TooManySubscribers, 5,
+			"this sidecar holds as many poke streams as it may (SIDECAR_POKE_MAX_SUBSCRIBERS), and you hold your share of them; retry")
+	default:
+		return problem.Unavailable(problem.ShuttingDown, 1, "the sidecar is shutting down; retry")
+	}
+}
+
+// setStreamHeader sets a stream's response header. Nothing compresses a
+// stream: its route has no compressing handler.
+func setStreamHeader(hdr http.Header) {
+	hdr.Set("Content-Type", "text/event-stream")
+	hdr.Set("Cache-Control", "no-store")
+	hdr.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
+}
+
+// streamOpening is a stream's first event: a comment, and retry: how long
+// EventSource waits before it reconnects after the stream ends (at
+// shutdown, it reaches another replica); spread, so a replica's streams do
+// not all come back in the same second.
+func streamOpening() string {
+	return fmt.Sprintf(": connected\nretry: %d\n\n", 1000+mathrand.IntN(4000))
 }
 
 // handleInvalidate lets the legacy service (a trigger relay, a cron job)

@@ -25,6 +25,7 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/plan"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/poke"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/sse"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/tracing"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/verdict"
@@ -85,6 +86,8 @@ func New(o Options) *Sidecar {
 	}
 	c.hub = poke.NewHub(poke.Limits{Max: cfg.PokeMaxSubscribers, PerKey: poke.PerKeyLimit(cfg.PokeMaxSubscribers), Lifetime: cfg.PokeMaxLifetime, Spread: cfg.PokeSpread},
 		cfg.PokeCoalesce)
+	c.streams = sse.New(sse.Options{Heartbeat: cfg.PokeHeartbeat, WriteTimeout: c.pokeWriteTimeout(), Stop: c.hub.Done(),
+		Ended: c.streamEnded, Poked: m.pokes.Inc})
 	c.bus = poke.NewBus(c.hub, o.Pool, cfg.DBSchema, cfg.PokeCallerInterval, o.Logger)
 	c.bus.OnMarks(func(written, deleted []string, all bool) { c.writes.Marked(written, deleted, all, time.Now()) })
 	c.lag = lag.New(m.changeLag.Observe)

@@ -137,6 +137,7 @@ func run(ctx context.Context, env map[string]string, logOut io.Writer, listen li
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(cfg.LogLevel))
 	log := slog.New(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: level}))
+	checkOpenFiles(log, cfg.PokeMaxSubscribers)
 	// Nothing built here may live by ctx: a signal drains in-flight work.
 	pool, err := store.NewPool(context.WithoutCancel(ctx), cfg.PoolOptions())
 	if err != nil {
@@ -171,6 +172,23 @@ func run(ctx context.Context, env map[string]string, logOut io.Writer, listen li
 		return errors.Join(fmt.Errorf("listening on SIDECAR_ADMIN_ADDR: %w", err), public.Close())
 	}
 	return sc.Serve(ctx, public, admin, reg)
+}
+
+// fdHeadroom is what the process needs open besides its poke streams: the
+// pool's connections, the upstream's, the requests being served.
+const fdHeadroom = 1024
+
+// checkOpenFiles warns when the process may open fewer files than
+// maxStreams poke streams (a socket each) and the rest need: a replica
+// that reaches the limit cannot accept connections, for push, pull and the
+// pass-through alike. (Go raises the soft limit to the hard one at start;
+// the hard one is the container runtime's.)
+func checkOpenFiles(log *slog.Logger, maxStreams int) {
+	limit, ok := openFilesLimit()
+	if want := uint64(maxStreams) + fdHeadroom; ok && limit < want {
+		log.Warn("the open-files limit is too low for SIDECAR_POKE_MAX_SUBSCRIBERS streams: raise the container runtime's nofile limit, or lower the setting",
+			"open_files_limit", limit, "poke_max_subscribers", maxStreams, "want_open_files", want)
+	}
 }
 
 func orUnknown(s string) string {
