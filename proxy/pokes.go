@@ -80,7 +80,7 @@ func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
 		fail(p)
 		return
 	}
-	if s.serveOwnConnection(w, r, caller, log) {
+	if s.serveOwnConnection(w, r, group, caller, log) {
 		return
 	}
 	user := caller.User
@@ -164,7 +164,7 @@ func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
 // let go of its connection; it answers a refusal (no slot) itself. handled
 // is false when it cannot, having written nothing: the handler serves the
 // stream then.
-func (s *core) serveOwnConnection(w http.ResponseWriter, r *http.Request, caller identity.Caller, log *slog.Logger) (handled bool) {
+func (s *core) serveOwnConnection(w http.ResponseWriter, r *http.Request, group string, caller identity.Caller, log *slog.Logger) (handled bool) {
 	if r.ProtoMajor != 1 || r.ProtoMinor < 1 || !hijackable(w) {
 		return false
 	}
@@ -190,6 +190,7 @@ func (s *core) serveOwnConnection(w http.ResponseWriter, r *http.Request, caller
 		st.Poke() // as in handlePoke: a reconnection catches up at once
 	}
 	log.Debug("poke stream open", "user", caller.User)
+	st.OnEnd = s.lag.Open(group, caller.User) // as handlePoke's stream, for change lag
 	s.streams.Start(st, conn, w.Header(), streamOpening())
 	return true
 }
@@ -197,6 +198,9 @@ func (s *core) serveOwnConnection(w http.ResponseWriter, r *http.Request, caller
 // streamEnded is told by s.streams that a stream it wrote ended.
 func (s *core) streamEnded(st *sse.Stream, why sse.End) {
 	s.hub.Unsubscribe(st.Sub)
+	if st.OnEnd != nil {
+		st.OnEnd()
+	}
 	reason := streamEndDisconnected
 	switch why {
 	case sse.WriteFailed:

@@ -116,6 +116,10 @@ func New(o Options) *Writer {
 type Stream struct {
 	// Sub is its subscription, set by its creator before Start.
 	Sub *poke.Subscriber
+	// OnEnd, when set by its creator before Start, is for the creator's
+	// own bookkeeping: the writer never calls it (the creator's end
+	// callback may).
+	OnEnd func()
 
 	w    *Writer
 	conn net.Conn
