@@ -71,7 +71,7 @@ func TestCircuitBreaker(t *testing.T) {
 	if l := h.lmid(t, sc.pool, "c"); l != 0 {
 		t.Errorf("lastMutationID = %d while the breaker is open; nothing may advance", l)
 	}
-	if v := testutil.ToFloat64(sc.sc.metrics.mutations.WithLabelValues("createTodo", "transient")); v != 4 {
+	if v := testutil.ToFloat64(sc.sc.metrics.Mutations.WithLabelValues("createTodo", "transient")); v != 4 {
 		t.Errorf("transient createTodo outcomes = %v, want 4 (3 failures and 1 refused by the breaker)", v)
 	}
 	// A client re-sending what was already applied is still acknowledged.

@@ -19,6 +19,7 @@ import (
 
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/config"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/identity"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/metrics"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/poke"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/sse"
@@ -55,8 +56,8 @@ func (s *core) pokeWriteTimeout() time.Duration {
 // until it ends. Both write the same events, keep the same rules and end
 // for the same reasons.
 func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
-	log := s.log.With("endpoint", endpointPoke, "request_id", identity.RequestID(r), "trace_id", w.Header().Get("X-Trace-ID"))
-	fail := func(p *problem.Error) { s.failOther(w, endpointPoke, log, p) }
+	log := s.log.With("endpoint", metrics.EndpointPoke, "request_id", identity.RequestID(r), "trace_id", w.Header().Get("X-Trace-ID"))
+	fail := func(p *problem.Error) { s.failOther(w, metrics.EndpointPoke, log, p) }
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", http.MethodGet)
 		fail(problem.Errorf(http.StatusMethodNotAllowed, problem.MethodNotAllowed, "%s %s: only GET is allowed", r.Method, r.URL.Path))
@@ -109,7 +110,7 @@ func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
 		return rc.Flush() == nil
 	}
 	if !send(streamOpening()) {
-		s.metrics.pokeStreamsEnded.WithLabelValues(streamEndWriteFailed).Inc()
+		s.metrics.PokeStreamsEnded.WithLabelValues(metrics.StreamEndWriteFailed).Inc()
 		return
 	}
 	// A reconnection (EventSource sends the last id it saw): pokes may have
@@ -120,15 +121,15 @@ func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
 	log.Debug("poke stream open", "user", user)
 	heartbeat := time.NewTicker(s.cfg.PokeHeartbeat)
 	defer heartbeat.Stop()
-	ended := s.metrics.pokeStreamsEnded
+	ended := s.metrics.PokeStreamsEnded
 	for {
 		select {
 		case <-r.Context().Done():
-			ended.WithLabelValues(streamEndDisconnected).Inc()
+			ended.WithLabelValues(metrics.StreamEndDisconnected).Inc()
 			return
 		case <-s.hub.Done():
 			log.Debug("poke stream ended: shutting down")
-			ended.WithLabelValues(streamEndShutdown).Inc()
+			ended.WithLabelValues(metrics.StreamEndShutdown).Inc()
 			return
 		case <-sub.Ended():
 			// The hub ended it (to make room, or at the end of its
@@ -146,15 +147,15 @@ func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
 			return
 		case <-heartbeat.C:
 			if !send(": ping\n\n") {
-				ended.WithLabelValues(streamEndWriteFailed).Inc()
+				ended.WithLabelValues(metrics.StreamEndWriteFailed).Inc()
 				return
 			}
 		case <-sub.C:
 			if !send("event: poke\nid: 1\ndata: {}\n\n") {
-				ended.WithLabelValues(streamEndWriteFailed).Inc()
+				ended.WithLabelValues(metrics.StreamEndWriteFailed).Inc()
 				return
 			}
-			s.metrics.pokes.Inc()
+			s.metrics.Pokes.Inc()
 		}
 	}
 }
@@ -171,7 +172,7 @@ func (s *core) serveOwnConnection(w http.ResponseWriter, r *http.Request, group 
 	st := s.streams.NewStream()
 	sub, err := s.hub.SubscribeTo(caller.Key(), caller.User, st)
 	if p := subscribeProblem(err); p != nil {
-		s.failOther(w, endpointPoke, log, p)
+		s.failOther(w, metrics.EndpointPoke, log, p)
 		return true
 	}
 	st.Sub = sub
@@ -201,18 +202,18 @@ func (s *core) streamEnded(st *sse.Stream, why sse.End) {
 	if st.OnEnd != nil {
 		st.OnEnd()
 	}
-	reason := streamEndDisconnected
+	reason := metrics.StreamEndDisconnected
 	switch why {
 	case sse.WriteFailed:
-		reason = streamEndWriteFailed
+		reason = metrics.StreamEndWriteFailed
 	case sse.Shutdown:
-		reason = streamEndShutdown
+		reason = metrics.StreamEndShutdown
 	case sse.ByHub:
 		end, _ := st.Sub.End()
 		reason = string(end)
 	}
-	s.log.Debug("poke stream ended", "endpoint", endpointPoke, "user", st.Sub.User, "reason", reason)
-	s.metrics.pokeStreamsEnded.WithLabelValues(reason).Inc()
+	s.log.Debug("poke stream ended", "endpoint", metrics.EndpointPoke, "user", st.Sub.User, "reason", reason)
+	s.metrics.PokeStreamsEnded.WithLabelValues(reason).Inc()
 }
 
 // hijackable reports whether w, or a ResponseWriter it wraps (as
@@ -265,8 +266,8 @@ func streamOpening() string {
 // Authorization: Bearer SIDECAR_INVALIDATE_TOKEN; without a configured
 // token the endpoint does not exist.
 func (s *core) handleInvalidate(w http.ResponseWriter, r *http.Request) {
-	log := s.log.With("endpoint", endpointInvalidate, "trace_id", w.Header().Get("X-Trace-ID"))
-	fail := func(p *problem.Error) { s.failOther(w, endpointInvalidate, log, p) }
+	log := s.log.With("endpoint", metrics.EndpointInvalidate, "trace_id", w.Header().Get("X-Trace-ID"))
+	fail := func(p *problem.Error) { s.failOther(w, metrics.EndpointInvalidate, log, p) }
 	if s.cfg.InvalidateToken == "" {
 		problem.Write(w, problem.Errorf(http.StatusNotFound, problem.NotFound, "no such route"))
 		return
@@ -329,7 +330,7 @@ func (s *core) handleInvalidate(w http.ResponseWriter, r *http.Request) {
 		problem.WriteJSON(w, http.StatusAccepted, map[string]any{"poked": []string{}, "sources": marked})
 		return
 	}
-	s.notify(log, pokeFromInvalidate, body.Users)
+	s.notify(log, metrics.PokeFromInvalidate, body.Users)
 	if body.Users == nil {
 		problem.WriteJSON(w, http.StatusAccepted, map[string]any{"poked": "all", "sources": marked})
 		return
@@ -341,7 +342,7 @@ func (s *core) handleInvalidate(w http.ResponseWriter, r *http.Request) {
 // at once: for the invalidate hook, which is the legacy service's own voice
 // (it holds a secret) and so is not paced.
 func (s *core) notify(log *slog.Logger, source string, users []string) {
-	s.metrics.pokeNotifications.WithLabelValues(source).Inc()
+	s.metrics.PokeNotifications.WithLabelValues(source).Inc()
 	log.Debug("poke", "source", source, "users", users)
 	s.bus.Publish(users)
 }
@@ -361,7 +362,7 @@ func (s *core) pokeForAt(log *slog.Logger, source string, c identity.Caller, at 
 	if !ok {
 		return false
 	}
-	s.metrics.pokeNotifications.WithLabelValues(source).Inc()
+	s.metrics.PokeNotifications.WithLabelValues(source).Inc()
 	log.Debug("poke", "source", source, "users", users, "caller", c.Key())
 	s.bus.PublishFor(c.Key(), users, at)
 	return true
@@ -422,7 +423,7 @@ func (w *writePokes) wrote(write *http.Request) {
 	if s.cfg.PokePassthrough == config.PokePassthroughOff {
 		return
 	}
-	log := s.log.With("endpoint", endpointProxy, "trace_id", tracing.IDOf(write.Context()))
+	log := s.log.With("endpoint", metrics.EndpointProxy, "trace_id", tracing.IDOf(write.Context()))
 	edge := s.parts.Identity
 	anonymous := identity.Caller{Addr: edge.ClientAddr(write)}
 	if s.cfg.PokePassthrough == config.PokePassthroughAll {
@@ -446,7 +447,7 @@ func (w *writePokes) wrote(write *http.Request) {
 	case edge.AsksAPI() && w.carriesCredentials(write):
 		key := anonymous.Key()
 		if !w.startCheck(key) {
-			s.metrics.pokeSkipped.WithLabelValues(skippedBusy).Inc()
+			s.metrics.PokeSkipped.WithLabelValues(metrics.SkippedBusy).Inc()
 			return
 		}
 		go func() {
@@ -461,7 +462,7 @@ func (w *writePokes) wrote(write *http.Request) {
 		}()
 	default:
 		// Nobody to ask: an anonymous write pokes nobody.
-		s.metrics.pokeSkipped.WithLabelValues(skippedUnidentified).Inc()
+		s.metrics.PokeSkipped.WithLabelValues(metrics.SkippedUnidentified).Inc()
 	}
 }
 
@@ -469,8 +470,8 @@ func (w *writePokes) wrote(write *http.Request) {
 // known.
 func (w *writePokes) poke(log *slog.Logger, c identity.Caller, at time.Time) {
 	known := c.User != "" || c.ViaHeader
-	if (!known && w.s.cfg.PokePassthrough == config.PokePassthroughIdentified) || !w.s.pokeForAt(log, pokeFromPassthrough, c, at) {
-		w.s.metrics.pokeSkipped.WithLabelValues(skippedUnidentified).Inc()
+	if (!known && w.s.cfg.PokePassthrough == config.PokePassthroughIdentified) || !w.s.pokeForAt(log, metrics.PokeFromPassthrough, c, at) {
+		w.s.metrics.PokeSkipped.WithLabelValues(metrics.SkippedUnidentified).Inc()
 	}
 }
 

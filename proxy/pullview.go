@@ -13,6 +13,7 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/flight"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/metrics"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/plan"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/tracing"
@@ -83,11 +84,11 @@ func (s *core) pageWrites(stored []store.ViewPage, fetched []clientview.PageResu
 	w := &store.PageWrites{}
 	for _, p := range fetched {
 		if p.Conditional {
-			result := conditionalMiss
+			result := metrics.ConditionalMiss
 			if p.NotModified {
-				result = conditionalHit
+				result = metrics.ConditionalHit
 			}
-			s.metrics.conditional.WithLabelValues(result).Inc()
+			s.metrics.Conditional.WithLabelValues(result).Inc()
 		}
 		k := store.PageKey{Source: p.Source, Page: p.Page}
 		prev, had := old[k]
@@ -280,14 +281,14 @@ func (s *core) countReads(c *exchange, reads []clientview.SourceResult) {
 		if r.Mode == clientview.Skip {
 			continue
 		}
-		read := readFull
+		read := metrics.ReadFull
 		if r.Mode == clientview.Delta {
-			read = readDelta
+			read = metrics.ReadDelta
 		}
-		s.metrics.viewReads.WithLabelValues(r.Path, read).Add(float64(r.Requests))
-		s.metrics.viewReadBytes.WithLabelValues(r.Path, read).Add(float64(r.Bytes))
+		s.metrics.ViewReads.WithLabelValues(r.Path, read).Add(float64(r.Requests))
+		s.metrics.ViewReadBytes.WithLabelValues(r.Path, read).Add(float64(r.Bytes))
 		if r.FilterIgnored {
-			s.metrics.filterIgnored.WithLabelValues(r.Path).Inc()
+			s.metrics.FilterIgnored.WithLabelValues(r.Path).Inc()
 			log := s.log
 			if c != nil {
 				log = c.log
