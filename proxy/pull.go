@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -140,12 +141,24 @@ type pullMeta struct {
 	// comes after a later poke (of a change made elsewhere, maybe after
 	// this fetch began) does not join it.
 	gen uint64
+	// changes is the count of routed changes (store.ChangeCount) the
+	// leader read before its fetch began, -1 until then: a pull that read
+	// a larger one may have been poked, through any replica, for a change
+	// the fetch does not hold, and does not ride on it.
+	changes *atomic.Int64
 }
 
 // pullRider is a pull answered from another pull's fetch.
 type pullRider struct {
 	cookie store.Cookie // the rider's
-	ans    pullAnswer   // written by the leader before the flight lands
+	// changes is the count of routed changes the rider read before it
+	// boarded (-1: none read, it may not board).
+	changes int64
+	// Written by the leader before the flight lands: the answer, or that
+	// the rider is refused (its count is above the leader's) and fetches
+	// on its own.
+	ans     pullAnswer
+	refused bool
 }
 
 // pull answers req from its own fetch, or from a running one it may join
@@ -158,14 +171,37 @@ type pullRider struct {
 // gets its own cookie, issued in the same transaction, strictly increasing
 // for the group, and its own patch: a diff from its own cookie's version of
 // the group's record, or a reset.
+//
+// A poke may come from another replica, which this one's poke generation
+// does not see: so a pull rides only if the count of routed changes it
+// read before boarding (store.ChangeCount: every write moves it after the
+// API answered and before anyone is poked) is no larger than the one the
+// leader read before its fetch began. A rider that boards before the
+// leader has read its count is refused when the flight is sealed, if it
+// must be, and then fetches on its own. Only a pull that finds a flight
+// to board reads the count (one round trip, no lock); a leader reads it
+// with the source states it reads anyway.
 func (s *puller) pull(ctx context.Context, c *exchange, req *pullRequest) (pullAnswer, error) {
+	key := s.flightKey(req.ClientGroupID, c)
 	gen := s.hub.Generation()
-	rider := &pullRider{cookie: req.cookie}
-	var stopRiding func()
-	f, leader, err := s.flights.Join(s.flightKey(req.ClientGroupID, c), pullMeta{base: req.cookie, gen: gen}, rider,
-		func(m pullMeta) (bool, error) {
-			if m.gen != gen || m.base.Record != 0 && (m.base.Record != req.cookie.Record || m.base.Version != req.cookie.Version) {
+	rider := &pullRider{cookie: req.cookie, changes: -1}
+	if s.flights.Open(key) {
+		if n, err := s.store.ChangeCount(ctx); err == nil {
+			rider.changes = n
+		} else if ctx.Err() == nil && s.once.due("change count", time.Minute) {
+			c.log.Warn("reading the routed changes failed; the pull fetches on its own", "error", err)
+		}
+	}
+	for {
+		meta := pullMeta{base: req.cookie, gen: gen, changes: new(atomic.Int64)}
+		meta.changes.Store(-1)
+		var stopRiding func()
+		f, leader, err := s.flights.Join(key, meta, rider, func(m pullMeta) (bool, error) {
+			if rider.changes < 0 || m.gen != gen || m.base.Record != 0 && (m.base.Record != req.cookie.Record || m.base.Version != req.cookie.Version) {
 				return false, nil
+			}
+			if n := m.changes.Load(); n >= 0 && rider.changes > n {
+				return false, nil // a change was routed after the fetch began
 			}
 			// A rider waits for its group like any other request, within
 			// the same bound (SIDECAR_MAX_WAITING_PER_GROUP).
@@ -173,28 +209,58 @@ func (s *puller) pull(ctx context.Context, c *exchange, req *pullRequest) (pullA
 			stopRiding = done
 			return err == nil, err
 		})
-	if err != nil {
-		return pullAnswer{}, err
-	}
-	if !leader {
-		defer stopRiding()
-		if err := f.Wait(ctx); err != nil {
+		if err != nil {
 			return pullAnswer{}, err
 		}
-		if rider.ans.order == 0 && !rider.ans.lost {
+		if !leader {
+			err := f.Wait(ctx)
+			stopRiding()
+			switch {
+			case rider.refused && ctx.Err() == nil:
+				rider.changes = -1 // it leads now
+				continue
+			case err != nil:
+				return pullAnswer{}, err
+			case rider.ans.order == 0 && !rider.ans.lost:
+				return pullAnswer{}, store.ErrCookieExhausted
+			}
+			s.metrics.PullsMerged.Inc()
+			return rider.ans, nil
+		}
+		// The work goes on if this pull's own client leaves: others may wait
+		// for it. The turn, the lock and every upstream call are bounded.
+		ans, err := s.pullLocked(context.WithoutCancel(ctx), c, req, leading{f})
+		f.Land(err)
+		if err == nil && ans.order == 0 && !ans.lost {
 			return pullAnswer{}, store.ErrCookieExhausted
 		}
-		s.metrics.PullsMerged.Inc()
-		return rider.ans, nil
+		return ans, err
 	}
-	// The work goes on if this pull's own client leaves: others may wait
-	// for it. The turn, the lock and every upstream call are bounded.
-	ans, err := s.pullLocked(context.WithoutCancel(ctx), c, req, f.Seal)
-	f.Land(err)
-	if err == nil && ans.order == 0 && !ans.lost {
-		return pullAnswer{}, store.ErrCookieExhausted
+}
+
+// leading is a leader's hold on its flight.
+type leading struct {
+	f *flight.Flight[pullMeta, *pullRider]
+}
+
+// fetching notes the count of routed changes read before the fetch began.
+func (l leading) fetching(changes int64) { l.f.Meta.changes.Store(changes) }
+
+// seal closes the flight and returns the riders the fetch may answer:
+// those that read a count of routed changes no larger than the leader's
+// (all of them, unless a change was routed while they boarded). The
+// others are refused: they fetch on their own once the flight lands.
+func (l leading) seal() []*pullRider {
+	n := l.f.Meta.changes.Load()
+	var out []*pullRider
+	for _, r := range l.f.Seal() {
+		if n >= 0 && r.changes <= n {
+			out = append(out, r)
+		} else {
+			r.refused = true
+		}
 	}
-	return ans, err
+	return out
 }
 
 // flightKey: pulls may share a fetch only with the same client group, user
@@ -215,11 +281,11 @@ func (s *puller) flightKey(groupID string, c *exchange) string {
 
 // pullLocked builds the answer while holding the group's lock: the view is
 // fetched between reading the last mutation ids and issuing the cookie, so
-// no push of the group can slip in between. seal, called once the view is
-// fetched, returns the pulls that joined; each gets its cookie and its
+// no push of the group can slip in between. Once the view is fetched,
+// sealing fl returns the pulls that joined; each gets its cookie and its
 // patch here too. In diff mode the view is compared with the group's
 // record, and the record's change is written with the cookies.
-func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, seal func() []*pullRider) (pullAnswer, error) {
+func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, fl leading) (pullAnswer, error) {
 	mp := s.mapping()
 	view := &pullView{}
 	var ans pullAnswer
@@ -236,7 +302,7 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 		}
 		before, beforeOrder := g.Record(), g.CookieOrder()
 		view.epoch, view.group = g.Epoch(), store.GroupTag(req.ClientGroupID)
-		b := &pullBuild{s: s, c: c, g: g, req: req, view: view, mapping: mp, seal: seal,
+		b := &pullBuild{s: s, c: c, g: g, req: req, view: view, mapping: mp, seal: fl.seal,
 			before: before, beforeOrder: beforeOrder, started: time.Now()}
 		var memos map[clientview.PageKey]*clientview.PageMemo
 		if s.cfg.PatchMode == "diff" {
@@ -259,6 +325,12 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 			b.plan = plan.Decide(plan.Input{Sources: mp.Sources, View: mp.View, States: b.states, Current: current,
 				Writes: s.writes, Marks: b.marks, Now: b.started})
 		}
+		// Read with the source states in diff mode: no round trip of its own.
+		changes, err := g.ChangeCount(ctx)
+		if err != nil {
+			return err
+		}
+		fl.fetching(changes)
 		for {
 			retry, err := b.run(ctx, memos)
 			if err != nil {

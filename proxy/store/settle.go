@@ -142,6 +142,7 @@ const consumeCheckSQL = `
 // consume holds the statement that consumes s's mutation (Applied or
 // Rejected) until the transaction's next statement or COMMIT.
 func (g *GroupTx) consume(s Settlement) {
+	defer g.noteChange() // the API answered it; its push pokes after the COMMIT
 	var keySecret *int64
 	if s.KeySecret != 0 {
 		keySecret = &s.KeySecret

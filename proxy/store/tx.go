@@ -181,6 +181,10 @@ type GroupTx struct {
 
 	stagedSources map[string]SourceState // StageSources: written by IssueCookies
 
+	// The count of routed changes, once read (ChangeCount).
+	changes     int64
+	changesRead bool
+
 	// PrunedClients counts the idle clients this transaction pruned to make
 	// room for new ones.
 	PrunedClients int
