@@ -181,6 +181,10 @@ type GroupTx struct {
 
 	stagedSources map[string]SourceState // StageSources: written by IssueCookies
 
+	// touchDue: the group's last use, as locked, was noted over
+	// touchInterval ago; a settled mutation notes it.
+	touchDue bool
+
 	// PrunedClients counts the idle clients this transaction pruned to make
 	// room for new ones.
 	PrunedClients int
@@ -213,9 +217,12 @@ func (g *GroupTx) lock(ctx context.Context, userID string) error {
 	// takes its snapshot once the lock is held, so it sees what the
 	// previous holder committed (a join in the locking statement would
 	// return the row as it was before the wait).
+	// touch_due: the group's last use was noted over touchInterval ago, so
+	// this transaction notes it (a settled mutation).
 	const q = `SELECT g.user_id, g.cookie_order, g.deleted_at IS NOT NULL, g.clients_pruned_at IS NOT NULL,
 			coalesce(g.view_record_id, 0), g.view_version, g.view_min_version, g.view_evicted_at IS NOT NULL,
-			coalesce((SELECT value FROM {schema}.settings WHERE name = 'epoch'), ''::bytea)
+			coalesce((SELECT value FROM {schema}.settings WHERE name = 'epoch'), ''::bytea),
+			g.last_used_at < now() - $2::interval
 		FROM {schema}.client_groups g
 		WHERE g.id = $1 FOR UPDATE OF g`
 	const qc = `SELECT coalesce(max(c.client_group_id), ''), coalesce(max(c.last_mutation_id), 0), coalesce(max(c.legacy_keys_through), 0),
@@ -226,7 +233,7 @@ func (g *GroupTx) lock(ctx context.Context, userID string) error {
 	scanRow := func(row pgx.Row) error {
 		var recordID int64
 		err := row.Scan(&owner, &g.cookieOrder, &deleted, &g.clientsPruned,
-			&recordID, &g.record.Version, &g.record.MinVersion, &g.record.Evicted, &g.epoch)
+			&recordID, &g.record.Version, &g.record.MinVersion, &g.record.Evicted, &g.epoch, &g.touchDue)
 		g.record.ID = uint64(recordID)
 		return err
 	}
@@ -238,7 +245,7 @@ func (g *GroupTx) lock(ctx context.Context, userID string) error {
 			&g.prefetchedKeysSecret, &g.prefetchedPreviousKeys)
 	}
 	scan := func() error {
-		if err := scanRow(g.tx.QueryRow(ctx, g.s.sql(q), g.GroupID)); err != nil {
+		if err := scanRow(g.tx.QueryRow(ctx, g.s.sql(q), g.GroupID, g.s.touchInterval)); err != nil {
 			return err
 		}
 		if g.prefetched == "" {
@@ -249,7 +256,7 @@ func (g *GroupTx) lock(ctx context.Context, userID string) error {
 	// BEGIN, the locking read and the client's read in one round trip.
 	b := &pgx.Batch{}
 	b.Queue("BEGIN ISOLATION LEVEL READ COMMITTED")
-	b.Queue(g.s.sql(q), g.GroupID)
+	b.Queue(g.s.sql(q), g.GroupID, g.s.touchInterval)
 	if g.prefetched != "" {
 		b.Queue(g.s.sql(qc), g.prefetched)
 	}
