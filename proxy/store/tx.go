@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -27,6 +28,7 @@ type Store struct {
 	touchInterval  time.Duration
 	cache          *recordCache
 	historyMax     int // events kept per group (Options.HistoryPerGroup)
+	statements     sync.Map // statement → with the schema named (sql)
 }
 
 // Options configure a Store.
@@ -77,7 +79,16 @@ func New(pool *pgxpool.Pool, o Options) *Store {
 		touchInterval: touch, cache: newRecordCache(cacheBytes), historyMax: max(0, o.HistoryPerGroup)}
 }
 
-func (s *Store) sql(q string) string { return strings.ReplaceAll(q, "{schema}", s.schema) }
+// sql names the schema in q. The statements are a fixed set of constants,
+// each rewritten once.
+func (s *Store) sql(q string) string {
+	if out, ok := s.statements.Load(q); ok {
+		return out.(string)
+	}
+	out := strings.ReplaceAll(q, "{schema}", s.schema)
+	s.statements.Store(q, out)
+	return out
+}
 
 // Ownership errors. A group belongs to the user who first used it; a client
 // belongs to the group it first appeared in.
