@@ -27,7 +27,7 @@ type Store struct {
 	recordVersions int64
 	touchInterval  time.Duration
 	cache          *recordCache
-	historyMax     int // events kept per group (Options.HistoryPerGroup)
+	historyMax     int      // events kept per group (Options.HistoryPerGroup)
 	statements     sync.Map // statement → with the schema named (sql)
 }
 
@@ -44,9 +44,10 @@ type Options struct {
 	// group's view record and still be answered a diff: removed keys are
 	// remembered that long. Default 64.
 	RecordVersions int
-	// TouchInterval: a push notes its group's last use at most this often
-	// (pulls always do, in the row they write anyway). Default 1h; keep it
-	// well under the idle-group TTL.
+	// TouchInterval: a push, or a pull that writes nothing else of the
+	// group's row, notes the group's last use at most this often (a pull
+	// that issues a new cookie notes it in the row it writes anyway).
+	// Default 1h; keep it well under the idle-group TTL.
 	TouchInterval time.Duration
 	// RecordCacheBytes bounds the view records kept in memory between pulls
 	// (a pull of a group whose record is cached and current reads none of
@@ -193,8 +194,15 @@ type GroupTx struct {
 	stagedSources map[string]SourceState // StageSources: written by IssueCookies
 
 	// touchDue: the group's last use, as locked, was noted over
-	// touchInterval ago; a settled mutation notes it.
+	// touchInterval ago; a settled mutation or an issued cookie notes it.
 	touchDue bool
+	// cookieLmids is the hash of the last mutation ids the group's last
+	// issued cookie was answered with (nil: not known); lmids is the hash
+	// of those LastMutationIDs read in this transaction (lmidsRead).
+	cookieLmids *int64
+	lmids       uint64
+	lmidsRead   bool
+	cookies     []Cookie // NoteCookies: the next IssueCookies' requests'
 
 	// PrunedClients counts the idle clients this transaction pruned to make
 	// room for new ones.
@@ -229,11 +237,11 @@ func (g *GroupTx) lock(ctx context.Context, userID string) error {
 	// previous holder committed (a join in the locking statement would
 	// return the row as it was before the wait).
 	// touch_due: the group's last use was noted over touchInterval ago, so
-	// this transaction notes it (a settled mutation).
+	// this transaction notes it (a settled mutation, an issued cookie).
 	const q = `SELECT g.user_id, g.cookie_order, g.deleted_at IS NOT NULL, g.clients_pruned_at IS NOT NULL,
 			coalesce(g.view_record_id, 0), g.view_version, g.view_min_version, g.view_evicted_at IS NOT NULL,
 			coalesce((SELECT value FROM {schema}.settings WHERE name = 'epoch'), ''::bytea),
-			g.last_used_at < now() - $2::interval
+			g.last_used_at < now() - $2::interval, g.cookie_lmids
 		FROM {schema}.client_groups g
 		WHERE g.id = $1 FOR UPDATE OF g`
 	const qc = `SELECT coalesce(max(c.client_group_id), ''), coalesce(max(c.last_mutation_id), 0), coalesce(max(c.legacy_keys_through), 0),
@@ -244,7 +252,8 @@ func (g *GroupTx) lock(ctx context.Context, userID string) error {
 	scanRow := func(row pgx.Row) error {
 		var recordID int64
 		err := row.Scan(&owner, &g.cookieOrder, &deleted, &g.clientsPruned,
-			&recordID, &g.record.Version, &g.record.MinVersion, &g.record.Evicted, &g.epoch, &g.touchDue)
+			&recordID, &g.record.Version, &g.record.MinVersion, &g.record.Evicted, &g.epoch,
+			&g.touchDue, &g.cookieLmids)
 		g.record.ID = uint64(recordID)
 		return err
 	}
