@@ -1,6 +1,7 @@
 package mutators
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -143,4 +144,56 @@ func (r *serverIDRule) read(body io.Reader) (ServerID, string) {
 		return "", fmt.Sprintf("the answer's %s (serverID.field) is longer than %d bytes", r.fieldText, MaxIDBytes)
 	}
 	return ServerID(v), ""
+}
+
+// argsBody is the body of a call whose mutator has no body template (the
+// mutation's args as the client wrote them), for a Set that declares
+// serverID: each string in it, at any depth (at most MaxIDBytes long),
+// is a mention, and one whose whole value is a recorded temporary id goes
+// out as the server's id with its JSON type, as a placeholder's would.
+// Args naming none go out byte for byte. args is valid JSON.
+func (v *values) argsBody(args []byte) []byte {
+	dec := json.NewDecoder(bytes.NewReader(args))
+	dec.UseNumber()
+	var tree any
+	if dec.Decode(&tree) != nil {
+		return args
+	}
+	changed := false
+	var walk func(any) any
+	walk = func(n any) any {
+		switch x := n.(type) {
+		case map[string]any:
+			for k, e := range x {
+				x[k] = walk(e)
+			}
+		case []any:
+			for i, e := range x {
+				x[i] = walk(e)
+			}
+		case string:
+			if len(x) > MaxIDBytes {
+				return n
+			}
+			v.mentions = append(v.mentions, x)
+			if id, found := v.m.ServerIDs[x]; found {
+				if sv, valid := id.value(); valid {
+					changed = true
+					return sv
+				}
+			}
+		}
+		return n
+	}
+	tree = walk(tree)
+	if !changed {
+		return args
+	}
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false) // as the client wrote it: only the ids change
+	if enc.Encode(tree) != nil {
+		return args
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n"))
 }

@@ -72,6 +72,7 @@ func TestRenderSubstitutesServerIDs(t *testing.T) {
 		"tag": {Method: "POST", Path: "/api/todos/{args.id}/tags/?list={args.list}",
 			Body: json.RawMessage(`{"todo":"{args.id}","list":"{args.list}","note":"on {args.id}","other":"{args.other}","nested":"{args.ref.id}"}`)},
 		"form": {Method: "PATCH", Path: "/api/todos/{args.id}/", Body: json.RawMessage(`{"todo":"{args.id}","list":"{args.list}"}`), BodyFormat: "form"},
+		"raw":  {Method: "PUT", Path: "/api/todos/{args.id}/"}, // the args are the body
 	})
 	if !m.HasServerIDs() {
 		t.Fatal("HasServerIDs = false with a serverID mutator")
@@ -95,6 +96,12 @@ func TestRenderSubstitutesServerIDs(t *testing.T) {
 			nil, true},
 		{"form bodies carry the number's text", "form", ids,
 			"/api/todos/17/", `list=a+2&todo=17`, nil, true},
+		// Args sent as the body: every whole string value, at any depth.
+		{"args as the body", "raw", ids,
+			"/api/todos/17/", `{"id":17,"list":"a 2","other":"tmp-10","ref":{"id":"a 2"},"title":"milk"}`,
+			nil, true},
+		{"args as the body, no records: byte for byte", "raw", nil,
+			"/api/todos/tmp-1/", string(args), nil, true},
 		// A create's own temporary id is looked up (Mentions) so a record
 		// made before is seen, but nothing in its call refers to it.
 		{"a create mentions its temporary id", "createTodo", nil,

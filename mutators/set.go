@@ -448,6 +448,8 @@ func (m *Set) Render(mu Mutation) (*Request, error) {
 		req.Body = []byte(mu.Args)
 		if len(req.Body) == 0 {
 			req.Body = []byte("null")
+		} else if v.collect {
+			req.Body = v.argsBody(req.Body)
 		}
 	}
 	if req.Body != nil && req.Header.Get("Content-Type") == "" {

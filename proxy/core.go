@@ -20,9 +20,11 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/identity"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/lag"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/mapping"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/metrics"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/plan"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/poke"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/sse"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/verdict"
@@ -48,11 +50,12 @@ type core struct {
 	version string
 	store   *store.Store
 	parts   Parts
-	metrics *metrics
+	metrics *metrics.Set
 	report  *verdict.Reporter
 	budget  *budget.Budget // request and view bytes in flight
 	turns   *gate.Gate     // client groups' turns, before a connection
 	hub     *poke.Hub      // this process's poke streams
+	streams *sse.Writer    // writes the streams served on their own connections
 	bus     *poke.Bus      // pokes between replicas
 	writes  *plan.Writes   // writes seen under each view source (for the pulls' plans)
 	lag     *lag.Tracker   // changes not yet answered, per group with a stream here
@@ -97,11 +100,11 @@ func (s *core) mapping() *mapping.Mapping { return s.current.Load() }
 // useMapping makes m the mapping of new requests.
 func (s *core) useMapping(m *mapping.Mapping) {
 	if old := s.current.Swap(m); old != nil {
-		s.metrics.mappingInfo.DeleteLabelValues(old.Hash)
+		s.metrics.MappingInfo.DeleteLabelValues(old.Hash)
 	}
-	s.metrics.mappingInfo.WithLabelValues(m.Hash).Set(1)
-	s.metrics.precreateMutators(m.Mutators.Names())
-	s.metrics.precreateSources(m.Sources)
+	s.metrics.MappingInfo.WithLabelValues(m.Hash).Set(1)
+	s.metrics.PrecreateMutators(m.Mutators.Names())
+	s.metrics.PrecreateSources(m.Sources)
 	s.writes.Sources(m.Sources)
 }
 
@@ -176,7 +179,7 @@ func NewParts(c Config, o PartsOptions) Parts {
 		bs = upstream.BreakerSettings{OpenTimeout: time.Second}
 	}
 	up := upstream.New(upstream.Options{Base: c.Upstream, Timeout: c.UpstreamTimeout, Breaker: bs,
-		Registerer: o.Registerer, Namespace: namespace, Tracer: o.Tracer, MaxInflight: c.UpstreamMaxInflight})
+		Registerer: o.Registerer, Namespace: metrics.Namespace, Tracer: o.Tracer, MaxInflight: c.UpstreamMaxInflight})
 	return Parts{
 		Upstream: up,
 		Sender:   mutators.NewClient(mutators.ClientOptions{Base: c.Upstream, Upstream: up.Mutation, IdempotencyHeader: c.IdempotencyHeader}),

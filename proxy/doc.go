@@ -26,6 +26,9 @@
 //	proxy/plan           per view source: read in full, by its changes, or not at all
 //	proxy/poke           poke streams of this process, and pokes between replicas
 //	proxy/lag            how long a change takes to reach the pulls it pokes
+//	proxy/metrics        the sidecar's own series and their label values
+//	proxy/sse            poke streams written on their own connections, one
+//	                     writer for all
 //	proxy/passthrough    every other request, to the API and back
 //	proxy/compress       gzip answers
 //	proxy/mapping        the mapping file, loaded and compiled
@@ -92,6 +95,6 @@
 //     the mutation itself is done or wrong.
 //   - A shared dependency (the sidecar's database, a breaker, a budget) may
 //     make push and pull answer 503; it never fails the pass-through.
-//   - Every label value of a metric comes from a constant set (metrics.go,
+//   - Every label value of a metric comes from a constant set (proxy/metrics,
 //     verdict.MutationLabels, problem.Codes) or the mapping's mutator names.
 package proxy

@@ -19,6 +19,7 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/config"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/gate"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/identity"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/metrics"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
@@ -158,7 +159,7 @@ func (s *core) failStore(w http.ResponseWriter, c *exchange, err error, groupID 
 	case errors.Is(err, context.Canceled):
 		log.Info("client went away", "error", err)
 	case store.IsLockTimeout(err), errors.Is(err, gate.ErrBusy):
-		s.metrics.groupBusy.Inc()
+		s.metrics.GroupBusy.Inc()
 		s.fail(w, c, problem.Unavailable(problem.GroupBusy, 1, "client group %s is busy with another push or pull; retry", groupID))
 	default:
 		log.Error("bookkeeping database error", "error", err)
@@ -174,9 +175,9 @@ func (s *core) fail(w http.ResponseWriter, c *exchange, p *problem.Error) {
 		level = slog.LevelWarn
 	}
 	c.log.Log(context.Background(), level, "request failed", "status", p.Status, "error", p.Code, "message", p.Message)
-	s.metrics.requestErrors.WithLabelValues(c.endpoint, string(p.Code)).Inc()
-	if p.Code == problem.MemoryBudgetExhausted && (c.endpoint == endpointPush || c.endpoint == endpointPull) {
-		s.metrics.budgetRefusals.WithLabelValues(c.endpoint).Inc()
+	s.metrics.RequestErrors.WithLabelValues(c.endpoint, string(p.Code)).Inc()
+	if p.Code == problem.MemoryBudgetExhausted && (c.endpoint == metrics.EndpointPush || c.endpoint == metrics.EndpointPull) {
+		s.metrics.BudgetRefusals.WithLabelValues(c.endpoint).Inc()
 	}
 	problem.Write(w, p)
 }

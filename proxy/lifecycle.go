@@ -17,6 +17,7 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/mutators"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/config"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/mapping"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/metrics"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 )
 
@@ -142,6 +143,8 @@ func (s *Sidecar) Shutdown(ctx context.Context, servers ...*http.Server) error {
 	for _, srv := range servers {
 		errs = append(errs, srv.Shutdown(ctx))
 	}
+	// The streams served on their own connections are not the servers'.
+	errs = append(errs, s.streams.Wait(ctx))
 	if stop := s.stopPokes.Load(); stop != nil {
 		(*stop)()
 	}
@@ -168,7 +171,7 @@ func (s *Sidecar) Migrate(ctx context.Context) error {
 	}
 	s.keys.Store(keys)
 	s.dbUp.Store(true)
-	s.metrics.databaseUp.Set(1)
+	s.metrics.DatabaseUp.Set(1)
 	s.migrated.Store(true)
 	return nil
 }
@@ -235,9 +238,9 @@ func (s *core) watchDatabase(ctx context.Context) {
 			}
 		}
 		if up {
-			s.metrics.databaseUp.Set(1)
+			s.metrics.DatabaseUp.Set(1)
 		} else {
-			s.metrics.databaseUp.Set(0)
+			s.metrics.DatabaseUp.Set(0)
 		}
 	}
 	probe()
@@ -286,7 +289,7 @@ func (s *Sidecar) watchMapping(ctx context.Context, interval time.Duration) {
 		if err != nil {
 			if lastBad != "unreadable" {
 				lastBad = "unreadable"
-				s.metrics.mappingReloadErrors.Inc()
+				s.metrics.MappingReloadErrors.Inc()
 				s.log.Error("mapping file unreadable; keeping the loaded mapping", "file", s.cfg.MappingFile, "error", err)
 			}
 			return
@@ -299,7 +302,7 @@ func (s *Sidecar) watchMapping(ctx context.Context, interval time.Duration) {
 		m, err := mapping.Parse(raw)
 		if err != nil {
 			lastBad = hash
-			s.metrics.mappingReloadErrors.Inc()
+			s.metrics.MappingReloadErrors.Inc()
 			s.log.Error("new mapping is invalid; keeping the loaded mapping", "file", s.cfg.MappingFile,
 				"sha256", hash, "loaded_sha256", s.mapping().Hash, "error", err)
 			return
@@ -337,14 +340,14 @@ func (s *Sidecar) sweepOnce(ctx context.Context) {
 		case err != nil:
 			s.log.Warn("sweeping expired rejection records failed", "error", err)
 		case n > 0:
-			s.metrics.pruned.WithLabelValues(prunedRejections).Add(float64(n))
+			s.metrics.Pruned.WithLabelValues(metrics.PrunedRejections).Add(float64(n))
 			s.log.Info("swept expired rejection records", "deleted", n)
 		}
 	}
 	if ttl := s.cfg.ClientGroupTTL; ttl > 0 {
 		swept, err := s.store.SweepGroups(ctx, ttl, tombstoneFactor*ttl, 100)
-		s.metrics.groupsDeleted.Add(float64(swept.Groups))
-		s.metrics.pruned.WithLabelValues(prunedTombstones).Add(float64(swept.Tombstones))
+		s.metrics.GroupsDeleted.Add(float64(swept.Groups))
+		s.metrics.Pruned.WithLabelValues(metrics.PrunedTombstones).Add(float64(swept.Tombstones))
 		switch {
 		case err != nil:
 			s.log.Warn("sweeping idle client groups failed", "error", err, "deleted", swept.Groups)
@@ -354,7 +357,7 @@ func (s *Sidecar) sweepOnce(ctx context.Context) {
 	}
 	if max := s.cfg.MaxViewRecordsPerUser; max > 0 && s.cfg.PatchMode == "diff" {
 		ev, err := s.store.SweepRecords(ctx, max, 1000)
-		s.metrics.recordEvictions.Add(float64(ev.Records))
+		s.metrics.RecordEvictions.Add(float64(ev.Records))
 		switch {
 		case err != nil:
 			s.log.Warn("sweeping view records beyond SIDECAR_MAX_VIEW_RECORDS_PER_USER failed", "error", err, "evicted", ev.Records)
@@ -373,7 +376,7 @@ func (s *Sidecar) measureRecords(ctx context.Context) {
 		s.log.Warn("reading the view records' size failed", "error", err)
 		return
 	}
-	s.metrics.recordStorage.Set(float64(n))
+	s.metrics.RecordStorage.Set(float64(n))
 }
 
 // every runs fn every interval until ctx ends.

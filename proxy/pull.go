@@ -16,6 +16,7 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/flight"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/mapping"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/metrics"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/plan"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
@@ -64,7 +65,7 @@ func (p *pullRequest) validate() *problem.Error {
 // a diff from its cookie's version, or a reset (pullanswer.go).
 func (s *puller) handlePull(w http.ResponseWriter, r *http.Request) {
 	var req pullRequest
-	c, ok := s.begin(w, r, endpointPull, &req, s.parts.Upstream.View)
+	c, ok := s.begin(w, r, metrics.EndpointPull, &req, s.parts.Upstream.View)
 	if !ok {
 		return
 	}
@@ -183,7 +184,7 @@ func (s *puller) pull(ctx context.Context, c *exchange, req *pullRequest) (pullA
 		if rider.ans.order == 0 && !rider.ans.lost {
 			return pullAnswer{}, store.ErrCookieExhausted
 		}
-		s.metrics.pullsMerged.Inc()
+		s.metrics.PullsMerged.Inc()
 		return rider.ans, nil
 	}
 	// The work goes on if this pull's own client leaves: others may wait
@@ -297,7 +298,7 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 		return nil
 	})
 	if err == nil && view.change != nil {
-		s.metrics.recordBytes.Observe(float64(view.change.Bytes))
+		s.metrics.RecordBytes.Observe(float64(view.change.Bytes))
 	}
 	if err == nil && heldAnew {
 		s.evictRecords(ctx, c)
@@ -313,7 +314,7 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 // the pull's answer: the sweep enforces the cap too.
 func (s *puller) evictRecords(ctx context.Context, c *exchange) {
 	ev, err := s.store.EvictRecords(ctx, c.Key(), s.cfg.MaxViewRecordsPerUser)
-	s.metrics.recordEvictions.Add(float64(ev.Records))
+	s.metrics.RecordEvictions.Add(float64(ev.Records))
 	switch {
 	case err != nil:
 		c.log.Warn("evicting view records beyond SIDECAR_MAX_VIEW_RECORDS_PER_USER failed; the sweep will", "error", err, "evicted", ev.Records)
@@ -344,6 +345,9 @@ type pullBuild struct {
 	marks   map[string]store.SourceMark // every replica's routed writes (plan.Input.Marks)
 	started time.Time
 	read    clientview.Result // the last read's result
+	// sharedReads are the replica's copies of shared sources the read
+	// was served (withShared), by source id.
+	sharedReads map[string]*sharedRead
 
 	riders  []*pullRider
 	answers []pullAnswer // but their cookie orders

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/metrics"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 )
 
@@ -55,15 +56,15 @@ func (s *core) writePull(w http.ResponseWriter, c *exchange, ans pullAnswer) {
 		c.log.Info("client went away while the pull was written", "error", err, "bytes", n)
 		return
 	}
-	s.metrics.pullEntries.Observe(float64(ops.put + ops.del))
-	s.metrics.pullBytes.Observe(float64(n))
+	s.metrics.PullEntries.Observe(float64(ops.put + ops.del))
+	s.metrics.PullBytes.Observe(float64(n))
 	patch, clears := "diff", 0.0
 	if !ans.diff {
 		patch, clears = "reset", 1
 	}
-	s.metrics.patchOps.WithLabelValues(opClear).Observe(clears)
-	s.metrics.patchOps.WithLabelValues(opPut).Observe(float64(ops.put))
-	s.metrics.patchOps.WithLabelValues(opDel).Observe(float64(ops.del))
+	s.metrics.PatchOps.WithLabelValues(metrics.OpClear).Observe(clears)
+	s.metrics.PatchOps.WithLabelValues(metrics.OpPut).Observe(float64(ops.put))
+	s.metrics.PatchOps.WithLabelValues(metrics.OpDel).Observe(float64(ops.del))
 	c.log.Info("pull", "entries", len(ans.entries), "patch", patch, "puts", ops.put, "dels", ops.del,
 		"clients", len(ans.lmids), "bytes", n, "cookie", ans.order, "reads", ans.reads, "duration", time.Since(c.start))
 }

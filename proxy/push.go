@@ -10,6 +10,7 @@ import (
 
 	"github.com/replicache-sidecar/replicache-sidecar/mutators"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/mapping"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/metrics"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/verdict"
@@ -71,7 +72,7 @@ type pushStats struct {
 // trimmed → the clients that may see the effects poked → the counts.
 func (s *core) handlePush(w http.ResponseWriter, r *http.Request) {
 	var req pushRequest
-	c, ok := s.begin(w, r, endpointPush, &req, nil)
+	c, ok := s.begin(w, r, metrics.EndpointPush, &req, nil)
 	if !ok {
 		return
 	}
@@ -112,14 +113,20 @@ func (s *core) handlePush(w http.ResponseWriter, r *http.Request) {
 		s.countPruned(c, pruned) // committed
 	}
 
+	// While its calls go out the push holds its body's bytes: the budget may
+	// pre-empt it for a caller holding less. The call in progress is never
+	// cut (an answered call is always recorded); the push then starts
+	// nothing new and answers an early exit.
+	done := c.mem.Interruptible(func() {})
 	stats, err := s.applyAll(ctx, c, req, known)
+	done()
 	if stats.Rejected > 0 {
 		s.trimRejections(ctx, c, req.ClientGroupID)
 	}
 	if stats.Applied+stats.Rejected > 0 {
 		// Effects (or a rejection the clients should see): every client
 		// that may see them pulls now, this one included.
-		s.pokeFor(c.log, pokeFromPush, c.Caller)
+		s.pokeFor(c.log, metrics.PokeFromPush, c.Caller)
 	}
 	if err != nil {
 		var gap *gapError
@@ -156,8 +163,8 @@ func (s *core) applyAll(ctx context.Context, c *exchange, req pushRequest, known
 			i++
 			continue
 		}
-		if time.Since(c.start) >= s.cfg.PushTimeBudget || s.draining.Load() {
-			// Early exit (time budget, or shutting down): what is committed
+		if time.Since(c.start) >= s.cfg.PushTimeBudget || s.draining.Load() || c.mem.Err() != nil {
+			// Early exit (time budget, shutting down, pre-empted): what is committed
 			// stays committed; the client pushes the rest next time.
 			stats.EarlyExit, stats.Pending = true, len(req.Mutations)-i
 			return stats, nil
@@ -245,7 +252,7 @@ func (s *core) applyBatch(ctx context.Context, c *exchange, mp *mapping.Mapping,
 		}
 		for i, p := range muts {
 			if i > 0 && (time.Since(opened) >= batchWindow || time.Since(c.start) >= s.cfg.PushTimeBudget ||
-				s.draining.Load() || ctx.Err() != nil) {
+				s.draining.Load() || ctx.Err() != nil || c.mem.Err() != nil) {
 				return nil // the rest goes in the next transaction, if any
 			}
 			r, err := s.applyOne(ctx, c, mp, g, p, ids)
@@ -286,7 +293,7 @@ func (s *core) applyBatch(ctx context.Context, c *exchange, mp *mapping.Mapping,
 // under SIDECAR_MAX_CLIENTS_PER_GROUP.
 func (s *core) countPruned(c *exchange, pruned int) {
 	if pruned > 0 {
-		s.metrics.pruned.WithLabelValues(prunedClients).Add(float64(pruned))
+		s.metrics.Pruned.WithLabelValues(metrics.PrunedClients).Add(float64(pruned))
 		c.log.Info("pruned idle clients to stay under SIDECAR_MAX_CLIENTS_PER_GROUP", "pruned", pruned)
 	}
 }
@@ -306,14 +313,14 @@ func (s *core) trimRejections(ctx context.Context, c *exchange, groupID string) 
 	case err != nil:
 		c.log.Warn("trimming rejection records failed", "error", err)
 	case deleted > 0:
-		s.metrics.pruned.WithLabelValues(prunedRejections).Add(float64(deleted))
+		s.metrics.Pruned.WithLabelValues(metrics.PrunedRejections).Add(float64(deleted))
 		c.log.Info("trimmed rejection records to SIDECAR_MAX_REJECTIONS_PER_GROUP and SIDECAR_REJECTION_TTL", "deleted", deleted)
 	}
 }
 
 func (s *core) countMutation(mp *mapping.Mapping, name, label string) {
 	if !mp.Mutators.Has(name) {
-		name = unmappedMutator
+		name = metrics.UnmappedMutator
 	}
-	s.metrics.mutations.WithLabelValues(name, label).Inc()
+	s.metrics.Mutations.WithLabelValues(name, label).Inc()
 }

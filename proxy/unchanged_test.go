@@ -173,7 +173,7 @@ func TestUnchangedPullsMerged(t *testing.T) {
 		}
 		return false
 	})
-	merged := testutil.ToFloat64(sc.sc.metrics.pullsMerged)
+	merged := testutil.ToFloat64(sc.sc.metrics.PullsMerged)
 	cookies := []*replica{current.clone(), current.clone(), current.clone(), older.clone()}
 	answers := make([]patchAnswer, len(cookies))
 	var wg sync.WaitGroup
@@ -183,7 +183,7 @@ func TestUnchangedPullsMerged(t *testing.T) {
 	proxytest.WaitFor(t, "the other pulls to ride on the first", func() bool { return sc.sc.turns.Waiting() == len(cookies)-1 })
 	close(release)
 	wg.Wait()
-	if n := testutil.ToFloat64(sc.sc.metrics.pullsMerged) - merged; n != float64(len(cookies)-1) {
+	if n := testutil.ToFloat64(sc.sc.metrics.PullsMerged) - merged; n != float64(len(cookies)-1) {
 		t.Fatalf("%v pulls merged; want %d", n, len(cookies)-1)
 	}
 	for i, ans := range answers[:3] {

@@ -104,6 +104,7 @@ var figures = []struct {
 	{"fanout of one change", (*bench).fanout},
 	{"1,000-client wave", (*bench).thousand},
 	{"history", (*bench).history},
+	{"poke streams", (*bench).pokes},
 	{"pull that changed nothing", (*bench).unchangedPulls},
 }
 

@@ -292,13 +292,26 @@ func Decide(in Input) Decision {
 	return d
 }
 
-// Retain reports, for a key of the group's record that a read by d did not
+// Retain reports, for a key of the group's record that reads did not
 // bring, whether it stays: its source was read by its changes, or not at
-// all.
-func (d Decision) Retain(v *clientview.View) func(key string) bool {
+// all. It goes by how each source was read, not by how it was planned: a
+// source planned by its changes may have been read in full (a shared
+// source is served from the replica's copy, a full read; a watermark that
+// cannot be used), and a full read keeps nothing it lacks. Nil when every
+// source was read in full.
+func Retain(v *clientview.View, reads []clientview.SourceResult) func(key string) bool {
+	partial := map[string]bool{}
+	for _, r := range reads {
+		if r.Mode != clientview.Full {
+			partial[r.Source] = true
+		}
+	}
+	if len(partial) == 0 {
+		return nil
+	}
 	return func(key string) bool {
 		id, ok := v.Owner(key)
-		return ok && d.Plans[id].Mode != clientview.Full
+		return ok && partial[id]
 	}
 }
 
