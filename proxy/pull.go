@@ -284,8 +284,11 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 				// Its own cookie, the group's current one, kept: nothing
 				// changed since it was issued (store.IssueCookies). The
 				// client takes it for "nothing new" only with an empty
-				// patch and no last mutation id changes.
-				b.answers[i].pullView = &pullView{epoch: view.epoch, group: view.group, change: view.change, reads: view.reads}
+				// patch and no last mutation id changes. The rest of the
+				// view stays (the change lag reads when it was read).
+				kept := *view
+				kept.lmids, kept.entries = nil, nil
+				b.answers[i].pullView = &kept
 			}
 			if i == 0 {
 				ans = b.answers[0]
