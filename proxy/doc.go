@@ -26,6 +26,7 @@
 //	proxy/plan           per view source: read in full, by its changes, or not at all
 //	proxy/poke           poke streams of this process, and pokes between replicas
 //	proxy/lag            how long a change takes to reach the pulls it pokes
+//	proxy/inspection     one client group as an operator sees it (GET /groups/{id})
 //	proxy/metrics        the sidecar's own series and their label values
 //	proxy/sse            poke streams written on their own connections, one
 //	                     writer for all

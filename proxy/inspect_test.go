@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/inspection"
 )
 
 // adminServer serves inst's admin handler.
@@ -22,7 +24,7 @@ func adminServer(t testing.TB, inst *instance) *httptest.Server {
 }
 
 // inspectGroup asks the admin listener for group and decodes the answer.
-func inspectGroup(t testing.TB, admin, group string) (int, GroupReport, []byte) {
+func inspectGroup(t testing.TB, admin, group string) (int, inspection.Group, []byte) {
 	t.Helper()
 	resp, err := http.Get(admin + "/groups/" + url.PathEscape(group))
 	if err != nil {
@@ -30,7 +32,7 @@ func inspectGroup(t testing.TB, admin, group string) (int, GroupReport, []byte) 
 	}
 	defer func() { _ = resp.Body.Close() }()
 	raw, _ := io.ReadAll(resp.Body)
-	var rep GroupReport
+	var rep inspection.Group
 	if resp.StatusCode == http.StatusOK {
 		if err := json.Unmarshal(raw, &rep); err != nil {
 			t.Fatalf("GET /groups/%s: %v\n%s", group, err, raw)
@@ -40,7 +42,7 @@ func inspectGroup(t testing.TB, admin, group string) (int, GroupReport, []byte) 
 }
 
 // events renders a report's history, newest first, in a line each.
-func events(rep GroupReport) []string {
+func events(rep inspection.Group) []string {
 	var out []string
 	for _, e := range rep.History {
 		if e.Kind == "pull" {

@@ -94,70 +94,10 @@ func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
 	}
 	defer s.hub.Unsubscribe(sub)
 	defer s.lag.Open(group, user)()
-
-	rc := http.NewResponseController(w)
-	// A stream outlives the server's read timeout, which would otherwise
-	// cancel it; each write gets its own deadline instead.
-	_ = rc.SetReadDeadline(time.Time{})
-	setStreamHeader(w.Header())
-	w.WriteHeader(http.StatusOK)
-	writeTimeout := s.pokeWriteTimeout()
-	send := func(text string) bool {
-		_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
-		if _, err := io.WriteString(w, text); err != nil {
-			return false
-		}
-		return rc.Flush() == nil
-	}
-	if !send(streamOpening()) {
-		s.metrics.PokeStreamsEnded.WithLabelValues(metrics.StreamEndWriteFailed).Inc()
-		return
-	}
-	// A reconnection (EventSource sends the last id it saw): pokes may have
-	// been missed while the stream was down, so the client pulls now.
-	if r.Header.Get("Last-Event-ID") != "" {
-		sub.C <- struct{}{}
-	}
 	log.Debug("poke stream open", "user", user)
-	heartbeat := time.NewTicker(s.cfg.PokeHeartbeat)
-	defer heartbeat.Stop()
-	ended := s.metrics.PokeStreamsEnded
-	for {
-		select {
-		case <-r.Context().Done():
-			ended.WithLabelValues(metrics.StreamEndDisconnected).Inc()
-			return
-		case <-s.hub.Done():
-			log.Debug("poke stream ended: shutting down")
-			ended.WithLabelValues(metrics.StreamEndShutdown).Inc()
-			return
-		case <-sub.Ended():
-			// The hub ended it (to make room, or at the end of its
-			// lifetime): said as a comment, with when to come back unless
-			// the stream's first hint stands; then a clean end, after which
-			// EventSource reconnects by itself.
-			why, retry := sub.End()
-			msg := fmt.Sprintf(": %s\n\n", why)
-			if retry > 0 {
-				msg = fmt.Sprintf(": %s\nretry: %d\n\n", why, retry.Milliseconds())
-			}
-			send(msg)
-			log.Debug("poke stream ended by the hub", "reason", string(why), "retry", retry)
-			ended.WithLabelValues(string(why)).Inc()
-			return
-		case <-heartbeat.C:
-			if !send(": ping\n\n") {
-				ended.WithLabelValues(metrics.StreamEndWriteFailed).Inc()
-				return
-			}
-		case <-sub.C:
-			if !send("event: poke\nid: 1\ndata: {}\n\n") {
-				ended.WithLabelValues(metrics.StreamEndWriteFailed).Inc()
-				return
-			}
-			s.metrics.Pokes.Inc()
-		}
-	}
+	why := sse.Serve(w, r, sub, sse.Served{Heartbeat: s.cfg.PokeHeartbeat, WriteTimeout: s.pokeWriteTimeout(), Stop: s.hub.Done(),
+		Opening: streamOpening(), CatchUp: r.Header.Get("Last-Event-ID") != "", Poked: s.metrics.Pokes.Inc})
+	s.streamEndedAs(sub, why)
 }
 
 // serveOwnConnection serves the stream on r's connection, taken over from
@@ -176,7 +116,7 @@ func (s *core) serveOwnConnection(w http.ResponseWriter, r *http.Request, group 
 		return true
 	}
 	st.Sub = sub
-	setStreamHeader(w.Header())
+	sse.Header(w.Header())
 	// Hijack leaves the connection without deadlines: the stream outlives
 	// the server's read timeout, and each write is bounded by the writer.
 	// Anything the client sent after its request is dropped: nothing may
@@ -202,6 +142,11 @@ func (s *core) streamEnded(st *sse.Stream, why sse.End) {
 	if st.OnEnd != nil {
 		st.OnEnd()
 	}
+	s.streamEndedAs(st.Sub, why)
+}
+
+// streamEndedAs counts a stream's end, and why.
+func (s *core) streamEndedAs(sub *poke.Subscriber, why sse.End) {
 	reason := metrics.StreamEndDisconnected
 	switch why {
 	case sse.WriteFailed:
@@ -209,10 +154,10 @@ func (s *core) streamEnded(st *sse.Stream, why sse.End) {
 	case sse.Shutdown:
 		reason = metrics.StreamEndShutdown
 	case sse.ByHub:
-		end, _ := st.Sub.End()
+		end, _ := sub.End()
 		reason = string(end)
 	}
-	s.log.Debug("poke stream ended", "endpoint", metrics.EndpointPoke, "user", st.Sub.User, "reason", reason)
+	s.log.Debug("poke stream ended", "endpoint", metrics.EndpointPoke, "user", sub.User, "reason", reason)
 	s.metrics.PokeStreamsEnded.WithLabelValues(reason).Inc()
 }
 
@@ -242,14 +187,6 @@ func subscribeProblem(err error) *problem.Error {
 	default:
 		return problem.Unavailable(problem.ShuttingDown, 1, "the sidecar is shutting down; retry")
 	}
-}
-
-// setStreamHeader sets a stream's response header. Nothing compresses a
-// stream: its route has no compressing handler.
-func setStreamHeader(hdr http.Header) {
-	hdr.Set("Content-Type", "text/event-stream")
-	hdr.Set("Cache-Control", "no-store")
-	hdr.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
 }
 
 // streamOpening is a stream's first event: a comment, and retry: how long

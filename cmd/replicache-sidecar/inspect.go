@@ -14,7 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/replicache-sidecar/replicache-sidecar/proxy"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/inspection"
 )
 
 // Exit statuses of `replicache-sidecar inspect`.
@@ -104,7 +104,7 @@ func runInspect(ctx context.Context, args []string, env map[string]string, stdou
 		}
 		return inspectShown
 	}
-	var rep proxy.GroupReport
+	var rep inspection.Group
 	if err := json.Unmarshal(raw, &rep); err != nil {
 		_, _ = fmt.Fprintf(stderr, "inspect: %s answered what is not a group report: %v\n", base, err)
 		return inspectFailed
@@ -157,7 +157,7 @@ func fetchGroup(ctx context.Context, url string) ([]byte, int, error) {
 
 // renderGroup is the report for people: sections in the order an
 // operator asks "where did the edit go?".
-func renderGroup(rep proxy.GroupReport, now time.Time) string {
+func renderGroup(rep inspection.Group, now time.Time) string {
 	var b strings.Builder
 	when := func(t time.Time) string {
 		if t.IsZero() {
@@ -251,7 +251,7 @@ func renderGroup(rep proxy.GroupReport, now time.Time) string {
 }
 
 // describeEvent says what one history event was.
-func describeEvent(e proxy.ReportEvent) string {
+func describeEvent(e inspection.Event) string {
 	if e.Kind == "pull" {
 		n := func(p *int) int {
 			if p == nil {

@@ -18,7 +18,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/replicache-sidecar/replicache-sidecar/proxy"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/inspection"
+
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/proxytest"
 )
 
@@ -140,7 +141,7 @@ func TestInspect(t *testing.T) {
 
 	// Flags after the group, and --json: the endpoint's document.
 	code, out, errOut = inspect(group, "--json", "--admin", sc.admin)
-	var rep proxy.GroupReport
+	var rep inspection.Group
 	if code != 0 || json.Unmarshal([]byte(out), &rep) != nil || rep.ClientGroupID != group || len(rep.History) != 7 || rep.PokeStreams.Open != 1 {
 		t.Errorf("inspect --json = %d %s%s; want the group's report, 7 events and 1 stream", code, out, errOut)
 	}
