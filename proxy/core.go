@@ -130,6 +130,10 @@ func (s *core) locked(ctx context.Context, groupID, userID, clientID string, fn 
 	return s.store.Locked(ctx, groupID, userID, fn)
 }
 
+// dbProbeEvery is how often watchDatabase asks the database, in seconds
+// (also the Retry-After of pushes and pulls refused while it is away).
+const dbProbeEvery = 2
+
 // checkServing refuses pushes and pulls while the sidecar drains, and
 // before its schema is migrated.
 func (s *core) checkServing() *problem.Error {
@@ -242,3 +246,17 @@ func (s *core) markWrite(method, path string) (deleted []string) {
 
 // markTimeout bounds markWrite's statement.
 const markTimeout = 2 * time.Second
+
+// every runs fn every interval until ctx ends.
+func every(ctx context.Context, interval time.Duration, fn func()) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		fn()
+	}
+}

@@ -51,7 +51,7 @@
 // bounded, the call rendered by mutators, the idempotency key computed),
 // then, waiting for the group's turn in gate and holding its row lock in
 // store, each is rendered again if it names a temporary id the group has
-// recorded a server id for (serverids.go), sent (admitted by the mutation
+// recorded a server id for (mutation.go), sent (admitted by the mutation
 // breaker), judged (verdict.Mutation: applied, consumed as rejected, or
 // pending, and whether the answer is evidence that the API is down or
 // counts toward giving up) and settled in the same transaction, with the

@@ -200,10 +200,6 @@ func (s *Sidecar) keySecrets(ctx context.Context) (*keySecrets, error) {
 	return k, nil
 }
 
-// dbProbeEvery is how often watchDatabase asks the database, in seconds
-// (also the Retry-After of pushes and pulls refused while it is away).
-const dbProbeEvery = 2
-
 // watchDatabase asks the sidecar's database every dbProbeEvery seconds,
 // once the schema is migrated, whether it answers (and holds this binary's
 // schema, not contracted past it), until ctx ends: the
@@ -377,18 +373,4 @@ func (s *Sidecar) measureRecords(ctx context.Context) {
 		return
 	}
 	s.metrics.RecordStorage.Set(float64(n))
-}
-
-// every runs fn every interval until ctx ends.
-func every(ctx context.Context, interval time.Duration, fn func()) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		fn()
-	}
 }

@@ -218,3 +218,53 @@ func (v *pullView) complete(a pullAnswer) bool {
 	}
 	return true
 }
+
+// notePulls notes, before the cookies are issued (store.NotePulls, written
+// in the same round trip), what each pull of b is answered, for the
+// group's history; and keeps when the view's read began, for the lag of
+// the changes these pulls answer. In reset mode (no record) every pull is
+// a reset and none is recorded.
+func (s *core) notePulls(b *pullBuild) {
+	b.view.readAt, b.view.before = b.started, b.beforeOrder
+	if b.view.change == nil {
+		return
+	}
+	notes := make([]store.PullNote, len(b.answers))
+	for i, a := range b.answers {
+		notes[i] = pullNote(b.view, a)
+	}
+	b.g.NotePulls(notes)
+}
+
+// pullNote is what answer a comes to: ClientStateNotFound (lost), a reset
+// putting every entry, or a diff putting and deleting what changed since
+// its cookie's version (as encodePullResponse writes it).
+func pullNote(v *pullView, a pullAnswer) store.PullNote {
+	switch {
+	case a.lost:
+		return store.PullNote{Outcome: store.PullLost}
+	case !a.diff:
+		return store.PullNote{Outcome: store.PullReset, Puts: len(v.entries)}
+	}
+	n := store.PullNote{Outcome: store.PullDiff, Since: a.since}
+	for _, version := range v.change.Versions {
+		if version > a.since {
+			n.Puts++
+		}
+	}
+	for _, t := range v.change.Tombstones {
+		if t.Version > a.since {
+			n.Dels++
+		}
+	}
+	return n
+}
+
+// answered reports a pull answered (its body written) to the change lag:
+// it may answer a change that poked its group's stream here.
+func (s *core) answered(c *exchange, req *pullRequest, ans pullAnswer) {
+	if ans.pullView == nil || ans.readAt.IsZero() {
+		return
+	}
+	s.lag.Answered(req.ClientGroupID, c.User, ans.before, ans.order, ans.readAt, time.Now())
+}

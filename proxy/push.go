@@ -2,9 +2,7 @@ package proxy
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"time"
 
@@ -15,54 +13,6 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/verdict"
 )
-
-// pushRequest is a Replicache PushRequest (v1). Version 0 bodies decode into
-// it too, so their version can be refused with the protocol's own error.
-type pushRequest struct {
-	PushVersion   *int           `json:"pushVersion"`
-	ProfileID     string         `json:"profileID"`
-	ClientGroupID string         `json:"clientGroupID"`
-	SchemaVersion string         `json:"schemaVersion"`
-	Mutations     []pushMutation `json:"mutations"`
-}
-
-type pushMutation struct {
-	ID        int64           `json:"id"`
-	ClientID  string          `json:"clientID"`
-	Name      string          `json:"name"`
-	Args      json.RawMessage `json:"args"`
-	Timestamp float64         `json:"timestamp"` // performance.now() on the client: not a clock
-}
-
-func (p *pushRequest) version() *int         { return p.PushVersion }
-func (p *pushRequest) clientGroupID() string { return p.ClientGroupID }
-
-func (p *pushRequest) validate() *problem.Error {
-	if err := validID("clientGroupID", p.ClientGroupID); err != nil {
-		return err
-	}
-	for i, m := range p.Mutations {
-		if m.ID < 1 {
-			return problem.Errorf(http.StatusBadRequest, problem.BadRequest, "mutations[%d].id: %d is not a positive integer", i, m.ID)
-		}
-		if err := validID(fmt.Sprintf("mutations[%d].clientID", i), m.ClientID); err != nil {
-			return err
-		}
-		if err := validID(fmt.Sprintf("mutations[%d].name", i), m.Name); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// pushStats summarizes what one push did; it is the 200 answer's body.
-type pushStats struct {
-	Applied   int  `json:"applied"`
-	Rejected  int  `json:"rejected"`
-	Duplicate int  `json:"duplicate"`
-	Pending   int  `json:"pending"` // left for the client's next push (time budget)
-	EarlyExit bool `json:"earlyExit,omitempty"`
-}
 
 // A push: begin (same-site JSON, serving, who is calling, the bounded
 // body) → ownership of the group and of every client checked before
@@ -215,15 +165,6 @@ func (s *core) applyAll(ctx context.Context, c *exchange, req pushRequest, known
 	}
 	return stats, nil
 }
-
-// maxBatch and batchWindow bound the mutations of one client that one
-// transaction applies: a push of many mutations commits every maxBatch
-// mutations, or once its transaction has been open batchWindow (a pull of
-// the group waits for its lock no longer than that and one API call).
-const (
-	maxBatch    = 64
-	batchWindow = 20 * time.Millisecond
-)
 
 // applyBatch processes muts, consecutive mutations of one client, in one
 // transaction holding the group's lock, in order: skip one already

@@ -46,30 +46,11 @@ func idElsewhere(ctx context.Context, cfg proxy.Config, client *upstream.Client,
 	if err != nil {
 		return false
 	}
-	for k, vs := range fwd {
-		req.Header[k] = vs
-	}
-	req.Header.Set("Accept", "application/json")
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return false
-	}
-	defer func() { _ = resp.Body.Close() }()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil || resp.StatusCode/100 != 2 {
-		return false
-	}
-	var doc any
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	if dec.Decode(&doc) != nil {
-		return false
-	}
-	obj, ok := doc.(map[string]any)
-	if !ok {
+	obj := getObject(client, req, fwd, 1<<20)
+	if obj == nil {
 		return false
 	}
 	var found []idField
@@ -128,4 +109,32 @@ func findIDs(obj map[string]any, prefix string, depth int, out *[]idField) {
 			}
 		}
 	}
+}
+
+// getObject sends req with the forwarded headers fwd, asking for JSON, and
+// returns its answer's top-level object (numbers as json.Number), read up
+// to limit bytes; nil for an error, an answer other than 2xx, or anything
+// but an object.
+func getObject(client *upstream.Client, req *http.Request, fwd http.Header, limit int64) map[string]any {
+	for k, vs := range fwd {
+		req.Header[k] = vs
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil
+	}
+	defer func() { _ = resp.Body.Close() }()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, limit))
+	if err != nil || resp.StatusCode/100 != 2 {
+		return nil
+	}
+	var doc any
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	if dec.Decode(&doc) != nil {
+		return nil
+	}
+	obj, _ := doc.(map[string]any)
+	return obj
 }

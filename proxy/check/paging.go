@@ -1,12 +1,10 @@
 package check
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"slices"
@@ -63,27 +61,8 @@ func (c *checker) countFields(ctx context.Context, src clientview.SourceInfo, pa
 	if err != nil {
 		return nil
 	}
-	for k, vs := range c.fwd {
-		req.Header[k] = vs
-	}
-	req.Header.Set("Accept", "application/json")
-	resp, err := c.parts.Upstream.View.Do(req)
-	if err != nil {
-		return nil
-	}
-	defer func() { _ = resp.Body.Close() }()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, c.cfg.MaxUpstreamBodyBytes))
-	if err != nil {
-		return nil
-	}
-	var doc any
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	if dec.Decode(&doc) != nil {
-		return nil
-	}
-	obj, ok := doc.(map[string]any)
-	if !ok {
+	obj := getObject(c.parts.Upstream.View, req, c.fwd, c.cfg.MaxUpstreamBodyBytes)
+	if obj == nil {
 		return nil
 	}
 	type found struct {
