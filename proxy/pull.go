@@ -352,6 +352,16 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 		heldAnew = g.HeldAnew()
 		for i := range b.answers {
 			b.answers[i].order = orders[i]
+			if orders[i] != 0 && orders[i] == b.bases[i] {
+				// Its own cookie, the group's current one, kept: nothing
+				// changed since it was issued (store.IssueCookies). The
+				// client takes it for "nothing new" only with an empty
+				// patch and no last mutation id changes. The rest of the
+				// view stays (the change lag reads when it was read).
+				kept := *view
+				kept.lmids, kept.entries = nil, nil
+				b.answers[i].pullView = &kept
+			}
 			if i == 0 {
 				ans = b.answers[0]
 			} else {
@@ -498,6 +508,7 @@ func (b *pullBuild) run(ctx context.Context, memos map[clientview.PageKey]*clien
 		}
 		b.pages = s.pageWrites(b.stored, res.Pages, res.Sources)
 		b.g.StageSources(plan.After(b.states, res.Sources, b.mapping.Sources, b.started))
+		b.g.NoteCookies(cookies) // one holding the group's current cookie may keep it
 	}
 	b.answers = make([]pullAnswer, len(cookies))
 	b.bases = make([]int64, len(cookies))

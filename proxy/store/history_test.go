@@ -18,7 +18,7 @@ import (
 // pool whose calls to Postgres are recorded.
 func newHistoryStore(t *testing.T, history int) (*Store, *calls) {
 	t.Helper()
-	pc, err := poolConfig(PoolOptions{URL: proxytest.DatabaseURL(t), StatementTimeout: 5 * time.Second, LockTimeout: 5 * time.Second})
+	pc, err := PoolConfig(PoolOptions{URL: proxytest.DatabaseURL(t), StatementTimeout: 5 * time.Second, LockTimeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

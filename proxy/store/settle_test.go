@@ -88,7 +88,7 @@ func (c *calls) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData)
 // newTracedStore is newStore on a pool whose calls to Postgres are recorded.
 func newTracedStore(t *testing.T) (*Store, *calls) {
 	t.Helper()
-	pc, err := poolConfig(PoolOptions{URL: proxytest.DatabaseURL(t), StatementTimeout: 5 * time.Second, LockTimeout: 5 * time.Second})
+	pc, err := PoolConfig(PoolOptions{URL: proxytest.DatabaseURL(t), StatementTimeout: 5 * time.Second, LockTimeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
