@@ -216,7 +216,12 @@ func (s *puller) pull(ctx context.Context, c *exchange, req *pullRequest) (pullA
 			err := f.Wait(ctx)
 			stopRiding()
 			switch {
-			case rider.refused && ctx.Err() == nil:
+			case ctx.Err() != nil:
+				// Its client left. The flight may not have landed: the
+				// leader may still be writing the rider (its refusal, its
+				// answer), which is read only once it has.
+				return pullAnswer{}, ctx.Err()
+			case rider.refused:
 				rider.changes = -1 // it leads now
 				continue
 			case err != nil:
