@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/flight"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/metrics"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/proxytest"
@@ -122,5 +124,91 @@ func TestReviewRefusedRiderWhoseClientLeft(t *testing.T) {
 	}
 	if strings.Contains(h.logs.String(), "cannot grow any further") {
 		t.Error("a refused rider whose client left was logged as a cookie that cannot grow")
+	}
+}
+
+// TestReviewKeptCookieOnlyWhenNothingChanged: a pull holding the group's
+// current cookie keeps it only when nothing its client holds changed since
+// it was issued. A mutation of another client of the group through the
+// other replica, a write straight to the API (no poke, no mark), and the
+// record's eviction by the other replica (SIDECAR_MAX_VIEW_RECORDS_PER_USER)
+// each get a new, larger cookie with what changed; in between, an
+// unchanged pull keeps it.
+func TestReviewKeptCookieOnlyWhenNothingChanged(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, map[string]string{"SIDECAR_MAX_VIEW_RECORDS_PER_USER": "1"})
+	a, b := h.start(), h.start()
+	if r := a.push(t, "alice", "g", create("c1", 1, "x")); r.status != http.StatusOK {
+		t.Fatalf("push = %d %s", r.status, r.raw)
+	}
+	c := newReplica()
+	a.pullInto(t, "alice", "g", c)
+	order := func(ck json.RawMessage) float64 {
+		var o struct {
+			Order float64 `json:"order"`
+		}
+		if err := json.Unmarshal(ck, &o); err != nil {
+			t.Fatalf("cookie %s: %v", ck, err)
+		}
+		return o.Order
+	}
+	kept := func(inst *instance, what string) {
+		t.Helper()
+		before := c.cookie
+		ans := inst.pullInto(t, "alice", "g", c)
+		if !sameCookie(ans.Cookie, before) || len(ans.Patch) != 0 || len(ans.LastMutationIDChanges) != 0 {
+			t.Errorf("%s: unchanged pull = cookie %s, patch %+v, ids %v; want its own cookie %s, nothing else",
+				what, ans.Cookie, ans.Patch, ans.LastMutationIDChanges, before)
+		}
+	}
+	renewed := func(inst *instance, what, key string) patchAnswer {
+		t.Helper()
+		before := c.cookie
+		ans := inst.pullInto(t, "alice", "g", c)
+		if ans.Error != "" || order(ans.Cookie) <= order(before) {
+			t.Errorf("%s: pull = cookie %s (%s); want one ordered after %s", what, ans.Cookie, ans.Error, before)
+		}
+		if _, has := c.state[key]; !has {
+			t.Errorf("%s: the client lacks %s after the pull (patch %+v)", what, key, ans.Patch)
+		}
+		return ans
+	}
+	kept(b, "after the first pull")
+
+	// Another client of the group, through the other replica.
+	if r := b.push(t, "alice", "g", create("c2", 1, "w")); r.status != http.StatusOK {
+		t.Fatalf("push = %d %s", r.status, r.raw)
+	}
+	if ans := renewed(a, "after another client's push", "todo/w"); ans.LastMutationIDChanges["c2"] != 1 {
+		t.Errorf("after another client's push: ids %v; want c2 at 1", ans.LastMutationIDChanges)
+	}
+	kept(b, "after the push's pull")
+
+	// A write straight to the API: nobody is told.
+	req, _ := http.NewRequest(http.MethodPost, h.up.Server.URL+"/api/todos", strings.NewReader(`{"id":"direct","title":"not routed"}`))
+	req.Header.Set("Authorization", "Bearer alice")
+	req.Header.Set("Content-Type", "application/json")
+	if r := do(t, req); r.status/100 != 2 {
+		t.Fatalf("direct write = %d %s", r.status, r.raw)
+	}
+	renewed(b, "after a write straight to the API", "todo/direct")
+	kept(a, "after the direct write's pull")
+
+	// Another group of the user, through the other replica, takes the
+	// user's one record: g's is evicted.
+	other := newReplica()
+	b.pullInto(t, "alice", "g2", other)
+	proxytest.WaitFor(t, "g's record to be evicted", func() bool {
+		var evicted bool
+		err := a.pool.QueryRow(context.Background(), `SELECT view_evicted_at IS NOT NULL FROM `+
+			pgx.Identifier{h.schema, "client_groups"}.Sanitize()+` WHERE id = 'g'`).Scan(&evicted)
+		return err == nil && evicted
+	})
+	renewed(a, "after the record's eviction", "todo/x")
+	kept(b, "after the eviction's pull")
+	for _, key := range []string{"todo/x", "todo/w", "todo/direct"} {
+		if _, has := c.state[key]; !has {
+			t.Errorf("the client lacks %s at the end: %v", key, c.state)
+		}
 	}
 }
