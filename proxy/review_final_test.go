@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -210,5 +211,65 @@ func TestReviewKeptCookieOnlyWhenNothingChanged(t *testing.T) {
 		if _, has := c.state[key]; !has {
 			t.Errorf("the client lacks %s at the end: %v", key, c.state)
 		}
+	}
+}
+
+// TestReviewAnotherUsersPushSplitsAFlight: under SIDECAR_POKE_SCOPE=user a
+// push of another user's group pokes nobody of alice's, yet it moves the
+// one count of routed changes every replica shares, so a pull of alice's
+// group that arrives during a running fetch of it no longer rides on it
+// and fetches the view again. With every user's pushes counted together,
+// a busy sidecar merges hardly any pull that arrives once a fetch has
+// begun (TestPullBurstOfOneGroup: 6 to 8 fetches for its 30 pulls with 3
+// pushes of bob's during them, want at most 3; it fails on main about one
+// run in three).
+func TestReviewAnotherUsersPushSplitsAFlight(t *testing.T) {
+	t.Skip("BUG: the count of routed changes (5df660f) is one for the whole database: any user's push refuses every rider arriving after it, even where the push pokes none of the rider's user (SIDECAR_POKE_SCOPE=user); a count per poke scope (per user under scope user) would keep merging, but is a design change for the pull-correctness owner")
+	t.Parallel()
+	h := newHarness(t, map[string]string{"SIDECAR_POKE_SCOPE": "user"})
+	sc := h.start()
+	if r := sc.push(t, "alice", "g", create("c1", 1, "a1")); r.status != http.StatusOK {
+		t.Fatalf("push = %d %s", r.status, r.raw)
+	}
+	first := newReplica()
+	sc.pullInto(t, "alice", "g", first)
+	second := first.clone() // another tab of the group: the same cookie
+	var fetches atomic.Int64
+	var hold atomic.Bool
+	held, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodGet && r.URL.Path == "/api/todos" && r.Header.Get("Authorization") == "Bearer alice" {
+			fetches.Add(1)
+			if hold.CompareAndSwap(true, false) {
+				close(held)
+				<-release
+			}
+		}
+		return false
+	})
+	hold.Store(true)
+	lead := make(chan struct{})
+	go func() { defer close(lead); sc.pullInto(t, "alice", "g", first) }()
+	<-held // the leader's fetch has begun
+	if r := sc.push(t, "bob", "g-bob", create("c-bob", 1, "b1")); r.status != http.StatusOK {
+		t.Fatalf("bob's push = %d %s", r.status, r.raw)
+	}
+	ride := make(chan struct{})
+	go func() { defer close(ride); sc.pullInto(t, "alice", "g", second) }()
+	// It rides on the leader's fetch, or waits for the group's turn to
+	// make its own: either way it has chosen.
+	proxytest.WaitFor(t, "the second pull to ride or wait", func() bool {
+		var locked int
+		err := sc.pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
+			WHERE wait_event_type = 'Lock' AND strpos(query, $1) > 0`, h.schema).Scan(&locked)
+		return err == nil && locked > 0 || sc.sc.turns.Waiting() > 0
+	})
+	once.Do(func() { close(release) })
+	<-lead
+	<-ride
+	if n := fetches.Load(); n != 1 {
+		t.Errorf("two pulls of alice's group, the second during the first's fetch, fetched the view %d times; want once (bob's push pokes none of alice's)", n)
 	}
 }
