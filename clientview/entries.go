@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -60,14 +61,31 @@ func (s *source) entries(body []byte, scan *pageScan) ([]Entry, error) {
 	return out, nil
 }
 
-// scannedEntries makes the entries of the items the scan found.
+// scannedEntries makes the entries of the items the scan found. The keys
+// the scan's fields spell are written into one buffer and made one string
+// that each key is a part of: one allocation per page, not one per key
+// (the keys live as long as each other: the pull's, then the record's).
 func (s *source) scannedEntries(scan *pageScan) ([]Entry, error) {
 	out := make([]Entry, len(scan.items))
 	nf := len(s.keyFields)
+	var buf []byte
+	ends := make([]int32, len(scan.items)) // where each key ends in buf; -1: out[i].Key is its own
 	for i, it := range scan.items {
-		key, err := s.keyFrom(it.raw, scan.fields[i*nf:(i+1)*nf])
-		if err == nil {
-			err = checkKey(key)
+		from := len(buf)
+		var ok bool
+		var err error
+		if buf, ok = s.appendKey(buf, scan.fields[i*nf:(i+1)*nf]); ok {
+			if i == 0 { // the page's keys are most likely about as long
+				buf = slices.Grow(buf, len(buf)*len(scan.items)+len(buf)/2)
+			}
+			ends[i] = int32(len(buf))
+			err = checkKey(buf[from:])
+		} else {
+			// Nested, absent, escaped or not a scalar: the walk decides.
+			ends[i] = -1
+			if out[i].Key, err = s.keyOf(it.raw); err == nil {
+				err = checkKey(out[i].Key)
+			}
 		}
 		if err != nil {
 			return nil, fmt.Errorf("item %d: %w", i, err)
@@ -76,39 +94,36 @@ func (s *source) scannedEntries(scan *pageScan) ([]Entry, error) {
 		if it.spaced {
 			v = compact(it.raw)
 		}
-		out[i] = Entry{Key: key, Value: v, Hash: Hash(v)}
+		out[i].Value, out[i].Hash = v, Hash(v)
+	}
+	keys, start := string(buf), 0
+	for i := range out {
+		if ends[i] >= 0 {
+			out[i].Key = keys[start:ends[i]]
+			start = int(ends[i])
+		}
 	}
 	return out, nil
 }
 
-// keyFrom is keyOf with the item's top-level key fields already found by
-// the scan; anything else (a nested field, a field absent or not a scalar)
-// takes keyOf's walk, and its exact error.
-func (s *source) keyFrom(item []byte, fields [][]byte) (string, error) {
-	// Sized first, then written once: one allocation per key.
-	n := 0
+// appendKey appends the key an item's top-level key fields (found by the
+// scan) spell; false, and buf as it was, when a field is nested, absent,
+// escaped or not a scalar: keyOf's walk then decides, with its exact
+// error.
+func (s *source) appendKey(buf []byte, fields [][]byte) ([]byte, bool) {
+	n := len(buf)
 	for _, p := range s.key {
 		if p.field == nil {
-			n += len(p.literal)
+			buf = append(buf, p.literal...)
 			continue
 		}
 		v, ok := plainScalar(fields[p.first])
 		if len(p.field) != 1 || !ok {
-			return s.keyOf(item) // nested, absent, escaped or not a scalar
+			return buf[:n], false
 		}
-		n += len(v)
+		buf = append(buf, v...)
 	}
-	var b strings.Builder
-	b.Grow(n)
-	for _, p := range s.key {
-		if p.field == nil {
-			b.WriteString(p.literal)
-		} else {
-			v, _ := plainScalar(fields[p.first])
-			b.Write(v)
-		}
-	}
-	return b.String(), nil
+	return buf, true
 }
 
 // plainScalar returns the key text of a non-empty string without escapes
@@ -139,11 +154,11 @@ const MaxKeyBytes = 1024
 
 // checkKey refuses keys the sidecar cannot keep: too long, or under the
 // prefix reserved for its own entries (an item's field can make one).
-func checkKey(key string) error {
+func checkKey[K string | []byte](key K) error {
 	switch {
 	case len(key) > MaxKeyBytes:
 		return fmt.Errorf("key %.40q… is longer than %d bytes", key, MaxKeyBytes)
-	case strings.HasPrefix(key, ReservedPrefix):
+	case len(key) >= len(ReservedPrefix) && string(key[:len(ReservedPrefix)]) == ReservedPrefix:
 		return fmt.Errorf("key %q starts with %s, which is reserved for the sidecar's own entries", key, ReservedPrefix)
 	}
 	return nil
@@ -183,37 +198,71 @@ func compact(raw json.RawMessage) json.RawMessage {
 	return b.Bytes()
 }
 
-// keySet finds a key a source produced twice. Keys are held by their
-// 64-bit hash, pointing at the entry that holds it (no pointers for the
-// collector to scan, a third of a string map's memory); a key whose hash
-// another key holds goes to a map by the key itself.
+// keySet finds a key a source produced twice: a table of the entries'
+// positions, open-addressed by the keys' 64-bit hashes (linear probing,
+// at most half full), each slot holding the position and 32 bits of the
+// hash. No pointers for the collector to scan, eight bytes a slot, and one
+// probe on average where a map took several times as long; keys whose
+// hash bits match are compared themselves, so it is exact.
 type keySet struct {
-	byHash map[uint64]int32
-	exact  map[string]int32
+	slots []keySlot
+	n     int                 // slots in use
+	hash  func(string) uint64 // nil: xxhash (tests make keys collide)
+}
+
+type keySlot struct {
+	tag uint32 // the hash's high half, never 0 (0: an empty slot)
+	pos int32  // the entry's position
 }
 
 // add notes entries[i]'s key, or returns the index of the entry that
 // already holds it.
 func (k *keySet) add(entries []Entry, i int) (int, bool) {
-	if k.byHash == nil {
-		k.byHash = make(map[uint64]int32, cap(entries)) // sized for the reported total, when entries is
+	if 2*(k.n+1) > len(k.slots) {
+		k.grow(entries, max(cap(entries), 2*k.n, 8)) // sized for the reported total, when entries is
 	}
 	key := entries[i].Key
-	h := xxhash.Sum64String(key)
-	j, held := k.byHash[h]
-	switch {
-	case !held:
-		k.byHash[h] = int32(i)
-		return 0, false
-	case entries[j].Key == key:
-		return int(j), true
+	h := k.sum(key)
+	tag, mask := uint32(h>>32)|1, uint64(len(k.slots)-1)
+	for j := h & mask; ; j = (j + 1) & mask {
+		s := &k.slots[j]
+		switch {
+		case s.tag == 0:
+			*s = keySlot{tag, int32(i)}
+			k.n++
+			return 0, false
+		case s.tag == tag && entries[s.pos].Key == key:
+			return int(s.pos), true
+		}
 	}
-	if j, ok := k.exact[key]; ok {
-		return int(j), true
+}
+
+func (k *keySet) sum(key string) uint64 {
+	if k.hash != nil {
+		return k.hash(key)
 	}
-	if k.exact == nil {
-		k.exact = map[string]int32{}
+	return xxhash.Sum64String(key)
+}
+
+// grow makes room for at least want keys (at most half full), moving the
+// ones held.
+func (k *keySet) grow(entries []Entry, want int) {
+	size := 8
+	for size < 2*want {
+		size *= 2
 	}
-	k.exact[key] = int32(i)
-	return 0, false
+	old := k.slots
+	k.slots = make([]keySlot, size)
+	mask := uint64(size - 1)
+	for _, s := range old {
+		if s.tag == 0 {
+			continue
+		}
+		for j := k.sum(entries[s.pos].Key) & mask; ; j = (j + 1) & mask {
+			if k.slots[j].tag == 0 {
+				k.slots[j] = s
+				break
+			}
+		}
+	}
 }

@@ -244,6 +244,13 @@ func (e *shiftedError) Error() string { return e.reason }
 // pages do not fit together, so fetchSource tries once more) or, when ctx
 // ended, ctx's error. It notes in read whether a full read's pages are
 // known to fit together.
+//
+// Pages are read one after the other (each may say where the next is),
+// but the next page is asked for as soon as its URL is known, while this
+// one is still being read: at once for a Link header or a next field
+// before the items (peekNext), else once the page is scanned. So the
+// upstream's answer and the sidecar's work on the page before overlap;
+// one request per source is still in flight at a time.
 func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request, sent *mark, read *SourceResult) ([]Entry, []PageResult, error) {
 	first, err := f.sourceURL(s, r.UserID)
 	if err != nil {
@@ -263,7 +270,15 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request, sent *ma
 		// last page's answer (nil when it answered 304).
 		firstTotal, lastTotal = -1, -1
 		last                  *answer
+		ahead                 *pageGet // the next page, asked for early
 	)
+	defer func() { ahead.discard(r) }()
+	// aheadOf asks for u, page number page, unless it will not be fetched.
+	aheadOf := func(page int, u *url.URL) {
+		if u != nil && ahead == nil && !(s.paged && page > s.page.MaxPages) && !seen[u.String()] {
+			ahead = f.start(ctx, s, r, page, u)
+		}
+	}
 	for page, next := 1, first; next != nil; page++ {
 		switch {
 		case s.paged && page > s.page.MaxPages:
@@ -273,7 +288,17 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request, sent *ma
 		}
 		seen[next.String()] = true
 		read.Requests++
-		p, err := f.fetchPage(ctx, s, r, page, next, &reuse)
+		g := ahead
+		ahead = nil
+		if g == nil || g.url != next.String() {
+			g.discard(r) // not the page the answer leads to after all
+			g = f.start(ctx, s, r, page, next)
+		}
+		g.wait()
+		if g.err == nil && !g.notModified {
+			aheadOf(page+1, s.peekNext(f, g.body, g.hdr, next, first))
+		}
+		p, err := f.readPage(ctx, s, page, next, g, &reuse)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -288,10 +313,15 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request, sent *ma
 			}
 			lastTotal = p.res.Total
 		}
+		cur := next
+		next, err = f.pageAfter(s, page, p, cur, first)
+		if err == nil {
+			aheadOf(page+1, next)
+		}
 		if err := collected.add(s, page, p.entries); err != nil {
 			return nil, nil, err
 		}
-		if next, err = f.pageAfter(s, page, p, next, first); err != nil {
+		if err != nil {
 			return nil, nil, err
 		}
 		p.remember(next)
@@ -342,26 +372,72 @@ type fetchedPage struct {
 	scan pageScan
 }
 
-// fetchPage fetches page number page of s at u (conditionally, when
-// r.Memos holds a memo the page can be asked for with) and turns it into
-// entries: the answer's items, or the memo's keys and hashes after a 304.
-// reuse is the last page's scan, whose arrays the scan of this page takes
-// over. Its errors are fetchPages'.
-func (f *Fetcher) fetchPage(ctx context.Context, s *source, r Request, page int, u *url.URL, reuse *pageScan) (*fetchedPage, error) {
-	memo := s.memoFor(r.Memos, page, u)
-	body, hdr, notModified, err := f.get(ctx, u, r, memo)
-	if err != nil {
+// pageGet is one page's GET, running on its own goroutine so that it can
+// start before the page before it is read (fetchPages).
+type pageGet struct {
+	url    string
+	memo   *PageMemo // the page was asked for conditionally with it
+	cancel context.CancelFunc
+	done   chan struct{}
+	// Set when done is closed.
+	body        []byte
+	hdr         http.Header
+	notModified bool
+	err         error
+}
+
+// start asks for page number page of s at u (conditionally, when r.Memos
+// holds a memo the page can be asked for with).
+func (f *Fetcher) start(ctx context.Context, s *source, r Request, page int, u *url.URL) *pageGet {
+	gctx, cancel := context.WithCancel(ctx)
+	g := &pageGet{url: u.String(), memo: s.memoFor(r.Memos, page, u), cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(g.done)
+		g.body, g.hdr, g.notModified, g.err = f.get(gctx, u, r, g.memo)
+	}()
+	return g
+}
+
+// wait waits for the answer.
+func (g *pageGet) wait() {
+	<-g.done
+	g.cancel()
+}
+
+// discard ends a GET whose page will not be read (nil: none), and gives
+// back to the fetch's byte budget what it read.
+func (g *pageGet) discard(r Request) {
+	if g == nil {
+		return
+	}
+	g.cancel()
+	<-g.done
+	if n := int64(len(g.body)); n > 0 {
+		r.budget.Add(n)
+		if r.spent != nil {
+			r.spent.Add(-n)
+		}
+	}
+}
+
+// readPage turns the answer to page number page of s at u into entries:
+// the answer's items, or the memo's keys and hashes after a 304. reuse is
+// the last page's scan, whose arrays the scan of this page takes over.
+// Its errors are fetchPages'.
+func (f *Fetcher) readPage(ctx context.Context, s *source, page int, u *url.URL, g *pageGet, reuse *pageScan) (*fetchedPage, error) {
+	if err := g.err; err != nil {
 		if ctx.Err() != nil {
 			return nil, err
 		}
 		return nil, s.fail(err.Error(), err)
 	}
+	memo, body, hdr := g.memo, g.body, g.hdr
 	p := &fetchedPage{res: PageResult{
 		PageMemo:    PageMemo{Source: s.id, Page: page, URL: u.String(), Total: -1},
-		NotModified: notModified,
+		NotModified: g.notModified,
 		Conditional: memo != nil,
 	}}
-	if notModified {
+	if g.notModified {
 		p.res.PageMemo = *memo
 		p.res.Source, p.res.Page = s.id, page
 		p.entries = make([]Entry, len(memo.Keys))
@@ -374,6 +450,7 @@ func (f *Fetcher) fetchPage(ctx context.Context, s *source, r Request, page int,
 	if !ok {
 		return nil, s.fail("response is not JSON", nil)
 	}
+	var err error
 	if p.entries, err = s.entries(body, &scan); err != nil {
 		return nil, s.fail(err.Error(), err)
 	}
