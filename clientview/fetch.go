@@ -77,9 +77,14 @@ type Request struct {
 	// Plans say how to read each source, by its fingerprint: in full (the
 	// default, for a source without one), by its changes, or not at all.
 	Plans map[string]Plan
+	// Pages, when set, is given each page's entries as soon as the page is
+	// read and fits the pages before it: for an answer written while the
+	// view is read (see PageSink).
+	Pages PageSink
 
 	budget *atomic.Int64 // bytes the fetch may still read
 	spent  *atomic.Int64 // bytes this attempt at a source has read
+	sinkMu *sync.Mutex   // the sources take turns at Pages
 }
 
 // Memory is charged for the bytes a fetch reads.
@@ -104,6 +109,9 @@ func (f *Fetcher) FetchResult(parent context.Context, v *View, r Request) (Resul
 	budget := &atomic.Int64{}
 	budget.Store(f.maxBody)
 	r.budget = budget
+	if r.Pages != nil {
+		r.sinkMu = &sync.Mutex{}
+	}
 	results := make([][]Entry, len(v.sources))
 	pages := make([][]PageResult, len(v.sources))
 	reads := make([]SourceResult, len(v.sources))
@@ -195,25 +203,35 @@ func (f *Fetcher) fetchSource(ctx context.Context, s *source, r Request, plan Pl
 	return es, pages, err
 }
 
-// readSource is fetchSource's read: the pages, then what the changes field
-// says of them.
+// readSource is fetchSource's read: the pages, and once more when they
+// did not fit together. What the sink was given of the first read and the
+// second lacks stays in the result when the sink says it sent it on: the
+// client holds it.
 func (f *Fetcher) readSource(ctx context.Context, s *source, r Request, sent *mark, read *SourceResult) ([]Entry, []PageResult, error) {
 	es, pages, err := f.fetchPages(ctx, s, r, sent, read)
 	var first *shiftedError
 	if !errors.As(err, &first) {
-		return s.afterRead(es, sent, read), pages, err
+		return es, pages, err
 	}
 	// The discarded attempt's bytes are no longer held: give them back.
 	spent := r.spent.Swap(0)
 	r.budget.Add(spent)
 	read.Bytes += spent
 	f.log.Info("client view source shifted while it was read; fetching it again", "source", s.path, "reason", first.reason)
+	var kept []Entry
+	if len(first.given) > 0 && r.again(s) {
+		kept = first.given
+	}
 	r.Memos = nil // in full: a memo may be what does not fit
 	es, pages, err = f.fetchPages(ctx, s, r, sent, read)
 	var again *shiftedError
 	switch {
+	case err == nil && kept != nil:
+		es = withKept(es, kept)
+		read.Entries = len(es)
+		return es, pages, nil
 	case !errors.As(err, &again):
-		return s.afterRead(es, sent, read), pages, err
+		return es, pages, err
 	case again.reason == first.reason:
 		// The very same disagreement twice is no writer moving items: the
 		// API does it every time (a capped page size, an ignored page
@@ -223,18 +241,26 @@ func (f *Fetcher) readSource(ctx context.Context, s *source, r Request, sent *ma
 	return nil, nil, &SourceError{Source: s.path, Reason: again.reason + ", twice in a row", Shifted: true}
 }
 
-// afterRead applies what the source's changes say to the entries read: the
-// soft-deleted leave, the watermark and a filter the API ignored are noted.
-func (s *source) afterRead(es []Entry, sent *mark, read *SourceResult) []Entry {
-	if s.changes != nil && es != nil {
-		es, read.Deleted, read.Watermark, read.FilterIgnored = s.readChanges(es, sent)
+// withKept appends to es the entries of kept whose key es lacks.
+func withKept(es, kept []Entry) []Entry {
+	have := make(map[string]struct{}, len(es))
+	for _, e := range es {
+		have[e.Key] = struct{}{}
 	}
-	read.Entries = len(es)
+	for _, e := range kept {
+		if _, ok := have[e.Key]; !ok {
+			es = append(es, e)
+		}
+	}
 	return es
 }
 
 // shiftedError: the pages of one fetch of a source do not fit together.
-type shiftedError struct{ reason string }
+// given is what the sink (Request.Pages) was given of them.
+type shiftedError struct {
+	reason string
+	given  []Entry
+}
 
 func (e *shiftedError) Error() string { return e.reason }
 
@@ -271,6 +297,8 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request, sent *ma
 		firstTotal, lastTotal = -1, -1
 		last                  *answer
 		ahead                 *pageGet // the next page, asked for early
+		changes               changeRead
+		given                 int // collected.entries[:given] went to r.Pages
 	)
 	defer func() { ahead.discard(r) }()
 	// aheadOf asks for u, page number page, unless it will not be fetched.
@@ -319,20 +347,41 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request, sent *ma
 			aheadOf(page+1, next)
 		}
 		if err := collected.add(s, page, p.entries); err != nil {
-			return nil, nil, err
+			return nil, nil, withGiven(err, changes.without(collected.entries[:given]))
 		}
 		if err != nil {
 			return nil, nil, err
 		}
+		at := len(collected.entries) - len(p.entries)
+		kept := collected.entries[at:]
+		if s.changes != nil {
+			kept = changes.page(s.changes, sent, kept, at)
+		}
+		if r.Pages != nil {
+			if err := r.give(s, kept, collected.entries[at:]); err != nil {
+				return nil, nil, err
+			}
+			given = len(collected.entries)
+		}
 		p.remember(next)
 		results = append(results, p.res)
+	}
+	// What the source holds: the items read but those its changes say
+	// are deleted.
+	done := func() ([]Entry, []PageResult, error) {
+		es := collected.entries
+		if s.changes != nil {
+			es = changes.finish(es, read)
+		}
+		read.Entries = len(es)
+		return es, results, nil
 	}
 	// One answer, or cursor (keyset) pages, cannot skip an item; other
 	// pages can, when a writer moves items between two requests, unless a
 	// reported total matched what was read.
 	read.Provable = !s.paged || s.page.Type == "cursor"
 	if !s.checksMore() {
-		return collected.entries, results, nil
+		return done()
 	}
 	if last != nil {
 		lastTotal = s.total(last)
@@ -343,12 +392,12 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request, sent *ma
 		}
 	}
 	if reason, shifted := s.moreThanReceived(lastTotal, firstTotal, len(collected.entries)); shifted {
-		return nil, nil, &shiftedError{reason}
+		return nil, nil, &shiftedError{reason: reason, given: changes.without(collected.entries[:given])}
 	} else if reason != "" {
 		return nil, nil, s.fail(reason+mapPagination, nil)
 	}
 	read.Provable = read.Provable || firstTotal >= 0 && lastTotal >= 0
-	return collected.entries, results, nil
+	return done()
 }
 
 // mapPagination ends the reason of a source that shows more items than its
@@ -567,7 +616,7 @@ func (pe *pageEntries) add(s *source, page int, es []Entry) error {
 		if p == page {
 			return s.fail(fmt.Sprintf("duplicate key %q (twice on page %d)", key, page), nil)
 		}
-		return &shiftedError{fmt.Sprintf("key %q came on page %d and again on page %d", key, p, page)}
+		return &shiftedError{reason: fmt.Sprintf("key %q came on page %d and again on page %d", key, p, page)}
 	}
 	return nil
 }
