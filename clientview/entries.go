@@ -5,11 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"slices"
 	"strings"
 	"unicode/utf8"
-
-	"github.com/cespare/xxhash/v2"
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview/jsonwalk"
 )
@@ -198,41 +197,43 @@ func compact(raw json.RawMessage) json.RawMessage {
 	return b.Bytes()
 }
 
-// keySet finds a key a source produced twice: a table of the entries'
-// positions, open-addressed by the keys' 64-bit hashes (linear probing,
-// at most half full), each slot holding the position and 32 bits of the
-// hash. No pointers for the collector to scan, eight bytes a slot, and one
-// probe on average where a map took several times as long; keys whose
-// hash bits match are compared themselves, so it is exact.
+// keySet finds a key a source produced twice: a table open-addressed by
+// the keys' 64-bit hashes (linear probing, at most half full) whose slots
+// hold 32 more bits of the hash, and no position: four bytes a slot, so a
+// view of 100,000 keys probes a table of 1 MiB (a map took several times
+// as long, and as much memory). Only when a key's bits match a slot's,
+// which is a repeat (or one chance in 2^32 per probe), are the entries
+// searched for one with the same key: it is exact. The hash is seeded at
+// random per set, as Go's maps are, so that keys chosen to collide (item
+// ids are often the users') cannot make the table slow.
 type keySet struct {
-	slots []keySlot
-	n     int                 // slots in use
-	hash  func(string) uint64 // nil: xxhash (tests make keys collide)
-}
-
-type keySlot struct {
-	tag uint32 // the hash's high half, never 0 (0: an empty slot)
-	pos int32  // the entry's position
+	slots []uint32 // 0: empty
+	n     int
+	seed  maphash.Seed
+	hash  func(string) uint64 // nil: maphash with seed (tests make keys collide)
 }
 
 // add notes entries[i]'s key, or returns the index of the entry that
-// already holds it.
+// already holds it. The keys of entries[:i] were added before.
 func (k *keySet) add(entries []Entry, i int) (int, bool) {
 	if 2*(k.n+1) > len(k.slots) {
-		k.grow(entries, max(cap(entries), 2*k.n, 8)) // sized for the reported total, when entries is
+		k.grow(entries[:i], max(cap(entries), 2*k.n, 8)) // sized for the reported total, when entries is
 	}
 	key := entries[i].Key
 	h := k.sum(key)
 	tag, mask := uint32(h>>32)|1, uint64(len(k.slots)-1)
 	for j := h & mask; ; j = (j + 1) & mask {
-		s := &k.slots[j]
-		switch {
-		case s.tag == 0:
-			*s = keySlot{tag, int32(i)}
+		switch k.slots[j] {
+		case 0:
+			k.slots[j] = tag
 			k.n++
 			return 0, false
-		case s.tag == tag && entries[s.pos].Key == key:
-			return int(s.pos), true
+		case tag:
+			for at, e := range entries[:i] {
+				if e.Key == key {
+					return at, true
+				}
+			}
 		}
 	}
 }
@@ -241,26 +242,28 @@ func (k *keySet) sum(key string) uint64 {
 	if k.hash != nil {
 		return k.hash(key)
 	}
-	return xxhash.Sum64String(key)
+	return maphash.String(k.seed, key)
 }
 
-// grow makes room for at least want keys (at most half full), moving the
-// ones held.
-func (k *keySet) grow(entries []Entry, want int) {
+// grow makes room for at least want keys (at most half full) and puts
+// back the keys of held, which were added before.
+func (k *keySet) grow(held []Entry, want int) {
 	size := 8
 	for size < 2*want {
 		size *= 2
 	}
-	old := k.slots
-	k.slots = make([]keySlot, size)
+	if k.slots == nil {
+		k.seed = maphash.MakeSeed()
+	}
+	k.slots = make([]uint32, size)
+	k.n = 0
 	mask := uint64(size - 1)
-	for _, s := range old {
-		if s.tag == 0 {
-			continue
-		}
-		for j := k.sum(entries[s.pos].Key) & mask; ; j = (j + 1) & mask {
-			if k.slots[j].tag == 0 {
-				k.slots[j] = s
+	for _, e := range held {
+		h := k.sum(e.Key)
+		for j := h & mask; ; j = (j + 1) & mask {
+			if k.slots[j] == 0 {
+				k.slots[j] = uint32(h>>32) | 1
+				k.n++
 				break
 			}
 		}

@@ -272,11 +272,14 @@ func (e *shiftedError) Error() string { return e.reason }
 // known to fit together.
 //
 // Pages are read one after the other (each may say where the next is),
-// but the next page is asked for as soon as its URL is known, while this
-// one is still being read: at once for a Link header or a next field
-// before the items (peekNext), else once the page is scanned. So the
-// upstream's answer and the sidecar's work on the page before overlap;
-// one request per source is still in flight at a time.
+// in a pipeline: the next page is asked for as soon as its URL is known,
+// while this one is still being read (at once for a Link header or a next
+// field before the items, peekNext; else once the page is scanned); and
+// while one page is scanned, the page before it is checked against the
+// others and handed on (pageTaker, on a goroutine of its own). So the
+// upstream's answer, the scan and the rest overlap; one request per source
+// is still in flight at a time, and errors come out as if the pages were
+// read one by one (an earlier page's first).
 func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request, sent *mark, read *SourceResult) ([]Entry, []PageResult, error) {
 	first, err := f.sourceURL(s, r.UserID)
 	if err != nil {
@@ -286,19 +289,16 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request, sent *ma
 		first = s.changes.filtered(first, sent.text)
 	}
 	first = s.firstPage(first)
+	t := &pageTaker{s: s, r: r, sent: sent}
 	var (
-		collected pageEntries
-		results   []PageResult
-		seen      = map[string]bool{} // the URLs fetched
-		reuse     pageScan            // the last page's scan, whose arrays the next one reuses
+		seen  = map[string]bool{} // the URLs fetched
+		reuse pageScan            // the last page's scan, whose arrays the next one reuses
 		// For the signs of more items than received (s.checksMore): the
 		// totals the first and the last page report (-1: none), and the
 		// last page's answer (nil when it answered 304).
 		firstTotal, lastTotal = -1, -1
 		last                  *answer
 		ahead                 *pageGet // the next page, asked for early
-		changes               changeRead
-		given                 int // collected.entries[:given] went to r.Pages
 	)
 	defer func() { ahead.discard(r) }()
 	// aheadOf asks for u, page number page, unless it will not be fetched.
@@ -307,12 +307,21 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request, sent *ma
 			ahead = f.start(ctx, s, r, page, u)
 		}
 	}
-	for page, next := 1, first; next != nil; page++ {
+	pages := t.run()
+	// stop ends the taker and returns the first error: the taker's (it
+	// was of an earlier page), else err.
+	stop := func(err error) ([]Entry, []PageResult, error) {
+		if terr := t.stop(pages); terr != nil {
+			return nil, nil, terr
+		}
+		return nil, nil, err
+	}
+	for page, next := 1, first; next != nil && !t.failed.Load(); page++ {
 		switch {
 		case s.paged && page > s.page.MaxPages:
-			return nil, nil, s.fail(fmt.Sprintf("more than %d pages (pagination maxPages)", s.page.MaxPages), nil)
+			return stop(s.fail(fmt.Sprintf("more than %d pages (pagination maxPages)", s.page.MaxPages), nil))
 		case seen[next.String()]:
-			return nil, nil, s.fail(fmt.Sprintf("pagination loop: page %s was already fetched", next.RequestURI()), nil)
+			return stop(s.fail(fmt.Sprintf("pagination loop: page %s was already fetched", next.RequestURI()), nil))
 		}
 		seen[next.String()] = true
 		read.Requests++
@@ -328,7 +337,7 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request, sent *ma
 		}
 		p, err := f.readPage(ctx, s, page, next, g, &reuse)
 		if err != nil {
-			return nil, nil, err
+			return stop(err)
 		}
 		if s.checksMore() {
 			last = p.answer()
@@ -337,7 +346,8 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request, sent *ma
 					p.res.Total = s.total(last)
 				}
 				firstTotal = p.res.Total // a 304's is the remembered one
-				collected.reserve(firstTotal, len(p.entries), len(p.body), r.budget.Load())
+				// Before the taker has the first page: it is the taker's then.
+				t.collected.reserve(firstTotal, len(p.entries), len(p.body), r.budget.Load())
 			}
 			lastTotal = p.res.Total
 		}
@@ -346,35 +356,20 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request, sent *ma
 		if err == nil {
 			aheadOf(page+1, next)
 		}
-		if err := collected.add(s, page, p.entries); err != nil {
-			return nil, nil, withGiven(err, changes.without(collected.entries[:given]))
-		}
-		if err != nil {
-			return nil, nil, err
-		}
-		at := len(collected.entries) - len(p.entries)
-		kept := collected.entries[at:]
-		if s.changes != nil {
-			kept = changes.page(s.changes, sent, kept, at)
-		}
-		if r.Pages != nil {
-			if err := r.give(s, kept, collected.entries[at:]); err != nil {
-				return nil, nil, err
-			}
-			given = len(collected.entries)
-		}
-		p.remember(next)
-		results = append(results, p.res)
+		pages <- takenPage{p: p, page: page, next: next, nextErr: err}
+	}
+	if terr := t.stop(pages); terr != nil {
+		return nil, nil, terr
 	}
 	// What the source holds: the items read but those its changes say
 	// are deleted.
 	done := func() ([]Entry, []PageResult, error) {
-		es := collected.entries
+		es := t.collected.entries
 		if s.changes != nil {
-			es = changes.finish(es, read)
+			es = t.changes.finish(es, read)
 		}
 		read.Entries = len(es)
-		return es, results, nil
+		return es, t.results, nil
 	}
 	// One answer, or cursor (keyset) pages, cannot skip an item; other
 	// pages can, when a writer moves items between two requests, unless a
@@ -386,18 +381,94 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request, sent *ma
 	if last != nil {
 		lastTotal = s.total(last)
 		// Remembered for when this page, the last, answers 304 next time.
-		results[len(results)-1].Total = lastTotal
+		t.results[len(t.results)-1].Total = lastTotal
 		if reason := s.unfollowed(last); reason != "" {
 			return nil, nil, s.fail(reason+mapPagination, nil)
 		}
 	}
-	if reason, shifted := s.moreThanReceived(lastTotal, firstTotal, len(collected.entries)); shifted {
-		return nil, nil, &shiftedError{reason: reason, given: changes.without(collected.entries[:given])}
+	if reason, shifted := s.moreThanReceived(lastTotal, firstTotal, len(t.collected.entries)); shifted {
+		return nil, nil, &shiftedError{reason: reason, given: t.changes.without(t.collected.entries[:t.given])}
 	} else if reason != "" {
 		return nil, nil, s.fail(reason+mapPagination, nil)
 	}
 	read.Provable = read.Provable || firstTotal >= 0 && lastTotal >= 0
 	return done()
+}
+
+// pageTaker is fetchPages' second stage: it takes each page read, in
+// order, checks it against the pages before (a key twice), reads what
+// the source's changes say of it, hands it to the sink and keeps it.
+type pageTaker struct {
+	s    *source
+	r    Request
+	sent *mark
+
+	collected pageEntries
+	results   []PageResult
+	changes   changeRead
+	given     int // collected.entries[:given] went to r.Pages
+
+	failed atomic.Bool // err is set: fetchPages reads no more pages
+	err    error       // read once the taker has stopped
+	done   chan struct{}
+}
+
+// takenPage is one page for the taker: the page read, and the URL of the
+// next (or why it cannot be followed).
+type takenPage struct {
+	p       *fetchedPage
+	page    int
+	next    *url.URL
+	nextErr error
+}
+
+// run starts the taker on its own goroutine and returns where the pages
+// go.
+func (t *pageTaker) run() chan<- takenPage {
+	pages := make(chan takenPage, 1)
+	t.done = make(chan struct{})
+	go func() {
+		defer close(t.done)
+		for tp := range pages {
+			if t.err == nil {
+				if t.err = t.take(tp); t.err != nil {
+					t.failed.Store(true)
+				}
+			}
+		}
+	}()
+	return pages
+}
+
+// stop waits for the taker to take every page sent and returns its error.
+func (t *pageTaker) stop(pages chan<- takenPage) error {
+	close(pages)
+	<-t.done
+	return t.err
+}
+
+func (t *pageTaker) take(tp takenPage) error {
+	s, p := t.s, tp.p
+	if err := t.collected.add(s, tp.page, p.entries); err != nil {
+		return withGiven(err, t.changes.without(t.collected.entries[:t.given]))
+	}
+	if tp.nextErr != nil {
+		return tp.nextErr
+	}
+	at := len(t.collected.entries) - len(p.entries)
+	kept := t.collected.entries[at:]
+	if s.changes != nil {
+		kept = t.changes.page(s.changes, t.sent, kept, at)
+	}
+	if t.r.Pages != nil {
+		if err := t.r.give(s, kept, t.collected.entries[at:]); err != nil {
+			return err
+		}
+		t.given = len(t.collected.entries)
+	}
+	p.remember(tp.next)
+	t.results = append(t.results, p.res)
+	return nil
 }
 
 // mapPagination ends the reason of a source that shows more items than its
