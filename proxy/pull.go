@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -78,7 +79,15 @@ func (s *puller) handlePull(w http.ResponseWriter, r *http.Request) {
 	if s.tracer != nil { // the view pages' spans name the group
 		ctx = upstream.WithSpanAttributes(ctx, attribute.String("replicache.client_group", req.ClientGroupID))
 	}
-	ans, err := s.pull(ctx, c, &req)
+	st := &pullStream{w: w, c: c, after: s.streamAfter, pool: &s.chunks}
+	if st.after == 0 {
+		st.after = streamAfterBytes
+	}
+	ans, err := s.pull(ctx, c, &req, st)
+	if st.started() {
+		s.endStream(c, st, ans, err, req.ClientGroupID)
+		return
+	}
 	if err != nil {
 		s.failPull(w, c, err, req.ClientGroupID)
 		return
@@ -118,12 +127,47 @@ func (s *puller) failPull(w http.ResponseWriter, c *exchange, err error, groupID
 	s.fail(w, c, v.Problem)
 }
 
+// endStream ends an answer that went out while its view was read
+// (pullstream.go): with its cookie once the pull committed, else broken
+// off, the failure logged and counted as failPull would answer it.
+func (s *puller) endStream(c *exchange, st *pullStream, ans pullAnswer, err error, groupID string) {
+	if err == nil {
+		n, err := st.finish(ans)
+		if err != nil {
+			c.log.Info("client went away while the pull was written", "error", err, "bytes", n)
+			return
+		}
+		s.pulled(c, ans, n, patchCounts{put: st.puts})
+		return
+	}
+	st.abort()
+	if werr := st.err(); werr != nil && !errors.Is(werr, errBrokenOff) {
+		c.log.Info("client went away while the pull was written", "error", werr, "bytes", st.out.written)
+		return
+	}
+	c.log.Warn("pull answer broken off: the view could not be read whole once its answer had started, so the client keeps the view it had and pulls again; nothing was committed",
+		"error", err, "bytes", st.out.written)
+	s.failPull(discardWriter{}, c, err, groupID)
+}
+
+// discardWriter takes an answer and sends it nowhere: for what failPull
+// logs and counts of a pull whose answer was broken off.
+type discardWriter struct{}
+
+func (discardWriter) Header() http.Header         { return http.Header{} }
+func (discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (discardWriter) WriteHeader(int)             {}
+
 // puller is the pull engine: the shared core, and the fetches running in
 // this process that other pulls may join.
 type puller struct {
 	*core
 	flights flight.Group[pullMeta, *pullRider]
 	shared  sharedViews // the shared sources' last reads
+	chunks  sync.Pool   // of streamed answers' pieces (*[]byte)
+	// streamAfter: a reset answer starts going out once its view has
+	// brought this many bytes (0: streamAfterBytes; tests set less).
+	streamAfter int64
 }
 
 // pullMeta describes a running fetch, for the pulls that may join it
@@ -156,7 +200,10 @@ type pullRider struct {
 // gets its own cookie, issued in the same transaction, strictly increasing
 // for the group, and its own patch: a diff from its own cookie's version of
 // the group's record, or a reset.
-func (s *puller) pull(ctx context.Context, c *exchange, req *pullRequest) (pullAnswer, error) {
+//
+// st is the pull's answer: a leader whose answer is a reset may start it
+// while the view is read (pullstream.go); a rider never does.
+func (s *puller) pull(ctx context.Context, c *exchange, req *pullRequest, st *pullStream) (pullAnswer, error) {
 	gen := s.hub.Generation()
 	rider := &pullRider{cookie: req.cookie}
 	var stopRiding func()
@@ -187,7 +234,7 @@ func (s *puller) pull(ctx context.Context, c *exchange, req *pullRequest) (pullA
 	}
 	// The work goes on if this pull's own client leaves: others may wait
 	// for it. The turn, the lock and every upstream call are bounded.
-	ans, err := s.pullLocked(context.WithoutCancel(ctx), c, req, f.Seal)
+	ans, err := s.pullLocked(context.WithoutCancel(ctx), c, req, f.Seal, f.SealAlone, st)
 	f.Land(err)
 	if err == nil && ans.order == 0 && !ans.lost {
 		return pullAnswer{}, store.ErrCookieExhausted
@@ -216,8 +263,11 @@ func (s *puller) flightKey(groupID string, c *exchange) string {
 // no push of the group can slip in between. seal, called once the view is
 // fetched, returns the pulls that joined; each gets its cookie and its
 // patch here too. In diff mode the view is compared with the group's
-// record, and the record's change is written with the cookies.
-func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, seal func() []*pullRider) (pullAnswer, error) {
+// record, and the record's change is written with the cookies. When the
+// answer is a reset whatever is read, st may start it during the fetch
+// (alone seals the flight if no pull joined it); it is then this pull's
+// alone, and not committed once broken off.
+func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, seal func() []*pullRider, alone func() bool, st *pullStream) (pullAnswer, error) {
 	mp := s.mapping()
 	view := &pullView{}
 	var ans pullAnswer
@@ -257,6 +307,14 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 			b.plan = plan.Decide(plan.Input{Sources: mp.Sources, View: mp.View, States: b.states, Current: current,
 				Writes: s.writes, Now: b.started})
 		}
+		// A reset's answer may go out while the view is read (with no
+		// memos: only a pull holding the current version has them, and
+		// it gets a diff).
+		lost, decided := view.classifyEarly(req.cookie, beforeOrder, s.cfg.PatchMode == "diff")
+		if st != nil && decided && !lost && store.CookieCanGrow(req.cookie.Order, beforeOrder) {
+			st.allow(view, alone)
+			b.stream = st
+		}
 		for {
 			retry, err := b.run(ctx, memos)
 			if err != nil {
@@ -269,6 +327,9 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 			// fit): fetch everything in full, once.
 			c.log.Info("fetching the client view again without conditional requests", "group", req.ClientGroupID)
 			memos = nil
+		}
+		if err := b.stream.err(); err != nil {
+			return err // the answer is broken off: nothing to commit it for
 		}
 		orders, err := g.IssueCookies(ctx, b.bases, view.change, b.pages)
 		if err != nil {
@@ -339,6 +400,27 @@ type pullBuild struct {
 	answers []pullAnswer // but their cookie orders
 	bases   []int64      // the orders to issue cookies above, per answer
 	pages   *store.PageWrites
+
+	stream *pullStream // the answer, when it may go out while the view is read
+}
+
+// sink is the fetch's page sink: the streamed answer, if any.
+func (b *pullBuild) sink() clientview.PageSink {
+	if b.stream == nil {
+		return nil
+	}
+	b.stream.fetching()
+	return b.stream
+}
+
+// extra gives the streamed answer, if any, entries the pull adds to the
+// view it fetched (a shared source's, the rejections).
+func (b *pullBuild) extra(es []clientview.Entry) error {
+	if b.stream == nil || len(es) == 0 {
+		return nil
+	}
+	_, err := b.stream.Page("", es)
+	return err
 }
 
 // run fetches the view (conditionally, with memos), lets the riders in,
@@ -364,7 +446,7 @@ func (b *pullBuild) run(ctx context.Context, memos map[clientview.PageKey]*clien
 	fctx, cancel := context.WithCancelCause(ctx)
 	done := c.mem.Interruptible(func() { cancel(budget.ErrPreempted) })
 	res, err := s.fetch(fctx, b.mapping, c.Key(), clientview.Request{UserID: c.User, Header: c.Forward, Memory: c.mem, Memos: memos,
-		Plans: plans})
+		Plans: plans, Pages: b.sink()})
 	if err == nil {
 		res, err = b.withShared(fctx, res)
 	}
@@ -388,7 +470,11 @@ func (b *pullBuild) run(ctx context.Context, memos map[clientview.PageKey]*clien
 	}
 	b.riders = b.seal()
 	if s.cfg.ExposeRejections {
+		n := len(view.entries)
 		if view.entries, err = s.addRejections(ctx, b.g, view.entries); err != nil {
+			return false, err
+		}
+		if err := b.extra(view.entries[n:]); err != nil {
 			return false, err
 		}
 	}
@@ -428,7 +514,8 @@ func (b *pullBuild) run(ctx context.Context, memos map[clientview.PageKey]*clien
 		if a.diff {
 			a.since = ck.Version
 		}
-		if !a.lost && !view.complete(a) {
+		// A streamed answer sent every value as it came (and let it go).
+		if !a.lost && !(i == 0 && b.stream.started()) && !view.complete(a) {
 			if memos != nil {
 				return true, nil
 			}

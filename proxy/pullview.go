@@ -181,7 +181,8 @@ func (b *pullBuild) confirm(ctx context.Context, first clientview.Result, again 
 		}
 	}
 	c := b.c
-	second, err := b.s.fetch(ctx, b.mapping, c.Key(), clientview.Request{UserID: c.User, Header: c.Forward, Memory: c.mem, Plans: plans})
+	second, err := b.s.fetch(ctx, b.mapping, c.Key(), clientview.Request{UserID: c.User, Header: c.Forward, Memory: c.mem, Plans: plans,
+		Pages: b.sink()})
 	if err != nil {
 		return first, err
 	}
@@ -357,6 +358,9 @@ func (b *pullBuild) withShared(ctx context.Context, res clientview.Result) (clie
 			got.Requests, got.Bytes = 0, 0 // served from the replica's copy
 			res.Sources[i] = got
 			entries = append(entries, sr.entries...)
+			if err := b.extra(sr.entries); err != nil {
+				return res, err
+			}
 		}
 	}
 	res.Entries = entries
