@@ -137,7 +137,7 @@ func (s *puller) endStream(c *exchange, st *pullStream, ans pullAnswer, err erro
 			c.log.Info("client went away while the pull was written", "error", err, "bytes", n)
 			return
 		}
-		s.pulled(c, ans, n, patchCounts{put: st.puts})
+		s.pulled(c, ans, n, patchCounts{put: st.puts}, true)
 		return
 	}
 	st.abort()

@@ -51,11 +51,12 @@ func (s *core) writePull(w http.ResponseWriter, c *exchange, ans pullAnswer) {
 		c.log.Info("client went away while the pull was written", "error", err, "bytes", n)
 		return
 	}
-	s.pulled(c, ans, n, ops)
+	s.pulled(c, ans, n, ops, false)
 }
 
-// pulled accounts for an answer written whole: n bytes, ops.
-func (s *core) pulled(c *exchange, ans pullAnswer, n int64, ops patchCounts) {
+// pulled accounts for an answer of n bytes and ops, written whole or
+// streamed (written while its view was read, pullstream.go).
+func (s *core) pulled(c *exchange, ans pullAnswer, n int64, ops patchCounts, streamed bool) {
 	s.metrics.pullEntries.Observe(float64(ops.put + ops.del))
 	s.metrics.pullBytes.Observe(float64(n))
 	patch, clears := "diff", 0.0
@@ -66,7 +67,7 @@ func (s *core) pulled(c *exchange, ans pullAnswer, n int64, ops patchCounts) {
 	s.metrics.patchOps.WithLabelValues(opPut).Observe(float64(ops.put))
 	s.metrics.patchOps.WithLabelValues(opDel).Observe(float64(ops.del))
 	c.log.Info("pull", "entries", len(ans.entries), "patch", patch, "puts", ops.put, "dels", ops.del,
-		"clients", len(ans.lmids), "bytes", n, "cookie", ans.order, "reads", ans.reads, "duration", time.Since(c.start))
+		"clients", len(ans.lmids), "bytes", n, "cookie", ans.order, "reads", ans.reads, "streamed", streamed, "duration", time.Since(c.start))
 }
 
 type patchCounts struct{ put, del int }
