@@ -35,12 +35,17 @@ import (
 // joined the fetch, and seals the flight (flight.SealAlone), since a rider
 // would need the values again.
 //
-// The client's pace never holds the group: the answer is queued to a
+// The client's pace barely holds the group: the answer is queued to a
 // writer goroutine, so the fetch, the diff and the commit go on while it
-// is sent. A page's bytes stay charged to the pull's budget lease until
-// its puts are written (the queue takes the page's place in memory), so a
-// streamed answer is charged no more than an answer written whole, and a
-// reader too slow for the budget is pre-empted as any slow reader is.
+// is sent. While more than streamQueue waits to be written, the pull waits
+// for its client to take some, but for streamPatience at most in all:
+// a client that keeps up keeps the queue (the answer's memory) short, and
+// a slow one holds the group's lock for that long at most; after that the
+// queue grows. A page's bytes stay charged to the pull's budget lease
+// until its puts are written (the queue takes the page's place in memory),
+// so a streamed answer is charged no more than an answer written whole,
+// and a reader too slow for the budget is pre-empted as any slow reader
+// is.
 
 // streamAfterBytes: a reset answer starts going out once its view has
 // brought this many bytes of values (and no other pull has joined it).
@@ -51,6 +56,14 @@ const streamAfterBytes = 256 << 10
 const (
 	streamChunk = 64 << 10
 	streamFlush = 4 << 10
+)
+
+// streamQueue and streamPatience: a pull waits for its client while more
+// than streamQueue bytes of its answer wait to be written, for
+// streamPatience at most in all.
+const (
+	streamQueue    = 2 * streamChunk
+	streamPatience = time.Second
 )
 
 // pullStream is one pull's answer, perhaps written while its view is read.
@@ -171,7 +184,8 @@ func (st *pullStream) start() bool {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
-	st.out = &answerWriter{w: w, mem: st.c.mem, pool: st.pool, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	st.out = &answerWriter{w: w, mem: st.c.mem, pool: st.pool, wake: make(chan struct{}, 1), done: make(chan struct{}),
+		drained: make(chan struct{}, 1), patience: streamPatience}
 	go st.out.run()
 	st.cur = st.chunk()
 	st.cur = append(st.cur, `{"lastMutationIDChanges":`...)
@@ -249,8 +263,14 @@ type answerWriter struct {
 	mem  *budget.Lease
 	pool *sync.Pool
 
+	// patience is how long the producer may still wait for the queue to
+	// drain (the producer's alone).
+	patience time.Duration
+	drained  chan struct{} // a piece was written
+
 	mu      sync.Mutex
 	queue   [][]byte
+	queued  int64 // bytes of the pieces queued
 	owed    int64 // bytes of the lease to give back as the queue is written
 	closed  bool
 	err     error
@@ -276,12 +296,33 @@ func (a *answerWriter) send(piece []byte) error {
 		return err
 	}
 	a.queue = append(a.queue, piece)
+	a.queued += int64(cap(piece))
 	a.mu.Unlock()
 	select {
 	case a.wake <- struct{}{}:
 	default:
 	}
+	for a.patience > 0 && a.backlog() > streamQueue {
+		t0 := time.Now()
+		timer := time.NewTimer(a.patience)
+		select {
+		case <-a.drained:
+		case <-timer.C:
+		}
+		timer.Stop()
+		a.patience -= time.Since(t0)
+	}
 	return nil
+}
+
+// backlog is the bytes queued, 0 once writing failed.
+func (a *answerWriter) backlog() int64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.err != nil {
+		return 0
+	}
+	return a.queued
 }
 
 func (a *answerWriter) failure() error {
@@ -342,8 +383,13 @@ func (a *answerWriter) run() {
 		a.mu.Lock()
 		back := min(a.owed, int64(len(piece)))
 		a.owed -= back
+		a.queued -= int64(cap(piece))
 		a.mu.Unlock()
 		a.mem.Shrink(back)
+		select {
+		case a.drained <- struct{}{}:
+		default:
+		}
 		if cap(piece) <= 2*streamChunk {
 			piece = piece[:0]
 			a.pool.Put(&piece)
