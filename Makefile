@@ -25,8 +25,14 @@ $(BIN)/devpg: $(GOFILES) go.mod
 	$(GO) build -o $(BIN)/devpg ./cmd/devpg
 
 ## demo: the product end to end: todo-api + the sidecar + a throwaway Postgres. Ctrl-C stops it all.
+## Its ports: make demo PORT=8080 ADMIN_PORT=9090 API_PORT=3000 (the defaults; the page is on PORT).
+PORT       = 8080
+ADMIN_PORT = 9090
+API_PORT   = 3000
+DEMO_FLAGS = -port $(PORT) -admin-port $(ADMIN_PORT) -api-port $(API_PORT)
 demo: build web $(BIN)/devpg
-	$(BIN)/devpg -- $(BIN)/demo
+	@$(BIN)/demo -check-ports $(DEMO_FLAGS)
+	$(BIN)/devpg -- $(BIN)/demo $(DEMO_FLAGS)
 
 ## web: install the pinned Node packages and bundle the demo web app.
 web: web/node_modules/.installed
@@ -36,6 +42,14 @@ web/node_modules/.installed: web/package.json web/package-lock.json
 	cd web && npm ci --no-audit --no-fund
 	touch $@
 
+## The previous release: the commit the current release started from. The upgrade test
+## (TestPreviousReleaseBesideThisOne) runs its binary beside this one on one database;
+## it is built from git history (a shallow clone fetches it; a copy without that history
+## says so and skips the test). Defined before the rules that name it: make expands a
+## rule's prerequisites as it reads them.
+PREVIOUS_RELEASE := 05e1322
+PREVIOUS_BIN     := $(BIN)/previous-$(PREVIOUS_RELEASE)/replicache-sidecar
+
 ## test: everything CI runs (the README's test command).
 test: test-go test-e2e
 
@@ -43,25 +57,19 @@ test: test-go test-e2e
 ## input, fuzz seeds, promtool), with the race detector, against a real Postgres; the
 ## proxy's once more with span recording on; short runs of the benchmarks.
 test-go: build $(BIN)/devpg promtool tools $(PREVIOUS_BIN)
-	$(BIN)/devpg -- sh -c 'REQUIRE_DATABASE=1 REQUIRE_PROMTOOL=1 REQUIRE_DEPLOY_TOOLS=1 \
-	  REQUIRE_PREVIOUS_RELEASE=1 SIDECAR_PREVIOUS_BIN=$(CURDIR)/$(PREVIOUS_BIN) $(GO) test -race -count=1 ./... && \
+	$(BIN)/devpg -- sh -c 'if [ -x $(PREVIOUS_BIN) ]; then export REQUIRE_PREVIOUS_RELEASE=1 SIDECAR_PREVIOUS_BIN=$(CURDIR)/$(PREVIOUS_BIN); fi; \
+	  REQUIRE_DATABASE=1 REQUIRE_PROMTOOL=1 REQUIRE_DEPLOY_TOOLS=1 $(GO) test -race -count=1 ./... && \
 	  SIDECAR_TEST_TRACING=1 $(GO) test -count=1 ./proxy && $(GO) test -run "^$$" -bench . -benchtime 3x ./proxy && \
 	  $(BIN)/bench -quick -sidecar $(BIN)/replicache-sidecar >/dev/null'
 
-## The previous release: the commit the current release started from. The upgrade test
-## (TestPreviousReleaseBesideThisOne) runs its binary beside this one on one database;
-## it is built from git history, so a shallow clone must fetch it first.
-PREVIOUS_RELEASE := 05e1322
-PREVIOUS_BIN     := $(BIN)/previous-$(PREVIOUS_RELEASE)/replicache-sidecar
-
 $(PREVIOUS_BIN):
-	@git cat-file -e '$(PREVIOUS_RELEASE)^{commit}' 2>/dev/null || { \
-	  echo "PREVIOUS_RELEASE $(PREVIOUS_RELEASE) is not in this clone's history, and the upgrade test needs its binary:" >&2; \
-	  echo "fetch the full history (git fetch --unshallow) and run make again" >&2; exit 1; }
-	@mkdir -p $(@D)
-	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	@git cat-file -e '$(PREVIOUS_RELEASE)^{commit}' 2>/dev/null || git fetch --quiet --unshallow 2>/dev/null || true
+	@if ! git cat-file -e '$(PREVIOUS_RELEASE)^{commit}' 2>/dev/null; then \
+	  echo "warning: PREVIOUS_RELEASE $(PREVIOUS_RELEASE) is not in this clone's history: the upgrade test is skipped" >&2; \
+	  echo "         (fetch the full history, git fetch --unshallow, to run it)" >&2; \
+	else mkdir -p $(@D) && tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
 	  git archive '$(PREVIOUS_RELEASE)' | tar -x -C "$$tmp" && \
-	  cd "$$tmp" && $(GO) build -o '$(CURDIR)/$@' ./cmd/replicache-sidecar
+	  cd "$$tmp" && $(GO) build -o '$(CURDIR)/$@' ./cmd/replicache-sidecar; fi
 
 ## tools: kustomize and kubeconform (pinned) for the deploy/ checks, into bin/tools.
 KUSTOMIZE_VERSION   := v5.8.2

@@ -36,7 +36,8 @@ type Changes struct {
 	// number for versions (default 0).
 	Overlap json.RawMessage `json:"overlap,omitempty"`
 	// Deleted is the dotted path of a soft-delete field: an item where it is
-	// present, not null, not false and not "" is deleted.
+	// present, not null, false, "" or 0 (nor "0" or "false" in text) is
+	// deleted.
 	Deleted string `json:"deleted,omitempty"`
 	// FullEvery bounds the time between full reads of the source for a
 	// client group (default 10m): deletions the API makes itself, which a
@@ -316,13 +317,23 @@ func (cc *compiledChanges) since(watermark string) (mark, error) {
 }
 
 // deletedValue reports whether a soft-delete field's value marks its item
-// deleted: present, and not null, false, "" or 0.
+// deleted: present, and not null, false, "" or 0 (a number zero however
+// written; and "0" or "false" in text, as APIs built on PHP or MySQL
+// drivers often write their flags).
 func deletedValue(raw []byte, present bool) bool {
 	if !present {
 		return false
 	}
-	switch v := string(jsonwalk.Trim(raw)); v {
-	case "null", "false", `""`, "0":
+	v := jsonwalk.Trim(raw)
+	switch string(v) {
+	case "null", "false", `""`, `"0"`:
+		return false
+	}
+	if len(v) > 0 && v[0] == '"' {
+		s, ok := jsonwalk.Unquote(v)
+		return !ok || !strings.EqualFold(s, "false")
+	}
+	if f, ok := new(big.Float).SetString(string(v)); ok && f.Sign() == 0 {
 		return false
 	}
 	return true

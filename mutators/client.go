@@ -53,6 +53,13 @@ type Result struct {
 	// its query); Location is a redirect's target. For reports of mapping
 	// errors.
 	Method, Path, Location string
+	// ServerID is, for an applied call of a mutator that declares
+	// serverID, the id the API chose, read from its answer at
+	// serverID.field; NoServerID says why there is none (the answer lacks
+	// the field, the mutation has no temporary id, …). Both are empty for
+	// any other call.
+	ServerID   ServerID
+	NoServerID string
 }
 
 // Cause is a short human-readable reason for a non-applied result.
@@ -131,11 +138,8 @@ func (c *Client) Do(ctx context.Context, r *Request, fwd http.Header) Result {
 	for k, vs := range fwd {
 		req.Header[k] = vs
 	}
-	for k, vs := range r.Header {
+	for k, vs := range r.Header { // Content-Type among them, when there is a body
 		req.Header[k] = vs
-	}
-	if r.Body != nil {
-		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set(c.idemHeader, r.IdempotencyKey)
 	resp, err := c.upstream.Do(req)
@@ -145,9 +149,14 @@ func (c *Client) Do(ctx context.Context, r *Request, fwd http.Header) Result {
 	defer func() { _ = resp.Body.Close() }()
 	res := Result{Outcome: r.outcomes.classify(resp.StatusCode), Status: resp.StatusCode,
 		Method: r.Method, Path: r.PathQuery, Location: resp.Header.Get("Location")}
-	if res.Outcome != Applied {
+	switch {
+	case res.Outcome != Applied:
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, errorBodyRead))
 		res.Body = shorten(b, errorBodyKeep)
+	case r.serverID != nil && r.TempID == "":
+		res.NoServerID = r.noTempID
+	case r.serverID != nil:
+		res.ServerID, res.NoServerID = r.serverID.read(resp.Body)
 	}
 	return res
 }

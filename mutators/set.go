@@ -28,6 +28,13 @@ type Spec struct {
 	// "rejected" or "retry". Exact statuses win over classes, classes over
 	// the defaults.
 	Outcomes map[string]string `json:"outcomes,omitempty"`
+	// ServerID declares a create whose API chooses the id (see
+	// ServerIDSpec).
+	ServerID *ServerIDSpec `json:"serverID,omitempty"`
+	// BodyFormat is how the rendered body is sent: "json" (the default)
+	// or "form" (application/x-www-form-urlencoded: the body template
+	// must be an object of scalars).
+	BodyFormat string `json:"bodyFormat,omitempty"`
 }
 
 // Mutation is one Replicache mutation plus the context placeholders may use.
@@ -41,6 +48,10 @@ type Mutation struct {
 	// IdempotencyKey identifies this mutation on every attempt; empty means
 	// "<clientID>:<mutationID>". The sidecar sets one nobody else can forge.
 	IdempotencyKey string
+	// ServerIDs are the group's temporary ids the API has chosen ids for:
+	// a placeholder whose whole value is one of them renders as the
+	// server's id. nil: none.
+	ServerIDs ServerIDs
 }
 
 // idempotencyKey is the key that identifies this mutation on every attempt:
@@ -63,9 +74,39 @@ type Request struct {
 	Body           []byte // nil: no body
 	Header         http.Header
 	IdempotencyKey string
+	// TempID is, for a mutator that declares serverID, the temporary id
+	// the mutation's args hold at serverID.arg: what the server id read
+	// from an applied answer is recorded for. "" when there is none to
+	// record (the Result's NoServerID then says why).
+	TempID string
 
-	outcomes outcomeRules // the mutator's; the defaults when unset
-	group    string       // the client group it is for
+	outcomes outcomeRules  // the mutator's; the defaults when unset
+	group    string        // the client group it is for
+	serverID *serverIDRule // the mutator's serverID, if any
+	noTempID string        // why TempID is empty, for a serverID mutator
+	// mentions are the strings placeholders resolved to whole (the first
+	// placeheld of them), then TempID: the temporary ids the call may
+	// refer to. Only collected when the Set declares a serverID.
+	mentions  []string
+	placeheld int
+}
+
+// Mentions returns the temporary ids the call may refer to: the strings
+// its placeholders resolved to whole (each at most MaxIDBytes) and its
+// TempID. It is empty unless some mutator of the Set declares serverID.
+// The caller must not modify it.
+func (r *Request) Mentions() []string { return r.mentions }
+
+// Refers reports whether one of the call's placeholders resolved to a key
+// of ids: rendered again with Mutation.ServerIDs set to ids, the call
+// carries the server's id there.
+func (r *Request) Refers(ids ServerIDs) bool {
+	for _, s := range r.mentions[:r.placeheld] {
+		if _, ok := ids[s]; ok {
+			return true
+		}
+	}
+	return false
 }
 
 // renderError is a mutation that cannot be turned into an upstream call: an
@@ -83,7 +124,8 @@ func (e *renderError) Error() string {
 // Set is a compiled set of mutators, the "mutators" section of a mapping
 // file. It is immutable after Compile.
 type Set struct {
-	byName map[string]*mutator
+	byName    map[string]*mutator
+	serverIDs bool // some mutator declares serverID
 }
 
 type mutator struct {
@@ -96,6 +138,9 @@ type mutator struct {
 	body    any // template tree: map[string]any, []any, []part (string), json.Number, bool, nil
 	header  http.Header
 	outcome outcomeRules
+	// form: the body goes as application/x-www-form-urlencoded.
+	form     bool
+	serverID *serverIDRule
 }
 
 type queryParam struct {
@@ -111,11 +156,22 @@ var allowedMethods = map[string]bool{
 }
 
 // reservedHeaders are set by the sidecar or by net/http and cannot be
-// overridden by a mapping.
+// overridden by a mapping. Content-Type is the mapping's to set (JSON:API,
+// merge-patch); without it a body goes as its bodyFormat's type.
 var reservedHeaders = map[string]bool{
 	"Host": true, "Content-Length": true, "Transfer-Encoding": true,
-	"Connection": true, "Content-Type": true, "X-Request-Id": true,
+	"Connection": true, "X-Request-Id": true,
 }
+
+// Body formats, and the Content-Type each is sent with unless the mapping's
+// headers name another.
+const (
+	formatJSON = "json"
+	formatForm = "form"
+
+	contentTypeJSON = "application/json"
+	contentTypeForm = "application/x-www-form-urlencoded"
+)
 
 // Compile checks every mutator and returns the compiled mapping, or one error
 // joining every problem found (each prefixed with the mutator's name).
@@ -134,6 +190,7 @@ func Compile(specs map[string]Spec) (*Set, error) {
 		}
 		if len(problems) == 0 {
 			m.byName[name] = mu
+			m.serverIDs = m.serverIDs || mu.serverID != nil
 		}
 	}
 	if len(errs) > 0 {
@@ -164,6 +221,19 @@ func compileMutator(name string, s Spec) (*mutator, []error) {
 		}
 		mu.hasBody, mu.body = true, tree
 	}
+	switch s.BodyFormat {
+	case "", formatJSON:
+	case formatForm:
+		mu.form = true
+		errs = append(errs, checkFormBody(mu.hasBody, mu.body)...)
+	default:
+		errs = append(errs, fmt.Errorf("bodyFormat %q is not json or form", s.BodyFormat))
+	}
+	if s.ServerID != nil {
+		var serrs []error
+		mu.serverID, serrs = compileServerID(s.ServerID)
+		errs = append(errs, serrs...)
+	}
 	var oerrs []error
 	mu.outcome, oerrs = compileOutcomes(s.Outcomes)
 	errs = append(errs, oerrs...)
@@ -176,6 +246,8 @@ func compileMutator(name string, s Spec) (*mutator, []error) {
 			errs = append(errs, fmt.Errorf("header %q is set by the sidecar and cannot be mapped", k))
 		case strings.ContainsAny(v, "\r\n\x00"):
 			errs = append(errs, fmt.Errorf("header %q: value contains a control character", k))
+		case ck == "Content-Type" && !validMediaType(v):
+			errs = append(errs, fmt.Errorf("header %q: %q is not a media type (such as application/vnd.api+json)", k, v))
 		default:
 			mu.header.Set(ck, v)
 		}
@@ -313,6 +385,10 @@ func (m *Set) Names() []string {
 	return names
 }
 
+// HasServerIDs reports whether some mutator declares serverID: only then
+// may a call refer to a temporary id, and Request.Mentions lists what.
+func (m *Set) HasServerIDs() bool { return m.serverIDs }
+
 // Has reports whether name is a mapped mutator.
 func (m *Set) Has(name string) bool { _, ok := m.byName[name]; return ok }
 
@@ -336,7 +412,7 @@ func (m *Set) Render(mu Mutation) (*Request, error) {
 	if len(mu.Args) > 0 && !json.Valid(mu.Args) {
 		return nil, &renderError{Mutator: mu.Name, Reason: "args are not valid JSON"}
 	}
-	v := &values{m: mu}
+	v := &values{m: mu, collect: m.serverIDs}
 	fail := func(err error) (*Request, error) {
 		return nil, &renderError{Mutator: mu.Name, Reason: err.Error()}
 	}
@@ -352,6 +428,7 @@ func (m *Set) Render(mu Mutation) (*Request, error) {
 		IdempotencyKey: mu.idempotencyKey(),
 		outcomes:       spec.outcome,
 		group:          mu.ClientGroupID,
+		serverID:       spec.serverID,
 	}
 	switch {
 	case spec.hasBody:
@@ -359,13 +436,35 @@ func (m *Set) Render(mu Mutation) (*Request, error) {
 		if err != nil {
 			return fail(err)
 		}
-		if req.Body, err = json.Marshal(out); err != nil {
-			return fail(fmt.Errorf("encoding body: %w", err))
+		if spec.form {
+			req.Body, err = formBody(out)
+		} else if req.Body, err = json.Marshal(out); err != nil {
+			err = fmt.Errorf("encoding body: %w", err)
+		}
+		if err != nil {
+			return fail(err)
 		}
 	case spec.method != http.MethodDelete:
 		req.Body = []byte(mu.Args)
 		if len(req.Body) == 0 {
 			req.Body = []byte("null")
+		} else if v.collect {
+			req.Body = v.argsBody(req.Body)
+		}
+	}
+	if req.Body != nil && req.Header.Get("Content-Type") == "" {
+		req.Header.Set("Content-Type", contentTypeJSON)
+		if spec.form {
+			req.Header.Set("Content-Type", contentTypeForm)
+		}
+	}
+	if spec.serverID != nil {
+		req.TempID, req.noTempID = spec.serverID.tempID(mu.Args)
+	}
+	if v.collect {
+		req.mentions, req.placeheld = v.mentions, len(v.mentions)
+		if req.TempID != "" {
+			req.mentions = append(req.mentions, req.TempID)
 		}
 	}
 	return req, nil

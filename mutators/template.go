@@ -83,6 +83,10 @@ func (e errMissing) Error() string {
 // values is what placeholders resolve against for one mutation.
 type values struct {
 	m Mutation // m.Args is valid JSON or empty
+	// collect: note in mentions each string an argument placeholder
+	// resolves to (at most MaxIDBytes long), before any substitution.
+	collect  bool
+	mentions []string
 }
 
 // lookup resolves a placeholder to a JSON-typed Go value (string,
@@ -104,7 +108,20 @@ func (v *values) lookup(ref []string) (any, bool) {
 	if len(v.m.Args) == 0 {
 		return nil, len(ref) == 1 // absent args read as null
 	}
-	return argValue(v.m.Args, ref[1:])
+	val, ok := argValue(v.m.Args, ref[1:])
+	if s, isString := val.(string); isString && len(s) <= MaxIDBytes {
+		if v.collect {
+			v.mentions = append(v.mentions, s)
+		}
+		// A recorded temporary id, whole: the server's id, with its
+		// JSON type.
+		if id, found := v.m.ServerIDs[s]; found {
+			if sv, valid := id.value(); valid {
+				return sv, true
+			}
+		}
+	}
+	return val, ok
 }
 
 // text renders a value for interpolation into a longer string: strings as

@@ -199,9 +199,10 @@ func TestTrustedProxies(t *testing.T) { //nolint:tparallel // the cases share on
 // TestTrustedPeersContains: addresses are compared unmapped and without
 // their zone, whichever way the list or the peer spells them.
 func TestTrustedPeersContains(t *testing.T) {
-	cfg := Config{TrustedProxies: []string{"fe80::/10", "::ffff:10.0.0.0/104", "192.0.2.7"}}
-	if errs := cfg.parseTrustedProxies(); len(errs) != 0 {
-		t.Fatal(errs)
+	cfg, err := LoadConfig(map[string]string{"SIDECAR_UPSTREAM_URL": "http://x", "SIDECAR_DATABASE_URL": "postgres://x/y",
+		"SIDECAR_MAPPING_FILE": writeFile(t, testMapping), "SIDECAR_TRUSTED_PROXIES": "fe80::/10,::ffff:10.0.0.0/104,192.0.2.7"})
+	if err != nil {
+		t.Fatal(err)
 	}
 	peers := identity.New(identity.Options{TrustedProxies: cfg.TrustedNets, Base: &url.URL{}})
 	for addr, want := range map[string]bool{

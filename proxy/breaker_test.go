@@ -71,7 +71,7 @@ func TestCircuitBreaker(t *testing.T) {
 	if l := h.lmid(t, sc.pool, "c"); l != 0 {
 		t.Errorf("lastMutationID = %d while the breaker is open; nothing may advance", l)
 	}
-	if v := testutil.ToFloat64(sc.sc.metrics.mutations.WithLabelValues("createTodo", "transient")); v != 4 {
+	if v := testutil.ToFloat64(sc.sc.metrics.Mutations.WithLabelValues("createTodo", "transient")); v != 4 {
 		t.Errorf("transient createTodo outcomes = %v, want 4 (3 failures and 1 refused by the breaker)", v)
 	}
 	// A client re-sending what was already applied is still acknowledged.
@@ -113,7 +113,10 @@ func TestCircuitBreaker(t *testing.T) {
 
 func TestClientCancellationsDoNotTripTheBreaker(t *testing.T) {
 	h, sc := breakerHarness(t)
-	h.up.SetDelay(300 * time.Millisecond) // every view fetch is slow
+	// Every view fetch is slow: slower than the whole loop, so no pull can
+	// ride on an earlier one's read that finished meanwhile (a 401: these
+	// pulls carry no credentials).
+	h.up.SetDelay(time.Second)
 	for i := 0; i < 5; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 		req := withHeaders(t, http.MethodPost, sc.srv.URL+"/replicache/pull", `{"pullVersion":1,"clientGroupID":"g","cookie":null}`, "X-User", "alice")
@@ -203,7 +206,11 @@ func breakerOpen(t testing.TB, inst *instance, kind string) float64 {
 // pass-through pages, whose own calls succeed, keep working.
 func TestWritePathDownFailsFastReadsKeepWorking(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, nil) // default breaker settings; identity from /api/me
+	// Default breaker settings but a long open period: the fail-fast pushes
+	// below must all fall within it (1 s was too short for five of them on
+	// a loaded machine, and a trial call then reached the write path).
+	// Identity from /api/me.
+	h := newHarness(t, map[string]string{"SIDECAR_BREAKER_OPEN_TIMEOUT": "30s"})
 	sc := h.start()
 	if r := sc.push(t, "alice", "g", create("c", 1, "a")); r.status != 200 {
 		t.Fatalf("push = %d %s", r.status, r.raw)

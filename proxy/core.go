@@ -15,16 +15,28 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
 	"github.com/replicache-sidecar/replicache-sidecar/mutators"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/config"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/gate"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/identity"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/lag"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/mapping"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/metrics"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/plan"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/poke"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/sse"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/verdict"
 )
+
+// Config is every setting of the sidecar (package config reads and checks
+// them); LoadConfig reads it from the environment.
+type Config = config.Config
+
+// LoadConfig reads the configuration from environ (variable name → value),
+// loads the mapping file, and checks everything (config.Load).
+func LoadConfig(environ map[string]string) (Config, error) { return config.Load(environ) }
 
 // core is what the engines share: the configuration, the bookkeeping, the
 // upstream parts, the metrics and the process-wide budgets. The HTTP edge
@@ -38,13 +50,15 @@ type core struct {
 	version string
 	store   *store.Store
 	parts   Parts
-	metrics *metrics
+	metrics *metrics.Set
 	report  *verdict.Reporter
 	budget  *budget.Budget // request and view bytes in flight
 	turns   *gate.Gate     // client groups' turns, before a connection
 	hub     *poke.Hub      // this process's poke streams
+	streams *sse.Writer    // writes the streams served on their own connections
 	bus     *poke.Bus      // pokes between replicas
 	writes  *plan.Writes   // writes seen under each view source (for the pulls' plans)
+	lag     *lag.Tracker   // changes not yet answered, per group with a stream here
 	once    logOnce        // log lines said at most once in a while
 
 	current  atomic.Pointer[mapping.Mapping]
@@ -86,11 +100,11 @@ func (s *core) mapping() *mapping.Mapping { return s.current.Load() }
 // useMapping makes m the mapping of new requests.
 func (s *core) useMapping(m *mapping.Mapping) {
 	if old := s.current.Swap(m); old != nil {
-		s.metrics.mappingInfo.DeleteLabelValues(old.Hash)
+		s.metrics.MappingInfo.DeleteLabelValues(old.Hash)
 	}
-	s.metrics.mappingInfo.WithLabelValues(m.Hash).Set(1)
-	s.metrics.precreateMutators(m.Mutators.Names())
-	s.metrics.precreateSources(m.Sources)
+	s.metrics.MappingInfo.WithLabelValues(m.Hash).Set(1)
+	s.metrics.PrecreateMutators(m.Mutators.Names())
+	s.metrics.PrecreateSources(m.Sources)
 	s.writes.Sources(m.Sources)
 }
 
@@ -115,6 +129,10 @@ func (s *core) locked(ctx context.Context, groupID, userID, clientID string, fn 
 	}
 	return s.store.Locked(ctx, groupID, userID, fn)
 }
+
+// dbProbeEvery is how often watchDatabase asks the database, in seconds
+// (also the Retry-After of pushes and pulls refused while it is away).
+const dbProbeEvery = 2
 
 // checkServing refuses pushes and pulls while the sidecar drains, and
 // before its schema is migrated.
@@ -159,13 +177,13 @@ type PartsOptions struct {
 }
 
 // Parts builds the upstream parts c describes.
-func (c Config) Parts(o PartsOptions) Parts {
+func NewParts(c Config, o PartsOptions) Parts {
 	bs := upstream.BreakerSettings{Failures: c.BreakerFailures, OpenTimeout: c.BreakerOpenTimeout, HalfOpenRequests: c.BreakerHalfOpenRequests}
 	if o.NoBreakers {
 		bs = upstream.BreakerSettings{OpenTimeout: time.Second}
 	}
 	up := upstream.New(upstream.Options{Base: c.Upstream, Timeout: c.UpstreamTimeout, Breaker: bs,
-		Registerer: o.Registerer, Namespace: namespace, Tracer: o.Tracer, MaxInflight: c.UpstreamMaxInflight})
+		Registerer: o.Registerer, Namespace: metrics.Namespace, Tracer: o.Tracer, MaxInflight: c.UpstreamMaxInflight})
 	return Parts{
 		Upstream: up,
 		Sender:   mutators.NewClient(mutators.ClientOptions{Base: c.Upstream, Upstream: up.Mutation, IdempotencyHeader: c.IdempotencyHeader}),
@@ -203,7 +221,42 @@ func (l *logOnce) due(key string, every time.Duration) bool {
 // markWrite notes a write of method to path (as sent to the API), once
 // the API answered it, here and in the other replicas: the pulls' plans
 // read the sources it falls under again (see package plan).
-func (s *core) markWrite(method, path string) {
-	written, deleted := s.writes.Saw(method, path, time.Now())
+//
+// The marks also go to the database, before the write's poke: a pull that
+// the poke causes, through whichever replica, sees them, even if that
+// replica has not heard the announcement yet. Only marks that matter are
+// written (a DELETE under a source, a write under a maxAge one): most
+// writes cost nothing here. Should the database not take them, the
+// announcement still spreads them, as before.
+// It returns the paths of the sources a DELETE fell under.
+func (s *core) markWrite(method, path string) (deleted []string) {
+	now := time.Now()
+	written, deleted := s.writes.Saw(method, path, now)
 	s.bus.Mark(written, deleted)
+	if len(written) == 0 && len(deleted) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), markTimeout)
+	defer cancel()
+	if err := s.store.MarkSources(ctx, written, deleted, now); err != nil && s.once.due("marks", time.Minute) {
+		s.log.Warn("noting a routed write's view sources in the database failed; other replicas learn of it from the announcement", "error", err)
+	}
+	return deleted
+}
+
+// markTimeout bounds markWrite's statement.
+const markTimeout = 2 * time.Second
+
+// every runs fn every interval until ctx ends.
+func every(ctx context.Context, interval time.Duration, fn func()) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		fn()
+	}
 }

@@ -6,20 +6,30 @@
 //
 // # Who owns what
 //
-//	proxy                the composition: Config, the core the engines share
+//	proxy                the composition: the core the engines share
 //	                     (core.go), the edge's preamble (edge.go), the push
 //	                     engine (push.go, mutation.go), the pull engine
 //	                     (pull.go, pullanswer.go, pullview.go), poke streams
-//	                     and the invalidate hook (pokes.go), routes
-//	                     (sidecar.go), start-up and shutdown (lifecycle.go)
+//	                     and the invalidate hook (pokes.go), one client
+//	                     group inspected and the change lag (inspect.go),
+//	                     routes (sidecar.go), start-up and shutdown
+//	                     (lifecycle.go)
+//	proxy/config         every setting, read from SIDECAR_* and checked
 //	proxy/identity       who is calling, decided once at the edge
 //	proxy/verdict        what one upstream answer means, once per kind
 //	proxy/upstream       one client and breaker per kind of upstream call
 //	proxy/store          the bookkeeping in the sidecar's own Postgres schema
 //	proxy/gate           a client group's turns before a database connection
-//	proxy/budget         the process-wide budget of bytes in flight
+//	proxy/budget         the process-wide budget of bytes in flight, fair by caller
+//	proxy/body           a push's or pull's body: bounded, charged, paced
 //	proxy/flight         pulls of one group sharing one fetch
+//	proxy/plan           per view source: read in full, by its changes, or not at all
 //	proxy/poke           poke streams of this process, and pokes between replicas
+//	proxy/lag            how long a change takes to reach the pulls it pokes
+//	proxy/inspection     one client group as an operator sees it (GET /groups/{id})
+//	proxy/metrics        the sidecar's own series and their label values
+//	proxy/sse            poke streams written on their own connections, one
+//	                     writer for all
 //	proxy/passthrough    every other request, to the API and back
 //	proxy/compress       gzip answers
 //	proxy/mapping        the mapping file, loaded and compiled
@@ -33,37 +43,46 @@
 // edge (edge.go: begin): refuse what a cross-site page could send; refuse
 // while draining or before the schema is migrated; identity.Edge.Identify
 // decides who is calling from the headers alone (trusted header, or the
-// auth call with its verdict.Auth); only then is the body read, bounded by
-// SIDECAR_MAX_BODY_BYTES and charged to budget. → push.go: ownership of the
+// auth call with its verdict.Auth); only then is the body read (body:
+// bounded by SIDECAR_MAX_BODY_BYTES, charged to the caller's lease of the
+// budget, and cut off if it stops arriving). → push.go: ownership of the
 // group and of every client is checked before anything is applied;
 // consecutive mutations of one client are prepared (mutation.go: args
 // bounded, the call rendered by mutators, the idempotency key computed),
 // then, waiting for the group's turn in gate and holding its row lock in
-// store, each is sent (admitted by the mutation breaker), judged
-// (verdict.Mutation: applied, consumed as rejected, or pending, and whether
-// the answer is evidence that the API is down or counts toward giving up)
-// and settled in the same transaction. → the clients that may see the
-// effects are poked (poke), and the push answers its counts.
+// store, each is rendered again if it names a temporary id the group has
+// recorded a server id for (mutation.go), sent (admitted by the mutation
+// breaker), judged (verdict.Mutation: applied, consumed as rejected, or
+// pending, and whether the answer is evidence that the API is down or
+// counts toward giving up) and settled in the same transaction, with the
+// server id an applied create's answer holds. → the clients that may see
+// the effects are poked (poke), and the push answers its counts.
 //
 // # A pull
 //
 // edge: as for a push, and the view breaker must not be open. → pull.go:
 // join a running fetch of the same group, user and credentials (flight),
 // or lead one: holding the group's lock, read every client's last mutation
-// id, fetch the view (clientview, admitted by the view breaker as one unit
-// of work: every page of every source, or nothing), seal the flight,
-// compare the view with the group's record (store), and issue every merged
-// pull's cookie with the record's change in one round trip. → after the
-// commit each pull is answered (pullanswer.go): a diff from its cookie's
-// version of the record, or a reset. A failed fetch is answered from
-// verdict.View.
+// id and each source's state in the group's record (store), and decide per
+// source (plan, from that state and the writes this replica has seen):
+// read it in full, read only what changed since its watermark (its
+// `changes`), or not at all (`maxAge`, `shared`). Fetch the view that way
+// (clientview, admitted by the view breaker as one unit of work: every
+// page of every source read, or nothing; pullview.go adds the replica's
+// copy of shared sources and confirms a deletion a full read cannot
+// prove), seal the flight, compare the view with the group's record
+// (store: a source not read in full keeps its entries), and issue every
+// merged pull's cookie with the record's change and the sources' new
+// states in one round trip. → after the commit each pull is answered
+// (pullanswer.go): a diff from its cookie's version of the record, or a
+// reset. A failed fetch is answered from verdict.View.
 //
 // # Rules
 //
 //   - Data flows one way: cmd → proxy → its subpackages, mutators and
 //     clientview. No subpackage of proxy imports proxy, except proxy/check,
-//     for Config and the constructor of the upstream parts (Config.Parts)
-//     that the server uses too. mutators and clientview import nothing of
+//     for the constructor of the upstream parts (NewParts) that the server
+//     uses too. mutators and clientview import nothing of
 //     the sidecar but the shared JSON walker (clientview/jsonwalk).
 //   - Within this package a file uses only names of files on lower floors:
 //     core, then edge, then the engines, then Sidecar, then lifecycle.
@@ -77,6 +96,6 @@
 //     the mutation itself is done or wrong.
 //   - A shared dependency (the sidecar's database, a breaker, a budget) may
 //     make push and pull answer 503; it never fails the pass-through.
-//   - Every label value of a metric comes from a constant set (metrics.go,
+//   - Every label value of a metric comes from a constant set (proxy/metrics,
 //     verdict.MutationLabels, problem.Codes) or the mapping's mutator names.
 package proxy

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/body"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
 )
 
@@ -22,11 +23,11 @@ func FuzzDecodePush(f *testing.F) {
 	} {
 		f.Add(s)
 	}
-	f.Fuzz(func(t *testing.T, body string) {
+	f.Fuzz(func(t *testing.T, raw string) {
 		w := httptest.NewRecorder()
-		r := httptest.NewRequest(http.MethodPost, "/replicache/push", strings.NewReader(body))
+		r := httptest.NewRequest(http.MethodPost, "/replicache/push", strings.NewReader(raw))
 		var req pushRequest
-		herr := decodeBody(w, r, 1<<16, nil, time.Time{}, &req)
+		herr := body.Decode(w, r, 1<<16, nil, time.Time{}, &req)
 		if herr == nil && req.PushVersion != nil && *req.PushVersion == 1 {
 			herr = req.validate()
 			if herr == nil {

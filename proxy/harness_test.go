@@ -45,6 +45,16 @@ const testMapping = `{
   ]
 }`
 
+// writeFile writes content to a mapping file of the test's own.
+func writeFile(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "mapping.json")
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // instance is one running sidecar.
 type instance struct {
 	sc   *Sidecar

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/body"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/proxytest"
 )
 
@@ -218,8 +219,8 @@ func TestBodyPace(t *testing.T) {
 	sc := h.start()
 	addr := strings.TrimPrefix(sc.srv.URL, "http://")
 	pad := strings.Repeat("x", 120<<10)
-	body := mustJSON(t, pushBody("g-pace", create("c-pace", 1, "p1")))
-	body = strings.Replace(body, `"title":"t p1"`, `"title":"`+pad+`"`, 1) // a 120 KiB push
+	payload := mustJSON(t, pushBody("g-pace", create("c-pace", 1, "p1")))
+	payload = strings.Replace(payload, `"title":"t p1"`, `"title":"`+pad+`"`, 1) // a 120 KiB push
 	cases := []struct {
 		name string
 		// send writes the body to conn (in full or not) as the case's
@@ -230,18 +231,18 @@ func TestBodyPace(t *testing.T) {
 		{
 			// Half a body, then nothing: before, it held its bytes for the
 			// whole read timeout (60 s).
-			name: "a stalled body is cut off", wantStatus: http.StatusRequestTimeout,
-			send: func(conn net.Conn) { _, _ = conn.Write([]byte(body[:len(body)/2])) },
+			name: "a stalled payload is cut off", wantStatus: http.StatusRequestTimeout,
+			send: func(conn net.Conn) { _, _ = conn.Write([]byte(payload[:len(payload)/2])) },
 		},
 		{
 			// A byte every 200 ms is progress, so no idle timeout ends it;
 			// it is far below the minimum rate.
 			name: "a drip below the minimum rate is cut off", wantStatus: http.StatusRequestTimeout,
 			send: func(conn net.Conn) {
-				_, _ = conn.Write([]byte(body[:len(body)/2]))
-				for i := len(body) / 2; i < len(body); i++ {
+				_, _ = conn.Write([]byte(payload[:len(payload)/2]))
+				for i := len(payload) / 2; i < len(payload); i++ {
 					time.Sleep(200 * time.Millisecond) // the drip itself
-					if _, err := conn.Write([]byte{body[i]}); err != nil {
+					if _, err := conn.Write([]byte{payload[i]}); err != nil {
 						return
 					}
 				}
@@ -250,10 +251,10 @@ func TestBodyPace(t *testing.T) {
 		{
 			// 12 KiB every half second (24 KiB/s, 3 × the minimum rate)
 			// for 5 s: a slow network, not an attack.
-			name: "a slow but steady body is served", wantStatus: http.StatusOK,
+			name: "a slow but steady payload is served", wantStatus: http.StatusOK,
 			send: func(conn net.Conn) {
-				for i := 0; i < len(body); i += 12 << 10 {
-					if _, err := conn.Write([]byte(body[i:min(len(body), i+12<<10)])); err != nil {
+				for i := 0; i < len(payload); i += 12 << 10 {
+					if _, err := conn.Write([]byte(payload[i:min(len(payload), i+12<<10)])); err != nil {
 						return
 					}
 					time.Sleep(500 * time.Millisecond) // the client's pace
@@ -269,7 +270,7 @@ func TestBodyPace(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer func() { _ = conn.Close() }()
-			_, _ = fmt.Fprintf(conn, "POST /replicache/push HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer pacer\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", len(body))
+			_, _ = fmt.Fprintf(conn, "POST /replicache/push HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer pacer\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", len(payload))
 			start := time.Now()
 			go tc.send(conn)
 			_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
@@ -282,8 +283,8 @@ func TestBodyPace(t *testing.T) {
 			if resp.StatusCode != tc.wantStatus {
 				t.Errorf("answered %d after %s, want %d", resp.StatusCode, took.Round(time.Millisecond), tc.wantStatus)
 			}
-			if tc.wantStatus == http.StatusRequestTimeout && (took < bodySlack || took > 3*bodySlack) {
-				t.Errorf("cut off after %s; want between %s and %s", took.Round(time.Millisecond), bodySlack, 3*bodySlack)
+			if tc.wantStatus == http.StatusRequestTimeout && (took < body.Slack || took > 3*body.Slack) {
+				t.Errorf("cut off after %s; want between %s and %s", took.Round(time.Millisecond), body.Slack, 3*body.Slack)
 			}
 		})
 	}

@@ -101,7 +101,7 @@ func TestPullBurstOfOneGroup(t *testing.T) {
 		sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 		return s[len(s)/2]
 	}
-	merged := testutil.ToFloat64(sc.sc.metrics.pullsMerged)
+	merged := testutil.ToFloat64(sc.sc.metrics.PullsMerged)
 	t.Logf("bob's push: %v unloaded, %v during 30 pulls of another group (medians); %d view fetches for %d pulls (%v merged)",
 		med(unloaded), med(loaded), fetches.Load(), pulls, merged)
 	if n := fetches.Load(); n > 3 {
@@ -162,7 +162,7 @@ func TestGroupWaitingBound(t *testing.T) {
 	if len(busy) < n-3 {
 		t.Errorf("%d of %d pushes refused as GroupBusy; at most 1 running and 2 waiting may be served", len(busy), n)
 	}
-	if got := testutil.ToFloat64(sc.sc.metrics.groupBusy); int(got) != len(busy) {
+	if got := testutil.ToFloat64(sc.sc.metrics.GroupBusy); int(got) != len(busy) {
 		t.Errorf("group_busy_total = %v, want %d", got, len(busy))
 	}
 	for _, i := range busy {

@@ -15,7 +15,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/replicache-sidecar/replicache-sidecar/mutators"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/config"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/mapping"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/metrics"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 )
 
@@ -32,6 +34,13 @@ func (s *Sidecar) Serve(ctx context.Context, public, admin net.Listener, g prome
 	// stream for as long as the legacy service does.
 	pub := NewHTTPServer(s.Handler(), s.cfg.HTTPReadTimeout, 0)
 	adm := NewHTTPServer(s.AdminHandler(g), 30*time.Second, 30*time.Second)
+	if s.cfg.UserIDHeader == "" && s.cfg.AuthPath == "" {
+		// A deployment that forgot both would otherwise learn it from a
+		// leak, not a log: said before "listening", so it is seen first.
+		s.log.Warn("every caller is one user: neither SIDECAR_AUTH_PATH nor SIDECAR_USER_ID_HEADER is set, " +
+			"so the sidecar cannot tell users apart (single-tenant mode: any caller may use any client group, and SIDECAR_POKE_SCOPE=user pokes everyone); " +
+			"set SIDECAR_AUTH_PATH to an endpoint of the API that says who the caller is, or SIDECAR_USER_ID_HEADER to a trusted gateway's header, unless the API has one user")
+	}
 	s.log.Info("listening", "version", s.version, "public", public.Addr().String(), "admin", admin.Addr().String(),
 		"upstream", s.cfg.Upstream.Redacted(), "push_path", s.cfg.PushPath, "pull_path", s.cfg.PullPath,
 		"mutators", len(s.cfg.Mapping.Mutators.Names()), "view_sources", s.cfg.Mapping.View.Len(), "mapping_sha256", s.cfg.Mapping.Hash)
@@ -134,6 +143,8 @@ func (s *Sidecar) Shutdown(ctx context.Context, servers ...*http.Server) error {
 	for _, srv := range servers {
 		errs = append(errs, srv.Shutdown(ctx))
 	}
+	// The streams served on their own connections are not the servers'.
+	errs = append(errs, s.streams.Wait(ctx))
 	if stop := s.stopPokes.Load(); stop != nil {
 		(*stop)()
 	}
@@ -160,7 +171,7 @@ func (s *Sidecar) Migrate(ctx context.Context) error {
 	}
 	s.keys.Store(keys)
 	s.dbUp.Store(true)
-	s.metrics.databaseUp.Set(1)
+	s.metrics.DatabaseUp.Set(1)
 	s.migrated.Store(true)
 	return nil
 }
@@ -170,7 +181,7 @@ func (s *Sidecar) Migrate(ctx context.Context) error {
 // SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS.
 func (s *Sidecar) keySecrets(ctx context.Context) (*keySecrets, error) {
 	secret := func(v string) ([]byte, error) {
-		if v == "" || v == GeneratedSecret {
+		if v == "" || v == config.GeneratedSecret {
 			return s.store.IdempotencySecret(ctx)
 		}
 		return []byte(v), nil
@@ -188,10 +199,6 @@ func (s *Sidecar) keySecrets(ctx context.Context) (*keySecrets, error) {
 	}
 	return k, nil
 }
-
-// dbProbeEvery is how often watchDatabase asks the database, in seconds
-// (also the Retry-After of pushes and pulls refused while it is away).
-const dbProbeEvery = 2
 
 // watchDatabase asks the sidecar's database every dbProbeEvery seconds,
 // once the schema is migrated, whether it answers (and holds this binary's
@@ -227,9 +234,9 @@ func (s *core) watchDatabase(ctx context.Context) {
 			}
 		}
 		if up {
-			s.metrics.databaseUp.Set(1)
+			s.metrics.DatabaseUp.Set(1)
 		} else {
-			s.metrics.databaseUp.Set(0)
+			s.metrics.DatabaseUp.Set(0)
 		}
 	}
 	probe()
@@ -278,7 +285,7 @@ func (s *Sidecar) watchMapping(ctx context.Context, interval time.Duration) {
 		if err != nil {
 			if lastBad != "unreadable" {
 				lastBad = "unreadable"
-				s.metrics.mappingReloadErrors.Inc()
+				s.metrics.MappingReloadErrors.Inc()
 				s.log.Error("mapping file unreadable; keeping the loaded mapping", "file", s.cfg.MappingFile, "error", err)
 			}
 			return
@@ -291,7 +298,7 @@ func (s *Sidecar) watchMapping(ctx context.Context, interval time.Duration) {
 		m, err := mapping.Parse(raw)
 		if err != nil {
 			lastBad = hash
-			s.metrics.mappingReloadErrors.Inc()
+			s.metrics.MappingReloadErrors.Inc()
 			s.log.Error("new mapping is invalid; keeping the loaded mapping", "file", s.cfg.MappingFile,
 				"sha256", hash, "loaded_sha256", s.mapping().Hash, "error", err)
 			return
@@ -329,14 +336,14 @@ func (s *Sidecar) sweepOnce(ctx context.Context) {
 		case err != nil:
 			s.log.Warn("sweeping expired rejection records failed", "error", err)
 		case n > 0:
-			s.metrics.pruned.WithLabelValues(prunedRejections).Add(float64(n))
+			s.metrics.Pruned.WithLabelValues(metrics.PrunedRejections).Add(float64(n))
 			s.log.Info("swept expired rejection records", "deleted", n)
 		}
 	}
 	if ttl := s.cfg.ClientGroupTTL; ttl > 0 {
 		swept, err := s.store.SweepGroups(ctx, ttl, tombstoneFactor*ttl, 100)
-		s.metrics.groupsDeleted.Add(float64(swept.Groups))
-		s.metrics.pruned.WithLabelValues(prunedTombstones).Add(float64(swept.Tombstones))
+		s.metrics.GroupsDeleted.Add(float64(swept.Groups))
+		s.metrics.Pruned.WithLabelValues(metrics.PrunedTombstones).Add(float64(swept.Tombstones))
 		switch {
 		case err != nil:
 			s.log.Warn("sweeping idle client groups failed", "error", err, "deleted", swept.Groups)
@@ -346,7 +353,7 @@ func (s *Sidecar) sweepOnce(ctx context.Context) {
 	}
 	if max := s.cfg.MaxViewRecordsPerUser; max > 0 && s.cfg.PatchMode == "diff" {
 		ev, err := s.store.SweepRecords(ctx, max, 1000)
-		s.metrics.recordEvictions.Add(float64(ev.Records))
+		s.metrics.RecordEvictions.Add(float64(ev.Records))
 		switch {
 		case err != nil:
 			s.log.Warn("sweeping view records beyond SIDECAR_MAX_VIEW_RECORDS_PER_USER failed", "error", err, "evicted", ev.Records)
@@ -365,19 +372,5 @@ func (s *Sidecar) measureRecords(ctx context.Context) {
 		s.log.Warn("reading the view records' size failed", "error", err)
 		return
 	}
-	s.metrics.recordStorage.Set(float64(n))
-}
-
-// every runs fn every interval until ctx ends.
-func every(ctx context.Context, interval time.Duration, fn func()) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		fn()
-	}
+	s.metrics.RecordStorage.Set(float64(n))
 }

@@ -57,11 +57,11 @@ func TestClientGroupLifecycle(t *testing.T) {
 		go func() { defer wg.Done(); inst.sc.sweepOnce(ctx) }()
 	}
 	wg.Wait()
-	deleted := testutil.ToFloat64(a.sc.metrics.groupsDeleted) + testutil.ToFloat64(b.sc.metrics.groupsDeleted)
+	deleted := testutil.ToFloat64(a.sc.metrics.GroupsDeleted) + testutil.ToFloat64(b.sc.metrics.GroupsDeleted)
 	if deleted != 3 {
 		t.Errorf("client_groups_deleted_total over both replicas = %v, want 3", deleted)
 	}
-	for _, table := range []string{"clients", "view_entries", "view_versions", "mutation_rejections"} {
+	for _, table := range []string{"clients", "view_entries", "view_versions", "mutation_rejections", "group_history"} {
 		if n := count(`SELECT count(*) FROM %s.` + table + ` WHERE client_group_id LIKE 'idle%%'`); n != 0 {
 			t.Errorf("%d rows of deleted groups left in %s", n, table)
 		}
@@ -98,7 +98,7 @@ func TestClientGroupLifecycle(t *testing.T) {
 	if n := count(`SELECT count(*) FROM %s.client_groups WHERE id = 'idle3'`); n != 0 {
 		t.Errorf("an expired tombstone is still there")
 	}
-	if got := testutil.ToFloat64(a.sc.metrics.pruned.WithLabelValues("tombstones")); got != 1 {
+	if got := testutil.ToFloat64(a.sc.metrics.Pruned.WithLabelValues("tombstones")); got != 1 {
 		t.Errorf(`bookkeeping_pruned_total{what="tombstones"} = %v, want 1`, got)
 	}
 	// Its clients, coming back later still, start over too: their cookie

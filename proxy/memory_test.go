@@ -110,7 +110,7 @@ func TestInflightBudget(t *testing.T) {
 	if n := sc.sc.budget.InUse(); n != 0 {
 		t.Errorf("%d bytes still held after every request ended", n)
 	}
-	if n := testutil.ToFloat64(sc.sc.metrics.budgetRefusals.WithLabelValues("push")); n != 1 {
+	if n := testutil.ToFloat64(sc.sc.metrics.BudgetRefusals.WithLabelValues("push")); n != 1 {
 		t.Errorf("inflight_refusals_total{endpoint=push} = %v, want 1", n)
 	}
 	if n := seriesCount(t, sc, "replicache_sidecar_inflight_bytes"); n != 1 {

@@ -3,6 +3,7 @@ package proxy
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"time"
@@ -18,6 +19,63 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/tracing"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/verdict"
+)
+
+// pushRequest is a Replicache PushRequest (v1). Version 0 bodies decode into
+// it too, so their version can be refused with the protocol's own error.
+type pushRequest struct {
+	PushVersion   *int           `json:"pushVersion"`
+	ProfileID     string         `json:"profileID"`
+	ClientGroupID string         `json:"clientGroupID"`
+	SchemaVersion string         `json:"schemaVersion"`
+	Mutations     []pushMutation `json:"mutations"`
+}
+
+type pushMutation struct {
+	ID        int64           `json:"id"`
+	ClientID  string          `json:"clientID"`
+	Name      string          `json:"name"`
+	Args      json.RawMessage `json:"args"`
+	Timestamp float64         `json:"timestamp"` // performance.now() on the client: not a clock
+}
+
+func (p *pushRequest) version() *int         { return p.PushVersion }
+func (p *pushRequest) clientGroupID() string { return p.ClientGroupID }
+
+func (p *pushRequest) validate() *problem.Error {
+	if err := validID("clientGroupID", p.ClientGroupID); err != nil {
+		return err
+	}
+	for i, m := range p.Mutations {
+		if m.ID < 1 {
+			return problem.Errorf(http.StatusBadRequest, problem.BadRequest, "mutations[%d].id: %d is not a positive integer", i, m.ID)
+		}
+		if err := validID(fmt.Sprintf("mutations[%d].clientID", i), m.ClientID); err != nil {
+			return err
+		}
+		if err := validID(fmt.Sprintf("mutations[%d].name", i), m.Name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// pushStats summarizes what one push did; it is the 200 answer's body.
+type pushStats struct {
+	Applied   int  `json:"applied"`
+	Rejected  int  `json:"rejected"`
+	Duplicate int  `json:"duplicate"`
+	Pending   int  `json:"pending"` // left for the client's next push (time budget)
+	EarlyExit bool `json:"earlyExit,omitempty"`
+}
+
+// maxBatch and batchWindow bound the mutations of one client that one
+// transaction applies: a push of many mutations commits every maxBatch
+// mutations, or once its transaction has been open batchWindow (a pull of
+// the group waits for its lock no longer than that and one API call).
+const (
+	maxBatch    = 64
+	batchWindow = 20 * time.Millisecond
 )
 
 // One mutation goes through four steps:
@@ -78,8 +136,10 @@ type pendingError struct {
 
 func (e *pendingError) Error() string { return e.p.Error() }
 
-// applyOne processes one prepared mutation inside a batch's transaction.
-func (s *core) applyOne(ctx context.Context, c *exchange, mp *mapping.Mapping, g *store.GroupTx, p prepared) (settled, error) {
+// applyOne processes one prepared mutation inside a batch's transaction;
+// ids are the server ids the batch knows (serverids.go), nil when the
+// mapping declares none.
+func (s *core) applyOne(ctx context.Context, c *exchange, mp *mapping.Mapping, g *store.GroupTx, p prepared, ids mutators.ServerIDs) (settled, error) {
 	mu := p.mu
 	r := settled{name: mu.Name}
 	cur, err := g.LastMutationID(ctx, mu.ClientID)
@@ -104,6 +164,7 @@ func (s *core) applyOne(ctx context.Context, c *exchange, mp *mapping.Mapping, g
 	if err := g.ClaimClient(ctx, mu.ClientID, s.cfg.MaxClientsPerGroup); err != nil {
 		return r, err
 	}
+	p = withServerIDs(mp, p, ids)
 	keys := s.keys.Load()
 	if p.req != nil {
 		if err := s.keepOldKey(ctx, g, keys, p.req, mu); err != nil {
@@ -152,10 +213,12 @@ func (s *core) applyOne(ctx context.Context, c *exchange, mp *mapping.Mapping, g
 			Err: fmt.Errorf("gave up after %d attempts over %s", attempts.Count, roundSpan(attempts.Span))}
 	}
 	r.label, r.lmid = v.Label, mu.ID
-	settle := store.Settlement{ClientID: mu.ClientID, MutationID: mu.ID, Outcome: store.Applied, KeySecret: keys.currentFP}
+	settle := store.Settlement{ClientID: mu.ClientID, MutationID: mu.ID, Outcome: store.Applied, KeySecret: keys.currentFP,
+		Status: res.Status, Mutator: mu.Name, GaveUp: v.Label == verdict.LabelAbandoned}
 	switch v.Label {
 	case verdict.LabelApplied:
 		c.log.Debug("mutation applied", "mutator", mu.Name, "mutation_id", mu.ID, "outcome", v.Label, "status", res.Status)
+		recordServerID(c, g, p, res, ids)
 	case verdict.LabelRejected:
 		c.log.Info("mutation rejected", "mutator", mu.Name, "mutation_id", mu.ID, "outcome", v.Label, "status", res.Status, "cause", res.Cause())
 		fallthrough
@@ -276,7 +339,7 @@ func (s *core) settleAttempt(ctx context.Context, g *store.GroupTx, mu mutators.
 	}
 	counts := v.GiveUp && s.cfg.GiveUpAttempts > 0
 	a, err := g.Settle(ctx, store.Settlement{ClientID: mu.ClientID, MutationID: mu.ID, Outcome: store.Pending,
-		Status: res.Status, Counts: counts})
+		Status: res.Status, Mutator: mu.Name, Counts: counts})
 	if err != nil {
 		return store.Attempts{}, false, err
 	}
@@ -289,4 +352,73 @@ func roundSpan(d time.Duration) time.Duration {
 		return d.Round(time.Second)
 	}
 	return d.Round(time.Millisecond)
+}
+
+// Ids the API chooses (a mutator's serverID). A batch's calls are rendered
+// before the group's lock, with the temporary ids the client sent. Holding
+// the lock, the batch reads which of the temporary ids its calls mention
+// the group has recorded (one round trip, only when the mapping declares a
+// serverID); a call that refers to one is rendered again with the
+// server's id before it is sent. An applied create's server id is
+// recorded in the batch's transaction, with its settlement, and added to
+// the batch's map, so the mutations after it in the same batch see it;
+// later batches and pushes, on any replica, read it from the store. Pushes
+// of one group take turns, so the map cannot change under a batch.
+
+// loadServerIDs returns the server ids the group has recorded for the
+// temporary ids batch mentions; nil when the mapping declares no serverID.
+func loadServerIDs(ctx context.Context, mp *mapping.Mapping, g *store.GroupTx, batch []prepared) (mutators.ServerIDs, error) {
+	if !mp.Mutators.HasServerIDs() {
+		return nil, nil
+	}
+	var mentioned []string
+	for _, p := range batch {
+		if p.req != nil {
+			mentioned = append(mentioned, p.req.Mentions()...)
+		}
+	}
+	recorded, err := g.ServerIDs(ctx, mentioned)
+	if err != nil {
+		return nil, err
+	}
+	ids := make(mutators.ServerIDs, len(recorded))
+	for temp, server := range recorded {
+		ids[temp] = mutators.ServerID(server)
+	}
+	return ids, nil
+}
+
+// withServerIDs renders p's call again when it refers to a temporary id in
+// ids, so it carries the server's id. The idempotency key stays: it names
+// the mutation (client and mutation id), not its body, so a retry sends
+// the same key whichever id it carries.
+func withServerIDs(mp *mapping.Mapping, p prepared, ids mutators.ServerIDs) prepared {
+	if p.req == nil || !p.req.Refers(ids) {
+		return p
+	}
+	mu := p.mu
+	mu.ServerIDs = ids
+	req, err := mp.Mutators.Render(mu)
+	return prepared{mu: p.mu, req: req, renderErr: err}
+}
+
+// recordServerID records, with the applied create's settlement, the id
+// the API chose for its temporary id, and adds it to the batch's ids. The
+// first record of a temporary id stands: an idempotent replay of the
+// create answers the same id and records nothing more; a different id for
+// a temporary id already recorded (the id used twice) is logged and kept
+// out.
+func recordServerID(c *exchange, g *store.GroupTx, p prepared, res mutators.Result, ids mutators.ServerIDs) {
+	if ids == nil || p.req == nil || p.req.TempID == "" || res.ServerID == "" {
+		return // no serverID, or none to record: the verdict reported why
+	}
+	temp := p.req.TempID
+	switch prev, ok := ids[temp]; {
+	case ok && prev != res.ServerID:
+		c.log.Warn("temporary id already recorded for another server id; the first stands",
+			"mutator", p.mu.Name, "mutation_id", p.mu.ID, "temp_id", temp, "server_id", string(prev), "answered", string(res.ServerID))
+	case !ok:
+		ids[temp] = res.ServerID
+		g.RecordServerID(temp, string(res.ServerID), p.mu.ClientID, p.mu.ID)
+	}
 }

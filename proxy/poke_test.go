@@ -26,8 +26,14 @@ type stream struct {
 // extra request headers.
 func openStream(t testing.TB, inst *instance, auth string, extra map[string]string) *stream {
 	t.Helper()
+	return openStreamURL(t, inst.srv.URL+"/replicache/poke", auth, extra)
+}
+
+// openStreamURL is openStream at url.
+func openStreamURL(t testing.TB, url, auth string, extra map[string]string) *stream {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, inst.srv.URL+"/replicache/poke", nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if auth != "" {
 		req.Header.Set("Authorization", auth)
 	}

@@ -17,9 +17,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/config"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/identity"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/metrics"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/poke"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/sse"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/tracing"
 )
 
@@ -36,18 +39,36 @@ const (
 	minPokeWriteTimeout = time.Second
 )
 
+func (s *core) pokeWriteTimeout() time.Duration {
+	return min(pokeWriteTimeout, max(minPokeWriteTimeout, s.cfg.PokeHeartbeat))
+}
+
 // handlePoke serves a poke stream: Server-Sent Events, one "poke" event
 // whenever the client should pull, a comment as heartbeat. The caller is
-// identified as for push and pull.
+// identified as for push and pull, before the stream opens.
+//
+// Over HTTP/1.1 the stream is served on the connection itself, taken over
+// from the server, and written by the process's one stream writer
+// (package sse): an idle stream then costs its socket and a few hundred
+// bytes, not a goroutine with its buffers and a timer. Over HTTP/2 (whose
+// streams share a connection), HTTP/1.0, or behind a ResponseWriter that
+// cannot let go of its connection, this handler writes the stream itself
+// until it ends. Both write the same events, keep the same rules and end
+// for the same reasons.
 func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
-	log := s.log.With("endpoint", endpointPoke, "request_id", identity.RequestID(r), "trace_id", w.Header().Get("X-Trace-ID"))
-	fail := func(p *problem.Error) { s.failOther(w, endpointPoke, log, p) }
+	log := s.log.With("endpoint", metrics.EndpointPoke, "request_id", identity.RequestID(r), "trace_id", w.Header().Get("X-Trace-ID"))
+	fail := func(p *problem.Error) { s.failOther(w, metrics.EndpointPoke, log, p) }
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", http.MethodGet)
 		fail(problem.Errorf(http.StatusMethodNotAllowed, problem.MethodNotAllowed, "%s %s: only GET is allowed", r.Method, r.URL.Path))
 		return
 	}
 	if p := s.parts.Identity.SameSite(r); p != nil {
+		fail(p)
+		return
+	}
+	group, p := streamGroup(r)
+	if p != nil {
 		fail(p)
 		return
 	}
@@ -60,90 +81,120 @@ func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
 		fail(p)
 		return
 	}
+	if s.serveOwnConnection(w, r, group, caller, log) {
+		return
+	}
 	user := caller.User
 	// Slots are shared fairly between callers (poke.Hub): keyed on who is
 	// calling, never on ids the caller chose.
 	sub, err := s.hub.Subscribe(caller.Key(), user)
-	switch {
-	case errors.Is(err, poke.ErrFull):
-		fail(problem.Unavailable(problem.TooManySubscribers, 5,
-			"this sidecar holds as many poke streams as it may (SIDECAR_POKE_MAX_SUBSCRIBERS), and you hold your share of them; retry"))
-		return
-	case err != nil:
-		fail(problem.Unavailable(problem.ShuttingDown, 1, "the sidecar is shutting down; retry"))
+	if p := subscribeProblem(err); p != nil {
+		fail(p)
 		return
 	}
 	defer s.hub.Unsubscribe(sub)
+	defer s.lag.Open(group, user)()
+	log.Debug("poke stream open", "user", user)
+	why := sse.Serve(w, r, sub, sse.Served{Heartbeat: s.cfg.PokeHeartbeat, WriteTimeout: s.pokeWriteTimeout(), Stop: s.hub.Done(),
+		Opening: streamOpening(), CatchUp: r.Header.Get("Last-Event-ID") != "", Poked: s.metrics.Pokes.Inc})
+	s.streamEndedAs(sub, why)
+}
 
-	rc := http.NewResponseController(w)
-	// A stream outlives the server's read timeout, which would otherwise
-	// cancel it; each write gets its own deadline instead.
-	_ = rc.SetReadDeadline(time.Time{})
-	hdr := w.Header()
-	hdr.Set("Content-Type", "text/event-stream")
-	hdr.Set("Cache-Control", "no-store")
-	hdr.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
-	w.WriteHeader(http.StatusOK)
-	writeTimeout := min(pokeWriteTimeout, max(minPokeWriteTimeout, s.cfg.PokeHeartbeat))
-	send := func(text string) bool {
-		_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
-		if _, err := io.WriteString(w, text); err != nil {
+// serveOwnConnection serves the stream on r's connection, taken over from
+// the server and written by s.streams, when r came over HTTP/1.1 and w can
+// let go of its connection; it answers a refusal (no slot) itself. handled
+// is false when it cannot, having written nothing: the handler serves the
+// stream then.
+func (s *core) serveOwnConnection(w http.ResponseWriter, r *http.Request, group string, caller identity.Caller, log *slog.Logger) (handled bool) {
+	if r.ProtoMajor != 1 || r.ProtoMinor < 1 || !hijackable(w) {
+		return false
+	}
+	st := s.streams.NewStream()
+	sub, err := s.hub.SubscribeTo(caller.Key(), caller.User, st)
+	if p := subscribeProblem(err); p != nil {
+		s.failOther(w, metrics.EndpointPoke, log, p)
+		return true
+	}
+	st.Sub = sub
+	sse.Header(w.Header())
+	// Hijack leaves the connection without deadlines: the stream outlives
+	// the server's read timeout, and each write is bounded by the writer.
+	// Anything the client sent after its request is dropped: nothing may
+	// follow a stream on its connection.
+	conn, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		log.Debug("poke stream served by its handler: the connection could not be taken over", "error", err)
+		s.hub.Unsubscribe(sub)
+		return false
+	}
+	if r.Header.Get("Last-Event-ID") != "" {
+		st.Poke() // as in handlePoke: a reconnection catches up at once
+	}
+	log.Debug("poke stream open", "user", caller.User)
+	st.OnEnd = s.lag.Open(group, caller.User) // as handlePoke's stream, for change lag
+	s.streams.Start(st, conn, w.Header(), streamOpening())
+	return true
+}
+
+// streamEnded is told by s.streams that a stream it wrote ended.
+func (s *core) streamEnded(st *sse.Stream, why sse.End) {
+	s.hub.Unsubscribe(st.Sub)
+	if st.OnEnd != nil {
+		st.OnEnd()
+	}
+	s.streamEndedAs(st.Sub, why)
+}
+
+// streamEndedAs counts a stream's end, and why.
+func (s *core) streamEndedAs(sub *poke.Subscriber, why sse.End) {
+	reason := metrics.StreamEndDisconnected
+	switch why {
+	case sse.WriteFailed:
+		reason = metrics.StreamEndWriteFailed
+	case sse.Shutdown:
+		reason = metrics.StreamEndShutdown
+	case sse.ByHub:
+		end, _ := sub.End()
+		reason = string(end)
+	}
+	s.log.Debug("poke stream ended", "endpoint", metrics.EndpointPoke, "user", sub.User, "reason", reason)
+	s.metrics.PokeStreamsEnded.WithLabelValues(reason).Inc()
+}
+
+// hijackable reports whether w, or a ResponseWriter it wraps (as
+// http.ResponseController finds them), can hand over its connection.
+func hijackable(w http.ResponseWriter) bool {
+	for {
+		switch t := w.(type) {
+		case http.Hijacker:
+			return true
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = t.Unwrap()
+		default:
 			return false
 		}
-		return rc.Flush() == nil
 	}
-	// retry: how long EventSource waits before it reconnects after the
-	// stream ends (at shutdown, it reaches another replica); spread, so a
-	// replica's streams do not all come back in the same second.
-	if !send(fmt.Sprintf(": connected\nretry: %d\n\n", 1000+mathrand.IntN(4000))) {
-		s.metrics.pokeStreamsEnded.WithLabelValues(streamEndWriteFailed).Inc()
-		return
+}
+
+// subscribeProblem is the answer to a stream the hub has no slot for.
+func subscribeProblem(err error) *problem.Error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, poke.ErrFull):
+		return problem.Unavailable(problem.TooManySubscribers, 5,
+			"this sidecar holds as many poke streams as it may (SIDECAR_POKE_MAX_SUBSCRIBERS), and you hold your share of them; retry")
+	default:
+		return problem.Unavailable(problem.ShuttingDown, 1, "the sidecar is shutting down; retry")
 	}
-	// A reconnection (EventSource sends the last id it saw): pokes may have
-	// been missed while the stream was down, so the client pulls now.
-	if r.Header.Get("Last-Event-ID") != "" {
-		sub.C <- struct{}{}
-	}
-	log.Debug("poke stream open", "user", user)
-	heartbeat := time.NewTicker(s.cfg.PokeHeartbeat)
-	defer heartbeat.Stop()
-	ended := s.metrics.pokeStreamsEnded
-	for {
-		select {
-		case <-r.Context().Done():
-			ended.WithLabelValues(streamEndDisconnected).Inc()
-			return
-		case <-s.hub.Done():
-			log.Debug("poke stream ended: shutting down")
-			ended.WithLabelValues(streamEndShutdown).Inc()
-			return
-		case <-sub.Ended():
-			// The hub ended it (to make room, or at the end of its
-			// lifetime): said as a comment, with when to come back unless
-			// the stream's first hint stands; then a clean end, after which
-			// EventSource reconnects by itself.
-			why, retry := sub.End()
-			msg := fmt.Sprintf(": %s\n\n", why)
-			if retry > 0 {
-				msg = fmt.Sprintf(": %s\nretry: %d\n\n", why, retry.Milliseconds())
-			}
-			send(msg)
-			log.Debug("poke stream ended by the hub", "reason", string(why), "retry", retry)
-			ended.WithLabelValues(string(why)).Inc()
-			return
-		case <-heartbeat.C:
-			if !send(": ping\n\n") {
-				ended.WithLabelValues(streamEndWriteFailed).Inc()
-				return
-			}
-		case <-sub.C:
-			if !send("event: poke\nid: 1\ndata: {}\n\n") {
-				ended.WithLabelValues(streamEndWriteFailed).Inc()
-				return
-			}
-			s.metrics.pokes.Inc()
-		}
-	}
+}
+
+// streamOpening is a stream's first event: a comment, and retry: how long
+// EventSource waits before it reconnects after the stream ends (at
+// shutdown, it reaches another replica); spread, so a replica's streams do
+// not all come back in the same second.
+func streamOpening() string {
+	return fmt.Sprintf(": connected\nretry: %d\n\n", 1000+mathrand.IntN(4000))
 }
 
 // handleInvalidate lets the legacy service (a trigger relay, a cron job)
@@ -152,8 +203,8 @@ func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
 // Authorization: Bearer SIDECAR_INVALIDATE_TOKEN; without a configured
 // token the endpoint does not exist.
 func (s *core) handleInvalidate(w http.ResponseWriter, r *http.Request) {
-	log := s.log.With("endpoint", endpointInvalidate, "trace_id", w.Header().Get("X-Trace-ID"))
-	fail := func(p *problem.Error) { s.failOther(w, endpointInvalidate, log, p) }
+	log := s.log.With("endpoint", metrics.EndpointInvalidate, "trace_id", w.Header().Get("X-Trace-ID"))
+	fail := func(p *problem.Error) { s.failOther(w, metrics.EndpointInvalidate, log, p) }
 	if s.cfg.InvalidateToken == "" {
 		problem.Write(w, problem.Errorf(http.StatusNotFound, problem.NotFound, "no such route"))
 		return
@@ -205,9 +256,7 @@ func (s *core) handleInvalidate(w http.ResponseWriter, r *http.Request) {
 	}
 	for _, p := range body.Sources {
 		// As a delete under the path: whatever changed there, deletions too.
-		written, deleted := s.writes.Saw(http.MethodDelete, p, time.Now())
-		s.bus.Mark(written, deleted)
-		marked = append(marked, written...)
+		marked = append(marked, s.markWrite(http.MethodDelete, p)...)
 	}
 	slices.Sort(marked)
 	marked = slices.Compact(marked)
@@ -218,7 +267,7 @@ func (s *core) handleInvalidate(w http.ResponseWriter, r *http.Request) {
 		problem.WriteJSON(w, http.StatusAccepted, map[string]any{"poked": []string{}, "sources": marked})
 		return
 	}
-	s.notify(log, pokeFromInvalidate, body.Users)
+	s.notify(log, metrics.PokeFromInvalidate, body.Users)
 	if body.Users == nil {
 		problem.WriteJSON(w, http.StatusAccepted, map[string]any{"poked": "all", "sources": marked})
 		return
@@ -230,7 +279,7 @@ func (s *core) handleInvalidate(w http.ResponseWriter, r *http.Request) {
 // at once: for the invalidate hook, which is the legacy service's own voice
 // (it holds a secret) and so is not paced.
 func (s *core) notify(log *slog.Logger, source string, users []string) {
-	s.metrics.pokeNotifications.WithLabelValues(source).Inc()
+	s.metrics.PokeNotifications.WithLabelValues(source).Inc()
 	log.Debug("poke", "source", source, "users", users)
 	s.bus.Publish(users)
 }
@@ -240,13 +289,19 @@ func (s *core) notify(log *slog.Logger, source string, users []string) {
 // once per SIDECAR_POKE_CALLER_INTERVAL, merged, and none is lost. ok is
 // false when nobody is to be poked (see pokeUsers).
 func (s *core) pokeFor(log *slog.Logger, source string, c identity.Caller) (ok bool) {
+	return s.pokeForAt(log, source, c, time.Now())
+}
+
+// pokeForAt is pokeFor for a write that happened at at (for the change
+// lag).
+func (s *core) pokeForAt(log *slog.Logger, source string, c identity.Caller, at time.Time) (ok bool) {
 	users, ok := s.pokeUsers(c.User)
 	if !ok {
 		return false
 	}
-	s.metrics.pokeNotifications.WithLabelValues(source).Inc()
+	s.metrics.PokeNotifications.WithLabelValues(source).Inc()
 	log.Debug("poke", "source", source, "users", users, "caller", c.Key())
-	s.bus.PublishFor(c.Key(), users)
+	s.bus.PublishFor(c.Key(), users, at)
 	return true
 }
 
@@ -299,22 +354,23 @@ func newWritePokes(s *core) *writePokes {
 // wrote is passthrough.Options.OnWrite: write is a copy of the request.
 func (w *writePokes) wrote(write *http.Request) {
 	s := w.s
+	at := time.Now() // the API has answered it: the change happened
 	// Whoever wrote, the view sources under the path are read again.
 	s.markWrite(write.Method, write.URL.Path)
-	if s.cfg.PokePassthrough == pokePassthroughOff {
+	if s.cfg.PokePassthrough == config.PokePassthroughOff {
 		return
 	}
-	log := s.log.With("endpoint", endpointProxy, "trace_id", tracing.IDOf(write.Context()))
+	log := s.log.With("endpoint", metrics.EndpointProxy, "trace_id", tracing.IDOf(write.Context()))
 	edge := s.parts.Identity
 	anonymous := identity.Caller{Addr: edge.ClientAddr(write)}
-	if s.cfg.PokePassthrough == pokePassthroughAll {
+	if s.cfg.PokePassthrough == config.PokePassthroughAll {
 		c := anonymous
 		if w.namedByHeader(write) {
 			if named, p := edge.Identify(write.Context(), write); p == nil {
 				c = named
 			}
 		}
-		w.poke(log, c)
+		w.poke(log, c, at)
 		return
 	}
 	switch { // identified
@@ -324,11 +380,11 @@ func (w *writePokes) wrote(write *http.Request) {
 		if p != nil {
 			c = anonymous
 		}
-		w.poke(log, c)
+		w.poke(log, c, at)
 	case edge.AsksAPI() && w.carriesCredentials(write):
 		key := anonymous.Key()
 		if !w.startCheck(key) {
-			s.metrics.pokeSkipped.WithLabelValues(skippedBusy).Inc()
+			s.metrics.PokeSkipped.WithLabelValues(metrics.SkippedBusy).Inc()
 			return
 		}
 		go func() {
@@ -339,19 +395,20 @@ func (w *writePokes) wrote(write *http.Request) {
 			if p != nil {
 				c = anonymous
 			}
-			w.poke(log, c)
+			w.poke(log, c, at)
 		}()
 	default:
 		// Nobody to ask: an anonymous write pokes nobody.
-		s.metrics.pokeSkipped.WithLabelValues(skippedUnidentified).Inc()
+		s.metrics.PokeSkipped.WithLabelValues(metrics.SkippedUnidentified).Inc()
 	}
 }
 
-// poke pokes for a write by c: under identified, only when c is known.
-func (w *writePokes) poke(log *slog.Logger, c identity.Caller) {
+// poke pokes for a write by c at at: under identified, only when c is
+// known.
+func (w *writePokes) poke(log *slog.Logger, c identity.Caller, at time.Time) {
 	known := c.User != "" || c.ViaHeader
-	if (!known && w.s.cfg.PokePassthrough == pokePassthroughIdentified) || !w.s.pokeFor(log, pokeFromPassthrough, c) {
-		w.s.metrics.pokeSkipped.WithLabelValues(skippedUnidentified).Inc()
+	if (!known && w.s.cfg.PokePassthrough == config.PokePassthroughIdentified) || !w.s.pokeForAt(log, metrics.PokeFromPassthrough, c, at) {
+		w.s.metrics.PokeSkipped.WithLabelValues(metrics.SkippedUnidentified).Inc()
 	}
 }
 

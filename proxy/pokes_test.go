@@ -92,7 +92,7 @@ func TestPokesFromPushes(t *testing.T) {
 			if n := alice.count(300 * time.Millisecond); n != 0 {
 				t.Errorf("a push of an already processed mutation poked %d times", n)
 			}
-			if got := testutil.ToFloat64(a.sc.metrics.pokeNotifications.WithLabelValues("push")); got != 1 {
+			if got := testutil.ToFloat64(a.sc.metrics.PokeNotifications.WithLabelValues("push")); got != 1 {
 				t.Errorf(`poke_notifications_total{source="push"} = %v, want 1`, got)
 			}
 			// A burst of 10 pushes (10 groups at once) is coalesced too.
@@ -138,7 +138,7 @@ func TestPokesFromPassthroughWrites(t *testing.T) {
 	if st := call(http.MethodPost, "/api/todos", `{"id":"x","title":"legacy client"}`); st != 201 || s.next(2*time.Second) != "poke" {
 		t.Errorf("a 2xx write through the pass-through (%d) did not poke", st)
 	}
-	if got := testutil.ToFloat64(a.sc.metrics.pokeNotifications.WithLabelValues("passthrough")); got != 1 {
+	if got := testutil.ToFloat64(a.sc.metrics.PokeNotifications.WithLabelValues("passthrough")); got != 1 {
 		t.Errorf(`poke_notifications_total{source="passthrough"} = %v, want 1`, got)
 	}
 }
@@ -322,7 +322,7 @@ func TestPokedPullDoesNotJoinAnOlderFetch(t *testing.T) {
 	if n := fetches.Load(); n != 2 {
 		t.Errorf("%d view fetches; the poked pull should have fetched again", n)
 	}
-	if merged := testutil.ToFloat64(a.sc.metrics.pullsMerged); merged != 0 {
+	if merged := testutil.ToFloat64(a.sc.metrics.PullsMerged); merged != 0 {
 		t.Errorf("%v pulls merged into a fetch older than a poke", merged)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/flight"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/mapping"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/metrics"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/plan"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
@@ -65,7 +66,7 @@ func (p *pullRequest) validate() *problem.Error {
 // a diff from its cookie's version, or a reset (pullanswer.go).
 func (s *puller) handlePull(w http.ResponseWriter, r *http.Request) {
 	var req pullRequest
-	c, ok := s.begin(w, r, endpointPull, &req, s.parts.Upstream.View)
+	c, ok := s.begin(w, r, metrics.EndpointPull, &req, s.parts.Upstream.View)
 	if !ok {
 		return
 	}
@@ -85,7 +86,7 @@ func (s *puller) handlePull(w http.ResponseWriter, r *http.Request) {
 	}
 	ans, err := s.pull(ctx, c, &req, st)
 	if st.started() {
-		s.endStream(c, st, ans, err, req.ClientGroupID)
+		s.endStream(c, st, &req, ans, err)
 		return
 	}
 	if err != nil {
@@ -104,6 +105,7 @@ func (s *puller) handlePull(w http.ResponseWriter, r *http.Request) {
 	done := c.mem.Interruptible(func() { _ = rc.SetWriteDeadline(time.Unix(1, 0)) })
 	s.writePull(w, c, ans)
 	done()
+	s.answered(c, &req, ans)
 }
 
 // failPull answers a pull that could not be built: the view's verdict
@@ -130,7 +132,7 @@ func (s *puller) failPull(w http.ResponseWriter, c *exchange, err error, groupID
 // endStream ends an answer that went out while its view was read
 // (pullstream.go): with its cookie once the pull committed, else broken
 // off, the failure logged and counted as failPull would answer it.
-func (s *puller) endStream(c *exchange, st *pullStream, ans pullAnswer, err error, groupID string) {
+func (s *puller) endStream(c *exchange, st *pullStream, req *pullRequest, ans pullAnswer, err error) {
 	if err == nil {
 		n, err := st.finish(ans)
 		if err != nil {
@@ -138,6 +140,7 @@ func (s *puller) endStream(c *exchange, st *pullStream, ans pullAnswer, err erro
 			return
 		}
 		s.pulled(c, ans, n, patchCounts{put: st.puts}, true)
+		s.answered(c, req, ans)
 		return
 	}
 	st.abort()
@@ -147,7 +150,7 @@ func (s *puller) endStream(c *exchange, st *pullStream, ans pullAnswer, err erro
 	}
 	c.log.Warn("pull answer broken off: the view could not be read whole once its answer had started, so the client keeps the view it had and pulls again; nothing was committed",
 		"error", err, "bytes", st.out.written)
-	s.failPull(discardWriter{}, c, err, groupID)
+	s.failPull(discardWriter{}, c, err, req.ClientGroupID)
 }
 
 // discardWriter takes an answer and sends it nowhere: for what failPull
@@ -229,7 +232,7 @@ func (s *puller) pull(ctx context.Context, c *exchange, req *pullRequest, st *pu
 		if rider.ans.order == 0 && !rider.ans.lost {
 			return pullAnswer{}, store.ErrCookieExhausted
 		}
-		s.metrics.pullsMerged.Inc()
+		s.metrics.PullsMerged.Inc()
 		return rider.ans, nil
 	}
 	// The work goes on if this pull's own client leaves: others may wait
@@ -301,11 +304,11 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 			if current {
 				memos = pageMemos(b.stored)
 			}
-			if b.states, err = g.SourceStates(ctx); err != nil {
+			if b.states, b.marks, err = g.SourceStates(ctx); err != nil {
 				return err
 			}
 			b.plan = plan.Decide(plan.Input{Sources: mp.Sources, View: mp.View, States: b.states, Current: current,
-				Writes: s.writes, Now: b.started})
+				Writes: s.writes, Marks: b.marks, Now: b.started})
 		}
 		// A reset's answer may go out while the view is read (with no
 		// memos: only a pull holding the current version has them, and
@@ -331,6 +334,7 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 		if err := b.stream.err(); err != nil {
 			return err // the answer is broken off: nothing to commit it for
 		}
+		s.notePulls(b)
 		orders, err := g.IssueCookies(ctx, b.bases, view.change, b.pages)
 		if err != nil {
 			return err
@@ -349,7 +353,7 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 		return nil
 	})
 	if err == nil && view.change != nil {
-		s.metrics.recordBytes.Observe(float64(view.change.Bytes))
+		s.metrics.RecordBytes.Observe(float64(view.change.Bytes))
 	}
 	if err == nil && heldAnew {
 		s.evictRecords(ctx, c)
@@ -365,7 +369,7 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 // the pull's answer: the sweep enforces the cap too.
 func (s *puller) evictRecords(ctx context.Context, c *exchange) {
 	ev, err := s.store.EvictRecords(ctx, c.Key(), s.cfg.MaxViewRecordsPerUser)
-	s.metrics.recordEvictions.Add(float64(ev.Records))
+	s.metrics.RecordEvictions.Add(float64(ev.Records))
 	switch {
 	case err != nil:
 		c.log.Warn("evicting view records beyond SIDECAR_MAX_VIEW_RECORDS_PER_USER failed; the sweep will", "error", err, "evicted", ev.Records)
@@ -393,8 +397,12 @@ type pullBuild struct {
 	// and when the read started (diff mode).
 	plan    plan.Decision
 	states  map[string]store.SourceState
+	marks   map[string]store.SourceMark // every replica's routed writes (plan.Input.Marks)
 	started time.Time
 	read    clientview.Result // the last read's result
+	// sharedReads are the replica's copies of shared sources the read
+	// was served (withShared), by source id.
+	sharedReads map[string]*sharedRead
 
 	riders  []*pullRider
 	answers []pullAnswer // but their cookie orders

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/metrics"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 )
 
@@ -24,6 +25,10 @@ type pullView struct {
 	change *store.ViewChange
 	// reads says how each source was read ("/api/todos=delta"), for the log.
 	reads []string
+	// readAt is when the view's read began, before the group's cookie order
+	// before these pulls (for the change lag: notePulls).
+	readAt time.Time
+	before int64
 }
 
 // pullAnswer is one pull's answer: the shared view, as a reset or as a
@@ -57,15 +62,15 @@ func (s *core) writePull(w http.ResponseWriter, c *exchange, ans pullAnswer) {
 // pulled accounts for an answer of n bytes and ops, written whole or
 // streamed (written while its view was read, pullstream.go).
 func (s *core) pulled(c *exchange, ans pullAnswer, n int64, ops patchCounts, streamed bool) {
-	s.metrics.pullEntries.Observe(float64(ops.put + ops.del))
-	s.metrics.pullBytes.Observe(float64(n))
+	s.metrics.PullEntries.Observe(float64(ops.put + ops.del))
+	s.metrics.PullBytes.Observe(float64(n))
 	patch, clears := "diff", 0.0
 	if !ans.diff {
 		patch, clears = "reset", 1
 	}
-	s.metrics.patchOps.WithLabelValues(opClear).Observe(clears)
-	s.metrics.patchOps.WithLabelValues(opPut).Observe(float64(ops.put))
-	s.metrics.patchOps.WithLabelValues(opDel).Observe(float64(ops.del))
+	s.metrics.PatchOps.WithLabelValues(metrics.OpClear).Observe(clears)
+	s.metrics.PatchOps.WithLabelValues(metrics.OpPut).Observe(float64(ops.put))
+	s.metrics.PatchOps.WithLabelValues(metrics.OpDel).Observe(float64(ops.del))
 	c.log.Info("pull", "entries", len(ans.entries), "patch", patch, "puts", ops.put, "dels", ops.del,
 		"clients", len(ans.lmids), "bytes", n, "cookie", ans.order, "reads", ans.reads, "streamed", streamed, "duration", time.Since(c.start))
 }
@@ -260,4 +265,54 @@ func (v *pullView) complete(a pullAnswer) bool {
 		}
 	}
 	return true
+}
+
+// notePulls notes, before the cookies are issued (store.NotePulls, written
+// in the same round trip), what each pull of b is answered, for the
+// group's history; and keeps when the view's read began, for the lag of
+// the changes these pulls answer. In reset mode (no record) every pull is
+// a reset and none is recorded.
+func (s *core) notePulls(b *pullBuild) {
+	b.view.readAt, b.view.before = b.started, b.beforeOrder
+	if b.view.change == nil {
+		return
+	}
+	notes := make([]store.PullNote, len(b.answers))
+	for i, a := range b.answers {
+		notes[i] = pullNote(b.view, a)
+	}
+	b.g.NotePulls(notes)
+}
+
+// pullNote is what answer a comes to: ClientStateNotFound (lost), a reset
+// putting every entry, or a diff putting and deleting what changed since
+// its cookie's version (as encodePullResponse writes it).
+func pullNote(v *pullView, a pullAnswer) store.PullNote {
+	switch {
+	case a.lost:
+		return store.PullNote{Outcome: store.PullLost}
+	case !a.diff:
+		return store.PullNote{Outcome: store.PullReset, Puts: len(v.entries)}
+	}
+	n := store.PullNote{Outcome: store.PullDiff, Since: a.since}
+	for _, version := range v.change.Versions {
+		if version > a.since {
+			n.Puts++
+		}
+	}
+	for _, t := range v.change.Tombstones {
+		if t.Version > a.since {
+			n.Dels++
+		}
+	}
+	return n
+}
+
+// answered reports a pull answered (its body written) to the change lag:
+// it may answer a change that poked its group's stream here.
+func (s *core) answered(c *exchange, req *pullRequest, ans pullAnswer) {
+	if ans.pullView == nil || ans.readAt.IsZero() {
+		return
+	}
+	s.lag.Answered(req.ClientGroupID, c.User, ans.before, ans.order, ans.readAt, time.Now())
 }

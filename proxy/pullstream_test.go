@@ -228,7 +228,7 @@ func TestStreamedAnswerLetsRidersIn(t *testing.T) {
 	if len(views[0]) != 5 || !maps.Equal(views[0], views[1]) {
 		t.Errorf("leader and rider got %d and %d puts; want the same 5 (4 todos and me)", len(views[0]), len(views[1]))
 	}
-	if n := testutil.ToFloat64(sc.sc.metrics.pullsMerged); n != 1 {
+	if n := testutil.ToFloat64(sc.sc.metrics.PullsMerged); n != 1 {
 		t.Errorf("pulls merged = %v, want 1", n)
 	}
 }

@@ -11,7 +11,10 @@ import (
 	"unicode/utf8"
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/flight"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/metrics"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/plan"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/tracing"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
@@ -81,11 +84,11 @@ func (s *core) pageWrites(stored []store.ViewPage, fetched []clientview.PageResu
 	w := &store.PageWrites{}
 	for _, p := range fetched {
 		if p.Conditional {
-			result := conditionalMiss
+			result := metrics.ConditionalMiss
 			if p.NotModified {
-				result = conditionalHit
+				result = metrics.ConditionalHit
 			}
-			s.metrics.conditional.WithLabelValues(result).Inc()
+			s.metrics.Conditional.WithLabelValues(result).Inc()
 		}
 		k := store.PageKey{Source: p.Source, Page: p.Page}
 		prev, had := old[k]
@@ -126,12 +129,7 @@ func storableURL(u string) bool {
 func (b *pullBuild) compare(ctx context.Context, versions []int64) (*store.ViewChange, error) {
 	es := b.view.entries
 	read := store.ViewRead{N: len(es), Entry: func(i int) (string, uint64) { return es[i].Key, es[i].Hash }}
-	for _, p := range b.plan.Plans {
-		if p.Mode != clientview.Full {
-			read.Retain = b.plan.Retain(b.mapping.View)
-			break
-		}
-	}
+	read.Retain = plan.Retain(b.mapping.View, b.read.Sources)
 	for _, r := range b.read.Sources {
 		read.Deleted = append(read.Deleted, r.Deleted...)
 	}
@@ -176,25 +174,33 @@ func (b *pullBuild) unconfirmed(reads []clientview.SourceResult) map[string]bool
 func (b *pullBuild) confirm(ctx context.Context, first clientview.Result, again map[string]bool) (clientview.Result, error) {
 	plans := map[string]clientview.Plan{}
 	for _, s := range b.mapping.Sources {
-		if !again[s.ID] {
+		if !again[s.ID] || s.Shared { // a shared source is read again as it was read: without credentials
 			plans[s.ID] = clientview.Plan{Mode: clientview.Skip}
 		}
 	}
 	c := b.c
-	second, err := b.s.fetch(ctx, b.mapping, c.Key(), clientview.Request{UserID: c.User, Header: c.Forward, Memory: c.mem, Plans: plans,
-		Pages: b.sink()})
+	// Interruptible as the first read was (run): the budget may pre-empt
+	// it for a caller holding less while it waits on the upstream.
+	fctx, cancel := context.WithCancelCause(ctx)
+	done := c.mem.Interruptible(func() { cancel(budget.ErrPreempted) })
+	second, seconds, err := b.readAgain(fctx, plans, again)
+	done()
+	cancel(nil)
+	if perr := c.mem.Err(); err != nil && perr != nil {
+		return first, perr // whatever the cancelled read reported
+	}
 	if err != nil {
 		return first, err
 	}
-	b.s.countReads(c, second.Sources)
-	seconds := map[string][]clientview.Entry{}
-	at := 0
-	for _, r := range second.Sources {
-		seconds[r.Source] = second.Entries[at : at+r.Entries]
-		at += r.Entries
+	// Each key once: an item that moved from one source to another between
+	// the two reads (a view whose sources share a key template) stays where
+	// the first read had it.
+	unique := make(map[string]bool, len(first.Entries))
+	for _, e := range first.Entries {
+		unique[e.Key] = true
 	}
 	merged := make([]clientview.Entry, 0, len(b.view.entries))
-	at = 0
+	at := 0
 	for i, r := range first.Sources {
 		seg := first.Entries[at : at+r.Entries]
 		at += r.Entries
@@ -215,13 +221,14 @@ func (b *pullBuild) confirm(ctx context.Context, first clientview.Result, again 
 			merged = append(merged, e)
 		}
 		for j, e := range seconds[r.Source] {
-			if !taken[j] {
+			if !taken[j] && !unique[e.Key] {
+				unique[e.Key] = true
 				merged = append(merged, e)
 			}
 		}
 		for _, r2 := range second.Sources {
 			if r2.Source == r.Source {
-				first.Sources[i].Watermark = clientview.MaxMark(r.Watermark, r2.Watermark)
+				first.Sources[i].Watermark = clientview.MaxMark(first.Sources[i].Watermark, r2.Watermark)
 				first.Sources[i].Deleted = append(first.Sources[i].Deleted, r2.Deleted...)
 			}
 		}
@@ -237,6 +244,39 @@ func (b *pullBuild) confirm(ctx context.Context, first clientview.Result, again 
 	return first, nil
 }
 
+// readAgain is confirm's second read of the sources in again (plans skip
+// the others and the shared ones, which are read again from the replica's
+// copy): the result, and each source's entries by id.
+func (b *pullBuild) readAgain(ctx context.Context, plans map[string]clientview.Plan, again map[string]bool) (clientview.Result, map[string][]clientview.Entry, error) {
+	c := b.c
+	second, err := b.s.fetch(ctx, b.mapping, c.Key(), clientview.Request{UserID: c.User, Header: c.Forward, Memory: c.mem, Plans: plans,
+		Pages: b.sink()})
+	if err != nil {
+		return second, nil, err
+	}
+	b.s.countReads(c, second.Sources)
+	seconds := map[string][]clientview.Entry{}
+	at := 0
+	for _, r := range second.Sources {
+		seconds[r.Source] = second.Entries[at : at+r.Entries]
+		at += r.Entries
+	}
+	for _, info := range b.mapping.Sources {
+		if held := b.sharedReads[info.ID]; again[info.ID] && info.Shared && held != nil {
+			r, err := b.s.shared.get(ctx, b.s.core, info, b.marks[plan.Key(info.Path)], c.RequestID, held)
+			if err != nil {
+				return second, nil, err
+			}
+			seconds[info.ID] = r.entries
+			second.Sources = append(second.Sources, r.result)
+			if err := b.extra(r.entries); err != nil {
+				return second, nil, err
+			}
+		}
+	}
+	return second, seconds, nil
+}
+
 // countReads counts what reads asked of the API, and reports a source
 // whose API ignores its changes filter (at most once a minute per source).
 // c is the pull that read them (nil: a shared source's read).
@@ -245,14 +285,14 @@ func (s *core) countReads(c *exchange, reads []clientview.SourceResult) {
 		if r.Mode == clientview.Skip {
 			continue
 		}
-		read := readFull
+		read := metrics.ReadFull
 		if r.Mode == clientview.Delta {
-			read = readDelta
+			read = metrics.ReadDelta
 		}
-		s.metrics.viewReads.WithLabelValues(r.Path, read).Add(float64(r.Requests))
-		s.metrics.viewReadBytes.WithLabelValues(r.Path, read).Add(float64(r.Bytes))
+		s.metrics.ViewReads.WithLabelValues(r.Path, read).Add(float64(r.Requests))
+		s.metrics.ViewReadBytes.WithLabelValues(r.Path, read).Add(float64(r.Bytes))
 		if r.FilterIgnored {
-			s.metrics.filterIgnored.WithLabelValues(r.Path).Inc()
+			s.metrics.FilterIgnored.WithLabelValues(r.Path).Inc()
 			log := s.log
 			if c != nil {
 				log = c.log
@@ -284,13 +324,17 @@ type sharedRead struct {
 }
 
 // get returns the source's entries as last read, reading it first when
-// the copy is stale.
-func (sv *sharedViews) get(ctx context.Context, s *core, info clientview.SourceInfo, requestID string) (*sharedRead, error) {
+// the copy is stale, or, with again, when it is not a read that began after
+// the one the caller holds (to confirm a deletion: a second read, still
+// without any user's credentials). marked is the database's last write
+// under the source, by every replica.
+func (sv *sharedViews) get(ctx context.Context, s *core, info clientview.SourceInfo, marked store.SourceMark, requestID string, again *sharedRead) (*sharedRead, error) {
 	now := time.Now()
 	sv.mu.Lock()
 	r := sv.reads[info.ID]
 	sv.mu.Unlock()
-	if r != nil && now.Sub(r.at) < info.MaxAge && !s.writes.After(info.Path, r.at) {
+	write, _ := s.writes.Seen(info.Path, marked)
+	if r != nil && (again == nil && now.Sub(r.at) < info.MaxAge && !write.After(r.at) || again != nil && r.at.After(again.at)) {
 		return r, nil
 	}
 	f, leader, _ := sv.runs.Join(info.ID, struct{}{}, struct{}{}, func(struct{}) (bool, error) { return true, nil })
@@ -336,7 +380,7 @@ func (b *pullBuild) withShared(ctx context.Context, res clientview.Result) (clie
 		if !info.Shared || b.plan.Plans[info.ID].Mode == clientview.Skip {
 			continue
 		}
-		r, err := b.s.shared.get(ctx, b.s.core, info, b.c.RequestID)
+		r, err := b.s.shared.get(ctx, b.s.core, info, b.marks[plan.Key(info.Path)], b.c.RequestID, nil)
 		if err != nil {
 			return res, err
 		}
@@ -344,6 +388,10 @@ func (b *pullBuild) withShared(ctx context.Context, res clientview.Result) (clie
 			reads = map[string]*sharedRead{}
 		}
 		reads[info.ID] = r
+		if b.sharedReads == nil {
+			b.sharedReads = map[string]*sharedRead{}
+		}
+		b.sharedReads[info.ID] = r
 	}
 	if reads == nil {
 		return res, nil

@@ -2,66 +2,17 @@ package proxy
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"time"
 
 	"github.com/replicache-sidecar/replicache-sidecar/mutators"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/mapping"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/metrics"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/verdict"
 )
-
-// pushRequest is a Replicache PushRequest (v1). Version 0 bodies decode into
-// it too, so their version can be refused with the protocol's own error.
-type pushRequest struct {
-	PushVersion   *int           `json:"pushVersion"`
-	ProfileID     string         `json:"profileID"`
-	ClientGroupID string         `json:"clientGroupID"`
-	SchemaVersion string         `json:"schemaVersion"`
-	Mutations     []pushMutation `json:"mutations"`
-}
-
-type pushMutation struct {
-	ID        int64           `json:"id"`
-	ClientID  string          `json:"clientID"`
-	Name      string          `json:"name"`
-	Args      json.RawMessage `json:"args"`
-	Timestamp float64         `json:"timestamp"` // performance.now() on the client: not a clock
-}
-
-func (p *pushRequest) version() *int         { return p.PushVersion }
-func (p *pushRequest) clientGroupID() string { return p.ClientGroupID }
-
-func (p *pushRequest) validate() *problem.Error {
-	if err := validID("clientGroupID", p.ClientGroupID); err != nil {
-		return err
-	}
-	for i, m := range p.Mutations {
-		if m.ID < 1 {
-			return problem.Errorf(http.StatusBadRequest, problem.BadRequest, "mutations[%d].id: %d is not a positive integer", i, m.ID)
-		}
-		if err := validID(fmt.Sprintf("mutations[%d].clientID", i), m.ClientID); err != nil {
-			return err
-		}
-		if err := validID(fmt.Sprintf("mutations[%d].name", i), m.Name); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// pushStats summarizes what one push did; it is the 200 answer's body.
-type pushStats struct {
-	Applied   int  `json:"applied"`
-	Rejected  int  `json:"rejected"`
-	Duplicate int  `json:"duplicate"`
-	Pending   int  `json:"pending"` // left for the client's next push (time budget)
-	EarlyExit bool `json:"earlyExit,omitempty"`
-}
 
 // A push: begin (same-site JSON, serving, who is calling, the bounded
 // body) → ownership of the group and of every client checked before
@@ -71,7 +22,7 @@ type pushStats struct {
 // trimmed → the clients that may see the effects poked → the counts.
 func (s *core) handlePush(w http.ResponseWriter, r *http.Request) {
 	var req pushRequest
-	c, ok := s.begin(w, r, endpointPush, &req, nil)
+	c, ok := s.begin(w, r, metrics.EndpointPush, &req, nil)
 	if !ok {
 		return
 	}
@@ -112,14 +63,20 @@ func (s *core) handlePush(w http.ResponseWriter, r *http.Request) {
 		s.countPruned(c, pruned) // committed
 	}
 
+	// While its calls go out the push holds its body's bytes: the budget may
+	// pre-empt it for a caller holding less. The call in progress is never
+	// cut (an answered call is always recorded); the push then starts
+	// nothing new and answers an early exit.
+	done := c.mem.Interruptible(func() {})
 	stats, err := s.applyAll(ctx, c, req, known)
+	done()
 	if stats.Rejected > 0 {
 		s.trimRejections(ctx, c, req.ClientGroupID)
 	}
 	if stats.Applied+stats.Rejected > 0 {
 		// Effects (or a rejection the clients should see): every client
 		// that may see them pulls now, this one included.
-		s.pokeFor(c.log, pokeFromPush, c.Caller)
+		s.pokeFor(c.log, metrics.PokeFromPush, c.Caller)
 	}
 	if err != nil {
 		var gap *gapError
@@ -156,8 +113,8 @@ func (s *core) applyAll(ctx context.Context, c *exchange, req pushRequest, known
 			i++
 			continue
 		}
-		if time.Since(c.start) >= s.cfg.PushTimeBudget || s.draining.Load() {
-			// Early exit (time budget, or shutting down): what is committed
+		if time.Since(c.start) >= s.cfg.PushTimeBudget || s.draining.Load() || c.mem.Err() != nil {
+			// Early exit (time budget, shutting down, pre-empted): what is committed
 			// stays committed; the client pushes the rest next time.
 			stats.EarlyExit, stats.Pending = true, len(req.Mutations)-i
 			return stats, nil
@@ -209,15 +166,6 @@ func (s *core) applyAll(ctx context.Context, c *exchange, req pushRequest, known
 	return stats, nil
 }
 
-// maxBatch and batchWindow bound the mutations of one client that one
-// transaction applies: a push of many mutations commits every maxBatch
-// mutations, or once its transaction has been open batchWindow (a pull of
-// the group waits for its lock no longer than that and one API call).
-const (
-	maxBatch    = 64
-	batchWindow = 20 * time.Millisecond
-)
-
 // applyBatch processes muts, consecutive mutations of one client, in one
 // transaction holding the group's lock, in order: skip one already
 // processed, refuse one that comes early, otherwise send, judge and settle
@@ -239,12 +187,16 @@ func (s *core) applyBatch(ctx context.Context, c *exchange, mp *mapping.Mapping,
 	err = s.locked(ctx, first.ClientGroupID, first.UserID, first.ClientID, func(g *store.GroupTx) error {
 		opened := time.Now()
 		done, stop = done[:0], nil
+		ids, err := loadServerIDs(ctx, mp, g, muts)
+		if err != nil {
+			return err
+		}
 		for i, p := range muts {
 			if i > 0 && (time.Since(opened) >= batchWindow || time.Since(c.start) >= s.cfg.PushTimeBudget ||
-				s.draining.Load() || ctx.Err() != nil) {
+				s.draining.Load() || ctx.Err() != nil || c.mem.Err() != nil) {
 				return nil // the rest goes in the next transaction, if any
 			}
-			r, err := s.applyOne(ctx, c, mp, g, p)
+			r, err := s.applyOne(ctx, c, mp, g, p, ids)
 			if err != nil {
 				// A mutation that comes early, or a client that is not
 				// (or no longer) the group's, is found before anything of
@@ -282,7 +234,7 @@ func (s *core) applyBatch(ctx context.Context, c *exchange, mp *mapping.Mapping,
 // under SIDECAR_MAX_CLIENTS_PER_GROUP.
 func (s *core) countPruned(c *exchange, pruned int) {
 	if pruned > 0 {
-		s.metrics.pruned.WithLabelValues(prunedClients).Add(float64(pruned))
+		s.metrics.Pruned.WithLabelValues(metrics.PrunedClients).Add(float64(pruned))
 		c.log.Info("pruned idle clients to stay under SIDECAR_MAX_CLIENTS_PER_GROUP", "pruned", pruned)
 	}
 }
@@ -302,14 +254,14 @@ func (s *core) trimRejections(ctx context.Context, c *exchange, groupID string) 
 	case err != nil:
 		c.log.Warn("trimming rejection records failed", "error", err)
 	case deleted > 0:
-		s.metrics.pruned.WithLabelValues(prunedRejections).Add(float64(deleted))
+		s.metrics.Pruned.WithLabelValues(metrics.PrunedRejections).Add(float64(deleted))
 		c.log.Info("trimmed rejection records to SIDECAR_MAX_REJECTIONS_PER_GROUP and SIDECAR_REJECTION_TTL", "deleted", deleted)
 	}
 }
 
 func (s *core) countMutation(mp *mapping.Mapping, name, label string) {
 	if !mp.Mutators.Has(name) {
-		name = unmappedMutator
+		name = metrics.UnmappedMutator
 	}
-	s.metrics.mutations.WithLabelValues(name, label).Inc()
+	s.metrics.Mutations.WithLabelValues(name, label).Inc()
 }

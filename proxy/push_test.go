@@ -371,10 +371,19 @@ func TestPushTimeBudgetExitsEarly(t *testing.T) {
 	if l := h.lmid(t, sc.pool, "c1"); l != applied {
 		t.Errorf("lastMutationID = %d, want %d (what was applied)", l, applied)
 	}
+	// The client pushes again until all are applied (each push within the
+	// budget; a loaded machine may need more than one): exactly the rest.
 	h.up.SetDelay(0)
-	r = sc.push(t, "alice", "g", muts...)
-	if r.status != http.StatusOK || int64(r.json["applied"].(float64)) != 20-applied {
-		t.Fatalf("second push = %d %s; want the remaining %d applied", r.status, r.raw, 20-applied)
+	rest := int64(0)
+	for i := 0; rest < 20-applied; i++ {
+		r = sc.push(t, "alice", "g", muts...)
+		if r.status != http.StatusOK || i == 20 {
+			t.Fatalf("push %d after the early exit = %d %s; %d of the remaining %d applied so far", i+2, r.status, r.raw, rest, 20-applied)
+		}
+		rest += int64(r.json["applied"].(float64))
+	}
+	if rest != 20-applied || h.lmid(t, sc.pool, "c1") != 20 {
+		t.Fatalf("the later pushes applied %d, want the remaining %d", rest, 20-applied)
 	}
 	if n := len(h.up.TodoIDs("alice")); n != 20 {
 		t.Errorf("upstream has %d todos, want 20", n)
@@ -484,7 +493,7 @@ func TestPerMutatorOutcomes(t *testing.T) {
 		{"deleteTodo", "applied", 1}, {"deleteTodo", "rejected", 0},
 		{"createTodo", "transient", 1}, {"importTodo", "rejected", 7}, {"importTodo", "transient", 0},
 	} {
-		if got := testutil.ToFloat64(sc.sc.metrics.mutations.WithLabelValues(c.mutator, c.outcome)); got != c.want {
+		if got := testutil.ToFloat64(sc.sc.metrics.Mutations.WithLabelValues(c.mutator, c.outcome)); got != c.want {
 			t.Errorf("mutations_total{%s,%s} = %v, want %v", c.mutator, c.outcome, got, c.want)
 		}
 	}
@@ -498,7 +507,9 @@ func TestPerMutatorOutcomes(t *testing.T) {
 func TestGiveUpValve(t *testing.T) { //nolint:tparallel // the cases share one sidecar and its data, in order
 	t.Parallel()
 	h := newHarness(t, map[string]string{
-		"SIDECAR_GIVE_UP_ATTEMPTS": "3", "SIDECAR_GIVE_UP_AFTER": "300ms",
+		// The span is long enough for three pushes on a loaded machine (with
+		// 300ms the third push came after it under -race with the whole suite).
+		"SIDECAR_GIVE_UP_ATTEMPTS": "3", "SIDECAR_GIVE_UP_AFTER": "2s",
 		"SIDECAR_BREAKER_FAILURES": "0", "SIDECAR_UPSTREAM_TIMEOUT": "200ms",
 	})
 	poison := func(w http.ResponseWriter, r *http.Request) bool {
@@ -533,13 +544,13 @@ func TestGiveUpValve(t *testing.T) { //nolint:tparallel // the cases share one s
 	if n := attempts(); n != 3 {
 		t.Fatalf("%d attempts recorded, want 3", n)
 	}
-	// Three answers, but not yet over 300ms: still pending.
-	if time.Since(start) < 300*time.Millisecond {
+	// Three answers, but not yet over 2s: still pending.
+	if time.Since(start) < 2*time.Second {
 		if r := b.push(t, "alice", "g", batch...); r.status != http.StatusServiceUnavailable {
 			t.Fatalf("push before SIDECAR_GIVE_UP_AFTER = %d %s; want 503", r.status, r.raw)
 		}
 	}
-	proxytest.WaitFor(t, "SIDECAR_GIVE_UP_AFTER to pass", func() bool { return time.Since(start) > 350*time.Millisecond })
+	proxytest.WaitFor(t, "SIDECAR_GIVE_UP_AFTER to pass", func() bool { return time.Since(start) > 2050*time.Millisecond })
 	r := b.push(t, "alice", "g", batch...)
 	if r.status != 200 || r.json["rejected"] != 1.0 || r.json["applied"] != 1.0 {
 		t.Fatalf("push after the valve's limits = %d %s; want the poison rejected and mutation 3 applied", r.status, r.raw)
@@ -556,8 +567,8 @@ func TestGiveUpValve(t *testing.T) { //nolint:tparallel // the cases share one s
 	if n := attempts(); n != 0 {
 		t.Errorf("%d attempts left after the mutation was consumed, want 0", n)
 	}
-	abandoned := testutil.ToFloat64(a.sc.metrics.mutations.WithLabelValues("createTodo", "abandoned")) +
-		testutil.ToFloat64(b.sc.metrics.mutations.WithLabelValues("createTodo", "abandoned"))
+	abandoned := testutil.ToFloat64(a.sc.metrics.Mutations.WithLabelValues("createTodo", "abandoned")) +
+		testutil.ToFloat64(b.sc.metrics.Mutations.WithLabelValues("createTodo", "abandoned"))
 	if abandoned != 1 {
 		t.Errorf("mutations_total{outcome=abandoned} = %v across replicas, want 1", abandoned)
 	}
@@ -869,7 +880,7 @@ func TestRedirectsAndTyposAreLoud(t *testing.T) {
 		t.Errorf("pull of a redirected view = %d %s", pr.status, pr.raw)
 	}
 	for kind, want := range map[string]float64{"mutation": 4, "view": 1, "auth": 0} {
-		if got := testutil.ToFloat64(sc.sc.metrics.mappingErrors.WithLabelValues(kind)); got != want {
+		if got := testutil.ToFloat64(sc.sc.metrics.MappingErrors.WithLabelValues(kind)); got != want {
 			t.Errorf("mapping_errors_total{kind=%s} = %v, want %v", kind, got, want)
 		}
 	}
@@ -959,7 +970,7 @@ func TestBookkeepingCaps(t *testing.T) {
 		t.Errorf("the kept rejections are not the newest")
 	}
 	for what, want := range map[string]float64{"clients": 1, "rejections": 3} {
-		if got := testutil.ToFloat64(sc.sc.metrics.pruned.WithLabelValues(what)); got != want {
+		if got := testutil.ToFloat64(sc.sc.metrics.Pruned.WithLabelValues(what)); got != want {
 			t.Errorf("bookkeeping_pruned_total{what=%s} = %v, want %v", what, got, want)
 		}
 	}

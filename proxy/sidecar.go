@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/metrics"
+
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
@@ -20,10 +22,12 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/compress"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/gate"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/lag"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/passthrough"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/plan"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/poke"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/sse"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/tracing"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/verdict"
@@ -61,10 +65,10 @@ func New(o Options) *Sidecar {
 	cfg := o.Config
 	mem := budget.New(cfg.MaxInflightBytes, budgetWait)
 	turns := gate.New(cfg.MaxConnsPerGroup, cfg.MaxWaitingPerGroup)
-	m := newMetrics(o.Registerer, cfg.Mapping.Mutators.Names(), mem, turns)
-	m.buildInfo(cmp.Or(o.Version, "dev"), o.Revision)
-	o.Registerer.MustRegister(store.NewPoolCollector(o.Pool, namespace))
-	report := verdict.NewReporter(m.mappingErrors, o.Logger)
+	m := metrics.New(o.Registerer, cfg.Mapping.Mutators.Names(), mem, turns)
+	m.BuildInfo(cmp.Or(o.Version, "dev"), o.Revision)
+	o.Registerer.MustRegister(store.NewPoolCollector(o.Pool, metrics.Namespace))
+	report := verdict.NewReporter(m.MappingErrors, o.Logger)
 	c := &core{
 		cfg:     cfg,
 		log:     o.Logger,
@@ -73,8 +77,9 @@ func New(o Options) *Sidecar {
 		store: store.New(o.Pool, store.Options{
 			Schema: cfg.DBSchema, WaitTimeout: cfg.DBLockTimeout + 5*time.Second, RecordVersions: cfg.ViewRecordVersions,
 			TouchInterval: touchInterval(cfg.ClientGroupTTL), RecordCacheBytes: cmp.Or(cfg.ViewRecordCacheBytes, -1),
+			HistoryPerGroup: cfg.MaxHistoryPerGroup,
 		}),
-		parts:   cfg.Parts(PartsOptions{Registerer: o.Registerer, Tracer: o.Tracer, Logger: o.Logger, Reporter: report}),
+		parts:   NewParts(cfg, PartsOptions{Registerer: o.Registerer, Tracer: o.Tracer, Logger: o.Logger, Reporter: report}),
 		metrics: m,
 		report:  report,
 		budget:  mem,
@@ -83,9 +88,13 @@ func New(o Options) *Sidecar {
 	}
 	c.hub = poke.NewHub(poke.Limits{Max: cfg.PokeMaxSubscribers, PerKey: poke.PerKeyLimit(cfg.PokeMaxSubscribers), Lifetime: cfg.PokeMaxLifetime, Spread: cfg.PokeSpread},
 		cfg.PokeCoalesce)
+	c.streams = sse.New(sse.Options{Heartbeat: cfg.PokeHeartbeat, WriteTimeout: c.pokeWriteTimeout(), Stop: c.hub.Done(),
+		Ended: c.streamEnded, Poked: m.Pokes.Inc})
 	c.bus = poke.NewBus(c.hub, o.Pool, cfg.DBSchema, cfg.PokeCallerInterval, o.Logger)
 	c.bus.OnMarks(func(written, deleted []string, all bool) { c.writes.Marked(written, deleted, all, time.Now()) })
-	m.pokeSubscribers(c.hub.Count)
+	c.lag = lag.New(m.ChangeLag.Observe)
+	c.bus.OnPokes(c.lag.Changed)
+	m.PokeSubscribers(c.hub.Count)
 	c.useMapping(cfg.Mapping)
 	return &Sidecar{
 		core:  c,
@@ -126,11 +135,11 @@ func NewHTTPServer(h http.Handler, readTimeout, writeTimeout time.Duration) *htt
 // invalidate hook, and the pass-through for everything else. Every request
 // gets its trace context here, before any handler runs.
 func (s *Sidecar) Handler() http.Handler {
-	push := s.metrics.instrument(endpointPush, s.cors(postOnly(s.gzip.Handler(http.HandlerFunc(s.handlePush)))))
-	pull := s.metrics.instrument(endpointPull, s.cors(postOnly(s.gzip.Handler(http.HandlerFunc(s.pulls.handlePull)))))
-	pass := s.metrics.instrument(endpointProxy, s.passthrough)
-	pokes := s.metrics.instrument(endpointPoke, s.cors(http.HandlerFunc(s.handlePoke)))
-	invalidate := s.metrics.instrument(endpointInvalidate, http.HandlerFunc(s.handleInvalidate))
+	push := s.metrics.Instrument(metrics.EndpointPush, s.cors(postOnly(s.gzip.Handler(http.HandlerFunc(s.handlePush)))))
+	pull := s.metrics.Instrument(metrics.EndpointPull, s.cors(postOnly(s.gzip.Handler(http.HandlerFunc(s.pulls.handlePull)))))
+	pass := s.metrics.Instrument(metrics.EndpointProxy, s.passthrough)
+	pokes := s.metrics.Instrument(metrics.EndpointPoke, s.cors(http.HandlerFunc(s.handlePoke)))
+	invalidate := s.metrics.Instrument(metrics.EndpointInvalidate, http.HandlerFunc(s.handleInvalidate))
 	// A push may run for its time budget plus one upstream call, a pull for
 	// a few upstream calls; the answer must still get out after that.
 	writeWindow := s.cfg.PushTimeBudget + 2*s.cfg.UpstreamTimeout + 10*time.Second
@@ -139,20 +148,20 @@ func (s *Sidecar) Handler() http.Handler {
 		if s.tracer != nil {
 			ctx, span := tracing.StartServerSpan(r.Context(), s.tracer, &tc, "replicache "+s.endpointOf(r.URL.Path),
 				attribute.String("http.request.method", r.Method), attribute.String("url.path", r.URL.Path))
-			sw := &statusWriter{ResponseWriter: w}
+			sw := &metrics.StatusWriter{ResponseWriter: w}
 			r, w = r.WithContext(ctx), sw
 			defer func() {
-				if sw.status != 0 {
-					span.SetAttributes(attribute.Int("http.response.status_code", sw.status))
+				if sw.Status != 0 {
+					span.SetAttributes(attribute.Int("http.response.status_code", sw.Status))
 				}
-				if sw.status >= 500 {
-					span.SetStatus(codes.Error, http.StatusText(sw.status))
+				if sw.Status >= 500 {
+					span.SetStatus(codes.Error, http.StatusText(sw.Status))
 				}
 				span.End()
 			}()
 		}
 		r = r.WithContext(tracing.With(r.Context(), tc))
-		if s.endpointOf(r.URL.Path) != endpointProxy {
+		if s.endpointOf(r.URL.Path) != metrics.EndpointProxy {
 			// The sidecar's own answers name the trace (error bodies too);
 			// a passed-through answer is the API's.
 			w.Header().Set("X-Trace-ID", tc.TraceID)
@@ -180,21 +189,21 @@ func (s *Sidecar) Handler() http.Handler {
 func (s *Sidecar) endpointOf(path string) string {
 	switch path {
 	case s.cfg.PushPath:
-		return endpointPush
+		return metrics.EndpointPush
 	case s.cfg.PullPath:
-		return endpointPull
+		return metrics.EndpointPull
 	case s.cfg.PokePath:
-		return endpointPoke
+		return metrics.EndpointPoke
 	case s.cfg.InvalidatePath:
-		return endpointInvalidate
+		return metrics.EndpointInvalidate
 	}
-	return endpointProxy
+	return metrics.EndpointProxy
 }
 
 // AdminHandler returns the admin handler: /healthz (the process is alive),
-// /readyz (not draining; the database's state in the body) and
-// /metrics (everything g gathers), and with SIDECAR_PPROF Go's profiles
-// under /debug/pprof/.
+// /readyz (not draining; the database's state in the body), /metrics
+// (everything g gathers), /groups/{id} (one client group, inspected:
+// inspect.go), and with SIDECAR_PPROF Go's profiles under /debug/pprof/.
 func (s *Sidecar) AdminHandler(g prometheus.Gatherer) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -220,6 +229,7 @@ func (s *Sidecar) AdminHandler(g prometheus.Gatherer) http.Handler {
 		problem.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready", "database": db})
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /groups/{id}", s.handleInspect)
 	if s.cfg.Pprof {
 		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)

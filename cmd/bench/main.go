@@ -101,6 +101,10 @@ var figures = []struct {
 	{"pull reset and memory", (*bench).resetPulls},
 	{"diff pull", (*bench).diffPulls},
 	{"groups pushing at once", (*bench).groups},
+	{"fanout of one change", (*bench).fanout},
+	{"1,000-client wave", (*bench).thousand},
+	{"history", (*bench).history},
+	{"poke streams", (*bench).pokes},
 }
 
 type bench struct {

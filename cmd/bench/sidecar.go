@@ -53,6 +53,9 @@ func startSidecar(bin string, env ...string) (*sidecar, error) {
 		"SIDECAR_SHUTDOWN_TIMEOUT=2s", "SIDECAR_DRAIN_DELAY=0s", "SIDECAR_LOG_LEVEL=warn", "SIDECAR_PPROF=true")
 	s.cmd.Env = append(s.cmd.Env, env...)
 	s.cmd.Stderr = s.stderr
+	if os.Getenv("BENCH_SIDECAR_LOG_LEVEL") != "" {
+		s.cmd.Stderr = io.MultiWriter(s.stderr, os.Stderr) // a figure's sidecar logs, to debug it
+	}
 	if err := s.cmd.Start(); err != nil {
 		return nil, err
 	}

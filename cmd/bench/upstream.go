@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
@@ -30,7 +31,8 @@ const pageSize = 1000
 //	GET  /api/{user}/todos?page=N  a page: {"count","next","previous","results"}
 //	POST /api/todos                 201, the body read and dropped
 type fastAPI struct {
-	base string // the server's URL, for next links
+	base string       // the server's URL, for next links
+	gets atomic.Int64 // pages served: the view reads the sidecar made
 
 	mu    sync.RWMutex
 	lists map[string]*list
@@ -83,6 +85,15 @@ func (a *fastAPI) change(user string, step int) int {
 		n++
 	}
 	return n
+}
+
+// changeItem gives item i of user's list a new title.
+func (a *fastAPI) changeItem(user string, i int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	l := a.lists[user]
+	l.items[i] = l.item(i)
+	l.pages[i/pageSize] = nil
 }
 
 // bytes is the size of user's list as the API sends it: every page.
@@ -174,6 +185,7 @@ func (a *fastAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	body, tag := a.page(user, p-1)
+	a.gets.Add(1)
 	if body == nil {
 		http.NotFound(w, r)
 		return
@@ -195,7 +207,9 @@ func (a *fastAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 //
 //	POST /_bench/add?user=&n=&etags=  make a list
 //	POST /_bench/change?user=&step=   change every step'th item: the count
+//	POST /_bench/change?user=&item=   change that item: 1
 //	GET  /_bench/size?user=           "pages bytes"
+//	GET  /_bench/gets                 the pages served so far
 func (a *fastAPI) control(w http.ResponseWriter, r *http.Request, ctl string) {
 	q := r.URL.Query()
 	user := q.Get("user")
@@ -204,11 +218,17 @@ func (a *fastAPI) control(w http.ResponseWriter, r *http.Request, ctl string) {
 	exists := a.lists[user] != nil
 	a.mu.RUnlock()
 	switch {
+	case ctl == "gets":
+		_, _ = fmt.Fprint(w, a.gets.Load())
 	case ctl == "add" && r.Method == http.MethodPost:
 		a.add(user, num("n"), q.Get("etags") == "true")
 		w.WriteHeader(http.StatusNoContent)
 	case !exists:
 		http.Error(w, "no such list", http.StatusNotFound)
+	case ctl == "change" && r.Method == http.MethodPost && q.Has("item"):
+		a.changeItem(user, num("item"))
+		a.bytes(user)
+		_, _ = fmt.Fprint(w, 1)
 	case ctl == "change" && r.Method == http.MethodPost:
 		n := a.change(user, max(1, num("step")))
 		a.bytes(user) // encode the changed pages now, not in a measured GET
@@ -303,6 +323,17 @@ func (a *apiProcess) add(user string, n int, etags bool) {
 
 func (a *apiProcess) change(user string, step int) int {
 	n, _ := strconv.Atoi(a.call(http.MethodPost, fmt.Sprintf("/_bench/change?user=%s&step=%d", url.QueryEscape(user), step)))
+	return n
+}
+
+// changeItem changes item i of user's list.
+func (a *apiProcess) changeItem(user string, i int) {
+	a.call(http.MethodPost, fmt.Sprintf("/_bench/change?user=%s&item=%d", url.QueryEscape(user), i))
+}
+
+// gets returns how many pages the API has served.
+func (a *apiProcess) gets() int64 {
+	n, _ := strconv.ParseInt(a.call(http.MethodGet, "/_bench/gets"), 10, 64)
 	return n
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"text/tabwriter"
 
@@ -26,10 +27,16 @@ const checkUsage = `Usage: replicache-sidecar check [flags]
 Tries the mapping against the live API before any client syncs: reads the
 same SIDECAR_* settings and mapping as the server (every configuration
 problem at once; no database needed), fetches each view source as the given
-user would see it, following pagination as a pull does, and renders each
-mutator's example. Nothing is written unless --write is given.
+user would see it, following pagination as a pull does, tries the delta
+read of each source with changes, and renders each mutator's examples, in
+the order given. Nothing is written unless --write is given.
 
-Exit status: 0 nothing to fix, 1 problems, 2 it could not run.
+An example meant to be refused says so: --example deleteTodo:rejected='{…}'
+(or :404, :4xx), or "expect" in an examples file, a JSON or YAML list of
+{"mutator": …, "args": {…}, "expect": …}.
+
+Exit status: 0 nothing to fix (warnings are printed, and do not fail it),
+1 problems, 2 it could not run.
 
 Flags:
 `
@@ -40,6 +47,24 @@ type multiFlag []string
 func (m *multiFlag) String() string     { return strings.Join(*m, ", ") }
 func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 
+// exampleFlag is --example or --examples: each adds to one list, in the
+// order given on the command line.
+type exampleFlag struct {
+	file bool
+	list *[]exampleArg
+}
+
+type exampleArg struct {
+	file  bool
+	value string
+}
+
+func (e exampleFlag) String() string { return "" }
+func (e exampleFlag) Set(v string) error {
+	*e.list = append(*e.list, exampleArg{e.file, v})
+	return nil
+}
+
 // runCheck is `replicache-sidecar check`; it returns the exit status.
 func runCheck(ctx context.Context, args []string, env map[string]string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
@@ -48,10 +73,12 @@ func runCheck(ctx context.Context, args []string, env map[string]string, stdout,
 		_, _ = io.WriteString(stderr, checkUsage)
 		fs.PrintDefaults()
 	}
-	var headers, examples multiFlag
+	var headers multiFlag
+	var examples []exampleArg
 	fs.Var(&headers, "header", "a header the client would send, `'Name: value'` (repeatable), e.g. 'Authorization: Bearer …'")
 	user := fs.String("user", "", "the user `id`, when users are named by SIDECAR_USER_ID_HEADER")
-	fs.Var(&examples, "example", "a mutator's example args, `name='{json}'` (repeatable)")
+	fs.Var(exampleFlag{list: &examples}, "example", "a mutator's example args, `name[:expect]='{json}'` (repeatable; sent in the order given)")
+	fs.Var(exampleFlag{file: true, list: &examples}, "examples", "a `file` of examples: a JSON or YAML list of {mutator, args, expect} (repeatable)")
 	write := fs.Bool("write", false, "send each example's mutation to the API once (it changes the API's data)")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	if err := fs.Parse(args); err != nil {
@@ -61,7 +88,7 @@ func runCheck(ctx context.Context, args []string, env map[string]string, stdout,
 		_, _ = fmt.Fprintf(stderr, "check: unexpected argument %q\n", fs.Arg(0))
 		return checkFailed
 	}
-	o := sidecarcheck.Options{Header: http.Header{}, User: *user, Examples: map[string]json.RawMessage{}, Write: *write}
+	o := sidecarcheck.Options{Header: http.Header{}, User: *user, Write: *write}
 	for i, h := range headers {
 		name, value, ok := strings.Cut(h, ":")
 		if !ok || strings.TrimSpace(name) == "" || strings.ContainsAny(strings.TrimSpace(name), " \t") {
@@ -72,12 +99,25 @@ func runCheck(ctx context.Context, args []string, env map[string]string, stdout,
 		o.Header.Add(strings.TrimSpace(name), strings.TrimSpace(value))
 	}
 	for _, e := range examples {
-		name, args, ok := strings.Cut(e, "=")
-		if !ok || name == "" || !json.Valid([]byte(args)) {
-			_, _ = fmt.Fprintf(stderr, "check: --example %q: want name='{json args}'\n", e)
-			return checkFailed
+		if !e.file {
+			ex, err := sidecarcheck.ParseExample(e.value)
+			if err != nil {
+				_, _ = fmt.Fprintf(stderr, "check: --example %q: %v\n", e.value, err)
+				return checkFailed
+			}
+			o.Examples = append(o.Examples, ex)
+			continue
 		}
-		o.Examples[name] = json.RawMessage(args)
+		raw, err := os.ReadFile(e.value)
+		if err == nil {
+			var list []sidecarcheck.Example
+			if list, err = sidecarcheck.ParseExamples(raw); err == nil {
+				o.Examples = append(o.Examples, list...)
+				continue
+			}
+		}
+		_, _ = fmt.Fprintf(stderr, "check: --examples %s:\n  %s\n", e.value, strings.ReplaceAll(err.Error(), "\n", "\n  "))
+		return checkFailed
 	}
 	env = withoutDatabase(env)
 	cfg, err := proxy.LoadConfig(env)
@@ -150,12 +190,18 @@ func printCheck(w io.Writer, rep *sidecarcheck.Report, write bool) error {
 			for _, p := range s.Problems {
 				fmt.Fprintf(&b, "  ✗ %s: %s\n", s.Path, p)
 			}
+			for _, w := range s.Warnings {
+				fmt.Fprintf(&b, "  ! %s: %s\n", s.Path, w)
+			}
+			if s.Changes != "" {
+				fmt.Fprintf(&b, "  ✓ %s: %s\n", s.Path, s.Changes)
+			}
 		}
 	}
 	if len(rep.Mutators) > 0 {
 		b.WriteString("\nMutators")
 		if write {
-			b.WriteString(" (each example sent once)")
+			b.WriteString(" (each example sent once, in the order given)")
 		}
 		b.WriteString("\n")
 		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
@@ -169,6 +215,12 @@ func printCheck(w io.Writer, rep *sidecarcheck.Report, write bool) error {
 				outcome = "rendered, not sent (--write sends it)"
 			case m.Status != 0:
 				outcome = fmt.Sprintf("%s (%d)", outcome, m.Status)
+			}
+			if m.ServerID != "" {
+				outcome += ", the API's id " + m.ServerID
+			}
+			if m.Expect != "" {
+				outcome += ", expected " + m.Expect
 			}
 			_, _ = fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", m.Name, m.Method, m.Path, outcome)
 		}
@@ -185,14 +237,27 @@ func printCheck(w io.Writer, rep *sidecarcheck.Report, write bool) error {
 	for _, n := range rep.Unknown {
 		fmt.Fprintf(&b, "  ✗ --example %s: the mapping has no such mutator\n", n)
 	}
-	switch rep.Problems {
-	case 0:
-		b.WriteString("\nNothing to fix.\n")
-	case 1:
-		b.WriteString("\n1 problem to fix.\n")
-	default:
-		fmt.Fprintf(&b, "\n%d problems to fix.\n", rep.Problems)
-	}
+	b.WriteString("\n" + summary(rep.Problems, rep.Warnings) + "\n")
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// summary is the report's last line.
+func summary(problems, warnings int) string {
+	plural := func(n int, one, many string) string {
+		if n == 1 {
+			return "1 " + one
+		}
+		return fmt.Sprintf("%d %s", n, many)
+	}
+	switch {
+	case problems == 0 && warnings == 0:
+		return "Nothing to fix."
+	case problems == 0:
+		return fmt.Sprintf("No problems, but %s (!): what they name was not verified, or may go wrong; read them before relying on this check.",
+			plural(warnings, "warning", "warnings"))
+	case warnings == 0:
+		return plural(problems, "problem", "problems") + " to fix."
+	}
+	return plural(problems, "problem", "problems") + " to fix. " + plural(warnings, "warning", "warnings") + " (!) to read."
 }

@@ -23,3 +23,12 @@ func setUserTimeout(d time.Duration) func(network, address string, c syscall.Raw
 		return err
 	}
 }
+
+// openFilesLimit is the process's limit on open files (RLIMIT_NOFILE).
+func openFilesLimit() (uint64, bool) {
+	var l syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
+		return 0, false
+	}
+	return l.Cur, true
+}

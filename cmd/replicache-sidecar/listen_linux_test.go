@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bytes"
+	"log/slog"
 	"net"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -60,5 +63,32 @@ func TestListenerNoticesDeadPeers(t *testing.T) {
 		t.Errorf("an idle dead peer is noticed after %v; want within a minute", idle)
 	case user <= 0 || user > time.Minute:
 		t.Errorf("TCP_USER_TIMEOUT = %v; want set, within a minute", user)
+	}
+}
+
+// TestOpenFilesWarning: a limit on open files below what
+// SIDECAR_POKE_MAX_SUBSCRIBERS streams need (a socket each, and the rest)
+// is said at start; one above is not.
+func TestOpenFilesWarning(t *testing.T) {
+	limit, ok := openFilesLimit()
+	if !ok {
+		t.Fatal("no open-files limit read on Linux")
+	}
+	if limit > 1<<30 {
+		t.Skipf("the open-files limit is %d: no setting reaches it", limit)
+	}
+	fit := int(limit) - fdHeadroom // streams that leave the rest its files
+	for _, tc := range []struct {
+		streams int
+		warn    bool
+	}{
+		{fit + 1, true},
+		{fit, false},
+	} {
+		var out bytes.Buffer
+		checkOpenFiles(slog.New(slog.NewJSONHandler(&out, nil)), tc.streams)
+		if got := strings.Contains(out.String(), `"want_open_files"`); got != tc.warn {
+			t.Errorf("%d streams under a limit of %d: warned %t, want %t (%s)", tc.streams, limit, got, tc.warn, out.String())
+		}
 	}
 }

@@ -4,6 +4,7 @@
 //
 //	replicache-sidecar            serve (push, pull, poke streams, pass-through; admin endpoints)
 //	replicache-sidecar check …    try the mapping against the live API (check --help)
+//	replicache-sidecar inspect G  one client group, from a running sidecar's admin listener
 //	replicache-sidecar version    print the build's version
 package main
 
@@ -13,17 +14,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"runtime"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"go.opentelemetry.io/otel/trace"
 
 	"github.com/replicache-sidecar/replicache-sidecar/proxy"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
@@ -43,6 +41,8 @@ Commands:
   (none)     serve: push, pull, poke streams and pass-through on SIDECAR_LISTEN_ADDR,
              health, readiness and metrics on SIDECAR_ADMIN_ADDR
   check      try the mapping against the live API (replicache-sidecar check --help)
+  inspect    show one client group, from a running sidecar's admin listener
+             (replicache-sidecar inspect --help)
   version    print the version
 
 Configuration is read from SIDECAR_* environment variables (config.example.env).
@@ -64,6 +64,8 @@ func runCommand(ctx context.Context, args []string, env map[string]string, stdou
 	switch cmd {
 	case "check":
 		return runCheck(ctx, args[1:], env, stdout, stderr)
+	case "inspect":
+		return runInspect(ctx, args[1:], env, stdout, stderr)
 	case "version", "--version", "-version":
 		_, _ = fmt.Fprintf(stdout, "replicache-sidecar %s (revision %s, %s)\n", version, orUnknown(revision), runtime.Version())
 		return 0
@@ -92,36 +94,6 @@ func environ() map[string]string {
 	return m
 }
 
-// listenFunc opens a listener (listenTCP, or a test's).
-type listenFunc func(network, address string) (net.Listener, error)
-
-// Dead peers: a client that vanishes (a laptop closed, a phone off the
-// network) sends no FIN or RST, and its connection would hold a poke
-// stream's slot until TCP gives up: minutes when idle, about 15 with data
-// in flight (a heartbeat). Keep-alive probes start after deadPeerIdle of
-// silence, deadPeerInterval apart, and deadPeerProbes unanswered ones end
-// the connection (45 s); on Linux TCP_USER_TIMEOUT ends it once
-// deadPeerTimeout passes without an acknowledgement of data sent or of a
-// probe. Either way a dead peer's connection fails within a minute, and
-// its request's context with it. A client that is alive but reads slowly
-// is not affected: its TCP acknowledges what its buffers take.
-const (
-	deadPeerIdle     = 15 * time.Second
-	deadPeerInterval = 10 * time.Second
-	deadPeerProbes   = 3
-	deadPeerTimeout  = 45 * time.Second
-)
-
-// listenTCP opens a listener whose connections notice a dead peer within
-// a minute (see deadPeerTimeout).
-func listenTCP(network, address string) (net.Listener, error) {
-	lc := net.ListenConfig{
-		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: deadPeerIdle, Interval: deadPeerInterval, Count: deadPeerProbes},
-		Control:         setUserTimeout(deadPeerTimeout), // inherited by accepted connections
-	}
-	return lc.Listen(context.Background(), network, address)
-}
-
 // run builds the sidecar and serves until ctx is cancelled or a server
 // fails (proxy.Sidecar.Serve drains and shuts down).
 func run(ctx context.Context, env map[string]string, logOut io.Writer, listen listenFunc) error {
@@ -132,27 +104,18 @@ func run(ctx context.Context, env map[string]string, logOut io.Writer, listen li
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(cfg.LogLevel))
 	log := slog.New(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: level}))
+	checkOpenFiles(log, cfg.PokeMaxSubscribers)
 	// Nothing built here may live by ctx: a signal drains in-flight work.
 	pool, err := store.NewPool(context.WithoutCancel(ctx), cfg.PoolOptions())
 	if err != nil {
 		return fmt.Errorf("creating database pool: %w", err)
 	}
 	defer pool.Close()
-	var tracer trace.Tracer
-	if tracing.Enabled(env) {
-		t, shutdown, err := tracing.New(context.WithoutCancel(ctx), version)
-		if err != nil {
-			return err
-		}
-		tracer = t
-		defer func() { // the spans still buffered go out before the process ends
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			if err := shutdown(sctx); err != nil {
-				log.Warn("flushing spans", "error", err)
-			}
-		}()
+	tracer, flush, err := tracing.Start(context.WithoutCancel(ctx), env, version, log)
+	if err != nil {
+		return err
 	}
+	defer flush() // the spans still buffered go out before the process ends
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	sc := proxy.New(proxy.Options{Config: cfg, Pool: pool, Logger: log, Registerer: reg, Tracer: tracer,

@@ -278,3 +278,70 @@ func TestRunFailsWhenAServerStops(t *testing.T) {
 		t.Fatal("run kept going after its admin server stopped")
 	}
 }
+
+// TestStartWarnsWhenEveryCallerIsOneUser: with neither SIDECAR_AUTH_PATH
+// nor SIDECAR_USER_ID_HEADER the sidecar cannot tell users apart; it says
+// so at start, at warn level, naming both settings, and says nothing of
+// the kind when either is set.
+func TestStartWarnsWhenEveryCallerIsOneUser(t *testing.T) {
+	mapping := filepath.Join(t.TempDir(), "m.json")
+	if err := os.WriteFile(mapping, []byte(`{"mutators":{"m":{"method":"POST","path":"/m"}}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const warning = "every caller is one user"
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		warn bool
+	}{
+		{"neither setting", nil, true},
+		{"SIDECAR_AUTH_PATH", map[string]string{"SIDECAR_AUTH_PATH": "/api/me"}, false},
+		{"SIDECAR_USER_ID_HEADER", map[string]string{"SIDECAR_USER_ID_HEADER": "X-User"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := map[string]string{
+				"SIDECAR_UPSTREAM_URL": "http://127.0.0.1:9", "SIDECAR_MAPPING_FILE": mapping,
+				// Never reached: serving starts without the database.
+				"SIDECAR_DATABASE_URL": "postgres://sidecar@127.0.0.1:9/none?connect_timeout=1",
+				"SIDECAR_LISTEN_ADDR":  "127.0.0.1:0", "SIDECAR_ADMIN_ADDR": "127.0.0.1:0", "SIDECAR_DRAIN_DELAY": "0s",
+			}
+			for k, v := range tc.env {
+				env[k] = v
+			}
+			logs := &logSink{}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- run(ctx, env, logs, net.Listen) }()
+			// The warning comes before the listening line.
+			proxytest.WaitFor(t, "the listening log line", func() bool { return logs.find("listening") != nil })
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("run = %v after a clean stop", err)
+				}
+			case <-time.After(15 * time.Second):
+				t.Fatal("run did not return")
+			}
+			var found map[string]any
+			logs.mu.Lock()
+			for _, l := range logs.lines {
+				if msg, _ := l["msg"].(string); strings.HasPrefix(msg, warning) {
+					found = l
+				}
+			}
+			logs.mu.Unlock()
+			switch {
+			case tc.warn && found == nil:
+				t.Error("no warning that every caller is one user")
+			case tc.warn:
+				msg := found["msg"].(string)
+				if found["level"] != "WARN" || !strings.Contains(msg, "SIDECAR_AUTH_PATH") || !strings.Contains(msg, "SIDECAR_USER_ID_HEADER") {
+					t.Errorf("warning %v: want level WARN naming both settings", found)
+				}
+			case found != nil:
+				t.Errorf("warned %q although %v is set", found["msg"], tc.env)
+			}
+		})
+	}
+}

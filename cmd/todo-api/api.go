@@ -6,7 +6,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,15 +19,73 @@ import (
 )
 
 type todo struct {
-	ID     string `json:"id"`
-	ListID string `json:"listID,omitempty"`
-	Title  string `json:"title"`
-	Done   bool   `json:"done"`
+	ID string
+	// Serial: the service chose the id (-assign-ids). It is written as a
+	// JSON number, as Django's AutoField and Rails' integer keys are.
+	Serial    bool
+	ListID    string
+	Title     string
+	Done      bool
+	UpdatedAt string
+}
+
+// todoJSON is a todo as the API writes it (and the state file keeps it):
+// the id a string, or a number when the service chose it.
+type todoJSON struct {
+	ID        json.RawMessage `json:"id"`
+	ListID    string          `json:"listID,omitempty"`
+	Title     string          `json:"title"`
+	Done      bool            `json:"done"`
+	UpdatedAt string          `json:"updated_at,omitempty"`
+}
+
+func (t todo) MarshalJSON() ([]byte, error) {
+	id, err := json.Marshal(t.ID)
+	if t.Serial {
+		id, err = []byte(t.ID), nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(todoJSON{ID: id, ListID: t.ListID, Title: t.Title, Done: t.Done, UpdatedAt: t.UpdatedAt})
+}
+
+func (t *todo) UnmarshalJSON(b []byte) error {
+	var j todoJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	*t = todo{ListID: j.ListID, Title: j.Title, Done: j.Done, UpdatedAt: j.UpdatedAt}
+	if err := json.Unmarshal(j.ID, &t.ID); err != nil {
+		var n json.Number
+		if err := json.Unmarshal(j.ID, &n); err != nil {
+			return fmt.Errorf("todo id %s is neither a string nor a number", j.ID)
+		}
+		t.ID, t.Serial = n.String(), true
+	}
+	return nil
 }
 
 type list struct {
-	ID   string `json:"id"`
-	Name string `json:"name"`
+	ID        string `json:"id"`
+	Name      string `json:"name"`
+	UpdatedAt string `json:"updated_at,omitempty"`
+}
+
+// updatedAt is the layout of updated_at, as most APIs write it: RFC 3339
+// in UTC with microseconds (Django REST Framework's default).
+const updatedAt = "2006-01-02T15:04:05.000000Z07:00"
+
+// touched returns the time to stamp a change with: now, or just after the
+// last stamp when the clock has not moved on (or went back), so an item's
+// updated_at only grows and no two changes share one. a.mu is held.
+func (a *api) touched() string {
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	if !now.After(a.lastStamp) {
+		now = a.lastStamp.Add(time.Microsecond)
+	}
+	a.lastStamp = now
+	return now.Format(updatedAt)
 }
 
 type userData struct {
@@ -55,6 +115,12 @@ type api struct {
 	delay    time.Duration
 	// duplicateStatus answers a create whose id exists (409 unless set).
 	duplicateStatus int
+	lastStamp       time.Time // the last updated_at given (a.touched)
+	// assignIDs: a create of a todo takes no id from the client; the
+	// service assigns the next of a sequence shared by every user (1, 2,
+	// …), as an auto-increment key does.
+	assignIDs bool
+	lastID    int64 // the sequence's last value (assignIDs)
 	// fault, when set, is a page of a list whose GET fails (-faults).
 	fault atomic.Pointer[pageFault]
 }
@@ -196,7 +262,7 @@ func writePage(w http.ResponseWriter, r *http.Request, p paged) {
 	}
 	link := ""
 	if p.more {
-		link = fmt.Sprintf(`<%s?page=%d>; rel="next"`, p.path, p.page+1)
+		link = fmt.Sprintf(`<%s>; rel="next"`, p.next())
 		w.Header().Set("Link", link)
 	}
 	sum := sha256.Sum256(append([]byte(link+"\n"), body...))
@@ -250,12 +316,34 @@ func (a *api) me(user string, _ *http.Request, _ []byte) (int, any) {
 // page returns the page'th slice of ids and whether there is a next page.
 func (a *api) listTodos(user string, r *http.Request, _ []byte) (int, any) {
 	d := a.data(user)
-	return http.StatusOK, pageOf(r, "todos", d.todos, d.todoOrder, a.pageSize)
+	return listPage(r, "todos", d.todos, d.todoOrder, a.pageSize, func(t *todo) string { return t.UpdatedAt })
 }
 
 func (a *api) listLists(user string, r *http.Request, _ []byte) (int, any) {
 	d := a.data(user)
-	return http.StatusOK, pageOf(r, "lists", d.lists, d.listOrder, a.pageSize)
+	return listPage(r, "lists", d.lists, d.listOrder, a.pageSize, func(l *list) string { return l.UpdatedAt })
+}
+
+// listPage answers a page of a list: the items in order, only those changed
+// after ?updated_after= (RFC 3339) when it is given, as django-filter's
+// updated_at__gt does; 400 for a time it cannot read.
+func listPage[T any](r *http.Request, field string, items map[string]*T, order []string, size int, stamp func(*T) string) (int, any) {
+	if after := r.URL.Query().Get("updated_after"); after != "" {
+		since, err := time.Parse(time.RFC3339Nano, after)
+		if err != nil {
+			return http.StatusBadRequest, errBody("updated_after must be an RFC 3339 time: " + err.Error())
+		}
+		var changed []string
+		for _, id := range order {
+			// Stamps share one layout, but compare times: the caller's
+			// may be written in another (offset, fewer digits).
+			if at, err := time.Parse(time.RFC3339Nano, stamp(items[id])); err == nil && at.After(since) {
+				changed = append(changed, id)
+			}
+		}
+		order = changed
+	}
+	return http.StatusOK, pageOf(r, field, items, order, size)
 }
 
 // pageOf returns the page the request asks for (?page=N, from 1) of the
@@ -271,7 +359,7 @@ func pageOf[T any](r *http.Request, field string, items map[string]*T, order []s
 	for _, id := range order[lo:hi] {
 		out = append(out, *items[id])
 	}
-	return paged{field, out, p, len(order), hi < len(order), r.URL.Path}
+	return paged{field, out, p, len(order), hi < len(order), r.URL.Path, r.URL.Query()}
 }
 
 // paged is a page of a list; writeJSON adds its Link header.
@@ -282,6 +370,18 @@ type paged struct {
 	total int
 	more  bool
 	path  string
+	query url.Values // the request's, for the next page's link
+}
+
+// next is the link to the page after p: the same query (its filter), the
+// next page number.
+func (p paged) next() string {
+	q := maps.Clone(p.query)
+	if q == nil {
+		q = url.Values{}
+	}
+	q.Set("page", strconv.Itoa(p.page+1))
+	return p.path + "?" + q.Encode()
 }
 
 func (p paged) MarshalJSON() ([]byte, error) {
@@ -312,6 +412,12 @@ func (a *api) createTodo(user string, _ *http.Request, body []byte) (int, any) {
 	if err := json.Unmarshal(body, &in); err != nil {
 		return http.StatusUnprocessableEntity, errBody("body must be a JSON object: " + err.Error())
 	}
+	if a.assignIDs {
+		// The id is the service's to choose: any the body carries is
+		// ignored, as a read-only field is.
+		id := strconv.FormatInt(a.lastID+1, 10)
+		in.ID = &id
+	}
 	if !validText(in.ID, 128) {
 		return http.StatusUnprocessableEntity, errBody("id is required (1-128 characters)")
 	}
@@ -322,7 +428,10 @@ func (a *api) createTodo(user string, _ *http.Request, body []byte) (int, any) {
 	if _, exists := d.todos[*in.ID]; exists {
 		return a.duplicateStatus, errBody(fmt.Sprintf("todo %q already exists", *in.ID))
 	}
-	t := &todo{ID: *in.ID, Title: *in.Title}
+	t := &todo{ID: *in.ID, Title: *in.Title, Serial: a.assignIDs, UpdatedAt: a.touched()}
+	if a.assignIDs {
+		a.lastID++
+	}
 	if in.Done != nil {
 		t.Done = *in.Done
 	}
@@ -355,6 +464,7 @@ func (a *api) updateTodo(user string, r *http.Request, body []byte) (int, any) {
 	if in.ListID != nil {
 		t.ListID = *in.ListID
 	}
+	t.UpdatedAt = a.touched()
 	return http.StatusOK, t
 }
 
@@ -375,7 +485,7 @@ func (a *api) createList(user string, _ *http.Request, body []byte) (int, any) {
 	if _, exists := d.lists[*in.ID]; exists {
 		return http.StatusConflict, errBody(fmt.Sprintf("list %q already exists", *in.ID))
 	}
-	l := &list{ID: *in.ID, Name: *in.Name}
+	l := &list{ID: *in.ID, Name: *in.Name, UpdatedAt: a.touched()}
 	d.lists[l.ID] = l
 	d.listOrder = append(d.listOrder, l.ID)
 	return http.StatusCreated, l
@@ -398,7 +508,7 @@ func remove[T any](items map[string]T, order *[]string, id, what string) (int, a
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	if p, ok := v.(paged); ok && p.more {
-		w.Header().Set("Link", fmt.Sprintf(`<%s?page=%d>; rel="next"`, p.path, p.page+1))
+		w.Header().Set("Link", fmt.Sprintf(`<%s>; rel="next"`, p.next()))
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)

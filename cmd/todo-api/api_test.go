@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -56,7 +58,7 @@ func TestTodoAPI(t *testing.T) {
 		{"DELETE", "/api/todos/b", "alice", "k4", "", 204, ""}, // replay
 		{"DELETE", "/api/todos/b", "alice", "k5", "", 404, ""},
 		{"POST", "/api/lists", "alice", "", `{"id":"l1","name":"groceries"}`, 201, ""},
-		{"GET", "/api/lists", "alice", "", "", 200, `"lists":[{"id":"l1","name":"groceries"}]`},
+		{"GET", "/api/lists", "alice", "", "", 200, `"lists":[{"id":"l1","name":"groceries","updated_at":"`},
 	}
 	for i, s := range steps {
 		status, body, _ := call(s.method, s.path, s.user, s.key, s.body)
@@ -190,6 +192,143 @@ func TestExpiringTokens(t *testing.T) {
 		if got := call(c.method, c.path, c.token, c.body); got != c.want {
 			t.Errorf("%s %s with %q = %d, want %d", c.method, c.path, c.token, got, c.want)
 		}
+	}
+}
+
+// TestUpdatedAfter: ?updated_after= answers only the items changed after
+// that time (strictly), paged like the whole list with the filter kept in
+// the next page's link; a time it cannot read is 400.
+func TestUpdatedAfter(t *testing.T) {
+	mux := http.NewServeMux()
+	newAPI(2).routes(mux)
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	call := func(method, path, body string) (int, []byte, http.Header) {
+		t.Helper()
+		req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer alice")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = resp.Body.Close() }()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b, resp.Header
+	}
+	stamps := map[string]string{}
+	for _, id := range []string{"a", "b", "c", "d", "e"} {
+		_, b, _ := call("POST", "/api/todos", `{"id":"`+id+`","title":"x"}`)
+		var got todo
+		if err := json.Unmarshal(b, &got); err != nil || got.UpdatedAt == "" {
+			t.Fatalf("create %s answered %s: no updated_at", id, b)
+		}
+		stamps[id] = got.UpdatedAt
+	}
+	if !(stamps["a"] < stamps["b"] && stamps["b"] < stamps["c"]) {
+		t.Fatalf("updated_at does not grow: %v", stamps)
+	}
+	for _, id := range []string{"a", "d", "e"} {
+		call("PATCH", "/api/todos/"+id, `{"done":true}`)
+	}
+	// After c's creation: a, d and e (changed since), not b or c; two per page.
+	var ids []string
+	path := "/api/todos?updated_after=" + url.QueryEscape(stamps["c"])
+	for path != "" {
+		status, b, hdr := call("GET", path, "")
+		var page struct {
+			Todos []todo `json:"todos"`
+		}
+		if err := json.Unmarshal(b, &page); status != 200 || err != nil {
+			t.Fatalf("GET %s = %d %s", path, status, b)
+		}
+		for _, td := range page.Todos {
+			ids = append(ids, td.ID)
+		}
+		path = ""
+		if l := hdr.Get("Link"); l != "" {
+			path = strings.TrimSuffix(strings.TrimPrefix(l, "<"), `>; rel="next"`)
+			if !strings.Contains(path, "updated_after=") {
+				t.Fatalf("the next page's link %q dropped the filter", l)
+			}
+		}
+	}
+	if strings.Join(ids, ",") != "a,d,e" {
+		t.Errorf("changed after c's creation: %v, want a,d,e", ids)
+	}
+	// Strictly after: e's own stamp leaves nothing.
+	_, b, _ := call("GET", "/api/todos?updated_after="+url.QueryEscape(stamps["e"]), "")
+	var last struct {
+		Todos []todo `json:"todos"`
+	}
+	_ = json.Unmarshal(b, &last)
+	for _, td := range last.Todos {
+		if td.ID == "b" || td.ID == "c" {
+			t.Errorf("updated_after=%s answered %s", stamps["e"], td.ID)
+		}
+	}
+	if status, b, _ := call("GET", "/api/todos?updated_after=yesterday", ""); status != 400 || !strings.Contains(string(b), "updated_after") {
+		t.Errorf("an unreadable time = %d %s, want 400 naming updated_after", status, b)
+	}
+}
+
+// TestAssignedIDs (-assign-ids): the service chooses each todo's id, an
+// integer written as a JSON number, from a sequence shared by every user;
+// an id in the create's body is ignored; a replayed create answers the
+// same id; the ids and the sequence survive a restart; an id the service
+// never gave (a client's temporary one) is 404.
+func TestAssignedIDs(t *testing.T) {
+	path := t.TempDir() + "/state.json"
+	serve := func() *httptest.Server {
+		a := newAPI(10)
+		a.assignIDs = true
+		if err := a.load(path); err != nil {
+			t.Fatal(err)
+		}
+		mux := http.NewServeMux()
+		a.routes(mux)
+		return httptest.NewServer(mux)
+	}
+	stamp := regexp.MustCompile(`,"updated_at":"[^"]*"`)
+	call := func(srv *httptest.Server, method, path, user, key, body string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+user)
+		if key != "" {
+			req.Header.Set("Idempotency-Key", key)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = resp.Body.Close() }()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, stamp.ReplaceAllString(strings.TrimSpace(string(b)), "")
+	}
+	srv := serve()
+	for i, s := range []struct {
+		method, path, user, key, body string
+		status                        int
+		want                          string // the answer, without updated_at
+	}{
+		{"POST", "/api/todos", "alice", "k1", `{"id":"tmp-1","title":"milk"}`, 201, `{"id":1,"title":"milk","done":false}`},
+		{"POST", "/api/todos", "alice", "k1", `{"id":"tmp-1","title":"milk"}`, 201, `{"id":1,"title":"milk","done":false}`}, // replayed
+		{"POST", "/api/todos", "bob", "k2", `{"title":"bread"}`, 201, `{"id":2,"title":"bread","done":false}`},
+		{"PATCH", "/api/todos/tmp-1", "alice", "", `{"done":true}`, 404, `{"error":"no such todo"}`},
+		{"PATCH", "/api/todos/1", "alice", "", `{"done":true}`, 200, `{"id":1,"title":"milk","done":true}`},
+	} {
+		if status, body := call(srv, s.method, s.path, s.user, s.key, s.body); status != s.status || body != s.want {
+			t.Fatalf("step %d %s %s: %d %s; want %d %s", i, s.method, s.path, status, body, s.status, s.want)
+		}
+	}
+	srv.Close()
+	srv = serve() // a restart
+	defer srv.Close()
+	if status, body := call(srv, "POST", "/api/todos", "alice", "", `{"title":"eggs"}`); status != 201 || body != `{"id":3,"title":"eggs","done":false}` {
+		t.Errorf("create after a restart = %d %s, want id 3", status, body)
+	}
+	if status, body := call(srv, "GET", "/api/todos", "alice", "", ""); status != 200 ||
+		!strings.Contains(body, `"todos":[{"id":1,"title":"milk","done":true},{"id":3,"title":"eggs","done":false}]`) {
+		t.Errorf("list after a restart = %d %s", status, body)
 	}
 }
 

@@ -6,7 +6,9 @@
 // a demo). List endpoints paginate with a Link header. Mutating requests
 // honour Idempotency-Key: a repeated key replays the first answer without a
 // second effect (the answer carries Idempotent-Replayed: true). With -state
-// the data survives restarts. It also serves a static web app from -static.
+// the data survives restarts. With -assign-ids the service chooses each new
+// todo's id (an integer), as most SQL-backed APIs do. It also serves a
+// static web app from -static.
 //
 //	GET    /api/me
 //	GET    /api/todos?page=N      POST /api/todos
@@ -52,6 +54,8 @@ func run(ctx context.Context, args []string) error {
 	delay := fs.Duration("delay", 0, "added to every mutating request, to play a slow legacy service")
 	dupStatus := fs.Int("duplicate-status", http.StatusConflict,
 		"status answered to a create whose id exists (500 plays prototyping servers that answer a duplicate with a server error)")
+	assignIDs := fs.Bool("assign-ids", false,
+		"the service chooses each new todo's id (integers from 1, written as JSON numbers, as Django's AutoField); any id a create sends is ignored")
 	faults := fs.Bool("faults", false, "serve /test/fault, which makes a GET of one page of a list fail (for tests)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -60,6 +64,7 @@ func run(ctx context.Context, args []string) error {
 	api := newAPI(*pageSize)
 	api.delay = *delay
 	api.duplicateStatus = *dupStatus
+	api.assignIDs = *assignIDs
 	if *state != "" {
 		if err := api.load(*state); err != nil {
 			return err

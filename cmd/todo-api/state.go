@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 )
 
 // savedState is the file format of -state: enough to restart the service
@@ -40,6 +41,9 @@ func (a *api) load(path string) error {
 		for _, t := range u.Todos {
 			d.todos[t.ID] = &t
 			d.todoOrder = append(d.todoOrder, t.ID)
+			if n, err := strconv.ParseInt(t.ID, 10, 64); err == nil && t.Serial {
+				a.lastID = max(a.lastID, n) // the sequence goes on after a restart
+			}
 		}
 		for _, l := range u.Lists {
 			d.lists[l.ID] = &l

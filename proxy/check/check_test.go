@@ -80,7 +80,7 @@ func TestCheckWriteSendsTheServersCall(t *testing.T) {
 	}
 	rep, err := check.Run(context.Background(), cfg, check.Options{
 		Header: http.Header{"Authorization": {"Bearer alice"}}, User: "alice", Write: true,
-		Examples: map[string]json.RawMessage{"createTodo": json.RawMessage(`{"id":"b","title":"b"}`)},
+		Examples: []check.Example{{Mutator: "createTodo", Args: json.RawMessage(`{"id":"b","title":"b"}`)}},
 	})
 	if err != nil {
 		t.Fatal(err)

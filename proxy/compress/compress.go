@@ -158,5 +158,26 @@ func (c *Writer) Finish() {
 	}
 }
 
+// FlushError sends what was written so far (http.ResponseController's
+// Flush finds it before Unwrap): an answer flushed before its first
+// minCompressBytes is one that goes out piece by piece, and is compressed
+// (the headers must go out with it, Content-Encoding set); then the
+// compressor's pending output, then the connection's buffer. Without it
+// Flush would reach past this Writer, send the headers uncompressed, and
+// the gzip bytes after them would be unreadable.
+func (c *Writer) FlushError() error {
+	if !c.started {
+		if err := c.start(true); err != nil {
+			return err
+		}
+	}
+	if c.gz != nil {
+		if err := c.gz.Flush(); err != nil {
+			return err
+		}
+	}
+	return http.NewResponseController(c.ResponseWriter).Flush()
+}
+
 // Unwrap lets http.ResponseController reach the connection (deadlines).
 func (c *Writer) Unwrap() http.ResponseWriter { return c.ResponseWriter }

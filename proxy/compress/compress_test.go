@@ -71,3 +71,46 @@ func TestHandlerEncodes(t *testing.T) {
 		}
 	}
 }
+
+// TestFlushedAnswer: an answer flushed piece by piece (a streamed pull,
+// through http.ResponseController) goes out gzip-encoded from its first
+// piece, even one shorter than 1 KiB, and decodes to what was written.
+// Without the Writer's own Flush the first flush sent the headers without
+// Content-Encoding, and the gzip bytes that followed could not be read.
+func TestFlushedAnswer(t *testing.T) {
+	var p Pool
+	first := `{"lastMutationIDChanges":{},"patch":[{"op":"clear"}`
+	rest := strings.Repeat(`,{"op":"put","key":"todo/1","value":{"title":"milk"}}`, 100) + `]}`
+	srv := httptest.NewServer(p.Handler(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		rc := http.NewResponseController(w)
+		for _, piece := range []string{first, rest} {
+			if _, err := io.WriteString(w, piece); err != nil {
+				t.Error(err)
+			}
+			if err := rc.Flush(); err != nil {
+				t.Errorf("flush: %v", err)
+			}
+		}
+	})))
+	defer srv.Close()
+	req, _ := http.NewRequest(http.MethodPost, srv.URL, nil)
+	req.Header.Set("Accept-Encoding", "gzip")
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if got := resp.Header.Get("Content-Encoding"); got != "gzip" {
+		t.Fatalf("Content-Encoding %q, want gzip", got)
+	}
+	zr, err := gzip.NewReader(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(zr)
+	if err != nil || string(got) != first+rest {
+		t.Fatalf("decoded %d bytes (%v), want the %d written", len(got), err, len(first+rest))
+	}
+}

@@ -101,15 +101,20 @@ func TestSealAlone(t *testing.T) {
 	always := func(int) (bool, error) { return true, nil }
 
 	alone, _, _ := g.Join("a", 1, nil, always)
-	if !alone.SealAlone() || !alone.SealAlone() {
+	if !alone.SealAlone() {
 		t.Fatal("SealAlone of a flight without riders = false")
+	}
+	if again := alone.SealAlone(); !again {
+		t.Fatal("SealAlone of a flight it sealed = false")
 	}
 	if f, leader, _ := g.Join("a", 2, &rider{}, always); !leader || f == alone {
 		t.Fatal("a newcomer boarded a flight sealed alone")
 	}
 
 	lead, _, _ := g.Join("b", 1, nil, always)
-	g.Join("b", 2, &rider{}, always)
+	if _, leader, err := g.Join("b", 2, &rider{}, always); leader || err != nil {
+		t.Fatalf("a second pull of b led a flight (%v, %v), want it to ride", leader, err)
+	}
 	if lead.SealAlone() {
 		t.Fatal("SealAlone sealed a flight with a rider")
 	}

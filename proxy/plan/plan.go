@@ -44,7 +44,8 @@ import (
 type Writes struct {
 	mu      sync.Mutex
 	started time.Time
-	paths   []string // the sources' paths, without query; {userID} matches any segment
+	paths   []string        // the sources' paths (Key); {userID} matches any segment
+	aged    map[string]bool // the paths of sources with a maxAge: a write under one is worth telling
 	last    map[string]stamp
 	all     time.Time // a write under every source (the invalidate hook without sources, missed announcements)
 }
@@ -59,20 +60,31 @@ func NewWrites(now time.Time) *Writes {
 // Sources sets the source paths writes are matched against (the mapping's;
 // call again when it is reloaded).
 func (w *Writes) Sources(infos []clientview.SourceInfo) {
-	paths := make([]string, 0, len(infos))
+	paths, aged := make([]string, 0, len(infos)), map[string]bool{}
 	for _, s := range infos {
-		p, _, _ := strings.Cut(s.Path, "?")
-		paths = append(paths, strings.TrimSuffix(p, "/"))
+		paths = append(paths, Key(s.Path))
+		if s.MaxAge > 0 {
+			aged[Key(s.Path)] = true
+		}
 	}
 	w.mu.Lock()
-	w.paths = paths
+	w.paths, w.aged = paths, aged
 	w.mu.Unlock()
 }
 
+// Key is how marks name a source: its path without query or trailing
+// slash.
+func Key(path string) string {
+	p, _, _ := strings.Cut(path, "?")
+	return strings.TrimSuffix(p, "/")
+}
+
 // Saw notes a write of method to path (the URL path as sent to the API),
-// at the moment it was sent, and returns the source paths it fell under
-// (written, and deleted for a DELETE): what to announce to the other
-// replicas (Marked).
+// at the moment it was sent, and returns what to tell the other replicas
+// (Marked) and the database (store.MarkSources): the paths of the maxAge
+// sources it fell under (written: a delta source reads a write by its
+// changes anyway), and for a DELETE of every source it fell under
+// (deleted).
 func (w *Writes) Saw(method, path string, at time.Time) (written, deleted []string) {
 	path, _, _ = strings.Cut(path, "?")
 	w.mu.Lock()
@@ -83,7 +95,9 @@ func (w *Writes) Saw(method, path string, at time.Time) (written, deleted []stri
 		}
 		st := w.last[p]
 		st.write = later(st.write, at)
-		written = append(written, p)
+		if w.aged[p] {
+			written = append(written, p)
+		}
 		if method == "DELETE" {
 			st.del = later(st.del, at)
 			deleted = append(deleted, p)
@@ -116,8 +130,7 @@ func (w *Writes) Marked(written, deleted []string, all bool, at time.Time) {
 // SawPath notes a write under the source path p exactly as mapped (the
 // invalidate hook names sources by their path).
 func (w *Writes) SawPath(p string, at time.Time) {
-	p, _, _ = strings.Cut(p, "?")
-	p = strings.TrimSuffix(p, "/")
+	p = Key(p)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	st := w.last[p]
@@ -134,18 +147,10 @@ func (w *Writes) All(at time.Time) {
 	w.mu.Unlock()
 }
 
-// After reports whether a write came under the source path p after t (or
-// this replica cannot know: it started after t).
-func (w *Writes) After(p string, t time.Time) bool {
-	write, _ := w.since(p)
-	return write.After(t)
-}
-
 // since returns when the last write, and the last delete, came under the
 // source path p.
 func (w *Writes) since(p string) (write, del time.Time) {
-	p, _, _ = strings.Cut(p, "?")
-	p = strings.TrimSuffix(p, "/")
+	p = Key(p)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	st := w.last[p]
@@ -185,7 +190,41 @@ type Input struct {
 	// record's current version.
 	Current bool
 	Writes  *Writes
-	Now     time.Time
+	// Marks are the writes and deletes every replica routed, as the
+	// database held them when the pull began (store.SourceStates; by Key).
+	// They are another replica's clock: each counts as MarkSkew later.
+	Marks map[string]store.SourceMark
+	Now   time.Time
+}
+
+// MarkSkew is how far another replica's clock may be behind this one's: a
+// mark from the database that this replica has not heard of counts as that
+// much later than it says, so a read that began just after it, by this
+// replica's clock, is not taken to have seen it (it is read once more
+// instead).
+const MarkSkew = time.Second
+
+// seen returns when the last write, and the last delete, came under the
+// source path p: by this replica's marks, and by the database's.
+func (in Input) seen(p string) (write, del time.Time) {
+	return in.Writes.Seen(p, in.Marks[Key(p)])
+}
+
+// Seen returns when the last write, and the last delete, came under the
+// source path p, by this replica's marks and m, the database's. A mark of
+// m this replica knows (it made it, or heard it announced: its own stamp
+// is as late) is taken as it is; one it does not, as MarkSkew later.
+func (w *Writes) Seen(p string, m store.SourceMark) (write, del time.Time) {
+	write, del = w.since(p)
+	return unheard(write, m.Write), unheard(del, m.Delete)
+}
+
+// unheard merges the database's mark m into the replica's own stamp.
+func unheard(own, m time.Time) time.Time {
+	if m.IsZero() || !m.After(own.Add(time.Microsecond)) { // the database keeps microseconds
+		return own
+	}
+	return m.Add(MarkSkew)
 }
 
 // Decision is how to read each source, and why.
@@ -224,7 +263,7 @@ func Decide(in Input) Decision {
 		case !known || st.ReadAt.IsZero():
 			full(ReasonFirst)
 		case s.Delta:
-			write, del := in.Writes.since(s.Path)
+			write, del := in.seen(s.Path)
 			_ = write // a delta read sees what was written; only deletes need a full read
 			switch {
 			case st.FullAt.IsZero() || st.Watermark == "":
@@ -241,7 +280,7 @@ func Decide(in Input) Decision {
 				d.Reasons[s.ID] = ReasonChanges
 			}
 		default: // maxAge
-			write, _ := in.Writes.since(s.Path)
+			write, _ := in.seen(s.Path)
 			if in.Now.Sub(st.ReadAt) < s.MaxAge && write.Before(st.ReadAt) {
 				d.Plans[s.ID] = clientview.Plan{Mode: clientview.Skip}
 				d.Reasons[s.ID] = ReasonFresh
@@ -253,13 +292,26 @@ func Decide(in Input) Decision {
 	return d
 }
 
-// Retain reports, for a key of the group's record that a read by d did not
+// Retain reports, for a key of the group's record that reads did not
 // bring, whether it stays: its source was read by its changes, or not at
-// all.
-func (d Decision) Retain(v *clientview.View) func(key string) bool {
+// all. It goes by how each source was read, not by how it was planned: a
+// source planned by its changes may have been read in full (a shared
+// source is served from the replica's copy, a full read; a watermark that
+// cannot be used), and a full read keeps nothing it lacks. Nil when every
+// source was read in full.
+func Retain(v *clientview.View, reads []clientview.SourceResult) func(key string) bool {
+	partial := map[string]bool{}
+	for _, r := range reads {
+		if r.Mode != clientview.Full {
+			partial[r.Source] = true
+		}
+	}
+	if len(partial) == 0 {
+		return nil
+	}
 	return func(key string) bool {
 		id, ok := v.Owner(key)
-		return ok && d.Plans[id].Mode != clientview.Full
+		return ok && partial[id]
 	}
 }
 

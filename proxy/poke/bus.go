@@ -22,7 +22,9 @@ import (
 // (PublishFor does the same, paced per caller); Run sends the
 // announcements (coalesced: a burst of pushes is one NOTIFY) and listens
 // for the other replicas', each on a connection of its own outside the
-// pool, so a busy pool never delays or drops one.
+// pool, so a busy pool never delays or drops one. Every poke carries when
+// the change it is for happened, by the clock of the replica that saw it
+// (OnPokes).
 type Bus struct {
 	hub     *Hub
 	pacer   *Pacer
@@ -34,6 +36,7 @@ type Bus struct {
 	mu      sync.Mutex
 	all     bool
 	users   map[string]bool
+	since   time.Time       // the earliest change pending
 	written map[string]bool // source paths written under, to announce
 	deleted map[string]bool // source paths a DELETE fell under, to announce
 	wake    chan struct{}
@@ -41,6 +44,10 @@ type Bus struct {
 	// onMarks receives the write marks other replicas announce (all: any
 	// may have been missed); set by OnMarks before Run.
 	onMarks func(written, deleted []string, all bool)
+	// onPokes receives every change that pokes, this replica's and the
+	// others'; set by OnPokes before Run.
+	onPokes func(users []string, at time.Time)
+	skew    skewWarning
 
 	listening atomic.Bool
 }
@@ -57,7 +64,7 @@ func NewBus(hub *Hub, pool *pgxpool.Pool, schema string, callerInterval time.Dur
 	cfg.RuntimeParams["idle_session_timeout"] = "0"
 	bus := &Bus{hub: hub, connCfg: cfg, channel: Channel(schema), origin: hex.EncodeToString(b), log: log,
 		users: map[string]bool{}, written: map[string]bool{}, deleted: map[string]bool{}, wake: make(chan struct{}, 1)}
-	bus.pacer = NewPacer(callerInterval, bus.Publish)
+	bus.pacer = NewPacer(callerInterval, bus.publish)
 	return bus
 }
 
@@ -92,12 +99,25 @@ type message struct {
 	Written []string `json:"w,omitempty"`
 	Deleted []string `json:"d,omitempty"`
 	Quiet   bool     `json:"q,omitempty"`
+	// At is when the earliest change the poke is for happened, in
+	// microseconds since the Unix epoch by the announcing replica's clock
+	// (0: an older replica's, which does not say).
+	At int64 `json:"t,omitempty"`
 }
 
 // OnMarks sets what receives the write marks other replicas announce, and
 // all=true when some may have been missed (the listener was down). Call it
 // before Run.
 func (b *Bus) OnMarks(fn func(written, deleted []string, all bool)) { b.onMarks = fn }
+
+// OnPokes sets what receives every change that pokes, just before it
+// pokes this process's subscribers: users (none: everyone) and when the
+// change happened. A change announced by another replica is dated by that
+// replica's clock, but never later than when this one heard of it: a
+// clock ahead of this one's is clamped (and logged), so a lag measured
+// from it is never negative. Catch-up pokes (a reconnected listener) are
+// no change and are not reported. Call it before Run.
+func (b *Bus) OnPokes(fn func(users []string, at time.Time)) { b.onPokes = fn }
 
 // Mark announces write marks to the other replicas, at once (pokes may be
 // paced; a pull they cause must find the marks there first).
@@ -121,11 +141,17 @@ func (b *Bus) Mark(written, deleted []string) {
 
 // Publish pokes users' subscribers (none: everyone) here at once and in
 // every other replica through the database, shortly (announcements are
-// sent by Run, coalesced).
-func (b *Bus) Publish(users []string) {
+// sent by Run, coalesced), for a change that happened now.
+func (b *Bus) Publish(users []string) { b.publish(users, time.Now()) }
+
+// publish is Publish for a change that happened at at.
+func (b *Bus) publish(users []string, at time.Time) {
+	if b.onPokes != nil {
+		b.onPokes(users, at) // before the streams hear of it: a pull they cause must find it
+	}
 	b.hub.Poke(users)
 	b.mu.Lock()
-	b.add(len(users) == 0, users)
+	b.add(len(users) == 0, users, at)
 	b.mu.Unlock()
 	select {
 	case b.wake <- struct{}{}:
@@ -133,15 +159,20 @@ func (b *Bus) Publish(users []string) {
 	}
 }
 
-// PublishFor publishes users' poke (none: everyone's) on behalf of the
-// caller whose key is key (identity.Caller.Key): at once when the caller
-// has been quiet for the pacing interval, else merged with the caller's
-// other pokes at the end of it (see Pacer). Pokes nobody caused (the
-// invalidate hook, a listener's catch-up) go through Publish.
-func (b *Bus) PublishFor(key string, users []string) { b.pacer.Poke(key, users) }
+// PublishFor publishes users' poke (none: everyone's), for a change that
+// happened at at, on behalf of the caller whose key is key
+// (identity.Caller.Key): at once when the caller has been quiet for the
+// pacing interval, else merged with the caller's other pokes at the end
+// of it (see Pacer). Pokes nobody caused (the invalidate hook, a
+// listener's catch-up) go through Publish.
+func (b *Bus) PublishFor(key string, users []string, at time.Time) { b.pacer.Poke(key, users, at) }
 
-// add merges a poke into what is pending; b.mu is held.
-func (b *Bus) add(all bool, users []string) {
+// add merges a poke for a change at at into what is pending; b.mu is
+// held.
+func (b *Bus) add(all bool, users []string, at time.Time) {
+	if (!b.all && len(b.users) == 0) || at.Before(b.since) {
+		b.since = at // the first pending, or an earlier one
+	}
 	if all {
 		b.all = true
 	}
@@ -179,9 +210,11 @@ func (b *Bus) take() []message {
 	if !b.all && len(b.users) == 0 {
 		return out
 	}
+	at := b.since.UnixMicro()
+	b.since = time.Time{}
 	if b.all {
 		b.all = false
-		return append(out, message{Origin: b.origin})
+		return append(out, message{Origin: b.origin, At: at})
 	}
 	users := make([]string, 0, len(b.users))
 	for u := range b.users {
@@ -193,7 +226,7 @@ func (b *Bus) take() []message {
 	first := len(out)
 	for _, u := range users {
 		if len(out) == first || size+len(u)+4 > maxPayload {
-			out = append(out, message{Origin: b.origin})
+			out = append(out, message{Origin: b.origin, At: at})
 			size = 32
 		}
 		last := &out[len(out)-1]
@@ -265,7 +298,7 @@ func (b *Bus) announce(ctx context.Context) {
 					}
 					continue
 				}
-				b.add(len(m.Users) == 0, m.Users)
+				b.add(len(m.Users) == 0, m.Users, time.UnixMicro(m.At))
 			}
 			b.mu.Unlock()
 			if time.Since(lastWarn) > 10*time.Second {
@@ -395,7 +428,51 @@ func (b *Bus) listenOnce(ctx context.Context) (listened bool, err error) {
 			b.onMarks(msg.Written, msg.Deleted, unreadable)
 		}
 		if !msg.Quiet {
+			if b.onPokes != nil {
+				b.onPokes(msg.Users, b.heard(msg.At))
+			}
 			b.hub.Poke(msg.Users)
 		}
 	}
+}
+
+// heard dates a change another replica announced (at: its microseconds
+// since the epoch by that replica's clock; 0: not said): never later than
+// now, when this replica heard of it, so a clock ahead of this one's does
+// not make a change look as if it happened in the future.
+func (b *Bus) heard(at int64) time.Time {
+	now := time.Now()
+	if at == 0 {
+		return now // an older replica: when heard is the best there is
+	}
+	t := time.UnixMicro(at)
+	if ahead := t.Sub(now); ahead > 0 {
+		if ahead > maxQuietSkew && b.skew.due(now) {
+			b.log.Warn("another replica's clock is ahead of this one's; the change lag it announces is counted from when this replica heard of it",
+				"ahead", ahead.Round(time.Millisecond))
+		}
+		return now
+	}
+	return t
+}
+
+// maxQuietSkew is how far ahead another replica's clock may be before it
+// is logged (NTP keeps clocks within milliseconds; a second is a broken
+// clock).
+const maxQuietSkew = time.Second
+
+// skewWarning says a clock-skew warning is due: at most one in 10 minutes.
+type skewWarning struct {
+	mu   sync.Mutex
+	last time.Time
+}
+
+func (w *skewWarning) due(now time.Time) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.last.IsZero() && now.Sub(w.last) < 10*time.Minute {
+		return false
+	}
+	w.last = now
+	return true
 }

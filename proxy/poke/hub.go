@@ -26,12 +26,17 @@
 //   - The pokes one key causes go out at most once per Pacer interval,
 //     merged; none is lost.
 //
-// These rules do not depend on how a stream is written: its writer watches
-// Subscriber.C for pokes, Subscriber.Ended for the hub's decision to end
-// it, and Hub.Done for shutdown.
+// These rules do not depend on how a stream is written. A writer of one
+// stream (Subscribe) watches Subscriber.C for pokes, Subscriber.Ended for
+// the hub's decision to end it, and Hub.Done for shutdown; a writer of many
+// (SubscribeTo) is told both through a Sink, and watches Hub.Done.
+//
+// A subscriber costs the hub no goroutine and no timer of its own: the
+// lifetimes are kept in one heap, under one timer for the earliest.
 package poke
 
 import (
+	"container/heap"
 	"container/list"
 	"errors"
 	mathrand "math/rand/v2"
@@ -94,25 +99,44 @@ func evictedRetry() time.Duration {
 	return 30*time.Second + mathrand.N(30*time.Second)
 }
 
+// Sink is told what the hub decides for one subscriber, in place of
+// Subscriber.C and Subscriber.Ended: for a writer that serves many streams
+// from one goroutine, which cannot wait on every stream's channels. Its
+// methods may be called with the hub's lock held: they must return at once
+// and must not call the hub.
+type Sink interface {
+	// Poke: a poke is due. It may come again before the last one was
+	// written: pokes that pile up are one poke.
+	Poke()
+	// Ended: the hub ended the subscriber (Subscriber.End says why). It
+	// comes once; a Poke of a delivery already under way may still follow,
+	// and is to be ignored.
+	Ended()
+}
+
 // Subscriber is one open poke stream: C receives a value when a poke is
 // due (it holds at most one: pokes that pile up while the stream writes
 // are one poke); Ended is closed when the hub ends the stream (End says
-// why).
+// why). A subscriber with a Sink (SubscribeTo) has neither: its sink is
+// told instead.
 type Subscriber struct {
 	Key  string // the caller's identity.Caller.Key: every rule is per key
 	User string // whose pokes it receives
 	C    chan struct{}
 
-	ended chan struct{}
-	end   End           // set before ended is closed
-	retry time.Duration // ditto
-	seq   uint64        // order of subscription: the oldest has the least
-	elem  *list.Element // in its key's list; nil once removed (h.mu)
-	timer *time.Timer   // its lifetime (nil: none)
+	sink   Sink
+	ended  chan struct{}
+	end    End           // set before ended is closed
+	retry  time.Duration // ditto
+	seq    uint64        // order of subscription: the oldest has the least
+	elem   *list.Element // in its key's list; nil once removed (h.mu)
+	expiry int64         // the end of its lifetime (UnixNano; 0: none)
+	index  int           // in h.expiries; -1: not there (h.mu)
 }
 
 // Ended is closed when the hub ends s (not when s unsubscribes, nor at
-// shutdown: see Hub.Done).
+// shutdown: see Hub.Done). A subscriber with a Sink has none (nil: it
+// never closes).
 func (s *Subscriber) Ended() <-chan struct{} { return s.ended }
 
 // End says, once Ended is closed, why the hub ended s and how long its
@@ -142,6 +166,9 @@ type Hub struct {
 	last    time.Time       // when the last delivery began
 	closed  bool
 	done    chan struct{}
+
+	expiries expiries    // subscribers with a lifetime, the earliest first
+	expire   *time.Timer // fires at the earliest's end (nil until needed)
 }
 
 // NewHub returns a hub for subscribers within limits that coalesces pokes
@@ -162,6 +189,17 @@ func (h *Hub) PerKey() int { return h.limits.PerKey }
 // the package doc). It fails with ErrFull when there is no room for this
 // key, and ErrClosed after Close.
 func (h *Hub) Subscribe(key, user string) (*Subscriber, error) {
+	return h.subscribe(key, user, nil)
+}
+
+// SubscribeTo is Subscribe for a subscriber whose pokes and end are told
+// to sink instead of through channels. sink may be told before
+// SubscribeTo returns.
+func (h *Hub) SubscribeTo(key, user string, sink Sink) (*Subscriber, error) {
+	return h.subscribe(key, user, sink)
+}
+
+func (h *Hub) subscribe(key, user string, sink Sink) (*Subscriber, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
@@ -182,7 +220,10 @@ func (h *Hub) Subscribe(key, user string) (*Subscriber, error) {
 		h.end(most.Front().Value.(*Subscriber), Evicted, evictedRetry())
 	}
 	h.seq++
-	s := &Subscriber{Key: key, User: user, C: make(chan struct{}, 1), ended: make(chan struct{}), seq: h.seq}
+	s := &Subscriber{Key: key, User: user, sink: sink, seq: h.seq, index: -1}
+	if sink == nil {
+		s.C, s.ended = make(chan struct{}, 1), make(chan struct{})
+	}
 	l := h.keys[key]
 	if l == nil {
 		l = list.New()
@@ -195,7 +236,11 @@ func (h *Hub) Subscribe(key, user string) (*Subscriber, error) {
 		// Spread over the last tenth, so streams opened together (after a
 		// replica restarts) do not all come back together.
 		d -= mathrand.N(d/10 + 1)
-		s.timer = time.AfterFunc(d, func() { h.expire(s) })
+		s.expiry = time.Now().Add(d).UnixNano()
+		heap.Push(&h.expiries, s)
+		if s.index == 0 {
+			h.armExpiry()
+		}
 	}
 	return s, nil
 }
@@ -224,6 +269,10 @@ func (h *Hub) end(s *Subscriber, why End, retry time.Duration) {
 		return
 	}
 	s.end, s.retry = why, retry
+	if s.sink != nil {
+		s.sink.Ended()
+		return
+	}
 	close(s.ended)
 }
 
@@ -243,16 +292,61 @@ func (h *Hub) remove(s *Subscriber) bool {
 	if h.perUser[s.User]--; h.perUser[s.User] <= 0 {
 		delete(h.perUser, s.User)
 	}
-	if s.timer != nil {
-		s.timer.Stop()
+	if s.index >= 0 {
+		heap.Remove(&h.expiries, s.index)
 	}
 	return true
 }
 
-func (h *Hub) expire(s *Subscriber) {
+// armExpiry sets the hub's one lifetime timer to the earliest end; h.mu is
+// held. (A timer that fires early, its subscriber gone, only re-arms.)
+func (h *Hub) armExpiry() {
+	if len(h.expiries) == 0 {
+		return
+	}
+	d := time.Until(time.Unix(0, h.expiries[0].expiry))
+	if h.expire == nil {
+		h.expire = time.AfterFunc(d, h.expired)
+		return
+	}
+	h.expire.Reset(d)
+}
+
+// expired ends the subscribers whose lifetime is over.
+func (h *Hub) expired() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.end(s, Expired, 0)
+	now := time.Now().UnixNano()
+	for len(h.expiries) > 0 && h.expiries[0].expiry <= now {
+		h.end(h.expiries[0], Expired, 0) // removes it from the heap
+	}
+	h.armExpiry()
+}
+
+// expiries is a heap of subscribers by the end of their lifetime; each
+// knows its index (Subscriber.index), so one that leaves is removed.
+type expiries []*Subscriber
+
+func (e expiries) Len() int           { return len(e) }
+func (e expiries) Less(i, j int) bool { return e[i].expiry < e[j].expiry }
+func (e expiries) Swap(i, j int) {
+	e[i], e[j] = e[j], e[i]
+	e[i].index, e[j].index = i, j
+}
+
+func (e *expiries) Push(x any) {
+	s := x.(*Subscriber)
+	s.index = len(*e)
+	*e = append(*e, s)
+}
+
+func (e *expiries) Pop() any {
+	old := *e
+	s := old[len(old)-1]
+	old[len(old)-1] = nil
+	s.index = -1
+	*e = old[:len(old)-1]
+	return s
 }
 
 // Unsubscribe removes s (its stream ended); again, or after the hub ended
@@ -331,15 +425,20 @@ func (h *Hub) flush() {
 		poke(to)
 		return
 	}
-	// Batches at even intervals, the last within Spread.
-	every := min(spreadBatch*spreadStep, h.limits.Spread*spreadBatch/time.Duration(len(to)))
+	// Batches at even intervals, the last within Spread: each tick hands
+	// out the batches due by then, so a tick that comes late (a busy
+	// process) does not push the rest of the wave later.
+	every := max(1, min(spreadBatch*spreadStep, h.limits.Spread*spreadBatch/time.Duration(len(to))))
+	start := time.Now()
 	poke(to[:spreadBatch])
 	go func() {
 		t := time.NewTicker(max(every, time.Millisecond/4))
 		defer t.Stop()
-		for i := spreadBatch; i < len(to); i += spreadBatch {
+		for done := spreadBatch; done < len(to); {
 			<-t.C
-			poke(to[i:min(i+spreadBatch, len(to))])
+			due := min(len(to), spreadBatch*(1+int(time.Since(start)/every)))
+			poke(to[done:due])
+			done = due
 		}
 	}()
 }
@@ -347,6 +446,10 @@ func (h *Hub) flush() {
 // poke tells each subscriber a poke is due (one pending is enough).
 func poke(subs []*Subscriber) {
 	for _, s := range subs {
+		if s.sink != nil {
+			s.sink.Poke()
+			continue
+		}
 		select {
 		case s.C <- struct{}{}:
 		default: // one is already due

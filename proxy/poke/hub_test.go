@@ -3,6 +3,7 @@ package poke
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -304,5 +305,98 @@ func TestSpread(t *testing.T) {
 	t.Logf("400 subscribers: the first %d poked after %v, the last after %v", firstSweep, first, last)
 	if firstSweep > len(subs)/2 || last-first < 50*time.Millisecond {
 		t.Errorf("the first sweep found %d of %d poked, the wave took %v: want it spread over about 100 ms", firstSweep, len(subs), last-first)
+	}
+}
+
+// sink records what the hub tells a SubscribeTo subscriber.
+type sink struct {
+	pokes atomic.Int64
+	ended atomic.Int64
+}
+
+func (s *sink) Poke()  { s.pokes.Add(1) }
+func (s *sink) Ended() { s.ended.Add(1) }
+
+// TestHubSinks: a subscriber with a Sink is told its pokes and its end
+// instead of through channels, under the same rules: a poke for its user
+// or everyone, eviction past its key's share (told once, with the
+// reconnect hint), nothing once it left.
+func TestHubSinks(t *testing.T) {
+	h := NewHub(Limits{Max: 10, PerKey: 1}, 0)
+	var first, second, bob sink
+	s1, err := h.SubscribeTo("alice", "alice", &first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s1.C != nil || s1.Ended() != nil {
+		t.Error("a subscriber with a sink has channels")
+	}
+	sb, _ := h.SubscribeTo("bob", "bob", &bob)
+	h.Poke([]string{"alice"})
+	if first.pokes.Load() != 1 || bob.pokes.Load() != 0 {
+		t.Errorf("a poke for alice: alice told %d, bob %d; want 1, 0", first.pokes.Load(), bob.pokes.Load())
+	}
+	if _, err := h.SubscribeTo("alice", "alice", &second); err != nil {
+		t.Fatal(err)
+	}
+	if first.ended.Load() != 1 {
+		t.Fatalf("alice's first subscriber past her share: told its end %d times, want 1", first.ended.Load())
+	}
+	if why, retry := s1.End(); why != Evicted || retry < 30*time.Second {
+		t.Errorf("End() = %s, %v; want evicted with a hint of 30 s or more", why, retry)
+	}
+	h.Unsubscribe(sb)
+	h.Poke(nil)
+	if first.pokes.Load() != 1 || second.pokes.Load() != 1 || bob.pokes.Load() != 0 {
+		t.Errorf("a poke for everyone told the ended one %d, the new one %d, the one that left %d; want 1, 1, 0",
+			first.pokes.Load(), second.pokes.Load(), bob.pokes.Load())
+	}
+	if first.ended.Load() != 1 || bob.ended.Load() != 0 {
+		t.Error("an end was told twice, or to a subscriber that left")
+	}
+}
+
+// TestHubLifetimesInOrder: many subscribers with lifetimes share one timer;
+// each ends after its own lifetime whatever the order they subscribed and
+// left in, and the ones that left are not ended.
+func TestHubLifetimesInOrder(t *testing.T) {
+	h := NewHub(Limits{Lifetime: 150 * time.Millisecond}, 0)
+	start := time.Now()
+	var subs []*Subscriber
+	for i := range 50 {
+		subs = append(subs, mustSubscribe(t, h, fmt.Sprint("k", i)))
+		if i == 25 {
+			time.Sleep(50 * time.Millisecond) // a later half, ending later
+		}
+	}
+	for i := 0; i < 50; i += 3 {
+		h.Unsubscribe(subs[i])
+	}
+	for i, s := range subs {
+		if i%3 == 0 {
+			continue
+		}
+		select {
+		case <-s.Ended():
+		case <-time.After(5 * time.Second):
+			t.Fatalf("subscriber %d outlived its lifetime", i)
+		}
+		floor := 135 * time.Millisecond // 90% of its lifetime
+		if i > 25 {
+			floor += 50 * time.Millisecond
+		}
+		if lived := time.Since(start); lived < floor {
+			t.Errorf("subscriber %d ended after %v, before %v", i, lived, floor)
+		}
+	}
+	for i := 0; i < 50; i += 3 {
+		select {
+		case <-subs[i].Ended():
+			t.Errorf("subscriber %d left, and was ended by its lifetime", i)
+		default:
+		}
+	}
+	if n := h.Count(); n != 0 || len(h.expiries) != 0 {
+		t.Errorf("%d subscribers, %d lifetimes after all ended", n, len(h.expiries))
 	}
 }

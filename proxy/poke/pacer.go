@@ -11,10 +11,12 @@ import (
 // and so on while they keep coming. A flood of writes by one caller costs
 // one poke per interval, and the flood's last change is in the poke that
 // follows it: nothing is lost, it is only later. Callers are told apart by
-// their key (identity.Caller.Key). A Pacer is safe for concurrent use.
+// their key (identity.Caller.Key). Each poke carries when its change
+// happened; merged pokes go out with the earliest. A Pacer is safe for
+// concurrent use.
 type Pacer struct {
 	interval time.Duration
-	send     func(users []string)
+	send     func(users []string, at time.Time)
 
 	mu      sync.Mutex
 	callers map[string]*paced // callers that poked within the last interval
@@ -25,27 +27,30 @@ type paced struct {
 	pending bool
 	all     bool
 	users   map[string]bool
+	since   time.Time   // the earliest change merged
 	timer   *time.Timer // the end of the interval
 }
 
 // NewPacer returns a pacer that sends a caller's pokes (users: whose
-// streams; none: everyone's) at most once per interval (0: all at once)
-// through send, which is called without locks held.
-func NewPacer(interval time.Duration, send func(users []string)) *Pacer {
+// streams; none: everyone's; at: when the earliest change they carry
+// happened) at most once per interval (0: all at once) through send,
+// which is called without locks held.
+func NewPacer(interval time.Duration, send func(users []string, at time.Time)) *Pacer {
 	return &Pacer{interval: interval, send: send, callers: map[string]*paced{}}
 }
 
-// Poke pokes users (none: everyone) for the caller key: at once when key
-// was quiet for an interval, else at the end of the current one.
-func (p *Pacer) Poke(key string, users []string) {
+// Poke pokes users (none: everyone) for the caller key, for a change that
+// happened at: at once when key was quiet for an interval, else at the
+// end of the current one.
+func (p *Pacer) Poke(key string, users []string, at time.Time) {
 	if p.interval <= 0 {
-		p.send(users)
+		p.send(users, at)
 		return
 	}
 	p.mu.Lock()
 	c, busy := p.callers[key]
 	if busy {
-		c.add(users)
+		c.add(users, at)
 		p.mu.Unlock()
 		return
 	}
@@ -53,7 +58,7 @@ func (p *Pacer) Poke(key string, users []string) {
 	p.callers[key] = c
 	c.timer = time.AfterFunc(p.interval, func() { p.release(key, c) })
 	p.mu.Unlock()
-	p.send(users)
+	p.send(users, at)
 }
 
 // release ends c's interval: what was merged goes out and a new interval
@@ -70,27 +75,32 @@ func (p *Pacer) release(key string, c *paced) {
 		p.mu.Unlock()
 		return
 	}
-	users := c.take()
+	users, at := c.take()
 	c.timer.Reset(p.interval)
 	p.mu.Unlock()
-	p.send(users)
+	p.send(users, at)
 }
 
 // Flush sends every merged poke now and forgets every caller: at shutdown,
 // so no poke waits for an interval the process will not see end.
 func (p *Pacer) Flush() {
+	type merged struct {
+		users []string
+		at    time.Time
+	}
 	p.mu.Lock()
-	var out [][]string
+	var out []merged
 	for key, c := range p.callers {
 		c.timer.Stop()
 		if c.pending {
-			out = append(out, c.take())
+			users, at := c.take()
+			out = append(out, merged{users, at})
 		}
 		delete(p.callers, key)
 	}
 	p.mu.Unlock()
-	for _, users := range out {
-		p.send(users)
+	for _, m := range out {
+		p.send(m.users, m.at)
 	}
 }
 
@@ -102,8 +112,11 @@ func (p *Pacer) Callers() int {
 	return len(p.callers)
 }
 
-// add merges a poke; p.mu is held.
-func (c *paced) add(users []string) {
+// add merges a poke for a change at at; p.mu is held.
+func (c *paced) add(users []string, at time.Time) {
+	if !c.pending || at.Before(c.since) {
+		c.since = at
+	}
 	c.pending = true
 	if len(users) == 0 {
 		c.all = true
@@ -123,15 +136,16 @@ func (c *paced) add(users []string) {
 	}
 }
 
-// take returns what was merged (nil: everyone) and clears it; p.mu is held.
-func (c *paced) take() []string {
-	var users []string
+// take returns what was merged (users nil: everyone; at: the earliest
+// change) and clears it; p.mu is held.
+func (c *paced) take() (users []string, at time.Time) {
 	if !c.all {
 		users = make([]string, 0, len(c.users))
 		for u := range c.users {
 			users = append(users, u)
 		}
 	}
-	c.pending, c.all, c.users = false, false, nil
-	return users
+	at = c.since
+	c.pending, c.all, c.users, c.since = false, false, nil, time.Time{}
+	return users, at
 }

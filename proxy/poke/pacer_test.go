@@ -23,9 +23,9 @@ func render(users []string) string {
 	return strings.Join(u, ",")
 }
 
-func recorder() (chan sent, func([]string)) {
+func recorder() (chan sent, func([]string, time.Time)) {
 	ch := make(chan sent, 1000)
-	return ch, func(users []string) { ch <- sent{render(users), time.Now()} }
+	return ch, func(users []string, _ time.Time) { ch <- sent{render(users), time.Now()} }
 }
 
 // drain returns what ch holds now.
@@ -110,7 +110,7 @@ func TestPacer(t *testing.T) {
 			p := NewPacer(tc.interval, send)
 			start := time.Now()
 			for _, pk := range tc.pokes {
-				p.Poke(pk.key, pk.users)
+				p.Poke(pk.key, pk.users, time.Now())
 			}
 			if got := tos(drain(ch)); !slices.Equal(got, tc.atOnce) {
 				t.Errorf("sent at once: %q, want %q", got, tc.atOnce)
@@ -144,7 +144,7 @@ func TestPacer(t *testing.T) {
 			if extra := drain(ch); len(extra) > 0 {
 				t.Errorf("sent %q more", tos(extra))
 			}
-			p.Poke("a", []string{"alice"})
+			p.Poke("a", []string{"alice"}, time.Now())
 			if got := tos(drain(ch)); !slices.Equal(got, []string{"alice"}) {
 				t.Errorf("a quiet caller's next poke: sent at once %q, want [alice]", got)
 			}
@@ -161,7 +161,7 @@ func TestPacerSteadyFlood(t *testing.T) {
 	p := NewPacer(80*time.Millisecond, send)
 	var last time.Time
 	for end := time.Now().Add(400 * time.Millisecond); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
-		p.Poke("mallory", nil)
+		p.Poke("mallory", nil, time.Now())
 		last = time.Now()
 	}
 	var got []sent
@@ -196,9 +196,9 @@ func TestPacerFlush(t *testing.T) {
 	t.Parallel()
 	ch, send := recorder()
 	p := NewPacer(time.Hour, send)
-	p.Poke("a", []string{"alice"})
-	p.Poke("a", []string{"bob"})
-	p.Poke("b", []string{"carol"})
+	p.Poke("a", []string{"alice"}, time.Now())
+	p.Poke("a", []string{"bob"}, time.Now())
+	p.Poke("b", []string{"carol"}, time.Now())
 	if got := tos(drain(ch)); !slices.Equal(got, []string{"alice", "carol"}) {
 		t.Fatalf("sent at once: %q", got)
 	}
@@ -208,5 +208,30 @@ func TestPacerFlush(t *testing.T) {
 	}
 	if n := p.Callers(); n != 0 {
 		t.Errorf("%d callers held after Flush", n)
+	}
+}
+
+// TestPacerCarriesWhenTheChangeHappened: a poke goes out dated by its
+// change; pokes merged within an interval go out dated by the earliest of
+// them (the change that waited longest), whatever order they came in.
+func TestPacerCarriesWhenTheChangeHappened(t *testing.T) {
+	t.Parallel()
+	type dated struct {
+		to string
+		at time.Time
+	}
+	ch := make(chan dated, 10)
+	p := NewPacer(time.Hour, func(users []string, at time.Time) { ch <- dated{render(users), at} })
+	t0 := time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
+	p.Poke("a", []string{"alice"}, t0)
+	if got := <-ch; got.at != t0 {
+		t.Errorf("the first poke went out dated %v, want %v", got.at, t0)
+	}
+	p.Poke("a", []string{"bob"}, t0.Add(3*time.Second))
+	p.Poke("a", []string{"carol"}, t0.Add(time.Second)) // came later, happened earlier
+	p.Poke("a", nil, t0.Add(2*time.Second))
+	p.Flush()
+	if got := <-ch; got.to != "everyone" || got.at != t0.Add(time.Second) {
+		t.Errorf("merged pokes went out as %+v; want everyone's, dated by the earliest change (%v)", got, t0.Add(time.Second))
 	}
 }

@@ -1,6 +1,7 @@
 package proxytest
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -90,6 +91,7 @@ func (l *LegacyAPI) Calls() []string {
 
 func (l *LegacyAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
+	r.Body = io.NopCloser(bytes.NewReader(body)) // for a hook
 	if d := time.Duration(l.delay.Load()); d > 0 {
 		select {
 		case <-time.After(d):

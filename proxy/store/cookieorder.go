@@ -29,8 +29,9 @@ func (g *GroupTx) NextCookieOrders(ctx context.Context, requestOrders []int64) (
 func (g *GroupTx) CookieOrder() int64 { return g.cookieOrder }
 
 // IssueCookies is NextCookieOrders that also writes change (nil: none), the
-// group's view record after a pull, pages, its remembered view pages, and
-// the source states staged (StageSources), in the same round trip. With a
+// group's view record after a pull, pages, its remembered view pages, the
+// source states staged (StageSources) and the pulls noted (NotePulls), in
+// the same round trip. With a
 // change and a holder (HoldRecord) it notes the holder's use of the record
 // too.
 func (g *GroupTx) IssueCookies(ctx context.Context, requestOrders []int64, change *ViewChange, pages *PageWrites) ([]int64, error) {
@@ -44,7 +45,7 @@ func (g *GroupTx) IssueCookies(ctx context.Context, requestOrders []int64, chang
 		out[i] = cur
 	}
 	changed := change != nil && change.Changed()
-	if cur == g.cookieOrder && !changed && pages.empty() && len(g.stagedSources) == 0 {
+	if cur == g.cookieOrder && !changed && pages.empty() && len(g.stagedSources) == 0 && len(g.pulls) == 0 {
 		return out, nil
 	}
 	b := &pgx.Batch{}
@@ -67,6 +68,7 @@ func (g *GroupTx) IssueCookies(ctx context.Context, requestOrders []int64, chang
 			last_used_at = now(), view_evicted_at = CASE WHEN $6 THEN NULL ELSE view_evicted_at END
 		WHERE id = $1`), g.GroupID, cur, int64(rec.ID), rec.Version, rec.MinVersion, changed)
 	g.queueSources(b, rec.ID)
+	g.queuePullHistory(b, out, rec)
 	br := g.tx.SendBatch(ctx, b)
 	var err error
 	if holding {

@@ -2,9 +2,11 @@
 // Postgres schema: client groups (owner, last cookie order, deletion, view
 // record), clients (group, last mutation id, the keys of a secret
 // rotation), rejected mutations, the answered retryable attempts of
-// pending mutations (for the give-up valve), and who holds which view
-// record (for its cap). It imports pgx
-// and nothing of the sidecar's; the handlers in package proxy are its only
+// pending mutations (for the give-up valve), the ids the API chose for
+// what clients created under temporary ids, who holds which view record
+// (for its cap), and each group's recent history (for operators). It
+// imports pgx and nothing of the sidecar's; the handlers in package proxy
+// are its only
 // users.
 //
 // # Contract
@@ -72,6 +74,11 @@
 //     once its transaction commits. SetLastMutationID, RecordAttempt and
 //     RecordRejection do the same in separate calls (a rejection takes a
 //     round trip more); they remain until their callers use Settle.
+//   - Server ids: RecordServerID notes, deferred like Settle's consumed
+//     outcomes, the id the API chose for a temporary id of the group; the
+//     first record of a temporary id stands. ServerIDs reads those of a
+//     list of temporary ids, as the transaction sees them. The records
+//     (server_ids, keyed by group, then temporary id) go with their group.
 //   - Cookies: NextCookieOrder issues an order strictly greater than the
 //     request's and every order the group was issued before; a rolled-back
 //     pull issues nothing. GroupTx.Epoch names the database (made at its
@@ -107,15 +114,23 @@
 //     the committed last mutation id, which of a client's mutations may
 //     have gone out keyed with the previous secret, and records the mark
 //     with the transaction.
+//   - History: each settlement, and each pull noted (NotePulls) that
+//     changed what its client holds, is an event of the group's history
+//     (group_history), written with the transaction's COMMIT or its
+//     cookies' batch (never a round trip of its own) and trimmed to
+//     Options.HistoryPerGroup by the statement that adds to it. Inspect
+//     reads a group (its clients, pending attempts, record size, sources,
+//     rejections and history) in one read-only snapshot, without the
+//     group's lock.
 //   - A GroupTx is valid only inside its callback and not safe for
 //     concurrent use.
 //
 // # Queries and groups
 //
 // Every query on the push and pull path is keyed by the client group: look
-// it up, lock it, read or write its clients, rejections, view record and
-// remembered pages (the primary keys of view_entries, view_versions and
-// view_pages start with client_group_id). None joins or aggregates across
+// it up, lock it, read or write its clients, rejections, server ids, view
+// record and remembered pages (the primary keys of view_entries,
+// view_versions, view_pages and server_ids start with client_group_id). None joins or aggregates across
 // groups, so the tables could later be distributed by client_group_id. One
 // table is keyed by something else, and distributed by it: the holders of
 // view records (view_record_holders, keyed by holder, then group); the

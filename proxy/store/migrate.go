@@ -214,6 +214,59 @@ var migrations = []string{
 		ADD COLUMN keys_secret           bigint,
 		ADD COLUMN previous_keys_through bigint;
 	SET LOCAL lock_timeout TO DEFAULT;`,
+	// 14: ids the API chooses (a mutator's serverID): per group, the id
+	// the API chose for what a client created under a temporary id, as
+	// the JSON text of the answer's value (17, "a1"), and the mutation
+	// that recorded it. Bytes, as a temporary id may hold what text cannot.
+	// Keyed by the group first; swept with it. Expand-only: a new table.
+	`CREATE TABLE {schema}.server_ids (
+		client_group_id text NOT NULL,
+		temp_id         bytea NOT NULL,
+		server_id       bytea NOT NULL,
+		client_id       text NOT NULL,
+		mutation_id     bigint NOT NULL,
+		created_at      timestamptz NOT NULL DEFAULT now(),
+		PRIMARY KEY (client_group_id, temp_id)
+	);`,
+	// 15: each client group's recent history, for operators (Inspect,
+	// `replicache-sidecar inspect`): what its mutations came to (the API's
+	// status; rejections, give-ups, pending answers) and the pulls that
+	// changed what its clients hold (the cookie issued, reset or diff, the
+	// entries put and deleted). Written with the push's or pull's own
+	// statements, and trimmed to the newest Options.HistoryPerGroup in the
+	// statement that adds to it; keyed by the group like everything else.
+	// Expand-only: a new table.
+	`CREATE TABLE {schema}.group_history (
+		client_group_id text NOT NULL,
+		id              bigint GENERATED ALWAYS AS IDENTITY,
+		at              timestamptz NOT NULL,
+		kind            text NOT NULL,
+		outcome         text NOT NULL,
+		client_id       text,
+		mutation_id     bigint,
+		mutator         text,
+		status          int,
+		reason          text,
+		counted         boolean,
+		cookie_order    bigint,
+		record_version  bigint,
+		since_version   bigint,
+		puts            int,
+		dels            int,
+		PRIMARY KEY (client_group_id, id)
+	);`,
+	// 16: when a write, and a DELETE, that the sidecar routed last fell
+	// under each view source (by the source's path): kept in the database
+	// so that a pull through any replica sees every mark committed before
+	// its transaction began, whatever the replicas' notifications have
+	// delivered by then. One row per source path, not per group: written
+	// only for a DELETE under a source, or a write under a maxAge or shared
+	// one. Expand-only: a new table.
+	`CREATE TABLE {schema}.view_marks (
+		source    text PRIMARY KEY,
+		write_at  timestamptz,
+		delete_at timestamptz
+	);`,
 }
 
 // lastContractless is the last migration that may break the expand-only

@@ -44,13 +44,18 @@ type Settlement struct {
 	MutationID int64
 	Outcome    Outcome
 	// Status is the upstream's HTTP status: a Pending attempt's last
-	// status (0: no answer), or a Rejected mutation's (0: refused by the
-	// mapping, not the upstream). Unused for Applied.
+	// status (0: no answer), a Rejected mutation's (0: refused by the
+	// mapping, not the upstream), or an Applied one's (for the group's
+	// history only).
 	Status int
 	// Mutator, Reason and Body describe a Rejected mutation for its
 	// rejection record (made storable and cut as RecordRejection does).
-	// Unused otherwise.
+	// The mutator and reason are in the group's history too (any
+	// outcome's mutator); the body is not.
 	Mutator, Reason, Body string
+	// GaveUp says a Rejected mutation was given up on (the give-up
+	// valve), for the group's history. Unused otherwise.
+	GaveUp bool
 	// Counts says a Pending attempt counts toward giving up: the failure is
 	// the mutation's own. False for one that is not (the API was down for
 	// everyone, say): it is recorded for operators, its count unchanged.
@@ -89,9 +94,13 @@ type Settlement struct {
 // replaced. Pending runs at once: one round trip, which also carries any
 // deferred statement. An Outcome Settle does not know is an error.
 //
+// Every settlement is also an event of the group's history (see
+// Inspect), written with the COMMIT (one statement for all of them).
+//
 // Everything is durable once the transaction commits, shared by every
 // replica, and gone if it rolls back.
 func (g *GroupTx) Settle(ctx context.Context, s Settlement) (Attempts, error) {
+	g.noteSettlement(s)
 	switch s.Outcome {
 	case Pending:
 		return g.recordAttempt(ctx, s)

@@ -22,36 +22,96 @@ type SourceState struct {
 	FullAt, ReadAt time.Time
 }
 
+// SourceMark is when a write, and a DELETE, that some replica routed last
+// fell under a view source's path (MarkSources). Zero: none known.
+type SourceMark struct{ Write, Delete time.Time }
+
 // SourceStates reads what the group's current record holds of each source,
-// by source. A group without a record, or whose rows belong to another
-// record (evicted, recreated), has none.
-func (g *GroupTx) SourceStates(ctx context.Context) (map[string]SourceState, error) {
-	out := map[string]SourceState{}
-	if g.record.ID == 0 {
-		return out, nil
+// by source, and every source's marks (by the source's path, as given to
+// MarkSources), in one round trip. A group without a record, or whose rows
+// belong to another record (evicted, recreated), has no states.
+func (g *GroupTx) SourceStates(ctx context.Context) (map[string]SourceState, map[string]SourceMark, error) {
+	out, marks := map[string]SourceState{}, map[string]SourceMark{}
+	b := &pgx.Batch{}
+	b.Queue(g.s.sql(`SELECT source, write_at, delete_at FROM {schema}.view_marks`))
+	if g.record.ID != 0 {
+		b.Queue(g.s.sql(`SELECT source, coalesce(watermark, ''), full_at, read_at FROM {schema}.view_sources
+			WHERE client_group_id = $1 AND record_id = $2`), g.GroupID, int64(g.record.ID))
 	}
-	rows, err := g.tx.Query(ctx, g.s.sql(`SELECT source, coalesce(watermark, ''), full_at, read_at FROM {schema}.view_sources
-		WHERE client_group_id = $1 AND record_id = $2`), g.GroupID, int64(g.record.ID))
+	br := g.tx.SendBatch(ctx, b)
+	err := readMarks(br, marks)
+	if err == nil && g.record.ID != 0 {
+		err = readStates(br, out)
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
-		return nil, fmt.Errorf("reading view sources: %w", err)
+		return nil, nil, fmt.Errorf("reading view sources: %w", err)
+	}
+	return out, marks, nil
+}
+
+func readMarks(br pgx.BatchResults, into map[string]SourceMark) error {
+	rows, err := br.Query()
+	if err != nil {
+		return err
+	}
+	var source string
+	var write, del *time.Time
+	_, err = pgx.ForEachRow(rows, []any{&source, &write, &del}, func() error {
+		into[source] = SourceMark{Write: orZero(write), Delete: orZero(del)}
+		return nil
+	})
+	return err
+}
+
+func readStates(br pgx.BatchResults, into map[string]SourceState) error {
+	rows, err := br.Query()
+	if err != nil {
+		return err
 	}
 	var st SourceState
 	var full, read *time.Time
 	_, err = pgx.ForEachRow(rows, []any{&st.Source, &st.Watermark, &full, &read}, func() error {
-		st.FullAt, st.ReadAt = time.Time{}, time.Time{}
-		if full != nil {
-			st.FullAt = *full
-		}
-		if read != nil {
-			st.ReadAt = *read
-		}
-		out[st.Source] = st
+		st.FullAt, st.ReadAt = orZero(full), orZero(read)
+		into[st.Source] = st
 		return nil
 	})
-	if err != nil {
-		return nil, fmt.Errorf("reading view sources: %w", err)
+	return err
+}
+
+func orZero(t *time.Time) time.Time {
+	if t == nil {
+		return time.Time{}
 	}
-	return out, nil
+	return *t
+}
+
+// MarkSources notes that a write the sidecar routed fell under the view
+// sources at paths written, and a DELETE under those at deleted, at at
+// (the routing replica's clock): every later pull's SourceStates, through
+// any replica, returns it. It is its own short statement, not part of the
+// write's transaction: a source's row is shared by every client group,
+// and must not stay locked while a push goes on.
+func (s *Store) MarkSources(ctx context.Context, written, deleted []string, at time.Time) error {
+	if len(written) == 0 && len(deleted) == 0 {
+		return nil
+	}
+	paths := append(append(make([]string, 0, len(written)+len(deleted)), written...), deleted...)
+	dels := make([]bool, len(paths))
+	for i := len(written); i < len(paths); i++ {
+		dels[i] = true
+	}
+	_, err := s.pool.Exec(ctx, s.sql(`INSERT INTO {schema}.view_marks AS m (source, write_at, delete_at)
+		SELECT p, max($3::timestamptz), max(CASE WHEN d THEN $3::timestamptz END)
+		FROM unnest($1::text[], $2::bool[]) AS u(p, d) GROUP BY p ORDER BY p
+		ON CONFLICT (source) DO UPDATE SET write_at = greatest(m.write_at, excluded.write_at),
+			delete_at = greatest(m.delete_at, excluded.delete_at)`), paths, dels, at)
+	if err != nil {
+		return fmt.Errorf("marking view sources: %w", err)
+	}
+	return nil
 }
 
 // StageSources makes the next IssueCookies of this transaction write these

@@ -36,7 +36,7 @@ func TestSourceStates(t *testing.T) {
 		var out map[string]SourceState
 		if err := s.Locked(ctx, "g", "alice", func(g *GroupTx) error {
 			var err error
-			out, err = g.SourceStates(ctx)
+			out, _, err = g.SourceStates(ctx)
 			return err
 		}); err != nil {
 			t.Fatal(err)
@@ -76,5 +76,45 @@ func TestSourceStates(t *testing.T) {
 	}
 	if got := read(); len(got) != 0 {
 		t.Errorf("states of another record are read: %v", got)
+	}
+}
+
+// TestSourceMarks: marks of routed writes and deletes, by source path, are
+// read by every later transaction's SourceStates; a mark only moves forward.
+func TestSourceMarks(t *testing.T) {
+	t.Parallel()
+	s := newStore(t, 5*time.Second)
+	ctx := context.Background()
+	marks := func() map[string]SourceMark {
+		t.Helper()
+		var out map[string]SourceMark
+		if err := s.Locked(ctx, "g", "alice", func(g *GroupTx) error {
+			var err error
+			_, out, err = g.SourceStates(ctx)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	if got := marks(); len(got) != 0 {
+		t.Fatalf("marks before any write: %v", got)
+	}
+	t1 := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+	t2 := t1.Add(time.Minute)
+	if err := s.MarkSources(ctx, []string{"/api/me"}, []string{"/api/todos"}, t2); err != nil {
+		t.Fatal(err)
+	}
+	// An older mark (a slower replica's) moves nothing back; a write-only
+	// mark leaves the delete alone.
+	if err := s.MarkSources(ctx, []string{"/api/me", "/api/todos"}, []string{"/api/me"}, t1); err != nil {
+		t.Fatal(err)
+	}
+	got := marks()
+	if m := got["/api/todos"]; !m.Write.Equal(t2) || !m.Delete.Equal(t2) {
+		t.Errorf("/api/todos = %+v, want the DELETE's write and delete at %v", m, t2)
+	}
+	if m := got["/api/me"]; !m.Write.Equal(t2) || !m.Delete.Equal(t1) {
+		t.Errorf("/api/me = %+v, want write %v, delete %v", m, t2, t1)
 	}
 }

@@ -70,7 +70,7 @@ type Swept struct {
 
 // SweepGroups deletes the client groups unused (no pull, no processed
 // mutation) for ttl: their clients, view record and remembered pages,
-// rejections and attempts go, and the group's row stays as a tombstone
+// rejections, attempts, server ids and history go, and the group's row stays as a tombstone
 // (deleted_at set: its clients get ClientStateNotFound) until it is older
 // than tombstoneTTL, when it goes too. Each group is deleted in its own
 // short transaction that skips a group busy right now (SKIP LOCKED) or used
@@ -124,7 +124,9 @@ func (s *Store) SweepGroups(ctx context.Context, ttl, tombstoneTTL time.Duration
 				p AS (DELETE FROM {schema}.view_pages WHERE client_group_id IN (SELECT id FROM doomed)),
 				s AS (DELETE FROM {schema}.view_sources WHERE client_group_id IN (SELECT id FROM doomed)),
 				r AS (DELETE FROM {schema}.mutation_rejections WHERE client_group_id IN (SELECT id FROM doomed)),
-				a AS (DELETE FROM {schema}.mutation_attempts WHERE client_group_id IN (SELECT id FROM doomed))
+				a AS (DELETE FROM {schema}.mutation_attempts WHERE client_group_id IN (SELECT id FROM doomed)),
+				i AS (DELETE FROM {schema}.server_ids WHERE client_group_id IN (SELECT id FROM doomed)),
+				h AS (DELETE FROM {schema}.group_history WHERE client_group_id IN (SELECT id FROM doomed))
 				DELETE FROM {schema}.client_groups WHERE id IN (SELECT id FROM doomed)`), tombstoneTTL, batch)
 			if err != nil {
 				return err
@@ -156,7 +158,7 @@ func (s *Store) deleteIdleGroup(ctx context.Context, conn *pgxpool.Conn, id stri
 			return err
 		}
 		b := &pgx.Batch{}
-		for _, table := range []string{"clients", "view_entries", "view_versions", "view_pages", "view_sources", "mutation_rejections", "mutation_attempts"} {
+		for _, table := range []string{"clients", "view_entries", "view_versions", "view_pages", "view_sources", "mutation_rejections", "mutation_attempts", "server_ids", "group_history"} {
 			b.Queue(s.sql(`DELETE FROM {schema}.`+table+` WHERE client_group_id = $1`), id)
 		}
 		b.Queue(s.sql(`UPDATE {schema}.client_groups SET deleted_at = now(), view_record_id = NULL, view_version = 0, view_min_version = 0

@@ -26,6 +26,7 @@ type Store struct {
 	recordVersions int64
 	touchInterval  time.Duration
 	cache          *recordCache
+	historyMax     int // events kept per group (Options.HistoryPerGroup)
 }
 
 // Options configure a Store.
@@ -49,6 +50,9 @@ type Options struct {
 	// (a pull of a group whose record is cached and current reads none of
 	// its rows). Default 16 MiB; negative: no cache.
 	RecordCacheBytes int64
+	// HistoryPerGroup is how many events of each group's history are kept
+	// (the newest; see Inspect). 0: none is recorded.
+	HistoryPerGroup int
 }
 
 // New returns a Store on pool for o. Call Migrate before anything else.
@@ -70,7 +74,7 @@ func New(pool *pgxpool.Pool, o Options) *Store {
 		cacheBytes = 16 << 20
 	}
 	return &Store{pool: pool, schema: pgx.Identifier{o.Schema}.Sanitize(), waitTimeout: wait, recordVersions: versions,
-		touchInterval: touch, cache: newRecordCache(cacheBytes)}
+		touchInterval: touch, cache: newRecordCache(cacheBytes), historyMax: max(0, o.HistoryPerGroup)}
 }
 
 func (s *Store) sql(q string) string { return strings.ReplaceAll(q, "{schema}", s.schema) }
@@ -141,6 +145,7 @@ func (s *Store) locked(ctx context.Context, groupID, userID, clientID string, fn
 	if err := fn(g); err != nil {
 		return err
 	}
+	g.holdHistory() // the settlements' events, with the COMMIT
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
 	defer cancel()
 	if err := tx.commit(cctx); err != nil {
@@ -194,6 +199,12 @@ type GroupTx struct {
 	// IssueCookies made the group one more of the holder's records.
 	holder   string
 	heldAnew bool
+
+	// The group's history events not yet sent: settlements (held with the
+	// transaction's next statement) and pulls (NotePulls, written by
+	// IssueCookies).
+	settled []Event
+	pulls   []PullNote
 }
 
 func (g *GroupTx) lock(ctx context.Context, userID string) error {

@@ -8,6 +8,8 @@ package tracing
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"time"
 
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/sdk/resource"
@@ -42,4 +44,24 @@ func New(ctx context.Context, version string) (trace.Tracer, func(context.Contex
 	_ = err // a partial resource (one detector failing) is kept
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
 	return tp.Tracer("github.com/replicache-sidecar/replicache-sidecar"), tp.Shutdown, nil
+}
+
+// Start is New when env enables tracing (Enabled), else a nil tracer. Its
+// stop sends the spans still buffered, for up to 5 s, logging a failure;
+// call it as the process ends.
+func Start(ctx context.Context, env map[string]string, version string, log *slog.Logger) (trace.Tracer, func(), error) {
+	if !Enabled(env) {
+		return nil, func() {}, nil
+	}
+	tracer, shutdown, err := New(ctx, version)
+	if err != nil {
+		return nil, nil, err
+	}
+	return tracer, func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := shutdown(sctx); err != nil {
+			log.Warn("flushing spans", "error", err)
+		}
+	}, nil
 }

@@ -23,6 +23,9 @@ type Report struct {
 	Status int
 	// Location is a redirect's target.
 	Location string
+	// Reason says what did not fit when the status does not (an applied
+	// create's answer without the id the mapping names).
+	Reason string
 }
 
 // Reporter counts each Report in replicache_sidecar_mapping_errors_total
@@ -73,6 +76,9 @@ func (m *Reporter) Report(traceID, mappingHash string, r *Report) {
 	}
 	m.mu.Unlock()
 	args := []any{"kind", r.Kind, "mapped", r.Mapped, "method", r.Method, "path", r.Path, "status", r.Status, "location", r.Location}
+	if r.Reason != "" {
+		args = append(args, "reason", r.Reason)
+	}
 	if traceID != "" {
 		args = append(args, "trace_id", traceID) // the request that met it
 	}

@@ -148,6 +148,12 @@ func Mutation(mu mutators.Mutation, res mutators.Result, source string, retryAft
 	switch res.Outcome {
 	case mutators.Applied:
 		v.Outcome, v.Label = Done, LabelApplied
+		if res.NoServerID != "" {
+			// Applied all the same, but the id the API chose is unknown:
+			// later mutations naming the temporary id go out with it.
+			v.Report = &Report{Level: slog.LevelError, Kind: KindMutation, Mapped: mu.Name, Method: res.Method, Path: res.Path,
+				Status: res.Status, Reason: res.NoServerID + "; later mutations naming its temporary id go out with it"}
+		}
 	case mutators.Rejected:
 		v.Outcome, v.Cause, v.Label = Consumed, Business, LabelRejected
 		v.Recheck = res.Status != 0 // an answer, not the mapping's refusal to render

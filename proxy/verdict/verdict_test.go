@@ -32,6 +32,10 @@ func TestMutation(t *testing.T) {
 	}{
 		// The plain cases: consumed only when the API said so.
 		{"2xx applied", mutators.Result{Outcome: mutators.Applied, Status: 201}, Done, None, upstream.Healthy, false, false, false, false, ""},
+		// A create whose answer lacks the id the mapping names: applied
+		// all the same, and loud (a mapping error).
+		{"2xx applied without its server id, reported", mutators.Result{Outcome: mutators.Applied, Status: 201, NoServerID: "the answer has no field id (serverID.field)"},
+			Done, None, upstream.Healthy, false, false, false, true, ""},
 		{"business 4xx consumed, credentials re-checked first", mutators.Result{Outcome: mutators.Rejected, Status: 422},
 			Consumed, Business, upstream.Healthy, false, false, true, false, ""},
 		// A mutation the mapping cannot render was never sent: consumed,

@@ -40,11 +40,14 @@ $('switch').replaceChildren(...users.filter((u) => u !== user).flatMap((u, i) =>
 // Realtime: the sidecar pokes this page whenever something changed, and it
 // pulls. (EventSource sends cookies, not headers: the demo API takes its
 // token from a cookie too.) A stream the server refused is not retried by
-// EventSource itself: open a new one, and pull once it is open.
+// EventSource itself: open a new one, and pull once it is open. The stream
+// names its client group, so the sidecar counts it for the group (inspect)
+// and measures how long changes take to reach it.
 document.cookie = `demo_token=${encodeURIComponent(user)}; path=/; SameSite=Strict`;
 let pokes = null;
-function listen(reopened) {
-  pokes = new EventSource('/replicache/poke');
+async function listen(reopened) {
+  const group = await rep.clientGroupID;
+  pokes = new EventSource(`/replicache/poke?clientGroupID=${encodeURIComponent(group)}`);
   pokes.addEventListener('poke', () => rep.pull());
   if (reopened) pokes.onopen = () => rep.pull();
   pokes.onerror = () => {

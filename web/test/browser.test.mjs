@@ -70,6 +70,14 @@ async function waitStreams(sidecar, n) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+// changeLag reads replicache_sidecar_change_lag_seconds of a sidecar: how
+// many lags it observed, and their sum in seconds.
+async function changeLag(sidecar) {
+  const m = await (await fetch(sidecar.admin + '/metrics')).text();
+  const read = (name) => Number(new RegExp(`^replicache_sidecar_change_lag_seconds_${name} (\\S+)`, 'm').exec(m)?.[1] ?? NaN);
+  return {count: read('count'), sum: read('sum')};
+}
+
 test('the demo\'s first minute: no lost clicks, an honest "pending", the user shown, a clean console', {timeout: 240000}, async (t) => {
   ensureChromium();
   const s = await startStack();
@@ -176,5 +184,13 @@ test('realtime in the browser: a todo added in one page appears in another on an
   t.diagnostic(`a todo typed in page A appears in page B (other replica, no Sync, pull interval 60 s): median ${latencies[2]} ms, max ${latencies[4]} ms`);
   assert.ok(latencies[4] < 5000, `max ${latencies[4]} ms`);
   assert.equal(bob.pulls(), bobPulls, "bob's page was not poked by alice's writes");
+  // Replica B measured the lag of each change for page B (its stream names
+  // its client group): one per change (the first may be forgotten, if it
+  // came before B had answered that page's first pull since its stream
+  // opened), and no lag longer than the page took to show the change.
+  const lag = await changeLag(b);
+  t.diagnostic(`replica B's change_lag_seconds: ${lag.count} observations, ${Math.round(1000 * lag.sum / lag.count)} ms on average`);
+  assert.ok(lag.count >= 4 && lag.count <= 5, `replica B observed ${lag.count} lags for 5 changes`);
+  assert.ok(lag.sum * 1000 <= latencies.reduce((x, y) => x + y, 0), `lags summing to ${lag.sum} s, the pages took ${latencies} ms`);
   assert.deepEqual([...a.problems, ...other.problems, ...bob.problems], [], 'no console errors or warnings');
 });

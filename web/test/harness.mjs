@@ -242,3 +242,31 @@ export function psql(sql) {
     env: {...process.env, PGOPTIONS: '-c client_min_messages=warning'},
   }).trim();
 }
+
+// listen reads a poke stream with fetch (Node has no EventSource) and
+// calls onPoke for each poke; it returns a function that closes it.
+export function listen(url, user, onPoke) {
+  const ctrl = new AbortController();
+  const opened = (async () => {
+    const r = await fetch(url, {headers: {Authorization: `Bearer ${user}`}, signal: ctrl.signal});
+    if (r.status !== 200) throw new Error(`poke stream answered ${r.status}`);
+    return r.body.getReader();
+  })();
+  (async () => {
+    const reader = await opened;
+    const dec = new TextDecoder();
+    let buf = '';
+    for (;;) {
+      const {value, done} = await reader.read().catch(() => ({done: true}));
+      if (done) return;
+      buf += dec.decode(value, {stream: true});
+      let i;
+      while ((i = buf.indexOf('\n\n')) >= 0) {
+        const event = buf.slice(0, i);
+        buf = buf.slice(i + 2);
+        if (event.includes('event: poke')) onPoke();
+      }
+    }
+  })();
+  return {opened, close: () => ctrl.abort()};
+}

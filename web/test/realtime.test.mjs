@@ -6,35 +6,7 @@
 // per second, and none is lost.
 import {test} from 'node:test';
 import assert from 'node:assert/strict';
-import {Sidecar, freePort, makeRep, sleep, startStack, sync, todos, waitFor} from './harness.mjs';
-
-// listen reads a poke stream with fetch (Node has no EventSource) and
-// calls onPoke for each poke; it returns a function that closes it.
-function listen(url, user, onPoke) {
-  const ctrl = new AbortController();
-  const opened = (async () => {
-    const r = await fetch(url, {headers: {Authorization: `Bearer ${user}`}, signal: ctrl.signal});
-    assert.equal(r.status, 200);
-    return r.body.getReader();
-  })();
-  (async () => {
-    const reader = await opened;
-    const dec = new TextDecoder();
-    let buf = '';
-    for (;;) {
-      const {value, done} = await reader.read().catch(() => ({done: true}));
-      if (done) return;
-      buf += dec.decode(value, {stream: true});
-      let i;
-      while ((i = buf.indexOf('\n\n')) >= 0) {
-        const event = buf.slice(0, i);
-        buf = buf.slice(i + 2);
-        if (event.includes('event: poke')) onPoke();
-      }
-    }
-  })();
-  return {opened, close: () => ctrl.abort()};
-}
+import {Sidecar, freePort, listen, makeRep, sleep, startStack, sync, todos, waitFor} from './harness.mjs';
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 

@@ -1,4 +1,4 @@
-package proxy
+package config
 
 import (
 	"errors"
@@ -101,7 +101,10 @@ type Config struct {
 	MaxClientsPerGroup    int           `env:"MAX_CLIENTS_PER_GROUP" envDefault:"1000"`
 	MaxRejectionsPerGroup int           `env:"MAX_REJECTIONS_PER_GROUP" envDefault:"10000"`
 	RejectionTTL          time.Duration `env:"REJECTION_TTL" envDefault:"24h"`
-	ExposeRejections      bool          `env:"EXPOSE_REJECTIONS" envDefault:"false"`
+	// MaxHistoryPerGroup: events of each group's history kept (the
+	// newest), for /groups/{id} and `inspect`; 0: none recorded.
+	MaxHistoryPerGroup int  `env:"MAX_HISTORY_PER_GROUP" envDefault:"50"`
+	ExposeRejections   bool `env:"EXPOSE_REJECTIONS" envDefault:"false"`
 	// PatchMode: diff (answer what changed since the client's cookie, from
 	// the group's view record) or reset (clear + every entry, every pull).
 	PatchMode string `env:"PATCH_MODE" envDefault:"diff"`
@@ -151,9 +154,9 @@ func (c Config) PoolOptions() store.PoolOptions {
 
 // SIDECAR_POKE_PASSTHROUGH's values.
 const (
-	pokePassthroughIdentified = "identified"
-	pokePassthroughAll        = "all"
-	pokePassthroughOff        = "off"
+	PokePassthroughIdentified = "identified"
+	PokePassthroughAll        = "all"
+	PokePassthroughOff        = "off"
 )
 
 // GeneratedSecret, as SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS, names the
@@ -163,10 +166,10 @@ const GeneratedSecret = "generated"
 
 var schemaRE = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
 
-// LoadConfig reads the configuration from environ (variable name → value),
+// Load reads the configuration from environ (variable name → value),
 // loads the mapping file, and checks everything. The error, if any, lists
 // every problem found, one per line, so a bad deployment is fixed in one go.
-func LoadConfig(environ map[string]string) (Config, error) {
+func Load(environ map[string]string) (Config, error) {
 	var cfg Config
 	var errs []error
 	if err := env.ParseWithOptions(&cfg, env.Options{Environment: environ, Prefix: "SIDECAR_"}); err != nil {
@@ -228,6 +231,13 @@ func (c *Config) loadMapping() []error {
 		return nil // required: reported by the env parser
 	}
 	m, err := mapping.Load(c.MappingFile)
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var errs []error // one line each
+		for _, e := range j.Unwrap() {
+			errs = append(errs, fmt.Errorf("SIDECAR_MAPPING_FILE: %w", e))
+		}
+		return errs
+	}
 	if err != nil {
 		return []error{fmt.Errorf("SIDECAR_MAPPING_FILE: %w", err)}
 	}
@@ -265,14 +275,14 @@ func (c *Config) checkHeaders() []error {
 		if h == "" {
 			continue
 		}
-		if !validToken(h) {
+		if !ValidToken(h) {
 			errs = append(errs, fmt.Errorf("SIDECAR_FORWARD_HEADERS: %q is not a header name", h))
 		}
 		fwd = append(fwd, http.CanonicalHeaderKey(h))
 	}
 	c.ForwardHeaders = fwd
 	for name, h := range map[string]string{"SIDECAR_USER_ID_HEADER": c.UserIDHeader, "SIDECAR_IDEMPOTENCY_HEADER": c.IdempotencyHeader} {
-		if h != "" && !validToken(h) {
+		if h != "" && !ValidToken(h) {
 			errs = append(errs, fmt.Errorf("%s: %q is not a header name", name, h))
 		}
 	}
@@ -326,6 +336,9 @@ func (c *Config) checkLimits() []error {
 	}
 	if c.GCInterval < 0 {
 		errs = append(errs, errors.New("SIDECAR_GC_INTERVAL must not be negative (0 disables the sweep)"))
+	}
+	if c.MaxHistoryPerGroup < 0 {
+		errs = append(errs, errors.New("SIDECAR_MAX_HISTORY_PER_GROUP must not be negative (0 records none)"))
 	}
 	if c.RejectionTTL < 0 {
 		errs = append(errs, errors.New("SIDECAR_REJECTION_TTL must not be negative (0 keeps them until the count cap)"))
@@ -451,7 +464,7 @@ func (c *Config) checkPassthrough() []error {
 		errs = append(errs, errors.New("SIDECAR_POKE_SPREAD must not be negative (0: all at once)"))
 	}
 	switch c.PokePassthrough {
-	case pokePassthroughIdentified, pokePassthroughAll, pokePassthroughOff:
+	case PokePassthroughIdentified, PokePassthroughAll, PokePassthroughOff:
 	default:
 		errs = append(errs, fmt.Errorf("SIDECAR_POKE_PASSTHROUGH %q: want identified, all or off", c.PokePassthrough))
 	}
@@ -512,7 +525,9 @@ func joinLines(errs []error) error {
 	return errors.New(strings.Join(lines, "\n  "))
 }
 
-func validToken(s string) bool {
+// ValidToken reports whether s is an HTTP token (RFC 9110: a header
+// name, a method).
+func ValidToken(s string) bool {
 	if s == "" {
 		return false
 	}

@@ -1,4 +1,4 @@
-package proxy
+package config
 
 import (
 	"os"
@@ -8,6 +8,19 @@ import (
 	"testing"
 	"time"
 )
+
+// testMapping is a small mapping that parses.
+const testMapping = `{
+  "mutators": {
+    "createTodo": {"method": "POST", "path": "/api/todos"},
+    "updateTodo": {"method": "PATCH", "path": "/api/todos/{args.id}", "body": {"title": "{args.title?}"}},
+    "deleteTodo": {"method": "DELETE", "path": "/api/todos/{args.id}"},
+    "tagTodo": {"method": "POST", "path": "/api/todos/{args.id}/tags?tag={args.tag}"}
+  },
+  "clientView": [{"path": "/api/todos", "items": "todos", "key": "todo/{id}", "pagination": {"type": "link"}}]
+}`
+
+const testSecret = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
 func writeFile(t *testing.T, content string) string {
 	t.Helper()
@@ -19,7 +32,7 @@ func writeFile(t *testing.T, content string) string {
 }
 
 func TestLoadConfigDefaults(t *testing.T) {
-	cfg, err := LoadConfig(map[string]string{
+	cfg, err := Load(map[string]string{
 		"SIDECAR_UPSTREAM_URL": "http://127.0.0.1:3000/v1",
 		"SIDECAR_DATABASE_URL": "postgres://u@localhost/db",
 		"SIDECAR_MAPPING_FILE": writeFile(t, testMapping),
@@ -136,7 +149,7 @@ func TestLoadConfigListsEveryProblem(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := LoadConfig(tc.env)
+			_, err := Load(tc.env)
 			if err == nil {
 				t.Fatal("LoadConfig accepted it")
 			}
@@ -156,7 +169,7 @@ func TestLoadConfigListsEveryProblem(t *testing.T) {
 // Config: every setting appears there (set, or commented out), nothing
 // else does, and a setting given a value there shows its real default.
 func TestConfigExampleListsEverySetting(t *testing.T) {
-	raw, err := os.ReadFile("../config.example.env")
+	raw, err := os.ReadFile("../../config.example.env")
 	if err != nil {
 		t.Fatal(err)
 	}
