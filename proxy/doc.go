@@ -61,8 +61,9 @@
 // # A pull
 //
 // edge: as for a push, and the view breaker must not be open. → pull.go:
-// join a running fetch of the same group, user and credentials (flight),
-// or lead one: holding the group's lock, read every client's last mutation
+// join a running fetch of the same group, user and credentials (flight)
+// that began after every change routed so far (store's count of routed
+// changes, moved by every write before its poke), or lead one: holding the group's lock, read every client's last mutation
 // id and each source's state in the group's record (store), and decide per
 // source (plan, from that state and the writes this replica has seen):
 // read it in full, read only what changed since its watermark (its

@@ -78,6 +78,9 @@ type harness struct {
 	// (make test-go runs the package so once more): tracing must change
 	// nothing the tests see.
 	tracer trace.Tracer
+	// pgTracer, when set, traces every statement the instances send to
+	// Postgres (pgx.QueryTracer, and pgx.BatchTracer if it is one).
+	pgTracer pgx.QueryTracer
 }
 
 // newHarness starts the legacy API and returns a harness; env overrides the
@@ -122,7 +125,12 @@ func (h *harness) startUnmigrated() *instance {
 		h.t.Fatalf("LoadConfig: %v", err)
 	}
 	reg := prometheus.NewRegistry()
-	pool, err := store.NewPool(context.Background(), cfg.PoolOptions())
+	pc, err := store.PoolConfig(cfg.PoolOptions())
+	if err != nil {
+		h.t.Fatalf("PoolConfig: %v", err)
+	}
+	pc.ConnConfig.Tracer = h.pgTracer
+	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
 	if err != nil {
 		h.t.Fatalf("NewPool: %v", err)
 	}

@@ -267,6 +267,9 @@ func (s *core) handleInvalidate(w http.ResponseWriter, r *http.Request) {
 		problem.WriteJSON(w, http.StatusAccepted, map[string]any{"poked": []string{}, "sources": marked})
 		return
 	}
+	// The legacy service made its writes before it called: the count of
+	// routed changes moves before the poke (see noteChange).
+	s.noteChange()
 	s.notify(log, metrics.PokeFromInvalidate, body.Users)
 	if body.Users == nil {
 		problem.WriteJSON(w, http.StatusAccepted, map[string]any{"poked": "all", "sources": marked})
@@ -282,6 +285,21 @@ func (s *core) notify(log *slog.Logger, source string, users []string) {
 	s.metrics.PokeNotifications.WithLabelValues(source).Inc()
 	log.Debug("poke", "source", source, "users", users)
 	s.bus.Publish(users)
+}
+
+// noteChange moves the count of routed changes (store.NoteChange) for a
+// write the API has answered, before its poke goes out, so that a pull the
+// poke causes, through any replica, does not ride on a fetch that began
+// before the write (see puller.pull). A push's mutations move it with
+// their settlement. A failure is logged and the poke still goes out: a
+// pull it causes may then ride on such a fetch, as one poked by another
+// replica could before the count existed.
+func (s *core) noteChange() {
+	ctx, cancel := context.WithTimeout(context.Background(), markTimeout)
+	defer cancel()
+	if err := s.store.NoteChange(ctx); err != nil && s.once.due("changes", time.Minute) {
+		s.log.Warn("noting a routed change in the database failed; a pull its poke causes may ride on an older fetch of its group", "error", err)
+	}
 }
 
 // pokeFor pokes, in every replica, whom a write by c concerns under
@@ -370,7 +388,7 @@ func (w *writePokes) wrote(write *http.Request) {
 				c = named
 			}
 		}
-		w.poke(log, c, at)
+		go w.poke(log, c, at) // off the answer's path: poke notes the change in the database first
 		return
 	}
 	switch { // identified
@@ -380,7 +398,7 @@ func (w *writePokes) wrote(write *http.Request) {
 		if p != nil {
 			c = anonymous
 		}
-		w.poke(log, c, at)
+		go w.poke(log, c, at)
 	case edge.AsksAPI() && w.carriesCredentials(write):
 		key := anonymous.Key()
 		if !w.startCheck(key) {
@@ -404,12 +422,18 @@ func (w *writePokes) wrote(write *http.Request) {
 }
 
 // poke pokes for a write by c at at: under identified, only when c is
-// known.
+// known. The count of routed changes moves first (noteChange), once the
+// write is known to poke someone: a round trip to the database, so it
+// runs off the pass-through's answer.
 func (w *writePokes) poke(log *slog.Logger, c identity.Caller, at time.Time) {
 	known := c.User != "" || c.ViaHeader
-	if (!known && w.s.cfg.PokePassthrough == config.PokePassthroughIdentified) || !w.s.pokeForAt(log, metrics.PokeFromPassthrough, c, at) {
+	_, someone := w.s.pokeUsers(c.User)
+	if (!known && w.s.cfg.PokePassthrough == config.PokePassthroughIdentified) || !someone {
 		w.s.metrics.PokeSkipped.WithLabelValues(metrics.SkippedUnidentified).Inc()
+		return
 	}
+	w.s.noteChange()
+	w.s.pokeForAt(log, metrics.PokeFromPassthrough, c, at)
 }
 
 // namedByHeader reports whether the write names its user in the trusted

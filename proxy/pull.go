@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -185,12 +186,24 @@ type pullMeta struct {
 	// comes after a later poke (of a change made elsewhere, maybe after
 	// this fetch began) does not join it.
 	gen uint64
+	// changes is the count of routed changes (store.ChangeCount) the
+	// leader read before its fetch began, -1 until then: a pull that read
+	// a larger one may have been poked, through any replica, for a change
+	// the fetch does not hold, and does not ride on it.
+	changes *atomic.Int64
 }
 
 // pullRider is a pull answered from another pull's fetch.
 type pullRider struct {
 	cookie store.Cookie // the rider's
-	ans    pullAnswer   // written by the leader before the flight lands
+	// changes is the count of routed changes the rider read before it
+	// boarded (-1: none read, it may not board).
+	changes int64
+	// Written by the leader before the flight lands: the answer, or that
+	// the rider is refused (its count is above the leader's) and fetches
+	// on its own.
+	ans     pullAnswer
+	refused bool
 }
 
 // pull answers req from its own fetch, or from a running one it may join
@@ -204,16 +217,39 @@ type pullRider struct {
 // for the group, and its own patch: a diff from its own cookie's version of
 // the group's record, or a reset.
 //
+// A poke may come from another replica, which this one's poke generation
+// does not see: so a pull rides only if the count of routed changes it
+// read before boarding (store.ChangeCount: every write moves it after the
+// API answered and before anyone is poked) is no larger than the one the
+// leader read before its fetch began. A rider that boards before the
+// leader has read its count is refused when the flight is sealed, if it
+// must be, and then fetches on its own. Only a pull that finds a flight
+// to board reads the count (one round trip, no lock); a leader reads it
+// with the source states it reads anyway.
+//
 // st is the pull's answer: a leader whose answer is a reset may start it
 // while the view is read (pullstream.go); a rider never does.
 func (s *puller) pull(ctx context.Context, c *exchange, req *pullRequest, st *pullStream) (pullAnswer, error) {
+	key := s.flightKey(req.ClientGroupID, c)
 	gen := s.hub.Generation()
-	rider := &pullRider{cookie: req.cookie}
-	var stopRiding func()
-	f, leader, err := s.flights.Join(s.flightKey(req.ClientGroupID, c), pullMeta{base: req.cookie, gen: gen}, rider,
-		func(m pullMeta) (bool, error) {
-			if m.gen != gen || m.base.Record != 0 && (m.base.Record != req.cookie.Record || m.base.Version != req.cookie.Version) {
+	rider := &pullRider{cookie: req.cookie, changes: -1}
+	if s.flights.Open(key) {
+		if n, err := s.store.ChangeCount(ctx); err == nil {
+			rider.changes = n
+		} else if ctx.Err() == nil && s.once.due("change count", time.Minute) {
+			c.log.Warn("reading the routed changes failed; the pull fetches on its own", "error", err)
+		}
+	}
+	for {
+		meta := pullMeta{base: req.cookie, gen: gen, changes: new(atomic.Int64)}
+		meta.changes.Store(-1)
+		var stopRiding func()
+		f, leader, err := s.flights.Join(key, meta, rider, func(m pullMeta) (bool, error) {
+			if rider.changes < 0 || m.gen != gen || m.base.Record != 0 && (m.base.Record != req.cookie.Record || m.base.Version != req.cookie.Version) {
 				return false, nil
+			}
+			if n := m.changes.Load(); n >= 0 && rider.changes > n {
+				return false, nil // a change was routed after the fetch began
 			}
 			// A rider waits for its group like any other request, within
 			// the same bound (SIDECAR_MAX_WAITING_PER_GROUP).
@@ -221,28 +257,62 @@ func (s *puller) pull(ctx context.Context, c *exchange, req *pullRequest, st *pu
 			stopRiding = done
 			return err == nil, err
 		})
-	if err != nil {
-		return pullAnswer{}, err
-	}
-	if !leader {
-		defer stopRiding()
-		if err := f.Wait(ctx); err != nil {
+		if err != nil {
 			return pullAnswer{}, err
 		}
-		if rider.ans.order == 0 && !rider.ans.lost {
+		if !leader {
+			err := f.Wait(ctx)
+			stopRiding()
+			switch {
+			case rider.refused && ctx.Err() == nil:
+				rider.changes = -1 // it leads now
+				continue
+			case err != nil:
+				return pullAnswer{}, err
+			case rider.ans.order == 0 && !rider.ans.lost:
+				return pullAnswer{}, store.ErrCookieExhausted
+			}
+			s.metrics.PullsMerged.Inc()
+			return rider.ans, nil
+		}
+		// The work goes on if this pull's own client leaves: others may wait
+		// for it. The turn, the lock and every upstream call are bounded.
+		ans, err := s.pullLocked(context.WithoutCancel(ctx), c, req, leading{f}, st)
+		f.Land(err)
+		if err == nil && ans.order == 0 && !ans.lost {
 			return pullAnswer{}, store.ErrCookieExhausted
 		}
-		s.metrics.PullsMerged.Inc()
-		return rider.ans, nil
+		return ans, err
 	}
-	// The work goes on if this pull's own client leaves: others may wait
-	// for it. The turn, the lock and every upstream call are bounded.
-	ans, err := s.pullLocked(context.WithoutCancel(ctx), c, req, f.Seal, f.SealAlone, st)
-	f.Land(err)
-	if err == nil && ans.order == 0 && !ans.lost {
-		return pullAnswer{}, store.ErrCookieExhausted
+}
+
+// leading is a leader's hold on its flight.
+type leading struct {
+	f *flight.Flight[pullMeta, *pullRider]
+}
+
+// fetching notes the count of routed changes read before the fetch began.
+func (l leading) fetching(changes int64) { l.f.Meta.changes.Store(changes) }
+
+// alone seals the flight if no pull has joined it (flight.SealAlone),
+// for an answer that goes out while the view is read.
+func (l leading) alone() bool { return l.f.SealAlone() }
+
+// seal closes the flight and returns the riders the fetch may answer:
+// those that read a count of routed changes no larger than the leader's
+// (all of them, unless a change was routed while they boarded). The
+// others are refused: they fetch on their own once the flight lands.
+func (l leading) seal() []*pullRider {
+	n := l.f.Meta.changes.Load()
+	var out []*pullRider
+	for _, r := range l.f.Seal() {
+		if n >= 0 && r.changes <= n {
+			out = append(out, r)
+		} else {
+			r.refused = true
+		}
 	}
-	return ans, err
+	return out
 }
 
 // flightKey: pulls may share a fetch only with the same client group, user
@@ -263,14 +333,14 @@ func (s *puller) flightKey(groupID string, c *exchange) string {
 
 // pullLocked builds the answer while holding the group's lock: the view is
 // fetched between reading the last mutation ids and issuing the cookie, so
-// no push of the group can slip in between. seal, called once the view is
-// fetched, returns the pulls that joined; each gets its cookie and its
+// no push of the group can slip in between. Once the view is fetched,
+// sealing fl returns the pulls that joined; each gets its cookie and its
 // patch here too. In diff mode the view is compared with the group's
 // record, and the record's change is written with the cookies. When the
 // answer is a reset whatever is read, st may start it during the fetch
-// (alone seals the flight if no pull joined it); it is then this pull's
+// (fl.alone seals the flight if no pull joined it); it is then this pull's
 // alone, and not committed once broken off.
-func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, seal func() []*pullRider, alone func() bool, st *pullStream) (pullAnswer, error) {
+func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, fl leading, st *pullStream) (pullAnswer, error) {
 	mp := s.mapping()
 	view := &pullView{}
 	var ans pullAnswer
@@ -287,7 +357,7 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 		}
 		before, beforeOrder := g.Record(), g.CookieOrder()
 		view.epoch, view.group = g.Epoch(), store.GroupTag(req.ClientGroupID)
-		b := &pullBuild{s: s, c: c, g: g, req: req, view: view, mapping: mp, seal: seal,
+		b := &pullBuild{s: s, c: c, g: g, req: req, view: view, mapping: mp, seal: fl.seal,
 			before: before, beforeOrder: beforeOrder, started: time.Now()}
 		var memos map[clientview.PageKey]*clientview.PageMemo
 		if s.cfg.PatchMode == "diff" {
@@ -310,12 +380,18 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 			b.plan = plan.Decide(plan.Input{Sources: mp.Sources, View: mp.View, States: b.states, Current: current,
 				Writes: s.writes, Marks: b.marks, Now: b.started})
 		}
+		// Read with the source states in diff mode: no round trip of its own.
+		changes, err := g.ChangeCount(ctx)
+		if err != nil {
+			return err
+		}
+		fl.fetching(changes)
 		// A reset's answer may go out while the view is read (with no
 		// memos: only a pull holding the current version has them, and
 		// it gets a diff).
 		lost, decided := view.classifyEarly(req.cookie, beforeOrder, s.cfg.PatchMode == "diff")
 		if st != nil && decided && !lost && store.CookieCanGrow(req.cookie.Order, beforeOrder) {
-			st.allow(view, alone)
+			st.allow(view, fl.alone)
 			b.stream = st
 		}
 		for {
@@ -342,6 +418,16 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 		heldAnew = g.HeldAnew()
 		for i := range b.answers {
 			b.answers[i].order = orders[i]
+			if orders[i] != 0 && orders[i] == b.bases[i] {
+				// Its own cookie, the group's current one, kept: nothing
+				// changed since it was issued (store.IssueCookies). The
+				// client takes it for "nothing new" only with an empty
+				// patch and no last mutation id changes. The rest of the
+				// view stays (the change lag reads when it was read).
+				kept := *view
+				kept.lmids, kept.entries = nil, nil
+				b.answers[i].pullView = &kept
+			}
 			if i == 0 {
 				ans = b.answers[0]
 			} else {
@@ -513,6 +599,7 @@ func (b *pullBuild) run(ctx context.Context, memos map[clientview.PageKey]*clien
 		}
 		b.pages = s.pageWrites(b.stored, res.Pages, res.Sources)
 		b.g.StageSources(plan.After(b.states, res.Sources, b.mapping.Sources, b.started))
+		b.g.NoteCookies(cookies) // one holding the group's current cookie may keep it
 	}
 	b.answers = make([]pullAnswer, len(cookies))
 	b.bases = make([]int64, len(cookies))

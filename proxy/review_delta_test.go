@@ -331,7 +331,6 @@ func TestReviewConfirmKeepsKeysUnique(t *testing.T) {
 // until the group's next full read (fullEvery, 10 minutes by default),
 // though it was made through the API's ordinary write path.
 func TestReviewDeltaReadSkipsNoUpdate(t *testing.T) {
-	t.Skip("BUG: a delta read whose pages cannot prove they fit together may skip a changed item, and its watermark moves past it (needs a confirming second read of a multi-page delta read, or a watermark that does not move past an unproven read)")
 	t.Parallel()
 	api := proxytest.NewChangingAPI(t)
 	api.PageSize = 3

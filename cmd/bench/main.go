@@ -105,6 +105,7 @@ var figures = []struct {
 	{"1,000-client wave", (*bench).thousand},
 	{"history", (*bench).history},
 	{"poke streams", (*bench).pokes},
+	{"pull that changed nothing", (*bench).unchangedPulls},
 }
 
 type bench struct {

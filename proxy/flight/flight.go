@@ -72,6 +72,16 @@ func (g *Group[M, R]) Join(key string, meta M, r R, accept func(M) (bool, error)
 	return f, true, nil
 }
 
+// Open reports whether key has a flight open to riders now (a newcomer
+// that needs to prepare before it may board checks first; the flight may
+// be sealed by the time it calls Join).
+func (g *Group[M, R]) Open(key string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	f := g.open[key]
+	return f != nil && !f.sealed
+}
+
 // Seal closes f to new riders and returns the riders it has. Later calls
 // return the same riders.
 func (f *Flight[M, R]) Seal() []R {

@@ -125,3 +125,25 @@ func TestSealAlone(t *testing.T) {
 		t.Fatalf("Seal returned %d riders, want 2", len(riders))
 	}
 }
+
+// TestOpenSaysWhetherANewcomerMayBoard: Open is true only while a flight
+// of the key takes riders: not before one starts, not once it is sealed
+// or landed.
+func TestOpenSaysWhetherANewcomerMayBoard(t *testing.T) {
+	var g Group[int, *rider]
+	if g.Open("k") {
+		t.Fatal("Open before any flight")
+	}
+	f, _, _ := g.Join("k", 0, nil, func(int) (bool, error) { return true, nil })
+	if !g.Open("k") || g.Open("other") {
+		t.Fatalf("Open with a flight of k: k %v, other %v; want true, false", g.Open("k"), g.Open("other"))
+	}
+	f.Seal()
+	if g.Open("k") {
+		t.Error("Open after the seal")
+	}
+	f.Land(nil)
+	if g.Open("k") {
+		t.Error("Open after the landing")
+	}
+}

@@ -318,8 +318,9 @@ func Retain(v *clientview.View, reads []clientview.SourceResult) func(key string
 // After returns the source states to write with the record after a read
 // that started at started: a source read in full moves its FullAt and
 // ReadAt, a maxAge source read its ReadAt, and the watermark moves to the
-// greatest value read (it never goes back). What did not change is left
-// out: a delta read that found nothing new writes nothing.
+// greatest value read (it never goes back) when the read proves it saw
+// every change up to it (proven). What did not change is left out: a delta
+// read that found nothing new writes nothing.
 func After(states map[string]store.SourceState, reads []clientview.SourceResult, infos []clientview.SourceInfo, started time.Time) []store.SourceState {
 	info := map[string]clientview.SourceInfo{}
 	for _, s := range infos {
@@ -340,10 +341,25 @@ func After(states map[string]store.SourceState, reads []clientview.SourceResult,
 		if r.Mode == clientview.Full {
 			st.FullAt = started
 		}
-		st.Watermark = clientview.MaxMark(st.Watermark, r.Watermark)
+		if r.Mode == clientview.Full || proven(r) {
+			st.Watermark = clientview.MaxMark(st.Watermark, r.Watermark)
+		}
 		if st != old {
 			out = append(out, st)
 		}
 	}
 	return out
+}
+
+// proven reports whether a read's pages show that it missed no item: one
+// answer, or pages known to fit together (clientview.SourceResult.Provable).
+// Otherwise an item deleted in the API on a page already read moves the
+// next one up onto it, unseen. A delta read that cannot prove this leaves
+// the watermark where it was, so the next delta read asks for the same
+// window again (an item read again unchanged makes no op) instead of
+// skipping past a change until the next full read. A full read moves it
+// regardless: it is where a group starts, and a deletion it derives is
+// confirmed (pullBuild.unconfirmed).
+func proven(r clientview.SourceResult) bool {
+	return r.Provable || r.Requests == 1 // one request, one answer: nothing between pages to shift
 }

@@ -87,3 +87,38 @@ func TestSawTellsWhatMatters(t *testing.T) {
 		t.Errorf("PUT under a maxAge source: written %v; want [/api/me]", written)
 	}
 }
+
+// TestAfterMovesTheWatermarkOnlyPastWhatAReadProves: a delta read of
+// several pages that cannot show they fit together may have skipped an
+// item (one deleted on a page already read moves the next up onto it), so
+// its watermark stays and the next delta read asks for the window again;
+// one answer, or pages that fit together, move it; a full read always does.
+func TestAfterMovesTheWatermarkOnlyPastWhatAReadProves(t *testing.T) {
+	_, infos := testView(t)
+	todos := infos[0].ID
+	const was, read = "2026-12-07T09:00:00Z", "2026-12-07T10:00:00Z"
+	states := map[string]store.SourceState{todos: {Source: todos, Watermark: was, FullAt: time.Unix(1, 0), ReadAt: time.Unix(1, 0)}}
+	for _, c := range []struct {
+		name string
+		r    clientview.SourceResult
+		want string
+	}{
+		// The bug: two link pages without a total; an item can be skipped.
+		{"delta, two pages, unproven", clientview.SourceResult{Mode: clientview.Delta, Requests: 2}, was},
+		// One answer cannot skip anything.
+		{"delta, one page", clientview.SourceResult{Mode: clientview.Delta, Requests: 1}, read},
+		// A total that matched, or cursor pages.
+		{"delta, two pages, provable", clientview.SourceResult{Mode: clientview.Delta, Requests: 2, Provable: true}, read},
+		// Where a group starts; its deletions are confirmed elsewhere.
+		{"full, two pages, unproven", clientview.SourceResult{Mode: clientview.Full, Requests: 2}, read},
+	} {
+		c.r.Source, c.r.Watermark = todos, read
+		got := was
+		for _, st := range After(states, []clientview.SourceResult{c.r}, infos, time.Unix(2, 0)) {
+			got = st.Watermark
+		}
+		if got != c.want {
+			t.Errorf("%s: watermark %s; want %s", c.name, got, c.want)
+		}
+	}
+}

@@ -2,9 +2,12 @@ package store
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -117,6 +120,8 @@ func (g *GroupTx) LastMutationID(ctx context.Context, clientID string) (int64, e
 }
 
 // LastMutationIDs returns the last mutation id of every client of the group.
+// IssueCookies notes them with the cookies it issues (a hash), so a later
+// pull can tell whether any moved since.
 func (g *GroupTx) LastMutationIDs(ctx context.Context) (map[string]int64, error) {
 	rows, err := g.tx.Query(ctx, g.s.sql(`SELECT id, last_mutation_id FROM {schema}.clients WHERE client_group_id = $1`), g.GroupID)
 	if err != nil {
@@ -129,7 +134,27 @@ func (g *GroupTx) LastMutationIDs(ctx context.Context) (map[string]int64, error)
 	if err != nil {
 		return nil, fmt.Errorf("reading clients: %w", err)
 	}
+	g.lmids, g.lmidsRead = hashLastMutationIDs(out), true
 	return out, nil
+}
+
+// hashLastMutationIDs hashes a group's last mutation ids, in the order of
+// the client ids.
+func hashLastMutationIDs(lmids map[string]int64) uint64 {
+	ids := make([]string, 0, len(lmids))
+	for id := range lmids {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	d := xxhash.New()
+	var n [8]byte
+	for _, id := range ids {
+		_, _ = d.WriteString(id)
+		binary.BigEndian.PutUint64(n[:], uint64(lmids[id]))
+		_, _ = d.Write([]byte{0})
+		_, _ = d.Write(n[:])
+	}
+	return d.Sum64()
 }
 
 // LegacyKeysThrough returns the last mutation id of clientID that uses the

@@ -81,8 +81,13 @@
 //     (server_ids, keyed by group, then temporary id) go with their group.
 //   - Cookies: NextCookieOrder issues an order strictly greater than the
 //     request's and every order the group was issued before; a rolled-back
-//     pull issues nothing. GroupTx.Epoch names the database (made at its
-//     first migration, read with the lock); cookies carry it.
+//     pull issues nothing. IssueCookies lets a pull holding the group's
+//     current cookie keep it when nothing its clients hold changed since
+//     (the record, and the last mutation ids, noted as a hash with every
+//     order issued): such a pull writes no row of the group, but for the
+//     group's last use, once per Options.TouchInterval. GroupTx.Epoch names
+//     the database (made at its first migration, read with the lock);
+//     cookies carry it.
 //   - View records: CompareView reads the group's record (key → value hash
 //     and the version it last changed at; removed keys as tombstones) and
 //     compares a fetched view with it, writing nothing; IssueCookies writes

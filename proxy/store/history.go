@@ -189,10 +189,10 @@ func (g *GroupTx) NotePulls(notes []PullNote) {
 	g.pulls = append(g.pulls[:0], notes...)
 }
 
-// queuePullHistory queues the pulls noted (NotePulls) for the cookies
-// issued (orders, 0: none) and the record version rec the group holds
-// after them; nothing when none of them changed anything.
-func (g *GroupTx) queuePullHistory(b *pgx.Batch, orders []int64, rec ViewRecord) {
+// pullEvents takes the pulls noted (NotePulls) for the cookies issued
+// (orders, 0: none) and the record version rec the group holds after
+// them, as the events to record: none when none of them changed anything.
+func (g *GroupTx) pullEvents(orders []int64, rec ViewRecord) []Event {
 	notes := g.pulls
 	g.pulls = nil
 	var events []Event
@@ -204,9 +204,7 @@ func (g *GroupTx) queuePullHistory(b *pgx.Batch, orders []int64, rec ViewRecord)
 		events = append(events, Event{At: now, Kind: EventPull, Outcome: n.Outcome, CookieOrder: orders[i], Version: rec.Version,
 			Since: n.Since, Puts: n.Puts, Dels: n.Dels})
 	}
-	if len(events) > 0 {
-		b.Queue(g.s.sql(historySQL), g.historyArgs(events)...)
-	}
+	return events
 }
 
 // ErrNoGroup: the sidecar has never seen the client group (or its

@@ -18,7 +18,7 @@ import (
 // pool whose calls to Postgres are recorded.
 func newHistoryStore(t *testing.T, history int) (*Store, *calls) {
 	t.Helper()
-	pc, err := poolConfig(PoolOptions{URL: proxytest.DatabaseURL(t), StatementTimeout: 5 * time.Second, LockTimeout: 5 * time.Second})
+	pc, err := PoolConfig(PoolOptions{URL: proxytest.DatabaseURL(t), StatementTimeout: 5 * time.Second, LockTimeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +112,7 @@ func TestGroupHistory(t *testing.T) {
 	// The history went with the statements there were anyway: a push's
 	// with its COMMIT, one statement for the transaction; a pull's with
 	// its cookies.
-	if want := [][]string{{"consume,consume+reject,WITH,COMMIT"}, {"attempt", "consume+reject,WITH,COMMIT"}, {"UPDATE,WITH", "COMMIT"}}; !slices.EqualFunc(with, want, slices.Equal) {
+	if want := [][]string{{"consume,nextval,consume+reject,WITH,COMMIT"}, {"attempt", "consume+reject,nextval,WITH,COMMIT"}, {"UPDATE,WITH", "COMMIT"}}; !slices.EqualFunc(with, want, slices.Equal) {
 		t.Errorf("calls = %q, want %q", with, want)
 	}
 

@@ -267,6 +267,25 @@ var migrations = []string{
 		write_at  timestamptz,
 		delete_at timestamptz
 	);`,
+	// 17: a count of the changes the sidecar routed to the API (pushes'
+	// settled mutations, pass-through writes that poke, the invalidate
+	// hook), moved after the API answered and before anyone is poked: a
+	// pull compares it with that of the fetch it would ride on, whatever
+	// the replicas' notifications have delivered (NoteChange,
+	// ChangeCount). A sequence: its nextval is not transactional and
+	// locks no row, so pushes of different groups never wait for each
+	// other on it. CACHE 1 (the default, said so): every nextval moves
+	// the value every session reads. Expand-only: a new sequence.
+	`CREATE SEQUENCE {schema}.routed_changes AS bigint CACHE 1;`,
+	// 18: a hash of the last mutation ids the group's last issued cookie
+	// was answered with, so a pull holding that cookie, with nothing
+	// changed since, keeps it and writes nothing (IssueCookies). NULL
+	// (an older release's cookie): not known, a new cookie is issued.
+	// Expand-only: a new nullable column (no rewrite); the ALTER's lock is
+	// waited for at most 3s.
+	`SET LOCAL lock_timeout = '3s';
+	ALTER TABLE {schema}.client_groups ADD COLUMN cookie_lmids bigint;
+	SET LOCAL lock_timeout TO DEFAULT;`,
 }
 
 // lastContractless is the last migration that may break the expand-only

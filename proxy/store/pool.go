@@ -36,15 +36,15 @@ type PoolOptions struct {
 // instead of hanging. The error never echoes the URL (it may hold a
 // password).
 func NewPool(ctx context.Context, o PoolOptions) (*pgxpool.Pool, error) {
-	pc, err := poolConfig(o)
+	pc, err := PoolConfig(o)
 	if err != nil {
 		return nil, err
 	}
 	return pgxpool.NewWithConfig(ctx, pc)
 }
 
-// poolConfig is NewPool's configuration (tests add a tracer to it).
-func poolConfig(o PoolOptions) (*pgxpool.Config, error) {
+// PoolConfig is NewPool's configuration (tests add a tracer to it).
+func PoolConfig(o PoolOptions) (*pgxpool.Config, error) {
 	pc, err := pgxpool.ParseConfig(o.URL)
 	if err != nil {
 		return nil, errors.New("not a valid Postgres connection string")

@@ -111,40 +111,62 @@ func (g *GroupTx) Settle(ctx context.Context, s Settlement) (Attempts, error) {
 	return Attempts{}, fmt.Errorf("settling mutation %d: unknown outcome %v", s.MutationID, s.Outcome)
 }
 
-// consumeSQL advances a client's last mutation id, forgets the attempts of
-// the mutations it consumes and notes the group's use ($1 client, $2 group,
-// $3 mutation id, $4 touch interval), and the secret the replica keys new
-// mutations with ($5, NULL: left as it is). If another group has
-// registered the client, the upsert changes no row and client_forbidden()
-// aborts the statement, and so the transaction: nothing of it commits.
-const consumeSQL = `WITH upsert AS (
-		INSERT INTO {schema}.clients (id, client_group_id, last_mutation_id, keys_secret) VALUES ($1, $2, $3, $5)
+// The statement that consumes a mutation ($1 client, $2 group, $3
+// mutation id) advances the client's last mutation id, never down, notes
+// the secret the replica keys new mutations with ($4, NULL: left as it
+// is), forgets the attempts of the mutations it consumes, and, when due,
+// notes the group's use. If another group has registered the client, the
+// write changes no row and client_forbidden() aborts the statement, and
+// so the transaction: nothing of it commits.
+//
+// consumeInsertSQL is its first part for a client the transaction has not
+// read: its row may be new. consumeUpdateSQL is the part for a client
+// read with the lock or claimed (LockedClient, ClaimClient): its row is
+// there, and a plain UPDATE writes it (an upsert would also lock the row
+// first, one more WAL record).
+const (
+	consumeInsertSQL = `WITH upsert AS (
+		INSERT INTO {schema}.clients (id, client_group_id, last_mutation_id, keys_secret) VALUES ($1, $2, $3, $4)
 		ON CONFLICT (id) DO UPDATE SET last_mutation_id = greatest({schema}.clients.last_mutation_id, excluded.last_mutation_id), updated_at = now(),
 			keys_secret = coalesce(excluded.keys_secret, {schema}.clients.keys_secret)
 		WHERE {schema}.clients.client_group_id = excluded.client_group_id
-		RETURNING 1),
+		RETURNING 1)`
+	consumeUpdateSQL = `WITH upsert AS (
+		UPDATE {schema}.clients SET last_mutation_id = greatest(last_mutation_id, $3), updated_at = now(),
+			keys_secret = coalesce($4::bigint, keys_secret)
+		WHERE id = $1 AND client_group_id = $2
+		RETURNING 1)`
+	consumeForgetSQL = `,
 	forget AS (
-		DELETE FROM {schema}.mutation_attempts WHERE client_id = $1 AND mutation_id <= $3),
+		DELETE FROM {schema}.mutation_attempts WHERE client_id = $1 AND mutation_id <= $3)`
+	// consumeTouchSQL notes the group's use, in a transaction that locked
+	// the group when its last use was noted over Options.TouchInterval ago;
+	// a second consume of the same transaction finds it noted.
+	consumeTouchSQL = `,
 	touch AS (
-		UPDATE {schema}.client_groups SET last_used_at = now() WHERE id = $2 AND last_used_at < now() - $4::interval)`
-
-// rejectSQL is consumeSQL's CTE that records the rejection ($6 mutator, $7
-// status or NULL, $8 reason, $9 body).
-const rejectSQL = `,
+		UPDATE {schema}.client_groups SET last_used_at = now() WHERE id = $2 AND last_used_at < now())`
+	// consumeRejectSQL records the rejection ($5 mutator, $6 status or
+	// NULL, $7 reason, $8 body).
+	consumeRejectSQL = `,
 	reject AS (
 		INSERT INTO {schema}.mutation_rejections (client_id, mutation_id, client_group_id, mutator, status, reason, body)
-		VALUES ($1, $3, $2, $6, $7, $8, $9)
+		VALUES ($1, $3, $2, $5, $6, $7, $8)
 		ON CONFLICT (client_id, mutation_id) DO NOTHING)`
-
-const consumeCheckSQL = `
+	consumeCheckSQL = `
 	SELECT {schema}.client_forbidden() WHERE NOT EXISTS (SELECT 1 FROM upsert)`
+)
 
 // consume holds the statement that consumes s's mutation (Applied or
 // Rejected) until the transaction's next statement or COMMIT.
 func (g *GroupTx) consume(s Settlement) {
+	defer g.noteChange() // the API answered it; its push pokes after the COMMIT
 	var keySecret *int64
 	if s.KeySecret != 0 {
 		keySecret = &s.KeySecret
+	}
+	q := consumeInsertSQL
+	if s.ClientID == g.prefetched && g.prefetchedGroup == g.GroupID {
+		q = consumeUpdateSQL
 	}
 	if s.ClientID == g.prefetched {
 		// The client's next mutation in this transaction reads its last
@@ -154,21 +176,26 @@ func (g *GroupTx) consume(s Settlement) {
 			g.prefetchedKeysSecret = s.KeySecret
 		}
 	}
+	q += consumeForgetSQL
+	if g.touchDue {
+		// Every consume of the transaction carries it (a later one of the
+		// client replaces the held statement); the first to run notes it.
+		q += consumeTouchSQL
+	}
 	key := "lmid\x00" + s.ClientID
-	q := consumeSQL + consumeCheckSQL
-	args := []any{s.ClientID, g.GroupID, s.MutationID, g.s.touchInterval, keySecret}
+	args := []any{s.ClientID, g.GroupID, s.MutationID, keySecret}
 	if s.Outcome == Rejected {
 		// Its own key: a later settlement of the client must not replace
 		// it, or the record would be lost.
 		key = "reject\x00" + s.ClientID + "\x00" + strconv.FormatInt(s.MutationID, 10)
-		q = consumeSQL + rejectSQL + consumeCheckSQL
+		q += consumeRejectSQL
 		var status *int
 		if s.Status != 0 {
 			status = &s.Status
 		}
 		args = append(args, safeText(s.Mutator, 512), status, safeText(s.Reason, 1024), safeText(s.Body, 4096))
 	}
-	g.dtx.hold(key, g.s.sql(q), args, func(_ pgconn.CommandTag, err error) error {
+	g.dtx.hold(key, g.s.sql(q+consumeCheckSQL), args, func(_ pgconn.CommandTag, err error) error {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == clientForbiddenCode {
 			return ErrClientForbidden

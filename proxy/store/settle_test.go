@@ -57,6 +57,8 @@ func statementName(q string) string {
 		return "consume"
 	case strings.Contains(q, "uncounted"):
 		return "attempt"
+	case strings.Contains(q, "nextval("):
+		return "nextval"
 	}
 	if f := strings.Fields(q); len(f) > 0 {
 		return f[0]
@@ -86,7 +88,7 @@ func (c *calls) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData)
 // newTracedStore is newStore on a pool whose calls to Postgres are recorded.
 func newTracedStore(t *testing.T) (*Store, *calls) {
 	t.Helper()
-	pc, err := poolConfig(PoolOptions{URL: proxytest.DatabaseURL(t), StatementTimeout: 5 * time.Second, LockTimeout: 5 * time.Second})
+	pc, err := PoolConfig(PoolOptions{URL: proxytest.DatabaseURL(t), StatementTimeout: 5 * time.Second, LockTimeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +175,7 @@ func TestSettle(t *testing.T) {
 			// group is touched; all in the COMMIT's round trip.
 			name:   "applied",
 			settle: []Settlement{{ClientID: "c", MutationID: 2, Outcome: Applied}},
-			calls:  []string{"consume,COMMIT"},
+			calls:  []string{"consume,nextval,COMMIT"},
 			want: func(s settled) settled {
 				s.lmids["c"], s.attempts, s.touched = 2, []string{"c/3 1 0 503"}, true
 				return s
@@ -186,7 +188,7 @@ func TestSettle(t *testing.T) {
 			name: "rejected",
 			settle: []Settlement{{ClientID: "c", MutationID: 2, Outcome: Rejected, Status: 422,
 				Mutator: "createTodo", Reason: "title is required", Body: "bad\x00\xff"}},
-			calls: []string{"consume+reject,COMMIT"},
+			calls: []string{"consume+reject,nextval,COMMIT"},
 			want: func(s settled) settled {
 				s.lmids["c"], s.attempts, s.touched = 2, []string{"c/3 1 0 503"}, true
 				s.rejections = []string{"c/2 422 createTodo title is required bad\uFFFD\uFFFD"}
@@ -284,7 +286,7 @@ func TestSettle(t *testing.T) {
 				{ClientID: "c", MutationID: 3, Outcome: Pending, Status: 503, Counts: true},
 			},
 			count: 2,
-			calls: []string{"consume,attempt", "COMMIT"},
+			calls: []string{"consume,nextval,attempt", "COMMIT"},
 			want: func(s settled) settled {
 				s.lmids["c"], s.attempts, s.touched = 2, []string{"c/3 2 0 503"}, true
 				return s
@@ -298,7 +300,7 @@ func TestSettle(t *testing.T) {
 				{ClientID: "c", MutationID: 2, Outcome: Rejected, Status: 409, Mutator: "m", Reason: "conflict"},
 				{ClientID: "c", MutationID: 3, Outcome: Applied},
 			},
-			calls: []string{"consume+reject,consume,COMMIT"},
+			calls: []string{"consume+reject,nextval,consume,COMMIT"},
 			want: func(s settled) settled {
 				s.lmids["c"], s.attempts, s.touched = 3, nil, true
 				s.rejections = []string{"c/2 409 m conflict "}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -26,7 +27,8 @@ type Store struct {
 	recordVersions int64
 	touchInterval  time.Duration
 	cache          *recordCache
-	historyMax     int // events kept per group (Options.HistoryPerGroup)
+	historyMax     int      // events kept per group (Options.HistoryPerGroup)
+	statements     sync.Map // statement → with the schema named (sql)
 }
 
 // Options configure a Store.
@@ -42,9 +44,10 @@ type Options struct {
 	// group's view record and still be answered a diff: removed keys are
 	// remembered that long. Default 64.
 	RecordVersions int
-	// TouchInterval: a push notes its group's last use at most this often
-	// (pulls always do, in the row they write anyway). Default 1h; keep it
-	// well under the idle-group TTL.
+	// TouchInterval: a push, or a pull that writes nothing else of the
+	// group's row, notes the group's last use at most this often (a pull
+	// that issues a new cookie notes it in the row it writes anyway).
+	// Default 1h; keep it well under the idle-group TTL.
 	TouchInterval time.Duration
 	// RecordCacheBytes bounds the view records kept in memory between pulls
 	// (a pull of a group whose record is cached and current reads none of
@@ -77,7 +80,16 @@ func New(pool *pgxpool.Pool, o Options) *Store {
 		touchInterval: touch, cache: newRecordCache(cacheBytes), historyMax: max(0, o.HistoryPerGroup)}
 }
 
-func (s *Store) sql(q string) string { return strings.ReplaceAll(q, "{schema}", s.schema) }
+// sql names the schema in q. The statements are a fixed set of constants,
+// each rewritten once.
+func (s *Store) sql(q string) string {
+	if out, ok := s.statements.Load(q); ok {
+		return out.(string)
+	}
+	out := strings.ReplaceAll(q, "{schema}", s.schema)
+	s.statements.Store(q, out)
+	return out
+}
 
 // Ownership errors. A group belongs to the user who first used it; a client
 // belongs to the group it first appeared in.
@@ -181,6 +193,21 @@ type GroupTx struct {
 
 	stagedSources map[string]SourceState // StageSources: written by IssueCookies
 
+	// The count of routed changes, once read (ChangeCount).
+	changes     int64
+	changesRead bool
+
+	// touchDue: the group's last use, as locked, was noted over
+	// touchInterval ago; a settled mutation or an issued cookie notes it.
+	touchDue bool
+	// cookieLmids is the hash of the last mutation ids the group's last
+	// issued cookie was answered with (nil: not known); lmids is the hash
+	// of those LastMutationIDs read in this transaction (lmidsRead).
+	cookieLmids *int64
+	lmids       uint64
+	lmidsRead   bool
+	cookies     []Cookie // NoteCookies: the next IssueCookies' requests'
+
 	// PrunedClients counts the idle clients this transaction pruned to make
 	// room for new ones.
 	PrunedClients int
@@ -213,9 +240,12 @@ func (g *GroupTx) lock(ctx context.Context, userID string) error {
 	// takes its snapshot once the lock is held, so it sees what the
 	// previous holder committed (a join in the locking statement would
 	// return the row as it was before the wait).
+	// touch_due: the group's last use was noted over touchInterval ago, so
+	// this transaction notes it (a settled mutation, an issued cookie).
 	const q = `SELECT g.user_id, g.cookie_order, g.deleted_at IS NOT NULL, g.clients_pruned_at IS NOT NULL,
 			coalesce(g.view_record_id, 0), g.view_version, g.view_min_version, g.view_evicted_at IS NOT NULL,
-			coalesce((SELECT value FROM {schema}.settings WHERE name = 'epoch'), ''::bytea)
+			coalesce((SELECT value FROM {schema}.settings WHERE name = 'epoch'), ''::bytea),
+			g.last_used_at < now() - $2::interval, g.cookie_lmids
 		FROM {schema}.client_groups g
 		WHERE g.id = $1 FOR UPDATE OF g`
 	const qc = `SELECT coalesce(max(c.client_group_id), ''), coalesce(max(c.last_mutation_id), 0), coalesce(max(c.legacy_keys_through), 0),
@@ -226,7 +256,8 @@ func (g *GroupTx) lock(ctx context.Context, userID string) error {
 	scanRow := func(row pgx.Row) error {
 		var recordID int64
 		err := row.Scan(&owner, &g.cookieOrder, &deleted, &g.clientsPruned,
-			&recordID, &g.record.Version, &g.record.MinVersion, &g.record.Evicted, &g.epoch)
+			&recordID, &g.record.Version, &g.record.MinVersion, &g.record.Evicted, &g.epoch,
+			&g.touchDue, &g.cookieLmids)
 		g.record.ID = uint64(recordID)
 		return err
 	}
@@ -238,7 +269,7 @@ func (g *GroupTx) lock(ctx context.Context, userID string) error {
 			&g.prefetchedKeysSecret, &g.prefetchedPreviousKeys)
 	}
 	scan := func() error {
-		if err := scanRow(g.tx.QueryRow(ctx, g.s.sql(q), g.GroupID)); err != nil {
+		if err := scanRow(g.tx.QueryRow(ctx, g.s.sql(q), g.GroupID, g.s.touchInterval)); err != nil {
 			return err
 		}
 		if g.prefetched == "" {
@@ -249,7 +280,7 @@ func (g *GroupTx) lock(ctx context.Context, userID string) error {
 	// BEGIN, the locking read and the client's read in one round trip.
 	b := &pgx.Batch{}
 	b.Queue("BEGIN ISOLATION LEVEL READ COMMITTED")
-	b.Queue(g.s.sql(q), g.GroupID)
+	b.Queue(g.s.sql(q), g.GroupID, g.s.touchInterval)
 	if g.prefetched != "" {
 		b.Queue(g.s.sql(qc), g.prefetched)
 	}
