@@ -339,47 +339,100 @@ func deletedValue(raw []byte, present bool) bool {
 	return true
 }
 
-// readChanges goes through a source's entries for what its changes say:
-// soft-deleted items leave the entries (their keys are returned), the
-// greatest changes-field value is the read's watermark, and in a delta read
-// an item older than the bound asked for shows the API ignored the filter.
-// Entries without a value (a page answered 304) are passed over: the
-// watermark read before covers them.
-func (s *source) readChanges(es []Entry, sent *mark) (kept []Entry, deleted []string, top string, ignored bool) {
-	cc := s.changes
-	var best *mark
-	kept = es[:0]
-	for _, e := range es {
+// changeRead goes through a source's pages, as they are read, for what
+// its changes say: soft-deleted items leave the entries (their keys are
+// reported), the greatest changes-field value is the read's watermark,
+// and in a delta read an item older than the bound asked for shows the API
+// ignored the filter. Entries without a value (a page answered 304) are
+// passed over: the watermark read before covers them.
+type changeRead struct {
+	best    *mark
+	ignored bool
+	deleted []string
+	drop    []int // the positions of the soft-deleted among the source's entries, ascending
+}
+
+// page reads one page's entries, es, which start at position at among the
+// source's, and returns them without the soft-deleted (es itself when none
+// is).
+func (c *changeRead) page(cc *compiledChanges, sent *mark, es []Entry, at int) []Entry {
+	dropped := len(c.drop)
+	for i, e := range es {
 		if e.Value == nil {
-			kept = append(kept, e)
 			continue
 		}
 		if raw, present := jsonwalk.Find(e.Value, cc.field); present {
 			if m, ok := parseMark(raw); ok {
-				if best == nil {
-					best = &m
-				} else if c, ok := m.cmp(*best); ok && c > 0 {
-					best = &m
+				if c.best == nil {
+					c.best = &m
+				} else if d, ok := m.cmp(*c.best); ok && d > 0 {
+					c.best = &m
 				}
 				if sent != nil {
-					if c, ok := m.cmp(*sent); ok && c < 0 {
-						ignored = true
+					if d, ok := m.cmp(*sent); ok && d < 0 {
+						c.ignored = true
 					}
 				}
 			}
 		}
 		if cc.deleted != nil {
 			if v, present := jsonwalk.Find(e.Value, cc.deleted); deletedValue(v, present) {
-				deleted = append(deleted, e.Key)
-				continue
+				c.deleted = append(c.deleted, e.Key)
+				c.drop = append(c.drop, at+i)
 			}
+		}
+	}
+	if len(c.drop) == dropped {
+		return es
+	}
+	kept := make([]Entry, 0, len(es)-(len(c.drop)-dropped))
+	for i, e := range es {
+		if len(c.drop) > dropped && c.drop[dropped] == at+i {
+			dropped++
+			continue
 		}
 		kept = append(kept, e)
 	}
-	if best != nil {
-		top = best.text
+	return kept
+}
+
+// without returns the first len(es) entries of the source without the
+// soft-deleted (es itself when none is).
+func (c *changeRead) without(es []Entry) []Entry {
+	if len(c.drop) == 0 || c.drop[0] >= len(es) {
+		return es
 	}
-	return kept, deleted, top, ignored
+	out := make([]Entry, 0, len(es))
+	d := 0
+	for i, e := range es {
+		if d < len(c.drop) && c.drop[d] == i {
+			d++
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// finish reports what the pages said in read and returns the source's
+// entries, es, without the soft-deleted (in place).
+func (c *changeRead) finish(es []Entry, read *SourceResult) []Entry {
+	read.Deleted, read.FilterIgnored = c.deleted, c.ignored
+	if c.best != nil {
+		read.Watermark = c.best.text
+	}
+	if len(c.drop) == 0 {
+		return es
+	}
+	kept, d := es[:0], 0
+	for i, e := range es {
+		if d < len(c.drop) && c.drop[d] == i {
+			d++
+			continue
+		}
+		kept = append(kept, e)
+	}
+	return kept
 }
 
 // MaxMark returns the greater of two watermarks as the API wrote them (a

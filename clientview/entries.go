@@ -5,10 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
+	"slices"
 	"strings"
 	"unicode/utf8"
-
-	"github.com/cespare/xxhash/v2"
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview/jsonwalk"
 )
@@ -60,14 +60,31 @@ func (s *source) entries(body []byte, scan *pageScan) ([]Entry, error) {
 	return out, nil
 }
 
-// scannedEntries makes the entries of the items the scan found.
+// scannedEntries makes the entries of the items the scan found. The keys
+// the scan's fields spell are written into one buffer and made one string
+// that each key is a part of: one allocation per page, not one per key
+// (the keys live as long as each other: the pull's, then the record's).
 func (s *source) scannedEntries(scan *pageScan) ([]Entry, error) {
 	out := make([]Entry, len(scan.items))
 	nf := len(s.keyFields)
+	var buf []byte
+	ends := make([]int32, len(scan.items)) // where each key ends in buf; -1: out[i].Key is its own
 	for i, it := range scan.items {
-		key, err := s.keyFrom(it.raw, scan.fields[i*nf:(i+1)*nf])
-		if err == nil {
-			err = checkKey(key)
+		from := len(buf)
+		var ok bool
+		var err error
+		if buf, ok = s.appendKey(buf, scan.fields[i*nf:(i+1)*nf]); ok {
+			if i == 0 { // the page's keys are most likely about as long
+				buf = slices.Grow(buf, len(buf)*len(scan.items)+len(buf)/2)
+			}
+			ends[i] = int32(len(buf))
+			err = checkKey(buf[from:])
+		} else {
+			// Nested, absent, escaped or not a scalar: the walk decides.
+			ends[i] = -1
+			if out[i].Key, err = s.keyOf(it.raw); err == nil {
+				err = checkKey(out[i].Key)
+			}
 		}
 		if err != nil {
 			return nil, fmt.Errorf("item %d: %w", i, err)
@@ -76,39 +93,36 @@ func (s *source) scannedEntries(scan *pageScan) ([]Entry, error) {
 		if it.spaced {
 			v = compact(it.raw)
 		}
-		out[i] = Entry{Key: key, Value: v, Hash: Hash(v)}
+		out[i].Value, out[i].Hash = v, Hash(v)
+	}
+	keys, start := string(buf), 0
+	for i := range out {
+		if ends[i] >= 0 {
+			out[i].Key = keys[start:ends[i]]
+			start = int(ends[i])
+		}
 	}
 	return out, nil
 }
 
-// keyFrom is keyOf with the item's top-level key fields already found by
-// the scan; anything else (a nested field, a field absent or not a scalar)
-// takes keyOf's walk, and its exact error.
-func (s *source) keyFrom(item []byte, fields [][]byte) (string, error) {
-	// Sized first, then written once: one allocation per key.
-	n := 0
+// appendKey appends the key an item's top-level key fields (found by the
+// scan) spell; false, and buf as it was, when a field is nested, absent,
+// escaped or not a scalar: keyOf's walk then decides, with its exact
+// error.
+func (s *source) appendKey(buf []byte, fields [][]byte) ([]byte, bool) {
+	n := len(buf)
 	for _, p := range s.key {
 		if p.field == nil {
-			n += len(p.literal)
+			buf = append(buf, p.literal...)
 			continue
 		}
 		v, ok := plainScalar(fields[p.first])
 		if len(p.field) != 1 || !ok {
-			return s.keyOf(item) // nested, absent, escaped or not a scalar
+			return buf[:n], false
 		}
-		n += len(v)
+		buf = append(buf, v...)
 	}
-	var b strings.Builder
-	b.Grow(n)
-	for _, p := range s.key {
-		if p.field == nil {
-			b.WriteString(p.literal)
-		} else {
-			v, _ := plainScalar(fields[p.first])
-			b.Write(v)
-		}
-	}
-	return b.String(), nil
+	return buf, true
 }
 
 // plainScalar returns the key text of a non-empty string without escapes
@@ -139,11 +153,11 @@ const MaxKeyBytes = 1024
 
 // checkKey refuses keys the sidecar cannot keep: too long, or under the
 // prefix reserved for its own entries (an item's field can make one).
-func checkKey(key string) error {
+func checkKey[K string | []byte](key K) error {
 	switch {
 	case len(key) > MaxKeyBytes:
 		return fmt.Errorf("key %.40q… is longer than %d bytes", key, MaxKeyBytes)
-	case strings.HasPrefix(key, ReservedPrefix):
+	case len(key) >= len(ReservedPrefix) && string(key[:len(ReservedPrefix)]) == ReservedPrefix:
 		return fmt.Errorf("key %q starts with %s, which is reserved for the sidecar's own entries", key, ReservedPrefix)
 	}
 	return nil
@@ -183,37 +197,75 @@ func compact(raw json.RawMessage) json.RawMessage {
 	return b.Bytes()
 }
 
-// keySet finds a key a source produced twice. Keys are held by their
-// 64-bit hash, pointing at the entry that holds it (no pointers for the
-// collector to scan, a third of a string map's memory); a key whose hash
-// another key holds goes to a map by the key itself.
+// keySet finds a key a source produced twice: a table open-addressed by
+// the keys' 64-bit hashes (linear probing, at most half full) whose slots
+// hold 32 more bits of the hash, and no position: four bytes a slot, so a
+// view of 100,000 keys probes a table of 1 MiB (a map took several times
+// as long, and as much memory). Only when a key's bits match a slot's,
+// which is a repeat (or one chance in 2^32 per probe), are the entries
+// searched for one with the same key: it is exact. The hash is seeded at
+// random per set, as Go's maps are, so that keys chosen to collide (item
+// ids are often the users') cannot make the table slow.
 type keySet struct {
-	byHash map[uint64]int32
-	exact  map[string]int32
+	slots []uint32 // 0: empty
+	n     int
+	seed  maphash.Seed
+	hash  func(string) uint64 // nil: maphash with seed (tests make keys collide)
 }
 
 // add notes entries[i]'s key, or returns the index of the entry that
-// already holds it.
+// already holds it. The keys of entries[:i] were added before.
 func (k *keySet) add(entries []Entry, i int) (int, bool) {
-	if k.byHash == nil {
-		k.byHash = make(map[uint64]int32, cap(entries)) // sized for the reported total, when entries is
+	if 2*(k.n+1) > len(k.slots) {
+		k.grow(entries[:i], max(cap(entries), 2*k.n, 8)) // sized for the reported total, when entries is
 	}
 	key := entries[i].Key
-	h := xxhash.Sum64String(key)
-	j, held := k.byHash[h]
-	switch {
-	case !held:
-		k.byHash[h] = int32(i)
-		return 0, false
-	case entries[j].Key == key:
-		return int(j), true
+	h := k.sum(key)
+	tag, mask := uint32(h>>32)|1, uint64(len(k.slots)-1)
+	for j := h & mask; ; j = (j + 1) & mask {
+		switch k.slots[j] {
+		case 0:
+			k.slots[j] = tag
+			k.n++
+			return 0, false
+		case tag:
+			for at, e := range entries[:i] {
+				if e.Key == key {
+					return at, true
+				}
+			}
+		}
 	}
-	if j, ok := k.exact[key]; ok {
-		return int(j), true
+}
+
+func (k *keySet) sum(key string) uint64 {
+	if k.hash != nil {
+		return k.hash(key)
 	}
-	if k.exact == nil {
-		k.exact = map[string]int32{}
+	return maphash.String(k.seed, key)
+}
+
+// grow makes room for at least want keys (at most half full) and puts
+// back the keys of held, which were added before.
+func (k *keySet) grow(held []Entry, want int) {
+	size := 8
+	for size < 2*want {
+		size *= 2
 	}
-	k.exact[key] = int32(i)
-	return 0, false
+	if k.slots == nil {
+		k.seed = maphash.MakeSeed()
+	}
+	k.slots = make([]uint32, size)
+	k.n = 0
+	mask := uint64(size - 1)
+	for _, e := range held {
+		h := k.sum(e.Key)
+		for j := h & mask; ; j = (j + 1) & mask {
+			if k.slots[j] == 0 {
+				k.slots[j] = uint32(h>>32) | 1
+				k.n++
+				break
+			}
+		}
+	}
 }

@@ -77,9 +77,14 @@ type Request struct {
 	// Plans say how to read each source, by its fingerprint: in full (the
 	// default, for a source without one), by its changes, or not at all.
 	Plans map[string]Plan
+	// Pages, when set, is given each page's entries as soon as the page is
+	// read and fits the pages before it: for an answer written while the
+	// view is read (see PageSink).
+	Pages PageSink
 
 	budget *atomic.Int64 // bytes the fetch may still read
 	spent  *atomic.Int64 // bytes this attempt at a source has read
+	sinkMu *sync.Mutex   // the sources take turns at Pages
 }
 
 // Memory is charged for the bytes a fetch reads.
@@ -104,6 +109,9 @@ func (f *Fetcher) FetchResult(parent context.Context, v *View, r Request) (Resul
 	budget := &atomic.Int64{}
 	budget.Store(f.maxBody)
 	r.budget = budget
+	if r.Pages != nil {
+		r.sinkMu = &sync.Mutex{}
+	}
 	results := make([][]Entry, len(v.sources))
 	pages := make([][]PageResult, len(v.sources))
 	reads := make([]SourceResult, len(v.sources))
@@ -195,25 +203,35 @@ func (f *Fetcher) fetchSource(ctx context.Context, s *source, r Request, plan Pl
 	return es, pages, err
 }
 
-// readSource is fetchSource's read: the pages, then what the changes field
-// says of them.
+// readSource is fetchSource's read: the pages, and once more when they
+// did not fit together. What the sink was given of the first read and the
+// second lacks stays in the result when the sink says it sent it on: the
+// client holds it.
 func (f *Fetcher) readSource(ctx context.Context, s *source, r Request, sent *mark, read *SourceResult) ([]Entry, []PageResult, error) {
 	es, pages, err := f.fetchPages(ctx, s, r, sent, read)
 	var first *shiftedError
 	if !errors.As(err, &first) {
-		return s.afterRead(es, sent, read), pages, err
+		return es, pages, err
 	}
 	// The discarded attempt's bytes are no longer held: give them back.
 	spent := r.spent.Swap(0)
 	r.budget.Add(spent)
 	read.Bytes += spent
 	f.log.Info("client view source shifted while it was read; fetching it again", "source", s.path, "reason", first.reason)
+	var kept []Entry
+	if len(first.given) > 0 && r.again(s) {
+		kept = first.given
+	}
 	r.Memos = nil // in full: a memo may be what does not fit
 	es, pages, err = f.fetchPages(ctx, s, r, sent, read)
 	var again *shiftedError
 	switch {
+	case err == nil && kept != nil:
+		es = withKept(es, kept)
+		read.Entries = len(es)
+		return es, pages, nil
 	case !errors.As(err, &again):
-		return s.afterRead(es, sent, read), pages, err
+		return es, pages, err
 	case again.reason == first.reason:
 		// The very same disagreement twice is no writer moving items: the
 		// API does it every time (a capped page size, an ignored page
@@ -223,18 +241,26 @@ func (f *Fetcher) readSource(ctx context.Context, s *source, r Request, sent *ma
 	return nil, nil, &SourceError{Source: s.path, Reason: again.reason + ", twice in a row", Shifted: true}
 }
 
-// afterRead applies what the source's changes say to the entries read: the
-// soft-deleted leave, the watermark and a filter the API ignored are noted.
-func (s *source) afterRead(es []Entry, sent *mark, read *SourceResult) []Entry {
-	if s.changes != nil && es != nil {
-		es, read.Deleted, read.Watermark, read.FilterIgnored = s.readChanges(es, sent)
+// withKept appends to es the entries of kept whose key es lacks.
+func withKept(es, kept []Entry) []Entry {
+	have := make(map[string]struct{}, len(es))
+	for _, e := range es {
+		have[e.Key] = struct{}{}
 	}
-	read.Entries = len(es)
+	for _, e := range kept {
+		if _, ok := have[e.Key]; !ok {
+			es = append(es, e)
+		}
+	}
 	return es
 }
 
 // shiftedError: the pages of one fetch of a source do not fit together.
-type shiftedError struct{ reason string }
+// given is what the sink (Request.Pages) was given of them.
+type shiftedError struct {
+	reason string
+	given  []Entry
+}
 
 func (e *shiftedError) Error() string { return e.reason }
 
@@ -244,6 +270,16 @@ func (e *shiftedError) Error() string { return e.reason }
 // pages do not fit together, so fetchSource tries once more) or, when ctx
 // ended, ctx's error. It notes in read whether a full read's pages are
 // known to fit together.
+//
+// Pages are read one after the other (each may say where the next is),
+// in a pipeline: the next page is asked for as soon as its URL is known,
+// while this one is still being read (at once for a Link header or a next
+// field before the items, peekNext; else once the page is scanned); and
+// while one page is scanned, the page before it is checked against the
+// others and handed on (pageTaker, on a goroutine of its own). So the
+// upstream's answer, the scan and the rest overlap; one request per source
+// is still in flight at a time, and errors come out as if the pages were
+// read one by one (an earlier page's first).
 func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request, sent *mark, read *SourceResult) ([]Entry, []PageResult, error) {
 	first, err := f.sourceURL(s, r.UserID)
 	if err != nil {
@@ -253,29 +289,55 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request, sent *ma
 		first = s.changes.filtered(first, sent.text)
 	}
 	first = s.firstPage(first)
+	t := &pageTaker{s: s, r: r, sent: sent}
 	var (
-		collected pageEntries
-		results   []PageResult
-		seen      = map[string]bool{} // the URLs fetched
-		reuse     pageScan            // the last page's scan, whose arrays the next one reuses
+		seen  = map[string]bool{} // the URLs fetched
+		reuse pageScan            // the last page's scan, whose arrays the next one reuses
 		// For the signs of more items than received (s.checksMore): the
 		// totals the first and the last page report (-1: none), and the
 		// last page's answer (nil when it answered 304).
 		firstTotal, lastTotal = -1, -1
 		last                  *answer
+		ahead                 *pageGet // the next page, asked for early
 	)
-	for page, next := 1, first; next != nil; page++ {
+	defer func() { ahead.discard(r) }()
+	// aheadOf asks for u, page number page, unless it will not be fetched.
+	aheadOf := func(page int, u *url.URL) {
+		if u != nil && ahead == nil && !(s.paged && page > s.page.MaxPages) && !seen[u.String()] {
+			ahead = f.start(ctx, s, r, page, u)
+		}
+	}
+	pages := t.run()
+	// stop ends the taker and returns the first error: the taker's (it
+	// was of an earlier page), else err.
+	stop := func(err error) ([]Entry, []PageResult, error) {
+		if terr := t.stop(pages); terr != nil {
+			return nil, nil, terr
+		}
+		return nil, nil, err
+	}
+	for page, next := 1, first; next != nil && !t.failed.Load(); page++ {
 		switch {
 		case s.paged && page > s.page.MaxPages:
-			return nil, nil, s.fail(fmt.Sprintf("more than %d pages (pagination maxPages)", s.page.MaxPages), nil)
+			return stop(s.fail(fmt.Sprintf("more than %d pages (pagination maxPages)", s.page.MaxPages), nil))
 		case seen[next.String()]:
-			return nil, nil, s.fail(fmt.Sprintf("pagination loop: page %s was already fetched", next.RequestURI()), nil)
+			return stop(s.fail(fmt.Sprintf("pagination loop: page %s was already fetched", next.RequestURI()), nil))
 		}
 		seen[next.String()] = true
 		read.Requests++
-		p, err := f.fetchPage(ctx, s, r, page, next, &reuse)
+		g := ahead
+		ahead = nil
+		if g == nil || g.url != next.String() {
+			g.discard(r) // not the page the answer leads to after all
+			g = f.start(ctx, s, r, page, next)
+		}
+		g.wait()
+		if g.err == nil && !g.notModified {
+			aheadOf(page+1, s.peekNext(f, g.body, g.hdr, next, first))
+		}
+		p, err := f.readPage(ctx, s, page, next, g, &reuse)
 		if err != nil {
-			return nil, nil, err
+			return stop(err)
 		}
 		if s.checksMore() {
 			last = p.answer()
@@ -284,41 +346,129 @@ func (f *Fetcher) fetchPages(ctx context.Context, s *source, r Request, sent *ma
 					p.res.Total = s.total(last)
 				}
 				firstTotal = p.res.Total // a 304's is the remembered one
-				collected.reserve(firstTotal, len(p.entries), len(p.body), r.budget.Load())
+				// Before the taker has the first page: it is the taker's then.
+				t.collected.reserve(firstTotal, len(p.entries), len(p.body), r.budget.Load())
 			}
 			lastTotal = p.res.Total
 		}
-		if err := collected.add(s, page, p.entries); err != nil {
-			return nil, nil, err
+		cur := next
+		next, err = f.pageAfter(s, page, p, cur, first)
+		if err == nil {
+			aheadOf(page+1, next)
 		}
-		if next, err = f.pageAfter(s, page, p, next, first); err != nil {
-			return nil, nil, err
+		pages <- takenPage{p: p, page: page, next: next, nextErr: err}
+	}
+	if terr := t.stop(pages); terr != nil {
+		return nil, nil, terr
+	}
+	// What the source holds: the items read but those its changes say
+	// are deleted.
+	done := func() ([]Entry, []PageResult, error) {
+		es := t.collected.entries
+		if s.changes != nil {
+			es = t.changes.finish(es, read)
 		}
-		p.remember(next)
-		results = append(results, p.res)
+		read.Entries = len(es)
+		return es, t.results, nil
 	}
 	// One answer, or cursor (keyset) pages, cannot skip an item; other
 	// pages can, when a writer moves items between two requests, unless a
 	// reported total matched what was read.
 	read.Provable = !s.paged || s.page.Type == "cursor"
 	if !s.checksMore() {
-		return collected.entries, results, nil
+		return done()
 	}
 	if last != nil {
 		lastTotal = s.total(last)
 		// Remembered for when this page, the last, answers 304 next time.
-		results[len(results)-1].Total = lastTotal
+		t.results[len(t.results)-1].Total = lastTotal
 		if reason := s.unfollowed(last); reason != "" {
 			return nil, nil, s.fail(reason+mapPagination, nil)
 		}
 	}
-	if reason, shifted := s.moreThanReceived(lastTotal, firstTotal, len(collected.entries)); shifted {
-		return nil, nil, &shiftedError{reason}
+	if reason, shifted := s.moreThanReceived(lastTotal, firstTotal, len(t.collected.entries)); shifted {
+		return nil, nil, &shiftedError{reason: reason, given: t.changes.without(t.collected.entries[:t.given])}
 	} else if reason != "" {
 		return nil, nil, s.fail(reason+mapPagination, nil)
 	}
 	read.Provable = read.Provable || firstTotal >= 0 && lastTotal >= 0
-	return collected.entries, results, nil
+	return done()
+}
+
+// pageTaker is fetchPages' second stage: it takes each page read, in
+// order, checks it against the pages before (a key twice), reads what
+// the source's changes say of it, hands it to the sink and keeps it.
+type pageTaker struct {
+	s    *source
+	r    Request
+	sent *mark
+
+	collected pageEntries
+	results   []PageResult
+	changes   changeRead
+	given     int // collected.entries[:given] went to r.Pages
+
+	failed atomic.Bool // err is set: fetchPages reads no more pages
+	err    error       // read once the taker has stopped
+	done   chan struct{}
+}
+
+// takenPage is one page for the taker: the page read, and the URL of the
+// next (or why it cannot be followed).
+type takenPage struct {
+	p       *fetchedPage
+	page    int
+	next    *url.URL
+	nextErr error
+}
+
+// run starts the taker on its own goroutine and returns where the pages
+// go.
+func (t *pageTaker) run() chan<- takenPage {
+	pages := make(chan takenPage, 1)
+	t.done = make(chan struct{})
+	go func() {
+		defer close(t.done)
+		for tp := range pages {
+			if t.err == nil {
+				if t.err = t.take(tp); t.err != nil {
+					t.failed.Store(true)
+				}
+			}
+		}
+	}()
+	return pages
+}
+
+// stop waits for the taker to take every page sent and returns its error.
+func (t *pageTaker) stop(pages chan<- takenPage) error {
+	close(pages)
+	<-t.done
+	return t.err
+}
+
+func (t *pageTaker) take(tp takenPage) error {
+	s, p := t.s, tp.p
+	if err := t.collected.add(s, tp.page, p.entries); err != nil {
+		return withGiven(err, t.changes.without(t.collected.entries[:t.given]))
+	}
+	if tp.nextErr != nil {
+		return tp.nextErr
+	}
+	at := len(t.collected.entries) - len(p.entries)
+	kept := t.collected.entries[at:]
+	if s.changes != nil {
+		kept = t.changes.page(s.changes, t.sent, kept, at)
+	}
+	if t.r.Pages != nil {
+		if err := t.r.give(s, kept, t.collected.entries[at:]); err != nil {
+			return err
+		}
+		t.given = len(t.collected.entries)
+	}
+	p.remember(tp.next)
+	t.results = append(t.results, p.res)
+	return nil
 }
 
 // mapPagination ends the reason of a source that shows more items than its
@@ -342,26 +492,72 @@ type fetchedPage struct {
 	scan pageScan
 }
 
-// fetchPage fetches page number page of s at u (conditionally, when
-// r.Memos holds a memo the page can be asked for with) and turns it into
-// entries: the answer's items, or the memo's keys and hashes after a 304.
-// reuse is the last page's scan, whose arrays the scan of this page takes
-// over. Its errors are fetchPages'.
-func (f *Fetcher) fetchPage(ctx context.Context, s *source, r Request, page int, u *url.URL, reuse *pageScan) (*fetchedPage, error) {
-	memo := s.memoFor(r.Memos, page, u)
-	body, hdr, notModified, err := f.get(ctx, u, r, memo)
-	if err != nil {
+// pageGet is one page's GET, running on its own goroutine so that it can
+// start before the page before it is read (fetchPages).
+type pageGet struct {
+	url    string
+	memo   *PageMemo // the page was asked for conditionally with it
+	cancel context.CancelFunc
+	done   chan struct{}
+	// Set when done is closed.
+	body        []byte
+	hdr         http.Header
+	notModified bool
+	err         error
+}
+
+// start asks for page number page of s at u (conditionally, when r.Memos
+// holds a memo the page can be asked for with).
+func (f *Fetcher) start(ctx context.Context, s *source, r Request, page int, u *url.URL) *pageGet {
+	gctx, cancel := context.WithCancel(ctx)
+	g := &pageGet{url: u.String(), memo: s.memoFor(r.Memos, page, u), cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(g.done)
+		g.body, g.hdr, g.notModified, g.err = f.get(gctx, u, r, g.memo)
+	}()
+	return g
+}
+
+// wait waits for the answer.
+func (g *pageGet) wait() {
+	<-g.done
+	g.cancel()
+}
+
+// discard ends a GET whose page will not be read (nil: none), and gives
+// back to the fetch's byte budget what it read.
+func (g *pageGet) discard(r Request) {
+	if g == nil {
+		return
+	}
+	g.cancel()
+	<-g.done
+	if n := int64(len(g.body)); n > 0 {
+		r.budget.Add(n)
+		if r.spent != nil {
+			r.spent.Add(-n)
+		}
+	}
+}
+
+// readPage turns the answer to page number page of s at u into entries:
+// the answer's items, or the memo's keys and hashes after a 304. reuse is
+// the last page's scan, whose arrays the scan of this page takes over.
+// Its errors are fetchPages'.
+func (f *Fetcher) readPage(ctx context.Context, s *source, page int, u *url.URL, g *pageGet, reuse *pageScan) (*fetchedPage, error) {
+	if err := g.err; err != nil {
 		if ctx.Err() != nil {
 			return nil, err
 		}
 		return nil, s.fail(err.Error(), err)
 	}
+	memo, body, hdr := g.memo, g.body, g.hdr
 	p := &fetchedPage{res: PageResult{
 		PageMemo:    PageMemo{Source: s.id, Page: page, URL: u.String(), Total: -1},
-		NotModified: notModified,
+		NotModified: g.notModified,
 		Conditional: memo != nil,
 	}}
-	if notModified {
+	if g.notModified {
 		p.res.PageMemo = *memo
 		p.res.Source, p.res.Page = s.id, page
 		p.entries = make([]Entry, len(memo.Keys))
@@ -374,6 +570,7 @@ func (f *Fetcher) fetchPage(ctx context.Context, s *source, r Request, page int,
 	if !ok {
 		return nil, s.fail("response is not JSON", nil)
 	}
+	var err error
 	if p.entries, err = s.entries(body, &scan); err != nil {
 		return nil, s.fail(err.Error(), err)
 	}
@@ -490,7 +687,7 @@ func (pe *pageEntries) add(s *source, page int, es []Entry) error {
 		if p == page {
 			return s.fail(fmt.Sprintf("duplicate key %q (twice on page %d)", key, page), nil)
 		}
-		return &shiftedError{fmt.Sprintf("key %q came on page %d and again on page %d", key, p, page)}
+		return &shiftedError{reason: fmt.Sprintf("key %q came on page %d and again on page %d", key, p, page)}
 	}
 	return nil
 }

@@ -4,10 +4,9 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
-
-	"github.com/cespare/xxhash/v2"
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview/jsonwalk"
 )
@@ -173,21 +172,25 @@ func TestScanDepth(t *testing.T) {
 	}
 }
 
-// TestKeySetCollision: two keys whose hashes collide are told apart, and a
-// repeat of either is still found.
+// TestKeySetCollision: keys whose hashes collide (here every key hashes
+// alike) are told apart, a repeat of any is still found, and the table
+// keeps them apart as it grows.
 func TestKeySetCollision(t *testing.T) {
-	entries := []Entry{{Key: "a"}, {Key: "b"}, {Key: "b"}, {Key: "a"}}
-	var k keySet
-	k.byHash = map[uint64]int32{xxhash.Sum64String("b"): 0} // "b" hashes where "a" is held
-	if _, seen := k.add(entries, 1); seen {
-		t.Fatal(`"b" reported seen: its hash is held by "a", a different key`)
+	var entries []Entry
+	for i := range 40 {
+		entries = append(entries, Entry{Key: fmt.Sprint("k", i)})
 	}
-	if j, seen := k.add(entries, 2); !seen || j != 1 {
-		t.Fatalf(`the second "b" = %d, %v; want entry 1`, j, seen)
+	entries = append(entries, Entry{Key: "k7"}, Entry{Key: "k0"}, Entry{Key: "k39"})
+	k := keySet{hash: func(string) uint64 { return 42 }}
+	for i := range 40 {
+		if j, seen := k.add(entries[:i+1:i+1], i); seen {
+			t.Fatalf("%q reported seen (as entry %d): its hash is held by different keys", entries[i].Key, j)
+		}
 	}
-	k.byHash[xxhash.Sum64String("a")] = 0
-	if j, seen := k.add(entries, 3); !seen || j != 0 {
-		t.Fatalf(`the second "a" = %d, %v; want entry 0`, j, seen)
+	for i, want := range []int{7, 0, 39} {
+		if j, seen := k.add(entries, 40+i); !seen || j != want {
+			t.Fatalf("the second %q = %d, %v; want entry %d", entries[40+i].Key, j, seen, want)
+		}
 	}
 }
 

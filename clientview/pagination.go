@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+
+	"github.com/replicache-sidecar/replicache-sidecar/clientview/jsonwalk"
 )
 
 // nextPage returns the next page's URL, or nil when this was the last page.
@@ -77,6 +79,86 @@ func (f *Fetcher) nextPage(s *source, page, items int, cur, first *url.URL, body
 		u.RawQuery = q.Encode()
 		return &u, nil
 	}
+}
+
+// peekNext returns the next page's URL when the answer tells it before it
+// is scanned: a Link header, or a next URL or cursor field met before the
+// items (Django REST Framework writes "next" first). It reads the body
+// without checking it, taking the first member of each name where the
+// page's scan will take the last, so it is only a guess: the page's own
+// answer (nextPage) decides, and a guess that differs is dropped. nil
+// when it cannot tell.
+func (s *source) peekNext(f *Fetcher, body []byte, hdr http.Header, cur, first *url.URL) *url.URL {
+	var target string
+	switch s.page.Type {
+	case "link":
+		target = nextLink(hdr.Values("Link"))
+	case "url", "cursor":
+		raw := peekPath(body, s.nextPath)
+		if raw == nil || raw[0] != '"' && s.page.Type == "url" {
+			return nil
+		}
+		var ok bool
+		if target, ok = scalar(raw); !ok {
+			return nil
+		}
+	}
+	if target == "" {
+		return nil
+	}
+	if s.page.Type == "cursor" {
+		u := *first
+		q := u.Query()
+		q.Set(s.page.Param, target)
+		u.RawQuery = q.Encode()
+		return &u
+	}
+	u, err := f.follow(cur, target, "next")
+	if err != nil {
+		return nil
+	}
+	return u
+}
+
+// peekPath follows path through the first member of each name in body,
+// which it does not check, up to the first member past an array: nil
+// when it does not find it there (the walk would cost about what the
+// page's scan does).
+func peekPath(body []byte, path []string) []byte {
+	cur := jsonwalk.Trim(body)
+	for _, name := range path {
+		if len(cur) == 0 || cur[0] != '{' {
+			return nil
+		}
+		found := false
+		for i := jsonwalk.SkipSpace(cur, 1); i < len(cur) && cur[i] == '"'; {
+			kEnd, _ := jsonwalk.SkipValue(cur, i)
+			v := jsonwalk.SkipSpace(cur, kEnd)
+			if v >= len(cur) || cur[v] != ':' {
+				return nil
+			}
+			v = jsonwalk.SkipSpace(cur, v+1)
+			if v >= len(cur) || cur[v] == '[' {
+				return nil // the items, most likely: the rest is not worth walking
+			}
+			vEnd, _ := jsonwalk.SkipValue(cur, v)
+			if jsonwalk.KeyEquals(cur[i:kEnd], name) {
+				cur, found = cur[v:vEnd], true
+				break
+			}
+			i = jsonwalk.SkipSpace(cur, vEnd)
+			if i < len(cur) && cur[i] == ',' {
+				i = jsonwalk.SkipSpace(cur, i+1)
+			}
+		}
+		if !found {
+			return nil
+		}
+	}
+	if len(cur) == 0 {
+		return nil
+	}
+	return cur
 }
 
 // follow resolves a next-page reference against the page it came from and

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -80,7 +81,15 @@ func (s *puller) handlePull(w http.ResponseWriter, r *http.Request) {
 	if s.tracer != nil { // the view pages' spans name the group
 		ctx = upstream.WithSpanAttributes(ctx, attribute.String("replicache.client_group", req.ClientGroupID))
 	}
-	ans, err := s.pull(ctx, c, &req)
+	st := &pullStream{w: w, c: c, after: s.streamAfter, pool: &s.chunks}
+	if st.after == 0 {
+		st.after = streamAfterBytes
+	}
+	ans, err := s.pull(ctx, c, &req, st)
+	if st.started() {
+		s.endStream(c, st, &req, ans, err)
+		return
+	}
 	if err != nil {
 		s.failPull(w, c, err, req.ClientGroupID)
 		return
@@ -121,12 +130,48 @@ func (s *puller) failPull(w http.ResponseWriter, c *exchange, err error, groupID
 	s.fail(w, c, v.Problem)
 }
 
+// endStream ends an answer that went out while its view was read
+// (pullstream.go): with its cookie once the pull committed, else broken
+// off, the failure logged and counted as failPull would answer it.
+func (s *puller) endStream(c *exchange, st *pullStream, req *pullRequest, ans pullAnswer, err error) {
+	if err == nil {
+		n, err := st.finish(ans)
+		if err != nil {
+			c.log.Info("client went away while the pull was written", "error", err, "bytes", n)
+			return
+		}
+		s.pulled(c, ans, n, patchCounts{put: st.puts}, true)
+		s.answered(c, req, ans)
+		return
+	}
+	st.abort()
+	if werr := st.err(); werr != nil && !errors.Is(werr, errBrokenOff) {
+		c.log.Info("client went away while the pull was written", "error", werr, "bytes", st.out.written)
+		return
+	}
+	c.log.Warn("pull answer broken off: the view could not be read whole once its answer had started, so the client keeps the view it had and pulls again; nothing was committed",
+		"error", err, "bytes", st.out.written)
+	s.failPull(discardWriter{}, c, err, req.ClientGroupID)
+}
+
+// discardWriter takes an answer and sends it nowhere: for what failPull
+// logs and counts of a pull whose answer was broken off.
+type discardWriter struct{}
+
+func (discardWriter) Header() http.Header         { return http.Header{} }
+func (discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (discardWriter) WriteHeader(int)             {}
+
 // puller is the pull engine: the shared core, and the fetches running in
 // this process that other pulls may join.
 type puller struct {
 	*core
 	flights flight.Group[pullMeta, *pullRider]
 	shared  sharedViews // the shared sources' last reads
+	chunks  sync.Pool   // of streamed answers' pieces (*[]byte)
+	// streamAfter: a reset answer starts going out once its view has
+	// brought this many bytes (0: streamAfterBytes; tests set less).
+	streamAfter int64
 }
 
 // pullMeta describes a running fetch, for the pulls that may join it
@@ -181,7 +226,10 @@ type pullRider struct {
 // must be, and then fetches on its own. Only a pull that finds a flight
 // to board reads the count (one round trip, no lock); a leader reads it
 // with the source states it reads anyway.
-func (s *puller) pull(ctx context.Context, c *exchange, req *pullRequest) (pullAnswer, error) {
+//
+// st is the pull's answer: a leader whose answer is a reset may start it
+// while the view is read (pullstream.go); a rider never does.
+func (s *puller) pull(ctx context.Context, c *exchange, req *pullRequest, st *pullStream) (pullAnswer, error) {
 	key := s.flightKey(req.ClientGroupID, c)
 	gen := s.hub.Generation()
 	rider := &pullRider{cookie: req.cookie, changes: -1}
@@ -234,7 +282,7 @@ func (s *puller) pull(ctx context.Context, c *exchange, req *pullRequest) (pullA
 		}
 		// The work goes on if this pull's own client leaves: others may wait
 		// for it. The turn, the lock and every upstream call are bounded.
-		ans, err := s.pullLocked(context.WithoutCancel(ctx), c, req, leading{f})
+		ans, err := s.pullLocked(context.WithoutCancel(ctx), c, req, leading{f}, st)
 		f.Land(err)
 		if err == nil && ans.order == 0 && !ans.lost {
 			return pullAnswer{}, store.ErrCookieExhausted
@@ -250,6 +298,10 @@ type leading struct {
 
 // fetching notes the count of routed changes read before the fetch began.
 func (l leading) fetching(changes int64) { l.f.Meta.changes.Store(changes) }
+
+// alone seals the flight if no pull has joined it (flight.SealAlone),
+// for an answer that goes out while the view is read.
+func (l leading) alone() bool { return l.f.SealAlone() }
 
 // seal closes the flight and returns the riders the fetch may answer:
 // those that read a count of routed changes no larger than the leader's
@@ -289,8 +341,11 @@ func (s *puller) flightKey(groupID string, c *exchange) string {
 // no push of the group can slip in between. Once the view is fetched,
 // sealing fl returns the pulls that joined; each gets its cookie and its
 // patch here too. In diff mode the view is compared with the group's
-// record, and the record's change is written with the cookies.
-func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, fl leading) (pullAnswer, error) {
+// record, and the record's change is written with the cookies. When the
+// answer is a reset whatever is read, st may start it during the fetch
+// (fl.alone seals the flight if no pull joined it); it is then this pull's
+// alone, and not committed once broken off.
+func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, fl leading, st *pullStream) (pullAnswer, error) {
 	mp := s.mapping()
 	view := &pullView{}
 	var ans pullAnswer
@@ -336,6 +391,14 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 			return err
 		}
 		fl.fetching(changes)
+		// A reset's answer may go out while the view is read (with no
+		// memos: only a pull holding the current version has them, and
+		// it gets a diff).
+		lost, decided := view.classifyEarly(req.cookie, beforeOrder, s.cfg.PatchMode == "diff")
+		if st != nil && decided && !lost && store.CookieCanGrow(req.cookie.Order, beforeOrder) {
+			st.allow(view, fl.alone)
+			b.stream = st
+		}
 		for {
 			retry, err := b.run(ctx, memos)
 			if err != nil {
@@ -348,6 +411,9 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 			// fit): fetch everything in full, once.
 			c.log.Info("fetching the client view again without conditional requests", "group", req.ClientGroupID)
 			memos = nil
+		}
+		if err := b.stream.err(); err != nil {
+			return err // the answer is broken off: nothing to commit it for
 		}
 		s.notePulls(b)
 		orders, err := g.IssueCookies(ctx, b.bases, view.change, b.pages)
@@ -433,6 +499,27 @@ type pullBuild struct {
 	answers []pullAnswer // but their cookie orders
 	bases   []int64      // the orders to issue cookies above, per answer
 	pages   *store.PageWrites
+
+	stream *pullStream // the answer, when it may go out while the view is read
+}
+
+// sink is the fetch's page sink: the streamed answer, if any.
+func (b *pullBuild) sink() clientview.PageSink {
+	if b.stream == nil {
+		return nil
+	}
+	b.stream.fetching()
+	return b.stream
+}
+
+// extra gives the streamed answer, if any, entries the pull adds to the
+// view it fetched (a shared source's, the rejections).
+func (b *pullBuild) extra(es []clientview.Entry) error {
+	if b.stream == nil || len(es) == 0 {
+		return nil
+	}
+	_, err := b.stream.Page("", es)
+	return err
 }
 
 // run fetches the view (conditionally, with memos), lets the riders in,
@@ -458,7 +545,7 @@ func (b *pullBuild) run(ctx context.Context, memos map[clientview.PageKey]*clien
 	fctx, cancel := context.WithCancelCause(ctx)
 	done := c.mem.Interruptible(func() { cancel(budget.ErrPreempted) })
 	res, err := s.fetch(fctx, b.mapping, c.Key(), clientview.Request{UserID: c.User, Header: c.Forward, Memory: c.mem, Memos: memos,
-		Plans: plans})
+		Plans: plans, Pages: b.sink()})
 	if err == nil {
 		res, err = b.withShared(fctx, res)
 	}
@@ -482,7 +569,11 @@ func (b *pullBuild) run(ctx context.Context, memos map[clientview.PageKey]*clien
 	}
 	b.riders = b.seal()
 	if s.cfg.ExposeRejections {
+		n := len(view.entries)
 		if view.entries, err = s.addRejections(ctx, b.g, view.entries); err != nil {
+			return false, err
+		}
+		if err := b.extra(view.entries[n:]); err != nil {
 			return false, err
 		}
 	}
@@ -523,7 +614,8 @@ func (b *pullBuild) run(ctx context.Context, memos map[clientview.PageKey]*clien
 		if a.diff {
 			a.since = ck.Version
 		}
-		if !a.lost && !view.complete(a) {
+		// A streamed answer sent every value as it came (and let it go).
+		if !a.lost && !(i == 0 && b.stream.started()) && !view.complete(a) {
 			if memos != nil {
 				return true, nil
 			}

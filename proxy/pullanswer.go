@@ -56,6 +56,12 @@ func (s *core) writePull(w http.ResponseWriter, c *exchange, ans pullAnswer) {
 		c.log.Info("client went away while the pull was written", "error", err, "bytes", n)
 		return
 	}
+	s.pulled(c, ans, n, ops, false)
+}
+
+// pulled accounts for an answer of n bytes and ops, written whole or
+// streamed (written while its view was read, pullstream.go).
+func (s *core) pulled(c *exchange, ans pullAnswer, n int64, ops patchCounts, streamed bool) {
 	s.metrics.PullEntries.Observe(float64(ops.put + ops.del))
 	s.metrics.PullBytes.Observe(float64(n))
 	patch, clears := "diff", 0.0
@@ -66,7 +72,7 @@ func (s *core) writePull(w http.ResponseWriter, c *exchange, ans pullAnswer) {
 	s.metrics.PatchOps.WithLabelValues(metrics.OpPut).Observe(float64(ops.put))
 	s.metrics.PatchOps.WithLabelValues(metrics.OpDel).Observe(float64(ops.del))
 	c.log.Info("pull", "entries", len(ans.entries), "patch", patch, "puts", ops.put, "dels", ops.del,
-		"clients", len(ans.lmids), "bytes", n, "cookie", ans.order, "reads", ans.reads, "duration", time.Since(c.start))
+		"clients", len(ans.lmids), "bytes", n, "cookie", ans.order, "reads", ans.reads, "streamed", streamed, "duration", time.Since(c.start))
 }
 
 type patchCounts struct{ put, del int }
@@ -79,55 +85,23 @@ func encodePullResponse(dst io.Writer, ans pullAnswer) (int64, patchCounts, erro
 	var ops patchCounts
 	cw := &countingWriter{w: dst}
 	b := bufio.NewWriterSize(cw, 32<<10)
-	b.WriteString(`{"cookie":{"order":`)
-	b.WriteString(strconv.FormatInt(ans.order, 10))
-	b.WriteString(`,"db":`)
-	writeJSONString(b, ans.epoch)
-	b.WriteString(`,"g":`)
-	writeJSONString(b, ans.group)
-	if ans.change != nil {
-		b.WriteString(`,"rec":"`)
-		b.WriteString(store.FormatID(ans.change.Record.ID))
-		b.WriteString(`","v":`)
-		b.WriteString(strconv.FormatInt(ans.change.Record.Version, 10))
-		b.WriteString(`,"t":"`)
-		b.WriteString(store.FormatID(ans.change.Record.Tag))
-		b.WriteByte('"')
-	}
-	b.WriteString(`},"lastMutationIDChanges":{`)
-	ids := make([]string, 0, len(ans.lmids))
-	for id := range ans.lmids {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	for i, id := range ids {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		writeJSONString(b, id)
-		b.WriteByte(':')
-		b.WriteString(strconv.FormatInt(ans.lmids[id], 10))
-	}
-	b.WriteString(`},"patch":[`)
+	b.WriteString(`{"cookie":`)
+	b.Write(appendCookie(b.AvailableBuffer(), ans))
+	b.WriteString(`,"lastMutationIDChanges":`)
+	b.Write(appendLastMutationIDs(b.AvailableBuffer(), ans.lmids))
+	b.WriteString(`,"patch":[`)
 	sep := false
-	op := func(name, key string) { // starts an operation on key
-		if sep {
-			b.WriteByte(',')
-		}
-		sep = true
-		b.WriteString(`{"op":"`)
-		b.WriteString(name)
-		b.WriteString(`","key":`)
-		writeJSONString(b, key)
-	}
 	if !ans.diff {
 		b.WriteString(`{"op":"clear"}`)
 		sep = true
 	} else {
 		for _, t := range ans.change.Tombstones {
 			if t.Version > ans.since {
-				op("del", t.Key)
-				b.WriteByte('}')
+				if sep {
+					b.WriteByte(',')
+				}
+				sep = true
+				b.Write(appendDel(b.AvailableBuffer(), t.Key))
 				ops.del++
 			}
 		}
@@ -136,15 +110,76 @@ func encodePullResponse(dst io.Writer, ans pullAnswer) (int64, patchCounts, erro
 		if ans.diff && ans.change.Versions[i] <= ans.since {
 			continue
 		}
-		op("put", e.Key)
-		b.WriteString(`,"value":`)
-		b.Write(e.Value)
-		b.WriteByte('}')
+		if sep {
+			b.WriteByte(',')
+		}
+		sep = true
+		if b.Available() < len(e.Key)+len(e.Value)+32 {
+			// A value larger than the buffer is copied once, not twice.
+			b.Write(appendJSONString(append(b.AvailableBuffer(), `{"op":"put","key":`...), e.Key))
+			b.WriteString(`,"value":`)
+			b.Write(e.Value)
+			b.WriteByte('}')
+		} else {
+			b.Write(appendPut(b.AvailableBuffer(), e.Key, e.Value))
+		}
 		ops.put++
 	}
 	b.WriteString("]}")
 	err := b.Flush() // the first write error sticks and shows here
 	return cw.n, ops, err
+}
+
+// appendCookie appends the cookie of ans.
+func appendCookie(b []byte, ans pullAnswer) []byte {
+	b = append(b, `{"order":`...)
+	b = strconv.AppendInt(b, ans.order, 10)
+	b = append(b, `,"db":`...)
+	b = appendJSONString(b, ans.epoch)
+	b = append(b, `,"g":`...)
+	b = appendJSONString(b, ans.group)
+	if ans.change != nil {
+		b = append(b, `,"rec":"`...)
+		b = append(b, store.FormatID(ans.change.Record.ID)...)
+		b = append(b, `","v":`...)
+		b = strconv.AppendInt(b, ans.change.Record.Version, 10)
+		b = append(b, `,"t":"`...)
+		b = append(b, store.FormatID(ans.change.Record.Tag)...)
+		b = append(b, '"')
+	}
+	return append(b, '}')
+}
+
+// appendLastMutationIDs appends every client's last mutation id, in the
+// order of the client ids.
+func appendLastMutationIDs(b []byte, lmids map[string]int64) []byte {
+	ids := make([]string, 0, len(lmids))
+	for id := range lmids {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	b = append(b, '{')
+	for i, id := range ids {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendJSONString(b, id)
+		b = append(b, ':')
+		b = strconv.AppendInt(b, lmids[id], 10)
+	}
+	return append(b, '}')
+}
+
+// appendPut appends a put operation; value is compact JSON.
+func appendPut(b []byte, key string, value []byte) []byte {
+	b = appendJSONString(append(b, `{"op":"put","key":`...), key)
+	b = append(append(b, `,"value":`...), value...)
+	return append(b, '}')
+}
+
+// appendDel appends a del operation.
+func appendDel(b []byte, key string) []byte {
+	return append(appendJSONString(append(b, `{"op":"del","key":`...), key), '}')
 }
 
 type countingWriter struct {
@@ -158,23 +193,22 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// writeJSONString writes s as a JSON string. Keys and ids are nearly always
-// plain ASCII, written as they are; anything else goes through
+// appendJSONString appends s as a JSON string. Keys and ids are nearly
+// always plain ASCII, written as they are; anything else goes through
 // encoding/json's escaping.
-func writeJSONString(b *bufio.Writer, s string) {
+func appendJSONString(b []byte, s string) []byte {
 	plain := true
 	for i := 0; i < len(s) && plain; i++ {
 		c := s[i]
 		plain = c >= 0x20 && c < 0x7f && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
 	}
 	if plain {
-		b.WriteByte('"')
-		b.WriteString(s)
-		b.WriteByte('"')
-		return
+		b = append(b, '"')
+		b = append(b, s...)
+		return append(b, '"')
 	}
 	q, _ := json.Marshal(s) // a string always encodes
-	b.Write(q)
+	return append(b, q...)
 }
 
 // classify says how to answer a pull with cookie ck, given the group's
@@ -190,22 +224,36 @@ func writeJSONString(b *bufio.Writer, s string) {
 // versions' tags, so such a cookie is no sign of a lost history; it gets a
 // reset. An order or version the group never reached still is.
 func (v *pullView) classify(ck store.Cookie, before store.ViewRecord, beforeOrder int64) (lost, diff bool) {
-	ours := ck.Group == v.group
+	if lost, decided := v.classifyEarly(ck, beforeOrder, v.change != nil); decided {
+		return lost, false
+	}
 	switch {
-	case ck.Epoch != "" && ck.Epoch != v.epoch:
-		return ours, false
-	case !ours:
-		return false, false
-	case ck.Order > beforeOrder:
-		return true, false
-	case v.change == nil || ck.Record == 0:
-		return false, false
 	case ck.Record != before.ID, v.change.Foreign(before, ck.Record, ck.Version, ck.Tag):
 		return true, false
 	case v.change.Evicted():
 		return false, false
 	}
 	return false, v.change.Covers(ck.Record, ck.Version, ck.Tag)
+}
+
+// classifyEarly is classify before the view is read: decided when the
+// cookie alone settles it (lost, or a reset whatever the view and the
+// record turn out to be), which is what lets a reset's answer go out
+// while the view is read (pullstream.go). diffMode: SIDECAR_PATCH_MODE is
+// diff (classify's change is then set).
+func (v *pullView) classifyEarly(ck store.Cookie, beforeOrder int64, diffMode bool) (lost, decided bool) {
+	ours := ck.Group == v.group
+	switch {
+	case ck.Epoch != "" && ck.Epoch != v.epoch:
+		return ours, true
+	case !ours:
+		return false, true
+	case ck.Order > beforeOrder:
+		return true, true
+	case !diffMode || ck.Record == 0:
+		return false, true
+	}
+	return false, false
 }
 
 // complete reports whether every entry a would put has its value (entries

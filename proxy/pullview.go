@@ -249,7 +249,8 @@ func (b *pullBuild) confirm(ctx context.Context, first clientview.Result, again 
 // copy): the result, and each source's entries by id.
 func (b *pullBuild) readAgain(ctx context.Context, plans map[string]clientview.Plan, again map[string]bool) (clientview.Result, map[string][]clientview.Entry, error) {
 	c := b.c
-	second, err := b.s.fetch(ctx, b.mapping, c.Key(), clientview.Request{UserID: c.User, Header: c.Forward, Memory: c.mem, Plans: plans})
+	second, err := b.s.fetch(ctx, b.mapping, c.Key(), clientview.Request{UserID: c.User, Header: c.Forward, Memory: c.mem, Plans: plans,
+		Pages: b.sink()})
 	if err != nil {
 		return second, nil, err
 	}
@@ -268,6 +269,9 @@ func (b *pullBuild) readAgain(ctx context.Context, plans map[string]clientview.P
 			}
 			seconds[info.ID] = r.entries
 			second.Sources = append(second.Sources, r.result)
+			if err := b.extra(r.entries); err != nil {
+				return second, nil, err
+			}
 		}
 	}
 	return second, seconds, nil
@@ -402,6 +406,9 @@ func (b *pullBuild) withShared(ctx context.Context, res clientview.Result) (clie
 			got.Requests, got.Bytes = 0, 0 // served from the replica's copy
 			res.Sources[i] = got
 			entries = append(entries, sr.entries...)
+			if err := b.extra(sr.entries); err != nil {
+				return res, err
+			}
 		}
 	}
 	res.Entries = entries

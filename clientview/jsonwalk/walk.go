@@ -227,7 +227,17 @@ func KeyEquals(quoted []byte, name string) bool {
 	if string(inner) == name && utf8.ValidString(name) && strings.IndexByte(name, '\\') < 0 {
 		return true // valid, without escapes: nothing to decode
 	}
-	if bytes.IndexByte(inner, '\\') < 0 && utf8.Valid(inner) {
+	// Written plainly (no escape, nothing but ASCII), a name decodes to its
+	// own bytes, which differ from name: the common case, checked in one
+	// short loop.
+	plain := true
+	for _, c := range inner {
+		if c == '\\' || c >= utf8.RuneSelf {
+			plain = false
+			break
+		}
+	}
+	if plain || bytes.IndexByte(inner, '\\') < 0 && utf8.Valid(inner) {
 		return false
 	}
 	s, ok := Unquote(quoted)

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -120,6 +121,51 @@ type api struct {
 	// …), as an auto-increment key does.
 	assignIDs bool
 	lastID    int64 // the sequence's last value (assignIDs)
+	// fault, when set, is a page of a list whose GET fails (-faults).
+	fault atomic.Pointer[pageFault]
+}
+
+// pageFault makes GET path?page=page answer status.
+type pageFault struct {
+	path   string
+	page   int
+	status int
+}
+
+// faultRoutes serves the fault switch: PUT /test/fault?path=&page=&status=
+// sets it, DELETE /test/fault clears it.
+func (a *api) faultRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("PUT /test/fault", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		page, err1 := strconv.Atoi(q.Get("page"))
+		status, err2 := strconv.Atoi(q.Get("status"))
+		if err1 != nil || err2 != nil || page < 1 || status < 400 || status > 599 || !strings.HasPrefix(q.Get("path"), "/api/") {
+			writeJSON(w, http.StatusBadRequest, errBody("want path=/api/…, page >= 1 and status 400-599"))
+			return
+		}
+		a.fault.Store(&pageFault{path: q.Get("path"), page: page, status: status})
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("DELETE /test/fault", func(w http.ResponseWriter, r *http.Request) {
+		a.fault.Store(nil)
+		w.WriteHeader(http.StatusNoContent)
+	})
+}
+
+// faulty returns the status a GET of r's page must fail with (0: none).
+func (a *api) faulty(r *http.Request) int {
+	f := a.fault.Load()
+	if f == nil || r.Method != http.MethodGet || r.URL.Path != f.path {
+		return 0
+	}
+	page, err := strconv.Atoi(r.URL.Query().Get("page"))
+	if err != nil || page < 1 {
+		page = 1
+	}
+	if page != f.page {
+		return 0
+	}
+	return f.status
 }
 
 func newAPI(pageSize int) *api {
@@ -153,6 +199,10 @@ func (a *api) authed(h handler) http.HandlerFunc {
 		}
 		if !ok || user == "" || len(user) > 64 {
 			writeJSON(w, http.StatusUnauthorized, errBody("missing or invalid bearer token"))
+			return
+		}
+		if status := a.faulty(r); status != 0 {
+			writeJSON(w, status, errBody("injected fault"))
 			return
 		}
 		// "<user>~<unix ms>" is a token that expires then, to play an API

@@ -331,3 +331,57 @@ func TestAssignedIDs(t *testing.T) {
 		t.Errorf("list after a restart = %d %s", status, body)
 	}
 }
+
+// TestFaultSwitch: with the fault switch, a GET of one page of a list
+// answers the status set, other pages and lists are served, and clearing
+// it serves that page again; bad settings are refused.
+func TestFaultSwitch(t *testing.T) {
+	mux := http.NewServeMux()
+	a := newAPI(1)
+	a.routes(mux)
+	a.faultRoutes(mux)
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	call := func(method, path string) int {
+		t.Helper()
+		req, _ := http.NewRequest(method, srv.URL+path, nil)
+		req.Header.Set("Authorization", "Bearer alice")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, id := range []string{"a", "b", "c"} {
+		req, _ := http.NewRequest("POST", srv.URL+"/api/todos", strings.NewReader(`{"id":"`+id+`","title":"x"}`))
+		req.Header.Set("Authorization", "Bearer alice")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil || resp.StatusCode != 201 {
+			t.Fatalf("create %s: %v %v", id, err, resp)
+		}
+		_ = resp.Body.Close()
+	}
+	if got := call("PUT", "/test/fault?path=/api/todos&page=2&status=503"); got != 204 {
+		t.Fatalf("setting the fault: %d", got)
+	}
+	for _, c := range []struct {
+		path string
+		want int
+	}{{"/api/todos", 200}, {"/api/todos?page=2", 503}, {"/api/todos?page=3", 200}, {"/api/lists?page=2", 200}} {
+		if got := call("GET", c.path); got != c.want {
+			t.Errorf("GET %s with the fault set = %d, want %d", c.path, got, c.want)
+		}
+	}
+	if got := call("DELETE", "/test/fault"); got != 204 {
+		t.Fatalf("clearing the fault: %d", got)
+	}
+	if got := call("GET", "/api/todos?page=2"); got != 200 {
+		t.Errorf("GET page 2 after the fault cleared = %d, want 200", got)
+	}
+	for _, bad := range []string{"path=/api/todos&page=0&status=503", "path=/api/todos&page=2&status=200", "path=/etc&page=2&status=503"} {
+		if got := call("PUT", "/test/fault?"+bad); got != 400 {
+			t.Errorf("PUT /test/fault?%s = %d, want 400", bad, got)
+		}
+	}
+}

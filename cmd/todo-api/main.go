@@ -15,6 +15,11 @@
 //	GET    /api/todos/{id}        PATCH /api/todos/{id}    DELETE /api/todos/{id}
 //	GET    /api/lists?page=N      POST /api/lists          DELETE /api/lists/{id}
 //	GET    /healthz
+//
+// With -faults (for tests) it also serves
+//
+//	PUT    /test/fault?path=/api/todos&page=N&status=503   that GET of that page answers status
+//	DELETE /test/fault                                      and no longer
 package main
 
 import (
@@ -51,6 +56,7 @@ func run(ctx context.Context, args []string) error {
 		"status answered to a create whose id exists (500 plays prototyping servers that answer a duplicate with a server error)")
 	assignIDs := fs.Bool("assign-ids", false,
 		"the service chooses each new todo's id (integers from 1, written as JSON numbers, as Django's AutoField); any id a create sends is ignored")
+	faults := fs.Bool("faults", false, "serve /test/fault, which makes a GET of one page of a list fail (for tests)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -66,6 +72,9 @@ func run(ctx context.Context, args []string) error {
 	}
 	mux := http.NewServeMux()
 	api.routes(mux)
+	if *faults {
+		api.faultRoutes(mux)
+	}
 	if *static != "" {
 		mux.Handle("GET /", http.FileServer(http.Dir(*static)))
 	}

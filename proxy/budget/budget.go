@@ -247,6 +247,11 @@ func (l *Lease) Err() error {
 // (unless it was pre-empted).
 func (l *Lease) Release() { l.shrink(math.MaxInt64) }
 
+// Shrink gives n of the lease's bytes back (at most all it holds): bytes
+// its request no longer holds before it ends, such as the pages of a view
+// already sent to the client.
+func (l *Lease) Shrink(n int64) { l.shrink(n) }
+
 // Limit is the size of the budget the lease draws from: no lease can hold
 // more.
 func (l *Lease) Limit() int64 { return l.b.limit }

@@ -39,6 +39,27 @@ func TestGrowWithinTheLimitAndRelease(t *testing.T) {
 	}
 }
 
+// Shrink gives part of a lease back (a streamed view's pages once sent),
+// never more than it holds; the room is free for others at once.
+func TestShrink(t *testing.T) {
+	b := New(100, time.Millisecond)
+	l := b.Lease("a")
+	if err := l.Grow(context.Background(), 80); err != nil {
+		t.Fatal(err)
+	}
+	l.Shrink(30)
+	if l.Held() != 50 || b.InUse() != 50 || b.HeldBy("a") != 50 {
+		t.Fatalf("after Shrink(30) of 80: lease %d, in use %d, key %d; want 50", l.Held(), b.InUse(), b.HeldBy("a"))
+	}
+	if err := b.Lease("b").Grow(context.Background(), 50); err != nil {
+		t.Fatalf("grow into the room given back: %v", err)
+	}
+	l.Shrink(1000)
+	if l.Held() != 0 || b.InUse() != 50 {
+		t.Fatalf("Shrink of more than held: lease %d, in use %d; want 0 and 50", l.Held(), b.InUse())
+	}
+}
+
 // A request that needs more than the whole budget is told so at once: it
 // could never be served, however long it waited.
 func TestMoreThanTheWholeBudget(t *testing.T) {

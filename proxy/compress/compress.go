@@ -1,15 +1,24 @@
 // Package compress answers gzip-encoded when the client accepts it: the
-// push and pull answers (JSON views compress about ten times). Bodies
-// under 1 KiB go out as they are; every answer says Vary: Accept-Encoding.
-// A Pool is safe for concurrent use; a Writer is one answer's.
+// push and pull answers (JSON views compress about seven to ten times).
+// Bodies under 1 KiB go out as they are; every answer says Vary:
+// Accept-Encoding. A Pool is safe for concurrent use; a Writer is one
+// answer's.
+//
+// The encoder is github.com/klauspost/compress's gzip: the same format as
+// the standard library's, at BestSpeed 1.5-2x faster and 3% smaller on a
+// pull answer (a 100k-entity gzip pull: a fifth less of the sidecar's
+// CPU). Its zstd was measured too and left out: on these answers it took
+// 1.4-1.6x the CPU of this gzip for a tenth fewer bytes, and the sidecar
+// is bound by its CPU.
 package compress
 
 import (
-	"compress/gzip"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/klauspost/compress/gzip"
 )
 
 // minCompressBytes: bodies shorter than this go out as they are; gzip's
@@ -147,6 +156,27 @@ func (c *Writer) Finish() {
 		c.pool.put(c.gz)
 		c.gz = nil
 	}
+}
+
+// FlushError sends what was written so far (http.ResponseController's
+// Flush finds it before Unwrap): an answer flushed before its first
+// minCompressBytes is one that goes out piece by piece, and is compressed
+// (the headers must go out with it, Content-Encoding set); then the
+// compressor's pending output, then the connection's buffer. Without it
+// Flush would reach past this Writer, send the headers uncompressed, and
+// the gzip bytes after them would be unreadable.
+func (c *Writer) FlushError() error {
+	if !c.started {
+		if err := c.start(true); err != nil {
+			return err
+		}
+	}
+	if c.gz != nil {
+		if err := c.gz.Flush(); err != nil {
+			return err
+		}
+	}
+	return http.NewResponseController(c.ResponseWriter).Flush()
 }
 
 // Unwrap lets http.ResponseController reach the connection (deadlines).

@@ -91,6 +91,19 @@ func (f *Flight[M, R]) Seal() []R {
 	return f.riders
 }
 
+// SealAlone seals f if no rider has joined it, and reports whether it
+// did (a flight already sealed without riders counts): for a leader that
+// can serve only itself from there on.
+func (f *Flight[M, R]) SealAlone() bool {
+	f.g.mu.Lock()
+	defer f.g.mu.Unlock()
+	if len(f.riders) > 0 {
+		return false
+	}
+	f.sealLocked()
+	return true
+}
+
 func (f *Flight[M, R]) sealLocked() {
 	f.sealed = true
 	if f.g.open[f.key] == f {

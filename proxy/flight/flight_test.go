@@ -93,6 +93,39 @@ func TestWaitEndsWithItsContext(t *testing.T) {
 	f.Land(nil)
 }
 
+// TestSealAlone: a flight no one joined is sealed by SealAlone (a newcomer
+// then leads a flight of its own); one with a rider is not, and keeps
+// taking riders until Seal.
+func TestSealAlone(t *testing.T) {
+	var g Group[int, *rider]
+	always := func(int) (bool, error) { return true, nil }
+
+	alone, _, _ := g.Join("a", 1, nil, always)
+	if !alone.SealAlone() {
+		t.Fatal("SealAlone of a flight without riders = false")
+	}
+	if again := alone.SealAlone(); !again {
+		t.Fatal("SealAlone of a flight it sealed = false")
+	}
+	if f, leader, _ := g.Join("a", 2, &rider{}, always); !leader || f == alone {
+		t.Fatal("a newcomer boarded a flight sealed alone")
+	}
+
+	lead, _, _ := g.Join("b", 1, nil, always)
+	if _, leader, err := g.Join("b", 2, &rider{}, always); leader || err != nil {
+		t.Fatalf("a second pull of b led a flight (%v, %v), want it to ride", leader, err)
+	}
+	if lead.SealAlone() {
+		t.Fatal("SealAlone sealed a flight with a rider")
+	}
+	if f, leader, _ := g.Join("b", 3, &rider{}, always); leader || f != lead {
+		t.Fatal("the flight stopped taking riders after a refused SealAlone")
+	}
+	if riders := lead.Seal(); len(riders) != 2 {
+		t.Fatalf("Seal returned %d riders, want 2", len(riders))
+	}
+}
+
 // TestOpenSaysWhetherANewcomerMayBoard: Open is true only while a flight
 // of the key takes riders: not before one starts, not once it is sealed
 // or landed.

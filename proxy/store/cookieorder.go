@@ -68,7 +68,7 @@ func (g *GroupTx) IssueCookies(ctx context.Context, requestOrders []int64, chang
 			out[i] = r
 			continue
 		}
-		if max(r, cur) >= maxCookieOrder {
+		if !CookieCanGrow(r, cur) {
 			continue
 		}
 		cur = max(r, cur) + 1
@@ -135,6 +135,13 @@ func (g *GroupTx) IssueCookies(ctx context.Context, requestOrders []int64, chang
 	g.cookieOrder = cur
 	g.record = rec
 	return out, nil
+}
+
+// CookieCanGrow reports whether a cookie can be issued to a request of
+// order requestOrder in a group whose last is groupOrder: IssueCookies
+// then issues it an order, not 0.
+func CookieCanGrow(requestOrder, groupOrder int64) bool {
+	return max(requestOrder, groupOrder) < maxCookieOrder
 }
 
 // NoteCookies gives the next IssueCookies of this transaction the cookies
