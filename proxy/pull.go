@@ -186,22 +186,18 @@ type pullMeta struct {
 	// comes after a later poke (of a change made elsewhere, maybe after
 	// this fetch began) does not join it.
 	gen uint64
-	// changes is the count of routed changes (store.ChangeCount) the
-	// leader read before its fetch began, -1 until then: a pull that read
-	// a larger one may have been poked, through any replica, for a change
-	// the fetch does not hold, and does not ride on it.
+	// changes is the count of routed changes the leader read before its
+	// fetch began, -1 until then (leading.seal compares it with the count
+	// once no pull can board).
 	changes *atomic.Int64
 }
 
 // pullRider is a pull answered from another pull's fetch.
 type pullRider struct {
 	cookie store.Cookie // the rider's
-	// changes is the count of routed changes the rider read before it
-	// boarded (-1: none read, it may not board).
-	changes int64
 	// Written by the leader before the flight lands: the answer, or that
-	// the rider is refused (its count is above the leader's) and fetches
-	// on its own.
+	// the rider is refused (a change was routed while the fetch ran) and
+	// rides on a later fetch or leads its own.
 	ans     pullAnswer
 	refused bool
 }
@@ -218,38 +214,31 @@ type pullRider struct {
 // the group's record, or a reset.
 //
 // A poke may come from another replica, which this one's poke generation
-// does not see: so a pull rides only if the count of routed changes it
-// read before boarding (store.ChangeCount: every write moves it after the
-// API answered and before anyone is poked) is no larger than the one the
-// leader read before its fetch began. A rider that boards before the
-// leader has read its count is refused when the flight is sealed, if it
-// must be, and then fetches on its own. Only a pull that finds a flight
-// to board reads the count (one round trip, no lock); a leader reads it
-// with the source states it reads anyway.
+// does not see: so the riders are answered from the fetch only if the
+// count of routed changes (every write moves it after the API answered
+// and before anyone is poked) did not move between the leader's read
+// before its fetch (with the source states it reads anyway) and its read
+// once the flight is sealed (leading.seal). Otherwise each is refused and
+// tries once more to ride, on a fetch begun after the change, before it
+// leads its own. Riders never touch the database.
 //
 // st is the pull's answer: a leader whose answer is a reset may start it
 // while the view is read (pullstream.go); a rider never does.
 func (s *puller) pull(ctx context.Context, c *exchange, req *pullRequest, st *pullStream) (pullAnswer, error) {
 	key := s.flightKey(req.ClientGroupID, c)
-	gen := s.hub.Generation()
-	rider := &pullRider{cookie: req.cookie, changes: -1}
-	if s.flights.Open(key) {
-		if n, err := s.store.ChangeCount(ctx); err == nil {
-			rider.changes = n
-		} else if ctx.Err() == nil && s.once.due("change count", time.Minute) {
-			c.log.Warn("reading the routed changes failed; the pull fetches on its own", "error", err)
-		}
-	}
-	for {
+	for tries := 0; ; tries++ {
+		// A pull refused by a flight (a change was routed after its fetch
+		// began) tries once more to ride, on a fetch begun after that
+		// change: the pulls the change caused then share one fetch
+		// again, instead of each leading its own in turn.
+		gen := s.hub.Generation()
+		rider := &pullRider{cookie: req.cookie}
 		meta := pullMeta{base: req.cookie, gen: gen, changes: new(atomic.Int64)}
 		meta.changes.Store(-1)
 		var stopRiding func()
 		f, leader, err := s.flights.Join(key, meta, rider, func(m pullMeta) (bool, error) {
-			if rider.changes < 0 || m.gen != gen || m.base.Record != 0 && (m.base.Record != req.cookie.Record || m.base.Version != req.cookie.Version) {
+			if tries >= maxRideTries || m.gen != gen || m.base.Record != 0 && (m.base.Record != req.cookie.Record || m.base.Version != req.cookie.Version) {
 				return false, nil
-			}
-			if n := m.changes.Load(); n >= 0 && rider.changes > n {
-				return false, nil // a change was routed after the fetch began
 			}
 			// A rider waits for its group like any other request, within
 			// the same bound (SIDECAR_MAX_WAITING_PER_GROUP).
@@ -270,8 +259,7 @@ func (s *puller) pull(ctx context.Context, c *exchange, req *pullRequest, st *pu
 				// answer), which is read only once it has.
 				return pullAnswer{}, ctx.Err()
 			case rider.refused:
-				rider.changes = -1 // it leads now
-				continue
+				continue // it rides on a later fetch, or leads one
 			case err != nil:
 				return pullAnswer{}, err
 			case rider.ans.order == 0 && !rider.ans.lost:
@@ -291,6 +279,10 @@ func (s *puller) pull(ctx context.Context, c *exchange, req *pullRequest, st *pu
 	}
 }
 
+// maxRideTries: a pull refused by one flight (a change was routed while
+// it ran) tries to ride once more before it leads a fetch of its own.
+const maxRideTries = 2
+
 // leading is a leader's hold on its flight.
 type leading struct {
 	f *flight.Flight[pullMeta, *pullRider]
@@ -303,21 +295,29 @@ func (l leading) fetching(changes int64) { l.f.Meta.changes.Store(changes) }
 // for an answer that goes out while the view is read.
 func (l leading) alone() bool { return l.f.SealAlone() }
 
-// seal closes the flight and returns the riders the fetch may answer:
-// those that read a count of routed changes no larger than the leader's
-// (all of them, unless a change was routed while they boarded). The
-// others are refused: they fetch on their own once the flight lands.
-func (l leading) seal() []*pullRider {
-	n := l.f.Meta.changes.Load()
-	var out []*pullRider
-	for _, r := range l.f.Seal() {
-		if n >= 0 && r.changes <= n {
-			out = append(out, r)
-		} else {
-			r.refused = true
-		}
+// seal closes the flight and returns the riders the fetch may answer: all
+// of them when the count of routed changes, read again once no pull can
+// board any more, still equals the one the leader read before its fetch
+// began; none otherwise. A rider was poked (if it was) for a change whose
+// count moved before the rider boarded, so before the seal: an unmoved
+// count says that change was routed before the fetch began, which then
+// holds it. A moved one cannot say which riders came for it: each is
+// refused, and rides on a later fetch or leads its own (pull). The count
+// is read (count) only for a flight that has riders, on the leader's
+// connection.
+func (l leading) seal(count func() (int64, error)) []*pullRider {
+	riders := l.f.Seal()
+	if len(riders) == 0 {
+		return nil
 	}
-	return out
+	start := l.f.Meta.changes.Load()
+	if now, err := count(); err == nil && start >= 0 && now == start {
+		return riders
+	}
+	for _, r := range riders {
+		r.refused = true
+	}
+	return nil
 }
 
 // flightKey: pulls may share a fetch only with the same client group, user
@@ -480,7 +480,7 @@ type pullBuild struct {
 	view        *pullView
 	mapping     *mapping.Mapping
 	stored      []store.ViewPage
-	seal        func() []*pullRider
+	seal        func(count func() (int64, error)) []*pullRider
 	before      store.ViewRecord
 	beforeOrder int64
 
@@ -567,7 +567,7 @@ func (b *pullBuild) run(ctx context.Context, memos map[clientview.PageKey]*clien
 			view.reads[len(view.reads)-1] += " (" + why + ")"
 		}
 	}
-	b.riders = b.seal()
+	b.riders = b.seal(func() (int64, error) { return b.g.ChangeCountNow(ctx) })
 	if s.cfg.ExposeRejections {
 		n := len(view.entries)
 		if view.entries, err = s.addRejections(ctx, b.g, view.entries); err != nil {

@@ -25,8 +25,7 @@ const changeCountSQL = `SELECT CASE WHEN is_called THEN last_value ELSE 0 END FR
 const noteChangeSQL = `SELECT nextval('{schema}.routed_changes')`
 
 // ChangeCount reads the count of routed changes, on a pooled connection
-// of its own (one round trip, no lock): for a pull about to ride on
-// another's fetch.
+// of its own (one round trip, no lock).
 func (s *Store) ChangeCount(ctx context.Context) (int64, error) {
 	var n int64
 	if err := s.pool.QueryRow(ctx, s.sql(changeCountSQL)).Scan(&n); err != nil {
@@ -74,4 +73,16 @@ func (g *GroupTx) noteChange() {
 		}
 		return nil
 	})
+}
+
+// ChangeCountNow reads the count of routed changes now, in this
+// transaction's connection (one round trip; a sequence is read as it is,
+// not as the transaction's snapshot saw it): for the pull that leads a
+// fetch, once it has sealed its flight.
+func (g *GroupTx) ChangeCountNow(ctx context.Context) (int64, error) {
+	var n int64
+	if err := g.tx.QueryRow(ctx, g.s.sql(changeCountSQL)).Scan(&n); err != nil {
+		return 0, fmt.Errorf("reading the routed changes: %w", err)
+	}
+	return n, nil
 }
