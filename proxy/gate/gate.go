@@ -15,7 +15,8 @@ import (
 var ErrBusy = errors.New("too many requests are waiting for this client group")
 
 // Gate admits at most Slots requests per key at once and lets at most
-// MaxWaiting more wait per key. It is safe for concurrent use.
+// MaxWaiting more wait per key, and RidersPerWaiting times as many ride
+// (Ride). It is safe for concurrent use.
 type Gate struct {
 	slots, maxWaiting int
 
@@ -36,8 +37,15 @@ type waiter struct {
 	handed bool // given a slot by a release
 }
 
+// RidersPerWaiting bounds the requests that ride per key (Ride), as a
+// multiple of maxWaiting: a rider holds no slot, connection or lock, only
+// its request, while it waits for a fetch under way; a poke that reaches
+// a thousand clients of one group makes a thousand pulls that should ride
+// one or two fetches, not wait their turns.
+const RidersPerWaiting = 32
+
 // New returns a gate of slots per key, with at most maxWaiting waiting per
-// key.
+// key and RidersPerWaiting × maxWaiting riding.
 func New(slots, maxWaiting int) *Gate {
 	return &Gate{slots: max(slots, 1), maxWaiting: maxWaiting, keys: map[string]*queue{}}
 }
@@ -58,7 +66,7 @@ func (g *Gate) Enter(ctx context.Context, key string) (release func(), err error
 		g.mu.Unlock()
 		return g.releaser(key, q), nil
 	}
-	if len(q.waiters)+q.riders >= g.maxWaiting {
+	if len(q.waiters) >= g.maxWaiting {
 		g.busy++
 		g.mu.Unlock()
 		return nil, ErrBusy
@@ -114,8 +122,8 @@ func (g *Gate) releaser(key string, q *queue) func() {
 }
 
 // Ride counts one more request waiting for key without needing a slot (a
-// pull answered from another pull's fetch), within the same MaxWaiting
-// bound. The returned function ends the wait.
+// pull answered from another pull's fetch), within RidersPerWaiting ×
+// MaxWaiting. The returned function ends the wait.
 func (g *Gate) Ride(key string) (done func(), err error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -124,7 +132,7 @@ func (g *Gate) Ride(key string) (done func(), err error) {
 		q = &queue{}
 		g.keys[key] = q
 	}
-	if len(q.waiters)+q.riders >= g.maxWaiting {
+	if q.riders >= RidersPerWaiting*g.maxWaiting {
 		g.busy++
 		g.forget(key, q)
 		return nil, ErrBusy

@@ -50,8 +50,10 @@ func TestTurnsInArrivalOrder(t *testing.T) {
 	}
 }
 
-// Beyond MaxWaiting (waiters and riders together) a request is refused at
-// once; slots allow that many holders at a time.
+// Beyond MaxWaiting waiters a request that needs a slot is refused at
+// once, and beyond RidersPerWaiting × MaxWaiting riders one that rides;
+// riders do not take waiters' places, nor waiters riders'; slots allow
+// that many holders at a time.
 func TestBoundedWaitingAndSlots(t *testing.T) {
 	g := New(2, 2)
 	r1, _ := g.Enter(context.Background(), "a")
@@ -59,32 +61,41 @@ func TestBoundedWaitingAndSlots(t *testing.T) {
 	if err != nil {
 		t.Fatalf("second slot: %v", err)
 	}
-	done := make(chan struct{})
-	go func() {
-		rel, err := g.Enter(context.Background(), "a")
-		if err == nil {
-			rel()
+	var leaves []func()
+	for i := range RidersPerWaiting * 2 {
+		leave, err := g.Ride("a")
+		if err != nil {
+			t.Fatalf("rider %d within the bound: %v", i, err)
 		}
-		close(done)
-	}()
-	waitFor(t, func() bool { return g.Waiting() == 1 })
-	leave, err := g.Ride("a")
-	if err != nil {
-		t.Fatalf("ride within the bound: %v", err)
-	}
-	if _, err := g.Enter(context.Background(), "a"); !errors.Is(err, ErrBusy) {
-		t.Fatalf("third waiter: %v, want ErrBusy", err)
+		leaves = append(leaves, leave)
 	}
 	if _, err := g.Ride("a"); !errors.Is(err, ErrBusy) {
-		t.Fatalf("third rider: %v, want ErrBusy", err)
+		t.Fatalf("a rider beyond the bound: %v, want ErrBusy", err)
+	}
+	done := make(chan struct{}, 2)
+	for range 2 {
+		go func() {
+			rel, err := g.Enter(context.Background(), "a")
+			if err == nil {
+				rel()
+			}
+			done <- struct{}{}
+		}()
+	}
+	waitFor(t, func() bool { return g.Waiting() == 2*RidersPerWaiting+2 })
+	if _, err := g.Enter(context.Background(), "a"); !errors.Is(err, ErrBusy) {
+		t.Fatalf("third waiter: %v, want ErrBusy", err)
 	}
 	if g.Busy() != 2 {
 		t.Errorf("busy %d, want 2", g.Busy())
 	}
-	leave()
+	for _, leave := range leaves {
+		leave()
+	}
 	r1()
-	<-done
 	r2()
+	<-done
+	<-done
 	if g.Keys() != 0 || g.Waiting() != 0 {
 		t.Errorf("left behind: %d keys, %d waiting", g.Keys(), g.Waiting())
 	}
