@@ -66,8 +66,12 @@ func startSidecar(bin string, env ...string) (*sidecar, error) {
 		if err == nil {
 			b, _ := io.ReadAll(resp.Body)
 			_ = resp.Body.Close()
-			if resp.StatusCode == http.StatusOK && strings.Contains(string(b), `"database":"up"`) {
-				return s, nil // serving pushes and pulls, not only ready
+			// Serving pushes and pulls, not only ready: a release before
+			// 05e1322's successor said nothing of the database, and was
+			// ready only once it was up.
+			body := string(b)
+			if resp.StatusCode == http.StatusOK && (strings.Contains(body, `"database":"up"`) || !strings.Contains(body, `"database"`)) {
+				return s, nil
 			}
 		}
 		select {
