@@ -183,7 +183,19 @@ func (b *pullBuild) confirm(ctx context.Context, first clientview.Result, again 
 	// it for a caller holding less while it waits on the upstream.
 	fctx, cancel := context.WithCancelCause(ctx)
 	done := c.mem.Interruptible(func() { cancel(budget.ErrPreempted) })
-	second, seconds, err := b.readAgain(fctx, plans, again)
+	// Which source the first read had each key under: a streamed answer
+	// has sent the first read's values, and is not sent what the merge
+	// below keeps from the first read (an item that moved to another
+	// source between the two reads).
+	owner := make(map[string]string, len(first.Entries))
+	at := 0
+	for _, r := range first.Sources {
+		for _, e := range first.Entries[at : at+r.Entries] {
+			owner[e.Key] = r.Source
+		}
+		at += r.Entries
+	}
+	second, seconds, err := b.readAgain(fctx, plans, again, owner)
 	done()
 	cancel(nil)
 	if perr := c.mem.Err(); err != nil && perr != nil {
@@ -200,7 +212,7 @@ func (b *pullBuild) confirm(ctx context.Context, first clientview.Result, again 
 		unique[e.Key] = true
 	}
 	merged := make([]clientview.Entry, 0, len(b.view.entries))
-	at := 0
+	at = 0
 	for i, r := range first.Sources {
 		seg := first.Entries[at : at+r.Entries]
 		at += r.Entries
@@ -247,10 +259,14 @@ func (b *pullBuild) confirm(ctx context.Context, first clientview.Result, again 
 // readAgain is confirm's second read of the sources in again (plans skip
 // the others and the shared ones, which are read again from the replica's
 // copy): the result, and each source's entries by id.
-func (b *pullBuild) readAgain(ctx context.Context, plans map[string]clientview.Plan, again map[string]bool) (clientview.Result, map[string][]clientview.Entry, error) {
+func (b *pullBuild) readAgain(ctx context.Context, plans map[string]clientview.Plan, again map[string]bool, owner map[string]string) (clientview.Result, map[string][]clientview.Entry, error) {
 	c := b.c
+	var sink clientview.PageSink
+	if st := b.sink(); st != nil {
+		sink = secondSink{st, owner}
+	}
 	second, err := b.s.fetch(ctx, b.mapping, c.Key(), clientview.Request{UserID: c.User, Header: c.Forward, Memory: c.mem, Plans: plans,
-		Pages: b.sink()})
+		Pages: sink})
 	if err != nil {
 		return second, nil, err
 	}
@@ -269,7 +285,7 @@ func (b *pullBuild) readAgain(ctx context.Context, plans map[string]clientview.P
 			}
 			seconds[info.ID] = r.entries
 			second.Sources = append(second.Sources, r.result)
-			if err := b.extra(r.entries); err != nil {
+			if err := b.extra(secondSink{owner: owner}.own(info.ID, r.entries)); err != nil {
 				return second, nil, err
 			}
 		}
@@ -413,4 +429,34 @@ func (b *pullBuild) withShared(ctx context.Context, res clientview.Result) (clie
 	}
 	res.Entries = entries
 	return res, nil
+}
+
+// secondSink passes a confirming read's pages on to a streamed answer
+// without the items the first read had under another source: the merge
+// (confirm) keeps those where the first read had them, and so must the
+// client.
+type secondSink struct {
+	clientview.PageSink
+	owner map[string]string // key → the source the first read had it under
+}
+
+func (s secondSink) Page(source string, es []clientview.Entry) (bool, error) {
+	return s.PageSink.Page(source, s.own(source, es))
+}
+
+// own returns es without the entries the first read had under another
+// source (es itself when there are none).
+func (s secondSink) own(source string, es []clientview.Entry) []clientview.Entry {
+	for i, e := range es {
+		if o, ok := s.owner[e.Key]; ok && o != source {
+			kept := append([]clientview.Entry(nil), es[:i]...)
+			for _, e := range es[i+1:] {
+				if o, ok := s.owner[e.Key]; !ok || o == source {
+					kept = append(kept, e)
+				}
+			}
+			return kept
+		}
+	}
+	return es
 }

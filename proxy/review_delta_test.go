@@ -247,6 +247,18 @@ func TestReviewSharedSourceConfirmedWithoutCredentials(t *testing.T) {
 // found nothing to put and the client kept a value the API no longer had.
 func TestReviewConfirmKeepsKeysUnique(t *testing.T) {
 	t.Parallel()
+	// Written whole, and streamed as the view is read (the confirming
+	// read's pages then go out too, and must not put what the merge keeps
+	// from the first read).
+	for _, streamed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("streamed=%v", streamed), func(t *testing.T) {
+			t.Parallel()
+			confirmKeepsKeysUnique(t, streamed)
+		})
+	}
+}
+
+func confirmKeepsKeysUnique(t *testing.T, streamed bool) {
 	api := newItemsAPI(t)
 	api.perUser, api.pageSize = true, 2
 	for _, id := range []string{"a", "b", "x"} {
@@ -256,12 +268,24 @@ func TestReviewConfirmKeepsKeysUnique(t *testing.T) {
 	h := reviewHarness(t, api, `{"clientView": [
 		{"path": "/api/open", "items": "items", "key": "todo/{id}", "pagination": {"type": "link"}},
 		{"path": "/api/done", "items": "items", "key": "todo/{id}", "pagination": {"type": "link"}}]}`, nil)
+	if streamed {
+		h.streamAfter = 1
+	}
 	one, two := h.start(), h.start()
 	first := newReplica()
 	one.pullInto(t, "alice", "g", first)
 
 	// x goes (a full read would delete it: confirmed by a second read),
 	// and k moves from done to open just as the second read begins.
+	api.mu.Lock()
+	var kBefore string
+	for _, it := range api.items[api.coll("/api/done", "alice")] {
+		if it.ID == "k" {
+			b, _ := json.Marshal(it)
+			kBefore = string(b)
+		}
+	}
+	api.mu.Unlock()
 	api.remove("/api/open", "alice", "x")
 	var mu sync.Mutex
 	reads := map[string]int{}
@@ -293,12 +317,20 @@ func TestReviewConfirmKeepsKeysUnique(t *testing.T) {
 		t.Fatalf("the deletion was not confirmed by a second read (reads %v)", reads)
 	}
 	mu.Unlock()
-	seen := map[string]bool{}
-	for _, op := range r.Patch {
-		if op.Op == "put" && seen[op.Key] {
-			t.Errorf("the answer put %s twice", op.Key)
+	if !streamed { // a streamed answer puts a source read again twice, the second read last
+		seen := map[string]bool{}
+		for _, op := range r.Patch {
+			if op.Op == "put" && seen[op.Key] {
+				t.Errorf("the answer put %s twice", op.Key)
+			}
+			seen[op.Key] = true
 		}
-		seen[op.Key] = true
+	}
+	// The merge keeps the moved item where the first read had it, and so
+	// does the record: the client must hold that value too, or a later
+	// diff against the record could leave it stale.
+	if got := c.state["todo/k"]; got != kBefore {
+		t.Errorf("after the reset the client holds todo/k = %s; the record holds the first read's %s", got, kBefore)
 	}
 	api.setHook(nil)
 	// One more pull, through the other replica: the view is the API's.
