@@ -240,8 +240,8 @@ func (s *puller) pull(ctx context.Context, c *exchange, req *pullRequest, st *pu
 			if tries >= maxRideTries || m.gen != gen || m.base.Record != 0 && (m.base.Record != req.cookie.Record || m.base.Version != req.cookie.Version) {
 				return false, nil
 			}
-			// A rider waits for its group like any other request, within
-			// the same bound (SIDECAR_MAX_WAITING_PER_GROUP).
+			// A rider waits for its group within a bound of its own
+			// (gate.RidersPerWaiting × SIDECAR_MAX_WAITING_PER_GROUP).
 			done, err := s.turns.Ride(req.ClientGroupID)
 			stopRiding = done
 			return err == nil, err
