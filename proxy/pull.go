@@ -169,6 +169,7 @@ type puller struct {
 	flights flight.Group[pullMeta, *pullRider]
 	shared  sharedViews // the shared sources' last reads
 	chunks  sync.Pool   // of streamed answers' pieces (*[]byte)
+	counts  countReads  // riders' reads of the count of routed changes
 	// streamAfter: a reset answer starts going out once its view has
 	// brought this many bytes (0: streamAfterBytes; tests set less).
 	streamAfter int64
@@ -195,6 +196,9 @@ type pullMeta struct {
 // pullRider is a pull answered from another pull's fetch.
 type pullRider struct {
 	cookie store.Cookie // the rider's
+	// changes is the count of routed changes read after the rider
+	// boarded, -1 until then (leading.seal).
+	changes atomic.Int64
 	// Written by the leader before the flight lands: the answer, or that
 	// the rider is refused (a change was routed while the fetch ran) and
 	// rides on a later fetch or leads its own.
@@ -214,13 +218,13 @@ type pullRider struct {
 // the group's record, or a reset.
 //
 // A poke may come from another replica, which this one's poke generation
-// does not see: so the riders are answered from the fetch only if the
-// count of routed changes (every write moves it after the API answered
-// and before anyone is poked) did not move between the leader's read
-// before its fetch (with the source states it reads anyway) and its read
-// once the flight is sealed (leading.seal). Otherwise each is refused and
+// does not see: so riders are judged by the count of routed changes
+// (every write moves it after the API answered and before anyone is
+// poked), which the leader reads before its fetch (with the source states
+// it reads anyway) and each rider once it has boarded, in reads shared
+// between riders (countReads); leading.seal decides. A rider refused
 // tries once more to ride, on a fetch begun after the change, before it
-// leads its own. Riders never touch the database.
+// leads its own.
 //
 // st is the pull's answer: a leader whose answer is a reset may start it
 // while the view is read (pullstream.go); a rider never does.
@@ -233,6 +237,7 @@ func (s *puller) pull(ctx context.Context, c *exchange, req *pullRequest, st *pu
 		// again, instead of each leading its own in turn.
 		gen := s.hub.Generation()
 		rider := &pullRider{cookie: req.cookie}
+		rider.changes.Store(-1)
 		meta := pullMeta{base: req.cookie, gen: gen, changes: new(atomic.Int64)}
 		meta.changes.Store(-1)
 		var stopRiding func()
@@ -250,6 +255,11 @@ func (s *puller) pull(ctx context.Context, c *exchange, req *pullRequest, st *pu
 			return pullAnswer{}, err
 		}
 		if !leader {
+			// The count of routed changes, read after boarding: a change
+			// this pull was poked for moved it before (pull's comment).
+			if n, err := s.counts.read(ctx, s.store.ChangeCount); err == nil {
+				rider.changes.Store(n)
+			}
 			err := f.Wait(ctx)
 			stopRiding()
 			switch {
@@ -295,29 +305,101 @@ func (l leading) fetching(changes int64) { l.f.Meta.changes.Store(changes) }
 // for an answer that goes out while the view is read.
 func (l leading) alone() bool { return l.f.SealAlone() }
 
-// seal closes the flight and returns the riders the fetch may answer: all
-// of them when the count of routed changes, read again once no pull can
-// board any more, still equals the one the leader read before its fetch
-// began; none otherwise. A rider was poked (if it was) for a change whose
-// count moved before the rider boarded, so before the seal: an unmoved
-// count says that change was routed before the fetch began, which then
-// holds it. A moved one cannot say which riders came for it: each is
-// refused, and rides on a later fetch or leads its own (pull). The count
-// is read (count) only for a flight that has riders, on the leader's
-// connection.
+// seal closes the flight and returns the riders the fetch may answer. A
+// rider poked for a change (through any replica) was poked after the count
+// of routed changes moved for it, so before the rider boarded; the fetch
+// holds that change if the count the leader read before the fetch began is
+// at least as large. So the leader, once no pull can board any more,
+// reads the count again (count, on its own connection): unmoved, every
+// rider is answered; moved, each rider is answered if the count it read
+// after boarding (pullRider.changes) is no larger than the leader's, and
+// refused otherwise (it rides on a later fetch or leads its own: pull),
+// as is one whose read has not come back yet.
 func (l leading) seal(count func() (int64, error)) []*pullRider {
 	riders := l.f.Seal()
 	if len(riders) == 0 {
 		return nil
 	}
 	start := l.f.Meta.changes.Load()
-	if now, err := count(); err == nil && start >= 0 && now == start {
+	if start < 0 {
+		for _, r := range riders {
+			r.refused = true
+		}
+		return nil
+	}
+	if now, err := count(); err == nil && now == start {
 		return riders
 	}
+	var out []*pullRider
 	for _, r := range riders {
-		r.refused = true
+		if n := r.changes.Load(); n >= 0 && n <= start {
+			out = append(out, r)
+		} else {
+			r.refused = true
+		}
 	}
-	return nil
+	return out
+}
+
+// countReads shares reads of the count of routed changes between the
+// pulls that need one begun after they asked (riders, once boarded): a
+// burst of riders makes a read or two, not one each on a pooled
+// connection.
+type countReads struct {
+	mu   sync.Mutex
+	next *countRead // not begun yet: askers join it
+	busy bool       // a read is under way (run is going)
+}
+
+type countRead struct {
+	done   chan struct{}
+	askers int // c.mu
+	n      int64
+	err    error
+}
+
+// countReadTimeout bounds one read of the count.
+const countReadTimeout = 2 * time.Second
+
+// read returns the count from a read that began after read was called.
+func (c *countReads) read(ctx context.Context, read func(context.Context) (int64, error)) (int64, error) {
+	c.mu.Lock()
+	r := c.next
+	if r == nil {
+		r = &countRead{done: make(chan struct{})}
+		c.next = r
+	}
+	r.askers++
+	if !c.busy {
+		c.busy = true
+		go c.run(read)
+	}
+	c.mu.Unlock()
+	select {
+	case <-r.done:
+		return r.n, r.err
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+// run makes the reads asked for, one after another, until none is.
+func (c *countReads) run(read func(context.Context) (int64, error)) {
+	for {
+		c.mu.Lock()
+		r := c.next
+		if r == nil {
+			c.busy = false
+			c.mu.Unlock()
+			return
+		}
+		c.next = nil
+		c.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), countReadTimeout)
+		r.n, r.err = read(ctx)
+		cancel()
+		close(r.done)
+	}
 }
 
 // flightKey: pulls may share a fetch only with the same client group, user

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/flight"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/proxytest"
 )
 
 // TestRoutedChangesMoveBeforeTheirPokes: every write the sidecar routes
@@ -65,31 +67,35 @@ func TestRoutedChangesMoveBeforeTheirPokes(t *testing.T) {
 	}
 }
 
-// TestLeaderRefusesRidersAfterAChange: the leader of a flight answers its
-// riders from its fetch only when the count of routed changes it reads
-// once the flight is sealed is the one it read before the fetch began;
-// when a change was routed meanwhile (the count moved), when it never
-// read one, or when it cannot read it again, every rider is refused (and
-// rides on a later fetch or leads its own).
+// TestLeaderRefusesRidersAfterAChange: the leader of a flight answers all
+// its riders when the count of routed changes it reads once the flight is
+// sealed is the one it read before its fetch began; when it moved (or
+// cannot be read again), each rider whose count, read after it boarded,
+// is no larger than the leader's; never a rider whose count is unknown
+// then, nor any rider of a leader that read no count.
 func TestLeaderRefusesRidersAfterAChange(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
 		name     string
-		leader   int64 // its count before the fetch; -1: never read
-		now      int64 // at the seal; -1: cannot be read
-		answered bool
+		leader   int64   // its count before the fetch; -1: never read
+		now      int64   // at the seal; -1: cannot be read
+		riders   []int64 // their counts, read after boarding; -1: not yet
+		answered []bool
 	}{
-		{"no change while it ran", 5, 5, true},
-		{"a change while it ran", 5, 6, false},
-		{"the leader read none", -1, 5, false},
-		{"the count cannot be read again", 5, -1, false},
+		{"no change while it ran", 5, 5, []int64{-1, 5}, []bool{true, true}},
+		{"a change after some boarded", 5, 6, []int64{4, 5, 6, -1}, []bool{true, true, false, false}},
+		{"the count cannot be read again", 5, -1, []int64{5, 6}, []bool{true, false}},
+		{"the leader read none", -1, 5, []int64{0, 3}, []bool{false, false}},
 	} {
 		var g flight.Group[pullMeta, *pullRider]
 		meta := pullMeta{changes: new(atomic.Int64)}
 		meta.changes.Store(-1)
 		f, _, _ := g.Join("k", meta, nil, nil)
-		riders := []*pullRider{{}, {}}
-		for _, r := range riders {
+		var riders []*pullRider
+		for _, n := range c.riders {
+			r := &pullRider{}
+			r.changes.Store(n)
+			riders = append(riders, r)
 			if _, leader, _ := g.Join("k", meta, r, func(pullMeta) (bool, error) { return true, nil }); leader {
 				t.Fatal("a rider led")
 			}
@@ -105,14 +111,67 @@ func TestLeaderRefusesRidersAfterAChange(t *testing.T) {
 			return c.now, nil
 		}
 		got := l.seal(count)
-		if want := map[bool]int{true: 2, false: 0}[c.answered]; len(got) != want {
-			t.Errorf("%s: %d riders answered, want %d", c.name, len(got), want)
-		}
-		for _, r := range riders {
-			if r.refused == c.answered {
-				t.Errorf("%s: rider refused %v, want %v", c.name, r.refused, !c.answered)
+		want := 0
+		for i, r := range riders {
+			if c.answered[i] {
+				want++
+			}
+			if r.refused == c.answered[i] {
+				t.Errorf("%s: rider %d (count %d) refused %v, want %v", c.name, i, c.riders[i], r.refused, !c.answered[i])
 			}
 		}
+		if len(got) != want {
+			t.Errorf("%s: %d riders answered, want %d", c.name, len(got), want)
+		}
 		f.Land(nil)
+	}
+}
+
+// TestCountReadsBeginAfterTheyAreAsked: a read of the count shared between
+// riders began after each of them asked: an asker joins a read not begun
+// yet, never one under way; a burst of askers shares a few reads.
+func TestCountReadsBeginAfterTheyAreAsked(t *testing.T) {
+	t.Parallel()
+	var c countReads
+	var mu sync.Mutex
+	var reads int64
+	started := make(chan struct{})
+	release := make(chan struct{})
+	read := func(context.Context) (int64, error) {
+		mu.Lock()
+		reads++
+		n := reads
+		mu.Unlock()
+		if n == 1 {
+			close(started)
+			<-release
+		}
+		return n, nil
+	}
+	first := make(chan int64, 1)
+	go func() { n, _ := c.read(context.Background(), read); first <- n }()
+	<-started // the first read is under way: later askers must not join it
+	var wg sync.WaitGroup
+	later := make([]int64, 20)
+	for i := range later {
+		wg.Go(func() { later[i], _ = c.read(context.Background(), read) })
+	}
+	proxytest.WaitFor(t, "the later askers to wait", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.next != nil && c.next.askers == len(later)
+	})
+	close(release)
+	wg.Wait()
+	if n := <-first; n != 1 {
+		t.Errorf("the first asker got read %d, want 1", n)
+	}
+	for i, n := range later {
+		if n < 2 {
+			t.Errorf("asker %d got read %d, begun before it asked", i, n)
+		}
+	}
+	if reads != 2 {
+		t.Errorf("%d reads for 21 askers; want 2 (the one under way, and one for all who asked meanwhile)", reads)
 	}
 }

@@ -25,7 +25,8 @@ const changeCountSQL = `SELECT CASE WHEN is_called THEN last_value ELSE 0 END FR
 const noteChangeSQL = `SELECT nextval('{schema}.routed_changes')`
 
 // ChangeCount reads the count of routed changes, on a pooled connection
-// of its own (one round trip, no lock).
+// of its own (one round trip, no lock): for pulls that rode on another's
+// fetch, in reads they share.
 func (s *Store) ChangeCount(ctx context.Context) (int64, error) {
 	var n int64
 	if err := s.pool.QueryRow(ctx, s.sql(changeCountSQL)).Scan(&n); err != nil {
