@@ -22,7 +22,8 @@
 //	proxy/gate           a client group's turns before a database connection
 //	proxy/budget         the process-wide budget of bytes in flight, fair by caller
 //	proxy/body           a push's or pull's body: bounded, charged, paced
-//	proxy/flight         pulls of one group sharing one fetch
+//	proxy/flight         pulls of one group sharing one fetch, and reads shared
+//	                     between them
 //	proxy/plan           per view source: read in full, by its changes, or not at all
 //	proxy/poke           poke streams of this process, and pokes between replicas
 //	proxy/lag            how long a change takes to reach the pulls it pokes

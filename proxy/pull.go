@@ -167,9 +167,9 @@ func (discardWriter) WriteHeader(int)             {}
 type puller struct {
 	*core
 	flights flight.Group[pullMeta, *pullRider]
-	shared  sharedViews // the shared sources' last reads
-	chunks  sync.Pool   // of streamed answers' pieces (*[]byte)
-	counts  countReads  // riders' reads of the count of routed changes
+	shared  sharedViews  // the shared sources' last reads
+	chunks  sync.Pool    // of streamed answers' pieces (*[]byte)
+	counts  flight.Reads // riders' reads of the count of routed changes, shared
 	// streamAfter: a reset answer starts going out once its view has
 	// brought this many bytes (0: streamAfterBytes; tests set less).
 	streamAfter int64
@@ -222,7 +222,7 @@ type pullRider struct {
 // (every write moves it after the API answered and before anyone is
 // poked), which the leader reads before its fetch (with the source states
 // it reads anyway) and each rider once it has boarded, in reads shared
-// between riders (countReads); leading.seal decides. A rider refused
+// between riders (flight.Reads); leading.seal decides. A rider refused
 // tries once more to ride, on a fetch begun after the change, before it
 // leads its own.
 //
@@ -257,7 +257,7 @@ func (s *puller) pull(ctx context.Context, c *exchange, req *pullRequest, st *pu
 		if !leader {
 			// The count of routed changes, read after boarding: a change
 			// this pull was poked for moved it before (pull's comment).
-			if n, err := s.counts.read(ctx, s.store.ChangeCount); err == nil {
+			if n, err := s.counts.Read(ctx, s.store.ChangeCount); err == nil {
 				rider.changes.Store(n)
 			}
 			err := f.Wait(ctx)
@@ -339,67 +339,6 @@ func (l leading) seal(count func() (int64, error)) []*pullRider {
 		}
 	}
 	return out
-}
-
-// countReads shares reads of the count of routed changes between the
-// pulls that need one begun after they asked (riders, once boarded): a
-// burst of riders makes a read or two, not one each on a pooled
-// connection.
-type countReads struct {
-	mu   sync.Mutex
-	next *countRead // not begun yet: askers join it
-	busy bool       // a read is under way (run is going)
-}
-
-type countRead struct {
-	done   chan struct{}
-	askers int // c.mu
-	n      int64
-	err    error
-}
-
-// countReadTimeout bounds one read of the count.
-const countReadTimeout = 2 * time.Second
-
-// read returns the count from a read that began after read was called.
-func (c *countReads) read(ctx context.Context, read func(context.Context) (int64, error)) (int64, error) {
-	c.mu.Lock()
-	r := c.next
-	if r == nil {
-		r = &countRead{done: make(chan struct{})}
-		c.next = r
-	}
-	r.askers++
-	if !c.busy {
-		c.busy = true
-		go c.run(read)
-	}
-	c.mu.Unlock()
-	select {
-	case <-r.done:
-		return r.n, r.err
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	}
-}
-
-// run makes the reads asked for, one after another, until none is.
-func (c *countReads) run(read func(context.Context) (int64, error)) {
-	for {
-		c.mu.Lock()
-		r := c.next
-		if r == nil {
-			c.busy = false
-			c.mu.Unlock()
-			return
-		}
-		c.next = nil
-		c.mu.Unlock()
-		ctx, cancel := context.WithTimeout(context.Background(), countReadTimeout)
-		r.n, r.err = read(ctx)
-		cancel()
-		close(r.done)
-	}
 }
 
 // flightKey: pulls may share a fetch only with the same client group, user

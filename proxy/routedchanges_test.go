@@ -5,13 +5,11 @@ import (
 	"errors"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/flight"
-	"github.com/replicache-sidecar/replicache-sidecar/proxy/proxytest"
 )
 
 // TestRoutedChangesMoveBeforeTheirPokes: every write the sidecar routes
@@ -124,54 +122,5 @@ func TestLeaderRefusesRidersAfterAChange(t *testing.T) {
 			t.Errorf("%s: %d riders answered, want %d", c.name, len(got), want)
 		}
 		f.Land(nil)
-	}
-}
-
-// TestCountReadsBeginAfterTheyAreAsked: a read of the count shared between
-// riders began after each of them asked: an asker joins a read not begun
-// yet, never one under way; a burst of askers shares a few reads.
-func TestCountReadsBeginAfterTheyAreAsked(t *testing.T) {
-	t.Parallel()
-	var c countReads
-	var mu sync.Mutex
-	var reads int64
-	started := make(chan struct{})
-	release := make(chan struct{})
-	read := func(context.Context) (int64, error) {
-		mu.Lock()
-		reads++
-		n := reads
-		mu.Unlock()
-		if n == 1 {
-			close(started)
-			<-release
-		}
-		return n, nil
-	}
-	first := make(chan int64, 1)
-	go func() { n, _ := c.read(context.Background(), read); first <- n }()
-	<-started // the first read is under way: later askers must not join it
-	var wg sync.WaitGroup
-	later := make([]int64, 20)
-	for i := range later {
-		wg.Go(func() { later[i], _ = c.read(context.Background(), read) })
-	}
-	proxytest.WaitFor(t, "the later askers to wait", func() bool {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		return c.next != nil && c.next.askers == len(later)
-	})
-	close(release)
-	wg.Wait()
-	if n := <-first; n != 1 {
-		t.Errorf("the first asker got read %d, want 1", n)
-	}
-	for i, n := range later {
-		if n < 2 {
-			t.Errorf("asker %d got read %d, begun before it asked", i, n)
-		}
-	}
-	if reads != 2 {
-		t.Errorf("%d reads for 21 askers; want 2 (the one under way, and one for all who asked meanwhile)", reads)
 	}
 }
