@@ -278,6 +278,15 @@ func (s *puller) pull(ctx context.Context, c *exchange, req *pullRequest, st *pu
 			s.metrics.PullsMerged.Inc()
 			return rider.ans, nil
 		}
+		// A crowded group's wave of pulls gathers on this fetch.
+		if w := gatherWindow(s.lag.Streams(req.ClientGroupID, c.User), s.cfg.PokeSpread); w > 0 {
+			t := time.NewTimer(w)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+			}
+		}
 		// The work goes on if this pull's own client leaves: others may wait
 		// for it. The turn, the lock and every upstream call are bounded.
 		ans, err := s.pullLocked(context.WithoutCancel(ctx), c, req, leading{f}, st)
@@ -288,6 +297,27 @@ func (s *puller) pull(ctx context.Context, c *exchange, req *pullRequest, st *pu
 		return ans, err
 	}
 }
+
+// gatherWindow is how long the leader of a fetch waits before it begins,
+// so that more of its group's pulls ride on it: a poke reaches a group's
+// streams in this replica spread over up to SIDECAR_POKE_SPREAD (spread),
+// and their pulls arrive over that time, while a fetch takes a few
+// milliseconds; without a wait each fetch gathers only the pulls that
+// arrived while it ran. Only for a crowded group (crowdStreams or more
+// open streams naming it here), an eighth of the spread, gatherMax at
+// most: a few dozen milliseconds more for a wave that makes a handful of
+// fetches instead of dozens.
+func gatherWindow(streams int, spread time.Duration) time.Duration {
+	if streams < crowdStreams {
+		return 0
+	}
+	return min(spread/8, gatherMax)
+}
+
+const (
+	crowdStreams = 16
+	gatherMax    = 50 * time.Millisecond
+)
 
 // maxRideTries: a pull refused by one flight (a change was routed while
 // it ran) tries to ride once more before it leads a fetch of its own.

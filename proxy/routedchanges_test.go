@@ -124,3 +124,26 @@ func TestLeaderRefusesRidersAfterAChange(t *testing.T) {
 		f.Land(nil)
 	}
 }
+
+// TestGatherWindow: only the leader of a crowded group's fetch (16 or more
+// open streams naming the group here) waits before it begins, an eighth
+// of the poke spread and 50 ms at most; without a spread the wave's pulls
+// arrive together and nothing waits.
+func TestGatherWindow(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		streams int
+		spread  time.Duration
+		want    time.Duration
+	}{
+		{0, 250 * time.Millisecond, 0},
+		{15, 250 * time.Millisecond, 0},
+		{16, 250 * time.Millisecond, 31250 * time.Microsecond},
+		{1000, time.Second, 50 * time.Millisecond},
+		{1000, 0, 0},
+	} {
+		if got := gatherWindow(c.streams, c.spread); got != c.want {
+			t.Errorf("gatherWindow(%d streams, spread %v) = %v, want %v", c.streams, c.spread, got, c.want)
+		}
+	}
+}

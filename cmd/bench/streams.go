@@ -303,6 +303,7 @@ func (b *bench) groupStream(n, waiting int) error {
 		}
 	}
 	load := newStreamLoad(s.url)
+	load.query = "?clientGroupID=" + group // as the README's guide has clients do
 	defer load.close()
 	if err := load.open(n, func(int) string { return user }, pull); err != nil {
 		return err
@@ -438,6 +439,7 @@ func quantile(sorted []time.Duration, q float64) time.Duration {
 // each on its own connection from one of many loopback source addresses.
 type streamLoad struct {
 	host     string // host:port
+	query    string // of the stream's URL ("?clientGroupID=…": the streams name their group)
 	streams  []*loadStream
 	armed    atomic.Int64 // arrivals before this (unix nanoseconds) do not count
 	arrivals atomic.Int64 // streams that arrived since armed
@@ -498,7 +500,7 @@ func (l *streamLoad) dial(i int, user string, pull func(*loadStream) bool) (*loa
 	}
 	fail := func(err error) (*loadStream, error) { _ = conn.Close(); return nil, err }
 	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
-	if _, err := fmt.Fprintf(conn, "GET /replicache/poke HTTP/1.1\r\nHost: %s\r\nX-User-Id: %s\r\nAccept: text/event-stream\r\n\r\n", l.host, user); err != nil {
+	if _, err := fmt.Fprintf(conn, "GET /replicache/poke%s HTTP/1.1\r\nHost: %s\r\nX-User-Id: %s\r\nAccept: text/event-stream\r\n\r\n", l.query, l.host, user); err != nil {
 		return fail(err)
 	}
 	resp, err := http.ReadResponse(bufio.NewReaderSize(conn, 512), nil)
