@@ -298,27 +298,6 @@ func (s *puller) pull(ctx context.Context, c *exchange, req *pullRequest, st *pu
 	}
 }
 
-// gatherWindow is how long the leader of a fetch waits before it begins,
-// so that more of its group's pulls ride on it: a poke reaches a group's
-// streams in this replica spread over up to SIDECAR_POKE_SPREAD (spread),
-// and their pulls arrive over that time, while a fetch takes a few
-// milliseconds; without a wait each fetch gathers only the pulls that
-// arrived while it ran. Only for a crowded group (crowdStreams or more
-// open streams naming it here), an eighth of the spread, gatherMax at
-// most: a few dozen milliseconds more for a wave that makes a handful of
-// fetches instead of dozens.
-func gatherWindow(streams int, spread time.Duration) time.Duration {
-	if streams < crowdStreams {
-		return 0
-	}
-	return min(spread/8, gatherMax)
-}
-
-const (
-	crowdStreams = 16
-	gatherMax    = 50 * time.Millisecond
-)
-
 // maxRideTries: a pull refused by one flight (a change was routed while
 // it ran) tries to ride once more before it leads a fetch of its own.
 const maxRideTries = 2
@@ -681,22 +660,4 @@ func (b *pullBuild) run(ctx context.Context, memos map[clientview.PageKey]*clien
 		b.answers[i] = a
 	}
 	return false, nil
-}
-
-// fetch reads the view, admitted by the view breaker as one unit of work
-// (every page of every source: half-open, the trial is the whole fetch),
-// and reports the verdict's evidence, from source (the caller).
-func (s *puller) fetch(ctx context.Context, m *mapping.Mapping, source string, r clientview.Request) (clientview.Result, error) {
-	ticket, err := s.parts.Upstream.View.Admit()
-	if err != nil {
-		return clientview.Result{}, err
-	}
-	res, err := s.parts.Fetcher.FetchResult(upstream.WithCaller(upstream.WithTicket(ctx, ticket), source), m.View, r)
-	if err == nil {
-		ticket.Done(upstream.Evidence{Health: upstream.Healthy})
-		return res, nil
-	}
-	v, _ := verdict.View(err, source, 0) // no view verdict: no evidence
-	ticket.Done(v.Evidence)
-	return res, err
 }

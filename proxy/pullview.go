@@ -13,11 +13,13 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/flight"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/mapping"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/metrics"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/plan"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/tracing"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/upstream"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/verdict"
 )
 
 // What a pull adds to the view it fetched, and what it remembers of it:
@@ -460,3 +462,42 @@ func (s secondSink) own(source string, es []clientview.Entry) []clientview.Entry
 	}
 	return es
 }
+
+// fetch reads the view, admitted by the view breaker as one unit of work
+// (every page of every source: half-open, the trial is the whole fetch),
+// and reports the verdict's evidence, from source (the caller).
+func (s *puller) fetch(ctx context.Context, m *mapping.Mapping, source string, r clientview.Request) (clientview.Result, error) {
+	ticket, err := s.parts.Upstream.View.Admit()
+	if err != nil {
+		return clientview.Result{}, err
+	}
+	res, err := s.parts.Fetcher.FetchResult(upstream.WithCaller(upstream.WithTicket(ctx, ticket), source), m.View, r)
+	if err == nil {
+		ticket.Done(upstream.Evidence{Health: upstream.Healthy})
+		return res, nil
+	}
+	v, _ := verdict.View(err, source, 0) // no view verdict: no evidence
+	ticket.Done(v.Evidence)
+	return res, err
+}
+
+// gatherWindow is how long the leader of a fetch waits before it begins,
+// so that more of its group's pulls ride on it: a poke reaches a group's
+// streams in this replica spread over up to SIDECAR_POKE_SPREAD (spread),
+// and their pulls arrive over that time, while a fetch takes a few
+// milliseconds; without a wait each fetch gathers only the pulls that
+// arrived while it ran. Only for a crowded group (crowdStreams or more
+// open streams naming it here), an eighth of the spread, gatherMax at
+// most: a few dozen milliseconds more for a wave that makes a handful of
+// fetches instead of dozens.
+func gatherWindow(streams int, spread time.Duration) time.Duration {
+	if streams < crowdStreams {
+		return 0
+	}
+	return min(spread/8, gatherMax)
+}
+
+const (
+	crowdStreams = 16
+	gatherMax    = 50 * time.Millisecond
+)
