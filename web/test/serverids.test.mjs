@@ -35,7 +35,10 @@ test('ids the API chooses: edits made under temporary ids reach the todo the API
   // the client's own push comes 2 s after a mutation (pushDelay), and a
   // push that finds nothing new is harmless.
   const rep = s.newRep('alice', {pushDelay: 2000});
-  await rep.query(() => null);
+  // The client's first pull (it makes one when it starts) must be over
+  // before anything is pushed: a first pull that reached the sidecar after
+  // the first push would confirm its mutations before the second one.
+  await waitFor('the first pull', async () => rep.query((tx) => tx.has('me')));
 
   // One push: two creates under temporary ids, an edit of one, a delete of the other.
   await rep.mutate.createTodo({id: 'tmp-1', title: 'milk'});
