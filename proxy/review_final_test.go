@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -227,33 +226,8 @@ func TestReviewKeptCookieOnlyWhenNothingChanged(t *testing.T) {
 func TestReviewAnotherUsersPushSplitsAFlight(t *testing.T) {
 	t.Skip("BUG: the count of routed changes (5df660f) is one for the whole database: any user's push refuses every rider arriving after it, even where the push pokes none of the rider's user (SIDECAR_POKE_SCOPE=user); a count per poke scope (per user under scope user) would keep merging, but is a design change for the pull-correctness owner")
 	t.Parallel()
-	h := newHarness(t, map[string]string{"SIDECAR_POKE_SCOPE": "user"})
-	sc := h.start()
-	if r := sc.push(t, "alice", "g", create("c1", 1, "a1")); r.status != http.StatusOK {
-		t.Fatalf("push = %d %s", r.status, r.raw)
-	}
-	first := newReplica()
-	sc.pullInto(t, "alice", "g", first)
-	second := first.clone() // another tab of the group: the same cookie
-	var fetches atomic.Int64
-	var hold atomic.Bool
-	held, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	t.Cleanup(func() { once.Do(func() { close(release) }) })
-	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
-		if r.Method == http.MethodGet && r.URL.Path == "/api/todos" && r.Header.Get("Authorization") == "Bearer alice" {
-			fetches.Add(1)
-			if hold.CompareAndSwap(true, false) {
-				close(held)
-				<-release
-			}
-		}
-		return false
-	})
-	hold.Store(true)
-	lead := make(chan struct{})
-	go func() { defer close(lead); sc.pullInto(t, "alice", "g", first) }()
-	<-held // the leader's fetch has begun
+	f := heldFetchOfAlice(t)
+	h, sc, second := f.h, f.sc, f.second
 	if r := sc.push(t, "bob", "g-bob", create("c-bob", 1, "b1")); r.status != http.StatusOK {
 		t.Fatalf("bob's push = %d %s", r.status, r.raw)
 	}
@@ -267,10 +241,10 @@ func TestReviewAnotherUsersPushSplitsAFlight(t *testing.T) {
 			WHERE wait_event_type = 'Lock' AND strpos(query, $1) > 0`, h.schema).Scan(&locked)
 		return err == nil && locked > 0 || sc.sc.turns.Waiting() > 0
 	})
-	once.Do(func() { close(release) })
-	<-lead
+	f.release()
+	<-f.lead
 	<-ride
-	if n := fetches.Load(); n != 1 {
+	if n := f.fetches.Load(); n != 1 {
 		t.Errorf("two pulls of alice's group, the second during the first's fetch, fetched the view %d times; want once (bob's push pokes none of alice's)", n)
 	}
 }
