@@ -59,7 +59,7 @@ test: test-go test-e2e
 test-go: build $(BIN)/devpg promtool tools $(PREVIOUS_BIN)
 	$(BIN)/devpg -- sh -c 'if [ -x $(PREVIOUS_BIN) ]; then export REQUIRE_PREVIOUS_RELEASE=1 SIDECAR_PREVIOUS_BIN=$(CURDIR)/$(PREVIOUS_BIN); fi; \
 	  REQUIRE_DATABASE=1 REQUIRE_PROMTOOL=1 REQUIRE_DEPLOY_TOOLS=1 $(GO) test -race -count=1 ./... && \
-	  SIDECAR_TEST_TRACING=1 $(GO) test -count=1 ./proxy && $(GO) test -run "^$$" -bench . -benchtime 3x ./proxy && \
+	  SIDECAR_TEST_TRACING=1 $(GO) test -count=1 ./proxy && $(GO) test -run "^$$" -bench . -benchtime 3x ./proxy ./proxy/pull && \
 	  $(BIN)/bench -quick -sidecar $(BIN)/replicache-sidecar >/dev/null'
 
 $(PREVIOUS_BIN):
@@ -102,7 +102,7 @@ fuzz: $(BIN)/devpg
 	$(GO) test -run '^$$' -fuzz FuzzRender -fuzztime $(FUZZTIME) ./mutators
 	$(GO) test -run '^$$' -fuzz FuzzEntries -fuzztime $(FUZZTIME) ./clientview
 	$(GO) test -run '^$$' -fuzz FuzzLookup -fuzztime $(FUZZTIME) ./clientview/jsonwalk
-	$(BIN)/devpg -- $(GO) test -run '^$$' -fuzz FuzzDecodePush -fuzztime $(FUZZTIME) ./proxy
+	$(BIN)/devpg -- $(GO) test -run '^$$' -fuzz FuzzDecodePush -fuzztime $(FUZZTIME) ./proxy/push
 	$(GO) test -run '^$$' -fuzz FuzzPullCookie -fuzztime $(FUZZTIME) ./proxy/store
 
 

@@ -7,13 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/replicache-sidecar/replicache-sidecar/clientview"
-	"github.com/replicache-sidecar/replicache-sidecar/proxy/compress"
 )
 
 // rawPost posts without the transport's transparent gzip, so the test sees
@@ -101,37 +96,4 @@ func TestCompressedAnswers(t *testing.T) {
 			t.Errorf("gzip push answer does not decode: %v", err)
 		}
 	}
-}
-
-// BenchmarkCompressAnswer: the cost gzip adds to writing a 10,000-entity
-// reset answer (1.55 MB), next to writing it plain, in one loop.
-func BenchmarkCompressAnswer(b *testing.B) {
-	entries := make([]clientview.Entry, 10000)
-	for i := range entries {
-		v := bigItem(i, 0)
-		entries[i] = clientview.Entry{Key: fmt.Sprintf("item/i%06d", i), Value: v}
-	}
-	ans := pullAnswer{pullView: &pullView{epoch: "e", group: "g", lmids: map[string]int64{"c": 1}, entries: entries}, order: 1}
-	var pool compress.Pool
-	var plain, zipped time.Duration
-	var wire int
-	for b.Loop() {
-		t0 := time.Now()
-		if _, _, err := encodePullResponse(io.Discard, ans); err != nil {
-			b.Fatal(err)
-		}
-		t1 := time.Now()
-		rec := httptest.NewRecorder()
-		cw := pool.Writer(rec)
-		if _, _, err := encodePullResponse(cw, ans); err != nil {
-			b.Fatal(err)
-		}
-		cw.Finish()
-		zipped += time.Since(t1)
-		plain += t1.Sub(t0)
-		wire = rec.Body.Len()
-	}
-	b.ReportMetric(float64(plain.Nanoseconds())/float64(b.N), "plain-ns/op")
-	b.ReportMetric(float64(zipped.Nanoseconds())/float64(b.N), "gzip-ns/op")
-	b.ReportMetric(float64(wire), "gzip-bytes")
 }

@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 	"github.com/jackc/pgx/v5"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/proxytest"
 )
 
 // bigAPI is a fast in-memory upstream with one large collection, paged in
@@ -41,31 +41,13 @@ const bigPageSize = 1000
 func newBigAPI(b testing.TB, n int) (*bigAPI, *httptest.Server) {
 	a := &bigAPI{}
 	for i := range n {
-		a.items = append(a.items, bigItem(i, 0))
+		a.items = append(a.items, proxytest.Item(i, 0))
 	}
 	a.render()
 	srv := httptest.NewServer(a)
 	b.Cleanup(srv.Close)
 	return a, srv
 }
-
-// bigItem renders item i at revision rev: about 130 bytes, as the issue's
-// measurement (1.29 MB for 10,000), with a title of words drawn at random
-// so it compresses like text, not like a repeated constant.
-func bigItem(i, rev int) []byte {
-	rng := rand.New(rand.NewPCG(uint64(i), uint64(rev)))
-	words := make([]string, 5)
-	for w := range words {
-		words[w] = benchWords[rng.IntN(len(benchWords))]
-	}
-	return fmt.Appendf(nil, `{"id":"i%06d","title":%q,"done":%v,"rev":%d,"owner":"u%d","due":"2026-%02d-%02d"}`,
-		i, strings.Join(words, " "), rng.IntN(2) == 0, rev, rng.IntN(500), 1+rng.IntN(12), 1+rng.IntN(28))
-}
-
-var benchWords = strings.Fields(`buy milk call mother about the weekend plans fix the leaking kitchen tap send
-	invoice to client review pull request book flights for conference renew passport water plants
-	walk dog pay rent update resume clean garage schedule dentist order printer ink prepare slides
-	read chapter seven return library books backup laptop photos cancel gym membership`)
 
 func (a *bigAPI) render() {
 	a.pages, a.etags = a.pages[:0], a.etags[:0]
@@ -98,7 +80,7 @@ func (a *bigAPI) change(rng *rand.Rand, n, rev int) {
 	defer a.mu.Unlock()
 	for range n {
 		i := rng.IntN(len(a.items))
-		a.items[i] = bigItem(i, rev)
+		a.items[i] = proxytest.Item(i, rev)
 	}
 	a.render()
 }

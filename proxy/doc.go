@@ -1,19 +1,24 @@
-// Package proxy is the sidecar: the HTTP edge in front of a legacy REST
-// API, the push engine that turns Replicache mutations into that API's
-// calls, the pull engine that builds client views from its GET endpoints,
-// the poke streams, and the lifecycle that runs them. Its parts live in
-// packages below it; this package composes them.
+// Package proxy is the sidecar: it builds the state the engines share
+// (package engine), hands it to the push engine (package push), which
+// turns Replicache mutations into a legacy REST API's calls, and to the
+// pull engine (package pull), which builds client views from its GET
+// endpoints; it serves the poke streams and the invalidate hook itself,
+// routes every other request to the pass-through, and runs the lifecycle.
+// Its parts live in packages below it; this package composes them.
 //
 // # Who owns what
 //
-//	proxy                the composition: the core the engines share
-//	                     (core.go), the edge's preamble (edge.go), the push
-//	                     engine (push.go, mutation.go), the pull engine
-//	                     (pull.go, pullanswer.go, pullview.go), poke streams
-//	                     and the invalidate hook (pokes.go), one client
-//	                     group inspected and the change lag (inspect.go),
-//	                     routes (sidecar.go), start-up and shutdown
-//	                     (lifecycle.go)
+//	proxy                the composition: routes and the admin handler
+//	                     (sidecar.go), CORS and POST-only (edge.go), poke
+//	                     streams, the invalidate hook and the pass-through's
+//	                     pokes (pokes.go), one client group inspected
+//	                     (inspect.go), start-up and shutdown (lifecycle.go)
+//	proxy/engine         what the engines share: the Core (settings, store,
+//	                     upstream parts, metrics, budgets, turns, the poke
+//	                     bus, the mapping), built and migrated; the
+//	                     preamble of every push and pull (Begin → Exchange)
+//	proxy/push           the push engine: mutations → upstream calls
+//	proxy/pull           the pull engine: GETs → a diff of the client view
 //	proxy/config         every setting, read from SIDECAR_* and checked
 //	proxy/identity       who is calling, decided once at the edge
 //	proxy/verdict        what one upstream answer means, once per kind
@@ -41,53 +46,61 @@
 //
 // # A push
 //
-// edge (edge.go: begin): refuse what a cross-site page could send; refuse
+// proxy routes it (sidecar.go: trace context, CORS, POST only, gzip) →
+// engine.Core.Begin: refuse what a cross-site page could send; refuse
 // while draining or before the schema is migrated; identity.Edge.Identify
 // decides who is calling from the headers alone (trusted header, or the
 // auth call with its verdict.Auth); only then is the body read (body:
 // bounded by SIDECAR_MAX_BODY_BYTES, charged to the caller's lease of the
-// budget, and cut off if it stops arriving). → push.go: ownership of the
+// budget, and cut off if it stops arriving). → push: ownership of the
 // group and of every client is checked before anything is applied;
-// consecutive mutations of one client are prepared (mutation.go: args
-// bounded, the call rendered by mutators, the idempotency key computed),
-// then, waiting for the group's turn in gate and holding its row lock in
-// store, each is rendered again if it names a temporary id the group has
-// recorded a server id for (mutation.go), sent (admitted by the mutation
-// breaker), judged (verdict.Mutation: applied, consumed as rejected, or
-// pending, and whether the answer is evidence that the API is down or
-// counts toward giving up) and settled in the same transaction, with the
-// server id an applied create's answer holds. → the clients that may see
-// the effects are poked (poke), and the push answers its counts.
+// consecutive mutations of one client are prepared (args bounded, the
+// call rendered by mutators, the idempotency key computed), then, waiting
+// for the group's turn in gate and holding its row lock in store
+// (Core.Locked), each is rendered again if it names a temporary id the
+// group has recorded a server id for, sent (upstream, admitted by the
+// mutation breaker), judged (verdict.Mutation: applied, consumed as
+// rejected, or pending, and whether the answer is evidence that the API
+// is down or counts toward giving up) and settled in the same
+// transaction, with the server id an applied create's answer holds. →
+// engine: the writes' view sources are marked (plan), the count of routed
+// changes moves, and the clients that may see the effects are poked
+// (poke, in every replica) → push answers its counts.
 //
 // # A pull
 //
-// edge: as for a push, and the view breaker must not be open. → pull.go:
-// join a running fetch of the same group, user and credentials (flight)
-// that began after every change routed so far (store's count of routed
-// changes, moved by every write before its poke), or lead one: holding the group's lock, read every client's last mutation
-// id and each source's state in the group's record (store), and decide per
-// source (plan, from that state and the writes this replica has seen):
-// read it in full, read only what changed since its watermark (its
-// `changes`), or not at all (`maxAge`, `shared`). Fetch the view that way
-// (clientview, admitted by the view breaker as one unit of work: every
-// page of every source read, or nothing; pullview.go adds the replica's
-// copy of shared sources and confirms a deletion a full read cannot
-// prove), seal the flight, compare the view with the group's record
-// (store: a source not read in full keeps its entries), and issue every
-// merged pull's cookie with the record's change and the sources' new
-// states in one round trip. → after the commit each pull is answered
-// (pullanswer.go): a diff from its cookie's version of the record, or a
-// reset. A failed fetch is answered from verdict.View.
+// proxy routes it → engine.Core.Begin, as for a push, and the view
+// breaker must not be open → pull: join a running fetch of the same group,
+// user and credentials (flight) that began after every change routed so
+// far (store's count of routed changes), or lead one: holding the group's
+// lock, read every client's last mutation id and each source's state in
+// the group's record (store), and decide per source (plan, from that
+// state and the writes this replica has seen): read it in full, read only
+// what changed since its watermark (its `changes`), or not at all
+// (`maxAge`, `shared`). Fetch the view that way (clientview, through
+// upstream, admitted by the view breaker as one unit of work: every page
+// of every source read, or nothing; the replica's copy of shared sources
+// added, and a deletion a partial read cannot prove confirmed), seal the
+// flight, compare the view with the group's record (store: a source not
+// read in full keeps its entries), and issue every merged pull's cookie
+// with the record's change and the sources' new states in one round trip.
+// → after the commit each pull is answered: a diff from its cookie's
+// version of the record, or a reset, gzipped when asked (compress), a
+// large reset streamed as the view arrives. A failed fetch is answered
+// from verdict.View.
 //
 // # Rules
 //
 //   - Data flows one way: cmd → proxy → its subpackages, mutators and
 //     clientview. No subpackage of proxy imports proxy, except proxy/check,
-//     for the constructor of the upstream parts (NewParts) that the server
-//     uses too. mutators and clientview import nothing of
-//     the sidecar but the shared JSON walker (clientview/jsonwalk).
+//     for Config; check builds its upstream parts with the server's own
+//     constructor (engine.NewParts). The engines (push, pull) import
+//     engine and the leaves, never each other; engine imports only leaves.
+//     mutators and clientview import nothing of the sidecar but the
+//     shared JSON walker (clientview/jsonwalk).
 //   - Within this package a file uses only names of files on lower floors:
-//     core, then edge, then the engines, then Sidecar, then lifecycle.
+//     edge, inspect and pokes, then sidecar (Sidecar composes them), then
+//     lifecycle (runs it).
 //   - Who the caller is is decided only at the identity edge, and every
 //     fairness rule is keyed on identity.Caller.Key (the user, else the
 //     client's address), never on a client group or client id.

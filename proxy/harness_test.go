@@ -71,7 +71,7 @@ type harness struct {
 	env    map[string]string
 	logs   *proxytest.Buffer // every instance's JSON logs, at debug level
 	// streamAfter, when set, is the view bytes after which a sidecar
-	// started from here streams a reset answer (pullstream.go).
+	// started from here streams a reset answer (pull.Engine.StreamAfter).
 	streamAfter int64
 	// tracer, when set, records spans as OTEL_EXPORTER_OTLP_ENDPOINT would
 	// have them exported. SIDECAR_TEST_TRACING=1 sets one for every test
@@ -147,7 +147,7 @@ func (h *harness) startUnmigrated() *instance {
 		tracer = tp.Tracer("test")
 	}
 	sc := New(Options{Config: cfg, Pool: pool, Logger: logger, Registerer: reg, Tracer: tracer})
-	sc.pulls.streamAfter = h.streamAfter
+	sc.pulls.StreamAfter = h.streamAfter
 	// The production server settings (timeouts), and a guard that fails the
 	// test on any handler panic: net/http would otherwise swallow it.
 	srv := httptest.NewUnstartedServer(nil)

@@ -14,8 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/replicache-sidecar/replicache-sidecar/mutators"
-	"github.com/replicache-sidecar/replicache-sidecar/proxy/config"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/engine"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/mapping"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/metrics"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
@@ -32,18 +31,18 @@ import (
 func (s *Sidecar) Serve(ctx context.Context, public, admin net.Listener, g prometheus.Gatherer) error {
 	// Push and pull set their own write deadlines; pass-through traffic may
 	// stream for as long as the legacy service does.
-	pub := NewHTTPServer(s.Handler(), s.cfg.HTTPReadTimeout, 0)
+	pub := NewHTTPServer(s.Handler(), s.Cfg.HTTPReadTimeout, 0)
 	adm := NewHTTPServer(s.AdminHandler(g), 30*time.Second, 30*time.Second)
-	if s.cfg.UserIDHeader == "" && s.cfg.AuthPath == "" {
+	if s.Cfg.UserIDHeader == "" && s.Cfg.AuthPath == "" {
 		// A deployment that forgot both would otherwise learn it from a
 		// leak, not a log: said before "listening", so it is seen first.
-		s.log.Warn("every caller is one user: neither SIDECAR_AUTH_PATH nor SIDECAR_USER_ID_HEADER is set, " +
+		s.Log.Warn("every caller is one user: neither SIDECAR_AUTH_PATH nor SIDECAR_USER_ID_HEADER is set, " +
 			"so the sidecar cannot tell users apart (single-tenant mode: any caller may use any client group, and SIDECAR_POKE_SCOPE=user pokes everyone); " +
 			"set SIDECAR_AUTH_PATH to an endpoint of the API that says who the caller is, or SIDECAR_USER_ID_HEADER to a trusted gateway's header, unless the API has one user")
 	}
-	s.log.Info("listening", "version", s.version, "public", public.Addr().String(), "admin", admin.Addr().String(),
-		"upstream", s.cfg.Upstream.Redacted(), "push_path", s.cfg.PushPath, "pull_path", s.cfg.PullPath,
-		"mutators", len(s.cfg.Mapping.Mutators.Names()), "view_sources", s.cfg.Mapping.View.Len(), "mapping_sha256", s.cfg.Mapping.Hash)
+	s.Log.Info("listening", "version", s.Version, "public", public.Addr().String(), "admin", admin.Addr().String(),
+		"upstream", s.Cfg.Upstream.Redacted(), "push_path", s.Cfg.PushPath, "pull_path", s.Cfg.PullPath,
+		"mutators", len(s.Cfg.Mapping.Mutators.Names()), "view_sources", s.Cfg.Mapping.View.Len(), "mapping_sha256", s.Cfg.Mapping.Hash)
 
 	type stopped struct {
 		server string
@@ -62,13 +61,13 @@ func (s *Sidecar) Serve(ctx context.Context, public, admin net.Listener, g prome
 	running := 2
 	select {
 	case <-ctx.Done():
-		s.log.Info("shutting down", "timeout", s.cfg.ShutdownTimeout)
+		s.Log.Info("shutting down", "timeout", s.Cfg.ShutdownTimeout)
 	case st := <-serveErr:
 		running--
 		failure = fmt.Errorf("%s server stopped: %w", st.server, st.err)
-		s.log.Error("server failed; shutting down", "server", st.server, "error", st.err)
+		s.Log.Error("server failed; shutting down", "server", st.server, "error", st.err)
 	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.Cfg.ShutdownTimeout)
 	defer cancel()
 	errShutdown := s.Shutdown(sctx, pub, adm)
 	stopBackground()
@@ -83,7 +82,7 @@ func (s *Sidecar) Serve(ctx context.Context, public, admin net.Listener, g prome
 	if err := errors.Join(failure, errShutdown, errRun); err != nil {
 		return fmt.Errorf("shutting down: %w", err)
 	}
-	s.log.Info("stopped")
+	s.Log.Info("stopped")
 	return nil
 }
 
@@ -103,10 +102,10 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	goRun(func() {
 		if s.migrateWithRetry(ctx) {
 			s.measureRecords(ctx)
-			s.sweep(ctx, s.cfg.GCInterval)
+			s.sweep(ctx, s.Cfg.GCInterval)
 		}
 	})
-	goRun(func() { s.watchMapping(ctx, s.cfg.MappingReloadInterval) })
+	goRun(func() { s.watchMapping(ctx, s.Cfg.MappingReloadInterval) })
 	goRun(func() { s.watchDatabase(ctx) })
 	pokes, stopPokes := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopPokes.Store(&stopPokes)
@@ -117,7 +116,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		<-ctx.Done()
 		select {
 		case <-pokes.Done():
-		case <-time.After(s.cfg.ShutdownTimeout):
+		case <-time.After(s.Cfg.ShutdownTimeout):
 			stopPokes()
 		}
 	}()
@@ -135,7 +134,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 func (s *Sidecar) Shutdown(ctx context.Context, servers ...*http.Server) error {
 	s.Drain()
 	select {
-	case <-time.After(s.cfg.DrainDelay):
+	case <-time.After(s.Cfg.DrainDelay):
 	case <-ctx.Done():
 	}
 	s.closePokes()
@@ -144,7 +143,7 @@ func (s *Sidecar) Shutdown(ctx context.Context, servers ...*http.Server) error {
 		errs = append(errs, srv.Shutdown(ctx))
 	}
 	// The streams served on their own connections are not the servers'.
-	errs = append(errs, s.streams.Wait(ctx))
+	errs = append(errs, s.pokes.streams.Wait(ctx))
 	if stop := s.stopPokes.Load(); stop != nil {
 		(*stop)()
 	}
@@ -153,52 +152,11 @@ func (s *Sidecar) Shutdown(ctx context.Context, servers ...*http.Server) error {
 
 // closePokes ends every poke stream and refuses new ones, so their clients
 // reconnect to another replica.
-func (s *core) closePokes() { s.hub.Close() }
+func (s *Sidecar) closePokes() { s.Hub.Close() }
 
 // runPokes carries pokes between the replicas (LISTEN/NOTIFY on the
 // sidecar's database) until ctx ends.
-func (s *core) runPokes(ctx context.Context) { s.bus.Run(ctx) }
-
-// Migrate applies the schema migrations; pushes and pulls are served from
-// then on.
-func (s *Sidecar) Migrate(ctx context.Context) error {
-	if err := s.store.Migrate(ctx); err != nil {
-		return err
-	}
-	keys, err := s.keySecrets(ctx)
-	if err != nil {
-		return err
-	}
-	s.keys.Store(keys)
-	s.dbUp.Store(true)
-	s.metrics.DatabaseUp.Set(1)
-	s.migrated.Store(true)
-	return nil
-}
-
-// keySecrets are the idempotency secrets: SIDECAR_IDEMPOTENCY_SECRET (or
-// the one generated in the schema) and, during a rotation,
-// SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS.
-func (s *Sidecar) keySecrets(ctx context.Context) (*keySecrets, error) {
-	secret := func(v string) ([]byte, error) {
-		if v == "" || v == config.GeneratedSecret {
-			return s.store.IdempotencySecret(ctx)
-		}
-		return []byte(v), nil
-	}
-	current, err := secret(s.cfg.IdempotencySecret)
-	if err != nil {
-		return nil, err
-	}
-	k := &keySecrets{current: current, currentFP: mutators.SecretFingerprint(current)}
-	if s.cfg.IdempotencySecretPrevious != "" {
-		if k.previous, err = secret(s.cfg.IdempotencySecretPrevious); err != nil {
-			return nil, err
-		}
-		k.previousFP = mutators.SecretFingerprint(k.previous)
-	}
-	return k, nil
-}
+func (s *Sidecar) runPokes(ctx context.Context) { s.Bus.Run(ctx) }
 
 // watchDatabase asks the sidecar's database every dbProbeEvery seconds,
 // once the schema is migrated, whether it answers (and holds this binary's
@@ -208,9 +166,9 @@ func (s *Sidecar) keySecrets(ctx context.Context) (*keySecrets, error) {
 // on it: the pass-through serves the legacy API without the database, and
 // every replica shares it, so failing readiness would take the API off its
 // Service with it.
-func (s *core) watchDatabase(ctx context.Context) {
+func (s *Sidecar) watchDatabase(ctx context.Context) {
 	probe := func() {
-		if !s.migrated.Load() {
+		if !s.Migrated.Load() {
 			// Until Migrate has succeeded (it sets the state itself, and
 			// pushes and pulls answer Starting meanwhile), a reading may be
 			// taken between two migrations' commits and land after Migrate:
@@ -218,29 +176,29 @@ func (s *core) watchDatabase(ctx context.Context) {
 			// down until the next probe.
 			return
 		}
-		pctx, cancel := context.WithTimeout(ctx, dbProbeEvery*time.Second)
-		err := s.store.Ready(pctx)
+		pctx, cancel := context.WithTimeout(ctx, engine.DBProbeEvery*time.Second)
+		err := s.Store.Ready(pctx)
 		cancel()
 		if ctx.Err() != nil {
 			return
 		}
 		up := err == nil
-		if s.dbUp.Swap(up) != up {
+		if s.DBUp.Swap(up) != up {
 			if up {
-				s.log.Info("the sidecar's database answers again; pushes and pulls are served")
+				s.Log.Info("the sidecar's database answers again; pushes and pulls are served")
 			} else {
-				s.log.Error("the sidecar's database is unreachable; pushes and pulls answer 503 until it is back (the pass-through keeps serving)",
+				s.Log.Error("the sidecar's database is unreachable; pushes and pulls answer 503 until it is back (the pass-through keeps serving)",
 					"error", err)
 			}
 		}
 		if up {
-			s.metrics.DatabaseUp.Set(1)
+			s.Metrics.DatabaseUp.Set(1)
 		} else {
-			s.metrics.DatabaseUp.Set(0)
+			s.Metrics.DatabaseUp.Set(0)
 		}
 	}
 	probe()
-	every(ctx, dbProbeEvery*time.Second, probe)
+	every(ctx, engine.DBProbeEvery*time.Second, probe)
 }
 
 // migrateWithRetry migrates, retrying with backoff while the database is
@@ -252,10 +210,10 @@ func (s *Sidecar) migrateWithRetry(ctx context.Context) bool {
 		err := s.Migrate(mctx)
 		cancel()
 		if err == nil {
-			s.log.Info("database schema ready", "version", store.SchemaVersion())
+			s.Log.Info("database schema ready", "version", store.SchemaVersion())
 			return true
 		}
-		s.log.Error("migrating database schema failed; retrying", "error", err, "retry_in", backoff)
+		s.Log.Error("migrating database schema failed; retrying", "error", err, "retry_in", backoff)
 		select {
 		case <-ctx.Done():
 			return false
@@ -281,31 +239,31 @@ func (s *Sidecar) watchMapping(ctx context.Context, interval time.Duration) {
 	}
 	lastBad := ""
 	every(ctx, interval, func() {
-		raw, err := os.ReadFile(s.cfg.MappingFile)
+		raw, err := os.ReadFile(s.Cfg.MappingFile)
 		if err != nil {
 			if lastBad != "unreadable" {
 				lastBad = "unreadable"
-				s.metrics.MappingReloadErrors.Inc()
-				s.log.Error("mapping file unreadable; keeping the loaded mapping", "file", s.cfg.MappingFile, "error", err)
+				s.Metrics.MappingReloadErrors.Inc()
+				s.Log.Error("mapping file unreadable; keeping the loaded mapping", "file", s.Cfg.MappingFile, "error", err)
 			}
 			return
 		}
 		sum := sha256.Sum256(raw)
 		hash := hex.EncodeToString(sum[:])
-		if hash == s.mapping().Hash || hash == lastBad {
+		if hash == s.Mapping().Hash || hash == lastBad {
 			return
 		}
 		m, err := mapping.Parse(raw)
 		if err != nil {
 			lastBad = hash
-			s.metrics.MappingReloadErrors.Inc()
-			s.log.Error("new mapping is invalid; keeping the loaded mapping", "file", s.cfg.MappingFile,
-				"sha256", hash, "loaded_sha256", s.mapping().Hash, "error", err)
+			s.Metrics.MappingReloadErrors.Inc()
+			s.Log.Error("new mapping is invalid; keeping the loaded mapping", "file", s.Cfg.MappingFile,
+				"sha256", hash, "loaded_sha256", s.Mapping().Hash, "error", err)
 			return
 		}
 		lastBad = ""
-		s.useMapping(m)
-		s.log.Info("mapping reloaded", "file", s.cfg.MappingFile, "sha256", m.Hash,
+		s.UseMapping(m)
+		s.Log.Info("mapping reloaded", "file", s.Cfg.MappingFile, "sha256", m.Hash,
 			"mutators", len(m.Mutators.Names()), "view_sources", m.View.Len())
 	})
 }
@@ -330,35 +288,35 @@ func (s *Sidecar) sweep(ctx context.Context, interval time.Duration) {
 }
 
 func (s *Sidecar) sweepOnce(ctx context.Context) {
-	if ttl := s.cfg.RejectionTTL; ttl > 0 {
-		n, err := s.store.SweepRejections(ctx, ttl, 1000)
+	if ttl := s.Cfg.RejectionTTL; ttl > 0 {
+		n, err := s.Store.SweepRejections(ctx, ttl, 1000)
 		switch {
 		case err != nil:
-			s.log.Warn("sweeping expired rejection records failed", "error", err)
+			s.Log.Warn("sweeping expired rejection records failed", "error", err)
 		case n > 0:
-			s.metrics.Pruned.WithLabelValues(metrics.PrunedRejections).Add(float64(n))
-			s.log.Info("swept expired rejection records", "deleted", n)
+			s.Metrics.Pruned.WithLabelValues(metrics.PrunedRejections).Add(float64(n))
+			s.Log.Info("swept expired rejection records", "deleted", n)
 		}
 	}
-	if ttl := s.cfg.ClientGroupTTL; ttl > 0 {
-		swept, err := s.store.SweepGroups(ctx, ttl, tombstoneFactor*ttl, 100)
-		s.metrics.GroupsDeleted.Add(float64(swept.Groups))
-		s.metrics.Pruned.WithLabelValues(metrics.PrunedTombstones).Add(float64(swept.Tombstones))
+	if ttl := s.Cfg.ClientGroupTTL; ttl > 0 {
+		swept, err := s.Store.SweepGroups(ctx, ttl, tombstoneFactor*ttl, 100)
+		s.Metrics.GroupsDeleted.Add(float64(swept.Groups))
+		s.Metrics.Pruned.WithLabelValues(metrics.PrunedTombstones).Add(float64(swept.Tombstones))
 		switch {
 		case err != nil:
-			s.log.Warn("sweeping idle client groups failed", "error", err, "deleted", swept.Groups)
+			s.Log.Warn("sweeping idle client groups failed", "error", err, "deleted", swept.Groups)
 		case swept.Groups > 0 || swept.Tombstones > 0:
-			s.log.Info("swept idle client groups", "deleted", swept.Groups, "tombstones_expired", swept.Tombstones, "ttl", ttl)
+			s.Log.Info("swept idle client groups", "deleted", swept.Groups, "tombstones_expired", swept.Tombstones, "ttl", ttl)
 		}
 	}
-	if max := s.cfg.MaxViewRecordsPerUser; max > 0 && s.cfg.PatchMode == "diff" {
-		ev, err := s.store.SweepRecords(ctx, max, 1000)
-		s.metrics.RecordEvictions.Add(float64(ev.Records))
+	if max := s.Cfg.MaxViewRecordsPerUser; max > 0 && s.Cfg.PatchMode == "diff" {
+		ev, err := s.Store.SweepRecords(ctx, max, 1000)
+		s.Metrics.RecordEvictions.Add(float64(ev.Records))
 		switch {
 		case err != nil:
-			s.log.Warn("sweeping view records beyond SIDECAR_MAX_VIEW_RECORDS_PER_USER failed", "error", err, "evicted", ev.Records)
+			s.Log.Warn("sweeping view records beyond SIDECAR_MAX_VIEW_RECORDS_PER_USER failed", "error", err, "evicted", ev.Records)
 		case ev.Records > 0:
-			s.log.Info("evicted view records beyond SIDECAR_MAX_VIEW_RECORDS_PER_USER", "evicted", ev.Records, "bytes", ev.Bytes)
+			s.Log.Info("evicted view records beyond SIDECAR_MAX_VIEW_RECORDS_PER_USER", "evicted", ev.Records, "bytes", ev.Bytes)
 		}
 	}
 	s.measureRecords(ctx)
@@ -367,10 +325,24 @@ func (s *Sidecar) sweepOnce(ctx context.Context) {
 // measureRecords sets replicache_sidecar_view_record_storage_bytes from
 // the catalog (every replica: it reads no table).
 func (s *Sidecar) measureRecords(ctx context.Context) {
-	n, err := s.store.RecordStorageBytes(ctx)
+	n, err := s.Store.RecordStorageBytes(ctx)
 	if err != nil {
-		s.log.Warn("reading the view records' size failed", "error", err)
+		s.Log.Warn("reading the view records' size failed", "error", err)
 		return
 	}
-	s.metrics.RecordStorage.Set(float64(n))
+	s.Metrics.RecordStorage.Set(float64(n))
+}
+
+// every runs fn every interval until ctx ends.
+func every(ctx context.Context, interval time.Duration, fn func()) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		fn()
+	}
 }

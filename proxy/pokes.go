@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/config"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/engine"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/identity"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/metrics"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/poke"
@@ -39,8 +40,37 @@ const (
 	minPokeWriteTimeout = time.Second
 )
 
-func (s *core) pokeWriteTimeout() time.Duration {
-	return min(pokeWriteTimeout, max(minPokeWriteTimeout, s.cfg.PokeHeartbeat))
+// pokeServer serves the poke streams and the invalidate hook.
+type pokeServer struct {
+	*engine.Core
+	streams *sse.Writer // writes the streams served on their own connections
+}
+
+func newPokeServer(c *engine.Core) *pokeServer {
+	p := &pokeServer{Core: c}
+	p.streams = sse.New(sse.Options{Heartbeat: c.Cfg.PokeHeartbeat, WriteTimeout: p.pokeWriteTimeout(), Stop: c.Hub.Done(),
+		Ended: p.streamEnded, Poked: c.Metrics.Pokes.Inc})
+	return p
+}
+
+func (s *pokeServer) pokeWriteTimeout() time.Duration {
+	return min(pokeWriteTimeout, max(minPokeWriteTimeout, s.Cfg.PokeHeartbeat))
+}
+
+// streamGroup is the client group a poke stream names (its clientGroupID
+// query parameter; "" when none): its streams are counted for the group,
+// and the lag of the changes that poke it is measured. Validated as a
+// push's or pull's: a bad one answers 400.
+func streamGroup(r *http.Request) (string, *problem.Error) {
+	q := r.URL.Query()
+	if !q.Has("clientGroupID") {
+		return "", nil
+	}
+	group := q.Get("clientGroupID")
+	if p := engine.ValidID("clientGroupID", group); p != nil {
+		return "", p
+	}
+	return group, nil
 }
 
 // handlePoke serves a poke stream: Server-Sent Events, one "poke" event
@@ -55,15 +85,15 @@ func (s *core) pokeWriteTimeout() time.Duration {
 // cannot let go of its connection, this handler writes the stream itself
 // until it ends. Both write the same events, keep the same rules and end
 // for the same reasons.
-func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
-	log := s.log.With("endpoint", metrics.EndpointPoke, "request_id", identity.RequestID(r), "trace_id", w.Header().Get("X-Trace-ID"))
-	fail := func(p *problem.Error) { s.failOther(w, metrics.EndpointPoke, log, p) }
+func (s *pokeServer) handlePoke(w http.ResponseWriter, r *http.Request) {
+	log := s.Log.With("endpoint", metrics.EndpointPoke, "request_id", identity.RequestID(r), "trace_id", w.Header().Get("X-Trace-ID"))
+	fail := func(p *problem.Error) { s.FailOther(w, metrics.EndpointPoke, log, p) }
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", http.MethodGet)
 		fail(problem.Errorf(http.StatusMethodNotAllowed, problem.MethodNotAllowed, "%s %s: only GET is allowed", r.Method, r.URL.Path))
 		return
 	}
-	if p := s.parts.Identity.SameSite(r); p != nil {
+	if p := s.Parts.Identity.SameSite(r); p != nil {
 		fail(p)
 		return
 	}
@@ -76,7 +106,7 @@ func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
 	// still send them); they all end when the server shuts down, and
 	// EventSource then reconnects elsewhere by itself. A 503 it would not
 	// retry.
-	caller, p := s.parts.Identity.Identify(r.Context(), r)
+	caller, p := s.Parts.Identity.Identify(r.Context(), r)
 	if p != nil {
 		fail(p)
 		return
@@ -87,16 +117,16 @@ func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
 	user := caller.User
 	// Slots are shared fairly between callers (poke.Hub): keyed on who is
 	// calling, never on ids the caller chose.
-	sub, err := s.hub.Subscribe(caller.Key(), user)
+	sub, err := s.Hub.Subscribe(caller.Key(), user)
 	if p := subscribeProblem(err); p != nil {
 		fail(p)
 		return
 	}
-	defer s.hub.Unsubscribe(sub)
-	defer s.lag.Open(group, user)()
+	defer s.Hub.Unsubscribe(sub)
+	defer s.Lag.Open(group, user)()
 	log.Debug("poke stream open", "user", user)
-	why := sse.Serve(w, r, sub, sse.Served{Heartbeat: s.cfg.PokeHeartbeat, WriteTimeout: s.pokeWriteTimeout(), Stop: s.hub.Done(),
-		Opening: streamOpening(), CatchUp: r.Header.Get("Last-Event-ID") != "", Poked: s.metrics.Pokes.Inc})
+	why := sse.Serve(w, r, sub, sse.Served{Heartbeat: s.Cfg.PokeHeartbeat, WriteTimeout: s.pokeWriteTimeout(), Stop: s.Hub.Done(),
+		Opening: streamOpening(), CatchUp: r.Header.Get("Last-Event-ID") != "", Poked: s.Metrics.Pokes.Inc})
 	s.streamEndedAs(sub, why)
 }
 
@@ -105,14 +135,14 @@ func (s *core) handlePoke(w http.ResponseWriter, r *http.Request) {
 // let go of its connection; it answers a refusal (no slot) itself. handled
 // is false when it cannot, having written nothing: the handler serves the
 // stream then.
-func (s *core) serveOwnConnection(w http.ResponseWriter, r *http.Request, group string, caller identity.Caller, log *slog.Logger) (handled bool) {
+func (s *pokeServer) serveOwnConnection(w http.ResponseWriter, r *http.Request, group string, caller identity.Caller, log *slog.Logger) (handled bool) {
 	if r.ProtoMajor != 1 || r.ProtoMinor < 1 || !hijackable(w) {
 		return false
 	}
 	st := s.streams.NewStream()
-	sub, err := s.hub.SubscribeTo(caller.Key(), caller.User, st)
+	sub, err := s.Hub.SubscribeTo(caller.Key(), caller.User, st)
 	if p := subscribeProblem(err); p != nil {
-		s.failOther(w, metrics.EndpointPoke, log, p)
+		s.FailOther(w, metrics.EndpointPoke, log, p)
 		return true
 	}
 	st.Sub = sub
@@ -124,21 +154,21 @@ func (s *core) serveOwnConnection(w http.ResponseWriter, r *http.Request, group 
 	conn, _, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		log.Debug("poke stream served by its handler: the connection could not be taken over", "error", err)
-		s.hub.Unsubscribe(sub)
+		s.Hub.Unsubscribe(sub)
 		return false
 	}
 	if r.Header.Get("Last-Event-ID") != "" {
 		st.Poke() // as in handlePoke: a reconnection catches up at once
 	}
 	log.Debug("poke stream open", "user", caller.User)
-	st.OnEnd = s.lag.Open(group, caller.User) // as handlePoke's stream, for change lag
+	st.OnEnd = s.Lag.Open(group, caller.User) // as handlePoke's stream, for change lag
 	s.streams.Start(st, conn, w.Header(), streamOpening())
 	return true
 }
 
 // streamEnded is told by s.streams that a stream it wrote ended.
-func (s *core) streamEnded(st *sse.Stream, why sse.End) {
-	s.hub.Unsubscribe(st.Sub)
+func (s *pokeServer) streamEnded(st *sse.Stream, why sse.End) {
+	s.Hub.Unsubscribe(st.Sub)
 	if st.OnEnd != nil {
 		st.OnEnd()
 	}
@@ -146,7 +176,7 @@ func (s *core) streamEnded(st *sse.Stream, why sse.End) {
 }
 
 // streamEndedAs counts a stream's end, and why.
-func (s *core) streamEndedAs(sub *poke.Subscriber, why sse.End) {
+func (s *pokeServer) streamEndedAs(sub *poke.Subscriber, why sse.End) {
 	reason := metrics.StreamEndDisconnected
 	switch why {
 	case sse.WriteFailed:
@@ -157,8 +187,8 @@ func (s *core) streamEndedAs(sub *poke.Subscriber, why sse.End) {
 		end, _ := sub.End()
 		reason = string(end)
 	}
-	s.log.Debug("poke stream ended", "endpoint", metrics.EndpointPoke, "user", sub.User, "reason", reason)
-	s.metrics.PokeStreamsEnded.WithLabelValues(reason).Inc()
+	s.Log.Debug("poke stream ended", "endpoint", metrics.EndpointPoke, "user", sub.User, "reason", reason)
+	s.Metrics.PokeStreamsEnded.WithLabelValues(reason).Inc()
 }
 
 // hijackable reports whether w, or a ResponseWriter it wraps (as
@@ -202,10 +232,10 @@ func streamOpening() string {
 // every subscriber, {"users": [...]} those users'. Only with
 // Authorization: Bearer SIDECAR_INVALIDATE_TOKEN; without a configured
 // token the endpoint does not exist.
-func (s *core) handleInvalidate(w http.ResponseWriter, r *http.Request) {
-	log := s.log.With("endpoint", metrics.EndpointInvalidate, "trace_id", w.Header().Get("X-Trace-ID"))
-	fail := func(p *problem.Error) { s.failOther(w, metrics.EndpointInvalidate, log, p) }
-	if s.cfg.InvalidateToken == "" {
+func (s *pokeServer) handleInvalidate(w http.ResponseWriter, r *http.Request) {
+	log := s.Log.With("endpoint", metrics.EndpointInvalidate, "trace_id", w.Header().Get("X-Trace-ID"))
+	fail := func(p *problem.Error) { s.FailOther(w, metrics.EndpointInvalidate, log, p) }
+	if s.Cfg.InvalidateToken == "" {
 		problem.Write(w, problem.Errorf(http.StatusNotFound, problem.NotFound, "no such route"))
 		return
 	}
@@ -217,7 +247,7 @@ func (s *core) handleInvalidate(w http.ResponseWriter, r *http.Request) {
 	scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
 	// Hashed first, so the comparison takes the same time whatever the
 	// token's length.
-	got, want := sha256.Sum256([]byte(strings.TrimSpace(token))), sha256.Sum256([]byte(s.cfg.InvalidateToken))
+	got, want := sha256.Sum256([]byte(strings.TrimSpace(token))), sha256.Sum256([]byte(s.Cfg.InvalidateToken))
 	if !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="replicache-sidecar invalidate"`)
 		fail(problem.Errorf(http.StatusUnauthorized, problem.Unauthorized, "the invalidate hook needs Authorization: Bearer <SIDECAR_INVALIDATE_TOKEN>"))
@@ -256,7 +286,7 @@ func (s *core) handleInvalidate(w http.ResponseWriter, r *http.Request) {
 	}
 	for _, p := range body.Sources {
 		// As a delete under the path: whatever changed there, deletions too.
-		marked = append(marked, s.markWrite(http.MethodDelete, p)...)
+		marked = append(marked, s.MarkWrite(http.MethodDelete, p)...)
 	}
 	slices.Sort(marked)
 	marked = slices.Compact(marked)
@@ -268,73 +298,14 @@ func (s *core) handleInvalidate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// The legacy service made its writes before it called: the count of
-	// routed changes moves before the poke (see noteChange).
-	s.noteChange()
-	s.notify(log, metrics.PokeFromInvalidate, body.Users)
+	// routed changes moves before the poke (see engine.Core.NoteChange).
+	s.NoteChange()
+	s.Notify(log, metrics.PokeFromInvalidate, body.Users)
 	if body.Users == nil {
 		problem.WriteJSON(w, http.StatusAccepted, map[string]any{"poked": "all", "sources": marked})
 		return
 	}
 	problem.WriteJSON(w, http.StatusAccepted, map[string]any{"poked": body.Users, "sources": marked})
-}
-
-// notify pokes the subscribers of users (none: everyone), in every replica,
-// at once: for the invalidate hook, which is the legacy service's own voice
-// (it holds a secret) and so is not paced.
-func (s *core) notify(log *slog.Logger, source string, users []string) {
-	s.metrics.PokeNotifications.WithLabelValues(source).Inc()
-	log.Debug("poke", "source", source, "users", users)
-	s.bus.Publish(users)
-}
-
-// noteChange moves the count of routed changes (store.NoteChange) for a
-// write the API has answered, before its poke goes out, so that a pull the
-// poke causes, through any replica, does not ride on a fetch that began
-// before the write (see puller.pull). A push's mutations move it with
-// their settlement. A failure is logged and the poke still goes out: a
-// pull it causes may then ride on such a fetch, as one poked by another
-// replica could before the count existed.
-func (s *core) noteChange() {
-	ctx, cancel := context.WithTimeout(context.Background(), markTimeout)
-	defer cancel()
-	if err := s.store.NoteChange(ctx); err != nil && s.once.due("changes", time.Minute) {
-		s.log.Warn("noting a routed change in the database failed; a pull its poke causes may ride on an older fetch of its group", "error", err)
-	}
-}
-
-// pokeFor pokes, in every replica, whom a write by c concerns under
-// SIDECAR_POKE_SCOPE, paced by c's key: one caller's pokes go out at most
-// once per SIDECAR_POKE_CALLER_INTERVAL, merged, and none is lost. ok is
-// false when nobody is to be poked (see pokeUsers).
-func (s *core) pokeFor(log *slog.Logger, source string, c identity.Caller) (ok bool) {
-	return s.pokeForAt(log, source, c, time.Now())
-}
-
-// pokeForAt is pokeFor for a write that happened at at (for the change
-// lag).
-func (s *core) pokeForAt(log *slog.Logger, source string, c identity.Caller, at time.Time) (ok bool) {
-	users, ok := s.pokeUsers(c.User)
-	if !ok {
-		return false
-	}
-	s.metrics.PokeNotifications.WithLabelValues(source).Inc()
-	log.Debug("poke", "source", source, "users", users, "caller", c.Key())
-	s.bus.PublishFor(c.Key(), users, at)
-	return true
-}
-
-// pokeUsers is whom a write by user pokes under SIDECAR_POKE_SCOPE: every
-// subscriber (nil), or the user's own streams. ok is false when nobody is
-// to be poked: under scope user, a write whose user is unknown (a
-// pass-through write without a trusted identity).
-func (s *core) pokeUsers(user string) (users []string, ok bool) {
-	if s.cfg.PokeScope != "user" {
-		return nil, true
-	}
-	if user == "" {
-		return nil, false
-	}
-	return []string{user}, true
 }
 
 // Bounds on the auth calls made to learn who wrote through the
@@ -358,14 +329,14 @@ const (
 // an unknown writer's pokes are paced by its address), or off. Scope rules
 // then apply to the writer as for pushes. It is safe for concurrent use.
 type writePokes struct {
-	s *core
+	s *engine.Core
 
 	mu       sync.Mutex
 	checking map[string]int // auth calls in flight, by the writer's address key
 	checks   int            // in all
 }
 
-func newWritePokes(s *core) *writePokes {
+func newWritePokes(s *engine.Core) *writePokes {
 	return &writePokes{s: s, checking: map[string]int{}}
 }
 
@@ -374,14 +345,14 @@ func (w *writePokes) wrote(write *http.Request) {
 	s := w.s
 	at := time.Now() // the API has answered it: the change happened
 	// Whoever wrote, the view sources under the path are read again.
-	s.markWrite(write.Method, write.URL.Path)
-	if s.cfg.PokePassthrough == config.PokePassthroughOff {
+	s.MarkWrite(write.Method, write.URL.Path)
+	if s.Cfg.PokePassthrough == config.PokePassthroughOff {
 		return
 	}
-	log := s.log.With("endpoint", metrics.EndpointProxy, "trace_id", tracing.IDOf(write.Context()))
-	edge := s.parts.Identity
+	log := s.Log.With("endpoint", metrics.EndpointProxy, "trace_id", tracing.IDOf(write.Context()))
+	edge := s.Parts.Identity
 	anonymous := identity.Caller{Addr: edge.ClientAddr(write)}
-	if s.cfg.PokePassthrough == config.PokePassthroughAll {
+	if s.Cfg.PokePassthrough == config.PokePassthroughAll {
 		c := anonymous
 		if w.namedByHeader(write) {
 			if named, p := edge.Identify(write.Context(), write); p == nil {
@@ -402,12 +373,12 @@ func (w *writePokes) wrote(write *http.Request) {
 	case edge.AsksAPI() && w.carriesCredentials(write):
 		key := anonymous.Key()
 		if !w.startCheck(key) {
-			s.metrics.PokeSkipped.WithLabelValues(metrics.SkippedBusy).Inc()
+			s.Metrics.PokeSkipped.WithLabelValues(metrics.SkippedBusy).Inc()
 			return
 		}
 		go func() {
 			defer w.endCheck(key)
-			ctx, cancel := context.WithTimeout(write.Context(), s.cfg.UpstreamTimeout)
+			ctx, cancel := context.WithTimeout(write.Context(), s.Cfg.UpstreamTimeout)
 			defer cancel()
 			c, p := edge.Identify(ctx, write)
 			if p != nil {
@@ -417,29 +388,29 @@ func (w *writePokes) wrote(write *http.Request) {
 		}()
 	default:
 		// Nobody to ask: an anonymous write pokes nobody.
-		s.metrics.PokeSkipped.WithLabelValues(metrics.SkippedUnidentified).Inc()
+		s.Metrics.PokeSkipped.WithLabelValues(metrics.SkippedUnidentified).Inc()
 	}
 }
 
 // poke pokes for a write by c at at: under identified, only when c is
-// known. The count of routed changes moves first (noteChange), once the
+// known. The count of routed changes moves first (NoteChange), once the
 // write is known to poke someone: a round trip to the database, so it
 // runs off the pass-through's answer.
 func (w *writePokes) poke(log *slog.Logger, c identity.Caller, at time.Time) {
 	known := c.User != "" || c.ViaHeader
-	_, someone := w.s.pokeUsers(c.User)
-	if (!known && w.s.cfg.PokePassthrough == config.PokePassthroughIdentified) || !someone {
-		w.s.metrics.PokeSkipped.WithLabelValues(metrics.SkippedUnidentified).Inc()
+	_, someone := w.s.PokeUsers(c.User)
+	if (!known && w.s.Cfg.PokePassthrough == config.PokePassthroughIdentified) || !someone {
+		w.s.Metrics.PokeSkipped.WithLabelValues(metrics.SkippedUnidentified).Inc()
 		return
 	}
-	w.s.noteChange()
-	w.s.pokeForAt(log, metrics.PokeFromPassthrough, c, at)
+	w.s.NoteChange()
+	w.s.PokeForAt(log, metrics.PokeFromPassthrough, c, at)
 }
 
 // namedByHeader reports whether the write names its user in the trusted
 // identity header (whether it may is the identity edge's to judge).
 func (w *writePokes) namedByHeader(write *http.Request) bool {
-	h := w.s.cfg.UserIDHeader
+	h := w.s.Cfg.UserIDHeader
 	return h != "" && strings.TrimSpace(write.Header.Get(h)) != ""
 }
 
@@ -447,7 +418,7 @@ func (w *writePokes) namedByHeader(write *http.Request) bool {
 // of a header the auth call is sent (SIDECAR_FORWARD_HEADERS): without one
 // the API could only answer that nobody is logged in.
 func (w *writePokes) carriesCredentials(write *http.Request) bool {
-	for _, h := range w.s.cfg.ForwardHeaders {
+	for _, h := range w.s.Cfg.ForwardHeaders {
 		for _, v := range write.Header.Values(h) {
 			if strings.TrimSpace(v) != "" {
 				return true

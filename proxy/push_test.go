@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/proxytest"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/push"
 )
 
 func TestPushAppliesInOrderAndSkipsProcessed(t *testing.T) {
@@ -493,7 +494,7 @@ func TestPerMutatorOutcomes(t *testing.T) {
 		{"deleteTodo", "applied", 1}, {"deleteTodo", "rejected", 0},
 		{"createTodo", "transient", 1}, {"importTodo", "rejected", 7}, {"importTodo", "transient", 0},
 	} {
-		if got := testutil.ToFloat64(sc.sc.metrics.Mutations.WithLabelValues(c.mutator, c.outcome)); got != c.want {
+		if got := testutil.ToFloat64(sc.sc.Metrics.Mutations.WithLabelValues(c.mutator, c.outcome)); got != c.want {
 			t.Errorf("mutations_total{%s,%s} = %v, want %v", c.mutator, c.outcome, got, c.want)
 		}
 	}
@@ -567,8 +568,8 @@ func TestGiveUpValve(t *testing.T) { //nolint:tparallel // the cases share one s
 	if n := attempts(); n != 0 {
 		t.Errorf("%d attempts left after the mutation was consumed, want 0", n)
 	}
-	abandoned := testutil.ToFloat64(a.sc.metrics.Mutations.WithLabelValues("createTodo", "abandoned")) +
-		testutil.ToFloat64(b.sc.metrics.Mutations.WithLabelValues("createTodo", "abandoned"))
+	abandoned := testutil.ToFloat64(a.sc.Metrics.Mutations.WithLabelValues("createTodo", "abandoned")) +
+		testutil.ToFloat64(b.sc.Metrics.Mutations.WithLabelValues("createTodo", "abandoned"))
 	if abandoned != 1 {
 		t.Errorf("mutations_total{outcome=abandoned} = %v across replicas, want 1", abandoned)
 	}
@@ -880,7 +881,7 @@ func TestRedirectsAndTyposAreLoud(t *testing.T) {
 		t.Errorf("pull of a redirected view = %d %s", pr.status, pr.raw)
 	}
 	for kind, want := range map[string]float64{"mutation": 4, "view": 1, "auth": 0} {
-		if got := testutil.ToFloat64(sc.sc.metrics.MappingErrors.WithLabelValues(kind)); got != want {
+		if got := testutil.ToFloat64(sc.sc.Metrics.MappingErrors.WithLabelValues(kind)); got != want {
 			t.Errorf("mapping_errors_total{kind=%s} = %v, want %v", kind, got, want)
 		}
 	}
@@ -970,7 +971,7 @@ func TestBookkeepingCaps(t *testing.T) {
 		t.Errorf("the kept rejections are not the newest")
 	}
 	for what, want := range map[string]float64{"clients": 1, "rejections": 3} {
-		if got := testutil.ToFloat64(sc.sc.metrics.Pruned.WithLabelValues(what)); got != want {
+		if got := testutil.ToFloat64(sc.sc.Metrics.Pruned.WithLabelValues(what)); got != want {
 			t.Errorf("bookkeeping_pruned_total{what=%s} = %v, want %v", what, got, want)
 		}
 	}
@@ -1135,8 +1136,8 @@ func TestPushBatchesLetPullsThrough(t *testing.T) {
 	if r.status != http.StatusOK {
 		t.Fatalf("pull during the push = %d %s", r.status, r.raw)
 	}
-	if during >= maxBatch*2/3 {
-		// Without the window, the pull would wait for a batch of maxBatch.
+	if during >= push.MaxBatch*2/3 {
+		// Without the window, the pull would wait for a batch of push.MaxBatch.
 		t.Errorf("the pull was answered after %d calls of the push; the push's transactions hold the lock too long", during)
 	}
 	// What the pull saw is a committed prefix: its last mutation id is

@@ -1,132 +1,16 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync/atomic"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/replicache-sidecar/replicache-sidecar/proxy/flight"
-	"github.com/replicache-sidecar/replicache-sidecar/proxy/metrics"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/proxytest"
 )
-
-// refusedRider boards a flight the test leads (its leader never reads a
-// count of routed changes, so the seal refuses every rider), as a pull of
-// alice's group g with cookie sent through the pull handler with ctx, and
-// returns the flight and a channel that yields the handler's answer once
-// it has returned.
-func refusedRider(t *testing.T, a *instance, ctx context.Context, cookie any) (*flight.Flight[pullMeta, *pullRider], <-chan *httptest.ResponseRecorder) {
-	t.Helper()
-	body, err := json.Marshal(pullBody("g", cookie))
-	if err != nil {
-		t.Fatal(err)
-	}
-	newReq := func(ctx context.Context) *http.Request {
-		r := httptest.NewRequestWithContext(ctx, http.MethodPost, "/replicache/pull", bytes.NewReader(body))
-		r.Header.Set("Content-Type", "application/json")
-		r.Header.Set("Authorization", "Bearer alice")
-		return r
-	}
-	s := a.sc.pulls
-	// The flight's key, as the pull will make it.
-	var req pullRequest
-	c, ok := s.begin(httptest.NewRecorder(), newReq(context.Background()), metrics.EndpointPull, &req, nil)
-	if !ok {
-		t.Fatal("the pull was refused before its work")
-	}
-	key := s.flightKey(req.ClientGroupID, c)
-	c.mem.Release()
-	meta := pullMeta{gen: s.hub.Generation(), changes: new(atomic.Int64)}
-	meta.changes.Store(-1)
-	f, leader, err := s.flights.Join(key, meta, nil, nil)
-	if err != nil || !leader {
-		t.Fatalf("the test does not lead the flight (leader %v, %v)", leader, err)
-	}
-	out := make(chan *httptest.ResponseRecorder, 1)
-	before := a.sc.turns.Waiting()
-	go func() {
-		w := httptest.NewRecorder()
-		s.handlePull(w, newReq(ctx))
-		out <- w
-	}()
-	proxytest.WaitFor(t, "the pull to board the flight", func() bool { return a.sc.turns.Waiting() > before })
-	return f, out
-}
-
-// TestReviewRefusedRiderLeadsItsOwnFetch: a rider the leader refuses at
-// the seal (a change was routed while it boarded) is answered once, from
-// a fetch of its own: the view as it is, under a cookie above its own.
-func TestReviewRefusedRiderLeadsItsOwnFetch(t *testing.T) {
-	t.Parallel()
-	h := newHarness(t, nil)
-	a := h.start()
-	if r := a.push(t, "alice", "g", create("c1", 1, "one")); r.status != 200 {
-		t.Fatalf("push = %d %s", r.status, r.raw)
-	}
-	r0, p0 := a.pull(t, "alice", "g", nil)
-	if r0.status != 200 {
-		t.Fatalf("pull = %d %s", r0.status, r0.raw)
-	}
-	f, out := refusedRider(t, a, context.Background(), json.RawMessage(mustJSON(t, r0.json["cookie"])))
-	if riders := (leading{f}).seal(noCount); len(riders) != 0 {
-		t.Fatalf("the seal answers %d riders from a fetch that read no count; want none", len(riders))
-	}
-	f.Land(nil)
-	w := <-out
-	var got pullResult
-	if w.Code != 200 || json.Unmarshal(w.Body.Bytes(), &got) != nil || strings.Contains(w.Body.String(), "ClientStateNotFound") {
-		t.Fatalf("the refused rider was answered %d %s; want its own pull's answer", w.Code, w.Body)
-	}
-	if got.Cookie.Order < p0.Cookie.Order {
-		t.Errorf("the refused rider's cookie order is %d, below its own %d", got.Cookie.Order, p0.Cookie.Order)
-	}
-}
-
-// TestReviewRefusedRiderWhoseClientLeft: a rider refused at the seal
-// whose client leaves as the flight lands was taken for a pull whose
-// cookie cannot grow (it has no answer, and its context had ended by the
-// time it looked): the handler warned "the group's cookie cannot grow any
-// further" and answered ClientStateNotFound, which tells a client that is
-// still there to start over. (The same switch read the rider's refusal
-// when its context had ended before the flight landed, while the leader
-// could still be writing it: a data race.) A rider whose client left
-// ends as one: nothing answered, nothing warned.
-func TestReviewRefusedRiderWhoseClientLeft(t *testing.T) {
-	t.Parallel()
-	h := newHarness(t, nil)
-	a := h.start()
-	r0, _ := a.pull(t, "alice", "g", nil)
-	if r0.status != 200 {
-		t.Fatalf("pull = %d %s", r0.status, r0.raw)
-	}
-	cookie := json.RawMessage(mustJSON(t, r0.json["cookie"]))
-	// The client leaves right after the flight lands: whether the rider
-	// looks at its context before or after that is up to the scheduler, so
-	// the case is tried a number of times (every order is correct once
-	// fixed; on the old code most end as described).
-	for i := range 20 {
-		ctx, cancel := context.WithCancel(context.Background())
-		f, out := refusedRider(t, a, ctx, cookie)
-		(leading{f}).seal(noCount)
-		f.Land(nil)
-		cancel()
-		w := <-out
-		if strings.Contains(w.Body.String(), "ClientStateNotFound") {
-			t.Fatalf("try %d: a refused rider whose client left was answered %d %s; want nothing (or its own pull's answer)", i, w.Code, w.Body)
-		}
-	}
-	if strings.Contains(h.logs.String(), "cannot grow any further") {
-		t.Error("a refused rider whose client left was logged as a cookie that cannot grow")
-	}
-}
 
 // TestReviewKeptCookieOnlyWhenNothingChanged: a pull holding the group's
 // current cookie keeps it only when nothing its client holds changed since
@@ -239,7 +123,7 @@ func TestReviewAnotherUsersPushSplitsAFlight(t *testing.T) {
 		var locked int
 		err := sc.pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
 			WHERE wait_event_type = 'Lock' AND strpos(query, $1) > 0`, h.schema).Scan(&locked)
-		return err == nil && locked > 0 || sc.sc.turns.Waiting() > 0
+		return err == nil && locked > 0 || sc.sc.Turns.Waiting() > 0
 	})
 	f.release()
 	<-f.lead
@@ -248,6 +132,3 @@ func TestReviewAnotherUsersPushSplitsAFlight(t *testing.T) {
 		t.Errorf("two pulls of alice's group, the second during the first's fetch, fetched the view %d times; want once (bob's push pokes none of alice's)", n)
 	}
 }
-
-// noCount is a leader's count of routed changes that cannot be read.
-func noCount() (int64, error) { return 0, errors.New("no count in this test") }

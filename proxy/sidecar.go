@@ -1,60 +1,51 @@
 package proxy
 
 import (
-	"cmp"
 	"context"
-	"log/slog"
 	"net/http"
 	"net/http/pprof"
 	"sync/atomic"
 	"time"
 
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/config"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/engine"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/metrics"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/pull"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/push"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/trace"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/compress"
-	"github.com/replicache-sidecar/replicache-sidecar/proxy/gate"
-	"github.com/replicache-sidecar/replicache-sidecar/proxy/lag"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/passthrough"
-	"github.com/replicache-sidecar/replicache-sidecar/proxy/plan"
-	"github.com/replicache-sidecar/replicache-sidecar/proxy/poke"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
-	"github.com/replicache-sidecar/replicache-sidecar/proxy/sse"
-	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/tracing"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/verdict"
 )
 
+// Config is every setting of the sidecar (package config reads and checks
+// them); LoadConfig reads it from the environment.
+type Config = config.Config
+
+// LoadConfig reads the configuration from environ (variable name → value),
+// loads the mapping file, and checks everything (config.Load).
+func LoadConfig(environ map[string]string) (Config, error) { return config.Load(environ) }
+
 // Options are a Sidecar's dependencies.
-type Options struct {
-	Config     Config // from LoadConfig
-	Pool       *pgxpool.Pool
-	Logger     *slog.Logger
-	Registerer prometheus.Registerer
-	// Tracer, when set, records spans: each push and pull, each mutation,
-	// each upstream call (see package tracing). Nil: trace context is only
-	// propagated.
-	Tracer trace.Tracer
-	// Version and Revision name the build: in the start-up log line and
-	// replicache_sidecar_build_info.
-	Version, Revision string
-}
+type Options = engine.Options
 
 // Sidecar serves Replicache push and pull for one legacy upstream and passes
 // every other request through to it. It is safe for concurrent use.
 type Sidecar struct {
-	*core
-	pulls       *puller
+	*engine.Core
+	pushes      *push.Engine
+	pulls       *pull.Engine
 	passthrough http.Handler
 	gzip        compress.Pool // for compressed answers
+	pokes       *pokeServer   // poke streams and the invalidate hook
 	// stopPokes ends the poke bus Run started (Shutdown calls it last).
 	stopPokes atomic.Pointer[context.CancelFunc]
 }
@@ -62,51 +53,17 @@ type Sidecar struct {
 // New builds a Sidecar. Run it (or call Migrate) before pushes and pulls
 // are served: until the schema is migrated they answer 503.
 func New(o Options) *Sidecar {
-	cfg := o.Config
-	mem := budget.New(cfg.MaxInflightBytes, budgetWait)
-	turns := gate.New(cfg.MaxConnsPerGroup, cfg.MaxWaitingPerGroup)
-	m := metrics.New(o.Registerer, cfg.Mapping.Mutators.Names(), mem, turns)
-	m.BuildInfo(cmp.Or(o.Version, "dev"), o.Revision)
-	o.Registerer.MustRegister(store.NewPoolCollector(o.Pool, metrics.Namespace))
-	report := verdict.NewReporter(m.MappingErrors, o.Logger)
-	c := &core{
-		cfg:     cfg,
-		log:     o.Logger,
-		tracer:  o.Tracer,
-		version: cmp.Or(o.Version, "dev"),
-		store: store.New(o.Pool, store.Options{
-			Schema: cfg.DBSchema, WaitTimeout: cfg.DBLockTimeout + 5*time.Second, RecordVersions: cfg.ViewRecordVersions,
-			TouchInterval: touchInterval(cfg.ClientGroupTTL), RecordCacheBytes: cmp.Or(cfg.ViewRecordCacheBytes, -1),
-			HistoryPerGroup: cfg.MaxHistoryPerGroup,
-		}),
-		parts:   NewParts(cfg, PartsOptions{Registerer: o.Registerer, Tracer: o.Tracer, Logger: o.Logger, Reporter: report}),
-		metrics: m,
-		report:  report,
-		budget:  mem,
-		turns:   turns,
-		writes:  plan.NewWrites(time.Now()),
-	}
-	c.hub = poke.NewHub(poke.Limits{Max: cfg.PokeMaxSubscribers, PerKey: poke.PerKeyLimit(cfg.PokeMaxSubscribers), Lifetime: cfg.PokeMaxLifetime, Spread: cfg.PokeSpread},
-		cfg.PokeCoalesce)
-	c.streams = sse.New(sse.Options{Heartbeat: cfg.PokeHeartbeat, WriteTimeout: c.pokeWriteTimeout(), Stop: c.hub.Done(),
-		Ended: c.streamEnded, Poked: m.Pokes.Inc})
-	c.bus = poke.NewBus(c.hub, o.Pool, cfg.DBSchema, cfg.PokeCallerInterval, o.Logger)
-	c.bus.OnMarks(func(written, deleted []string, all bool) { c.writes.Marked(written, deleted, all, time.Now()) })
-	c.lag = lag.New(m.ChangeLag.Observe)
-	c.bus.OnPokes(c.lag.Changed)
-	m.PokeSubscribers(c.hub.Count)
-	c.useMapping(cfg.Mapping)
-	return &Sidecar{
-		core:  c,
-		pulls: &puller{core: c},
-		passthrough: passthrough.New(passthrough.Options{
-			Base: cfg.Upstream, Transport: c.parts.Upstream.Passthrough, Log: o.Logger,
-			Suspended:      verdict.Suspended(c.parts.Upstream.RetryAfter()),
-			IdentityHeader: cfg.UserIDHeader, Trusted: c.parts.Identity.Trusted,
-			KeepHost: cfg.PassthroughHost == "incoming", Deny: cfg.PassthroughDeny,
-			OnWrite: newWritePokes(c).wrote,
-		}),
-	}
+	c := engine.New(o)
+	cfg := c.Cfg
+	s := &Sidecar{Core: c, pushes: push.New(c), pulls: pull.New(c), pokes: newPokeServer(c)}
+	s.passthrough = passthrough.New(passthrough.Options{
+		Base: cfg.Upstream, Transport: c.Parts.Upstream.Passthrough, Log: o.Logger,
+		Suspended:      verdict.Suspended(c.Parts.Upstream.RetryAfter()),
+		IdentityHeader: cfg.UserIDHeader, Trusted: c.Parts.Identity.Trusted,
+		KeepHost: cfg.PassthroughHost == "incoming", Deny: cfg.PassthroughDeny,
+		OnWrite: newWritePokes(c).wrote,
+	})
+	return s
 }
 
 // NewHTTPServer returns an http.Server for h with every timeout set.
@@ -135,18 +92,18 @@ func NewHTTPServer(h http.Handler, readTimeout, writeTimeout time.Duration) *htt
 // invalidate hook, and the pass-through for everything else. Every request
 // gets its trace context here, before any handler runs.
 func (s *Sidecar) Handler() http.Handler {
-	push := s.metrics.Instrument(metrics.EndpointPush, s.cors(postOnly(s.gzip.Handler(http.HandlerFunc(s.handlePush)))))
-	pull := s.metrics.Instrument(metrics.EndpointPull, s.cors(postOnly(s.gzip.Handler(http.HandlerFunc(s.pulls.handlePull)))))
-	pass := s.metrics.Instrument(metrics.EndpointProxy, s.passthrough)
-	pokes := s.metrics.Instrument(metrics.EndpointPoke, s.cors(http.HandlerFunc(s.handlePoke)))
-	invalidate := s.metrics.Instrument(metrics.EndpointInvalidate, http.HandlerFunc(s.handleInvalidate))
+	push := s.Metrics.Instrument(metrics.EndpointPush, cors(s.Cfg.CORSOrigins, postOnly(s.gzip.Handler(s.pushes))))
+	pull := s.Metrics.Instrument(metrics.EndpointPull, cors(s.Cfg.CORSOrigins, postOnly(s.gzip.Handler(s.pulls))))
+	pass := s.Metrics.Instrument(metrics.EndpointProxy, s.passthrough)
+	pokes := s.Metrics.Instrument(metrics.EndpointPoke, cors(s.Cfg.CORSOrigins, http.HandlerFunc(s.pokes.handlePoke)))
+	invalidate := s.Metrics.Instrument(metrics.EndpointInvalidate, http.HandlerFunc(s.pokes.handleInvalidate))
 	// A push may run for its time budget plus one upstream call, a pull for
 	// a few upstream calls; the answer must still get out after that.
-	writeWindow := s.cfg.PushTimeBudget + 2*s.cfg.UpstreamTimeout + 10*time.Second
+	writeWindow := s.Cfg.PushTimeBudget + 2*s.Cfg.UpstreamTimeout + 10*time.Second
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		tc := s.parts.Identity.Trace(r)
-		if s.tracer != nil {
-			ctx, span := tracing.StartServerSpan(r.Context(), s.tracer, &tc, "replicache "+s.endpointOf(r.URL.Path),
+		tc := s.Parts.Identity.Trace(r)
+		if s.Tracer != nil {
+			ctx, span := tracing.StartServerSpan(r.Context(), s.Tracer, &tc, "replicache "+s.endpointOf(r.URL.Path),
 				attribute.String("http.request.method", r.Method), attribute.String("url.path", r.URL.Path))
 			sw := &metrics.StatusWriter{ResponseWriter: w}
 			r, w = r.WithContext(ctx), sw
@@ -167,15 +124,15 @@ func (s *Sidecar) Handler() http.Handler {
 			w.Header().Set("X-Trace-ID", tc.TraceID)
 		}
 		switch r.URL.Path {
-		case s.cfg.PushPath:
+		case s.Cfg.PushPath:
 			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeWindow))
 			push.ServeHTTP(w, r)
-		case s.cfg.PullPath:
+		case s.Cfg.PullPath:
 			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeWindow))
 			pull.ServeHTTP(w, r)
-		case s.cfg.PokePath:
+		case s.Cfg.PokePath:
 			pokes.ServeHTTP(w, r) // a stream: no write window; each event has its own deadline
-		case s.cfg.InvalidatePath:
+		case s.Cfg.InvalidatePath:
 			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeWindow))
 			invalidate.ServeHTTP(w, r)
 		default:
@@ -188,13 +145,13 @@ func (s *Sidecar) Handler() http.Handler {
 // (the pass-through).
 func (s *Sidecar) endpointOf(path string) string {
 	switch path {
-	case s.cfg.PushPath:
+	case s.Cfg.PushPath:
 		return metrics.EndpointPush
-	case s.cfg.PullPath:
+	case s.Cfg.PullPath:
 		return metrics.EndpointPull
-	case s.cfg.PokePath:
+	case s.Cfg.PokePath:
 		return metrics.EndpointPoke
-	case s.cfg.InvalidatePath:
+	case s.Cfg.InvalidatePath:
 		return metrics.EndpointInvalidate
 	}
 	return metrics.EndpointProxy
@@ -217,20 +174,20 @@ func (s *Sidecar) AdminHandler(g prometheus.Gatherer) http.Handler {
 		// state is in the body and in replicache_sidecar_database_up.
 		db := "up"
 		switch {
-		case !s.migrated.Load():
+		case !s.Migrated.Load():
 			db = "schema not migrated yet"
-		case !s.dbUp.Load():
+		case !s.DBUp.Load():
 			db = "unreachable"
 		}
-		if s.draining.Load() {
+		if s.Draining.Load() {
 			problem.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": "shutting down", "database": db})
 			return
 		}
 		problem.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready", "database": db})
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /groups/{id}", s.handleInspect)
-	if s.cfg.Pprof {
+	mux.Handle("GET /groups/{id}", inspector{s.Core})
+	if s.Cfg.Pprof {
 		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
 		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)

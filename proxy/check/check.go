@@ -3,9 +3,9 @@
 // to fix in the mapping's terms. It needs no database.
 //
 // It builds its upstream parts with the server's own constructor
-// (proxy.NewParts), and reads the same verdicts the server acts on
+// (engine.NewParts), and reads the same verdicts the server acts on
 // (package verdict), so what it reports is what the server would do. It
-// imports package proxy for its Config and Parts only.
+// imports package proxy for its Config only.
 //
 // Every finding names the source or mutator, what was seen and the fix (a
 // setting or a mapping field, with its value). A problem is what would
@@ -31,6 +31,7 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
 	"github.com/replicache-sidecar/replicache-sidecar/mutators"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/engine"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/tracing"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/verdict"
 )
@@ -106,7 +107,7 @@ func millis(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 func Run(ctx context.Context, cfg proxy.Config, o Options) (*Report, error) {
 	start := time.Now()
 	// The check must see every answer: no breaker between it and them.
-	parts := proxy.NewParts(cfg, proxy.PartsOptions{Registerer: prometheus.NewRegistry(), NoBreakers: true})
+	parts := engine.NewParts(cfg, engine.PartsOptions{Registerer: prometheus.NewRegistry(), NoBreakers: true})
 	rep := &Report{Upstream: cfg.Upstream.String()}
 	// Nothing to try if nothing answers: that is "could not run".
 	conn, err := (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "tcp", hostPort(cfg.Upstream))
@@ -226,7 +227,7 @@ func (r *Report) count() {
 // checker tries the view's sources as one user.
 type checker struct {
 	cfg   proxy.Config
-	parts proxy.Parts
+	parts engine.Parts
 	user  string
 	fwd   http.Header
 }

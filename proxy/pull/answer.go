@@ -1,4 +1,4 @@
-package proxy
+package pull
 
 import (
 	"bufio"
@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/engine"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/metrics"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
 )
@@ -47,32 +48,32 @@ type pullAnswer struct {
 // writePull sends the answer and accounts for it. The body is written as it
 // is encoded: a view is never held twice, once as entries and once as the
 // answer's bytes.
-func (s *core) writePull(w http.ResponseWriter, c *exchange, ans pullAnswer) {
+func (s *Engine) writePull(w http.ResponseWriter, c *engine.Exchange, ans pullAnswer) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
 	n, ops, err := encodePullResponse(w, ans)
 	if err != nil {
-		c.log.Info("client went away while the pull was written", "error", err, "bytes", n)
+		c.Log.Info("client went away while the pull was written", "error", err, "bytes", n)
 		return
 	}
 	s.pulled(c, ans, n, ops, false)
 }
 
 // pulled accounts for an answer of n bytes and ops, written whole or
-// streamed (written while its view was read, pullstream.go).
-func (s *core) pulled(c *exchange, ans pullAnswer, n int64, ops patchCounts, streamed bool) {
-	s.metrics.PullEntries.Observe(float64(ops.put + ops.del))
-	s.metrics.PullBytes.Observe(float64(n))
+// streamed (written while its view was read, stream.go).
+func (s *Engine) pulled(c *engine.Exchange, ans pullAnswer, n int64, ops patchCounts, streamed bool) {
+	s.Metrics.PullEntries.Observe(float64(ops.put + ops.del))
+	s.Metrics.PullBytes.Observe(float64(n))
 	patch, clears := "diff", 0.0
 	if !ans.diff {
 		patch, clears = "reset", 1
 	}
-	s.metrics.PatchOps.WithLabelValues(metrics.OpClear).Observe(clears)
-	s.metrics.PatchOps.WithLabelValues(metrics.OpPut).Observe(float64(ops.put))
-	s.metrics.PatchOps.WithLabelValues(metrics.OpDel).Observe(float64(ops.del))
-	c.log.Info("pull", "entries", len(ans.entries), "patch", patch, "puts", ops.put, "dels", ops.del,
-		"clients", len(ans.lmids), "bytes", n, "cookie", ans.order, "reads", ans.reads, "streamed", streamed, "duration", time.Since(c.start))
+	s.Metrics.PatchOps.WithLabelValues(metrics.OpClear).Observe(clears)
+	s.Metrics.PatchOps.WithLabelValues(metrics.OpPut).Observe(float64(ops.put))
+	s.Metrics.PatchOps.WithLabelValues(metrics.OpDel).Observe(float64(ops.del))
+	c.Log.Info("pull", "entries", len(ans.entries), "patch", patch, "puts", ops.put, "dels", ops.del,
+		"clients", len(ans.lmids), "bytes", n, "cookie", ans.order, "reads", ans.reads, "streamed", streamed, "duration", time.Since(c.Start))
 }
 
 type patchCounts struct{ put, del int }
@@ -239,7 +240,7 @@ func (v *pullView) classify(ck store.Cookie, before store.ViewRecord, beforeOrde
 // classifyEarly is classify before the view is read: decided when the
 // cookie alone settles it (lost, or a reset whatever the view and the
 // record turn out to be), which is what lets a reset's answer go out
-// while the view is read (pullstream.go). diffMode: SIDECAR_PATCH_MODE is
+// while the view is read (stream.go). diffMode: SIDECAR_PATCH_MODE is
 // diff (classify's change is then set).
 func (v *pullView) classifyEarly(ck store.Cookie, beforeOrder int64, diffMode bool) (lost, decided bool) {
 	ours := ck.Group == v.group
@@ -272,7 +273,7 @@ func (v *pullView) complete(a pullAnswer) bool {
 // group's history; and keeps when the view's read began, for the lag of
 // the changes these pulls answer. In reset mode (no record) every pull is
 // a reset and none is recorded.
-func (s *core) notePulls(b *pullBuild) {
+func (s *Engine) notePulls(b *pullBuild) {
 	b.view.readAt, b.view.before = b.started, b.beforeOrder
 	if b.view.change == nil {
 		return
@@ -310,9 +311,9 @@ func pullNote(v *pullView, a pullAnswer) store.PullNote {
 
 // answered reports a pull answered (its body written) to the change lag:
 // it may answer a change that poked its group's stream here.
-func (s *core) answered(c *exchange, req *pullRequest, ans pullAnswer) {
+func (s *Engine) answered(c *engine.Exchange, req *pullRequest, ans pullAnswer) {
 	if ans.pullView == nil || ans.readAt.IsZero() {
 		return
 	}
-	s.lag.Answered(req.ClientGroupID, c.User, ans.before, ans.order, ans.readAt, time.Now())
+	s.Lag.Answered(req.ClientGroupID, c.User, ans.before, ans.order, ans.readAt, time.Now())
 }

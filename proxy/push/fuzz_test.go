@@ -1,4 +1,4 @@
-package proxy
+package push
 
 import (
 	"encoding/json"
@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/body"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/engine"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
 )
 
@@ -29,10 +30,10 @@ func FuzzDecodePush(f *testing.F) {
 		var req pushRequest
 		herr := body.Decode(w, r, 1<<16, nil, time.Time{}, &req)
 		if herr == nil && req.PushVersion != nil && *req.PushVersion == 1 {
-			herr = req.validate()
+			herr = req.Validate()
 			if herr == nil {
 				for _, m := range req.Mutations {
-					if m.ID < 1 || m.ClientID == "" || m.Name == "" || len(m.ClientID) > maxIDLen {
+					if m.ID < 1 || m.ClientID == "" || m.Name == "" || len(m.ClientID) > engine.MaxIDLen {
 						t.Fatalf("validated a bad mutation: %+v", m)
 					}
 				}

@@ -1,4 +1,4 @@
-package proxy
+package push
 
 import (
 	"cmp"
@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/replicache-sidecar/replicache-sidecar/mutators"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/engine"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/mapping"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/store"
@@ -39,21 +40,21 @@ type pushMutation struct {
 	Timestamp float64         `json:"timestamp"` // performance.now() on the client: not a clock
 }
 
-func (p *pushRequest) version() *int         { return p.PushVersion }
-func (p *pushRequest) clientGroupID() string { return p.ClientGroupID }
+func (p *pushRequest) Version() *int   { return p.PushVersion }
+func (p *pushRequest) GroupID() string { return p.ClientGroupID }
 
-func (p *pushRequest) validate() *problem.Error {
-	if err := validID("clientGroupID", p.ClientGroupID); err != nil {
+func (p *pushRequest) Validate() *problem.Error {
+	if err := engine.ValidID("clientGroupID", p.ClientGroupID); err != nil {
 		return err
 	}
 	for i, m := range p.Mutations {
 		if m.ID < 1 {
 			return problem.Errorf(http.StatusBadRequest, problem.BadRequest, "mutations[%d].id: %d is not a positive integer", i, m.ID)
 		}
-		if err := validID(fmt.Sprintf("mutations[%d].clientID", i), m.ClientID); err != nil {
+		if err := engine.ValidID(fmt.Sprintf("mutations[%d].clientID", i), m.ClientID); err != nil {
 			return err
 		}
-		if err := validID(fmt.Sprintf("mutations[%d].name", i), m.Name); err != nil {
+		if err := engine.ValidID(fmt.Sprintf("mutations[%d].name", i), m.Name); err != nil {
 			return err
 		}
 	}
@@ -69,12 +70,12 @@ type pushStats struct {
 	EarlyExit bool `json:"earlyExit,omitempty"`
 }
 
-// maxBatch and batchWindow bound the mutations of one client that one
-// transaction applies: a push of many mutations commits every maxBatch
+// MaxBatch and batchWindow bound the mutations of one client that one
+// transaction applies: a push of many mutations commits every MaxBatch
 // mutations, or once its transaction has been open batchWindow (a pull of
 // the group waits for its lock no longer than that and one API call).
 const (
-	maxBatch    = 64
+	MaxBatch    = 64
 	batchWindow = 20 * time.Millisecond
 )
 
@@ -97,11 +98,11 @@ type prepared struct {
 
 // prepare renders mu's call with its idempotency key. Rendering decodes the
 // args: what one mutation may cost is bounded first.
-func (s *core) prepare(mp *mapping.Mapping, mu mutators.Mutation) prepared {
-	if int64(len(mu.Args)) > s.cfg.MaxArgsBytes {
-		return prepared{mu: mu, renderErr: fmt.Errorf("args are %d bytes, more than %d (SIDECAR_MAX_ARGS_BYTES)", len(mu.Args), s.cfg.MaxArgsBytes)}
+func (s *Engine) prepare(mp *mapping.Mapping, mu mutators.Mutation) prepared {
+	if int64(len(mu.Args)) > s.Cfg.MaxArgsBytes {
+		return prepared{mu: mu, renderErr: fmt.Errorf("args are %d bytes, more than %d (SIDECAR_MAX_ARGS_BYTES)", len(mu.Args), s.Cfg.MaxArgsBytes)}
 	}
-	mu.IdempotencyKey = mutators.IdempotencyKey(s.keys.Load().current, mu)
+	mu.IdempotencyKey = mutators.IdempotencyKey(s.Keys.Load().Current, mu)
 	req, err := mp.Mutators.Render(mu)
 	return prepared{mu: mu, req: req, renderErr: err}
 }
@@ -139,7 +140,7 @@ func (e *pendingError) Error() string { return e.p.Error() }
 // applyOne processes one prepared mutation inside a batch's transaction;
 // ids are the server ids the batch knows (serverids.go), nil when the
 // mapping declares none.
-func (s *core) applyOne(ctx context.Context, c *exchange, mp *mapping.Mapping, g *store.GroupTx, p prepared, ids mutators.ServerIDs) (settled, error) {
+func (s *Engine) applyOne(ctx context.Context, c *engine.Exchange, mp *mapping.Mapping, g *store.GroupTx, p prepared, ids mutators.ServerIDs) (settled, error) {
 	mu := p.mu
 	r := settled{name: mu.Name}
 	cur, err := g.LastMutationID(ctx, mu.ClientID)
@@ -161,11 +162,11 @@ func (s *core) applyOne(ctx context.Context, c *exchange, mp *mapping.Mapping, g
 		return r, &gapError{clientID: mu.ClientID, expected: cur + 1, received: mu.ID}
 	}
 	// The client is this group's before its mutation goes anywhere.
-	if err := g.ClaimClient(ctx, mu.ClientID, s.cfg.MaxClientsPerGroup); err != nil {
+	if err := g.ClaimClient(ctx, mu.ClientID, s.Cfg.MaxClientsPerGroup); err != nil {
 		return r, err
 	}
 	p = withServerIDs(mp, p, ids)
-	keys := s.keys.Load()
+	keys := s.Keys.Load()
 	if p.req != nil {
 		if err := s.keepOldKey(ctx, g, keys, p.req, mu); err != nil {
 			return r, err
@@ -180,12 +181,12 @@ func (s *core) applyOne(ctx context.Context, c *exchange, mp *mapping.Mapping, g
 		res = mutators.Result{Outcome: mutators.Rejected, Err: p.renderErr}
 		v = verdict.Mutation(mu, res, c.Key(), 0, verdict.Others{})
 	}
-	s.report.Report(tracing.IDOf(ctx), mp.Hash, v.Report)
+	s.Report.Report(tracing.IDOf(ctx), mp.Hash, v.Report)
 	if v.Outcome == verdict.Pending && v.Cause != verdict.Unavailable {
 		// Expired credentials, or the mapping to fix: the mutation waits,
 		// untouched and not counted toward giving up.
 		if v.Cause == verdict.Credentials {
-			c.log.Info("credentials no longer accepted; push stopped", "mutator", mu.Name, "mutation_id", mu.ID,
+			c.Log.Info("credentials no longer accepted; push stopped", "mutator", mu.Name, "mutation_id", mu.ID,
 				"outcome", verdict.LabelTransient, "recheck", false)
 		}
 		r.pending = &pendingError{p: v.Problem, counted: true}
@@ -207,20 +208,20 @@ func (s *core) applyOne(ctx context.Context, c *exchange, mp *mapping.Mapping, g
 			return r, nil
 		}
 		v = verdict.Abandoned(v)
-		c.log.Warn("mutation abandoned", "client", mu.ClientID, "mutation_id", mu.ID, "mutator", mu.Name,
+		c.Log.Warn("mutation abandoned", "client", mu.ClientID, "mutation_id", mu.ID, "mutator", mu.Name,
 			"outcome", verdict.LabelAbandoned, "status", res.Status, "attempts", attempts.Count, "over", attempts.Span)
 		res = mutators.Result{Outcome: mutators.Rejected, Status: res.Status, Body: res.Body,
 			Err: fmt.Errorf("gave up after %d attempts over %s", attempts.Count, roundSpan(attempts.Span))}
 	}
 	r.label, r.lmid = v.Label, mu.ID
-	settle := store.Settlement{ClientID: mu.ClientID, MutationID: mu.ID, Outcome: store.Applied, KeySecret: keys.currentFP,
+	settle := store.Settlement{ClientID: mu.ClientID, MutationID: mu.ID, Outcome: store.Applied, KeySecret: keys.CurrentFP,
 		Status: res.Status, Mutator: mu.Name, GaveUp: v.Label == verdict.LabelAbandoned}
 	switch v.Label {
 	case verdict.LabelApplied:
-		c.log.Debug("mutation applied", "mutator", mu.Name, "mutation_id", mu.ID, "outcome", v.Label, "status", res.Status)
+		c.Log.Debug("mutation applied", "mutator", mu.Name, "mutation_id", mu.ID, "outcome", v.Label, "status", res.Status)
 		recordServerID(c, g, p, res, ids)
 	case verdict.LabelRejected:
-		c.log.Info("mutation rejected", "mutator", mu.Name, "mutation_id", mu.ID, "outcome", v.Label, "status", res.Status, "cause", res.Cause())
+		c.Log.Info("mutation rejected", "mutator", mu.Name, "mutation_id", mu.ID, "outcome", v.Label, "status", res.Status, "cause", res.Cause())
 		fallthrough
 	default: // rejected or abandoned: consumed, with its rejection record
 		settle.Outcome, settle.Status, settle.Mutator, settle.Reason, settle.Body = store.Rejected, res.Status, mu.Name, res.Cause(), res.Body
@@ -236,7 +237,7 @@ func (s *core) applyOne(ctx context.Context, c *exchange, mp *mapping.Mapping, g
 // (SIDECAR_IDEMPOTENCY_SECRET_PREVIOUS), the previous secret's for one
 // that may have been sent in a batch whose commit was lost. A retry must
 // carry the key of the call that went out, or the API applies it twice.
-func (s *core) keepOldKey(ctx context.Context, g *store.GroupTx, keys *keySecrets, req *mutators.Request, mu mutators.Mutation) error {
+func (s *Engine) keepOldKey(ctx context.Context, g *store.GroupTx, keys *engine.KeySecrets, req *mutators.Request, mu mutators.Mutation) error {
 	legacyThrough, err := g.LegacyKeysThrough(ctx, mu.ClientID)
 	if err != nil {
 		return err
@@ -247,17 +248,17 @@ func (s *core) keepOldKey(ctx context.Context, g *store.GroupTx, keys *keySecret
 		req.IdempotencyKey = mutators.LegacyIdempotencyKey(mu)
 		return nil
 	}
-	if keys.previous == nil {
+	if keys.Previous == nil {
 		return nil
 	}
 	// At most maxBatch mutations of a client go out in one transaction
 	// before its commit.
-	previousThrough, err := g.PreviousKeysThrough(ctx, mu.ClientID, keys.currentFP, maxBatch)
+	previousThrough, err := g.PreviousKeysThrough(ctx, mu.ClientID, keys.CurrentFP, MaxBatch)
 	if err != nil {
 		return err
 	}
 	if mu.ID <= previousThrough {
-		req.IdempotencyKey = mutators.IdempotencyKey(keys.previous, mu)
+		req.IdempotencyKey = mutators.IdempotencyKey(keys.Previous, mu)
 	}
 	return nil
 }
@@ -265,25 +266,25 @@ func (s *core) keepOldKey(ctx context.Context, g *store.GroupTx, keys *keySecret
 // send makes one mutation's call, admitted by the mutation breaker, in a
 // span of its own when tracing, and judges the answer: the breaker counts
 // the verdict's evidence.
-func (s *core) send(ctx context.Context, c *exchange, req *mutators.Request, mu mutators.Mutation) (mutators.Result, verdict.Verdict) {
-	ticket, err := s.parts.Upstream.Mutation.Admit()
+func (s *Engine) send(ctx context.Context, c *engine.Exchange, req *mutators.Request, mu mutators.Mutation) (mutators.Result, verdict.Verdict) {
+	ticket, err := s.Parts.Upstream.Mutation.Admit()
 	if err != nil {
 		res := mutators.Result{Outcome: mutators.Transient, Err: err}
-		return res, verdict.Mutation(mu, res, c.Key(), s.parts.Upstream.RetryAfter(), verdict.Others{})
+		return res, verdict.Mutation(mu, res, c.Key(), s.Parts.Upstream.RetryAfter(), verdict.Others{})
 	}
 	var span trace.Span
-	if s.tracer != nil {
-		ctx, span = s.tracer.Start(ctx, "mutation "+mu.Name, trace.WithAttributes(
+	if s.Tracer != nil {
+		ctx, span = s.Tracer.Start(ctx, "mutation "+mu.Name, trace.WithAttributes(
 			attribute.String("replicache.client_group", mu.ClientGroupID), attribute.String("replicache.mutator", mu.Name),
 			attribute.String("replicache.client", mu.ClientID), attribute.Int64("replicache.mutation_id", mu.ID)))
 		defer span.End()
 	}
-	res := s.parts.Sender.Do(upstream.WithTicket(ctx, ticket), req, c.Forward)
+	res := s.Parts.Sender.Do(upstream.WithTicket(ctx, ticket), req, c.Forward)
 	// Marked once answered, so after the API applied it: a pull whose read
 	// started before then reads the source again (see package plan).
-	s.markWrite(req.Method, req.PathQuery)
-	healthy, same := s.parts.Upstream.Witness.Others(res.Status, c.Key())
-	v := verdict.Mutation(mu, res, c.Key(), s.parts.Upstream.RetryAfter(), verdict.Others{Healthy: healthy, SameStatus: same})
+	s.MarkWrite(req.Method, req.PathQuery)
+	healthy, same := s.Parts.Upstream.Witness.Others(res.Status, c.Key())
+	v := verdict.Mutation(mu, res, c.Key(), s.Parts.Upstream.RetryAfter(), verdict.Others{Healthy: healthy, SameStatus: same})
 	ticket.Done(v.Evidence)
 	if span != nil {
 		span.SetAttributes(attribute.String("replicache.outcome", res.Outcome.String()))
@@ -295,8 +296,8 @@ func (s *core) send(ctx context.Context, c *exchange, req *mutators.Request, mu 
 		}
 	}
 	if res.Outcome == mutators.Transient {
-		c.log.Warn("mutation not applied; push stopped", "mutator", mu.Name, "mutation_id", mu.ID,
-			"outcome", verdict.LabelTransient, "cause", res.Cause(), "detail", errDetail(res.Err))
+		c.Log.Warn("mutation not applied; push stopped", "mutator", mu.Name, "mutation_id", mu.ID,
+			"outcome", verdict.LabelTransient, "cause", res.Cause(), "detail", engine.ErrDetail(res.Err))
 	}
 	return res, v
 }
@@ -306,15 +307,15 @@ func (s *core) send(ctx context.Context, c *exchange, req *mutators.Request, mu 
 // 401 when they no longer do (or now name someone else), the auth
 // endpoint's own failure when it cannot tell, and nil when they stand or
 // when identity does not come from the auth endpoint.
-func (s *core) recheckCredentials(ctx context.Context, c *exchange, mu mutators.Mutation) *pendingError {
-	if !s.parts.Identity.AsksAPI() || c.ViaHeader || c.credentialsRechecked {
+func (s *Engine) recheckCredentials(ctx context.Context, c *engine.Exchange, mu mutators.Mutation) *pendingError {
+	if !s.Parts.Identity.AsksAPI() || c.ViaHeader || c.CredentialsRechecked {
 		return nil
 	}
-	c.credentialsRechecked = true
-	user, v := s.parts.Identity.Ask(ctx, c.Forward, c.Key())
+	c.CredentialsRechecked = true
+	user, v := s.Parts.Identity.Ask(ctx, c.Forward, c.Key())
 	switch {
 	case v.Cause == verdict.Credentials, v.Problem == nil && user != c.User:
-		c.log.Info("credentials no longer accepted; push stopped", "mutator", mu.Name, "mutation_id", mu.ID,
+		c.Log.Info("credentials no longer accepted; push stopped", "mutator", mu.Name, "mutation_id", mu.ID,
 			"outcome", verdict.LabelTransient, "recheck", true)
 		return &pendingError{counted: true, p: &problem.Error{Status: http.StatusUnauthorized, Code: problem.Unauthorized,
 			Detail: map[string]any{"mutator": mu.Name, "clientID": mu.ClientID, "mutationID": mu.ID},
@@ -333,17 +334,17 @@ func (s *core) recheckCredentials(ctx context.Context, c *exchange, mu mutators.
 // (connection error, timeout, open breaker) records nothing; an answer
 // that does not count is recorded for operators but never leads to giving
 // up, so an outage never makes the sidecar give up, however long it lasts.
-func (s *core) settleAttempt(ctx context.Context, g *store.GroupTx, mu mutators.Mutation, res mutators.Result, v verdict.Verdict) (store.Attempts, bool, error) {
+func (s *Engine) settleAttempt(ctx context.Context, g *store.GroupTx, mu mutators.Mutation, res mutators.Result, v verdict.Verdict) (store.Attempts, bool, error) {
 	if res.Status == 0 || res.Status < 400 {
 		return store.Attempts{}, false, nil // no answer, or a redirect (a mapping error)
 	}
-	counts := v.GiveUp && s.cfg.GiveUpAttempts > 0
+	counts := v.GiveUp && s.Cfg.GiveUpAttempts > 0
 	a, err := g.Settle(ctx, store.Settlement{ClientID: mu.ClientID, MutationID: mu.ID, Outcome: store.Pending,
 		Status: res.Status, Mutator: mu.Name, Counts: counts})
 	if err != nil {
 		return store.Attempts{}, false, err
 	}
-	return a, counts && a.Count >= s.cfg.GiveUpAttempts && a.Span >= s.cfg.GiveUpAfter, nil
+	return a, counts && a.Count >= s.Cfg.GiveUpAttempts && a.Span >= s.Cfg.GiveUpAfter, nil
 }
 
 // roundSpan shortens a duration for a rejection's reason.
@@ -408,14 +409,14 @@ func withServerIDs(mp *mapping.Mapping, p prepared, ids mutators.ServerIDs) prep
 // create answers the same id and records nothing more; a different id for
 // a temporary id already recorded (the id used twice) is logged and kept
 // out.
-func recordServerID(c *exchange, g *store.GroupTx, p prepared, res mutators.Result, ids mutators.ServerIDs) {
+func recordServerID(c *engine.Exchange, g *store.GroupTx, p prepared, res mutators.Result, ids mutators.ServerIDs) {
 	if ids == nil || p.req == nil || p.req.TempID == "" || res.ServerID == "" {
 		return // no serverID, or none to record: the verdict reported why
 	}
 	temp := p.req.TempID
 	switch prev, ok := ids[temp]; {
 	case ok && prev != res.ServerID:
-		c.log.Warn("temporary id already recorded for another server id; the first stands",
+		c.Log.Warn("temporary id already recorded for another server id; the first stands",
 			"mutator", p.mu.Name, "mutation_id", p.mu.ID, "temp_id", temp, "server_id", string(prev), "answered", string(res.ServerID))
 	case !ok:
 		ids[temp] = res.ServerID

@@ -1,4 +1,4 @@
-package proxy
+package pull
 
 import (
 	"context"
@@ -16,6 +16,7 @@ import (
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/engine"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/flight"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/mapping"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/metrics"
@@ -38,11 +39,11 @@ type pullRequest struct {
 	exhausted bool         // the cookie's order cannot be exceeded (validate)
 }
 
-func (p *pullRequest) version() *int         { return p.PullVersion }
-func (p *pullRequest) clientGroupID() string { return p.ClientGroupID }
+func (p *pullRequest) Version() *int   { return p.PullVersion }
+func (p *pullRequest) GroupID() string { return p.ClientGroupID }
 
-func (p *pullRequest) validate() *problem.Error {
-	if herr := validID("clientGroupID", p.ClientGroupID); herr != nil {
+func (p *pullRequest) Validate() *problem.Error {
+	if herr := engine.ValidID("clientGroupID", p.ClientGroupID); herr != nil {
 		return herr
 	}
 	cookie, err := store.ParseCookie(p.Cookie)
@@ -57,31 +58,31 @@ func (p *pullRequest) validate() *problem.Error {
 	return nil
 }
 
-// A pull: begin (same-site JSON, serving, the view breaker not open, who
+// ServeHTTP serves a pull: Begin (same-site JSON, serving, the view breaker not open, who
 // is calling, the bounded body) → join a running fetch of the same group,
 // user and credentials, or lead one (pull) → holding the group's lock: read
 // every client's last mutation id, fetch the view (every page of every
 // source, or nothing), seal the flight, compare the view with the group's
 // record, issue every merged pull's cookie with the record's change in one
 // round trip (pullLocked, pullBuild) → answer each pull after the commit:
-// a diff from its cookie's version, or a reset (pullanswer.go).
-func (s *puller) handlePull(w http.ResponseWriter, r *http.Request) {
+// a diff from its cookie's version, or a reset (answer.go).
+func (s *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var req pullRequest
-	c, ok := s.begin(w, r, metrics.EndpointPull, &req, s.parts.Upstream.View)
+	c, ok := s.Begin(w, r, metrics.EndpointPull, &req, s.Parts.Upstream.View)
 	if !ok {
 		return
 	}
-	defer c.mem.Release()
+	defer c.Mem.Release()
 	if req.exhausted {
-		c.log.Warn("pull with a cookie that cannot grow any further; the client starts over")
+		c.Log.Warn("pull with a cookie that cannot grow any further; the client starts over")
 		problem.WriteClientStateNotFound(w)
 		return
 	}
 	ctx := r.Context()
-	if s.tracer != nil { // the view pages' spans name the group
+	if s.Tracer != nil { // the view pages' spans name the group
 		ctx = upstream.WithSpanAttributes(ctx, attribute.String("replicache.client_group", req.ClientGroupID))
 	}
-	st := &pullStream{w: w, c: c, after: s.streamAfter, pool: &s.chunks}
+	st := &pullStream{w: w, c: c, after: s.StreamAfter, pool: &s.chunks}
 	if st.after == 0 {
 		st.after = streamAfterBytes
 	}
@@ -95,7 +96,7 @@ func (s *puller) handlePull(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if ans.lost {
-		c.log.Warn("pull with a cookie this group was issued by another database, or by this one in a history it no longer has (recreated, or restored from a backup); the client starts over",
+		c.Log.Warn("pull with a cookie this group was issued by another database, or by this one in a history it no longer has (recreated, or restored from a backup); the client starts over",
 			"cookie_db", req.cookie.Epoch, "db", ans.epoch, "cookie_order", req.cookie.Order, "cookie_version", req.cookie.Version)
 		problem.WriteClientStateNotFound(w)
 		return
@@ -103,7 +104,7 @@ func (s *puller) handlePull(w http.ResponseWriter, r *http.Request) {
 	// A slow reader of the answer holds the view's bytes: the budget may
 	// pre-empt them (package budget), which cuts the connection.
 	rc := http.NewResponseController(w)
-	done := c.mem.Interruptible(func() { _ = rc.SetWriteDeadline(time.Unix(1, 0)) })
+	done := c.Mem.Interruptible(func() { _ = rc.SetWriteDeadline(time.Unix(1, 0)) })
 	s.writePull(w, c, ans)
 	done()
 	s.answered(c, &req, ans)
@@ -112,32 +113,32 @@ func (s *puller) handlePull(w http.ResponseWriter, r *http.Request) {
 // failPull answers a pull that could not be built: the view's verdict
 // (the upstream suspended or failing, a source that does not fit, the
 // budget), or the bookkeeping's failure.
-func (s *puller) failPull(w http.ResponseWriter, c *exchange, err error, groupID string) {
+func (s *Engine) failPull(w http.ResponseWriter, c *engine.Exchange, err error, groupID string) {
 	if errors.Is(err, store.ErrCookieExhausted) {
-		c.log.Warn("the group's cookie cannot grow any further; the client starts over")
+		c.Log.Warn("the group's cookie cannot grow any further; the client starts over")
 		problem.WriteClientStateNotFound(w)
 		return
 	}
-	v, ok := verdict.View(err, "", s.parts.Upstream.RetryAfter())
+	v, ok := verdict.View(err, "", s.Parts.Upstream.RetryAfter())
 	if !ok {
-		s.failStore(w, c, err, groupID)
+		s.FailStore(w, c, err, groupID)
 		return
 	}
-	s.report.Report(w.Header().Get("X-Trace-ID"), s.mapping().Hash, v.Report)
+	s.Report.Report(w.Header().Get("X-Trace-ID"), s.Mapping().Hash, v.Report)
 	if v.BadResponse {
-		s.parts.Upstream.View.BadResponse()
+		s.Parts.Upstream.View.BadResponse()
 	}
-	s.fail(w, c, v.Problem)
+	s.Fail(w, c, v.Problem)
 }
 
 // endStream ends an answer that went out while its view was read
-// (pullstream.go): with its cookie once the pull committed, else broken
+// (stream.go): with its cookie once the pull committed, else broken
 // off, the failure logged and counted as failPull would answer it.
-func (s *puller) endStream(c *exchange, st *pullStream, req *pullRequest, ans pullAnswer, err error) {
+func (s *Engine) endStream(c *engine.Exchange, st *pullStream, req *pullRequest, ans pullAnswer, err error) {
 	if err == nil {
 		n, err := st.finish(ans)
 		if err != nil {
-			c.log.Info("client went away while the pull was written", "error", err, "bytes", n)
+			c.Log.Info("client went away while the pull was written", "error", err, "bytes", n)
 			return
 		}
 		s.pulled(c, ans, n, patchCounts{put: st.puts}, true)
@@ -146,10 +147,10 @@ func (s *puller) endStream(c *exchange, st *pullStream, req *pullRequest, ans pu
 	}
 	st.abort()
 	if werr := st.err(); werr != nil && !errors.Is(werr, errBrokenOff) {
-		c.log.Info("client went away while the pull was written", "error", werr, "bytes", st.out.written)
+		c.Log.Info("client went away while the pull was written", "error", werr, "bytes", st.out.written)
 		return
 	}
-	c.log.Warn("pull answer broken off: the view could not be read whole once its answer had started, so the client keeps the view it had and pulls again; nothing was committed",
+	c.Log.Warn("pull answer broken off: the view could not be read whole once its answer had started, so the client keeps the view it had and pulls again; nothing was committed",
 		"error", err, "bytes", st.out.written)
 	s.failPull(discardWriter{}, c, err, req.ClientGroupID)
 }
@@ -162,18 +163,22 @@ func (discardWriter) Header() http.Header         { return http.Header{} }
 func (discardWriter) Write(p []byte) (int, error) { return len(p), nil }
 func (discardWriter) WriteHeader(int)             {}
 
-// puller is the pull engine: the shared core, and the fetches running in
+// Engine is the pull engine: the shared core, and the fetches running in
 // this process that other pulls may join.
-type puller struct {
-	*core
+type Engine struct {
+	*engine.Core
 	flights flight.Group[pullMeta, *pullRider]
 	shared  sharedViews  // the shared sources' last reads
 	chunks  sync.Pool    // of streamed answers' pieces (*[]byte)
 	counts  flight.Reads // riders' reads of the count of routed changes, shared
-	// streamAfter: a reset answer starts going out once its view has
-	// brought this many bytes (0: streamAfterBytes; tests set less).
-	streamAfter int64
+	// StreamAfter: a reset answer starts going out once its view has
+	// brought this many bytes (0: streamAfterBytes). Tests set less, before
+	// the engine serves.
+	StreamAfter int64
 }
+
+// New returns the pull engine of c.
+func New(c *engine.Core) *Engine { return &Engine{Core: c} }
 
 // pullMeta describes a running fetch, for the pulls that may join it
 // (package flight). A fetch may be conditional (pages answered 304 bring
@@ -227,15 +232,15 @@ type pullRider struct {
 // leads its own.
 //
 // st is the pull's answer: a leader whose answer is a reset may start it
-// while the view is read (pullstream.go); a rider never does.
-func (s *puller) pull(ctx context.Context, c *exchange, req *pullRequest, st *pullStream) (pullAnswer, error) {
+// while the view is read (stream.go); a rider never does.
+func (s *Engine) pull(ctx context.Context, c *engine.Exchange, req *pullRequest, st *pullStream) (pullAnswer, error) {
 	key := s.flightKey(req.ClientGroupID, c)
 	for tries := 0; ; tries++ {
 		// A pull refused by a flight (a change was routed after its fetch
 		// began) tries once more to ride, on a fetch begun after that
 		// change: the pulls the change caused then share one fetch
 		// again, instead of each leading its own in turn.
-		gen := s.hub.Generation()
+		gen := s.Hub.Generation()
 		rider := &pullRider{cookie: req.cookie}
 		rider.changes.Store(-1)
 		meta := pullMeta{base: req.cookie, gen: gen, changes: new(atomic.Int64)}
@@ -247,7 +252,7 @@ func (s *puller) pull(ctx context.Context, c *exchange, req *pullRequest, st *pu
 			}
 			// A rider waits for its group within a bound of its own
 			// (gate.RidersPerWaiting × SIDECAR_MAX_WAITING_PER_GROUP).
-			done, err := s.turns.Ride(req.ClientGroupID)
+			done, err := s.Turns.Ride(req.ClientGroupID)
 			stopRiding = done
 			return err == nil, err
 		})
@@ -257,7 +262,7 @@ func (s *puller) pull(ctx context.Context, c *exchange, req *pullRequest, st *pu
 		if !leader {
 			// The count of routed changes, read after boarding: a change
 			// this pull was poked for moved it before (pull's comment).
-			if n, err := s.counts.Read(ctx, s.store.ChangeCount); err == nil {
+			if n, err := s.counts.Read(ctx, s.Store.ChangeCount); err == nil {
 				rider.changes.Store(n)
 			}
 			err := f.Wait(ctx)
@@ -275,11 +280,11 @@ func (s *puller) pull(ctx context.Context, c *exchange, req *pullRequest, st *pu
 			case rider.ans.order == 0 && !rider.ans.lost:
 				return pullAnswer{}, store.ErrCookieExhausted
 			}
-			s.metrics.PullsMerged.Inc()
+			s.Metrics.PullsMerged.Inc()
 			return rider.ans, nil
 		}
 		// A crowded group's wave of pulls gathers on this fetch.
-		if w := gatherWindow(s.lag.Streams(req.ClientGroupID, c.User), s.cfg.PokeSpread); w > 0 {
+		if w := gatherWindow(s.Lag.Streams(req.ClientGroupID, c.User), s.Cfg.PokeSpread); w > 0 {
 			t := time.NewTimer(w)
 			select {
 			case <-t.C:
@@ -352,12 +357,12 @@ func (l leading) seal(count func() (int64, error)) []*pullRider {
 
 // flightKey: pulls may share a fetch only with the same client group, user
 // and forwarded credentials (a token's scope may narrow what the API shows).
-func (s *puller) flightKey(groupID string, c *exchange) string {
+func (s *Engine) flightKey(groupID string, c *engine.Exchange) string {
 	var b strings.Builder
 	b.WriteString(groupID)
 	b.WriteByte(0)
 	b.WriteString(c.User)
-	for _, name := range s.cfg.ForwardHeaders {
+	for _, name := range s.Cfg.ForwardHeaders {
 		for _, v := range c.Forward.Values(name) {
 			b.WriteByte(0)
 			b.WriteString(v)
@@ -375,14 +380,14 @@ func (s *puller) flightKey(groupID string, c *exchange) string {
 // answer is a reset whatever is read, st may start it during the fetch
 // (fl.alone seals the flight if no pull joined it); it is then this pull's
 // alone, and not committed once broken off.
-func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, fl leading, st *pullStream) (pullAnswer, error) {
-	mp := s.mapping()
+func (s *Engine) pullLocked(ctx context.Context, c *engine.Exchange, req *pullRequest, fl leading, st *pullStream) (pullAnswer, error) {
+	mp := s.Mapping()
 	view := &pullView{}
 	var ans pullAnswer
 	heldAnew := false
-	err := s.locked(ctx, req.ClientGroupID, c.User, "", func(g *store.GroupTx) error {
+	err := s.Locked(ctx, req.ClientGroupID, c.User, "", func(g *store.GroupTx) error {
 		var err error
-		if s.cfg.MaxViewRecordsPerUser > 0 {
+		if s.Cfg.MaxViewRecordsPerUser > 0 {
 			// The record counts toward its caller's cap: the user (who
 			// owns the group), else the address.
 			g.HoldRecord(c.Key())
@@ -395,7 +400,7 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 		b := &pullBuild{s: s, c: c, g: g, req: req, view: view, mapping: mp, seal: fl.seal,
 			before: before, beforeOrder: beforeOrder, started: time.Now()}
 		var memos map[clientview.PageKey]*clientview.PageMemo
-		if s.cfg.PatchMode == "diff" {
+		if s.Cfg.PatchMode == "diff" {
 			// Conditional GETs, delta reads and skipped sources only when this
 			// pull (and so every pull that may join it: same cookie) holds the
 			// record's current version: a page answered 304, or a source not
@@ -413,7 +418,7 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 				return err
 			}
 			b.plan = plan.Decide(plan.Input{Sources: mp.Sources, View: mp.View, States: b.states, Current: current,
-				Writes: s.writes, Marks: b.marks, Now: b.started})
+				Writes: s.Writes, Marks: b.marks, Now: b.started})
 		}
 		// Read with the source states in diff mode: no round trip of its own.
 		changes, err := g.ChangeCount(ctx)
@@ -424,7 +429,7 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 		// A reset's answer may go out while the view is read (with no
 		// memos: only a pull holding the current version has them, and
 		// it gets a diff).
-		lost, decided := view.classifyEarly(req.cookie, beforeOrder, s.cfg.PatchMode == "diff")
+		lost, decided := view.classifyEarly(req.cookie, beforeOrder, s.Cfg.PatchMode == "diff")
 		if st != nil && decided && !lost && store.CookieCanGrow(req.cookie.Order, beforeOrder) {
 			st.allow(view, fl.alone)
 			b.stream = st
@@ -439,7 +444,7 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 			}
 			// What the remembered pages stood for was not enough (or did not
 			// fit): fetch everything in full, once.
-			c.log.Info("fetching the client view again without conditional requests", "group", req.ClientGroupID)
+			c.Log.Info("fetching the client view again without conditional requests", "group", req.ClientGroupID)
 			memos = nil
 		}
 		if err := b.stream.err(); err != nil {
@@ -474,7 +479,7 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 		return nil
 	})
 	if err == nil && view.change != nil {
-		s.metrics.RecordBytes.Observe(float64(view.change.Bytes))
+		s.Metrics.RecordBytes.Observe(float64(view.change.Bytes))
 	}
 	if err == nil && heldAnew {
 		s.evictRecords(ctx, c)
@@ -488,14 +493,14 @@ func (s *puller) pullLocked(ctx context.Context, c *exchange, req *pullRequest, 
 // answers its next pull with a reset). It runs after the pull's commit,
 // each eviction holding only its victim's lock. A failure is logged, never
 // the pull's answer: the sweep enforces the cap too.
-func (s *puller) evictRecords(ctx context.Context, c *exchange) {
-	ev, err := s.store.EvictRecords(ctx, c.Key(), s.cfg.MaxViewRecordsPerUser)
-	s.metrics.RecordEvictions.Add(float64(ev.Records))
+func (s *Engine) evictRecords(ctx context.Context, c *engine.Exchange) {
+	ev, err := s.Store.EvictRecords(ctx, c.Key(), s.Cfg.MaxViewRecordsPerUser)
+	s.Metrics.RecordEvictions.Add(float64(ev.Records))
 	switch {
 	case err != nil:
-		c.log.Warn("evicting view records beyond SIDECAR_MAX_VIEW_RECORDS_PER_USER failed; the sweep will", "error", err, "evicted", ev.Records)
+		c.Log.Warn("evicting view records beyond SIDECAR_MAX_VIEW_RECORDS_PER_USER failed; the sweep will", "error", err, "evicted", ev.Records)
 	case ev.Records > 0:
-		c.log.Info("evicted the view records of the caller's least recently used client groups (SIDECAR_MAX_VIEW_RECORDS_PER_USER)",
+		c.Log.Info("evicted the view records of the caller's least recently used client groups (SIDECAR_MAX_VIEW_RECORDS_PER_USER)",
 			"evicted", ev.Records, "bytes", ev.Bytes)
 	}
 }
@@ -503,8 +508,8 @@ func (s *puller) evictRecords(ctx context.Context, c *exchange) {
 // pullBuild is one pull's view, built under the group's lock: what it
 // needs, and what it works out for every pull answered from it.
 type pullBuild struct {
-	s           *puller
-	c           *exchange
+	s           *Engine
+	c           *engine.Exchange
 	g           *store.GroupTx
 	req         *pullRequest
 	view        *pullView
@@ -573,8 +578,8 @@ func (b *pullBuild) run(ctx context.Context, memos map[clientview.PageKey]*clien
 	// cancels the fetch. The pulls riding on this one share its fetch and
 	// its lease, and get the same 503: they retry, each then its own.
 	fctx, cancel := context.WithCancelCause(ctx)
-	done := c.mem.Interruptible(func() { cancel(budget.ErrPreempted) })
-	res, err := s.fetch(fctx, b.mapping, c.Key(), clientview.Request{UserID: c.User, Header: c.Forward, Memory: c.mem, Memos: memos,
+	done := c.Mem.Interruptible(func() { cancel(budget.ErrPreempted) })
+	res, err := s.fetch(fctx, b.mapping, c.Key(), clientview.Request{UserID: c.User, Header: c.Forward, Memory: c.Mem, Memos: memos,
 		Plans: plans, Pages: b.sink()})
 	if err == nil {
 		res, err = b.withShared(fctx, res)
@@ -582,7 +587,7 @@ func (b *pullBuild) run(ctx context.Context, memos map[clientview.PageKey]*clien
 	done()
 	cancel(nil)
 	if err != nil {
-		if perr := c.mem.Err(); perr != nil {
+		if perr := c.Mem.Err(); perr != nil {
 			return false, perr // whatever the cancelled fetch reported
 		}
 		var se *clientview.SourceError
@@ -598,7 +603,7 @@ func (b *pullBuild) run(ctx context.Context, memos map[clientview.PageKey]*clien
 		}
 	}
 	b.riders = b.seal(func() (int64, error) { return b.g.ChangeCountNow(ctx) })
-	if s.cfg.ExposeRejections {
+	if s.Cfg.ExposeRejections {
 		n := len(view.entries)
 		if view.entries, err = s.addRejections(ctx, b.g, view.entries); err != nil {
 			return false, err
@@ -617,7 +622,7 @@ func (b *pullBuild) run(ctx context.Context, memos map[clientview.PageKey]*clien
 		versions[i] = ck.Version
 	}
 	b.read = res
-	if s.cfg.PatchMode == "diff" {
+	if s.Cfg.PatchMode == "diff" {
 		if view.change, err = b.compare(ctx, versions); err != nil {
 			return false, err
 		}

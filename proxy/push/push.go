@@ -1,4 +1,4 @@
-package proxy
+package push
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/replicache-sidecar/replicache-sidecar/mutators"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/engine"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/mapping"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/metrics"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/problem"
@@ -14,19 +15,29 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/verdict"
 )
 
-// A push: begin (same-site JSON, serving, who is calling, the bounded
+// Engine is the push engine: it serves pushes, applying each mutation
+// through the upstream call its mapping names. It is safe for concurrent
+// use.
+type Engine struct {
+	*engine.Core
+}
+
+// New returns the push engine of c.
+func New(c *engine.Core) *Engine { return &Engine{Core: c} }
+
+// ServeHTTP serves a push: Begin (same-site JSON, serving, who is calling, the bounded
 // body) → ownership of the group and of every client checked before
 // anything is applied → the mutations in order, a client's consecutive
 // ones in one transaction holding the group's lock (applyBatch), each one
 // prepared, sent, judged and settled (mutation.go) → rejection records
 // trimmed → the clients that may see the effects poked → the counts.
-func (s *core) handlePush(w http.ResponseWriter, r *http.Request) {
+func (s *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var req pushRequest
-	c, ok := s.begin(w, r, metrics.EndpointPush, &req, nil)
+	c, ok := s.Begin(w, r, metrics.EndpointPush, &req, nil)
 	if !ok {
 		return
 	}
-	defer c.mem.Release()
+	defer c.Mem.Release()
 	ctx := r.Context()
 	// Check ownership of the group and of every client before applying
 	// anything, and learn the last mutation ids so retried mutations are
@@ -41,23 +52,23 @@ func (s *core) handlePush(w http.ResponseWriter, r *http.Request) {
 			clientIDs = append(clientIDs, m.ClientID)
 		}
 	}
-	if len(clientIDs) > s.cfg.MaxClientsPerPush {
-		s.fail(w, c, problem.Errorf(http.StatusBadRequest, problem.TooManyClients,
+	if len(clientIDs) > s.Cfg.MaxClientsPerPush {
+		s.Fail(w, c, problem.Errorf(http.StatusBadRequest, problem.TooManyClients,
 			"a push may carry the mutations of at most %d clients (SIDECAR_MAX_CLIENTS_PER_PUSH); this one has %d",
-			s.cfg.MaxClientsPerPush, len(clientIDs)))
+			s.Cfg.MaxClientsPerPush, len(clientIDs)))
 		return
 	}
 	known := map[string]int64{}
 	if len(clientIDs) != 1 {
 		pruned := 0
-		err := s.locked(ctx, req.ClientGroupID, c.User, "", func(g *store.GroupTx) error {
+		err := s.Locked(ctx, req.ClientGroupID, c.User, "", func(g *store.GroupTx) error {
 			var err error
-			known, err = g.CheckClients(ctx, clientIDs, s.cfg.MaxClientsPerGroup)
+			known, err = g.CheckClients(ctx, clientIDs, s.Cfg.MaxClientsPerGroup)
 			pruned = g.PrunedClients
 			return err
 		})
 		if err != nil {
-			s.failStore(w, c, err, req.ClientGroupID)
+			s.FailStore(w, c, err, req.ClientGroupID)
 			return
 		}
 		s.countPruned(c, pruned) // committed
@@ -67,7 +78,7 @@ func (s *core) handlePush(w http.ResponseWriter, r *http.Request) {
 	// pre-empt it for a caller holding less. The call in progress is never
 	// cut (an answered call is always recorded); the push then starts
 	// nothing new and answers an early exit.
-	done := c.mem.Interruptible(func() {})
+	done := c.Mem.Interruptible(func() {})
 	stats, err := s.applyAll(ctx, c, req, known)
 	done()
 	if stats.Rejected > 0 {
@@ -76,24 +87,24 @@ func (s *core) handlePush(w http.ResponseWriter, r *http.Request) {
 	if stats.Applied+stats.Rejected > 0 {
 		// Effects (or a rejection the clients should see): every client
 		// that may see them pulls now, this one included.
-		s.pokeFor(c.log, metrics.PokeFromPush, c.Caller)
+		s.PokeFor(c.Log, metrics.PokeFromPush, c.Caller)
 	}
 	if err != nil {
 		var gap *gapError
 		var pend *pendingError
 		switch {
 		case errors.As(err, &pend):
-			s.fail(w, c, pend.p)
+			s.Fail(w, c, pend.p)
 		case errors.As(err, &gap):
-			s.fail(w, c, &problem.Error{Status: http.StatusBadRequest, Code: problem.MutationIDGap, Message: gap.Error(),
+			s.Fail(w, c, &problem.Error{Status: http.StatusBadRequest, Code: problem.MutationIDGap, Message: gap.Error(),
 				Detail: map[string]any{"clientID": gap.clientID, "expected": gap.expected, "received": gap.received}})
 		default:
-			s.failStore(w, c, err, req.ClientGroupID)
+			s.FailStore(w, c, err, req.ClientGroupID)
 		}
 		return
 	}
-	c.log.Info("push", "mutations", len(req.Mutations), "applied", stats.Applied, "rejected", stats.Rejected,
-		"duplicate", stats.Duplicate, "pending", stats.Pending, "duration", time.Since(c.start))
+	c.Log.Info("push", "mutations", len(req.Mutations), "applied", stats.Applied, "rejected", stats.Rejected,
+		"duplicate", stats.Duplicate, "pending", stats.Pending, "duration", time.Since(c.Start))
 	problem.WriteJSON(w, http.StatusOK, stats)
 }
 
@@ -102,8 +113,8 @@ func (s *core) handlePush(w http.ResponseWriter, r *http.Request) {
 // returned), the time budget runs out or the sidecar drains (early exit),
 // or all are done. known holds the last mutation ids learnt so far, by
 // client.
-func (s *core) applyAll(ctx context.Context, c *exchange, req pushRequest, known map[string]int64) (pushStats, error) {
-	mp := s.mapping() // one mapping for the whole push, even across a reload
+func (s *Engine) applyAll(ctx context.Context, c *engine.Exchange, req pushRequest, known map[string]int64) (pushStats, error) {
+	mp := s.Mapping() // one mapping for the whole push, even across a reload
 	var stats pushStats
 	for i := 0; i < len(req.Mutations); {
 		m := req.Mutations[i]
@@ -113,7 +124,7 @@ func (s *core) applyAll(ctx context.Context, c *exchange, req pushRequest, known
 			i++
 			continue
 		}
-		if time.Since(c.start) >= s.cfg.PushTimeBudget || s.draining.Load() || c.mem.Err() != nil {
+		if time.Since(c.Start) >= s.Cfg.PushTimeBudget || s.Draining.Load() || c.Mem.Err() != nil {
 			// Early exit (time budget, shutting down, pre-empted): what is committed
 			// stays committed; the client pushes the rest next time.
 			stats.EarlyExit, stats.Pending = true, len(req.Mutations)-i
@@ -126,7 +137,7 @@ func (s *core) applyAll(ctx context.Context, c *exchange, req pushRequest, known
 		// in ascending order: prepared before the lock, applied in one
 		// transaction (applyBatch may commit fewer).
 		var batch []prepared
-		for j := i; j < len(req.Mutations) && len(batch) < maxBatch; j++ {
+		for j := i; j < len(req.Mutations) && len(batch) < MaxBatch; j++ {
 			mj := req.Mutations[j]
 			if mj.ClientID != m.ClientID || mj.ID <= known[m.ClientID] || (j > i && mj.ID <= req.Mutations[j-1].ID) {
 				break
@@ -181,10 +192,10 @@ func (s *core) applyAll(ctx context.Context, c *exchange, req pushRequest, known
 // it honours the key, applies it exactly once; the last mutation id never
 // goes back. From the upstream call on, the work is detached from the
 // client's cancellation so an answered call is always recorded.
-func (s *core) applyBatch(ctx context.Context, c *exchange, mp *mapping.Mapping, muts []prepared) (done []settled, stop, err error) {
+func (s *Engine) applyBatch(ctx context.Context, c *engine.Exchange, mp *mapping.Mapping, muts []prepared) (done []settled, stop, err error) {
 	first := muts[0].mu
 	pruned := 0
-	err = s.locked(ctx, first.ClientGroupID, first.UserID, first.ClientID, func(g *store.GroupTx) error {
+	err = s.Locked(ctx, first.ClientGroupID, first.UserID, first.ClientID, func(g *store.GroupTx) error {
 		opened := time.Now()
 		done, stop = done[:0], nil
 		ids, err := loadServerIDs(ctx, mp, g, muts)
@@ -192,8 +203,8 @@ func (s *core) applyBatch(ctx context.Context, c *exchange, mp *mapping.Mapping,
 			return err
 		}
 		for i, p := range muts {
-			if i > 0 && (time.Since(opened) >= batchWindow || time.Since(c.start) >= s.cfg.PushTimeBudget ||
-				s.draining.Load() || ctx.Err() != nil || c.mem.Err() != nil) {
+			if i > 0 && (time.Since(opened) >= batchWindow || time.Since(c.Start) >= s.Cfg.PushTimeBudget ||
+				s.Draining.Load() || ctx.Err() != nil || c.Mem.Err() != nil) {
 				return nil // the rest goes in the next transaction, if any
 			}
 			r, err := s.applyOne(ctx, c, mp, g, p, ids)
@@ -232,36 +243,36 @@ func (s *core) applyBatch(ctx context.Context, c *exchange, mp *mapping.Mapping,
 
 // countPruned reports the idle clients a transaction pruned to make room
 // under SIDECAR_MAX_CLIENTS_PER_GROUP.
-func (s *core) countPruned(c *exchange, pruned int) {
+func (s *Engine) countPruned(c *engine.Exchange, pruned int) {
 	if pruned > 0 {
-		s.metrics.Pruned.WithLabelValues(metrics.PrunedClients).Add(float64(pruned))
-		c.log.Info("pruned idle clients to stay under SIDECAR_MAX_CLIENTS_PER_GROUP", "pruned", pruned)
+		s.Metrics.Pruned.WithLabelValues(metrics.PrunedClients).Add(float64(pruned))
+		c.Log.Info("pruned idle clients to stay under SIDECAR_MAX_CLIENTS_PER_GROUP", "pruned", pruned)
 	}
 }
 
 // trimRejections keeps the group's rejection records within
 // SIDECAR_MAX_REJECTIONS_PER_GROUP and SIDECAR_REJECTION_TTL once a push
 // that recorded some ends. A failure is logged, never the push's answer.
-func (s *core) trimRejections(ctx context.Context, c *exchange, groupID string) {
+func (s *Engine) trimRejections(ctx context.Context, c *engine.Exchange, groupID string) {
 	var deleted int64
 	dctx := context.WithoutCancel(ctx)
-	err := s.locked(dctx, groupID, c.User, "", func(g *store.GroupTx) error {
+	err := s.Locked(dctx, groupID, c.User, "", func(g *store.GroupTx) error {
 		var err error
-		deleted, err = g.TrimRejections(dctx, s.cfg.MaxRejectionsPerGroup, s.cfg.RejectionTTL)
+		deleted, err = g.TrimRejections(dctx, s.Cfg.MaxRejectionsPerGroup, s.Cfg.RejectionTTL)
 		return err
 	})
 	switch {
 	case err != nil:
-		c.log.Warn("trimming rejection records failed", "error", err)
+		c.Log.Warn("trimming rejection records failed", "error", err)
 	case deleted > 0:
-		s.metrics.Pruned.WithLabelValues(metrics.PrunedRejections).Add(float64(deleted))
-		c.log.Info("trimmed rejection records to SIDECAR_MAX_REJECTIONS_PER_GROUP and SIDECAR_REJECTION_TTL", "deleted", deleted)
+		s.Metrics.Pruned.WithLabelValues(metrics.PrunedRejections).Add(float64(deleted))
+		c.Log.Info("trimmed rejection records to SIDECAR_MAX_REJECTIONS_PER_GROUP and SIDECAR_REJECTION_TTL", "deleted", deleted)
 	}
 }
 
-func (s *core) countMutation(mp *mapping.Mapping, name, label string) {
+func (s *Engine) countMutation(mp *mapping.Mapping, name, label string) {
 	if !mp.Mutators.Has(name) {
 		name = metrics.UnmappedMutator
 	}
-	s.metrics.Mutations.WithLabelValues(name, label).Inc()
+	s.Metrics.Mutations.WithLabelValues(name, label).Inc()
 }

@@ -1,4 +1,4 @@
-package proxy
+package pull
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/engine"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/flight"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/mapping"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/metrics"
@@ -30,8 +31,8 @@ import (
 // addRejections appends an entry per recent rejection of the group's
 // clients, under the reserved prefix, so the app can say why a change was
 // dropped (SIDECAR_EXPOSE_REJECTIONS).
-func (s *core) addRejections(ctx context.Context, g *store.GroupTx, entries []clientview.Entry) ([]clientview.Entry, error) {
-	rs, err := g.RecentRejections(ctx, s.cfg.RejectionTTL)
+func (s *Engine) addRejections(ctx context.Context, g *store.GroupTx, entries []clientview.Entry) ([]clientview.Entry, error) {
+	rs, err := g.RecentRejections(ctx, s.Cfg.RejectionTTL)
 	if err != nil {
 		return nil, err
 	}
@@ -74,7 +75,7 @@ func pageMemos(stored []store.ViewPage) map[clientview.PageKey]*clientview.PageM
 //
 // Only the pages of sources read in full are weighed: what is remembered of
 // a source read by its changes, or not at all, stays.
-func (s *core) pageWrites(stored []store.ViewPage, fetched []clientview.PageResult, reads []clientview.SourceResult) *store.PageWrites {
+func (s *Engine) pageWrites(stored []store.ViewPage, fetched []clientview.PageResult, reads []clientview.SourceResult) *store.PageWrites {
 	full := make(map[string]bool, len(reads))
 	for _, r := range reads {
 		full[r.Source] = r.Mode == clientview.Full
@@ -90,7 +91,7 @@ func (s *core) pageWrites(stored []store.ViewPage, fetched []clientview.PageResu
 			if p.NotModified {
 				result = metrics.ConditionalHit
 			}
-			s.metrics.Conditional.WithLabelValues(result).Inc()
+			s.Metrics.Conditional.WithLabelValues(result).Inc()
 		}
 		k := store.PageKey{Source: p.Source, Page: p.Page}
 		prev, had := old[k]
@@ -135,7 +136,7 @@ func (b *pullBuild) compare(ctx context.Context, versions []int64) (*store.ViewC
 	for _, r := range b.read.Sources {
 		read.Deleted = append(read.Deleted, r.Deleted...)
 	}
-	return b.g.CompareRead(ctx, read, versions, func(n int64) error { return b.c.mem.Grow(ctx, n) })
+	return b.g.CompareRead(ctx, read, versions, func(n int64) error { return b.c.Mem.Grow(ctx, n) })
 }
 
 // unconfirmed returns the sources whose full read may have dropped a key
@@ -184,7 +185,7 @@ func (b *pullBuild) confirm(ctx context.Context, first clientview.Result, again 
 	// Interruptible as the first read was (run): the budget may pre-empt
 	// it for a caller holding less while it waits on the upstream.
 	fctx, cancel := context.WithCancelCause(ctx)
-	done := c.mem.Interruptible(func() { cancel(budget.ErrPreempted) })
+	done := c.Mem.Interruptible(func() { cancel(budget.ErrPreempted) })
 	// Which source the first read had each key under: a streamed answer
 	// has sent the first read's values, and is not sent what the merge
 	// below keeps from the first read (an item that moved to another
@@ -200,7 +201,7 @@ func (b *pullBuild) confirm(ctx context.Context, first clientview.Result, again 
 	second, seconds, err := b.readAgain(fctx, plans, again, owner)
 	done()
 	cancel(nil)
-	if perr := c.mem.Err(); err != nil && perr != nil {
+	if perr := c.Mem.Err(); err != nil && perr != nil {
 		return first, perr // whatever the cancelled read reported
 	}
 	if err != nil {
@@ -253,7 +254,7 @@ func (b *pullBuild) confirm(ctx context.Context, first clientview.Result, again 
 	first.Entries = merged
 	b.view.entries = append(merged[:len(merged):len(merged)], added...)
 	b.read = first
-	b.c.log.Info("a full read would delete entries of a source whose pages may skip an item; read it again to confirm",
+	b.c.Log.Info("a full read would delete entries of a source whose pages may skip an item; read it again to confirm",
 		"sources", len(again))
 	return first, nil
 }
@@ -267,7 +268,7 @@ func (b *pullBuild) readAgain(ctx context.Context, plans map[string]clientview.P
 	if st := b.sink(); st != nil {
 		sink = secondSink{st, owner}
 	}
-	second, err := b.s.fetch(ctx, b.mapping, c.Key(), clientview.Request{UserID: c.User, Header: c.Forward, Memory: c.mem, Plans: plans,
+	second, err := b.s.fetch(ctx, b.mapping, c.Key(), clientview.Request{UserID: c.User, Header: c.Forward, Memory: c.Mem, Plans: plans,
 		Pages: sink})
 	if err != nil {
 		return second, nil, err
@@ -281,7 +282,7 @@ func (b *pullBuild) readAgain(ctx context.Context, plans map[string]clientview.P
 	}
 	for _, info := range b.mapping.Sources {
 		if held := b.sharedReads[info.ID]; again[info.ID] && info.Shared && held != nil {
-			r, err := b.s.shared.get(ctx, b.s.core, info, b.marks[plan.Key(info.Path)], c.RequestID, held)
+			r, err := b.s.shared.get(ctx, b.s, info, b.marks[plan.Key(info.Path)], c.RequestID, held)
 			if err != nil {
 				return second, nil, err
 			}
@@ -298,7 +299,7 @@ func (b *pullBuild) readAgain(ctx context.Context, plans map[string]clientview.P
 // countReads counts what reads asked of the API, and reports a source
 // whose API ignores its changes filter (at most once a minute per source).
 // c is the pull that read them (nil: a shared source's read).
-func (s *core) countReads(c *exchange, reads []clientview.SourceResult) {
+func (s *Engine) countReads(c *engine.Exchange, reads []clientview.SourceResult) {
 	for _, r := range reads {
 		if r.Mode == clientview.Skip {
 			continue
@@ -307,15 +308,15 @@ func (s *core) countReads(c *exchange, reads []clientview.SourceResult) {
 		if r.Mode == clientview.Delta {
 			read = metrics.ReadDelta
 		}
-		s.metrics.ViewReads.WithLabelValues(r.Path, read).Add(float64(r.Requests))
-		s.metrics.ViewReadBytes.WithLabelValues(r.Path, read).Add(float64(r.Bytes))
+		s.Metrics.ViewReads.WithLabelValues(r.Path, read).Add(float64(r.Requests))
+		s.Metrics.ViewReadBytes.WithLabelValues(r.Path, read).Add(float64(r.Bytes))
 		if r.FilterIgnored {
-			s.metrics.FilterIgnored.WithLabelValues(r.Path).Inc()
-			log := s.log
+			s.Metrics.FilterIgnored.WithLabelValues(r.Path).Inc()
+			log := s.Log
 			if c != nil {
-				log = c.log
+				log = c.Log
 			}
-			if s.once.due("filter\x00"+r.Path, time.Minute) {
+			if s.Once.Due("filter\x00"+r.Path, time.Minute) {
 				log.Warn("the API ignored a view source's changes filter: items older than the bound asked for came back, so every read of it costs a full one; check the source's changes.param or changes.query (replicache-sidecar check tries it)",
 					"source", r.Path, "bound", r.Sent)
 			}
@@ -346,12 +347,12 @@ type sharedRead struct {
 // the one the caller holds (to confirm a deletion: a second read, still
 // without any user's credentials). marked is the database's last write
 // under the source, by every replica.
-func (sv *sharedViews) get(ctx context.Context, s *core, info clientview.SourceInfo, marked store.SourceMark, requestID string, again *sharedRead) (*sharedRead, error) {
+func (sv *sharedViews) get(ctx context.Context, s *Engine, info clientview.SourceInfo, marked store.SourceMark, requestID string, again *sharedRead) (*sharedRead, error) {
 	now := time.Now()
 	sv.mu.Lock()
 	r := sv.reads[info.ID]
 	sv.mu.Unlock()
-	write, _ := s.writes.Seen(info.Path, marked)
+	write, _ := s.Writes.Seen(info.Path, marked)
 	if r != nil && (again == nil && now.Sub(r.at) < info.MaxAge && !write.After(r.at) || again != nil && r.at.After(again.at)) {
 		return r, nil
 	}
@@ -374,7 +375,7 @@ func (sv *sharedViews) get(ctx context.Context, s *core, info clientview.SourceI
 	// The read is every waiting pull's, not only this one's: it is not
 	// cut short when this pull is (its client left, the budget pre-empted
 	// it); the upstream timeout bounds it.
-	res, err := s.parts.Fetcher.FetchResult(upstream.WithCaller(context.WithoutCancel(ctx), "shared:"+info.ID), info.View, clientview.Request{Header: hdr})
+	res, err := s.Parts.Fetcher.FetchResult(upstream.WithCaller(context.WithoutCancel(ctx), "shared:"+info.ID), info.View, clientview.Request{Header: hdr})
 	if err == nil {
 		r = &sharedRead{entries: res.Entries, result: res.Sources[0], at: started}
 		sv.mu.Lock()
@@ -398,7 +399,7 @@ func (b *pullBuild) withShared(ctx context.Context, res clientview.Result) (clie
 		if !info.Shared || b.plan.Plans[info.ID].Mode == clientview.Skip {
 			continue
 		}
-		r, err := b.s.shared.get(ctx, b.s.core, info, b.marks[plan.Key(info.Path)], b.c.RequestID, nil)
+		r, err := b.s.shared.get(ctx, b.s, info, b.marks[plan.Key(info.Path)], b.c.RequestID, nil)
 		if err != nil {
 			return res, err
 		}
@@ -466,12 +467,12 @@ func (s secondSink) own(source string, es []clientview.Entry) []clientview.Entry
 // fetch reads the view, admitted by the view breaker as one unit of work
 // (every page of every source: half-open, the trial is the whole fetch),
 // and reports the verdict's evidence, from source (the caller).
-func (s *puller) fetch(ctx context.Context, m *mapping.Mapping, source string, r clientview.Request) (clientview.Result, error) {
-	ticket, err := s.parts.Upstream.View.Admit()
+func (s *Engine) fetch(ctx context.Context, m *mapping.Mapping, source string, r clientview.Request) (clientview.Result, error) {
+	ticket, err := s.Parts.Upstream.View.Admit()
 	if err != nil {
 		return clientview.Result{}, err
 	}
-	res, err := s.parts.Fetcher.FetchResult(upstream.WithCaller(upstream.WithTicket(ctx, ticket), source), m.View, r)
+	res, err := s.Parts.Fetcher.FetchResult(upstream.WithCaller(upstream.WithTicket(ctx, ticket), source), m.View, r)
 	if err == nil {
 		ticket.Done(upstream.Evidence{Health: upstream.Healthy})
 		return res, nil

@@ -1,4 +1,4 @@
-package proxy
+package pull
 
 import (
 	"errors"
@@ -8,6 +8,7 @@ import (
 
 	"github.com/replicache-sidecar/replicache-sidecar/clientview"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/budget"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/engine"
 )
 
 // A reset answer goes out while its view is read. A reset does not depend
@@ -71,7 +72,7 @@ const (
 // a time, from the fetch's goroutines, and pullBuild's between fetches.
 type pullStream struct {
 	w     http.ResponseWriter
-	c     *exchange
+	c     *engine.Exchange
 	after int64      // streamAfterBytes, or a test's
 	pool  *sync.Pool // of chunks (*[]byte)
 
@@ -184,7 +185,7 @@ func (st *pullStream) start() bool {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
-	st.out = &answerWriter{w: w, mem: st.c.mem, pool: st.pool, wake: make(chan struct{}, 1), done: make(chan struct{}),
+	st.out = &answerWriter{w: w, mem: st.c.Mem, pool: st.pool, wake: make(chan struct{}, 1), done: make(chan struct{}),
 		drained: make(chan struct{}, 1), patience: streamPatience}
 	go st.out.run()
 	st.cur = st.chunk()
@@ -238,7 +239,7 @@ func (st *pullStream) finish(ans pullAnswer) (written int64, err error) {
 		return st.out.written, err
 	}
 	rc := http.NewResponseController(st.w)
-	done := st.c.mem.Interruptible(func() { _ = rc.SetWriteDeadline(time.Unix(1, 0)) })
+	done := st.c.Mem.Interruptible(func() { _ = rc.SetWriteDeadline(time.Unix(1, 0)) })
 	st.out.close()
 	done()
 	return st.out.written, st.out.failure()
@@ -251,7 +252,7 @@ func (st *pullStream) finish(ans pullAnswer) (written int64, err error) {
 func (st *pullStream) abort() {
 	st.out.fail(errBrokenOff)
 	if err := http.NewResponseController(st.w).SetWriteDeadline(time.Unix(1, 0)); err != nil {
-		st.c.log.Warn("cannot cut the connection of a pull answer broken off", "error", err)
+		st.c.Log.Warn("cannot cut the connection of a pull answer broken off", "error", err)
 	}
 	st.out.close()
 }

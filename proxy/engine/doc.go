@@ -1,0 +1,34 @@
+// Package engine is what the push and pull engines share: the process's
+// state (Core: the configuration, the bookkeeping store, the upstream
+// parts, the metrics, the budgets, the client groups' turns, the poke bus,
+// the writes seen under each view source and the current mapping), and
+// the preamble every push and pull goes through before its own work
+// (Core.Begin, which yields an Exchange; Fail and FailStore answer a
+// refusal).
+//
+// # Contract
+//
+//   - New builds a Core and touches nothing; Migrate applies the schema's
+//     migrations and loads the idempotency keys, and only then do pushes
+//     and pulls get past Begin (before: 503 SIDECAR_STARTING).
+//   - A Core is safe for concurrent use. Its fields are set by New and
+//     never replaced, except the atomic ones (the idempotency keys, the
+//     serving flags) and the mapping (UseMapping), which package proxy's
+//     lifecycle moves; a request keeps the mapping it began with.
+//   - Begin decides, in this order and from the headers alone until the
+//     last step: a cross-site page's request is refused, a draining or
+//     unmigrated sidecar refuses, an open breaker of the kind the request
+//     needs refuses, the caller is identified (identity.Edge), and only
+//     then is the body read, bounded and charged to the caller's lease of
+//     the budget. The Exchange's Mem is released by the engine when done.
+//   - Locked is the only way an engine holds a client group: a turn in
+//     this process (gate) first, then the group's row lock (store).
+//   - MarkWrite and PokeFor are how a routed write reaches the pulls it
+//     concerns, in every replica: the write's view sources are marked,
+//     the count of routed changes moves (NoteChange), then the poke.
+//
+// Package proxy builds the Core and gives it to the engines, package push
+// and package pull, and to its own handlers (poke streams, the invalidate
+// hook, the pass-through's pokes). engine imports nothing of proxy, push
+// or pull, and neither engine imports the other.
+package engine
