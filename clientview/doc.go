@@ -3,7 +3,8 @@
 // source is a path whose answer (following its pagination) holds items, and
 // each item becomes one entry, keyed by a template over its fields. It
 // imports nothing of the sidecar's but its JSON walker, clientview/jsonwalk;
-// package proxy is its user.
+// the sidecar's pull engine (proxy/pull, through the Fetcher proxy/engine
+// builds) and proxy/check are its users.
 //
 // # Contract
 //

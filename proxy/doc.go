@@ -59,13 +59,14 @@
 // for the group's turn in gate and holding its row lock in store
 // (Core.Locked), each is rendered again if it names a temporary id the
 // group has recorded a server id for, sent (upstream, admitted by the
-// mutation breaker), judged (verdict.Mutation: applied, consumed as
-// rejected, or pending, and whether the answer is evidence that the API
-// is down or counts toward giving up) and settled in the same
-// transaction, with the server id an applied create's answer holds. →
-// engine: the writes' view sources are marked (plan), the count of routed
-// changes moves, and the clients that may see the effects are poked
-// (poke, in every replica) → push answers its counts.
+// mutation breaker; once answered, the write's view sources are marked:
+// engine.Core.MarkWrite, plan), judged (verdict.Mutation: applied,
+// consumed as rejected, or pending, and whether the answer is evidence
+// that the API is down or counts toward giving up) and settled in the
+// same transaction, with the server id an applied create's answer holds
+// (the settlement moves the count of routed changes). → the clients that
+// may see the effects are poked (engine.Core.PokeFor: poke, in every
+// replica) → push answers its counts.
 //
 // # A pull
 //

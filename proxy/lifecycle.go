@@ -158,7 +158,7 @@ func (s *Sidecar) closePokes() { s.Hub.Close() }
 // sidecar's database) until ctx ends.
 func (s *Sidecar) runPokes(ctx context.Context) { s.Bus.Run(ctx) }
 
-// watchDatabase asks the sidecar's database every dbProbeEvery seconds,
+// watchDatabase asks the sidecar's database every engine.DBProbeEvery seconds,
 // once the schema is migrated, whether it answers (and holds this binary's
 // schema, not contracted past it), until ctx ends: the
 // answer is replicache_sidecar_database_up, and while it is no, pushes and

@@ -175,7 +175,8 @@ func (s *Core) Locked(ctx context.Context, groupID, userID, clientID string, fn 
 	return s.Store.Locked(ctx, groupID, userID, fn)
 }
 
-// DBProbeEvery is how often watchDatabase asks the database, in seconds
+// DBProbeEvery is how often package proxy's watchDatabase asks the
+// database, in seconds
 // (also the Retry-After of pushes and pulls refused while it is away).
 const DBProbeEvery = 2
 
@@ -203,7 +204,7 @@ func (s *Core) Drain() { s.Draining.Store(true) }
 // Parts are what talks to the upstream: one client per kind of call (each
 // with its breaker), the mutation sender, the view fetcher and the identity
 // edge. The server and `replicache-sidecar check` build them with
-// Config.Parts, so the two cannot drift apart.
+// NewParts, so the two cannot drift apart.
 type Parts struct {
 	Upstream *upstream.Upstream
 	Sender   *mutators.Client
@@ -221,7 +222,7 @@ type PartsOptions struct {
 	NoBreakers bool
 }
 
-// Parts builds the upstream parts c describes.
+// NewParts builds the upstream parts c describes.
 func NewParts(c config.Config, o PartsOptions) Parts {
 	bs := upstream.BreakerSettings{Failures: c.BreakerFailures, OpenTimeout: c.BreakerOpenTimeout, HalfOpenRequests: c.BreakerHalfOpenRequests}
 	if o.NoBreakers {
@@ -249,6 +250,8 @@ type LogOnce struct {
 	last map[string]time.Time
 }
 
+// Due reports whether the line keyed by key is due, and if so notes it
+// said now.
 func (l *LogOnce) Due(key string, every time.Duration) bool {
 	now := time.Now()
 	l.mu.Lock()

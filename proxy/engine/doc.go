@@ -8,9 +8,10 @@
 //
 // # Contract
 //
-//   - New builds a Core and touches nothing; Migrate applies the schema's
-//     migrations and loads the idempotency keys, and only then do pushes
-//     and pulls get past Begin (before: 503 SIDECAR_STARTING).
+//   - New builds a Core and registers its metrics; it touches no database
+//     and starts nothing. Migrate applies the schema's migrations and loads
+//     the idempotency keys, and only then do pushes and pulls get past
+//     Begin (before: 503 SIDECAR_STARTING).
 //   - A Core is safe for concurrent use. Its fields are set by New and
 //     never replaced, except the atomic ones (the idempotency keys, the
 //     serving flags) and the mapping (UseMapping), which package proxy's
@@ -23,9 +24,12 @@
 //     the budget. The Exchange's Mem is released by the engine when done.
 //   - Locked is the only way an engine holds a client group: a turn in
 //     this process (gate) first, then the group's row lock (store).
-//   - MarkWrite and PokeFor are how a routed write reaches the pulls it
-//     concerns, in every replica: the write's view sources are marked,
-//     the count of routed changes moves (NoteChange), then the poke.
+//   - A routed write reaches the pulls it concerns, in every replica, in
+//     this order: once the API answered it, its view sources are marked
+//     (MarkWrite); the count of routed changes moves (a push's mutation
+//     with its settlement, in store; any other write by NoteChange, which
+//     its caller calls first); then the poke (PokeFor, PokeForAt, Notify),
+//     which moves nothing itself.
 //
 // Package proxy builds the Core and gives it to the engines, package push
 // and package pull, and to its own handlers (poke streams, the invalidate

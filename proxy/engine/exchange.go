@@ -121,6 +121,9 @@ func (s *Core) Begin(w http.ResponseWriter, r *http.Request, endpoint string, re
 // short, and they end up in the database and in logs.
 const MaxIDLen = 512
 
+// ValidID checks an id the client chose (a client group, a client, a
+// mutator name) before it reaches the database, a log or a header: field
+// names it in the 400 answer.
 func ValidID(field, v string) *problem.Error {
 	switch {
 	case v == "":

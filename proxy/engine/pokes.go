@@ -35,7 +35,7 @@ func (s *Core) NoteChange() {
 // PokeFor pokes, in every replica, whom a write by c concerns under
 // SIDECAR_POKE_SCOPE, paced by c's key: one caller's pokes go out at most
 // once per SIDECAR_POKE_CALLER_INTERVAL, merged, and none is lost. ok is
-// false when nobody is to be poked (see pokeUsers).
+// false when nobody is to be poked (see PokeUsers).
 func (s *Core) PokeFor(log *slog.Logger, source string, c identity.Caller) (ok bool) {
 	return s.PokeForAt(log, source, c, time.Now())
 }

@@ -22,8 +22,9 @@
 //   - A cookie only grows, and an answer is never older than any change
 //     routed before the pull began: a rider is answered from the leader's
 //     fetch only when the count of routed changes proves it (leading.seal).
-//   - A pull whose client left is dropped; a rider whose client left ends
-//     as one, answered nothing.
+//   - A leader whose client left still fetches and commits (riders may
+//     wait for it), and its answer goes nowhere; a rider whose client left
+//     ends as one, answered nothing.
 //
 // Engine is safe for concurrent use; StreamAfter is set before it serves.
 package pull

@@ -177,7 +177,8 @@ type Engine struct {
 	StreamAfter int64
 }
 
-// New returns the pull engine of c.
+// New returns the pull engine of c. A sidecar has one: the running fetches
+// pulls merge on, and the shared sources' last reads, are the engine's.
 func New(c *engine.Core) *Engine { return &Engine{Core: c} }
 
 // pullMeta describes a running fetch, for the pulls that may join it

@@ -138,7 +138,7 @@ type pendingError struct {
 func (e *pendingError) Error() string { return e.p.Error() }
 
 // applyOne processes one prepared mutation inside a batch's transaction;
-// ids are the server ids the batch knows (serverids.go), nil when the
+// ids are the server ids the batch knows (loadServerIDs), nil when the
 // mapping declares none.
 func (s *Engine) applyOne(ctx context.Context, c *engine.Exchange, mp *mapping.Mapping, g *store.GroupTx, p prepared, ids mutators.ServerIDs) (settled, error) {
 	mu := p.mu
@@ -251,7 +251,7 @@ func (s *Engine) keepOldKey(ctx context.Context, g *store.GroupTx, keys *engine.
 	if keys.Previous == nil {
 		return nil
 	}
-	// At most maxBatch mutations of a client go out in one transaction
+	// At most MaxBatch mutations of a client go out in one transaction
 	// before its commit.
 	previousThrough, err := g.PreviousKeysThrough(ctx, mu.ClientID, keys.CurrentFP, MaxBatch)
 	if err != nil {

@@ -183,7 +183,7 @@ func (s *Engine) applyAll(ctx context.Context, c *engine.Exchange, req pushReque
 // it (applyOne). It stops at the first mutation that must wait (returned
 // as stop, after the commit of those before it), after batchWindow, or
 // when the push's time budget runs out; the caller passes at most
-// maxBatch. done lists what was committed.
+// MaxBatch. done lists what was committed.
 //
 // The upstream calls happen inside the transaction and have effects outside
 // it: if the commit is lost (a crash, a failed COMMIT, a database error

@@ -5,9 +5,8 @@
 // pending mutations (for the give-up valve), the ids the API chose for
 // what clients created under temporary ids, who holds which view record
 // (for its cap), and each group's recent history (for operators). It
-// imports pgx and nothing of the sidecar's; the handlers in package proxy
-// are its only
-// users.
+// imports pgx and nothing of the sidecar's; the engines (proxy/engine,
+// proxy/push, proxy/pull) and package proxy's handlers are its only users.
 //
 // # Contract
 //
