@@ -71,7 +71,7 @@ func TestCircuitBreaker(t *testing.T) {
 	if l := h.lmid(t, sc.pool, "c"); l != 0 {
 		t.Errorf("lastMutationID = %d while the breaker is open; nothing may advance", l)
 	}
-	if v := testutil.ToFloat64(sc.sc.Metrics.Mutations.WithLabelValues("createTodo", "transient")); v != 4 {
+	if v := testutil.ToFloat64(sc.sc.core.Metrics.Mutations.WithLabelValues("createTodo", "transient")); v != 4 {
 		t.Errorf("transient createTodo outcomes = %v, want 4 (3 failures and 1 refused by the breaker)", v)
 	}
 	// A client re-sending what was already applied is still acknowledged.
@@ -166,7 +166,7 @@ func BenchmarkBreakerOpenPush(b *testing.B) {
 	b.StopTimer()
 	h.up.SetFault(nil)
 	proxytest.WaitFor(b, "the breakers' open timeout", func() bool {
-		return !sc.sc.Parts.Upstream.Mutation.Suspended() && !sc.sc.Parts.Upstream.View.Suspended()
+		return !sc.sc.core.Parts.Upstream.Mutation.Suspended() && !sc.sc.core.Parts.Upstream.View.Suspended()
 	})
 	for i := 0; i < b.N; i++ {
 		t0 := time.Now()
@@ -285,7 +285,7 @@ func BenchmarkWritePathDownPush(b *testing.B) {
 	for range 5 {
 		sc.push(b, "alice", "g", create("c", 1, "a"))
 	}
-	if !sc.sc.Parts.Upstream.Mutation.Suspended() {
+	if !sc.sc.core.Parts.Upstream.Mutation.Suspended() {
 		b.Fatal("the mutation breaker did not open")
 	}
 	var push, pull time.Duration
@@ -422,7 +422,7 @@ func TestBreakerRecoversQuickly(t *testing.T) {
 	for i := range 5 {
 		sc.push(t, "alice", fmt.Sprint("g", i), create(fmt.Sprint("c", i), 1, "x"))
 	}
-	if !sc.sc.Parts.Upstream.Mutation.Suspended() {
+	if !sc.sc.core.Parts.Upstream.Mutation.Suspended() {
 		t.Fatal("the outage did not open the mutation breaker")
 	}
 	trials.Store(0)

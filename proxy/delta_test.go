@@ -187,7 +187,7 @@ func TestDeltaFilterIgnored(t *testing.T) {
 	if r := sc.pullInto(t, "alice", "g", c); !slices.Equal(ops(r), []string{"put todo/x"}) {
 		t.Errorf("pull through an API that ignores the filter = %v, want [put todo/x]", ops(r))
 	}
-	if v := testutil.ToFloat64(sc.sc.Metrics.FilterIgnored.WithLabelValues("/api/todos")); v != 1 {
+	if v := testutil.ToFloat64(sc.sc.core.Metrics.FilterIgnored.WithLabelValues("/api/todos")); v != 1 {
 		t.Errorf("view_filter_ignored_total = %v, want 1", v)
 	}
 	if !strings.Contains(h.logs.String(), "the API ignored a view source's changes filter") {

@@ -565,7 +565,7 @@ func TestConditionalGETs(t *testing.T) {
 	if len(ans.Patch) != 1 || !maps.Equal(stale.state, api.view()) {
 		t.Errorf("stale client's pull = %+v", ans.Patch)
 	}
-	if hit := testutil.ToFloat64(b.sc.Metrics.Conditional.WithLabelValues("hit")); hit != float64(pages) {
+	if hit := testutil.ToFloat64(b.sc.core.Metrics.Conditional.WithLabelValues("hit")); hit != float64(pages) {
 		t.Errorf(`conditional_requests_total{result="hit"} = %v on the replica that had %d hits`, hit, pages)
 	}
 }

@@ -137,7 +137,7 @@ func TestOneCallerCannotHoldTheBudget(t *testing.T) {
 			}
 			h := newHarness(t, henv)
 			sc := h.start()
-			limit := sc.sc.Budget.Limit()
+			limit := sc.sc.core.Budget.Limit()
 			if limit != 4*int64(size) {
 				t.Fatalf("the budget is %d bytes; the attack needs it to be 4 bodies of %d", limit, size)
 			}
@@ -170,7 +170,7 @@ func TestOneCallerCannotHoldTheBudget(t *testing.T) {
 				}
 			})
 			// 4 bodies of size are the whole budget, in both sizes.
-			proxytest.WaitFor(t, "the attacker's bodies to hold the whole budget", func() bool { return sc.sc.Budget.InUse() == limit })
+			proxytest.WaitFor(t, "the attacker's bodies to hold the whole budget", func() bool { return sc.sc.core.Budget.InUse() == limit })
 
 			client := &http.Client{Timeout: 30 * time.Second}
 			var tries, ok atomic.Int64
@@ -205,7 +205,7 @@ func TestOneCallerCannotHoldTheBudget(t *testing.T) {
 			if ok.Load()*5 < tries.Load()*4 {
 				t.Errorf("victim: %d of %d pushes and pulls answered 200; want at least 80%%", ok.Load(), tries.Load())
 			}
-			proxytest.WaitFor(t, "every byte to come back", func() bool { return sc.sc.Budget.InUse() == 0 })
+			proxytest.WaitFor(t, "every byte to come back", func() bool { return sc.sc.core.Budget.InUse() == 0 })
 		})
 	}
 }
@@ -289,7 +289,7 @@ func TestBodyPace(t *testing.T) {
 		})
 	}
 	t.Cleanup(func() {
-		if n := sc.sc.Budget.InUse(); n != 0 {
+		if n := sc.sc.core.Budget.InUse(); n != 0 {
 			t.Errorf("%d bytes still held after the answers", n)
 		}
 	})
@@ -344,7 +344,7 @@ func TestOneCallerCannotHoldTheBudgetWithViews(t *testing.T) {
 	pull := func(name, group string) {
 		go func() { r, _ := sc.pull(t, "mallory", group, nil); answers <- answer{name, r} }()
 	}
-	held := func() int64 { return sc.sc.Budget.HeldBy("user:mallory") }
+	held := func() int64 { return sc.sc.core.Budget.HeldBy("user:mallory") }
 	// Charged in 64 KiB steps: 384, 256 and 256 KiB, 896 of the 1024.
 	for i, kib := range []int{330, 250, 250} {
 		before := held()
@@ -353,7 +353,7 @@ func TestOneCallerCannotHoldTheBudgetWithViews(t *testing.T) {
 		proxytest.WaitFor(t, fmt.Sprintf("mallory's view %d to be held", i), func() bool { return held() >= before+int64(kib<<10) })
 	}
 	pull("the pull riding on mallory's largest", "gm0")
-	proxytest.WaitFor(t, "the rider to join", func() bool { return sc.sc.Turns.Waiting() == 1 })
+	proxytest.WaitFor(t, "the rider to join", func() bool { return sc.sc.core.Turns.Waiting() == 1 })
 
 	// victor's view (200 KiB) needs more than the 128 KiB left.
 	if r, _ := sc.pull(t, "victor", "g-victor", nil); r.status != http.StatusOK {
@@ -365,7 +365,7 @@ func TestOneCallerCannotHoldTheBudgetWithViews(t *testing.T) {
 			t.Errorf("%s = %d %s, want 503 MemoryBudgetExhausted", a.name, a.r.status, a.r.raw)
 		}
 	}
-	if n := sc.sc.Budget.Preempted(); n != 1 {
+	if n := sc.sc.core.Budget.Preempted(); n != 1 {
 		t.Errorf("%d fetches pre-empted, want 1", n)
 	}
 	unblock()
@@ -374,5 +374,5 @@ func TestOneCallerCannotHoldTheBudgetWithViews(t *testing.T) {
 			t.Errorf("%s = %d %s, want 200 once the API finished", a.name, a.r.status, a.r.raw)
 		}
 	}
-	proxytest.WaitFor(t, "every byte to come back", func() bool { return sc.sc.Budget.InUse() == 0 })
+	proxytest.WaitFor(t, "every byte to come back", func() bool { return sc.sc.core.Budget.InUse() == 0 })
 }

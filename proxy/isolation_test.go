@@ -101,7 +101,7 @@ func TestPullBurstOfOneGroup(t *testing.T) {
 		sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 		return s[len(s)/2]
 	}
-	merged := testutil.ToFloat64(sc.sc.Metrics.PullsMerged)
+	merged := testutil.ToFloat64(sc.sc.core.Metrics.PullsMerged)
 	t.Logf("bob's push: %v unloaded, %v during 30 pulls of another group (medians); %d view fetches for %d pulls (%v merged)",
 		med(unloaded), med(loaded), fetches.Load(), pulls, merged)
 	if n := fetches.Load(); n > 3 {
@@ -115,8 +115,8 @@ func TestPullBurstOfOneGroup(t *testing.T) {
 	if m := med(loaded); m > 250*time.Millisecond && m > 10*med(unloaded) {
 		t.Errorf("another group's push took %v during the burst (%v alone)", m, med(unloaded))
 	}
-	if sc.sc.Turns.Keys() != 0 || sc.sc.Turns.Waiting() != 0 {
-		t.Errorf("turns left behind: %d groups, %d waiting", sc.sc.Turns.Keys(), sc.sc.Turns.Waiting())
+	if sc.sc.core.Turns.Keys() != 0 || sc.sc.core.Turns.Waiting() != 0 {
+		t.Errorf("turns left behind: %d groups, %d waiting", sc.sc.core.Turns.Keys(), sc.sc.core.Turns.Waiting())
 	}
 }
 
@@ -162,7 +162,7 @@ func TestGroupWaitingBound(t *testing.T) {
 	if len(busy) < n-3 {
 		t.Errorf("%d of %d pushes refused as GroupBusy; at most 1 running and 2 waiting may be served", len(busy), n)
 	}
-	if got := testutil.ToFloat64(sc.sc.Metrics.GroupBusy); int(got) != len(busy) {
+	if got := testutil.ToFloat64(sc.sc.core.Metrics.GroupBusy); int(got) != len(busy) {
 		t.Errorf("group_busy_total = %v, want %d", got, len(busy))
 	}
 	for _, i := range busy {

@@ -31,18 +31,18 @@ import (
 func (s *Sidecar) Serve(ctx context.Context, public, admin net.Listener, g prometheus.Gatherer) error {
 	// Push and pull set their own write deadlines; pass-through traffic may
 	// stream for as long as the legacy service does.
-	pub := NewHTTPServer(s.Handler(), s.Cfg.HTTPReadTimeout, 0)
+	pub := NewHTTPServer(s.Handler(), s.core.Cfg.HTTPReadTimeout, 0)
 	adm := NewHTTPServer(s.AdminHandler(g), 30*time.Second, 30*time.Second)
-	if s.Cfg.UserIDHeader == "" && s.Cfg.AuthPath == "" {
+	if s.core.Cfg.UserIDHeader == "" && s.core.Cfg.AuthPath == "" {
 		// A deployment that forgot both would otherwise learn it from a
 		// leak, not a log: said before "listening", so it is seen first.
-		s.Log.Warn("every caller is one user: neither SIDECAR_AUTH_PATH nor SIDECAR_USER_ID_HEADER is set, " +
+		s.core.Log.Warn("every caller is one user: neither SIDECAR_AUTH_PATH nor SIDECAR_USER_ID_HEADER is set, " +
 			"so the sidecar cannot tell users apart (single-tenant mode: any caller may use any client group, and SIDECAR_POKE_SCOPE=user pokes everyone); " +
 			"set SIDECAR_AUTH_PATH to an endpoint of the API that says who the caller is, or SIDECAR_USER_ID_HEADER to a trusted gateway's header, unless the API has one user")
 	}
-	s.Log.Info("listening", "version", s.Version, "public", public.Addr().String(), "admin", admin.Addr().String(),
-		"upstream", s.Cfg.Upstream.Redacted(), "push_path", s.Cfg.PushPath, "pull_path", s.Cfg.PullPath,
-		"mutators", len(s.Cfg.Mapping.Mutators.Names()), "view_sources", s.Cfg.Mapping.View.Len(), "mapping_sha256", s.Cfg.Mapping.Hash)
+	s.core.Log.Info("listening", "version", s.core.Version, "public", public.Addr().String(), "admin", admin.Addr().String(),
+		"upstream", s.core.Cfg.Upstream.Redacted(), "push_path", s.core.Cfg.PushPath, "pull_path", s.core.Cfg.PullPath,
+		"mutators", len(s.core.Cfg.Mapping.Mutators.Names()), "view_sources", s.core.Cfg.Mapping.View.Len(), "mapping_sha256", s.core.Cfg.Mapping.Hash)
 
 	type stopped struct {
 		server string
@@ -61,13 +61,13 @@ func (s *Sidecar) Serve(ctx context.Context, public, admin net.Listener, g prome
 	running := 2
 	select {
 	case <-ctx.Done():
-		s.Log.Info("shutting down", "timeout", s.Cfg.ShutdownTimeout)
+		s.core.Log.Info("shutting down", "timeout", s.core.Cfg.ShutdownTimeout)
 	case st := <-serveErr:
 		running--
 		failure = fmt.Errorf("%s server stopped: %w", st.server, st.err)
-		s.Log.Error("server failed; shutting down", "server", st.server, "error", st.err)
+		s.core.Log.Error("server failed; shutting down", "server", st.server, "error", st.err)
 	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.Cfg.ShutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.core.Cfg.ShutdownTimeout)
 	defer cancel()
 	errShutdown := s.Shutdown(sctx, pub, adm)
 	stopBackground()
@@ -82,7 +82,7 @@ func (s *Sidecar) Serve(ctx context.Context, public, admin net.Listener, g prome
 	if err := errors.Join(failure, errShutdown, errRun); err != nil {
 		return fmt.Errorf("shutting down: %w", err)
 	}
-	s.Log.Info("stopped")
+	s.core.Log.Info("stopped")
 	return nil
 }
 
@@ -102,10 +102,10 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	goRun(func() {
 		if s.migrateWithRetry(ctx) {
 			s.measureRecords(ctx)
-			s.sweep(ctx, s.Cfg.GCInterval)
+			s.sweep(ctx, s.core.Cfg.GCInterval)
 		}
 	})
-	goRun(func() { s.watchMapping(ctx, s.Cfg.MappingReloadInterval) })
+	goRun(func() { s.watchMapping(ctx, s.core.Cfg.MappingReloadInterval) })
 	goRun(func() { s.watchDatabase(ctx) })
 	pokes, stopPokes := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopPokes.Store(&stopPokes)
@@ -116,7 +116,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		<-ctx.Done()
 		select {
 		case <-pokes.Done():
-		case <-time.After(s.Cfg.ShutdownTimeout):
+		case <-time.After(s.core.Cfg.ShutdownTimeout):
 			stopPokes()
 		}
 	}()
@@ -134,7 +134,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 func (s *Sidecar) Shutdown(ctx context.Context, servers ...*http.Server) error {
 	s.Drain()
 	select {
-	case <-time.After(s.Cfg.DrainDelay):
+	case <-time.After(s.core.Cfg.DrainDelay):
 	case <-ctx.Done():
 	}
 	s.closePokes()
@@ -150,13 +150,22 @@ func (s *Sidecar) Shutdown(ctx context.Context, servers ...*http.Server) error {
 	return errors.Join(errs...)
 }
 
+// Migrate applies the schema migrations (engine.Core.Migrate); pushes and
+// pulls are served from then on.
+func (s *Sidecar) Migrate(ctx context.Context) error { return s.core.Migrate(ctx) }
+
+// Drain makes readiness fail and new pushes and pulls answer 503, so the
+// load balancer stops sending traffic before the listeners close. Poke
+// streams go on until the servers shut down.
+func (s *Sidecar) Drain() { s.core.Drain() }
+
 // closePokes ends every poke stream and refuses new ones, so their clients
 // reconnect to another replica.
-func (s *Sidecar) closePokes() { s.Hub.Close() }
+func (s *Sidecar) closePokes() { s.core.Hub.Close() }
 
 // runPokes carries pokes between the replicas (LISTEN/NOTIFY on the
 // sidecar's database) until ctx ends.
-func (s *Sidecar) runPokes(ctx context.Context) { s.Bus.Run(ctx) }
+func (s *Sidecar) runPokes(ctx context.Context) { s.core.Bus.Run(ctx) }
 
 // watchDatabase asks the sidecar's database every engine.DBProbeEvery seconds,
 // once the schema is migrated, whether it answers (and holds this binary's
@@ -168,7 +177,7 @@ func (s *Sidecar) runPokes(ctx context.Context) { s.Bus.Run(ctx) }
 // Service with it.
 func (s *Sidecar) watchDatabase(ctx context.Context) {
 	probe := func() {
-		if !s.Migrated.Load() {
+		if !s.core.Migrated.Load() {
 			// Until Migrate has succeeded (it sets the state itself, and
 			// pushes and pulls answer Starting meanwhile), a reading may be
 			// taken between two migrations' commits and land after Migrate:
@@ -177,24 +186,24 @@ func (s *Sidecar) watchDatabase(ctx context.Context) {
 			return
 		}
 		pctx, cancel := context.WithTimeout(ctx, engine.DBProbeEvery*time.Second)
-		err := s.Store.Ready(pctx)
+		err := s.core.Store.Ready(pctx)
 		cancel()
 		if ctx.Err() != nil {
 			return
 		}
 		up := err == nil
-		if s.DBUp.Swap(up) != up {
+		if s.core.DBUp.Swap(up) != up {
 			if up {
-				s.Log.Info("the sidecar's database answers again; pushes and pulls are served")
+				s.core.Log.Info("the sidecar's database answers again; pushes and pulls are served")
 			} else {
-				s.Log.Error("the sidecar's database is unreachable; pushes and pulls answer 503 until it is back (the pass-through keeps serving)",
+				s.core.Log.Error("the sidecar's database is unreachable; pushes and pulls answer 503 until it is back (the pass-through keeps serving)",
 					"error", err)
 			}
 		}
 		if up {
-			s.Metrics.DatabaseUp.Set(1)
+			s.core.Metrics.DatabaseUp.Set(1)
 		} else {
-			s.Metrics.DatabaseUp.Set(0)
+			s.core.Metrics.DatabaseUp.Set(0)
 		}
 	}
 	probe()
@@ -210,10 +219,10 @@ func (s *Sidecar) migrateWithRetry(ctx context.Context) bool {
 		err := s.Migrate(mctx)
 		cancel()
 		if err == nil {
-			s.Log.Info("database schema ready", "version", store.SchemaVersion())
+			s.core.Log.Info("database schema ready", "version", store.SchemaVersion())
 			return true
 		}
-		s.Log.Error("migrating database schema failed; retrying", "error", err, "retry_in", backoff)
+		s.core.Log.Error("migrating database schema failed; retrying", "error", err, "retry_in", backoff)
 		select {
 		case <-ctx.Done():
 			return false
@@ -239,31 +248,31 @@ func (s *Sidecar) watchMapping(ctx context.Context, interval time.Duration) {
 	}
 	lastBad := ""
 	every(ctx, interval, func() {
-		raw, err := os.ReadFile(s.Cfg.MappingFile)
+		raw, err := os.ReadFile(s.core.Cfg.MappingFile)
 		if err != nil {
 			if lastBad != "unreadable" {
 				lastBad = "unreadable"
-				s.Metrics.MappingReloadErrors.Inc()
-				s.Log.Error("mapping file unreadable; keeping the loaded mapping", "file", s.Cfg.MappingFile, "error", err)
+				s.core.Metrics.MappingReloadErrors.Inc()
+				s.core.Log.Error("mapping file unreadable; keeping the loaded mapping", "file", s.core.Cfg.MappingFile, "error", err)
 			}
 			return
 		}
 		sum := sha256.Sum256(raw)
 		hash := hex.EncodeToString(sum[:])
-		if hash == s.Mapping().Hash || hash == lastBad {
+		if hash == s.core.Mapping().Hash || hash == lastBad {
 			return
 		}
 		m, err := mapping.Parse(raw)
 		if err != nil {
 			lastBad = hash
-			s.Metrics.MappingReloadErrors.Inc()
-			s.Log.Error("new mapping is invalid; keeping the loaded mapping", "file", s.Cfg.MappingFile,
-				"sha256", hash, "loaded_sha256", s.Mapping().Hash, "error", err)
+			s.core.Metrics.MappingReloadErrors.Inc()
+			s.core.Log.Error("new mapping is invalid; keeping the loaded mapping", "file", s.core.Cfg.MappingFile,
+				"sha256", hash, "loaded_sha256", s.core.Mapping().Hash, "error", err)
 			return
 		}
 		lastBad = ""
-		s.UseMapping(m)
-		s.Log.Info("mapping reloaded", "file", s.Cfg.MappingFile, "sha256", m.Hash,
+		s.core.UseMapping(m)
+		s.core.Log.Info("mapping reloaded", "file", s.core.Cfg.MappingFile, "sha256", m.Hash,
 			"mutators", len(m.Mutators.Names()), "view_sources", m.View.Len())
 	})
 }
@@ -288,35 +297,35 @@ func (s *Sidecar) sweep(ctx context.Context, interval time.Duration) {
 }
 
 func (s *Sidecar) sweepOnce(ctx context.Context) {
-	if ttl := s.Cfg.RejectionTTL; ttl > 0 {
-		n, err := s.Store.SweepRejections(ctx, ttl, 1000)
+	if ttl := s.core.Cfg.RejectionTTL; ttl > 0 {
+		n, err := s.core.Store.SweepRejections(ctx, ttl, 1000)
 		switch {
 		case err != nil:
-			s.Log.Warn("sweeping expired rejection records failed", "error", err)
+			s.core.Log.Warn("sweeping expired rejection records failed", "error", err)
 		case n > 0:
-			s.Metrics.Pruned.WithLabelValues(metrics.PrunedRejections).Add(float64(n))
-			s.Log.Info("swept expired rejection records", "deleted", n)
+			s.core.Metrics.Pruned.WithLabelValues(metrics.PrunedRejections).Add(float64(n))
+			s.core.Log.Info("swept expired rejection records", "deleted", n)
 		}
 	}
-	if ttl := s.Cfg.ClientGroupTTL; ttl > 0 {
-		swept, err := s.Store.SweepGroups(ctx, ttl, tombstoneFactor*ttl, 100)
-		s.Metrics.GroupsDeleted.Add(float64(swept.Groups))
-		s.Metrics.Pruned.WithLabelValues(metrics.PrunedTombstones).Add(float64(swept.Tombstones))
+	if ttl := s.core.Cfg.ClientGroupTTL; ttl > 0 {
+		swept, err := s.core.Store.SweepGroups(ctx, ttl, tombstoneFactor*ttl, 100)
+		s.core.Metrics.GroupsDeleted.Add(float64(swept.Groups))
+		s.core.Metrics.Pruned.WithLabelValues(metrics.PrunedTombstones).Add(float64(swept.Tombstones))
 		switch {
 		case err != nil:
-			s.Log.Warn("sweeping idle client groups failed", "error", err, "deleted", swept.Groups)
+			s.core.Log.Warn("sweeping idle client groups failed", "error", err, "deleted", swept.Groups)
 		case swept.Groups > 0 || swept.Tombstones > 0:
-			s.Log.Info("swept idle client groups", "deleted", swept.Groups, "tombstones_expired", swept.Tombstones, "ttl", ttl)
+			s.core.Log.Info("swept idle client groups", "deleted", swept.Groups, "tombstones_expired", swept.Tombstones, "ttl", ttl)
 		}
 	}
-	if max := s.Cfg.MaxViewRecordsPerUser; max > 0 && s.Cfg.PatchMode == "diff" {
-		ev, err := s.Store.SweepRecords(ctx, max, 1000)
-		s.Metrics.RecordEvictions.Add(float64(ev.Records))
+	if max := s.core.Cfg.MaxViewRecordsPerUser; max > 0 && s.core.Cfg.PatchMode == "diff" {
+		ev, err := s.core.Store.SweepRecords(ctx, max, 1000)
+		s.core.Metrics.RecordEvictions.Add(float64(ev.Records))
 		switch {
 		case err != nil:
-			s.Log.Warn("sweeping view records beyond SIDECAR_MAX_VIEW_RECORDS_PER_USER failed", "error", err, "evicted", ev.Records)
+			s.core.Log.Warn("sweeping view records beyond SIDECAR_MAX_VIEW_RECORDS_PER_USER failed", "error", err, "evicted", ev.Records)
 		case ev.Records > 0:
-			s.Log.Info("evicted view records beyond SIDECAR_MAX_VIEW_RECORDS_PER_USER", "evicted", ev.Records, "bytes", ev.Bytes)
+			s.core.Log.Info("evicted view records beyond SIDECAR_MAX_VIEW_RECORDS_PER_USER", "evicted", ev.Records, "bytes", ev.Bytes)
 		}
 	}
 	s.measureRecords(ctx)
@@ -325,12 +334,12 @@ func (s *Sidecar) sweepOnce(ctx context.Context) {
 // measureRecords sets replicache_sidecar_view_record_storage_bytes from
 // the catalog (every replica: it reads no table).
 func (s *Sidecar) measureRecords(ctx context.Context) {
-	n, err := s.Store.RecordStorageBytes(ctx)
+	n, err := s.core.Store.RecordStorageBytes(ctx)
 	if err != nil {
-		s.Log.Warn("reading the view records' size failed", "error", err)
+		s.core.Log.Warn("reading the view records' size failed", "error", err)
 		return
 	}
-	s.Metrics.RecordStorage.Set(float64(n))
+	s.core.Metrics.RecordStorage.Set(float64(n))
 }
 
 // every runs fn every interval until ctx ends.

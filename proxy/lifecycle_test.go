@@ -57,7 +57,7 @@ func TestClientGroupLifecycle(t *testing.T) {
 		go func() { defer wg.Done(); inst.sc.sweepOnce(ctx) }()
 	}
 	wg.Wait()
-	deleted := testutil.ToFloat64(a.sc.Metrics.GroupsDeleted) + testutil.ToFloat64(b.sc.Metrics.GroupsDeleted)
+	deleted := testutil.ToFloat64(a.sc.core.Metrics.GroupsDeleted) + testutil.ToFloat64(b.sc.core.Metrics.GroupsDeleted)
 	if deleted != 3 {
 		t.Errorf("client_groups_deleted_total over both replicas = %v, want 3", deleted)
 	}
@@ -98,7 +98,7 @@ func TestClientGroupLifecycle(t *testing.T) {
 	if n := count(`SELECT count(*) FROM %s.client_groups WHERE id = 'idle3'`); n != 0 {
 		t.Errorf("an expired tombstone is still there")
 	}
-	if got := testutil.ToFloat64(a.sc.Metrics.Pruned.WithLabelValues("tombstones")); got != 1 {
+	if got := testutil.ToFloat64(a.sc.core.Metrics.Pruned.WithLabelValues("tombstones")); got != 1 {
 		t.Errorf(`bookkeeping_pruned_total{what="tombstones"} = %v, want 1`, got)
 	}
 	// Its clients, coming back later still, start over too: their cookie
@@ -138,7 +138,7 @@ func TestSweepSkipsBusyGroups(t *testing.T) {
 	}
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	swept, err := a.sc.Store.SweepGroups(sctx, time.Hour, 4*time.Hour, 1)
+	swept, err := a.sc.core.Store.SweepGroups(sctx, time.Hour, 4*time.Hour, 1)
 	if err != nil || swept.Groups != 1 || sctx.Err() != nil {
 		t.Errorf("sweep with the oldest idle group busy = %+v, %v (deadline passed: %v); want the other one deleted", swept, err, sctx.Err() != nil)
 	}

@@ -66,7 +66,7 @@ func TestInflightBudget(t *testing.T) {
 
 	done := make(chan response, 1)
 	go func() { r, _ := sc.pull(t, "alice", "g-alice", nil); done <- r }()
-	proxytest.WaitFor(t, "alice's pull to hold most of the budget", func() bool { return sc.sc.Budget.InUse() > 600<<10 })
+	proxytest.WaitFor(t, "alice's pull to hold most of the budget", func() bool { return sc.sc.core.Budget.InUse() > 600<<10 })
 
 	// bob's large push finds no room: 503 at once (after the short wait),
 	// and nothing reaches the upstream.
@@ -107,10 +107,10 @@ func TestInflightBudget(t *testing.T) {
 		t.Errorf("pull after the too-large views = %d %s; they must not open the view breaker", r.status, r.raw)
 	}
 
-	if n := sc.sc.Budget.InUse(); n != 0 {
+	if n := sc.sc.core.Budget.InUse(); n != 0 {
 		t.Errorf("%d bytes still held after every request ended", n)
 	}
-	if n := testutil.ToFloat64(sc.sc.Metrics.BudgetRefusals.WithLabelValues("push")); n != 1 {
+	if n := testutil.ToFloat64(sc.sc.core.Metrics.BudgetRefusals.WithLabelValues("push")); n != 1 {
 		t.Errorf("inflight_refusals_total{endpoint=push} = %v, want 1", n)
 	}
 	if n := seriesCount(t, sc, "replicache_sidecar_inflight_bytes"); n != 1 {
@@ -131,8 +131,8 @@ func TestSlowBodyHoldsOnlyWhatItSent(t *testing.T) {
 	defer func() { _ = conn.Close() }()
 	_, _ = fmt.Fprintf(conn, "POST /replicache/push HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer alice\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", 900<<10)
 	_, _ = conn.Write([]byte(`{"pushVersion":1,"clientGroupID":"g","mutations":[` + strings.Repeat(" ", 10<<10)))
-	proxytest.WaitFor(t, "the push to start reading its body", func() bool { return sc.sc.Budget.InUse() > 0 })
-	if n := sc.sc.Budget.InUse(); n > 128<<10 {
+	proxytest.WaitFor(t, "the push to start reading its body", func() bool { return sc.sc.core.Budget.InUse() > 0 })
+	if n := sc.sc.core.Budget.InUse(); n > 128<<10 {
 		t.Errorf("a body that sent 10 KiB of a declared 900 KiB holds %d bytes of the budget", n)
 	}
 	// Meanwhile, another push of 500 KiB fits.

@@ -168,7 +168,7 @@ func TestPokeStream(t *testing.T) {
 		t.Errorf("poke_subscribers = %v, want 2", n)
 	}
 	second.cancel()
-	proxytest.WaitFor(t, "the closed stream to be dropped", func() bool { return a.sc.Hub.Count() == 1 })
+	proxytest.WaitFor(t, "the closed stream to be dropped", func() bool { return a.sc.core.Hub.Count() == 1 })
 	again := openStream(t, a, "Bearer carol", nil)
 	if again.status != 200 {
 		t.Errorf("stream after one closed = %d, want 200", again.status)

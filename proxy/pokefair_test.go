@@ -313,7 +313,7 @@ func TestAStreamlessCallerCanOpenOne(t *testing.T) {
 		}
 		mallory = append(mallory, s)
 	}
-	held := a.sc.Hub.Count()
+	held := a.sc.core.Hub.Count()
 	t.Logf("mallory opened 80 streams: %d answered 200, %d refused, %d held", len(mallory), refused, held)
 	if held > 8 {
 		t.Errorf("mallory holds %d of the 64 slots; want at most 8", held)
@@ -338,7 +338,7 @@ func TestAStreamlessCallerCanOpenOne(t *testing.T) {
 	if ms := victim.retry.Load(); ms < 30000 {
 		t.Errorf("the evicted stream's reconnect hint is %d ms; want at least 30 s", ms)
 	}
-	if n := a.sc.Hub.Count(); n != 64 {
+	if n := a.sc.core.Hub.Count(); n != 64 {
 		t.Errorf("%d streams after the eviction, want 64", n)
 	}
 	if got := seriesWithLabel(t, a, "replicache_sidecar_poke_streams_ended_total", "reason", "evicted"); got < 1 {
@@ -362,7 +362,7 @@ func TestSingleTenantStreamsArePerAddress(t *testing.T) {
 			opened++
 		}
 	}
-	held := a.sc.Hub.Count()
+	held := a.sc.core.Hub.Count()
 	t.Logf("one address opened 20 streams: %d answered 200, %d held", opened, held)
 	if held > 8 {
 		t.Errorf("one address holds %d of the 16 slots; want at most 8", held)
@@ -395,7 +395,7 @@ func TestPokeStreamLifetime(t *testing.T) {
 	if ms := s.retry.Load(); ms < 1000 || ms > 5000 {
 		t.Errorf("reconnect hint %d ms, want 1–5 s", ms)
 	}
-	proxytest.WaitFor(t, "the ended stream's slot", func() bool { return a.sc.Hub.Count() == 0 })
+	proxytest.WaitFor(t, "the ended stream's slot", func() bool { return a.sc.core.Hub.Count() == 0 })
 	again := openStream(t, a, "Bearer alice", map[string]string{"Last-Event-ID": "1"})
 	again.waitOpen(t)
 	if e := again.next(2 * time.Second); e != "poke" {
@@ -428,7 +428,7 @@ func TestPokeStreamThatStopsReading(t *testing.T) {
 	h := newHarness(t, map[string]string{"SIDECAR_POKE_HEARTBEAT": "1ms"})
 	a := h.start()
 	srv := httptest.NewUnstartedServer(a.sc.Handler())
-	srv.Config = NewHTTPServer(srv.Config.Handler, a.sc.Cfg.HTTPReadTimeout, 0)
+	srv.Config = NewHTTPServer(srv.Config.Handler, a.sc.core.Cfg.HTTPReadTimeout, 0)
 	srv.Listener = smallSendBuffers{srv.Listener}
 	srv.Start()
 	t.Cleanup(srv.Close)
@@ -456,7 +456,7 @@ func TestPokeStreamThatStopsReading(t *testing.T) {
 	stopped := time.Now()
 	var once sync.Once
 	deadline := stopped.Add(5 * time.Second)
-	for a.sc.Hub.Count() != 0 {
+	for a.sc.core.Hub.Count() != 0 {
 		if time.Now().After(deadline) {
 			t.Fatalf("the stream of a client that stopped reading still holds its slot after %v", time.Since(stopped).Round(time.Millisecond))
 		}

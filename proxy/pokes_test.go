@@ -47,7 +47,7 @@ func runPokes(t testing.TB, insts ...*instance) {
 	// once it listens (none are open yet).
 	proxytest.WaitFor(t, "the poke listeners", func() bool {
 		for _, inst := range insts {
-			if !inst.sc.Bus.Listening() || inst.sc.Hub.Generation() == 0 {
+			if !inst.sc.core.Bus.Listening() || inst.sc.core.Hub.Generation() == 0 {
 				return false
 			}
 		}
@@ -92,7 +92,7 @@ func TestPokesFromPushes(t *testing.T) {
 			if n := alice.count(300 * time.Millisecond); n != 0 {
 				t.Errorf("a push of an already processed mutation poked %d times", n)
 			}
-			if got := testutil.ToFloat64(a.sc.Metrics.PokeNotifications.WithLabelValues("push")); got != 1 {
+			if got := testutil.ToFloat64(a.sc.core.Metrics.PokeNotifications.WithLabelValues("push")); got != 1 {
 				t.Errorf(`poke_notifications_total{source="push"} = %v, want 1`, got)
 			}
 			// A burst of 10 pushes (10 groups at once) is coalesced too.
@@ -138,7 +138,7 @@ func TestPokesFromPassthroughWrites(t *testing.T) {
 	if st := call(http.MethodPost, "/api/todos", `{"id":"x","title":"legacy client"}`); st != 201 || s.next(2*time.Second) != "poke" {
 		t.Errorf("a 2xx write through the pass-through (%d) did not poke", st)
 	}
-	if got := testutil.ToFloat64(a.sc.Metrics.PokeNotifications.WithLabelValues("passthrough")); got != 1 {
+	if got := testutil.ToFloat64(a.sc.core.Metrics.PokeNotifications.WithLabelValues("passthrough")); got != 1 {
 		t.Errorf(`poke_notifications_total{source="passthrough"} = %v, want 1`, got)
 	}
 }
@@ -254,7 +254,7 @@ func TestPokesAcrossReplicas(t *testing.T) {
 	if e := s.next(10 * time.Second); e != "poke" {
 		t.Fatalf("after the listener came back: %q, want a catch-up poke", e)
 	}
-	proxytest.WaitFor(t, "the listeners to be back", func() bool { return a.sc.Bus.Listening() && b.sc.Bus.Listening() })
+	proxytest.WaitFor(t, "the listeners to be back", func() bool { return a.sc.core.Bus.Listening() && b.sc.core.Bus.Listening() })
 	if r := b.push(t, "alice", "g", create("c1", 2, "y")); r.status != 200 {
 		t.Fatalf("push = %d %s", r.status, r.raw)
 	}
@@ -312,7 +312,7 @@ func TestPokedPullDoesNotJoinAnOlderFetch(t *testing.T) {
 		first <- r
 	}()
 	proxytest.WaitFor(t, "the first fetch", func() bool { return fetches.Load() == 1 })
-	a.sc.Bus.Publish(nil) // a change elsewhere: every client is poked
+	a.sc.core.Bus.Publish(nil) // a change elsewhere: every client is poked
 	if r, _ := a.pull(t, "alice", "g", nil); r.status != 200 {
 		t.Fatalf("poked pull = %d %s", r.status, r.raw)
 	}
@@ -322,7 +322,7 @@ func TestPokedPullDoesNotJoinAnOlderFetch(t *testing.T) {
 	if n := fetches.Load(); n != 2 {
 		t.Errorf("%d view fetches; the poked pull should have fetched again", n)
 	}
-	if merged := testutil.ToFloat64(a.sc.Metrics.PullsMerged); merged != 0 {
+	if merged := testutil.ToFloat64(a.sc.core.Metrics.PullsMerged); merged != 0 {
 		t.Errorf("%v pulls merged into a fetch older than a poke", merged)
 	}
 }
@@ -353,5 +353,5 @@ func BenchmarkPokeLatency(b *testing.B) {
 	slices.Sort(lat)
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "median-ms")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
-	b.ReportMetric(float64((lat[len(lat)/2]-a.sc.Cfg.PokeCoalesce).Microseconds())/1000, "median-minus-window-ms")
+	b.ReportMetric(float64((lat[len(lat)/2]-a.sc.core.Cfg.PokeCoalesce).Microseconds())/1000, "median-minus-window-ms")
 }

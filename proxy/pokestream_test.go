@@ -123,7 +123,7 @@ func TestPokeStreamOnItsOwnConnection(t *testing.T) {
 	if e := s.next(300 * time.Millisecond); e != "" {
 		t.Errorf("the other stream got %q from another's catch-up", e)
 	}
-	a.sc.Hub.Poke(nil)
+	a.sc.core.Hub.Poke(nil)
 	if e := s.next(2 * time.Second); e != "poke" {
 		t.Errorf("after a delivery: %q, want a poke", e)
 	}
@@ -138,7 +138,7 @@ func TestPokeStreamOnItsOwnConnection(t *testing.T) {
 	}
 
 	s.cancel()
-	proxytest.WaitFor(t, "the closed stream's slot", func() bool { return a.sc.Hub.Count() == 1 })
+	proxytest.WaitFor(t, "the closed stream's slot", func() bool { return a.sc.core.Hub.Count() == 1 })
 	proxytest.WaitFor(t, "the closed stream counted", func() bool {
 		return seriesWithLabel(t, a, "replicache_sidecar_poke_streams_ended_total", "reason", "disconnected") == 1
 	})
@@ -164,7 +164,7 @@ func TestPokeStreamsEndAtShutdown(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = conn.Close() })
 	_, _ = io.WriteString(conn, "GET /replicache/poke HTTP/1.1\r\nHost: sidecar\r\nAuthorization: Bearer bob\r\n\r\n")
-	proxytest.WaitFor(t, "both streams", func() bool { return a.sc.Hub.Count() == 2 })
+	proxytest.WaitFor(t, "both streams", func() bool { return a.sc.core.Hub.Count() == 2 })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -231,7 +231,7 @@ func TestPokeStreamWhereTheConnectionCannotBeTakenOver(t *testing.T) {
 				handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { inner.ServeHTTP(noHijack{w}, r) })
 			}
 			srv := httptest.NewUnstartedServer(handler)
-			srv.Config = NewHTTPServer(handler, a.sc.Cfg.HTTPReadTimeout, 0)
+			srv.Config = NewHTTPServer(handler, a.sc.core.Cfg.HTTPReadTimeout, 0)
 			srv.EnableHTTP2 = tc.http2
 			if tc.tls {
 				srv.StartTLS()
@@ -252,7 +252,7 @@ func TestPokeStreamWhereTheConnectionCannotBeTakenOver(t *testing.T) {
 			if e := again.next(2 * time.Second); e != "poke" {
 				t.Errorf("a reopened stream got %q, want a catch-up poke", e)
 			}
-			a.sc.Hub.Poke(nil)
+			a.sc.core.Hub.Poke(nil)
 			if e := s.next(2 * time.Second); e != "poke" {
 				t.Errorf("after a delivery: %q, want a poke", e)
 			}
@@ -260,7 +260,7 @@ func TestPokeStreamWhereTheConnectionCannotBeTakenOver(t *testing.T) {
 				t.Errorf("after a delivery, the other stream: %q, want a poke", e)
 			}
 			s.cancel()
-			proxytest.WaitFor(t, "the closed stream's slot", func() bool { return a.sc.Hub.Count() == 1 })
+			proxytest.WaitFor(t, "the closed stream's slot", func() bool { return a.sc.core.Hub.Count() == 1 })
 			proxytest.WaitFor(t, "the closed stream counted", func() bool {
 				return seriesWithLabel(t, a, "replicache_sidecar_poke_streams_ended_total", "reason", "disconnected") == 1
 			})
@@ -290,7 +290,7 @@ func TestManyPokeStreamsOnTheirOwnConnections(t *testing.T) {
 		streams[i].waitOpen(t)
 	}
 	for round := range 2 {
-		a.sc.Hub.Poke(nil)
+		a.sc.core.Hub.Poke(nil)
 		for i, s := range streams {
 			if e := s.next(5 * time.Second); e != "poke" {
 				t.Fatalf("round %d: stream %d got %q, want a poke", round, i, e)
@@ -305,7 +305,7 @@ func TestManyPokeStreamsOnTheirOwnConnections(t *testing.T) {
 		}
 		s.cancel()
 	}
-	proxytest.WaitFor(t, "every slot free", func() bool { return a.sc.Hub.Count() == 0 })
+	proxytest.WaitFor(t, "every slot free", func() bool { return a.sc.core.Hub.Count() == 0 })
 	if got := seriesWithLabel(t, a, "replicache_sidecar_poke_streams_ended_total", "reason", "disconnected"); got != n {
 		t.Errorf(`poke_streams_ended_total{reason="disconnected"} = %v, want %d`, got, n)
 	}

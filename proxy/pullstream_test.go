@@ -124,7 +124,7 @@ func TestStreamedResetAnswer(t *testing.T) {
 	if puts, d := after.puts(t); len(d.Patch) != 1 || puts["todo/todo-11"] == "" {
 		t.Errorf("pull after one more todo = %s; want exactly its put", after.body)
 	}
-	if n := sc.sc.Budget.InUse(); n != 0 {
+	if n := sc.sc.core.Budget.InUse(); n != 0 {
 		t.Errorf("%d bytes still held after the pulls ended", n)
 	}
 }
@@ -179,7 +179,7 @@ func TestStreamedAnswerBrokenOff(t *testing.T) {
 	if _, p := sc.pull(t, "alice", "g", nil); p.Cookie.Order != 2 || len(p.keys(t)) != 11 {
 		t.Errorf("pull after the broken one: cookie order %d, %d keys; want order 2 (nothing committed) and all 11", p.Cookie.Order, len(p.keys(t)))
 	}
-	if n := sc.sc.Budget.InUse(); n != 0 {
+	if n := sc.sc.core.Budget.InUse(); n != 0 {
 		t.Errorf("%d bytes still held after the pulls ended", n)
 	}
 }
@@ -217,7 +217,7 @@ func TestStreamedAnswerLetsRidersIn(t *testing.T) {
 	go func() { answers <- pullOverWire(t, sc, "alice", "g", nil, "identity") }()
 	proxytest.WaitFor(t, "the leader's fetch", func() bool { return gets.Load() > 0 })
 	go func() { answers <- pullOverWire(t, sc, "alice", "g", nil, "identity") }()
-	proxytest.WaitFor(t, "the rider to join", func() bool { return sc.sc.Turns.Waiting() == 1 })
+	proxytest.WaitFor(t, "the rider to join", func() bool { return sc.sc.core.Turns.Waiting() == 1 })
 	unblock()
 	var views []map[string]string
 	for range 2 {
@@ -228,7 +228,7 @@ func TestStreamedAnswerLetsRidersIn(t *testing.T) {
 	if len(views[0]) != 5 || !maps.Equal(views[0], views[1]) {
 		t.Errorf("leader and rider got %d and %d puts; want the same 5 (4 todos and me)", len(views[0]), len(views[1]))
 	}
-	if n := testutil.ToFloat64(sc.sc.Metrics.PullsMerged); n != 1 {
+	if n := testutil.ToFloat64(sc.sc.core.Metrics.PullsMerged); n != 1 {
 		t.Errorf("pulls merged = %v, want 1", n)
 	}
 }

@@ -494,7 +494,7 @@ func TestPerMutatorOutcomes(t *testing.T) {
 		{"deleteTodo", "applied", 1}, {"deleteTodo", "rejected", 0},
 		{"createTodo", "transient", 1}, {"importTodo", "rejected", 7}, {"importTodo", "transient", 0},
 	} {
-		if got := testutil.ToFloat64(sc.sc.Metrics.Mutations.WithLabelValues(c.mutator, c.outcome)); got != c.want {
+		if got := testutil.ToFloat64(sc.sc.core.Metrics.Mutations.WithLabelValues(c.mutator, c.outcome)); got != c.want {
 			t.Errorf("mutations_total{%s,%s} = %v, want %v", c.mutator, c.outcome, got, c.want)
 		}
 	}
@@ -568,8 +568,8 @@ func TestGiveUpValve(t *testing.T) { //nolint:tparallel // the cases share one s
 	if n := attempts(); n != 0 {
 		t.Errorf("%d attempts left after the mutation was consumed, want 0", n)
 	}
-	abandoned := testutil.ToFloat64(a.sc.Metrics.Mutations.WithLabelValues("createTodo", "abandoned")) +
-		testutil.ToFloat64(b.sc.Metrics.Mutations.WithLabelValues("createTodo", "abandoned"))
+	abandoned := testutil.ToFloat64(a.sc.core.Metrics.Mutations.WithLabelValues("createTodo", "abandoned")) +
+		testutil.ToFloat64(b.sc.core.Metrics.Mutations.WithLabelValues("createTodo", "abandoned"))
 	if abandoned != 1 {
 		t.Errorf("mutations_total{outcome=abandoned} = %v across replicas, want 1", abandoned)
 	}
@@ -881,7 +881,7 @@ func TestRedirectsAndTyposAreLoud(t *testing.T) {
 		t.Errorf("pull of a redirected view = %d %s", pr.status, pr.raw)
 	}
 	for kind, want := range map[string]float64{"mutation": 4, "view": 1, "auth": 0} {
-		if got := testutil.ToFloat64(sc.sc.Metrics.MappingErrors.WithLabelValues(kind)); got != want {
+		if got := testutil.ToFloat64(sc.sc.core.Metrics.MappingErrors.WithLabelValues(kind)); got != want {
 			t.Errorf("mapping_errors_total{kind=%s} = %v, want %v", kind, got, want)
 		}
 	}
@@ -971,7 +971,7 @@ func TestBookkeepingCaps(t *testing.T) {
 		t.Errorf("the kept rejections are not the newest")
 	}
 	for what, want := range map[string]float64{"clients": 1, "rejections": 3} {
-		if got := testutil.ToFloat64(sc.sc.Metrics.Pruned.WithLabelValues(what)); got != want {
+		if got := testutil.ToFloat64(sc.sc.core.Metrics.Pruned.WithLabelValues(what)); got != want {
 			t.Errorf("bookkeeping_pruned_total{what=%s} = %v, want %v", what, got, want)
 		}
 	}

@@ -56,7 +56,7 @@ func TestViewRecordsPerUserAreBounded(t *testing.T) {
 	if groups, _ := held("bob"); groups != 1 {
 		t.Errorf("bob's record was evicted by alice's pulls (%d left)", groups)
 	}
-	if n := testutil.ToFloat64(a.sc.Metrics.RecordEvictions); n != flood+1-max {
+	if n := testutil.ToFloat64(a.sc.core.Metrics.RecordEvictions); n != flood+1-max {
 		t.Errorf("view_record_evictions_total = %v, want %d", n, flood+1-max)
 	}
 
@@ -81,11 +81,11 @@ func TestViewRecordsPerUserAreBounded(t *testing.T) {
 	if groups, _ := held("alice"); groups > max {
 		t.Errorf("alice keeps %d records, want at most %d", groups, max)
 	}
-	if n := testutil.ToFloat64(a.sc.Metrics.RecordEvictions); n != flood+2-max {
+	if n := testutil.ToFloat64(a.sc.core.Metrics.RecordEvictions); n != flood+2-max {
 		t.Errorf("view_record_evictions_total = %v, want %d (the victim's record written again evicts one more)", n, flood+2-max)
 	}
 	a.sc.sweepOnce(ctx)
-	if n := testutil.ToFloat64(a.sc.Metrics.RecordStorage); n <= 0 {
+	if n := testutil.ToFloat64(a.sc.core.Metrics.RecordStorage); n <= 0 {
 		t.Errorf("view_record_storage_bytes = %v after a sweep, want the records' size", n)
 	}
 }

@@ -44,7 +44,7 @@ func TestMappingReload(t *testing.T) {
 
 	// A broken file: counted, logged, and the old mapping stays.
 	replace(`{"mutators":{"createTodo":{"method":"FETCH","path":"/api/todos"}}}`)
-	proxytest.WaitFor(t, "the reload error to be counted", func() bool { return testutil.ToFloat64(sc.sc.Metrics.MappingReloadErrors) == 1 })
+	proxytest.WaitFor(t, "the reload error to be counted", func() bool { return testutil.ToFloat64(sc.sc.core.Metrics.MappingReloadErrors) == 1 })
 	if r := sc.push(t, "alice", "g", create("c", 2, "b")); r.status != 200 || r.json["applied"] != 1.0 {
 		t.Fatalf("push with the old mapping after a bad reload = %d %s", r.status, r.raw)
 	}
@@ -56,18 +56,18 @@ func TestMappingReload(t *testing.T) {
 	newMapping := strings.Replace(testMapping, `"mutators": {`, `"mutators": {
     "renameTodo": {"method": "PATCH", "path": "/api/todos/{args.id}", "body": {"title": "{args.title}"}},`, 1)
 	hash := replace(newMapping)
-	proxytest.WaitFor(t, "the new mapping", func() bool { return sc.sc.Mapping().Hash == hash })
+	proxytest.WaitFor(t, "the new mapping", func() bool { return sc.sc.core.Mapping().Hash == hash })
 	rename.id = 3
 	if r := sc.push(t, "alice", "g", rename); r.status != 200 || r.json["applied"] != 1.0 {
 		t.Fatalf("push of the new mutator = %d %s", r.status, r.raw)
 	}
-	if got := testutil.ToFloat64(sc.sc.Metrics.MappingInfo.WithLabelValues(hash)); got != 1 {
+	if got := testutil.ToFloat64(sc.sc.core.Metrics.MappingInfo.WithLabelValues(hash)); got != 1 {
 		t.Errorf("mapping_info{sha256=new} = %v", got)
 	}
-	if n := testutil.CollectAndCount(sc.sc.Metrics.MappingInfo); n != 1 {
+	if n := testutil.CollectAndCount(sc.sc.core.Metrics.MappingInfo); n != 1 {
 		t.Errorf("mapping_info has %d series, want only the loaded one", n)
 	}
-	if n := testutil.ToFloat64(sc.sc.Metrics.MappingReloadErrors); n != 1 {
+	if n := testutil.ToFloat64(sc.sc.core.Metrics.MappingReloadErrors); n != 1 {
 		t.Errorf("mapping_reload_errors_total = %v, want 1 (the bad file counted once)", n)
 	}
 	_, p := sc.pull(t, "alice", "g", nil)

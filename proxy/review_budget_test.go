@@ -85,7 +85,7 @@ func TestReviewConfirmingReadIsInterruptible(t *testing.T) {
 	withX.Store(false)
 	slow.Store(true)
 	answers := make(chan response, len(groups))
-	held := func() int64 { return sc.sc.Budget.HeldBy("user:mallory") }
+	held := func() int64 { return sc.sc.core.Budget.HeldBy("user:mallory") }
 	for i, g := range groups {
 		go func() { r, _ := sc.pull(t, "mallory", g, nil); answers <- r }()
 		proxytest.WaitFor(t, "mallory's confirming read to be held", func() bool { return held() >= int64(i+1)*440<<10 })
@@ -98,7 +98,7 @@ func TestReviewConfirmingReadIsInterruptible(t *testing.T) {
 	for range groups {
 		<-answers
 	}
-	proxytest.WaitFor(t, "every byte to come back", func() bool { return sc.sc.Budget.InUse() == 0 })
+	proxytest.WaitFor(t, "every byte to come back", func() bool { return sc.sc.core.Budget.InUse() == 0 })
 }
 
 // TestReviewLongPushIsInterruptible: a push holds its body's bytes while
@@ -137,7 +137,7 @@ func TestReviewLongPushIsInterruptible(t *testing.T) {
 		}
 		return false
 	})
-	held := func() int64 { return sc.sc.Budget.HeldBy("user:mallory") }
+	held := func() int64 { return sc.sc.core.Budget.HeldBy("user:mallory") }
 	title := strings.Repeat("x", 1000)
 	answers := make(chan response, 2)
 	for i := range 2 {
@@ -158,7 +158,7 @@ func TestReviewLongPushIsInterruptible(t *testing.T) {
 		case r = <-victim:
 			return true
 		default:
-			return sc.sc.Budget.Preempted() > 0
+			return sc.sc.core.Budget.Preempted() > 0
 		}
 	})
 	if r.status == 0 {
@@ -176,5 +176,5 @@ func TestReviewLongPushIsInterruptible(t *testing.T) {
 			t.Errorf("mallory's push = %d %s, want 200", a.status, a.raw)
 		}
 	}
-	proxytest.WaitFor(t, "every byte to come back", func() bool { return sc.sc.Budget.InUse() == 0 })
+	proxytest.WaitFor(t, "every byte to come back", func() bool { return sc.sc.core.Budget.InUse() == 0 })
 }

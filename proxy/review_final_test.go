@@ -123,7 +123,7 @@ func TestReviewAnotherUsersPushSplitsAFlight(t *testing.T) {
 		var locked int
 		err := sc.pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
 			WHERE wait_event_type = 'Lock' AND strpos(query, $1) > 0`, h.schema).Scan(&locked)
-		return err == nil && locked > 0 || sc.sc.Turns.Waiting() > 0
+		return err == nil && locked > 0 || sc.sc.core.Turns.Waiting() > 0
 	})
 	f.release()
 	<-f.lead

@@ -106,7 +106,7 @@ func TestReviewRiderAfterAPokeElsewhere(t *testing.T) {
 		var locked int
 		err := b.pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
 			WHERE wait_event_type = 'Lock' AND strpos(query, $1) > 0`, h.schema).Scan(&locked)
-		return err == nil && locked > 0 || b.sc.Turns.Waiting() > 0
+		return err == nil && locked > 0 || b.sc.core.Turns.Waiting() > 0
 	})
 	once.Do(func() { close(release) })
 	<-lead

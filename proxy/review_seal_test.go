@@ -27,7 +27,7 @@ func TestReviewAChangeAfterBoardingRefusesNoRider(t *testing.T) {
 	// It rides: the leader holds one of the group's two turns, so a pull
 	// that led would take the other and wait for the row lock, not here.
 	proxytest.WaitFor(t, "the second pull to board the leader's fetch", func() bool {
-		return sc.sc.Turns.Waiting() > 0
+		return sc.sc.core.Turns.Waiting() > 0
 	})
 	// Only now is another user's write routed: it pokes nobody of alice's.
 	if r := sc.push(t, "bob", "g-bob", create("c-bob", 1, "b1")); r.status != http.StatusOK {

@@ -23,7 +23,7 @@ func TestRoutedChangesMoveBeforeTheirPokes(t *testing.T) {
 	s.waitOpen(t)
 	count := func() int64 {
 		t.Helper()
-		n, err := a.sc.Store.ChangeCount(context.Background())
+		n, err := a.sc.core.Store.ChangeCount(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -164,7 +164,7 @@ func TestServerIDMissingFromAnswer(t *testing.T) {
 	if got, want := api.Calls(), []string{"POST /api/todos/ 201", "PATCH /api/todos/tmp-1/ 404"}; !slices.Equal(got, want) {
 		t.Errorf("calls %q, want %q", got, want)
 	}
-	if n := testutil.ToFloat64(a.sc.Metrics.MappingErrors.WithLabelValues("mutation")); n != 2 {
+	if n := testutil.ToFloat64(a.sc.core.Metrics.MappingErrors.WithLabelValues("mutation")); n != 2 {
 		t.Errorf(`mapping_errors_total{kind="mutation"} = %v, want 2 (the answer without its id, the 404)`, n)
 	}
 	if !strings.Contains(h.logs.String(), `"level":"ERROR","msg":"likely mapping error","kind":"mutation","mapped":"createTodo","method":"POST","path":"/api/todos/","status":201,"location":"","reason":"the answer has no field data.id (serverID.field); later mutations naming its temporary id go out with it"`) {

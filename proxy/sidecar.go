@@ -40,7 +40,7 @@ type Options = engine.Options
 // Sidecar serves Replicache push and pull for one legacy upstream and passes
 // every other request through to it. It is safe for concurrent use.
 type Sidecar struct {
-	*engine.Core
+	core        *engine.Core // what the engines and the handlers share
 	pushes      *push.Engine
 	pulls       *pull.Engine
 	passthrough http.Handler
@@ -55,7 +55,7 @@ type Sidecar struct {
 func New(o Options) *Sidecar {
 	c := engine.New(o)
 	cfg := c.Cfg
-	s := &Sidecar{Core: c, pushes: push.New(c), pulls: pull.New(c), pokes: newPokeServer(c)}
+	s := &Sidecar{core: c, pushes: push.New(c), pulls: pull.New(c), pokes: newPokeServer(c)}
 	s.passthrough = passthrough.New(passthrough.Options{
 		Base: cfg.Upstream, Transport: c.Parts.Upstream.Passthrough, Log: o.Logger,
 		Suspended:      verdict.Suspended(c.Parts.Upstream.RetryAfter()),
@@ -92,18 +92,18 @@ func NewHTTPServer(h http.Handler, readTimeout, writeTimeout time.Duration) *htt
 // invalidate hook, and the pass-through for everything else. Every request
 // gets its trace context here, before any handler runs.
 func (s *Sidecar) Handler() http.Handler {
-	push := s.Metrics.Instrument(metrics.EndpointPush, cors(s.Cfg.CORSOrigins, postOnly(s.gzip.Handler(s.pushes))))
-	pull := s.Metrics.Instrument(metrics.EndpointPull, cors(s.Cfg.CORSOrigins, postOnly(s.gzip.Handler(s.pulls))))
-	pass := s.Metrics.Instrument(metrics.EndpointProxy, s.passthrough)
-	pokes := s.Metrics.Instrument(metrics.EndpointPoke, cors(s.Cfg.CORSOrigins, http.HandlerFunc(s.pokes.handlePoke)))
-	invalidate := s.Metrics.Instrument(metrics.EndpointInvalidate, http.HandlerFunc(s.pokes.handleInvalidate))
+	push := s.core.Metrics.Instrument(metrics.EndpointPush, cors(s.core.Cfg.CORSOrigins, postOnly(s.gzip.Handler(s.pushes))))
+	pull := s.core.Metrics.Instrument(metrics.EndpointPull, cors(s.core.Cfg.CORSOrigins, postOnly(s.gzip.Handler(s.pulls))))
+	pass := s.core.Metrics.Instrument(metrics.EndpointProxy, s.passthrough)
+	pokes := s.core.Metrics.Instrument(metrics.EndpointPoke, cors(s.core.Cfg.CORSOrigins, http.HandlerFunc(s.pokes.handlePoke)))
+	invalidate := s.core.Metrics.Instrument(metrics.EndpointInvalidate, http.HandlerFunc(s.pokes.handleInvalidate))
 	// A push may run for its time budget plus one upstream call, a pull for
 	// a few upstream calls; the answer must still get out after that.
-	writeWindow := s.Cfg.PushTimeBudget + 2*s.Cfg.UpstreamTimeout + 10*time.Second
+	writeWindow := s.core.Cfg.PushTimeBudget + 2*s.core.Cfg.UpstreamTimeout + 10*time.Second
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		tc := s.Parts.Identity.Trace(r)
-		if s.Tracer != nil {
-			ctx, span := tracing.StartServerSpan(r.Context(), s.Tracer, &tc, "replicache "+s.endpointOf(r.URL.Path),
+		tc := s.core.Parts.Identity.Trace(r)
+		if s.core.Tracer != nil {
+			ctx, span := tracing.StartServerSpan(r.Context(), s.core.Tracer, &tc, "replicache "+s.endpointOf(r.URL.Path),
 				attribute.String("http.request.method", r.Method), attribute.String("url.path", r.URL.Path))
 			sw := &metrics.StatusWriter{ResponseWriter: w}
 			r, w = r.WithContext(ctx), sw
@@ -124,15 +124,15 @@ func (s *Sidecar) Handler() http.Handler {
 			w.Header().Set("X-Trace-ID", tc.TraceID)
 		}
 		switch r.URL.Path {
-		case s.Cfg.PushPath:
+		case s.core.Cfg.PushPath:
 			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeWindow))
 			push.ServeHTTP(w, r)
-		case s.Cfg.PullPath:
+		case s.core.Cfg.PullPath:
 			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeWindow))
 			pull.ServeHTTP(w, r)
-		case s.Cfg.PokePath:
+		case s.core.Cfg.PokePath:
 			pokes.ServeHTTP(w, r) // a stream: no write window; each event has its own deadline
-		case s.Cfg.InvalidatePath:
+		case s.core.Cfg.InvalidatePath:
 			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeWindow))
 			invalidate.ServeHTTP(w, r)
 		default:
@@ -145,13 +145,13 @@ func (s *Sidecar) Handler() http.Handler {
 // (the pass-through).
 func (s *Sidecar) endpointOf(path string) string {
 	switch path {
-	case s.Cfg.PushPath:
+	case s.core.Cfg.PushPath:
 		return metrics.EndpointPush
-	case s.Cfg.PullPath:
+	case s.core.Cfg.PullPath:
 		return metrics.EndpointPull
-	case s.Cfg.PokePath:
+	case s.core.Cfg.PokePath:
 		return metrics.EndpointPoke
-	case s.Cfg.InvalidatePath:
+	case s.core.Cfg.InvalidatePath:
 		return metrics.EndpointInvalidate
 	}
 	return metrics.EndpointProxy
@@ -174,20 +174,20 @@ func (s *Sidecar) AdminHandler(g prometheus.Gatherer) http.Handler {
 		// state is in the body and in replicache_sidecar_database_up.
 		db := "up"
 		switch {
-		case !s.Migrated.Load():
+		case !s.core.Migrated.Load():
 			db = "schema not migrated yet"
-		case !s.DBUp.Load():
+		case !s.core.DBUp.Load():
 			db = "unreachable"
 		}
-		if s.Draining.Load() {
+		if s.core.Draining.Load() {
 			problem.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": "shutting down", "database": db})
 			return
 		}
 		problem.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready", "database": db})
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
-	mux.Handle("GET /groups/{id}", inspector{s.Core})
-	if s.Cfg.Pprof {
+	mux.Handle("GET /groups/{id}", inspector{s.core})
+	if s.core.Cfg.Pprof {
 		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
 		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)

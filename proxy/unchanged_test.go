@@ -173,17 +173,17 @@ func TestUnchangedPullsMerged(t *testing.T) {
 		}
 		return false
 	})
-	merged := testutil.ToFloat64(sc.sc.Metrics.PullsMerged)
+	merged := testutil.ToFloat64(sc.sc.core.Metrics.PullsMerged)
 	cookies := []*replica{current.clone(), current.clone(), current.clone(), older.clone()}
 	answers := make([]patchAnswer, len(cookies))
 	var wg sync.WaitGroup
 	for i, c := range cookies {
 		wg.Go(func() { answers[i] = sc.pullInto(t, "alice", "g", c) })
 	}
-	proxytest.WaitFor(t, "the other pulls to ride on the first", func() bool { return sc.sc.Turns.Waiting() == len(cookies)-1 })
+	proxytest.WaitFor(t, "the other pulls to ride on the first", func() bool { return sc.sc.core.Turns.Waiting() == len(cookies)-1 })
 	close(release)
 	wg.Wait()
-	if n := testutil.ToFloat64(sc.sc.Metrics.PullsMerged) - merged; n != float64(len(cookies)-1) {
+	if n := testutil.ToFloat64(sc.sc.core.Metrics.PullsMerged) - merged; n != float64(len(cookies)-1) {
 		t.Fatalf("%v pulls merged; want %d", n, len(cookies)-1)
 	}
 	for i, ans := range answers[:3] {
