@@ -188,16 +188,3 @@ func (s *Core) Fail(w http.ResponseWriter, c *Exchange, p *problem.Error) {
 func (s *Core) FailOther(w http.ResponseWriter, endpoint string, log *slog.Logger, p *problem.Error) {
 	s.Fail(w, &Exchange{Endpoint: endpoint, Log: log}, p)
 }
-
-// ErrDetail is an error's whole story for the log: an upstream call's
-// Detail (which may name the upstream), or the error itself.
-func ErrDetail(err error) string {
-	var ce *upstream.CallError
-	switch {
-	case errors.As(err, &ce):
-		return ce.Detail()
-	case err != nil:
-		return err.Error()
-	}
-	return ""
-}

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -297,7 +298,7 @@ func (s *Engine) send(ctx context.Context, c *engine.Exchange, req *mutators.Req
 	}
 	if res.Outcome == mutators.Transient {
 		c.Log.Warn("mutation not applied; push stopped", "mutator", mu.Name, "mutation_id", mu.ID,
-			"outcome", verdict.LabelTransient, "cause", res.Cause(), "detail", engine.ErrDetail(res.Err))
+			"outcome", verdict.LabelTransient, "cause", res.Cause(), "detail", errDetail(res.Err))
 	}
 	return res, v
 }
@@ -422,4 +423,17 @@ func recordServerID(c *engine.Exchange, g *store.GroupTx, p prepared, res mutato
 		ids[temp] = res.ServerID
 		g.RecordServerID(temp, string(res.ServerID), p.mu.ClientID, p.mu.ID)
 	}
+}
+
+// errDetail is an error's whole story for the log: an upstream call's
+// Detail (which may name the upstream), or the error itself.
+func errDetail(err error) string {
+	var ce *upstream.CallError
+	switch {
+	case errors.As(err, &ce):
+		return ce.Detail()
+	case err != nil:
+		return err.Error()
+	}
+	return ""
 }
