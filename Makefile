@@ -59,7 +59,7 @@ test: test-go test-e2e
 test-go: build $(BIN)/devpg promtool tools $(PREVIOUS_BIN)
 	$(BIN)/devpg -- sh -c 'if [ -x $(PREVIOUS_BIN) ]; then export REQUIRE_PREVIOUS_RELEASE=1 SIDECAR_PREVIOUS_BIN=$(CURDIR)/$(PREVIOUS_BIN); fi; \
 	  REQUIRE_DATABASE=1 REQUIRE_PROMTOOL=1 REQUIRE_DEPLOY_TOOLS=1 $(GO) test -race -count=1 ./... && \
-	  SIDECAR_TEST_TRACING=1 $(GO) test -count=1 ./proxy && $(GO) test -run "^$$" -bench . -benchtime 3x ./proxy ./proxy/pull && \
+	  SIDECAR_TEST_TRACING=1 $(GO) test -count=1 ./proxy ./proxy/pull && $(GO) test -run "^$$" -bench . -benchtime 3x ./proxy ./proxy/pull && \
 	  $(BIN)/bench -quick -sidecar $(BIN)/replicache-sidecar >/dev/null'
 
 $(PREVIOUS_BIN):

@@ -14,6 +14,10 @@ import (
 	"sync/atomic"
 	"testing"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -69,7 +73,16 @@ func newTestEngine(t *testing.T) *testEngine {
 	}
 	t.Cleanup(pool.Close)
 	logs := &proxytest.Buffer{}
-	c := engine.New(engine.Options{Config: cfg, Pool: pool, Registerer: prometheus.NewRegistry(),
+	// As package proxy's harness: under SIDECAR_TEST_TRACING (make test-go
+	// runs the package so once more) spans are recorded, and must change
+	// nothing the tests see.
+	var tracer trace.Tracer
+	if os.Getenv("SIDECAR_TEST_TRACING") != "" {
+		tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(tracetest.NewNoopExporter()))
+		t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+		tracer = tp.Tracer("test")
+	}
+	c := engine.New(engine.Options{Config: cfg, Pool: pool, Registerer: prometheus.NewRegistry(), Tracer: tracer,
 		Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if err := c.Migrate(context.Background()); err != nil {
 		t.Fatalf("migrating: %v", err)
