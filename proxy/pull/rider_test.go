@@ -195,7 +195,8 @@ func noCount() (int64, error) { return 0, errors.New("no count in this test") }
 
 // TestRefusedRiderLeadsItsOwnFetch: a rider the leader refuses at the
 // seal (a change was routed while it boarded) is answered once, from a
-// fetch of its own: the view as it is, under a cookie above its own.
+// fetch of its own: the view as it is, under a cookie no lower than its
+// own (the same one here: nothing changed since it was issued).
 func TestRefusedRiderLeadsItsOwnFetch(t *testing.T) {
 	t.Parallel()
 	e := newTestEngine(t)
@@ -208,8 +209,18 @@ func TestRefusedRiderLeadsItsOwnFetch(t *testing.T) {
 	if riders := (leading{f}).seal(noCount); len(riders) != 0 {
 		t.Fatalf("the seal answers %d riders from a fetch that read no count; want none", len(riders))
 	}
+	var reads atomic.Int64 // the view's reads from here on
+	e.up.SetHook(func(_ http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodGet && r.URL.Path == "/api/todos" {
+			reads.Add(1)
+		}
+		return false
+	})
 	f.Land(nil)
 	got := decodeAnswer(t, <-out)
+	if reads.Load() == 0 {
+		t.Error("the refused rider was answered without reading the view; want a fetch of its own")
+	}
 	if got.code != 200 || strings.Contains(got.raw, "ClientStateNotFound") {
 		t.Fatalf("the refused rider was answered %d %s; want its own pull's answer", got.code, got.raw)
 	}
