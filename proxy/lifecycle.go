@@ -177,7 +177,7 @@ func (s *Sidecar) runPokes(ctx context.Context) { s.core.Bus.Run(ctx) }
 // Service with it.
 func (s *Sidecar) watchDatabase(ctx context.Context) {
 	probe := func() {
-		if !s.core.Migrated.Load() {
+		if !s.core.Migrated() {
 			// Until Migrate has succeeded (it sets the state itself, and
 			// pushes and pulls answer Starting meanwhile), a reading may be
 			// taken between two migrations' commits and land after Migrate:
@@ -192,7 +192,7 @@ func (s *Sidecar) watchDatabase(ctx context.Context) {
 			return
 		}
 		up := err == nil
-		if s.core.DBUp.Swap(up) != up {
+		if s.core.NoteDatabase(up) {
 			if up {
 				s.core.Log.Info("the sidecar's database answers again; pushes and pulls are served")
 			} else {

@@ -174,12 +174,12 @@ func (s *Sidecar) AdminHandler(g prometheus.Gatherer) http.Handler {
 		// state is in the body and in replicache_sidecar_database_up.
 		db := "up"
 		switch {
-		case !s.core.Migrated.Load():
+		case !s.core.Migrated():
 			db = "schema not migrated yet"
-		case !s.core.DBUp.Load():
+		case !s.core.DatabaseUp():
 			db = "unreachable"
 		}
-		if s.core.Draining.Load() {
+		if s.core.Draining() {
 			problem.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": "shutting down", "database": db})
 			return
 		}

@@ -121,12 +121,10 @@ type Core struct {
 	Once    LogOnce        // log lines said at most once in a while
 
 	current  atomic.Pointer[mapping.Mapping]
-	Keys     atomic.Pointer[KeySecrets] // the idempotency keys' HMAC secrets, once migrated
-	Migrated atomic.Bool
-	Draining atomic.Bool
-	// DBUp: the sidecar's database answered the last probe (watchDatabase;
-	// a successful migration sets it too).
-	DBUp atomic.Bool
+	keys     atomic.Pointer[KeySecrets] // the idempotency keys' HMAC secrets, once migrated
+	migrated atomic.Bool
+	draining atomic.Bool
+	dbUp     atomic.Bool // see DatabaseUp
 }
 
 // KeySecrets are the idempotency keys' HMAC secrets: the one new
@@ -184,11 +182,11 @@ const DBProbeEvery = 2
 // before its schema is migrated.
 func (s *Core) CheckServing() *problem.Error {
 	switch {
-	case s.Draining.Load():
+	case s.draining.Load():
 		return problem.Unavailable(problem.ShuttingDown, 1, "the sidecar is shutting down; retry")
-	case !s.Migrated.Load():
+	case !s.migrated.Load():
 		return problem.Unavailable(problem.Starting, 1, "the sidecar's database schema is not ready yet; retry")
-	case !s.DBUp.Load():
+	case !s.dbUp.Load():
 		// Fail fast: a push or pull would only wait for a connection the
 		// pool cannot make. The pass-through is not affected.
 		return problem.Unavailable(problem.DatabaseUnavailable, DBProbeEvery, "the sidecar's database is unavailable; retry later")
@@ -199,7 +197,25 @@ func (s *Core) CheckServing() *problem.Error {
 // Drain makes readiness fail and new pushes and pulls answer 503, so the
 // load balancer stops sending traffic before the listeners close. Poke
 // streams go on until the servers shut down.
-func (s *Core) Drain() { s.Draining.Store(true) }
+func (s *Core) Drain() { s.draining.Store(true) }
+
+// Draining reports whether Drain was called.
+func (s *Core) Draining() bool { return s.draining.Load() }
+
+// Migrated reports whether Migrate succeeded.
+func (s *Core) Migrated() bool { return s.migrated.Load() }
+
+// DatabaseUp reports whether the sidecar's database answered the last
+// probe (package proxy's lifecycle probes it; a successful Migrate counts
+// as one).
+func (s *Core) DatabaseUp() bool { return s.dbUp.Load() }
+
+// NoteDatabase records a probe's result, and reports whether it differs
+// from the last one.
+func (s *Core) NoteDatabase(up bool) (changed bool) { return s.dbUp.Swap(up) != up }
+
+// Keys are the idempotency keys' secrets (nil until Migrate succeeded).
+func (s *Core) Keys() *KeySecrets { return s.keys.Load() }
 
 // Parts are what talks to the upstream: one client per kind of call (each
 // with its breaker), the mutation sender, the view fetcher and the identity

@@ -12,10 +12,12 @@
 //     and starts nothing. Migrate applies the schema's migrations and loads
 //     the idempotency keys, and only then do pushes and pulls get past
 //     Begin (before: 503 SIDECAR_STARTING).
-//   - A Core is safe for concurrent use. Its fields are set by New and
-//     never replaced, except the atomic ones (the idempotency keys, the
-//     serving flags) and the mapping (UseMapping), which package proxy's
-//     lifecycle moves; a request keeps the mapping it began with.
+//   - A Core is safe for concurrent use. Its exported fields are set by New
+//     and never replaced. What moves is behind methods: the mapping
+//     (UseMapping, Mapping; a request keeps the one it began with), the
+//     idempotency keys (set by Migrate, read by Keys), and the serving
+//     state (Drain, Draining, Migrated, NoteDatabase, DatabaseUp), which
+//     package proxy's lifecycle moves and Begin reads.
 //   - Begin decides, in this order and from the headers alone until the
 //     last step: a cross-site page's request is refused, a draining or
 //     unmigrated sidecar refuses, an open breaker of the kind the request

@@ -34,10 +34,6 @@ type Exchange struct {
 	// Mem holds the request's bytes in the process-wide budget (its body,
 	// then the view it fetches); the handler releases it when done.
 	Mem *budget.Lease
-
-	// CredentialsRechecked: the auth endpoint was asked again during this
-	// push (at most once, before consuming a rejection).
-	CredentialsRechecked bool
 }
 
 // ProtocolRequest is a push or pull body.

@@ -17,10 +17,10 @@ func (s *Core) Migrate(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.Keys.Store(keys)
-	s.DBUp.Store(true)
+	s.keys.Store(keys)
+	s.dbUp.Store(true)
 	s.Metrics.DatabaseUp.Set(1)
-	s.Migrated.Store(true)
+	s.migrated.Store(true)
 	return nil
 }
 

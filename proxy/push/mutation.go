@@ -103,7 +103,7 @@ func (s *Engine) prepare(mp *mapping.Mapping, mu mutators.Mutation) prepared {
 	if int64(len(mu.Args)) > s.Cfg.MaxArgsBytes {
 		return prepared{mu: mu, renderErr: fmt.Errorf("args are %d bytes, more than %d (SIDECAR_MAX_ARGS_BYTES)", len(mu.Args), s.Cfg.MaxArgsBytes)}
 	}
-	mu.IdempotencyKey = mutators.IdempotencyKey(s.Keys.Load().Current, mu)
+	mu.IdempotencyKey = mutators.IdempotencyKey(s.Keys().Current, mu)
 	req, err := mp.Mutators.Render(mu)
 	return prepared{mu: mu, req: req, renderErr: err}
 }
@@ -141,7 +141,7 @@ func (e *pendingError) Error() string { return e.p.Error() }
 // applyOne processes one prepared mutation inside a batch's transaction;
 // ids are the server ids the batch knows (loadServerIDs), nil when the
 // mapping declares none.
-func (s *Engine) applyOne(ctx context.Context, c *engine.Exchange, mp *mapping.Mapping, g *store.GroupTx, p prepared, ids mutators.ServerIDs) (settled, error) {
+func (s *Engine) applyOne(ctx context.Context, c *exchange, mp *mapping.Mapping, g *store.GroupTx, p prepared, ids mutators.ServerIDs) (settled, error) {
 	mu := p.mu
 	r := settled{name: mu.Name}
 	cur, err := g.LastMutationID(ctx, mu.ClientID)
@@ -167,7 +167,7 @@ func (s *Engine) applyOne(ctx context.Context, c *engine.Exchange, mp *mapping.M
 		return r, err
 	}
 	p = withServerIDs(mp, p, ids)
-	keys := s.Keys.Load()
+	keys := s.Keys()
 	if p.req != nil {
 		if err := s.keepOldKey(ctx, g, keys, p.req, mu); err != nil {
 			return r, err
@@ -267,7 +267,7 @@ func (s *Engine) keepOldKey(ctx context.Context, g *store.GroupTx, keys *engine.
 // send makes one mutation's call, admitted by the mutation breaker, in a
 // span of its own when tracing, and judges the answer: the breaker counts
 // the verdict's evidence.
-func (s *Engine) send(ctx context.Context, c *engine.Exchange, req *mutators.Request, mu mutators.Mutation) (mutators.Result, verdict.Verdict) {
+func (s *Engine) send(ctx context.Context, c *exchange, req *mutators.Request, mu mutators.Mutation) (mutators.Result, verdict.Verdict) {
 	ticket, err := s.Parts.Upstream.Mutation.Admit()
 	if err != nil {
 		res := mutators.Result{Outcome: mutators.Transient, Err: err}
@@ -308,11 +308,11 @@ func (s *Engine) send(ctx context.Context, c *engine.Exchange, req *mutators.Req
 // 401 when they no longer do (or now name someone else), the auth
 // endpoint's own failure when it cannot tell, and nil when they stand or
 // when identity does not come from the auth endpoint.
-func (s *Engine) recheckCredentials(ctx context.Context, c *engine.Exchange, mu mutators.Mutation) *pendingError {
-	if !s.Parts.Identity.AsksAPI() || c.ViaHeader || c.CredentialsRechecked {
+func (s *Engine) recheckCredentials(ctx context.Context, c *exchange, mu mutators.Mutation) *pendingError {
+	if !s.Parts.Identity.AsksAPI() || c.ViaHeader || c.credentialsRechecked {
 		return nil
 	}
-	c.CredentialsRechecked = true
+	c.credentialsRechecked = true
 	user, v := s.Parts.Identity.Ask(ctx, c.Forward, c.Key())
 	switch {
 	case v.Cause == verdict.Credentials, v.Problem == nil && user != c.User:
@@ -410,7 +410,7 @@ func withServerIDs(mp *mapping.Mapping, p prepared, ids mutators.ServerIDs) prep
 // create answers the same id and records nothing more; a different id for
 // a temporary id already recorded (the id used twice) is logged and kept
 // out.
-func recordServerID(c *engine.Exchange, g *store.GroupTx, p prepared, res mutators.Result, ids mutators.ServerIDs) {
+func recordServerID(c *exchange, g *store.GroupTx, p prepared, res mutators.Result, ids mutators.ServerIDs) {
 	if ids == nil || p.req == nil || p.req.TempID == "" || res.ServerID == "" {
 		return // no serverID, or none to record: the verdict reported why
 	}

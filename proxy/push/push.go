@@ -22,6 +22,14 @@ type Engine struct {
 	*engine.Core
 }
 
+// exchange is a push past Begin, with what the push engine notes of it.
+type exchange struct {
+	*engine.Exchange
+	// credentialsRechecked: the auth endpoint was asked again during this
+	// push (at most once, before consuming a rejection).
+	credentialsRechecked bool
+}
+
 // New returns the push engine of c.
 func New(c *engine.Core) *Engine { return &Engine{Core: c} }
 
@@ -79,7 +87,7 @@ func (s *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// cut (an answered call is always recorded); the push then starts
 	// nothing new and answers an early exit.
 	done := c.Mem.Interruptible(func() {})
-	stats, err := s.applyAll(ctx, c, req, known)
+	stats, err := s.applyAll(ctx, &exchange{Exchange: c}, req, known)
 	done()
 	if stats.Rejected > 0 {
 		s.trimRejections(ctx, c, req.ClientGroupID)
@@ -113,7 +121,7 @@ func (s *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // returned), the time budget runs out or the sidecar drains (early exit),
 // or all are done. known holds the last mutation ids learnt so far, by
 // client.
-func (s *Engine) applyAll(ctx context.Context, c *engine.Exchange, req pushRequest, known map[string]int64) (pushStats, error) {
+func (s *Engine) applyAll(ctx context.Context, c *exchange, req pushRequest, known map[string]int64) (pushStats, error) {
 	mp := s.Mapping() // one mapping for the whole push, even across a reload
 	var stats pushStats
 	for i := 0; i < len(req.Mutations); {
@@ -124,7 +132,7 @@ func (s *Engine) applyAll(ctx context.Context, c *engine.Exchange, req pushReque
 			i++
 			continue
 		}
-		if time.Since(c.Start) >= s.Cfg.PushTimeBudget || s.Draining.Load() || c.Mem.Err() != nil {
+		if time.Since(c.Start) >= s.Cfg.PushTimeBudget || s.Draining() || c.Mem.Err() != nil {
 			// Early exit (time budget, shutting down, pre-empted): what is committed
 			// stays committed; the client pushes the rest next time.
 			stats.EarlyExit, stats.Pending = true, len(req.Mutations)-i
@@ -192,7 +200,7 @@ func (s *Engine) applyAll(ctx context.Context, c *engine.Exchange, req pushReque
 // it honours the key, applies it exactly once; the last mutation id never
 // goes back. From the upstream call on, the work is detached from the
 // client's cancellation so an answered call is always recorded.
-func (s *Engine) applyBatch(ctx context.Context, c *engine.Exchange, mp *mapping.Mapping, muts []prepared) (done []settled, stop, err error) {
+func (s *Engine) applyBatch(ctx context.Context, c *exchange, mp *mapping.Mapping, muts []prepared) (done []settled, stop, err error) {
 	first := muts[0].mu
 	pruned := 0
 	err = s.Locked(ctx, first.ClientGroupID, first.UserID, first.ClientID, func(g *store.GroupTx) error {
@@ -204,7 +212,7 @@ func (s *Engine) applyBatch(ctx context.Context, c *engine.Exchange, mp *mapping
 		}
 		for i, p := range muts {
 			if i > 0 && (time.Since(opened) >= batchWindow || time.Since(c.Start) >= s.Cfg.PushTimeBudget ||
-				s.Draining.Load() || ctx.Err() != nil || c.Mem.Err() != nil) {
+				s.Draining() || ctx.Err() != nil || c.Mem.Err() != nil) {
 				return nil // the rest goes in the next transaction, if any
 			}
 			r, err := s.applyOne(ctx, c, mp, g, p, ids)
@@ -237,7 +245,7 @@ func (s *Engine) applyBatch(ctx context.Context, c *engine.Exchange, mp *mapping
 	if err != nil {
 		return nil, nil, err
 	}
-	s.countPruned(c, pruned) // committed
+	s.countPruned(c.Exchange, pruned) // committed
 	return done, stop, nil
 }
 
