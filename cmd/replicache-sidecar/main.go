@@ -28,26 +28,6 @@ import (
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/tracing"
 )
 
-// version and revision name the build; `make build` and the image set them
-// with -ldflags "-X main.version=… -X main.revision=…".
-var (
-	version  = "dev"
-	revision = ""
-)
-
-const usage = `Usage: replicache-sidecar [command]
-
-Commands:
-  (none)     serve: push, pull, poke streams and pass-through on SIDECAR_LISTEN_ADDR,
-             health, readiness and metrics on SIDECAR_ADMIN_ADDR
-  check      try the mapping against the live API (replicache-sidecar check --help)
-  inspect    show one client group, from a running sidecar's admin listener
-             (replicache-sidecar inspect --help)
-  version    print the version
-
-Configuration is read from SIDECAR_* environment variables (config.example.env).
-`
-
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	code := runCommand(ctx, os.Args[1:], environ(), os.Stdout, os.Stderr)
@@ -129,11 +109,4 @@ func run(ctx context.Context, env map[string]string, logOut io.Writer, listen li
 		return errors.Join(fmt.Errorf("listening on SIDECAR_ADMIN_ADDR: %w", err), public.Close())
 	}
 	return sc.Serve(ctx, public, admin, reg)
-}
-
-func orUnknown(s string) string {
-	if s == "" {
-		return "unknown"
-	}
-	return s
 }
