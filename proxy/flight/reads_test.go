@@ -13,7 +13,7 @@ import (
 // yet, never one under way; a burst of askers shares a few reads.
 func TestReadsBeginAfterTheyAreAsked(t *testing.T) {
 	t.Parallel()
-	var c Reads
+	var c Reads[int64]
 	var mu sync.Mutex
 	var reads int64
 	started := make(chan struct{})
