@@ -73,7 +73,8 @@
 // proxy routes it → engine.Core.Begin, as for a push, and the view
 // breaker must not be open → pull: join a running fetch of the same group,
 // user and credentials (flight) that began after every change routed so
-// far (store's count of routed changes), or lead one: holding the group's
+// far that may poke the user (store's counts of routed changes: everyone's
+// and the user's own), or lead one: holding the group's
 // lock, read every client's last mutation id and each source's state in
 // the group's record (store), and decide per source (plan, from that
 // state and the writes this replica has seen): read it in full, read only

@@ -299,7 +299,7 @@ func (s *pokeServer) handleInvalidate(w http.ResponseWriter, r *http.Request) {
 	}
 	// The legacy service made its writes before it called: the count of
 	// routed changes moves before the poke (see engine.Core.NoteChange).
-	s.NoteChange()
+	s.NoteChange(body.Users)
 	s.Notify(log, metrics.PokeFromInvalidate, body.Users)
 	if body.Users == nil {
 		problem.WriteJSON(w, http.StatusAccepted, map[string]any{"poked": "all", "sources": marked})
@@ -398,12 +398,12 @@ func (w *writePokes) wrote(write *http.Request) {
 // runs off the pass-through's answer.
 func (w *writePokes) poke(log *slog.Logger, c identity.Caller, at time.Time) {
 	known := c.User != "" || c.ViaHeader
-	_, someone := w.s.PokeUsers(c.User)
+	users, someone := w.s.PokeUsers(c.User)
 	if (!known && w.s.Cfg.PokePassthrough == config.PokePassthroughIdentified) || !someone {
 		w.s.Metrics.PokeSkipped.WithLabelValues(metrics.SkippedUnidentified).Inc()
 		return
 	}
-	w.s.NoteChange()
+	w.s.NoteChange(users)
 	w.s.PokeForAt(log, metrics.PokeFromPassthrough, c, at)
 }
 

@@ -31,7 +31,11 @@
 //     (MarkWrite); the count of routed changes moves (a push's mutation
 //     with its settlement, in store; any other write by NoteChange, which
 //     its caller calls first); then the poke (PokeFor, PokeForAt, Notify),
-//     which moves nothing itself.
+//     which moves nothing itself. Whose count moves follows whom the poke
+//     reaches: under SIDECAR_POKE_SCOPE=user, a write that pokes only its
+//     user's streams moves that user's count (ChangeFor, NoteChange's
+//     users), which only that user's pulls read; any other write moves
+//     everyone's, which every pull reads (store.ChangeCounts.For).
 //
 // Package proxy builds the Core and gives it to the engines, package push
 // and package pull, and to its own handlers (poke streams, the invalidate

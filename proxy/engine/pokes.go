@@ -18,18 +18,37 @@ func (s *Core) Notify(log *slog.Logger, source string, users []string) {
 }
 
 // NoteChange moves the count of routed changes (store.NoteChange) for a
-// write the API has answered, before its poke goes out, so that a pull the
+// write the API has answered whose poke reaches users (nil: everyone, as
+// Notify and PokeUsers say), before its poke goes out, so that a pull the
 // poke causes, through any replica, does not ride on a fetch that began
-// before the write (see pull.Engine). A push's mutations move it with
-// their settlement. A failure is logged and the poke still goes out: a
-// pull it causes may then ride on such a fetch, as one poked by another
-// replica could before the count existed.
-func (s *Core) NoteChange() {
+// before the write (see pull.Engine). Under SIDECAR_POKE_SCOPE=user it
+// moves only those users' counts, which pulls of other users do not read;
+// otherwise everyone's (the poke scope decides whose count, as ChangeFor
+// does for a push's mutations, which move it with their settlement). A
+// failure is logged and the poke still goes out: a pull it causes may
+// then ride on such a fetch, as one poked by another replica could before
+// the count existed.
+func (s *Core) NoteChange(users []string) {
 	ctx, cancel := context.WithTimeout(context.Background(), markTimeout)
 	defer cancel()
-	if err := s.Store.NoteChange(ctx); err != nil && s.Once.Due("changes", time.Minute) {
+	var counted []string // everyone's
+	if s.Cfg.PokeScope == "user" {
+		counted = users
+	}
+	if err := s.Store.NoteChange(ctx, counted...); err != nil && s.Once.Due("changes", time.Minute) {
 		s.Log.Warn("noting a routed change in the database failed; a pull its poke causes may ride on an older fetch of its group", "error", err)
 	}
+}
+
+// ChangeFor is whose count of routed changes a write by user moves
+// (store.Settlement.ChangeFor): under SIDECAR_POKE_SCOPE=user the user's
+// own, the only streams its poke reaches (PokeUsers); otherwise, or when
+// the user is not known, everyone's ("").
+func (s *Core) ChangeFor(user string) string {
+	if s.Cfg.PokeScope != "user" {
+		return ""
+	}
+	return user
 }
 
 // PokeFor pokes, in every replica, whom a write by c concerns under

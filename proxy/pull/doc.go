@@ -21,7 +21,9 @@
 //     pull fails (verdict.View says how) and the record is unchanged.
 //   - A cookie only grows, and an answer is never older than any change
 //     routed before the pull began: a rider is answered from the leader's
-//     fetch only when the count of routed changes proves it (leading.seal).
+//     fetch only when the count of routed changes proves it (leading.seal):
+//     the count of the pull's user, which every write that may poke that
+//     user moves (store.ChangeCounts.For).
 //   - A leader whose client left still fetches and commits (riders may
 //     wait for it), and its answer goes nowhere; a rider whose client left
 //     ends as one, answered nothing.

@@ -168,9 +168,9 @@ func (discardWriter) WriteHeader(int)             {}
 type Engine struct {
 	*engine.Core
 	flights flight.Group[pullMeta, *pullRider]
-	shared  sharedViews  // the shared sources' last reads
-	chunks  sync.Pool    // of streamed answers' pieces (*[]byte)
-	counts  flight.Reads // riders' reads of the count of routed changes, shared
+	shared  sharedViews                      // the shared sources' last reads
+	chunks  sync.Pool                        // of streamed answers' pieces (*[]byte)
+	counts  flight.Reads[store.ChangeCounts] // riders' reads of the counts of routed changes, shared
 	// StreamAfter: a reset answer starts going out once its view has
 	// brought this many bytes (0: streamAfterBytes). Tests set less, before
 	// the engine serves.
@@ -202,8 +202,9 @@ type pullMeta struct {
 // pullRider is a pull answered from another pull's fetch.
 type pullRider struct {
 	cookie store.Cookie // the rider's
-	// changes is the count of routed changes read after the rider
-	// boarded, -1 until then (leading.seal).
+	// changes is the count of routed changes of the rider's user
+	// (store.ChangeCounts.For) read after the rider boarded, -1 until
+	// then (leading.seal).
 	changes atomic.Int64
 	// Written by the leader before the flight lands: the answer, or that
 	// the rider is refused (a change was routed while the fetch ran) and
@@ -224,11 +225,14 @@ type pullRider struct {
 // the group's record, or a reset.
 //
 // A poke may come from another replica, which this one's poke generation
-// does not see: so riders are judged by the count of routed changes
-// (every write moves it after the API answered and before anyone is
-// poked), which the leader reads before its fetch (with the source states
-// it reads anyway) and each rider once it has boarded, in reads shared
-// between riders (flight.Reads); leading.seal decides. A rider refused
+// does not see: so riders are judged by the count of routed changes of
+// their user (store.ChangeCounts.For: everyone's count plus the user's
+// own; every write moves the count of whom it pokes after the API
+// answered and before anyone is poked, so a write that pokes only other
+// users refuses no rider), which the leader reads before its fetch (with
+// the source states it reads anyway) and each rider once it has boarded,
+// in reads shared between riders (flight.Reads); leading.seal decides.
+// The flight's key holds the user: leader and riders read one count. A rider refused
 // tries once more to ride, on a fetch begun after the change, before it
 // leads its own.
 //
@@ -263,8 +267,8 @@ func (s *Engine) pull(ctx context.Context, c *engine.Exchange, req *pullRequest,
 		if !leader {
 			// The count of routed changes, read after boarding: a change
 			// this pull was poked for moved it before (pull's comment).
-			if n, err := s.counts.Read(ctx, s.Store.ChangeCount); err == nil {
-				rider.changes.Store(n)
+			if cs, err := s.counts.Read(ctx, s.Store.ChangeCounts); err == nil {
+				rider.changes.Store(cs.For(c.User))
 			}
 			err := f.Wait(ctx)
 			stopRiding()
@@ -422,11 +426,11 @@ func (s *Engine) pullLocked(ctx context.Context, c *engine.Exchange, req *pullRe
 				Writes: s.Writes, Marks: b.marks, Now: b.started})
 		}
 		// Read with the source states in diff mode: no round trip of its own.
-		changes, err := g.ChangeCount(ctx)
+		changes, err := g.ChangeCounts(ctx)
 		if err != nil {
 			return err
 		}
-		fl.fetching(changes)
+		fl.fetching(changes.For(c.User))
 		// A reset's answer may go out while the view is read (with no
 		// memos: only a pull holding the current version has them, and
 		// it gets a diff).
@@ -603,7 +607,10 @@ func (b *pullBuild) run(ctx context.Context, memos map[clientview.PageKey]*clien
 			view.reads[len(view.reads)-1] += " (" + why + ")"
 		}
 	}
-	b.riders = b.seal(func() (int64, error) { return b.g.ChangeCountNow(ctx) })
+	b.riders = b.seal(func() (int64, error) {
+		cs, err := b.g.ChangeCountsNow(ctx)
+		return cs.For(b.c.User), err
+	})
 	if s.Cfg.ExposeRejections {
 		n := len(view.entries)
 		if view.entries, err = s.addRejections(ctx, b.g, view.entries); err != nil {

@@ -216,7 +216,8 @@ func (s *Engine) applyOne(ctx context.Context, c *exchange, mp *mapping.Mapping,
 	}
 	r.label, r.lmid = v.Label, mu.ID
 	settle := store.Settlement{ClientID: mu.ClientID, MutationID: mu.ID, Outcome: store.Applied, KeySecret: keys.CurrentFP,
-		Status: res.Status, Mutator: mu.Name, GaveUp: v.Label == verdict.LabelAbandoned}
+		Status: res.Status, Mutator: mu.Name, GaveUp: v.Label == verdict.LabelAbandoned,
+		ChangeFor: s.ChangeFor(c.User)} // the push pokes as PokeFor(c) does
 	switch v.Label {
 	case verdict.LabelApplied:
 		c.Log.Debug("mutation applied", "mutator", mu.Name, "mutation_id", mu.ID, "outcome", v.Label, "status", res.Status)

@@ -73,6 +73,17 @@
 //     once its transaction commits. SetLastMutationID, RecordAttempt and
 //     RecordRejection do the same in separate calls (a rejection takes a
 //     round trip more); they remain until their callers use Settle.
+//   - Routed changes: counts of the writes the sidecar routed, per poke
+//     scope: everyone's, and each user's (one of a fixed set of sequences,
+//     by a hash of the user id: a collision costs a pull a fetch, never a
+//     wrong answer). NoteChange moves the counts of the users named (none,
+//     or a user "": everyone's); a consumed settlement moves its
+//     ChangeFor's with the transaction's next statement or COMMIT. Reads
+//     take every count at once (ChangeCounts; GroupTx.ChangeCounts, read
+//     with SourceStates; GroupTx.ChangeCountsNow), and ChangeCounts.For(u)
+//     is what a pull of u compares: everyone's plus u's, which only grows,
+//     and grows with every change noted for u or for everyone. Sequences:
+//     not transactional, no lock (a rolled-back settlement's move stays).
 //   - Server ids: RecordServerID notes, deferred like Settle's consumed
 //     outcomes, the id the API chose for a temporary id of the group; the
 //     first record of a temporary id stands. ServerIDs reads those of a

@@ -286,6 +286,32 @@ var migrations = []string{
 	`SET LOCAL lock_timeout = '3s';
 	ALTER TABLE {schema}.client_groups ADD COLUMN cookie_lmids bigint;
 	SET LOCAL lock_timeout TO DEFAULT;`,
+	// 19: a count of routed changes per poke scope: a write that pokes
+	// only its user's streams (SIDECAR_POKE_SCOPE=user) moves that user's
+	// count, one of 16 sequences chosen by a hash of the user id
+	// (changeBucket), and no longer everyone's (routed_changes, 17), so
+	// another user's write no longer keeps a pull from riding on a running
+	// fetch. A pull reads everyone's count plus its user's (ChangeCounts).
+	// A build that knows only 17 (never released) reads only everyone's
+	// count: during a rollout from it, its riders do not see the writes a
+	// newer replica counts per user (the release before 17 had no count at
+	// all). Expand-only: new sequences, CACHE 1 as 17's.
+	`CREATE SEQUENCE {schema}.routed_changes_0 AS bigint CACHE 1;
+	CREATE SEQUENCE {schema}.routed_changes_1 AS bigint CACHE 1;
+	CREATE SEQUENCE {schema}.routed_changes_2 AS bigint CACHE 1;
+	CREATE SEQUENCE {schema}.routed_changes_3 AS bigint CACHE 1;
+	CREATE SEQUENCE {schema}.routed_changes_4 AS bigint CACHE 1;
+	CREATE SEQUENCE {schema}.routed_changes_5 AS bigint CACHE 1;
+	CREATE SEQUENCE {schema}.routed_changes_6 AS bigint CACHE 1;
+	CREATE SEQUENCE {schema}.routed_changes_7 AS bigint CACHE 1;
+	CREATE SEQUENCE {schema}.routed_changes_8 AS bigint CACHE 1;
+	CREATE SEQUENCE {schema}.routed_changes_9 AS bigint CACHE 1;
+	CREATE SEQUENCE {schema}.routed_changes_10 AS bigint CACHE 1;
+	CREATE SEQUENCE {schema}.routed_changes_11 AS bigint CACHE 1;
+	CREATE SEQUENCE {schema}.routed_changes_12 AS bigint CACHE 1;
+	CREATE SEQUENCE {schema}.routed_changes_13 AS bigint CACHE 1;
+	CREATE SEQUENCE {schema}.routed_changes_14 AS bigint CACHE 1;
+	CREATE SEQUENCE {schema}.routed_changes_15 AS bigint CACHE 1;`,
 }
 
 // lastContractless is the last migration that may break the expand-only

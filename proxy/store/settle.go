@@ -66,6 +66,11 @@ type Settlement struct {
 	// the client's row with a consumed mutation for PreviousKeysThrough (0:
 	// left as it is). Unused for Pending.
 	KeySecret int64
+	// ChangeFor is whose count of routed changes a consumed mutation
+	// moves (see ChangeCounts): the user its push pokes, when it pokes
+	// only that user's streams; "" (everyone's) otherwise. Unused for
+	// Pending.
+	ChangeFor string
 }
 
 // Settle records what one upstream answer to the client's mutation came
@@ -159,7 +164,7 @@ const (
 // consume holds the statement that consumes s's mutation (Applied or
 // Rejected) until the transaction's next statement or COMMIT.
 func (g *GroupTx) consume(s Settlement) {
-	defer g.noteChange() // the API answered it; its push pokes after the COMMIT
+	defer g.noteChange(s.ChangeFor) // the API answered it; its push pokes after the COMMIT
 	var keySecret *int64
 	if s.KeySecret != 0 {
 		keySecret = &s.KeySecret

@@ -28,20 +28,24 @@ type SourceMark struct{ Write, Delete time.Time }
 
 // SourceStates reads what the group's current record holds of each source,
 // by source, and every source's marks (by the source's path, as given to
-// MarkSources), in one round trip, which also reads the count of routed
-// changes (ChangeCount then returns it). A group without a record, or whose
+// MarkSources), in one round trip, which also reads the counts of routed
+// changes (ChangeCounts then returns them). A group without a record, or whose
 // rows belong to another record (evicted, recreated), has no states.
 func (g *GroupTx) SourceStates(ctx context.Context) (map[string]SourceState, map[string]SourceMark, error) {
 	out, marks := map[string]SourceState{}, map[string]SourceMark{}
 	b := &pgx.Batch{}
-	b.Queue(g.s.sql(changeCountSQL))
+	b.Queue(g.s.sql(changeCountsSQL))
 	b.Queue(g.s.sql(`SELECT source, write_at, delete_at FROM {schema}.view_marks`))
 	if g.record.ID != 0 {
 		b.Queue(g.s.sql(`SELECT source, coalesce(watermark, ''), full_at, read_at FROM {schema}.view_sources
 			WHERE client_group_id = $1 AND record_id = $2`), g.GroupID, int64(g.record.ID))
 	}
 	br := g.tx.SendBatch(ctx, b)
-	err := br.QueryRow().Scan(&g.changes)
+	var counts []int64
+	err := br.QueryRow().Scan(&counts)
+	if err == nil {
+		err = g.changes.scan(counts)
+	}
 	g.changesRead = err == nil
 	if err == nil {
 		err = readMarks(br, marks)

@@ -193,8 +193,8 @@ type GroupTx struct {
 
 	stagedSources map[string]SourceState // StageSources: written by IssueCookies
 
-	// The count of routed changes, once read (ChangeCount).
-	changes     int64
+	// The counts of routed changes, once read (ChangeCounts).
+	changes     ChangeCounts
 	changesRead bool
 
 	// touchDue: the group's last use, as locked, was noted over
