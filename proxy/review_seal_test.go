@@ -59,7 +59,13 @@ type heldFetch struct {
 
 func heldFetchOfAlice(t *testing.T) heldFetch {
 	t.Helper()
-	h := newHarness(t, map[string]string{"SIDECAR_POKE_SCOPE": "user"})
+	return heldFetchOfAliceWith(t, map[string]string{"SIDECAR_POKE_SCOPE": "user"})
+}
+
+// heldFetchOfAliceWith is heldFetchOfAlice with the sidecar's settings env.
+func heldFetchOfAliceWith(t *testing.T, env map[string]string) heldFetch {
+	t.Helper()
+	h := newHarness(t, env)
 	sc := h.start()
 	if r := sc.push(t, "alice", "g", create("c1", 1, "a1")); r.status != http.StatusOK {
 		t.Fatalf("push = %d %s", r.status, r.raw)
