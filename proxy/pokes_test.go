@@ -47,7 +47,7 @@ func runPokes(t testing.TB, insts ...*instance) {
 	// once it listens (none are open yet).
 	proxytest.WaitFor(t, "the poke listeners", func() bool {
 		for _, inst := range insts {
-			if !inst.sc.core.Bus.Listening() || inst.sc.core.Hub.Generation() == 0 {
+			if !inst.sc.core.Bus.Listening() || inst.sc.core.Hub.Generation("") == 0 {
 				return false
 			}
 		}

@@ -137,3 +137,39 @@ func TestReviewAnotherUsersPushSplitsAFlight(t *testing.T) {
 		t.Errorf("two pulls of alice's group, the second during the first's fetch, fetched the view %d times; want once (bob's push pokes none of alice's)", n)
 	}
 }
+
+// TestAnotherUsersLocalPokeKeepsAFlight: under SIDECAR_POKE_SCOPE=user a
+// push of bob's through the same replica pokes only bob's streams there,
+// and moves only the poke generation alice's pulls do not compare (the
+// hub counts deliveries by a hash of the user), so a pull of alice's group
+// after it still rides on the fetch that began before it. Before, the
+// generation was one per replica: any delivery, to anyone, kept every
+// later pull from boarding a fetch begun before it.
+func TestAnotherUsersLocalPokeKeepsAFlight(t *testing.T) {
+	t.Parallel()
+	f := heldFetchOfAlice(t)
+	sc, second := f.sc, f.second
+	hub := sc.sc.core.Hub
+	alice, bob := hub.Generation("alice"), hub.Generation("bob")
+	if r := sc.push(t, "bob", "g-bob", create("c-bob", 1, "b1")); r.status != http.StatusOK {
+		t.Fatalf("bob's push = %d %s", r.status, r.raw)
+	}
+	proxytest.WaitFor(t, "bob's poke delivered here", func() bool { return hub.Generation("bob") > bob })
+	if got := hub.Generation("alice"); got != alice {
+		t.Errorf("bob's poke moved alice's poke generation (%d → %d)", alice, got)
+	}
+	ride := make(chan struct{})
+	go func() { defer close(ride); sc.pullInto(t, "alice", "g", second) }()
+	proxytest.WaitFor(t, "the second pull to ride or wait", func() bool {
+		var locked int
+		err := sc.pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
+			WHERE wait_event_type = 'Lock' AND strpos(query, $1) > 0`, f.h.schema).Scan(&locked)
+		return err == nil && locked > 0 || sc.sc.core.Turns.Waiting() > 0
+	})
+	f.release()
+	<-f.lead
+	<-ride
+	if n := f.fetches.Load(); n != 1 {
+		t.Errorf("two pulls of alice's group, the second after bob's poke here, fetched the view %d times; want once", n)
+	}
+}

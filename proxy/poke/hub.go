@@ -39,6 +39,7 @@ import (
 	"container/heap"
 	"container/list"
 	"errors"
+	"hash/fnv"
 	mathrand "math/rand/v2"
 	"sync"
 	"time"
@@ -159,11 +160,12 @@ type Hub struct {
 	count   int
 	seq     uint64
 	perUser map[string]int
-	gen     uint64          // deliveries so far
-	all     bool            // pending: every subscriber
-	users   map[string]bool // pending: these users' subscribers
-	armed   bool            // a delivery is scheduled
-	last    time.Time       // when the last delivery began
+	gen     uint64             // deliveries to every subscriber so far
+	genOf   [genBuckets]uint64 // deliveries to some users' subscribers, by genBucket
+	all     bool               // pending: every subscriber
+	users   map[string]bool    // pending: these users' subscribers
+	armed   bool               // a delivery is scheduled
+	last    time.Time          // when the last delivery began
 	closed  bool
 	done    chan struct{}
 
@@ -357,12 +359,27 @@ func (h *Hub) Unsubscribe(s *Subscriber) {
 	h.remove(s)
 }
 
-// Generation counts the deliveries so far: a pull that starts after a
-// delivery sees a larger one than any work begun before it.
-func (h *Hub) Generation() uint64 {
+// Generation counts the deliveries so far that reached user's
+// subscribers: those to every subscriber, and those to user's (counted
+// per genBucket of the user id, so a delivery to a user sharing the
+// bucket counts too). A pull of user that starts after such a delivery
+// sees a larger one than any work begun before it; a delivery only to
+// other users' subscribers (SIDECAR_POKE_SCOPE=user) mostly leaves it as
+// it was.
+func (h *Hub) Generation(user string) uint64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.gen
+	return h.gen + h.genOf[genBucket(user)]
+}
+
+// genBuckets is how many counts users' deliveries are spread over: users
+// sharing one only see each other's deliveries in Generation.
+const genBuckets = 64
+
+func genBucket(user string) int {
+	f := fnv.New32a()
+	_, _ = f.Write([]byte(user))
+	return int(f.Sum32() % genBuckets)
 }
 
 // Count returns the number of subscribers.
@@ -410,7 +427,17 @@ func (h *Hub) flush() {
 	h.mu.Lock()
 	all, users := h.all, h.users
 	h.all, h.users, h.armed = false, map[string]bool{}, false
-	h.gen++
+	if all {
+		h.gen++
+	} else {
+		var bumped [genBuckets]bool
+		for u := range users {
+			if b := genBucket(u); !bumped[b] {
+				bumped[b] = true
+				h.genOf[b]++
+			}
+		}
+	}
 	h.last = time.Now()
 	var to []*Subscriber
 	for _, l := range h.keys {

@@ -400,3 +400,27 @@ func TestHubLifetimesInOrder(t *testing.T) {
 		t.Errorf("%d subscribers, %d lifetimes after all ended", n, len(h.expiries))
 	}
 }
+
+// TestGenerationPerUser: a delivery to every subscriber moves every user's
+// generation; a delivery to some users' subscribers moves theirs (and
+// those of users sharing their bucket), not another's.
+func TestGenerationPerUser(t *testing.T) {
+	t.Parallel()
+	if genBucket("alice") == genBucket("bob") {
+		t.Fatal("the test's users share a bucket; pick others")
+	}
+	h := NewHub(Limits{Max: 10}, 0) // no window: delivered at once
+	a0, b0 := h.Generation("alice"), h.Generation("bob")
+	h.Poke([]string{"bob"})
+	if a, b := h.Generation("alice"), h.Generation("bob"); a != a0 || b != b0+1 {
+		t.Errorf("after a delivery to bob: alice %d → %d, bob %d → %d; want alice unchanged, bob one more", a0, a, b0, b)
+	}
+	h.Poke(nil)
+	if a, b := h.Generation("alice"), h.Generation("bob"); a != a0+1 || b != b0+2 {
+		t.Errorf("after a delivery to everyone: alice %d → %d, bob %d → %d; want each one more", a0, a, b0, b)
+	}
+	h.Poke([]string{"alice", "bob", "alice"})
+	if a, b := h.Generation("alice"), h.Generation("bob"); a != a0+2 || b != b0+3 {
+		t.Errorf("after a delivery to both: alice %d → %d, bob %d → %d; want each one more", a0, a, b0, b)
+	}
+}

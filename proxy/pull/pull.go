@@ -189,9 +189,11 @@ func New(c *engine.Core) *Engine { return &Engine{Core: c} }
 // the same, or names none.
 type pullMeta struct {
 	base store.Cookie // the leader's cookie
-	// gen is the poke hub's generation when the flight began: a pull that
-	// comes after a later poke (of a change made elsewhere, maybe after
-	// this fetch began) does not join it.
+	// gen is the poke hub's generation of the flight's user when it began
+	// (poke.Hub.Generation): a pull that comes after a later poke reaching
+	// that user (of a change made elsewhere, maybe after this fetch began)
+	// does not join it; a poke only of other users' streams does not
+	// count.
 	gen uint64
 	// changes is the count of routed changes the leader read before its
 	// fetch began, -1 until then (leading.seal compares it with the count
@@ -245,7 +247,7 @@ func (s *Engine) pull(ctx context.Context, c *engine.Exchange, req *pullRequest,
 		// began) tries once more to ride, on a fetch begun after that
 		// change: the pulls the change caused then share one fetch
 		// again, instead of each leading its own in turn.
-		gen := s.Hub.Generation()
+		gen := s.Hub.Generation(c.User)
 		rider := &pullRider{cookie: req.cookie}
 		rider.changes.Store(-1)
 		meta := pullMeta{base: req.cookie, gen: gen, changes: new(atomic.Int64)}

@@ -173,7 +173,7 @@ func (e *testEngine) refusedRider(t *testing.T, ctx context.Context, cookie any)
 	}
 	key := e.flightKey(req.ClientGroupID, c)
 	c.Mem.Release()
-	meta := pullMeta{gen: e.Hub.Generation(), changes: new(atomic.Int64)}
+	meta := pullMeta{gen: e.Hub.Generation("alice"), changes: new(atomic.Int64)}
 	meta.changes.Store(-1)
 	f, leader, err := e.flights.Join(key, meta, nil, nil)
 	if err != nil || !leader {
