@@ -112,11 +112,10 @@ func TestReviewAnotherUsersPushSplitsAFlight(t *testing.T) {
 	t.Parallel()
 	f := heldFetchOfAlice(t)
 	h, sc, second := f.h, f.sc, f.second
-	// Through another replica, which pokes nobody here: through sc, its
-	// poke would move sc's poke generation, which keeps any later pull of
-	// sc from boarding a fetch begun before it, whoever it pokes, whenever
-	// the poke window lets it out before the pull (a timing, not this
-	// test's subject: the count of routed changes).
+	// Through another replica, which pokes nobody here, so that only the
+	// count of routed changes can refuse the rider (through sc, bob's
+	// poke moves sc's poke generation of bob's: see
+	// TestAnotherUsersLocalPokeKeepsAFlight).
 	if r := h.start().push(t, "bob", "g-bob", create("c-bob", 1, "b1")); r.status != http.StatusOK {
 		t.Fatalf("bob's push = %d %s", r.status, r.raw)
 	}
