@@ -333,7 +333,16 @@ func (s *Engine) countReads(c *engine.Exchange, reads []clientview.SourceResult)
 type sharedViews struct {
 	mu    sync.Mutex
 	reads map[string]*sharedRead // by source id
-	runs  flight.Group[struct{}, struct{}]
+	runs  flight.Group[*sharedRun, struct{}]
+}
+
+// sharedRun is one read of a shared source under way: when it began (no
+// later than its request), and, once it has landed without error, what it
+// read (its waiters take this read, not whatever the replica holds by
+// then: an older run may land after a newer one).
+type sharedRun struct {
+	began time.Time
+	read  *sharedRead
 }
 
 type sharedRead struct {
@@ -356,14 +365,18 @@ func (sv *sharedViews) get(ctx context.Context, s *Engine, info clientview.Sourc
 	if r != nil && (again == nil && now.Sub(r.at) < info.MaxAge && !write.After(r.at) || again != nil && r.at.After(again.at)) {
 		return r, nil
 	}
-	f, leader, _ := sv.runs.Join(info.ID, struct{}{}, struct{}{}, func(struct{}) (bool, error) { return true, nil })
+	// A read under way is joined only when it began after every write
+	// seen under the source (and after the read held, with again): a pull
+	// poked for a write must not be answered from a read begun before it.
+	run := &sharedRun{began: time.Now()}
+	f, leader, _ := sv.runs.Join(info.ID, run, struct{}{}, func(m *sharedRun) (bool, error) {
+		return m.began.After(write) && (again == nil || m.began.After(again.at)), nil
+	})
 	if !leader {
 		if err := f.Wait(ctx); err != nil {
 			return nil, err
 		}
-		sv.mu.Lock()
-		defer sv.mu.Unlock()
-		return sv.reads[info.ID], nil
+		return f.Meta.read, nil
 	}
 	// No user's credentials: only what correlates the call.
 	hdr := http.Header{}
@@ -378,11 +391,14 @@ func (sv *sharedViews) get(ctx context.Context, s *Engine, info clientview.Sourc
 	res, err := s.Parts.Fetcher.FetchResult(upstream.WithCaller(context.WithoutCancel(ctx), "shared:"+info.ID), info.View, clientview.Request{Header: hdr})
 	if err == nil {
 		r = &sharedRead{entries: res.Entries, result: res.Sources[0], at: started}
+		run.read = r
 		sv.mu.Lock()
 		if sv.reads == nil {
 			sv.reads = map[string]*sharedRead{}
 		}
-		sv.reads[info.ID] = r
+		if old := sv.reads[info.ID]; old == nil || !old.at.After(r.at) { // runs may overlap: keep the newest
+			sv.reads[info.ID] = r
+		}
 		sv.mu.Unlock()
 		s.countReads(nil, res.Sources)
 	}
