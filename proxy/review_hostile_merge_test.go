@@ -55,7 +55,7 @@ func TestHostileSharedReadBegunBeforeAWrite(t *testing.T) {
 			<-release
 		}
 		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprintf(w, `{"items": [{"id": "c1", "name": "v%d"}]}`, v)
+		_, _ = fmt.Fprintf(w, `{"items": [{"id": "c1", "name": "v%d"}]}`, v)
 		return true
 	})
 	// u1's pull reads the shared source first: held, with the catalog at v1.
