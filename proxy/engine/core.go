@@ -74,7 +74,8 @@ func New(o Options) *Core {
 		Turns:   turns,
 		Writes:  plan.NewWrites(time.Now()),
 	}
-	c.Hub = poke.NewHub(poke.Limits{Max: cfg.PokeMaxSubscribers, PerKey: poke.PerKeyLimit(cfg.PokeMaxSubscribers), Lifetime: cfg.PokeMaxLifetime, Spread: cfg.PokeSpread},
+	c.Hub = poke.NewHub(poke.Limits{Max: cfg.PokeMaxSubscribers, PerKey: poke.PerKeyLimit(cfg.PokeMaxSubscribers), Lifetime: cfg.PokeMaxLifetime, Spread: cfg.PokeSpread,
+		GenerationPerUser: cfg.PokeScope == "user"},
 		cfg.PokeCoalesce)
 	c.Bus = poke.NewBus(c.Hub, o.Pool, cfg.DBSchema, cfg.PokeCallerInterval, o.Logger)
 	c.Bus.OnMarks(func(written, deleted []string, all bool) { c.Writes.Marked(written, deleted, all, time.Now()) })

@@ -67,6 +67,10 @@ type Limits struct {
 	// millisecond (spreadStep per subscriber: 40 streams take 10 ms, 1,000
 	// take 250 ms). 0: all at once.
 	Spread time.Duration
+	// GenerationPerUser: a delivery to some users' subscribers moves
+	// only their Generation (SIDECAR_POKE_SCOPE=user, where a write
+	// concerns its user alone). false: every delivery moves every user's.
+	GenerationPerUser bool
 }
 
 // spreadBatch and spreadStep: a delivery pokes spreadBatch subscribers at a
@@ -362,7 +366,7 @@ func (h *Hub) Unsubscribe(s *Subscriber) {
 // Generation counts the deliveries so far that reached user's
 // subscribers: those to every subscriber, and those to user's (counted
 // per genBucket of the user id, so a delivery to a user sharing the
-// bucket counts too). A pull of user that starts after such a delivery
+// bucket counts too); without Limits.GenerationPerUser, every delivery. A pull of user that starts after such a delivery
 // sees a larger one than any work begun before it; a delivery only to
 // other users' subscribers (SIDECAR_POKE_SCOPE=user) mostly leaves it as
 // it was.
@@ -427,7 +431,9 @@ func (h *Hub) flush() {
 	h.mu.Lock()
 	all, users := h.all, h.users
 	h.all, h.users, h.armed = false, map[string]bool{}, false
-	if all {
+	if all || !h.limits.GenerationPerUser || users[""] {
+		// Every user's: a delivery naming no known user counts for
+		// everyone, as its count of routed changes does (store).
 		h.gen++
 	} else {
 		var bumped [genBuckets]bool

@@ -402,14 +402,15 @@ func TestHubLifetimesInOrder(t *testing.T) {
 }
 
 // TestGenerationPerUser: a delivery to every subscriber moves every user's
-// generation; a delivery to some users' subscribers moves theirs (and
-// those of users sharing their bucket), not another's.
+// generation; with GenerationPerUser, a delivery to some users'
+// subscribers moves theirs (and those of users sharing their bucket), not
+// another's; without it, every user's.
 func TestGenerationPerUser(t *testing.T) {
 	t.Parallel()
 	if genBucket("alice") == genBucket("bob") {
 		t.Fatal("the test's users share a bucket; pick others")
 	}
-	h := NewHub(Limits{Max: 10}, 0) // no window: delivered at once
+	h := NewHub(Limits{Max: 10, GenerationPerUser: true}, 0) // no window: delivered at once
 	a0, b0 := h.Generation("alice"), h.Generation("bob")
 	h.Poke([]string{"bob"})
 	if a, b := h.Generation("alice"), h.Generation("bob"); a != a0 || b != b0+1 {
@@ -422,5 +423,12 @@ func TestGenerationPerUser(t *testing.T) {
 	h.Poke([]string{"alice", "bob", "alice"})
 	if a, b := h.Generation("alice"), h.Generation("bob"); a != a0+2 || b != b0+3 {
 		t.Errorf("after a delivery to both: alice %d → %d, bob %d → %d; want each one more", a0, a, b0, b)
+	}
+	// Without GenerationPerUser (scope all), every delivery moves every
+	// user's generation, as one count did.
+	one := NewHub(Limits{Max: 10}, 0)
+	one.Poke([]string{"bob"})
+	if a, b := one.Generation("alice"), one.Generation("bob"); a != 1 || b != 1 {
+		t.Errorf("one generation: after a delivery to bob, alice %d, bob %d; want 1 each", a, b)
 	}
 }
