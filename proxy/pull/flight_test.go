@@ -2,11 +2,15 @@ package pull
 
 import (
 	"errors"
+	"net/http"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/config"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/engine"
 	"github.com/replicache-sidecar/replicache-sidecar/proxy/flight"
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/identity"
 )
 
 // TestLeaderRefusesRidersAfterAChange: the leader of a flight answers all
@@ -89,5 +93,43 @@ func TestGatherWindow(t *testing.T) {
 		if got := gatherWindow(c.streams, c.spread); got != c.want {
 			t.Errorf("gatherWindow(%d streams, spread %v) = %v, want %v", c.streams, c.spread, got, c.want)
 		}
+	}
+}
+
+// TestFlightKeysDoNotCollide: pulls with different users or different
+// forwarded credentials never share a flight key, however the parts are
+// written: a token in Authorization or in Cookie, a user id holding the
+// separator, a value split over two headers.
+func TestFlightKeysDoNotCollide(t *testing.T) {
+	t.Parallel()
+	e := &Engine{Core: &engine.Core{Cfg: config.Config{ForwardHeaders: []string{"Authorization", "Cookie"}}}}
+	ex := func(user string, hdr ...string) *engine.Exchange {
+		h := http.Header{}
+		for i := 0; i < len(hdr); i += 2 {
+			h.Add(hdr[i], hdr[i+1])
+		}
+		return &engine.Exchange{Caller: identity.Caller{User: user, Forward: h}}
+	}
+	cases := []*engine.Exchange{
+		ex("alice", "Authorization", "T"),
+		ex("alice", "Cookie", "T"),
+		ex("alice"),
+		ex("alice", "Authorization", "T", "Authorization", "U"),
+		ex("alice", "Authorization", "T", "Cookie", "U"),
+		ex("alice\x00T"),
+		ex("alice\x00", "Cookie", "T"),
+		ex(""),
+		ex("", "Authorization", ""),
+	}
+	seen := map[string]int{}
+	for i, c := range cases {
+		k := e.flightKey("g", c)
+		if j, ok := seen[k]; ok {
+			t.Errorf("cases %d and %d share the flight key %q", j, i, k)
+		}
+		seen[k] = i
+	}
+	if e.flightKey("g", ex("alice", "Authorization", "T")) != e.flightKey("g", ex("alice", "Authorization", "T")) {
+		t.Error("the same pull's key differs")
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -364,13 +365,24 @@ func (l leading) seal(count func() (int64, error)) []*pullRider {
 
 // flightKey: pulls may share a fetch only with the same client group, user
 // and forwarded credentials (a token's scope may narrow what the API shows).
+// No two of those give one key: the group id holds no control character
+// (validated), the user (whatever the auth call answered) is
+// length-prefixed, and each forwarded header is named by its place and
+// its count of values, which hold no NUL (net/http refuses them).
 func (s *Engine) flightKey(groupID string, c *engine.Exchange) string {
 	var b strings.Builder
 	b.WriteString(groupID)
 	b.WriteByte(0)
+	b.WriteString(strconv.Itoa(len(c.User)))
+	b.WriteByte(':')
 	b.WriteString(c.User)
-	for _, name := range s.Cfg.ForwardHeaders {
-		for _, v := range c.Forward.Values(name) {
+	for i, name := range s.Cfg.ForwardHeaders {
+		vs := c.Forward.Values(name)
+		b.WriteByte(0)
+		b.WriteString(strconv.Itoa(i))
+		b.WriteByte(':')
+		b.WriteString(strconv.Itoa(len(vs)))
+		for _, v := range vs {
 			b.WriteByte(0)
 			b.WriteString(v)
 		}
