@@ -129,7 +129,7 @@ func TestFlightKeysDoNotCollide(t *testing.T) {
 		}
 		seen[k] = i
 	}
-	if e.flightKey("g", ex("alice", "Authorization", "T")) != e.flightKey("g", ex("alice", "Authorization", "T")) {
-		t.Error("the same pull's key differs")
+	if k1, k2 := e.flightKey("g", ex("alice", "Authorization", "T")), e.flightKey("g", ex("alice", "Authorization", "T")); k1 != k2 {
+		t.Errorf("two pulls with the same user and credentials have different keys: %q, %q", k1, k2)
 	}
 }
