@@ -23,7 +23,9 @@
 //     routed before the pull began: a rider is answered from the leader's
 //     fetch only when the count of routed changes proves it (leading.seal):
 //     the count of the pull's user, which every write that may poke that
-//     user moves (store.ChangeCounts.For).
+//     user moves (store.ChangeCounts.For). The same holds for a shared
+//     source: the replica's copy, or a read of it under way, is used only
+//     when it began after every write seen under the source (view.go).
 //   - A leader whose client left still fetches and commits (riders may
 //     wait for it), and its answer goes nowhere; a rider whose client left
 //     ends as one, answered nothing.
