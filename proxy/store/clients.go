@@ -38,7 +38,9 @@ func (g *GroupTx) CheckClients(ctx context.Context, ids []string, maxPerGroup in
 		return nil, err
 	}
 	if fresh := len(ids) - len(lmids); fresh > 0 {
-		if err := g.makeRoom(ctx, fresh, maxPerGroup, ""); err != nil {
+		// Never the push's own clients: one idle for a day may have
+		// mutations in it, pushed by another client of its group.
+		if err := g.makeRoom(ctx, fresh, maxPerGroup, "", ids); err != nil {
 			return nil, err
 		}
 	}
@@ -59,8 +61,9 @@ const idleClientAge = "1 day"
 
 // makeRoom makes room for fresh new clients under maxPerGroup (0: no
 // limit), pruning the least recently active clients idle for over a day
-// (never except), counted in PrunedClients.
-func (g *GroupTx) makeRoom(ctx context.Context, fresh, maxPerGroup int, except string) error {
+// (never except, the new client counted in fresh, nor one of keep),
+// counted in PrunedClients.
+func (g *GroupTx) makeRoom(ctx context.Context, fresh, maxPerGroup int, except string, keep []string) error {
 	if maxPerGroup <= 0 {
 		return nil
 	}
@@ -73,9 +76,13 @@ func (g *GroupTx) makeRoom(ctx context.Context, fresh, maxPerGroup int, except s
 	if over <= 0 {
 		return nil
 	}
+	if keep == nil {
+		keep = []string{} // not NULL: ANY(NULL) would keep every client
+	}
 	tag, err := g.tx.Exec(ctx, g.s.sql(`DELETE FROM {schema}.clients WHERE id IN (
-		SELECT id FROM {schema}.clients WHERE client_group_id = $1 AND id <> $2 AND updated_at < now() - interval '`+idleClientAge+`'
-		ORDER BY updated_at LIMIT $3)`), g.GroupID, except, over)
+		SELECT id FROM {schema}.clients WHERE client_group_id = $1 AND id <> $2 AND NOT (id = ANY($4::text[]))
+			AND updated_at < now() - interval '`+idleClientAge+`'
+		ORDER BY updated_at LIMIT $3)`), g.GroupID, except, over, keep)
 	if err != nil {
 		return fmt.Errorf("pruning idle clients: %w", err)
 	}
@@ -219,7 +226,7 @@ func (g *GroupTx) ClaimClient(ctx context.Context, clientID string, maxPerGroup 
 	}
 	owner := g.GroupID
 	if tag.RowsAffected() == 1 {
-		if err := g.makeRoom(ctx, 1, maxPerGroup, clientID); err != nil {
+		if err := g.makeRoom(ctx, 1, maxPerGroup, clientID, nil); err != nil {
 			return err
 		}
 	}

@@ -1,0 +1,188 @@
+package proxy
+
+import (
+	"context"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/replicache-sidecar/replicache-sidecar/proxy/proxytest"
+)
+
+// TestHostileGapInALaterClientKeepsWhatWasApplied: a push of two clients
+// whose second client comes with a gap answers 400 MutationIDGap naming
+// it, after the first client's mutations were applied and committed: the
+// client's corrected retry must not send them again.
+func TestHostileGapInALaterClientKeepsWhatWasApplied(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, nil)
+	sc := h.start()
+	r := sc.push(t, "alice", "g", create("c1", 1, "a"), create("c1", 2, "b"), create("c2", 3, "z"))
+	if r.status != http.StatusBadRequest || r.str("error") != "MutationIDGap" || r.json["clientID"] != "c2" {
+		t.Fatalf("push = %d %s; want 400 MutationIDGap naming c2", r.status, r.raw)
+	}
+	if got := h.lmid(t, sc.pool, "c1"); got != 2 {
+		t.Fatalf("c1's lastMutationID = %d, want 2 (applied before the gap)", got)
+	}
+	r = sc.push(t, "alice", "g", create("c1", 1, "a"), create("c1", 2, "b"), create("c2", 1, "z"))
+	if r.status != http.StatusOK || r.json["applied"] != 1.0 || r.json["duplicate"] != 2.0 {
+		t.Fatalf("retry = %d %s; want 200, 1 applied, 2 duplicates", r.status, r.raw)
+	}
+	for _, k := range []string{keyOf("alice", "g", "c1", 1), keyOf("alice", "g", "c1", 2), keyOf("alice", "g", "c2", 1)} {
+		if n := h.up.CallsFor(k); n != 1 {
+			t.Errorf("key %s… sent %d times, want 1", k[:8], n)
+		}
+	}
+}
+
+// TestHostileDatabaseGoesAwayMidBatch: the sidecar's connection holding
+// the group's lock is killed while a batch's second call is out. The
+// push answers a clear 503 (JSON), nothing of the batch commits, and the
+// client's retry sends the same keys: every mutation applied once, none
+// lost.
+func TestHostileDatabaseGoesAwayMidBatch(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, nil)
+	sc := h.start()
+	admin := proxytest.NewPool(t)
+	key2 := keyOf("alice", "g", "c1", 2)
+	var once sync.Once
+	killed := 0
+	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodPost && r.Header.Get("Idempotency-Key") == key2 {
+			once.Do(func() {
+				// Only this test's sidecar's transaction: its last statement
+				// names the test's own schema.
+				rows, err := admin.Query(context.Background(), `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+					WHERE state LIKE 'idle in transaction%' AND position($1 in query) > 0 AND pid <> pg_backend_pid()`,
+					pgx.Identifier{h.schema}.Sanitize())
+				if err != nil {
+					t.Errorf("terminating: %v", err)
+					return
+				}
+				for rows.Next() {
+					killed++
+				}
+				rows.Close()
+			})
+		}
+		return false
+	})
+	r := sc.push(t, "alice", "g", create("c1", 1, "a"), create("c1", 2, "b"), create("c1", 3, "c"))
+	t.Logf("push = %d %s (backends killed: %d)", r.status, r.raw, killed)
+	if killed == 0 {
+		t.Fatal("no transaction found to kill")
+	}
+	if r.status == http.StatusOK {
+		t.Errorf("push answered 200 %s though its transaction was killed", r.raw)
+	}
+	if r.status != http.StatusOK && (r.status < 500 || r.str("error") == "") {
+		t.Errorf("push = %d %s; want a 5xx naming the problem in JSON", r.status, r.raw)
+	}
+	h.up.SetHook(nil)
+	var rr response
+	proxytest.WaitFor(t, "a retry to be served", func() bool {
+		rr = sc.push(t, "alice", "g", create("c1", 1, "a"), create("c1", 2, "b"), create("c1", 3, "c"))
+		return rr.status == http.StatusOK
+	})
+	if got := h.lmid(t, sc.pool, "c1"); got != 3 {
+		t.Errorf("lastMutationID = %d after the retry, want 3", got)
+	}
+	if m := h.up.MultiplyApplied(); len(m) != 0 {
+		t.Errorf("applied more than once: %v", m)
+	}
+	if got := h.up.TodoIDs("alice"); len(got) != 3 {
+		t.Errorf("todos = %v, want a, b, c", got)
+	}
+}
+
+// TestHostileRetryOnAnotherReplicaWhileTheFirstRuns: the client's retry
+// of a push reaches another replica while the first is still sending its
+// batch, which holds a business refusal in the middle. The retry waits for
+// the group's lock, then finds everything done: each mutation sent once,
+// the refusal recorded once and not retried.
+func TestHostileRetryOnAnotherReplicaWhileTheFirstRuns(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, nil)
+	a, b := h.start(), h.start()
+	if r := a.push(t, "alice", "g", create("c1", 1, "dup")); r.status != http.StatusOK {
+		t.Fatalf("setup = %d %s", r.status, r.raw)
+	}
+	key3 := keyOf("alice", "g", "c1", 3)
+	release := make(chan struct{})
+	var first atomic.Bool
+	h.up.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodPost && r.Header.Get("Idempotency-Key") == key3 && first.CompareAndSwap(false, true) {
+			<-release
+		}
+		return false
+	})
+	muts := []mut{create("c1", 2, "dup"), create("c1", 3, "x"), create("c1", 4, "y")} // 2 is a 409: rejected
+	ra := make(chan response, 1)
+	go func() { ra <- a.push(t, "alice", "g", muts...) }()
+	proxytest.WaitFor(t, "push A to send mutation 3", first.Load)
+	rb := make(chan response, 1)
+	go func() { rb <- b.push(t, "alice", "g", muts...) }()
+	time.Sleep(100 * time.Millisecond) // let B queue for the lock (not asserted)
+	close(release)
+	resA, resB := <-ra, <-rb
+	t.Logf("A = %d %s; B = %d %s", resA.status, resA.raw, resB.status, resB.raw)
+	if resA.status != http.StatusOK || resB.status != http.StatusOK {
+		t.Fatalf("A = %d, B = %d; want 200 both", resA.status, resB.status)
+	}
+	if got := h.lmid(t, a.pool, "c1"); got != 4 {
+		t.Errorf("lastMutationID = %d, want 4", got)
+	}
+	for id := int64(2); id <= 4; id++ {
+		if n := h.up.CallsFor(keyOf("alice", "g", "c1", id)); n != 1 {
+			t.Errorf("mutation %d sent %d times, want 1", id, n)
+		}
+	}
+	if got := resA.json["rejected"].(float64) + resB.json["rejected"].(float64); got != 1 {
+		t.Errorf("rejections reported %v, want 1", got)
+	}
+	var n int
+	if err := a.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+pgx.Identifier{h.schema}.Sanitize()+".mutation_rejections").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 1 {
+		t.Errorf("%d rejection records, want 1", n)
+	}
+}
+
+// TestHostilePruningSparesThePushsOwnClients: a push of two clients into
+// a full group (SIDECAR_MAX_CLIENTS_PER_GROUP) makes room for the new one
+// by pruning clients idle for over a day. The client idle longest is the
+// one whose pending mutations this push carries (Replicache pushes a
+// client's mutations through another client of its group, after days
+// offline): pruning it answered the push ClientStateNotFound, and the
+// client, told to start over, drops its pending mutations (lost). The
+// push's own clients are never pruned: another idle client goes.
+func TestHostilePruningSparesThePushsOwnClients(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, map[string]string{"SIDECAR_MAX_CLIENTS_PER_GROUP": "2"})
+	sc := h.start()
+	if r := sc.push(t, "alice", "g", create("old", 1, "o1"), create("other", 1, "x1")); r.status != http.StatusOK {
+		t.Fatalf("setup = %d %s", r.status, r.raw)
+	}
+	tbl := pgx.Identifier{h.schema}.Sanitize() + ".clients"
+	for client, age := range map[string]string{"old": "3 days", "other": "2 days"} {
+		if _, err := sc.pool.Exec(context.Background(), "UPDATE "+tbl+" SET updated_at = now() - $2::interval WHERE id = $1", client, age); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := sc.push(t, "alice", "g", create("old", 2, "o2"), create("new", 1, "n1"))
+	if r.status != http.StatusOK || r.json["applied"] != 2.0 {
+		t.Fatalf("push = %d %s; want 200 with both applied (the idle client named in the push kept, another pruned)", r.status, r.raw)
+	}
+	if got := h.lmid(t, sc.pool, "old"); got != 2 {
+		t.Errorf("old's lastMutationID = %d, want 2", got)
+	}
+	if got := h.lmid(t, sc.pool, "other"); got != 0 {
+		t.Errorf("other (idle, not in the push) still has lastMutationID %d: it should have been pruned", got)
+	}
+}
