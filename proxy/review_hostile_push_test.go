@@ -186,3 +186,30 @@ func TestHostilePruningSparesThePushsOwnClients(t *testing.T) {
 		t.Errorf("other (idle, not in the push) still has lastMutationID %d: it should have been pruned", got)
 	}
 }
+
+// TestHostileOddArgsNeverCrash: args of every JSON shape, for a mutator
+// whose path names one of them: each is answered (applied, or consumed as
+// a rejection with its record), never a crash or a 5xx, and nothing
+// wedges the client.
+func TestHostileOddArgsNeverCrash(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, nil)
+	sc := h.start()
+	odd := []any{nil, "str", 123, []any{1, 2}, map[string]any{}, map[string]any{"id": map[string]any{"x": 1}},
+		map[string]any{"id": []any{"a"}}, map[string]any{"id": ""}, map[string]any{"id": ".."}, map[string]any{"id": "a/b?c#d"},
+		map[string]any{"id": 1e300}, map[string]any{"id": true, "title": map[string]any{"deep": []any{nil}}}}
+	muts := make([]mut, 0, len(odd))
+	for i, a := range odd {
+		muts = append(muts, mut{"c1", int64(i + 1), "updateTodo", a})
+	}
+	r := sc.push(t, "alice", "g", muts...)
+	if r.status != http.StatusOK {
+		t.Fatalf("push = %d %s", r.status, r.raw)
+	}
+	if got := r.json["applied"].(float64) + r.json["rejected"].(float64); int(got) != len(odd) {
+		t.Errorf("push = %s; want all %d applied or rejected", r.raw, len(odd))
+	}
+	if got := h.lmid(t, sc.pool, "c1"); got != int64(len(odd)) {
+		t.Errorf("lastMutationID = %d, want %d", got, len(odd))
+	}
+}
