@@ -315,3 +315,16 @@ func keyOf(user, group, client string, id int64) string {
 	mac.Write([]byte(user + "\x00" + group + "\x00" + client + "\x00" + strconv.FormatInt(id, 10) + "\x00"))
 	return hex.EncodeToString(mac.Sum(nil))
 }
+
+// waitRideOrWait waits until a pull sent to inst has chosen: it rides on
+// the group's running fetch (waiting for the group's turn there) or waits
+// for the group's row lock to lead a fetch of its own.
+func (h *harness) waitRideOrWait(t testing.TB, inst *instance, what string) {
+	t.Helper()
+	proxytest.WaitFor(t, what, func() bool {
+		var locked int
+		err := inst.pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
+			WHERE wait_event_type = 'Lock' AND strpos(query, $1) > 0`, h.schema).Scan(&locked)
+		return err == nil && locked > 0 || inst.sc.core.Turns.Waiting() > 0
+	})
+}

@@ -123,12 +123,7 @@ func TestReviewAnotherUsersPushSplitsAFlight(t *testing.T) {
 	go func() { defer close(ride); sc.pullInto(t, "alice", "g", second) }()
 	// It rides on the leader's fetch, or waits for the group's turn to
 	// make its own: either way it has chosen.
-	proxytest.WaitFor(t, "the second pull to ride or wait", func() bool {
-		var locked int
-		err := sc.pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
-			WHERE wait_event_type = 'Lock' AND strpos(query, $1) > 0`, h.schema).Scan(&locked)
-		return err == nil && locked > 0 || sc.sc.core.Turns.Waiting() > 0
-	})
+	h.waitRideOrWait(t, sc, "the second pull to ride or wait")
 	f.release()
 	<-f.lead
 	<-ride
@@ -159,12 +154,7 @@ func TestAnotherUsersLocalPokeKeepsAFlight(t *testing.T) {
 	}
 	ride := make(chan struct{})
 	go func() { defer close(ride); sc.pullInto(t, "alice", "g", second) }()
-	proxytest.WaitFor(t, "the second pull to ride or wait", func() bool {
-		var locked int
-		err := sc.pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
-			WHERE wait_event_type = 'Lock' AND strpos(query, $1) > 0`, f.h.schema).Scan(&locked)
-		return err == nil && locked > 0 || sc.sc.core.Turns.Waiting() > 0
-	})
+	f.h.waitRideOrWait(t, sc, "the second pull to ride or wait")
 	f.release()
 	<-f.lead
 	<-ride

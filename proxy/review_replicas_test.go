@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -102,12 +101,7 @@ func TestReviewRiderAfterAPokeElsewhere(t *testing.T) {
 	go func() { defer close(ride); b.pullInto(t, "alice", "g", tab2) }() // the pull the poke causes
 	// It rides on the leader's fetch, or (as it should) waits for the
 	// group's lock to make its own.
-	proxytest.WaitFor(t, "the pull to ride or wait", func() bool {
-		var locked int
-		err := b.pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
-			WHERE wait_event_type = 'Lock' AND strpos(query, $1) > 0`, h.schema).Scan(&locked)
-		return err == nil && locked > 0 || b.sc.core.Turns.Waiting() > 0
-	})
+	h.waitRideOrWait(t, b, "the pull to ride or wait")
 	once.Do(func() { close(release) })
 	<-lead
 	<-ride
