@@ -402,16 +402,21 @@ func (c *changeRead) without(es []Entry) []Entry {
 	if len(c.drop) == 0 || c.drop[0] >= len(es) {
 		return es
 	}
-	out := make([]Entry, 0, len(es))
+	return c.keep(make([]Entry, 0, len(es)), es)
+}
+
+// keep appends to dst the entries of es but the soft-deleted; dst may be
+// es[:0] (each entry is written no later than it is read).
+func (c *changeRead) keep(dst, es []Entry) []Entry {
 	d := 0
 	for i, e := range es {
 		if d < len(c.drop) && c.drop[d] == i {
 			d++
 			continue
 		}
-		out = append(out, e)
+		dst = append(dst, e)
 	}
-	return out
+	return dst
 }
 
 // finish reports what the pages said in read and returns the source's
@@ -424,15 +429,7 @@ func (c *changeRead) finish(es []Entry, read *SourceResult) []Entry {
 	if len(c.drop) == 0 {
 		return es
 	}
-	kept, d := es[:0], 0
-	for i, e := range es {
-		if d < len(c.drop) && c.drop[d] == i {
-			d++
-			continue
-		}
-		kept = append(kept, e)
-	}
-	return kept
+	return c.keep(es[:0], es)
 }
 
 // MaxMark returns the greater of two watermarks as the API wrote them (a
