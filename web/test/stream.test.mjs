@@ -47,15 +47,21 @@ test('reset mode: a streamed answer broken off by a failed page leaves the clien
   await rep.pull({now: true});
   await waitFor('the first view', async () => Object.keys(await todos(rep)).length === 1000);
   assert.ok(pulls(s.sidecar).some((l) => l.streamed && l.puts === 1001), 'the first answer was streamed: ' + JSON.stringify(pulls(s.sidecar)));
-  const before = await todos(rep);
 
-  // The view changes on the server, and page 9 of the todos fails: every
+  // Page 9 of the todos fails, then the view changes on the server: every
   // pull is a reset (clear, then every entry), so a client that applied a
-  // partial answer would lose todos.
+  // partial answer would lose todos. The fault comes first, and the pull
+  // below waits out any pull begun before it: a pull() made while the
+  // client's startup pull is in flight resolves when that one ends and
+  // queues one more, which could otherwise read the changed view whole
+  // before the fault is set (seen in CI).
+  await setFault(s.api, fault);
+  await rep.pull({now: true}).catch(() => {});
+  const before = await todos(rep);
+  assert.equal(Object.keys(before).length, 1000);
   await createTodos(s.api, 'alice', 1000, 1);
   const del = await fetch(s.api.url + '/api/todos/t0005', {method: 'DELETE', headers: {Authorization: 'Bearer alice'}});
   assert.equal(del.status, 204);
-  await setFault(s.api, fault);
   const n = brokenOff(s.sidecar).length;
   await rep.pull({now: true}).catch(() => {});
   await waitFor('the answer to be broken off', () => brokenOff(s.sidecar).length > n);
