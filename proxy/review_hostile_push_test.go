@@ -187,6 +187,63 @@ func TestHostilePruningSparesThePushsOwnClients(t *testing.T) {
 	}
 }
 
+// TestPruningForALaterClaimSparesThePushsOwnClients: the room a push of
+// several clients made for its new ones (CheckClients) can be taken by
+// another push before the push reaches its second new client; that
+// client's claim then makes room again, and must spare the push's own
+// clients as CheckClients does: the idle client whose pending mutations
+// come later in this push would otherwise be pruned (answered
+// ClientStateNotFound: its mutations lost). Here the other push is a
+// clients row written while the push's first call is at the API.
+func TestPruningForALaterClaimSparesThePushsOwnClients(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, map[string]string{"SIDECAR_MAX_CLIENTS_PER_GROUP": "3"})
+	sc := h.start()
+	if r := sc.push(t, "alice", "g", create("old", 1, "o1"), create("idle1", 1, "i1"), create("idle2", 1, "i2")); r.status != http.StatusOK {
+		t.Fatalf("setup = %d %s", r.status, r.raw)
+	}
+	tbl := pgx.Identifier{h.schema}.Sanitize() + ".clients"
+	for client, age := range map[string]string{"old": "3 days", "idle1": "2 days", "idle2": "2 days"} {
+		if _, err := sc.pool.Exec(context.Background(), "UPDATE "+tbl+" SET updated_at = now() - $2::interval WHERE id = $1", client, age); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var intruded atomic.Bool
+	h.up.SetHook(func(_ http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodPost && r.Header.Get("Idempotency-Key") != "" && !intruded.Swap(true) {
+			// Another push's new client, claimed between this push's
+			// batches. Written now, while this push holds the group's row
+			// lock, so without the foreign key's check (it would wait for
+			// that lock, and then race this push's next batch for it).
+			err := pgx.BeginFunc(context.Background(), sc.pool, func(tx pgx.Tx) error {
+				if _, err := tx.Exec(context.Background(), "SET LOCAL session_replication_role = replica"); err != nil {
+					return err
+				}
+				_, err := tx.Exec(context.Background(), "INSERT INTO "+tbl+" (id, client_group_id) VALUES ('intruder', 'g')")
+				return err
+			})
+			if err != nil {
+				t.Error(err)
+			}
+		}
+		return false
+	})
+	r := sc.push(t, "alice", "g", create("new0", 1, "n0"), create("new1", 1, "n1"), create("old", 2, "o2"))
+	if !intruded.Load() {
+		t.Fatal("the push's first call never reached the API")
+	}
+	if r.status == http.StatusOK && r.json["error"] == "ClientStateNotFound" || h.lmid(t, sc.pool, "old") != 1 {
+		t.Fatalf("push = %d %s, old's lastMutationID %d: the idle client whose mutation the push carries was pruned",
+			r.status, r.raw, h.lmid(t, sc.pool, "old"))
+	}
+	if r.status != http.StatusBadRequest || r.json["error"] != "TooManyClients" {
+		t.Errorf("push = %d %s; want 400 TooManyClients (the group is full of active clients and the push's own)", r.status, r.raw)
+	}
+	if got := h.lmid(t, sc.pool, "new0"); got != 1 {
+		t.Errorf("new0's lastMutationID = %d, want 1 (applied before the room ran out)", got)
+	}
+}
+
 // TestHostileOddArgsNeverCrash: args of every JSON shape, for a mutator
 // whose path names one of them: each is answered (applied, or consumed as
 // a rejection with its record), never a crash or a 5xx, and nothing

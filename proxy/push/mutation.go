@@ -163,7 +163,7 @@ func (s *Engine) applyOne(ctx context.Context, c *exchange, mp *mapping.Mapping,
 		return r, &gapError{clientID: mu.ClientID, expected: cur + 1, received: mu.ID}
 	}
 	// The client is this group's before its mutation goes anywhere.
-	if err := g.ClaimClient(ctx, mu.ClientID, s.Cfg.MaxClientsPerGroup); err != nil {
+	if err := g.ClaimClient(ctx, mu.ClientID, s.Cfg.MaxClientsPerGroup, c.clients); err != nil {
 		return r, err
 	}
 	p = withServerIDs(mp, p, ids)

@@ -28,6 +28,9 @@ type exchange struct {
 	// credentialsRechecked: the auth endpoint was asked again during this
 	// push (at most once, before consuming a rejection).
 	credentialsRechecked bool
+	// clients: the push's clients, never pruned to make room for a new one
+	// of them (ClaimClient).
+	clients []string
 }
 
 // New returns the push engine of c.
@@ -87,7 +90,7 @@ func (s *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// cut (an answered call is always recorded); the push then starts
 	// nothing new and answers an early exit.
 	done := c.Mem.Interruptible(func() {})
-	stats, err := s.applyAll(ctx, &exchange{Exchange: c}, req, known)
+	stats, err := s.applyAll(ctx, &exchange{Exchange: c, clients: clientIDs}, req, known)
 	done()
 	if stats.Rejected > 0 {
 		s.trimRejections(ctx, c, req.ClientGroupID)

@@ -212,8 +212,10 @@ func (g *GroupTx) WasPruned(ctx context.Context, clientID string) (bool, error) 
 // already known to belong here costs nothing.
 //
 // A new client must fit under maxPerGroup clients (0: no limit): room is
-// made as in CheckClients, or the claim fails with *TooManyClientsError.
-func (g *GroupTx) ClaimClient(ctx context.Context, clientID string, maxPerGroup int) error {
+// made as in CheckClients, never by pruning one of spare (the clients of
+// the push making the claim: one idle for a day may have mutations in this
+// push still to come), or the claim fails with *TooManyClientsError.
+func (g *GroupTx) ClaimClient(ctx context.Context, clientID string, maxPerGroup int, spare []string) error {
 	if clientID == g.prefetched && g.prefetchedGroup == g.GroupID {
 		return nil
 	}
@@ -226,7 +228,7 @@ func (g *GroupTx) ClaimClient(ctx context.Context, clientID string, maxPerGroup 
 	}
 	owner := g.GroupID
 	if tag.RowsAffected() == 1 {
-		if err := g.makeRoom(ctx, 1, maxPerGroup, clientID, nil); err != nil {
+		if err := g.makeRoom(ctx, 1, maxPerGroup, clientID, spare); err != nil {
 			return err
 		}
 	}

@@ -18,7 +18,7 @@ func TestGroupOwnership(t *testing.T) {
 	ctx := context.Background()
 	noop := func(*GroupTx) error { return nil }
 	if err := s.Locked(ctx, "g1", "alice", func(g *GroupTx) error {
-		return errors.Join(g.ClaimClient(ctx, "c1", 0), g.ClaimClient(ctx, "c2", 0))
+		return errors.Join(g.ClaimClient(ctx, "c1", 0, nil), g.ClaimClient(ctx, "c2", 0, nil))
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -120,13 +120,13 @@ func TestMutationBookkeeping(t *testing.T) {
 }
 
 // TestClientCaps: a new client fits under the group's limit by pruning the
-// least recently active client idle for over a day; when every client was
-// active within a day, the claim fails and creates nothing.
+// least recently active client idle for over a day, never one the claim
+// spares; when no client may go, the claim fails and creates nothing.
 func TestClientCaps(t *testing.T) {
 	s := newStore(t, 5*time.Second)
 	ctx := context.Background()
 	claim := func(id string) error {
-		return s.Locked(ctx, "g", "u", func(g *GroupTx) error { return g.ClaimClient(ctx, id, 3) })
+		return s.Locked(ctx, "g", "u", func(g *GroupTx) error { return g.ClaimClient(ctx, id, 3, nil) })
 	}
 	for _, id := range []string{"a", "b", "c"} {
 		if err := claim(id); err != nil {
@@ -157,6 +157,17 @@ func TestClientCaps(t *testing.T) {
 	ids, _ := pgx.CollectRows(rows, pgx.RowTo[string])
 	if strings.Join(ids, ",") != "a,b,d" {
 		t.Errorf("clients = %v, want c (the least recently active) pruned", ids)
+	}
+	// The claim of a push that carries b's mutations too spares b, the
+	// only idle client left.
+	err = s.Locked(ctx, "g", "u", func(g *GroupTx) error { return g.ClaimClient(ctx, "e", 3, []string{"b", "e"}) })
+	if !errors.As(err, &tooMany) {
+		t.Errorf("a new client whose push spares the only idle one: %v, want TooManyClientsError", err)
+	}
+	rows, _ = s.pool.Query(ctx, s.sql(`SELECT id FROM {schema}.clients ORDER BY id`))
+	ids, _ = pgx.CollectRows(rows, pgx.RowTo[string])
+	if strings.Join(ids, ",") != "a,b,d" {
+		t.Errorf("clients = %v after a claim that spares b, want a,b,d", ids)
 	}
 }
 

@@ -60,7 +60,8 @@
 //   - Clients: a client's row is created when one of its mutations is
 //     processed (ClaimClient, before the upstream call), never by a refused
 //     push. CheckClients and ClaimClient keep a group within its client cap
-//     by pruning clients idle for over a day. TrimRejections keeps a
+//     by pruning clients idle for over a day, never the clients of the push
+//     making room (their mutations may be in it). TrimRejections keeps a
 //     group's rejection records within a count and an age.
 //   - Settling a mutation: Settle records what one upstream answer came to
 //     in one store call. Consumed (Applied, Rejected): the last mutation id

@@ -27,7 +27,7 @@ func TestPreviousKeysThrough(t *testing.T) {
 		t.Helper()
 		var mark int64
 		fn := func(g *GroupTx) error {
-			if err := g.ClaimClient(ctx, "c", 0); err != nil {
+			if err := g.ClaimClient(ctx, "c", 0, nil); err != nil {
 				return err
 			}
 			var err error

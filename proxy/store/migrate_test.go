@@ -102,7 +102,7 @@ func TestUpgradeKeepsOldKeys(t *testing.T) {
 		if through != 8 {
 			t.Errorf("old client: legacy keys through %d, want 8 (its next mutation)", through)
 		}
-		if err := g.ClaimClient(ctx, "new", 0); err != nil {
+		if err := g.ClaimClient(ctx, "new", 0, nil); err != nil {
 			return err
 		}
 		if through, _ := g.LegacyKeysThrough(ctx, "new"); through != 0 {
@@ -153,7 +153,7 @@ func TestSettleSharesRowsWithThePreviousRelease(t *testing.T) {
 			if _, err := g.LastMutationID(ctx, "c"); err != nil {
 				return err
 			}
-			if err := g.ClaimClient(ctx, "c", 10); err != nil {
+			if err := g.ClaimClient(ctx, "c", 10, nil); err != nil {
 				return err
 			}
 			a, err := g.RecordAttempt(ctx, "c", 5, 503)

@@ -321,7 +321,7 @@ func TestSettle(t *testing.T) {
 			// the whole transaction rolls back, the claim made before
 			// Settle included.
 			name:   "rejected, another group's client",
-			first:  func(ctx context.Context, g *GroupTx) error { return g.ClaimClient(ctx, "new", 0) },
+			first:  func(ctx context.Context, g *GroupTx) error { return g.ClaimClient(ctx, "new", 0, nil) },
 			settle: []Settlement{{ClientID: "other", MutationID: 2, Outcome: Rejected, Status: 422, Reason: "no"}},
 			err:    ErrClientForbidden,
 			want:   func(s settled) settled { return s },
@@ -330,7 +330,7 @@ func TestSettle(t *testing.T) {
 			// The same when a next statement carries it: that statement
 			// fails, and nothing commits.
 			name:  "applied, another group's client",
-			first: func(ctx context.Context, g *GroupTx) error { return g.ClaimClient(ctx, "new", 0) },
+			first: func(ctx context.Context, g *GroupTx) error { return g.ClaimClient(ctx, "new", 0, nil) },
 			settle: []Settlement{
 				{ClientID: "other", MutationID: 2, Outcome: Applied},
 				{ClientID: "c", MutationID: 2, Outcome: Pending, Status: 503, Counts: true},
@@ -365,7 +365,7 @@ func TestSettle(t *testing.T) {
 			setup := []func() error{
 				func() error {
 					return s.Locked(ctx, "g", "u", func(g *GroupTx) error {
-						if err := g.ClaimClient(ctx, "c", 0); err != nil {
+						if err := g.ClaimClient(ctx, "c", 0, nil); err != nil {
 							return err
 						}
 						if err := g.SetLastMutationID(ctx, "c", 1); err != nil {
