@@ -98,11 +98,11 @@ promtool:
 
 ## fuzz: run each fuzz target for FUZZTIME (default 30s).
 FUZZTIME ?= 30s
-fuzz: $(BIN)/devpg
+fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzRender -fuzztime $(FUZZTIME) ./mutators
 	$(GO) test -run '^$$' -fuzz FuzzEntries -fuzztime $(FUZZTIME) ./clientview
 	$(GO) test -run '^$$' -fuzz FuzzLookup -fuzztime $(FUZZTIME) ./clientview/jsonwalk
-	$(BIN)/devpg -- $(GO) test -run '^$$' -fuzz FuzzDecodePush -fuzztime $(FUZZTIME) ./proxy/push
+	$(GO) test -run '^$$' -fuzz FuzzDecodePush -fuzztime $(FUZZTIME) ./proxy/push
 	$(GO) test -run '^$$' -fuzz FuzzPullCookie -fuzztime $(FUZZTIME) ./proxy/store
 
 
