@@ -185,9 +185,9 @@ func TestPokeStreamsEndAtShutdown(t *testing.T) {
 	if !strings.Contains(string(raw), ": connected\nretry: ") || !strings.HasSuffix(string(raw), "\r\n0\r\n\r\n") {
 		t.Errorf("the stream as sent: %q; want the opening, and the last chunk before the connection closed", raw)
 	}
-	if n := seriesWithLabel(t, a, "replicache_sidecar_poke_streams_ended_total", "reason", "shutdown"); n != 2 {
-		t.Errorf(`poke_streams_ended_total{reason="shutdown"} = %v, want 2`, n)
-	}
+	// Shutdown returns once the writer holds no stream; each is counted a
+	// moment after (sse.Writer.finish, then its Ended).
+	waitSeriesWithLabel(t, a, "replicache_sidecar_poke_streams_ended_total", "reason", "shutdown", 2)
 	if late := openStream(t, a, "Bearer alice", nil); late.status != http.StatusServiceUnavailable {
 		t.Errorf("a stream after shutdown = %d, want 503", late.status)
 	}
@@ -306,7 +306,6 @@ func TestManyPokeStreamsOnTheirOwnConnections(t *testing.T) {
 		s.cancel()
 	}
 	proxytest.WaitFor(t, "every slot free", func() bool { return a.sc.core.Hub.Count() == 0 })
-	if got := seriesWithLabel(t, a, "replicache_sidecar_poke_streams_ended_total", "reason", "disconnected"); got != n {
-		t.Errorf(`poke_streams_ended_total{reason="disconnected"} = %v, want %d`, got, n)
-	}
+	// A slot is freed before its stream's end is counted (streamEnded).
+	waitSeriesWithLabel(t, a, "replicache_sidecar_poke_streams_ended_total", "reason", "disconnected", n)
 }

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -34,6 +35,13 @@ type streamedPull struct {
 
 func pullOverWire(t *testing.T, inst *instance, user, group string, cookie any, acceptEncoding string) streamedPull {
 	t.Helper()
+	return pullOverWireThen(t, inst, user, group, cookie, acceptEncoding, nil)
+}
+
+// pullOverWireThen is pullOverWire, calling answered (when set) once the
+// answer's status and headers came, before its body is read.
+func pullOverWireThen(t *testing.T, inst *instance, user, group string, cookie any, acceptEncoding string, answered func()) streamedPull {
+	t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, inst.srv.URL+"/replicache/pull", strings.NewReader(mustJSON(t, pullBody(group, cookie))))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer "+user)
@@ -45,6 +53,9 @@ func pullOverWire(t *testing.T, inst *instance, user, group string, cookie any, 
 		t.Fatal(err)
 	}
 	defer func() { _ = resp.Body.Close() }()
+	if answered != nil {
+		answered()
+	}
 	var body io.Reader = resp.Body
 	if resp.Header.Get("Content-Encoding") == "gzip" {
 		zr, err := gzip.NewReader(resp.Body)
@@ -155,16 +166,27 @@ func TestStreamedAnswerBrokenOff(t *testing.T) {
 		t.Fatalf("first pull's cookie order %d, want 1", p.Cookie.Order)
 	}
 
+	// Page 3 fails once the answer has gone out to the client. Its head
+	// and first pages are written by the answer's own goroutine while the
+	// view is read on (answerWriter): page 3 can be asked for before
+	// anything was written, and then the answer is cut with nothing sent
+	// (the client reads EOF, no status). That is the answer broken off too,
+	// but not the one this test is about.
+	answered := make(chan struct{})
 	h.up.SetFault(func(r *http.Request) int {
 		if r.URL.Path == "/api/todos" && r.URL.Query().Get("page") == "3" {
+			select {
+			case <-answered:
+			case <-time.After(10 * time.Second): // the status check below says why
+			}
 			return http.StatusServiceUnavailable
 		}
 		return 0
 	})
-	broken := pullOverWire(t, sc, "alice", "g", nil, "identity")
+	broken := pullOverWireThen(t, sc, "alice", "g", nil, "identity", func() { close(answered) })
 	h.up.SetFault(nil)
 	if broken.status != http.StatusOK {
-		t.Fatalf("status %d; want 200, sent before page 3 was asked for", broken.status)
+		t.Fatalf("status %d; want 200, sent before page 3 was answered", broken.status)
 	}
 	if broken.readErr == nil || json.Valid(broken.body) || bytes.Contains(broken.body, []byte(`"cookie"`)) {
 		t.Fatalf("answer broken off by a failed page: read error %v, %d bytes, valid JSON %v; want a read error, no cookie, no JSON: %s",
