@@ -88,6 +88,23 @@ class Process {
     });
   }
 
+  // ready waits for cond, and fails at once if the process exits first;
+  // either failure says how it exited and ends with its last log lines.
+  async ready(what, cond) {
+    let exit = null;
+    this.exited.then((e) => { exit = e; });
+    let err = null;
+    try {
+      await waitFor(what, async () => exit !== null || await cond());
+    } catch (e) {
+      err = e.message;
+    }
+    if (!err && exit === null) return;
+    if (exit !== null) err = `${this.name} exited (${exit.signal || 'status ' + exit.code}) before ${what}`;
+    const tail = this.logs.slice(-15).map((l) => '  ' + JSON.stringify(l)).join('\n');
+    throw new Error(`${err}; its last log lines:\n${tail}`);
+  }
+
   async stop(signal = 'SIGTERM') {
     if (!this.proc || this.proc.exitCode !== null || this.proc.signalCode !== null) return;
     this.proc.kill(signal);
@@ -105,7 +122,7 @@ export class TodoAPI extends Process {
 
   async start() {
     super.start();
-    await waitFor('todo-api health', () => httpOK(this.url + '/healthz'));
+    await this.ready('todo-api health', () => httpOK(this.url + '/healthz'));
   }
 
   // Mutating calls that changed state (not replays), in arrival order.
@@ -140,7 +157,7 @@ export class Sidecar extends Process {
 
   async start() {
     super.start();
-    await waitFor('sidecar readiness', () => sidecarServes(this.admin));
+    await this.ready('sidecar readiness', () => sidecarServes(this.admin));
   }
 }
 
