@@ -7,7 +7,7 @@ import {execFileSync} from 'node:child_process';
 import {existsSync, mkdirSync} from 'node:fs';
 import {join} from 'node:path';
 import {chromium} from 'playwright-core';
-import {Sidecar, freePort, root, startStack, waitFor} from './harness.mjs';
+import {root, startStack, waitFor} from './harness.mjs';
 
 const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
 
@@ -160,9 +160,8 @@ test('realtime in the browser: a todo added in one page appears in another on an
   // nothing between users), so bob's page must not pull.
   const env = {SIDECAR_POKE_SCOPE: 'user'};
   const s = await startStack({sidecarEnv: env});
-  const b = new Sidecar({upstream: s.api.url, schema: s.schema, port: await freePort(), adminPort: await freePort(), env});
-  await b.start();
-  t.after(async () => { await b.stop(); await s.close(); });
+  t.after(() => s.close());
+  const b = await s.replica(env);
   const browser = await launch(t);
   const a = await openPage(browser, s.sidecar.url, 'alice');
   const other = await openPage(browser, b.url, 'alice');
