@@ -7,7 +7,7 @@ import {execFileSync} from 'node:child_process';
 import {existsSync, mkdirSync} from 'node:fs';
 import {join} from 'node:path';
 import {chromium} from 'playwright-core';
-import {Sidecar, freePort, root, startStack, waitFor} from './harness.mjs';
+import {root, startStack, waitFor} from './harness.mjs';
 
 const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
 
@@ -39,6 +39,13 @@ async function launch(t) {
   return browser;
 }
 
+// untilPage waits until fn, run in page, resolves truthy. (page.waitForFunction
+// does not await a promise its function returns: a promise is truthy, so
+// an async condition there holds at once.)
+function untilPage(page, what, fn) {
+  return waitFor(what, () => page.evaluate(fn), {timeout: 30000, interval: 50});
+}
+
 // openPage opens the demo as user in a browser context of its own (its own
 // client group), collecting console errors and warnings and counting pulls.
 async function openPage(browser, base, user) {
@@ -51,6 +58,9 @@ async function openPage(browser, base, user) {
   page.on('request', (r) => { if (r.url().endsWith('/replicache/pull')) pulls++; });
   await page.goto(`${base}/?user=${user}`);
   await page.waitForSelector('#online.online', {timeout: 30000});
+  // The page's first pull is over ("online" may show before its request
+  // has left): a count of its pulls taken from here on has counted it.
+  await untilPage(page, 'the page\'s first pull', () => window.rep.query((tx) => tx.has('me')));
   return {page, problems, pulls: () => pulls};
 }
 
@@ -133,7 +143,7 @@ test('the demo\'s first minute: no lost clicks, an honest "pending", the user sh
   await a.page.mouse.down();
   await sleep(1000);
   await a.page.mouse.up();
-  await a.page.waitForFunction(async () => (await window.rep.experimentalPendingMutations()).length === 0, null, {timeout: 30000});
+  await untilPage(a.page, 'no pending mutations in page A', async () => (await window.rep.experimentalPendingMutations()).length === 0);
   // (The API's log lines arrive through a pipe: give the last one a moment.)
   const patches = () => s.api.effects().filter((e) => e.method === 'PATCH').length;
   await waitFor('21 updates in the API log', () => patches() >= 21, {timeout: 3000}).catch(() => {});
@@ -160,9 +170,8 @@ test('realtime in the browser: a todo added in one page appears in another on an
   // nothing between users), so bob's page must not pull.
   const env = {SIDECAR_POKE_SCOPE: 'user'};
   const s = await startStack({sidecarEnv: env});
-  const b = new Sidecar({upstream: s.api.url, schema: s.schema, port: await freePort(), adminPort: await freePort(), env});
-  await b.start();
-  t.after(async () => { await b.stop(); await s.close(); });
+  t.after(() => s.close());
+  const b = await s.replica(env);
   const browser = await launch(t);
   const a = await openPage(browser, s.sidecar.url, 'alice');
   const other = await openPage(browser, b.url, 'alice');

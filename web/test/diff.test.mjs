@@ -3,26 +3,20 @@
 // group's view record, and end up holding exactly what a fresh client gets.
 import {test} from 'node:test';
 import assert from 'node:assert/strict';
-import {Sidecar, freePort, listen, makeRep, psql, serverTodos, startStack, sync, todos, waitFor} from './harness.mjs';
-
-async function secondReplica(s, env = {}) {
-  const b = new Sidecar({upstream: s.api.url, schema: s.schema, port: await freePort(), adminPort: await freePort(), env});
-  await b.start();
-  return b;
-}
+import {listen, makeRep, psql, pullOnPoke, serverTodos, startStack, sync, todos, waitFor} from './harness.mjs';
 
 const sorted = (o) => JSON.stringify(Object.fromEntries(Object.entries(o).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))));
 const pulls = (sidecar) => sidecar.logs.filter((l) => l.msg === 'pull');
 
 test('diff mode: put and del patches through two replicas converge to what a reset gives', async (t) => {
   const s = await startStack();
-  const b = await secondReplica(s);
-  t.after(async () => { await b.stop(); await s.close(); });
+  t.after(() => s.close());
+  const b = await s.replica();
   const writer = s.newRep('alice');
   const reader = makeRep(b.url, 'alice', 'reader-' + Date.now());
   s.reps.push(reader);
   // The reader also pulls when replica B pokes it, as a real client does.
-  const stream = listen(b.url + '/replicache/poke', 'alice', () => reader.pull());
+  const stream = listen(b.url + '/replicache/poke', 'alice', pullOnPoke(reader));
   await stream.opened;
   t.after(() => stream.close());
 
@@ -109,8 +103,8 @@ test('database recreated: a cookie of the old one gets ClientStateNotFound and t
 test('client-group lifecycle: an idle group is swept; its client starts over, a busy one is kept (two replicas)', async (t) => {
   const env = {SIDECAR_CLIENT_GROUP_TTL: '2s', SIDECAR_GC_INTERVAL: '200ms'};
   const s = await startStack({sidecarEnv: env});
-  const b = await secondReplica(s, env);
-  t.after(async () => { await b.stop(); await s.close(); });
+  t.after(() => s.close());
+  const b = await s.replica(env);
   let notFound = 0;
   const idle = s.newRep('alice', {name: 'lifecycle-idle'});
   idle.onClientStateNotFound = () => { notFound++; };

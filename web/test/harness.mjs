@@ -22,16 +22,28 @@ export function databaseURL() {
   return url;
 }
 
-export function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const {port} = srv.address();
-      srv.close(() => resolve(port));
+// freePort picks a port nothing listens on, never one it gave before (a
+// closed port may come round again: a sidecar's public and admin ports
+// must differ). Between its answer and the process's listen another
+// process may take it: a first start whose listen fails is tried again on
+// fresh ports (Process.start).
+const givenPorts = new Set();
+export async function freePort() {
+  for (;;) {
+    const port = await new Promise((resolve, reject) => {
+      const srv = net.createServer();
+      srv.unref();
+      srv.on('error', reject);
+      srv.listen(0, '127.0.0.1', () => {
+        const {port} = srv.address();
+        srv.close(() => resolve(port));
+      });
     });
-  });
+    if (!givenPorts.has(port)) {
+      givenPorts.add(port);
+      return port;
+    }
+  }
 }
 
 export async function waitFor(what, cond, {timeout = 15000, interval = 25} = {}) {
@@ -47,8 +59,12 @@ export async function waitFor(what, cond, {timeout = 15000, interval = 25} = {})
   }
 }
 
+// A probe gives up after a while (it is tried again): a port another
+// process took may accept and never answer.
+const probe = (url) => fetch(url, {signal: AbortSignal.timeout(5000)});
+
 async function httpOK(url) {
-  const r = await fetch(url);
+  const r = await probe(url);
   await r.arrayBuffer();
   return r.ok;
 }
@@ -56,7 +72,7 @@ async function httpOK(url) {
 // The sidecar serves pushes and pulls: ready, and its database up (it is
 // ready before its database is: the pass-through serves without it).
 async function sidecarServes(admin) {
-  const r = await fetch(admin + '/readyz');
+  const r = await probe(admin + '/readyz');
   const body = await r.json().catch(() => ({}));
   return r.ok && body.database === 'up';
 }
@@ -67,10 +83,31 @@ class Process {
     Object.assign(this, {name, path, args, env, logs: [], proc: null});
   }
 
-  start() {
+  // start starts the process and waits until it is ready (isReady). A first
+  // start whose listen fails because another process took a port between
+  // freePort and the listen is tried again on fresh ports (newPorts); a
+  // restart keeps its ports (clients know them).
+  async start() {
+    for (let attempt = 1; ; attempt++) {
+      const from = this.logs.length;
+      this.spawn();
+      try {
+        await this.ready(this.readiness, () => this.isReady());
+        this.started = true;
+        return;
+      } catch (e) {
+        const taken = this.logs.slice(from).some((l) => /address already in use/.test(l.msg));
+        if (this.started || !taken || attempt === 3) throw e;
+        await this.newPorts();
+      }
+    }
+  }
+
+  spawn() {
     const proc = spawn(this.path, this.args, {env: {...process.env, ...this.env}, stdio: ['ignore', 'ignore', 'pipe']});
     this.proc = proc;
-    this.exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({code, signal})));
+    // 'close', not 'exit': its last log lines are read by then.
+    this.exited = new Promise((resolve) => proc.on('close', (code, signal) => resolve({code, signal})));
     let buf = '';
     proc.stderr.on('data', (chunk) => {
       buf += chunk;
@@ -88,6 +125,24 @@ class Process {
     });
   }
 
+  // ready waits for cond, and fails at once if the process exits first;
+  // either failure says how it exited and ends with its last log lines.
+  async ready(what, cond) {
+    let exit = null;
+    this.exited.then((e) => { exit = e; });
+    let err = null;
+    try {
+      await waitFor(what, async () => exit !== null || await Promise.race([cond(), this.exited]));
+    } catch (e) {
+      err = e.message;
+    }
+    if (!err && exit === null) return;
+    if (exit !== null) err = `${this.name} exited (${exit.signal || 'status ' + exit.code}) before ${what}`;
+    else await this.stop('SIGKILL'); // not left running after its test
+    const tail = this.logs.slice(-15).map((l) => '  ' + JSON.stringify(l)).join('\n');
+    throw new Error(`${err}; its last log lines:\n${tail}`);
+  }
+
   async stop(signal = 'SIGTERM') {
     if (!this.proc || this.proc.exitCode !== null || this.proc.signalCode !== null) return;
     this.proc.kill(signal);
@@ -98,14 +153,23 @@ class Process {
 // The demo legacy service, with its data in a file so it survives restarts.
 export class TodoAPI extends Process {
   constructor(dir, port, args = []) {
-    super('todo-api', join(bin, 'todo-api'), ['-addr', `127.0.0.1:${port}`, '-state', join(dir, 'state.json'),
-      '-static', join(root, 'web/dist'), '-page-size', '50', ...args], {});
+    super('todo-api', join(bin, 'todo-api'), [], {});
+    Object.assign(this, {dir, extraArgs: args, readiness: 'todo-api health'});
+    this.listenOn(port);
+  }
+
+  listenOn(port) {
+    this.args = ['-addr', `127.0.0.1:${port}`, '-state', join(this.dir, 'state.json'),
+      '-static', join(root, 'web/dist'), '-page-size', '50', ...this.extraArgs];
     this.url = `http://127.0.0.1:${port}`;
   }
 
-  async start() {
-    super.start();
-    await waitFor('todo-api health', () => httpOK(this.url + '/healthz'));
+  async newPorts() {
+    this.listenOn(await freePort());
+  }
+
+  isReady() {
+    return httpOK(this.url + '/healthz');
   }
 
   // Mutating calls that changed state (not replays), in arrival order.
@@ -126,35 +190,65 @@ export class Sidecar extends Process {
       SIDECAR_DATABASE_URL: databaseURL(),
       SIDECAR_MAPPING_FILE: mapping,
       SIDECAR_DB_SCHEMA: schema,
-      SIDECAR_LISTEN_ADDR: `127.0.0.1:${port}`,
-      SIDECAR_ADMIN_ADDR: `127.0.0.1:${adminPort}`,
       SIDECAR_AUTH_PATH: '/api/me',
       SIDECAR_FORWARD_HEADERS: 'Authorization,Cookie', // the demo page's poke stream sends a cookie
       SIDECAR_SHUTDOWN_TIMEOUT: '5s',
       SIDECAR_UPSTREAM_TIMEOUT: '3s',
       ...env,
     });
+    this.readiness = 'sidecar readiness';
+    this.listenOn(port, adminPort);
+  }
+
+  listenOn(port, adminPort) {
+    Object.assign(this.env, {SIDECAR_LISTEN_ADDR: `127.0.0.1:${port}`, SIDECAR_ADMIN_ADDR: `127.0.0.1:${adminPort}`});
     this.url = `http://127.0.0.1:${port}`;
     this.admin = `http://127.0.0.1:${adminPort}`;
   }
 
-  async start() {
-    super.start();
-    await waitFor('sidecar readiness', () => sidecarServes(this.admin));
+  async newPorts() {
+    this.listenOn(await freePort(), await freePort());
+  }
+
+  isReady() {
+    return sidecarServes(this.admin);
   }
 }
 
 // A whole stack: todo-api + sidecar on a fresh schema. Call close() at the end.
+// If it cannot start, what did start is stopped and removed before it
+// throws: a test's cleanup is registered after startStack returns.
 export async function startStack({sidecarEnv, apiArgs} = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'e2e-'));
   const schema = 'e2e_' + randomBytes(5).toString('hex');
   const api = new TodoAPI(dir, await freePort(), apiArgs);
-  await api.start();
   const sidecar = new Sidecar({upstream: api.url, schema, port: await freePort(), adminPort: await freePort(), env: sidecarEnv});
-  await sidecar.start();
+  const cleanup = async () => {
+    await sidecar.stop();
+    await api.stop();
+    psql(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
+    rmSync(dir, {recursive: true, force: true});
+  };
+  try {
+    await api.start();
+    sidecar.env.SIDECAR_UPSTREAM_URL = api.url; // its port may have changed (Process.start)
+    await sidecar.start();
+  } catch (e) {
+    await cleanup();
+    throw e;
+  }
   const reps = [];
+  const replicas = [];
   return {
     api, sidecar, schema, reps,
+    // replica starts another sidecar on the same schema and API, stopped
+    // by close() (even when it fails to start: register close() first).
+    async replica(env = sidecarEnv) {
+      const r = new Sidecar({upstream: api.url, schema, port: await freePort(), adminPort: await freePort(), env});
+      replicas.push(r);
+      await r.start();
+      return r;
+    },
     // newRep makes a Replicache client of user; the same name means the
     // same client group (like two tabs of one browser profile).
     newRep(user, {name = `${user}-${randomBytes(4).toString('hex')}`, ...opts} = {}) {
@@ -163,16 +257,14 @@ export async function startStack({sidecarEnv, apiArgs} = {}) {
       return rep;
     },
     async close() {
+      for (const r of replicas) await r.stop();
       for (const rep of reps) {
         if (!rep.closed) {
           await rep.query(() => null).catch(() => {});
           await rep.close();
         }
       }
-      await sidecar.stop();
-      await api.stop();
-      psql(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
-      rmSync(dir, {recursive: true, force: true});
+      await cleanup();
     },
   };
 }
@@ -241,6 +333,18 @@ export function psql(sql) {
     encoding: 'utf8',
     env: {...process.env, PGOPTIONS: '-c client_min_messages=warning'},
   }).trim();
+}
+
+// pullOnPoke is what a client does on a poke: pull. A poke that comes as
+// the test closes the client is ignored; a pull that fails otherwise is an
+// unhandled rejection, which fails the test.
+export function pullOnPoke(rep) {
+  return () => {
+    if (rep.closed) return;
+    rep.pull().catch((e) => {
+      if (!rep.closed) throw e;
+    });
+  };
 }
 
 // listen reads a poke stream with fetch (Node has no EventSource) and

@@ -6,22 +6,22 @@
 // per second, and none is lost.
 import {test} from 'node:test';
 import assert from 'node:assert/strict';
-import {Sidecar, freePort, listen, makeRep, sleep, startStack, sync, todos, waitFor} from './harness.mjs';
+import {listen, makeRep, pullOnPoke, sleep, startStack, sync, todos, waitFor} from './harness.mjs';
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 test('pokes across replicas: a push, a pass-through write and an invalidate reach a client on the other replica', async (t) => {
   const env = {SIDECAR_INVALIDATE_TOKEN: 'hook-secret'};
   const s = await startStack({sidecarEnv: env});
-  const b = new Sidecar({upstream: s.api.url, schema: s.schema, port: await freePort(), adminPort: await freePort(), env});
-  await b.start();
-  t.after(async () => { await b.stop(); await s.close(); });
+  t.after(() => s.close());
+  const b = await s.replica(env);
 
   // The reader pulls only when poked: no pull interval.
   const reader = s.newRep('alice');
   await sync(reader);
   let pokes = 0;
-  const stream = listen(s.sidecar.url + '/replicache/poke', 'alice', () => { pokes++; reader.pull(); });
+  const onPoke = pullOnPoke(reader);
+  const stream = listen(s.sidecar.url + '/replicache/poke', 'alice', () => { pokes++; onPoke(); });
   await stream.opened;
   t.after(() => stream.close());
   const writer = makeRep(b.url, 'alice', 'writer-' + Date.now());

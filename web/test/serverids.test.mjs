@@ -39,6 +39,12 @@ test('ids the API chooses: edits made under temporary ids reach the todo the API
   // before anything is pushed: a first pull that reached the sidecar after
   // the first push would confirm its mutations before the second one.
   await waitFor('the first pull', async () => rep.query((tx) => tx.has('me')));
+  // The client also pushes when it opens, pushDelay after: an attempt with
+  // nothing to send. Were that wait to end among the mutations below (a
+  // first pull taking about 2 s), its push would be under way when the
+  // test pushes, and push({now}) resolves when the push under way ends,
+  // not its own. Pushing now ends that wait here.
+  await rep.push({now: true});
 
   // One push: two creates under temporary ids, an edit of one, a delete of the other.
   await rep.mutate.createTodo({id: 'tmp-1', title: 'milk'});
@@ -55,14 +61,19 @@ test('ids the API chooses: edits made under temporary ids reach the todo the API
   await rep.push({now: true});
   assert.equal((await rep.experimentalPendingMutations()).length, 5, 'pushed again, still no pull');
 
-  const pushes = s.sidecar.logs.filter((l) => l.msg === 'push' && l.applied > 0)
+  // The sidecar and the API log a request before they answer it, but the
+  // lines come through a pipe, which node may read after the answer: a
+  // push({now}) has resolved with the rename's push line still unread
+  // (seen). Wait for the lines, then compare them.
+  const pushes = () => s.sidecar.logs.filter((l) => l.msg === 'push' && l.applied > 0)
     .map(({mutations, applied, duplicate}) => ({mutations, applied, duplicate}));
-  assert.deepEqual(pushes, [{mutations: 4, applied: 4, duplicate: 0}, {mutations: 5, applied: 1, duplicate: 4}],
+  const calls = () => s.api.logs.filter((l) => l.msg === 'request' && l.method !== 'GET').map((l) => `${l.method} ${l.path} ${l.status}`);
+  await waitFor('two pushes in the sidecar log, five calls in the API log', () => pushes().length >= 2 && calls().length >= 5).catch(() => {});
+  assert.deepEqual(pushes(), [{mutations: 4, applied: 4, duplicate: 0}, {mutations: 5, applied: 1, duplicate: 4}],
     'the four mutations in one push, the rename in a later one');
   assert.deepEqual(await serverTodos(s.api, 'alice'), {1: {title: 'oat milk', done: true}},
     'the API holds exactly one todo, renamed and edited');
-  const calls = s.api.logs.filter((l) => l.msg === 'request' && l.method !== 'GET').map((l) => `${l.method} ${l.path} ${l.status}`);
-  assert.deepEqual(calls, ['POST /api/todos 201', 'POST /api/todos 201', 'PATCH /api/todos/1 200', 'DELETE /api/todos/2 204',
+  assert.deepEqual(calls(), ['POST /api/todos 201', 'POST /api/todos 201', 'PATCH /api/todos/1 200', 'DELETE /api/todos/2 204',
     'PATCH /api/todos/1 200'], 'every call after a create carried the id the API chose');
 
   // The pull confirms all five: the view holds the API's id, and the
