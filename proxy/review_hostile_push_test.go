@@ -154,6 +154,18 @@ func TestHostileRetryOnAnotherReplicaWhileTheFirstRuns(t *testing.T) {
 	}
 }
 
+// idleFor makes each client look idle for its age ("3 days"): last active
+// that long ago.
+func idleFor(t *testing.T, h *harness, sc *instance, ages map[string]string) {
+	t.Helper()
+	tbl := pgx.Identifier{h.schema}.Sanitize() + ".clients"
+	for client, age := range ages {
+		if _, err := sc.pool.Exec(context.Background(), "UPDATE "+tbl+" SET updated_at = now() - $2::interval WHERE id = $1", client, age); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestHostilePruningSparesThePushsOwnClients: a push of two clients into
 // a full group (SIDECAR_MAX_CLIENTS_PER_GROUP) makes room for the new one
 // by pruning clients idle for over a day. The client idle longest is the
@@ -169,12 +181,7 @@ func TestHostilePruningSparesThePushsOwnClients(t *testing.T) {
 	if r := sc.push(t, "alice", "g", create("old", 1, "o1"), create("other", 1, "x1")); r.status != http.StatusOK {
 		t.Fatalf("setup = %d %s", r.status, r.raw)
 	}
-	tbl := pgx.Identifier{h.schema}.Sanitize() + ".clients"
-	for client, age := range map[string]string{"old": "3 days", "other": "2 days"} {
-		if _, err := sc.pool.Exec(context.Background(), "UPDATE "+tbl+" SET updated_at = now() - $2::interval WHERE id = $1", client, age); err != nil {
-			t.Fatal(err)
-		}
-	}
+	idleFor(t, h, sc, map[string]string{"old": "3 days", "other": "2 days"})
 	r := sc.push(t, "alice", "g", create("old", 2, "o2"), create("new", 1, "n1"))
 	if r.status != http.StatusOK || r.json["applied"] != 2.0 {
 		t.Fatalf("push = %d %s; want 200 with both applied (the idle client named in the push kept, another pruned)", r.status, r.raw)
@@ -202,12 +209,8 @@ func TestPruningForALaterClaimSparesThePushsOwnClients(t *testing.T) {
 	if r := sc.push(t, "alice", "g", create("old", 1, "o1"), create("idle1", 1, "i1"), create("idle2", 1, "i2")); r.status != http.StatusOK {
 		t.Fatalf("setup = %d %s", r.status, r.raw)
 	}
+	idleFor(t, h, sc, map[string]string{"old": "3 days", "idle1": "2 days", "idle2": "2 days"})
 	tbl := pgx.Identifier{h.schema}.Sanitize() + ".clients"
-	for client, age := range map[string]string{"old": "3 days", "idle1": "2 days", "idle2": "2 days"} {
-		if _, err := sc.pool.Exec(context.Background(), "UPDATE "+tbl+" SET updated_at = now() - $2::interval WHERE id = $1", client, age); err != nil {
-			t.Fatal(err)
-		}
-	}
 	var intruded atomic.Bool
 	h.up.SetHook(func(_ http.ResponseWriter, r *http.Request) bool {
 		if r.Method == http.MethodPost && r.Header.Get("Idempotency-Key") != "" && !intruded.Swap(true) {
